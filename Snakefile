@@ -1,0 +1,23 @@
+# tokenshift: where does RL fine-tuning change a language model, token by token?
+# Reproduces "Sparse but Critical" (Meng et al., ICLR 2026) for the model pairs in config.
+#
+#   snakemake --cores all all                    # the whole study (embedded toy pair by default)
+#   snakemake --profile profiles/slurm all       # on a SLURM cluster
+#
+# Stages, in order (one rule file each):
+#   models      materialise checkpoints (local, hub, or the embedded toy pair built here)
+#               and check that each pair's tokenizers agree
+#   ...         later stages (rollouts, scoring, divergence, cross-sampling, figures)
+#               add their targets in common.smk:get_final_output()
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True

@@ -1,0 +1,187 @@
+"""The ``tokenshift`` command: one subcommand per stage, usable with or without Snakemake.
+
+The workflow's rules call these; a user can too, e.g.::
+
+    tokenshift models fetch qwen-base --hub Qwen/Qwen2.5-0.5B --revision <sha> --out resources/models/qwen-base
+    tokenshift models toy-base toy-base --out resources/models/toy-base
+    tokenshift toy-check --base resources/models/toy-base --rl resources/models/toy-rl --out results/toy/toy_check
+
+Errors in input (a bad path, a model that cannot be fetched, tokenizers that disagree) print
+one clear line and exit with status 2; nothing already finished is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from tokenshift import __version__
+
+
+class InputError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _cmd_models_fetch(args: argparse.Namespace) -> None:
+    from tokenshift.models import fetch_model
+
+    spec: dict = {"path": args.path} if args.path else {"hub": args.hub, "revision": args.revision}
+    if args.trust_remote_code:
+        spec["trust_remote_code"] = True
+    manifest = fetch_model(args.name, spec, Path(args.out))
+    print(json.dumps({k: manifest[k] for k in ("name", "source", "tokenizer_size", "embedding_rows")}))
+
+
+def _toy_settings(args: argparse.Namespace):
+    from tokenshift.toy.build import ToyBuildConfig
+
+    try:
+        return ToyBuildConfig.from_mapping(args.settings)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"--settings: {e}") from None
+
+
+def _cmd_models_toy_base(args: argparse.Namespace) -> None:
+    from tokenshift.models import write_manifest
+    from tokenshift.toy.build import build_base
+
+    out = Path(args.out)
+    stats = build_base(out, _toy_settings(args), progress=not args.quiet)
+    write_manifest(out, name=args.name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
+    print(f"toy base model {args.name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
+          f"{stats['seconds']:.0f} s", file=sys.stderr)
+
+
+def _cmd_models_toy_rl(args: argparse.Namespace) -> None:
+    from tokenshift.models import write_manifest
+    from tokenshift.toy.build import build_rl
+
+    out = Path(args.out)
+    stats = build_rl(Path(args.init), out, _toy_settings(args), progress=not args.quiet)
+    write_manifest(out, name=args.name, spec={"toy": "rl", "init": Path(args.init).name},
+                   extra={"toy_build_seconds": stats["seconds"]})
+    rewards = [h["reward_mean"] for h in stats["grpo"]]
+    print(f"toy RL model {args.name!r}: GRPO reward {rewards[0]:.3f} -> {rewards[-1]:.3f}, {stats['seconds']:.0f} s",
+          file=sys.stderr)
+
+
+def _cmd_models_check_pair(args: argparse.Namespace) -> None:
+    from tokenshift.models import check_pair
+
+    info = check_pair(args.pair, Path(args.base), Path(args.rl), Path(args.out))
+    print(json.dumps(info))
+
+
+def _cmd_toy_check(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.toy.check import check_toy_pair
+
+    tables = check_toy_pair(Path(args.base), Path(args.rl), Path(args.out), _toy_settings(args),
+                            n_problems=args.n_problems, samples_per_problem=args.samples, seed=args.seed)
+    with pl.Config(tbl_rows=20, tbl_cols=12, float_precision=4, tbl_width_chars=160):
+        print(tables["accuracy"])
+        print(tables["decision_points"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenshift",
+        description="Token-level analysis of how RL fine-tuning shifts a language model "
+                    "(Meng et al., 'Sparse but Critical', ICLR 2026). Each subcommand is one stage "
+                    "of the Snakemake workflow and runs on its own.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenshift {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    models = stages.add_parser("models", help="materialise checkpoints and check model pairs",
+                               description="The checkpoint stage: materialise each model as a local Hugging Face "
+                                           "checkpoint with a manifest, build the toy pair, compare a pair's tokenizers.")
+    msub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    f = msub.add_parser("fetch", help="link a local checkpoint or download a hub one at a pinned revision",
+                        description="Materialise a local directory (linked) or a hub id at a pinned revision "
+                                    "(safetensors only) at --out, then verify it and write <out>.json.")
+    f.add_argument("name", help="the model's name in the config")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--path", help="a local Hugging Face checkpoint directory")
+    src.add_argument("--hub", help="a hub id, owner/name (needs --revision)")
+    f.add_argument("--revision", help="the hub revision to download (a commit hash)")
+    f.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
+    f.add_argument("--out", required=True, help="checkpoint directory to create")
+    f.set_defaults(func=_cmd_models_fetch)
+
+    for action, helptext, func in (
+        ("toy-base", "pretrain the embedded toy base model on CPU", _cmd_models_toy_base),
+        ("toy-rl", "train the embedded toy RL model with GRPO from the toy base", _cmd_models_toy_rl),
+    ):
+        t = msub.add_parser(action, help=helptext, description=helptext.capitalize() + "; save it with its "
+                            "tokenizer at --out and write <out>.json.")
+        t.add_argument("name", help="the model's name in the config")
+        if action == "toy-rl":
+            t.add_argument("--init", required=True, help="the toy base checkpoint directory to start from")
+        t.add_argument("--settings", type=_json_arg, default={},
+                       help="JSON object of toy build settings (the config's `toy:` section)")
+        t.add_argument("--out", required=True, help="checkpoint directory to create")
+        t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        t.set_defaults(func=func)
+
+    c = msub.add_parser("check-pair", help="compare a pair's tokenizers and write the pair manifest",
+                        description="Refuse a pair whose tokenizers differ; record the shared vocabulary size "
+                                    "(padded embedding rows are sliced to it).")
+    c.add_argument("pair", help="the pair's name")
+    c.add_argument("--base", required=True, help="base checkpoint directory")
+    c.add_argument("--rl", required=True, help="RL checkpoint directory")
+    c.add_argument("--out", required=True, help="pair manifest (JSON) to write")
+    c.set_defaults(func=_cmd_models_check_pair)
+
+    tc = stages.add_parser(
+        "toy-check", help="check the toy pair against the task's ground truth",
+        description="Accuracy of both toy models on eval problems (sampled at temperature 1 and greedy, with "
+                    "bootstrap CIs), and how well the highest-JS positions of correct traces find the recorded "
+                    "decision points (precision, recall, lift over chance). Writes accuracy.parquet and "
+                    "decision_points.parquet under --out.")
+    tc.add_argument("--base", required=True, help="toy base checkpoint directory")
+    tc.add_argument("--rl", required=True, help="toy RL checkpoint directory")
+    tc.add_argument("--out", required=True, help="directory for the two tables")
+    tc.add_argument("--settings", type=_json_arg, default={}, help="JSON object of toy build settings (config `toy:`)")
+    tc.add_argument("--n-problems", type=int, default=500, help="eval problems (default 500)")
+    tc.add_argument("--samples", type=int, default=4, help="samples per problem at temperature 1 (default 4)")
+    tc.add_argument("--seed", type=int, default=0, help="sampling seed")
+    tc.set_defaults(func=_cmd_toy_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from tokenshift.models import ModelFetchError, TokenizerMismatch
+
+    if getattr(args, "hub", None) and not getattr(args, "revision", None):
+        parser.error("--hub needs --revision (pin a commit so the run can be repeated)")
+    try:
+        args.func(args)
+    except (InputError, ModelFetchError, TokenizerMismatch, FileNotFoundError) as e:
+        print(f"tokenshift {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

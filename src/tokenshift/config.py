@@ -1,0 +1,109 @@
+"""Checks of a workflow config beyond what its JSON schema can say.
+
+The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges; Snakemake's
+``validate()`` applies it and fills defaults. ``check_config`` then checks what relates one
+part of the config to another: unique pair names, references to models and datasets that
+exist, toy models paired only with toy models, local checkpoints that exist, and pairs whose
+two tokenizers can be compared. Every error names the key and the bad value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names its key."""
+
+    def __init__(self, key: str, value: Any, expected: str):
+        self.key = key
+        self.value = value
+        super().__init__(f"config key {key}: got {value!r}; {expected}")
+
+
+def model_source(spec: Mapping[str, Any]) -> str:
+    """``path``, ``hub`` or ``toy``: where a (schema-valid) model spec comes from."""
+    for source in ("path", "hub", "toy"):
+        if source in spec:
+            return source
+    raise ValueError(f"model spec {dict(spec)!r} names no source")
+
+
+def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
+    """Raise ``ConfigError`` for the first cross-reference problem in a schema-valid config.
+
+    ``base_dir`` is where relative ``path`` entries are resolved (the working directory when
+    None), as Snakemake does.
+    """
+    models = config["models"]
+    datasets = config.get("datasets", {})
+    base_dir = Path.cwd() if base_dir is None else base_dir
+
+    for name, spec in models.items():
+        source = model_source(spec)
+        if source == "path":
+            p = base_dir / spec["path"]
+            if not p.is_dir():
+                raise ConfigError(f"models.{name}.path", spec["path"], "expected an existing checkpoint directory")
+            if not (p / "config.json").is_file():
+                raise ConfigError(f"models.{name}.path", spec["path"], "expected a directory with config.json (a Hugging Face checkpoint)")
+        if source == "toy" and spec["toy"] == "rl":
+            init = spec["init"]
+            if init not in models:
+                raise ConfigError(f"models.{name}.init", init, f"expected one of the models: {sorted(models)}")
+            if models[init].get("toy") != "base":
+                raise ConfigError(f"models.{name}.init", init, "expected a model with `toy: base`: GRPO starts from the toy base model")
+
+    seen: dict[str, int] = {}
+    for i, pair in enumerate(config["pairs"]):
+        key = f"pairs[{i}]"
+        if pair["name"] in seen:
+            raise ConfigError(f"{key}.name", pair["name"], f"pair names must be unique; pairs[{seen[pair['name']]}] has it already")
+        seen[pair["name"]] = i
+        for role in ("base", "rl"):
+            if pair[role] not in models:
+                raise ConfigError(f"{key}.{role}", pair[role], f"expected one of the models: {sorted(models)}")
+        if pair["base"] == pair["rl"]:
+            raise ConfigError(f"{key}.rl", pair["rl"], "base and rl must be two different models")
+        for ds in pair.get("datasets", []):
+            if ds not in datasets:
+                raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
+        _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
+
+    budgets = config.get("crosssample", {}).get("budgets", [])
+    for j, b in enumerate(budgets):
+        if isinstance(b, float) and not math.isfinite(b):
+            raise ConfigError(f"crosssample.budgets[{j}]", b, "expected a whole number, a fraction in (0, 1), or 'all'")
+    labels = [budget_label(b) for b in budgets]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("crosssample.budgets", budgets, "expected distinct budgets (2 and 2.0 are the same)")
+
+
+def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:
+    """Refuse pairs whose tokenizers cannot be compared, as far as can be known before download."""
+    sources = (model_source(base), model_source(rl))
+    if ("toy" in sources) and sources != ("toy", "toy"):
+        raise ConfigError(f"{key}", {"base": dict(base), "rl": dict(rl)},
+                          "a toy model can only be paired with a toy model: their tokenizers differ from any other")
+    if sources == ("path", "path"):
+        # both checkpoints are here: compare their tokenizers now rather than after hours of work
+        from tokenshift.models import TokenizerMismatch, compare_tokenizer_dirs
+
+        try:
+            compare_tokenizer_dirs(base_dir / base["path"], base_dir / rl["path"])
+        except TokenizerMismatch as e:
+            raise ConfigError(f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}") from None
+
+
+def budget_label(budget: int | float | str) -> str:
+    """The file-name form of a budget: ``0``, ``16``, ``0.05``, ``all``."""
+    if budget == "all":
+        return "all"
+    if float(budget).is_integer():
+        return str(int(budget))
+    return repr(float(budget))

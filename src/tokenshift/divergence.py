@@ -1,0 +1,89 @@
+"""Per-position statistics comparing two next-token distributions over the full vocabulary.
+
+``token_stats(logits_base, logits_rl)`` takes two ``[N, V]`` logit tensors and returns ``[N]``
+tensors, all in natural-log units (nats), computed in float32 whatever the input dtype:
+
+- ``js``: Jensen-Shannon divergence, 0.5 KL(p || m) + 0.5 KL(q || m) with m = (p + q) / 2,
+  in [0, ln 2]; the paper's main measure;
+- ``kl_base_rl`` = KL(base || rl) and ``kl_rl_base`` = KL(rl || base);
+- ``entropy_base``, ``entropy_rl``;
+- ``topk_overlap``: |top-k(base) ∩ top-k(rl)| / k;
+- ``rl_top1_rank_in_base``: 0-based rank of the RL model's argmax under the base distribution
+  (0 = the base model's own argmax), and ``base_top1_rank_in_rl`` the other way round;
+- ``p_base_of_rl_top1`` and ``p_rl_of_rl_top1``: both models' probability of the RL argmax.
+
+Numerically safe: terms with zero probability contribute 0 (0 log 0 = 0), ``-inf`` logits
+are zero probability, identical rows give exactly 0 for JS and both KLs. KL is +inf where
+one model puts mass on a token the other gives probability exactly 0 (as it must be).
+Rows whose logits contain NaN raise ``ValueError``: a broken checkpoint must not yield numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LN2 = math.log(2.0)
+
+
+def _xlogy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.special.xlogy(x, y)
+
+
+def token_stats(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5) -> dict[str, torch.Tensor]:
+    """Compare two ``[N, V]`` next-token logit tensors row by row (see the module docstring)."""
+    if logits_base.shape != logits_rl.shape or logits_base.dim() != 2:
+        raise ValueError(f"expected two [N, V] tensors of one shape, got {tuple(logits_base.shape)} and {tuple(logits_rl.shape)}")
+    a = logits_base.float()
+    b = logits_rl.float()
+    if torch.isnan(a).any() or torch.isnan(b).any():
+        raise ValueError("NaN in logits: the checkpoint or its inputs are broken")
+    logp = torch.log_softmax(a, dim=-1)
+    logq = torch.log_softmax(b, dim=-1)
+    p = logp.exp()
+    q = logq.exp()
+    # -inf logits give logp = -inf and p = 0; xlogy keeps 0 * log 0 = 0.
+    ent_p = -_xlogy(p, p).sum(-1)
+    ent_q = -_xlogy(q, q).sum(-1)
+    m = 0.5 * (p + q)
+    # KL(p||m) = sum p (log p - log m); written with xlogy so p = 0 terms vanish exactly
+    kl_pm = (_xlogy(p, p) - _xlogy(p, m)).sum(-1)
+    kl_qm = (_xlogy(q, q) - _xlogy(q, m)).sum(-1)
+    js = (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)
+    kl_pq = _kl(p, logp, logq)
+    kl_qp = _kl(q, logq, logp)
+
+    k = min(top_k, a.shape[-1])
+    top_p = torch.topk(a, k, dim=-1).indices
+    top_q = torch.topk(b, k, dim=-1).indices
+    overlap = (top_p.unsqueeze(-1) == top_q.unsqueeze(-2)).any(-1).sum(-1).float() / k
+    q_top1 = top_q[:, 0]
+    p_top1 = top_p[:, 0]
+    rows = torch.arange(a.shape[0], device=a.device)
+    return {
+        "js": js,
+        "kl_base_rl": kl_pq,
+        "kl_rl_base": kl_qp,
+        "entropy_base": ent_p,
+        "entropy_rl": ent_q,
+        "topk_overlap": overlap,
+        "rl_top1_rank_in_base": _rank_of(a, q_top1),
+        "base_top1_rank_in_rl": _rank_of(b, p_top1),
+        "p_base_of_rl_top1": p[rows, q_top1],
+        "p_rl_of_rl_top1": q[rows, q_top1],
+    }
+
+
+def _kl(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    # p * (log p - log q) with 0 where p = 0 (even if q = 0 too) and +inf where only q = 0
+    diff = torch.where(p > 0, logp - logq, torch.zeros_like(logp))
+    kl = (p * diff).sum(-1)
+    identical = (logp == logq).all(-1)
+    return torch.where(identical, torch.zeros_like(kl), kl.clamp(min=0.0))
+
+
+def _rank_of(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """0-based rank of ``token`` per row: how many tokens have strictly larger logits."""
+    chosen = logits.gather(-1, token[:, None])
+    return (logits > chosen).sum(-1)

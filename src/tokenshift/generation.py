@@ -1,0 +1,92 @@
+"""Batched sampling with Hugging Face ``generate``: token ids in, token ids out.
+
+Prompts are left-padded so every row's next token sits at the same column and the KV cache
+stays rectangular. Responses are cut after the first end-of-sequence token; the EOS itself is
+not part of the returned response ids, but ``finish_reason`` says whether it was reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings shared by rollouts, GRPO and cross-sampling."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 keeps the whole distribution."""
+    max_new_tokens: int = 96
+    """Longest response, in tokens (EOS excluded)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    response_ids: list[int]
+    finish_reason: str
+    """``stop`` when the model emitted EOS, ``length`` when max_new_tokens ran out."""
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id rows into ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    sampling: SamplingConfig,
+    seed: int,
+    batch_size: int = 64,
+) -> list[Sample]:
+    """One sample per prompt (repeat a prompt to draw several), in prompt order.
+
+    Deterministic given ``seed``, the batch size and the torch thread count: each batch
+    reseeds the global generator with ``seed`` and its index.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[Sample] = []
+    try:
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
+            chunk = prompts[start:start + batch_size]
+            ids, mask = left_pad(chunk, pad_id)
+            torch.manual_seed(seed * 1_000_003 + b)
+            greedy = sampling.temperature == 0
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=not greedy,
+                temperature=None if greedy else sampling.temperature,
+                top_p=None if greedy else sampling.top_p,
+                top_k=None,
+                max_new_tokens=sampling.max_new_tokens,
+                eos_token_id=eos_id,
+                pad_token_id=pad_id,
+            )
+            new = gen[:, ids.shape[1]:].tolist()
+            for row in new:
+                if eos_id in row:
+                    out.append(Sample(row[:row.index(eos_id)], "stop"))
+                else:
+                    out.append(Sample(row, "length"))
+    finally:
+        model.train(was_training)
+    return out

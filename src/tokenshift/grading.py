@@ -1,0 +1,115 @@
+"""Answer grading with math-verify, safe against answers that hang or crash the parser.
+
+Every dataset, the toy task included, is graded by this one code path: the gold answer is
+parsed as LaTeX (wrapped in ``$...$`` when it is bare), the response by math-verify's default
+extraction, which prefers the last ``\\boxed{}``; ``verify`` decides equivalence.
+
+math-verify's own timeouts use ``signal.alarm``, which works only in a process's main thread.
+So grading runs in a process pool, where each worker runs tasks in its main thread and those
+timeouts work; the parent also waits at most ``timeout_s`` (plus slack) for each answer and
+replaces the pool if a worker is stuck beyond that. An answer that times out or fails to parse
+is graded wrong and counted in ``GradeResult.status``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    correct: bool
+    status: str
+    """``ok`` (graded), ``no_answer`` (nothing parsed from the response), ``timeout`` or ``error``."""
+    extracted: str = ""
+    """What math-verify extracted from the response, as a string (for inspection)."""
+
+
+def _as_latex(gold: str) -> str:
+    gold = gold.strip()
+    return gold if gold.startswith("$") or "\\boxed" in gold else f"${gold}$"
+
+
+def grade_one(response: str, gold: str, timeout_s: int = 5) -> GradeResult:
+    """Grade one response in this process (math-verify timeouts work only in a main thread)."""
+    from math_verify import parse, verify
+
+    try:
+        gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout_s, raise_on_error=True)
+        pred = parse(response, parsing_timeout=timeout_s, raise_on_error=True)
+        if not pred:
+            return GradeResult(False, "no_answer")
+        ok = verify(gold_parsed, pred, timeout_seconds=timeout_s, raise_on_error=True)
+        return GradeResult(bool(ok), "ok", str(pred[-1]))
+    except TimeoutError:
+        return GradeResult(False, "timeout")
+    except Exception as e:  # noqa: BLE001 - a pathological answer must never stop the job
+        if "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower():
+            return GradeResult(False, "timeout")
+        return GradeResult(False, "error", f"{type(e).__name__}: {e}"[:200])
+
+
+class Grader:
+    """A pool of grading processes; use as a context manager and call ``grade``.
+
+    ``workers=0`` grades in this process (no hang protection; for debugging only).
+    """
+
+    def __init__(self, timeout_s: int = 5, workers: int = 1):
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            procs = list((self._pool._processes or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.kill()
+            self._pool = None
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # fork, as torch's DataLoader does on Linux: spawn would re-import the caller's main
+            # module; the children touch only sympy and math-verify, never torch
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+        return self._pool
+
+    def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:
+        if len(responses) != len(golds):
+            raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
+        if self.workers == 0:
+            return [grade_one(r, g, self.timeout_s) for r, g in zip(responses, golds)]
+        futures = [self._get_pool().submit(grade_one, r, g, self.timeout_s) for r, g in zip(responses, golds)]
+        results: list[GradeResult] = []
+        for i, fut in enumerate(futures):
+            try:
+                # the worker's own alarms fire after timeout_s per parse/verify call; the slack
+                # covers queueing behind other answers and a slow pool start
+                results.append(fut.result(timeout=3 * self.timeout_s + 30))
+            except (FutureTimeout, BrokenProcessPool):
+                log.warning("grading answer %d hung or crashed its worker; graded wrong", i)
+                results.append(GradeResult(False, "timeout"))
+                self.close()
+                # resubmit what was still pending on the dead pool
+                for j in range(i + 1, len(futures)):
+                    futures[j] = self._get_pool().submit(grade_one, responses[j], golds[j], self.timeout_s)
+        bad = sum(r.status != "ok" for r in results)
+        if bad:
+            log.info("%d of %d answers not graded cleanly (no answer, timeout or error)", bad, len(results))
+        return results

@@ -1,0 +1,237 @@
+"""The checkpoint stage: materialise every model as a local Hugging Face checkpoint.
+
+Each model spec becomes a directory ``resources/models/<name>/`` that later stages load with
+``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``, plus a
+manifest ``resources/models/<name>.json`` written last (its existence means "complete"):
+source, revision, sha256 of every weight file, vocabulary sizes and a tokenizer hash.
+
+- ``path``: the files of a local checkpoint are linked (not copied: weights can be 60 GB).
+- ``hub``: ``huggingface_hub.snapshot_download`` at the pinned revision, safetensors only.
+- ``toy``: built by ``tokenshift.toy.build`` (the rules of the checkpoint stage call it).
+
+Every materialised tokenizer is checked to survive the ``AutoTokenizer`` path: its encoding of
+sample text must equal the raw ``tokenizer.json``'s, and decoding must give the text back. A
+silent tokenizer rebuild (transformers may rebuild one from the vocabulary by model type) is
+an error here, not a wrong number later.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROUNDTRIP_TEXTS = (
+    "Q:8+6+8-4=?A:8+6=14.14+8=22.22-4=18.\\boxed{18}",
+    "Let $x^2 + 3x - 10 = 0$. Then $x = \\frac{-3 \\pm 7}{2}$, so the answer is \\boxed{2}.",
+    "  Indented text,\nnew lines\tand tabs; unicode: π ≈ 3.14159, naïve café, 数学.",
+)
+WEIGHT_SUFFIXES = (".safetensors",)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+class ModelFetchError(RuntimeError):
+    """A model could not be materialised; the message names the model and its source."""
+
+
+class TokenizerMismatch(ValueError):
+    """Two tokenizers whose token ids do not mean the same thing."""
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def manifest_path(ckpt_dir: Path) -> Path:
+    return ckpt_dir.with_name(ckpt_dir.name + ".json")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the token -> id map and the tokenization of the round-trip texts."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode())
+    for text in ROUNDTRIP_TEXTS:
+        h.update(json.dumps(tokenizer.encode(text, add_special_tokens=False)).encode())
+    return h.hexdigest()
+
+
+def check_tokenizer_roundtrip(ckpt_dir: Path, tokenizer) -> None:
+    """Fail if the Auto-loaded tokenizer differs from the checkpoint's own ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    raw_path = ckpt_dir / "tokenizer.json"
+    raw = Tokenizer.from_file(str(raw_path)) if raw_path.is_file() else None
+    for text in ROUNDTRIP_TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if raw is not None:
+            raw_ids = raw.encode(text, add_special_tokens=False).ids
+            if raw_ids != ids:
+                raise TokenizerMismatch(
+                    f"{ckpt_dir}: AutoTokenizer encodes {text[:40]!r}... as {ids[:12]}... but the checkpoint's "
+                    f"tokenizer.json gives {raw_ids[:12]}...: transformers rebuilt the tokenizer "
+                    f"({type(tokenizer).__name__}) and changed it"
+                )
+        back = tokenizer.decode(ids)
+        if back != text:
+            raise TokenizerMismatch(f"{ckpt_dir}: tokenizer does not round-trip {text!r}: decoded {back!r}")
+
+
+def _load_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+
+
+def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+    """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
+    from transformers import AutoConfig
+
+    trust = bool(spec.get("trust_remote_code", False))
+    weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
+    cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
+    tok = _load_tokenizer(ckpt_dir, trust)
+    check_tokenizer_roundtrip(ckpt_dir, tok)
+    manifest = {
+        "name": name,
+        "spec": dict(spec),
+        "source": next(k for k in ("path", "hub", "toy") if k in spec),
+        "revision": spec.get("revision"),
+        "model_type": cfg.model_type,
+        "embedding_rows": int(getattr(cfg, "vocab_size", 0) or 0),
+        "tokenizer_size": len(tok),
+        "tokenizer_sha256": tokenizer_fingerprint(tok),
+        "weights_sha256": {p.name: sha256_file(p) for p in weights},
+        "tokenizer_roundtrip": "ok",
+    }
+    if extra:
+        manifest.update(extra)
+    write_json_atomic(manifest_path(ckpt_dir), manifest)
+    return manifest
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _allowed(name: str, trust_remote_code: bool) -> bool:
+    patterns = HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
+    return any(fnmatch.fnmatch(name, pat) for pat in patterns)
+
+
+def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
+    """Materialise a ``path`` or ``hub`` model spec at ``out_dir``; returns its manifest.
+
+    The checkpoint directory holds links to the source files (the local directory's, or the
+    Hugging Face cache's snapshot), restricted to configs, tokenizer files and safetensors
+    weights, so no pickle weights can be loaded from it.
+    """
+    out_dir = Path(out_dir)
+    trust = bool(spec.get("trust_remote_code", False))
+    if "path" in spec:
+        src = Path(spec["path"]).resolve()
+        if not (src / "config.json").is_file():
+            raise ModelFetchError(f"model {name!r}: {src} is not a Hugging Face checkpoint (no config.json)")
+    elif "hub" in spec:
+        src = _snapshot(name, spec)
+    else:
+        raise ModelFetchError(f"model {name!r}: fetch_model handles path and hub specs, got {dict(spec)}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for f in src.iterdir():
+            if f.is_file() and _allowed(f.name, trust):
+                (tmp / f.name).symlink_to(f.resolve())
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return write_manifest(out_dir, name=name, spec=spec)
+
+
+def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
+    """Download (or find in the Hugging Face cache) a hub snapshot at the pinned revision."""
+    from huggingface_hub import snapshot_download
+
+    patterns = HUB_PATTERNS + (["*.py"] if spec.get("trust_remote_code") else [])
+    try:
+        return Path(snapshot_download(repo_id=spec["hub"], revision=spec["revision"], allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelFetchError(
+            f"model {name!r}: could not download hub id {spec['hub']!r} at revision {spec['revision']!r} "
+            f"({type(e).__name__}: {first}). Is the hub reachable (network, HF_HUB_OFFLINE, token)? "
+            f"Or download it elsewhere and point `path:` at the directory."
+        ) from e
+
+
+def compare_tokenizers(base, rl) -> int:
+    """The vocabulary size both models share, or ``TokenizerMismatch``.
+
+    Identical vocabularies pass. One vocabulary may extend the other with tokens at ids past
+    the other's end (added special tokens); the shared size is then the smaller one, and
+    logits are sliced to it. Any id that names different tokens is refused.
+    """
+    vb, vr = base.get_vocab(), rl.get_vocab()
+    ib = {i: t for t, i in vb.items()}
+    ir = {i: t for t, i in vr.items()}
+    shared = min(len(base), len(rl))
+    diff = [i for i in range(shared) if ib.get(i) != ir.get(i)]
+    if diff:
+        i = diff[0]
+        raise TokenizerMismatch(
+            f"{len(diff)} of the first {shared} token ids differ, e.g. id {i} is {ib.get(i)!r} in the base "
+            f"tokenizer but {ir.get(i)!r} in the rl tokenizer"
+        )
+    return shared
+
+
+def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
+    return compare_tokenizers(_load_tokenizer(Path(base_dir)), _load_tokenizer(Path(rl_dir)))
+
+
+def check_pair(pair: str, base_dir: Path, rl_dir: Path, out: Path) -> dict:
+    """Compare a pair's checkpoints and write ``out`` (the pair manifest) with the shared vocab size."""
+    base_dir, rl_dir = Path(base_dir), Path(rl_dir)
+    mb = json.loads(manifest_path(base_dir).read_text())
+    mr = json.loads(manifest_path(rl_dir).read_text())
+    try:
+        shared = compare_tokenizer_dirs(base_dir, rl_dir)
+    except TokenizerMismatch as e:
+        raise TokenizerMismatch(f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}") from None
+    for m in (mb, mr):
+        if m["embedding_rows"] and m["embedding_rows"] < shared:
+            raise TokenizerMismatch(f"pair {pair!r}: model {m['name']!r} has {m['embedding_rows']} embedding rows, fewer than the {shared} tokens of the tokenizer")
+    info = {
+        "pair": pair,
+        "base": mb["name"],
+        "rl": mr["name"],
+        "shared_vocab_size": shared,
+        "embedding_rows": {"base": mb["embedding_rows"], "rl": mr["embedding_rows"]},
+        "identical_tokenizers": mb["tokenizer_sha256"] == mr["tokenizer_sha256"],
+    }
+    write_json_atomic(Path(out), info)
+    return info

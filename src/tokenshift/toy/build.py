@@ -1,0 +1,145 @@
+"""Build the embedded toy pair: a base model by pretraining, an RL model by GRPO from it.
+
+Both are ordinary Hugging Face checkpoints (``Qwen2ForCausalLM``, the architecture of the
+paper's models, and a fast tokenizer), saved with ``save_pretrained`` and loaded back through
+the Auto classes; no later stage treats them differently from a downloaded pair.
+
+The base model learns the toy task from traces that contain plausible mistakes at decision
+points (see ``tokenshift.toy.task``), so it makes them sometimes; GRPO with the 0/1 reward of
+the grader teaches the RL model to avoid them. Nothing steers *where* the two models come to
+differ: that is for the divergence stage to find.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tokenshift.generation import SamplingConfig
+from tokenshift.grading import Grader
+from tokenshift.models import write_json_atomic
+from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems
+from tokenshift.toy.tokenizer import train_tokenizer
+from tokenshift.train import Example, GRPOConfig, PretrainConfig, PromptItem, grpo, pretrain
+
+
+@dataclass(frozen=True)
+class ToyBuildConfig:
+    """Everything the toy build depends on; the config's ``toy:`` section, key for key."""
+
+    seed: int = 0
+    min_steps: int = 2
+    max_steps: int = 8
+    mistake_rate: float = 0.12
+    n_train_problems: int = 20000
+    n_traces: int = 50000
+    hidden_size: int = 128
+    num_layers: int = 2
+    pretrain_steps: int = 700
+    grpo_steps: int = 24
+    threads: int = 2
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> ToyBuildConfig:
+        m = dict(m or {})
+        unknown = set(m) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown toy build settings: {sorted(unknown)}")
+        return cls(**m)
+
+    @property
+    def task(self) -> ToyTaskConfig:
+        return ToyTaskConfig(seed=self.seed, min_steps=self.min_steps, max_steps=self.max_steps,
+                             mistake_rate=self.mistake_rate)
+
+    @property
+    def max_new_tokens(self) -> int:
+        # a step is at most 9 tokens ("22-4=18." with two-digit numbers), the answer ~6
+        return 9 * self.max_steps + 12
+
+
+def _qwen2_config(vocab_size: int, eos_id: int, cfg: ToyBuildConfig):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=4 * cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+
+
+def build_base(out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> dict:
+    """Pretrain the toy base model and save it (and its tokenizer) at ``out_dir``."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    task = cfg.task
+    train = problems(task, "train", cfg.n_train_problems)
+    traces = list(pretraining_traces(task, train, cfg.n_traces, seed=cfg.seed))
+    tokenizer = train_tokenizer(p + r for p, r in traces[:5000])
+    eos = tokenizer.eos_token_id
+    enc_p = tokenizer([p for p, _ in traces], add_special_tokens=False).input_ids
+    enc_r = tokenizer([r for _, r in traces], add_special_tokens=False).input_ids
+    examples = [Example(p, r) for p, r in zip(enc_p, enc_r)]
+    torch.manual_seed(cfg.seed)
+    model = Qwen2ForCausalLM(_qwen2_config(len(tokenizer), eos, cfg))
+    losses = pretrain(model, examples, PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed),
+                      pad_id=eos, eos_id=eos, progress=progress)
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = eos
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    stats = {"role": "base", "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / 20,
+             "parameters": sum(p.numel() for p in model.parameters()), "build": dataclasses.asdict(cfg)}
+    write_json_atomic(out_dir / "toy_build.json", stats)
+    return stats
+
+
+def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> dict:
+    """Train the toy RL model with GRPO from the base checkpoint at ``init_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    policy = AutoModelForCausalLM.from_pretrained(init_dir)
+    eos = tokenizer.eos_token_id
+    train = problems(cfg.task, "train", cfg.n_train_problems)
+    prompts = [PromptItem(ids, str(p.answer)) for p, ids in
+               zip(train, tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids)]
+    grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, seed=cfg.seed,
+                          sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens))
+    with Grader(workers=1) as grader:
+        def reward(responses: list[list[int]], golds: list[str]) -> list[float]:
+            texts = tokenizer.batch_decode(responses)
+            return [float(g.correct) for g in grader.grade(texts, golds)]
+
+        history = grpo(policy, prompts, reward, grpo_cfg, pad_id=eos, eos_id=eos, progress=progress)
+    out_dir = Path(out_dir)
+    policy.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    stats = {"role": "rl", "seconds": time.perf_counter() - t0, "grpo": history,
+             "init": str(init_dir), "build": dataclasses.asdict(cfg)}
+    write_json_atomic(out_dir / "toy_build.json", stats)
+    return stats
+
+
+def load_build_stats(ckpt_dir: Path) -> dict:
+    return json.loads((Path(ckpt_dir) / "toy_build.json").read_text())

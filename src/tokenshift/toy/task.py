@@ -1,0 +1,225 @@
+"""The embedded toy task: multi-step integer arithmetic with a short chain of thought.
+
+A problem is a chain of one-digit operands joined by ``+`` and ``-``; the trace works it
+left to right, one step per operation, and ends in ``\\boxed{answer}``, the format of the
+paper's math benchmarks. Each operation carries a letter label (``a``, ``b``, ...) in the
+question, and each step of the trace, one per line, cites it the same way (``14b+8`` reads
+"14, then operation b, which is +8")::
+
+    prompt:   Q:8a+6b+8c-4=?\n
+    response: 8a+6=14.\n14b+8=22.\n22c-4=18.\n\\boxed{18}
+
+Why labels: without them the model must find "the i-th operation" of a question by counting,
+which a 2-layer model does not learn in a CPU-minutes budget (measured here: ~10% greedy
+accuracy after 600 steps, nearly all errors fetching the wrong operation). With them, fetching
+the operation is a content lookup (an induction head: the token after the label, as in the
+question), and the model's remaining freedom sits
+where the task puts it: the decision points below. Steps end in a newline so that a label is
+the same token in the question and in the trace (Qwen2's pre-tokenizer would glue ``.b``
+together), and so that prompt and response meet at a token boundary: tokenizing them apart
+or together gives the same ids.
+
+Pretraining traces contain plausible mistakes at *decision points*, each propagated
+consistently to the boxed answer (later steps are worked correctly from the wrong total):
+
+- ``operator``: the step's operator is misread (``22-4`` worked as ``22+4``);
+- ``carry``: an addition drops its carry (``14+8=12``);
+- ``borrow``: a subtraction drops its borrow (``22-4=28``).
+
+Every evaluation problem records where its decision points are: for each step and each
+mistake that step admits, the first response token at which the mistaken trace departs
+from the correct one. That is the ground truth no real benchmark has, against which the
+divergence stage can be checked.
+
+Problems are split into train and eval by a hash of the question, so the two splits never
+share a problem whatever their sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+PROMPT_PREFIX = "Q:"
+PROMPT_SUFFIX = "=?\n"
+MISTAKE_KINDS = ("operator", "carry", "borrow")
+
+
+@dataclass(frozen=True)
+class ToyTaskConfig:
+    """How toy problems and pretraining traces are drawn."""
+
+    seed: int = 0
+    """Seed of the problem generator; the same seed gives the same problems."""
+    min_steps: int = 2
+    """Fewest operations in a problem."""
+    max_steps: int = 8
+    """Most operations in a problem (responses then have up to ~70 tokens)."""
+    max_total: int = 99
+    """Running totals stay within [0, max_total], so every number has at most two digits."""
+    mistake_rate: float = 0.12
+    """Chance that a pretraining trace makes a mistake at a given step."""
+    eval_share: float = 0.1
+    """Share of the question space that belongs to the eval split (by question hash)."""
+
+
+LABELS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str
+    left: int
+    op: str
+    right: int
+    result: int
+
+    def text(self) -> str:
+        return f"{self.left}{self.label}{self.op}{self.right}={self.result}.\n"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the first operand and the (operator, operand) chain that follows."""
+
+    first: int
+    ops: tuple[tuple[str, int], ...]
+    problem_id: str = field(default="", compare=False)
+
+    @property
+    def question(self) -> str:
+        return str(self.first) + "".join(f"{LABELS[i]}{op}{x}" for i, (op, x) in enumerate(self.ops))
+
+    @property
+    def prompt(self) -> str:
+        return f"{PROMPT_PREFIX}{self.question}{PROMPT_SUFFIX}"
+
+    @property
+    def answer(self) -> int:
+        return self.steps()[-1].result
+
+    def steps(self, mistakes: dict[int, str] | None = None) -> list[Step]:
+        """Work the chain; ``mistakes`` maps a step index to the mistake made there."""
+        mistakes = mistakes or {}
+        total = self.first
+        steps = []
+        for i, (op, x) in enumerate(self.ops):
+            worked_op = op
+            kind = mistakes.get(i)
+            if kind == "operator":
+                worked_op = "-" if op == "+" else "+"
+            result = total + x if worked_op == "+" else total - x
+            if kind == "carry":
+                result -= 10
+            elif kind == "borrow":
+                result += 10
+            steps.append(Step(LABELS[i], total, worked_op, x, result))
+            total = result
+        return steps
+
+    def response(self, mistakes: dict[int, str] | None = None) -> str:
+        steps = self.steps(mistakes)
+        return "".join(s.text() for s in steps) + f"\\boxed{{{steps[-1].result}}}"
+
+
+def question_in_eval(question: str, eval_share: float) -> bool:
+    """The split a question belongs to, decided by its hash alone."""
+    digest = hashlib.sha256(question.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < eval_share
+
+
+def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
+    n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
+    first = rng.randint(1, 9)
+    total = first
+    ops = []
+    for _ in range(n_steps):
+        choices = [(op, x) for op in "+-" for x in range(1, 10)
+                   if 0 <= (total + x if op == "+" else total - x) <= cfg.max_total]
+        op, x = rng.choice(choices)
+        total = total + x if op == "+" else total - x
+        ops.append((op, x))
+    return Problem(first, tuple(ops))
+
+
+def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[Problem]:
+    """``n`` distinct problems of ``split`` ("train" or "eval"), deterministic in ``cfg.seed``.
+
+    The two splits draw from differently seeded streams and are filtered by question hash,
+    so they are disjoint and each is reproducible on its own.
+    """
+    if cfg.max_steps > len(LABELS):
+        raise ValueError(f"max_steps must be at most {len(LABELS)} (one letter label per operation)")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    want_eval = split == "eval"
+    rng = random.Random(f"{cfg.seed}:{split}")
+    seen: set[str] = set()
+    out: list[Problem] = []
+    tries = 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * n + 10_000:
+            raise RuntimeError(f"could not draw {n} distinct {split} problems from {cfg}")
+        p = _draw_problem(rng, cfg)
+        q = p.question
+        if q in seen or question_in_eval(q, cfg.eval_share) != want_eval:
+            continue
+        seen.add(q)
+        out.append(Problem(p.first, p.ops, problem_id=f"toy-{split}-{len(out):06d}"))
+    return out
+
+
+def pretraining_traces(cfg: ToyTaskConfig, train: Sequence[Problem], n: int, seed: int) -> Iterator[tuple[str, str]]:
+    """``n`` (prompt, response) pairs over ``train``, each step mistaken with ``cfg.mistake_rate``."""
+    rng = random.Random(f"{cfg.seed}:traces:{seed}")
+    for _ in range(n):
+        p = rng.choice(train)
+        mistakes: dict[int, str] = {}
+        for i in range(len(p.ops)):
+            if rng.random() >= cfg.mistake_rate:
+                continue
+            # admissibility is judged on the trace with the mistakes made so far
+            kinds = admissible_mistakes(p, mistakes, i, cfg.max_total)
+            if kinds:
+                mistakes[i] = rng.choice(kinds)
+        yield p.prompt, p.response(mistakes)
+
+
+def admissible_mistakes(p: Problem, mistakes: dict[int, str], step: int, max_total: int) -> list[str]:
+    """Mistakes step ``step`` can make, given earlier ``mistakes``, keeping every total in range."""
+    steps = p.steps(mistakes)
+    total = steps[step].left
+    op, x = p.ops[step]
+    kinds = []
+    for kind in MISTAKE_KINDS:
+        if kind == "carry" and not (op == "+" and total % 10 + x >= 10):
+            continue
+        if kind == "borrow" and not (op == "-" and total % 10 < x):
+            continue
+        trial = p.steps({**mistakes, step: kind})
+        if all(0 <= s.result <= max_total for s in trial):
+            kinds.append(kind)
+    return kinds
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    step: int
+    kind: str
+    position: int
+    """0-based index, in the correct response's tokens, of the first token a mistake changes."""
+
+
+def decision_points(p: Problem, encode: Callable[[str], list[int]], max_total: int) -> list[DecisionPoint]:
+    """Where each admissible single mistake first departs from the correct response, in tokens."""
+    correct = encode(p.response())
+    points = []
+    for step in range(len(p.ops)):
+        for kind in admissible_mistakes(p, {}, step, max_total):
+            wrong = encode(p.response({step: kind}))
+            pos = next((i for i, (a, b) in enumerate(zip(correct, wrong)) if a != b), min(len(correct), len(wrong)))
+            points.append(DecisionPoint(step, kind, pos))
+    return points

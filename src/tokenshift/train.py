@@ -1,0 +1,226 @@
+"""Training loops: next-token pretraining and GRPO, small enough to read in one sitting.
+
+``pretrain`` is plain next-token prediction on (prompt, response) pairs, with the loss on the
+response and its end-of-sequence token (the prompt of the toy task is random operands that
+carry nothing to learn).
+
+``grpo`` is Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath) as the paper's
+RL checkpoints were trained, simplified for a CPU-sized model:
+
+1. each step samples ``group_size`` responses for each of ``prompts_per_step`` prompts from
+   the current policy and scores them with a verifiable reward (0/1 from the grader);
+2. advantages are group-normalised: (r - mean(group)) / (std(group) + 1e-6), the same value
+   for every token of a response; groups whose rewards are all equal contribute nothing;
+3. the policy takes ``updates_per_batch`` gradient steps on that batch with the clipped
+   ratio objective (PPO clip ``clip_eps``; the ratio is 1 on the first step, so the clip
+   matters from the second);
+4. the loss is averaged over all response tokens of the batch (DAPO's token-level mean, not
+   GRPO's per-sequence mean, so long responses are not down-weighted);
+5. an optional KL penalty to a frozen reference uses the k3 estimator (Schulman 2020),
+   ``kl_coef`` = 0 by default as in DAPO.
+
+Deterministic given the seeds and the torch thread count.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from tokenshift.generation import SamplingConfig, sample
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 64
+    """Sequences per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay to ``lr * min_lr_ratio``)."""
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    steps: int = 24
+    """Policy-update rounds (each samples a fresh batch)."""
+    prompts_per_step: int = 16
+    group_size: int = 8
+    """Responses sampled per prompt; advantages are normalised within each group."""
+    lr: float = 1e-3
+    clip_eps: float = 0.2
+    updates_per_batch: int = 2
+    kl_coef: float = 0.0
+    """Weight of the k3 KL estimate to the reference model (0 disables it)."""
+    grad_clip: float = 1.0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def collate(examples: Sequence[Example], pad_id: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad prompt+response(+EOS) into ``(input_ids, attention_mask, response_mask)``.
+
+    ``response_mask[i, t]`` is 1 where token ``t`` of row ``i`` is a response token (or its
+    EOS), i.e. where the model's prediction from position ``t - 1`` is trained or scored.
+    """
+    rows = []
+    for ex in examples:
+        tail = ex.response_ids + ([eos_id] if eos_id is not None else [])
+        rows.append((ex.prompt_ids, tail))
+    width = max(len(p) + len(r) for p, r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    resp = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, (p, r) in enumerate(rows):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.as_tensor(p + r, dtype=torch.long)
+        attn[i, :n] = 1
+        resp[i, len(p):n] = True
+    return ids, attn, resp
+
+
+def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t >= 1, shape ``[B, T-1]`` (aligned with ``ids[:, 1:]``)."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    return -F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+
+
+def pretrain(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    cfg: PretrainConfig,
+    *,
+    pad_id: int,
+    eos_id: int,
+    progress: bool = True,
+) -> list[float]:
+    """Next-token pretraining on ``examples``; returns the loss of every step."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress, mininterval=2.0)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        batch = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
+        ids, attn, resp = collate(batch, pad_id, eos_id)
+        logp = token_logprobs(model, ids, attn)
+        mask = resp[:, 1:]
+        loss = -(logp * mask).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return losses
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt_ids: list[int]
+    gold: str
+
+
+RewardFn = Callable[[list[list[int]], list[str]], list[float]]
+"""(response token ids, gold answers) -> one reward per response."""
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(r - group mean) / (group std + 1e-6) for rewards laid out group after group."""
+    g = rewards.view(-1, group_size)
+    adv = (g - g.mean(dim=1, keepdim=True)) / (g.std(dim=1, keepdim=True, unbiased=False) + 1e-6)
+    return adv.view(-1)
+
+
+def grpo(
+    policy: torch.nn.Module,
+    prompts: Sequence[PromptItem],
+    reward_fn: RewardFn,
+    cfg: GRPOConfig,
+    *,
+    pad_id: int,
+    eos_id: int,
+    reference: torch.nn.Module | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``policy`` in place with GRPO; returns one dict of statistics per step."""
+    if cfg.kl_coef > 0 and reference is None:
+        raise ValueError("GRPOConfig.kl_coef > 0 needs a reference model")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
+    history = []
+    bar = tqdm(range(cfg.steps), desc="grpo", disable=not progress)
+    for step in bar:
+        t0 = time.perf_counter()
+        chosen = rng.sample(range(len(prompts)), min(cfg.prompts_per_step, len(prompts)))
+        group_prompts = [prompts[i] for i in chosen for _ in range(cfg.group_size)]
+        samples = sample(
+            policy, [p.prompt_ids for p in group_prompts], eos_id=eos_id, pad_id=pad_id,
+            sampling=cfg.sampling, seed=cfg.seed * 7919 + step, batch_size=len(group_prompts),
+        )
+        rewards = torch.tensor(reward_fn([s.response_ids for s in samples], [p.gold for p in group_prompts]),
+                               dtype=torch.float32)
+        adv = group_advantages(rewards, cfg.group_size)
+        examples = [Example(p.prompt_ids, s.response_ids) for p, s in zip(group_prompts, samples)]
+        # a response cut by the length limit has no EOS to be trained on
+        ids, attn, resp = collate(examples, pad_id, eos_id)
+        for i, s in enumerate(samples):
+            if s.finish_reason == "length":
+                last = int(attn[i].sum()) - 1
+                resp[i, last] = False
+                attn[i, last] = 0
+        mask = resp[:, 1:].float()
+        with torch.no_grad():
+            old_logp = token_logprobs(policy, ids, attn)
+            ref_logp = token_logprobs(reference, ids, attn) if cfg.kl_coef > 0 else None
+        policy.train()
+        for _ in range(cfg.updates_per_batch):
+            logp = token_logprobs(policy, ids, attn)
+            ratio = torch.exp(logp - old_logp)
+            a = adv[:, None]
+            pg = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
+            if ref_logp is not None:
+                d = ref_logp - logp
+                pg = pg + cfg.kl_coef * (torch.exp(d) - d - 1)
+            loss = (pg * mask).sum() / mask.sum().clamp(min=1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            opt.step()
+        policy.eval()
+        stats = {"step": step, "reward_mean": rewards.mean().item(), "loss": loss.item(),
+                 "response_tokens_mean": mask.sum().item() / len(samples), "seconds": time.perf_counter() - t0}
+        history.append(stats)
+        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}")
+    return history

@@ -1,0 +1,56 @@
+"""Shared fixtures: real tokenizers and real (tiny, randomly initialised) Qwen2 checkpoints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: make every accidental download fail fast
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer():
+    from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems
+    from tokenshift.toy.tokenizer import train_tokenizer
+
+    cfg = ToyTaskConfig()
+    train = problems(cfg, "train", 300)
+    return train_tokenizer(p + r for p, r in pretraining_traces(cfg, train, 600, seed=0))
+
+
+def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, seed: int = 0) -> Path:
+    """A real Qwen2 checkpoint with random weights, saved as safetensors with its tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=embedding_rows or len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def make_checkpoint(tmp_path, toy_tokenizer):
+    def make(name: str, tokenizer=None, **kw) -> Path:
+        return save_checkpoint(tmp_path / name, tokenizer or toy_tokenizer, **kw)
+    return make
+
+
+def run(cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def tokenshift_cmd() -> list[str]:
+    exe = shutil.which("tokenshift")
+    return [exe] if exe else [sys.executable, "-m", "tokenshift.cli"]

@@ -1,0 +1,46 @@
+"""Grading with math-verify through the process pool, on real tricky answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tokenshift.grading import Grader, grade_one
+
+CASES = [
+    # (response, gold, correct)
+    ("so the answer is \\boxed{\\frac{1}{2}}", "0.5", True),
+    ("\\boxed{3}", "3.0", True),
+    ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{\\sqrt{2}}{2}", True),  # nested braces
+    ("first \\boxed{5}, on reflection \\boxed{7}", "7", True),  # several boxed: the last wins
+    ("first \\boxed{7}, on reflection \\boxed{5}", "7", False),
+    ("a7+5=12.\nb12-3=9.\n\\boxed{9}", "9", True),  # the toy task's format
+    ("a7+5=12.\nb12-3=9.\n\\boxed{19}", "9", False),
+    ("\\boxed{-3}", "-3", True),
+    ("\\boxed{18}", "18", True),
+]
+
+
+@pytest.mark.parametrize(("response", "gold", "correct"), CASES)
+def test_cases_in_process(response, gold, correct):
+    assert grade_one(response, gold).correct is correct
+
+
+def test_no_answer_is_wrong_and_says_so():
+    r = grade_one("I am not sure.", "7")
+    assert not r.correct and r.status == "no_answer"
+
+
+def test_pool_grades_like_in_process_and_survives_pathological_answers():
+    huge = "\\boxed{9^{9^{9^{9^{9}}}}}"  # sympy would try to evaluate a tower of exponents
+    responses = [c[0] for c in CASES] + [huge, "\\boxed{\\frac{1}{0}}", ""]
+    golds = [c[1] for c in CASES] + ["1", "1", "1"]
+    with Grader(timeout_s=2, workers=2) as grader:
+        results = grader.grade(responses, golds)
+    assert [r.correct for r in results[:len(CASES)]] == [c[2] for c in CASES]
+    assert not any(r.correct for r in results[len(CASES):])
+    assert {r.status for r in results[len(CASES):]} <= {"no_answer", "timeout", "error", "ok"}
+
+
+def test_mismatched_lengths_are_refused():
+    with pytest.raises(ValueError, match="2 responses but 1 gold"):
+        Grader(workers=0).grade(["a", "b"], ["1"])

@@ -1,0 +1,147 @@
+"""The checkpoint stage on real checkpoints: link, hub snapshot (offline cache), manifests, tokenizer rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import save_checkpoint
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from tokenshift.models import (
+    ModelFetchError,
+    TokenizerMismatch,
+    check_pair,
+    compare_tokenizers,
+    fetch_model,
+    manifest_path,
+    sha256_file,
+    write_manifest,
+)
+
+
+def other_tokenizer(texts: list[str], pattern: str = r"\p{N}| ?[^\s\p{L}\p{N}]+|\p{L}+|\s+") -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def test_local_checkpoint_is_linked_verified_and_reloads(make_checkpoint, tmp_path):
+    src = make_checkpoint("src")
+    out = tmp_path / "resources" / "models" / "m"
+    manifest = fetch_model("m", {"path": str(src)}, out)
+    assert manifest_path(out).is_file() and json.loads(manifest_path(out).read_text()) == manifest
+    assert manifest["source"] == "path" and manifest["tokenizer_roundtrip"] == "ok"
+    assert manifest["weights_sha256"] == {"model.safetensors": sha256_file(src / "model.safetensors")}
+    assert (out / "model.safetensors").is_symlink()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == manifest["embedding_rows"] == len(tok) == manifest["tokenizer_size"]
+
+
+def test_pickle_weights_are_never_linked(make_checkpoint, tmp_path):
+    src = make_checkpoint("src")
+    (src / "pytorch_model.bin").write_bytes(b"not loaded")
+    out = tmp_path / "out"
+    fetch_model("m", {"path": str(src)}, out)
+    assert not (out / "pytorch_model.bin").exists()
+
+
+def test_checkpoint_without_safetensors_is_refused(make_checkpoint, tmp_path):
+    src = make_checkpoint("src")
+    (src / "model.safetensors").unlink()
+    with pytest.raises(ModelFetchError, match="no safetensors"):
+        fetch_model("m", {"path": str(src)}, tmp_path / "out")
+    assert not manifest_path(tmp_path / "out").exists()
+
+
+def hub_cache(root: Path, repo: str, revision: str, files_from: Path) -> Path:
+    """Lay out a Hugging Face hub cache the way snapshot_download leaves it (blobs + snapshot links)."""
+    owner, name = repo.split("/")
+    base = root / f"models--{owner}--{name}"
+    snap = base / "snapshots" / revision
+    (base / "blobs").mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in files_from.iterdir():
+        blob = base / "blobs" / sha256_file(f)
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(revision)
+    return root
+
+
+def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path, monkeypatch):
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    cache = hub_cache(tmp_path / "hf", "acme/tiny-qwen", rev, make_checkpoint("src"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    manifest = fetch_model("tiny", {"hub": "acme/tiny-qwen", "revision": rev}, out)
+    assert manifest["source"] == "hub" and manifest["revision"] == rev
+    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
+
+
+def test_hub_model_offline_fails_naming_model_and_revision(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelFetchError, match=r"model 'qwen'.*'Qwen/Qwen2.5-0.5B'.*revision 'deadbeef'"):
+        fetch_model("qwen", {"hub": "Qwen/Qwen2.5-0.5B", "revision": "deadbeef"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_silent_tokenizer_rebuild_is_an_error(tmp_path, toy_tokenizer):
+    # A BPE whose pre-tokenizer keeps two-digit numbers whole: transformers rebuilds it as a Qwen2
+    # tokenizer (digits split one by one) because config.json says qwen2. That must not pass.
+    tok = other_tokenizer(["Q:8+6=14.14+8=22.\\boxed{22}"] * 20, pattern=r"\p{N}{1,2}| ?[^\s\p{L}\p{N}]+|\p{L}+|\s+")
+    ckpt = save_checkpoint(tmp_path / "rebuilt", tok)
+    with pytest.raises(TokenizerMismatch, match="rebuilt the tokenizer"):
+        write_manifest(ckpt, name="rebuilt", spec={"path": str(ckpt)})
+
+
+def test_pair_with_identical_tokenizers_passes(make_checkpoint, tmp_path):
+    a, b = make_checkpoint("a"), make_checkpoint("b", seed=1)
+    fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")
+    fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
+    info = check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", tmp_path / "p.json")
+    assert info["identical_tokenizers"] and info["shared_vocab_size"] == len(AutoTokenizer.from_pretrained(a))
+
+
+def test_padded_embedding_rows_slice_to_the_tokenizer(make_checkpoint, tmp_path, toy_tokenizer):
+    n = len(toy_tokenizer)
+    a, b = make_checkpoint("a"), make_checkpoint("b", embedding_rows=n + 64)  # like 151936 vs 152064
+    fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")
+    fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
+    info = check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", tmp_path / "p.json")
+    assert info["shared_vocab_size"] == n
+    assert info["embedding_rows"] == {"base": n, "rl": n + 64}
+    assert json.loads((tmp_path / "p.json").read_text()) == info
+
+
+def test_different_tokenizers_are_refused(make_checkpoint, tmp_path, toy_tokenizer):
+    a = make_checkpoint("a")
+    b = make_checkpoint("b", tokenizer=other_tokenizer(["completely different text, hello world"] * 20,
+                                                         pattern=r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""))
+    fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")
+    fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
+    with pytest.raises(TokenizerMismatch, match="pair 'p'.*different tokenizers.*token ids differ"):
+        check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", tmp_path / "p.json")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_vocab_extended_with_added_tokens_shares_the_common_prefix(toy_tokenizer):
+    import copy
+
+    extended = copy.deepcopy(toy_tokenizer)
+    extended.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    assert compare_tokenizers(toy_tokenizer, extended) == len(toy_tokenizer)

@@ -1,0 +1,83 @@
+"""The toy task: correct answers, disjoint splits, decision points at the right tokens."""
+
+from __future__ import annotations
+
+import re
+
+from tokenshift.toy.task import ToyTaskConfig, decision_points, pretraining_traces, problems, question_in_eval
+
+CFG = ToyTaskConfig()
+
+
+def test_answers_are_the_arithmetic_of_the_question():
+    for p in problems(CFG, "eval", 200):
+        assert p.answer == eval(re.sub("[a-z]", "", p.question))  # noqa: S307 - digits and +/- only
+        assert p.response().endswith(f"\\boxed{{{p.answer}}}")
+        assert CFG.min_steps <= len(p.ops) <= CFG.max_steps
+
+
+def test_trace_format_matches_the_paper_style():
+    p = problems(CFG, "eval", 1)[0]
+    assert re.fullmatch(r"Q:\d([a-h][+-]\d)+=\?\n", p.prompt)
+    assert re.fullmatch(r"(\d+[a-h][+-]\d=\d+\.\n)+\\boxed\{\d+\}", p.response())
+    labels = re.findall(r"\d+([a-h])[+-]", p.response())
+    assert labels == [chr(ord("a") + i) for i in range(len(p.ops))]  # each step cites its operation
+
+
+def test_splits_are_disjoint_and_deterministic():
+    train = problems(CFG, "train", 3000)
+    evals = problems(CFG, "eval", 500)
+    assert not {p.question for p in train} & {p.question for p in evals}
+    assert all(question_in_eval(p.question, CFG.eval_share) for p in evals)
+    assert [p.question for p in problems(CFG, "eval", 500)] == [p.question for p in evals]
+    assert [p.question for p in problems(ToyTaskConfig(seed=1), "eval", 50)] != [p.question for p in evals[:50]]
+
+
+def test_mistaken_traces_are_consistent_and_at_the_configured_rate():
+    train = problems(CFG, "train", 500)
+    n_wrong = 0
+    traces = list(pretraining_traces(CFG, train, 2000, seed=0))
+    by_prompt = {p.prompt: p for p in train}
+    for prompt, response in traces:
+        p = by_prompt[prompt]
+        steps = re.findall(r"(\d+)[a-h]([+-])(\d)=(\d+)\.", response)
+        total = p.first
+        for left, op, right, result in steps:
+            assert int(left) == total  # later steps always continue from the (possibly wrong) total
+            total = int(result)
+            assert 0 <= total <= CFG.max_total
+        boxed = int(re.search(r"\\boxed\{(\d+)\}", response).group(1))
+        assert boxed == total  # the mistake propagates to the boxed answer
+        n_wrong += boxed != p.answer
+    share_wrong = n_wrong / len(traces)
+    mean_steps = sum(len(p.ops) for p in train) / len(train)
+    expected = 1 - (1 - CFG.mistake_rate) ** mean_steps
+    assert 0.5 * expected < share_wrong < 1.2 * expected
+
+
+def test_prompt_and_response_meet_at_a_token_boundary(toy_tokenizer):
+    enc = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    for p in problems(CFG, "eval", 50):
+        assert enc(p.prompt) + enc(p.response()) == enc(p.prompt + p.response())
+
+
+def test_labels_are_the_same_token_in_question_and_trace(toy_tokenizer):
+    p = problems(ToyTaskConfig(min_steps=8), "eval", 1)[0]
+    q = set(toy_tokenizer.convert_ids_to_tokens(toy_tokenizer.encode(p.prompt, add_special_tokens=False)))
+    r = set(toy_tokenizer.convert_ids_to_tokens(toy_tokenizer.encode(p.response(), add_special_tokens=False)))
+    assert set("abcdefgh") <= q & r
+
+
+def test_decision_points_point_at_the_first_changed_token(toy_tokenizer):
+    encode = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    kinds = set()
+    for p in problems(CFG, "eval", 100):
+        correct = encode(p.response())
+        for d in decision_points(p, encode, CFG.max_total):
+            wrong = encode(p.response({d.step: d.kind}))
+            assert correct[:d.position] == wrong[:d.position]
+            assert correct[d.position] != wrong[d.position]
+            kinds.add(d.kind)
+            if d.kind == "operator":  # the operator token itself is where a misread shows
+                assert toy_tokenizer.decode(correct[d.position]) in "+-"
+    assert kinds == {"operator", "carry", "borrow"}

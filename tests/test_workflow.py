@@ -1,0 +1,105 @@
+"""The Snakemake workflow: config validation through real `snakemake -n`, and the DAG."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run, save_checkpoint
+
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600):
+    """Run the repository's Snakefile in ``workdir`` (whose config/config.yaml is the config)."""
+    bindir = str(Path(sys.executable).parent)
+    import os
+
+    env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    return run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+               timeout=timeout, env=env)
+
+
+def with_config(tmp_path: Path, config: dict) -> Path:
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return tmp_path
+
+
+def test_default_config_builds_the_dag(tmp_path):
+    r = snakemake(with_config(tmp_path, DEFAULT), "-n", "all")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    for rule in ("toy_base", "toy_rl", "check_pair", "all"):
+        assert rule in out
+
+
+def _mutations():
+    def m(f):
+        c = copy.deepcopy(DEFAULT)
+        f(c)
+        return c
+
+    def add_pair(c, **kw):
+        c["pairs"].append({"name": "toy2", "base": "toy-base", "rl": "toy-rl", **kw})
+
+    return [
+        # (id, config, text that must appear in the error)
+        ("unknown-top-level-key", m(lambda c: c.update(modles={})), "modles"),
+        ("unknown-pair-key", m(lambda c: c["pairs"][0].update(bse="toy-base")), "bse"),
+        ("wrong-type", m(lambda c: c["sampling"].update(temperature="hot")), "temperature"),
+        ("negative-budget", m(lambda c: c["crosssample"].update(budgets=[0, -2])), "budgets"),
+        ("budget-not-integer-nor-fraction", m(lambda c: c["crosssample"].update(budgets=[1.5])), "budgets"),
+        ("budget-word", m(lambda c: c["crosssample"].update(budgets=["half"])), "budgets"),
+        ("duplicate-budgets", m(lambda c: c["crosssample"].update(budgets=[2, 2.0])), "crosssample.budgets"),
+        ("threshold-above-ln2", m(lambda c: c["crosssample"].update(js_threshold=0.9)), "js_threshold"),
+        ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), "pairs[1].name"),
+        ("unknown-model", m(lambda c: c["pairs"][0].update(rl="toy-rll")), "pairs[0].rl"),
+        ("unknown-dataset", m(lambda c: c["pairs"][0].update(datasets=["aime24"])), "pairs[0].datasets"),
+        ("pair-kind", m(lambda c: c["pairs"][0].update(kind="rlhf")), "kind"),
+        ("hub-without-revision", m(lambda c: c["models"].update(q={"hub": "Qwen/Qwen2.5-0.5B"})), "revision"),
+        ("two-sources", m(lambda c: c["models"].update(q={"path": "x", "hub": "a/b", "revision": "r"})), "'q'"),
+        ("toy-rl-without-init", m(lambda c: c["models"]["toy-rl"].pop("init")), "init"),
+        ("toy-rl-init-not-base", m(lambda c: c["models"]["toy-rl"].update(init="toy-rl")), "models.toy-rl.init"),
+        ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
+        ("toy-paired-with-local", m(lambda c: (c["models"].update(loc={"path": "."}), add_pair(c, rl="loc"))), "pairs[1]"),
+        ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
+        ("base-equals-rl", m(lambda c: c["pairs"][0].update(rl="toy-base")), "pairs[0].rl"),
+    ]
+
+
+@pytest.mark.parametrize(("config", "needle"), [(c, n) for _, c, n in _mutations()], ids=[i for i, _, _ in _mutations()])
+def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, config, needle):
+    (tmp_path / "config").mkdir()
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert needle in r.stdout + r.stderr
+    assert not (tmp_path / "resources").exists()
+
+
+def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
+    from test_models import other_tokenizer
+
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", other_tokenizer(["other words entirely, nothing alike"] * 20))
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "pairs[1].rl" in r.stderr and "token ids differ" in r.stderr
+
+
+def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": []})
+    r = snakemake(with_config(tmp_path, config), "--cores", "1", "resources/pairs/ab.json")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "resources" / "models" / "a.json").is_file()
+    assert "shared_vocab_size" in (tmp_path / "resources" / "pairs" / "ab.json").read_text()

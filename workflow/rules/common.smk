@@ -1,0 +1,71 @@
+# Input functions, wildcard constraints and the target list: the one place that decides what
+# `all` means. Config is validated here, before any job runs.
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from tokenshift.config import check_config, model_source
+
+
+validate(config, "../schemas/config.schema.yaml")
+check_config(config)  # relative paths resolve against the working directory, as rule paths do
+
+MODELS = config["models"]
+PAIRS = {p["name"]: p for p in config["pairs"]}
+TOY_BASE = [m for m, s in MODELS.items() if s.get("toy") == "base"]
+TOY_RL = [m for m, s in MODELS.items() if s.get("toy") == "rl"]
+FETCHED = [m for m, s in MODELS.items() if model_source(s) in ("path", "hub")]
+TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy" in MODELS[d["rl"]]]
+
+
+def _alternatives(names):
+    # a pattern that matches nothing when the list is empty, so the rule never applies
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+wildcard_constraints:
+    pair=_alternatives(PAIRS),
+    model=_alternatives(MODELS),
+
+
+def model_dir(name):
+    return f"resources/models/{name}"
+
+
+def model_manifest(name):
+    return f"resources/models/{name}.json"
+
+
+def toy_settings_json():
+    return json.dumps(config.get("toy", {}), sort_keys=True)
+
+
+def fetch_args(wildcards):
+    spec = MODELS[wildcards.model]
+    if "path" in spec:
+        args = ["--path", str(Path(spec["path"]).resolve())]
+    else:
+        args = ["--hub", spec["hub"], "--revision", spec["revision"]]
+    if spec.get("trust_remote_code"):
+        args.append("--trust-remote-code")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def toy_rl_init(wildcards):
+    return model_manifest(MODELS[wildcards.model]["init"])
+
+
+def pair_models(wildcards):
+    pair = PAIRS[wildcards.pair]
+    return {"base": model_manifest(pair["base"]), "rl": model_manifest(pair["rl"])}
+
+
+def get_final_output():
+    targets = [model_manifest(m) for m in MODELS]
+    targets += [f"resources/pairs/{p}.json" for p in PAIRS]
+    targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
+    return targets
