@@ -43,7 +43,7 @@ class PretrainConfig:
     """Optimizer steps."""
     batch_size: int = 64
     """Sequences per step."""
-    lr: float = 3e-3
+    lr: float = 5e-3
     """Peak AdamW learning rate (linear warm-up, cosine decay to ``lr * min_lr_ratio``)."""
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -59,7 +59,9 @@ class GRPOConfig:
     prompts_per_step: int = 16
     group_size: int = 8
     """Responses sampled per prompt; advantages are normalised within each group."""
-    lr: float = 1e-3
+    lr: float = 1e-4
+    """AdamW learning rate. Adam's first steps move every weight by about ``lr``, so RL takes a
+    far smaller rate than pretraining (1e-3 collapsed the toy policy within one step)."""
     clip_eps: float = 0.2
     updates_per_batch: int = 2
     kl_coef: float = 0.0

@@ -41,9 +41,9 @@ class ToyBuildConfig:
     n_train_problems: int = 20000
     n_traces: int = 50000
     hidden_size: int = 128
-    num_layers: int = 2
-    pretrain_steps: int = 700
-    grpo_steps: int = 24
+    num_layers: int = 3
+    pretrain_steps: int = 600
+    grpo_steps: int = 60
     threads: int = 2
 
     @classmethod
@@ -71,7 +71,8 @@ def _qwen2_config(vocab_size: int, eos_id: int, cfg: ToyBuildConfig):
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
-        intermediate_size=4 * cfg.hidden_size,
+        # a narrow MLP (2x, not Qwen2's ~5x): the budget buys depth, which the lookups need
+        intermediate_size=2 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
         num_attention_heads=4,
         num_key_value_heads=4,

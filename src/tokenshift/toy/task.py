@@ -12,12 +12,11 @@ question, and each step of the trace, one per line, cites it the same way (``14b
 Why labels: without them the model must find "the i-th operation" of a question by counting,
 which a 2-layer model does not learn in a CPU-minutes budget (measured here: ~10% greedy
 accuracy after 600 steps, nearly all errors fetching the wrong operation). With them, fetching
-the operation is a content lookup (an induction head: the token after the label, as in the
-question), and the model's remaining freedom sits
-where the task puts it: the decision points below. Steps end in a newline so that a label is
-the same token in the question and in the trace (Qwen2's pre-tokenizer would glue ``.b``
-together), and so that prompt and response meet at a token boundary: tokenizing them apart
-or together gives the same ids.
+the operation is a content lookup (an induction head: the tokens after the label, as in the
+question), and the model's remaining freedom sits where the task puts it: the decision points
+below. Steps end in a newline so that a label is the same token in the question and in the
+trace (Qwen2's pre-tokenizer would glue ``.b`` together), and so that prompt and response meet
+at a token boundary: tokenizing them apart or together gives the same ids.
 
 Pretraining traces contain plausible mistakes at *decision points*, each propagated
 consistently to the boxed answer (later steps are worked correctly from the wrong total):

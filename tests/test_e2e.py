@@ -1,0 +1,61 @@
+"""The whole default workflow from nothing, as a user runs it: slow (minutes), run in CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+from conftest import REPO
+from test_workflow import snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("study")
+    shutil.copytree(REPO / "config", work / "config")
+    r = snakemake(work, "--cores", "2", "all", timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work
+
+
+def test_toy_pair_is_built_as_ordinary_checkpoints(default_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in ("toy-base", "toy-rl"):
+        manifest = json.loads((default_run / "resources" / "models" / f"{name}.json").read_text())
+        assert manifest["source"] == "toy" and manifest["tokenizer_roundtrip"] == "ok"
+        model = AutoModelForCausalLM.from_pretrained(default_run / "resources" / "models" / name)
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        assert len(AutoTokenizer.from_pretrained(default_run / "resources" / "models" / name)) == manifest["tokenizer_size"]
+    pair = json.loads((default_run / "resources" / "pairs" / "toy.json").read_text())
+    assert pair["identical_tokenizers"]
+
+
+def test_rl_beats_base_by_a_quarter_at_temperature_one(default_run):
+    acc = pl.read_parquet(default_run / "results" / "toy" / "toy_check" / "accuracy.parquet")
+    sampled = {r["role"]: r for r in acc.filter(pl.col("decoding") == "sampled_t1").iter_rows(named=True)}
+    n_eval = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["toy"]["n_problems"]
+    assert sampled["base"]["n_problems"] == n_eval >= 500
+    assert sampled["rl"]["accuracy"] >= sampled["base"]["accuracy"] + 0.25
+    assert sampled["rl"]["ci_low"] > sampled["base"]["ci_high"]
+
+
+def test_shift_is_sparse_and_falls_on_decision_points(default_run):
+    dp = pl.read_parquet(default_run / "results" / "toy" / "toy_check" / "decision_points.parquet")
+    overall = dp.filter(pl.col("selection") == "all").row(0, named=True)
+    assert overall["share_js_below_1e-3"] > 0.5  # most positions barely move
+    top10 = dp.filter((pl.col("selection") == "top_share") & (pl.col("value") == 0.10)).row(0, named=True)
+    assert top10["lift"] > 3  # the highest-JS positions are decision points far more often than chance
+    assert overall["js_share_on_decision_points"] > 2 * overall["base_rate"]
+
+
+def test_rerun_is_a_no_op(default_run):
+    r = snakemake(default_run, "--cores", "2", "all")
+    assert r.returncode == 0
+    assert "Nothing to be done" in r.stdout + r.stderr
