@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenshift.grading import Grader, grade_one
+from tokenshift.grading import Grader, grade_one, last_boxed
 
 CASES = [
     # (response, gold, correct)
@@ -23,6 +23,12 @@ CASES = [
 @pytest.mark.parametrize(("response", "gold", "correct"), CASES)
 def test_cases_in_process(response, gold, correct):
     assert grade_one(response, gold).correct is correct
+
+
+def test_last_boxed_balances_braces():
+    assert last_boxed("x \\boxed{1} y \\boxed{\\frac{a}{b}} z") == "\\boxed{\\frac{a}{b}}"
+    assert last_boxed("\\boxed{2} and an unclosed \\boxed{3") == "\\boxed{2}"
+    assert last_boxed("no answer") is None
 
 
 def test_no_answer_is_wrong_and_says_so():

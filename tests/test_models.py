@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import save_checkpoint
+from conftest import run, save_checkpoint, tokenshift_cmd
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -81,22 +82,26 @@ def hub_cache(root: Path, repo: str, revision: str, files_from: Path) -> Path:
     return root
 
 
-def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path, monkeypatch):
+def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
+    # huggingface_hub reads HF_HUB_CACHE when imported, so run the real CLI in a fresh process
     rev = "0123456789abcdef0123456789abcdef01234567"
     cache = hub_cache(tmp_path / "hf", "acme/tiny-qwen", rev, make_checkpoint("src"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out"
-    manifest = fetch_model("tiny", {"hub": "acme/tiny-qwen", "revision": rev}, out)
+    r = run(tokenshift_cmd() + ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", rev,
+                                "--out", str(out)], env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(manifest_path(out).read_text())
     assert manifest["source"] == "hub" and manifest["revision"] == rev
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
 
 
-def test_hub_model_offline_fails_naming_model_and_revision(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelFetchError, match=r"model 'qwen'.*'Qwen/Qwen2.5-0.5B'.*revision 'deadbeef'"):
-        fetch_model("qwen", {"hub": "Qwen/Qwen2.5-0.5B", "revision": "deadbeef"}, tmp_path / "out")
+def test_hub_model_offline_fails_naming_model_and_revision(tmp_path):
+    r = run(tokenshift_cmd() + ["models", "fetch", "qwen", "--hub", "Qwen/Qwen2.5-0.5B", "--revision", "deadbeef",
+                                "--out", str(tmp_path / "out")],
+            env={"HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2
+    assert re.search(r"model 'qwen'.*'Qwen/Qwen2.5-0.5B'.*revision 'deadbeef'", r.stderr)
+    assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -54,7 +54,7 @@ def _mutations():
         ("negative-budget", m(lambda c: c["crosssample"].update(budgets=[0, -2])), "budgets"),
         ("budget-not-integer-nor-fraction", m(lambda c: c["crosssample"].update(budgets=[1.5])), "budgets"),
         ("budget-word", m(lambda c: c["crosssample"].update(budgets=["half"])), "budgets"),
-        ("duplicate-budgets", m(lambda c: c["crosssample"].update(budgets=[2, 2.0])), "crosssample.budgets"),
+        ("duplicate-budgets", m(lambda c: c["crosssample"].update(budgets=[2, 2.0])), "['budgets']"),
         ("threshold-above-ln2", m(lambda c: c["crosssample"].update(js_threshold=0.9)), "js_threshold"),
         ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), "pairs[1].name"),
         ("unknown-model", m(lambda c: c["pairs"][0].update(rl="toy-rll")), "pairs[0].rl"),
@@ -65,7 +65,6 @@ def _mutations():
         ("toy-rl-without-init", m(lambda c: c["models"]["toy-rl"].pop("init")), "init"),
         ("toy-rl-init-not-base", m(lambda c: c["models"]["toy-rl"].update(init="toy-rl")), "models.toy-rl.init"),
         ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
-        ("toy-paired-with-local", m(lambda c: (c["models"].update(loc={"path": "."}), add_pair(c, rl="loc"))), "pairs[1]"),
         ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
         ("base-equals-rl", m(lambda c: c["pairs"][0].update(rl="toy-base")), "pairs[0].rl"),
     ]
@@ -90,7 +89,18 @@ def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
     r = snakemake(with_config(tmp_path, config), "-n", "all")
     assert r.returncode != 0
-    assert "pairs[1].rl" in r.stderr and "token ids differ" in r.stderr
+    out = r.stdout + r.stderr
+    assert "pairs[1].rl" in out and "token ids differ" in out
+
+
+def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer):
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["a"] = {"path": "ckpt/a"}
+    config["pairs"].append({"name": "mixed", "base": "toy-base", "rl": "a"})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "config key pairs[1]" in r.stdout + r.stderr and "toy model" in r.stdout + r.stderr
 
 
 def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):

@@ -74,8 +74,9 @@ def _cmd_models_toy_rl(args: argparse.Namespace) -> None:
     write_manifest(out, name=args.name, spec={"toy": "rl", "init": Path(args.init).name},
                    extra={"toy_build_seconds": stats["seconds"]})
     rewards = [h["reward_mean"] for h in stats["grpo"]]
-    print(f"toy RL model {args.name!r}: GRPO reward {rewards[0]:.3f} -> {rewards[-1]:.3f}, {stats['seconds']:.0f} s",
-          file=sys.stderr)
+    k = max(1, len(rewards) // 5)
+    print(f"toy RL model {args.name!r}: mean GRPO reward {sum(rewards[:k]) / k:.3f} over the first {k} steps, "
+          f"{sum(rewards[-k:]) / k:.3f} over the last {k}; {stats['seconds']:.0f} s", file=sys.stderr)
 
 
 def _cmd_models_check_pair(args: argparse.Namespace) -> None:

@@ -9,7 +9,6 @@ two tokenizers can be compared. Every error names the key and the bad value.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,14 +73,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             if ds not in datasets:
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
-
-    budgets = config.get("crosssample", {}).get("budgets", [])
-    for j, b in enumerate(budgets):
-        if isinstance(b, float) and not math.isfinite(b):
-            raise ConfigError(f"crosssample.budgets[{j}]", b, "expected a whole number, a fraction in (0, 1), or 'all'")
-    labels = [budget_label(b) for b in budgets]
-    if len(set(labels)) != len(labels):
-        raise ConfigError("crosssample.budgets", budgets, "expected distinct budgets (2 and 2.0 are the same)")
 
 
 def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:

@@ -1,8 +1,10 @@
 """Answer grading with math-verify, safe against answers that hang or crash the parser.
 
 Every dataset, the toy task included, is graded by this one code path: the gold answer is
-parsed as LaTeX (wrapped in ``$...$`` when it is bare), the response by math-verify's default
-extraction, which prefers the last ``\\boxed{}``; ``verify`` decides equivalence.
+parsed as LaTeX (wrapped in ``$...$`` when it is bare); from the response, the last
+brace-balanced ``\\boxed{...}`` is graded, as in the paper's protocol (math-verify on its own
+would merge several boxed answers into a set); a response without one falls back to
+math-verify's own extraction. ``verify`` decides equivalence.
 
 math-verify's own timeouts use ``signal.alarm``, which works only in a process's main thread.
 So grading runs in a process pool, where each worker runs tasks in its main thread and those
@@ -38,18 +40,36 @@ def _as_latex(gold: str) -> str:
     return gold if gold.startswith("$") or "\\boxed" in gold else f"${gold}$"
 
 
+def last_boxed(text: str) -> str | None:
+    """The last ``\\boxed{...}`` of ``text`` with its braces balanced, or None."""
+    start = text.rfind("\\boxed")
+    while start != -1:
+        i = start + len("\\boxed")
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if depth == 0:
+                    return text[start:j + 1]
+        start = text.rfind("\\boxed", 0, start)
+    return None
+
+
 def grade_one(response: str, gold: str, timeout_s: int = 5) -> GradeResult:
     """Grade one response in this process (math-verify timeouts work only in a main thread)."""
     from math_verify import parse, verify
+    from math_verify.errors import TimeoutException  # a BaseException, not an Exception
 
     try:
         gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout_s, raise_on_error=True)
-        pred = parse(response, parsing_timeout=timeout_s, raise_on_error=True)
+        pred = parse(last_boxed(response) or response, parsing_timeout=timeout_s, raise_on_error=True)
         if not pred:
             return GradeResult(False, "no_answer")
         ok = verify(gold_parsed, pred, timeout_seconds=timeout_s, raise_on_error=True)
         return GradeResult(bool(ok), "ok", str(pred[-1]))
-    except TimeoutError:
+    except (TimeoutError, TimeoutException):
         return GradeResult(False, "timeout")
     except Exception as e:  # noqa: BLE001 - a pathological answer must never stop the job
         if "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower():

@@ -44,6 +44,7 @@ class ToyBuildConfig:
     num_layers: int = 3
     pretrain_steps: int = 600
     grpo_steps: int = 60
+    grpo_lr: float = 1e-4
     threads: int = 2
 
     @classmethod
@@ -125,7 +126,7 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
     train = problems(cfg.task, "train", cfg.n_train_problems)
     prompts = [PromptItem(ids, str(p.answer)) for p, ids in
                zip(train, tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids)]
-    grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, seed=cfg.seed,
+    grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, lr=cfg.grpo_lr, seed=cfg.seed,
                           sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens))
     with Grader(workers=1) as grader:
         def reward(responses: list[list[int]], golds: list[str]) -> list[float]:
