@@ -113,3 +113,8 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "resources" / "models" / "a.json").is_file()
     assert "shared_vocab_size" in (tmp_path / "resources" / "pairs" / "ab.json").read_text()
+
+
+def test_local_profile_dry_run(tmp_path):
+    r = snakemake(with_config(tmp_path, DEFAULT), "--profile", str(REPO / "profiles" / "local"), "-n", "all")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
