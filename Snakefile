@@ -7,14 +7,17 @@
 # Stages, in order (one rule file each):
 #   models      materialise checkpoints (local, hub, or the embedded toy pair built here)
 #               and check that each pair's tokenizers agree
-#   ...         later stages (rollouts, scoring, divergence, cross-sampling, figures)
-#               add their targets in common.smk:get_final_output()
+#   rollouts    both models of each pair answer each of its datasets; math-verify grades;
+#               accuracy tables (avg@n with bootstrap CIs, pass@k)
+#   ...         later stages (scoring, divergence, cross-sampling, figures) add their
+#               targets in common.smk:get_final_output()
 
 configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/rollouts.smk"
 
 
 rule all:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import run, tokenshift_cmd
 
-HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"]]
+HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"],
+         ["toy-check"], ["rollout"], ["accuracy"]]
 
 
 @pytest.mark.parametrize("sub", HELPS, ids=lambda s: " ".join(s) or "top")
@@ -17,7 +18,8 @@ def test_help(sub):
 
 def test_top_level_help_lists_the_stages():
     out = run(tokenshift_cmd() + ["--help"]).stdout
-    assert "models" in out
+    for stage in ("models", "toy-check", "rollout", "accuracy"):
+        assert stage in out
 
 
 def test_hub_without_revision_is_a_usage_error(tmp_path):

@@ -59,3 +59,16 @@ def test_rerun_is_a_no_op(default_run):
     r = snakemake(default_run, "--cores", "2", "all")
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_rollouts_and_accuracy_tables(default_run):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    n = config["sampling"]["n"]
+    for role in ("base", "rl"):
+        t = pl.read_parquet(default_run / "results" / "toy" / "toy" / "rollouts" / f"{role}.parquet")
+        assert t.height == config["datasets"]["toy"]["n_problems"] * n
+        assert (t["grade_status"] == "ok").mean() > 0.95  # the toy models answer in \boxed{}
+    acc = pl.read_parquet(default_run / "results" / "toy" / "toy" / "accuracy.parquet")
+    avg = {r["role"]: r for r in acc.filter(pl.col("metric") == f"avg@{n}").iter_rows(named=True)}
+    assert avg["rl"]["ci_low"] > avg["base"]["ci_high"]
+    assert set(acc["metric"]) == {f"avg@{n}"} | {f"pass@{k}" for k in config["rollout"]["pass_k"]}

@@ -56,13 +56,13 @@ def test_short_build_saves_ordinary_checkpoints(short_pair):
 
 
 def test_grpo_raises_the_expected_reward_on_held_out_problems(short_pair):
-    from tokenshift.toy.check import _load, accuracy_table
+    from tokenshift.toy.check import _load, sampled_accuracy
     from tokenshift.toy.task import problems
 
     root, _, _ = short_pair
     base, tok = _load(root / "base")
     rl, _ = _load(root / "rl")
-    acc = accuracy_table({"base": base, "rl": rl}, tok, problems(SHORT.task, "eval", 200),
+    acc = sampled_accuracy({"base": base, "rl": rl}, tok, problems(SHORT.task, "eval", 200),
                          max_new_tokens=SHORT.max_new_tokens, seed=1, samples_per_problem=4)
     sampled = {r["role"]: r for r in acc.filter(acc["decoding"] == "sampled_t1").iter_rows(named=True)}
     assert 0.1 < sampled["base"]["accuracy"] < 0.9  # the base model errs sometimes: something to learn

@@ -67,6 +67,11 @@ def _mutations():
         ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
         ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
         ("base-equals-rl", m(lambda c: c["pairs"][0].update(rl="toy-base")), "pairs[0].rl"),
+        ("missing-dataset-file", m(lambda c: c["datasets"].update(aime={"path": "no/aime.jsonl"})), "datasets.aime.path"),
+        ("dataset-wrong-suffix", m(lambda c: c["datasets"].update(aime={"path": "aime.csv"})), "aime.csv"),
+        ("dataset-preset-without-revision", m(lambda c: c["datasets"].update(aime={"preset": "aime24"})), "'aime'"),
+        ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
+        ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
     ]
 
 

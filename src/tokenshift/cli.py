@@ -98,6 +98,38 @@ def _cmd_toy_check(args: argparse.Namespace) -> None:
         print(tables["decision_points"])
 
 
+def _cmd_rollout(args: argparse.Namespace) -> None:
+    from tokenshift.datasets import load_problems
+    from tokenshift.generation import SamplingConfig
+    from tokenshift.rollout import RolloutConfig, run_rollouts
+
+    spec = args.dataset_spec
+    problems = load_problems(args.dataset, spec, toy_seed=args.toy_seed)
+    cfg = RolloutConfig(n=args.n, seed=args.seed, backend=args.backend, batch_size=args.batch_size,
+                        problems_per_shard=args.problems_per_shard, threads=args.threads,
+                        sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                                                max_new_tokens=args.max_new_tokens))
+    table = run_rollouts(Path(args.model), problems, spec, Path(args.out), cfg, progress=not args.quiet)
+    print(f"{args.dataset}: {table.height} samples, accuracy {table['correct'].mean():.3f}, "
+          f"{(table['finish_reason'] == 'length').sum()} cut by the length limit, "
+          f"{(table['grade_status'] != 'ok').sum()} not graded cleanly", file=sys.stderr)
+
+
+def _cmd_accuracy(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.tables import accuracy_table
+
+    tables = {role: pl.read_parquet(path) for role, path in (("base", args.base), ("rl", args.rl))}
+    labels = {k: v for k, v in (("pair", args.pair), ("dataset", args.dataset)) if v}
+    table = accuracy_table(tables, ks=args.k, labels=labels)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(out)
+    with pl.Config(tbl_rows=40, tbl_cols=12, float_precision=3, tbl_width_chars=160):
+        print(table.drop("dataset_version"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenshift",
@@ -164,6 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--samples", type=int, default=4, help="samples per problem at temperature 1 (default 4)")
     tc.add_argument("--seed", type=int, default=0, help="sampling seed")
     tc.set_defaults(func=_cmd_toy_check)
+
+    ro = stages.add_parser(
+        "rollout", help="sample and grade responses of one model on one dataset",
+        description="Sample --n responses per problem (HF or vLLM backend), grade them with math-verify, and write "
+                    "one parquet row per sample. Work is sharded: a killed run resumes from the shards written.")
+    ro.add_argument("--model", required=True, help="checkpoint directory")
+    ro.add_argument("--dataset", required=True, help="dataset name (used in problem ids and messages)")
+    ro.add_argument("--dataset-spec", type=_json_arg, required=True,
+                    help='JSON dataset spec, e.g. \'{"toy": "eval", "n_problems": 500}\' or \'{"path": "aime.jsonl"}\'')
+    ro.add_argument("--out", required=True, help="parquet file to write")
+    ro.add_argument("--n", type=int, default=4, help="samples per problem (default 4)")
+    ro.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    ro.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
+    ro.add_argument("--max-new-tokens", type=int, default=96, help="response length limit (default 96)")
+    ro.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ro.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)")
+    ro.add_argument("--batch-size", type=int, default=64, help="sequences per generate call, hf backend (default 64)")
+    ro.add_argument("--problems-per-shard", type=int, default=64, help="problems per shard (default 64)")
+    ro.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ro.add_argument("--toy-seed", type=int, default=0, help="seed of the toy task (config toy.seed)")
+    ro.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ro.set_defaults(func=_cmd_rollout)
+
+    ac = stages.add_parser("accuracy", help="avg@n with bootstrap CIs and pass@k for a pair's rollouts",
+                           description="Aggregate the base and RL rollout tables of one dataset into a tidy "
+                                       "accuracy table (avg@n with a 95%% bootstrap CI, unbiased pass@k).")
+    ac.add_argument("--base", required=True, help="base model's rollout parquet")
+    ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
+    ac.add_argument("--out", required=True, help="parquet file to write")
+    ac.add_argument("--k", type=int, nargs="+", default=[1], help="pass@k values (default 1)")
+    ac.add_argument("--pair", help="pair name, stored in the table")
+    ac.add_argument("--dataset", help="dataset name, stored in the table")
+    ac.set_defaults(func=_cmd_accuracy)
     return parser
 
 
@@ -172,13 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    from tokenshift.datasets import DatasetError
     from tokenshift.models import ModelFetchError, TokenizerMismatch
+    from tokenshift.rollout import BackendUnavailable
 
     if getattr(args, "hub", None) and not getattr(args, "revision", None):
         parser.error("--hub needs --revision (pin a commit so the run can be repeated)")
     try:
         args.func(args)
-    except (InputError, ModelFetchError, TokenizerMismatch, FileNotFoundError) as e:
+    except (InputError, ModelFetchError, TokenizerMismatch, DatasetError, BackendUnavailable, FileNotFoundError) as e:
         print(f"tokenshift {args.stage}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -58,6 +58,14 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             if models[init].get("toy") != "base":
                 raise ConfigError(f"models.{name}.init", init, "expected a model with `toy: base`: GRPO starts from the toy base model")
 
+    for name, spec in datasets.items():
+        if "path" in spec and not (base_dir / spec["path"]).is_file():
+            raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
+    n = config.get("sampling", {}).get("n", 1)
+    for j, k in enumerate(config.get("rollout", {}).get("pass_k", [])):
+        if k > n:
+            raise ConfigError(f"rollout.pass_k[{j}]", k, f"pass@k needs k <= sampling.n ({n})")
+
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
         key = f"pairs[{i}]"

@@ -19,6 +19,8 @@ PAIRS = {p["name"]: p for p in config["pairs"]}
 TOY_BASE = [m for m, s in MODELS.items() if s.get("toy") == "base"]
 TOY_RL = [m for m, s in MODELS.items() if s.get("toy") == "rl"]
 FETCHED = [m for m, s in MODELS.items() if model_source(s) in ("path", "hub")]
+DATASETS = config["datasets"]
+PAIR_DATASETS = [(p, d) for p, spec in PAIRS.items() for d in spec.get("datasets", [])]
 TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy" in MODELS[d["rl"]]]
 
 
@@ -30,6 +32,8 @@ def _alternatives(names):
 wildcard_constraints:
     pair=_alternatives(PAIRS),
     model=_alternatives(MODELS),
+    dataset=_alternatives(DATASETS),
+    role="base|rl",
 
 
 def model_dir(name):
@@ -64,8 +68,24 @@ def pair_models(wildcards):
     return {"base": model_manifest(pair["base"]), "rl": model_manifest(pair["rl"])}
 
 
+def role_manifest(wildcards):
+    return model_manifest(PAIRS[wildcards.pair][wildcards.role])
+
+
+def sampling_args(wildcards):
+    s = config["sampling"]
+    return (f"--n {s['n']} --temperature {s['temperature']} --top-p {s['top_p']} "
+            f"--max-new-tokens {s['max_new_tokens']} --seed {s['seed']}")
+
+
+def rollout_args(wildcards):
+    r = config["rollout"]
+    return f"--backend {r['backend']} --batch-size {r['batch_size']} --problems-per-shard {r['problems_per_shard']}"
+
+
 def get_final_output():
     targets = [model_manifest(m) for m in MODELS]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
+    targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
     return targets

@@ -44,7 +44,7 @@ def _load(ckpt: Path):
     return AutoModelForCausalLM.from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt)
 
 
-def accuracy_table(models: dict, tokenizer, evals: list[Problem], *, max_new_tokens: int, seed: int,
+def sampled_accuracy(models: dict, tokenizer, evals: list[Problem], *, max_new_tokens: int, seed: int,
                    samples_per_problem: int = 1) -> pl.DataFrame:
     prompts = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     golds = [str(p.answer) for p in evals]
@@ -120,7 +120,7 @@ def check_toy_pair(base_dir: Path, rl_dir: Path, out_dir: Path, cfg: ToyBuildCon
     if tok.get_vocab() != tok_rl.get_vocab():
         raise ValueError(f"{base_dir} and {rl_dir} have different tokenizers: not a toy pair")
     evals = problems(cfg.task, "eval", n_problems)
-    acc = accuracy_table({"base": base, "rl": rl}, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed,
+    acc = sampled_accuracy({"base": base, "rl": rl}, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed,
                          samples_per_problem=samples_per_problem)
     encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     points = [sorted({d.position for d in decision_points(p, encode, cfg.task.max_total)}) for p in evals]

@@ -1,0 +1,163 @@
+"""Datasets, rollouts (determinism, a real kill and resume) and accuracy tables."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import run, tokenshift_cmd
+
+from tokenshift.datasets import DatasetError, format_prompt, load_problems, resolve_spec
+from tokenshift.generation import SamplingConfig
+from tokenshift.rollout import RolloutConfig, run_rollouts
+from tokenshift.tables import accuracy_table, pass_at_k
+
+ROWS = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
+
+
+@pytest.fixture()
+def jsonl(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    return path
+
+
+def test_local_jsonl_and_parquet_load_the_same_problems(jsonl, tmp_path):
+    pq = tmp_path / "set.parquet"
+    pl.DataFrame(ROWS).write_parquet(pq)
+    a = load_problems("s", {"path": str(jsonl), "id_field": "id"})
+    b = load_problems("s", {"path": str(pq), "id_field": "id"})
+    assert a == b and [p.answer for p in a] == [r["answer"] for r in ROWS]
+    assert len(load_problems("s", {"path": str(jsonl), "n_problems": 2})) == 2
+
+
+def test_missing_field_and_bad_json_are_named(jsonl, tmp_path):
+    with pytest.raises(DatasetError, match="no field 'question'"):
+        load_problems("s", {"path": str(jsonl), "question_field": "question"})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "x", "answer": "1"}\n{not json\n')
+    with pytest.raises(DatasetError, match=r"bad.jsonl:2 is not JSON"):
+        load_problems("s", {"path": str(bad)})
+
+
+def test_hub_dataset_offline_fails_naming_dataset_and_revision():
+    with pytest.raises(DatasetError, match=r"dataset 'aime24'.*HuggingFaceH4/aime_2024.*revision 'abc123'"):
+        load_problems("aime24", {"preset": "aime24", "revision": "abc123"})
+
+
+def test_presets_fill_fields_but_config_wins():
+    spec = resolve_spec("m", {"preset": "math500", "revision": "r", "split": "train"})
+    assert spec["hub"] == "HuggingFaceH4/MATH-500" and spec["split"] == "train" and spec["question_field"] == "problem"
+
+
+def test_toy_dataset_is_the_eval_split_graded_like_any_other():
+    from tokenshift.toy.task import ToyTaskConfig, problems
+
+    got = load_problems("toy", {"toy": "eval", "n_problems": 20})
+    want = problems(ToyTaskConfig(), "eval", 20)
+    assert [(p.question, p.answer) for p in got] == [(w.prompt, str(w.answer)) for w in want]
+
+
+def test_prompt_uses_chat_template_when_the_model_has_one(toy_tokenizer):
+    import copy
+
+    plain = format_prompt(toy_tokenizer, "1+1?", {"path": "x.jsonl", "template": "Q {question} A"})
+    assert toy_tokenizer.decode(plain) == "Q 1+1? A"
+    chat = copy.deepcopy(toy_tokenizer)
+    chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    ids = format_prompt(chat, "1+1?", {"path": "x.jsonl", "template": "Q {question} A"})
+    assert chat.decode(ids) == "<u>Q 1+1? A</u><a>"
+    assert format_prompt(chat, "1+1?", {"path": "x.jsonl", "template": "{question}", "chat_template": False}) == \
+        chat.encode("1+1?", add_special_tokens=False)
+
+
+CFG = RolloutConfig(n=2, seed=3, batch_size=8, problems_per_shard=2,
+                    sampling=SamplingConfig(temperature=1.0, max_new_tokens=12))
+
+
+def test_rollouts_are_graded_deterministic_and_resume(make_checkpoint, jsonl, tmp_path):
+    ckpt = make_checkpoint("m")
+    spec = {"path": str(jsonl), "id_field": "id", "template": "{question}"}
+    problems = load_problems("s", spec)
+    a = run_rollouts(ckpt, problems, spec, tmp_path / "a.parquet", CFG, progress=False)
+    assert a.height == len(ROWS) * CFG.n
+    assert set(a.columns) >= {"problem_id", "sample_index", "prompt_ids", "response_ids", "response_text",
+                              "finish_reason", "gold", "correct", "grade_status", "dataset_version"}
+    assert a["grade_status"].is_in(["ok", "no_answer"]).all()
+    b = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet", CFG, progress=False)
+    assert a.equals(b)
+    # the state a killed job leaves: some shards written, no final table
+    shards = tmp_path / "b.parquet.shards"
+    (tmp_path / "b.parquet").unlink()
+    (shards / "shard-00001.parquet").unlink()
+    kept = (shards / "shard-00000.parquet").stat().st_mtime_ns
+    c = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet", CFG, progress=False)
+    assert c.equals(a)
+    assert (shards / "shard-00000.parquet").stat().st_mtime_ns == kept  # not redone
+    # other settings never mix with old shards
+    d = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet",
+                     RolloutConfig(**{**CFG.__dict__, "seed": 4}), progress=False)
+    assert not d.equals(a)
+
+
+def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_path):
+    ckpt = make_checkpoint("m")
+    rows = [{"problem": f"{i}+{i}", "answer": str(2 * i)} for i in range(60)]
+    data = tmp_path / "big.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "r.parquet"
+    args = tokenshift_cmd() + ["rollout", "--model", str(ckpt), "--dataset", "big", "--dataset-spec",
+                               json.dumps({"path": str(data), "template": "{question}"}), "--out", str(out),
+                               "--n", "2", "--max-new-tokens", "24", "--problems-per-shard", "1", "--seed", "5", "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "r.parquet.shards"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(shards.glob("shard-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(shards.glob("shard-*.parquet")))
+    assert 3 <= written < len(rows) and not out.exists(), "the job must be killed part way through"
+    r = run(args)
+    assert r.returncode == 0, r.stderr
+    resumed = pl.read_parquet(out)
+    fresh = run(args[:args.index("--out") + 1] + [str(tmp_path / "fresh.parquet")] + args[args.index("--out") + 2:])
+    assert fresh.returncode == 0
+    assert resumed.equals(pl.read_parquet(tmp_path / "fresh.parquet"))
+
+
+def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, jsonl, tmp_path):
+    r = run(tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", "s", "--dataset-spec",
+                                json.dumps({"path": str(jsonl)}), "--out", str(tmp_path / "o.parquet"),
+                                "--backend", "vllm"])
+    assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_pass_at_k_matches_enumerating_every_subset():
+    for n, c in [(4, 0), (4, 1), (4, 3), (6, 2), (5, 5)]:
+        outcomes = [1] * c + [0] * (n - c)
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(outcomes, k))
+            assert pass_at_k(n, c, k) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+
+
+def test_accuracy_table_avg_and_pass_at_k():
+    rng = np.random.default_rng(0)
+    df = pl.DataFrame({"problem_id": [f"p{i}" for i in range(50) for _ in range(4)],
+                       "correct": rng.random(200) < 0.3, "dataset_version": "v"})
+    t = accuracy_table({"base": df}, ks=[1, 4], labels={"pair": "x"})
+    rows = {r["metric"]: r for r in t.iter_rows(named=True)}
+    assert set(rows) == {"avg@4", "pass@1", "pass@4"}
+    assert rows["avg@4"]["value"] == pytest.approx(df["correct"].mean())
+    assert rows["pass@1"]["value"] == pytest.approx(rows["avg@4"]["value"])
+    per_problem_any = df.group_by("problem_id").agg(pl.col("correct").any())["correct"].mean()
+    assert rows["pass@4"]["value"] == pytest.approx(per_problem_any)
+    assert rows["avg@4"]["ci_low"] < rows["avg@4"]["value"] < rows["avg@4"]["ci_high"]
+    assert t["pair"].to_list() == ["x"] * 3
