@@ -109,15 +109,31 @@ def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer
 
 
 def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
+    import json
+
     save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mini.jsonl").write_text(
+        "\n".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) for i in range(3)))
     config = copy.deepcopy(DEFAULT)
     config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
-    config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": []})
-    r = snakemake(with_config(tmp_path, config), "--cores", "1", "resources/pairs/ab.json")
-    assert r.returncode == 0, r.stderr
+    # an apostrophe in the template must survive the trip through the shell
+    config["datasets"]["mini"] = {"path": "data/mini.jsonl", "template": "Let's add: {question}"}
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["mini"]})
+    config["sampling"].update(n=2, max_new_tokens=8)
+    config["rollout"]["pass_k"] = [1, 2]
+    r = snakemake(with_config(tmp_path, config), "--cores", "2", "results/ab/mini/accuracy.parquet")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (tmp_path / "resources" / "models" / "a.json").is_file()
     assert "shared_vocab_size" in (tmp_path / "resources" / "pairs" / "ab.json").read_text()
+    import polars as pl
+
+    rl = pl.read_parquet(tmp_path / "results" / "ab" / "mini" / "rollouts" / "rl.parquet")
+    assert rl.height == 6
+    assert toy_tokenizer.decode(rl["prompt_ids"][0].to_list()) == "Let's add: 0+0"
+    acc = pl.read_parquet(tmp_path / "results" / "ab" / "mini" / "accuracy.parquet")
+    assert set(acc["metric"]) == {"avg@2", "pass@1", "pass@2"}
 
 
 def test_local_profile_dry_run(tmp_path):

@@ -104,7 +104,7 @@ def _cmd_rollout(args: argparse.Namespace) -> None:
     from tokenshift.rollout import RolloutConfig, run_rollouts
 
     spec = args.dataset_spec
-    problems = load_problems(args.dataset, spec, toy_seed=args.toy_seed)
+    problems = load_problems(args.dataset, spec, toy_task=_toy_settings(args).task)
     cfg = RolloutConfig(n=args.n, seed=args.seed, backend=args.backend, batch_size=args.batch_size,
                         problems_per_shard=args.problems_per_shard, threads=args.threads,
                         sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p,
@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--batch-size", type=int, default=64, help="sequences per generate call, hf backend (default 64)")
     ro.add_argument("--problems-per-shard", type=int, default=64, help="problems per shard (default 64)")
     ro.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    ro.add_argument("--toy-seed", type=int, default=0, help="seed of the toy task (config toy.seed)")
+    ro.add_argument("--toy-settings", dest="settings", type=_json_arg, default={},
+                    help="JSON object of toy build settings (config `toy:`), for the toy dataset")
     ro.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(func=_cmd_rollout)
 

@@ -56,14 +56,19 @@ def resolve_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def load_problems(name: str, spec: Mapping[str, Any], *, toy_seed: int = 0) -> list[Problem]:
-    """The problems of dataset ``name`` (the first ``n_problems`` when the spec sets it)."""
+def load_problems(name: str, spec: Mapping[str, Any], *, toy_task=None) -> list[Problem]:
+    """The problems of dataset ``name`` (the first ``n_problems`` when the spec sets it).
+
+    ``toy_task`` (a ``ToyTaskConfig``) says how the toy task is drawn; it must be the one the
+    toy pair was built with (the config's ``toy:`` section), the default when None.
+    """
     spec = resolve_spec(name, spec)
     if "toy" in spec:
         from tokenshift.toy.task import ToyTaskConfig, problems
 
         n = spec.get("n_problems", 500)
-        return [Problem(p.problem_id, p.prompt, str(p.answer)) for p in problems(ToyTaskConfig(seed=toy_seed), "eval", n)]
+        task = toy_task or ToyTaskConfig()
+        return [Problem(p.problem_id, p.prompt, str(p.answer)) for p in problems(task, "eval", n)]
     rows = _read_rows(name, spec)
     q, a = spec.get("question_field", "problem"), spec.get("answer_field", "answer")
     id_field = spec.get("id_field")

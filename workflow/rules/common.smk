@@ -36,16 +36,12 @@ wildcard_constraints:
     role="base|rl",
 
 
-def model_dir(name):
-    return f"resources/models/{name}"
-
-
 def model_manifest(name):
     return f"resources/models/{name}.json"
 
 
 def toy_settings_json():
-    return json.dumps(config.get("toy", {}), sort_keys=True)
+    return shlex.quote(json.dumps(config.get("toy", {}), sort_keys=True))
 
 
 def fetch_args(wildcards):

@@ -41,7 +41,7 @@ rule toy_base:
         mem_mb=4000,
         runtime=30,
     shell:
-        "tokenshift models toy-base {wildcards.model} --settings '{params.settings}' --out {output.ckpt} 2>&1 | tee {log}"
+        "tokenshift models toy-base {wildcards.model} --settings {params.settings} --out {output.ckpt} 2>&1 | tee {log}"
 
 
 rule toy_rl:
@@ -66,7 +66,7 @@ rule toy_rl:
         mem_mb=4000,
         runtime=30,
     shell:
-        "tokenshift models toy-rl {wildcards.model} --init {params.init_dir} --settings '{params.settings}' --out {output.ckpt} 2>&1 | tee {log}"
+        "tokenshift models toy-rl {wildcards.model} --init {params.init_dir} --settings {params.settings} --out {output.ckpt} 2>&1 | tee {log}"
 
 
 rule check_pair:
@@ -107,6 +107,6 @@ rule toy_check:
     log:
         "logs/toy_check/{pair}.log",
     shell:
-        "tokenshift toy-check --base {params.base} --rl {params.rl} --settings '{params.settings}' "
+        "tokenshift toy-check --base {params.base} --rl {params.rl} --settings {params.settings} "
         "--n-problems {params.n_problems} --samples {params.samples} --seed {params.seed} "
         "--out {params.out} 2>&1 | tee {log}"

@@ -9,10 +9,10 @@ rule rollout:
         "results/{pair}/{dataset}/rollouts/{role}.parquet",
     params:
         model=lambda wc, input: input.manifest[: -len(".json")],
-        spec=lambda wc: json.dumps(DATASETS[wc.dataset]),
+        spec=lambda wc: shlex.quote(json.dumps(DATASETS[wc.dataset])),
         sampling=sampling_args,
         rollout=rollout_args,
-        toy_seed=config["toy"]["seed"],
+        toy=toy_settings_json(),
     threads: config["rollout"]["threads"]
     conda:
         "../../envs/gpu.yaml"
@@ -25,13 +25,14 @@ rule rollout:
         mem_mb=16000,
         runtime=240,
     shell:
-        "tokenshift rollout --model {params.model} --dataset {wildcards.dataset} --dataset-spec '{params.spec}' "
-        "{params.sampling} {params.rollout} --threads {threads} --toy-seed {params.toy_seed} "
+        "tokenshift rollout --model {params.model} --dataset {wildcards.dataset} --dataset-spec {params.spec} "
+        "{params.sampling} {params.rollout} --threads {threads} --toy-settings {params.toy} "
         "--out {output} 2>&1 | tee {log}"
 
 
 rule accuracy:
     input:
+        pair="resources/pairs/{pair}.json",  # a pair's tables exist only for a pair that passed its check
         base="results/{pair}/{dataset}/rollouts/base.parquet",
         rl="results/{pair}/{dataset}/rollouts/rl.parquet",
     output:
