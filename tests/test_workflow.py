@@ -71,6 +71,7 @@ def _mutations():
         ("dataset-wrong-suffix", m(lambda c: c["datasets"].update(aime={"path": "aime.csv"})), "aime.csv"),
         ("dataset-preset-without-revision", m(lambda c: c["datasets"].update(aime={"preset": "aime24"})), "'aime'"),
         ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
+        ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
     ]
 
@@ -121,7 +122,7 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     # an apostrophe in the template must survive the trip through the shell
     config["datasets"]["mini"] = {"path": "data/mini.jsonl", "template": "Let's add: {question}"}
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["mini"]})
-    config["sampling"].update(n=2, max_new_tokens=8)
+    config["datasets"]["mini"]["sampling"] = {"n": 2, "max_new_tokens": 8}  # per-dataset overrides
     config["rollout"]["pass_k"] = [1, 2]
     r = snakemake(with_config(tmp_path, config), "--cores", "2", "results/ab/mini/accuracy.parquet")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -132,6 +133,7 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     rl = pl.read_parquet(tmp_path / "results" / "ab" / "mini" / "rollouts" / "rl.parquet")
     assert rl.height == 6
     assert toy_tokenizer.decode(rl["prompt_ids"][0].to_list()) == "Let's add: 0+0"
+    assert rl["n_response_tokens"].max() <= 8
     acc = pl.read_parquet(tmp_path / "results" / "ab" / "mini" / "accuracy.parquet")
     assert set(acc["metric"]) == {"avg@2", "pass@1", "pass@2"}
 

@@ -61,10 +61,12 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     for name, spec in datasets.items():
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
-    n = config.get("sampling", {}).get("n", 1)
-    for j, k in enumerate(config.get("rollout", {}).get("pass_k", [])):
-        if k > n:
-            raise ConfigError(f"rollout.pass_k[{j}]", k, f"pass@k needs k <= sampling.n ({n})")
+    for name in datasets:
+        n = dataset_sampling(config, name).get("n", 1)
+        for j, k in enumerate(config.get("rollout", {}).get("pass_k", [])):
+            if k > n:
+                raise ConfigError(f"rollout.pass_k[{j}]", k, f"pass@k needs k <= the samples per problem of dataset "
+                                                             f"{name!r} (sampling.n = {n})")
 
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
@@ -81,6 +83,11 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             if ds not in datasets:
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
+
+
+def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """The sampling settings of ``dataset``: the top-level ``sampling`` with its own overrides."""
+    return {**config.get("sampling", {}), **config.get("datasets", {}).get(dataset, {}).get("sampling", {})}
 
 
 def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:

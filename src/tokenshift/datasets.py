@@ -47,7 +47,7 @@ class Problem:
 
 def resolve_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The spec with a preset's fields filled in (the config's own keys win)."""
-    spec = dict(spec)
+    spec = {k: v for k, v in spec.items() if k != "sampling"}  # how to sample is not what to load
     preset = spec.pop("preset", None)
     if preset is not None:
         if preset not in PRESETS:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from tokenshift.config import check_config, model_source
+from tokenshift.config import check_config, dataset_sampling, model_source
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -69,7 +69,7 @@ def role_manifest(wildcards):
 
 
 def sampling_args(wildcards):
-    s = config["sampling"]
+    s = dataset_sampling(config, wildcards.dataset)
     return (f"--n {s['n']} --temperature {s['temperature']} --top-p {s['top_p']} "
             f"--max-new-tokens {s['max_new_tokens']} --seed {s['seed']}")
 
