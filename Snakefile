@@ -9,7 +9,9 @@
 #               and check that each pair's tokenizers agree
 #   rollouts    both models of each pair answer each of its datasets; math-verify grades;
 #               accuracy tables (avg@n with bootstrap CIs, pass@k)
-#   ...         later stages (scoring, divergence, cross-sampling, figures) add their
+#   scores      both models teacher-forced over both models' rollouts: per-token JS, KL,
+#               entropies, top-k overlap, ranks (chunked LM head, bounded memory)
+#   ...         later stages (divergence tables, cross-sampling, figures) add their
 #               targets in common.smk:get_final_output()
 
 configfile: "config/config.yaml"
@@ -18,6 +20,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/rollouts.smk"
+include: "workflow/rules/logprobs.smk"
 
 
 rule all:

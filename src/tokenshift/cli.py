@@ -130,6 +130,39 @@ def _cmd_accuracy(args: argparse.Namespace) -> None:
         print(table.drop("dataset_version"))
 
 
+def _cmd_score(args: argparse.Namespace) -> None:
+    import polars as pl
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tokenshift.scoring import ScoringConfig, score_rows
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pair = json.loads(Path(args.pair).read_text())
+    rollouts = pl.read_parquet(args.rollouts)
+    models = {}
+    for role, path, device in (("base", args.base, args.device_base), ("rl", args.rl, args.device_rl)):
+        dtype = torch.float32 if device == "cpu" else torch.bfloat16
+        models[role] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    pad = models["base"].config.pad_token_id or 0
+    rows = list(zip(rollouts["prompt_ids"].to_list(), rollouts["response_ids"].to_list()))
+    res = score_rows(models["base"], models["rl"], rows, vocab_size=pair["shared_vocab_size"], pad_id=pad,
+                     cfg=ScoringConfig(chunk_size=args.chunk_size, max_batch_tokens=args.max_batch_tokens))
+    cols = res.columns
+    meta = rollouts.select("problem_id", "sample_index", "correct")[cols["row"].tolist()]
+    table = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
+    table = table.with_columns(pl.lit(args.source).alias("source")).sort("problem_id", "sample_index", "position")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    table.write_parquet(tmp)
+    tmp.replace(out)
+    skipped = {k: len(v) for k, v in res.skipped.items()}
+    print(f"scored {table.height} tokens of {len(rows) - sum(skipped.values())} responses; skipped: {skipped or 'none'}",
+          file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenshift",
@@ -230,6 +263,24 @@ def build_parser() -> argparse.ArgumentParser:
     ac.add_argument("--pair", help="pair name, stored in the table")
     ac.add_argument("--dataset", help="dataset name, stored in the table")
     ac.set_defaults(func=_cmd_accuracy)
+
+    sc = stages.add_parser(
+        "score", help="teacher-force both models over responses; per-token divergence statistics",
+        description="Both models of a pair read the same responses; at every response token their full next-token "
+                    "distributions are compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both "
+                    "log-probs of the token are recorded. LM-head logits are built in chunks, never for a whole batch.")
+    sc.add_argument("--base", required=True, help="base checkpoint directory")
+    sc.add_argument("--rl", required=True, help="RL checkpoint directory")
+    sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
+    sc.add_argument("--rollouts", required=True, help="rollout parquet whose responses are scored")
+    sc.add_argument("--source", required=True, choices=["base", "rl"], help="which model wrote the responses")
+    sc.add_argument("--out", required=True, help="per-token parquet to write")
+    sc.add_argument("--chunk-size", type=int, default=1024, help="positions per LM-head chunk (default 1024)")
+    sc.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward (default 16384)")
+    sc.add_argument("--device-base", default="cpu", help="device of the base model (default cpu)")
+    sc.add_argument("--device-rl", default="cpu", help="device of the RL model (default cpu)")
+    sc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sc.set_defaults(func=_cmd_score)
     return parser
 
 

@@ -34,6 +34,7 @@ wildcard_constraints:
     model=_alternatives(MODELS),
     dataset=_alternatives(DATASETS),
     role="base|rl",
+    source="base|rl",
 
 
 def model_manifest(name):
@@ -84,4 +85,5 @@ def get_final_output():
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
     targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
+    targets += [f"results/{p}/{d}/scores/{s}.parquet" for p, d in PAIR_DATASETS for s in ("base", "rl")]
     return targets

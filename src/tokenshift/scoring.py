@@ -1,0 +1,155 @@
+"""Teacher-forced scoring: both models of a pair read the same responses, position by position.
+
+For every response token, both models' next-token distributions over the shared vocabulary are
+compared with ``tokenshift.divergence.token_stats`` and each model's log-probability of the token
+actually there is recorded.
+
+Memory: ``[tokens, vocab]`` logits are never built for a batch. Each model's transformer body
+gives final hidden states; only the positions that predict response tokens are kept, and those
+are projected through the LM head ``chunk_size`` positions at a time, each chunk reduced to its
+statistics at once. Peak extra memory is O(chunk_size x vocab), not O(batch tokens x vocab).
+Sequences are packed by length into forwards of at most ``max_batch_tokens`` padded tokens.
+
+Vocabulary: logits are sliced to the pair's shared tokenizer size (``vocab_size``), which drops
+embedding rows padded past the tokenizer (Qwen2.5: 151936 vs 152064 rows for 151665 tokens).
+
+Bad input never yields a silent number: a token id outside the shared vocabulary is an error
+naming the row; NaN logits (a broken checkpoint) are an error naming the model; an empty response
+or one that would not fit the model's context is skipped, counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tokenshift.divergence import token_stats
+
+log = logging.getLogger(__name__)
+STAT_COLUMNS = ("js", "kl_base_rl", "kl_rl_base", "entropy_base", "entropy_rl", "topk_overlap",
+                "rl_top1_rank_in_base", "base_top1_rank_in_rl", "p_base_of_rl_top1", "p_rl_of_rl_top1")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    chunk_size: int = 1024
+    """Positions projected through the LM head at once (memory: chunk_size x vocab floats)."""
+    max_batch_tokens: int = 16384
+    """Padded tokens per forward pass; sequences are packed by length under this bound."""
+    top_k: int = 5
+    """k of ``topk_overlap``."""
+
+
+@dataclass
+class ScoreResult:
+    """Per-token columns (numpy arrays of equal length) and what was skipped."""
+
+    columns: dict[str, np.ndarray]
+    skipped: dict[str, list[int]] = field(default_factory=dict)
+    """Reason -> indices of input rows not scored."""
+
+
+def _body(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer without its LM head (``model.model`` for Qwen2/Llama-style models)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _context(model: torch.nn.Module) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 1 << 30))
+
+
+def pack_by_length(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+    """Group row indices, longest first, so each group's (rows x longest) stays under the bound."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+@torch.no_grad()
+def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    dev = _device(model)
+    h = _body(model)(input_ids=ids.to(dev), attention_mask=attn.to(dev)).last_hidden_state
+    return h[select.to(dev)]
+
+
+@torch.no_grad()
+def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+               vocab_size: int, pad_id: int, cfg: ScoringConfig = ScoringConfig()) -> ScoreResult:
+    """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
+
+    Output columns: ``row`` (index into ``rows``), ``position`` (0-based in the response),
+    ``norm_position`` (position / (length - 1), 0 for one-token responses), ``token_id``,
+    ``logp_base``, ``logp_rl`` and the ``token_stats`` columns.
+    """
+    context = min(_context(base), _context(rl))
+    skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
+    keep = []
+    for i, (p, r) in enumerate(rows):
+        if len(r) == 0:
+            skipped["empty_response"].append(i)
+        elif len(p) + len(r) > context:
+            skipped["longer_than_context"].append(i)
+        else:
+            bad = [t for t in list(p) + list(r) if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(f"row {i}: token id {bad[0]} is outside the shared vocabulary of {vocab_size}")
+            keep.append(i)
+    for reason, idx in skipped.items():
+        if idx:
+            log.warning("%d responses skipped (%s), e.g. row %d", len(idx), reason, idx[0])
+
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "position", "norm_position", "token_id",
+                                                        "logp_base", "logp_rl", *STAT_COLUMNS)}
+    lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
+    for batch in pack_by_length(lengths, cfg.max_batch_tokens):
+        idx = [keep[b] for b in batch]
+        width = max(lengths[b] for b in batch)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        select = torch.zeros((len(idx), width), dtype=torch.bool)  # positions that predict a response token
+        targets, row_of, pos_of, norm_of = [], [], [], []
+        for j, i in enumerate(idx):
+            p, r = list(rows[i][0]), list(rows[i][1])
+            n = len(p) + len(r)
+            ids[j, :n] = torch.as_tensor(p + r)
+            attn[j, :n] = 1
+            select[j, len(p) - 1:n - 1] = True
+            targets += r
+            row_of += [i] * len(r)
+            pos_of += list(range(len(r)))
+            norm_of += [k / max(len(r) - 1, 1) for k in range(len(r))]
+        hb = _response_hidden(base, ids, attn, select)
+        hr = _response_hidden(rl, ids, attn, select)
+        tgt = torch.as_tensor(targets)
+        for start in range(0, hb.shape[0], cfg.chunk_size):
+            sl = slice(start, start + cfg.chunk_size)
+            lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size].float()
+            lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].float().to(lb.device)
+            for name, logits in (("base", lb), ("rl", lr)):
+                if torch.isnan(logits).any():
+                    raise ValueError(f"NaN in the {name} model's logits: the checkpoint or its inputs are broken")
+            t = tgt[sl].to(lb.device)
+            stats = token_stats(lb, lr, top_k=cfg.top_k)
+            out["logp_base"].append(torch.log_softmax(lb, -1).gather(-1, t[:, None])[:, 0].cpu().numpy())
+            out["logp_rl"].append(torch.log_softmax(lr, -1).gather(-1, t[:, None])[:, 0].cpu().numpy())
+            for k in STAT_COLUMNS:
+                out[k].append(stats[k].cpu().numpy())
+        out["row"].append(np.asarray(row_of, dtype=np.int64))
+        out["position"].append(np.asarray(pos_of, dtype=np.int32))
+        out["norm_position"].append(np.asarray(norm_of, dtype=np.float32))
+        out["token_id"].append(np.asarray(targets, dtype=np.int32))
+    columns = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+    return ScoreResult(columns, {k: v for k, v in skipped.items() if v})

@@ -1,0 +1,90 @@
+"""Chunked teacher-forced scoring equals the naive full-logit computation; bad input is caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_checkpoint
+from transformers import AutoModelForCausalLM
+
+from tokenshift.divergence import token_stats
+from tokenshift.scoring import STAT_COLUMNS, ScoringConfig, pack_by_length, score_rows
+
+
+@pytest.fixture()
+def pair(tmp_path, toy_tokenizer):
+    n = len(toy_tokenizer)
+    a = save_checkpoint(tmp_path / "a", toy_tokenizer)
+    b = save_checkpoint(tmp_path / "b", toy_tokenizer, embedding_rows=n + 40, seed=1)  # padded rows
+    return AutoModelForCausalLM.from_pretrained(a).eval(), AutoModelForCausalLM.from_pretrained(b).eval(), n
+
+
+def rows_for(vocab: int, seed: int = 0, n: int = 7):
+    g = np.random.default_rng(seed)
+    return [(g.integers(1, vocab, g.integers(2, 9)).tolist(), g.integers(1, vocab, g.integers(1, 15)).tolist())
+            for _ in range(n)]
+
+
+@torch.no_grad()
+def naive(base, rl, rows, vocab):
+    out = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
+    for p, r in rows:
+        ids = torch.tensor([p + r])
+        la = base(input_ids=ids).logits[0, len(p) - 1:-1, :vocab]
+        lb = rl(input_ids=ids).logits[0, len(p) - 1:-1, :vocab]
+        s = token_stats(la, lb)
+        t = torch.tensor(r)
+        out["logp_base"].append(torch.log_softmax(la.float(), -1)[torch.arange(len(r)), t].numpy())
+        out["logp_rl"].append(torch.log_softmax(lb.float(), -1)[torch.arange(len(r)), t].numpy())
+        for k in STAT_COLUMNS:
+            out[k].append(s[k].numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize(("chunk", "batch_tokens"), [(1024, 16384), (5, 30), (1, 8)])
+def test_chunked_scoring_equals_naive_full_logits(pair, chunk, batch_tokens):
+    base, rl, vocab = pair
+    rows = rows_for(vocab)
+    res = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0,
+                     cfg=ScoringConfig(chunk_size=chunk, max_batch_tokens=batch_tokens))
+    order = np.lexsort((res.columns["position"], res.columns["row"]))
+    want = naive(base, rl, rows, vocab)
+    for k, v in want.items():
+        np.testing.assert_allclose(res.columns[k][order], v, atol=1e-5, rtol=1e-4, err_msg=k)
+    got_tokens = res.columns["token_id"][order]
+    assert got_tokens.tolist() == [t for _, r in rows for t in r]
+    last = res.columns["norm_position"][order][np.cumsum([len(r) for _, r in rows]) - 1]
+    assert np.all(last[[len(r) > 1 for _, r in rows]] == 1.0)
+
+
+def test_identical_models_give_zero_divergence(pair):
+    base, _, vocab = pair
+    res = score_rows(base, base, rows_for(vocab, n=3), vocab_size=vocab, pad_id=0)
+    assert np.all(res.columns["js"] == 0) and np.all(res.columns["logp_base"] == res.columns["logp_rl"])
+
+
+def test_bad_input_is_skipped_and_counted_or_refused(pair):
+    base, rl, vocab = pair
+    ctx = base.config.max_position_embeddings
+    rows = [([1, 2], [3, 4]), ([1, 2], []), ([1] * 10, [2] * ctx)]
+    res = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0)
+    assert res.skipped == {"empty_response": [1], "longer_than_context": [2]}
+    assert set(res.columns["row"].tolist()) == {0}
+    with pytest.raises(ValueError, match=f"row 0: token id {vocab + 3} is outside"):
+        score_rows(base, rl, [([1], [vocab + 3])], vocab_size=vocab, pad_id=0)
+
+
+def test_nan_weights_are_refused(pair):
+    base, rl, vocab = pair
+    with torch.no_grad():
+        rl.get_output_embeddings().weight[5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN in the rl model's logits"):
+        score_rows(base, rl, rows_for(vocab, n=2), vocab_size=vocab, pad_id=0)
+
+
+def test_packing_respects_the_token_bound():
+    lengths = [5, 17, 3, 9, 9, 30, 1]
+    batches = pack_by_length(lengths, 40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * max(lengths[i] for i in b) <= 40 or len(b) == 1 for b in batches)
