@@ -11,7 +11,9 @@
 #               accuracy tables (avg@n with bootstrap CIs, pass@k)
 #   scores      both models teacher-forced over both models' rollouts: per-token JS, KL,
 #               entropies, top-k overlap, ranks (chunked LM head, bounded memory)
-#   ...         later stages (divergence tables, cross-sampling, figures) add their
+#   divergence  sparsity, position, entropy and reallocation tables per pair and dataset
+#               (on the toy task also checked against the recorded decision points)
+#   ...         later stages (cross-sampling, figures) add their
 #               targets in common.smk:get_final_output()
 
 configfile: "config/config.yaml"
@@ -21,6 +23,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/logprobs.smk"
+include: "workflow/rules/divergence.smk"
 
 
 rule all:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import run, tokenshift_cmd
 
-HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"], ["score"],
+HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"], ["score"], ["divergence"],
          ["toy-check"], ["rollout"], ["accuracy"]]
 
 

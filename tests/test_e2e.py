@@ -72,3 +72,18 @@ def test_rollouts_and_accuracy_tables(default_run):
     avg = {r["role"]: r for r in acc.filter(pl.col("metric") == f"avg@{n}").iter_rows(named=True)}
     assert avg["rl"]["ci_low"] > avg["base"]["ci_high"]
     assert set(acc["metric"]) == {f"avg@{n}"} | {f"pass@{k}" for k in config["rollout"]["pass_k"]}
+
+
+def test_divergence_tables_show_a_sparse_reallocating_shift(default_run):
+    d = default_run / "results" / "toy" / "toy" / "divergence"
+    sp = pl.read_parquet(d / "sparsity.parquet").filter((pl.col("kind") == "share_below") & (pl.col("js_nats") == 1e-3))
+    assert sorted(sp["source"]) == ["base", "rl"] and (sp["share"] > 0.5).all()
+    re = pl.read_parquet(d / "reallocation.parquet").filter(pl.col("metric") == "rl_top1_in_base_top3")
+    assert (re["value"] > 0.9).all()  # RL reallocates mass among the base model's own candidates
+    dp = pl.read_parquet(d / "decision_points.parquet")
+    top10 = dp.filter((pl.col("selection") == "top_share") & (pl.col("value") == 0.10))
+    assert (top10["lift"] > 3).all() and (top10["n_responses"] > 100).all()
+    for source in ("base", "rl"):
+        scores = pl.read_parquet(default_run / "results" / "toy" / "toy" / "scores" / f"{source}.parquet")
+        rollouts = pl.read_parquet(default_run / "results" / "toy" / "toy" / "rollouts" / f"{source}.parquet")
+        assert scores.height == rollouts["n_response_tokens"].sum()  # every response token scored once

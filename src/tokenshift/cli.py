@@ -163,6 +163,33 @@ def _cmd_score(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _cmd_divergence(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.tables import divergence_tables
+
+    scores = {"base": pl.read_parquet(args.scores_base), "rl": pl.read_parquet(args.scores_rl)}
+    labels = {"pair": args.pair, "dataset": args.dataset}
+    tables = divergence_tables(scores, labels)
+    if args.toy_n_problems:
+        from transformers import AutoTokenizer
+
+        from tokenshift.toy.check import decision_points_from_scores
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+        task = _toy_settings(args).task
+        parts = [decision_points_from_scores(s, tok, task, args.toy_n_problems).with_columns(
+            *[pl.lit(v).alias(k) for k, v in {**labels, "source": src}.items()]) for src, s in scores.items()]
+        tables["decision_points"] = pl.concat([p for p in parts if p.width > 3], how="diagonal")
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        table.write_parquet(out / f"{name}.parquet")
+    with pl.Config(tbl_rows=30, tbl_cols=12, float_precision=4, tbl_width_chars=160):
+        print(tables["sparsity"].filter(pl.col("kind") == "share_below").select("source", "js_nats", "share"))
+        print(tables["reallocation"].filter(pl.col("metric").str.starts_with("rl_top1_in_base_top")))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenshift",
@@ -281,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device-rl", default="cpu", help="device of the RL model (default cpu)")
     sc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sc.set_defaults(func=_cmd_score)
+
+    dv = stages.add_parser(
+        "divergence", help="sparsity, position, entropy and reallocation tables from per-token scores",
+        description="Aggregate both response sources' per-token scores into tidy tables: share of positions under JS "
+                    "thresholds and the JS percentile curve; JS by normalised position; JS by base entropy; whether "
+                    "RL's top token is among the base model's top 1/3/5; and, on the toy task, precision and recall "
+                    "of high-JS positions against the recorded decision points.")
+    dv.add_argument("--scores-base", required=True, help="scores of the base model's rollouts")
+    dv.add_argument("--scores-rl", required=True, help="scores of the RL model's rollouts")
+    dv.add_argument("--out-dir", required=True, help="directory for the tables")
+    dv.add_argument("--pair", required=True, help="pair name, stored in the tables")
+    dv.add_argument("--dataset", required=True, help="dataset name, stored in the tables")
+    dv.add_argument("--toy-n-problems", type=int, default=0,
+                    help="for the toy dataset: its number of problems, to compare with decision points")
+    dv.add_argument("--tokenizer", help="checkpoint directory whose tokenizer encodes the toy traces")
+    dv.add_argument("--settings", type=_json_arg, default={}, help="JSON toy build settings (config `toy:`)")
+    dv.set_defaults(func=_cmd_divergence)
     return parser
 
 

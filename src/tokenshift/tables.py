@@ -48,3 +48,103 @@ def accuracy_table(rollouts: Mapping[str, pl.DataFrame], *, ks: Iterable[int] = 
                          "n_problems": len(cs), "samples_per_problem": n,
                          "dataset_version": df["dataset_version"][0]})
     return pl.DataFrame(rows)
+
+
+# --- divergence tables (the paper's first analysis), from per-token score tables -------------
+
+JS_THRESHOLDS = (1e-4, 1e-3, 1e-2, 0.1)
+HIGH_JS_QUANTILE = 0.95
+"""A position is high-JS when its JS is in the top 5% of its (pair, dataset, source) table."""
+HIGH_ENTROPY_QUANTILE = 0.90
+
+
+def _high_js(scores: pl.DataFrame) -> tuple[pl.Expr, float]:
+    cut = float(scores["js"].quantile(HIGH_JS_QUANTILE))
+    # at least some divergence: a table of identical models has no high-JS positions
+    return (pl.col("js") > cut) & (pl.col("js") > 0), cut
+
+
+def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
+    """Share of positions with JS below each threshold, and the JS percentile curve."""
+    js = scores["js"]
+    rows = [{"kind": "share_below", "value": t, "js_nats": t, "share": float((js < t).mean())} for t in JS_THRESHOLDS]
+    rows += [{"kind": "percentile", "value": q, "js_nats": float(js.quantile(q / 100, "linear")), "share": q / 100}
+             for q in range(0, 101)]
+    return pl.DataFrame(rows)
+
+
+def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
+    """Mean JS and share of high-JS positions by normalised response position (start/middle/end)."""
+    high, cut = _high_js(scores)
+    b = (pl.col("norm_position") * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
+    t = (scores.with_columns(b, high.alias("high"))
+         .group_by("bin").agg(pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
+                              pl.len().alias("n_positions"))
+         .sort("bin"))
+    region = pl.when(pl.col("bin") == 0).then(pl.lit("start")).when(pl.col("bin") == bins - 1).then(pl.lit("end")) \
+        .otherwise(pl.lit("middle"))
+    return t.with_columns((pl.col("bin") / bins).alias("position_low"), ((pl.col("bin") + 1) / bins).alias("position_high"),
+                          region.alias("region"), pl.lit(cut).alias("high_js_cut"))
+
+
+def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
+    """JS by base-model entropy (quantile bins), and how high-JS positions sit among high-entropy ones."""
+    high, cut = _high_js(scores)
+    ent = scores["entropy_base"]
+    edges = np.unique(np.quantile(ent.to_numpy(), np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, ent.to_numpy(), side="right") - 1, 0, max(len(edges) - 2, 0))
+    t = (scores.with_columns(pl.Series("bin", idx, dtype=pl.Int32), high.alias("high"))
+         .group_by("bin").agg(pl.col("entropy_base").mean().alias("mean_entropy_base"),
+                              pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
+                              pl.len().alias("n_positions"))
+         .sort("bin"))
+    ent_cut = float(ent.quantile(HIGH_ENTROPY_QUANTILE))
+    flags = scores.select(high.alias("high"), (pl.col("entropy_base") > ent_cut).alias("high_entropy"))
+    high_ent = flags.filter(pl.col("high_entropy"))
+    summary = {
+        "share_high_js_among_high_entropy": float(high_ent["high"].mean()) if high_ent.height else float("nan"),
+        "share_high_js_overall": float(flags["high"].mean()),
+        "share_high_entropy_among_high_js": float(flags.filter(pl.col("high"))["high_entropy"].mean())
+        if flags["high"].any() else float("nan"),
+    }
+    return t.with_columns(pl.lit(cut).alias("high_js_cut"), pl.lit(ent_cut).alias("high_entropy_cut"),
+                          *[pl.lit(v).alias(k) for k, v in summary.items()])
+
+
+def reallocation_table(scores: pl.DataFrame) -> pl.DataFrame:
+    """Is RL's choice already among the base model's top candidates, and how much mass moves onto it."""
+    rank = scores["rl_top1_rank_in_base"]
+    moved = scores["p_rl_of_rl_top1"] - scores["p_base_of_rl_top1"]
+    high, _ = _high_js(scores)
+    rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in (1, 3, 5)]
+    hi = scores.filter(high)
+    if hi.height:
+        rows += [{"metric": f"rl_top1_in_base_top{k}_at_high_js", "value": float((hi["rl_top1_rank_in_base"] < k).mean())}
+                 for k in (1, 3, 5)]
+    rows.append({"metric": "mean_mass_moved_onto_rl_top1", "value": float(moved.mean())})
+    if hi.height:
+        rows.append({"metric": "mean_mass_moved_onto_rl_top1_at_high_js",
+                     "value": float((hi["p_rl_of_rl_top1"] - hi["p_base_of_rl_top1"]).mean())})
+    for v, share in scores["topk_overlap"].value_counts(normalize=True, name="share").sort("topk_overlap").iter_rows():
+        rows.append({"metric": f"topk_overlap={v:.2f}", "value": float(share)})
+    for r in range(0, 6):
+        label = f"rl_top1_rank_in_base={r}" if r < 5 else "rl_top1_rank_in_base>=5"
+        share = float((rank == r).mean()) if r < 5 else float((rank >= 5).mean())
+        rows.append({"metric": label, "value": share})
+    return pl.DataFrame(rows)
+
+
+DIVERGENCE_TABLES = {"sparsity": sparsity_table, "position": position_table, "entropy": entropy_table,
+                     "reallocation": reallocation_table}
+
+
+def divergence_tables(scores_by_source: Mapping[str, pl.DataFrame], labels: Mapping[str, str]) -> dict[str, pl.DataFrame]:
+    """Every divergence table for each response source, stacked, with pair/dataset/source columns."""
+    out = {}
+    for name, fn in DIVERGENCE_TABLES.items():
+        parts = []
+        for source, scores in scores_by_source.items():
+            t = fn(scores)
+            parts.append(t.with_columns(*[pl.lit(v).alias(k) for k, v in {**labels, "source": source}.items()]))
+        out[name] = pl.concat(parts, how="diagonal")
+    return out

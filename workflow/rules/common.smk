@@ -85,5 +85,5 @@ def get_final_output():
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
     targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
-    targets += [f"results/{p}/{d}/scores/{s}.parquet" for p, d in PAIR_DATASETS for s in ("base", "rl")]
+    targets += [f"results/{p}/{d}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS]
     return targets

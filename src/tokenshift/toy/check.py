@@ -131,3 +131,23 @@ def check_toy_pair(base_dir: Path, rl_dir: Path, out_dir: Path, cfg: ToyBuildCon
     dp.write_parquet(out_dir / "decision_points.parquet")
     acc.write_parquet(out_dir / "accuracy.parquet")
     return {"accuracy": acc, "decision_points": dp}
+
+
+def decision_points_from_scores(scores: pl.DataFrame, tokenizer, task, n_problems: int) -> pl.DataFrame:
+    """The decision-point table over scored rollouts, using the responses that are the correct trace.
+
+    Decision points are positions in a problem's correct trace, so only responses whose tokens
+    are exactly that trace are used (``n_responses`` says how many).
+    """
+    by_id = {p.problem_id: p for p in problems(task, "eval", n_problems)}
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    js_list, points = [], []
+    for (pid, _), grp in scores.sort("position").group_by(["problem_id", "sample_index"], maintain_order=True):
+        p = by_id.get(pid)
+        if p is None or grp["token_id"].to_list() != encode(p.response()):
+            continue
+        js_list.append(grp["js"].to_numpy())
+        points.append(sorted({d.position for d in decision_points(p, encode, task.max_total)}))
+    if not js_list:
+        return pl.DataFrame()
+    return decision_point_table(js_list, points).with_columns(pl.lit(len(js_list)).alias("n_responses"))

@@ -1,0 +1,75 @@
+"""Divergence tables against direct numpy computations on synthetic per-token scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from tokenshift.tables import (
+    HIGH_JS_QUANTILE,
+    divergence_tables,
+    entropy_table,
+    position_table,
+    reallocation_table,
+    sparsity_table,
+)
+
+
+@pytest.fixture()
+def scores():
+    g = np.random.default_rng(0)
+    n = 5000
+    js = g.exponential(0.002, n) * (g.random(n) < 0.3)
+    return pl.DataFrame({
+        "js": js, "norm_position": g.random(n), "entropy_base": g.exponential(0.3, n) + 50 * js,
+        "rl_top1_rank_in_base": g.choice([0, 0, 0, 1, 2, 7], n), "topk_overlap": g.choice([0.6, 0.8, 1.0], n),
+        "p_base_of_rl_top1": g.random(n) * 0.5, "p_rl_of_rl_top1": 0.5 + g.random(n) * 0.5,
+    })
+
+
+def test_sparsity_shares_and_percentiles(scores):
+    t = sparsity_table(scores)
+    js = scores["js"].to_numpy()
+    for row in t.filter(pl.col("kind") == "share_below").iter_rows(named=True):
+        assert row["share"] == pytest.approx((js < row["js_nats"]).mean())
+    p = t.filter(pl.col("kind") == "percentile")
+    assert p.height == 101
+    np.testing.assert_allclose(p["js_nats"].to_numpy(), np.percentile(js, np.arange(101)), rtol=1e-9, atol=1e-12)
+
+
+def test_position_bins(scores):
+    t = position_table(scores, bins=4)
+    pos, js = scores["norm_position"].to_numpy(), scores["js"].to_numpy()
+    cut = np.quantile(js, HIGH_JS_QUANTILE)
+    for row in t.iter_rows(named=True):
+        inside = (np.minimum(np.floor(pos * 4), 3) == row["bin"])
+        assert row["n_positions"] == inside.sum()
+        assert row["mean_js"] == pytest.approx(js[inside].mean())
+        assert row["share_high_js"] == pytest.approx(((js > cut) & (js > 0))[inside].mean())
+    assert t["region"].to_list() == ["start", "middle", "middle", "end"]
+
+
+def test_entropy_table_finds_divergence_at_high_entropy(scores):
+    t = entropy_table(scores)
+    assert t["n_positions"].sum() == scores.height
+    assert t["mean_js"][-1] > t["mean_js"][0]  # built in: entropy grows with JS
+    assert t["share_high_js_among_high_entropy"][0] > t["share_high_js_overall"][0]
+
+
+def test_reallocation_shares(scores):
+    t = dict(reallocation_table(scores).iter_rows())
+    rank = scores["rl_top1_rank_in_base"].to_numpy()
+    assert t["rl_top1_in_base_top1"] == pytest.approx((rank < 1).mean())
+    assert t["rl_top1_in_base_top3"] == pytest.approx((rank < 3).mean())
+    assert t["rl_top1_rank_in_base>=5"] == pytest.approx((rank >= 5).mean())
+    moved = scores["p_rl_of_rl_top1"].to_numpy() - scores["p_base_of_rl_top1"].to_numpy()
+    assert t["mean_mass_moved_onto_rl_top1"] == pytest.approx(moved.mean())
+    assert sum(v for k, v in t.items() if k.startswith("topk_overlap=")) == pytest.approx(1.0)
+
+
+def test_tables_stack_sources_with_labels(scores):
+    tables = divergence_tables({"base": scores, "rl": scores.head(100)}, {"pair": "p", "dataset": "d"})
+    assert set(tables) == {"sparsity", "position", "entropy", "reallocation"}
+    for t in tables.values():
+        assert set(t["source"]) == {"base", "rl"} and set(t["pair"]) == {"p"}
