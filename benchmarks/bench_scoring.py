@@ -1,0 +1,159 @@
+"""Scoring benchmarks (issue 6), ratios measured within one run.
+
+1. statistics overhead: tokens/s of pair scoring with every statistic (``score_rows``) over
+   tokens/s of two bare forward passes (full logits, nothing else) on the same batch;
+2. peak memory of chunked scoring vs the naive full-logit computation at vocab 151936: the
+   naive one holds [tokens, vocab] logits for both models; chunked must stay within 2x the two
+   models' own activations;
+3. with a CUDA device: tokens/s and model FLOP utilisation (MFU) of pair scoring for 1.5B- and
+   7B-shaped Qwen2 pairs (random weights, bf16, sdpa).
+
+With no arguments it runs on this CPU box in under 3 minutes (a small Qwen2 shape with the real
+vocabulary); GPU cases only when a GPU is present. Prints, last, ``RESULT <measure> <value>``.
+
+    python benchmarks/bench_scoring.py
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tokenshift.divergence import token_stats
+from tokenshift.scoring import ScoringConfig, score_rows
+
+VOCAB = 151936
+SHAPES = {
+    "cpu-small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2),
+    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4),
+}
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+def model(shape: str, device: str, dtype, seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=32768, tie_word_embeddings=False,
+                      attn_implementation="sdpa", **SHAPES[shape])
+    with torch.device(device):
+        return Qwen2ForCausalLM(cfg).to(dtype).eval()
+
+
+def rows(n_seqs: int, prompt: int, response: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(1, VOCAB, (prompt,), generator=g).tolist(),
+             torch.randint(1, VOCAB, (response,), generator=g).tolist()) for _ in range(n_seqs)]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def bare_forwards(a, b, rs, device: str, batch: int) -> float:
+    """Seconds for two plain forwards (full logits) over the same sequences."""
+    t0 = time.perf_counter()
+    for i in range(0, len(rs), batch):
+        ids = torch.tensor([p + r for p, r in rs[i:i + batch]], device=device)
+        a(input_ids=ids).logits
+        b(input_ids=ids).logits
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def scoring(a, b, rs, device: str, batch_tokens: int) -> float:
+    t0 = time.perf_counter()
+    score_rows(a, b, rs, vocab_size=VOCAB, pad_id=0, cfg=ScoringConfig(max_batch_tokens=batch_tokens))
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def overhead(shape: str, device: str, dtype, n_seqs: int, prompt: int, response: int,
+             batch: int) -> tuple[float, float, int]:
+    """(bare time / scoring time, scored response tokens/s, parameters of one model)."""
+    a, b = model(shape, device, dtype, 0), model(shape, device, dtype, 1)
+    rs = rows(n_seqs, prompt, response)
+    bt = batch * (prompt + response)
+    scoring(a, b, rs[:batch], device, bt), bare_forwards(a, b, rs[:batch], device, batch)  # warm-up
+    t_bare = min(bare_forwards(a, b, rs, device, batch) for _ in range(2))
+    t_score = min(scoring(a, b, rs, device, bt) for _ in range(2))
+    return t_bare / t_score, n_seqs * response / t_score, a.num_parameters()
+
+
+@torch.no_grad()
+def _memory_child(mode: str, tokens: int, device: str) -> None:
+    """Run one scoring mode in a fresh process and print its peak memory in MB."""
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a, b = model("cpu-small", device, dtype, 0), model("cpu-small", device, dtype, 1)
+    rs = rows(1, 16, tokens)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+    else:
+        base_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if mode == "activations":  # the two models' bodies alone: the floor any method needs
+        ids = torch.tensor([rs[0][0] + rs[0][1]], device=device)
+        a.model(input_ids=ids).last_hidden_state
+        b.model(input_ids=ids).last_hidden_state
+    elif mode == "naive":
+        ids = torch.tensor([rs[0][0] + rs[0][1]], device=device)
+        la, lb = a(input_ids=ids).logits[0], b(input_ids=ids).logits[0]
+        token_stats(la, lb)
+    else:
+        score_rows(a, b, rs, vocab_size=VOCAB, pad_id=0, cfg=ScoringConfig(max_batch_tokens=1 << 20))
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base_mem
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem
+    print(peak / 2**20)
+
+
+def peak_mb(mode: str, tokens: int, device: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(tokens), device],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    results = []
+    r, tps, _ = overhead("cpu-small", "cpu", torch.float32, n_seqs=8, prompt=64, response=192, batch=4)
+    print(f"cpu-small (vocab {VOCAB}): scoring {tps:.0f} tok/s; scoring/bare-forward throughput {r:.2f}")
+    results.append(("cpu_stats_overhead_ratio", r))
+    mem_tokens = 8192 if torch.cuda.is_available() else 1024  # naive needs ~10 [tokens, vocab] fp32 tensors
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    act, chunked, naive = (peak_mb(m, mem_tokens, dev) for m in ("activations", "chunked", "naive"))
+    print(f"peak memory over the weights, {mem_tokens} tokens on {dev}: activations {act:.0f} MB, "
+          f"chunked {chunked:.0f} MB, naive {naive:.0f} MB")
+    results += [("chunked_over_activations_memory", chunked / act), ("naive_over_chunked_memory", naive / chunked)]
+    if torch.cuda.is_available():
+        for shape, n_seqs in (("1.5b", 32), ("7b", 16)):
+            prompt, response = 512, 1536
+            r, tps, n_params = overhead(shape, "cuda", torch.bfloat16, n_seqs=n_seqs, prompt=prompt,
+                                        response=response, batch=8)
+            # forward FLOPs ~ 2 x parameters per token and model (attention's extra not counted),
+            # over every token read (prompt too), for two models
+            flops = 2 * 2 * n_params * tps * (prompt + response) / response
+            mfu = flops / H100_BF16_DENSE_FLOPS
+            print(f"{shape}: scoring {tps:.0f} response tok/s, scoring/bare {r:.2f}, MFU {mfu:.1%}")
+            results += [(f"gpu_{shape}_stats_overhead_ratio", r), (f"gpu_{shape}_mfu", mfu)]
+            gc.collect()
+            torch.cuda.empty_cache()
+    for name, value in results:
+        print(f"RESULT {name} {value:.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
+        _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()
