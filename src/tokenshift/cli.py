@@ -135,6 +135,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tokenshift.io import write_parquet_atomic
     from tokenshift.scoring import ScoringConfig, score_rows
 
     if args.threads:
@@ -153,11 +154,7 @@ def _cmd_score(args: argparse.Namespace) -> None:
     meta = rollouts.select("problem_id", "sample_index", "correct")[cols["row"].tolist()]
     table = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
     table = table.with_columns(pl.lit(args.source).alias("source")).sort("problem_id", "sample_index", "position")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.write_parquet(tmp)
-    tmp.replace(out)
+    write_parquet_atomic(table, Path(args.out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
     print(f"scored {table.height} tokens of {len(rows) - sum(skipped.values())} responses; skipped: {skipped or 'none'}",
           file=sys.stderr)

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tokenshift.io import write_json_atomic
+
 ROUNDTRIP_TEXTS = (
     "Q:8+6+8-4=?A:8+6=14.14+8=22.22-4=18.\\boxed{18}",
     "Let $x^2 + 3x - 10 = 0$. Then $x = \\frac{-3 \\pm 7}{2}$, so the answer is \\boxed{2}.",
@@ -42,16 +44,6 @@ class ModelFetchError(RuntimeError):
 
 class TokenizerMismatch(ValueError):
     """Two tokenizers whose token ids do not mean the same thing."""
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def manifest_path(ckpt_dir: Path) -> Path:

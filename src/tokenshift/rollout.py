@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.generation import Sample, SamplingConfig, sample
 from tokenshift.grading import Grader
+from tokenshift.io import write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,6 @@ def make_backend(model_dir: Path, cfg: RolloutConfig):
     return BACKENDS[cfg.backend](Path(model_dir), cfg)
 
 
-def _write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
-
-
 def _settings_key(model_dir: Path, problems: Sequence[Problem], dataset_spec: Mapping[str, Any], cfg: RolloutConfig) -> str:
     manifest = Path(str(model_dir) + ".json")
     h = hashlib.sha256()
@@ -187,11 +181,11 @@ def run_rollouts(model_dir: Path, problems: Sequence[Problem], dataset_spec: Map
                 "grade_status": [g.status for g in grades],
                 "dataset_version": DATASET_VERSION,
             }, schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32)})
-            _write_parquet_atomic(df, shard_dir / f"shard-{k:05d}.parquet")
+            write_parquet_atomic(df, shard_dir / f"shard-{k:05d}.parquet")
             n_tok = int(df["n_response_tokens"].sum())
             bar.update(len(samples))
             bar.set_postfix(tok_s=f"{n_tok / (time.perf_counter() - t0):.0f}")
     bar.close()
     table = pl.concat([pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in range(len(shards))])
-    _write_parquet_atomic(table, out)
+    write_parquet_atomic(table, out)
     return table

@@ -24,7 +24,7 @@ import torch
 
 from tokenshift.generation import SamplingConfig
 from tokenshift.grading import Grader
-from tokenshift.models import write_json_atomic
+from tokenshift.io import write_json_atomic
 from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems
 from tokenshift.toy.tokenizer import train_tokenizer
 from tokenshift.train import Example, GRPOConfig, PretrainConfig, PromptItem, grpo, pretrain
