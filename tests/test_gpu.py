@@ -1,0 +1,43 @@
+"""GPU paths: skipped with a reason where no CUDA device is present (CI), run on a lent GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import save_checkpoint
+from transformers import AutoModelForCausalLM
+
+from tokenshift.generation import SamplingConfig, sample
+from tokenshift.scoring import STAT_COLUMNS, score_rows
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here")]
+
+
+@pytest.fixture()
+def pair(tmp_path, toy_tokenizer):
+    a = save_checkpoint(tmp_path / "a", toy_tokenizer)
+    b = save_checkpoint(tmp_path / "b", toy_tokenizer, embedding_rows=len(toy_tokenizer) + 40, seed=1)
+    return a, b, len(toy_tokenizer)
+
+
+def test_scoring_on_cuda_matches_cpu_with_models_on_different_devices(pair):
+    a, b, vocab = pair
+    g = np.random.default_rng(0)
+    rows = [(g.integers(1, vocab, 6).tolist(), g.integers(1, vocab, 20).tolist()) for _ in range(5)]
+    cpu = score_rows(AutoModelForCausalLM.from_pretrained(a), AutoModelForCausalLM.from_pretrained(b), rows,
+                     vocab_size=vocab, pad_id=0)
+    # base on the GPU, RL on the CPU: the chunk's logits meet on the base model's device
+    gpu = score_rows(AutoModelForCausalLM.from_pretrained(a).cuda(), AutoModelForCausalLM.from_pretrained(b), rows,
+                     vocab_size=vocab, pad_id=0)
+    for k in ("logp_base", "logp_rl", *STAT_COLUMNS):
+        np.testing.assert_allclose(gpu.columns[k], cpu.columns[k], atol=1e-4, rtol=1e-3, err_msg=k)
+
+
+def test_sampling_on_cuda_returns_token_ids(pair):
+    a, _, vocab = pair
+    model = AutoModelForCausalLM.from_pretrained(a).cuda()
+    out = sample(model, [[1, 2, 3], [4, 5]], eos_id=vocab - 1, pad_id=0,
+                 sampling=SamplingConfig(max_new_tokens=8), seed=0, batch_size=2)
+    assert len(out) == 2 and all(0 < len(s.response_ids) <= 8 for s in out)
