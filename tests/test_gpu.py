@@ -41,3 +41,17 @@ def test_sampling_on_cuda_returns_token_ids(pair):
     out = sample(model, [[1, 2, 3], [4, 5]], eos_id=vocab - 1, pad_id=0,
                  sampling=SamplingConfig(max_new_tokens=8), seed=0, batch_size=2)
     assert len(out) == 2 and all(0 < len(s.response_ids) <= 8 for s in out)
+
+
+def test_compiled_statistics_on_cuda_equal_eager_ones():
+    from tokenshift.divergence import token_stats, token_stats_compiled
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 5000, generator=g) * 3, torch.randn(300, 5000, generator=g) * 3
+    b[:7] = a[:7]  # identical rows must stay exactly 0
+    want = token_stats(a, b)
+    for n in (300, 123):  # dynamic shapes: one compiled graph, several chunk lengths
+        got = token_stats_compiled(a[:n].cuda(), b[:n].cuda())
+        for k, v in want.items():
+            torch.testing.assert_close(got[k].cpu().to(v.dtype), v[:n], atol=1e-5, rtol=1e-4, msg=k)
+    assert torch.equal(token_stats_compiled(a[:7].cuda(), b[:7].cuda())["js"].cpu(), torch.zeros(7))

@@ -88,3 +88,11 @@ def test_packing_respects_the_token_bound():
     batches = pack_by_length(lengths, 40)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     assert all(len(b) * max(lengths[i] for i in b) <= 40 or len(b) == 1 for b in batches)
+
+
+def test_chunks_are_sized_by_the_memory_budget():
+    cfg = ScoringConfig(chunk_memory_mb=512)
+    chunk = cfg.chunk_for(151936)
+    assert 16 <= chunk and chunk * 151936 * 4 * 12 <= 512 * 2**20
+    assert cfg.chunk_for(265) == 8192  # small vocabularies are capped, not unbounded
+    assert ScoringConfig(chunk_size=7).chunk_for(151936) == 7

@@ -149,7 +149,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(rollouts["prompt_ids"].to_list(), rollouts["response_ids"].to_list()))
     res = score_rows(models["base"], models["rl"], rows, vocab_size=pair["shared_vocab_size"], pad_id=pad,
-                     cfg=ScoringConfig(chunk_size=args.chunk_size, max_batch_tokens=args.max_batch_tokens))
+                     cfg=ScoringConfig(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb,
+                                       max_batch_tokens=args.max_batch_tokens))
     cols = res.columns
     meta = rollouts.select("problem_id", "sample_index", "correct")[cols["row"].tolist()]
     table = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
@@ -299,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--rollouts", required=True, help="rollout parquet whose responses are scored")
     sc.add_argument("--source", required=True, choices=["base", "rl"], help="which model wrote the responses")
     sc.add_argument("--out", required=True, help="per-token parquet to write")
-    sc.add_argument("--chunk-size", type=int, default=1024, help="positions per LM-head chunk (default 1024)")
+    sc.add_argument("--chunk-size", type=int, default=None,
+                    help="positions per LM-head chunk (default: sized by --chunk-memory-mb)")
+    sc.add_argument("--chunk-memory-mb", type=int, default=512,
+                    help="memory budget of one chunk's logits and statistics (default 512)")
     sc.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward (default 16384)")
     sc.add_argument("--device-base", default="cpu", help="device of the base model (default cpu)")
     sc.add_argument("--device-rl", default="cpu", help="device of the RL model (default cpu)")

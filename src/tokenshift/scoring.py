@@ -6,8 +6,10 @@ actually there is recorded.
 
 Memory: ``[tokens, vocab]`` logits are never built for a batch. Each model's transformer body
 gives final hidden states; only the positions that predict response tokens are kept, and those
-are projected through the LM head ``chunk_size`` positions at a time, each chunk reduced to its
-statistics at once. Peak extra memory is O(chunk_size x vocab), not O(batch tokens x vocab).
+are projected through the LM head a chunk of positions at a time, each chunk reduced to its
+statistics at once. Chunks are sized so one chunk's logits and temporaries fit
+``chunk_memory_mb``: peak extra memory is bounded whatever the batch or vocabulary. On a GPU the
+statistics run through ``torch.compile`` (fewer passes over the vocabulary, fewer temporaries).
 Sequences are packed by length into forwards of at most ``max_batch_tokens`` padded tokens.
 
 Vocabulary: logits are sliced to the pair's shared tokenizer size (``vocab_size``), which drops
@@ -27,21 +29,34 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from tokenshift.divergence import token_stats
+from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
 
 log = logging.getLogger(__name__)
 STAT_COLUMNS = ("js", "kl_base_rl", "kl_rl_base", "entropy_base", "entropy_rl", "topk_overlap",
                 "rl_top1_rank_in_base", "base_top1_rank_in_rl", "p_base_of_rl_top1", "p_rl_of_rl_top1")
 
 
+CHUNK_BUFFERS = 12
+"""fp32 ``[chunk, vocab]`` buffers one chunk needs at most (both logits and token_stats's temporaries)."""
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
-    chunk_size: int = 1024
-    """Positions projected through the LM head at once (memory: chunk_size x vocab floats)."""
+    chunk_size: int | None = None
+    """Positions projected through the LM head at once; None sizes chunks by ``chunk_memory_mb``."""
+    chunk_memory_mb: int = 512
+    """Memory budget of one chunk's logits and statistics (used when ``chunk_size`` is None)."""
+    compile: bool = True
+    """Fuse the statistics with ``torch.compile`` when the models are on a GPU (CPU stays eager)."""
     max_batch_tokens: int = 16384
     """Padded tokens per forward pass; sequences are packed by length under this bound."""
     top_k: int = 5
     """k of ``topk_overlap``."""
+
+    def chunk_for(self, vocab_size: int) -> int:
+        if self.chunk_size:
+            return self.chunk_size
+        return max(16, min(8192, self.chunk_memory_mb * 2**20 // (CHUNK_BUFFERS * 4 * vocab_size)))
 
 
 @dataclass
@@ -81,7 +96,9 @@ def pack_by_length(lengths: Sequence[int], max_batch_tokens: int) -> list[list[i
 @torch.no_grad()
 def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
     dev = _device(model)
-    h = _body(model)(input_ids=ids.to(dev), attention_mask=attn.to(dev)).last_hidden_state
+    # no mask when nothing is padded: SDPA can then take its fused causal kernel
+    mask = None if bool(attn.all()) else attn.to(dev)
+    h = _body(model)(input_ids=ids.to(dev), attention_mask=mask).last_hidden_state
     return h[select.to(dev)]
 
 
@@ -134,19 +151,23 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
         hb = _response_hidden(base, ids, attn, select)
         hr = _response_hidden(rl, ids, attn, select)
         tgt = torch.as_tensor(targets)
-        for start in range(0, hb.shape[0], cfg.chunk_size):
-            sl = slice(start, start + cfg.chunk_size)
-            lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size].float()
-            lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].float().to(lb.device)
-            for name, logits in (("base", lb), ("rl", lr)):
-                if torch.isnan(logits).any():
-                    raise ValueError(f"NaN in the {name} model's logits: the checkpoint or its inputs are broken")
-            t = tgt[sl].to(lb.device)
-            stats = token_stats(lb, lr, top_k=cfg.top_k)
-            out["logp_base"].append(torch.log_softmax(lb, -1).gather(-1, t[:, None])[:, 0].cpu().numpy())
-            out["logp_rl"].append(torch.log_softmax(lr, -1).gather(-1, t[:, None])[:, 0].cpu().numpy())
-            for k in STAT_COLUMNS:
-                out[k].append(stats[k].cpu().numpy())
+        chunk = cfg.chunk_for(vocab_size)
+        stats_fn = token_stats_compiled if cfg.compile and hb.is_cuda else token_stats_unchecked
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
+        for start in range(0, hb.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
+            lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
+            stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device))
+            for k in parts:
+                parts[k].append(stats[k])
+        # results stay on the device until here: one transfer per batch, not one per chunk
+        for k, v in parts.items():
+            merged = torch.cat(v)
+            if k in ("logp_base", "logp_rl") and torch.isnan(merged).any():
+                role = k.removeprefix("logp_")
+                raise ValueError(f"NaN in the {role} model's logits: the checkpoint or its inputs are broken")
+            out[k].append(merged.cpu().numpy())
         out["row"].append(np.asarray(row_of, dtype=np.int64))
         out["position"].append(np.asarray(pos_of, dtype=np.int32))
         out["norm_position"].append(np.asarray(norm_of, dtype=np.float32))

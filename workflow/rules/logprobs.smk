@@ -14,7 +14,7 @@ rule score:
     params:
         base=lambda wc, input: input.base[: -len(".json")],
         rl=lambda wc, input: input.rl[: -len(".json")],
-        scoring=lambda wc: (f"--chunk-size {config['scoring']['chunk_size']} "
+        scoring=lambda wc: (f"--chunk-memory-mb {config['scoring']['chunk_memory_mb']} "
                             f"--max-batch-tokens {config['scoring']['max_batch_tokens']} "
                             f"--device-base {config['scoring']['device_base']} "
                             f"--device-rl {config['scoring']['device_rl']}"),
