@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+"""The schema in a source checkout (an editable install); the workflow passes its own path."""
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,36 @@ class ConfigError(ValueError):
     def __init__(self, key: str, value: Any, expected: str):
         self.key = key
         self.value = value
-        super().__init__(f"config key {key}: got {value!r}; {expected}")
+        shown = repr(value)
+        shown = shown if len(shown) <= 160 else shown[:157] + "..."
+        super().__init__(f"config key {key}: got {shown}; {expected}")
+
+
+def _dotted(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
+    """Check ``config`` against the JSON schema; the first problem becomes a one-line ``ConfigError``.
+
+    Snakemake's ``validate()`` runs after this (it also fills in defaults) but reports a failure
+    with the whole schema attached; this names the key, the value and what the schema says of it.
+    """
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    desc = error.schema.get("description") if isinstance(error.schema, dict) else None
+    if desc is None and error.parent is not None and isinstance(error.parent.schema, dict):
+        desc = error.parent.schema.get("description")
+    expected = error.message if not desc else f"{error.message}. {' '.join(desc.split())}"
+    raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
 
 
 def model_source(spec: Mapping[str, Any]) -> str:

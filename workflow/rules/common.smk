@@ -8,9 +8,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from tokenshift.config import check_config, dataset_sampling, model_source
+from tokenshift.config import check_config, dataset_sampling, model_source, validate_schema
 
 
+# one line naming the key; Snakemake's validate() then fills defaults
+validate_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)  # relative paths resolve against the working directory, as rule paths do
 
