@@ -134,12 +134,3 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             compare_tokenizer_dirs(base_dir / base["path"], base_dir / rl["path"])
         except TokenizerMismatch as e:
             raise ConfigError(f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}") from None
-
-
-def budget_label(budget: int | float | str) -> str:
-    """The file-name form of a budget: ``0``, ``16``, ``0.05``, ``all``."""
-    if budget == "all":
-        return "all"
-    if float(budget).is_integer():
-        return str(int(budget))
-    return repr(float(budget))

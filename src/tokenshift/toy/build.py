@@ -13,7 +13,6 @@ differ: that is for the divergence stage to find.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,7 +140,3 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
              "init": str(init_dir), "build": dataclasses.asdict(cfg)}
     write_json_atomic(out_dir / "toy_build.json", stats)
     return stats
-
-
-def load_build_stats(ckpt_dir: Path) -> dict:
-    return json.loads((Path(ckpt_dir) / "toy_build.json").read_text())
