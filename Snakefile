@@ -24,6 +24,7 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/logprobs.smk"
 include: "workflow/rules/divergence.smk"
+include: "workflow/rules/crosssample.smk"
 
 
 rule all:

@@ -6,7 +6,7 @@ import pytest
 from conftest import run, tokenshift_cmd
 
 HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"], ["score"], ["divergence"],
-         ["toy-check"], ["rollout"], ["accuracy"]]
+         ["toy-check"], ["rollout"], ["accuracy"], ["crosssample"], ["crosssample-table"]]
 
 
 @pytest.mark.parametrize("sub", HELPS, ids=lambda s: " ".join(s) or "top")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import polars as pl
@@ -86,3 +87,62 @@ def test_divergence_tables_show_a_sparse_reallocating_shift(default_run):
         scores = pl.read_parquet(default_run / "results" / "toy" / "toy" / "scores" / f"{source}.parquet")
         rollouts = pl.read_parquet(default_run / "results" / "toy" / "toy" / "rollouts" / f"{source}.parquet")
         assert scores.height == rollouts["n_response_tokens"].sum()  # every response token scored once
+
+
+def _accuracy(default_run):
+    n = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["sampling"]["n"]
+    acc = pl.read_parquet(default_run / "results" / "toy" / "toy" / "accuracy.parquet")
+    return {r["role"]: r for r in acc.filter(pl.col("metric") == f"avg@{n}").iter_rows(named=True)}
+
+
+def _cross(default_run):
+    t = pl.read_parquet(default_run / "results" / "toy" / "toy" / "crosssample.parquet")
+    return {(r["direction"], r["policy"], r["budget"]): r for r in t.iter_rows(named=True)}
+
+
+def _overlap(a, b):
+    return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+
+
+def _above(a, b):
+    return a["ci_low"] > b["ci_high"]
+
+
+def test_forward_cross_sampling_recovers_rl_accuracy_with_few_tokens(default_run):
+    acc, cs = _accuracy(default_run), _cross(default_run)
+    budgets = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["crosssample"]["budgets"]
+    labels = [str(b) for b in budgets]
+    f = {b: cs[("forward", "js", b)] for b in labels}
+    # the two ends are the two models: budget 0 is the base model, no limit is (about) the RL model;
+    # the cross-sampled problems are the first n_problems of the same eval set
+    assert _overlap(f["0"], acc["base"]) and f["0"]["mean_switched"] == 0
+    assert _overlap(f["all"], acc["rl"]) and _above(f["all"], f["0"])
+    # accuracy rises with the budget (each step within the CIs' noise), bought with a few tokens
+    for lo, hi in zip(labels, labels[1:]):
+        assert f[hi]["accuracy"] >= f[lo]["ci_low"] - (f[lo]["ci_high"] - f[lo]["ci_low"]) / 2
+    assert f["all"]["switched_share"] < 0.15 and f["all"]["mean_switched"] < 10
+    # the same number of tokens switched at random positions does far less
+    for b in labels[1:]:
+        rnd = cs[("forward", "random", b)]
+        assert rnd["mean_switched"] >= 0.8 * f[b]["mean_switched"]
+    assert _above(f["all"], cs[("forward", "random", "all")])
+    assert _above(f["all"], cs[("forward", "argmax", "all")]) or _overlap(f["all"], cs[("forward", "argmax", "all")])
+
+
+def test_reverse_cross_sampling_falls_toward_base_accuracy(default_run):
+    acc, cs = _accuracy(default_run), _cross(default_run)
+    r0, rall = cs[("reverse", "js", "0")], cs[("reverse", "js", "all")]
+    assert _overlap(r0, acc["rl"])
+    assert _above(r0, rall) and rall["accuracy"] < acc["rl"]["ci_low"]
+    assert rall["accuracy"] - acc["base"]["accuracy"] < 0.6 * (acc["rl"]["accuracy"] - acc["base"]["accuracy"])
+
+
+def test_rerunning_one_budget_reruns_that_job_alone(default_run):
+    target = "results/toy/toy/crosssample/forward/js/budget-2.parquet"
+    before = pl.read_parquet(default_run / target)
+    r = snakemake(default_run, "--cores", "2", "--force", target)  # the command README gives
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = r.stdout + r.stderr
+    assert re.search(r"^crosssample\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats[-2000:]
+    after = pl.read_parquet(default_run / target)
+    assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again

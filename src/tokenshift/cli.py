@@ -161,6 +161,57 @@ def _cmd_score(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _cmd_crosssample(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.crosssample import CrossSampleConfig, parse_budget, resolve_threshold, run_crosssample
+    from tokenshift.datasets import load_problems
+    from tokenshift.generation import SamplingConfig
+
+    if args.threshold is not None:
+        spec = {"threshold": args.threshold}
+    elif args.percentile is not None:
+        spec = {"percentile": args.percentile}
+    else:
+        spec = {}
+    try:
+        scores = pl.read_parquet(args.scores) if args.scores else None
+        threshold = resolve_threshold(args.policy, args.direction, spec, scores)
+        cfg = CrossSampleConfig(direction=args.direction, policy=args.policy, budget=parse_budget(args.budget),
+                                threshold=threshold, batch_size=args.batch_size,
+                                sampling=SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                                                        max_new_tokens=args.max_new_tokens))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    problems = load_problems(args.dataset, args.dataset_spec, toy_task=_toy_settings(args).task)
+    if args.n_problems:
+        problems = problems[:args.n_problems]
+    table = run_crosssample(Path(args.base), Path(args.rl), problems, args.dataset_spec, Path(args.out), cfg, n=args.n,
+                            seed=args.seed, problems_per_shard=args.problems_per_shard, device_base=args.device_base,
+                            device_rl=args.device_rl, progress=not args.quiet)
+    print(f"{args.direction}/{args.policy}/budget-{args.budget} (threshold {threshold:.4g}): {table.height} samples, "
+          f"accuracy {table['correct'].mean():.3f}, {table['n_switched'].mean():.2f} switched tokens per response",
+          file=sys.stderr)
+
+
+def _cmd_crosssample_table(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.io import write_parquet_atomic
+    from tokenshift.tables import crosssample_table
+
+    table = crosssample_table([pl.read_parquet(p) for p in args.inputs],
+                              labels={"pair": args.pair, "dataset": args.dataset})
+    write_parquet_atomic(table, Path(args.out))
+    with pl.Config(tbl_rows=80, tbl_cols=12, float_precision=3, tbl_width_chars=160):
+        print(table.select("direction", "policy", "budget", "accuracy", "ci_low", "ci_high", "mean_switched",
+                           "switched_share"))
+
+
 def _cmd_divergence(args: argparse.Namespace) -> None:
     import polars as pl
 
@@ -309,6 +360,51 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device-rl", default="cpu", help="device of the RL model (default cpu)")
     sc.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sc.set_defaults(func=_cmd_score)
+
+    cs = stages.add_parser(
+        "crosssample", help="decode with both models in lockstep, switching tokens under a budget",
+        description="One model generates; where the policy's statistic exceeds the threshold and the response's "
+                    "budget lasts, the token is drawn from the other model (forward: base generates, RL injected; "
+                    "reverse: the other way). Responses are graded; one parquet row per sample with the switched "
+                    "positions and their JS. Sharded and resumable like the rollout stage.")
+    cs.add_argument("--base", required=True, help="base checkpoint directory")
+    cs.add_argument("--rl", required=True, help="RL checkpoint directory")
+    cs.add_argument("--dataset", required=True, help="dataset name")
+    cs.add_argument("--dataset-spec", type=_json_arg, required=True, help="JSON dataset spec (as for rollout)")
+    cs.add_argument("--direction", required=True, choices=["forward", "reverse"], help="which model generates")
+    cs.add_argument("--policy", default="js", choices=["js", "entropy", "argmax", "random"],
+                    help="where to switch (default js)")
+    cs.add_argument("--budget", default="all", help="most switched tokens per response, or 'all' (default all)")
+    th = cs.add_mutually_exclusive_group()
+    th.add_argument("--threshold", type=float, help="switch where the policy's statistic exceeds this value")
+    th.add_argument("--percentile", type=float,
+                    help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)")
+    cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
+    cs.add_argument("--n", type=int, default=4, help="samples per problem (default 4)")
+    cs.add_argument("--n-problems", type=int, default=0, help="use the dataset's first N problems (default all)")
+    cs.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    cs.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
+    cs.add_argument("--max-new-tokens", type=int, default=96, help="response length limit (default 96)")
+    cs.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    cs.add_argument("--batch-size", type=int, default=64, help="rows decoded together (default 64)")
+    cs.add_argument("--problems-per-shard", type=int, default=64, help="problems per shard (default 64)")
+    cs.add_argument("--device-base", default="auto", help="device of the base model (default: cuda if present)")
+    cs.add_argument("--device-rl", default="auto", help="device of the RL model (default: cuda if present)")
+    cs.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    cs.add_argument("--toy-settings", dest="settings", type=_json_arg, default={},
+                    help="JSON object of toy build settings (config `toy:`), for the toy dataset")
+    cs.add_argument("--out", required=True, help="parquet file to write")
+    cs.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cs.set_defaults(func=_cmd_crosssample)
+
+    ct = stages.add_parser("crosssample-table", help="aggregate cross-sampling runs: accuracy per budget",
+                           description="One row per (direction, policy, budget): avg@n accuracy with a 95%% bootstrap "
+                                       "CI over problems, mean switched tokens and the switched share of tokens.")
+    ct.add_argument("inputs", nargs="+", help="cross-sampling parquet files")
+    ct.add_argument("--pair", required=True, help="pair name, stored in the table")
+    ct.add_argument("--dataset", required=True, help="dataset name, stored in the table")
+    ct.add_argument("--out", required=True, help="parquet file to write")
+    ct.set_defaults(func=_cmd_crosssample_table)
 
     dv = stages.add_parser(
         "divergence", help="sparsity, position, entropy and reallocation tables from per-token scores",

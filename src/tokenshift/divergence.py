@@ -66,13 +66,7 @@ def token_stats_unchecked(logits_base: torch.Tensor, logits_rl: torch.Tensor, *,
     p = logp.exp()
     q = logq.exp()
     # -inf logits give logp = -inf and p = 0; xlogy keeps 0 * log 0 = 0.
-    ent_p = -_xlogy(p, p).sum(-1)
-    ent_q = -_xlogy(q, q).sum(-1)
-    m = 0.5 * (p + q)
-    # KL(p||m) = sum p (log p - log m); written with xlogy so p = 0 terms vanish exactly
-    kl_pm = (_xlogy(p, p) - _xlogy(p, m)).sum(-1)
-    kl_qm = (_xlogy(q, q) - _xlogy(q, m)).sum(-1)
-    js = (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)
+    ent_p, ent_q, js = entropies_and_js(p, q)
     kl_pq = _kl(p, logp, logq)
     kl_qp = _kl(q, logq, logp)
 
@@ -99,6 +93,17 @@ def token_stats_unchecked(logits_base: torch.Tensor, logits_rl: torch.Tensor, *,
         "p_base_of_rl_top1": p[rows, q_top1],
         "p_rl_of_rl_top1": q[rows, q_top1],
     }
+
+
+def entropies_and_js(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Entropy of each of two ``[N, V]`` probability tensors and their JS divergence, in nats."""
+    plogp = _xlogy(p, p)
+    qlogq = _xlogy(q, q)
+    m = 0.5 * (p + q)
+    # KL(p||m) = sum p (log p - log m); written with xlogy so p = 0 terms vanish exactly
+    kl_pm = (plogp - _xlogy(p, m)).sum(-1)
+    kl_qm = (qlogq - _xlogy(q, m)).sum(-1)
+    return -plogp.sum(-1), -qlogq.sum(-1), (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)
 
 
 def _kl(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

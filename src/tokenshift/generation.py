@@ -8,7 +8,8 @@ not part of the returned response ids, but ``finish_reason`` says whether it was
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -30,6 +31,8 @@ class Sample:
     response_ids: list[int]
     finish_reason: str
     """``stop`` when the model emitted EOS, ``length`` when max_new_tokens ran out."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Per-sample values a decoder adds (cross-sampling: switched positions); become columns."""
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,8 +25,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -127,22 +127,39 @@ def make_backend(model_dir: Path, cfg: RolloutConfig):
     return BACKENDS[cfg.backend](Path(model_dir), cfg)
 
 
-def _settings_key(model_dir: Path, problems: Sequence[Problem], dataset_spec: Mapping[str, Any], cfg: RolloutConfig) -> str:
-    manifest = Path(str(model_dir) + ".json")
+def settings_key(model_dirs: Sequence[Path], problems: Sequence[Problem], dataset_spec: Mapping[str, Any], cfg) -> str:
+    """A hash of everything a sharded run's output depends on: models, problems, dataset, settings."""
     h = hashlib.sha256()
-    h.update(manifest.read_bytes() if manifest.is_file() else str(Path(model_dir).resolve()).encode())
+    for model_dir in model_dirs:
+        manifest = Path(str(model_dir) + ".json")
+        h.update(manifest.read_bytes() if manifest.is_file() else str(Path(model_dir).resolve()).encode())
     h.update(json.dumps([asdict(p) for p in problems]).encode())
     h.update(json.dumps(dict(dataset_spec), sort_keys=True, default=str).encode())
-    h.update(json.dumps(asdict(cfg), sort_keys=True, default=str).encode())
+    h.update(json.dumps(asdict(cfg) if is_dataclass(cfg) else cfg, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
 def run_rollouts(model_dir: Path, problems: Sequence[Problem], dataset_spec: Mapping[str, Any], out: Path,
                  cfg: RolloutConfig, *, grader_workers: int = 1, progress: bool = True) -> pl.DataFrame:
     """Sample ``cfg.n`` responses per problem, grade them, write ``out`` (parquet); resumable."""
+    return run_sharded(lambda: make_backend(model_dir, cfg), settings_key([model_dir], problems, dataset_spec, cfg),
+                       problems, dataset_spec, out, n=cfg.n, seed=cfg.seed, problems_per_shard=cfg.problems_per_shard,
+                       grader_workers=grader_workers, progress=progress)
+
+
+def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], dataset_spec: Mapping[str, Any],
+                out: Path, *, n: int, seed: int, problems_per_shard: int, extra_schema: Mapping[str, Any] | None = None,
+                constants: Mapping[str, Any] | None = None,
+                grader_workers: int = 1, progress: bool = True) -> pl.DataFrame:
+    """Draw ``n`` graded samples per problem with the backend ``make()`` builds, shard by shard.
+
+    The backend has ``tokenizer`` and ``generate(prompts, seed) -> [Sample]``; each sample's
+    ``extra`` values become columns (``extra_schema`` gives their types), and ``constants`` are
+    columns with one value throughout (a run's settings). Shards record ``key``:
+    shards made under another key are discarded. The backend is only built if work is left.
+    """
     out = Path(out)
     shard_dir = out.with_name(out.name + ".shards")
-    key = _settings_key(model_dir, problems, dataset_spec, cfg)
     stamp = shard_dir / "settings.sha256"
     if shard_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
         log.warning("%s holds shards made with other settings; starting over", shard_dir)
@@ -150,27 +167,28 @@ def run_rollouts(model_dir: Path, problems: Sequence[Problem], dataset_spec: Map
     shard_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
 
-    per = cfg.problems_per_shard
+    per = problems_per_shard
     shards = [problems[i:i + per] for i in range(0, len(problems), per)]
     todo = [k for k in range(len(shards)) if not (shard_dir / f"shard-{k:05d}.parquet").is_file()]
     if len(todo) < len(shards):
         log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
-    backend = make_backend(model_dir, cfg) if todo else None
-    bar = tqdm(total=len(problems) * cfg.n, initial=(len(shards) - len(todo)) * per * cfg.n, unit="sample",
-               desc=f"rollout {out.stem}", disable=not progress)
+    backend = make() if todo else None
+    bar = tqdm(total=len(problems) * n, initial=(len(shards) - len(todo)) * per * n, unit="sample",
+               desc=f"{out.parent.name}/{out.stem}", disable=not progress)
     with Grader(workers=grader_workers) as grader:
         for k in todo:
             t0 = time.perf_counter()
             chunk = shards[k]
             prompts = [format_prompt(backend.tokenizer, p.question, dataset_spec) for p in chunk]
-            reps = [ids for ids in prompts for _ in range(cfg.n)]
-            samples = backend.generate(reps, seed=cfg.seed * 100_003 + k)
+            reps = [ids for ids in prompts for _ in range(n)]
+            samples = backend.generate(reps, seed=seed * 100_003 + k)
             texts = backend.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-            golds = [p.answer for p in chunk for _ in range(cfg.n)]
+            golds = [p.answer for p in chunk for _ in range(n)]
             grades = grader.grade(texts, golds)
+            extra = {name: [s.extra[name] for s in samples] for name in (extra_schema or {})}
             df = pl.DataFrame({
-                "problem_id": [p.problem_id for p in chunk for _ in range(cfg.n)],
-                "sample_index": [j for _ in chunk for j in range(cfg.n)],
+                "problem_id": [p.problem_id for p in chunk for _ in range(n)],
+                "sample_index": [j for _ in chunk for j in range(n)],
                 "prompt_ids": reps,
                 "response_ids": [s.response_ids for s in samples],
                 "response_text": texts,
@@ -180,7 +198,10 @@ def run_rollouts(model_dir: Path, problems: Sequence[Problem], dataset_spec: Map
                 "correct": [g.correct for g in grades],
                 "grade_status": [g.status for g in grades],
                 "dataset_version": DATASET_VERSION,
-            }, schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32)})
+                **extra,
+                **(constants or {}),
+            }, schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32),
+                                 **(extra_schema or {})})
             write_parquet_atomic(df, shard_dir / f"shard-{k:05d}.parquet")
             n_tok = int(df["n_response_tokens"].sum())
             bar.update(len(samples))

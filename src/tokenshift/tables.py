@@ -10,7 +10,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from math import comb
 
 import numpy as np
@@ -64,6 +65,12 @@ def _high_js(scores: pl.DataFrame) -> tuple[pl.Expr, float]:
     return (pl.col("js") > cut) & (pl.col("js") > 0), cut
 
 
+def _js_ci() -> list[pl.Expr]:
+    """95% normal-approximation CI of a bin's mean JS (bins hold thousands of positions)."""
+    half = 1.96 * pl.col("js").std().fill_null(0.0) / pl.len().sqrt()
+    return [(pl.col("js").mean() - half).alias("js_ci_low"), (pl.col("js").mean() + half).alias("js_ci_high")]
+
+
 def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
     """Share of positions with JS below each threshold, and the JS percentile curve."""
     js = scores["js"]
@@ -74,12 +81,13 @@ def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
 
 
 def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
-    """Mean JS and share of high-JS positions by normalised response position (start/middle/end)."""
+    """Mean JS (with ``js_ci_low``/``js_ci_high``) and share of high-JS positions by normalised
+    response position (start/middle/end)."""
     high, cut = _high_js(scores)
     b = (pl.col("norm_position") * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
     t = (scores.with_columns(b, high.alias("high"))
          .group_by("bin").agg(pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
-                              pl.len().alias("n_positions"))
+                              pl.len().alias("n_positions"), *_js_ci())
          .sort("bin"))
     region = pl.when(pl.col("bin") == 0).then(pl.lit("start")).when(pl.col("bin") == bins - 1).then(pl.lit("end")) \
         .otherwise(pl.lit("middle"))
@@ -88,7 +96,8 @@ def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
 
 
 def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
-    """JS by base-model entropy (quantile bins), and how high-JS positions sit among high-entropy ones."""
+    """JS by base-model entropy (quantile bins; mean JS with a 95% CI), and how high-JS positions
+    sit among high-entropy ones."""
     high, cut = _high_js(scores)
     ent = scores["entropy_base"]
     edges = np.unique(np.quantile(ent.to_numpy(), np.linspace(0, 1, bins + 1)))
@@ -96,7 +105,7 @@ def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     t = (scores.with_columns(pl.Series("bin", idx, dtype=pl.Int32), high.alias("high"))
          .group_by("bin").agg(pl.col("entropy_base").mean().alias("mean_entropy_base"),
                               pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
-                              pl.len().alias("n_positions"))
+                              pl.len().alias("n_positions"), *_js_ci())
          .sort("bin"))
     ent_cut = float(ent.quantile(HIGH_ENTROPY_QUANTILE))
     flags = scores.select(high.alias("high"), (pl.col("entropy_base") > ent_cut).alias("high_entropy"))
@@ -148,3 +157,60 @@ def divergence_tables(scores_by_source: Mapping[str, pl.DataFrame], labels: Mapp
             parts.append(t.with_columns(*[pl.lit(v).alias(k) for k, v in {**labels, "source": source}.items()]))
         out[name] = pl.concat(parts, how="diagonal")
     return out
+
+
+# --- cross-sampling (the paper's causal experiment), from per-sample cross-sample tables --------
+
+
+def budget_order(label: str) -> float:
+    """Sort key of a budget label: numbers in order, ``all`` last."""
+    return math.inf if label == "all" else float(label)
+
+
+def crosssample_table(runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str] | None = None,
+                      seed: int = 0) -> pl.DataFrame:
+    """One row per (direction, policy, budget) run: accuracy and how much was switched.
+
+    - ``accuracy``: avg@n, the mean over problems of the share of a problem's samples graded
+      correct, with a 95% bootstrap CI over problems (``ci_low``, ``ci_high``);
+    - ``mean_switched``: switched tokens per response; ``switched_share``: switched tokens over
+      all generated tokens (response plus EOS where reached);
+    - ``mean_switched_js``: mean JS at the switched positions (NaN when none switched);
+    - ``budget`` is the label (``"0"`` … ``"all"``), ``budget_tokens`` the number (null for all);
+    - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
+      the policy it was run under): budget 0 never switches, so the policy cannot matter.
+    """
+    rows = []
+    for run in runs:
+        keys = run.select("direction", "policy", "budget", "threshold").unique()
+        if keys.height != 1:
+            raise ValueError(f"a cross-sample table must hold one run, found {keys.height}: {keys.to_dicts()}")
+        per = run.group_by("problem_id").agg(pl.col("correct").mean()).sort("problem_id")
+        acc, lo, hi = mean_ci(per["correct"].to_numpy(), seed=seed)
+        generated = run["n_response_tokens"].sum() + (run["finish_reason"] == "stop").sum()
+        js = run["switched_js"].explode().drop_nulls()
+        key = keys.row(0, named=True)
+        rows.append({**(labels or {}), **key,
+                     "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
+                     "accuracy": acc, "ci_low": lo, "ci_high": hi,
+                     "mean_switched": float(run["n_switched"].mean()),
+                     "switched_share": float(run["n_switched"].sum() / generated) if generated else float("nan"),
+                     "mean_switched_js": float(js.mean()) if js.len() else float("nan"),
+                     "mean_response_tokens": float(run["n_response_tokens"].mean()),
+                     "n_problems": per.height, "n_samples": run.height})
+    table = pl.DataFrame(rows, schema_overrides={"budget_tokens": pl.Int64})
+    # budget 0 never switches and the decoder's randomness does not depend on the policy, so one
+    # budget-0 run per direction stands for every policy's (marked in ``budget0_from``)
+    table = table.with_columns(pl.lit(None, dtype=pl.Utf8).alias("budget0_from"))
+    zero = table.filter(pl.col("budget") == "0")
+    extra = []
+    for direction, policies in table.group_by("direction").agg(pl.col("policy").unique()).iter_rows():
+        runs = zero.filter(pl.col("direction") == direction)
+        if runs.height:
+            have = set(runs["policy"])
+            source = runs.row(0, named=True)
+            extra += [{**source, "policy": p, "budget0_from": source["policy"]} for p in sorted(set(policies) - have)]
+    if extra:
+        table = pl.concat([table, pl.DataFrame(extra, schema=table.schema)])
+    order = table["budget"].map_elements(budget_order, return_dtype=pl.Float64)
+    return table.with_columns(order.alias("_order")).sort("direction", "policy", "_order").drop("_order")

@@ -1,6 +1,7 @@
 # Input functions, wildcard constraints and the target list: the one place that decides what
 # `all` means. Config is validated here, before any job runs.
 import json
+import math
 import os
 import re
 import shlex
@@ -37,6 +38,9 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     role="base|rl",
     source="base|rl",
+    direction="forward|reverse",
+    policy="js|entropy|argmax|random",
+    budget=r"\d+|all",
 
 
 def model_manifest(name):
@@ -82,10 +86,65 @@ def rollout_args(wildcards):
     return f"--backend {r['backend']} --batch-size {r['batch_size']} --problems-per-shard {r['problems_per_shard']}"
 
 
+CROSS = config["crosssample"]
+
+
+def crosssample_budgets(dataset):
+    """Budget labels of a dataset's targets: fractions become tokens of its max_new_tokens."""
+    max_new = dataset_sampling(config, dataset)["max_new_tokens"]
+    labels = []
+    for b in CROSS["budgets"]:
+        label = b if b == "all" else str(b if isinstance(b, int) else math.ceil(b * max_new))
+        if label not in labels:
+            labels.append(label)
+    return labels
+
+
+def crosssample_runs(wildcards):
+    # budget 0 is the same run under every policy (tested): run it for the first policy only
+    return [f"results/{wildcards.pair}/{wildcards.dataset}/crosssample/{d}/{p}/budget-{b}.parquet"
+            for d in CROSS["directions"] for i, p in enumerate(CROSS["policies"])
+            for b in crosssample_budgets(wildcards.dataset) if b != "0" or i == 0]
+
+
+def _threshold_spec(policy):
+    return config["crosssample"]["thresholds"].get(policy, {"percentile": 90}) if policy != "argmax" else {}
+
+
+def crosssample_scores(wildcards):
+    """A percentile of js or entropy is read off the generating model's own scored rollouts."""
+    if wildcards.policy in ("js", "entropy") and "percentile" in _threshold_spec(wildcards.policy):
+        source = "base" if wildcards.direction == "forward" else "rl"
+        return f"results/{wildcards.pair}/{wildcards.dataset}/scores/{source}.parquet"
+    return []
+
+
+def crosssample_threshold_args(wildcards, input):
+    spec = _threshold_spec(wildcards.policy)
+    if "threshold" in spec:
+        return f"--threshold {spec['threshold']}"
+    if "percentile" in spec:
+        scores = f" --scores {input.scores}" if input.scores else ""
+        return f"--percentile {spec['percentile']}{scores}"
+    return ""
+
+
+def crosssample_run_args(wildcards):
+    c = CROSS
+    return (f"--n-problems {c['n_problems']} --batch-size {c['batch_size']} "
+            f"--problems-per-shard {c['problems_per_shard']} --device-base {c['device_base']} --device-rl {c['device_rl']}")
+
+
+def crosssample_gpus(wildcards):
+    # `auto` takes a GPU where the job lands on one, as the hf rollout backend does, but asks for none
+    return int(any(CROSS[k].startswith("cuda") for k in ("device_base", "device_rl")))
+
+
 def get_final_output():
     targets = [model_manifest(m) for m in MODELS]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
     targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
     targets += [f"results/{p}/{d}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS]
+    targets += [f"results/{p}/{d}/crosssample.parquet" for p, d in PAIR_DATASETS]
     return targets

@@ -24,7 +24,7 @@ rule score:
     log:
         "logs/scores/{pair}/{dataset}/{source}.log",
     benchmark:
-        "benchmarks/scores/{pair}/{dataset}/{source}.tsv"
+        "logs/benchmarks/scores/{pair}/{dataset}/{source}.tsv"
     resources:
         gpu=0 if config["scoring"]["device_base"] == config["scoring"]["device_rl"] == "cpu" else 1,
         mem_mb=16000,

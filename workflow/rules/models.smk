@@ -36,7 +36,7 @@ rule toy_base:
     log:
         "logs/models/{model}.log",
     benchmark:
-        "benchmarks/models/{model}.tsv"
+        "logs/benchmarks/models/{model}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,
@@ -61,7 +61,7 @@ rule toy_rl:
     log:
         "logs/models/{model}.log",
     benchmark:
-        "benchmarks/models/{model}.tsv"
+        "logs/benchmarks/models/{model}.tsv"
     resources:
         mem_mb=4000,
         runtime=30,

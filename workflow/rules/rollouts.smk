@@ -19,7 +19,7 @@ rule rollout:
     log:
         "logs/rollouts/{pair}/{dataset}/{role}.log",
     benchmark:
-        "benchmarks/rollouts/{pair}/{dataset}/{role}.tsv"
+        "logs/benchmarks/rollouts/{pair}/{dataset}/{role}.tsv"
     resources:
         gpu=1 if config["rollout"]["backend"] == "vllm" else 0,
         mem_mb=16000,

@@ -1,0 +1,56 @@
+"""One look for every figure: a colour-blind-safe palette with fixed meanings, and one way to save.
+
+Colours are Okabe and Ito's (2008) palette. Each thing keeps its colour in every figure: the base
+model (and its rollouts) is blue, the RL model vermillion; each cross-sampling policy has its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+OKABE_ITO = {
+    "blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "orange": "#E69F00",
+    "sky": "#56B4E9", "purple": "#CC79A7", "yellow": "#F0E442", "grey": "#7F7F7F", "black": "#000000",
+}
+ROLE = {"base": OKABE_ITO["blue"], "rl": OKABE_ITO["vermillion"]}
+"""The base model and its rollouts; the RL model and its rollouts."""
+POLICY = {"js": OKABE_ITO["green"], "entropy": OKABE_ITO["orange"], "argmax": OKABE_ITO["purple"],
+          "random": OKABE_ITO["grey"]}
+DIRECTION_STYLE = {"forward": "-", "reverse": "--"}
+KIND_STYLE = {"rlvr": "-", "sft": ":"}
+SERIES = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "sky", "purple", "black")]
+ROLE_LABEL = {"base": "base model", "rl": "RL model"}
+SOURCE_LABEL = {"base": "base model's responses", "rl": "RL model's responses"}
+DPI = 200
+
+
+def apply() -> None:
+    """Matplotlib defaults shared by every figure."""
+    plt.rcParams.update({
+        "figure.dpi": 100, "savefig.dpi": DPI, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
+        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+        "legend.frameon": False, "savefig.bbox": "tight", "pdf.fonttype": 42,
+    })
+
+
+def save(fig, stem: Path) -> list[Path]:
+    """Write ``<stem>.png`` (200 dpi) and ``<stem>.pdf``; return both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        tmp = p.with_name(f".{p.name}.tmp{p.suffix}")
+        fig.savefig(tmp, dpi=DPI)
+        tmp.replace(p)
+    plt.close(fig)
+    return paths
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"

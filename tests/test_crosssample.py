@@ -1,0 +1,223 @@
+"""Cross-sampling decoder: checked against a naive cache-free reference, and its couplings."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tokenshift.crosssample import (CrossSampleConfig, cross_sample, parse_budget, resolve_threshold,
+                                    sample_from_logits, step_statistics)
+from tokenshift.generation import SamplingConfig
+
+VOCAB = 48
+
+
+def tiny_model(seed: int) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=VOCAB + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # sharper distributions than the init's near-uniform ones
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_model(0), tiny_model(1)
+
+
+PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [3], [20, 21, 22], [30, 31]]
+
+
+@torch.no_grad()
+def reference(gen, other, prompts, *, eos_id, cfg: CrossSampleConfig, seed: int):
+    """Row by row, no cache, no padding: every step re-reads the whole sequence."""
+    n, steps = len(prompts), cfg.sampling.max_new_tokens
+    noise = torch.Generator().manual_seed(seed)
+    coin = torch.Generator().manual_seed(seed + 1)
+    us = [torch.rand(n, generator=noise) for _ in range(steps)]
+    rs = [torch.rand(n, generator=coin) for _ in range(steps)]
+    budget = math.inf if cfg.budget is None else cfg.budget
+    out = []
+    for i, prompt in enumerate(prompts):
+        seq, resp, positions, used = list(prompt), [], [], 0
+        for t in range(steps):
+            x = torch.tensor([seq])
+            lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
+            stats = step_statistics(lg, lo)
+            stat = rs[t][i:i + 1] if cfg.policy == "random" else stats[cfg.policy]
+            switch = bool(stat > cfg.threshold) and used < budget
+            tok = int(sample_from_logits(lo if switch else lg, us[t][i:i + 1], cfg.sampling))
+            if switch:
+                used += 1
+                positions.append(t)
+            if tok == eos_id:
+                break
+            resp.append(tok)
+            seq.append(tok)
+        out.append((resp, positions))
+    return out
+
+
+def run(pair, direction="forward", policy="js", budget=None, threshold=0.05, eos_id=None, max_new=12, batch_size=4,
+        prompts=PROMPTS, seed=3):
+    base, rl = pair
+    cfg = CrossSampleConfig(direction=direction, policy=policy, budget=budget, threshold=threshold,
+                            sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new),
+                            batch_size=batch_size)
+    return cfg, cross_sample(base, rl, prompts, eos_id=eos_id, pad_id=0, vocab_size=VOCAB, cfg=cfg, seed=seed)
+
+
+@pytest.mark.parametrize("direction,policy,budget,threshold", [
+    ("forward", "js", None, 0.05), ("forward", "js", 2, 0.05), ("reverse", "js", 3, 0.02),
+    ("forward", "entropy", None, 2.0), ("forward", "argmax", 4, 0.5), ("reverse", "random", 2, 0.6),
+])
+def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold):
+    # eos 47 is drawn often enough that rows finish at different steps and get compacted away
+    cfg, samples = run(pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS))
+    gen, other = pair if direction == "forward" else pair[::-1]
+    ref = reference(gen, other, PROMPTS, eos_id=47, cfg=cfg, seed=3 * 1_000_003)
+    assert [s.response_ids for s in samples] == [r[0] for r in ref]
+    assert [s.extra["switched_positions"] for s in samples] == [r[1] for r in ref]
+    assert any(s.finish_reason == "stop" for s in samples) and any(s.finish_reason == "length" for s in samples)
+    if budget is not None:
+        assert max(s.extra["n_switched"] for s in samples) <= budget
+    assert sum(s.extra["n_switched"] for s in samples) > 0
+
+
+def test_budget_zero_is_the_same_run_under_every_policy(pair):
+    runs = [run(pair, policy=p, budget=0, threshold=t)[1] for p, t in
+            (("js", 0.0), ("entropy", 0.0), ("argmax", 0.5), ("random", 0.0))]
+    assert all(s.extra["n_switched"] == 0 for s in runs[0])
+    for other in runs[1:]:
+        assert [s.response_ids for s in other] == [s.response_ids for s in runs[0]]
+
+
+def test_switching_everywhere_is_the_other_model_decoding(pair):
+    # forward with threshold 0 and no budget draws every token from RL: exactly RL alone (reverse, budget 0)
+    _, forward_all = run(pair, "forward", "js", None, 0.0)
+    _, rl_alone = run(pair, "reverse", "js", 0, 0.0)
+    assert [s.response_ids for s in forward_all] == [s.response_ids for s in rl_alone]
+    assert all(s.extra["n_switched"] == len(s.response_ids) for s in forward_all)
+
+
+def test_switched_js_values_exceed_the_threshold_and_random_switches_blind(pair):
+    _, js_run = run(pair, policy="js", threshold=0.5, max_new=20)
+    values = [v for s in js_run for v in s.extra["switched_js"]]
+    assert values and min(values) > 0.5
+    for s in js_run:  # the per-position JS trace lines up with the response and the switches
+        assert len(s.extra["step_js"]) == len(s.response_ids)
+        assert [s.extra["step_js"][p] for p in s.extra["switched_positions"] if p < len(s.response_ids)] == \
+            [v for p, v in zip(s.extra["switched_positions"], s.extra["switched_js"]) if p < len(s.response_ids)]
+    _, rnd = run(pair, policy="random", threshold=0.75, max_new=40, prompts=PROMPTS * 8, batch_size=16)
+    share = sum(s.extra["n_switched"] for s in rnd) / sum(len(s.response_ids) for s in rnd)
+    assert 0.18 < share < 0.32  # 1 - 0.75 of positions, within sampling noise of 1920 draws
+    assert min(v for s in rnd for v in s.extra["switched_js"]) < 0.5  # blind to divergence
+
+
+def test_finished_rows_stop_costing_compute(pair):
+    base, rl = pair
+    seen = []
+    hook = base.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        _, samples = run(pair, eos_id=47, max_new=30, prompts=PROMPTS * 4, batch_size=24)
+    finally:
+        hook.remove()
+    lengths = [len(s.response_ids) for s in samples]
+    assert min(lengths) < 10 and max(lengths) == 30
+    # one prefill of 24 rows, then decode steps on ever fewer rows: a row that stops after L tokens
+    # is fed L of them; dropping in groups of 1/8 of the rows costs a little over that ideal
+    ideal = sum(len(s.response_ids) if s.finish_reason == "stop" else 29 for s in samples)
+    assert seen[0] == 24 and seen[-1] < 24
+    assert ideal <= sum(seen[1:]) <= 1.1 * ideal < 24 * 29
+
+
+def test_sampler_inverts_the_cdf_exactly():
+    logits = torch.tensor([[0.0, math.log(3.0), -math.inf, math.log(4.0)]])
+    u = torch.linspace(0, 1, 8001)[:-1]
+    toks = sample_from_logits(logits.expand(len(u), -1), u, SamplingConfig(temperature=1.0))
+    counts = torch.bincount(toks, minlength=4).tolist()
+    assert counts[2] == 0
+    assert [abs(c - e) <= 2 for c, e in zip(counts, [1000, 3000, 0, 4000])] == [True] * 4  # float32 cumsum
+    nucleus = sample_from_logits(logits.expand(len(u), -1), u, SamplingConfig(temperature=1.0, top_p=0.5))
+    assert set(nucleus.tolist()) == {3}  # the most probable token alone reaches 0.5 of the mass
+    greedy = sample_from_logits(logits, torch.tensor([0.9]), SamplingConfig(temperature=0))
+    assert greedy.tolist() == [3]
+
+
+def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
+    scores = pl.DataFrame({"js": [0.0, 0.1, 0.2, 0.3, 0.4], "entropy_base": [1.0, 2.0, 3.0, 4.0, 5.0],
+                           "entropy_rl": [0.0] * 5})
+    assert resolve_threshold("js", "forward", {"percentile": 75}, scores) == pytest.approx(0.3)
+    assert resolve_threshold("entropy", "forward", {"percentile": 50}, scores) == pytest.approx(3.0)
+    assert resolve_threshold("entropy", "reverse", {"percentile": 50}, scores) == 0.0
+    assert resolve_threshold("random", "forward", {"percentile": 90}) == pytest.approx(0.9)
+    assert resolve_threshold("argmax", "forward", {}) == 0.5
+    assert resolve_threshold("js", "reverse", {"threshold": 0.02}) == 0.02
+    with pytest.raises(ValueError, match="js threshold 0.9"):
+        resolve_threshold("js", "forward", {"threshold": 0.9})
+    with pytest.raises(ValueError, match="needs the per-token scores"):
+        resolve_threshold("js", "forward", {"percentile": 90})
+    assert parse_budget("all") is None and parse_budget("8") == 8
+    with pytest.raises(ValueError):
+        parse_budget("-1")
+
+
+# --- the stage through the console script, on real checkpoints ---------------------------------
+
+from conftest import run as run_cmd  # noqa: E402
+from conftest import tokenshift_cmd  # noqa: E402
+
+from tokenshift.tables import crosssample_table  # noqa: E402
+
+TOY_SPEC = '{"toy": "eval", "n_problems": 6}'
+
+
+def crosssample_cmd(base, rl, out, *extra):
+    return tokenshift_cmd() + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", "toy",
+                               "--dataset-spec", TOY_SPEC, "--n", "2", "--max-new-tokens", "16", "-q",
+                               "--out", str(out), *extra]
+
+
+def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint, tmp_path):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    runs = []
+    for policy, budget, th in (("js", "0", ["--threshold", "0.0"]), ("js", "3", ["--threshold", "0.0"]),
+                               ("random", "3", ["--percentile", "50"])):
+        out = tmp_path / f"{policy}-{budget}.parquet"
+        r = run_cmd(crosssample_cmd(base, rl, out, "--direction", "forward", "--policy", policy, "--budget", budget, *th))
+        assert r.returncode == 0, r.stderr
+        t = pl.read_parquet(out)
+        assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_answer", "timeout", "error"}
+        assert (t["n_switched"] == t["switched_positions"].list.len()).all()
+        assert (t["n_switched"] <= int(budget)).all() and t["policy"].unique().to_list() == [policy]
+        runs.append(t)
+    assert runs[1]["n_switched"].sum() > 0  # threshold 0: every position qualifies until the budget ends
+    table = crosssample_table(runs, labels={"pair": "p", "dataset": "toy"})
+    assert table.height == 4  # the budget-0 run stands for random's too
+    zero = table.filter(pl.col("budget") == "0")
+    assert sorted(zero["policy"]) == ["js", "random"] and zero["budget0_from"].to_list().count("js") == 1
+    row = table.filter((pl.col("policy") == "js") & (pl.col("budget") == "3")).row(0, named=True)
+    generated = runs[1]["n_response_tokens"].sum() + (runs[1]["finish_reason"] == "stop").sum()
+    assert row["mean_switched"] == pytest.approx(runs[1]["n_switched"].mean())
+    assert row["switched_share"] == pytest.approx(runs[1]["n_switched"].sum() / generated)
+    assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["budget_tokens"] == 3
+
+
+def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, tmp_path):
+    from test_models import other_tokenizer
+
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    r = run_cmd(crosssample_cmd(base, rl, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9"))
+    assert r.returncode == 2 and "js threshold 0.9" in r.stderr and "Traceback" not in r.stderr
+    r = run_cmd(crosssample_cmd(base, rl, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90"))
+    assert r.returncode == 2 and "needs the per-token scores" in r.stderr
+    alien = make_checkpoint("alien", tokenizer=other_tokenizer(["Q:1+2=3.\\boxed{3}"] * 20))
+    r = run_cmd(crosssample_cmd(base, alien, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"))
+    assert r.returncode == 2 and "token ids differ" in r.stderr
+    assert not (tmp_path / "x.parquet").exists()
