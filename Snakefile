@@ -13,8 +13,10 @@
 #               entropies, top-k overlap, ranks (chunked LM head, bounded memory)
 #   divergence  sparsity, position, entropy and reallocation tables per pair and dataset
 #               (on the toy task also checked against the recorded decision points)
-#   ...         later stages (cross-sampling, figures) add their
-#               targets in common.smk:get_final_output()
+#   crosssample both models decode in lockstep, trading tokens where they diverge, one target
+#               per direction x policy x budget; a table of accuracy per budget
+#   figures     the paper's figures from those tables, report.html and summary.json
+#               (common.smk:get_final_output() decides what `all` means)
 
 configfile: "config/config.yaml"
 
@@ -25,6 +27,7 @@ include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/logprobs.smk"
 include: "workflow/rules/divergence.smk"
 include: "workflow/rules/crosssample.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -68,7 +68,6 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
     n_tokens = batch * new_tokens
     t_single = _timed(single, device)
     t_pair = _timed(pair, device)
-    del base, rl
     return n_tokens / t_single, n_tokens / t_pair
 
 

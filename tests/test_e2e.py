@@ -146,3 +146,27 @@ def test_rerunning_one_budget_reruns_that_job_alone(default_run):
     assert re.search(r"^crosssample\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats[-2000:]
     after = pl.read_parquet(default_run / target)
     assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again
+
+
+def test_report_holds_every_figure_and_the_headline_numbers(default_run):
+    import html
+
+    from tokenshift.report import sentences
+
+    figures = default_run / "results" / "toy" / "toy" / "figures"
+    for name in ("position", "entropy", "reallocation", "crosssample", "example"):
+        for suffix in (".png", ".pdf"):
+            assert (figures / f"{name}{suffix}").stat().st_size > 5000, name
+    assert (default_run / "results" / "figures" / "sparsity.png").is_file()
+    page = (default_run / "results" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 6  # self-contained: every figure embedded
+    summary = json.loads((default_run / "results" / "summary.json").read_text())
+    (result,) = summary["results"]
+    for text in sentences(result):
+        assert html.escape(text) in page
+    # the JSON's numbers are the tables' numbers
+    sp = pl.read_parquet(default_run / "results" / "toy" / "toy" / "divergence" / "sparsity.parquet").filter(
+        (pl.col("kind") == "share_below") & (pl.col("js_nats") == 1e-3) & (pl.col("source") == "rl"))
+    assert result["share_js_below"]["0.001"] == pytest.approx(sp["share"][0])
+    assert 0.5 < result["crosssample"]["forward_recovery"] <= 1.2
+    assert result["crosssample"]["random_recovery"] < result["crosssample"]["forward_recovery"] - 0.3

@@ -212,6 +212,68 @@ def _cmd_crosssample_table(args: argparse.Namespace) -> None:
                            "switched_share"))
 
 
+def _cmd_figures(args: argparse.Namespace) -> None:
+    import polars as pl
+    from transformers import AutoTokenizer
+
+    from tokenshift.plots.figures import FIGURES
+    from tokenshift.plots.style import save
+    from tokenshift.tables import example_table
+
+    div = Path(args.divergence_dir)
+    out = Path(args.out_dir)
+    tables = {name: pl.read_parquet(div / f"{name}.parquet") for name in ("position", "entropy", "reallocation")}
+    figs = {name: FIGURES[name](t) for name, t in tables.items()}
+    if args.crosssample:
+        figs["crosssample"] = FIGURES["crosssample"](pl.read_parquet(args.crosssample), pl.read_parquet(args.accuracy))
+    if args.example_run:
+        baseline = pl.read_parquet(args.example_baseline) if args.example_baseline else None
+        ex = example_table(pl.read_parquet(args.example_run), AutoTokenizer.from_pretrained(args.tokenizer),
+                           baseline=baseline)
+        out.mkdir(parents=True, exist_ok=True)
+        ex.write_parquet(out / "example.parquet")
+        figs["example"] = FIGURES["example"](ex)
+    for name, fig in figs.items():
+        save(fig, out / name)
+    print(f"wrote {len(figs)} figures to {out}: {', '.join(figs)}", file=sys.stderr)
+
+
+def _cmd_figure_overview(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.plots.figures import sparsity
+    from tokenshift.plots.style import save
+
+    table = pl.concat([pl.read_parquet(p) for p in args.inputs], how="diagonal")
+    kinds = args.kinds or {}
+    table = table.with_columns(pl.col("pair").replace_strict(kinds, default="rlvr").alias("pair_kind"))
+    save(sparsity(table), Path(args.out))
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    import polars as pl
+
+    from tokenshift.report import PairResult, write_report
+
+    results = []
+    for e in args.entry:
+        div = Path(e["divergence_dir"])
+        figures = {n: Path(e["figures_dir"]) / f"{n}.png" for n in
+                   ("position", "entropy", "reallocation", "crosssample", "example")
+                   if (Path(e["figures_dir"]) / f"{n}.png").is_file()}
+        results.append(PairResult(
+            pair=e["pair"], dataset=e["dataset"], kind=e.get("kind", "rlvr"), accuracy=pl.read_parquet(e["accuracy"]),
+            divergence={n: pl.read_parquet(div / f"{n}.parquet") for n in ("sparsity", "position", "reallocation")},
+            crosssample=pl.read_parquet(e["crosssample"]) if e.get("crosssample") else None, figures=figures))
+    summary = write_report(results, overview_figures={Path(p).stem: Path(p) for p in args.overview},
+                           config_text=Path(args.config).read_text() if args.config else (args.config_text or ""),
+                           html_out=Path(args.html), json_out=Path(args.json))
+    from tokenshift.report import sentences
+
+    for s in summary["results"]:
+        print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)
+
+
 def _cmd_divergence(args: argparse.Namespace) -> None:
     import polars as pl
 
@@ -405,6 +467,42 @@ def build_parser() -> argparse.ArgumentParser:
     ct.add_argument("--dataset", required=True, help="dataset name, stored in the table")
     ct.add_argument("--out", required=True, help="parquet file to write")
     ct.set_defaults(func=_cmd_crosssample_table)
+
+    fg = stages.add_parser(
+        "figures", help="the paper's figures for one pair and dataset, from its tables",
+        description="Figures 2-6 (positional concentration, entropy vs divergence, reallocation, cross-sampling "
+                    "accuracy per budget, an example response coloured by JS) as PNG (200 dpi) and PDF in --out-dir.")
+    fg.add_argument("--divergence-dir", required=True, help="directory of the divergence tables")
+    fg.add_argument("--accuracy", required=True, help="the pair's accuracy table (rollouts)")
+    fg.add_argument("--crosssample", help="the cross-sampling table (results/<pair>/<dataset>/crosssample.parquet)")
+    fg.add_argument("--example-run", help="a forward cross-sampling run to take the example response from")
+    fg.add_argument("--example-baseline", help="the same direction's budget-0 run (prefers responses it got wrong)")
+    fg.add_argument("--tokenizer", help="checkpoint directory whose tokenizer decodes the example")
+    fg.add_argument("--out-dir", required=True, help="directory for the figures")
+    fg.set_defaults(func=_cmd_figures)
+
+    fo = stages.add_parser("figure-overview", help="figure 1: the JS percentile curve of every pair on one axis",
+                           description="The sparsity figure: JS percentile curves (log y) of all pairs, RLVR and "
+                                       "SFT told apart by line style, the share under 1e-3 marked.")
+    fo.add_argument("inputs", nargs="+", help="sparsity tables (divergence/sparsity.parquet)")
+    fo.add_argument("--kinds", type=_json_arg, default={}, help='JSON {pair: "rlvr" | "sft"}')
+    fo.add_argument("--out", required=True, help="output path without suffix (writes .png and .pdf)")
+    fo.set_defaults(func=_cmd_figure_overview)
+
+    rp = stages.add_parser("report", help="report.html and summary.json from the tables and figures",
+                           description="A self-contained HTML report (figures embedded, headline numbers in words, the "
+                                       "accuracy and cross-sampling tables, the config) and summary.json with the same "
+                                       "numbers, machine-readable.")
+    rp.add_argument("--entry", type=_json_arg, action="append", required=True,
+                    help='JSON per pair and dataset: {"pair", "dataset", "kind", "accuracy", "divergence_dir", '
+                         '"crosssample", "figures_dir"}')
+    rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
+    cfg_src = rp.add_mutually_exclusive_group()
+    cfg_src.add_argument("--config", help="the config file the run used (quoted in the report)")
+    cfg_src.add_argument("--config-text", help="the config the run used, as text (the workflow passes its own)")
+    rp.add_argument("--html", required=True, help="report.html to write")
+    rp.add_argument("--json", required=True, help="summary.json to write")
+    rp.set_defaults(func=_cmd_report)
 
     dv = stages.add_parser(
         "divergence", help="sparsity, position, entropy and reallocation tables from per-token scores",

@@ -214,3 +214,37 @@ def crosssample_table(runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str]
         table = pl.concat([table, pl.DataFrame(extra, schema=table.schema)])
     order = table["budget"].map_elements(budget_order, return_dtype=pl.Float64)
     return table.with_columns(order.alias("_order")).sort("direction", "policy", "_order").drop("_order")
+
+
+def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One cross-sampled response, a row per token, for figure 6: the one people put on slides.
+
+    Picks a correct response of ``run`` with at least one switched token, preferring those whose
+    ``baseline`` counterpart (the same problem and sample index at budget 0, which shares the
+    sampling noise) was wrong, so the switches are what made it right; then the fewest switches,
+    then the shortest. Columns: ``position``, ``token`` (its text), ``js``, ``switched``, and the
+    response's ``problem_id``, ``sample_index``, ``question``, ``gold``, ``direction``,
+    ``budget``, ``baseline_correct``.
+    """
+    cand = run.filter(pl.col("correct") & (pl.col("n_switched") > 0))
+    if baseline is not None:
+        base = baseline.select("problem_id", "sample_index", pl.col("correct").alias("baseline_correct"))
+        cand = cand.join(base, on=["problem_id", "sample_index"], how="left")
+    else:
+        cand = cand.with_columns(pl.lit(None, dtype=pl.Boolean).alias("baseline_correct"))
+    if cand.height == 0:
+        raise ValueError("no correct cross-sampled response with a switched token to show")
+    row = cand.sort(pl.col("baseline_correct").fill_null(True), "n_switched", "n_response_tokens",
+                    "problem_id", "sample_index").row(0, named=True)
+    ids = row["response_ids"]
+    switched = set(row["switched_positions"])
+    return pl.DataFrame({
+        "position": list(range(len(ids))),
+        "token": [tokenizer.decode([i]) for i in ids],
+        "js": row["step_js"],
+        "switched": [p in switched for p in range(len(ids))],
+    }).with_columns(
+        pl.lit(row["problem_id"]).alias("problem_id"), pl.lit(row["sample_index"]).alias("sample_index"),
+        pl.lit(tokenizer.decode(row["prompt_ids"], skip_special_tokens=True)).alias("question"),
+        pl.lit(row["gold"]).alias("gold"), pl.lit(row["direction"]).alias("direction"),
+        pl.lit(row["budget"]).alias("budget"), pl.lit(row["baseline_correct"], dtype=pl.Boolean).alias("baseline_correct"))

@@ -147,4 +147,5 @@ def get_final_output():
     targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
     targets += [f"results/{p}/{d}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS]
     targets += [f"results/{p}/{d}/crosssample.parquet" for p, d in PAIR_DATASETS]
+    targets += ["results/report.html", "results/summary.json"] if PAIR_DATASETS else []
     return targets

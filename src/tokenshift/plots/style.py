@@ -53,4 +53,11 @@ def save(fig, stem: Path) -> list[Path]:
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    """A share as a percentage that never rounds to 0% or 100% unless it is exactly that."""
+    if x != x:
+        return "n/a"
+    for digits in (1, 2):
+        text = f"{100 * x:.{digits}f}"
+        if (float(text) not in (0.0, 100.0)) or x in (0.0, 1.0):
+            return f"{text}%"
+    return "< 0.01%" if x < 0.5 else "> 99.99%"

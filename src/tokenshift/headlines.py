@@ -1,0 +1,84 @@
+"""Headline numbers read off the result tables: the sentences a reader takes away.
+
+Used by the figure titles and by the report (``summary.json`` and ``report.html``), so a number
+is worded once and is the same everywhere. Each function takes the tables the workflow wrote.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+HEADLINE_RECOVERY = 0.8
+"""The cross-sampling headline names the smallest budget that recovers this share of the gap."""
+
+
+def _source(table: pl.DataFrame) -> pl.DataFrame:
+    """The RL model's responses where present (the paper's main view), else the first source."""
+    sources = table["source"].unique(maintain_order=True).to_list()
+    return table.filter(pl.col("source") == ("rl" if "rl" in sources else sources[0]))
+
+
+def sparsity_summary(table: pl.DataFrame) -> dict[str, float]:
+    """Share of positions with JS below each threshold (RL responses)."""
+    t = _source(table).filter(pl.col("kind") == "share_below")
+    return {f"{v:g}": float(s) for v, s in zip(t["js_nats"], t["share"])}
+
+
+def position_summary(table: pl.DataFrame) -> dict:
+    """Mean JS in the start / middle / end of responses, and which is highest and lowest."""
+    t = _source(table)
+    by = (t.group_by("region").agg(((pl.col("mean_js") * pl.col("n_positions")).sum() / pl.col("n_positions").sum())
+                                   .alias("js")))
+    means = dict(zip(by["region"], by["js"]))
+    return {"mean_js": {k: float(means[k]) for k in ("start", "middle", "end") if k in means},
+            "highest": max(means, key=means.get), "lowest": min(means, key=means.get)}
+
+
+def reallocation_summary(table: pl.DataFrame) -> dict[int, float]:
+    """Share of positions whose RL top token is in the base model's top 1 / 3 / 5."""
+    t = _source(table)
+    return {k: float(t.filter(pl.col("metric") == f"rl_top1_in_base_top{k}")["value"][0]) for k in (1, 3, 5)}
+
+
+def avg_metric(accuracy: pl.DataFrame) -> str:
+    return next(m for m in accuracy["metric"].unique().sort() if m.startswith("avg@"))
+
+
+def model_accuracy(accuracy: pl.DataFrame) -> dict[str, dict]:
+    metric = avg_metric(accuracy)
+    return {r["role"]: r for r in accuracy.filter(pl.col("metric") == metric).iter_rows(named=True)}
+
+
+def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
+    """How much of the base→RL accuracy gap switching recovers (forward) or loses (reverse).
+
+    ``recovery(b) = (acc_forward(b) - acc_base) / (acc_rl - acc_base)`` with the two models'
+    own rollout accuracies; ``loss(b) = (acc_rl - acc_reverse(b)) / (acc_rl - acc_base)``.
+    The headline budget is the smallest whose forward ``js`` recovery reaches 80% (else ``all``);
+    the random control is read at the same budget. None where the gap is not positive.
+    """
+    acc = model_accuracy(accuracy)
+    gap = acc["rl"]["value"] - acc["base"]["value"]
+    out: dict = {"accuracy_base": acc["base"]["value"], "accuracy_rl": acc["rl"]["value"], "gap": gap}
+    if gap <= 0:
+        return out
+    policy = "js" if "js" in cross["policy"].to_list() else cross["policy"][0]
+    rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
+    budgets = sorted({r["budget"] for r in rows.values()}, key=lambda b: math.inf if b == "all" else int(b))
+    fwd = {b: (rows[("forward", policy, b)]["accuracy"] - acc["base"]["value"]) / gap
+           for b in budgets if ("forward", policy, b) in rows}
+    rev = {b: (acc["rl"]["value"] - rows[("reverse", policy, b)]["accuracy"]) / gap
+           for b in budgets if ("reverse", policy, b) in rows}
+    out.update(policy=policy, forward_recovery_by_budget=fwd, reverse_loss_by_budget=rev)
+    if fwd:
+        b = next((b for b in budgets if b != "0" and fwd.get(b, -1) >= HEADLINE_RECOVERY), budgets[-1])
+        out.update(forward_budget=b, forward_recovery=fwd[b], forward_switched=rows[("forward", policy, b)]["mean_switched"])
+        rnd = rows.get(("forward", "random", b))
+        out["random_recovery"] = (rnd["accuracy"] - acc["base"]["value"]) / gap if rnd else None
+        out["random_switched"] = rnd["mean_switched"] if rnd else None
+    if rev:
+        out.update(reverse_budget=budgets[-1], reverse_loss=rev[budgets[-1]],
+                   reverse_switched=rows[("reverse", policy, budgets[-1])]["mean_switched"])
+    return out

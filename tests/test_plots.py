@@ -1,0 +1,133 @@
+"""Every figure renders from small tables made by the real table builders, and the report holds them."""
+
+from __future__ import annotations
+
+import html
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from matplotlib.image import imread
+
+from tokenshift import headlines
+from tokenshift.plots.figures import FIGURES
+from tokenshift.plots.style import save
+from tokenshift.report import PairResult, sentences, write_report
+from tokenshift.tables import accuracy_table, crosssample_table, divergence_tables, example_table
+
+RNG = np.random.default_rng(0)
+
+
+def fake_scores(n_resp: int = 60, length: int = 30) -> pl.DataFrame:
+    rows = []
+    for r in range(n_resp):
+        for p in range(length):
+            js = float(RNG.exponential(0.002) * (30 if p in (3, 11, 19) else 1))
+            rows.append({"problem_id": f"q{r // 2}", "sample_index": r % 2, "position": p, "norm_position": p / length,
+                         "js": min(js, 0.69), "kl_base_rl": js * 2, "kl_rl_base": js * 2,
+                         "entropy_base": float(RNG.exponential(0.3)), "entropy_rl": float(RNG.exponential(0.2)),
+                         "topk_overlap": float(RNG.choice([0.6, 0.8, 1.0], p=[0.05, 0.15, 0.8])),
+                         "rl_top1_rank_in_base": int(RNG.choice([0, 1, 2, 7], p=[0.9, 0.07, 0.02, 0.01])),
+                         "base_top1_rank_in_rl": 0, "p_base_of_rl_top1": 0.7, "p_rl_of_rl_top1": 0.9})
+    return pl.DataFrame(rows)
+
+
+def rollouts(p_correct: float, n_problems: int = 40, n: int = 4) -> pl.DataFrame:
+    return pl.DataFrame({"problem_id": [f"q{i}" for i in range(n_problems) for _ in range(n)],
+                         "correct": (RNG.random(n_problems * n) < p_correct).tolist(), "dataset_version": "v"})
+
+
+def cross_run(direction, policy, budget, p_correct, switched) -> pl.DataFrame:
+    n = 160
+    return pl.DataFrame({
+        "problem_id": [f"q{i // 4}" for i in range(n)], "sample_index": [i % 4 for i in range(n)],
+        "correct": (RNG.random(n) < p_correct).tolist(), "n_switched": [switched] * n,
+        "n_response_tokens": [30] * n, "finish_reason": ["stop"] * n,
+        "switched_js": [[0.05] * switched] * n, "direction": direction, "policy": policy, "budget": budget,
+        "threshold": 0.01}, schema_overrides={"switched_js": pl.List(pl.Float32)})
+
+
+@pytest.fixture(scope="module")
+def tables():
+    div = divergence_tables({"base": fake_scores(), "rl": fake_scores()}, {"pair": "toy", "dataset": "toy"})
+    acc = accuracy_table({"base": rollouts(0.4), "rl": rollouts(0.75)}, ks=[1])
+    runs = [cross_run(d, p, b, pc, sw) for d, p, b, pc, sw in [
+        ("forward", "js", "0", 0.4, 0), ("forward", "js", "2", 0.6, 2), ("forward", "js", "all", 0.72, 4),
+        ("forward", "random", "2", 0.42, 2), ("forward", "random", "all", 0.43, 4),
+        ("reverse", "js", "0", 0.75, 0), ("reverse", "js", "2", 0.55, 2), ("reverse", "js", "all", 0.45, 4)]]
+    return div, acc, crosssample_table(runs, labels={"pair": "toy", "dataset": "toy"})
+
+
+@pytest.fixture(scope="module")
+def example(toy_tokenizer):
+    ids = toy_tokenizer.encode("8a+6=14.\n14b+8=22.\n\\boxed{22}")
+    run = pl.DataFrame({"problem_id": ["q1", "q2"], "sample_index": [0, 0], "correct": [True, True],
+                        "n_switched": [2, 1], "n_response_tokens": [len(ids)] * 2, "response_ids": [ids, ids],
+                        "prompt_ids": [toy_tokenizer.encode("Q:8a+6b+8c-4=?\n")] * 2,
+                        "switched_positions": [[3, 9], [3]], "step_js": [[0.001 * (i % 5) for i in range(len(ids))]] * 2,
+                        "gold": ["22", "22"], "direction": "forward", "budget": "all"})
+    baseline = pl.DataFrame({"problem_id": ["q1", "q2"], "sample_index": [0, 0], "correct": [False, True]})
+    return example_table(run, toy_tokenizer, baseline=baseline)
+
+
+def assert_drawn(path):
+    img = imread(path)
+    assert img.shape[0] > 200 and img.shape[1] > 400
+    rgb = img[..., :3]
+    assert (rgb < 0.95).mean() > 0.02, f"{path} is nearly blank"
+    assert rgb.std() > 0.05
+
+
+def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
+    div, acc, cross = tables
+    sp = div["sparsity"].with_columns(pl.lit("rlvr").alias("pair_kind"))
+    figs = {"sparsity": FIGURES["sparsity"](sp), "position": FIGURES["position"](div["position"]),
+            "entropy": FIGURES["entropy"](div["entropy"]), "reallocation": FIGURES["reallocation"](div["reallocation"]),
+            "crosssample": FIGURES["crosssample"](cross, acc), "example": FIGURES["example"](example)}
+    assert set(figs) == set(FIGURES)
+    for name, fig in figs.items():
+        png, pdf = save(fig, tmp_path / name)
+        assert_drawn(png)
+        assert pdf.read_bytes()[:4] == b"%PDF"
+
+
+def test_sparsity_figure_puts_rlvr_and_sft_pairs_on_one_axis(tables, tmp_path):
+    div, _, _ = tables
+    both = pl.concat([div["sparsity"].with_columns(pl.lit("rlvr").alias("pair_kind")),
+                      div["sparsity"].with_columns(pl.lit("sft-pair").alias("pair"), pl.lit("sft").alias("pair_kind"))])
+    fig = FIGURES["sparsity"](both)
+    styles = {line.get_linestyle() for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 2}
+    assert styles == {"-", ":"}  # one line per pair, kinds told apart
+    assert_drawn(save(fig, tmp_path / "both")[0])
+
+
+def test_example_prefers_a_response_whose_baseline_was_wrong(example):
+    assert example["problem_id"][0] == "q1" and example["baseline_correct"][0] is False
+    assert example["switched"].to_list().count(True) == 2
+    assert "".join(example["token"]) == "8a+6=14.\n14b+8=22.\n\\boxed{22}"
+
+
+def test_headlines_and_report(tables, example, tmp_path):
+    div, acc, cross = tables
+    h = headlines.crosssample_summary(cross, acc)
+    gap = h["accuracy_rl"] - h["accuracy_base"]
+    assert h["forward_recovery_by_budget"]["all"] == pytest.approx(
+        (cross.filter((pl.col("direction") == "forward") & (pl.col("policy") == "js") & (pl.col("budget") == "all"))
+         ["accuracy"][0] - h["accuracy_base"]) / gap)
+    assert h["random_recovery"] is not None and h["random_recovery"] < h["forward_recovery"]
+    figs = {}
+    for name, fig in (("crosssample", FIGURES["crosssample"](cross, acc)), ("example", FIGURES["example"](example))):
+        figs[name] = save(fig, tmp_path / name)[0]
+    overview = save(FIGURES["sparsity"](div["sparsity"]), tmp_path / "sparsity")[0]
+    result = PairResult("toy", "toy", "rlvr", acc, div, cross, figs)
+    summary = write_report([result], overview_figures={"sparsity": overview}, config_text="models: {}",
+                           html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for text in sentences(summary["results"][0]):
+        assert html.escape(text) in page
+    share = headlines.sparsity_summary(div["sparsity"])["0.001"]
+    assert f"{100 * share:.1f}% of positions" in page
+    assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["share_js_below"]["0.001"] == \
+        pytest.approx(share)
