@@ -33,7 +33,7 @@ def test_default_config_builds_the_dag(tmp_path):
     r = snakemake(with_config(tmp_path, DEFAULT), "-n", "all")
     assert r.returncode == 0, r.stderr
     out = r.stdout + r.stderr
-    for rule in ("toy_base", "toy_rl", "check_pair", "all"):
+    for rule in ("toy_base", "toy_rl", "check_pair", "crosssample", "crosssample_table", "figures", "report", "all"):
         assert rule in out
 
 
