@@ -221,3 +221,10 @@ def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_che
     r = run_cmd(crosssample_cmd(base, alien, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"))
     assert r.returncode == 2 and "token ids differ" in r.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_budget_beyond_the_length_limit_equals_no_limit(pair):
+    _, capped = run(pair, budget=1000, threshold=0.05, max_new=12)
+    _, unlimited = run(pair, budget=None, threshold=0.05, max_new=12)
+    assert [s.response_ids for s in capped] == [s.response_ids for s in unlimited]
+    assert [s.extra["switched_positions"] for s in capped] == [s.extra["switched_positions"] for s in unlimited]

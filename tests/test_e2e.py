@@ -134,7 +134,7 @@ def test_reverse_cross_sampling_falls_toward_base_accuracy(default_run):
     r0, rall = cs[("reverse", "js", "0")], cs[("reverse", "js", "all")]
     assert _overlap(r0, acc["rl"])
     assert _above(r0, rall) and rall["accuracy"] < acc["rl"]["ci_low"]
-    assert rall["accuracy"] - acc["base"]["accuracy"] < 0.6 * (acc["rl"]["accuracy"] - acc["base"]["accuracy"])
+    assert rall["accuracy"] - acc["base"]["value"] < 0.6 * (acc["rl"]["value"] - acc["base"]["value"])
 
 
 def test_rerunning_one_budget_reruns_that_job_alone(default_run):

@@ -125,7 +125,9 @@ def test_headlines_and_report(tables, example, tmp_path):
                            html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
-    for text in sentences(summary["results"][0]):
+    saved = json.loads((tmp_path / "summary.json").read_text())["results"][0]
+    assert sentences(saved) == sentences(summary["results"][0])  # the JSON says what the page says
+    for text in sentences(saved):
         assert html.escape(text) in page
     share = headlines.sparsity_summary(div["sparsity"])["0.001"]
     assert f"{100 * share:.1f}% of positions" in page

@@ -301,6 +301,15 @@ def _cmd_divergence(args: argparse.Namespace) -> None:
         print(tables["reallocation"].filter(pl.col("metric").str.starts_with("rl_top1_in_base_top")))
 
 
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling settings the rollout and cross-sampling stages share (config `sampling:`)."""
+    p.add_argument("--n", type=int, default=4, help="samples per problem (default 4)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="response length limit (default 96)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenshift",
@@ -377,11 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--dataset-spec", type=_json_arg, required=True,
                     help='JSON dataset spec, e.g. \'{"toy": "eval", "n_problems": 500}\' or \'{"path": "aime.jsonl"}\'')
     ro.add_argument("--out", required=True, help="parquet file to write")
-    ro.add_argument("--n", type=int, default=4, help="samples per problem (default 4)")
-    ro.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    ro.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
-    ro.add_argument("--max-new-tokens", type=int, default=96, help="response length limit (default 96)")
-    ro.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    _add_sampling_args(ro)
     ro.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="generation backend (default hf)")
     ro.add_argument("--batch-size", type=int, default=64, help="sequences per generate call, hf backend (default 64)")
     ro.add_argument("--problems-per-shard", type=int, default=64, help="problems per shard (default 64)")
@@ -442,12 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--percentile", type=float,
                     help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)")
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
-    cs.add_argument("--n", type=int, default=4, help="samples per problem (default 4)")
+    _add_sampling_args(cs)
     cs.add_argument("--n-problems", type=int, default=0, help="use the dataset's first N problems (default all)")
-    cs.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    cs.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (default 1.0)")
-    cs.add_argument("--max-new-tokens", type=int, default=96, help="response length limit (default 96)")
-    cs.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     cs.add_argument("--batch-size", type=int, default=64, help="rows decoded together (default 64)")
     cs.add_argument("--problems-per-shard", type=int, default=64, help="problems per shard (default 64)")
     cs.add_argument("--device-base", default="auto", help="device of the base model (default: cuda if present)")

@@ -66,7 +66,8 @@ def sentences(s: Mapping) -> list[str]:
                f"already ranks highly.")
     pos = s["position"]
     out.append(f"Mean JS is highest at the {pos['highest']} of a response and lowest at the {pos['lowest']} ("
-               + ", ".join(f"{k} {v:.2g}" for k, v in pos["mean_js"].items()) + " nats).")
+               + ", ".join(f"{k} {pos['mean_js'][k]:.2g}" for k in ("start", "middle", "end") if k in pos["mean_js"])
+               + " nats).")
     cs = s.get("crosssample") or {}
     if cs.get("forward_recovery") is not None:
         text = (f"Forward cross-sampling ({cs['policy']} policy) with budget {cs['forward_budget']} "

@@ -275,7 +275,7 @@ def example(table: pl.DataFrame, *, max_chars: int = 72) -> plt.Figure:
     what = (f"{verb} a wrong base-model response right" if meta.get("baseline_correct") is False
             else "in a correct cross-sampled response")
     head = textwrap.fill(f"{n_sw} token{'s' if n_sw != 1 else ''} drawn from the RL model (red boxes) {what}: "
-                         "they sit where the models disagree", int(fig_w * 13))
+                         f"{'it sits' if n_sw == 1 else 'they sit'} where the models disagree", int(fig_w * 13))
     ax.set_title(f"{head}\n{meta['direction']} cross-sample, budget {meta['budget']}; prompt {question!r}; "
                  f"gold answer {meta['gold']}", fontsize=9, loc="left")
     return fig
