@@ -14,7 +14,7 @@ HEADLINE_RECOVERY = 0.8
 """The cross-sampling headline names the smallest budget that recovers this share of the gap."""
 
 
-def _source(table: pl.DataFrame) -> pl.DataFrame:
+def main_source(table: pl.DataFrame) -> pl.DataFrame:
     """The RL model's responses where present (the paper's main view), else the first source."""
     sources = table["source"].unique(maintain_order=True).to_list()
     return table.filter(pl.col("source") == ("rl" if "rl" in sources else sources[0]))
@@ -22,13 +22,13 @@ def _source(table: pl.DataFrame) -> pl.DataFrame:
 
 def sparsity_summary(table: pl.DataFrame) -> dict[str, float]:
     """Share of positions with JS below each threshold (RL responses)."""
-    t = _source(table).filter(pl.col("kind") == "share_below")
+    t = main_source(table).filter(pl.col("kind") == "share_below")
     return {f"{v:g}": float(s) for v, s in zip(t["js_nats"], t["share"])}
 
 
 def position_summary(table: pl.DataFrame) -> dict:
     """Mean JS in the start / middle / end of responses, and which is highest and lowest."""
-    t = _source(table)
+    t = main_source(table)
     by = (t.group_by("region").agg(((pl.col("mean_js") * pl.col("n_positions")).sum() / pl.col("n_positions").sum())
                                    .alias("js")))
     means = dict(zip(by["region"], by["js"]))
@@ -38,7 +38,7 @@ def position_summary(table: pl.DataFrame) -> dict:
 
 def reallocation_summary(table: pl.DataFrame) -> dict[int, float]:
     """Share of positions whose RL top token is in the base model's top 1 / 3 / 5."""
-    t = _source(table)
+    t = main_source(table)
     return {k: float(t.filter(pl.col("metric") == f"rl_top1_in_base_top{k}")["value"][0]) for k in (1, 3, 5)}
 
 

@@ -127,7 +127,8 @@ def render_html(results: Sequence[PairResult], summaries: Sequence[Mapping], *, 
         if r.crosssample is not None:
             parts.append("<h3>Cross-sampling</h3>")
             parts.append(_table_html(r.crosssample.select("direction", "policy", "budget", "accuracy", "ci_low",
-                                                          "ci_high", "mean_switched", "switched_share")))
+                                                          "ci_high", "mean_switched", "switched_share", "n_problems",
+                                                          "n_samples")))
         for name, path in r.figures.items():
             parts.append(_img(path, f"{r.pair} {r.dataset} {name}"))
     parts.append(f"<h2>Config used</h2><pre>{html.escape(config_text)}</pre></body></html>")

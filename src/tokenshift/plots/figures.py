@@ -37,11 +37,12 @@ def sparsity(table: pl.DataFrame) -> plt.Figure:
 
     ``table``: stacked sparsity tables (``pair``, ``dataset``, ``source`` columns) with an
     optional ``pair_kind`` (``rlvr`` / ``sft``): pairs of both kinds share the axis, kinds told
-    apart by line style. With several pairs only the RL model's responses are drawn.
+    apart by line style. With several pairs or datasets, one line each, on the RL model's
+    responses; with one, a line per response source.
     """
     apply()
-    pairs = table["pair"].unique(maintain_order=True).to_list()
-    if len(pairs) > 1:
+    several = table.select("pair", "dataset").unique().height > 1
+    if several:
         table = table.filter(pl.col("source") == "rl")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     curve = table.filter((pl.col("kind") == "percentile") & (pl.col("value") > 0))
@@ -49,8 +50,8 @@ def sparsity(table: pl.DataFrame) -> plt.Figure:
     shares = []
     for i, ((pair, dataset, source), g) in enumerate(_lines(curve)):
         kind = g["pair_kind"][0] if "pair_kind" in g.columns else "rlvr"
-        color = ROLE[source] if len(pairs) == 1 else SERIES[i % len(SERIES)]
-        label = SOURCE_LABEL[source] if len(pairs) == 1 else f"{pair} ({kind.upper()}) on {dataset}"
+        color = SERIES[i % len(SERIES)] if several else ROLE[source]
+        label = f"{pair} ({kind.upper()}) on {dataset}" if several else SOURCE_LABEL[source]
         ax.plot(g["value"], np.maximum(g["js_nats"].to_numpy(), JS_FLOOR), color=color,
                 linestyle=KIND_STYLE.get(kind, "-"), label=label, lw=1.8)
         share = below.filter((pl.col("pair") == pair) & (pl.col("dataset") == dataset) & (pl.col("source") == source))
@@ -116,7 +117,7 @@ def entropy(table: pl.DataFrame) -> plt.Figure:
     ax.set_yscale("log")
     ax.set_xlabel("base model's entropy at the position (nats; decile bins, log)")
     ax.set_ylabel("mean JS in the bin (nats, log)\n95% CI, lower end clipped at mean/10")
-    rl = table.filter(pl.col("source") == table["source"][-1]).row(0, named=True)
+    rl = headlines.main_source(table).row(0, named=True)
     ax.set_title(f"Divergence follows uncertainty: {pct(rl['share_high_js_among_high_entropy'])} of the most "
                  f"uncertain 10% of positions are high-JS, vs {pct(rl['share_high_js_overall'])} overall", wrap=True)
     ax.legend()
