@@ -50,3 +50,40 @@ def test_pool_grades_like_in_process_and_survives_pathological_answers():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="2 responses but 1 gold"):
         Grader(workers=0).grade(["a", "b"], ["1"])
+
+
+def test_grading_workers_die_with_a_killed_job(tmp_path):
+    """A job killed with SIGKILL cannot shut its pool down; its workers must not linger."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from tokenshift.grading import Grader\n"
+        "g = Grader(workers=2).__enter__()\n"
+        "g.grade(['\\\\boxed{1}', '\\\\boxed{2}'], ['1', '2'])\n"
+        "print(' '.join(str(p) for p in g._pool._processes), flush=True)\n"
+        "time.sleep(120)\n")
+    job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in job.stdout.readline().split()]
+    assert len(workers) == 2
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    deadline = time.time() + 10
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "zombie" not in _state(p)]
+    assert not alive, f"grading workers {alive} outlived their job"
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(line for line in f if line.startswith("State:")).lower()
+    except (FileNotFoundError, StopIteration):
+        return "zombie"

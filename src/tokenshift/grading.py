@@ -15,8 +15,13 @@ is graded wrong and counted in ``GradeResult.status``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -77,6 +82,20 @@ def grade_one(response: str, gold: str, timeout_s: int = 5) -> GradeResult:
         return GradeResult(False, "error", f"{type(e).__name__}: {e}"[:200])
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: a worker dies with the job that forked it.
+
+    A job killed with SIGKILL cannot shut its pool down, and a forked worker holds both ends of
+    its task queue, so it would wait for work forever. On Linux the kernel sends the worker
+    SIGKILL when its parent dies (``PR_SET_PDEATHSIG``); a parent already gone is checked too.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
 class Grader:
     """A pool of grading processes; use as a context manager and call ``grade``.
 
@@ -107,7 +126,8 @@ class Grader:
         if self._pool is None:
             # fork, as torch's DataLoader does on Linux: spawn would re-import the caller's main
             # module; the children touch only sympy and math-verify, never torch
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_die_with_parent, initargs=(os.getpid(),))
         return self._pool
 
     def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:
