@@ -76,7 +76,8 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
 
 def main() -> None:
     transformers.logging.set_verbosity_error()  # eos -1 (never stop early) is deliberate here
-    cases = [("toy_cpu", TOY, dict(batch=64, prompt_len=20, new_tokens=80, device="cpu", dtype=torch.float32)),
+    # the toy pair at the workflow's default cross-sampling batch (config crosssample.batch_size)
+    cases = [("toy_cpu", TOY, dict(batch=256, prompt_len=20, new_tokens=80, device="cpu", dtype=torch.float32)),
              ("100m_cpu", QWEN_100M, dict(batch=16, prompt_len=32, new_tokens=32, device="cpu", dtype=torch.float32))]
     if torch.cuda.is_available():
         for name, shape in (("1.5b_gpu", QWEN_1_5B), ("7b_gpu", QWEN_7B)):

@@ -123,7 +123,8 @@ def test_switched_js_values_exceed_the_threshold_and_random_switches_blind(pair)
 def test_finished_rows_stop_costing_compute(pair):
     base, rl = pair
     seen = []
-    hook = base.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    hook = base.model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape[0]),
+                                                with_kwargs=True)
     try:
         _, samples = run(pair, eos_id=47, max_new=30, prompts=PROMPTS * 4, batch_size=24)
     finally:

@@ -83,6 +83,13 @@ def test_nan_weights_are_refused(pair):
         score_rows(base, rl, rows_for(vocab, n=2), vocab_size=vocab, pad_id=0)
 
 
+def test_heads_that_reshape_their_logits_are_refused(pair):
+    base, rl, vocab = pair
+    rl.config.final_logit_softcapping = 30.0  # as Gemma 2 sets it: logits are not head(hidden) there
+    with pytest.raises(ValueError, match="rl model .*final_logit_softcapping"):
+        score_rows(base, rl, rows_for(vocab, n=2), vocab_size=vocab, pad_id=0)
+
+
 def test_packing_respects_the_token_bound():
     lengths = [5, 17, 3, 9, 9, 30, 1]
     batches = pack_by_length(lengths, 40)

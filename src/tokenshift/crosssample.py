@@ -38,6 +38,7 @@ import torch
 
 from tokenshift.divergence import LN2, entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, left_pad
+from tokenshift.scoring import plain_lm_head, transformer_body
 
 DIRECTIONS = ("forward", "reverse")
 POLICIES = ("js", "entropy", "argmax", "random")
@@ -150,9 +151,16 @@ def step_statistics(logits_gen: torch.Tensor, logits_other: torch.Tensor) -> dic
 
 
 def _forward(model, ids, attn, positions, cache, vocab_size):
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :vocab_size], out.past_key_values
+    if not plain_lm_head(model):  # softcapped or scaled logits: only the full forward knows how
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :vocab_size], out.past_key_values
+    # the transformer body, then the LM head on the last position only, as scoring does: the
+    # CausalLM wrapper's bookkeeping is a sizeable share of a small model's step
+    out = transformer_body(model)(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                                  use_cache=True)
+    logits = model.get_output_embeddings()(out.last_hidden_state[:, -1])
+    return logits[:, :vocab_size], out.past_key_values
 
 
 @torch.no_grad()

@@ -68,7 +68,18 @@ class ScoreResult:
     """Reason -> indices of input rows not scored."""
 
 
-def _body(model: torch.nn.Module) -> torch.nn.Module:
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config keys of architectures whose CausalLM forward reshapes the LM head's output (Gemma 2/3
+softcapping, Cohere and Granite scaling): their logits are not ``head(hidden)``."""
+
+
+def plain_lm_head(model: torch.nn.Module) -> bool:
+    """Whether the model's logits are exactly its output embeddings applied to the final hidden state."""
+    cfg = model.config
+    return all(getattr(cfg, k, None) in (None, 1, 1.0) for k in LOGIT_TRANSFORMS)
+
+
+def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
     """The transformer without its LM head (``model.model`` for Qwen2/Llama-style models)."""
     return getattr(model, model.base_model_prefix)
 
@@ -98,7 +109,7 @@ def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch
     dev = _device(model)
     # no mask when nothing is padded: SDPA can then take its fused causal kernel
     mask = None if bool(attn.all()) else attn.to(dev)
-    h = _body(model)(input_ids=ids.to(dev), attention_mask=mask).last_hidden_state
+    h = transformer_body(model)(input_ids=ids.to(dev), attention_mask=mask).last_hidden_state
     return h[select.to(dev)]
 
 
@@ -111,6 +122,11 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
     ``norm_position`` (position / (length - 1), 0 for one-token responses), ``token_id``,
     ``logp_base``, ``logp_rl`` and the ``token_stats`` columns.
     """
+    for role, model in (("base", base), ("rl", rl)):
+        if not plain_lm_head(model):
+            raise ValueError(f"the {role} model ({type(model).__name__}) transforms its LM head's output "
+                             f"({', '.join(k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None))}); "
+                             "chunked scoring supports plain heads only")
     context = min(_context(base), _context(rl))
     skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
     keep = []
