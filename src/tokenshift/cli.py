@@ -133,19 +133,16 @@ def _cmd_accuracy(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     import polars as pl
     import torch
-    from transformers import AutoModelForCausalLM
 
     from tokenshift.io import write_parquet_atomic
+    from tokenshift.models import load_causal_lm
     from tokenshift.scoring import ScoringConfig, score_rows
 
     if args.threads:
         torch.set_num_threads(args.threads)
     pair = json.loads(Path(args.pair).read_text())
     rollouts = pl.read_parquet(args.rollouts)
-    models = {}
-    for role, path, device in (("base", args.base, args.device_base), ("rl", args.rl, args.device_rl)):
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        models[role] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    models = {"base": load_causal_lm(args.base, args.device_base), "rl": load_causal_lm(args.rl, args.device_rl)}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(rollouts["prompt_ids"].to_list(), rollouts["response_ids"].to_list()))
     res = score_rows(models["base"], models["rl"], rows, vocab_size=pair["shared_vocab_size"], pad_id=pad,
@@ -253,14 +250,15 @@ def _cmd_figure_overview(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     import polars as pl
 
-    from tokenshift.report import PairResult, write_report
+    from tokenshift.plots.figures import FIGURES
+    from tokenshift.report import PairResult, sentences, write_report
 
     results = []
     for e in args.entry:
         div = Path(e["divergence_dir"])
-        figures = {n: Path(e["figures_dir"]) / f"{n}.png" for n in
-                   ("position", "entropy", "reallocation", "crosssample", "example")
-                   if (Path(e["figures_dir"]) / f"{n}.png").is_file()}
+        # every per-pair figure that was drawn (the sparsity overview comes in --overview)
+        figures = {n: Path(e["figures_dir"]) / f"{n}.png" for n in FIGURES
+                   if n != "sparsity" and (Path(e["figures_dir"]) / f"{n}.png").is_file()}
         results.append(PairResult(
             pair=e["pair"], dataset=e["dataset"], kind=e.get("kind", "rlvr"), accuracy=pl.read_parquet(e["accuracy"]),
             divergence={n: pl.read_parquet(div / f"{n}.parquet") for n in ("sparsity", "position", "reallocation")},
@@ -268,8 +266,6 @@ def _cmd_report(args: argparse.Namespace) -> None:
     summary = write_report(results, overview_figures={Path(p).stem: Path(p) for p in args.overview},
                            config_text=Path(args.config).read_text() if args.config else (args.config_text or ""),
                            html_out=Path(args.html), json_out=Path(args.json))
-    from tokenshift.report import sentences
-
     for s in summary["results"]:
         print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)
 

@@ -276,29 +276,18 @@ def _polars_schema() -> dict:
             "step_js": pl.List(pl.Float32)}
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` is CUDA where a GPU is visible, else CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
     def __init__(self, base_dir, rl_dir, cfg: CrossSampleConfig, *, device_base: str = "auto", device_rl: str = "auto"):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        from tokenshift.models import compare_tokenizers
+        from tokenshift.models import compare_tokenizers, load_causal_lm
 
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
         # refused before any decoding: the two models must speak one vocabulary
         self.vocab_size = compare_tokenizers(self.tokenizer, AutoTokenizer.from_pretrained(rl_dir))
-        self.models = {}
-        for role, path, device in (("base", base_dir, device_base), ("rl", rl_dir, device_rl)):
-            device = resolve_device(device)
-            dtype = torch.float32 if device == "cpu" else torch.bfloat16
-            self.models[role] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.models = {"base": load_causal_lm(base_dir, device_base), "rl": load_causal_lm(rl_dir, device_rl)}
         self.cfg = cfg
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id

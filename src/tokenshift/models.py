@@ -180,6 +180,25 @@ def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
         ) from e
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA where a GPU is visible, else CPU; anything else is passed through."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_causal_lm(path: Path, device: str = "auto"):
+    """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(device)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+
+
 def compare_tokenizers(base, rl) -> int:
     """The vocabulary size both models share, or ``TokenizerMismatch``.
 

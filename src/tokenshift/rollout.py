@@ -64,15 +64,14 @@ class BackendUnavailable(RuntimeError):
 class HFBackend:
     def __init__(self, model_dir: Path, cfg: RolloutConfig):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from tokenshift.models import load_causal_lm
 
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
-        if torch.cuda.is_available():
-            self.model.to("cuda")
+        self.model = load_causal_lm(model_dir, "auto")
         self.cfg = cfg
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
