@@ -7,6 +7,7 @@
 # Stages, in order (one rule file each):
 #   models      materialise checkpoints (local, hub, or the embedded toy pair built here)
 #               and check that each pair's tokenizers agree
+#   datasets    load each dataset's problems once (toy task, local file, or hub)
 #   rollouts    both models of each pair answer each of its datasets; math-verify grades;
 #               accuracy tables (avg@n with bootstrap CIs, pass@k)
 #   scores      both models teacher-forced over both models' rollouts: per-token JS, KL,
@@ -18,19 +19,25 @@
 #   figures     the paper's figures from those tables, report.html and summary.json
 #               (common.smk:get_final_output() decides what `all` means)
 
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
 configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
+include: "workflow/rules/datasets.smk"
 include: "workflow/rules/rollouts.smk"
-include: "workflow/rules/logprobs.smk"
+include: "workflow/rules/scores.smk"
 include: "workflow/rules/divergence.smk"
 include: "workflow/rules/crosssample.smk"
 include: "workflow/rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

@@ -22,7 +22,7 @@ import torch
 import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokenshift.crosssample import CrossSampleConfig, cross_sample
+from tokenshift.crosssample import SwitchRule, cross_sample
 from tokenshift.generation import SamplingConfig, sample
 
 TOY = dict(vocab_size=265, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
@@ -58,14 +58,14 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(1, vocab, (batch, prompt_len), generator=g).tolist()
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
-    cfg = CrossSampleConfig(direction="forward", policy="random", threshold=0.9, budget=None, sampling=sampling,
-                            batch_size=batch)
+    rule = SwitchRule(direction="forward", policy="random", threshold=0.9, budget=None)
     single = lambda: sample(base, prompts, eos_id=-1, pad_id=0, sampling=sampling, seed=0, batch_size=batch)  # noqa: E731
-    pair = lambda: cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, cfg=cfg, seed=0)  # noqa: E731
+    pair = lambda: cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, rule=rule,  # noqa: E731
+                                sampling=sampling, seed=0, batch_size=batch)
     warm = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=4)
     sample(base, prompts, eos_id=-1, pad_id=0, sampling=warm, seed=0, batch_size=batch)
-    cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab,
-                 cfg=CrossSampleConfig(policy="random", threshold=0.9, sampling=warm, batch_size=batch), seed=0)
+    cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, rule=rule, sampling=warm, seed=0,
+                 batch_size=batch)
     n_tokens = batch * new_tokens
     t_single, t_pair = float("inf"), float("inf")
     for _ in range(3):  # alternate, so a slow spell of the machine hits both sides

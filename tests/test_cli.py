@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import run, tokenshift_cmd
 
-HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"], ["score"], ["divergence"],
-         ["toy-check"], ["rollout"], ["accuracy"], ["crosssample"], ["crosssample-table"]]
+HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"],
+         ["dataset"], ["score"], ["divergence"], ["toy-check"], ["rollout"], ["accuracy"], ["crosssample"],
+         ["crosssample-table"], ["figures"], ["figure-overview"], ["report"]]
 
 
 @pytest.mark.parametrize("sub", HELPS, ids=lambda s: " ".join(s) or "top")
@@ -18,7 +19,7 @@ def test_help(sub):
 
 def test_top_level_help_lists_the_stages():
     out = run(tokenshift_cmd() + ["--help"]).stdout
-    for stage in ("models", "toy-check", "rollout", "accuracy"):
+    for stage in ("models", "toy-check", "dataset", "rollout", "accuracy", "score", "crosssample", "report"):
         assert stage in out
 
 
@@ -33,6 +34,6 @@ def test_missing_local_checkpoint_exits_2_naming_it(tmp_path):
     assert "nope" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_bad_toy_settings_exit_2_naming_the_key(tmp_path):
-    r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--settings", '{"hidden": 3}', "--out", str(tmp_path / "t")])
-    assert r.returncode == 2 and "hidden" in r.stderr and "Traceback" not in r.stderr
+def test_unknown_toy_setting_exits_2_naming_it(tmp_path):
+    r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
+    assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr

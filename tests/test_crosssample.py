@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokenshift.crosssample import (CrossSampleConfig, cross_sample, parse_budget, resolve_threshold,
-                                    sample_from_logits, step_statistics)
+from tokenshift.crosssample import SwitchRule, cross_sample, sample_from_logits, step_statistics
 from tokenshift.generation import SamplingConfig
+from tokenshift.registry import POLICIES, parse_budget
 
 VOCAB = 48
 
@@ -35,9 +35,9 @@ PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [3], [20, 21, 22], [30, 31]]
 
 
 @torch.no_grad()
-def reference(gen, other, prompts, *, eos_id, cfg: CrossSampleConfig, seed: int):
+def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: SamplingConfig, seed: int):
     """Row by row, no cache, no padding: every step re-reads the whole sequence."""
-    n, steps = len(prompts), cfg.sampling.max_new_tokens
+    n, steps = len(prompts), sampling.max_new_tokens
     noise = torch.Generator().manual_seed(seed)
     coin = torch.Generator().manual_seed(seed + 1)
     us = [torch.rand(n, generator=noise) for _ in range(steps)]
@@ -52,7 +52,7 @@ def reference(gen, other, prompts, *, eos_id, cfg: CrossSampleConfig, seed: int)
             stats = step_statistics(lg, lo)
             stat = rs[t][i:i + 1] if cfg.policy == "random" else stats[cfg.policy]
             switch = bool(stat > cfg.threshold) and used < budget
-            tok = int(sample_from_logits(lo if switch else lg, us[t][i:i + 1], cfg.sampling))
+            tok = int(sample_from_logits(lo if switch else lg, us[t][i:i + 1], sampling))
             if switch:
                 used += 1
                 positions.append(t)
@@ -67,10 +67,10 @@ def reference(gen, other, prompts, *, eos_id, cfg: CrossSampleConfig, seed: int)
 def run(pair, direction="forward", policy="js", budget=None, threshold=0.05, eos_id=None, max_new=12, batch_size=4,
         prompts=PROMPTS, seed=3):
     base, rl = pair
-    cfg = CrossSampleConfig(direction=direction, policy=policy, budget=budget, threshold=threshold,
-                            sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new),
-                            batch_size=batch_size)
-    return cfg, cross_sample(base, rl, prompts, eos_id=eos_id, pad_id=0, vocab_size=VOCAB, cfg=cfg, seed=seed)
+    rule = SwitchRule(direction=direction, policy=policy, budget=budget, threshold=threshold)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
+    return (rule, sampling), cross_sample(base, rl, prompts, eos_id=eos_id, pad_id=0, vocab_size=VOCAB, rule=rule,
+                                          sampling=sampling, seed=seed, batch_size=batch_size)
 
 
 @pytest.mark.parametrize("direction,policy,budget,threshold", [
@@ -79,9 +79,9 @@ def run(pair, direction="forward", policy="js", budget=None, threshold=0.05, eos
 ])
 def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold):
     # eos 47 is drawn often enough that rows finish at different steps and get compacted away
-    cfg, samples = run(pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS))
+    (rule, sampling), samples = run(pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS))
     gen, other = pair if direction == "forward" else pair[::-1]
-    ref = reference(gen, other, PROMPTS, eos_id=47, cfg=cfg, seed=3 * 1_000_003)
+    ref = reference(gen, other, PROMPTS, eos_id=47, cfg=rule, sampling=sampling, seed=3 * 1_000_003)
     assert [s.response_ids for s in samples] == [r[0] for r in ref]
     assert [s.extra["switched_positions"] for s in samples] == [r[1] for r in ref]
     assert any(s.finish_reason == "stop" for s in samples) and any(s.finish_reason == "length" for s in samples)
@@ -151,6 +151,10 @@ def test_sampler_inverts_the_cdf_exactly():
     assert greedy.tolist() == [3]
 
 
+def resolve_threshold(policy, direction, spec, scores=None):
+    return POLICIES[policy].resolve(spec, direction, scores)
+
+
 def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
     scores = pl.DataFrame({"js": [0.0, 0.1, 0.2, 0.3, 0.4], "entropy_base": [1.0, 2.0, 3.0, 4.0, 5.0],
                            "entropy_rl": [0.0] * 5})
@@ -165,8 +169,9 @@ def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
     with pytest.raises(ValueError, match="needs the per-token scores"):
         resolve_threshold("js", "forward", {"percentile": 90})
     assert parse_budget("all") is None and parse_budget("8") == 8
-    with pytest.raises(ValueError):
-        parse_budget("-1")
+    for bad in ("-1", "2.5", "half"):
+        with pytest.raises(ValueError, match="budget"):
+            parse_budget(bad)
 
 
 # --- the stage through the console script, on real checkpoints ---------------------------------
@@ -176,22 +181,29 @@ from conftest import tokenshift_cmd  # noqa: E402
 
 from tokenshift.tables import crosssample_table  # noqa: E402
 
-TOY_SPEC = '{"toy": "eval", "n_problems": 6}'
+@pytest.fixture()
+def toy_problems(tmp_path):
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    path = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=6), path)
+    return path
 
 
-def crosssample_cmd(base, rl, out, *extra):
-    return tokenshift_cmd() + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", "toy",
-                               "--dataset-spec", TOY_SPEC, "--n", "2", "--max-new-tokens", "16", "-q",
-                               "--out", str(out), *extra]
+def crosssample_cmd(base, rl, problems, out, *extra):
+    return tokenshift_cmd() + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems),
+                               "--template", "{question}", "--no-chat-template", "--n", "2", "--max-new-tokens", "16",
+                               "-q", "--out", str(out), *extra]
 
 
-def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint, tmp_path):
+def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint, toy_problems, tmp_path):
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
     runs = []
     for policy, budget, th in (("js", "0", ["--threshold", "0.0"]), ("js", "3", ["--threshold", "0.0"]),
                                ("random", "3", ["--percentile", "50"])):
         out = tmp_path / f"{policy}-{budget}.parquet"
-        r = run_cmd(crosssample_cmd(base, rl, out, "--direction", "forward", "--policy", policy, "--budget", budget, *th))
+        r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward", "--policy", policy,
+                                    "--budget", budget, *th))
         assert r.returncode == 0, r.stderr
         t = pl.read_parquet(out)
         assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_answer", "timeout", "error"}
@@ -210,16 +222,16 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
     assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["budget_tokens"] == 3
 
 
-def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, tmp_path):
+def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, toy_problems, tmp_path):
     from test_models import other_tokenizer
 
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
-    r = run_cmd(crosssample_cmd(base, rl, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9"))
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9"))
     assert r.returncode == 2 and "js threshold 0.9" in r.stderr and "Traceback" not in r.stderr
-    r = run_cmd(crosssample_cmd(base, rl, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90"))
-    assert r.returncode == 2 and "needs the per-token scores" in r.stderr
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90"))
+    assert r.returncode == 2 and "needs --scores" in r.stderr
     alien = make_checkpoint("alien", tokenizer=other_tokenizer(["Q:1+2=3.\\boxed{3}"] * 20))
-    r = run_cmd(crosssample_cmd(base, alien, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"))
+    r = run_cmd(crosssample_cmd(base, alien, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"))
     assert r.returncode == 2 and "token ids differ" in r.stderr
     assert not (tmp_path / "x.parquet").exists()
 

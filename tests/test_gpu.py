@@ -58,14 +58,13 @@ def test_compiled_statistics_on_cuda_equal_eager_ones():
 
 
 def test_cross_sampling_on_cuda_matches_cpu_with_models_on_different_devices(pair):
-    from tokenshift.crosssample import CrossSampleConfig, cross_sample
+    from tokenshift.crosssample import SwitchRule, cross_sample
 
     a, b, vocab = pair
     g = np.random.default_rng(1)
     prompts = [g.integers(1, vocab, int(n)).tolist() for n in (3, 7, 5, 4)]
-    cfg = CrossSampleConfig(policy="js", threshold=0.001, budget=3, batch_size=4,
-                            sampling=SamplingConfig(temperature=1.0, max_new_tokens=16))
-    kw = dict(eos_id=None, pad_id=0, vocab_size=vocab, cfg=cfg, seed=0)
+    kw = dict(eos_id=None, pad_id=0, vocab_size=vocab, rule=SwitchRule(policy="js", threshold=0.001, budget=3),
+              sampling=SamplingConfig(temperature=1.0, max_new_tokens=16), seed=0, batch_size=4)
     cpu = cross_sample(AutoModelForCausalLM.from_pretrained(a), AutoModelForCausalLM.from_pretrained(b), prompts, **kw)
     # float32 on both devices; base (the generator) on the GPU, RL on the CPU
     gpu = cross_sample(AutoModelForCausalLM.from_pretrained(a).cuda(), AutoModelForCausalLM.from_pretrained(b), prompts,

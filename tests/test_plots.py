@@ -133,3 +133,43 @@ def test_headlines_and_report(tables, example, tmp_path):
     assert f"{100 * share:.1f}% of positions" in page
     assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["share_js_below"]["0.001"] == \
         pytest.approx(share)
+
+
+def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_path):
+    from tokenshift.plots.draw import draw_overview, draw_pair_figures
+    from tokenshift.registry import PAIR_FIGURES
+    from tokenshift.report import build_report
+
+    div, acc, cross = tables
+    results = tmp_path / "results" / "toy" / "toy"
+    for name, t in div.items():
+        t.write_parquet((results / "divergence").mkdir(parents=True, exist_ok=True) or results / "divergence" /
+                        f"{name}.parquet")
+    acc.with_columns(pl.lit("toy").alias("pair"), pl.lit("toy").alias("dataset")).write_parquet(
+        results / "accuracy.parquet")
+    cross.write_parquet(results / "crosssample.parquet")
+    drawn = draw_pair_figures(results, results / "figures")  # no example run: figure 6 says there is none
+    assert set(drawn) == set(PAIR_FIGURES)
+    for name in PAIR_FIGURES:
+        assert_drawn(results / "figures" / f"{name}.png")
+    draw_overview([results / "divergence" / "sparsity.parquet"], tmp_path / "sparsity", kinds={"toy": "sft"})
+    config = tmp_path / "config.yaml"
+    config.write_text("models: {}\n")
+    summary = build_report([results], html_out=tmp_path / "r.html", json_out=tmp_path / "s.json",
+                           kinds={"toy": "sft"}, overview=[tmp_path / "sparsity.png"], config=config)
+    assert summary["results"][0]["kind"] == "sft" and summary["results"][0]["pair"] == "toy"
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 + len(PAIR_FIGURES) and "models: {}" in page
+
+
+def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):
+    # two copies of one model never switch where a response came out right: a result, not an error
+    run = pl.DataFrame({"problem_id": ["q1"], "sample_index": [0], "correct": [True], "n_switched": [0],
+                        "n_response_tokens": [3], "response_ids": [[1, 2, 3]], "prompt_ids": [[4]],
+                        "switched_positions": [[]], "step_js": [[0.0, 0.0, 0.0]], "gold": ["1"],
+                        "direction": "forward", "budget": "2"}, schema_overrides={"switched_positions": pl.List(pl.Int32)})
+    empty = example_table(run, toy_tokenizer)
+    assert empty.height == 0
+    fig = FIGURES["example"](empty)
+    assert "no example" in fig.axes[0].texts[0].get_text().lower()
+    save(fig, tmp_path / "example")

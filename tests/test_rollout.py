@@ -14,7 +14,8 @@ import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
 
-from tokenshift.datasets import DatasetError, format_prompt, load_problems, resolve_spec
+from tokenshift.datasets import DatasetError, DatasetSpec, PromptConfig, format_prompt, load_problems, resolve_spec
+from tokenshift.datasets import prepare_dataset, read_problems
 from tokenshift.generation import SamplingConfig
 from tokenshift.rollout import RolloutConfig, run_rollouts
 from tokenshift.tables import accuracy_table, pass_at_k
@@ -32,35 +33,38 @@ def jsonl(tmp_path):
 def test_local_jsonl_and_parquet_load_the_same_problems(jsonl, tmp_path):
     pq = tmp_path / "set.parquet"
     pl.DataFrame(ROWS).write_parquet(pq)
-    a = load_problems("s", {"path": str(jsonl), "id_field": "id"})
-    b = load_problems("s", {"path": str(pq), "id_field": "id"})
+    a = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    b = load_problems("s", DatasetSpec(path=str(pq), id_field="id"))
     assert a == b and [p.answer for p in a] == [r["answer"] for r in ROWS]
-    assert len(load_problems("s", {"path": str(jsonl), "n_problems": 2})) == 2
+    assert len(load_problems("s", DatasetSpec(path=str(jsonl), n_problems=2))) == 2
+    # what every later stage reads: the problems written once, read back unchanged
+    prepare_dataset("s", DatasetSpec(path=str(jsonl), id_field="id"), tmp_path / "s.parquet")
+    assert read_problems(tmp_path / "s.parquet") == a
 
 
 def test_missing_field_and_bad_json_are_named(jsonl, tmp_path):
     with pytest.raises(DatasetError, match="no field 'question'"):
-        load_problems("s", {"path": str(jsonl), "question_field": "question"})
+        load_problems("s", DatasetSpec(path=str(jsonl), question_field="question"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "x", "answer": "1"}\n{not json\n')
     with pytest.raises(DatasetError, match=r"bad.jsonl:2 is not JSON"):
-        load_problems("s", {"path": str(bad)})
+        load_problems("s", DatasetSpec(path=str(bad)))
 
 
 def test_hub_dataset_offline_fails_naming_dataset_and_revision():
     with pytest.raises(DatasetError, match=r"dataset 'aime24'.*HuggingFaceH4/aime_2024.*revision 'abc123'"):
-        load_problems("aime24", {"preset": "aime24", "revision": "abc123"})
+        load_problems("aime24", DatasetSpec(preset="aime24", revision="abc123"))
 
 
 def test_presets_fill_fields_but_config_wins():
-    spec = resolve_spec("m", {"preset": "math500", "revision": "r", "split": "train"})
-    assert spec["hub"] == "HuggingFaceH4/MATH-500" and spec["split"] == "train" and spec["question_field"] == "problem"
+    spec = resolve_spec("m", DatasetSpec(preset="math500", revision="r", split="train"))
+    assert spec.hub == "HuggingFaceH4/MATH-500" and spec.split == "train" and spec.question_field == "problem"
 
 
 def test_toy_dataset_is_the_eval_split_graded_like_any_other():
     from tokenshift.toy.task import ToyTaskConfig, problems
 
-    got = load_problems("toy", {"toy": "eval", "n_problems": 20})
+    got = load_problems("toy", DatasetSpec(toy="eval", n_problems=20))
     want = problems(ToyTaskConfig(), "eval", 20)
     assert [(p.question, p.answer) for p in got] == [(w.prompt, str(w.answer)) for w in want]
 
@@ -68,43 +72,77 @@ def test_toy_dataset_is_the_eval_split_graded_like_any_other():
 def test_prompt_uses_chat_template_when_the_model_has_one(toy_tokenizer):
     import copy
 
-    plain = format_prompt(toy_tokenizer, "1+1?", {"path": "x.jsonl", "template": "Q {question} A"})
+    plain = format_prompt(toy_tokenizer, "1+1?", PromptConfig(template="Q {question} A"))
     assert toy_tokenizer.decode(plain) == "Q 1+1? A"
     chat = copy.deepcopy(toy_tokenizer)
     chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
-    ids = format_prompt(chat, "1+1?", {"path": "x.jsonl", "template": "Q {question} A"})
+    ids = format_prompt(chat, "1+1?", PromptConfig(template="Q {question} A"))
     assert chat.decode(ids) == "<u>Q 1+1? A</u><a>"
-    assert format_prompt(chat, "1+1?", {"path": "x.jsonl", "template": "{question}", "chat_template": False}) == \
+    assert format_prompt(chat, "1+1?", PromptConfig(template="{question}", chat_template=False)) == \
         chat.encode("1+1?", add_special_tokens=False)
+    # a config entry's prompt: the toy task's question is its own prompt, others take the template
+    assert PromptConfig.for_dataset({"toy": "eval"}) == PromptConfig(template="{question}", chat_template=False)
+    assert PromptConfig.for_dataset({"path": "x.jsonl", "chat_template": False}).chat_template is False
+    with pytest.raises(ValueError, match="only {question}"):
+        PromptConfig(template="Solve {problem}")
 
 
-CFG = RolloutConfig(n=2, seed=3, batch_size=8, problems_per_shard=2,
-                    sampling=SamplingConfig(temperature=1.0, max_new_tokens=12))
+CFG = RolloutConfig(batch_size=8, problems_per_shard=2)
+SAMPLING = SamplingConfig(n=2, seed=3, temperature=1.0, max_new_tokens=12)
+PLAIN = PromptConfig(template="{question}")
+
+
+def rollouts(ckpt, problems, out, sampling=SAMPLING):
+    return run_rollouts(ckpt, problems, out, prompt=PLAIN, sampling=sampling, cfg=CFG, progress=False)
 
 
 def test_rollouts_are_graded_deterministic_and_resume(make_checkpoint, jsonl, tmp_path):
     ckpt = make_checkpoint("m")
-    spec = {"path": str(jsonl), "id_field": "id", "template": "{question}"}
-    problems = load_problems("s", spec)
-    a = run_rollouts(ckpt, problems, spec, tmp_path / "a.parquet", CFG, progress=False)
-    assert a.height == len(ROWS) * CFG.n
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    a = rollouts(ckpt, problems, tmp_path / "a.parquet")
+    assert a.height == len(ROWS) * SAMPLING.n
     assert set(a.columns) >= {"problem_id", "sample_index", "prompt_ids", "response_ids", "response_text",
                               "finish_reason", "gold", "correct", "grade_status", "dataset_version"}
     assert a["grade_status"].is_in(["ok", "no_answer"]).all()
-    b = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet", CFG, progress=False)
+    b = rollouts(ckpt, problems, tmp_path / "b.parquet")
     assert a.equals(b)
+    assert not (tmp_path / "b.parquet.shards").exists()  # a finished run keeps no shards: a rerun recomputes
     # the state a killed job leaves: some shards written, no final table
-    shards = tmp_path / "b.parquet.shards"
-    (tmp_path / "b.parquet").unlink()
-    (shards / "shard-00001.parquet").unlink()
+    shards = tmp_path / "c.parquet.shards"
+    stop_after_shards(shards, 2, lambda: rollouts(ckpt, problems, tmp_path / "c.parquet"))
+    assert not (tmp_path / "c.parquet").exists() and len(list(shards.glob("shard-*.parquet"))) == 2
     kept = (shards / "shard-00000.parquet").stat().st_mtime_ns
-    c = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet", CFG, progress=False)
+    c = rollouts(ckpt, problems, tmp_path / "c.parquet")
     assert c.equals(a)
-    assert (shards / "shard-00000.parquet").stat().st_mtime_ns == kept  # not redone
     # other settings never mix with old shards
-    d = run_rollouts(ckpt, problems, spec, tmp_path / "b.parquet",
-                     RolloutConfig(**{**CFG.__dict__, "seed": 4}), progress=False)
+    stop_after_shards(shards, 2, lambda: rollouts(ckpt, problems, tmp_path / "c.parquet"))
+    assert (shards / "shard-00000.parquet").stat().st_mtime_ns != kept
+    d = rollouts(ckpt, problems, tmp_path / "c.parquet", SamplingConfig(**{**SAMPLING.__dict__, "seed": 4}))
     assert not d.equals(a)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_shards(shards, k, fn):
+    """Run ``fn`` but stop it (as a kill would) once ``k`` shards are written and recorded."""
+    from tokenshift import sharding
+
+    real = sharding.write_json_atomic
+
+    def record(path, data):
+        real(path, data)
+        if len(list(shards.glob("shard-*.json"))) >= k:
+            raise Stop
+
+    sharding.write_json_atomic = record
+    try:
+        fn()
+    except Stop:
+        pass
+    finally:
+        sharding.write_json_atomic = real
 
 
 def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_path):
@@ -113,9 +151,11 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
     data = tmp_path / "big.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "r.parquet"
-    args = tokenshift_cmd() + ["rollout", "--model", str(ckpt), "--dataset", "big", "--dataset-spec",
-                               json.dumps({"path": str(data), "template": "{question}"}), "--out", str(out),
-                               "--n", "2", "--max-new-tokens", "24", "--problems-per-shard", "1", "--seed", "5", "-q"]
+    problems = tmp_path / "big.parquet"
+    prepare_dataset("big", DatasetSpec(path=str(data)), problems)
+    args = tokenshift_cmd() + ["rollout", "--model", str(ckpt), "--dataset", str(problems), "--template", "{question}",
+                               "--out", str(out), "--n", "2", "--max-new-tokens", "24", "--problems-per-shard", "1",
+                               "--seed", "5", "-q"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "r.parquet.shards"
     deadline = time.time() + 120
@@ -134,9 +174,9 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
 
 
 def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, jsonl, tmp_path):
-    r = run(tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", "s", "--dataset-spec",
-                                json.dumps({"path": str(jsonl)}), "--out", str(tmp_path / "o.parquet"),
-                                "--backend", "vllm"])
+    prepare_dataset("s", DatasetSpec(path=str(jsonl)), tmp_path / "s.parquet")
+    r = run(tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet"),
+                                "--out", str(tmp_path / "o.parquet"), "--backend", "vllm"])
     assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
 
 

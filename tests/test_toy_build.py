@@ -12,15 +12,8 @@ from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.models import write_manifest
-from tokenshift.toy.build import ToyBuildConfig, build_base, build_rl
-
-
-def test_schema_defaults_are_the_library_defaults():
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    props = schema["properties"]["toy"]["properties"]
-    fields = {f.name: f.default for f in dataclasses.fields(ToyBuildConfig)}
-    assert {k: v["default"] for k, v in props.items()} == fields
-    assert all(v.get("description") for v in props.values())
+from tokenshift.toy.build import build_base, build_rl
+from tokenshift.toy.config import ToyBuildConfig
 
 
 def test_unknown_setting_is_refused():
@@ -56,12 +49,14 @@ def test_short_build_saves_ordinary_checkpoints(short_pair):
 
 
 def test_grpo_raises_the_expected_reward_on_held_out_problems(short_pair):
-    from tokenshift.toy.check import _load, sampled_accuracy
+    from tokenshift.models import load_causal_lm, load_tokenizer
+    from tokenshift.toy.check import build_settings, sampled_accuracy
     from tokenshift.toy.task import problems
 
     root, _, _ = short_pair
-    base, tok = _load(root / "base")
-    rl, _ = _load(root / "rl")
+    assert build_settings(root / "base.json") == SHORT  # the check reads the task off the model it checks
+    base, rl, tok = load_causal_lm(root / "base.json", "cpu"), load_causal_lm(root / "rl.json", "cpu"), \
+        load_tokenizer(root / "base")
     acc = sampled_accuracy({"base": base, "rl": rl}, tok, problems(SHORT.task, "eval", 200),
                          max_new_tokens=SHORT.max_new_tokens, seed=1, samples_per_problem=4)
     sampled = {r["role"]: r for r in acc.filter(acc["decoding"] == "sampled_t1").iter_rows(named=True)}

@@ -78,6 +78,15 @@ def _mutations():
         ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
+        # names the workflow's own paths take (issue 13: AmbiguousRuleException / ChildIOException before)
+        ("dataset-named-toy_check", m(lambda c: (c["datasets"].update(toy_check={"toy": "eval"}),
+                                                 c["pairs"][0].update(datasets=["toy_check"]))), "datasets"),
+        ("pair-named-report.html", m(lambda c: c["pairs"][0].update(name="report.html")), "pairs[0].name"),
+        ("model-named-x.json", m(lambda c: c["models"].update({"x.json": {"toy": "base"}})), "x.json"),
+        # greedy decoding repeated n times is one response n times
+        ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
+        ("dataset-greedy-with-n", m(lambda c: c["datasets"]["toy"].update(sampling={"temperature": 0, "n": 4})),
+         "datasets.toy.sampling.n"),
     ]
 
 

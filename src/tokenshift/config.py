@@ -16,6 +16,13 @@ from typing import Any
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 """The schema in a source checkout (an editable install); the workflow passes its own path."""
 
+RESERVED = {
+    "pairs": {"figures", "report.html", "summary.json", "config.yaml"},
+    "datasets": {"toy_check", "figures"},
+}
+"""Names the workflow's own paths take: results/<pair>/ sits beside results/figures/, results/report.html,
+results/summary.json and results/config.yaml; results/<pair>/<dataset>/ beside results/<pair>/toy_check/."""
+
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names its key."""
@@ -88,19 +95,34 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             if models[init].get("toy") != "base":
                 raise ConfigError(f"models.{name}.init", init, "expected a model with `toy: base`: GRPO starts from the toy base model")
 
+    for name in models:
+        if name.endswith(".json"):
+            raise ConfigError("models", name, "a model name must not end in .json: resources/models/<name>.json is "
+                                              "the manifest of model <name>")
     for name, spec in datasets.items():
+        if name in RESERVED["datasets"]:
+            raise ConfigError("datasets", name, f"this name is taken by the workflow's own paths "
+                                                f"({sorted(RESERVED['datasets'])}); rename the dataset")
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
     for name in datasets:
-        n = dataset_sampling(config, name).get("n", 1)
+        sampling = dataset_sampling(config, name)
+        n = sampling.get("n", 1)
         for j, k in enumerate(config.get("rollout", {}).get("pass_k", [])):
             if k > n:
                 raise ConfigError(f"rollout.pass_k[{j}]", k, f"pass@k needs k <= the samples per problem of dataset "
                                                              f"{name!r} (sampling.n = {n})")
+        if sampling.get("temperature", 1.0) == 0 and n > 1:
+            key = f"datasets.{name}.sampling.n" if "n" in datasets[name].get("sampling", {}) else "sampling.n"
+            raise ConfigError(key, n, f"temperature 0 is greedy decoding, so the {n} samples of dataset {name!r} "
+                                      "would be one response repeated; set n: 1, or a temperature above 0")
 
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
         key = f"pairs[{i}]"
+        if pair["name"] in RESERVED["pairs"]:
+            raise ConfigError(f"{key}.name", pair["name"], f"this name is taken by the workflow's own paths "
+                                                           f"({sorted(RESERVED['pairs'])}); rename the pair")
         if pair["name"] in seen:
             raise ConfigError(f"{key}.name", pair["name"], f"pair names must be unique; pairs[{seen[pair['name']]}] has it already")
         seen[pair["name"]] = i
@@ -134,3 +156,16 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             compare_tokenizer_dirs(base_dir / base["path"], base_dir / rl["path"])
         except TokenizerMismatch as e:
             raise ConfigError(f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}") from None
+
+
+def config_warnings(config: Mapping[str, Any]) -> list[str]:
+    """Settings that work but probably do not do what was meant, one line each, naming the key."""
+    out = []
+    cross = config.get("crosssample", {})
+    for name in config.get("datasets", {}):
+        max_new = dataset_sampling(config, name).get("max_new_tokens")
+        for j, b in enumerate(cross.get("budgets", [])):
+            if isinstance(b, int) and max_new is not None and b > max_new:
+                out.append(f"config key crosssample.budgets[{j}]: budget {b} exceeds the {max_new} new tokens of "
+                           f"dataset {name!r}, so it is the same run as budget `all`")
+    return out

@@ -29,92 +29,52 @@ length limit) are dropped from both caches as they accumulate, so they stop cost
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from tokenshift.divergence import LN2, entropies_and_js
-from tokenshift.generation import Sample, SamplingConfig, left_pad
-from tokenshift.scoring import plain_lm_head, transformer_body
+from tokenshift.divergence import entropies_and_js
+from tokenshift.generation import Sample, SamplingConfig, pad_rows
+from tokenshift.models import plain_lm_head, transformer_body
+from tokenshift.settings import CrossSampleConfig
+from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
 
-DIRECTIONS = ("forward", "reverse")
-POLICIES = ("js", "entropy", "argmax", "random")
-STAT_COLUMN = {"js": "js", "entropy": {"forward": "entropy_base", "reverse": "entropy_rl"}}
-"""Per-token score column whose percentile sets a policy's threshold (scores of the generator's rollouts)."""
+log = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.125
 """Drop finished rows from the caches once they are this share of the rows still decoded."""
 
 
 @dataclass(frozen=True)
-class CrossSampleConfig:
+class SwitchRule:
+    """Where one cross-sampling run switches: direction, policy, its absolute threshold, and budget."""
+
     direction: str = "forward"
     """``forward`` (base generates, RL injected) or ``reverse`` (RL generates, base injected)."""
     policy: str = "js"
-    """Which statistic decides where to switch: ``js``, ``entropy``, ``argmax`` or ``random``."""
-    budget: int | None = None
-    """Most switched tokens per response; None means no limit."""
+    """A name of ``tokenshift.registry.POLICIES``: which statistic decides where to switch."""
     threshold: float = 0.01
     """Switch where the policy's statistic exceeds this."""
-    sampling: SamplingConfig = SamplingConfig()
-    batch_size: int = 64
+    budget: int | None = None
+    """Most switched tokens per response; None means no limit."""
 
     def __post_init__(self):
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction {self.direction!r}: expected one of {DIRECTIONS}")
         if self.policy not in POLICIES:
-            raise ValueError(f"policy {self.policy!r}: expected one of {POLICIES}")
+            raise ValueError(f"policy {self.policy!r}: expected one of {tuple(POLICIES)}")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"budget {self.budget}: expected a non-negative integer or None (no limit)")
-        check_threshold(self.policy, self.threshold)
+        POLICIES[self.policy].check(self.threshold)
 
-
-def check_threshold(policy: str, threshold: float) -> None:
-    """Refuse a threshold outside the range of the policy's statistic."""
-    bounds = {"js": (0.0, LN2), "entropy": (0.0, math.inf), "argmax": (0.0, 1.0), "random": (0.0, 1.0)}[policy]
-    if not (bounds[0] <= threshold <= bounds[1]) or math.isnan(threshold):
-        raise ValueError(f"{policy} threshold {threshold}: expected a value in [{bounds[0]}, {bounds[1]:.6g}]")
-
-
-def parse_budget(text: str | int) -> int | None:
-    """``"all"`` means no limit; otherwise a non-negative integer."""
-    if text == "all":
-        return None
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"budget {text!r}: expected a non-negative integer or 'all'")
-    return value
-
-
-def resolve_threshold(policy: str, direction: str, spec: Mapping[str, Any], scores=None) -> float:
-    """The absolute threshold of ``spec`` (``{"threshold": t}`` or ``{"percentile": q}``).
-
-    A percentile of ``js`` or ``entropy`` is taken over ``scores``, the per-token score table of
-    the generating model's own rollouts (a polars DataFrame); a percentile of ``random`` is the
-    switching rate's complement, q / 100. ``argmax`` always uses 0.5.
-    """
-    if policy == "argmax":
-        return 0.5
-    if "threshold" in spec:
-        t = float(spec["threshold"])
-    elif "percentile" in spec:
-        q = float(spec["percentile"])
-        if not 0 <= q <= 100:
-            raise ValueError(f"{policy} percentile {q}: expected a value in [0, 100]")
-        if policy == "random":
-            t = q / 100
-        else:
-            if scores is None:
-                raise ValueError(f"{policy} percentile {q} needs the per-token scores of the generating model's rollouts")
-            col = STAT_COLUMN[policy] if policy == "js" else STAT_COLUMN[policy][direction]
-            t = float(scores[col].quantile(q / 100, "linear"))
-    else:
-        raise ValueError(f"{policy}: expected 'threshold' or 'percentile', got {dict(spec)}")
-    check_threshold(policy, t)
-    return t
+    @property
+    def budget_label(self) -> str:
+        return "all" if self.budget is None else str(self.budget)
 
 
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -142,7 +102,10 @@ def _invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def step_statistics(logits_gen: torch.Tensor, logits_other: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per row: JS between the two models (temperature 1), the generator's entropy, argmax disagreement."""
+    """Per row: JS between the two models (temperature 1), the generator's entropy, argmax disagreement.
+
+    With the decoder's ``uniform`` draw these are the statistics a policy reads (``Policy.statistic``).
+    """
     logp = torch.log_softmax(logits_gen.float(), dim=-1)
     logq = torch.log_softmax(logits_other.float(), dim=-1)
     ent_gen, _, js = entropies_and_js(logp.exp(), logq.exp())
@@ -165,7 +128,8 @@ def _forward(model, ids, attn, positions, cache, vocab_size):
 
 @torch.no_grad()
 def cross_sample(base: torch.nn.Module, rl: torch.nn.Module, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
-                 pad_id: int, vocab_size: int, cfg: CrossSampleConfig, seed: int) -> list[Sample]:
+                 pad_id: int, vocab_size: int, rule: SwitchRule, sampling: SamplingConfig, seed: int,
+                 batch_size: int = 256) -> list[Sample]:
     """One cross-sample per prompt, in prompt order (repeat a prompt to draw several).
 
     Each ``Sample`` carries ``extra``: ``n_switched``, ``switched_positions`` (0-based positions
@@ -173,28 +137,30 @@ def cross_sample(base: torch.nn.Module, rl: torch.nn.Module, prompts: Sequence[S
     at each) and ``step_js`` (the JS at every response position, for plots). ``eos_id=None``
     decodes to the length limit (benchmarks). Deterministic given ``seed`` and the batch size.
     """
-    gen, other = (base, rl) if cfg.direction == "forward" else (rl, base)
+    gen, other = (base, rl) if rule.direction == "forward" else (rl, base)
     models = (gen, other)
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     out: list[Sample] = []
     try:
-        for b, start in enumerate(range(0, len(prompts), cfg.batch_size)):
-            out += _decode_batch(gen, other, prompts[start:start + cfg.batch_size], eos_id=eos_id, pad_id=pad_id,
-                                 vocab_size=vocab_size, cfg=cfg, seed=seed * 1_000_003 + b)
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
+            out += _decode_batch(gen, other, prompts[start:start + batch_size], eos_id=eos_id, pad_id=pad_id,
+                                 vocab_size=vocab_size, rule=rule, sampling=sampling, seed=seed * 1_000_003 + b)
     finally:
         for m, t in zip(models, was_training):
             m.train(t)
     return out
 
 
-def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, cfg: CrossSampleConfig, seed: int) -> list[Sample]:
+def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: SwitchRule, sampling: SamplingConfig,
+                  seed: int) -> list[Sample]:
     # bookkeeping lives on the generator's device; the other model's logits are moved there
     dev = next(gen.parameters()).device
     dev_o = next(other.parameters()).device
-    max_new = cfg.sampling.max_new_tokens
-    ids, mask = left_pad(prompts, pad_id)
+    max_new = sampling.max_new_tokens
+    statistic = POLICIES[rule.policy].statistic
+    ids, mask = pad_rows(prompts, pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     n, width = ids.shape
     attn = torch.zeros((n, width + max_new), dtype=torch.long, device=dev)
@@ -202,7 +168,7 @@ def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, cfg: Cross
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     noise = torch.Generator().manual_seed(seed)
     coin = torch.Generator().manual_seed(seed + 1)
-    budget = math.inf if cfg.budget is None else cfg.budget
+    budget = math.inf if rule.budget is None else rule.budget
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, None, vocab_size)
     logits_o, cache_o = _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
@@ -223,11 +189,10 @@ def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, cfg: Cross
         r = torch.rand(n, generator=coin).to(dev)[rows]
         lg = logits_g.float()
         lo = logits_o.to(dev, torch.float32)
-        stats = step_statistics(lg, lo)
-        stat = r if cfg.policy == "random" else stats[cfg.policy]
+        stats = {**step_statistics(lg, lo), "uniform": r}
         live = ~done
-        switch = (stat > cfg.threshold) & (used < budget) & live
-        tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, cfg.sampling)
+        switch = (stats[statistic] > rule.threshold) & (used < budget) & live
+        tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
         used += switch.float()
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
@@ -279,42 +244,69 @@ def _polars_schema() -> dict:
 class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
-    def __init__(self, base_dir, rl_dir, cfg: CrossSampleConfig, *, device_base: str = "auto", device_rl: str = "auto"):
-        from transformers import AutoTokenizer
+    def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
+        from tokenshift.models import compare_tokenizers, load_causal_lm, load_tokenizer
 
-        from tokenshift.models import compare_tokenizers, load_causal_lm
-
-        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        torch.set_num_threads(cfg.threads)
+        self.tokenizer = load_tokenizer(base)
         # refused before any decoding: the two models must speak one vocabulary
-        self.vocab_size = compare_tokenizers(self.tokenizer, AutoTokenizer.from_pretrained(rl_dir))
-        self.models = {"base": load_causal_lm(base_dir, device_base), "rl": load_causal_lm(rl_dir, device_rl)}
-        self.cfg = cfg
+        self.vocab_size = compare_tokenizers(self.tokenizer, load_tokenizer(rl))
+        self.models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
+        self.rule, self.sampling, self.batch_size = rule, sampling, cfg.batch_size
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
     def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
         return cross_sample(self.models["base"], self.models["rl"], prompts, eos_id=self.eos_id, pad_id=self.pad_id,
-                            vocab_size=self.vocab_size, cfg=self.cfg, seed=seed)
+                            vocab_size=self.vocab_size, rule=self.rule, sampling=self.sampling, seed=seed,
+                            batch_size=self.batch_size)
 
 
-def run_crosssample(base_dir, rl_dir, problems, dataset_spec: Mapping[str, Any], out, cfg: CrossSampleConfig, *,
-                    n: int, seed: int, problems_per_shard: int = 64, device_base: str = "auto", device_rl: str = "auto",
-                    progress: bool = True):
-    """Cross-sample ``n`` graded responses per problem into ``out`` (parquet), resumable by shard.
+def run_crosssample(base: Path, rl: Path, problems, out: Path, *, direction: str, policy: str, budget: str | int,
+                    threshold: Mapping[str, float] | None = None, scores: Path | None = None,
+                    prompt=None, sampling: SamplingConfig = SamplingConfig(),
+                    cfg: CrossSampleConfig = CrossSampleConfig(), progress: bool = True):
+    """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
-    Rows are the rollout stage's columns plus ``n_switched``, ``switched_positions``,
-    ``switched_js`` and ``step_js``, and the run's ``direction``, ``policy``, ``budget`` and ``threshold``.
+    ``threshold`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a percentile of a scored
+    statistic is read off ``scores``, the per-token scores of the generating model's rollouts);
+    ``budget`` is a label (``"all"`` or a whole number). Rows are the rollout stage's columns
+    plus ``n_switched``, ``switched_positions``, ``switched_js`` and ``step_js``, and the run's
+    ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
     """
-    from tokenshift.rollout import run_sharded, settings_key
+    from tokenshift.datasets import PromptConfig, as_problems
+    from tokenshift.io import InputError, read_parquet
+    from tokenshift.models import checkpoint_identity
+    from tokenshift.sharding import run_key, run_sharded
 
-    settings = {"cfg": asdict(cfg), "n": n, "seed": seed, "problems_per_shard": problems_per_shard}
-    key = settings_key([base_dir, rl_dir], problems, dataset_spec, settings)
-    constants = {"direction": cfg.direction, "policy": cfg.policy, "budget": budget_label(cfg.budget),
-                 "threshold": cfg.threshold}
-    return run_sharded(lambda: CrossSampleBackend(base_dir, rl_dir, cfg, device_base=device_base, device_rl=device_rl),
-                       key, problems, dataset_spec, out, n=n, seed=seed, problems_per_shard=problems_per_shard,
-                       extra_schema=_polars_schema(), constants=constants, progress=progress)
-
-
-def budget_label(budget: int | None) -> str:
-    return "all" if budget is None else str(budget)
+    if policy not in POLICIES:
+        raise InputError(f"policy {policy!r}: expected one of {tuple(POLICIES)}")
+    pol, spec = POLICIES[policy], dict(threshold or {})
+    table = None
+    if pol.needs_scores(spec) and direction in DIRECTIONS:
+        if scores is None:
+            raise InputError(f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of the "
+                             "generating model's rollouts")
+        table = read_parquet(scores, "per-token scores (tokenshift score)", columns=(pol.score_column_for(direction),))
+    try:
+        rule = SwitchRule(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget))
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    prompt = prompt or PromptConfig()
+    problems = as_problems(problems)
+    if cfg.n_problems:
+        problems = problems[:cfg.n_problems]
+    key = run_key({"stage": "crosssample", "base": checkpoint_identity(base), "rl": checkpoint_identity(rl),
+                   "problems": problems, "prompt": prompt, "sampling": sampling, "rule": rule,
+                   "batch_size": cfg.batch_size, "problems_per_shard": cfg.problems_per_shard,
+                   "threads": cfg.threads})
+    constants = {"direction": rule.direction, "policy": rule.policy, "budget": rule.budget_label,
+                 "threshold": rule.threshold}
+    result = run_sharded(lambda: CrossSampleBackend(base, rl, rule, sampling, cfg), key, problems, prompt, out,
+                         n=sampling.n, seed=sampling.seed, problems_per_shard=cfg.problems_per_shard,
+                         extra_schema=_polars_schema(), constants=constants, progress=progress)
+    log.info(
+        "%s/%s/budget-%s (threshold %.4g): %d samples, accuracy %.3f, %.2f switched tokens per response",
+        rule.direction, rule.policy, rule.budget_label, rule.threshold, result.height, result["correct"].mean(),
+        result["n_switched"].mean())
+    return result

@@ -5,10 +5,13 @@ Following lm-evaluation-harness, loading, prompt formatting and scoring are sepa
 1. ``load_problems(name, spec)`` gives ``Problem`` records (id, question text, gold answer)
    from one of three sources: the embedded toy task (``toy: eval``), a local ``path``
    (``.jsonl`` or ``.parquet``), or a Hugging Face ``hub`` dataset at a pinned ``revision``
-   (loaded with ``datasets.load_dataset``);
-2. ``format_prompt(tokenizer, question, spec)`` turns a question into prompt token ids: the
-   model's chat template when it has one (unless ``chat_template: false``), else the plain
-   ``template`` (``{question}`` is replaced by the question);
+   (loaded with ``datasets.load_dataset``). ``prepare_dataset`` writes them to one parquet
+   file (the workflow's ``resources/datasets/<name>.parquet``), which every later stage reads
+   with ``read_problems``: the problems are loaded once, and a changed source file is a
+   changed input;
+2. ``format_prompt(tokenizer, question, prompt)`` turns a question into prompt token ids
+   under a ``PromptConfig``: the model's chat template when it has one (unless
+   ``chat_template`` is off), else the plain ``template`` (``{question}`` is replaced);
 3. grading is ``tokenshift.grading`` (math-verify), the same for every set.
 
 ``PRESETS`` names the paper's benchmarks with their usual hub ids and fields; a preset still
@@ -18,20 +21,15 @@ needs a pinned ``revision`` in the config, so a rerun reads the same problems.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from tokenshift.settings import DEFAULT_TEMPLATE, PRESETS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
-DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
-PRESETS: dict[str, dict[str, str]] = {
-    "aime24": {"hub": "HuggingFaceH4/aime_2024", "split": "train", "question_field": "problem", "answer_field": "answer"},
-    "aime25": {"hub": "yentinglin/aime_2025", "split": "train", "question_field": "problem", "answer_field": "answer"},
-    "amc23": {"hub": "math-ai/amc23", "split": "test", "question_field": "question", "answer_field": "answer"},
-    "math500": {"hub": "HuggingFaceH4/MATH-500", "split": "test", "question_field": "problem", "answer_field": "answer"},
-}
+__all__ = ["DEFAULT_TEMPLATE", "PRESETS", "DatasetSpec", "PromptConfig"]  # re-exported: their home is settings
 
 
 class DatasetError(ValueError):
@@ -45,92 +43,142 @@ class Problem:
     answer: str
 
 
-def resolve_spec(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+def dataset_source(spec: DatasetSpec) -> str:
+    """Which of ``SOURCES`` the spec names (exactly one)."""
+    given = [s for s in SOURCES if getattr(spec, s) is not None]
+    if len(given) != 1:
+        raise DatasetError(f"a dataset needs exactly one source of {SOURCES}, got {given or 'none'}")
+    return given[0]
+
+
+def resolve_spec(name: str, spec: DatasetSpec) -> DatasetSpec:
     """The spec with a preset's fields filled in (the config's own keys win)."""
-    spec = {k: v for k, v in spec.items() if k != "sampling"}  # how to sample is not what to load
-    preset = spec.pop("preset", None)
-    if preset is not None:
-        if preset not in PRESETS:
-            raise DatasetError(f"dataset {name!r}: unknown preset {preset!r}; known: {sorted(PRESETS)}")
-        spec = {**PRESETS[preset], **spec}
-    return spec
+    if spec.preset is None:
+        return spec
+    if spec.preset not in PRESETS:
+        raise DatasetError(f"dataset {name!r}: unknown preset {spec.preset!r}; known: {sorted(PRESETS)}")
+    given = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None and k != "preset"}
+    return DatasetSpec(**{**PRESETS[spec.preset], **given})
 
 
-def load_problems(name: str, spec: Mapping[str, Any], *, toy_task=None) -> list[Problem]:
+def load_problems(name: str, spec: DatasetSpec, *, toy_task=None) -> list[Problem]:
     """The problems of dataset ``name`` (the first ``n_problems`` when the spec sets it).
 
     ``toy_task`` (a ``ToyTaskConfig``) says how the toy task is drawn; it must be the one the
     toy pair was built with (the config's ``toy:`` section), the default when None.
     """
+    return [p for p, _ in _load(name, spec, toy_task)]
+
+
+def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
+    """Problems, each with the extra columns its source keeps (the toy task's operations)."""
+    source = dataset_source(spec)
     spec = resolve_spec(name, spec)
-    if "toy" in spec:
+    if source == "toy":
         from tokenshift.toy.task import ToyTaskConfig, problems
 
-        n = spec.get("n_problems", 500)
         task = toy_task or ToyTaskConfig()
-        return [Problem(p.problem_id, p.prompt, str(p.answer)) for p in problems(task, "eval", n)]
+        return [(Problem(p.problem_id, p.prompt, str(p.answer)),
+                 {"toy_first": p.first, "toy_ops": [op + str(x) for op, x in p.ops], "toy_max_total": task.max_total})
+                for p in problems(task, "eval", spec.n_problems or 500)]
     rows = _read_rows(name, spec)
-    q, a = spec.get("question_field", "problem"), spec.get("answer_field", "answer")
-    id_field = spec.get("id_field")
+    q, a = spec.question_field or "problem", spec.answer_field or "answer"
     out = []
     for i, row in enumerate(rows):
-        for field in (q, a):
+        for field in (q, a) + ((spec.id_field,) if spec.id_field else ()):
             if field not in row:
                 raise DatasetError(f"dataset {name!r}: row {i} has no field {field!r} (fields: {sorted(row)}); "
-                                   f"set question_field / answer_field")
-        pid = str(row[id_field]) if id_field else f"{name}-{i:05d}"
-        out.append(Problem(pid, str(row[q]), str(row[a])))
+                                   f"set question_field / answer_field / id_field")
+        if row[a] is None or not str(row[a]).strip():
+            raise DatasetError(f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
+                               "problem needs one to be graded")
+        if row[q] is None or not str(row[q]).strip():
+            raise DatasetError(f"dataset {name!r}: row {i} has an empty question in {q!r}")
+        pid = str(row[spec.id_field]) if spec.id_field else f"{name}-{i:05d}"
+        out.append((Problem(pid, str(row[q]), str(row[a])), {}))
     if not out:
         raise DatasetError(f"dataset {name!r} has no problems")
-    ids = [p.problem_id for p in out]
+    ids = [p.problem_id for p, _ in out]
     if len(set(ids)) != len(ids):
-        raise DatasetError(f"dataset {name!r}: problem ids in {id_field!r} are not unique")
-    n = spec.get("n_problems")
-    return out[:n] if n else out
+        raise DatasetError(f"dataset {name!r}: problem ids in {spec.id_field!r} are not unique")
+    return out[:spec.n_problems] if spec.n_problems else out
 
 
-def _read_rows(name: str, spec: Mapping[str, Any]) -> list[dict]:
-    if "path" in spec:
-        path = Path(spec["path"])
+def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
+    if spec.path is not None:
+        path = Path(spec.path)
         if not path.is_file():
             raise DatasetError(f"dataset {name!r}: file {str(path)!r} does not exist")
         if path.suffix == ".jsonl":
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"dataset {name!r}: {path} is not UTF-8 text (byte {e.start}: "
+                                   f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
             rows = []
-            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            for lineno, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not JSON: {e}") from None
+                    if not isinstance(row, dict):
+                        raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not a JSON object")
+                    rows.append(row)
             return rows
         if path.suffix == ".parquet":
             import polars as pl
 
-            return pl.read_parquet(path).to_dicts()
+            try:
+                return pl.read_parquet(path).to_dicts()
+            except Exception as e:  # noqa: BLE001 - polars raises several types for a file that is not parquet
+                raise DatasetError(f"dataset {name!r}: {path} is not a readable parquet file: "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         raise DatasetError(f"dataset {name!r}: {path} must be .jsonl or .parquet")
-    if "hub" in spec:
-        import datasets
+    import datasets
 
-        try:
-            ds = datasets.load_dataset(spec["hub"], revision=spec["revision"], split=spec.get("split", "test"))
-        except Exception as e:  # noqa: BLE001 - offline, missing, or private: all mean "not here"
-            raise DatasetError(
-                f"dataset {name!r}: could not load hub dataset {spec['hub']!r} at revision {spec.get('revision')!r} "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it elsewhere and "
-                f"point `path:` at a .jsonl or .parquet copy"
-            ) from e
-        return [dict(r) for r in ds]
-    raise DatasetError(f"dataset {name!r}: spec names no source (toy, path or hub): {dict(spec)}")
+    try:
+        ds = datasets.load_dataset(spec.hub, revision=spec.revision, split=spec.split or "test")
+    except Exception as e:  # noqa: BLE001 - offline, missing, or private: all mean "not here"
+        raise DatasetError(
+            f"dataset {name!r}: could not load hub dataset {spec.hub!r} at revision {spec.revision!r} "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it elsewhere and "
+            f"point `path:` at a .jsonl or .parquet copy"
+        ) from e
+    return [dict(r) for r in ds]
 
 
-def format_prompt(tokenizer, question: str, spec: Mapping[str, Any]) -> list[int]:
-    """Prompt token ids for ``question``: chat template if the model has one, else the plain template."""
-    if "toy" in spec:  # the toy task's prompt is its own format; the toy tokenizer has no chat template
-        return tokenizer.encode(question, add_special_tokens=False)
-    use_chat = spec.get("chat_template", True) and getattr(tokenizer, "chat_template", None)
-    template = spec.get("template", DEFAULT_TEMPLATE)
-    content = template.format(question=question)
-    if use_chat:
+def prepare_dataset(name: str, spec: DatasetSpec, out: Path, *, toy_task=None):
+    """Load dataset ``name`` and write its problems to ``out`` (parquet): ``problem_id``,
+    ``question``, ``answer``, and for the toy task the operations its decision points come from."""
+    import polars as pl
+
+    from tokenshift.io import write_parquet_atomic
+
+    loaded = _load(name, spec, toy_task)
+    table = pl.DataFrame([{**dataclasses.asdict(p), **extra} for p, extra in loaded])
+    write_parquet_atomic(table, Path(out))
+    return table
+
+
+def read_problems(path: Path | str) -> list[Problem]:
+    """The problems ``prepare_dataset`` wrote."""
+    from tokenshift.io import read_parquet
+
+    table = read_parquet(path, "a problems table written by `tokenshift dataset`",
+                         columns=("problem_id", "question", "answer"))
+    return [Problem(*row) for row in table.select("problem_id", "question", "answer").iter_rows()]
+
+
+def format_prompt(tokenizer, question: str, prompt: PromptConfig) -> list[int]:
+    """Prompt token ids for ``question``: chat template if wanted and the model has one, else the plain template."""
+    content = prompt.template.format(question=question)
+    if prompt.chat_template and getattr(tokenizer, "chat_template", None):
         return list(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                                   tokenize=True, return_dict=False))
     return tokenizer.encode(content, add_special_tokens=False)
+
+
+def as_problems(problems) -> list[Problem]:
+    """A list of problems, or the problems of a parquet file ``prepare_dataset`` wrote."""
+    return read_problems(problems) if isinstance(problems, str | Path) else list(problems)

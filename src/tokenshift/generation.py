@@ -9,21 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from tokenshift.settings import SamplingConfig
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Sampling settings shared by rollouts, GRPO and cross-sampling."""
-
-    temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling mass; 1.0 keeps the whole distribution."""
-    max_new_tokens: int = 96
-    """Longest response, in tokens (EOS excluded)."""
+__all__ = ["Sample", "SamplingConfig", "pad_rows", "sample"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +27,22 @@ class Sample:
     """Per-sample values a decoder adds (cross-sampling: switched positions); become columns."""
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id rows into ``(input_ids, attention_mask)``."""
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token id rows into ``(input_ids, attention_mask)``.
+
+    ``left`` for decoding (every row's next token at the same column, a rectangular KV cache),
+    ``right`` for teacher forcing and training (positions are the same in every row).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side {side!r}: expected 'left' or 'right'")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if len(r):
-            ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            ids[i, cols] = torch.as_tensor(list(r), dtype=torch.long)
+            mask[i, cols] = 1
     return ids, mask
 
 
@@ -70,7 +69,7 @@ def sample(
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = prompts[start:start + batch_size]
-            ids, mask = left_pad(chunk, pad_id)
+            ids, mask = pad_rows(chunk, pad_id)
             torch.manual_seed(seed * 1_000_003 + b)
             greedy = sampling.temperature == 0
             gen = model.generate(

@@ -1,30 +1,96 @@
-"""Atomic writes: a file appears complete or not at all, so its existence means "done"."""
+"""Files: atomic writes (a file appears complete or not at all, so its existence means "done"),
+content hashes, and reading tables with errors that name the file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half."""
+class InputError(ValueError):
+    """Bad input from the user (a file, an argument): the CLI reports it in one line, exit status 2."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic(path: Path, write) -> None:
+    """Write ``path`` through a temporary file in its directory and a rename, so a reader never sees half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by the group
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by the group
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _atomic(path, write)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_yaml_atomic(path: Path, data: Any) -> None:
+    import yaml
+
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
 def write_parquet_atomic(df, path: Path) -> None:
     """Write a polars DataFrame to ``path`` through a temporary file and a rename."""
+    _atomic(path, df.write_parquet)
+
+
+def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
+    """A parquet table, or ``InputError`` naming ``path`` and what was expected there
+    (a missing file, one that is not parquet, or one without the ``columns`` needed)."""
+    import polars as pl
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_parquet(tmp)
-    os.replace(tmp, path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected {what})")
+    try:
+        table = pl.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - polars raises several types for a file that is not parquet
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: has no column {missing[0]!r} (expected {what}; columns: {table.columns})")
+    return table
+
+
+def read_json(path: Path | str, what: str) -> dict:
+    """A JSON object, or ``InputError`` naming ``path``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (expected {what})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON (expected {what}): {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object ({what})")
+    return data

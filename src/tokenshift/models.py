@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,7 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tokenshift.io import write_json_atomic
+from tokenshift.io import InputError, read_json, sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 ROUNDTRIP_TEXTS = (
     "Q:8+6+8-4=?A:8+6=14.14+8=22.22-4=18.\\boxed{18}",
@@ -48,14 +51,6 @@ class TokenizerMismatch(ValueError):
 
 def manifest_path(ckpt_dir: Path) -> Path:
     return ckpt_dir.with_name(ckpt_dir.name + ".json")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -88,10 +83,15 @@ def check_tokenizer_roundtrip(ckpt_dir: Path, tokenizer) -> None:
             raise TokenizerMismatch(f"{ckpt_dir}: tokenizer does not round-trip {text!r}: decoded {back!r}")
 
 
-def _load_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
+def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(ckpt: Path | str, trust_remote_code: bool = False):
+    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified)."""
+    return _auto_tokenizer(resolve_checkpoint(ckpt), trust_remote_code)
 
 
 def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
@@ -103,7 +103,7 @@ def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra:
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
     cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
-    tok = _load_tokenizer(ckpt_dir, trust)
+    tok = _auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     manifest = {
         "name": name,
@@ -115,6 +115,7 @@ def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra:
         "tokenizer_size": len(tok),
         "tokenizer_sha256": tokenizer_fingerprint(tok),
         "weights_sha256": {p.name: sha256_file(p) for p in weights},
+        "weights_stat": {p.name: _stat(p) for p in weights},
         "tokenizer_roundtrip": "ok",
     }
     if extra:
@@ -123,15 +124,79 @@ def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra:
     return manifest
 
 
+def _stat(path: Path) -> list[int]:
+    st = path.stat()  # a linked file's own: the source checkpoint's
+    return [st.st_size, st.st_mtime_ns]
+
+
+def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Fail if the weights at ``ckpt_dir`` are not those its manifest hashed.
+
+    A file whose size and modification time are as recorded is taken as unchanged (as git's
+    index does); any other is hashed again and must match. So a source checkpoint overwritten
+    after its manifest was written is refused before any model is loaded.
+    """
+    name = manifest.get("name", ckpt_dir.name)
+    recorded = manifest.get("weights_sha256", {})
+    present = sorted(p.name for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    if present != sorted(recorded):
+        raise ModelFetchError(f"model {name!r}: {ckpt_dir} holds weight files {present}, its manifest "
+                              f"{manifest_path(ckpt_dir)} lists {sorted(recorded)}; run the checkpoint stage again")
+    for fname, digest in recorded.items():
+        path = ckpt_dir / fname
+        if not path.exists():
+            raise ModelFetchError(f"model {name!r}: {path} is gone (a broken link to its source?); run the checkpoint "
+                                  "stage again")
+        if manifest.get("weights_stat", {}).get(fname) == _stat(path):
+            continue
+        log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
+        if sha256_file(path) != digest:
+            raise ModelFetchError(f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} "
+                                  "hashed (the source checkpoint was overwritten?); run the checkpoint stage again "
+                                  "(snakemake does so when the source files are newer) so that every result is "
+                                  "recomputed from the new weights")
+
+
+def resolve_checkpoint(path: Path | str) -> Path:
+    """The checkpoint directory of ``path`` (a checkpoint directory or its manifest ``<dir>.json``),
+    verified against the manifest when there is one."""
+    path = Path(path)
+    if path.suffix == ".json":
+        ckpt, manifest = path.with_suffix(""), path
+    else:
+        ckpt, manifest = path, manifest_path(path)
+    if not (ckpt / "config.json").is_file():
+        raise InputError(f"{path}: not a checkpoint (expected a Hugging Face checkpoint directory with config.json, "
+                         "or the manifest .json next to one)")
+    if manifest.is_file():
+        verify_checkpoint(ckpt, read_json(manifest, "a checkpoint manifest"))
+    elif path.suffix == ".json":
+        raise InputError(f"{path}: no such manifest")
+    return ckpt
+
+
+def checkpoint_identity(path: Path | str) -> str:
+    """What a checkpoint is, for keys of runs made with it: its manifest's sha256 (which holds the
+    weights' hashes), or its resolved path where it has no manifest."""
+    ckpt = resolve_checkpoint(path)
+    manifest = manifest_path(ckpt)
+    return sha256_file(manifest) if manifest.is_file() else str(ckpt.resolve())
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
 
 
-def _allowed(name: str, trust_remote_code: bool) -> bool:
-    patterns = HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
-    return any(fnmatch.fnmatch(name, pat) for pat in patterns)
+def _patterns(trust_remote_code: bool) -> list[str]:
+    return HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
+
+
+def linked_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
+    """The files of a local checkpoint that ``fetch_model`` links (configs, tokenizer, safetensors)."""
+    patterns = _patterns(trust_remote_code)
+    return sorted(f for f in Path(src).iterdir() if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns))
 
 
 def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
@@ -154,9 +219,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        for f in src.iterdir():
-            if f.is_file() and _allowed(f.name, trust):
-                (tmp / f.name).symlink_to(f.resolve())
+        for f in linked_files(src, trust):
+            (tmp / f.name).symlink_to(f.resolve())
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,9 +232,9 @@ def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
     """Download (or find in the Hugging Face cache) a hub snapshot at the pinned revision."""
     from huggingface_hub import snapshot_download
 
-    patterns = HUB_PATTERNS + (["*.py"] if spec.get("trust_remote_code") else [])
     try:
-        return Path(snapshot_download(repo_id=spec["hub"], revision=spec["revision"], allow_patterns=patterns))
+        return Path(snapshot_download(repo_id=spec["hub"], revision=spec["revision"],
+                                      allow_patterns=_patterns(bool(spec.get("trust_remote_code")))))
     except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelFetchError(
@@ -189,14 +253,34 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_causal_lm(path: Path, device: str = "auto"):
-    """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU."""
+def load_causal_lm(path: Path | str, device: str = "auto"):
+    """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU.
+
+    ``path`` is a checkpoint directory or its manifest (then the weights are verified first).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
+    ckpt = resolve_checkpoint(path)
     device = resolve_device(device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+
+
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+"""Config keys of architectures whose CausalLM forward reshapes the LM head's output (Gemma 2/3
+softcapping, Cohere and Granite scaling): their logits are not ``head(hidden)``."""
+
+
+def plain_lm_head(model) -> bool:
+    """Whether the model's logits are exactly its output embeddings applied to the final hidden state."""
+    cfg = model.config
+    return all(getattr(cfg, k, None) in (None, 1, 1.0) for k in LOGIT_TRANSFORMS)
+
+
+def transformer_body(model):
+    """The transformer without its LM head (``model.model`` for Qwen2/Llama-style models)."""
+    return getattr(model, model.base_model_prefix)
 
 
 def compare_tokenizers(base, rl) -> int:
@@ -221,12 +305,14 @@ def compare_tokenizers(base, rl) -> int:
 
 
 def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
-    return compare_tokenizers(_load_tokenizer(Path(base_dir)), _load_tokenizer(Path(rl_dir)))
+    """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
+    return compare_tokenizers(_auto_tokenizer(Path(base_dir)), _auto_tokenizer(Path(rl_dir)))
 
 
-def check_pair(pair: str, base_dir: Path, rl_dir: Path, out: Path) -> dict:
-    """Compare a pair's checkpoints and write ``out`` (the pair manifest) with the shared vocab size."""
-    base_dir, rl_dir = Path(base_dir), Path(rl_dir)
+def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
+    """Compare a pair's checkpoints (directories or manifests) and write ``out``, the pair manifest
+    with the shared vocabulary size."""
+    base_dir, rl_dir = resolve_checkpoint(base), resolve_checkpoint(rl)
     mb = json.loads(manifest_path(base_dir).read_text())
     mr = json.loads(manifest_path(rl_dir).read_text())
     try:

@@ -138,14 +138,42 @@ def render_html(results: Sequence[PairResult], summaries: Sequence[Mapping], *, 
 def write_report(results: Sequence[PairResult], *, overview_figures: Mapping[str, Path], config_text: str,
                  html_out: Path, json_out: Path) -> dict:
     """Write ``summary.json`` and ``report.html``; return the summary."""
-    from tokenshift.io import write_json_atomic
+    from tokenshift.io import write_json_atomic, write_text_atomic
 
     summaries = [summarize(r) for r in results]
     summary = {"tokenshift_version": __version__, "results": summaries}
     write_json_atomic(Path(json_out), json.loads(json.dumps(summary, default=float)))
     page = render_html(results, summaries, overview_figures=overview_figures, config_text=config_text)
-    tmp = Path(html_out).with_name(f".{Path(html_out).name}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(page)
-    tmp.replace(html_out)
+    write_text_atomic(Path(html_out), page)
     return summary
+
+
+def load_result(results: Path, kind: str = "rlvr") -> PairResult:
+    """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
+    from tokenshift.io import read_parquet
+    from tokenshift.registry import PAIR_FIGURES
+
+    results = Path(results)
+    accuracy = read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", ("pair", "dataset"))
+    cross = results / "crosssample.parquet"
+    return PairResult(
+        pair=accuracy["pair"][0], dataset=accuracy["dataset"][0], kind=kind, accuracy=accuracy,
+        divergence={n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
+                    for n in ("sparsity", "position", "reallocation")},
+        crosssample=read_parquet(cross, "a cross-sampling table") if cross.is_file() else None,
+        figures={n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES
+                 if (results / "figures" / f"{n}.png").is_file()})
+
+
+def build_report(results: Sequence[Path], *, html_out: Path, json_out: Path, kinds: Mapping[str, str] | None = None,
+                 overview: Sequence[Path] = (), config: Path | None = None) -> dict:
+    """``report.html`` and ``summary.json`` for the pairs and datasets under ``results`` (one directory
+    each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted)."""
+    kinds = dict(kinds or {})
+    loaded = []
+    for r in results:
+        result = load_result(r)
+        result.kind = kinds.get(result.pair, "rlvr")
+        loaded.append(result)
+    return write_report(loaded, overview_figures={Path(p).stem: Path(p) for p in overview},
+                        config_text=Path(config).read_text() if config else "", html_out=html_out, json_out=json_out)

@@ -25,38 +25,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
+from tokenshift.generation import pad_rows
+from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
+from tokenshift.settings import ScoringConfig
 
 log = logging.getLogger(__name__)
 STAT_COLUMNS = ("js", "kl_base_rl", "kl_rl_base", "entropy_base", "entropy_rl", "topk_overlap",
                 "rl_top1_rank_in_base", "base_top1_rank_in_rl", "p_base_of_rl_top1", "p_rl_of_rl_top1")
-
-
-CHUNK_BUFFERS = 12
-"""fp32 ``[chunk, vocab]`` buffers one chunk needs at most (both logits and token_stats's temporaries)."""
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    chunk_size: int | None = None
-    """Positions projected through the LM head at once; None sizes chunks by ``chunk_memory_mb``."""
-    chunk_memory_mb: int = 512
-    """Memory budget of one chunk's logits and statistics (used when ``chunk_size`` is None)."""
-    compile: bool = True
-    """Fuse the statistics with ``torch.compile`` when the models are on a GPU (CPU stays eager)."""
-    max_batch_tokens: int = 16384
-    """Padded tokens per forward pass; sequences are packed by length under this bound."""
-    top_k: int = 5
-    """k of ``topk_overlap``."""
-
-    def chunk_for(self, vocab_size: int) -> int:
-        if self.chunk_size:
-            return self.chunk_size
-        return max(16, min(8192, self.chunk_memory_mb * 2**20 // (CHUNK_BUFFERS * 4 * vocab_size)))
 
 
 @dataclass
@@ -66,22 +48,6 @@ class ScoreResult:
     columns: dict[str, np.ndarray]
     skipped: dict[str, list[int]] = field(default_factory=dict)
     """Reason -> indices of input rows not scored."""
-
-
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-"""Config keys of architectures whose CausalLM forward reshapes the LM head's output (Gemma 2/3
-softcapping, Cohere and Granite scaling): their logits are not ``head(hidden)``."""
-
-
-def plain_lm_head(model: torch.nn.Module) -> bool:
-    """Whether the model's logits are exactly its output embeddings applied to the final hidden state."""
-    cfg = model.config
-    return all(getattr(cfg, k, None) in (None, 1, 1.0) for k in LOGIT_TRANSFORMS)
-
-
-def transformer_body(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer without its LM head (``model.model`` for Qwen2/Llama-style models)."""
-    return getattr(model, model.base_model_prefix)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -150,16 +116,12 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
     for batch in pack_by_length(lengths, cfg.max_batch_tokens):
         idx = [keep[b] for b in batch]
         width = max(lengths[b] for b in batch)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(idx), width), dtype=torch.long)
+        ids, attn = pad_rows([list(rows[i][0]) + list(rows[i][1]) for i in idx], pad_id, side="right")
         select = torch.zeros((len(idx), width), dtype=torch.bool)  # positions that predict a response token
         targets, row_of, pos_of, norm_of = [], [], [], []
         for j, i in enumerate(idx):
             p, r = list(rows[i][0]), list(rows[i][1])
-            n = len(p) + len(r)
-            ids[j, :n] = torch.as_tensor(p + r)
-            attn[j, :n] = 1
-            select[j, len(p) - 1:n - 1] = True
+            select[j, len(p) - 1:len(p) + len(r) - 1] = True
             targets += r
             row_of += [i] * len(r)
             pos_of += list(range(len(r)))
@@ -190,3 +152,39 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
         out["token_id"].append(np.asarray(targets, dtype=np.int32))
     columns = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
     return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
+
+
+def run_scoring(base: Path, rl: Path, pair: Path, rollouts: Path, source: str, out: Path, *,
+                cfg: ScoringConfig = ScoringConfig()):
+    """Score the responses of the rollout table ``rollouts`` with both models of a pair; write ``out``.
+
+    ``base`` and ``rl`` are checkpoints (directories or manifests), ``pair`` the pair manifest
+    (its shared vocabulary size). One row per response token: the rollout's ``problem_id``,
+    ``sample_index`` and ``correct``, ``source`` (the role, base or rl, whose rollouts these are),
+    and the columns of ``score_rows``.
+    """
+    import polars as pl
+
+    from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
+    from tokenshift.models import load_causal_lm
+
+    torch.set_num_threads(cfg.threads)
+    vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
+    if not isinstance(vocab, int):
+        raise InputError(f"{pair}: no shared_vocab_size (expected a pair manifest written by `tokenshift models "
+                         "check-pair`)")
+    table = read_parquet(rollouts, "a rollout table (tokenshift rollout)",
+                         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"))
+    models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
+    pad = models["base"].config.pad_token_id or 0
+    rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
+    res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg)
+    cols = res.columns
+    meta = table.select("problem_id", "sample_index", "correct")[cols["row"].tolist()]
+    scores = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
+    scores = scores.with_columns(pl.lit(source).alias("source")).sort("problem_id", "sample_index", "position")
+    write_parquet_atomic(scores, Path(out))
+    skipped = {k: len(v) for k, v in res.skipped.items()}
+    log.info("scored %d tokens of %d responses; skipped: %s", scores.height, len(rows) - sum(skipped.values()),
+             skipped or "none")
+    return scores

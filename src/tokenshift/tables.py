@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from math import comb
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import polars as pl
 
+from tokenshift.io import InputError, read_parquet, write_parquet_atomic
+from tokenshift.settings import AccuracyConfig
 from tokenshift.stats import mean_ci
 
 
@@ -219,7 +224,8 @@ def crosssample_table(runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str]
 def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None = None) -> pl.DataFrame:
     """One cross-sampled response, a row per token, for figure 6: the one people put on slides.
 
-    Picks a correct response of ``run`` with at least one switched token, preferring those whose
+    Picks a correct response of ``run`` with at least one switched token (no rows when there is
+    none, e.g. for two copies of one model), preferring those whose
     ``baseline`` counterpart (the same problem and sample index at budget 0, which shares the
     sampling noise) was wrong, so the switches are what made it right; then the fewest switches,
     then the shortest. Columns: ``position``, ``token`` (its text), ``js``, ``switched``, and the
@@ -232,8 +238,11 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
         cand = cand.join(base, on=["problem_id", "sample_index"], how="left")
     else:
         cand = cand.with_columns(pl.lit(None, dtype=pl.Boolean).alias("baseline_correct"))
-    if cand.height == 0:
-        raise ValueError("no correct cross-sampled response with a switched token to show")
+    if cand.height == 0:  # a legitimate result (e.g. two copies of one model): the figure says so
+        return pl.DataFrame(schema={"position": pl.Int64, "token": pl.Utf8, "js": pl.Float64, "switched": pl.Boolean,
+                                    "problem_id": pl.Utf8, "sample_index": pl.Int64, "question": pl.Utf8,
+                                    "gold": pl.Utf8, "direction": pl.Utf8, "budget": pl.Utf8,
+                                    "baseline_correct": pl.Boolean})
     row = cand.sort(pl.col("baseline_correct").fill_null(True), "n_switched", "n_response_tokens",
                     "problem_id", "sample_index").row(0, named=True)
     ids = row["response_ids"]
@@ -248,3 +257,62 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
         pl.lit(tokenizer.decode(row["prompt_ids"], skip_special_tokens=True)).alias("question"),
         pl.lit(row["gold"]).alias("gold"), pl.lit(row["direction"]).alias("direction"),
         pl.lit(row["budget"]).alias("budget"), pl.lit(row["baseline_correct"], dtype=pl.Boolean).alias("baseline_correct"))
+
+
+# --- the table stages: read the per-sample or per-token files, write one table --------------
+
+ROLLOUT_COLUMNS = ("problem_id", "correct", "dataset_version")
+SCORE_COLUMNS = ("problem_id", "sample_index", "position", "norm_position", "token_id", "js", "entropy_base",
+                 "rl_top1_rank_in_base", "p_base_of_rl_top1", "p_rl_of_rl_top1", "topk_overlap")
+CROSS_COLUMNS = ("problem_id", "sample_index", "correct", "direction", "policy", "budget", "threshold", "n_switched",
+                 "switched_js", "n_response_tokens", "finish_reason")
+
+
+def write_accuracy(rollouts: Mapping[str, Path], out: Path, *, pair: str | None = None, dataset: str | None = None,
+                   cfg: AccuracyConfig = AccuracyConfig()) -> pl.DataFrame:
+    """The accuracy table of a pair's rollout files (role -> path), written to ``out``."""
+    tables = {role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS)
+              for role, path in rollouts.items()}
+    labels = {k: v for k, v in (("pair", pair), ("dataset", dataset)) if v}
+    try:
+        table = accuracy_table(tables, ks=cfg.pass_k, labels=labels)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    write_parquet_atomic(table, Path(out))
+    return table
+
+
+def write_divergence(scores: Mapping[str, Path], out_dir: Path, *, pair: str, dataset: str,
+                     problems: Path | None = None, tokenizer: Path | None = None) -> dict[str, pl.DataFrame]:
+    """Every divergence table of a pair's scored rollouts (source -> path), written under ``out_dir``.
+
+    With the problems of a toy dataset (which keep each problem's operations) and the pair's
+    tokenizer, also ``decision_points``: how well high-JS positions find the recorded decision points.
+    """
+    frames = {src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS)
+              for src, path in scores.items()}
+    labels = {"pair": pair, "dataset": dataset}
+    tables = divergence_tables(frames, labels)
+    toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
+    if toy is not None and "toy_ops" in toy.columns:
+        from tokenshift.models import load_tokenizer
+        from tokenshift.toy.check import decision_points_from_scores
+
+        tok = load_tokenizer(tokenizer)
+        parts = [decision_points_from_scores(s, tok, toy).with_columns(
+            *[pl.lit(v).alias(k) for k, v in {**labels, "source": src}.items()]) for src, s in frames.items()]
+        tables["decision_points"] = pl.concat([p for p in parts if p.width > 3], how="diagonal")
+    for name, table in tables.items():
+        write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")
+    return tables
+
+
+def write_crosssample_table(runs: Sequence[Path], out: Path, *, pair: str, dataset: str) -> pl.DataFrame:
+    """The cross-sampling table of one pair and dataset's runs, written to ``out``."""
+    frames = [read_parquet(p, "a cross-sampling run (tokenshift crosssample)", CROSS_COLUMNS) for p in runs]
+    try:
+        table = crosssample_table(frames, labels={"pair": pair, "dataset": dataset})
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    write_parquet_atomic(table, Path(out))
+    return table

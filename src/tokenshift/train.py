@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tokenshift.generation import SamplingConfig, sample
+from tokenshift.generation import SamplingConfig, pad_rows, sample
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,12 @@ def collate(examples: Sequence[Example], pad_id: int, eos_id: int | None) -> tup
     ``response_mask[i, t]`` is 1 where token ``t`` of row ``i`` is a response token (or its
     EOS), i.e. where the model's prediction from position ``t - 1`` is trained or scored.
     """
-    rows = []
-    for ex in examples:
-        tail = ex.response_ids + ([eos_id] if eos_id is not None else [])
-        rows.append((ex.prompt_ids, tail))
-    width = max(len(p) + len(r) for p, r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    resp = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, r) in enumerate(rows):
-        n = len(p) + len(r)
-        ids[i, :n] = torch.as_tensor(p + r, dtype=torch.long)
-        attn[i, :n] = 1
-        resp[i, len(p):n] = True
+    tail = [eos_id] if eos_id is not None else []
+    rows = [ex.prompt_ids + ex.response_ids + tail for ex in examples]
+    ids, attn = pad_rows(rows, pad_id, side="right")
+    resp = torch.zeros(ids.shape, dtype=torch.bool)
+    for i, ex in enumerate(examples):
+        resp[i, len(ex.prompt_ids):len(rows[i])] = True
     return ids, attn, resp
 
 

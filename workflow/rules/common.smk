@@ -1,65 +1,89 @@
 # Input functions, wildcard constraints and the target list: the one place that decides what
-# `all` means. Config is validated here, before any job runs.
-import json
-import math
-import os
-import re
-import shlex
+# `all` means. Config is validated here, before any job runs. Settings reach a job only as
+# params built from the config (recorded by Snakemake, so a changed setting re-runs its jobs),
+# and files only as inputs; the flags of a stage's settings come from its dataclass.
+import dataclasses
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from tokenshift.config import check_config, dataset_sampling, model_source, validate_schema
-
+from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
+from tokenshift.io import write_yaml_atomic
+from tokenshift.models import linked_files
+from tokenshift.options import section_values, shell_args
+from tokenshift.registry import DIRECTIONS, DIVERGENCE_TABLES, GENERATOR, PAIR_FIGURES, POLICIES, ROLES, alternatives
+from tokenshift.settings import (
+    AccuracyConfig,
+    CrossSampleConfig,
+    CrossSampleGrid,
+    DatasetSpec,
+    PromptConfig,
+    RolloutConfig,
+    SamplingConfig,
+    ScoringConfig,
+)
+from tokenshift.toy.config import ToyBuildConfig
+from tokenshift.toy.task import ToyTaskConfig
 
 # one line naming the key; Snakemake's validate() then fills defaults
 validate_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")
 check_config(config)  # relative paths resolve against the working directory, as rule paths do
+for message in config_warnings(config):
+    logger.warning(message)
 
 MODELS = config["models"]
 PAIRS = {p["name"]: p for p in config["pairs"]}
+DATASETS = config["datasets"]
 TOY_BASE = [m for m, s in MODELS.items() if s.get("toy") == "base"]
 TOY_RL = [m for m, s in MODELS.items() if s.get("toy") == "rl"]
 FETCHED = [m for m, s in MODELS.items() if model_source(s) in ("path", "hub")]
-DATASETS = config["datasets"]
-PAIR_DATASETS = [(p, d) for p, spec in PAIRS.items() for d in spec.get("datasets", [])]
+TOY_DATASETS = [d for d, s in DATASETS.items() if "toy" in s]
+PAIR_DATASETS = [(p, d) for p, spec in PAIRS.items() for d in spec["datasets"]]
 TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy" in MODELS[d["rl"]]]
-
-
-def _alternatives(names):
-    # a pattern that matches nothing when the list is empty, so the rule never applies
-    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+GRID = CrossSampleGrid.from_config(config["crosssample"])
 
 
 wildcard_constraints:
-    pair=_alternatives(PAIRS),
-    model=_alternatives(MODELS),
-    dataset=_alternatives(DATASETS),
-    role="base|rl",
-    source="base|rl",
-    direction="forward|reverse",
-    policy="js|entropy|argmax|random",
+    pair=alternatives(PAIRS),
+    model=alternatives(MODELS),
+    dataset=alternatives(DATASETS),
+    role=alternatives(ROLES),
+    source=alternatives(ROLES),
+    direction=alternatives(DIRECTIONS),
+    policy=alternatives(POLICIES),
     budget=r"\d+|all",
+
+
+# --- paths ---------------------------------------------------------------------------------
 
 
 def model_manifest(name):
     return f"resources/models/{name}.json"
 
 
-def toy_settings_json():
-    return shlex.quote(json.dumps(config.get("toy", {}), sort_keys=True))
+def results_dir(pair, dataset):
+    return f"results/{pair}/{dataset}"
 
 
-def fetch_args(wildcards):
+def crosssample_run(pair, dataset, direction, policy, budget):
+    return f"{results_dir(pair, dataset)}/crosssample/{direction}/{policy}/budget-{budget}.parquet"
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def model_source_files(wildcards):
+    """A local checkpoint's files: overwriting them re-runs the fetch, and all that follows."""
     spec = MODELS[wildcards.model]
-    if "path" in spec:
-        args = ["--path", str(Path(spec["path"]).resolve())]
-    else:
-        args = ["--hub", spec["hub"], "--revision", spec["revision"]]
-    if spec.get("trust_remote_code"):
-        args.append("--trust-remote-code")
-    return " ".join(shlex.quote(a) for a in args)
+    if "path" not in spec:
+        return []
+    return [str(f) for f in linked_files(Path(spec["path"]), spec.get("trust_remote_code", False))]
+
+
+def dataset_source_files(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    return [spec["path"]] if "path" in spec else []
 
 
 def toy_rl_init(wildcards):
@@ -68,85 +92,118 @@ def toy_rl_init(wildcards):
 
 def pair_models(wildcards):
     pair = PAIRS[wildcards.pair]
-    return {"base": model_manifest(pair["base"]), "rl": model_manifest(pair["rl"])}
+    return {role: model_manifest(pair[role]) for role in ROLES}
 
 
-def role_manifest(wildcards):
+def role_model(wildcards):
     return model_manifest(PAIRS[wildcards.pair][wildcards.role])
 
 
-def sampling_args(wildcards):
-    s = dataset_sampling(config, wildcards.dataset)
-    return (f"--n {s['n']} --temperature {s['temperature']} --top-p {s['top_p']} "
-            f"--max-new-tokens {s['max_new_tokens']} --seed {s['seed']}")
-
-
-def rollout_args(wildcards):
-    r = config["rollout"]
-    return f"--backend {r['backend']} --batch-size {r['batch_size']} --problems-per-shard {r['problems_per_shard']}"
-
-
-CROSS = config["crosssample"]
-
-
-def crosssample_budgets(dataset):
-    """Budget labels of a dataset's targets: fractions become tokens of its max_new_tokens."""
-    max_new = dataset_sampling(config, dataset)["max_new_tokens"]
-    labels = []
-    for b in CROSS["budgets"]:
-        label = b if b == "all" else str(b if isinstance(b, int) else math.ceil(b * max_new))
-        if label not in labels:
-            labels.append(label)
-    return labels
-
-
-def crosssample_runs(wildcards):
-    # budget 0 is the same run under every policy (tested): run it for the first policy only
-    return [f"results/{wildcards.pair}/{wildcards.dataset}/crosssample/{d}/{p}/budget-{b}.parquet"
-            for d in CROSS["directions"] for i, p in enumerate(CROSS["policies"])
-            for b in crosssample_budgets(wildcards.dataset) if b != "0" or i == 0]
-
-
-def _threshold_spec(policy):
-    # the schema fills every policy's default threshold; argmax has none
-    return {} if policy == "argmax" else CROSS["thresholds"][policy]
+def pair_model(role):
+    return lambda wildcards: model_manifest(PAIRS[wildcards.pair][role])
 
 
 def crosssample_scores(wildcards):
-    """A percentile of js or entropy is read off the generating model's own scored rollouts."""
-    if wildcards.policy in ("js", "entropy") and "percentile" in _threshold_spec(wildcards.policy):
-        source = "base" if wildcards.direction == "forward" else "rl"
-        return f"results/{wildcards.pair}/{wildcards.dataset}/scores/{source}.parquet"
-    return []
+    """A percentile of a scored statistic is read off the generating model's own scored rollouts."""
+    if not POLICIES[wildcards.policy].needs_scores(GRID.threshold_spec(wildcards.policy)):
+        return []
+    return f"{results_dir(wildcards.pair, wildcards.dataset)}/scores/{GENERATOR[wildcards.direction]}.parquet"
 
 
-def crosssample_threshold_args(wildcards, input):
-    spec = _threshold_spec(wildcards.policy)
-    if "threshold" in spec:
-        return f"--threshold {spec['threshold']}"
-    if "percentile" in spec:
-        scores = f" --scores {input.scores}" if input.scores else ""
-        return f"--percentile {spec['percentile']}{scores}"
-    return ""
+def crosssample_runs(wildcards):
+    max_new = dataset_sampling(config, wildcards.dataset)["max_new_tokens"]
+    return [crosssample_run(wildcards.pair, wildcards.dataset, *run) for run in GRID.runs(max_new)]
 
 
-def crosssample_run_args(wildcards):
-    c = CROSS
-    return (f"--n-problems {c['n_problems']} --batch-size {c['batch_size']} "
-            f"--problems-per-shard {c['problems_per_shard']} --device-base {c['device_base']} --device-rl {c['device_rl']}")
+def example_inputs(wildcards):
+    """Figure 6's forward run, its budget-0 twin (same noise) and the tokenizer to decode it."""
+    runs = GRID.example_runs(dataset_sampling(config, wildcards.dataset)["max_new_tokens"])
+    if runs is None:
+        return {}
+    run, baseline = (crosssample_run(wildcards.pair, wildcards.dataset, *r) for r in runs)
+    return {"example_run": run, "example_baseline": baseline, "tokenizer": pair_model("base")(wildcards)}
 
 
-def crosssample_gpus(wildcards):
-    # `auto` takes a GPU where the job lands on one, as the hf rollout backend does, but asks for none
-    return int(any(CROSS[k].startswith("cuda") for k in ("device_base", "device_rl")))
+def figure_inputs(wildcards):
+    base = results_dir(wildcards.pair, wildcards.dataset)
+    inputs = {n: f"{base}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES}
+    inputs.update(accuracy=f"{base}/accuracy.parquet", crosssample=f"{base}/crosssample.parquet")
+    return {**inputs, **example_inputs(wildcards)}
+
+
+# --- params: settings as the flags of their dataclass --------------------------------------
+
+
+def settings_of(cls):
+    """The flags of a whole config section (``cls.section``)."""
+    return lambda wildcards: shell_args(cls, section_values(cls, config))
+
+
+def fetch_args(wildcards):
+    spec = MODELS[wildcards.model]
+    source = {"path": str(Path(spec["path"]).resolve())} if "path" in spec else {"hub": spec["hub"]}
+    args = " ".join(f"--{k} {v}" for k, v in source.items())
+    if "revision" in spec:
+        args += f" --revision {spec['revision']}"
+    return args + (" --trust-remote-code" if spec.get("trust_remote_code") else "")
+
+
+def dataset_args(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    fields = {f.name for f in dataclasses.fields(DatasetSpec)}
+    args = shell_args(DatasetSpec, {k: v for k, v in spec.items() if k in fields})
+    if "toy" in spec:  # the toy eval problems are drawn as the toy pair's task
+        task = ToyBuildConfig.from_mapping(config["toy"]).task
+        args = f"{args} {shell_args(ToyTaskConfig, dataclasses.asdict(task))}"
+    return args
+
+
+def sampling_args(wildcards):
+    return shell_args(SamplingConfig, dataset_sampling(config, wildcards.dataset))
+
+
+def prompt_args(wildcards):
+    return shell_args(PromptConfig, dataclasses.asdict(PromptConfig.for_dataset(DATASETS[wildcards.dataset])))
+
+
+def threshold_args(wildcards):
+    """``--threshold t`` or ``--percentile q`` (none for a policy whose threshold is fixed)."""
+    return " ".join(f"--{k} {v}" for k, v in GRID.threshold_spec(wildcards.policy).items())
+
+
+def toy_check_args(wildcards):
+    # the toy task's eval problems: as many as the toy dataset has, if the study has one
+    n = next((DATASETS[d].get("n_problems", 500) for d in TOY_DATASETS), 500)
+    s = config["sampling"]
+    return f"--n-problems {n} --samples {s['n']} --seed {s['seed']}"
+
+
+def kind_args(wildcards):
+    return " ".join(f"--kind {p}={spec['kind']}" for p, spec in PAIRS.items())
+
+
+def example_args(wildcards, input):
+    if "example_run" not in input.keys():
+        return ""
+    return (
+        f"--example-run {input.example_run} --example-baseline {input.example_baseline} --tokenizer {input.tokenizer}"
+    )
+
+
+def gpus(section):
+    """Devices named ``cuda...`` ask for a GPU; ``auto`` takes one where the job lands on one, but asks for none."""
+    return int(any(config[section][k].startswith("cuda") for k in ("device_base", "device_rl")))
+
+
+# --- targets -------------------------------------------------------------------------------
 
 
 def get_final_output():
     targets = [model_manifest(m) for m in MODELS]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
-    targets += [f"results/{p}/{d}/accuracy.parquet" for p, d in PAIR_DATASETS]
-    targets += [f"results/{p}/{d}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS]
-    targets += [f"results/{p}/{d}/crosssample.parquet" for p, d in PAIR_DATASETS]
+    for p, d in PAIR_DATASETS:
+        base = results_dir(p, d)
+        targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet", f"{base}/crosssample.parquet"]
     targets += ["results/report.html", "results/summary.json"] if PAIR_DATASETS else []
     return targets

@@ -2,32 +2,32 @@
 # by side (and, on the toy task, checked against the recorded decision points).
 
 
-def divergence_outputs(wildcards=None):
-    names = ["sparsity", "position", "entropy", "reallocation"]
-    return {n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in names}
-
-
-def toy_args(wildcards):
-    spec = DATASETS[wildcards.dataset]
-    if "toy" not in spec:
-        return ""
-    tok = model_manifest(PAIRS[wildcards.pair]["base"])[: -len(".json")]
-    return f"--toy-n-problems {spec.get('n_problems', 500)} --tokenizer {tok} --settings {toy_settings_json()}"
-
-
 rule divergence:
     input:
         base="results/{pair}/{dataset}/scores/base.parquet",
         rl="results/{pair}/{dataset}/scores/rl.parquet",
+        problems="resources/datasets/{dataset}.parquet",
+        tokenizer=pair_model("base"),
     output:
-        **divergence_outputs(),
-    params:
-        out=lambda wc, output: os.path.dirname(output.sparsity),
-        toy=toy_args,
-    conda:
-        "../../envs/cpu.yaml"
+        **{n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES},
     log:
         "logs/divergence/{pair}/{dataset}.log",
+    wildcard_constraints:
+        dataset=alternatives([d for d in DATASETS if d not in TOY_DATASETS]),
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        out=lambda wildcards, output: Path(output.sparsity).parent,
     shell:
-        "tokenshift divergence --scores-base {input.base} --scores-rl {input.rl} --pair {wildcards.pair} "
-        "--dataset {wildcards.dataset} {params.toy} --out-dir {params.out} 2>&1 | tee {log}"
+        "tokenshift divergence --scores-base {input.base} --scores-rl {input.rl} --problems {input.problems} "
+        "--tokenizer {input.tokenizer} --pair {wildcards.pair} --dataset {wildcards.dataset} --out-dir {params.out} "
+        "> {log} 2>&1"
+
+
+# on the toy task the same command also writes the decision-point table
+use rule divergence as divergence_toy with:
+    output:
+        **{n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES},
+        decision_points="results/{pair}/{dataset}/divergence/decision_points.parquet",
+    wildcard_constraints:
+        dataset=alternatives(TOY_DATASETS),

@@ -1,23 +1,25 @@
 # Checkpoint stage: every model becomes resources/models/<name>/ plus a manifest written last
-# (resources/models/<name>.json); each pair's tokenizers are compared (resources/pairs/<pair>.json).
-# The toy pair is built here on CPU: its progress bars go to the terminal and to the log.
+# (resources/models/<name>.json, with the weights' sha256); each pair's tokenizers are compared
+# (resources/pairs/<pair>.json). The toy pair is built here on CPU.
 
 
 rule fetch_model:
+    input:
+        model_source_files,
     output:
         ckpt=directory("resources/models/{model}"),
         manifest="resources/models/{model}.json",
-    wildcard_constraints:
-        model=_alternatives(FETCHED),
-    params:
-        source=fetch_args,
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/models/{model}.log",
+    wildcard_constraints:
+        model=alternatives(FETCHED),
+    conda:
+        "../../envs/cpu.yaml"
     resources:
         mem_mb=16000,
         runtime=120,
+    params:
+        source=fetch_args,
     shell:
         "tokenshift models fetch {wildcards.model} {params.source} --out {output.ckpt} > {log} 2>&1"
 
@@ -26,22 +28,22 @@ rule toy_base:
     output:
         ckpt=directory("resources/models/{model}"),
         manifest="resources/models/{model}.json",
-    wildcard_constraints:
-        model=_alternatives(TOY_BASE),
-    params:
-        settings=toy_settings_json(),
-    threads: config["toy"]["threads"]
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/models/{model}.log",
     benchmark:
         "logs/benchmarks/models/{model}.tsv"
+    wildcard_constraints:
+        model=alternatives(TOY_BASE),
+    conda:
+        "../../envs/cpu.yaml"
+    threads: config["toy"]["threads"]
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=settings_of(ToyBuildConfig),
     shell:
-        "tokenshift models toy-base {wildcards.model} --settings {params.settings} --out {output.ckpt} 2>&1 | tee {log}"
+        "tokenshift models toy-base {wildcards.model} {params.settings} --out {output.ckpt} > {log} 2>&1"
 
 
 rule toy_rl:
@@ -50,23 +52,23 @@ rule toy_rl:
     output:
         ckpt=directory("resources/models/{model}"),
         manifest="resources/models/{model}.json",
-    wildcard_constraints:
-        model=_alternatives(TOY_RL),
-    params:
-        settings=toy_settings_json(),
-        init_dir=lambda wc, input: input.init[: -len(".json")],
-    threads: config["toy"]["threads"]
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/models/{model}.log",
     benchmark:
         "logs/benchmarks/models/{model}.tsv"
+    wildcard_constraints:
+        model=alternatives(TOY_RL),
+    conda:
+        "../../envs/cpu.yaml"
+    threads: config["toy"]["threads"]
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        settings=settings_of(ToyBuildConfig),
     shell:
-        "tokenshift models toy-rl {wildcards.model} --init {params.init_dir} --settings {params.settings} --out {output.ckpt} 2>&1 | tee {log}"
+        "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
+        "> {log} 2>&1"
 
 
 rule check_pair:
@@ -74,15 +76,12 @@ rule check_pair:
         unpack(pair_models),
     output:
         "resources/pairs/{pair}.json",
-    params:
-        base=lambda wc, input: input.base[: -len(".json")],
-        rl=lambda wc, input: input.rl[: -len(".json")],
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/pairs/{pair}.log",
+    conda:
+        "../../envs/cpu.yaml"
     shell:
-        "tokenshift models check-pair {wildcards.pair} --base {params.base} --rl {params.rl} --out {output} > {log} 2>&1"
+        "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} --out {output} > {log} 2>&1"
 
 
 rule toy_check:
@@ -91,22 +90,15 @@ rule toy_check:
     output:
         decision_points="results/{pair}/toy_check/decision_points.parquet",
         accuracy="results/{pair}/toy_check/accuracy.parquet",
-    wildcard_constraints:
-        pair=_alternatives(TOY_PAIRS),
-    params:
-        base=lambda wc, input: input.base[: -len(".json")],
-        rl=lambda wc, input: input.rl[: -len(".json")],
-        settings=toy_settings_json(),
-        n_problems=config["datasets"].get("toy", {}).get("n_problems", 500),
-        samples=config["sampling"]["n"],
-        seed=config["sampling"]["seed"],
-        out=lambda wc, output: os.path.dirname(output.accuracy),
-    threads: config["toy"]["threads"]
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/toy_check/{pair}.log",
+    wildcard_constraints:
+        pair=alternatives(TOY_PAIRS),
+    conda:
+        "../../envs/cpu.yaml"
+    threads: config["toy"]["threads"]
+    params:
+        check=toy_check_args,
+        out=lambda wildcards, output: Path(output.accuracy).parent,
     shell:
-        "tokenshift toy-check --base {params.base} --rl {params.rl} --settings {params.settings} "
-        "--n-problems {params.n_problems} --samples {params.samples} --seed {params.seed} "
-        "--out {params.out} 2>&1 | tee {log}"
+        "tokenshift toy-check --base {input.base} --rl {input.rl} {params.check} --out {params.out} > {log} 2>&1"

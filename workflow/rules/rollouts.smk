@@ -4,30 +4,28 @@
 
 rule rollout:
     input:
-        manifest=role_manifest,
+        model=role_model,
+        dataset="resources/datasets/{dataset}.parquet",
     output:
         "results/{pair}/{dataset}/rollouts/{role}.parquet",
-    params:
-        model=lambda wc, input: input.manifest[: -len(".json")],
-        spec=lambda wc: shlex.quote(json.dumps(DATASETS[wc.dataset])),
-        sampling=sampling_args,
-        rollout=rollout_args,
-        toy=toy_settings_json(),
-    threads: config["rollout"]["threads"]
-    conda:
-        "../../envs/gpu.yaml"
     log:
         "logs/rollouts/{pair}/{dataset}/{role}.log",
     benchmark:
         "logs/benchmarks/rollouts/{pair}/{dataset}/{role}.tsv"
+    conda:
+        "../../envs/gpu.yaml"
+    threads: config["rollout"]["threads"]
     resources:
         gpu=1 if config["rollout"]["backend"] == "vllm" else 0,
         mem_mb=16000,
         runtime=240,
+    params:
+        sampling=sampling_args,
+        prompt=prompt_args,
+        rollout=settings_of(RolloutConfig),
     shell:
-        "tokenshift rollout --model {params.model} --dataset {wildcards.dataset} --dataset-spec {params.spec} "
-        "{params.sampling} {params.rollout} --threads {threads} --toy-settings {params.toy} "
-        "--out {output} 2>&1 | tee {log}"
+        "tokenshift rollout --model {input.model} --dataset {input.dataset} {params.sampling} {params.prompt} "
+        "{params.rollout} --out {output} > {log} 2>&1"
 
 
 rule accuracy:
@@ -37,12 +35,12 @@ rule accuracy:
         rl="results/{pair}/{dataset}/rollouts/rl.parquet",
     output:
         "results/{pair}/{dataset}/accuracy.parquet",
-    params:
-        k=" ".join(map(str, config["rollout"]["pass_k"])),
-    conda:
-        "../../envs/cpu.yaml"
     log:
         "logs/accuracy/{pair}/{dataset}.log",
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        metrics=settings_of(AccuracyConfig),
     shell:
-        "tokenshift accuracy --base {input.base} --rl {input.rl} --k {params.k} --pair {wildcards.pair} "
-        "--dataset {wildcards.dataset} --out {output} 2>&1 | tee {log}"
+        "tokenshift accuracy --base {input.base} --rl {input.rl} {params.metrics} --pair {wildcards.pair} "
+        "--dataset {wildcards.dataset} --out {output} > {log} 2>&1"

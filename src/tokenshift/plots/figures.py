@@ -223,13 +223,23 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
     return fig
 
 
-def example(table: pl.DataFrame, *, max_chars: int = 72) -> plt.Figure:
+NO_EXAMPLE = ("No correct cross-sampled response has a switched token, so there is no example to show\n"
+              "(the models never diverged past the threshold where a response came out right).")
+
+
+def example(table: pl.DataFrame, *, max_chars: int = 72, note: str = NO_EXAMPLE) -> plt.Figure:
     """Figure 6: one cross-sampled response, token by token, coloured by JS; switched tokens boxed.
 
     ``table``: one row per response token with ``token`` (text), ``js``, ``switched``, and the
     response's ``question``, ``gold``, ``direction``, ``budget`` (see ``tables.example_table``).
+    With no rows, the figure says why there is nothing to show (``note``).
     """
     apply()
+    if table.height == 0:
+        fig, ax = plt.subplots(figsize=(7.0, 1.6))
+        ax.axis("off")
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=10, wrap=True)
+        return fig
     meta = table.row(0, named=True)
     tokens = table["token"].to_list()
     lines, line, width = [], [], 0

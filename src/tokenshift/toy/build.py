@@ -14,55 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from tokenshift.generation import SamplingConfig
 from tokenshift.grading import Grader
 from tokenshift.io import write_json_atomic
-from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems
+from tokenshift.toy.config import ToyBuildConfig
+from tokenshift.toy.task import pretraining_traces, problems
 from tokenshift.toy.tokenizer import train_tokenizer
 from tokenshift.train import Example, GRPOConfig, PretrainConfig, PromptItem, grpo, pretrain
-
-
-@dataclass(frozen=True)
-class ToyBuildConfig:
-    """Everything the toy build depends on; the config's ``toy:`` section, key for key."""
-
-    seed: int = 0
-    min_steps: int = 2
-    max_steps: int = 8
-    mistake_rate: float = 0.12
-    n_train_problems: int = 20000
-    n_traces: int = 50000
-    hidden_size: int = 128
-    num_layers: int = 3
-    pretrain_steps: int = 600
-    grpo_steps: int = 60
-    grpo_lr: float = 1e-4
-    threads: int = 2
-
-    @classmethod
-    def from_mapping(cls, m: Mapping[str, Any] | None) -> ToyBuildConfig:
-        m = dict(m or {})
-        unknown = set(m) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown toy build settings: {sorted(unknown)}")
-        return cls(**m)
-
-    @property
-    def task(self) -> ToyTaskConfig:
-        return ToyTaskConfig(seed=self.seed, min_steps=self.min_steps, max_steps=self.max_steps,
-                             mistake_rate=self.mistake_rate)
-
-    @property
-    def max_new_tokens(self) -> int:
-        # a step is at most 9 tokens ("22-4=18." with two-digit numbers), the answer ~6
-        return 9 * self.max_steps + 12
 
 
 def _qwen2_config(vocab_size: int, eos_id: int, cfg: ToyBuildConfig):
@@ -140,3 +102,24 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
              "init": str(init_dir), "build": dataclasses.asdict(cfg)}
     write_json_atomic(out_dir / "toy_build.json", stats)
     return stats
+
+
+def build_toy_model(role: str, name: str, out: Path, cfg: ToyBuildConfig, *, init: Path | None = None,
+                    progress: bool = True) -> str:
+    """Build the toy ``base`` (pretraining) or ``rl`` (GRPO from the checkpoint ``init``) model at
+    ``out`` and write its manifest last; returns a one-line summary."""
+    from tokenshift.models import resolve_checkpoint, write_manifest
+
+    out = Path(out)
+    if role == "base":
+        stats = build_base(out, cfg, progress=progress)
+        write_manifest(out, name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
+        return (f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
+                f"{stats['seconds']:.0f} s")
+    init_dir = resolve_checkpoint(init)
+    stats = build_rl(init_dir, out, cfg, progress=progress)
+    write_manifest(out, name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]})
+    rewards = [h["reward_mean"] for h in stats["grpo"]]
+    k = max(1, len(rewards) // 5)
+    return (f"toy RL model {name!r}: mean GRPO reward {sum(rewards[:k]) / k:.3f} over the first {k} steps, "
+            f"{sum(rewards[-k:]) / k:.3f} over the last {k}; {stats['seconds']:.0f} s")

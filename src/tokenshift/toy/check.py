@@ -26,25 +26,26 @@ import numpy as np
 import polars as pl
 import torch
 
-from tokenshift.divergence import token_stats
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.grading import Grader
+from tokenshift.io import read_json, write_parquet_atomic
+from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.scoring import score_rows
 from tokenshift.stats import mean_ci
-from tokenshift.toy.build import ToyBuildConfig
-from tokenshift.toy.task import Problem, decision_points, problems
-from tokenshift.train import Example, collate
+from tokenshift.toy.config import ToyBuildConfig
+from tokenshift.toy.task import ToyProblem, decision_points, problems
 
 TOP_SHARES = (0.01, 0.05, 0.10, 0.20)
 JS_THRESHOLDS = (1e-3, 1e-2, 1e-1)
 
 
-def _load(ckpt: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def build_settings(ckpt: Path | str) -> ToyBuildConfig:
+    """The settings a toy checkpoint was built with (its ``toy_build.json``)."""
+    path = resolve_checkpoint(ckpt) / "toy_build.json"
+    return ToyBuildConfig.from_mapping(read_json(path, "the toy build record of a toy checkpoint")["build"])
 
-    return AutoModelForCausalLM.from_pretrained(ckpt).eval(), AutoTokenizer.from_pretrained(ckpt)
 
-
-def sampled_accuracy(models: dict, tokenizer, evals: list[Problem], *, max_new_tokens: int, seed: int,
+def sampled_accuracy(models: dict, tokenizer, evals: list[ToyProblem], *, max_new_tokens: int, seed: int,
                    samples_per_problem: int = 1) -> pl.DataFrame:
     prompts = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     golds = [str(p.answer) for p in evals]
@@ -65,22 +66,13 @@ def sampled_accuracy(models: dict, tokenizer, evals: list[Problem], *, max_new_t
     return pl.DataFrame(rows)
 
 
-@torch.no_grad()
-def response_js(base, rl, tokenizer, evals: list[Problem], batch_size: int = 128) -> list[np.ndarray]:
+def response_js(base, rl, tokenizer, evals: list[ToyProblem]) -> list[np.ndarray]:
     """JS (nats) at every response position of each problem's correct trace (EOS excluded)."""
     enc_p = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     enc_r = tokenizer([p.response() for p in evals], add_special_tokens=False).input_ids
-    out = []
-    for start in range(0, len(evals), batch_size):
-        exs = [Example(p, r) for p, r in zip(enc_p[start:start + batch_size], enc_r[start:start + batch_size])]
-        ids, attn, resp = collate(exs, tokenizer.pad_token_id, None)
-        la = base(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        lb = rl(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        mask = resp[:, 1:]
-        js = token_stats(la[mask], lb[mask])["js"].numpy()
-        lengths = mask.sum(1).tolist()
-        out.extend(np.split(js, np.cumsum(lengths)[:-1]))
-    return out
+    cols = score_rows(base, rl, list(zip(enc_p, enc_r)), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id).columns
+    order = np.argsort(cols["row"], kind="stable")
+    return np.split(cols["js"][order], np.cumsum([len(r) for r in enc_r])[:-1])
 
 
 def decision_point_table(js: list[np.ndarray], points: list[list[int]]) -> pl.DataFrame:
@@ -111,43 +103,57 @@ def decision_point_table(js: list[np.ndarray], points: list[list[int]]) -> pl.Da
     return pl.DataFrame(rows)
 
 
-def check_toy_pair(base_dir: Path, rl_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *,
-                   n_problems: int = 500, samples_per_problem: int = 4, seed: int = 0) -> dict[str, pl.DataFrame]:
-    """Write ``accuracy.parquet`` and ``decision_points.parquet`` under ``out_dir``; return both."""
+def check_toy_pair(base: Path, rl: Path, out_dir: Path, *, n_problems: int = 500, samples_per_problem: int = 4,
+                   seed: int = 0) -> dict[str, pl.DataFrame]:
+    """Write ``accuracy.parquet`` and ``decision_points.parquet`` under ``out_dir``; return both.
+
+    ``base`` and ``rl`` are the toy checkpoints (directories or manifests); the task and thread
+    count are those the base model was built with.
+    """
+    cfg = build_settings(base)
     torch.set_num_threads(cfg.threads)
-    base, tok = _load(base_dir)
-    rl, tok_rl = _load(rl_dir)
-    if tok.get_vocab() != tok_rl.get_vocab():
-        raise ValueError(f"{base_dir} and {rl_dir} have different tokenizers: not a toy pair")
+    tok = load_tokenizer(base)
+    if tok.get_vocab() != load_tokenizer(rl).get_vocab():
+        raise ValueError(f"{base} and {rl} have different tokenizers: not a toy pair")
+    models = {"base": load_causal_lm(base, "cpu"), "rl": load_causal_lm(rl, "cpu")}
     evals = problems(cfg.task, "eval", n_problems)
-    acc = sampled_accuracy({"base": base, "rl": rl}, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                         samples_per_problem=samples_per_problem)
+    acc = sampled_accuracy(models, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed,
+                           samples_per_problem=samples_per_problem)
     encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
     points = [sorted({d.position for d in decision_points(p, encode, cfg.task.max_total)}) for p in evals]
-    dp = decision_point_table(response_js(base, rl, tok, evals), points)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    dp = decision_point_table(response_js(models["base"], models["rl"], tok, evals), points)
     # the accuracy table is written last: its presence means the check finished
-    dp.write_parquet(out_dir / "decision_points.parquet")
-    acc.write_parquet(out_dir / "accuracy.parquet")
+    write_parquet_atomic(dp, Path(out_dir) / "decision_points.parquet")
+    write_parquet_atomic(acc, Path(out_dir) / "accuracy.parquet")
     return {"accuracy": acc, "decision_points": dp}
 
 
-def decision_points_from_scores(scores: pl.DataFrame, tokenizer, task, n_problems: int) -> pl.DataFrame:
+def toy_problems(table: pl.DataFrame) -> dict[str, tuple[ToyProblem, int]]:
+    """Problem id -> (toy problem, its task's max_total), from a toy dataset's problems table."""
+    out = {}
+    for pid, first, ops, max_total in table.select("problem_id", "toy_first", "toy_ops", "toy_max_total").iter_rows():
+        out[pid] = (ToyProblem(first, tuple((op[0], int(op[1:])) for op in ops), problem_id=pid), max_total)
+    return out
+
+
+def decision_points_from_scores(scores: pl.DataFrame, tokenizer, problems_table: pl.DataFrame) -> pl.DataFrame:
     """The decision-point table over scored rollouts, using the responses that are the correct trace.
 
     Decision points are positions in a problem's correct trace, so only responses whose tokens
-    are exactly that trace are used (``n_responses`` says how many).
+    are exactly that trace are used (``n_responses`` says how many). ``problems_table`` is the
+    toy dataset's problems (``tokenshift dataset``), which keeps each problem's operations.
     """
-    by_id = {p.problem_id: p for p in problems(task, "eval", n_problems)}
+    by_id = toy_problems(problems_table)
     encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
     js_list, points = [], []
     for (pid, _), grp in scores.sort("position").group_by(["problem_id", "sample_index"], maintain_order=True):
-        p = by_id.get(pid)
-        if p is None or grp["token_id"].to_list() != encode(p.response()):
+        if pid not in by_id:
+            continue
+        p, max_total = by_id[pid]
+        if grp["token_id"].to_list() != encode(p.response()):
             continue
         js_list.append(grp["js"].to_numpy())
-        points.append(sorted({d.position for d in decision_points(p, encode, task.max_total)}))
+        points.append(sorted({d.position for d in decision_points(p, encode, max_total)}))
     if not js_list:
         return pl.DataFrame()
     return decision_point_table(js_list, points).with_columns(pl.lit(len(js_list)).alias("n_responses"))

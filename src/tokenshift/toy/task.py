@@ -41,6 +41,8 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from tokenshift.options import option
+
 PROMPT_PREFIX = "Q:"
 PROMPT_SUFFIX = "=?\n"
 MISTAKE_KINDS = ("operator", "carry", "borrow")
@@ -50,18 +52,13 @@ MISTAKE_KINDS = ("operator", "carry", "borrow")
 class ToyTaskConfig:
     """How toy problems and pretraining traces are drawn."""
 
-    seed: int = 0
-    """Seed of the problem generator; the same seed gives the same problems."""
-    min_steps: int = 2
-    """Fewest operations in a problem."""
-    max_steps: int = 8
-    """Most operations in a problem (responses then have up to ~70 tokens)."""
-    max_total: int = 99
-    """Running totals stay within [0, max_total], so every number has at most two digits."""
-    mistake_rate: float = 0.12
-    """Chance that a pretraining trace makes a mistake at a given step."""
-    eval_share: float = 0.1
-    """Share of the question space that belongs to the eval split (by question hash)."""
+    seed: int = option(0, "seed of the problem generator; the same seed gives the same problems", minimum=0)
+    min_steps: int = option(2, "fewest operations in a problem", minimum=1)
+    max_steps: int = option(8, "most operations in a problem (responses then have up to ~70 tokens)", minimum=1)
+    max_total: int = option(99, "running totals stay within [0, max_total], so numbers have at most two digits",
+                            minimum=1)
+    mistake_rate: float = option(0.12, "chance that a pretraining trace makes a mistake at a given step", minimum=0)
+    eval_share: float = option(0.1, "share of the question space in the eval split (by question hash)", minimum=0)
 
 
 LABELS = "abcdefghijklmnopqrstuvwxyz"
@@ -80,7 +77,7 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Problem:
+class ToyProblem:
     """One problem: the first operand and the (operator, operand) chain that follows."""
 
     first: int
@@ -129,7 +126,7 @@ def question_in_eval(question: str, eval_share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_share
 
 
-def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
+def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> ToyProblem:
     n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
     first = rng.randint(1, 9)
     total = first
@@ -140,10 +137,10 @@ def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> Problem:
         op, x = rng.choice(choices)
         total = total + x if op == "+" else total - x
         ops.append((op, x))
-    return Problem(first, tuple(ops))
+    return ToyProblem(first, tuple(ops))
 
 
-def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[Problem]:
+def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
     """``n`` distinct problems of ``split`` ("train" or "eval"), deterministic in ``cfg.seed``.
 
     The two splits draw from differently seeded streams and are filtered by question hash,
@@ -156,7 +153,7 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[Problem]:
     want_eval = split == "eval"
     rng = random.Random(f"{cfg.seed}:{split}")
     seen: set[str] = set()
-    out: list[Problem] = []
+    out: list[ToyProblem] = []
     tries = 0
     while len(out) < n:
         tries += 1
@@ -167,11 +164,11 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[Problem]:
         if q in seen or question_in_eval(q, cfg.eval_share) != want_eval:
             continue
         seen.add(q)
-        out.append(Problem(p.first, p.ops, problem_id=f"toy-{split}-{len(out):06d}"))
+        out.append(ToyProblem(p.first, p.ops, problem_id=f"toy-{split}-{len(out):06d}"))
     return out
 
 
-def pretraining_traces(cfg: ToyTaskConfig, train: Sequence[Problem], n: int, seed: int) -> Iterator[tuple[str, str]]:
+def pretraining_traces(cfg: ToyTaskConfig, train: Sequence[ToyProblem], n: int, seed: int) -> Iterator[tuple[str, str]]:
     """``n`` (prompt, response) pairs over ``train``, each step mistaken with ``cfg.mistake_rate``."""
     rng = random.Random(f"{cfg.seed}:traces:{seed}")
     for _ in range(n):
@@ -187,7 +184,7 @@ def pretraining_traces(cfg: ToyTaskConfig, train: Sequence[Problem], n: int, see
         yield p.prompt, p.response(mistakes)
 
 
-def admissible_mistakes(p: Problem, mistakes: dict[int, str], step: int, max_total: int) -> list[str]:
+def admissible_mistakes(p: ToyProblem, mistakes: dict[int, str], step: int, max_total: int) -> list[str]:
     """Mistakes step ``step`` can make, given earlier ``mistakes``, keeping every total in range."""
     steps = p.steps(mistakes)
     total = steps[step].left
@@ -212,7 +209,7 @@ class DecisionPoint:
     """0-based index, in the correct response's tokens, of the first token a mistake changes."""
 
 
-def decision_points(p: Problem, encode: Callable[[str], list[int]], max_total: int) -> list[DecisionPoint]:
+def decision_points(p: ToyProblem, encode: Callable[[str], list[int]], max_total: int) -> list[DecisionPoint]:
     """Where each admissible single mistake first departs from the correct response, in tokens."""
     correct = encode(p.response())
     points = []

@@ -1,0 +1,72 @@
+"""The ``tokenshift`` command: one subcommand per stage, usable with or without Snakemake.
+
+The workflow's rules call these; a user can too, e.g.::
+
+    tokenshift models toy-base toy-base --out resources/models/toy-base
+    tokenshift dataset toy --toy eval --n-problems 500 --out resources/datasets/toy.parquet
+    tokenshift rollout --model resources/models/toy-base.json --dataset resources/datasets/toy.parquet \\
+        --template '{question}' --no-chat-template --out base.parquet
+
+Each stage's module here registers its subcommands next to the handler that runs them; a
+handler parses, calls one library function and exits. Settings come from the stage's config
+dataclass (``tokenshift.options``), so a flag's default and help are those of the library.
+Errors in input (a bad path, a file that is not what it should be, a model that cannot be
+fetched, tokenizers that disagree) print one line naming the file or value and exit with status
+2; nothing already finished is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tokenshift import __version__
+from tokenshift.cli import crosssample, dataset, figures, models, rollout, score
+
+STAGES = (models, dataset, rollout, score, crosssample, figures)
+"""Modules that register subcommands, in the order of the study."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokenshift",
+        description="Token-level analysis of how RL fine-tuning shifts a language model "
+                    "(Meng et al., 'Sparse but Critical', ICLR 2026). Each subcommand is one stage "
+                    "of the Snakemake workflow and runs on its own.",
+    )
+    parser.add_argument("--version", action="version", version=f"tokenshift {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for module in STAGES:
+        module.register(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tokenshift.datasets import DatasetError
+    from tokenshift.io import InputError
+    from tokenshift.models import ModelFetchError, TokenizerMismatch
+    from tokenshift.rollout import BackendUnavailable
+
+    return InputError, ModelFetchError, TokenizerMismatch, DatasetError, BackendUnavailable
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except _user_errors() as e:
+        print(f"tokenshift {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that cannot be read or written: name it
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tokenshift {args.stage}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``tokenshift rollout`` (sample and grade) and ``tokenshift accuracy`` (avg@n, pass@k)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tokenshift.cli.common import quiet, settings, show
+from tokenshift.options import add_options
+
+
+def register(sub) -> None:
+    from tokenshift.datasets import PromptConfig
+    from tokenshift.generation import SamplingConfig
+    from tokenshift.rollout import RolloutConfig
+    from tokenshift.tables import AccuracyConfig
+
+    ro = sub.add_parser(
+        "rollout", help="sample and grade responses of one model on one dataset",
+        description="Sample --n responses per problem (HF or vLLM backend), grade them with math-verify, and write "
+                    "one parquet row per sample. Work is sharded: a killed run resumes from the shards written.")
+    ro.add_argument("--model", required=True, help="checkpoint (directory, or its manifest .json: then verified)")
+    ro.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
+    ro.add_argument("--out", required=True, help="parquet file to write")
+    add_options(ro, SamplingConfig, title="sampling (config `sampling:`)")
+    add_options(ro, PromptConfig, title="prompt (config `datasets.<name>:`)")
+    add_options(ro, RolloutConfig, title="generation (config `rollout:`)")
+    quiet(ro)
+    ro.set_defaults(func=_rollout)
+
+    ac = sub.add_parser("accuracy", help="avg@n with bootstrap CIs and pass@k for a pair's rollouts",
+                        description="Aggregate the base and RL rollout tables of one dataset into a tidy "
+                                    "accuracy table (avg@n with a 95%% bootstrap CI, unbiased pass@k).")
+    ac.add_argument("--base", required=True, help="base model's rollout parquet")
+    ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
+    ac.add_argument("--out", required=True, help="parquet file to write")
+    ac.add_argument("--pair", help="pair name, stored in the table")
+    ac.add_argument("--dataset", help="dataset name, stored in the table")
+    add_options(ac, AccuracyConfig, title="metrics (config `rollout:`)")
+    ac.set_defaults(func=_accuracy)
+
+
+def _rollout(args: argparse.Namespace) -> None:
+    from tokenshift.datasets import PromptConfig
+    from tokenshift.generation import SamplingConfig
+    from tokenshift.rollout import RolloutConfig, run_rollouts
+
+    run_rollouts(args.model, Path(args.dataset), Path(args.out), prompt=settings(PromptConfig, args),
+                 sampling=settings(SamplingConfig, args), cfg=settings(RolloutConfig, args), progress=not args.quiet)
+
+
+def _accuracy(args: argparse.Namespace) -> None:
+    from tokenshift.tables import AccuracyConfig, write_accuracy
+
+    table = write_accuracy({"base": args.base, "rl": args.rl}, Path(args.out), pair=args.pair, dataset=args.dataset,
+                           cfg=settings(AccuracyConfig, args))
+    show(table.drop("dataset_version"))

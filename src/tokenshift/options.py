@@ -1,0 +1,144 @@
+"""Stage settings as frozen dataclasses: one home for each default, its help text and its CLI flag.
+
+Each stage's settings are a frozen dataclass whose fields are the keys of one section of the
+workflow config (the class attribute ``section`` names it), declared with ``option(default,
+help)``. From that one declaration:
+
+- ``add_options(parser, cls)`` adds a ``--field-name`` flag per field, with the field's type,
+  default and help (as TRL's ``TrlParser`` builds its CLI from config dataclasses);
+- ``from_args(cls, args)`` builds the dataclass back from the parsed arguments;
+- ``to_argv(cls, values)`` is the inverse: a config section (a mapping of field names) as the
+  flags that reproduce it; the workflow's rules pass settings to the CLI this way, so a rule
+  never spells out a flag that a dataclass already declares.
+
+A test checks every default of the config schema against the dataclass field it feeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 - argparse's own name for it
+    """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata."""
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for a sequence default: settings are frozen")
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool, bool]:
+    """(scalar type, optional, sequence) of a field annotated int, float | None, tuple[int, ...], ..."""
+    hint = typing.get_type_hints(cls)[f.name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if len(args) != 1:
+            raise TypeError(f"{cls.__name__}.{f.name}: a union of {args} cannot be a CLI option")
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], optional, True
+    return hint, optional, False
+
+
+def _checked(kind: type, minimum: float | None, name: str):
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (),
+                title: str | None = None) -> None:
+    """A ``--flag`` for each field of dataclass ``cls`` (but ``exclude``), default and help from the field."""
+    group = parser.add_argument_group(title or f"{cls.__name__} (config `{getattr(cls, 'section', '?')}:`)")
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        kind, optional, sequence = _field_type(cls, f)
+        meta = f.metadata
+        help_text = meta.get("help", "")
+        shown = "none" if f.default is None else (" ".join(map(str, f.default)) if sequence else f.default)
+        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": f"{help_text} (default: {shown})"}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = _checked(kind, meta.get("minimum"), f.name)
+            kw["metavar"] = f.name.upper()
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+                kw.pop("metavar")
+            if sequence:
+                kw["nargs"] = "+"
+        del optional  # None is reachable only as the default: a flag given always sets a value
+        group.add_argument(flag(f.name), **kw)
+
+
+def from_args(cls: type, args: argparse.Namespace, **given: Any):
+    """The dataclass ``cls`` from parsed ``args`` (fields not parsed keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    for f in dataclasses.fields(cls):
+        if f.name in values and _field_type(cls, f)[2] and values[f.name] is not None:
+            values[f.name] = tuple(values[f.name])
+    return cls(**{**values, **given})
+
+
+def from_mapping(cls: type, values: Mapping[str, Any] | None, *, key: str | None = None):
+    """The dataclass from a config section; an unknown key is a ``ValueError`` naming it."""
+    values = dict(values or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = key or getattr(cls, "section", cls.__name__)
+        raise ValueError(f"unknown {where} settings {unknown}; known: {sorted(names)}")
+    for f in dataclasses.fields(cls):
+        if f.name in values and isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
+    """The flags that make ``add_options(cls)`` parse to ``values`` (keys: field names of ``cls``)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    argv: list[str] = []
+    for name, value in values.items():
+        if name not in names:
+            raise ValueError(f"{cls.__name__} has no setting {name!r}; known: {sorted(names)}")
+        if value is None:
+            continue  # the field's default, None, is what an absent flag gives
+        kind, _, sequence = _field_type(cls, names[name])
+        if kind is bool:
+            argv.append(flag(name) if value else "--no-" + name.replace("_", "-"))
+        elif sequence:
+            argv += [flag(name), *map(str, value)]
+        else:
+            argv += [flag(name), str(value)]
+    return argv
+
+
+def shell_args(cls: type, values: Mapping[str, Any]) -> str:
+    """``to_argv`` quoted for a shell command line."""
+    return " ".join(shlex.quote(a) for a in to_argv(cls, values))
+
+
+def section_values(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``config``'s section for ``cls`` that are fields of ``cls``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in config.get(cls.section, {}).items() if k in names}

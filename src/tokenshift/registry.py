@@ -1,0 +1,131 @@
+"""The lists several places need, each kept once: roles, directions, switching policies, the
+cross-sampling grid, and the names of the divergence tables and per-pair figures.
+
+The workflow's rules and wildcard constraints, the CLI's choices, the config checks and the
+library all read them from here (as lm-evaluation-harness keeps its registry in one module).
+Nothing here imports torch or polars, so the workflow can read it while it builds the DAG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+ROLES = ("base", "rl")
+"""The two models of a pair; also the two response sources scored (whose rollouts)."""
+
+DIRECTIONS = ("forward", "reverse")
+"""Cross-sampling directions: ``forward`` (the base model generates, RL tokens injected), ``reverse``."""
+
+GENERATOR = {"forward": "base", "reverse": "rl"}
+"""Which model generates in each direction (the other one's tokens are injected)."""
+
+DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
+"""Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""
+
+PAIR_FIGURES = ("position", "entropy", "reallocation", "crosssample", "example")
+"""Figures drawn per pair and dataset; the sparsity overview (figure 1) spans all pairs."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Where cross-sampling switches: at positions whose ``statistic`` exceeds a threshold."""
+
+    name: str
+    statistic: str
+    """Key of the decoder's per-step statistics (``tokenshift.crosssample.step_statistics``)."""
+    help: str
+    bounds: tuple[float, float] = (0.0, math.inf)
+    """Range of the statistic, so of any threshold."""
+    score_column: str | None = None
+    """Per-token score column whose percentile sets the threshold (``{generator}`` is the
+    generating model's role); None when a percentile needs no scores."""
+    fixed_threshold: float | None = None
+    """A threshold that is not configurable (``argmax`` switches where the argmaxes differ)."""
+    default_threshold: Mapping[str, float] | None = dataclasses.field(default_factory=lambda: {"percentile": 90})
+
+    @property
+    def configurable(self) -> bool:
+        return self.fixed_threshold is None
+
+    def needs_scores(self, spec: Mapping[str, Any]) -> bool:
+        """Whether ``spec`` takes its threshold from the generating model's scored rollouts."""
+        return self.configurable and self.score_column is not None and "percentile" in spec
+
+    def score_column_for(self, direction: str) -> str:
+        return self.score_column.format(generator=GENERATOR[direction])
+
+    def check(self, threshold: float, key: str = "threshold") -> None:
+        low, high = self.bounds
+        if math.isnan(threshold) or not low <= threshold <= high:
+            raise ValueError(f"{self.name} {key} {threshold}: expected a value in [{low}, {high:.6g}]")
+
+    def resolve(self, spec: Mapping[str, Any], direction: str, scores=None) -> float:
+        """The absolute threshold of ``spec`` (``{"threshold": t}`` or ``{"percentile": q}``).
+
+        A percentile of a scored statistic is taken over ``scores`` (a polars DataFrame of the
+        generating model's own rollouts, scored); a percentile of the blind ``random`` draw is
+        its switching rate's complement, q / 100.
+        """
+        if not self.configurable:
+            return self.fixed_threshold
+        if "threshold" in spec:
+            t = float(spec["threshold"])
+        elif "percentile" in spec:
+            q = float(spec["percentile"])
+            if not 0 <= q <= 100:
+                raise ValueError(f"{self.name} percentile {q}: expected a value in [0, 100]")
+            if self.score_column is None:
+                t = q / 100
+            elif scores is None:
+                raise ValueError(f"{self.name} percentile {q} needs the per-token scores of the generating model's "
+                                 "rollouts")
+            else:
+                t = float(scores[self.score_column_for(direction)].quantile(q / 100, "linear"))
+        else:
+            raise ValueError(f"{self.name}: expected 'threshold' or 'percentile', got {dict(spec)}")
+        self.check(t)
+        return t
+
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    Policy("js", "js", "Jensen-Shannon divergence between the two models (nats), the paper's criterion",
+           bounds=(0.0, math.log(2.0)), score_column="js"),
+    Policy("random", "uniform", "a seeded uniform draw in [0, 1), blind to both models: the control "
+                                "(a percentile q switches a share 1 - q/100 of positions)", bounds=(0.0, 1.0)),
+    Policy("argmax", "argmax", "1 where the two models' argmax tokens differ", bounds=(0.0, 1.0),
+           fixed_threshold=0.5, default_threshold=None),
+    Policy("entropy", "entropy", "the generating model's entropy (nats), the criterion of the authors' scripts",
+           score_column="entropy_{generator}"),
+)}
+"""The switching policies, in the order the workflow runs them by default."""
+
+
+def parse_budget(label: str | int) -> int | None:
+    """A budget label: ``all`` (no limit, None) or a non-negative whole number."""
+    if label == "all":
+        return None
+    try:
+        value = int(label)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget {label!r}: expected a non-negative integer or 'all'") from None
+    if value < 0 or str(value) != str(label).strip():
+        raise ValueError(f"budget {label!r}: expected a non-negative integer or 'all'")
+    return value
+
+
+def budget_label(budget: int | float | str, max_new_tokens: int) -> str:
+    """A configured budget as a target label: fractions of ``max_new_tokens`` become tokens (rounded up)."""
+    if budget == "all":
+        return "all"
+    return str(budget if isinstance(budget, int) else math.ceil(budget * max_new_tokens))
+
+
+def alternatives(names: Sequence[str]) -> str:
+    """A regular expression matching exactly one of ``names`` (nothing when empty)."""
+    import re
+
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"

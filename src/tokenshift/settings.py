@@ -1,0 +1,213 @@
+"""Every stage's settings, one frozen dataclass per config section: the contract of the library.
+
+Each class names the config section it reads (``section``) and declares each field with
+``option(default, help)``, so its default, unit and help text have one home: the CLI builds its
+flags from these (``tokenshift.options``), the workflow passes a config section through them,
+and a test checks every default of ``workflow/schemas/config.schema.yaml`` against them. The
+stage modules (``rollout``, ``scoring``, ``crosssample``, ...) import their class from here;
+nothing here imports torch, so the workflow can read these while it builds the DAG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tokenshift.options import option
+from tokenshift.registry import DIRECTIONS, POLICIES, budget_label
+
+DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+PRESETS: dict[str, dict[str, str]] = {
+    "aime24": {"hub": "HuggingFaceH4/aime_2024", "split": "train", "question_field": "problem", "answer_field": "answer"},
+    "aime25": {"hub": "yentinglin/aime_2025", "split": "train", "question_field": "problem", "answer_field": "answer"},
+    "amc23": {"hub": "math-ai/amc23", "split": "test", "question_field": "question", "answer_field": "answer"},
+    "math500": {"hub": "HuggingFaceH4/MATH-500", "split": "test", "question_field": "problem", "answer_field": "answer"},
+}
+SOURCES = ("toy", "path", "hub", "preset")
+
+CHUNK_BUFFERS = 12
+"""fp32 ``[chunk, vocab]`` buffers one scoring chunk needs at most (both logits and token_stats's temporaries)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings shared by rollouts, GRPO and cross-sampling (config ``sampling:``).
+
+    The decoders (``sample``, ``cross_sample``) read temperature, top_p and max_new_tokens and
+    take their seed per call; ``n`` and ``seed`` are the stages' (samples per problem, and the
+    seed their per-shard seeds derive from).
+    """
+
+    section: ClassVar[str] = "sampling"
+    n: int = option(4, "samples per problem", minimum=1)
+    temperature: float = option(1.0, "softmax temperature; 0 means greedy decoding", minimum=0)
+    top_p: float = option(1.0, "nucleus sampling mass; 1.0 keeps the whole distribution")
+    max_new_tokens: int = option(96, "longest response, in tokens (EOS excluded)", minimum=1)
+    seed: int = option(0, "seed of every sampler, so runs repeat exactly", minimum=0)
+
+    def __post_init__(self):
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p {self.top_p}: expected a value in (0, 1]")
+
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset's problems come from (the loading keys of a config ``datasets.<name>`` entry)."""
+
+    section: ClassVar[str] = "datasets.<name>"
+    toy: str | None = option(None, "'eval': the embedded toy task's eval split", choices=["eval"])
+    path: str | None = option(None, "a local .jsonl or .parquet file, one problem per row")
+    hub: str | None = option(None, "a Hugging Face dataset id (needs --revision)")
+    preset: str | None = option(None, "one of the paper's benchmarks (fills hub id, split and fields)",
+                                choices=sorted(PRESETS))
+    revision: str | None = option(None, "the hub revision to load (a commit hash)")
+    split: str | None = option(None, "the hub split to load (test, or the preset's)")
+    question_field: str | None = option(None, "column holding the problem text (problem, or the preset's)")
+    answer_field: str | None = option(None, "column holding the gold answer (answer, or the preset's)")
+    id_field: str | None = option(None, "column holding a unique problem id (the row number when not set)")
+    n_problems: int | None = option(None, "use the first N problems (toy: how many to draw; 500 when not set)",
+                                    minimum=1)
+
+    @classmethod
+    def from_config(cls, spec: Mapping[str, Any]) -> DatasetSpec:
+        keys = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in spec.items() if k in keys})
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How a question becomes prompt token ids (the prompt keys of a config ``datasets.<name>`` entry)."""
+
+    section: ClassVar[str] = "datasets.<name>"
+    template: str = option(DEFAULT_TEMPLATE, "plain prompt template; {question} is replaced by the question")
+    chat_template: bool = option(True, "wrap the prompt in the model's chat template when it has one")
+
+    @classmethod
+    def for_dataset(cls, spec: Mapping[str, Any]) -> PromptConfig:
+        """The prompt of a config dataset entry; the toy task's prompt is the question itself, unwrapped."""
+        if "toy" in spec:
+            return cls(template="{question}", chat_template=False)
+        keys = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in spec.items() if k in keys})
+
+    def __post_init__(self):
+        try:
+            self.template.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt template {self.template!r}: only {{question}} may be replaced; double other "
+                             f"braces ({{{{ and }}}}): {e}") from None
+
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How the rollout stage generates (config ``rollout:``)."""
+
+    section: ClassVar[str] = "rollout"
+    backend: str = option("hf", "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, "
+                                "`tokenshift[vllm]`)", choices=["hf", "vllm"])
+    batch_size: int = option(64, "sequences per generate call (hf backend)", minimum=1)
+    problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
+    threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
+
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """What the accuracy tables report (config ``rollout:``)."""
+
+    section: ClassVar[str] = "rollout"
+    pass_k: tuple[int, ...] = option((1,), "pass@k values in the accuracy tables (each at most sampling.n)", minimum=1)
+
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """Teacher-forced scoring settings (config ``scoring:``)."""
+
+    section: ClassVar[str] = "scoring"
+    chunk_size: int | None = option(None, "positions projected through the LM head at once; not set: sized by "
+                                          "chunk_memory_mb", minimum=1)
+    chunk_memory_mb: int = option(512, "memory budget of one LM-head chunk's logits and statistics", minimum=1)
+    compile: bool = option(True, "fuse the statistics with torch.compile when the models are on a GPU (CPU stays "
+                                 "eager)")
+    max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)",
+                                   minimum=1)
+    top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
+    device_base: str = option("cpu", "device of the base model (cpu, cuda, cuda:0, ...)")
+    device_rl: str = option("cpu", "device of the RL model; two GPUs can hold one model each")
+    threads: int = option(2, "torch CPU threads", minimum=1)
+
+    def chunk_for(self, vocab_size: int) -> int:
+        if self.chunk_size:
+            return self.chunk_size
+        return max(16, min(8192, self.chunk_memory_mb * 2**20 // (CHUNK_BUFFERS * 4 * vocab_size)))
+
+
+
+@dataclass(frozen=True)
+class CrossSampleConfig:
+    """How the cross-sampling stage runs (config ``crosssample:``, beside the grid of runs)."""
+
+    section: ClassVar[str] = "crosssample"
+    n_problems: int = option(0, "cross-sample only the dataset's first N problems (0 = all of them)", minimum=0)
+    batch_size: int = option(256, "rows decoded together in lockstep", minimum=1)
+    threads: int = option(1, "torch CPU threads per job; the toy pair's decoding is bound by Python overhead, so one "
+                             "thread per job and jobs side by side finish the grid soonest", minimum=1)
+    problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
+    device_base: str = option("auto", "device of the base model: auto (cuda if present), cpu, cuda, cuda:1, ...")
+    device_rl: str = option("auto", "device of the RL model (see device_base)")
+
+
+@dataclass(frozen=True)
+class CrossSampleGrid:
+    """The cross-sampling grid of the config's ``crosssample:`` section: one run per cell."""
+
+    section: ClassVar[str] = "crosssample"
+    directions: tuple[str, ...] = DIRECTIONS
+    policies: tuple[str, ...] = tuple(POLICIES)
+    budgets: tuple[int | float | str, ...] = (0, 1, 2, 4, 8, 16, "all")
+    thresholds: Mapping[str, Mapping[str, float]] = dataclasses.field(
+        default_factory=lambda: {p.name: dict(p.default_threshold) for p in POLICIES.values() if p.default_threshold})
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> CrossSampleGrid:
+        keys = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items() if k in keys}
+        return cls(**values)
+
+    def budget_labels(self, max_new_tokens: int) -> list[str]:
+        labels: list[str] = []
+        for b in self.budgets:
+            label = budget_label(b, max_new_tokens)
+            if label not in labels:
+                labels.append(label)
+        return labels
+
+    @property
+    def baseline_policy(self) -> str:
+        """Budget 0 never switches and the decoder's randomness does not depend on the policy, so
+        budget 0 is one run per direction whatever the policy: it is run under this one."""
+        return self.policies[0]
+
+    def runs(self, max_new_tokens: int) -> list[tuple[str, str, str]]:
+        """(direction, policy, budget label) of every run, budget 0 once per direction."""
+        return [(d, p, b) for d in self.directions for p in self.policies for b in self.budget_labels(max_new_tokens)
+                if b != "0" or p == self.baseline_policy]
+
+    def threshold_spec(self, policy: str) -> dict[str, float]:
+        """The configured threshold of ``policy`` (empty for a policy whose threshold is fixed)."""
+        return dict(self.thresholds.get(policy, {})) if POLICIES[policy].configurable else {}
+
+    def example_runs(self, max_new_tokens: int) -> tuple[tuple[str, str, str], tuple[str, str, str]] | None:
+        """The forward run figure 6 shows (largest budget, ``js`` if run) and its budget-0 twin."""
+        budgets = self.budget_labels(max_new_tokens)
+        if "forward" not in self.directions or budgets == ["0"]:
+            return None
+        policy = "js" if "js" in self.policies else self.policies[0]
+        top = "all" if "all" in budgets else max((b for b in budgets if b != "0"), key=int)
+        run = ("forward", policy, top)
+        return run, (("forward", self.baseline_policy, "0") if "0" in budgets else run)

@@ -1,0 +1,158 @@
+"""Sharded, resumable, graded sampling runs: the machinery the rollout and cross-sampling stages share.
+
+A run draws ``n`` samples for each problem with a *backend* (an object with ``tokenizer`` and
+``generate(prompts, seed) -> [Sample]``), grades them, and writes one parquet row per sample.
+Problems are processed in shards of ``problems_per_shard``; each shard is written atomically to
+``<out>.shards/shard-NNNNN.parquet`` with a seed derived from the run's seed and the shard index,
+so a killed job loses at most one shard and a rerun resumes with the table an uninterrupted run
+would give. The final table is written last, and the shards are then removed: they exist only
+while a run is unfinished, so a run asked for again (``snakemake --force``) recomputes.
+
+A shard is reused only when it can be trusted:
+
+- the shards directory records the run's *key*, a hash of everything the output depends on
+  (the caller's settings and input identities, the problems, the prompt settings, and the
+  source code of this package); shards made under another key are discarded;
+- each shard has a record (``shard-NNNNN.json``: row count and sha256, written after the
+  shard); a shard without one, or whose bytes or rows no longer match it (truncated, edited),
+  is named in a warning, discarded and recomputed.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from tokenshift.datasets import DATASET_VERSION, Problem, PromptConfig, format_prompt
+from tokenshift.grading import Grader
+from tokenshift.io import sha256_file, write_json_atomic, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def code_version() -> str:
+    """sha256 over this package's source files: shards made by other code are not reused."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def run_key(parts: Mapping[str, Any]) -> str:
+    """A hash of everything a run's output depends on (dataclasses are taken field by field)."""
+    def plain(v):
+        return asdict(v) if is_dataclass(v) else v
+
+    text = json.dumps({k: plain(v) for k, v in parts.items()}, sort_keys=True, default=str)
+    return hashlib.sha256((text + code_version()).encode()).hexdigest()
+
+
+def _shard_ok(path: Path, rows: int) -> str | None:
+    """Why the shard at ``path`` cannot be reused, or None when it can."""
+    record = path.with_suffix(".json")
+    if not record.is_file():
+        return "it has no record (it was being written when the job stopped)"
+    try:
+        meta = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"its record {record.name} is unreadable"
+    if meta.get("rows") != rows:
+        return f"its record says {meta.get('rows')} rows, the shard should have {rows}"
+    if sha256_file(path) != meta.get("sha256"):
+        return "its bytes differ from those recorded when it was written (truncated or edited)"
+    return None
+
+
+def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], prompt: PromptConfig, out: Path, *,
+                n: int, seed: int, problems_per_shard: int, extra_schema: Mapping[str, Any] | None = None,
+                constants: Mapping[str, Any] | None = None, grader_workers: int = 1,
+                progress: bool = True) -> pl.DataFrame:
+    """Draw ``n`` graded samples per problem with the backend ``make()`` builds, shard by shard.
+
+    Each sample's ``extra`` values become columns (``extra_schema`` gives their types), and
+    ``constants`` are columns with one value throughout (a run's settings). The backend is only
+    built if work is left.
+    """
+    out = Path(out)
+    shard_dir = out.with_name(out.name + ".shards")
+    stamp = shard_dir / "settings.sha256"
+    if shard_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        log.warning("%s holds shards made with other settings, inputs or code; starting over", shard_dir)
+        shutil.rmtree(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+
+    per = problems_per_shard
+    shards = [problems[i:i + per] for i in range(0, len(problems), per)]
+    todo = []
+    for k, chunk in enumerate(shards):
+        path = shard_dir / f"shard-{k:05d}.parquet"
+        if not path.exists():
+            todo.append(k)
+            continue
+        why = _shard_ok(path, len(chunk) * n)
+        if why:
+            log.warning("discarding shard %s and computing it again: %s", path, why)
+            path.unlink()
+            path.with_suffix(".json").unlink(missing_ok=True)
+            todo.append(k)
+    if len(todo) < len(shards):
+        log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
+    backend = make() if todo else None
+    bar = tqdm(total=len(problems) * n, initial=(len(problems) - sum(len(shards[k]) for k in todo)) * n,
+               unit="sample", desc=f"{out.parent.name}/{out.stem}", disable=not progress)
+    with Grader(workers=grader_workers) as grader:
+        for k in todo:
+            t0 = time.perf_counter()
+            df = _sample_shard(backend, grader, shards[k], prompt, n=n, seed=seed * 100_003 + k,
+                               extra_schema=extra_schema, constants=constants)
+            path = shard_dir / f"shard-{k:05d}.parquet"
+            write_parquet_atomic(df, path)
+            write_json_atomic(path.with_suffix(".json"), {"rows": df.height, "sha256": sha256_file(path)})
+            bar.update(df.height)
+            bar.set_postfix(tok_s=f"{int(df['n_response_tokens'].sum()) / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    table = pl.concat([pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in range(len(shards))])
+    write_parquet_atomic(table, out)
+    shutil.rmtree(shard_dir)  # the table is complete: a later run of this target starts afresh
+    return table
+
+
+def _sample_shard(backend, grader: Grader, chunk: Sequence[Problem], prompt: PromptConfig, *, n: int, seed: int,
+                  extra_schema: Mapping[str, Any] | None, constants: Mapping[str, Any] | None) -> pl.DataFrame:
+    prompts = [format_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
+    reps = [ids for ids in prompts for _ in range(n)]
+    samples = backend.generate(reps, seed=seed)
+    texts = backend.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    golds = [p.answer for p in chunk for _ in range(n)]
+    grades = grader.grade(texts, golds)
+    extra = {name: [s.extra[name] for s in samples] for name in (extra_schema or {})}
+    return pl.DataFrame({
+        "problem_id": [p.problem_id for p in chunk for _ in range(n)],
+        "sample_index": [j for _ in chunk for j in range(n)],
+        "prompt_ids": reps,
+        "response_ids": [s.response_ids for s in samples],
+        "response_text": texts,
+        "finish_reason": [s.finish_reason for s in samples],
+        "n_response_tokens": [len(s.response_ids) for s in samples],
+        "gold": golds,
+        "correct": [g.correct for g in grades],
+        "grade_status": [g.status for g in grades],
+        "dataset_version": DATASET_VERSION,
+        **extra,
+        **(constants or {}),
+    }, schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32), **(extra_schema or {})})

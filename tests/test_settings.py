@@ -1,0 +1,127 @@
+"""One home for each setting: the schema's defaults are the dataclasses', and the CLI's flags are built from them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+import pytest
+import yaml
+from conftest import REPO, run, tokenshift_cmd
+
+from tokenshift.options import add_options, from_args, to_argv
+from tokenshift.registry import DIRECTIONS, POLICIES
+from tokenshift.settings import (
+    AccuracyConfig,
+    CrossSampleConfig,
+    CrossSampleGrid,
+    DatasetSpec,
+    PromptConfig,
+    RolloutConfig,
+    SamplingConfig,
+    ScoringConfig,
+)
+from tokenshift.toy.config import ToyBuildConfig
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SECTION_CLASSES = [SamplingConfig, RolloutConfig, AccuracyConfig, ScoringConfig, CrossSampleConfig, CrossSampleGrid,
+                   ToyBuildConfig]
+FLAG_CLASSES = [SamplingConfig, RolloutConfig, AccuracyConfig, ScoringConfig, CrossSampleConfig, ToyBuildConfig,
+                DatasetSpec, PromptConfig]
+
+
+def plain(value):
+    """Tuples as the lists YAML gives, mappings as dicts."""
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def field_defaults(cls) -> dict:
+    return {f.name: plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("section", ["sampling", "rollout", "scoring", "crosssample", "toy"])
+def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
+    props = SCHEMA["properties"][section]["properties"]
+    fields = {}
+    for cls in SECTION_CLASSES:
+        if cls.section == section:
+            fields.update(field_defaults(cls))
+    assert set(props) == set(fields), f"schema keys and dataclass fields of `{section}` differ"
+    for key, spec in props.items():
+        assert spec.get("description"), f"{section}.{key} has no description"
+        if key == "thresholds":  # defaults per policy, one level down
+            got = {p: v["default"] for p, v in spec["properties"].items()}
+        else:
+            got = spec["default"]
+        assert got == fields[key], f"{section}.{key}: schema default {got!r}, library default {fields[key]!r}"
+
+
+def test_dataset_entries_are_the_dataset_prompt_and_sampling_settings():
+    entry = SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"]
+    fields = {f.name for cls in (DatasetSpec, PromptConfig) for f in dataclasses.fields(cls)}
+    assert set(entry) == fields | {"sampling"}
+    assert set(entry["sampling"]["properties"]) == {f.name for f in dataclasses.fields(SamplingConfig)}
+
+
+def test_policies_and_directions_are_the_registry():
+    cs = SCHEMA["properties"]["crosssample"]["properties"]
+    assert set(cs["policies"]["items"]["enum"]) == set(POLICIES)
+    assert cs["directions"]["items"]["enum"] == list(DIRECTIONS)
+    thresholds = cs["thresholds"]["properties"]
+    assert set(thresholds) == {p.name for p in POLICIES.values() if p.configurable}
+    for name, spec in thresholds.items():
+        absolute = next(o for o in spec["oneOf"] if "threshold" in o.get("properties", {}))["properties"]["threshold"]
+        low, high = POLICIES[name].bounds
+        assert absolute["minimum"] == low and absolute.get("maximum", float("inf")) == pytest.approx(high)
+
+
+@pytest.mark.parametrize("cls", FLAG_CLASSES, ids=lambda c: c.__name__)
+def test_flags_round_trip_through_the_parser(cls):
+    parser = argparse.ArgumentParser()
+    add_options(parser, cls)
+    assert from_args(cls, parser.parse_args([])) == cls()  # no flags: the library's defaults
+    changed = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        value = f.default
+        if f.metadata.get("choices"):
+            value = f.metadata["choices"][-1]
+        elif value is None:
+            value = 3 if "int" in str(hints[f.name]) else "x"
+        elif isinstance(value, bool):
+            value = not value
+        elif isinstance(value, int | float):
+            value = value + 1
+        elif isinstance(value, tuple):
+            value = (*value, 7)
+        elif isinstance(value, str) and "{question}" in value:
+            value = "Q: {question}"
+        else:
+            value = "x"
+        changed[f.name] = value
+    if cls is PromptConfig:
+        changed["template"] = "Q: {question}"
+    if cls is SamplingConfig:
+        changed["top_p"] = 0.5
+    expected = cls(**changed)
+    assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
+
+
+def test_cli_defaults_are_the_library_defaults():
+    # the drift this guards against: cross-sampling batch_size was 256 in the schema, 64 in the CLI
+    out = run(tokenshift_cmd() + ["crosssample", "--help"]).stdout
+    assert f"(default: {CrossSampleConfig().batch_size})" in " ".join(out.split())
+    assert CrossSampleConfig().batch_size == SCHEMA["properties"]["crosssample"]["properties"]["batch_size"]["default"]
+
+
+def test_a_refused_value_exits_2_naming_the_setting(tmp_path):
+    r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden-size", "3", "--out", str(tmp_path / "t")])
+    assert r.returncode == 2 and "--hidden-size" in r.stderr and "Traceback" not in r.stderr
+    r = run(tokenshift_cmd() + ["rollout", "--model", "m", "--dataset", "d", "--out", "o", "--n", "0"])
+    assert r.returncode == 2 and "--n" in r.stderr and ">= 1" in r.stderr
