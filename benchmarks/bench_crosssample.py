@@ -25,14 +25,46 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from tokenshift.crosssample import SwitchRule, cross_sample
 from tokenshift.generation import SamplingConfig, sample
 
-TOY = dict(vocab_size=265, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-           num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
-QWEN_100M = dict(vocab_size=151936, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
-                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
-QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
-QWEN_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=4096, tie_word_embeddings=False)
+TOY = dict(
+    vocab_size=265,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+QWEN_100M = dict(
+    vocab_size=151936,
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
+QWEN_1_5B = dict(
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
+QWEN_7B = dict(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    max_position_embeddings=4096,
+    tie_word_embeddings=False,
+)
 
 
 def _sync(device: str) -> None:
@@ -59,13 +91,24 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
     prompts = torch.randint(1, vocab, (batch, prompt_len), generator=g).tolist()
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
     rule = SwitchRule(direction="forward", policy="random", threshold=0.9, budget=None)
-    single = lambda: sample(base, prompts, eos_id=-1, pad_id=0, sampling=sampling, seed=0, batch_size=batch)  # noqa: E731
-    pair = lambda: cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, rule=rule,  # noqa: E731
-                                sampling=sampling, seed=0, batch_size=batch)
+    single = lambda: sample(base, prompts, eos_id=-1, pad_id=0, sampling=sampling, seed=0, batch_size=batch)
+    pair = lambda: cross_sample(
+        base,
+        rl,
+        prompts,
+        eos_id=None,
+        pad_id=0,
+        vocab_size=vocab,
+        rule=rule,
+        sampling=sampling,
+        seed=0,
+        batch_size=batch,
+    )
     warm = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=4)
     sample(base, prompts, eos_id=-1, pad_id=0, sampling=warm, seed=0, batch_size=batch)
-    cross_sample(base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, rule=rule, sampling=warm, seed=0,
-                 batch_size=batch)
+    cross_sample(
+        base, rl, prompts, eos_id=None, pad_id=0, vocab_size=vocab, rule=rule, sampling=warm, seed=0, batch_size=batch
+    )
     n_tokens = batch * new_tokens
     t_single, t_pair = float("inf"), float("inf")
     for _ in range(3):  # alternate, so a slow spell of the machine hits both sides
@@ -77,17 +120,23 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
 def main() -> None:
     transformers.logging.set_verbosity_error()  # eos -1 (never stop early) is deliberate here
     # the toy pair at the workflow's default cross-sampling batch (config crosssample.batch_size)
-    cases = [("toy_cpu", TOY, dict(batch=256, prompt_len=20, new_tokens=80, device="cpu", dtype=torch.float32)),
-             ("100m_cpu", QWEN_100M, dict(batch=16, prompt_len=32, new_tokens=32, device="cpu", dtype=torch.float32))]
+    cases = [
+        ("toy_cpu", TOY, dict(batch=256, prompt_len=20, new_tokens=80, device="cpu", dtype=torch.float32)),
+        ("100m_cpu", QWEN_100M, dict(batch=16, prompt_len=32, new_tokens=32, device="cpu", dtype=torch.float32)),
+    ]
     if torch.cuda.is_available():
         for name, shape in (("1.5b_gpu", QWEN_1_5B), ("7b_gpu", QWEN_7B)):
-            cases.append((name, shape, dict(batch=128, prompt_len=256, new_tokens=256, device="cuda",
-                                            dtype=torch.bfloat16)))
+            cases.append(
+                (name, shape, dict(batch=128, prompt_len=256, new_tokens=256, device="cuda", dtype=torch.bfloat16))
+            )
     results = []
     for name, shape, kw in cases:
         single, pair = compare(shape, **kw)
-        print(f"{name}: generate {single:.0f} tok/s, cross-sampling pair {pair:.0f} tok/s "
-              f"(batch {kw['batch']}, prompt {kw['prompt_len']}, {kw['new_tokens']} new tokens)", flush=True)
+        print(
+            f"{name}: generate {single:.0f} tok/s, cross-sampling pair {pair:.0f} tok/s "
+            f"(batch {kw['batch']}, prompt {kw['prompt_len']}, {kw['new_tokens']} new tokens)",
+            flush=True,
+        )
         results.append((f"crosssample_{name}_pair_over_generate", pair / single))
     for name, ratio in results:
         print(f"RESULT {name} {ratio:.2f}")

@@ -19,10 +19,26 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenshift.generation import SamplingConfig, sample
 
-TOY = dict(vocab_size=265, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-           num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
-QWEN_1_5B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                 num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True)
+TOY = dict(
+    vocab_size=265,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
+QWEN_1_5B = dict(
+    vocab_size=151936,
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    tie_word_embeddings=True,
+)
 
 
 def tokens_per_s(model, *, batch: int, n_seqs: int, prompt_len: int, new_tokens: int, device: str) -> float:

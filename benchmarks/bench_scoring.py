@@ -30,28 +30,41 @@ from tokenshift.scoring import ScoringConfig, score_rows
 
 VOCAB = 151936
 SHAPES = {
-    "cpu-small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4),
+    "cpu-small": dict(
+        hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "1.5b": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
+    ),
+    "7b": dict(
+        hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4
+    ),
 }
 H100_BF16_DENSE_FLOPS = 989e12
 
 
 def model(shape: str, device: str, dtype, seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB, max_position_embeddings=32768, tie_word_embeddings=False,
-                      attn_implementation="sdpa", **SHAPES[shape])
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        **SHAPES[shape],
+    )
     with torch.device(device):
         return Qwen2ForCausalLM(cfg).to(dtype).eval()
 
 
 def rows(n_seqs: int, prompt: int, response: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randint(1, VOCAB, (prompt,), generator=g).tolist(),
-             torch.randint(1, VOCAB, (response,), generator=g).tolist()) for _ in range(n_seqs)]
+    return [
+        (
+            torch.randint(1, VOCAB, (prompt,), generator=g).tolist(),
+            torch.randint(1, VOCAB, (response,), generator=g).tolist(),
+        )
+        for _ in range(n_seqs)
+    ]
 
 
 def sync(device: str) -> None:
@@ -64,9 +77,8 @@ def bare_forwards(a, b, rs, device: str, batch: int) -> float:
     """Seconds for two plain forwards (full logits) over the same sequences."""
     t0 = time.perf_counter()
     for i in range(0, len(rs), batch):
-        ids = torch.tensor([p + r for p, r in rs[i:i + batch]], device=device)
-        a(input_ids=ids).logits
-        b(input_ids=ids).logits
+        ids = torch.tensor([p + r for p, r in rs[i : i + batch]], device=device)
+        _ = a(input_ids=ids).logits, b(input_ids=ids).logits  # what the naive method computes
     sync(device)
     return time.perf_counter() - t0
 
@@ -78,8 +90,9 @@ def scoring(a, b, rs, device: str, batch_tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def overhead(shape: str, device: str, dtype, n_seqs: int, prompt: int, response: int,
-             batch: int) -> tuple[float, float, int]:
+def overhead(
+    shape: str, device: str, dtype, n_seqs: int, prompt: int, response: int, batch: int
+) -> tuple[float, float, int]:
     """(bare time / scoring time, scored response tokens/s, parameters of one model)."""
     a, b = model(shape, device, dtype, 0), model(shape, device, dtype, 1)
     rs = rows(n_seqs, prompt, response)
@@ -103,8 +116,7 @@ def _memory_child(mode: str, tokens: int, device: str) -> None:
         base_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if mode == "activations":  # the two models' bodies alone: the floor any method needs
         ids = torch.tensor([rs[0][0] + rs[0][1]], device=device)
-        a.model(input_ids=ids).last_hidden_state
-        b.model(input_ids=ids).last_hidden_state
+        _ = a.model(input_ids=ids).last_hidden_state, b.model(input_ids=ids).last_hidden_state
     elif mode == "naive":
         ids = torch.tensor([rs[0][0] + rs[0][1]], device=device)
         la, lb = a(input_ids=ids).logits[0], b(input_ids=ids).logits[0]
@@ -122,8 +134,12 @@ def _memory_child(mode: str, tokens: int, device: str) -> None:
 
 
 def peak_mb(mode: str, tokens: int, device: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", mode, str(tokens), device],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-child", mode, str(tokens), device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -135,14 +151,17 @@ def main() -> None:
     mem_tokens = 8192 if torch.cuda.is_available() else 1024  # naive needs ~10 [tokens, vocab] fp32 tensors
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     act, chunked, naive = (peak_mb(m, mem_tokens, dev) for m in ("activations", "chunked", "naive"))
-    print(f"peak memory over the weights, {mem_tokens} tokens on {dev}: activations {act:.0f} MB, "
-          f"chunked {chunked:.0f} MB, naive {naive:.0f} MB")
+    print(
+        f"peak memory over the weights, {mem_tokens} tokens on {dev}: activations {act:.0f} MB, "
+        f"chunked {chunked:.0f} MB, naive {naive:.0f} MB"
+    )
     results += [("chunked_over_activations_memory", chunked / act), ("naive_over_chunked_memory", naive / chunked)]
     if torch.cuda.is_available():
         for shape, n_seqs in (("1.5b", 32), ("7b", 16)):
             prompt, response = 512, 1536
-            r, tps, n_params = overhead(shape, "cuda", torch.bfloat16, n_seqs=n_seqs, prompt=prompt,
-                                        response=response, batch=8)
+            r, tps, n_params = overhead(
+                shape, "cuda", torch.bfloat16, n_seqs=n_seqs, prompt=prompt, response=response, batch=8
+            )
             # forward FLOPs ~ 2 x parameters per token and model (attention's extra not counted),
             # over every token read (prompt too), for two models
             flops = 2 * 2 * n_params * tps * (prompt + response) / response

@@ -31,9 +31,16 @@ def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=embedding_rows or len(tokenizer), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id)
+    cfg = Qwen2Config(
+        vocab_size=embedding_rows or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     Qwen2ForCausalLM(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -43,12 +50,16 @@ def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, 
 def make_checkpoint(tmp_path, toy_tokenizer):
     def make(name: str, tokenizer=None, **kw) -> Path:
         return save_checkpoint(tmp_path / name, tokenizer or toy_tokenizer, **kw)
+
     return make
 
 
-def run(cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def run(
+    cmd: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def tokenshift_cmd() -> list[str]:

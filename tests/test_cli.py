@@ -5,9 +5,25 @@ from __future__ import annotations
 import pytest
 from conftest import run, tokenshift_cmd
 
-HELPS = [[], ["models"], ["models", "fetch"], ["models", "toy-base"], ["models", "toy-rl"], ["models", "check-pair"],
-         ["dataset"], ["score"], ["divergence"], ["toy-check"], ["rollout"], ["accuracy"], ["crosssample"],
-         ["crosssample-table"], ["figures"], ["figure-overview"], ["report"]]
+HELPS = [
+    [],
+    ["models"],
+    ["models", "fetch"],
+    ["models", "toy-base"],
+    ["models", "toy-rl"],
+    ["models", "check-pair"],
+    ["dataset"],
+    ["score"],
+    ["divergence"],
+    ["toy-check"],
+    ["rollout"],
+    ["accuracy"],
+    ["crosssample"],
+    ["crosssample-table"],
+    ["figures"],
+    ["figure-overview"],
+    ["report"],
+]
 
 
 @pytest.mark.parametrize("sub", HELPS, ids=lambda s: " ".join(s) or "top")

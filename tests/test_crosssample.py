@@ -18,8 +18,15 @@ VOCAB = 48
 
 def tiny_model(seed: int) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=VOCAB + 3, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    cfg = Qwen2Config(
+        vocab_size=VOCAB + 3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     with torch.no_grad():  # sharper distributions than the init's near-uniform ones
         model.lm_head.weight.mul_(20)
@@ -50,9 +57,9 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
             x = torch.tensor([seq])
             lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
             stats = step_statistics(lg, lo)
-            stat = rs[t][i:i + 1] if cfg.policy == "random" else stats[cfg.policy]
+            stat = rs[t][i : i + 1] if cfg.policy == "random" else stats[cfg.policy]
             switch = bool(stat > cfg.threshold) and used < budget
-            tok = int(sample_from_logits(lo if switch else lg, us[t][i:i + 1], sampling))
+            tok = int(sample_from_logits(lo if switch else lg, us[t][i : i + 1], sampling))
             if switch:
                 used += 1
                 positions.append(t)
@@ -64,19 +71,46 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
     return out
 
 
-def run(pair, direction="forward", policy="js", budget=None, threshold=0.05, eos_id=None, max_new=12, batch_size=4,
-        prompts=PROMPTS, seed=3):
+def run(
+    pair,
+    direction="forward",
+    policy="js",
+    budget=None,
+    threshold=0.05,
+    eos_id=None,
+    max_new=12,
+    batch_size=4,
+    prompts=PROMPTS,
+    seed=3,
+):
     base, rl = pair
     rule = SwitchRule(direction=direction, policy=policy, budget=budget, threshold=threshold)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
-    return (rule, sampling), cross_sample(base, rl, prompts, eos_id=eos_id, pad_id=0, vocab_size=VOCAB, rule=rule,
-                                          sampling=sampling, seed=seed, batch_size=batch_size)
+    return (rule, sampling), cross_sample(
+        base,
+        rl,
+        prompts,
+        eos_id=eos_id,
+        pad_id=0,
+        vocab_size=VOCAB,
+        rule=rule,
+        sampling=sampling,
+        seed=seed,
+        batch_size=batch_size,
+    )
 
 
-@pytest.mark.parametrize("direction,policy,budget,threshold", [
-    ("forward", "js", None, 0.05), ("forward", "js", 2, 0.05), ("reverse", "js", 3, 0.02),
-    ("forward", "entropy", None, 2.0), ("forward", "argmax", 4, 0.5), ("reverse", "random", 2, 0.6),
-])
+@pytest.mark.parametrize(
+    "direction,policy,budget,threshold",
+    [
+        ("forward", "js", None, 0.05),
+        ("forward", "js", 2, 0.05),
+        ("reverse", "js", 3, 0.02),
+        ("forward", "entropy", None, 2.0),
+        ("forward", "argmax", 4, 0.5),
+        ("reverse", "random", 2, 0.6),
+    ],
+)
 def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold):
     # eos 47 is drawn often enough that rows finish at different steps and get compacted away
     (rule, sampling), samples = run(pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS))
@@ -91,8 +125,10 @@ def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, pol
 
 
 def test_budget_zero_is_the_same_run_under_every_policy(pair):
-    runs = [run(pair, policy=p, budget=0, threshold=t)[1] for p, t in
-            (("js", 0.0), ("entropy", 0.0), ("argmax", 0.5), ("random", 0.0))]
+    runs = [
+        run(pair, policy=p, budget=0, threshold=t)[1]
+        for p, t in (("js", 0.0), ("entropy", 0.0), ("argmax", 0.5), ("random", 0.0))
+    ]
     assert all(s.extra["n_switched"] == 0 for s in runs[0])
     for other in runs[1:]:
         assert [s.response_ids for s in other] == [s.response_ids for s in runs[0]]
@@ -112,8 +148,9 @@ def test_switched_js_values_exceed_the_threshold_and_random_switches_blind(pair)
     assert values and min(values) > 0.5
     for s in js_run:  # the per-position JS trace lines up with the response and the switches
         assert len(s.extra["step_js"]) == len(s.response_ids)
-        assert [s.extra["step_js"][p] for p in s.extra["switched_positions"] if p < len(s.response_ids)] == \
-            [v for p, v in zip(s.extra["switched_positions"], s.extra["switched_js"]) if p < len(s.response_ids)]
+        assert [s.extra["step_js"][p] for p in s.extra["switched_positions"] if p < len(s.response_ids)] == [
+            v for p, v in zip(s.extra["switched_positions"], s.extra["switched_js"]) if p < len(s.response_ids)
+        ]
     _, rnd = run(pair, policy="random", threshold=0.75, max_new=40, prompts=PROMPTS * 8, batch_size=16)
     share = sum(s.extra["n_switched"] for s in rnd) / sum(len(s.response_ids) for s in rnd)
     assert 0.18 < share < 0.32  # 1 - 0.75 of positions, within sampling noise of 1920 draws
@@ -121,10 +158,11 @@ def test_switched_js_values_exceed_the_threshold_and_random_switches_blind(pair)
 
 
 def test_finished_rows_stop_costing_compute(pair):
-    base, rl = pair
+    base, _ = pair
     seen = []
-    hook = base.model.register_forward_pre_hook(lambda m, args, kw: seen.append(kw["input_ids"].shape[0]),
-                                                with_kwargs=True)
+    hook = base.model.register_forward_pre_hook(
+        lambda m, args, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         _, samples = run(pair, eos_id=47, max_new=30, prompts=PROMPTS * 4, batch_size=24)
     finally:
@@ -156,15 +194,16 @@ def resolve_threshold(policy, direction, spec, scores=None):
 
 
 def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
-    scores = pl.DataFrame({"js": [0.0, 0.1, 0.2, 0.3, 0.4], "entropy_base": [1.0, 2.0, 3.0, 4.0, 5.0],
-                           "entropy_rl": [0.0] * 5})
+    scores = pl.DataFrame(
+        {"js": [0.0, 0.1, 0.2, 0.3, 0.4], "entropy_base": [1.0, 2.0, 3.0, 4.0, 5.0], "entropy_rl": [0.0] * 5}
+    )
     assert resolve_threshold("js", "forward", {"percentile": 75}, scores) == pytest.approx(0.3)
     assert resolve_threshold("entropy", "forward", {"percentile": 50}, scores) == pytest.approx(3.0)
     assert resolve_threshold("entropy", "reverse", {"percentile": 50}, scores) == 0.0
     assert resolve_threshold("random", "forward", {"percentile": 90}) == pytest.approx(0.9)
     assert resolve_threshold("argmax", "forward", {}) == 0.5
     assert resolve_threshold("js", "reverse", {"threshold": 0.02}) == 0.02
-    with pytest.raises(ValueError, match="js threshold 0.9"):
+    with pytest.raises(ValueError, match=r"js threshold 0\.9"):
         resolve_threshold("js", "forward", {"threshold": 0.9})
     with pytest.raises(ValueError, match="needs the per-token scores"):
         resolve_threshold("js", "forward", {"percentile": 90})
@@ -181,6 +220,7 @@ from conftest import tokenshift_cmd  # noqa: E402
 
 from tokenshift.tables import crosssample_table  # noqa: E402
 
+
 @pytest.fixture()
 def toy_problems(tmp_path):
     from tokenshift.datasets import DatasetSpec, prepare_dataset
@@ -191,19 +231,42 @@ def toy_problems(tmp_path):
 
 
 def crosssample_cmd(base, rl, problems, out, *extra):
-    return tokenshift_cmd() + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems),
-                               "--template", "{question}", "--no-chat-template", "--n", "2", "--max-new-tokens", "16",
-                               "-q", "--out", str(out), *extra]
+    return tokenshift_cmd() + [
+        "crosssample",
+        "--base",
+        str(base),
+        "--rl",
+        str(rl),
+        "--dataset",
+        str(problems),
+        "--template",
+        "{question}",
+        "--no-chat-template",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "-q",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint, toy_problems, tmp_path):
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
     runs = []
-    for policy, budget, th in (("js", "0", ["--threshold", "0.0"]), ("js", "3", ["--threshold", "0.0"]),
-                               ("random", "3", ["--percentile", "50"])):
+    for policy, budget, th in (
+        ("js", "0", ["--threshold", "0.0"]),
+        ("js", "3", ["--threshold", "0.0"]),
+        ("random", "3", ["--percentile", "50"]),
+    ):
         out = tmp_path / f"{policy}-{budget}.parquet"
-        r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward", "--policy", policy,
-                                    "--budget", budget, *th))
+        r = run_cmd(
+            crosssample_cmd(
+                base, rl, toy_problems, out, "--direction", "forward", "--policy", policy, "--budget", budget, *th
+            )
+        )
         assert r.returncode == 0, r.stderr
         t = pl.read_parquet(out)
         assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_answer", "timeout", "error"}
@@ -226,12 +289,20 @@ def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_che
     from test_models import other_tokenizer
 
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9"))
+    r = run_cmd(
+        crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9")
+    )
     assert r.returncode == 2 and "js threshold 0.9" in r.stderr and "Traceback" not in r.stderr
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90"))
+    r = run_cmd(
+        crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90")
+    )
     assert r.returncode == 2 and "needs --scores" in r.stderr
     alien = make_checkpoint("alien", tokenizer=other_tokenizer(["Q:1+2=3.\\boxed{3}"] * 20))
-    r = run_cmd(crosssample_cmd(base, alien, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"))
+    r = run_cmd(
+        crosssample_cmd(
+            base, alien, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"
+        )
+    )
     assert r.returncode == 2 and "token ids differ" in r.stderr
     assert not (tmp_path / "x.parquet").exists()
 

@@ -16,8 +16,13 @@ from tokenshift.divergence import token_stats
 
 def reference(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, np.ndarray]:
     p, q = softmax(a.astype(np.float64), axis=-1), softmax(b.astype(np.float64), axis=-1)
-    out = {"js": jensenshannon(p, q, axis=-1) ** 2, "kl_base_rl": entropy(p, q, axis=-1),
-           "kl_rl_base": entropy(q, p, axis=-1), "entropy_base": entropy(p, axis=-1), "entropy_rl": entropy(q, axis=-1)}
+    out = {
+        "js": jensenshannon(p, q, axis=-1) ** 2,
+        "kl_base_rl": entropy(p, q, axis=-1),
+        "kl_rl_base": entropy(q, p, axis=-1),
+        "entropy_base": entropy(p, axis=-1),
+        "entropy_rl": entropy(q, axis=-1),
+    }
     tp, tq = np.argsort(-a, axis=-1, kind="stable")[:, :k], np.argsort(-b, axis=-1, kind="stable")[:, :k]
     out["topk_overlap"] = np.array([len(set(x) & set(y)) / k for x, y in zip(tp, tq)])
     rl_top, base_top = b.argmax(-1), a.argmax(-1)

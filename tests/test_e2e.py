@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -32,7 +33,10 @@ def test_toy_pair_is_built_as_ordinary_checkpoints(default_run):
         assert manifest["source"] == "toy" and manifest["tokenizer_roundtrip"] == "ok"
         model = AutoModelForCausalLM.from_pretrained(default_run / "resources" / "models" / name)
         assert type(model).__name__ == "Qwen2ForCausalLM"
-        assert len(AutoTokenizer.from_pretrained(default_run / "resources" / "models" / name)) == manifest["tokenizer_size"]
+        assert (
+            len(AutoTokenizer.from_pretrained(default_run / "resources" / "models" / name))
+            == manifest["tokenizer_size"]
+        )
     pair = json.loads((default_run / "resources" / "pairs" / "toy.json").read_text())
     assert pair["identical_tokenizers"]
 
@@ -118,7 +122,7 @@ def test_forward_cross_sampling_recovers_rl_accuracy_with_few_tokens(default_run
     assert _overlap(f["0"], acc["base"]) and f["0"]["mean_switched"] == 0
     assert _overlap(f["all"], acc["rl"]) and _above(f["all"], f["0"])
     # accuracy rises with the budget (each step within the CIs' noise), bought with a few tokens
-    for lo, hi in zip(labels, labels[1:]):
+    for lo, hi in itertools.pairwise(labels):
         assert f[hi]["accuracy"] >= f[lo]["ci_low"] - (f[lo]["ci_high"] - f[lo]["ci_low"]) / 2
     assert f["all"]["switched_share"] < 0.15 and f["all"]["mean_switched"] < 10
     # the same number of tokens switched at random positions does far less
@@ -166,7 +170,8 @@ def test_report_holds_every_figure_and_the_headline_numbers(default_run):
         assert html.escape(text) in page
     # the JSON's numbers are the tables' numbers
     sp = pl.read_parquet(default_run / "results" / "toy" / "toy" / "divergence" / "sparsity.parquet").filter(
-        (pl.col("kind") == "share_below") & (pl.col("js_nats") == 1e-3) & (pl.col("source") == "rl"))
+        (pl.col("kind") == "share_below") & (pl.col("js_nats") == 1e-3) & (pl.col("source") == "rl")
+    )
     assert result["share_js_below"]["0.001"] == pytest.approx(sp["share"][0])
     assert 0.5 < result["crosssample"]["forward_recovery"] <= 1.2
     assert result["crosssample"]["random_recovery"] < result["crosssample"]["forward_recovery"] - 0.3

@@ -11,8 +11,10 @@ from transformers import AutoModelForCausalLM
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.scoring import STAT_COLUMNS, score_rows
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here"),
+]
 
 
 @pytest.fixture()
@@ -26,11 +28,21 @@ def test_scoring_on_cuda_matches_cpu_with_models_on_different_devices(pair):
     a, b, vocab = pair
     g = np.random.default_rng(0)
     rows = [(g.integers(1, vocab, 6).tolist(), g.integers(1, vocab, 20).tolist()) for _ in range(5)]
-    cpu = score_rows(AutoModelForCausalLM.from_pretrained(a), AutoModelForCausalLM.from_pretrained(b), rows,
-                     vocab_size=vocab, pad_id=0)
+    cpu = score_rows(
+        AutoModelForCausalLM.from_pretrained(a),
+        AutoModelForCausalLM.from_pretrained(b),
+        rows,
+        vocab_size=vocab,
+        pad_id=0,
+    )
     # base on the GPU, RL on the CPU: the chunk's logits meet on the base model's device
-    gpu = score_rows(AutoModelForCausalLM.from_pretrained(a).cuda(), AutoModelForCausalLM.from_pretrained(b), rows,
-                     vocab_size=vocab, pad_id=0)
+    gpu = score_rows(
+        AutoModelForCausalLM.from_pretrained(a).cuda(),
+        AutoModelForCausalLM.from_pretrained(b),
+        rows,
+        vocab_size=vocab,
+        pad_id=0,
+    )
     for k in ("logp_base", "logp_rl", *STAT_COLUMNS):
         np.testing.assert_allclose(gpu.columns[k], cpu.columns[k], atol=1e-4, rtol=1e-3, err_msg=k)
 
@@ -38,8 +50,15 @@ def test_scoring_on_cuda_matches_cpu_with_models_on_different_devices(pair):
 def test_sampling_on_cuda_returns_token_ids(pair):
     a, _, vocab = pair
     model = AutoModelForCausalLM.from_pretrained(a).cuda()
-    out = sample(model, [[1, 2, 3], [4, 5]], eos_id=vocab - 1, pad_id=0,
-                 sampling=SamplingConfig(max_new_tokens=8), seed=0, batch_size=2)
+    out = sample(
+        model,
+        [[1, 2, 3], [4, 5]],
+        eos_id=vocab - 1,
+        pad_id=0,
+        sampling=SamplingConfig(max_new_tokens=8),
+        seed=0,
+        batch_size=2,
+    )
     assert len(out) == 2 and all(0 < len(s.response_ids) <= 8 for s in out)
 
 
@@ -63,12 +82,20 @@ def test_cross_sampling_on_cuda_matches_cpu_with_models_on_different_devices(pai
     a, b, vocab = pair
     g = np.random.default_rng(1)
     prompts = [g.integers(1, vocab, int(n)).tolist() for n in (3, 7, 5, 4)]
-    kw = dict(eos_id=None, pad_id=0, vocab_size=vocab, rule=SwitchRule(policy="js", threshold=0.001, budget=3),
-              sampling=SamplingConfig(temperature=1.0, max_new_tokens=16), seed=0, batch_size=4)
+    kw = dict(
+        eos_id=None,
+        pad_id=0,
+        vocab_size=vocab,
+        rule=SwitchRule(policy="js", threshold=0.001, budget=3),
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=16),
+        seed=0,
+        batch_size=4,
+    )
     cpu = cross_sample(AutoModelForCausalLM.from_pretrained(a), AutoModelForCausalLM.from_pretrained(b), prompts, **kw)
     # float32 on both devices; base (the generator) on the GPU, RL on the CPU
-    gpu = cross_sample(AutoModelForCausalLM.from_pretrained(a).cuda(), AutoModelForCausalLM.from_pretrained(b), prompts,
-                       **kw)
+    gpu = cross_sample(
+        AutoModelForCausalLM.from_pretrained(a).cuda(), AutoModelForCausalLM.from_pretrained(b), prompts, **kw
+    )
     same = sum(x.response_ids == y.response_ids for x, y in zip(cpu, gpu))
     assert same >= 3  # identical noise; a rare float difference at a CDF boundary may fork one row
     assert all(s.extra["n_switched"] <= 3 and len(s.response_ids) == 16 for s in gpu)

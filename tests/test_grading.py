@@ -42,9 +42,9 @@ def test_pool_grades_like_in_process_and_survives_pathological_answers():
     golds = [c[1] for c in CASES] + ["1", "1", "1"]
     with Grader(timeout_s=2, workers=2) as grader:
         results = grader.grade(responses, golds)
-    assert [r.correct for r in results[:len(CASES)]] == [c[2] for c in CASES]
-    assert not any(r.correct for r in results[len(CASES):])
-    assert {r.status for r in results[len(CASES):]} <= {"no_answer", "timeout", "error", "ok"}
+    assert [r.correct for r in results[: len(CASES)]] == [c[2] for c in CASES]
+    assert not any(r.correct for r in results[len(CASES) :])
+    assert {r.status for r in results[len(CASES) :]} <= {"no_answer", "timeout", "error", "ok"}
 
 
 def test_mismatched_lengths_are_refused():
@@ -67,7 +67,8 @@ def test_grading_workers_die_with_a_killed_job(tmp_path):
         "g = Grader(workers=2).__enter__()\n"
         "g.grade(['\\\\boxed{1}', '\\\\boxed{2}'], ['1', '2'])\n"
         "print(' '.join(str(p) for p in g._pool._processes), flush=True)\n"
-        "time.sleep(120)\n")
+        "time.sleep(120)\n"
+    )
     job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     workers = [int(p) for p in job.stdout.readline().split()]
     assert len(workers) == 2

@@ -24,49 +24,96 @@ def fake_scores(n_resp: int = 60, length: int = 30) -> pl.DataFrame:
     for r in range(n_resp):
         for p in range(length):
             js = float(RNG.exponential(0.002) * (30 if p in (3, 11, 19) else 1))
-            rows.append({"problem_id": f"q{r // 2}", "sample_index": r % 2, "position": p, "norm_position": p / length,
-                         "js": min(js, 0.69), "kl_base_rl": js * 2, "kl_rl_base": js * 2,
-                         "entropy_base": float(RNG.exponential(0.3)), "entropy_rl": float(RNG.exponential(0.2)),
-                         "topk_overlap": float(RNG.choice([0.6, 0.8, 1.0], p=[0.05, 0.15, 0.8])),
-                         "rl_top1_rank_in_base": int(RNG.choice([0, 1, 2, 7], p=[0.9, 0.07, 0.02, 0.01])),
-                         "base_top1_rank_in_rl": 0, "p_base_of_rl_top1": 0.7, "p_rl_of_rl_top1": 0.9})
+            rows.append(
+                {
+                    "problem_id": f"q{r // 2}",
+                    "sample_index": r % 2,
+                    "position": p,
+                    "norm_position": p / length,
+                    "js": min(js, 0.69),
+                    "kl_base_rl": js * 2,
+                    "kl_rl_base": js * 2,
+                    "entropy_base": float(RNG.exponential(0.3)),
+                    "entropy_rl": float(RNG.exponential(0.2)),
+                    "topk_overlap": float(RNG.choice([0.6, 0.8, 1.0], p=[0.05, 0.15, 0.8])),
+                    "rl_top1_rank_in_base": int(RNG.choice([0, 1, 2, 7], p=[0.9, 0.07, 0.02, 0.01])),
+                    "base_top1_rank_in_rl": 0,
+                    "p_base_of_rl_top1": 0.7,
+                    "p_rl_of_rl_top1": 0.9,
+                }
+            )
     return pl.DataFrame(rows)
 
 
 def rollouts(p_correct: float, n_problems: int = 40, n: int = 4) -> pl.DataFrame:
-    return pl.DataFrame({"problem_id": [f"q{i}" for i in range(n_problems) for _ in range(n)],
-                         "correct": (RNG.random(n_problems * n) < p_correct).tolist(), "dataset_version": "v"})
+    return pl.DataFrame(
+        {
+            "problem_id": [f"q{i}" for i in range(n_problems) for _ in range(n)],
+            "correct": (RNG.random(n_problems * n) < p_correct).tolist(),
+            "dataset_version": "v",
+        }
+    )
 
 
 def cross_run(direction, policy, budget, p_correct, switched) -> pl.DataFrame:
     n = 160
-    return pl.DataFrame({
-        "problem_id": [f"q{i // 4}" for i in range(n)], "sample_index": [i % 4 for i in range(n)],
-        "correct": (RNG.random(n) < p_correct).tolist(), "n_switched": [switched] * n,
-        "n_response_tokens": [30] * n, "finish_reason": ["stop"] * n,
-        "switched_js": [[0.05] * switched] * n, "direction": direction, "policy": policy, "budget": budget,
-        "threshold": 0.01}, schema_overrides={"switched_js": pl.List(pl.Float32)})
+    return pl.DataFrame(
+        {
+            "problem_id": [f"q{i // 4}" for i in range(n)],
+            "sample_index": [i % 4 for i in range(n)],
+            "correct": (RNG.random(n) < p_correct).tolist(),
+            "n_switched": [switched] * n,
+            "n_response_tokens": [30] * n,
+            "finish_reason": ["stop"] * n,
+            "switched_js": [[0.05] * switched] * n,
+            "direction": direction,
+            "policy": policy,
+            "budget": budget,
+            "threshold": 0.01,
+        },
+        schema_overrides={"switched_js": pl.List(pl.Float32)},
+    )
 
 
 @pytest.fixture(scope="module")
 def tables():
     div = divergence_tables({"base": fake_scores(), "rl": fake_scores()}, {"pair": "toy", "dataset": "toy"})
     acc = accuracy_table({"base": rollouts(0.4), "rl": rollouts(0.75)}, ks=[1])
-    runs = [cross_run(d, p, b, pc, sw) for d, p, b, pc, sw in [
-        ("forward", "js", "0", 0.4, 0), ("forward", "js", "2", 0.6, 2), ("forward", "js", "all", 0.72, 4),
-        ("forward", "random", "2", 0.42, 2), ("forward", "random", "all", 0.43, 4),
-        ("reverse", "js", "0", 0.75, 0), ("reverse", "js", "2", 0.55, 2), ("reverse", "js", "all", 0.45, 4)]]
+    runs = [
+        cross_run(d, p, b, pc, sw)
+        for d, p, b, pc, sw in [
+            ("forward", "js", "0", 0.4, 0),
+            ("forward", "js", "2", 0.6, 2),
+            ("forward", "js", "all", 0.72, 4),
+            ("forward", "random", "2", 0.42, 2),
+            ("forward", "random", "all", 0.43, 4),
+            ("reverse", "js", "0", 0.75, 0),
+            ("reverse", "js", "2", 0.55, 2),
+            ("reverse", "js", "all", 0.45, 4),
+        ]
+    ]
     return div, acc, crosssample_table(runs, labels={"pair": "toy", "dataset": "toy"})
 
 
 @pytest.fixture(scope="module")
 def example(toy_tokenizer):
     ids = toy_tokenizer.encode("8a+6=14.\n14b+8=22.\n\\boxed{22}")
-    run = pl.DataFrame({"problem_id": ["q1", "q2"], "sample_index": [0, 0], "correct": [True, True],
-                        "n_switched": [2, 1], "n_response_tokens": [len(ids)] * 2, "response_ids": [ids, ids],
-                        "prompt_ids": [toy_tokenizer.encode("Q:8a+6b+8c-4=?\n")] * 2,
-                        "switched_positions": [[3, 9], [3]], "step_js": [[0.001 * (i % 5) for i in range(len(ids))]] * 2,
-                        "gold": ["22", "22"], "direction": "forward", "budget": "all"})
+    run = pl.DataFrame(
+        {
+            "problem_id": ["q1", "q2"],
+            "sample_index": [0, 0],
+            "correct": [True, True],
+            "n_switched": [2, 1],
+            "n_response_tokens": [len(ids)] * 2,
+            "response_ids": [ids, ids],
+            "prompt_ids": [toy_tokenizer.encode("Q:8a+6b+8c-4=?\n")] * 2,
+            "switched_positions": [[3, 9], [3]],
+            "step_js": [[0.001 * (i % 5) for i in range(len(ids))]] * 2,
+            "gold": ["22", "22"],
+            "direction": "forward",
+            "budget": "all",
+        }
+    )
     baseline = pl.DataFrame({"problem_id": ["q1", "q2"], "sample_index": [0, 0], "correct": [False, True]})
     return example_table(run, toy_tokenizer, baseline=baseline)
 
@@ -82,9 +129,14 @@ def assert_drawn(path):
 def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
     div, acc, cross = tables
     sp = div["sparsity"].with_columns(pl.lit("rlvr").alias("pair_kind"))
-    figs = {"sparsity": FIGURES["sparsity"](sp), "position": FIGURES["position"](div["position"]),
-            "entropy": FIGURES["entropy"](div["entropy"]), "reallocation": FIGURES["reallocation"](div["reallocation"]),
-            "crosssample": FIGURES["crosssample"](cross, acc), "example": FIGURES["example"](example)}
+    figs = {
+        "sparsity": FIGURES["sparsity"](sp),
+        "position": FIGURES["position"](div["position"]),
+        "entropy": FIGURES["entropy"](div["entropy"]),
+        "reallocation": FIGURES["reallocation"](div["reallocation"]),
+        "crosssample": FIGURES["crosssample"](cross, acc),
+        "example": FIGURES["example"](example),
+    }
     assert set(figs) == set(FIGURES)
     for name, fig in figs.items():
         png, pdf = save(fig, tmp_path / name)
@@ -94,8 +146,12 @@ def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
 
 def test_sparsity_figure_puts_rlvr_and_sft_pairs_on_one_axis(tables, tmp_path):
     div, _, _ = tables
-    both = pl.concat([div["sparsity"].with_columns(pl.lit("rlvr").alias("pair_kind")),
-                      div["sparsity"].with_columns(pl.lit("sft-pair").alias("pair"), pl.lit("sft").alias("pair_kind"))])
+    both = pl.concat(
+        [
+            div["sparsity"].with_columns(pl.lit("rlvr").alias("pair_kind")),
+            div["sparsity"].with_columns(pl.lit("sft-pair").alias("pair"), pl.lit("sft").alias("pair_kind")),
+        ]
+    )
     fig = FIGURES["sparsity"](both)
     styles = {line.get_linestyle() for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 2}
     assert styles == {"-", ":"}  # one line per pair, kinds told apart
@@ -113,16 +169,27 @@ def test_headlines_and_report(tables, example, tmp_path):
     h = headlines.crosssample_summary(cross, acc)
     gap = h["accuracy_rl"] - h["accuracy_base"]
     assert h["forward_recovery_by_budget"]["all"] == pytest.approx(
-        (cross.filter((pl.col("direction") == "forward") & (pl.col("policy") == "js") & (pl.col("budget") == "all"))
-         ["accuracy"][0] - h["accuracy_base"]) / gap)
+        (
+            cross.filter((pl.col("direction") == "forward") & (pl.col("policy") == "js") & (pl.col("budget") == "all"))[
+                "accuracy"
+            ][0]
+            - h["accuracy_base"]
+        )
+        / gap
+    )
     assert h["random_recovery"] is not None and h["random_recovery"] < h["forward_recovery"]
     figs = {}
     for name, fig in (("crosssample", FIGURES["crosssample"](cross, acc)), ("example", FIGURES["example"](example))):
         figs[name] = save(fig, tmp_path / name)[0]
     overview = save(FIGURES["sparsity"](div["sparsity"]), tmp_path / "sparsity")[0]
     result = PairResult("toy", "toy", "rlvr", acc, div, cross, figs)
-    summary = write_report([result], overview_figures={"sparsity": overview}, config_text="models: {}",
-                           html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
+    summary = write_report(
+        [result],
+        overview_figures={"sparsity": overview},
+        config_text="models: {}",
+        html_out=tmp_path / "report.html",
+        json_out=tmp_path / "summary.json",
+    )
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
     saved = json.loads((tmp_path / "summary.json").read_text())["results"][0]
@@ -131,8 +198,9 @@ def test_headlines_and_report(tables, example, tmp_path):
         assert html.escape(text) in page
     share = headlines.sparsity_summary(div["sparsity"])["0.001"]
     assert f"{100 * share:.1f}% of positions" in page
-    assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["share_js_below"]["0.001"] == \
-        pytest.approx(share)
+    assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["share_js_below"][
+        "0.001"
+    ] == pytest.approx(share)
 
 
 def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_path):
@@ -143,10 +211,12 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     div, acc, cross = tables
     results = tmp_path / "results" / "toy" / "toy"
     for name, t in div.items():
-        t.write_parquet((results / "divergence").mkdir(parents=True, exist_ok=True) or results / "divergence" /
-                        f"{name}.parquet")
+        t.write_parquet(
+            (results / "divergence").mkdir(parents=True, exist_ok=True) or results / "divergence" / f"{name}.parquet"
+        )
     acc.with_columns(pl.lit("toy").alias("pair"), pl.lit("toy").alias("dataset")).write_parquet(
-        results / "accuracy.parquet")
+        results / "accuracy.parquet"
+    )
     cross.write_parquet(results / "crosssample.parquet")
     drawn = draw_pair_figures(results, results / "figures")  # no example run: figure 6 says there is none
     assert set(drawn) == set(PAIR_FIGURES)
@@ -155,8 +225,14 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     draw_overview([results / "divergence" / "sparsity.parquet"], tmp_path / "sparsity", kinds={"toy": "sft"})
     config = tmp_path / "config.yaml"
     config.write_text("models: {}\n")
-    summary = build_report([results], html_out=tmp_path / "r.html", json_out=tmp_path / "s.json",
-                           kinds={"toy": "sft"}, overview=[tmp_path / "sparsity.png"], config=config)
+    summary = build_report(
+        [results],
+        html_out=tmp_path / "r.html",
+        json_out=tmp_path / "s.json",
+        kinds={"toy": "sft"},
+        overview=[tmp_path / "sparsity.png"],
+        config=config,
+    )
     assert summary["results"][0]["kind"] == "sft" and summary["results"][0]["pair"] == "toy"
     page = (tmp_path / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + len(PAIR_FIGURES) and "models: {}" in page
@@ -164,10 +240,23 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
 
 def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):
     # two copies of one model never switch where a response came out right: a result, not an error
-    run = pl.DataFrame({"problem_id": ["q1"], "sample_index": [0], "correct": [True], "n_switched": [0],
-                        "n_response_tokens": [3], "response_ids": [[1, 2, 3]], "prompt_ids": [[4]],
-                        "switched_positions": [[]], "step_js": [[0.0, 0.0, 0.0]], "gold": ["1"],
-                        "direction": "forward", "budget": "2"}, schema_overrides={"switched_positions": pl.List(pl.Int32)})
+    run = pl.DataFrame(
+        {
+            "problem_id": ["q1"],
+            "sample_index": [0],
+            "correct": [True],
+            "n_switched": [0],
+            "n_response_tokens": [3],
+            "response_ids": [[1, 2, 3]],
+            "prompt_ids": [[4]],
+            "switched_positions": [[]],
+            "step_js": [[0.0, 0.0, 0.0]],
+            "gold": ["1"],
+            "direction": "forward",
+            "budget": "2",
+        },
+        schema_overrides={"switched_positions": pl.List(pl.Int32)},
+    )
     empty = example_table(run, toy_tokenizer)
     assert empty.height == 0
     fig = FIGURES["example"](empty)

@@ -14,8 +14,16 @@ import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
 
-from tokenshift.datasets import DatasetError, DatasetSpec, PromptConfig, format_prompt, load_problems, resolve_spec
-from tokenshift.datasets import prepare_dataset, read_problems
+from tokenshift.datasets import (
+    DatasetError,
+    DatasetSpec,
+    PromptConfig,
+    format_prompt,
+    load_problems,
+    prepare_dataset,
+    read_problems,
+    resolve_spec,
+)
 from tokenshift.generation import SamplingConfig
 from tokenshift.rollout import RolloutConfig, run_rollouts
 from tokenshift.tables import accuracy_table, pass_at_k
@@ -78,12 +86,13 @@ def test_prompt_uses_chat_template_when_the_model_has_one(toy_tokenizer):
     chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
     ids = format_prompt(chat, "1+1?", PromptConfig(template="Q {question} A"))
     assert chat.decode(ids) == "<u>Q 1+1? A</u><a>"
-    assert format_prompt(chat, "1+1?", PromptConfig(template="{question}", chat_template=False)) == \
-        chat.encode("1+1?", add_special_tokens=False)
+    assert format_prompt(chat, "1+1?", PromptConfig(template="{question}", chat_template=False)) == chat.encode(
+        "1+1?", add_special_tokens=False
+    )
     # a config entry's prompt: the toy task's question is its own prompt, others take the template
     assert PromptConfig.for_dataset({"toy": "eval"}) == PromptConfig(template="{question}", chat_template=False)
     assert PromptConfig.for_dataset({"path": "x.jsonl", "chat_template": False}).chat_template is False
-    with pytest.raises(ValueError, match="only {question}"):
+    with pytest.raises(ValueError, match=r"only \{question\}"):
         PromptConfig(template="Solve {problem}")
 
 
@@ -101,8 +110,18 @@ def test_rollouts_are_graded_deterministic_and_resume(make_checkpoint, jsonl, tm
     problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
     a = rollouts(ckpt, problems, tmp_path / "a.parquet")
     assert a.height == len(ROWS) * SAMPLING.n
-    assert set(a.columns) >= {"problem_id", "sample_index", "prompt_ids", "response_ids", "response_text",
-                              "finish_reason", "gold", "correct", "grade_status", "dataset_version"}
+    assert set(a.columns) >= {
+        "problem_id",
+        "sample_index",
+        "prompt_ids",
+        "response_ids",
+        "response_text",
+        "finish_reason",
+        "gold",
+        "correct",
+        "grade_status",
+        "dataset_version",
+    }
     assert a["grade_status"].is_in(["ok", "no_answer"]).all()
     b = rollouts(ckpt, problems, tmp_path / "b.parquet")
     assert a.equals(b)
@@ -153,9 +172,26 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
     out = tmp_path / "r.parquet"
     problems = tmp_path / "big.parquet"
     prepare_dataset("big", DatasetSpec(path=str(data)), problems)
-    args = tokenshift_cmd() + ["rollout", "--model", str(ckpt), "--dataset", str(problems), "--template", "{question}",
-                               "--out", str(out), "--n", "2", "--max-new-tokens", "24", "--problems-per-shard", "1",
-                               "--seed", "5", "-q"]
+    args = tokenshift_cmd() + [
+        "rollout",
+        "--model",
+        str(ckpt),
+        "--dataset",
+        str(problems),
+        "--template",
+        "{question}",
+        "--out",
+        str(out),
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--problems-per-shard",
+        "1",
+        "--seed",
+        "5",
+        "-q",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "r.parquet.shards"
     deadline = time.time() + 120
@@ -168,15 +204,27 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
     r = run(args)
     assert r.returncode == 0, r.stderr
     resumed = pl.read_parquet(out)
-    fresh = run(args[:args.index("--out") + 1] + [str(tmp_path / "fresh.parquet")] + args[args.index("--out") + 2:])
+    fresh = run(args[: args.index("--out") + 1] + [str(tmp_path / "fresh.parquet")] + args[args.index("--out") + 2 :])
     assert fresh.returncode == 0
     assert resumed.equals(pl.read_parquet(tmp_path / "fresh.parquet"))
 
 
 def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, jsonl, tmp_path):
     prepare_dataset("s", DatasetSpec(path=str(jsonl)), tmp_path / "s.parquet")
-    r = run(tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet"),
-                                "--out", str(tmp_path / "o.parquet"), "--backend", "vllm"])
+    r = run(
+        tokenshift_cmd()
+        + [
+            "rollout",
+            "--model",
+            str(make_checkpoint("m")),
+            "--dataset",
+            str(tmp_path / "s.parquet"),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--backend",
+            "vllm",
+        ]
+    )
     assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -190,8 +238,13 @@ def test_pass_at_k_matches_enumerating_every_subset():
 
 def test_accuracy_table_avg_and_pass_at_k():
     rng = np.random.default_rng(0)
-    df = pl.DataFrame({"problem_id": [f"p{i}" for i in range(50) for _ in range(4)],
-                       "correct": rng.random(200) < 0.3, "dataset_version": "v"})
+    df = pl.DataFrame(
+        {
+            "problem_id": [f"p{i}" for i in range(50) for _ in range(4)],
+            "correct": rng.random(200) < 0.3,
+            "dataset_version": "v",
+        }
+    )
     t = accuracy_table({"base": df}, ks=[1, 4], labels={"pair": "x"})
     rows = {r["metric"]: r for r in t.iter_rows(named=True)}
     assert set(rows) == {"avg@4", "pass@1", "pass@4"}

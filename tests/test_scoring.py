@@ -22,8 +22,10 @@ def pair(tmp_path, toy_tokenizer):
 
 def rows_for(vocab: int, seed: int = 0, n: int = 7):
     g = np.random.default_rng(seed)
-    return [(g.integers(1, vocab, g.integers(2, 9)).tolist(), g.integers(1, vocab, g.integers(1, 15)).tolist())
-            for _ in range(n)]
+    return [
+        (g.integers(1, vocab, g.integers(2, 9)).tolist(), g.integers(1, vocab, g.integers(1, 15)).tolist())
+        for _ in range(n)
+    ]
 
 
 @torch.no_grad()
@@ -31,8 +33,8 @@ def naive(base, rl, rows, vocab):
     out = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
     for p, r in rows:
         ids = torch.tensor([p + r])
-        la = base(input_ids=ids).logits[0, len(p) - 1:-1, :vocab]
-        lb = rl(input_ids=ids).logits[0, len(p) - 1:-1, :vocab]
+        la = base(input_ids=ids).logits[0, len(p) - 1 : -1, :vocab]
+        lb = rl(input_ids=ids).logits[0, len(p) - 1 : -1, :vocab]
         s = token_stats(la, lb)
         t = torch.tensor(r)
         out["logp_base"].append(torch.log_softmax(la.float(), -1)[torch.arange(len(r)), t].numpy())
@@ -46,8 +48,9 @@ def naive(base, rl, rows, vocab):
 def test_chunked_scoring_equals_naive_full_logits(pair, chunk, batch_tokens):
     base, rl, vocab = pair
     rows = rows_for(vocab)
-    res = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0,
-                     cfg=ScoringConfig(chunk_size=chunk, max_batch_tokens=batch_tokens))
+    res = score_rows(
+        base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(chunk_size=chunk, max_batch_tokens=batch_tokens)
+    )
     order = np.lexsort((res.columns["position"], res.columns["row"]))
     want = naive(base, rl, rows, vocab)
     for k, v in want.items():
@@ -86,7 +89,7 @@ def test_nan_weights_are_refused(pair):
 def test_heads_that_reshape_their_logits_are_refused(pair):
     base, rl, vocab = pair
     rl.config.final_logit_softcapping = 30.0  # as Gemma 2 sets it: logits are not head(hidden) there
-    with pytest.raises(ValueError, match="rl model .*final_logit_softcapping"):
+    with pytest.raises(ValueError, match=r"rl model .*final_logit_softcapping"):
         score_rows(base, rl, rows_for(vocab, n=2), vocab_size=vocab, pad_id=0)
 
 
@@ -100,6 +103,6 @@ def test_packing_respects_the_token_bound():
 def test_chunks_are_sized_by_the_memory_budget():
     cfg = ScoringConfig(chunk_memory_mb=512)
     chunk = cfg.chunk_for(151936)
-    assert 16 <= chunk and chunk * 151936 * 4 * 12 <= 512 * 2**20
+    assert chunk >= 16 and chunk * 151936 * 4 * 12 <= 512 * 2**20
     assert cfg.chunk_for(265) == 8192  # small vocabularies are capped, not unbounded
     assert ScoringConfig(chunk_size=7).chunk_for(151936) == 7

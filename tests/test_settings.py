@@ -25,10 +25,25 @@ from tokenshift.settings import (
 from tokenshift.toy.config import ToyBuildConfig
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-SECTION_CLASSES = [SamplingConfig, RolloutConfig, AccuracyConfig, ScoringConfig, CrossSampleConfig, CrossSampleGrid,
-                   ToyBuildConfig]
-FLAG_CLASSES = [SamplingConfig, RolloutConfig, AccuracyConfig, ScoringConfig, CrossSampleConfig, ToyBuildConfig,
-                DatasetSpec, PromptConfig]
+SECTION_CLASSES = [
+    SamplingConfig,
+    RolloutConfig,
+    AccuracyConfig,
+    ScoringConfig,
+    CrossSampleConfig,
+    CrossSampleGrid,
+    ToyBuildConfig,
+]
+FLAG_CLASSES = [
+    SamplingConfig,
+    RolloutConfig,
+    AccuracyConfig,
+    ScoringConfig,
+    CrossSampleConfig,
+    ToyBuildConfig,
+    DatasetSpec,
+    PromptConfig,
+]
 
 
 def plain(value):
@@ -41,8 +56,10 @@ def plain(value):
 
 
 def field_defaults(cls) -> dict:
-    return {f.name: plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
-            for f in dataclasses.fields(cls)}
+    return {
+        f.name: plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        for f in dataclasses.fields(cls)
+    }
 
 
 @pytest.mark.parametrize("section", ["sampling", "rollout", "scoring", "crosssample", "toy"])

@@ -37,7 +37,9 @@ def test_snakefmt_is_clean():
 
 def test_snakemake_lint_is_clean(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
-    r = run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--lint"],
-            env={"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"]})
+    r = run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--lint"],
+        env={"PATH": str(Path(sys.executable).parent) + ":" + __import__("os").environ["PATH"]},
+    )
     out = r.stdout + r.stderr
     assert "Lints for" not in out and r.returncode == 0, out[-4000:]

@@ -21,11 +21,17 @@ def scores():
     g = np.random.default_rng(0)
     n = 5000
     js = g.exponential(0.002, n) * (g.random(n) < 0.3)
-    return pl.DataFrame({
-        "js": js, "norm_position": g.random(n), "entropy_base": g.exponential(0.3, n) + 50 * js,
-        "rl_top1_rank_in_base": g.choice([0, 0, 0, 1, 2, 7], n), "topk_overlap": g.choice([0.6, 0.8, 1.0], n),
-        "p_base_of_rl_top1": g.random(n) * 0.5, "p_rl_of_rl_top1": 0.5 + g.random(n) * 0.5,
-    })
+    return pl.DataFrame(
+        {
+            "js": js,
+            "norm_position": g.random(n),
+            "entropy_base": g.exponential(0.3, n) + 50 * js,
+            "rl_top1_rank_in_base": g.choice([0, 0, 0, 1, 2, 7], n),
+            "topk_overlap": g.choice([0.6, 0.8, 1.0], n),
+            "p_base_of_rl_top1": g.random(n) * 0.5,
+            "p_rl_of_rl_top1": 0.5 + g.random(n) * 0.5,
+        }
+    )
 
 
 def test_sparsity_shares_and_percentiles(scores):
@@ -43,7 +49,7 @@ def test_position_bins(scores):
     pos, js = scores["norm_position"].to_numpy(), scores["js"].to_numpy()
     cut = np.quantile(js, HIGH_JS_QUANTILE)
     for row in t.iter_rows(named=True):
-        inside = (np.minimum(np.floor(pos * 4), 3) == row["bin"])
+        inside = np.minimum(np.floor(pos * 4), 3) == row["bin"]
         assert row["n_positions"] == inside.sum()
         assert row["mean_js"] == pytest.approx(js[inside].mean())
         assert row["share_high_js"] == pytest.approx(((js > cut) & (js > 0))[inside].mean())

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
-import yaml
-from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.models import write_manifest
@@ -23,8 +20,18 @@ def test_unknown_setting_is_refused():
 
 # Small enough to build in well under a minute, hard enough that the base model errs when it
 # samples: one or two operations, many mistakes in its traces.
-SHORT = ToyBuildConfig(min_steps=1, max_steps=2, mistake_rate=0.35, n_train_problems=600, n_traces=6000,
-                       hidden_size=64, pretrain_steps=600, grpo_steps=20, grpo_lr=3e-4, threads=2)
+SHORT = ToyBuildConfig(
+    min_steps=1,
+    max_steps=2,
+    mistake_rate=0.35,
+    n_train_problems=600,
+    n_traces=6000,
+    hidden_size=64,
+    pretrain_steps=600,
+    grpo_steps=20,
+    grpo_lr=3e-4,
+    threads=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +62,19 @@ def test_grpo_raises_the_expected_reward_on_held_out_problems(short_pair):
 
     root, _, _ = short_pair
     assert build_settings(root / "base.json") == SHORT  # the check reads the task off the model it checks
-    base, rl, tok = load_causal_lm(root / "base.json", "cpu"), load_causal_lm(root / "rl.json", "cpu"), \
-        load_tokenizer(root / "base")
-    acc = sampled_accuracy({"base": base, "rl": rl}, tok, problems(SHORT.task, "eval", 200),
-                         max_new_tokens=SHORT.max_new_tokens, seed=1, samples_per_problem=4)
+    base, rl, tok = (
+        load_causal_lm(root / "base.json", "cpu"),
+        load_causal_lm(root / "rl.json", "cpu"),
+        load_tokenizer(root / "base"),
+    )
+    acc = sampled_accuracy(
+        {"base": base, "rl": rl},
+        tok,
+        problems(SHORT.task, "eval", 200),
+        max_new_tokens=SHORT.max_new_tokens,
+        seed=1,
+        samples_per_problem=4,
+    )
     sampled = {r["role"]: r for r in acc.filter(acc["decoding"] == "sampled_t1").iter_rows(named=True)}
     assert 0.1 < sampled["base"]["accuracy"] < 0.9  # the base model errs sometimes: something to learn
     assert sampled["rl"]["ci_low"] > sampled["base"]["ci_high"]

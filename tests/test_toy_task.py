@@ -11,7 +11,7 @@ CFG = ToyTaskConfig()
 
 def test_answers_are_the_arithmetic_of_the_question():
     for p in problems(CFG, "eval", 200):
-        assert p.answer == eval(re.sub("[a-z]", "", p.question))  # noqa: S307 - digits and +/- only
+        assert p.answer == eval(re.sub("[a-z]", "", p.question))
         assert p.response().endswith(f"\\boxed{{{p.answer}}}")
         assert CFG.min_steps <= len(p.ops) <= CFG.max_steps
 
@@ -42,7 +42,7 @@ def test_mistaken_traces_are_consistent_and_at_the_configured_rate():
         p = by_prompt[prompt]
         steps = re.findall(r"(\d+)[a-h]([+-])(\d)=(\d+)\.", response)
         total = p.first
-        for left, op, right, result in steps:
+        for left, _op, _right, result in steps:
             assert int(left) == total  # later steps always continue from the (possibly wrong) total
             total = int(result)
             assert 0 <= total <= CFG.max_total
@@ -56,7 +56,7 @@ def test_mistaken_traces_are_consistent_and_at_the_configured_rate():
 
 
 def test_prompt_and_response_meet_at_a_token_boundary(toy_tokenizer):
-    enc = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    enc = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)
     for p in problems(CFG, "eval", 50):
         assert enc(p.prompt) + enc(p.response()) == enc(p.prompt + p.response())
 
@@ -69,13 +69,13 @@ def test_labels_are_the_same_token_in_question_and_trace(toy_tokenizer):
 
 
 def test_decision_points_point_at_the_first_changed_token(toy_tokenizer):
-    encode = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)  # noqa: E731
+    encode = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)
     kinds = set()
     for p in problems(CFG, "eval", 100):
         correct = encode(p.response())
         for d in decision_points(p, encode, CFG.max_total):
             wrong = encode(p.response({d.step: d.kind}))
-            assert correct[:d.position] == wrong[:d.position]
+            assert correct[: d.position] == wrong[: d.position]
             assert correct[d.position] != wrong[d.position]
             kinds.add(d.kind)
             if d.kind == "operator":  # the operator token itself is where a misread shows

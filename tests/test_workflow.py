@@ -19,8 +19,11 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600):
     import os
 
     env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    return run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
-               timeout=timeout, env=env)
+    return run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        timeout=timeout,
+        env=env,
+    )
 
 
 def with_config(tmp_path: Path, config: dict) -> Path:
@@ -55,10 +58,16 @@ def _mutations():
         ("budget-not-integer-nor-fraction", m(lambda c: c["crosssample"].update(budgets=[1.5])), "budgets"),
         ("budget-word", m(lambda c: c["crosssample"].update(budgets=["half"])), "budgets"),
         ("duplicate-budgets", m(lambda c: c["crosssample"].update(budgets=[2, 2.0])), "crosssample.budgets"),
-        ("threshold-above-ln2", m(lambda c: c["crosssample"]["thresholds"].update(js={"threshold": 0.9})),
-         "crosssample.thresholds.js.threshold"),
-        ("percentile-above-100", m(lambda c: c["crosssample"]["thresholds"].update(random={"percentile": 101})),
-         "crosssample.thresholds.random.percentile"),
+        (
+            "threshold-above-ln2",
+            m(lambda c: c["crosssample"]["thresholds"].update(js={"threshold": 0.9})),
+            "crosssample.thresholds.js.threshold",
+        ),
+        (
+            "percentile-above-100",
+            m(lambda c: c["crosssample"]["thresholds"].update(random={"percentile": 101})),
+            "crosssample.thresholds.random.percentile",
+        ),
         ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "kl"])), "crosssample.policies[1]"),
         ("unknown-direction", m(lambda c: c["crosssample"].update(directions=["sideways"])), "sideways"),
         ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), "pairs[1].name"),
@@ -72,25 +81,46 @@ def _mutations():
         ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
         ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
         ("base-equals-rl", m(lambda c: c["pairs"][0].update(rl="toy-base")), "pairs[0].rl"),
-        ("missing-dataset-file", m(lambda c: c["datasets"].update(aime={"path": "no/aime.jsonl"})), "datasets.aime.path"),
+        (
+            "missing-dataset-file",
+            m(lambda c: c["datasets"].update(aime={"path": "no/aime.jsonl"})),
+            "datasets.aime.path",
+        ),
         ("dataset-wrong-suffix", m(lambda c: c["datasets"].update(aime={"path": "aime.csv"})), "aime.csv"),
-        ("dataset-preset-without-revision", m(lambda c: c["datasets"].update(aime={"preset": "aime24"})), "datasets.aime"),
+        (
+            "dataset-preset-without-revision",
+            m(lambda c: c["datasets"].update(aime={"preset": "aime24"})),
+            "datasets.aime",
+        ),
         ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
         # names the workflow's own paths take (issue 13: AmbiguousRuleException / ChildIOException before)
-        ("dataset-named-toy_check", m(lambda c: (c["datasets"].update(toy_check={"toy": "eval"}),
-                                                 c["pairs"][0].update(datasets=["toy_check"]))), "datasets"),
+        (
+            "dataset-named-toy_check",
+            m(
+                lambda c: (
+                    c["datasets"].update(toy_check={"toy": "eval"}),
+                    c["pairs"][0].update(datasets=["toy_check"]),
+                )
+            ),
+            "datasets",
+        ),
         ("pair-named-report.html", m(lambda c: c["pairs"][0].update(name="report.html")), "pairs[0].name"),
         ("model-named-x.json", m(lambda c: c["models"].update({"x.json": {"toy": "base"}})), "x.json"),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
-        ("dataset-greedy-with-n", m(lambda c: c["datasets"]["toy"].update(sampling={"temperature": 0, "n": 4})),
-         "datasets.toy.sampling.n"),
+        (
+            "dataset-greedy-with-n",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"temperature": 0, "n": 4})),
+            "datasets.toy.sampling.n",
+        ),
     ]
 
 
-@pytest.mark.parametrize(("config", "needle"), [(c, n) for _, c, n in _mutations()], ids=[i for i, _, _ in _mutations()])
+@pytest.mark.parametrize(
+    ("config", "needle"), [(c, n) for _, c, n in _mutations()], ids=[i for i, _, _ in _mutations()]
+)
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, config, needle):
     (tmp_path / "config").mkdir()
     r = snakemake(with_config(tmp_path, config), "-n", "all")
@@ -132,7 +162,8 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "mini.jsonl").write_text(
-        "\n".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) for i in range(3)))
+        "\n".join(json.dumps({"problem": f"{i}+{i}", "answer": str(2 * i)}) for i in range(3))
+    )
     config = copy.deepcopy(DEFAULT)
     config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
     # an apostrophe in the template must survive the trip through the shell

@@ -87,22 +87,36 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             if not p.is_dir():
                 raise ConfigError(f"models.{name}.path", spec["path"], "expected an existing checkpoint directory")
             if not (p / "config.json").is_file():
-                raise ConfigError(f"models.{name}.path", spec["path"], "expected a directory with config.json (a Hugging Face checkpoint)")
+                raise ConfigError(
+                    f"models.{name}.path",
+                    spec["path"],
+                    "expected a directory with config.json (a Hugging Face checkpoint)",
+                )
         if source == "toy" and spec["toy"] == "rl":
             init = spec["init"]
             if init not in models:
                 raise ConfigError(f"models.{name}.init", init, f"expected one of the models: {sorted(models)}")
             if models[init].get("toy") != "base":
-                raise ConfigError(f"models.{name}.init", init, "expected a model with `toy: base`: GRPO starts from the toy base model")
+                raise ConfigError(
+                    f"models.{name}.init",
+                    init,
+                    "expected a model with `toy: base`: GRPO starts from the toy base model",
+                )
 
     for name in models:
         if name.endswith(".json"):
-            raise ConfigError("models", name, "a model name must not end in .json: resources/models/<name>.json is "
-                                              "the manifest of model <name>")
+            raise ConfigError(
+                "models",
+                name,
+                "a model name must not end in .json: resources/models/<name>.json is the manifest of model <name>",
+            )
     for name, spec in datasets.items():
         if name in RESERVED["datasets"]:
-            raise ConfigError("datasets", name, f"this name is taken by the workflow's own paths "
-                                                f"({sorted(RESERVED['datasets'])}); rename the dataset")
+            raise ConfigError(
+                "datasets",
+                name,
+                f"this name is taken by the workflow's own paths ({sorted(RESERVED['datasets'])}); rename the dataset",
+            )
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
     for name in datasets:
@@ -110,21 +124,33 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         n = sampling.get("n", 1)
         for j, k in enumerate(config.get("rollout", {}).get("pass_k", [])):
             if k > n:
-                raise ConfigError(f"rollout.pass_k[{j}]", k, f"pass@k needs k <= the samples per problem of dataset "
-                                                             f"{name!r} (sampling.n = {n})")
+                raise ConfigError(
+                    f"rollout.pass_k[{j}]",
+                    k,
+                    f"pass@k needs k <= the samples per problem of dataset {name!r} (sampling.n = {n})",
+                )
         if sampling.get("temperature", 1.0) == 0 and n > 1:
             key = f"datasets.{name}.sampling.n" if "n" in datasets[name].get("sampling", {}) else "sampling.n"
-            raise ConfigError(key, n, f"temperature 0 is greedy decoding, so the {n} samples of dataset {name!r} "
-                                      "would be one response repeated; set n: 1, or a temperature above 0")
+            raise ConfigError(
+                key,
+                n,
+                f"temperature 0 is greedy decoding, so the {n} samples of dataset {name!r} "
+                "would be one response repeated; set n: 1, or a temperature above 0",
+            )
 
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
         key = f"pairs[{i}]"
         if pair["name"] in RESERVED["pairs"]:
-            raise ConfigError(f"{key}.name", pair["name"], f"this name is taken by the workflow's own paths "
-                                                           f"({sorted(RESERVED['pairs'])}); rename the pair")
+            raise ConfigError(
+                f"{key}.name",
+                pair["name"],
+                f"this name is taken by the workflow's own paths ({sorted(RESERVED['pairs'])}); rename the pair",
+            )
         if pair["name"] in seen:
-            raise ConfigError(f"{key}.name", pair["name"], f"pair names must be unique; pairs[{seen[pair['name']]}] has it already")
+            raise ConfigError(
+                f"{key}.name", pair["name"], f"pair names must be unique; pairs[{seen[pair['name']]}] has it already"
+            )
         seen[pair["name"]] = i
         for role in ("base", "rl"):
             if pair[role] not in models:
@@ -146,8 +172,11 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
     """Refuse pairs whose tokenizers cannot be compared, as far as can be known before download."""
     sources = (model_source(base), model_source(rl))
     if ("toy" in sources) and sources != ("toy", "toy"):
-        raise ConfigError(f"{key}", {"base": dict(base), "rl": dict(rl)},
-                          "a toy model can only be paired with a toy model: their tokenizers differ from any other")
+        raise ConfigError(
+            f"{key}",
+            {"base": dict(base), "rl": dict(rl)},
+            "a toy model can only be paired with a toy model: their tokenizers differ from any other",
+        )
     if sources == ("path", "path"):
         # both checkpoints are here: compare their tokenizers now rather than after hours of work
         from tokenshift.models import TokenizerMismatch, compare_tokenizer_dirs
@@ -155,7 +184,9 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         try:
             compare_tokenizer_dirs(base_dir / base["path"], base_dir / rl["path"])
         except TokenizerMismatch as e:
-            raise ConfigError(f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}") from None
+            raise ConfigError(
+                f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}"
+            ) from None
 
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
@@ -166,6 +197,8 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
         max_new = dataset_sampling(config, name).get("max_new_tokens")
         for j, b in enumerate(cross.get("budgets", [])):
             if isinstance(b, int) and max_new is not None and b > max_new:
-                out.append(f"config key crosssample.budgets[{j}]: budget {b} exceeds the {max_new} new tokens of "
-                           f"dataset {name!r}, so it is the same run as budget `all`")
+                out.append(
+                    f"config key crosssample.budgets[{j}]: budget {b} exceeds the {max_new} new tokens of "
+                    f"dataset {name!r}, so it is the same run as budget `all`"
+                )
     return out

@@ -34,15 +34,14 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 
 from tokenshift.divergence import entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, pad_rows
 from tokenshift.models import plain_lm_head, transformer_body
-from tokenshift.settings import CrossSampleConfig
 from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
+from tokenshift.settings import CrossSampleConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,27 +108,43 @@ def step_statistics(logits_gen: torch.Tensor, logits_other: torch.Tensor) -> dic
     logp = torch.log_softmax(logits_gen.float(), dim=-1)
     logq = torch.log_softmax(logits_other.float(), dim=-1)
     ent_gen, _, js = entropies_and_js(logp.exp(), logq.exp())
-    return {"js": js, "entropy": ent_gen,
-            "argmax": (logits_gen.argmax(-1) != logits_other.argmax(-1)).float()}
+    return {"js": js, "entropy": ent_gen, "argmax": (logits_gen.argmax(-1) != logits_other.argmax(-1)).float()}
 
 
 def _forward(model, ids, attn, positions, cache, vocab_size):
     if not plain_lm_head(model):  # softcapped or scaled logits: only the full forward knows how
-        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1, :vocab_size], out.past_key_values
     # the transformer body, then the LM head on the last position only, as scoring does: the
     # CausalLM wrapper's bookkeeping is a sizeable share of a small model's step
-    out = transformer_body(model)(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
-                                  use_cache=True)
+    out = transformer_body(model)(
+        input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache, use_cache=True
+    )
     logits = model.get_output_embeddings()(out.last_hidden_state[:, -1])
     return logits[:, :vocab_size], out.past_key_values
 
 
 @torch.no_grad()
-def cross_sample(base: torch.nn.Module, rl: torch.nn.Module, prompts: Sequence[Sequence[int]], *, eos_id: int | None,
-                 pad_id: int, vocab_size: int, rule: SwitchRule, sampling: SamplingConfig, seed: int,
-                 batch_size: int = 256) -> list[Sample]:
+def cross_sample(
+    base: torch.nn.Module,
+    rl: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int | None,
+    pad_id: int,
+    vocab_size: int,
+    rule: SwitchRule,
+    sampling: SamplingConfig,
+    seed: int,
+    batch_size: int = 256,
+) -> list[Sample]:
     """One cross-sample per prompt, in prompt order (repeat a prompt to draw several).
 
     Each ``Sample`` carries ``extra``: ``n_switched``, ``switched_positions`` (0-based positions
@@ -145,16 +160,26 @@ def cross_sample(base: torch.nn.Module, rl: torch.nn.Module, prompts: Sequence[S
     out: list[Sample] = []
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
-            out += _decode_batch(gen, other, prompts[start:start + batch_size], eos_id=eos_id, pad_id=pad_id,
-                                 vocab_size=vocab_size, rule=rule, sampling=sampling, seed=seed * 1_000_003 + b)
+            out += _decode_batch(
+                gen,
+                other,
+                prompts[start : start + batch_size],
+                eos_id=eos_id,
+                pad_id=pad_id,
+                vocab_size=vocab_size,
+                rule=rule,
+                sampling=sampling,
+                seed=seed * 1_000_003 + b,
+            )
     finally:
         for m, t in zip(models, was_training):
             m.train(t)
     return out
 
 
-def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: SwitchRule, sampling: SamplingConfig,
-                  seed: int) -> list[Sample]:
+def _decode_batch(
+    gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: SwitchRule, sampling: SamplingConfig, seed: int
+) -> list[Sample]:
     # bookkeeping lives on the generator's device; the other model's logits are moved there
     dev = next(gen.parameters()).device
     dev_o = next(other.parameters()).device
@@ -209,12 +234,20 @@ def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: Swit
             keep = (~done).nonzero()[:, 0]
             cache_g.batch_select_indices(keep)
             cache_o.batch_select_indices(keep.to(dev_o))
-            rows, tok, used, attn, next_pos, done = rows[keep], tok[keep], used[keep], attn[keep], next_pos[keep], done[keep]
+            rows, tok, used, attn, next_pos, done = (
+                rows[keep],
+                tok[keep],
+                used[keep],
+                attn[keep],
+                next_pos[keep],
+                done[keep],
+            )
         attn[:, width + t] = 1
-        step_attn, step_ids, step_pos = attn[:, :width + t + 1], tok[:, None], next_pos[:, None]
+        step_attn, step_ids, step_pos = attn[:, : width + t + 1], tok[:, None], next_pos[:, None]
         logits_g, cache_g = _forward(gen, step_ids, step_attn, step_pos, cache_g, vocab_size)
-        logits_o, cache_o = _forward(other, step_ids.to(dev_o), step_attn.to(dev_o), step_pos.to(dev_o), cache_o,
-                                     vocab_size)
+        logits_o, cache_o = _forward(
+            other, step_ids.to(dev_o), step_attn.to(dev_o), step_pos.to(dev_o), cache_o, vocab_size
+        )
         next_pos = next_pos + 1
 
     result = []
@@ -222,23 +255,34 @@ def _decode_batch(gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: Swit
     for i in range(n):
         k = int(length[i])
         # a switch that drew EOS counts: its position is len(response)
-        sw = switched[i, :k + 1 if stopped[i] else k].nonzero()[:, 0]
-        result.append(Sample(tokens[i, :k].tolist(), "stop" if stopped[i] else "length", extra={
-            "n_switched": len(sw),
-            "switched_positions": sw.tolist(),
-            "switched_js": js_all[i, sw].tolist(),
-            "step_js": js_all[i, :k].tolist(),
-        }))
+        sw = switched[i, : k + 1 if stopped[i] else k].nonzero()[:, 0]
+        result.append(
+            Sample(
+                tokens[i, :k].tolist(),
+                "stop" if stopped[i] else "length",
+                extra={
+                    "n_switched": len(sw),
+                    "switched_positions": sw.tolist(),
+                    "switched_js": js_all[i, sw].tolist(),
+                    "step_js": js_all[i, :k].tolist(),
+                },
+            )
+        )
     return result
 
 
 # --- the stage: a sharded, resumable, graded run of one (direction, policy, budget) ------------
 
+
 def _polars_schema() -> dict:
     import polars as pl
 
-    return {"n_switched": pl.Int32, "switched_positions": pl.List(pl.Int32), "switched_js": pl.List(pl.Float32),
-            "step_js": pl.List(pl.Float32)}
+    return {
+        "n_switched": pl.Int32,
+        "switched_positions": pl.List(pl.Int32),
+        "switched_js": pl.List(pl.Float32),
+        "step_js": pl.List(pl.Float32),
+    }
 
 
 class CrossSampleBackend:
@@ -257,15 +301,36 @@ class CrossSampleBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
     def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
-        return cross_sample(self.models["base"], self.models["rl"], prompts, eos_id=self.eos_id, pad_id=self.pad_id,
-                            vocab_size=self.vocab_size, rule=self.rule, sampling=self.sampling, seed=seed,
-                            batch_size=self.batch_size)
+        return cross_sample(
+            self.models["base"],
+            self.models["rl"],
+            prompts,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            vocab_size=self.vocab_size,
+            rule=self.rule,
+            sampling=self.sampling,
+            seed=seed,
+            batch_size=self.batch_size,
+        )
 
 
-def run_crosssample(base: Path, rl: Path, problems, out: Path, *, direction: str, policy: str, budget: str | int,
-                    threshold: Mapping[str, float] | None = None, scores: Path | None = None,
-                    prompt=None, sampling: SamplingConfig = SamplingConfig(),
-                    cfg: CrossSampleConfig = CrossSampleConfig(), progress: bool = True):
+def run_crosssample(
+    base: Path,
+    rl: Path,
+    problems,
+    out: Path,
+    *,
+    direction: str,
+    policy: str,
+    budget: str | int,
+    threshold: Mapping[str, float] | None = None,
+    scores: Path | None = None,
+    prompt=None,
+    sampling: SamplingConfig = SamplingConfig(),
+    cfg: CrossSampleConfig = CrossSampleConfig(),
+    progress: bool = True,
+):
     """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
     ``threshold`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a percentile of a scored
@@ -285,8 +350,10 @@ def run_crosssample(base: Path, rl: Path, problems, out: Path, *, direction: str
     table = None
     if pol.needs_scores(spec) and direction in DIRECTIONS:
         if scores is None:
-            raise InputError(f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of the "
-                             "generating model's rollouts")
+            raise InputError(
+                f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of the "
+                "generating model's rollouts"
+            )
         table = read_parquet(scores, "per-token scores (tokenshift score)", columns=(pol.score_column_for(direction),))
     try:
         rule = SwitchRule(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget))
@@ -295,18 +362,48 @@ def run_crosssample(base: Path, rl: Path, problems, out: Path, *, direction: str
     prompt = prompt or PromptConfig()
     problems = as_problems(problems)
     if cfg.n_problems:
-        problems = problems[:cfg.n_problems]
-    key = run_key({"stage": "crosssample", "base": checkpoint_identity(base), "rl": checkpoint_identity(rl),
-                   "problems": problems, "prompt": prompt, "sampling": sampling, "rule": rule,
-                   "batch_size": cfg.batch_size, "problems_per_shard": cfg.problems_per_shard,
-                   "threads": cfg.threads})
-    constants = {"direction": rule.direction, "policy": rule.policy, "budget": rule.budget_label,
-                 "threshold": rule.threshold}
-    result = run_sharded(lambda: CrossSampleBackend(base, rl, rule, sampling, cfg), key, problems, prompt, out,
-                         n=sampling.n, seed=sampling.seed, problems_per_shard=cfg.problems_per_shard,
-                         extra_schema=_polars_schema(), constants=constants, progress=progress)
+        problems = problems[: cfg.n_problems]
+    key = run_key(
+        {
+            "stage": "crosssample",
+            "base": checkpoint_identity(base),
+            "rl": checkpoint_identity(rl),
+            "problems": problems,
+            "prompt": prompt,
+            "sampling": sampling,
+            "rule": rule,
+            "batch_size": cfg.batch_size,
+            "problems_per_shard": cfg.problems_per_shard,
+            "threads": cfg.threads,
+        }
+    )
+    constants = {
+        "direction": rule.direction,
+        "policy": rule.policy,
+        "budget": rule.budget_label,
+        "threshold": rule.threshold,
+    }
+    result = run_sharded(
+        lambda: CrossSampleBackend(base, rl, rule, sampling, cfg),
+        key,
+        problems,
+        prompt,
+        out,
+        n=sampling.n,
+        seed=sampling.seed,
+        problems_per_shard=cfg.problems_per_shard,
+        extra_schema=_polars_schema(),
+        constants=constants,
+        progress=progress,
+    )
     log.info(
         "%s/%s/budget-%s (threshold %.4g): %d samples, accuracy %.3f, %.2f switched tokens per response",
-        rule.direction, rule.policy, rule.budget_label, rule.threshold, result.height, result["correct"].mean(),
-        result["n_switched"].mean())
+        rule.direction,
+        rule.policy,
+        rule.budget_label,
+        rule.threshold,
+        result.height,
+        result["correct"].mean(),
+        result["n_switched"].mean(),
+    )
     return result

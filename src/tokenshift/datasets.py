@@ -78,20 +78,28 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
         from tokenshift.toy.task import ToyTaskConfig, problems
 
         task = toy_task or ToyTaskConfig()
-        return [(Problem(p.problem_id, p.prompt, str(p.answer)),
-                 {"toy_first": p.first, "toy_ops": [op + str(x) for op, x in p.ops], "toy_max_total": task.max_total})
-                for p in problems(task, "eval", spec.n_problems or 500)]
+        return [
+            (
+                Problem(p.problem_id, p.prompt, str(p.answer)),
+                {"toy_first": p.first, "toy_ops": [op + str(x) for op, x in p.ops], "toy_max_total": task.max_total},
+            )
+            for p in problems(task, "eval", spec.n_problems or 500)
+        ]
     rows = _read_rows(name, spec)
     q, a = spec.question_field or "problem", spec.answer_field or "answer"
     out = []
     for i, row in enumerate(rows):
         for field in (q, a) + ((spec.id_field,) if spec.id_field else ()):
             if field not in row:
-                raise DatasetError(f"dataset {name!r}: row {i} has no field {field!r} (fields: {sorted(row)}); "
-                                   f"set question_field / answer_field / id_field")
+                raise DatasetError(
+                    f"dataset {name!r}: row {i} has no field {field!r} (fields: {sorted(row)}); "
+                    f"set question_field / answer_field / id_field"
+                )
         if row[a] is None or not str(row[a]).strip():
-            raise DatasetError(f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
-                               "problem needs one to be graded")
+            raise DatasetError(
+                f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
+                "problem needs one to be graded"
+            )
         if row[q] is None or not str(row[q]).strip():
             raise DatasetError(f"dataset {name!r}: row {i} has an empty question in {q!r}")
         pid = str(row[spec.id_field]) if spec.id_field else f"{name}-{i:05d}"
@@ -101,7 +109,7 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
     ids = [p.problem_id for p, _ in out]
     if len(set(ids)) != len(ids):
         raise DatasetError(f"dataset {name!r}: problem ids in {spec.id_field!r} are not unique")
-    return out[:spec.n_problems] if spec.n_problems else out
+    return out[: spec.n_problems] if spec.n_problems else out
 
 
 def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
@@ -113,8 +121,10 @@ def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as e:
-                raise DatasetError(f"dataset {name!r}: {path} is not UTF-8 text (byte {e.start}: "
-                                   f"{e.object[e.start:e.start + 1]!r}); save it as UTF-8") from None
+                raise DatasetError(
+                    f"dataset {name!r}: {path} is not UTF-8 text (byte {e.start}: "
+                    f"{e.object[e.start : e.start + 1]!r}); save it as UTF-8"
+                ) from None
             rows = []
             for lineno, line in enumerate(text.splitlines(), 1):
                 if line.strip():
@@ -131,15 +141,17 @@ def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
 
             try:
                 return pl.read_parquet(path).to_dicts()
-            except Exception as e:  # noqa: BLE001 - polars raises several types for a file that is not parquet
-                raise DatasetError(f"dataset {name!r}: {path} is not a readable parquet file: "
-                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            except Exception as e:
+                raise DatasetError(
+                    f"dataset {name!r}: {path} is not a readable parquet file: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                ) from None
         raise DatasetError(f"dataset {name!r}: {path} must be .jsonl or .parquet")
     import datasets
 
     try:
         ds = datasets.load_dataset(spec.hub, revision=spec.revision, split=spec.split or "test")
-    except Exception as e:  # noqa: BLE001 - offline, missing, or private: all mean "not here"
+    except Exception as e:
         raise DatasetError(
             f"dataset {name!r}: could not load hub dataset {spec.hub!r} at revision {spec.revision!r} "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it elsewhere and "
@@ -165,8 +177,9 @@ def read_problems(path: Path | str) -> list[Problem]:
     """The problems ``prepare_dataset`` wrote."""
     from tokenshift.io import read_parquet
 
-    table = read_parquet(path, "a problems table written by `tokenshift dataset`",
-                         columns=("problem_id", "question", "answer"))
+    table = read_parquet(
+        path, "a problems table written by `tokenshift dataset`", columns=("problem_id", "question", "answer")
+    )
     return [Problem(*row) for row in table.select("problem_id", "question", "answer").iter_rows()]
 
 
@@ -174,8 +187,11 @@ def format_prompt(tokenizer, question: str, prompt: PromptConfig) -> list[int]:
     """Prompt token ids for ``question``: chat template if wanted and the model has one, else the plain template."""
     content = prompt.template.format(question=question)
     if prompt.chat_template and getattr(tokenizer, "chat_template", None):
-        return list(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                  tokenize=True, return_dict=False))
+        return list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
     return tokenizer.encode(content, add_special_tokens=False)
 
 

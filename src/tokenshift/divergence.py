@@ -34,7 +34,9 @@ def _xlogy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def token_stats(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5) -> dict[str, torch.Tensor]:
     """Compare two ``[N, V]`` next-token logit tensors row by row (see the module docstring)."""
     if logits_base.shape != logits_rl.shape or logits_base.dim() != 2:
-        raise ValueError(f"expected two [N, V] tensors of one shape, got {tuple(logits_base.shape)} and {tuple(logits_rl.shape)}")
+        raise ValueError(
+            f"expected two [N, V] tensors of one shape, got {tuple(logits_base.shape)} and {tuple(logits_rl.shape)}"
+        )
     if torch.isnan(logits_base).any() or torch.isnan(logits_rl).any():
         raise ValueError("NaN in logits: the checkpoint or its inputs are broken")
     return token_stats_unchecked(logits_base, logits_rl, top_k=top_k)
@@ -43,8 +45,9 @@ def token_stats(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: in
 _compiled = None
 
 
-def token_stats_compiled(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5,
-                         targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def token_stats_compiled(
+    logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5, targets: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """``token_stats_unchecked`` through ``torch.compile``: on a GPU its dozen passes over the
     vocabulary fuse into a few kernels, with fewer ``[N, V]`` temporaries. No input checks."""
     global _compiled
@@ -53,8 +56,9 @@ def token_stats_compiled(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, 
     return _compiled(logits_base, logits_rl, top_k=top_k, targets=targets)
 
 
-def token_stats_unchecked(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5,
-                          targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def token_stats_unchecked(
+    logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5, targets: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """``token_stats`` without the shape and NaN checks (data-dependent branches that would
     break a compiled graph); callers check NaN themselves. With ``targets`` (``[N]`` token ids)
     it also returns both models' log-probabilities of them, ``logp_base`` and ``logp_rl``, from
@@ -79,7 +83,10 @@ def token_stats_unchecked(logits_base: torch.Tensor, logits_rl: torch.Tensor, *,
     rows = torch.arange(a.shape[0], device=a.device)
     extra = {}
     if targets is not None:
-        extra = {"logp_base": logp.gather(-1, targets[:, None])[:, 0], "logp_rl": logq.gather(-1, targets[:, None])[:, 0]}
+        extra = {
+            "logp_base": logp.gather(-1, targets[:, None])[:, 0],
+            "logp_rl": logq.gather(-1, targets[:, None])[:, 0],
+        }
     return {
         **extra,
         "js": js,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -68,7 +68,7 @@ def sample(
     out: list[Sample] = []
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             ids, mask = pad_rows(chunk, pad_id)
             torch.manual_seed(seed * 1_000_003 + b)
             greedy = sampling.temperature == 0
@@ -83,10 +83,10 @@ def sample(
                 eos_token_id=eos_id,
                 pad_token_id=pad_id,
             )
-            new = gen[:, ids.shape[1]:].tolist()
+            new = gen[:, ids.shape[1] :].tolist()
             for row in new:
                 if eos_id in row:
-                    out.append(Sample(row[:row.index(eos_id)], "stop"))
+                    out.append(Sample(row[: row.index(eos_id)], "stop"))
                 else:
                     out.append(Sample(row, "length"))
     finally:

@@ -57,7 +57,7 @@ def last_boxed(text: str) -> str | None:
             for j in range(i, len(text)):
                 depth += {"{": 1, "}": -1}.get(text[j], 0)
                 if depth == 0:
-                    return text[start:j + 1]
+                    return text[start : j + 1]
         start = text.rfind("\\boxed", 0, start)
     return None
 
@@ -76,7 +76,7 @@ def grade_one(response: str, gold: str, timeout_s: int = 5) -> GradeResult:
         return GradeResult(bool(ok), "ok", str(pred[-1]))
     except (TimeoutError, TimeoutException):
         return GradeResult(False, "timeout")
-    except Exception as e:  # noqa: BLE001 - a pathological answer must never stop the job
+    except Exception as e:
         if "timeout" in type(e).__name__.lower() or "timed out" in str(e).lower():
             return GradeResult(False, "timeout")
         return GradeResult(False, "error", f"{type(e).__name__}: {e}"[:200])
@@ -126,8 +126,12 @@ class Grader:
         if self._pool is None:
             # fork, as torch's DataLoader does on Linux: spawn would re-import the caller's main
             # module; the children touch only sympy and math-verify, never torch
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                             initializer=_die_with_parent, initargs=(os.getpid(),))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._pool
 
     def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:

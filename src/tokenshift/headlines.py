@@ -29,11 +29,15 @@ def sparsity_summary(table: pl.DataFrame) -> dict[str, float]:
 def position_summary(table: pl.DataFrame) -> dict:
     """Mean JS in the start / middle / end of responses, and which is highest and lowest."""
     t = main_source(table)
-    by = (t.group_by("region").agg(((pl.col("mean_js") * pl.col("n_positions")).sum() / pl.col("n_positions").sum())
-                                   .alias("js")))
+    by = t.group_by("region").agg(
+        ((pl.col("mean_js") * pl.col("n_positions")).sum() / pl.col("n_positions").sum()).alias("js")
+    )
     means = dict(zip(by["region"], by["js"]))
-    return {"mean_js": {k: float(means[k]) for k in ("start", "middle", "end") if k in means},
-            "highest": max(means, key=means.get), "lowest": min(means, key=means.get)}
+    return {
+        "mean_js": {k: float(means[k]) for k in ("start", "middle", "end") if k in means},
+        "highest": max(means, key=means.get),
+        "lowest": min(means, key=means.get),
+    }
 
 
 def reallocation_summary(table: pl.DataFrame) -> dict[int, float]:
@@ -67,18 +71,29 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
     policy = "js" if "js" in cross["policy"].to_list() else cross["policy"][0]
     rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
     budgets = sorted({r["budget"] for r in rows.values()}, key=lambda b: math.inf if b == "all" else int(b))
-    fwd = {b: (rows[("forward", policy, b)]["accuracy"] - acc["base"]["value"]) / gap
-           for b in budgets if ("forward", policy, b) in rows}
-    rev = {b: (acc["rl"]["value"] - rows[("reverse", policy, b)]["accuracy"]) / gap
-           for b in budgets if ("reverse", policy, b) in rows}
+    fwd = {
+        b: (rows[("forward", policy, b)]["accuracy"] - acc["base"]["value"]) / gap
+        for b in budgets
+        if ("forward", policy, b) in rows
+    }
+    rev = {
+        b: (acc["rl"]["value"] - rows[("reverse", policy, b)]["accuracy"]) / gap
+        for b in budgets
+        if ("reverse", policy, b) in rows
+    }
     out.update(policy=policy, forward_recovery_by_budget=fwd, reverse_loss_by_budget=rev)
     if fwd:
         b = next((b for b in budgets if b != "0" and fwd.get(b, -1) >= HEADLINE_RECOVERY), budgets[-1])
-        out.update(forward_budget=b, forward_recovery=fwd[b], forward_switched=rows[("forward", policy, b)]["mean_switched"])
+        out.update(
+            forward_budget=b, forward_recovery=fwd[b], forward_switched=rows[("forward", policy, b)]["mean_switched"]
+        )
         rnd = rows.get(("forward", "random", b))
         out["random_recovery"] = (rnd["accuracy"] - acc["base"]["value"]) / gap if rnd else None
         out["random_switched"] = rnd["mean_switched"] if rnd else None
     if rev:
-        out.update(reverse_budget=budgets[-1], reverse_loss=rev[budgets[-1]],
-                   reverse_switched=rows[("reverse", policy, budgets[-1])]["mean_switched"])
+        out.update(
+            reverse_budget=budgets[-1],
+            reverse_loss=rev[budgets[-1]],
+            reverse_switched=rows[("reverse", policy, budgets[-1])]["mean_switched"],
+        )
     return out

@@ -73,7 +73,7 @@ def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
         raise InputError(f"{path}: no such file (expected {what})")
     try:
         table = pl.read_parquet(path)
-    except Exception as e:  # noqa: BLE001 - polars raises several types for a file that is not parquet
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}") from None
     missing = [c for c in columns if c not in table.columns]

@@ -94,7 +94,9 @@ def load_tokenizer(ckpt: Path | str, trust_remote_code: bool = False):
     return _auto_tokenizer(resolve_checkpoint(ckpt), trust_remote_code)
 
 
-def write_manifest(ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+def write_manifest(
+    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict:
     """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
     from transformers import AutoConfig
 
@@ -140,21 +142,26 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
     recorded = manifest.get("weights_sha256", {})
     present = sorted(p.name for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if present != sorted(recorded):
-        raise ModelFetchError(f"model {name!r}: {ckpt_dir} holds weight files {present}, its manifest "
-                              f"{manifest_path(ckpt_dir)} lists {sorted(recorded)}; run the checkpoint stage again")
+        raise ModelFetchError(
+            f"model {name!r}: {ckpt_dir} holds weight files {present}, its manifest "
+            f"{manifest_path(ckpt_dir)} lists {sorted(recorded)}; run the checkpoint stage again"
+        )
     for fname, digest in recorded.items():
         path = ckpt_dir / fname
         if not path.exists():
-            raise ModelFetchError(f"model {name!r}: {path} is gone (a broken link to its source?); run the checkpoint "
-                                  "stage again")
+            raise ModelFetchError(
+                f"model {name!r}: {path} is gone (a broken link to its source?); run the checkpoint stage again"
+            )
         if manifest.get("weights_stat", {}).get(fname) == _stat(path):
             continue
         log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
         if sha256_file(path) != digest:
-            raise ModelFetchError(f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} "
-                                  "hashed (the source checkpoint was overwritten?); run the checkpoint stage again "
-                                  "(snakemake does so when the source files are newer) so that every result is "
-                                  "recomputed from the new weights")
+            raise ModelFetchError(
+                f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} "
+                "hashed (the source checkpoint was overwritten?); run the checkpoint stage again "
+                "(snakemake does so when the source files are newer) so that every result is "
+                "recomputed from the new weights"
+            )
 
 
 def resolve_checkpoint(path: Path | str) -> Path:
@@ -166,8 +173,10 @@ def resolve_checkpoint(path: Path | str) -> Path:
     else:
         ckpt, manifest = path, manifest_path(path)
     if not (ckpt / "config.json").is_file():
-        raise InputError(f"{path}: not a checkpoint (expected a Hugging Face checkpoint directory with config.json, "
-                         "or the manifest .json next to one)")
+        raise InputError(
+            f"{path}: not a checkpoint (expected a Hugging Face checkpoint directory with config.json, "
+            "or the manifest .json next to one)"
+        )
     if manifest.is_file():
         verify_checkpoint(ckpt, read_json(manifest, "a checkpoint manifest"))
     elif path.suffix == ".json":
@@ -233,9 +242,14 @@ def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=spec["hub"], revision=spec["revision"],
-                                      allow_patterns=_patterns(bool(spec.get("trust_remote_code")))))
-    except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
+        return Path(
+            snapshot_download(
+                repo_id=spec["hub"],
+                revision=spec["revision"],
+                allow_patterns=_patterns(bool(spec.get("trust_remote_code"))),
+            )
+        )
+    except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise ModelFetchError(
             f"model {name!r}: could not download hub id {spec['hub']!r} at revision {spec['revision']!r} "
@@ -318,10 +332,15 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
     try:
         shared = compare_tokenizer_dirs(base_dir, rl_dir)
     except TokenizerMismatch as e:
-        raise TokenizerMismatch(f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}") from None
+        raise TokenizerMismatch(
+            f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}"
+        ) from None
     for m in (mb, mr):
         if m["embedding_rows"] and m["embedding_rows"] < shared:
-            raise TokenizerMismatch(f"pair {pair!r}: model {m['name']!r} has {m['embedding_rows']} embedding rows, fewer than the {shared} tokens of the tokenizer")
+            raise TokenizerMismatch(
+                f"pair {pair!r}: model {m['name']!r} has {m['embedding_rows']} embedding rows, fewer than the "
+                f"{shared} tokens of the tokenizer"
+            )
     info = {
         "pair": pair,
         "base": mb["name"],

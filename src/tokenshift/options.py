@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 
-def option(default: Any, help: str, **meta: Any) -> Any:  # noqa: A002 - argparse's own name for it
+def option(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata."""
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for a sequence default: settings are frozen")
@@ -65,8 +65,9 @@ def _checked(kind: type, minimum: float | None, name: str):
     return convert
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (),
-                title: str | None = None) -> None:
+def add_options(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (), title: str | None = None
+) -> None:
     """A ``--flag`` for each field of dataclass ``cls`` (but ``exclude``), default and help from the field."""
     group = parser.add_argument_group(title or f"{cls.__name__} (config `{getattr(cls, 'section', '?')}:`)")
     for f in dataclasses.fields(cls):

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 ROLES = ("base", "rl")
 """The two models of a pair; also the two response sources scored (whose rollouts)."""
@@ -81,8 +81,9 @@ class Policy:
             if self.score_column is None:
                 t = q / 100
             elif scores is None:
-                raise ValueError(f"{self.name} percentile {q} needs the per-token scores of the generating model's "
-                                 "rollouts")
+                raise ValueError(
+                    f"{self.name} percentile {q} needs the per-token scores of the generating model's rollouts"
+                )
             else:
                 t = float(scores[self.score_column_for(direction)].quantile(q / 100, "linear"))
         else:
@@ -91,16 +92,39 @@ class Policy:
         return t
 
 
-POLICIES: dict[str, Policy] = {p.name: p for p in (
-    Policy("js", "js", "Jensen-Shannon divergence between the two models (nats), the paper's criterion",
-           bounds=(0.0, math.log(2.0)), score_column="js"),
-    Policy("random", "uniform", "a seeded uniform draw in [0, 1), blind to both models: the control "
-                                "(a percentile q switches a share 1 - q/100 of positions)", bounds=(0.0, 1.0)),
-    Policy("argmax", "argmax", "1 where the two models' argmax tokens differ", bounds=(0.0, 1.0),
-           fixed_threshold=0.5, default_threshold=None),
-    Policy("entropy", "entropy", "the generating model's entropy (nats), the criterion of the authors' scripts",
-           score_column="entropy_{generator}"),
-)}
+POLICIES: dict[str, Policy] = {
+    p.name: p
+    for p in (
+        Policy(
+            "js",
+            "js",
+            "Jensen-Shannon divergence between the two models (nats), the paper's criterion",
+            bounds=(0.0, math.log(2.0)),
+            score_column="js",
+        ),
+        Policy(
+            "random",
+            "uniform",
+            "a seeded uniform draw in [0, 1), blind to both models: the control "
+            "(a percentile q switches a share 1 - q/100 of positions)",
+            bounds=(0.0, 1.0),
+        ),
+        Policy(
+            "argmax",
+            "argmax",
+            "1 where the two models' argmax tokens differ",
+            bounds=(0.0, 1.0),
+            fixed_threshold=0.5,
+            default_threshold=None,
+        ),
+        Policy(
+            "entropy",
+            "entropy",
+            "the generating model's entropy (nats), the criterion of the authors' scripts",
+            score_column="entropy_{generator}",
+        ),
+    )
+}
 """The switching policies, in the order the workflow runs them by default."""
 
 

@@ -38,9 +38,13 @@ def summarize(result: PairResult) -> dict:
     """The machine-readable headline numbers of one (pair, dataset)."""
     d = result.divergence
     out = {
-        "pair": result.pair, "dataset": result.dataset, "kind": result.kind,
-        "accuracy": {role: {"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "metric": r["metric"]}
-                     for role, r in headlines.model_accuracy(result.accuracy).items()},
+        "pair": result.pair,
+        "dataset": result.dataset,
+        "kind": result.kind,
+        "accuracy": {
+            role: {"value": r["value"], "ci_low": r["ci_low"], "ci_high": r["ci_high"], "metric": r["metric"]}
+            for role, r in headlines.model_accuracy(result.accuracy).items()
+        },
         "share_js_below": headlines.sparsity_summary(d["sparsity"]),
         "rl_top1_in_base_top": {str(k): v for k, v in headlines.reallocation_summary(d["reallocation"]).items()},
         "position": headlines.position_summary(d["position"]),
@@ -53,33 +57,47 @@ def summarize(result: PairResult) -> dict:
 def sentences(s: Mapping) -> list[str]:
     """The headline numbers in words."""
     acc = s["accuracy"]
-    out = [f"The RL model scores {acc['rl']['value']:.3f} [{acc['rl']['ci_low']:.3f}, {acc['rl']['ci_high']:.3f}] "
-           f"against the base model's {acc['base']['value']:.3f} [{acc['base']['ci_low']:.3f}, "
-           f"{acc['base']['ci_high']:.3f}] ({acc['rl']['metric']}, 95% bootstrap CI)."]
+    out = [
+        f"The RL model scores {acc['rl']['value']:.3f} [{acc['rl']['ci_low']:.3f}, {acc['rl']['ci_high']:.3f}] "
+        f"against the base model's {acc['base']['value']:.3f} [{acc['base']['ci_low']:.3f}, "
+        f"{acc['base']['ci_high']:.3f}] ({acc['rl']['metric']}, 95% bootstrap CI)."
+    ]
     below = s["share_js_below"]
     if "0.001" in below:
-        out.append(f"{pct(below['0.001'])} of positions in the RL model's responses have JS < 1e-3"
-                   + (f", {pct(below['0.01'])} have JS < 1e-2." if "0.01" in below else "."))
+        out.append(
+            f"{pct(below['0.001'])} of positions in the RL model's responses have JS < 1e-3"
+            + (f", {pct(below['0.01'])} have JS < 1e-2." if "0.01" in below else ".")
+        )
     top = s["rl_top1_in_base_top"]
-    out.append(f"The RL model's top token is the base model's own top token at {pct(top['1'])} of positions and "
-               f"within its top 3 at {pct(top['3'])}: RL reallocates probability among candidates the base model "
-               f"already ranks highly.")
+    out.append(
+        f"The RL model's top token is the base model's own top token at {pct(top['1'])} of positions and "
+        f"within its top 3 at {pct(top['3'])}: RL reallocates probability among candidates the base model "
+        f"already ranks highly."
+    )
     pos = s["position"]
-    out.append(f"Mean JS is highest at the {pos['highest']} of a response and lowest at the {pos['lowest']} ("
-               + ", ".join(f"{k} {pos['mean_js'][k]:.2g}" for k in ("start", "middle", "end") if k in pos["mean_js"])
-               + " nats).")
+    out.append(
+        f"Mean JS is highest at the {pos['highest']} of a response and lowest at the {pos['lowest']} ("
+        + ", ".join(f"{k} {pos['mean_js'][k]:.2g}" for k in ("start", "middle", "end") if k in pos["mean_js"])
+        + " nats)."
+    )
     cs = s.get("crosssample") or {}
     if cs.get("forward_recovery") is not None:
-        text = (f"Forward cross-sampling ({cs['policy']} policy) with budget {cs['forward_budget']} "
-                f"({cs['forward_switched']:.1f} switched tokens per response on average) recovers "
-                f"{pct(cs['forward_recovery'])} of the base→RL accuracy gap")
+        text = (
+            f"Forward cross-sampling ({cs['policy']} policy) with budget {cs['forward_budget']} "
+            f"({cs['forward_switched']:.1f} switched tokens per response on average) recovers "
+            f"{pct(cs['forward_recovery'])} of the base→RL accuracy gap"
+        )
         if cs.get("random_recovery") is not None:
-            text += (f"; switching {cs['random_switched']:.1f} tokens at random positions recovers "
-                     f"{pct(cs['random_recovery'])}")
+            text += (
+                f"; switching {cs['random_switched']:.1f} tokens at random positions recovers "
+                f"{pct(cs['random_recovery'])}"
+            )
         out.append(text + ".")
     if cs.get("reverse_loss") is not None:
-        out.append(f"Reverse cross-sampling (budget {cs['reverse_budget']}, {cs['reverse_switched']:.1f} base tokens "
-                   f"injected per response) loses {pct(cs['reverse_loss'])} of the gap.")
+        out.append(
+            f"Reverse cross-sampling (budget {cs['reverse_budget']}, {cs['reverse_switched']:.1f} base tokens "
+            f"injected per response) loses {pct(cs['reverse_loss'])} of the gap."
+        )
     elif "gap" in cs and cs["gap"] <= 0:
         out.append("The RL model is not more accurate than the base model here, so there is no gap to recover.")
     return out
@@ -89,8 +107,9 @@ def _table_html(df: pl.DataFrame, floats: int = 3) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     rows = []
     for r in df.iter_rows():
-        cells = "".join(f"<td>{v:.{floats}f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
-                        for v in r)
+        cells = "".join(
+            f"<td>{v:.{floats}f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in r
+        )
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -102,41 +121,71 @@ def _img(path: Path, alt: str) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}
 li{margin:.3em 0}"""
 
 
-def render_html(results: Sequence[PairResult], summaries: Sequence[Mapping], *, overview_figures: Mapping[str, Path],
-                config_text: str) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
-             "</head><body><h1>Where RL fine-tuning changed the model: tokenshift report</h1>",
-             "<p>Reproduces the analyses of Meng et al., <em>Sparse but Critical: A Token-Level Analysis of "
-             "Distributional Shifts in RLVR Fine-Tuning of LLMs</em> (ICLR 2026) for the pairs below. "
-             f"tokenshift {html.escape(__version__)}.</p>",
-             "<h2>Pairs and datasets</h2>",
-             _table_html(pl.DataFrame([{"pair": r.pair, "kind": r.kind, "dataset": r.dataset} for r in results]))]
+def render_html(
+    results: Sequence[PairResult],
+    summaries: Sequence[Mapping],
+    *,
+    overview_figures: Mapping[str, Path],
+    config_text: str,
+) -> str:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
+        "</head><body><h1>Where RL fine-tuning changed the model: tokenshift report</h1>",
+        "<p>Reproduces the analyses of Meng et al., <em>Sparse but Critical: A Token-Level Analysis of "
+        "Distributional Shifts in RLVR Fine-Tuning of LLMs</em> (ICLR 2026) for the pairs below. "
+        f"tokenshift {html.escape(__version__)}.</p>",
+        "<h2>Pairs and datasets</h2>",
+        _table_html(pl.DataFrame([{"pair": r.pair, "kind": r.kind, "dataset": r.dataset} for r in results])),
+    ]
     for name, path in overview_figures.items():
         parts.append(_img(path, name))
     for r, s in zip(results, summaries):
         parts.append(f"<h2>{html.escape(r.pair)} on {html.escape(r.dataset)}</h2><ul>")
         parts += [f"<li>{html.escape(t)}</li>" for t in sentences(s)]
         parts.append("</ul><h3>Accuracy</h3>")
-        parts.append(_table_html(r.accuracy.select("role", "metric", "value", "ci_low", "ci_high", "n_problems",
-                                                   "samples_per_problem")))
+        parts.append(
+            _table_html(
+                r.accuracy.select("role", "metric", "value", "ci_low", "ci_high", "n_problems", "samples_per_problem")
+            )
+        )
         if r.crosssample is not None:
             parts.append("<h3>Cross-sampling</h3>")
-            parts.append(_table_html(r.crosssample.select("direction", "policy", "budget", "accuracy", "ci_low",
-                                                          "ci_high", "mean_switched", "switched_share", "n_problems",
-                                                          "n_samples")))
+            parts.append(
+                _table_html(
+                    r.crosssample.select(
+                        "direction",
+                        "policy",
+                        "budget",
+                        "accuracy",
+                        "ci_low",
+                        "ci_high",
+                        "mean_switched",
+                        "switched_share",
+                        "n_problems",
+                        "n_samples",
+                    )
+                )
+            )
         for name, path in r.figures.items():
             parts.append(_img(path, f"{r.pair} {r.dataset} {name}"))
     parts.append(f"<h2>Config used</h2><pre>{html.escape(config_text)}</pre></body></html>")
     return "\n".join(parts)
 
 
-def write_report(results: Sequence[PairResult], *, overview_figures: Mapping[str, Path], config_text: str,
-                 html_out: Path, json_out: Path) -> dict:
+def write_report(
+    results: Sequence[PairResult],
+    *,
+    overview_figures: Mapping[str, Path],
+    config_text: str,
+    html_out: Path,
+    json_out: Path,
+) -> dict:
     """Write ``summary.json`` and ``report.html``; return the summary."""
     from tokenshift.io import write_json_atomic, write_text_atomic
 
@@ -154,19 +203,35 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     from tokenshift.registry import PAIR_FIGURES
 
     results = Path(results)
-    accuracy = read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", ("pair", "dataset"))
+    accuracy = read_parquet(
+        results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", ("pair", "dataset")
+    )
     cross = results / "crosssample.parquet"
     return PairResult(
-        pair=accuracy["pair"][0], dataset=accuracy["dataset"][0], kind=kind, accuracy=accuracy,
-        divergence={n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
-                    for n in ("sparsity", "position", "reallocation")},
+        pair=accuracy["pair"][0],
+        dataset=accuracy["dataset"][0],
+        kind=kind,
+        accuracy=accuracy,
+        divergence={
+            n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
+            for n in ("sparsity", "position", "reallocation")
+        },
         crosssample=read_parquet(cross, "a cross-sampling table") if cross.is_file() else None,
-        figures={n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES
-                 if (results / "figures" / f"{n}.png").is_file()})
+        figures={
+            n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES if (results / "figures" / f"{n}.png").is_file()
+        },
+    )
 
 
-def build_report(results: Sequence[Path], *, html_out: Path, json_out: Path, kinds: Mapping[str, str] | None = None,
-                 overview: Sequence[Path] = (), config: Path | None = None) -> dict:
+def build_report(
+    results: Sequence[Path],
+    *,
+    html_out: Path,
+    json_out: Path,
+    kinds: Mapping[str, str] | None = None,
+    overview: Sequence[Path] = (),
+    config: Path | None = None,
+) -> dict:
     """``report.html`` and ``summary.json`` for the pairs and datasets under ``results`` (one directory
     each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted)."""
     kinds = dict(kinds or {})
@@ -175,5 +240,10 @@ def build_report(results: Sequence[Path], *, html_out: Path, json_out: Path, kin
         result = load_result(r)
         result.kind = kinds.get(result.pair, "rlvr")
         loaded.append(result)
-    return write_report(loaded, overview_figures={Path(p).stem: Path(p) for p in overview},
-                        config_text=Path(config).read_text() if config else "", html_out=html_out, json_out=json_out)
+    return write_report(
+        loaded,
+        overview_figures={Path(p).stem: Path(p) for p in overview},
+        config_text=Path(config).read_text() if config else "",
+        html_out=html_out,
+        json_out=json_out,
+    )

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import polars as pl
 
@@ -48,8 +46,15 @@ class HFBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
     def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
-        return sample(self.model, prompts, eos_id=self.eos_id, pad_id=self.pad_id, sampling=self.sampling,
-                      seed=seed, batch_size=self.cfg.batch_size)
+        return sample(
+            self.model,
+            prompts,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            sampling=self.sampling,
+            seed=seed,
+            batch_size=self.cfg.batch_size,
+        )
 
 
 class VLLMBackend:
@@ -57,8 +62,9 @@ class VLLMBackend:
         try:
             import vllm  # noqa: F401
         except ImportError as e:
-            raise BackendUnavailable("rollout backend 'vllm' needs `pip install 'tokenshift[vllm]'` on a GPU machine; "
-                                     "use backend 'hf' here") from e
+            raise BackendUnavailable(
+                "rollout backend 'vllm' needs `pip install 'tokenshift[vllm]'` on a GPU machine; use backend 'hf' here"
+            ) from e
         import torch
 
         if not torch.cuda.is_available():
@@ -76,8 +82,10 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
 
         s = self.sampling
-        params = [SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=seed + i)
-                  for i in range(len(prompts))]
+        params = [
+            SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=seed + i)
+            for i in range(len(prompts))
+        ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         eos = self.tokenizer.eos_token_id
         result = []
@@ -98,9 +106,17 @@ def make_backend(model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
     return BACKENDS[cfg.backend](Path(model), cfg, sampling)
 
 
-def run_rollouts(model: Path, problems: Sequence[Problem] | Path, out: Path, *, prompt: PromptConfig = PromptConfig(),
-                 sampling: SamplingConfig = SamplingConfig(), cfg: RolloutConfig = RolloutConfig(),
-                 grader_workers: int = 1, progress: bool = True) -> pl.DataFrame:
+def run_rollouts(
+    model: Path,
+    problems: Sequence[Problem] | Path,
+    out: Path,
+    *,
+    prompt: PromptConfig = PromptConfig(),
+    sampling: SamplingConfig = SamplingConfig(),
+    cfg: RolloutConfig = RolloutConfig(),
+    grader_workers: int = 1,
+    progress: bool = True,
+) -> pl.DataFrame:
     """Sample ``sampling.n`` responses per problem, grade them, write ``out`` (parquet); resumable.
 
     ``model`` is a checkpoint directory or its manifest; ``problems`` a list or the parquet file
@@ -111,11 +127,34 @@ def run_rollouts(model: Path, problems: Sequence[Problem] | Path, out: Path, *, 
     from tokenshift.sharding import run_key, run_sharded
 
     problems = as_problems(problems)
-    key = run_key({"stage": "rollout", "model": checkpoint_identity(model), "problems": problems, "prompt": prompt,
-                   "sampling": sampling, "rollout": cfg})
-    table = run_sharded(lambda: make_backend(model, cfg, sampling), key, problems, prompt, out, n=sampling.n,
-                        seed=sampling.seed, problems_per_shard=cfg.problems_per_shard, grader_workers=grader_workers,
-                        progress=progress)
-    log.info("%s: %d samples, accuracy %.3f, %d cut by the length limit, %d not graded cleanly", out, table.height,
-             table["correct"].mean(), (table["finish_reason"] == "length").sum(), (table["grade_status"] != "ok").sum())
+    key = run_key(
+        {
+            "stage": "rollout",
+            "model": checkpoint_identity(model),
+            "problems": problems,
+            "prompt": prompt,
+            "sampling": sampling,
+            "rollout": cfg,
+        }
+    )
+    table = run_sharded(
+        lambda: make_backend(model, cfg, sampling),
+        key,
+        problems,
+        prompt,
+        out,
+        n=sampling.n,
+        seed=sampling.seed,
+        problems_per_shard=cfg.problems_per_shard,
+        grader_workers=grader_workers,
+        progress=progress,
+    )
+    log.info(
+        "%s: %d samples, accuracy %.3f, %d cut by the length limit, %d not graded cleanly",
+        out,
+        table.height,
+        table["correct"].mean(),
+        (table["finish_reason"] == "length").sum(),
+        (table["grade_status"] != "ok").sum(),
+    )
     return table

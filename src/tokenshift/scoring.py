@@ -26,7 +26,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -37,8 +36,18 @@ from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.settings import ScoringConfig
 
 log = logging.getLogger(__name__)
-STAT_COLUMNS = ("js", "kl_base_rl", "kl_rl_base", "entropy_base", "entropy_rl", "topk_overlap",
-                "rl_top1_rank_in_base", "base_top1_rank_in_rl", "p_base_of_rl_top1", "p_rl_of_rl_top1")
+STAT_COLUMNS = (
+    "js",
+    "kl_base_rl",
+    "kl_rl_base",
+    "entropy_base",
+    "entropy_rl",
+    "topk_overlap",
+    "rl_top1_rank_in_base",
+    "base_top1_rank_in_rl",
+    "p_base_of_rl_top1",
+    "p_rl_of_rl_top1",
+)
 
 
 @dataclass
@@ -80,8 +89,15 @@ def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch
 
 
 @torch.no_grad()
-def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
-               vocab_size: int, pad_id: int, cfg: ScoringConfig = ScoringConfig()) -> ScoreResult:
+def score_rows(
+    base: torch.nn.Module,
+    rl: torch.nn.Module,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    vocab_size: int,
+    pad_id: int,
+    cfg: ScoringConfig = ScoringConfig(),
+) -> ScoreResult:
     """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
 
     Output columns: ``row`` (index into ``rows``), ``position`` (0-based in the response),
@@ -90,9 +106,11 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
     """
     for role, model in (("base", base), ("rl", rl)):
         if not plain_lm_head(model):
-            raise ValueError(f"the {role} model ({type(model).__name__}) transforms its LM head's output "
-                             f"({', '.join(k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None))}); "
-                             "chunked scoring supports plain heads only")
+            raise ValueError(
+                f"the {role} model ({type(model).__name__}) transforms its LM head's output "
+                f"({', '.join(k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None))}); "
+                "chunked scoring supports plain heads only"
+            )
     context = min(_context(base), _context(rl))
     skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
     keep = []
@@ -110,8 +128,9 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
         if idx:
             log.warning("%d responses skipped (%s), e.g. row %d", len(idx), reason, idx[0])
 
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "position", "norm_position", "token_id",
-                                                        "logp_base", "logp_rl", *STAT_COLUMNS)}
+    out: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("row", "position", "norm_position", "token_id", "logp_base", "logp_rl", *STAT_COLUMNS)
+    }
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
     for batch in pack_by_length(lengths, cfg.max_batch_tokens):
         idx = [keep[b] for b in batch]
@@ -121,7 +140,7 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
         targets, row_of, pos_of, norm_of = [], [], [], []
         for j, i in enumerate(idx):
             p, r = list(rows[i][0]), list(rows[i][1])
-            select[j, len(p) - 1:len(p) + len(r) - 1] = True
+            select[j, len(p) - 1 : len(p) + len(r) - 1] = True
             targets += r
             row_of += [i] * len(r)
             pos_of += list(range(len(r)))
@@ -154,8 +173,9 @@ def score_rows(base: torch.nn.Module, rl: torch.nn.Module, rows: Sequence[tuple[
     return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
 
 
-def run_scoring(base: Path, rl: Path, pair: Path, rollouts: Path, source: str, out: Path, *,
-                cfg: ScoringConfig = ScoringConfig()):
+def run_scoring(
+    base: Path, rl: Path, pair: Path, rollouts: Path, source: str, out: Path, *, cfg: ScoringConfig = ScoringConfig()
+):
     """Score the responses of the rollout table ``rollouts`` with both models of a pair; write ``out``.
 
     ``base`` and ``rl`` are checkpoints (directories or manifests), ``pair`` the pair manifest
@@ -171,10 +191,14 @@ def run_scoring(base: Path, rl: Path, pair: Path, rollouts: Path, source: str, o
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
     if not isinstance(vocab, int):
-        raise InputError(f"{pair}: no shared_vocab_size (expected a pair manifest written by `tokenshift models "
-                         "check-pair`)")
-    table = read_parquet(rollouts, "a rollout table (tokenshift rollout)",
-                         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"))
+        raise InputError(
+            f"{pair}: no shared_vocab_size (expected a pair manifest written by `tokenshift models check-pair`)"
+        )
+    table = read_parquet(
+        rollouts,
+        "a rollout table (tokenshift rollout)",
+        columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
+    )
     models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
@@ -185,6 +209,10 @@ def run_scoring(base: Path, rl: Path, pair: Path, rollouts: Path, source: str, o
     scores = scores.with_columns(pl.lit(source).alias("source")).sort("problem_id", "sample_index", "position")
     write_parquet_atomic(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
-    log.info("scored %d tokens of %d responses; skipped: %s", scores.height, len(rows) - sum(skipped.values()),
-             skipped or "none")
+    log.info(
+        "scored %d tokens of %d responses; skipped: %s",
+        scores.height,
+        len(rows) - sum(skipped.values()),
+        skipped or "none",
+    )
     return scores

@@ -20,10 +20,20 @@ from tokenshift.registry import DIRECTIONS, POLICIES, budget_label
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 PRESETS: dict[str, dict[str, str]] = {
-    "aime24": {"hub": "HuggingFaceH4/aime_2024", "split": "train", "question_field": "problem", "answer_field": "answer"},
+    "aime24": {
+        "hub": "HuggingFaceH4/aime_2024",
+        "split": "train",
+        "question_field": "problem",
+        "answer_field": "answer",
+    },
     "aime25": {"hub": "yentinglin/aime_2025", "split": "train", "question_field": "problem", "answer_field": "answer"},
     "amc23": {"hub": "math-ai/amc23", "split": "test", "question_field": "question", "answer_field": "answer"},
-    "math500": {"hub": "HuggingFaceH4/MATH-500", "split": "test", "question_field": "problem", "answer_field": "answer"},
+    "math500": {
+        "hub": "HuggingFaceH4/MATH-500",
+        "split": "test",
+        "question_field": "problem",
+        "answer_field": "answer",
+    },
 }
 SOURCES = ("toy", "path", "hub", "preset")
 
@@ -52,7 +62,6 @@ class SamplingConfig:
             raise ValueError(f"top_p {self.top_p}: expected a value in (0, 1]")
 
 
-
 @dataclass(frozen=True)
 class DatasetSpec:
     """Where a dataset's problems come from (the loading keys of a config ``datasets.<name>`` entry)."""
@@ -61,15 +70,17 @@ class DatasetSpec:
     toy: str | None = option(None, "'eval': the embedded toy task's eval split", choices=["eval"])
     path: str | None = option(None, "a local .jsonl or .parquet file, one problem per row")
     hub: str | None = option(None, "a Hugging Face dataset id (needs --revision)")
-    preset: str | None = option(None, "one of the paper's benchmarks (fills hub id, split and fields)",
-                                choices=sorted(PRESETS))
+    preset: str | None = option(
+        None, "one of the paper's benchmarks (fills hub id, split and fields)", choices=sorted(PRESETS)
+    )
     revision: str | None = option(None, "the hub revision to load (a commit hash)")
     split: str | None = option(None, "the hub split to load (test, or the preset's)")
     question_field: str | None = option(None, "column holding the problem text (problem, or the preset's)")
     answer_field: str | None = option(None, "column holding the gold answer (answer, or the preset's)")
     id_field: str | None = option(None, "column holding a unique problem id (the row number when not set)")
-    n_problems: int | None = option(None, "use the first N problems (toy: how many to draw; 500 when not set)",
-                                    minimum=1)
+    n_problems: int | None = option(
+        None, "use the first N problems (toy: how many to draw; 500 when not set)", minimum=1
+    )
 
     @classmethod
     def from_config(cls, spec: Mapping[str, Any]) -> DatasetSpec:
@@ -97,9 +108,10 @@ class PromptConfig:
         try:
             self.template.format(question="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt template {self.template!r}: only {{question}} may be replaced; double other "
-                             f"braces ({{{{ and }}}}): {e}") from None
-
+            raise ValueError(
+                f"prompt template {self.template!r}: only {{question}} may be replaced; double other "
+                f"braces ({{{{ and }}}}): {e}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,14 @@ class RolloutConfig:
     """How the rollout stage generates (config ``rollout:``)."""
 
     section: ClassVar[str] = "rollout"
-    backend: str = option("hf", "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, "
-                                "`tokenshift[vllm]`)", choices=["hf", "vllm"])
+    backend: str = option(
+        "hf",
+        "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, `tokenshift[vllm]`)",
+        choices=["hf", "vllm"],
+    )
     batch_size: int = option(64, "sequences per generate call (hf backend)", minimum=1)
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
-
 
 
 @dataclass(frozen=True)
@@ -123,19 +137,19 @@ class AccuracyConfig:
     pass_k: tuple[int, ...] = option((1,), "pass@k values in the accuracy tables (each at most sampling.n)", minimum=1)
 
 
-
 @dataclass(frozen=True)
 class ScoringConfig:
     """Teacher-forced scoring settings (config ``scoring:``)."""
 
     section: ClassVar[str] = "scoring"
-    chunk_size: int | None = option(None, "positions projected through the LM head at once; not set: sized by "
-                                          "chunk_memory_mb", minimum=1)
+    chunk_size: int | None = option(
+        None, "positions projected through the LM head at once; not set: sized by chunk_memory_mb", minimum=1
+    )
     chunk_memory_mb: int = option(512, "memory budget of one LM-head chunk's logits and statistics", minimum=1)
-    compile: bool = option(True, "fuse the statistics with torch.compile when the models are on a GPU (CPU stays "
-                                 "eager)")
-    max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)",
-                                   minimum=1)
+    compile: bool = option(
+        True, "fuse the statistics with torch.compile when the models are on a GPU (CPU stays eager)"
+    )
+    max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)", minimum=1)
     top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
     device_base: str = option("cpu", "device of the base model (cpu, cuda, cuda:0, ...)")
     device_rl: str = option("cpu", "device of the RL model; two GPUs can hold one model each")
@@ -147,7 +161,6 @@ class ScoringConfig:
         return max(16, min(8192, self.chunk_memory_mb * 2**20 // (CHUNK_BUFFERS * 4 * vocab_size)))
 
 
-
 @dataclass(frozen=True)
 class CrossSampleConfig:
     """How the cross-sampling stage runs (config ``crosssample:``, beside the grid of runs)."""
@@ -155,8 +168,12 @@ class CrossSampleConfig:
     section: ClassVar[str] = "crosssample"
     n_problems: int = option(0, "cross-sample only the dataset's first N problems (0 = all of them)", minimum=0)
     batch_size: int = option(256, "rows decoded together in lockstep", minimum=1)
-    threads: int = option(1, "torch CPU threads per job; the toy pair's decoding is bound by Python overhead, so one "
-                             "thread per job and jobs side by side finish the grid soonest", minimum=1)
+    threads: int = option(
+        1,
+        "torch CPU threads per job; the toy pair's decoding is bound by Python overhead, so one "
+        "thread per job and jobs side by side finish the grid soonest",
+        minimum=1,
+    )
     problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
     device_base: str = option("auto", "device of the base model: auto (cuda if present), cpu, cuda, cuda:1, ...")
     device_rl: str = option("auto", "device of the RL model (see device_base)")
@@ -171,7 +188,8 @@ class CrossSampleGrid:
     policies: tuple[str, ...] = tuple(POLICIES)
     budgets: tuple[int | float | str, ...] = (0, 1, 2, 4, 8, 16, "all")
     thresholds: Mapping[str, Mapping[str, float]] = dataclasses.field(
-        default_factory=lambda: {p.name: dict(p.default_threshold) for p in POLICIES.values() if p.default_threshold})
+        default_factory=lambda: {p.name: dict(p.default_threshold) for p in POLICIES.values() if p.default_threshold}
+    )
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> CrossSampleGrid:
@@ -195,8 +213,13 @@ class CrossSampleGrid:
 
     def runs(self, max_new_tokens: int) -> list[tuple[str, str, str]]:
         """(direction, policy, budget label) of every run, budget 0 once per direction."""
-        return [(d, p, b) for d in self.directions for p in self.policies for b in self.budget_labels(max_new_tokens)
-                if b != "0" or p == self.baseline_policy]
+        return [
+            (d, p, b)
+            for d in self.directions
+            for p in self.policies
+            for b in self.budget_labels(max_new_tokens)
+            if b != "0" or p == self.baseline_policy
+        ]
 
     def threshold_spec(self, policy: str) -> dict[str, float]:
         """The configured threshold of ``policy`` (empty for a policy whose threshold is fixed)."""

@@ -54,6 +54,7 @@ def code_version() -> str:
 
 def run_key(parts: Mapping[str, Any]) -> str:
     """A hash of everything a run's output depends on (dataclasses are taken field by field)."""
+
     def plain(v):
         return asdict(v) if is_dataclass(v) else v
 
@@ -77,10 +78,21 @@ def _shard_ok(path: Path, rows: int) -> str | None:
     return None
 
 
-def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], prompt: PromptConfig, out: Path, *,
-                n: int, seed: int, problems_per_shard: int, extra_schema: Mapping[str, Any] | None = None,
-                constants: Mapping[str, Any] | None = None, grader_workers: int = 1,
-                progress: bool = True) -> pl.DataFrame:
+def run_sharded(
+    make: Callable[[], Any],
+    key: str,
+    problems: Sequence[Problem],
+    prompt: PromptConfig,
+    out: Path,
+    *,
+    n: int,
+    seed: int,
+    problems_per_shard: int,
+    extra_schema: Mapping[str, Any] | None = None,
+    constants: Mapping[str, Any] | None = None,
+    grader_workers: int = 1,
+    progress: bool = True,
+) -> pl.DataFrame:
     """Draw ``n`` graded samples per problem with the backend ``make()`` builds, shard by shard.
 
     Each sample's ``extra`` values become columns (``extra_schema`` gives their types), and
@@ -97,7 +109,7 @@ def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], 
     stamp.write_text(key + "\n")
 
     per = problems_per_shard
-    shards = [problems[i:i + per] for i in range(0, len(problems), per)]
+    shards = [problems[i : i + per] for i in range(0, len(problems), per)]
     todo = []
     for k, chunk in enumerate(shards):
         path = shard_dir / f"shard-{k:05d}.parquet"
@@ -113,13 +125,26 @@ def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], 
     if len(todo) < len(shards):
         log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
     backend = make() if todo else None
-    bar = tqdm(total=len(problems) * n, initial=(len(problems) - sum(len(shards[k]) for k in todo)) * n,
-               unit="sample", desc=f"{out.parent.name}/{out.stem}", disable=not progress)
+    bar = tqdm(
+        total=len(problems) * n,
+        initial=(len(problems) - sum(len(shards[k]) for k in todo)) * n,
+        unit="sample",
+        desc=f"{out.parent.name}/{out.stem}",
+        disable=not progress,
+    )
     with Grader(workers=grader_workers) as grader:
         for k in todo:
             t0 = time.perf_counter()
-            df = _sample_shard(backend, grader, shards[k], prompt, n=n, seed=seed * 100_003 + k,
-                               extra_schema=extra_schema, constants=constants)
+            df = _sample_shard(
+                backend,
+                grader,
+                shards[k],
+                prompt,
+                n=n,
+                seed=seed * 100_003 + k,
+                extra_schema=extra_schema,
+                constants=constants,
+            )
             path = shard_dir / f"shard-{k:05d}.parquet"
             write_parquet_atomic(df, path)
             write_json_atomic(path.with_suffix(".json"), {"rows": df.height, "sha256": sha256_file(path)})
@@ -132,8 +157,17 @@ def run_sharded(make: Callable[[], Any], key: str, problems: Sequence[Problem], 
     return table
 
 
-def _sample_shard(backend, grader: Grader, chunk: Sequence[Problem], prompt: PromptConfig, *, n: int, seed: int,
-                  extra_schema: Mapping[str, Any] | None, constants: Mapping[str, Any] | None) -> pl.DataFrame:
+def _sample_shard(
+    backend,
+    grader: Grader,
+    chunk: Sequence[Problem],
+    prompt: PromptConfig,
+    *,
+    n: int,
+    seed: int,
+    extra_schema: Mapping[str, Any] | None,
+    constants: Mapping[str, Any] | None,
+) -> pl.DataFrame:
     prompts = [format_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
     reps = [ids for ids in prompts for _ in range(n)]
     samples = backend.generate(reps, seed=seed)
@@ -141,18 +175,21 @@ def _sample_shard(backend, grader: Grader, chunk: Sequence[Problem], prompt: Pro
     golds = [p.answer for p in chunk for _ in range(n)]
     grades = grader.grade(texts, golds)
     extra = {name: [s.extra[name] for s in samples] for name in (extra_schema or {})}
-    return pl.DataFrame({
-        "problem_id": [p.problem_id for p in chunk for _ in range(n)],
-        "sample_index": [j for _ in chunk for j in range(n)],
-        "prompt_ids": reps,
-        "response_ids": [s.response_ids for s in samples],
-        "response_text": texts,
-        "finish_reason": [s.finish_reason for s in samples],
-        "n_response_tokens": [len(s.response_ids) for s in samples],
-        "gold": golds,
-        "correct": [g.correct for g in grades],
-        "grade_status": [g.status for g in grades],
-        "dataset_version": DATASET_VERSION,
-        **extra,
-        **(constants or {}),
-    }, schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32), **(extra_schema or {})})
+    return pl.DataFrame(
+        {
+            "problem_id": [p.problem_id for p in chunk for _ in range(n)],
+            "sample_index": [j for _ in chunk for j in range(n)],
+            "prompt_ids": reps,
+            "response_ids": [s.response_ids for s in samples],
+            "response_text": texts,
+            "finish_reason": [s.finish_reason for s in samples],
+            "n_response_tokens": [len(s.response_ids) for s in samples],
+            "gold": golds,
+            "correct": [g.correct for g in grades],
+            "grade_status": [g.status for g in grades],
+            "dataset_version": DATASET_VERSION,
+            **extra,
+            **(constants or {}),
+        },
+        schema_overrides={"prompt_ids": pl.List(pl.Int32), "response_ids": pl.List(pl.Int32), **(extra_schema or {})},
+    )

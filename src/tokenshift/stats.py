@@ -8,8 +8,9 @@ import numpy as np
 from scipy import stats
 
 
-def mean_ci(values: Sequence[float], *, confidence: float = 0.95, seed: int = 0,
-            n_resamples: int = 2000) -> tuple[float, float, float]:
+def mean_ci(
+    values: Sequence[float], *, confidence: float = 0.95, seed: int = 0, n_resamples: int = 2000
+) -> tuple[float, float, float]:
     """(mean, low, high): percentile bootstrap CI of the mean (``scipy.stats.bootstrap``).
 
     A constant sample (all 0 or all 1) has a degenerate interval equal to its mean.
@@ -20,6 +21,12 @@ def mean_ci(values: Sequence[float], *, confidence: float = 0.95, seed: int = 0,
     m = float(x.mean())
     if np.all(x == x[0]):
         return m, m, m
-    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                          method="percentile", random_state=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        (x,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=n_resamples,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return m, float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from math import comb
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -34,8 +32,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def accuracy_table(rollouts: Mapping[str, pl.DataFrame], *, ks: Iterable[int] = (1,), seed: int = 0,
-                   labels: Mapping[str, str] | None = None) -> pl.DataFrame:
+def accuracy_table(
+    rollouts: Mapping[str, pl.DataFrame],
+    *,
+    ks: Iterable[int] = (1,),
+    seed: int = 0,
+    labels: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
     """One row per (role, metric); ``rollouts`` maps a role name to its rollout table."""
     rows = []
     for role, df in rollouts.items():
@@ -50,9 +53,19 @@ def accuracy_table(rollouts: Mapping[str, pl.DataFrame], *, ks: Iterable[int] = 
                 metrics[f"pass@{k}"] = np.array([pass_at_k(n, int(c), k) for c in cs])
         for metric, values in metrics.items():
             mean, lo, hi = mean_ci(values, seed=seed)
-            rows.append({**(labels or {}), "role": role, "metric": metric, "value": mean, "ci_low": lo, "ci_high": hi,
-                         "n_problems": len(cs), "samples_per_problem": n,
-                         "dataset_version": df["dataset_version"][0]})
+            rows.append(
+                {
+                    **(labels or {}),
+                    "role": role,
+                    "metric": metric,
+                    "value": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_problems": len(cs),
+                    "samples_per_problem": n,
+                    "dataset_version": df["dataset_version"][0],
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -80,8 +93,10 @@ def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
     """Share of positions with JS below each threshold, and the JS percentile curve."""
     js = scores["js"]
     rows = [{"kind": "share_below", "value": t, "js_nats": t, "share": float((js < t).mean())} for t in JS_THRESHOLDS]
-    rows += [{"kind": "percentile", "value": q, "js_nats": float(js.quantile(q / 100, "linear")), "share": q / 100}
-             for q in range(0, 101)]
+    rows += [
+        {"kind": "percentile", "value": q, "js_nats": float(js.quantile(q / 100, "linear")), "share": q / 100}
+        for q in range(0, 101)
+    ]
     return pl.DataFrame(rows)
 
 
@@ -90,14 +105,30 @@ def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     response position (start/middle/end)."""
     high, cut = _high_js(scores)
     b = (pl.col("norm_position") * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
-    t = (scores.with_columns(b, high.alias("high"))
-         .group_by("bin").agg(pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
-                              pl.len().alias("n_positions"), *_js_ci())
-         .sort("bin"))
-    region = pl.when(pl.col("bin") == 0).then(pl.lit("start")).when(pl.col("bin") == bins - 1).then(pl.lit("end")) \
+    t = (
+        scores.with_columns(b, high.alias("high"))
+        .group_by("bin")
+        .agg(
+            pl.col("js").mean().alias("mean_js"),
+            pl.col("high").mean().alias("share_high_js"),
+            pl.len().alias("n_positions"),
+            *_js_ci(),
+        )
+        .sort("bin")
+    )
+    region = (
+        pl.when(pl.col("bin") == 0)
+        .then(pl.lit("start"))
+        .when(pl.col("bin") == bins - 1)
+        .then(pl.lit("end"))
         .otherwise(pl.lit("middle"))
-    return t.with_columns((pl.col("bin") / bins).alias("position_low"), ((pl.col("bin") + 1) / bins).alias("position_high"),
-                          region.alias("region"), pl.lit(cut).alias("high_js_cut"))
+    )
+    return t.with_columns(
+        (pl.col("bin") / bins).alias("position_low"),
+        ((pl.col("bin") + 1) / bins).alias("position_high"),
+        region.alias("region"),
+        pl.lit(cut).alias("high_js_cut"),
+    )
 
 
 def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
@@ -107,11 +138,18 @@ def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     ent = scores["entropy_base"]
     edges = np.unique(np.quantile(ent.to_numpy(), np.linspace(0, 1, bins + 1)))
     idx = np.clip(np.searchsorted(edges, ent.to_numpy(), side="right") - 1, 0, max(len(edges) - 2, 0))
-    t = (scores.with_columns(pl.Series("bin", idx, dtype=pl.Int32), high.alias("high"))
-         .group_by("bin").agg(pl.col("entropy_base").mean().alias("mean_entropy_base"),
-                              pl.col("js").mean().alias("mean_js"), pl.col("high").mean().alias("share_high_js"),
-                              pl.len().alias("n_positions"), *_js_ci())
-         .sort("bin"))
+    t = (
+        scores.with_columns(pl.Series("bin", idx, dtype=pl.Int32), high.alias("high"))
+        .group_by("bin")
+        .agg(
+            pl.col("entropy_base").mean().alias("mean_entropy_base"),
+            pl.col("js").mean().alias("mean_js"),
+            pl.col("high").mean().alias("share_high_js"),
+            pl.len().alias("n_positions"),
+            *_js_ci(),
+        )
+        .sort("bin")
+    )
     ent_cut = float(ent.quantile(HIGH_ENTROPY_QUANTILE))
     flags = scores.select(high.alias("high"), (pl.col("entropy_base") > ent_cut).alias("high_entropy"))
     high_ent = flags.filter(pl.col("high_entropy"))
@@ -119,10 +157,14 @@ def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
         "share_high_js_among_high_entropy": float(high_ent["high"].mean()) if high_ent.height else float("nan"),
         "share_high_js_overall": float(flags["high"].mean()),
         "share_high_entropy_among_high_js": float(flags.filter(pl.col("high"))["high_entropy"].mean())
-        if flags["high"].any() else float("nan"),
+        if flags["high"].any()
+        else float("nan"),
     }
-    return t.with_columns(pl.lit(cut).alias("high_js_cut"), pl.lit(ent_cut).alias("high_entropy_cut"),
-                          *[pl.lit(v).alias(k) for k, v in summary.items()])
+    return t.with_columns(
+        pl.lit(cut).alias("high_js_cut"),
+        pl.lit(ent_cut).alias("high_entropy_cut"),
+        *[pl.lit(v).alias(k) for k, v in summary.items()],
+    )
 
 
 def reallocation_table(scores: pl.DataFrame) -> pl.DataFrame:
@@ -133,12 +175,18 @@ def reallocation_table(scores: pl.DataFrame) -> pl.DataFrame:
     rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in (1, 3, 5)]
     hi = scores.filter(high)
     if hi.height:
-        rows += [{"metric": f"rl_top1_in_base_top{k}_at_high_js", "value": float((hi["rl_top1_rank_in_base"] < k).mean())}
-                 for k in (1, 3, 5)]
+        rows += [
+            {"metric": f"rl_top1_in_base_top{k}_at_high_js", "value": float((hi["rl_top1_rank_in_base"] < k).mean())}
+            for k in (1, 3, 5)
+        ]
     rows.append({"metric": "mean_mass_moved_onto_rl_top1", "value": float(moved.mean())})
     if hi.height:
-        rows.append({"metric": "mean_mass_moved_onto_rl_top1_at_high_js",
-                     "value": float((hi["p_rl_of_rl_top1"] - hi["p_base_of_rl_top1"]).mean())})
+        rows.append(
+            {
+                "metric": "mean_mass_moved_onto_rl_top1_at_high_js",
+                "value": float((hi["p_rl_of_rl_top1"] - hi["p_base_of_rl_top1"]).mean()),
+            }
+        )
     for v, share in scores["topk_overlap"].value_counts(normalize=True, name="share").sort("topk_overlap").iter_rows():
         rows.append({"metric": f"topk_overlap={v:.2f}", "value": float(share)})
     for r in range(0, 6):
@@ -148,11 +196,17 @@ def reallocation_table(scores: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-DIVERGENCE_TABLES = {"sparsity": sparsity_table, "position": position_table, "entropy": entropy_table,
-                     "reallocation": reallocation_table}
+DIVERGENCE_TABLES = {
+    "sparsity": sparsity_table,
+    "position": position_table,
+    "entropy": entropy_table,
+    "reallocation": reallocation_table,
+}
 
 
-def divergence_tables(scores_by_source: Mapping[str, pl.DataFrame], labels: Mapping[str, str]) -> dict[str, pl.DataFrame]:
+def divergence_tables(
+    scores_by_source: Mapping[str, pl.DataFrame], labels: Mapping[str, str]
+) -> dict[str, pl.DataFrame]:
     """Every divergence table for each response source, stacked, with pair/dataset/source columns."""
     out = {}
     for name, fn in DIVERGENCE_TABLES.items():
@@ -172,8 +226,9 @@ def budget_order(label: str) -> float:
     return math.inf if label == "all" else float(label)
 
 
-def crosssample_table(runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str] | None = None,
-                      seed: int = 0) -> pl.DataFrame:
+def crosssample_table(
+    runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str] | None = None, seed: int = 0
+) -> pl.DataFrame:
     """One row per (direction, policy, budget) run: accuracy and how much was switched.
 
     - ``accuracy``: avg@n, the mean over problems of the share of a problem's samples graded
@@ -195,14 +250,22 @@ def crosssample_table(runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str]
         generated = run["n_response_tokens"].sum() + (run["finish_reason"] == "stop").sum()
         js = run["switched_js"].explode().drop_nulls()
         key = keys.row(0, named=True)
-        rows.append({**(labels or {}), **key,
-                     "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
-                     "accuracy": acc, "ci_low": lo, "ci_high": hi,
-                     "mean_switched": float(run["n_switched"].mean()),
-                     "switched_share": float(run["n_switched"].sum() / generated) if generated else float("nan"),
-                     "mean_switched_js": float(js.mean()) if js.len() else float("nan"),
-                     "mean_response_tokens": float(run["n_response_tokens"].mean()),
-                     "n_problems": per.height, "n_samples": run.height})
+        rows.append(
+            {
+                **(labels or {}),
+                **key,
+                "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
+                "accuracy": acc,
+                "ci_low": lo,
+                "ci_high": hi,
+                "mean_switched": float(run["n_switched"].mean()),
+                "switched_share": float(run["n_switched"].sum() / generated) if generated else float("nan"),
+                "mean_switched_js": float(js.mean()) if js.len() else float("nan"),
+                "mean_response_tokens": float(run["n_response_tokens"].mean()),
+                "n_problems": per.height,
+                "n_samples": run.height,
+            }
+        )
     table = pl.DataFrame(rows, schema_overrides={"budget_tokens": pl.Int64})
     # budget 0 never switches and the decoder's randomness does not depend on the policy, so one
     # budget-0 run per direction stands for every policy's (marked in ``budget0_from``)
@@ -239,40 +302,88 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
     else:
         cand = cand.with_columns(pl.lit(None, dtype=pl.Boolean).alias("baseline_correct"))
     if cand.height == 0:  # a legitimate result (e.g. two copies of one model): the figure says so
-        return pl.DataFrame(schema={"position": pl.Int64, "token": pl.Utf8, "js": pl.Float64, "switched": pl.Boolean,
-                                    "problem_id": pl.Utf8, "sample_index": pl.Int64, "question": pl.Utf8,
-                                    "gold": pl.Utf8, "direction": pl.Utf8, "budget": pl.Utf8,
-                                    "baseline_correct": pl.Boolean})
-    row = cand.sort(pl.col("baseline_correct").fill_null(True), "n_switched", "n_response_tokens",
-                    "problem_id", "sample_index").row(0, named=True)
+        return pl.DataFrame(
+            schema={
+                "position": pl.Int64,
+                "token": pl.Utf8,
+                "js": pl.Float64,
+                "switched": pl.Boolean,
+                "problem_id": pl.Utf8,
+                "sample_index": pl.Int64,
+                "question": pl.Utf8,
+                "gold": pl.Utf8,
+                "direction": pl.Utf8,
+                "budget": pl.Utf8,
+                "baseline_correct": pl.Boolean,
+            }
+        )
+    row = cand.sort(
+        pl.col("baseline_correct").fill_null(True), "n_switched", "n_response_tokens", "problem_id", "sample_index"
+    ).row(0, named=True)
     ids = row["response_ids"]
     switched = set(row["switched_positions"])
-    return pl.DataFrame({
-        "position": list(range(len(ids))),
-        "token": [tokenizer.decode([i]) for i in ids],
-        "js": row["step_js"],
-        "switched": [p in switched for p in range(len(ids))],
-    }).with_columns(
-        pl.lit(row["problem_id"]).alias("problem_id"), pl.lit(row["sample_index"]).alias("sample_index"),
+    return pl.DataFrame(
+        {
+            "position": list(range(len(ids))),
+            "token": [tokenizer.decode([i]) for i in ids],
+            "js": row["step_js"],
+            "switched": [p in switched for p in range(len(ids))],
+        }
+    ).with_columns(
+        pl.lit(row["problem_id"]).alias("problem_id"),
+        pl.lit(row["sample_index"]).alias("sample_index"),
         pl.lit(tokenizer.decode(row["prompt_ids"], skip_special_tokens=True)).alias("question"),
-        pl.lit(row["gold"]).alias("gold"), pl.lit(row["direction"]).alias("direction"),
-        pl.lit(row["budget"]).alias("budget"), pl.lit(row["baseline_correct"], dtype=pl.Boolean).alias("baseline_correct"))
+        pl.lit(row["gold"]).alias("gold"),
+        pl.lit(row["direction"]).alias("direction"),
+        pl.lit(row["budget"]).alias("budget"),
+        pl.lit(row["baseline_correct"], dtype=pl.Boolean).alias("baseline_correct"),
+    )
 
 
 # --- the table stages: read the per-sample or per-token files, write one table --------------
 
 ROLLOUT_COLUMNS = ("problem_id", "correct", "dataset_version")
-SCORE_COLUMNS = ("problem_id", "sample_index", "position", "norm_position", "token_id", "js", "entropy_base",
-                 "rl_top1_rank_in_base", "p_base_of_rl_top1", "p_rl_of_rl_top1", "topk_overlap")
-CROSS_COLUMNS = ("problem_id", "sample_index", "correct", "direction", "policy", "budget", "threshold", "n_switched",
-                 "switched_js", "n_response_tokens", "finish_reason")
+SCORE_COLUMNS = (
+    "problem_id",
+    "sample_index",
+    "position",
+    "norm_position",
+    "token_id",
+    "js",
+    "entropy_base",
+    "rl_top1_rank_in_base",
+    "p_base_of_rl_top1",
+    "p_rl_of_rl_top1",
+    "topk_overlap",
+)
+CROSS_COLUMNS = (
+    "problem_id",
+    "sample_index",
+    "correct",
+    "direction",
+    "policy",
+    "budget",
+    "threshold",
+    "n_switched",
+    "switched_js",
+    "n_response_tokens",
+    "finish_reason",
+)
 
 
-def write_accuracy(rollouts: Mapping[str, Path], out: Path, *, pair: str | None = None, dataset: str | None = None,
-                   cfg: AccuracyConfig = AccuracyConfig()) -> pl.DataFrame:
+def write_accuracy(
+    rollouts: Mapping[str, Path],
+    out: Path,
+    *,
+    pair: str | None = None,
+    dataset: str | None = None,
+    cfg: AccuracyConfig = AccuracyConfig(),
+) -> pl.DataFrame:
     """The accuracy table of a pair's rollout files (role -> path), written to ``out``."""
-    tables = {role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS)
-              for role, path in rollouts.items()}
+    tables = {
+        role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS)
+        for role, path in rollouts.items()
+    }
     labels = {k: v for k, v in (("pair", pair), ("dataset", dataset)) if v}
     try:
         table = accuracy_table(tables, ks=cfg.pass_k, labels=labels)
@@ -282,15 +393,23 @@ def write_accuracy(rollouts: Mapping[str, Path], out: Path, *, pair: str | None 
     return table
 
 
-def write_divergence(scores: Mapping[str, Path], out_dir: Path, *, pair: str, dataset: str,
-                     problems: Path | None = None, tokenizer: Path | None = None) -> dict[str, pl.DataFrame]:
+def write_divergence(
+    scores: Mapping[str, Path],
+    out_dir: Path,
+    *,
+    pair: str,
+    dataset: str,
+    problems: Path | None = None,
+    tokenizer: Path | None = None,
+) -> dict[str, pl.DataFrame]:
     """Every divergence table of a pair's scored rollouts (source -> path), written under ``out_dir``.
 
     With the problems of a toy dataset (which keep each problem's operations) and the pair's
     tokenizer, also ``decision_points``: how well high-JS positions find the recorded decision points.
     """
-    frames = {src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS)
-              for src, path in scores.items()}
+    frames = {
+        src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS) for src, path in scores.items()
+    }
     labels = {"pair": pair, "dataset": dataset}
     tables = divergence_tables(frames, labels)
     toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
@@ -299,8 +418,12 @@ def write_divergence(scores: Mapping[str, Path], out_dir: Path, *, pair: str, da
         from tokenshift.toy.check import decision_points_from_scores
 
         tok = load_tokenizer(tokenizer)
-        parts = [decision_points_from_scores(s, tok, toy).with_columns(
-            *[pl.lit(v).alias(k) for k, v in {**labels, "source": src}.items()]) for src, s in frames.items()]
+        parts = [
+            decision_points_from_scores(s, tok, toy).with_columns(
+                *[pl.lit(v).alias(k) for k, v in {**labels, "source": src}.items()]
+            )
+            for src, s in frames.items()
+        ]
         tables["decision_points"] = pl.concat([p for p in parts if p.width > 3], how="diagonal")
     for name, table in tables.items():
         write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")

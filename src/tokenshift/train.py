@@ -84,7 +84,9 @@ def _lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def collate(examples: Sequence[Example], pad_id: int, eos_id: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    examples: Sequence[Example], pad_id: int, eos_id: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad prompt+response(+EOS) into ``(input_ids, attention_mask, response_mask)``.
 
     ``response_mask[i, t]`` is 1 where token ``t`` of row ``i`` is a response token (or its
@@ -95,7 +97,7 @@ def collate(examples: Sequence[Example], pad_id: int, eos_id: int | None) -> tup
     ids, attn = pad_rows(rows, pad_id, side="right")
     resp = torch.zeros(ids.shape, dtype=torch.bool)
     for i, ex in enumerate(examples):
-        resp[i, len(ex.prompt_ids):len(rows[i])] = True
+        resp[i, len(ex.prompt_ids) : len(rows[i])] = True
     return ids, attn, resp
 
 
@@ -181,11 +183,17 @@ def grpo(
         chosen = rng.sample(range(len(prompts)), min(cfg.prompts_per_step, len(prompts)))
         group_prompts = [prompts[i] for i in chosen for _ in range(cfg.group_size)]
         samples = sample(
-            policy, [p.prompt_ids for p in group_prompts], eos_id=eos_id, pad_id=pad_id,
-            sampling=cfg.sampling, seed=cfg.seed * 7919 + step, batch_size=len(group_prompts),
+            policy,
+            [p.prompt_ids for p in group_prompts],
+            eos_id=eos_id,
+            pad_id=pad_id,
+            sampling=cfg.sampling,
+            seed=cfg.seed * 7919 + step,
+            batch_size=len(group_prompts),
         )
-        rewards = torch.tensor(reward_fn([s.response_ids for s in samples], [p.gold for p in group_prompts]),
-                               dtype=torch.float32)
+        rewards = torch.tensor(
+            reward_fn([s.response_ids for s in samples], [p.gold for p in group_prompts]), dtype=torch.float32
+        )
         adv = group_advantages(rewards, cfg.group_size)
         examples = [Example(p.prompt_ids, s.response_ids) for p, s in zip(group_prompts, samples)]
         # a response cut by the length limit has no EOS to be trained on
@@ -214,8 +222,13 @@ def grpo(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             opt.step()
         policy.eval()
-        stats = {"step": step, "reward_mean": rewards.mean().item(), "loss": loss.item(),
-                 "response_tokens_mean": mask.sum().item() / len(samples), "seconds": time.perf_counter() - t0}
+        stats = {
+            "step": step,
+            "reward_mean": rewards.mean().item(),
+            "loss": loss.item(),
+            "response_tokens_mean": mask.sum().item() / len(samples),
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(stats)
         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}")
     return history

@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokenshift",
         description="Token-level analysis of how RL fine-tuning shifts a language model "
-                    "(Meng et al., 'Sparse but Critical', ICLR 2026). Each subcommand is one stage "
-                    "of the Snakemake workflow and runs on its own.",
+        "(Meng et al., 'Sparse but Critical', ICLR 2026). Each subcommand is one stage "
+        "of the Snakemake workflow and runs on its own.",
     )
     parser.add_argument("--version", action="version", version=f"tokenshift {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -54,8 +54,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
+    )
     try:
         args.func(args)
     except _user_errors() as e:

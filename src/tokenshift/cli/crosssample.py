@@ -16,22 +16,31 @@ def register(sub) -> None:
     from tokenshift.generation import SamplingConfig
 
     cs = sub.add_parser(
-        "crosssample", help="decode with both models in lockstep, switching tokens under a budget",
+        "crosssample",
+        help="decode with both models in lockstep, switching tokens under a budget",
         description="One model generates; where the policy's statistic exceeds the threshold and the response's "
-                    "budget lasts, the token is drawn from the other model (forward: base generates, RL injected; "
-                    "reverse: the other way). Responses are graded; one parquet row per sample with the switched "
-                    "positions and their JS. Sharded and resumable like the rollout stage.")
+        "budget lasts, the token is drawn from the other model (forward: base generates, RL injected; "
+        "reverse: the other way). Responses are graded; one parquet row per sample with the switched "
+        "positions and their JS. Sharded and resumable like the rollout stage.",
+    )
     cs.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
     cs.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
     cs.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
     cs.add_argument("--direction", required=True, choices=DIRECTIONS, help="which model generates")
-    cs.add_argument("--policy", default="js", choices=list(POLICIES),
-                    help="where to switch: " + "; ".join(f"{p.name}: {p.help}" for p in POLICIES.values()))
+    cs.add_argument(
+        "--policy",
+        default="js",
+        choices=list(POLICIES),
+        help="where to switch: " + "; ".join(f"{p.name}: {p.help}" for p in POLICIES.values()),
+    )
     cs.add_argument("--budget", default="all", help="most switched tokens per response, or 'all' (default all)")
     th = cs.add_mutually_exclusive_group()
     th.add_argument("--threshold", type=float, help="switch where the policy's statistic exceeds this value")
-    th.add_argument("--percentile", type=float,
-                    help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)")
+    th.add_argument(
+        "--percentile",
+        type=float,
+        help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)",
+    )
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
     cs.add_argument("--out", required=True, help="parquet file to write")
     add_options(cs, SamplingConfig, title="sampling (config `sampling:`)")
@@ -40,9 +49,12 @@ def register(sub) -> None:
     quiet(cs)
     cs.set_defaults(func=_crosssample)
 
-    ct = sub.add_parser("crosssample-table", help="aggregate cross-sampling runs: accuracy per budget",
-                        description="One row per (direction, policy, budget): avg@n accuracy with a 95%% bootstrap "
-                                    "CI over problems, mean switched tokens and the switched share of tokens.")
+    ct = sub.add_parser(
+        "crosssample-table",
+        help="aggregate cross-sampling runs: accuracy per budget",
+        description="One row per (direction, policy, budget): avg@n accuracy with a 95%% bootstrap "
+        "CI over problems, mean switched tokens and the switched share of tokens.",
+    )
     ct.add_argument("inputs", nargs="+", help="cross-sampling parquet files")
     ct.add_argument("--pair", required=True, help="pair name, stored in the table")
     ct.add_argument("--dataset", required=True, help="dataset name, stored in the table")
@@ -55,18 +67,39 @@ def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.datasets import PromptConfig
     from tokenshift.generation import SamplingConfig
 
-    threshold = ({"threshold": args.threshold} if args.threshold is not None
-                 else {"percentile": args.percentile} if args.percentile is not None else {})
-    run_crosssample(args.base, args.rl, Path(args.dataset), Path(args.out), direction=args.direction,
-                    policy=args.policy, budget=args.budget, threshold=threshold, scores=args.scores,
-                    prompt=settings(PromptConfig, args), sampling=settings(SamplingConfig, args),
-                    cfg=settings(CrossSampleConfig, args), progress=not args.quiet)
+    threshold = (
+        {"threshold": args.threshold}
+        if args.threshold is not None
+        else {"percentile": args.percentile}
+        if args.percentile is not None
+        else {}
+    )
+    run_crosssample(
+        args.base,
+        args.rl,
+        Path(args.dataset),
+        Path(args.out),
+        direction=args.direction,
+        policy=args.policy,
+        budget=args.budget,
+        threshold=threshold,
+        scores=args.scores,
+        prompt=settings(PromptConfig, args),
+        sampling=settings(SamplingConfig, args),
+        cfg=settings(CrossSampleConfig, args),
+        progress=not args.quiet,
+    )
 
 
 def _table(args: argparse.Namespace) -> None:
     from tokenshift.tables import write_crosssample_table
 
-    table = write_crosssample_table([Path(p) for p in args.inputs], Path(args.out), pair=args.pair,
-                                    dataset=args.dataset)
-    show(table.select("direction", "policy", "budget", "accuracy", "ci_low", "ci_high", "mean_switched",
-                      "switched_share"), rows=80)
+    table = write_crosssample_table(
+        [Path(p) for p in args.inputs], Path(args.out), pair=args.pair, dataset=args.dataset
+    )
+    show(
+        table.select(
+            "direction", "policy", "budget", "accuracy", "ci_low", "ci_high", "mean_switched", "switched_share"
+        ),
+        rows=80,
+    )

@@ -18,34 +18,59 @@ def _kind(text: str) -> tuple[str, str]:
 
 def register(sub) -> None:
     fg = sub.add_parser(
-        "figures", help="the paper's figures for one pair and dataset, from its tables",
+        "figures",
+        help="the paper's figures for one pair and dataset, from its tables",
         description="Figures 2-6 (positional concentration, entropy vs divergence, reallocation, cross-sampling "
-                    "accuracy per budget, an example response coloured by JS) as PNG (200 dpi) and PDF in --out-dir.")
-    fg.add_argument("--results", required=True,
-                    help="the pair and dataset's results directory (results/<pair>/<dataset>: divergence/, "
-                         "accuracy.parquet, crosssample.parquet)")
+        "accuracy per budget, an example response coloured by JS) as PNG (200 dpi) and PDF in --out-dir.",
+    )
+    fg.add_argument(
+        "--results",
+        required=True,
+        help="the pair and dataset's results directory (results/<pair>/<dataset>: divergence/, "
+        "accuracy.parquet, crosssample.parquet)",
+    )
     fg.add_argument("--example-run", help="a forward cross-sampling run to take the example response from")
     fg.add_argument("--example-baseline", help="the same direction's budget-0 run (prefers responses it got wrong)")
     fg.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer decodes the example")
     fg.add_argument("--out-dir", required=True, help="directory for the figures")
     fg.set_defaults(func=_figures)
 
-    fo = sub.add_parser("figure-overview", help="figure 1: the JS percentile curve of every pair on one axis",
-                        description="The sparsity figure: JS percentile curves (log y) of all pairs, RLVR and "
-                                    "SFT told apart by line style, the share under 1e-3 marked.")
+    fo = sub.add_parser(
+        "figure-overview",
+        help="figure 1: the JS percentile curve of every pair on one axis",
+        description="The sparsity figure: JS percentile curves (log y) of all pairs, RLVR and "
+        "SFT told apart by line style, the share under 1e-3 marked.",
+    )
     fo.add_argument("inputs", nargs="+", help="sparsity tables (divergence/sparsity.parquet)")
-    fo.add_argument("--kind", type=_kind, action="append", default=[], metavar="PAIR=KIND",
-                    help="how a pair's second model was tuned, rlvr (the default) or sft")
+    fo.add_argument(
+        "--kind",
+        type=_kind,
+        action="append",
+        default=[],
+        metavar="PAIR=KIND",
+        help="how a pair's second model was tuned, rlvr (the default) or sft",
+    )
     fo.add_argument("--out", required=True, help="output path without suffix (writes .png and .pdf)")
     fo.set_defaults(func=_overview)
 
-    rp = sub.add_parser("report", help="report.html and summary.json from the tables and figures",
-                        description="A self-contained HTML report (figures embedded, headline numbers in words, the "
-                                    "accuracy and cross-sampling tables, the config) and summary.json with the same "
-                                    "numbers, machine-readable.")
-    rp.add_argument("results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>)")
-    rp.add_argument("--kind", type=_kind, action="append", default=[], metavar="PAIR=KIND",
-                    help="how a pair's second model was tuned, rlvr (the default) or sft")
+    rp = sub.add_parser(
+        "report",
+        help="report.html and summary.json from the tables and figures",
+        description="A self-contained HTML report (figures embedded, headline numbers in words, the "
+        "accuracy and cross-sampling tables, the config) and summary.json with the same "
+        "numbers, machine-readable.",
+    )
+    rp.add_argument(
+        "results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>)"
+    )
+    rp.add_argument(
+        "--kind",
+        type=_kind,
+        action="append",
+        default=[],
+        metavar="PAIR=KIND",
+        help="how a pair's second model was tuned, rlvr (the default) or sft",
+    )
     rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
     rp.add_argument("--config", help="the config the run used (YAML), quoted in the report")
     rp.add_argument("--html", required=True, help="report.html to write")
@@ -58,8 +83,13 @@ def _figures(args: argparse.Namespace) -> None:
 
     if args.example_run and not args.tokenizer:
         raise InputError("--example-run needs --tokenizer to decode the example response")
-    drawn = draw_pair_figures(Path(args.results), Path(args.out_dir), example_run=args.example_run,
-                              example_baseline=args.example_baseline, tokenizer=args.tokenizer)
+    drawn = draw_pair_figures(
+        Path(args.results),
+        Path(args.out_dir),
+        example_run=args.example_run,
+        example_baseline=args.example_baseline,
+        tokenizer=args.tokenizer,
+    )
     print(f"wrote {len(drawn)} figures to {args.out_dir}: {', '.join(drawn)}", file=sys.stderr)
 
 
@@ -72,7 +102,13 @@ def _overview(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from tokenshift.report import build_report, sentences
 
-    summary = build_report([Path(r) for r in args.results], html_out=Path(args.html), json_out=Path(args.json),
-                           kinds=dict(args.kind), overview=[Path(p) for p in args.overview], config=args.config)
+    summary = build_report(
+        [Path(r) for r in args.results],
+        html_out=Path(args.html),
+        json_out=Path(args.json),
+        kinds=dict(args.kind),
+        overview=[Path(p) for p in args.overview],
+        config=args.config,
+    )
     for s in summary["results"]:
         print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)

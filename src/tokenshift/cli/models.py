@@ -14,14 +14,20 @@ from tokenshift.options import add_options
 def register(sub) -> None:
     from tokenshift.toy.config import ToyBuildConfig
 
-    models = sub.add_parser("models", help="materialise checkpoints and check model pairs",
-                            description="The checkpoint stage: materialise each model as a local Hugging Face "
-                                        "checkpoint with a manifest, build the toy pair, compare a pair's tokenizers.")
+    models = sub.add_parser(
+        "models",
+        help="materialise checkpoints and check model pairs",
+        description="The checkpoint stage: materialise each model as a local Hugging Face "
+        "checkpoint with a manifest, build the toy pair, compare a pair's tokenizers.",
+    )
     msub = models.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    f = msub.add_parser("fetch", help="link a local checkpoint or download a hub one at a pinned revision",
-                        description="Materialise a local directory (linked) or a hub id at a pinned revision "
-                                    "(safetensors only) at --out, then verify it and write <out>.json.")
+    f = msub.add_parser(
+        "fetch",
+        help="link a local checkpoint or download a hub one at a pinned revision",
+        description="Materialise a local directory (linked) or a hub id at a pinned revision "
+        "(safetensors only) at --out, then verify it and write <out>.json.",
+    )
     f.add_argument("name", help="the model's name in the config")
     src = f.add_mutually_exclusive_group(required=True)
     src.add_argument("--path", help="a local Hugging Face checkpoint directory")
@@ -31,22 +37,31 @@ def register(sub) -> None:
     f.add_argument("--out", required=True, help="checkpoint directory to create")
     f.set_defaults(func=_fetch, parser=f)
 
-    for role, helptext in (("base", "pretrain the embedded toy base model on CPU"),
-                           ("rl", "train the embedded toy RL model with GRPO from the toy base")):
-        t = msub.add_parser(f"toy-{role}", help=helptext,
-                            description=helptext.capitalize() + "; save it with its tokenizer at --out and write "
-                                                                "<out>.json.")
+    for role, helptext in (
+        ("base", "pretrain the embedded toy base model on CPU"),
+        ("rl", "train the embedded toy RL model with GRPO from the toy base"),
+    ):
+        t = msub.add_parser(
+            f"toy-{role}",
+            help=helptext,
+            description=helptext.capitalize() + "; save it with its tokenizer at --out and write <out>.json.",
+        )
         t.add_argument("name", help="the model's name in the config")
         if role == "rl":
-            t.add_argument("--init", required=True, help="the toy base checkpoint (directory or manifest) to start from")
+            t.add_argument(
+                "--init", required=True, help="the toy base checkpoint (directory or manifest) to start from"
+            )
         add_options(t, ToyBuildConfig, title="toy build settings (config `toy:`)")
         t.add_argument("--out", required=True, help="checkpoint directory to create")
         quiet(t)
         t.set_defaults(func=_toy_build, role=role)
 
-    c = msub.add_parser("check-pair", help="compare a pair's tokenizers and write the pair manifest",
-                        description="Refuse a pair whose tokenizers differ; record the shared vocabulary size "
-                                    "(padded embedding rows are sliced to it).")
+    c = msub.add_parser(
+        "check-pair",
+        help="compare a pair's tokenizers and write the pair manifest",
+        description="Refuse a pair whose tokenizers differ; record the shared vocabulary size "
+        "(padded embedding rows are sliced to it).",
+    )
     c.add_argument("pair", help="the pair's name")
     c.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
     c.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
@@ -54,11 +69,13 @@ def register(sub) -> None:
     c.set_defaults(func=_check_pair)
 
     tc = sub.add_parser(
-        "toy-check", help="check the toy pair against the task's ground truth",
+        "toy-check",
+        help="check the toy pair against the task's ground truth",
         description="Accuracy of both toy models on eval problems (sampled at temperature 1 and greedy, with "
-                    "bootstrap CIs), and how well the highest-JS positions of correct traces find the recorded "
-                    "decision points (precision, recall, lift over chance). Writes accuracy.parquet and "
-                    "decision_points.parquet under --out. The task is the one the base model was built with.")
+        "bootstrap CIs), and how well the highest-JS positions of correct traces find the recorded "
+        "decision points (precision, recall, lift over chance). Writes accuracy.parquet and "
+        "decision_points.parquet under --out. The task is the one the base model was built with.",
+    )
     tc.add_argument("--base", required=True, help="toy base checkpoint (directory or manifest)")
     tc.add_argument("--rl", required=True, help="toy RL checkpoint (directory or manifest)")
     tc.add_argument("--out", required=True, help="directory for the two tables")
@@ -84,8 +101,14 @@ def _toy_build(args: argparse.Namespace) -> None:
     from tokenshift.toy.build import build_toy_model
     from tokenshift.toy.config import ToyBuildConfig
 
-    summary = build_toy_model(args.role, args.name, Path(args.out), settings(ToyBuildConfig, args),
-                              init=getattr(args, "init", None), progress=not args.quiet)
+    summary = build_toy_model(
+        args.role,
+        args.name,
+        Path(args.out),
+        settings(ToyBuildConfig, args),
+        init=getattr(args, "init", None),
+        progress=not args.quiet,
+    )
     print(summary, file=sys.stderr)
 
 
@@ -98,6 +121,7 @@ def _check_pair(args: argparse.Namespace) -> None:
 def _toy_check(args: argparse.Namespace) -> None:
     from tokenshift.toy.check import check_toy_pair
 
-    tables = check_toy_pair(args.base, args.rl, Path(args.out), n_problems=args.n_problems,
-                            samples_per_problem=args.samples, seed=args.seed)
+    tables = check_toy_pair(
+        args.base, args.rl, Path(args.out), n_problems=args.n_problems, samples_per_problem=args.samples, seed=args.seed
+    )
     show(tables["accuracy"], tables["decision_points"], rows=20, precision=4)

@@ -16,9 +16,11 @@ def register(sub) -> None:
     from tokenshift.tables import AccuracyConfig
 
     ro = sub.add_parser(
-        "rollout", help="sample and grade responses of one model on one dataset",
+        "rollout",
+        help="sample and grade responses of one model on one dataset",
         description="Sample --n responses per problem (HF or vLLM backend), grade them with math-verify, and write "
-                    "one parquet row per sample. Work is sharded: a killed run resumes from the shards written.")
+        "one parquet row per sample. Work is sharded: a killed run resumes from the shards written.",
+    )
     ro.add_argument("--model", required=True, help="checkpoint (directory, or its manifest .json: then verified)")
     ro.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
     ro.add_argument("--out", required=True, help="parquet file to write")
@@ -28,9 +30,12 @@ def register(sub) -> None:
     quiet(ro)
     ro.set_defaults(func=_rollout)
 
-    ac = sub.add_parser("accuracy", help="avg@n with bootstrap CIs and pass@k for a pair's rollouts",
-                        description="Aggregate the base and RL rollout tables of one dataset into a tidy "
-                                    "accuracy table (avg@n with a 95%% bootstrap CI, unbiased pass@k).")
+    ac = sub.add_parser(
+        "accuracy",
+        help="avg@n with bootstrap CIs and pass@k for a pair's rollouts",
+        description="Aggregate the base and RL rollout tables of one dataset into a tidy "
+        "accuracy table (avg@n with a 95%% bootstrap CI, unbiased pass@k).",
+    )
     ac.add_argument("--base", required=True, help="base model's rollout parquet")
     ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
     ac.add_argument("--out", required=True, help="parquet file to write")
@@ -45,13 +50,25 @@ def _rollout(args: argparse.Namespace) -> None:
     from tokenshift.generation import SamplingConfig
     from tokenshift.rollout import RolloutConfig, run_rollouts
 
-    run_rollouts(args.model, Path(args.dataset), Path(args.out), prompt=settings(PromptConfig, args),
-                 sampling=settings(SamplingConfig, args), cfg=settings(RolloutConfig, args), progress=not args.quiet)
+    run_rollouts(
+        args.model,
+        Path(args.dataset),
+        Path(args.out),
+        prompt=settings(PromptConfig, args),
+        sampling=settings(SamplingConfig, args),
+        cfg=settings(RolloutConfig, args),
+        progress=not args.quiet,
+    )
 
 
 def _accuracy(args: argparse.Namespace) -> None:
     from tokenshift.tables import AccuracyConfig, write_accuracy
 
-    table = write_accuracy({"base": args.base, "rl": args.rl}, Path(args.out), pair=args.pair, dataset=args.dataset,
-                           cfg=settings(AccuracyConfig, args))
+    table = write_accuracy(
+        {"base": args.base, "rl": args.rl},
+        Path(args.out),
+        pair=args.pair,
+        dataset=args.dataset,
+        cfg=settings(AccuracyConfig, args),
+    )
     show(table.drop("dataset_version"))

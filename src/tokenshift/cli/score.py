@@ -14,10 +14,12 @@ def register(sub) -> None:
     from tokenshift.scoring import ScoringConfig
 
     sc = sub.add_parser(
-        "score", help="teacher-force both models over responses; per-token divergence statistics",
+        "score",
+        help="teacher-force both models over responses; per-token divergence statistics",
         description="Both models of a pair read the same responses; at every response token their full next-token "
-                    "distributions are compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both "
-                    "log-probs of the token are recorded. LM-head logits are built in chunks, never for a whole batch.")
+        "distributions are compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both "
+        "log-probs of the token are recorded. LM-head logits are built in chunks, never for a whole batch.",
+    )
     sc.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
     sc.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
     sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
@@ -28,18 +30,22 @@ def register(sub) -> None:
     sc.set_defaults(func=_score)
 
     dv = sub.add_parser(
-        "divergence", help="sparsity, position, entropy and reallocation tables from per-token scores",
+        "divergence",
+        help="sparsity, position, entropy and reallocation tables from per-token scores",
         description="Aggregate both response sources' per-token scores into tidy tables: share of positions under JS "
-                    "thresholds and the JS percentile curve; JS by normalised position; JS by base entropy; whether "
-                    "RL's top token is among the base model's top 1/3/5; and, on the toy task, precision and recall "
-                    "of high-JS positions against the recorded decision points.")
+        "thresholds and the JS percentile curve; JS by normalised position; JS by base entropy; whether "
+        "RL's top token is among the base model's top 1/3/5; and, on the toy task, precision and recall "
+        "of high-JS positions against the recorded decision points.",
+    )
     dv.add_argument("--scores-base", required=True, help="scores of the base model's rollouts")
     dv.add_argument("--scores-rl", required=True, help="scores of the RL model's rollouts")
     dv.add_argument("--out-dir", required=True, help="directory for the tables")
     dv.add_argument("--pair", required=True, help="pair name, stored in the tables")
     dv.add_argument("--dataset", required=True, help="dataset name, stored in the tables")
-    dv.add_argument("--problems", help="the dataset's problems parquet: on the toy task, its decision points are "
-                                       "compared with high-JS positions")
+    dv.add_argument(
+        "--problems",
+        help="the dataset's problems parquet: on the toy task, its decision points are compared with high-JS positions",
+    )
     dv.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer encodes the toy traces")
     dv.set_defaults(func=_divergence)
 
@@ -47,8 +53,15 @@ def register(sub) -> None:
 def _score(args: argparse.Namespace) -> None:
     from tokenshift.scoring import ScoringConfig, run_scoring
 
-    run_scoring(args.base, args.rl, Path(args.pair), Path(args.rollouts), args.source, Path(args.out),
-                cfg=settings(ScoringConfig, args))
+    run_scoring(
+        args.base,
+        args.rl,
+        Path(args.pair),
+        Path(args.rollouts),
+        args.source,
+        Path(args.out),
+        cfg=settings(ScoringConfig, args),
+    )
 
 
 def _divergence(args: argparse.Namespace) -> None:
@@ -56,7 +69,17 @@ def _divergence(args: argparse.Namespace) -> None:
 
     from tokenshift.tables import write_divergence
 
-    tables = write_divergence({"base": args.scores_base, "rl": args.scores_rl}, Path(args.out_dir), pair=args.pair,
-                              dataset=args.dataset, problems=args.problems, tokenizer=args.tokenizer)
-    show(tables["sparsity"].filter(pl.col("kind") == "share_below").select("source", "js_nats", "share"),
-         tables["reallocation"].filter(pl.col("metric").str.starts_with("rl_top1_in_base_top")), rows=30, precision=4)
+    tables = write_divergence(
+        {"base": args.scores_base, "rl": args.scores_rl},
+        Path(args.out_dir),
+        pair=args.pair,
+        dataset=args.dataset,
+        problems=args.problems,
+        tokenizer=args.tokenizer,
+    )
+    show(
+        tables["sparsity"].filter(pl.col("kind") == "share_below").select("source", "js_nats", "share"),
+        tables["reallocation"].filter(pl.col("metric").str.starts_with("rl_top1_in_base_top")),
+        rows=30,
+        precision=4,
+    )

@@ -13,8 +13,14 @@ from tokenshift.plots.style import save
 from tokenshift.registry import DIVERGENCE_TABLES
 
 
-def draw_pair_figures(results: Path, out_dir: Path, *, example_run: Path | None = None,
-                      example_baseline: Path | None = None, tokenizer: Path | None = None) -> list[str]:
+def draw_pair_figures(
+    results: Path,
+    out_dir: Path,
+    *,
+    example_run: Path | None = None,
+    example_baseline: Path | None = None,
+    tokenizer: Path | None = None,
+) -> list[str]:
     """Figures 2-6 of one pair and dataset from the tables under ``results``
     (``results/<pair>/<dataset>``: ``divergence/``, ``accuracy.parquet``, ``crosssample.parquet``).
 
@@ -25,14 +31,18 @@ def draw_pair_figures(results: Path, out_dir: Path, *, example_run: Path | None 
     from tokenshift.tables import example_table
 
     results, out_dir = Path(results), Path(out_dir)
-    div = {n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
-           for n in DIVERGENCE_TABLES if n != "sparsity"}
+    div = {
+        n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
+        for n in DIVERGENCE_TABLES
+        if n != "sparsity"
+    }
     figs = {name: FIGURES[name](t) for name, t in div.items()}
     cross = results / "crosssample.parquet"
     if cross.is_file():
         figs["crosssample"] = FIGURES["crosssample"](
             read_parquet(cross, "a cross-sampling table"),
-            read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)"))
+            read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)"),
+        )
     if example_run:
         from tokenshift.models import load_tokenizer
 
@@ -42,8 +52,9 @@ def draw_pair_figures(results: Path, out_dir: Path, *, example_run: Path | None 
         write_parquet_atomic(ex, out_dir / "example.parquet")
         figs["example"] = FIGURES["example"](ex)
     else:
-        figs["example"] = FIGURES["example"](pl.DataFrame(), note="This study ran no forward cross-sampling, so there "
-                                                                  "is no example response to show.")
+        figs["example"] = FIGURES["example"](
+            pl.DataFrame(), note="This study ran no forward cross-sampling, so there is no example response to show."
+        )
     for name, fig in figs.items():
         save(fig, out_dir / name)
     return list(figs)  # in drawing order
@@ -51,7 +62,8 @@ def draw_pair_figures(results: Path, out_dir: Path, *, example_run: Path | None 
 
 def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str] | None = None) -> None:
     """Figure 1, the JS percentile curves of every pair (``kinds``: pair -> rlvr | sft), at ``out``.{png,pdf}."""
-    table = pl.concat([read_parquet(p, "a sparsity table (tokenshift divergence)", ("pair", "kind"))
-                       for p in tables], how="diagonal")
+    table = pl.concat(
+        [read_parquet(p, "a sparsity table (tokenshift divergence)", ("pair", "kind")) for p in tables], how="diagonal"
+    )
     table = table.with_columns(pl.col("pair").replace_strict(dict(kinds or {}), default="rlvr").alias("pair_kind"))
     save(sparsity(table), Path(out))

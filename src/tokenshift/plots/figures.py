@@ -17,8 +17,17 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
 
 from tokenshift import headlines
-from tokenshift.plots.style import (DIRECTION_STYLE, KIND_STYLE, POLICY, ROLE, ROLE_LABEL, SERIES, SOURCE_LABEL,
-                                    apply, pct)
+from tokenshift.plots.style import (
+    DIRECTION_STYLE,
+    KIND_STYLE,
+    POLICY,
+    ROLE,
+    ROLE_LABEL,
+    SERIES,
+    SOURCE_LABEL,
+    apply,
+    pct,
+)
 
 JS_FLOOR = 1e-8
 """Log axes cannot show 0: JS values below this are drawn at it (and the axis says so)."""
@@ -28,8 +37,11 @@ EXAMPLE_FLOOR = 1e-5
 
 def _lines(table: pl.DataFrame) -> list[tuple[tuple, pl.DataFrame]]:
     keys = [k for k in ("pair", "dataset", "source") if k in table.columns]
-    return [(k if isinstance(k, tuple) else (k,), g) for k, g in table.group_by(keys, maintain_order=True)] if keys \
+    return (
+        [(k if isinstance(k, tuple) else (k,), g) for k, g in table.group_by(keys, maintain_order=True)]
+        if keys
         else [((), table)]
+    )
 
 
 def sparsity(table: pl.DataFrame) -> plt.Figure:
@@ -52,23 +64,44 @@ def sparsity(table: pl.DataFrame) -> plt.Figure:
         kind = g["pair_kind"][0] if "pair_kind" in g.columns else "rlvr"
         color = SERIES[i % len(SERIES)] if several else ROLE[source]
         label = f"{pair} ({kind.upper()}) on {dataset}" if several else SOURCE_LABEL[source]
-        ax.plot(g["value"], np.maximum(g["js_nats"].to_numpy(), JS_FLOOR), color=color,
-                linestyle=KIND_STYLE.get(kind, "-"), label=label, lw=1.8)
+        ax.plot(
+            g["value"],
+            np.maximum(g["js_nats"].to_numpy(), JS_FLOOR),
+            color=color,
+            linestyle=KIND_STYLE.get(kind, "-"),
+            label=label,
+            lw=1.8,
+        )
         share = below.filter((pl.col("pair") == pair) & (pl.col("dataset") == dataset) & (pl.col("source") == source))
         if share.height:
             s = float(share["share"][0])
             shares.append(s)
             ax.plot([100 * s], [1e-3], "o", color=color, ms=5)
-            ax.annotate(f"{pct(s)} below 1e-3", (100 * s, 1e-3), textcoords="offset points", xytext=(-8, 10 + 14 * i),
-                        ha="right", fontsize=8, color=color)
+            ax.annotate(
+                f"{pct(s)} below 1e-3",
+                (100 * s, 1e-3),
+                textcoords="offset points",
+                xytext=(-8, 10 + 14 * i),
+                ha="right",
+                fontsize=8,
+                color=color,
+            )
     ax.axhline(1e-3, color="black", lw=0.8, ls=":")
     ax.set_yscale("log")
     ax.set_ylim(JS_FLOOR / 2, 1.0)
     ax.set_xlim(0, 100)
     ax.set_xlabel("percentile of response positions (%)")
     ax.set_ylabel("Jensen–Shannon divergence (nats, log)")
-    ax.text(0.99, 0.02, f"JS < {JS_FLOOR:g} drawn at {JS_FLOOR:g}", transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=7, color="0.4")
+    ax.text(
+        0.99,
+        0.02,
+        f"JS < {JS_FLOOR:g} drawn at {JS_FLOOR:g}",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        color="0.4",
+    )
     lo, hi = (min(shares), max(shares)) if shares else (math.nan, math.nan)
     span = pct(lo) if abs(hi - lo) < 5e-4 else f"{pct(lo)}–{pct(hi)}"
     ax.set_title(f"RL fine-tuning leaves most tokens alone: {span} of positions have JS < 1e-3")
@@ -95,8 +128,10 @@ def position(table: pl.DataFrame) -> plt.Figure:
     b.set_ylabel("high-JS positions (% of the bin; top 5% JS)")
     a.legend()
     where = headlines.position_summary(table)
-    fig.suptitle(f"Where the shift sits: mean JS is highest at the {where['highest']} of a response "
-                 f"and lowest at the {where['lowest']}")
+    fig.suptitle(
+        f"Where the shift sits: mean JS is highest at the {where['highest']} of a response "
+        f"and lowest at the {where['lowest']}"
+    )
     fig.tight_layout()
     return fig
 
@@ -111,15 +146,19 @@ def entropy(table: pl.DataFrame) -> plt.Figure:
         # a normal-approximation CI can reach below 0, which a log axis cannot show: clip at y / 10
         lo = np.maximum(g["js_ci_low"].to_numpy(), y / 10)
         hi = np.maximum(g["js_ci_high"].to_numpy(), y)
-        ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o-", color=ROLE[source], label=SOURCE_LABEL[source], ms=4,
-                    capsize=2)
+        ax.errorbar(
+            x, y, yerr=[y - lo, hi - y], fmt="o-", color=ROLE[source], label=SOURCE_LABEL[source], ms=4, capsize=2
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("base model's entropy at the position (nats; decile bins, log)")
     ax.set_ylabel("mean JS in the bin (nats, log)\n95% CI, lower end clipped at mean/10")
     rl = headlines.main_source(table).row(0, named=True)
-    ax.set_title(f"Divergence follows uncertainty: {pct(rl['share_high_js_among_high_entropy'])} of the most "
-                 f"uncertain 10% of positions are high-JS, vs {pct(rl['share_high_js_overall'])} overall", wrap=True)
+    ax.set_title(
+        f"Divergence follows uncertainty: {pct(rl['share_high_js_among_high_entropy'])} of the most "
+        f"uncertain 10% of positions are high-JS, vs {pct(rl['share_high_js_overall'])} overall",
+        wrap=True,
+    )
     ax.legend()
     return fig
 
@@ -130,8 +169,9 @@ def reallocation(table: pl.DataFrame) -> plt.Figure:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 3.8))
     sources = table["source"].unique(maintain_order=True).to_list()
     width = 0.8 / len(sources)
-    overlap_metrics = sorted({m for m in table["metric"] if m.startswith("topk_overlap=")},
-                             key=lambda m: float(m.split("=")[1]))
+    overlap_metrics = sorted(
+        {m for m in table["metric"] if m.startswith("topk_overlap=")}, key=lambda m: float(m.split("=")[1])
+    )
     rank_metrics = [m for m in table["metric"].unique(maintain_order=True) if m.startswith("rl_top1_rank_in_base")]
     for i, source in enumerate(sources):
         values = dict(table.filter(pl.col("source") == source).select("metric", "value").iter_rows())
@@ -150,10 +190,19 @@ def reallocation(table: pl.DataFrame) -> plt.Figure:
     b.set_yscale("log")
     a.legend()
     top = headlines.reallocation_summary(table)
-    b.text(0.98, 0.95, "\n".join(f"in base top {k}: {pct(v)}" for k, v in top.items()), transform=b.transAxes,
-           ha="right", va="top", fontsize=8)
-    fig.suptitle(f"RL reallocates mass, it does not invent tokens: its top token is in the base model's top 3 "
-                 f"at {pct(top[3])} of positions")
+    b.text(
+        0.98,
+        0.95,
+        "\n".join(f"in base top {k}: {pct(v)}" for k, v in top.items()),
+        transform=b.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+    )
+    fig.suptitle(
+        f"RL reallocates mass, it does not invent tokens: its top token is in the base model's top 3 "
+        f"at {pct(top[3])} of positions"
+    )
     fig.tight_layout()
     return fig
 
@@ -180,21 +229,39 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
             r = own[role]
             ax.axhline(r["value"], color=ROLE[role], lw=1.2, ls=":")
             ax.axhspan(r["ci_low"], r["ci_high"], color=ROLE[role], alpha=0.08, lw=0)
-            ax.text(1.01, r["value"], f"{ROLE_LABEL[role]}\nalone {r['value']:.2f}", color=ROLE[role], fontsize=8,
-                    va="center", transform=ax.get_yaxis_transform())
-        who = "base model generates, RL tokens injected" if direction == "forward" else \
-            "RL model generates, base tokens injected"
+            ax.text(
+                1.01,
+                r["value"],
+                f"{ROLE_LABEL[role]}\nalone {r['value']:.2f}",
+                color=ROLE[role],
+                fontsize=8,
+                va="center",
+                transform=ax.get_yaxis_transform(),
+            )
+        who = (
+            "base model generates, RL tokens injected"
+            if direction == "forward"
+            else "RL model generates, base tokens injected"
+        )
         ax.set_title(f"{direction}: {who}", fontsize=10)
         ax.set_ylabel(f"accuracy ({metric}), 95% CI")
-    for ax in axes[len(directions):2]:
+    for ax in axes[len(directions) : 2]:
         ax.set_visible(False)
     for (direction, policy), g in cross.group_by(["direction", "policy"], maintain_order=True):
         g = g.with_columns(pl.col("budget").replace_strict(xs, return_dtype=pl.Float64).alias("x")).sort("x")
         ax = panels[direction]
         ax.plot(g["x"], g["accuracy"], marker="o", ms=4, color=POLICY[policy], lw=1.8, label=policy)
         ax.fill_between(g["x"], g["ci_low"], g["ci_high"], color=POLICY[policy], alpha=0.12, lw=0)
-        axes[2].plot(g["x"], g["mean_switched"], marker="o", ms=3, color=POLICY[policy], ls=DIRECTION_STYLE[direction],
-                     lw=1.5, label=f"{direction}, {policy}")
+        axes[2].plot(
+            g["x"],
+            g["mean_switched"],
+            marker="o",
+            ms=3,
+            color=POLICY[policy],
+            ls=DIRECTION_STYLE[direction],
+            lw=1.5,
+            label=f"{direction}, {policy}",
+        )
     lo = min(float(cross["ci_low"].min()), own["base"]["ci_low"], own["rl"]["ci_low"])
     hi = max(float(cross["ci_high"].max()), own["base"]["ci_high"], own["rl"]["ci_high"])
     for ax in axes:
@@ -211,20 +278,26 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
     h = headlines.crosssample_summary(cross, accuracy)
     title = "Cross-sampling: accuracy as tokens are traded between the models"
     if h.get("forward_recovery") is not None:
-        title = (f"Forward: {h['forward_switched']:.1f} switched tokens per response recover "
-                 f"{pct(h['forward_recovery'])} of the base→RL gap")
+        title = (
+            f"Forward: {h['forward_switched']:.1f} switched tokens per response recover "
+            f"{pct(h['forward_recovery'])} of the base→RL gap"
+        )
         if h.get("random_recovery") is not None:
             title += f" (as many at random positions: {pct(h['random_recovery'])})"
         if h.get("reverse_loss") is not None:
-            title += (f"\nReverse: {h['reverse_switched']:.1f} injected base tokens per response lose "
-                      f"{pct(h['reverse_loss'])} of it")
+            title += (
+                f"\nReverse: {h['reverse_switched']:.1f} injected base tokens per response lose "
+                f"{pct(h['reverse_loss'])} of it"
+            )
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-NO_EXAMPLE = ("No correct cross-sampled response has a switched token, so there is no example to show\n"
-              "(the models never diverged past the threshold where a response came out right).")
+NO_EXAMPLE = (
+    "No correct cross-sampled response has a switched token, so there is no example to show\n"
+    "(the models never diverged past the threshold where a response came out right)."
+)
 
 
 def example(table: pl.DataFrame, *, max_chars: int = 72, note: str = NO_EXAMPLE) -> plt.Figure:
@@ -270,10 +343,19 @@ def example(table: pl.DataFrame, *, max_chars: int = 72, note: str = NO_EXAMPLE)
             shade = norm(max(js[i], EXAMPLE_FLOOR))
             ax.add_patch(Rectangle((x, y - 0.6), w, 1.2, facecolor=cmap(0.05 + 0.9 * shade), edgecolor="white", lw=0.5))
             if table["switched"][i]:
-                ax.add_patch(Rectangle((x + 0.05, y - 0.58), w - 0.1, 1.16, facecolor="none", edgecolor=ROLE["rl"],
-                                       lw=2.4))
-            ax.text(x + w / 2, y, shown, ha="center", va="center", family="monospace", fontsize=10,
-                    color="white" if shade > 0.55 else "black")
+                ax.add_patch(
+                    Rectangle((x + 0.05, y - 0.58), w - 0.1, 1.16, facecolor="none", edgecolor=ROLE["rl"], lw=2.4)
+                )
+            ax.text(
+                x + w / 2,
+                y,
+                shown,
+                ha="center",
+                va="center",
+                family="monospace",
+                fontsize=10,
+                color="white" if shade > 0.55 else "black",
+            )
             x += w
     ax.set_xlim(-0.3, width + 0.3)
     ax.set_ylim(-(len(lines) - 1) * line_h - 1.0, 1.0)
@@ -283,14 +365,30 @@ def example(table: pl.DataFrame, *, max_chars: int = 72, note: str = NO_EXAMPLE)
     cb.set_label(f"JS (nats, log; < {EXAMPLE_FLOOR:g} white)")
     question = textwrap.shorten(str(meta["question"]).replace("\n", " "), 60)
     verb = "turns" if n_sw == 1 else "turn"
-    what = (f"{verb} a wrong base-model response right" if meta.get("baseline_correct") is False
-            else "in a correct cross-sampled response")
-    head = textwrap.fill(f"{n_sw} token{'s' if n_sw != 1 else ''} drawn from the RL model (red boxes) {what}: "
-                         f"{'it sits' if n_sw == 1 else 'they sit'} where the models disagree", int(fig_w * 13))
-    ax.set_title(f"{head}\n{meta['direction']} cross-sample, budget {meta['budget']}; prompt {question!r}; "
-                 f"gold answer {meta['gold']}", fontsize=9, loc="left")
+    what = (
+        f"{verb} a wrong base-model response right"
+        if meta.get("baseline_correct") is False
+        else "in a correct cross-sampled response"
+    )
+    head = textwrap.fill(
+        f"{n_sw} token{'s' if n_sw != 1 else ''} drawn from the RL model (red boxes) {what}: "
+        f"{'it sits' if n_sw == 1 else 'they sit'} where the models disagree",
+        int(fig_w * 13),
+    )
+    ax.set_title(
+        f"{head}\n{meta['direction']} cross-sample, budget {meta['budget']}; prompt {question!r}; "
+        f"gold answer {meta['gold']}",
+        fontsize=9,
+        loc="left",
+    )
     return fig
 
 
-FIGURES = {"sparsity": sparsity, "position": position, "entropy": entropy, "reallocation": reallocation,
-           "crosssample": crosssample, "example": example}
+FIGURES = {
+    "sparsity": sparsity,
+    "position": position,
+    "entropy": entropy,
+    "reallocation": reallocation,
+    "crosssample": crosssample,
+    "example": example,
+}

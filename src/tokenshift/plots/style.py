@@ -12,16 +12,27 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 OKABE_ITO = {
-    "blue": "#0072B2", "vermillion": "#D55E00", "green": "#009E73", "orange": "#E69F00",
-    "sky": "#56B4E9", "purple": "#CC79A7", "yellow": "#F0E442", "grey": "#7F7F7F", "black": "#000000",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "green": "#009E73",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "purple": "#CC79A7",
+    "yellow": "#F0E442",
+    "grey": "#7F7F7F",
+    "black": "#000000",
 }
 ROLE = {"base": OKABE_ITO["blue"], "rl": OKABE_ITO["vermillion"]}
 """The base model and its rollouts; the RL model and its rollouts."""
-POLICY = {"js": OKABE_ITO["green"], "entropy": OKABE_ITO["orange"], "argmax": OKABE_ITO["purple"],
-          "random": OKABE_ITO["grey"]}
+POLICY = {
+    "js": OKABE_ITO["green"],
+    "entropy": OKABE_ITO["orange"],
+    "argmax": OKABE_ITO["purple"],
+    "random": OKABE_ITO["grey"],
+}
 DIRECTION_STYLE = {"forward": "-", "reverse": "--"}
 KIND_STYLE = {"rlvr": "-", "sft": ":"}
 SERIES = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "sky", "purple", "black")]
@@ -32,11 +43,22 @@ DPI = 200
 
 def apply() -> None:
     """Matplotlib defaults shared by every figure."""
-    plt.rcParams.update({
-        "figure.dpi": 100, "savefig.dpi": DPI, "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10,
-        "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-        "legend.frameon": False, "savefig.bbox": "tight", "pdf.fonttype": 42,
-    })
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": DPI,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "axes.labelsize": 10,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "legend.frameon": False,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,
+        }
+    )
 
 
 def save(fig, stem: Path) -> list[Path]:

@@ -62,15 +62,26 @@ def build_base(out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> 
     examples = [Example(p, r) for p, r in zip(enc_p, enc_r)]
     torch.manual_seed(cfg.seed)
     model = Qwen2ForCausalLM(_qwen2_config(len(tokenizer), eos, cfg))
-    losses = pretrain(model, examples, PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed),
-                      pad_id=eos, eos_id=eos, progress=progress)
+    losses = pretrain(
+        model,
+        examples,
+        PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed),
+        pad_id=eos,
+        eos_id=eos,
+        progress=progress,
+    )
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    stats = {"role": "base", "seconds": time.perf_counter() - t0, "final_loss": sum(losses[-20:]) / 20,
-             "parameters": sum(p.numel() for p in model.parameters()), "build": dataclasses.asdict(cfg)}
+    stats = {
+        "role": "base",
+        "seconds": time.perf_counter() - t0,
+        "final_loss": sum(losses[-20:]) / 20,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "build": dataclasses.asdict(cfg),
+    }
     write_json_atomic(out_dir / "toy_build.json", stats)
     return stats
 
@@ -85,11 +96,18 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
     policy = AutoModelForCausalLM.from_pretrained(init_dir)
     eos = tokenizer.eos_token_id
     train = problems(cfg.task, "train", cfg.n_train_problems)
-    prompts = [PromptItem(ids, str(p.answer)) for p, ids in
-               zip(train, tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids)]
-    grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, lr=cfg.grpo_lr, seed=cfg.seed,
-                          sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens))
+    prompts = [
+        PromptItem(ids, str(p.answer))
+        for p, ids in zip(train, tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids)
+    ]
+    grpo_cfg = GRPOConfig(
+        steps=cfg.grpo_steps,
+        lr=cfg.grpo_lr,
+        seed=cfg.seed,
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens),
+    )
     with Grader(workers=1) as grader:
+
         def reward(responses: list[list[int]], golds: list[str]) -> list[float]:
             texts = tokenizer.batch_decode(responses)
             return [float(g.correct) for g in grader.grade(texts, golds)]
@@ -98,14 +116,20 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
     out_dir = Path(out_dir)
     policy.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    stats = {"role": "rl", "seconds": time.perf_counter() - t0, "grpo": history,
-             "init": str(init_dir), "build": dataclasses.asdict(cfg)}
+    stats = {
+        "role": "rl",
+        "seconds": time.perf_counter() - t0,
+        "grpo": history,
+        "init": str(init_dir),
+        "build": dataclasses.asdict(cfg),
+    }
     write_json_atomic(out_dir / "toy_build.json", stats)
     return stats
 
 
-def build_toy_model(role: str, name: str, out: Path, cfg: ToyBuildConfig, *, init: Path | None = None,
-                    progress: bool = True) -> str:
+def build_toy_model(
+    role: str, name: str, out: Path, cfg: ToyBuildConfig, *, init: Path | None = None, progress: bool = True
+) -> str:
     """Build the toy ``base`` (pretraining) or ``rl`` (GRPO from the checkpoint ``init``) model at
     ``out`` and write its manifest last; returns a one-line summary."""
     from tokenshift.models import resolve_checkpoint, write_manifest
@@ -114,12 +138,18 @@ def build_toy_model(role: str, name: str, out: Path, cfg: ToyBuildConfig, *, ini
     if role == "base":
         stats = build_base(out, cfg, progress=progress)
         write_manifest(out, name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
-        return (f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
-                f"{stats['seconds']:.0f} s")
+        return (
+            f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
+            f"{stats['seconds']:.0f} s"
+        )
     init_dir = resolve_checkpoint(init)
     stats = build_rl(init_dir, out, cfg, progress=progress)
-    write_manifest(out, name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]})
+    write_manifest(
+        out, name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
+    )
     rewards = [h["reward_mean"] for h in stats["grpo"]]
     k = max(1, len(rewards) // 5)
-    return (f"toy RL model {name!r}: mean GRPO reward {sum(rewards[:k]) / k:.3f} over the first {k} steps, "
-            f"{sum(rewards[-k:]) / k:.3f} over the last {k}; {stats['seconds']:.0f} s")
+    return (
+        f"toy RL model {name!r}: mean GRPO reward {sum(rewards[:k]) / k:.3f} over the first {k} steps, "
+        f"{sum(rewards[-k:]) / k:.3f} over the last {k}; {stats['seconds']:.0f} s"
+    )

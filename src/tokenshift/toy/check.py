@@ -45,8 +45,9 @@ def build_settings(ckpt: Path | str) -> ToyBuildConfig:
     return ToyBuildConfig.from_mapping(read_json(path, "the toy build record of a toy checkpoint")["build"])
 
 
-def sampled_accuracy(models: dict, tokenizer, evals: list[ToyProblem], *, max_new_tokens: int, seed: int,
-                   samples_per_problem: int = 1) -> pl.DataFrame:
+def sampled_accuracy(
+    models: dict, tokenizer, evals: list[ToyProblem], *, max_new_tokens: int, seed: int, samples_per_problem: int = 1
+) -> pl.DataFrame:
     prompts = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     golds = [str(p.answer) for p in evals]
     rows = []
@@ -54,15 +55,31 @@ def sampled_accuracy(models: dict, tokenizer, evals: list[ToyProblem], *, max_ne
         for role, model in models.items():
             for decoding, temp, n in (("sampled_t1", 1.0, samples_per_problem), ("greedy", 0.0, 1)):
                 reps = [ids for ids in prompts for _ in range(n)]
-                out = sample(model, reps, eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-                             sampling=SamplingConfig(temperature=temp, max_new_tokens=max_new_tokens),
-                             seed=seed, batch_size=256)
-                grades = grader.grade(tokenizer.batch_decode([s.response_ids for s in out]),
-                                      [g for g in golds for _ in range(n)])
+                out = sample(
+                    model,
+                    reps,
+                    eos_id=tokenizer.eos_token_id,
+                    pad_id=tokenizer.pad_token_id,
+                    sampling=SamplingConfig(temperature=temp, max_new_tokens=max_new_tokens),
+                    seed=seed,
+                    batch_size=256,
+                )
+                grades = grader.grade(
+                    tokenizer.batch_decode([s.response_ids for s in out]), [g for g in golds for _ in range(n)]
+                )
                 per_problem = np.array([g.correct for g in grades], dtype=float).reshape(len(evals), n).mean(1)
                 acc, lo, hi = mean_ci(per_problem, seed=seed)
-                rows.append({"role": role, "decoding": decoding, "n_problems": len(evals), "samples_per_problem": n,
-                             "accuracy": acc, "ci_low": lo, "ci_high": hi})
+                rows.append(
+                    {
+                        "role": role,
+                        "decoding": decoding,
+                        "n_problems": len(evals),
+                        "samples_per_problem": n,
+                        "accuracy": acc,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
     return pl.DataFrame(rows)
 
 
@@ -70,7 +87,9 @@ def response_js(base, rl, tokenizer, evals: list[ToyProblem]) -> list[np.ndarray
     """JS (nats) at every response position of each problem's correct trace (EOS excluded)."""
     enc_p = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     enc_r = tokenizer([p.response() for p in evals], add_special_tokens=False).input_ids
-    cols = score_rows(base, rl, list(zip(enc_p, enc_r)), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id).columns
+    cols = score_rows(
+        base, rl, list(zip(enc_p, enc_r)), vocab_size=len(tokenizer), pad_id=tokenizer.pad_token_id
+    ).columns
     order = np.argsort(cols["row"], kind="stable")
     return np.split(cols["js"][order], np.cumsum([len(r) for r in enc_r])[:-1])
 
@@ -81,30 +100,49 @@ def decision_point_table(js: list[np.ndarray], points: list[list[int]]) -> pl.Da
     n, n_dp = alljs.size, int(is_dp.sum())
     base_rate = n_dp / n
     order = np.argsort(-alljs, kind="stable")
-    rows = [{"selection": "all", "value": 1.0, "n_positions": n, "n_selected": n, "precision": base_rate,
-             "recall": 1.0, "base_rate": base_rate, "lift": 1.0,
-             "share_js_below_1e-3": float((alljs < 1e-3).mean()),
-             "js_share_on_decision_points": float(alljs[is_dp].sum() / max(alljs.sum(), 1e-30))}]
+    rows = [
+        {
+            "selection": "all",
+            "value": 1.0,
+            "n_positions": n,
+            "n_selected": n,
+            "precision": base_rate,
+            "recall": 1.0,
+            "base_rate": base_rate,
+            "lift": 1.0,
+            "share_js_below_1e-3": float((alljs < 1e-3).mean()),
+            "js_share_on_decision_points": float(alljs[is_dp].sum() / max(alljs.sum(), 1e-30)),
+        }
+    ]
 
     def row(selection: str, value: float, selected: np.ndarray) -> dict:
         k = int(selected.sum())
         prec = float(is_dp[selected].mean()) if k else float("nan")
-        return {"selection": selection, "value": value, "n_positions": n, "n_selected": k, "precision": prec,
-                "recall": float(is_dp[selected].sum() / n_dp) if n_dp else float("nan"),
-                "base_rate": base_rate, "lift": prec / base_rate if base_rate else float("nan"),
-                "share_js_below_1e-3": None, "js_share_on_decision_points": None}
+        return {
+            "selection": selection,
+            "value": value,
+            "n_positions": n,
+            "n_selected": k,
+            "precision": prec,
+            "recall": float(is_dp[selected].sum() / n_dp) if n_dp else float("nan"),
+            "base_rate": base_rate,
+            "lift": prec / base_rate if base_rate else float("nan"),
+            "share_js_below_1e-3": None,
+            "js_share_on_decision_points": None,
+        }
 
     for share in TOP_SHARES:
         sel = np.zeros(n, dtype=bool)
-        sel[order[: max(1, int(round(share * n)))]] = True
+        sel[order[: max(1, round(share * n))]] = True
         rows.append(row("top_share", share, sel))
     for t in JS_THRESHOLDS:
         rows.append(row("js_above", t, alljs > t))
     return pl.DataFrame(rows)
 
 
-def check_toy_pair(base: Path, rl: Path, out_dir: Path, *, n_problems: int = 500, samples_per_problem: int = 4,
-                   seed: int = 0) -> dict[str, pl.DataFrame]:
+def check_toy_pair(
+    base: Path, rl: Path, out_dir: Path, *, n_problems: int = 500, samples_per_problem: int = 4, seed: int = 0
+) -> dict[str, pl.DataFrame]:
     """Write ``accuracy.parquet`` and ``decision_points.parquet`` under ``out_dir``; return both.
 
     ``base`` and ``rl`` are the toy checkpoints (directories or manifests); the task and thread
@@ -117,9 +155,10 @@ def check_toy_pair(base: Path, rl: Path, out_dir: Path, *, n_problems: int = 500
         raise ValueError(f"{base} and {rl} have different tokenizers: not a toy pair")
     models = {"base": load_causal_lm(base, "cpu"), "rl": load_causal_lm(rl, "cpu")}
     evals = problems(cfg.task, "eval", n_problems)
-    acc = sampled_accuracy(models, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed,
-                           samples_per_problem=samples_per_problem)
-    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    acc = sampled_accuracy(
+        models, tok, evals, max_new_tokens=cfg.max_new_tokens, seed=seed, samples_per_problem=samples_per_problem
+    )
+    encode = lambda text: tok.encode(text, add_special_tokens=False)
     points = [sorted({d.position for d in decision_points(p, encode, cfg.task.max_total)}) for p in evals]
     dp = decision_point_table(response_js(models["base"], models["rl"], tok, evals), points)
     # the accuracy table is written last: its presence means the check finished
@@ -144,7 +183,7 @@ def decision_points_from_scores(scores: pl.DataFrame, tokenizer, problems_table:
     toy dataset's problems (``tokenshift dataset``), which keeps each problem's operations.
     """
     by_id = toy_problems(problems_table)
-    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
     js_list, points = [], []
     for (pid, _), grp in scores.sort("position").group_by(["problem_id", "sample_index"], maintain_order=True):
         if pid not in by_id:

@@ -34,8 +34,9 @@ class ToyBuildConfig:
 
     @property
     def task(self) -> ToyTaskConfig:
-        return ToyTaskConfig(seed=self.seed, min_steps=self.min_steps, max_steps=self.max_steps,
-                             mistake_rate=self.mistake_rate)
+        return ToyTaskConfig(
+            seed=self.seed, min_steps=self.min_steps, max_steps=self.max_steps, mistake_rate=self.mistake_rate
+        )
 
     @property
     def max_new_tokens(self) -> int:

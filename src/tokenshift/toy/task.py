@@ -55,8 +55,9 @@ class ToyTaskConfig:
     seed: int = option(0, "seed of the problem generator; the same seed gives the same problems", minimum=0)
     min_steps: int = option(2, "fewest operations in a problem", minimum=1)
     max_steps: int = option(8, "most operations in a problem (responses then have up to ~70 tokens)", minimum=1)
-    max_total: int = option(99, "running totals stay within [0, max_total], so numbers have at most two digits",
-                            minimum=1)
+    max_total: int = option(
+        99, "running totals stay within [0, max_total], so numbers have at most two digits", minimum=1
+    )
     mistake_rate: float = option(0.12, "chance that a pretraining trace makes a mistake at a given step", minimum=0)
     eval_share: float = option(0.1, "share of the question space in the eval split (by question hash)", minimum=0)
 
@@ -132,8 +133,12 @@ def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> ToyProblem:
     total = first
     ops = []
     for _ in range(n_steps):
-        choices = [(op, x) for op in "+-" for x in range(1, 10)
-                   if 0 <= (total + x if op == "+" else total - x) <= cfg.max_total]
+        choices = [
+            (op, x)
+            for op in "+-"
+            for x in range(1, 10)
+            if 0 <= (total + x if op == "+" else total - x) <= cfg.max_total
+        ]
         op, x = rng.choice(choices)
         total = total + x if op == "+" else total - x
         ops.append((op, x))
