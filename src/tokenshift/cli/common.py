@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tokenshift.io import InputError
-from tokenshift.options import from_args
+from tokenshift.options import add_options, from_args
 
 
 def settings(cls: type, args: argparse.Namespace, **given):
@@ -27,3 +27,41 @@ def show(*tables, rows: int = 40, precision: int = 3) -> None:
 
 def quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def pair_models(p: argparse.ArgumentParser, what: str = "") -> None:
+    """``--base`` and ``--rl``: the pair's two checkpoints, each a directory or its manifest."""
+    for role, name in (("base", "base"), ("rl", "RL")):
+        p.add_argument(
+            f"--{role}",
+            required=True,
+            help=f"{what}{name} checkpoint (directory, or its manifest .json: then verified)",
+        )
+
+
+def generation_options(p: argparse.ArgumentParser, stage: type, title: str) -> None:
+    """The settings a sampling stage reads: the config's ``sampling:``, the dataset's prompt, and the stage's own."""
+    from tokenshift.settings import PromptConfig, SamplingConfig
+
+    add_options(p, SamplingConfig, title="sampling (config `sampling:`)")
+    add_options(p, PromptConfig, title="prompt (config `datasets.<name>:`)")
+    add_options(p, stage, title=title)
+    quiet(p)
+
+
+def _kind(text: str) -> tuple[str, str]:
+    pair, sep, kind = text.partition("=")
+    if not sep or kind not in ("rlvr", "sft"):
+        raise argparse.ArgumentTypeError(f"expected PAIR=rlvr or PAIR=sft, got {text!r}")
+    return pair, kind
+
+
+def pair_kinds(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kind",
+        type=_kind,
+        action="append",
+        default=[],
+        metavar="PAIR=KIND",
+        help="how a pair's second model was tuned, rlvr (the default) or sft",
+    )

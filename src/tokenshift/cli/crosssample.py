@@ -5,15 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import quiet, settings, show
-from tokenshift.options import add_options
+from tokenshift.cli.common import generation_options, pair_models, settings, show
 from tokenshift.registry import DIRECTIONS, POLICIES
 
 
 def register(sub) -> None:
     from tokenshift.crosssample import CrossSampleConfig
-    from tokenshift.datasets import PromptConfig
-    from tokenshift.generation import SamplingConfig
 
     cs = sub.add_parser(
         "crosssample",
@@ -23,8 +20,7 @@ def register(sub) -> None:
         "reverse: the other way). Responses are graded; one parquet row per sample with the switched "
         "positions and their JS. Sharded and resumable like the rollout stage.",
     )
-    cs.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
-    cs.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
+    pair_models(cs)
     cs.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
     cs.add_argument("--direction", required=True, choices=DIRECTIONS, help="which model generates")
     cs.add_argument(
@@ -43,10 +39,7 @@ def register(sub) -> None:
     )
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
     cs.add_argument("--out", required=True, help="parquet file to write")
-    add_options(cs, SamplingConfig, title="sampling (config `sampling:`)")
-    add_options(cs, PromptConfig, title="prompt (config `datasets.<name>:`)")
-    add_options(cs, CrossSampleConfig, title="decoding (config `crosssample:`)")
-    quiet(cs)
+    generation_options(cs, CrossSampleConfig, "decoding (config `crosssample:`)")
     cs.set_defaults(func=_crosssample)
 
     ct = sub.add_parser(

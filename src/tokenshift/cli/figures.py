@@ -6,14 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tokenshift.cli.common import pair_kinds
 from tokenshift.io import InputError
-
-
-def _kind(text: str) -> tuple[str, str]:
-    pair, sep, kind = text.partition("=")
-    if not sep or kind not in ("rlvr", "sft"):
-        raise argparse.ArgumentTypeError(f"expected PAIR=rlvr or PAIR=sft, got {text!r}")
-    return pair, kind
 
 
 def register(sub) -> None:
@@ -42,14 +36,7 @@ def register(sub) -> None:
         "SFT told apart by line style, the share under 1e-3 marked.",
     )
     fo.add_argument("inputs", nargs="+", help="sparsity tables (divergence/sparsity.parquet)")
-    fo.add_argument(
-        "--kind",
-        type=_kind,
-        action="append",
-        default=[],
-        metavar="PAIR=KIND",
-        help="how a pair's second model was tuned, rlvr (the default) or sft",
-    )
+    pair_kinds(fo)
     fo.add_argument("--out", required=True, help="output path without suffix (writes .png and .pdf)")
     fo.set_defaults(func=_overview)
 
@@ -63,14 +50,7 @@ def register(sub) -> None:
     rp.add_argument(
         "results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>)"
     )
-    rp.add_argument(
-        "--kind",
-        type=_kind,
-        action="append",
-        default=[],
-        metavar="PAIR=KIND",
-        help="how a pair's second model was tuned, rlvr (the default) or sft",
-    )
+    pair_kinds(rp)
     rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
     rp.add_argument("--config", help="the config the run used (YAML), quoted in the report")
     rp.add_argument("--html", required=True, help="report.html to write")

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import quiet, settings, show
+from tokenshift.cli.common import pair_models, quiet, settings, show
 from tokenshift.options import add_options
 
 
@@ -63,8 +63,7 @@ def register(sub) -> None:
         "(padded embedding rows are sliced to it).",
     )
     c.add_argument("pair", help="the pair's name")
-    c.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
-    c.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
+    pair_models(c)
     c.add_argument("--out", required=True, help="pair manifest (JSON) to write")
     c.set_defaults(func=_check_pair)
 
@@ -76,8 +75,7 @@ def register(sub) -> None:
         "decision points (precision, recall, lift over chance). Writes accuracy.parquet and "
         "decision_points.parquet under --out. The task is the one the base model was built with.",
     )
-    tc.add_argument("--base", required=True, help="toy base checkpoint (directory or manifest)")
-    tc.add_argument("--rl", required=True, help="toy RL checkpoint (directory or manifest)")
+    pair_models(tc, "toy ")
     tc.add_argument("--out", required=True, help="directory for the two tables")
     tc.add_argument("--n-problems", type=int, default=500, help="eval problems (default 500)")
     tc.add_argument("--samples", type=int, default=4, help="samples per problem at temperature 1 (default 4)")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import quiet, settings, show
+from tokenshift.cli.common import generation_options, settings, show
 from tokenshift.options import add_options
 
 
 def register(sub) -> None:
-    from tokenshift.datasets import PromptConfig
-    from tokenshift.generation import SamplingConfig
     from tokenshift.rollout import RolloutConfig
     from tokenshift.tables import AccuracyConfig
 
@@ -24,10 +22,7 @@ def register(sub) -> None:
     ro.add_argument("--model", required=True, help="checkpoint (directory, or its manifest .json: then verified)")
     ro.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
     ro.add_argument("--out", required=True, help="parquet file to write")
-    add_options(ro, SamplingConfig, title="sampling (config `sampling:`)")
-    add_options(ro, PromptConfig, title="prompt (config `datasets.<name>:`)")
-    add_options(ro, RolloutConfig, title="generation (config `rollout:`)")
-    quiet(ro)
+    generation_options(ro, RolloutConfig, "generation (config `rollout:`)")
     ro.set_defaults(func=_rollout)
 
     ac = sub.add_parser(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import settings, show
+from tokenshift.cli.common import pair_models, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import ROLES
 
@@ -20,8 +20,7 @@ def register(sub) -> None:
         "distributions are compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both "
         "log-probs of the token are recorded. LM-head logits are built in chunks, never for a whole batch.",
     )
-    sc.add_argument("--base", required=True, help="base checkpoint (directory or manifest)")
-    sc.add_argument("--rl", required=True, help="RL checkpoint (directory or manifest)")
+    pair_models(sc)
     sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
     sc.add_argument("--rollouts", required=True, help="rollout parquet whose responses are scored")
     sc.add_argument("--source", required=True, choices=ROLES, help="which model wrote the responses")

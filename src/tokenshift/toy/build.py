@@ -72,16 +72,24 @@ def build_base(out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> 
     )
     model.generation_config.eos_token_id = eos
     model.generation_config.pad_token_id = eos
+    return _save(
+        model,
+        tokenizer,
+        out_dir,
+        cfg,
+        t0,
+        role="base",
+        final_loss=sum(losses[-20:]) / 20,
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **stats) -> dict:
+    """Save a built model with its tokenizer, and what it was built with (``toy_build.json``)."""
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    stats = {
-        "role": "base",
-        "seconds": time.perf_counter() - t0,
-        "final_loss": sum(losses[-20:]) / 20,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "build": dataclasses.asdict(cfg),
-    }
+    stats = {**stats, "seconds": time.perf_counter() - t0, "build": dataclasses.asdict(cfg)}
     write_json_atomic(out_dir / "toy_build.json", stats)
     return stats
 
@@ -113,18 +121,7 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
             return [float(g.correct) for g in grader.grade(texts, golds)]
 
         history = grpo(policy, prompts, reward, grpo_cfg, pad_id=eos, eos_id=eos, progress=progress)
-    out_dir = Path(out_dir)
-    policy.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    stats = {
-        "role": "rl",
-        "seconds": time.perf_counter() - t0,
-        "grpo": history,
-        "init": str(init_dir),
-        "build": dataclasses.asdict(cfg),
-    }
-    write_json_atomic(out_dir / "toy_build.json", stats)
-    return stats
+    return _save(policy, tokenizer, out_dir, cfg, t0, role="rl", grpo=history, init=str(init_dir))
 
 
 def build_toy_model(
