@@ -41,7 +41,7 @@ from tokenshift.divergence import entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, pad_rows
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
-from tokenshift.settings import CrossSampleConfig
+from tokenshift.settings import CrossSampleConfig, PromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,32 @@ class SwitchRule:
     @property
     def budget_label(self) -> str:
         return "all" if self.budget is None else str(self.budget)
+
+    @classmethod
+    def resolve(
+        cls, direction: str, policy: str, budget: str | int, spec: Mapping[str, float], scores: Path | None = None
+    ) -> SwitchRule:
+        """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
+        percentile of a scored statistic is read off ``scores``, the generating model's scored
+        rollouts), ``budget`` a label. A value that cannot work is an ``InputError`` naming it."""
+        from tokenshift.io import InputError, read_parquet
+
+        if direction not in DIRECTIONS or policy not in POLICIES:
+            raise InputError(
+                f"direction {direction!r}, policy {policy!r}: expected one of {DIRECTIONS} and one of {tuple(POLICIES)}"
+            )
+        pol, table = POLICIES[policy], None
+        if pol.needs_scores(spec):
+            if scores is None:
+                raise InputError(
+                    f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of "
+                    "the generating model's rollouts"
+                )
+            table = read_parquet(scores, "per-token scores (tokenshift score)", (pol.score_column_for(direction),))
+        try:
+            return cls(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget))
+        except ValueError as e:
+            raise InputError(str(e)) from None
 
 
 def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
@@ -326,40 +352,23 @@ def run_crosssample(
     budget: str | int,
     threshold: Mapping[str, float] | None = None,
     scores: Path | None = None,
-    prompt=None,
+    prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: CrossSampleConfig = CrossSampleConfig(),
     progress: bool = True,
 ):
     """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
-    ``threshold`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a percentile of a scored
-    statistic is read off ``scores``, the per-token scores of the generating model's rollouts);
-    ``budget`` is a label (``"all"`` or a whole number). Rows are the rollout stage's columns
+    The run's switching rule is ``SwitchRule.resolve(direction, policy, budget, threshold, scores)``.
+    Rows are the rollout stage's columns
     plus ``n_switched``, ``switched_positions``, ``switched_js`` and ``step_js``, and the run's
     ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
     """
-    from tokenshift.datasets import PromptConfig, as_problems
-    from tokenshift.io import InputError, read_parquet
+    from tokenshift.datasets import as_problems
     from tokenshift.models import checkpoint_identity
     from tokenshift.sharding import run_key, run_sharded
 
-    if policy not in POLICIES:
-        raise InputError(f"policy {policy!r}: expected one of {tuple(POLICIES)}")
-    pol, spec = POLICIES[policy], dict(threshold or {})
-    table = None
-    if pol.needs_scores(spec) and direction in DIRECTIONS:
-        if scores is None:
-            raise InputError(
-                f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of the "
-                "generating model's rollouts"
-            )
-        table = read_parquet(scores, "per-token scores (tokenshift score)", columns=(pol.score_column_for(direction),))
-    try:
-        rule = SwitchRule(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget))
-    except ValueError as e:
-        raise InputError(str(e)) from None
-    prompt = prompt or PromptConfig()
+    rule = SwitchRule.resolve(direction, policy, budget, threshold or {}, scores)
     problems = as_problems(problems)
     if cfg.n_problems:
         problems = problems[: cfg.n_problems]

@@ -67,6 +67,10 @@ def register(sub) -> None:
     c.add_argument("--out", required=True, help="pair manifest (JSON) to write")
     c.set_defaults(func=_check_pair)
 
+    _register_toy_check(sub)
+
+
+def _register_toy_check(sub) -> None:
     tc = sub.add_parser(
         "toy-check",
         help="check the toy pair against the task's ground truth",
