@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
 
@@ -53,3 +54,133 @@ def test_missing_local_checkpoint_exits_2_naming_it(tmp_path):
 def test_unknown_toy_setting_exits_2_naming_it(tmp_path):
     r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr
+
+
+def one_line_error(r, *needles):
+    """Exit 2, one line naming what was wrong, no traceback."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    for n in needles:
+        assert str(n) in r.stderr, (n, r.stderr)
+
+
+def dataset_cmd(path, out):
+    return tokenshift_cmd() + ["dataset", "d", "--path", str(path), "--id-field", "id", "--out", str(out)]
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (
+            b'{"id": 1, "problem": "1+1", "answer": "2"}\n{"id": 2, "problem": "caf\xe9", "answer": "3"}\n',
+            ["not UTF-8"],
+        ),
+        (b'{"id": 1, "problem": "1+1", "answer": "2"}\n{"problem": "2+2", "answer": "4"}\n', ["row 1", "'id'"]),
+        (b'{"id": 1, "problem": "1+1", "answer": null}\n', ["row 0", "empty gold answer"]),
+        (b'{"id": 1, "problem": "1+1", "answer": ""}\n', ["row 0", "empty gold answer"]),
+        (b"[1, 2]\n", ["set.jsonl:1", "not a JSON object"]),
+    ],
+    ids=["non-utf8", "row-without-id", "null-gold", "empty-gold", "not-an-object"],
+)
+def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
+    path = tmp_path / "set.jsonl"
+    path.write_bytes(content)
+    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    one_line_error(r, *needles)
+    assert not (tmp_path / "d.parquet").exists()
+
+
+def test_a_file_that_is_not_parquet_is_named(tmp_path):
+    fake = tmp_path / "rollouts.parquet"
+    fake.write_text("problem_id,correct\np1,true\n")  # a CSV under a parquet name
+    r = run(
+        tokenshift_cmd() + ["accuracy", "--base", str(fake), "--rl", str(fake), "--out", str(tmp_path / "a.parquet")]
+    )
+    one_line_error(r, fake, "not a readable parquet file")
+    r = run(
+        tokenshift_cmd()
+        + [
+            "crosssample-table",
+            str(tmp_path / "none.parquet"),
+            "--pair",
+            "p",
+            "--dataset",
+            "d",
+            "--out",
+            str(tmp_path / "t.parquet"),
+        ]
+    )
+    one_line_error(r, tmp_path / "none.parquet", "no such file")
+
+
+def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
+    r = run(
+        tokenshift_cmd()
+        + [
+            "rollout",
+            "--model",
+            "/nonexistent",
+            "--dataset",
+            str(tmp_path / "d.parquet"),
+            "--out",
+            str(tmp_path / "o.parquet"),
+        ]
+    )
+    one_line_error(r)
+    assert "/nonexistent" in r.stderr or str(tmp_path / "d.parquet") in r.stderr
+    r = run(
+        tokenshift_cmd()
+        + [
+            "models",
+            "check-pair",
+            "p",
+            "--base",
+            "/nonexistent",
+            "--rl",
+            "/nonexistent",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
+    one_line_error(r, "/nonexistent", "not a checkpoint")
+
+
+def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path):
+    from test_plots import rollouts
+
+    table = tmp_path / "r.parquet"
+    rollouts(0.5).write_parquet(table)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory should be")
+    r = run(
+        tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(table), "--out", str(blocker / "a.parquet")]
+    )
+    one_line_error(r, blocker)
+    taken = tmp_path / "taken"
+    taken.mkdir()  # a directory where the table should go: the write fails at the last step
+    r = run(tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(table), "--out", str(taken)])
+    one_line_error(r, "taken")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "r.parquet", "taken"]  # no partial file
+
+
+def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
+    from test_plots import cross_run
+
+    a = tmp_path / "a.parquet"
+    cross_run("forward", "js", "2", 0.5, 2).with_columns(pl.lit("p").alias("pair")).write_parquet(a)
+    b = tmp_path / "b.parquet"
+    cross_run("forward", "js", "4", 0.5, 4).with_columns(pl.lit("q").alias("pair")).write_parquet(b)
+    cmd = tokenshift_cmd() + [
+        "crosssample-table",
+        "--pair",
+        "p",
+        "--dataset",
+        "d",
+        "--out",
+        str(tmp_path / "t.parquet"),
+    ]
+    one_line_error(run([*cmd, str(a), str(a)]), "two runs of direction forward, policy js, budget 2")
+    one_line_error(run([*cmd, str(a), str(b)]), "pair ['q']")
+    assert not (tmp_path / "t.parquet").exists()
+    r = run([*cmd, str(a)])
+    assert r.returncode == 0, r.stderr

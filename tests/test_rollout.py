@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -254,3 +255,59 @@ def test_accuracy_table_avg_and_pass_at_k():
     assert rows["pass@4"]["value"] == pytest.approx(per_problem_any)
     assert rows["avg@4"]["ci_low"] < rows["avg@4"]["value"] < rows["avg@4"]["ci_high"]
     assert t["pair"].to_list() == ["x"] * 3
+
+
+def test_a_damaged_shard_is_named_discarded_and_recomputed(make_checkpoint, jsonl, tmp_path, caplog):
+    ckpt = make_checkpoint("m")
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    want = rollouts(ckpt, problems, tmp_path / "a.parquet")
+    shards = tmp_path / "b.parquet.shards"
+    for damage in ("truncate", "edit", "unrecorded"):
+        stop_after_shards(shards, 2, lambda: rollouts(ckpt, problems, tmp_path / "b.parquet"))
+        shard = shards / "shard-00001.parquet"
+        if damage == "truncate":
+            shard.write_bytes(shard.read_bytes()[:100])
+        elif damage == "edit":  # a valid parquet file, other rows: only the recorded hash can tell
+            pl.read_parquet(shard).with_columns(pl.lit(True).alias("correct")).write_parquet(shard)
+        else:
+            shard.with_suffix(".json").unlink()
+        caplog.clear()
+        got = rollouts(ckpt, problems, tmp_path / "b.parquet")
+        assert got.equals(want), damage
+        assert any(str(shard) in r.getMessage() and "discarding" in r.getMessage() for r in caplog.records), damage
+
+
+def test_the_run_key_covers_the_code_of_the_package(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from tokenshift import sharding
+
+    def version(src):
+        code = "from tokenshift.sharding import code_version; print(code_version())"
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONPATH": str(src)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    pkg = tmp_path / "src" / "tokenshift"
+    shutil.copytree(Path(sharding.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    assert version(tmp_path / "src") == sharding.code_version()
+    with open(pkg / "crosssample.py", "a") as f:
+        f.write("# an edited stage\n")
+    assert version(tmp_path / "src") != sharding.code_version()  # so its shards are not reused
+
+
+def test_shards_made_under_another_key_are_not_reused(make_checkpoint, jsonl, tmp_path, caplog):
+    ckpt = make_checkpoint("m")
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    shards = tmp_path / "b.parquet.shards"
+    stop_after_shards(shards, 2, lambda: rollouts(ckpt, problems, tmp_path / "b.parquet"))
+    (shards / "settings.sha256").write_text("0" * 64 + "\n")  # as if written by other code, settings or inputs
+    caplog.clear()
+    rollouts(ckpt, problems, tmp_path / "b.parquet")
+    assert any("starting over" in r.getMessage() for r in caplog.records)

@@ -16,6 +16,9 @@ from typing import Any
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 """The schema in a source checkout (an editable install); the workflow passes its own path."""
 
+TOY_DATASET_KEYS = {"toy", "n_problems", "sampling"}
+"""What a ``toy: eval`` dataset entry may set: any other key would be silently without effect."""
+
 RESERVED = {
     "pairs": {"figures", "report.html", "summary.json", "config.yaml"},
     "datasets": {"toy_check", "figures"},
@@ -119,6 +122,15 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             )
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
+        if "toy" in spec:
+            ignored = sorted(set(spec) - TOY_DATASET_KEYS)
+            if ignored:
+                raise ConfigError(
+                    f"datasets.{name}.{ignored[0]}",
+                    spec[ignored[0]],
+                    f"the toy task's problems and prompt are its own; a toy dataset takes only "
+                    f"{sorted(TOY_DATASET_KEYS)}",
+                )
     for name in datasets:
         sampling = dataset_sampling(config, name)
         n = sampling.get("n", 1)

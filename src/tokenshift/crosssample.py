@@ -352,6 +352,7 @@ def run_crosssample(
     budget: str | int,
     threshold: Mapping[str, float] | None = None,
     scores: Path | None = None,
+    pair: str | None = None,
     prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: CrossSampleConfig = CrossSampleConfig(),
@@ -360,15 +361,17 @@ def run_crosssample(
     """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
     The run's switching rule is ``SwitchRule.resolve(direction, policy, budget, threshold, scores)``.
-    Rows are the rollout stage's columns
+    ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
+    of other pairs or datasets are never aggregated together. Rows are the rollout stage's columns
     plus ``n_switched``, ``switched_positions``, ``switched_js`` and ``step_js``, and the run's
     ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
     """
-    from tokenshift.datasets import as_problems
+    from tokenshift.datasets import as_problems, dataset_name
     from tokenshift.models import checkpoint_identity
     from tokenshift.sharding import run_key, run_sharded
 
     rule = SwitchRule.resolve(direction, policy, budget, threshold or {}, scores)
+    labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
     if cfg.n_problems:
         problems = problems[: cfg.n_problems]
@@ -387,6 +390,7 @@ def run_crosssample(
         }
     )
     constants = {
+        **{k: v for k, v in labels.items() if v is not None},
         "direction": rule.direction,
         "policy": rule.policy,
         "budget": rule.budget_label,

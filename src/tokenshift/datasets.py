@@ -162,13 +162,14 @@ def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
 
 def prepare_dataset(name: str, spec: DatasetSpec, out: Path, *, toy_task=None):
     """Load dataset ``name`` and write its problems to ``out`` (parquet): ``problem_id``,
-    ``question``, ``answer``, and for the toy task the operations its decision points come from."""
+    ``question``, ``answer``, ``dataset`` (the name), and for the toy task the operations its
+    decision points come from."""
     import polars as pl
 
     from tokenshift.io import write_parquet_atomic
 
     loaded = _load(name, spec, toy_task)
-    table = pl.DataFrame([{**dataclasses.asdict(p), **extra} for p, extra in loaded])
+    table = pl.DataFrame([{**dataclasses.asdict(p), "dataset": name, **extra} for p, extra in loaded])
     write_parquet_atomic(table, Path(out))
     return table
 
@@ -198,3 +199,11 @@ def format_prompt(tokenizer, question: str, prompt: PromptConfig) -> list[int]:
 def as_problems(problems) -> list[Problem]:
     """A list of problems, or the problems of a parquet file ``prepare_dataset`` wrote."""
     return read_problems(problems) if isinstance(problems, str | Path) else list(problems)
+
+
+def dataset_name(path: Path | str) -> str | None:
+    """The name ``prepare_dataset`` recorded in a problems file (None for a file without one)."""
+    import polars as pl
+
+    schema = pl.read_parquet_schema(path)
+    return pl.read_parquet(path, columns=["dataset"])["dataset"][0] if "dataset" in schema else None

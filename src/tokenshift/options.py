@@ -139,7 +139,9 @@ def shell_args(cls: type, values: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in to_argv(cls, values))
 
 
-def section_values(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of ``config``'s section for ``cls`` that are fields of ``cls``."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def section_values(cls: type, config: Mapping[str, Any], *, stage: str | None = None) -> dict[str, Any]:
+    """The keys of ``config``'s section for ``cls`` that are fields of ``cls`` (and, given ``stage``,
+    that the stage reads: a field declared with ``stages=(...)`` is read by those stages only), so a
+    job's recorded settings are exactly those it uses."""
+    names = {f.name for f in dataclasses.fields(cls) if stage is None or stage in f.metadata.get("stages", (stage,))}
     return {k: v for k, v in config.get(cls.section, {}).items() if k in names}

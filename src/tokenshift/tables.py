@@ -240,11 +240,25 @@ def crosssample_table(
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
       the policy it was run under): budget 0 never switches, so the policy cannot matter.
     """
-    rows = []
+    rows, seen = [], set()
     for run in runs:
         keys = run.select("direction", "policy", "budget", "threshold").unique()
         if keys.height != 1:
             raise ValueError(f"a cross-sample table must hold one run, found {keys.height}: {keys.to_dicts()}")
+        for col, want in (labels or {}).items():
+            got = run[col].unique().to_list() if col in run.columns else [want]
+            if got != [want]:
+                raise ValueError(
+                    f"a run of {col} {got} given for the table of {col} {want!r}: runs of other pairs "
+                    "or datasets cannot be aggregated"
+                )
+        cell = tuple(keys.select("direction", "policy", "budget").row(0))
+        if cell in seen:
+            raise ValueError(
+                f"two runs of direction {cell[0]}, policy {cell[1]}, budget {cell[2]}: one file given "
+                "twice, or two runs of one cell"
+            )
+        seen.add(cell)
         per = run.group_by("problem_id").agg(pl.col("correct").mean()).sort("problem_id")
         acc, lo, hi = mean_ci(per["correct"].to_numpy(), seed=seed)
         generated = run["n_response_tokens"].sum() + (run["finish_reason"] == "stop").sum()

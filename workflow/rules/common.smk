@@ -134,9 +134,9 @@ def figure_inputs(wildcards):
 # --- params: settings as the flags of their dataclass --------------------------------------
 
 
-def settings_of(cls):
-    """The flags of a whole config section (``cls.section``)."""
-    return lambda wildcards: shell_args(cls, section_values(cls, config))
+def settings_of(cls, stage=None):
+    """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them."""
+    return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage))
 
 
 def fetch_args(wildcards):

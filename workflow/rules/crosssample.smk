@@ -31,7 +31,7 @@ rule crosssample:
         prompt=prompt_args,
         run=settings_of(CrossSampleConfig),
     shell:
-        "tokenshift crosssample --base {input.base} --rl {input.rl} --dataset {input.dataset} "
+        "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
         "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.run} --out {output} > {log} 2>&1"
 

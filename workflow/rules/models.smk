@@ -41,7 +41,7 @@ rule toy_base:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=settings_of(ToyBuildConfig),
+        settings=settings_of(ToyBuildConfig, stage="base"),
     shell:
         "tokenshift models toy-base {wildcards.model} {params.settings} --out {output.ckpt} > {log} 2>&1"
 
@@ -65,7 +65,7 @@ rule toy_rl:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=settings_of(ToyBuildConfig),
+        settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
         "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
         "> {log} 2>&1"

@@ -38,6 +38,7 @@ def register(sub) -> None:
         help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)",
     )
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
+    cs.add_argument("--pair", help="the pair manifest (resources/pairs/<pair>.json): its name goes into the rows")
     cs.add_argument("--out", required=True, help="parquet file to write")
     generation_options(cs, CrossSampleConfig, "decoding (config `crosssample:`)")
     cs.set_defaults(func=_crosssample)
@@ -59,6 +60,7 @@ def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.crosssample import CrossSampleConfig, run_crosssample
     from tokenshift.datasets import PromptConfig
     from tokenshift.generation import SamplingConfig
+    from tokenshift.io import read_json
 
     threshold = (
         {"threshold": args.threshold}
@@ -77,6 +79,7 @@ def _crosssample(args: argparse.Namespace) -> None:
         budget=args.budget,
         threshold=threshold,
         scores=args.scores,
+        pair=read_json(args.pair, "a pair manifest (tokenshift models check-pair)")["pair"] if args.pair else None,
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(CrossSampleConfig, args),

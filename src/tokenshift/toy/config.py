@@ -24,8 +24,8 @@ class ToyBuildConfig:
     hidden_size: int = option(128, "width of the toy Qwen2 model", minimum=8)
     num_layers: int = option(3, "depth of the toy Qwen2 model", minimum=1)
     pretrain_steps: int = option(600, "optimizer steps of pretraining", minimum=1)
-    grpo_steps: int = option(60, "GRPO update rounds", minimum=1)
-    grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0)
+    grpo_steps: int = option(60, "GRPO update rounds", minimum=1, stages=("rl",))
+    grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0, stages=("rl",))
     threads: int = option(2, "torch CPU threads (results depend on it)", minimum=1)
 
     @classmethod
