@@ -108,6 +108,12 @@ def _mutations():
         ),
         ("pair-named-report.html", m(lambda c: c["pairs"][0].update(name="report.html")), "pairs[0].name"),
         ("model-named-x.json", m(lambda c: c["models"].update({"x.json": {"toy": "base"}})), "x.json"),
+        # a toy dataset's prompt is its own: a template there would be silently ignored
+        (
+            "toy-dataset-with-template",
+            m(lambda c: c["datasets"]["toy"].update(template="Solve: {question}")),
+            "datasets.toy.template",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -188,3 +194,23 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
 def test_local_profile_dry_run(tmp_path):
     r = snakemake(with_config(tmp_path, DEFAULT), "--profile", str(REPO / "profiles" / "local"), "-n", "all")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
+    # issue 13: a template holding {question} made every dry run fail (WildcardError in rule report)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"]["local"] = {"path": "data/set.jsonl", "template": "Solve: {question} {{braces}}"}
+    config["pairs"][0]["datasets"] = ["toy", "local"]
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "--template 'Solve: {question} {{braces}}'" in r.stdout
+
+
+def test_budget_past_the_length_limit_is_warned_about(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"]["budgets"] = [0, 2, 500]
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode == 0
+    assert "crosssample.budgets[2]: budget 500 exceeds the 96 new tokens of dataset 'toy'" in r.stdout + r.stderr

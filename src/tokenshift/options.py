@@ -116,12 +116,20 @@ def from_mapping(cls: type, values: Mapping[str, Any] | None, *, key: str | None
 
 
 def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
-    """The flags that make ``add_options(cls)`` parse to ``values`` (keys: field names of ``cls``)."""
+    """The flags that make ``add_options(cls)`` parse to ``values`` (keys: field names of ``cls``).
+
+    Flags come in the order the fields are declared, whatever the order of ``values``: the same
+    settings are the same command line (Snakemake compares a job's recorded params as text).
+    """
     names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting {unknown[0]!r}; known: {sorted(names)}")
     argv: list[str] = []
-    for name, value in values.items():
-        if name not in names:
-            raise ValueError(f"{cls.__name__} has no setting {name!r}; known: {sorted(names)}")
+    for name in names:
+        if name not in values:
+            continue
+        value = values[name]
         if value is None:
             continue  # the field's default, None, is what an absent flag gives
         kind, _, sequence = _field_type(cls, names[name])

@@ -3,6 +3,7 @@
 # params built from the config (recorded by Snakemake, so a changed setting re-runs its jobs),
 # and files only as inputs; the flags of a stage's settings come from its dataclass.
 import dataclasses
+import json
 from pathlib import Path
 
 from snakemake.utils import validate

@@ -44,9 +44,10 @@ rule run_config:
         "logs/config.log",
     localrule: True
     params:
-        config=lambda wildcards: config,  # recorded: any changed setting rewrites it, and the report
+        # recorded, in a canonical order: any changed setting rewrites it, and the report
+        config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
     run:
-        write_yaml_atomic(output[0], params.config)
+        write_yaml_atomic(output[0], json.loads(params.config))
 
 
 rule report:

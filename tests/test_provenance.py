@@ -1,0 +1,173 @@
+"""Results always match their inputs: a real workflow on a tiny local pair, then edits and faults.
+
+The pair is two copies of one small random checkpoint, so cross-sampling never switches (JS is
+exactly 0 everywhere): a legitimate result that once made `all` fail. The dataset is a local
+file with a prompt template. Each test changes one input or setting and checks, with
+Snakemake's own dry run, that exactly what depends on it is planned again (issue 13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+from conftest import run, save_checkpoint, tokenshift_cmd
+from test_workflow import snakemake
+
+pytestmark = pytest.mark.slow
+
+PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 7)]
+CONFIG = {
+    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+    "pairs": [{"name": "same", "base": "a", "rl": "b", "datasets": ["tiny"]}],
+    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
+    "sampling": {"n": 2, "max_new_tokens": 8},
+    "rollout": {"pass_k": [1, 2], "problems_per_shard": 2},
+    "crosssample": {
+        "directions": ["forward"],
+        "policies": ["js", "random"],
+        "budgets": [0, 2],
+        "problems_per_shard": 2,
+        "device_base": "cpu",
+        "device_rl": "cpu",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, toy_tokenizer):
+    work = tmp_path_factory.mktemp("local")
+    save_checkpoint(work / "ckpt" / "a", toy_tokenizer, seed=0)
+    shutil.copytree(work / "ckpt" / "a", work / "ckpt" / "b")
+    (work / "data").mkdir()
+    (work / "data" / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    (work / "config").mkdir()
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
+    r = snakemake(work, "--cores", "2", "all", timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work
+
+
+def plan(work, *args) -> dict[str, int]:
+    """Rule -> number of jobs `snakemake -n all` would run."""
+    r = snakemake(work, "-n", "all", *args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out[out.index("Job stats:") :].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+AFTER_DATASET = {
+    "dataset": 1,
+    "rollout": 2,
+    "accuracy": 1,
+    "score": 2,
+    "divergence": 1,
+    "crosssample": 3,
+    "crosssample_table": 1,
+    "figures": 1,
+    "figure_overview": 1,
+    "report": 1,
+    "all": 1,
+}
+
+
+def test_two_copies_of_one_model_still_give_a_report(study):
+    runs = study / "results" / "same" / "tiny" / "crosssample" / "forward"
+    assert (pl.read_parquet(runs / "js" / "budget-2.parquet")["n_switched"] == 0).all()  # JS is 0 everywhere
+    example = pl.read_parquet(study / "results" / "same" / "tiny" / "figures" / "example.parquet")
+    assert example.height == 0  # nothing to show, and the figure says so instead of failing the run
+    assert (study / "results" / "same" / "tiny" / "figures" / "example.png").stat().st_size > 5000
+    assert (study / "results" / "report.html").is_file()
+    table = pl.read_parquet(study / "results" / "same" / "tiny" / "crosssample.parquet")
+    assert set(table["pair"]) == {"same"} and set(table["dataset"]) == {"tiny"}
+
+
+def test_the_prompt_template_is_the_one_configured(study):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(study / "ckpt" / "a")
+    rollouts = pl.read_parquet(study / "results" / "same" / "tiny" / "rollouts" / "base.parquet")
+    assert tok.decode(rollouts["prompt_ids"][0]) == "Q:1a+1=?\n"
+    assert not list((study / "results").rglob("*.shards"))  # finished runs keep no shards
+
+
+def test_a_rerun_is_a_no_op(study):
+    assert plan(study) == {}
+
+
+def test_an_edited_gold_answer_reruns_the_dataset_and_everything_after_it(study):
+    data = study / "data" / "tiny.jsonl"
+    before, stat = data.read_text(), data.stat()
+    try:
+        data.write_text(before.replace('"answer": "2"', '"answer": "3"'))
+        assert plan(study) == AFTER_DATASET
+    finally:
+        data.write_text(before)
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert plan(study) == {}
+
+
+def test_weights_copied_over_a_local_checkpoint_are_refused_and_rerun(study, tmp_path, toy_tokenizer):
+    weights = study / "ckpt" / "b" / "model.safetensors"
+    saved = tmp_path / "saved.safetensors"
+    shutil.copy2(weights, saved)
+    try:
+        other = save_checkpoint(tmp_path / "other", toy_tokenizer, seed=1)
+        shutil.copyfile(other / "model.safetensors", weights)
+        # a stage run on the old manifest refuses before loading anything
+        r = run(
+            tokenshift_cmd()
+            + [
+                "score",
+                "--base",
+                "resources/models/a.json",
+                "--rl",
+                "resources/models/b.json",
+                "--pair",
+                "resources/pairs/same.json",
+                "--rollouts",
+                "results/same/tiny/rollouts/rl.parquet",
+                "--source",
+                "rl",
+                "--out",
+                str(tmp_path / "s.parquet"),
+            ],
+            cwd=study,
+        )
+        assert r.returncode == 2 and "model 'b'" in r.stderr and "model.safetensors" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "s.parquet").exists()
+        # and the workflow plans the checkpoint again, with every job that read it
+        rl_side = {k: v for k, v in AFTER_DATASET.items() if k != "dataset"} | {"rollout": 1}  # not base's
+        assert plan(study) == {"fetch_model": 1, "check_pair": 1, **rl_side}
+    finally:
+        shutil.copy2(saved, weights)
+    assert plan(study) == {}
+
+
+def test_a_changed_threshold_reruns_the_runs_that_use_it(study, tmp_path):
+    changed = yaml.safe_load((study / "config" / "config.yaml").read_text())
+    changed["crosssample"]["thresholds"] = {"js": {"percentile": 50}}
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    got = plan(study, "--configfile", str(tmp_path / "changed.yaml"))
+    # the two js runs (budgets 0 and 2), not the random one; then the table, figures and report
+    assert got == {"crosssample": 2, "crosssample_table": 1, "figures": 1, "run_config": 1, "report": 1, "all": 1}
+
+
+def test_forcing_one_run_recomputes_it(study):
+    target = "results/same/tiny/crosssample/forward/js/budget-2.parquet"
+    before = pl.read_parquet(study / target)
+    r = snakemake(study, "--cores", "1", "--force", target)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"^crosssample\s+1$", r.stdout + r.stderr, re.M)
+    log = (study / "logs" / "crosssample" / "same" / "tiny" / "forward" / "js" / "budget-2.log").read_text()
+    assert "already written" not in log and "resuming" not in log  # computed again, not re-joined from shards
+    assert pl.read_parquet(study / target).drop("response_text").equals(before.drop("response_text"))
+    assert plan(study) == {}  # the same bytes again: nothing downstream to redo
