@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
+import shlex
 import shutil
 
 import polars as pl
 import pytest
 import yaml
 from conftest import REPO
-from test_workflow import snakemake
+from test_workflow import plan, planned, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -141,15 +143,165 @@ def test_reverse_cross_sampling_falls_toward_base_accuracy(default_run):
     assert rall["accuracy"] - acc["base"]["value"] < 0.6 * (acc["rl"]["value"] - acc["base"]["value"])
 
 
-def test_rerunning_one_budget_reruns_that_job_alone(default_run):
-    target = "results/toy/toy/crosssample/forward/js/budget-2.parquet"
-    before = pl.read_parquet(default_run / target)
-    r = snakemake(default_run, "--cores", "2", "--force", target)  # the command README gives
-    assert r.returncode == 0, r.stderr[-2000:]
-    stats = r.stdout + r.stderr
-    assert re.search(r"^crosssample\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats[-2000:]
-    after = pl.read_parquet(default_run / target)
-    assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again
+def readme_rerun_commands() -> list[list[str]]:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("### Re-running") : text.index("Nothing else needs forcing")]
+    return [shlex.split(c) for c in re.findall(r"```bash\n(snakemake [^\n]*)\n```", section)]
+
+
+def test_readme_rerun_commands_do_what_they_say(default_run):
+    force_rollout, force_budget, force_rule = readme_rerun_commands()
+    for cmd, rule, log in (
+        (force_rollout, "rollout", "logs/rollouts/toy/toy/rl.log"),
+        (force_budget, "crosssample", "logs/crosssample/toy/toy/forward/js/budget-4.log"),
+    ):
+        target = cmd[-1]
+        before = pl.read_parquet(default_run / target)
+        r = snakemake(default_run, *cmd[1:])
+        assert r.returncode == 0, r.stderr[-2000:]
+        stats = r.stdout + r.stderr
+        assert re.search(rf"^{rule}\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats[-2000:]
+        assert "already written" not in (default_run / log).read_text()  # recomputed, not re-joined from shards
+        after = pl.read_parquet(default_run / target)
+        assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again
+    assert plan(default_run) == {}  # the same bytes again: nothing downstream to redo
+    assert planned(snakemake(default_run, "-n", *force_rule[1:])) == {
+        "crosssample": 34,
+        "crosssample_table": 1,
+        "figures": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+# Which jobs read each config key (the jobs after them follow from the DAG): an independent
+# statement of the workflow's contract, checked against Snakemake's own change detection.
+SAMPLERS = ("rollout", "crosssample")
+CONSUMERS = {
+    "sampling.n": (*SAMPLERS, "toy_check"),
+    "sampling.temperature": SAMPLERS,
+    "sampling.top_p": SAMPLERS,
+    "sampling.max_new_tokens": SAMPLERS,
+    "sampling.seed": (*SAMPLERS, "toy_check"),
+    **{f"rollout.{k}": ("rollout",) for k in ("backend", "batch_size", "problems_per_shard", "threads")},
+    "rollout.pass_k": ("accuracy",),
+    **{
+        f"scoring.{k}": ("score",)
+        for k in (
+            "chunk_memory_mb",
+            "chunk_size",
+            "max_batch_tokens",
+            "device_base",
+            "device_rl",
+            "compile",
+            "top_k",
+            "threads",
+        )
+    },
+    **{
+        f"crosssample.{k}": ("crosssample",)
+        for k in ("n_problems", "batch_size", "threads", "problems_per_shard", "device_base", "device_rl")
+    },
+    # a policy's threshold: that policy's runs only
+    **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy")},
+    # the toy task's keys also draw the toy eval problems; the GRPO keys build only the RL model
+    **{f"toy.{k}": ("toy_base", "toy_rl", "dataset") for k in ("seed", "min_steps", "max_steps", "mistake_rate")},
+    **{
+        f"toy.{k}": ("toy_base", "toy_rl")
+        for k in ("n_train_problems", "n_traces", "hidden_size", "num_layers", "pretrain_steps", "threads")
+    },
+    "toy.grpo_steps": ("toy_rl",),
+    "toy.grpo_lr": ("toy_rl",),
+    "datasets.toy.n_problems": ("dataset", "toy_check"),
+    **{f"datasets.toy.sampling.{k}": SAMPLERS for k in ("n", "temperature", "top_p", "max_new_tokens", "seed")},
+    "pairs[0].kind": ("figure_overview",),
+}
+GRID_KEYS = {"crosssample.directions", "crosssample.policies", "crosssample.budgets"}  # they change the DAG
+
+
+def changed_value(key: str, value):
+    if key.endswith("thresholds.js") or key.split(".")[-2:-1] == ["thresholds"]:
+        return {"percentile": 80}
+    special = {
+        "rollout.backend": "vllm",
+        "rollout.pass_k": [1, 2],
+        "sampling.temperature": 0.7,
+        "sampling.top_p": 0.9,
+        "scoring.chunk_size": 64,
+        "pairs[0].kind": "sft",
+        "toy.grpo_lr": 2e-4,
+        "toy.mistake_rate": 0.2,
+    }
+    for suffix, v in special.items():
+        if key.endswith(suffix):
+            return v
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return "cpu" if value != "cpu" else "cuda"
+    raise AssertionError(f"no changed value for {key} = {value!r}")
+
+
+def walked_keys(config: dict) -> dict[str, object]:
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    keys = {}
+    for section in ("sampling", "rollout", "scoring", "crosssample", "toy"):
+        for key, spec in schema[section]["properties"].items():
+            if key == "thresholds":
+                keys.update({f"{section}.thresholds.{p}": None for p in spec["properties"]})
+            elif f"{section}.{key}" not in GRID_KEYS:
+                keys[f"{section}.{key}"] = config.get(section, {}).get(key, spec["default"])
+    sampling = schema["sampling"]["properties"]
+    keys["datasets.toy.n_problems"] = config["datasets"]["toy"]["n_problems"]
+    keys.update({f"datasets.toy.sampling.{k}": config["sampling"].get(k, v["default"]) for k, v in sampling.items()})
+    keys["pairs[0].kind"] = config["pairs"][0]["kind"]
+    return keys
+
+
+def with_key(config: dict, key: str, value) -> dict:
+    config = copy.deepcopy(config)
+    if key.startswith("pairs[0]."):
+        config["pairs"][0][key.split(".")[-1]] = value
+        return config
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return config
+
+
+def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_run, tmp_path):
+    config = yaml.safe_load((default_run / "config" / "config.yaml").read_text())
+    keys = walked_keys(config)
+    assert set(keys) == set(CONSUMERS), "every consumed config key needs its readers in CONSUMERS"
+    runs = sorted(str(p.relative_to(default_run)) for p in (default_run / "results").rglob("budget-*.parquet"))
+    expected_cache: dict[tuple, dict] = {}
+    for key, value in keys.items():
+        readers = CONSUMERS[key]
+        if readers not in expected_cache:  # Snakemake's own account of those jobs and all after them
+            targets = [r for r in runs if any(pat in r for pat in readers)] if readers[0].startswith("/") else readers
+            expected_cache[readers] = {
+                **plan(default_run, "--forcerun", *targets),
+                "run_config": 1,
+                "report": 1,
+                "all": 1,
+            }
+        changed = tmp_path / "changed.yaml"
+        changed.write_text(yaml.safe_dump(with_key(config, key, changed_value(key, value))))
+        assert plan(default_run, "--configfile", str(changed)) == expected_cache[readers], key
+    # a new budget adds its runs (both directions, every policy) and redoes what aggregates them
+    changed.write_text(yaml.safe_dump(with_key(config, "crosssample.budgets", [*config["crosssample"]["budgets"], 8])))
+    assert plan(default_run, "--configfile", str(changed)) == {
+        "crosssample": 8,
+        "crosssample_table": 1,
+        "figures": 1,
+        "run_config": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_report_holds_every_figure_and_the_headline_numbers(default_run):

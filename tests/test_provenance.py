@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, save_checkpoint, tokenshift_cmd
-from test_workflow import snakemake
+from test_workflow import plan, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -51,17 +51,6 @@ def study(tmp_path_factory, toy_tokenizer):
     r = snakemake(work, "--cores", "2", "all", timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work
-
-
-def plan(work, *args) -> dict[str, int]:
-    """Rule -> number of jobs `snakemake -n all` would run."""
-    r = snakemake(work, "-n", "all", *args)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    if "Nothing to be done" in out:
-        return {}
-    table = out[out.index("Job stats:") :].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
 
 
 AFTER_DATASET = {

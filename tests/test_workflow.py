@@ -26,6 +26,23 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600):
     )
 
 
+def planned(r) -> dict[str, int]:
+    """Rule -> number of jobs, from the output of a `snakemake -n` run ({} when nothing is to be done)."""
+    import re
+
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out[out.index("Job stats:") :].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def plan(workdir: Path, *args: str) -> dict[str, int]:
+    """What `snakemake -n all` would run in ``workdir``: rule -> number of jobs."""
+    return planned(snakemake(workdir, "-n", "all", *args))
+
+
 def with_config(tmp_path: Path, config: dict) -> Path:
     (tmp_path / "config").mkdir(exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
