@@ -24,6 +24,8 @@ HELPS = [
     ["figures"],
     ["figure-overview"],
     ["report"],
+    ["profile"],
+    ["profile", "install"],
 ]
 
 

@@ -152,21 +152,23 @@ def readme_rerun_commands() -> list[list[str]]:
 def test_readme_rerun_commands_do_what_they_say(default_run):
     force_rollout, force_budget, force_rule = readme_rerun_commands()
     for cmd, rule, log in (
-        (force_rollout, "rollout", "logs/rollouts/toy/toy/rl.log"),
-        (force_budget, "crosssample", "logs/crosssample/toy/toy/forward/js/budget-4.log"),
+        (force_rollout, "rollout", "logs/rollouts/toy/toy/rl/1-of-1.log"),
+        (force_budget, "crosssample", "logs/crosssample/toy/toy/forward/js/budget-4/1-of-1.log"),
     ):
-        target = cmd[-1]
+        target = next(a for a in cmd if a.endswith(".parquet"))
         before = pl.read_parquet(default_run / target)
         r = snakemake(default_run, *cmd[1:])
         assert r.returncode == 0, r.stderr[-2000:]
         stats = r.stdout + r.stderr
-        assert re.search(rf"^{rule}\s+1$", stats, re.M) and re.search(r"^total\s+1$", stats, re.M), stats[-2000:]
+        # the job that computes the table, and the (local) one that gathers its parts
+        assert re.search(rf"^{rule}\s+1$", stats, re.M) and re.search(r"^total\s+2$", stats, re.M), stats[-2000:]
         assert "already written" not in (default_run / log).read_text()  # recomputed, not re-joined from shards
         after = pl.read_parquet(default_run / target)
         assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again
     assert plan(default_run) == {}  # the same bytes again: nothing downstream to redo
     assert planned(snakemake(default_run, "-n", *force_rule[1:])) == {
         "crosssample": 34,
+        "gather_crosssample": 34,
         "crosssample_table": 1,
         "figures": 1,
         "report": 1,
@@ -215,6 +217,13 @@ CONSUMERS = {
     "datasets.toy.n_problems": ("dataset", "toy_check"),
     **{f"datasets.toy.sampling.{k}": SAMPLERS for k in ("n", "temperature", "top_p", "max_new_tokens", "seed")},
     "pairs[0].kind": ("figure_overview",),
+    # how many jobs a table is split over: its parts are other files (the table they gather to is the same)
+    "rollout.jobs": ("rollout",),
+    "scoring.jobs": ("score",),
+    "crosssample.jobs": ("crosssample",),
+    # what jobs ask a scheduler for: no stage reads these, so no result is redone (only the report quotes them)
+    **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model")},
+    **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},
 }
 GRID_KEYS = {"crosssample.directions", "crosssample.policies", "crosssample.budgets"}  # they change the DAG
 
@@ -247,10 +256,10 @@ def changed_value(key: str, value):
 def walked_keys(config: dict) -> dict[str, object]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     keys = {}
-    for section in ("sampling", "rollout", "scoring", "crosssample", "toy"):
+    for section in ("sampling", "rollout", "scoring", "crosssample", "toy", "cluster"):
         for key, spec in schema[section]["properties"].items():
-            if key == "thresholds":
-                keys.update({f"{section}.thresholds.{p}": None for p in spec["properties"]})
+            if key in ("thresholds", "runtime"):
+                keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})
             elif f"{section}.{key}" not in GRID_KEYS:
                 keys[f"{section}.{key}"] = config.get(section, {}).get(key, spec["default"])
     sampling = schema["sampling"]["properties"]
@@ -277,25 +286,29 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
     config = yaml.safe_load((default_run / "config" / "config.yaml").read_text())
     keys = walked_keys(config)
     assert set(keys) == set(CONSUMERS), "every consumed config key needs its readers in CONSUMERS"
-    runs = sorted(str(p.relative_to(default_run)) for p in (default_run / "results").rglob("budget-*.parquet"))
+    # the jobs that compute each cross-sampling run (one part each here)
+    runs = sorted(str(p.relative_to(default_run)) for p in (default_run / "results").glob("*/*/crosssample/*/*/*/*"))
+    assert runs and all(".parts/" in r for r in runs)
     expected_cache: dict[tuple, dict] = {}
     for key, value in keys.items():
         readers = CONSUMERS[key]
         if readers not in expected_cache:  # Snakemake's own account of those jobs and all after them
-            targets = [r for r in runs if any(pat in r for pat in readers)] if readers[0].startswith("/") else readers
-            expected_cache[readers] = {
-                **plan(default_run, "--forcerun", *targets),
-                "run_config": 1,
-                "report": 1,
-                "all": 1,
-            }
+            by_file = bool(readers) and readers[0].startswith("/")  # a policy's threshold: its runs' jobs
+            targets = [r for r in runs if any(pat in r for pat in readers)] if by_file else list(readers)
+            forced = plan(default_run, "--forcerun", *targets) if targets else {}
+            expected_cache[readers] = {**forced, "run_config": 1, "report": 1, "all": 1}
+        expected = dict(expected_cache[readers])
+        new = changed_value(key, value)
+        if key.endswith(".jobs"):  # as many jobs per table as asked for
+            expected[readers[0]] *= new
         changed = tmp_path / "changed.yaml"
-        changed.write_text(yaml.safe_dump(with_key(config, key, changed_value(key, value))))
-        assert plan(default_run, "--configfile", str(changed)) == expected_cache[readers], key
+        changed.write_text(yaml.safe_dump(with_key(config, key, new)))
+        assert plan(default_run, "--configfile", str(changed)) == expected, key
     # a new budget adds its runs (both directions, every policy) and redoes what aggregates them
     changed.write_text(yaml.safe_dump(with_key(config, "crosssample.budgets", [*config["crosssample"]["budgets"], 8])))
     assert plan(default_run, "--configfile", str(changed)) == {
         "crosssample": 8,
+        "gather_crosssample": 8,
         "crosssample_table": 1,
         "figures": 1,
         "run_config": 1,

@@ -56,10 +56,13 @@ def study(tmp_path_factory, toy_tokenizer):
 AFTER_DATASET = {
     "dataset": 1,
     "rollout": 2,
+    "gather_rollouts": 2,
     "accuracy": 1,
     "score": 2,
+    "gather_scores": 2,
     "divergence": 1,
     "crosssample": 3,
+    "gather_crosssample": 3,
     "crosssample_table": 1,
     "figures": 1,
     "figure_overview": 1,
@@ -134,7 +137,7 @@ def test_weights_copied_over_a_local_checkpoint_are_refused_and_rerun(study, tmp
         assert r.returncode == 2 and "model 'b'" in r.stderr and "model.safetensors" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "s.parquet").exists()
         # and the workflow plans the checkpoint again, with every job that read it
-        rl_side = {k: v for k, v in AFTER_DATASET.items() if k != "dataset"} | {"rollout": 1}  # not base's
+        rl_side = {k: v for k, v in AFTER_DATASET.items() if k != "dataset"} | {"rollout": 1, "gather_rollouts": 1}
         assert plan(study) == {"fetch_model": 1, "check_pair": 1, **rl_side}
     finally:
         shutil.copy2(saved, weights)
@@ -147,16 +150,24 @@ def test_a_changed_threshold_reruns_the_runs_that_use_it(study, tmp_path):
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
     got = plan(study, "--configfile", str(tmp_path / "changed.yaml"))
     # the two js runs (budgets 0 and 2), not the random one; then the table, figures and report
-    assert got == {"crosssample": 2, "crosssample_table": 1, "figures": 1, "run_config": 1, "report": 1, "all": 1}
+    assert got == {
+        "crosssample": 2,
+        "gather_crosssample": 2,
+        "crosssample_table": 1,
+        "figures": 1,
+        "run_config": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 def test_forcing_one_run_recomputes_it(study):
     target = "results/same/tiny/crosssample/forward/js/budget-2.parquet"
     before = pl.read_parquet(study / target)
-    r = snakemake(study, "--cores", "1", "--force", target)
+    r = snakemake(study, "--cores", "1", target, "--forcerun", "crosssample")
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"^crosssample\s+1$", r.stdout + r.stderr, re.M)
-    log = (study / "logs" / "crosssample" / "same" / "tiny" / "forward" / "js" / "budget-2.log").read_text()
+    log = (study / "logs" / "crosssample" / "same" / "tiny" / "forward" / "js" / "budget-2" / "1-of-1.log").read_text()
     assert "already written" not in log and "resuming" not in log  # computed again, not re-joined from shards
     assert pl.read_parquet(study / target).drop("response_text").equals(before.drop("response_text"))
     assert plan(study) == {}  # the same bytes again: nothing downstream to redo

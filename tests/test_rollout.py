@@ -311,3 +311,33 @@ def test_shards_made_under_another_key_are_not_reused(make_checkpoint, jsonl, tm
     caplog.clear()
     rollouts(ckpt, problems, tmp_path / "b.parquet")
     assert any("starting over" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("jobs", [2, 3, 4])
+def test_a_run_split_over_jobs_gathers_to_the_table_one_job_writes(make_checkpoint, jsonl, tmp_path, jobs):
+    from tokenshift.sharding import Part, gather_parts
+
+    ckpt = make_checkpoint("m")
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))  # 6 problems: 3 shards of 2
+    whole = rollouts(ckpt, problems, tmp_path / "whole.parquet")
+    parts = []
+    for i in range(1, jobs + 1):
+        out = tmp_path / f"part-{i}-of-{jobs}.parquet"
+        run_rollouts(ckpt, problems, out, prompt=PLAIN, sampling=SAMPLING, cfg=CFG, part=Part(i, jobs), progress=False)
+        parts.append(out)
+    sizes = [pl.read_parquet(p).height for p in parts]
+    assert sum(sizes) == whole.height and (jobs < 4 or 0 in sizes)  # more jobs than shards: one has none
+    assert gather_parts(parts, tmp_path / "gathered.parquet").equals(whole)
+
+
+def test_parts_are_contiguous_shares():
+    from tokenshift.sharding import Part
+
+    for n in range(0, 12):
+        for count in range(1, 6):
+            shares = [list(Part(i, count).share(n)) for i in range(1, count + 1)]
+            assert [k for share in shares for k in share] == list(range(n))
+    assert Part.parse("3-of-8") == Part(3, 8) and str(Part(3, 8)) == "3-of-8"
+    for bad in ("0-of-2", "3-of-2", "x"):
+        with pytest.raises(ValueError, match="part"):
+            Part.parse(bad)

@@ -106,3 +106,21 @@ def test_chunks_are_sized_by_the_memory_budget():
     assert chunk >= 16 and chunk * 151936 * 4 * 12 <= 512 * 2**20
     assert cfg.chunk_for(265) == 8192  # small vocabularies are capped, not unbounded
     assert ScoringConfig(chunk_size=7).chunk_for(151936) == 7
+
+
+def test_scoring_split_over_jobs_gives_the_rows_one_job_gives(pair):
+    # each job packs all rows the same way and scores its share of the batches: bit for bit the same
+    import polars as pl
+
+    from tokenshift.sharding import Part
+
+    base, rl, vocab = pair
+    rows = rows_for(vocab, n=24)
+    cfg = ScoringConfig(max_batch_tokens=200)
+    whole = pl.DataFrame(score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns)
+    parts = [
+        pl.DataFrame(score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg, part=Part(i, 3)).columns)
+        for i in (1, 2, 3)
+    ]
+    assert all(p.height for p in parts)
+    assert pl.concat(parts).sort("row", "position").equals(whole.sort("row", "position"))

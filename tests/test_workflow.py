@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -231,3 +232,39 @@ def test_budget_past_the_length_limit_is_warned_about(tmp_path):
     r = snakemake(with_config(tmp_path, config), "-n", "all")
     assert r.returncode == 0
     assert "crosssample.budgets[2]: budget 500 exceeds the 96 new tokens of dataset 'toy'" in r.stdout + r.stderr
+
+
+def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path, toy_tokenizer):
+    # a local pair of two 'large' models: 90 GB of GPU memory on 80 GB cards takes 2 GPUs each
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(a={"path": "ckpt/a", "resources": {"gpus": 2}}, b={"path": "ckpt/b"})
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["toy"]})
+    config["rollout"]["jobs"] = 3
+    config["crosssample"]["jobs"] = 2
+    config["cluster"] = {"gpu_model": "h100"}
+    with_config(tmp_path, config)
+    # the manifests are what the resources are read from: make the checkpoints first
+    r = snakemake(tmp_path, "--cores", "2", "resources/models/a.json", "resources/models/b.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = snakemake(tmp_path, "-n", "all")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    jobs = {}
+    for block in re.split(r"^\[.*\]$", text, flags=re.M):  # one block per job
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        output = re.search(r"output: (\S+)", block)
+        res = re.search(r"resources: (.*)", block)
+        if rule and output and res:
+            jobs[output[1].rstrip(",")] = (rule[1], dict(kv.split("=", 1) for kv in res[1].split(", ")))
+    rollout = {o: r for o, (rule, r) in jobs.items() if rule == "rollout" and "/ab/" in o}
+    assert sorted(rollout) == [
+        f"results/ab/toy/rollouts/{role}.parts/{i}-of-3.parquet" for role in ("base", "rl") for i in (1, 2, 3)
+    ]
+    assert rollout["results/ab/toy/rollouts/base.parts/1-of-3.parquet"]["gpu"] == "2"  # as model a's entry says
+    assert rollout["results/ab/toy/rollouts/rl.parts/1-of-3.parquet"]["gpu"] == "1"  # b's size: one 80 GB card
+    assert rollout["results/ab/toy/rollouts/rl.parts/1-of-3.parquet"]["gpu_model"] == "h100"
+    score = next(r for o, (rule, r) in jobs.items() if rule == "score" and "/ab/" in o)
+    assert score["gpu"] == "3"  # both models
+    assert sum(rule == "crosssample" and "/ab/" in o for o, (rule, _) in jobs.items()) == 2 * 34

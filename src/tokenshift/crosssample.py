@@ -42,6 +42,7 @@ from tokenshift.generation import Sample, SamplingConfig, pad_rows
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
 from tokenshift.settings import CrossSampleConfig, PromptConfig
+from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 
@@ -356,13 +357,15 @@ def run_crosssample(
     prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: CrossSampleConfig = CrossSampleConfig(),
+    part: Part = Part(),
     progress: bool = True,
 ):
     """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
     The run's switching rule is ``SwitchRule.resolve(direction, policy, budget, threshold, scores)``.
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
-    of other pairs or datasets are never aggregated together. Rows are the rollout stage's columns
+    of other pairs or datasets are never aggregated together. Of a run split over several jobs,
+    this writes job ``part``'s rows. Rows are the rollout stage's columns
     plus ``n_switched``, ``switched_positions``, ``switched_js`` and ``step_js``, and the run's
     ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
     """
@@ -405,18 +408,20 @@ def run_crosssample(
         n=sampling.n,
         seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
+        part=part,
         extra_schema=_polars_schema(),
         constants=constants,
         progress=progress,
     )
-    log.info(
-        "%s/%s/budget-%s (threshold %.4g): %d samples, accuracy %.3f, %.2f switched tokens per response",
-        rule.direction,
-        rule.policy,
-        rule.budget_label,
-        rule.threshold,
-        result.height,
-        result["correct"].mean(),
-        result["n_switched"].mean(),
-    )
+    if result.height:
+        log.info(
+            "%s/%s/budget-%s (threshold %.4g): %d samples, accuracy %.3f, %.2f switched tokens per response",
+            rule.direction,
+            rule.policy,
+            rule.budget_label,
+            rule.threshold,
+            result.height,
+            result["correct"].mean(),
+            result["n_switched"].mean(),
+        )
     return result

@@ -26,6 +26,9 @@ GENERATOR = {"forward": "base", "reverse": "rl"}
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 """Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""
 
+SCORE_ORDER = ("problem_id", "sample_index", "position")
+"""The order of a score table's rows (so the gathered parts of a split scoring run are its rows exactly)."""
+
 PAIR_FIGURES = ("position", "entropy", "reallocation", "crosssample", "example")
 """Figures drawn per pair and dataset; the sparsity overview (figure 1) spans all pairs."""
 

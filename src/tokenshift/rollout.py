@@ -24,6 +24,7 @@ import polars as pl
 from tokenshift.datasets import Problem, PromptConfig
 from tokenshift.generation import Sample, SamplingConfig, sample
 from tokenshift.settings import RolloutConfig
+from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +115,14 @@ def run_rollouts(
     prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: RolloutConfig = RolloutConfig(),
+    part: Part = Part(),
     grader_workers: int = 1,
     progress: bool = True,
 ) -> pl.DataFrame:
     """Sample ``sampling.n`` responses per problem, grade them, write ``out`` (parquet); resumable.
 
     ``model`` is a checkpoint directory or its manifest; ``problems`` a list or the parquet file
-    ``tokenshift dataset`` wrote.
+    ``tokenshift dataset`` wrote. Of a run split over several jobs, this writes job ``part``'s rows.
     """
     from tokenshift.datasets import as_problems
     from tokenshift.models import checkpoint_identity
@@ -146,15 +148,17 @@ def run_rollouts(
         n=sampling.n,
         seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
+        part=part,
         grader_workers=grader_workers,
         progress=progress,
     )
-    log.info(
-        "%s: %d samples, accuracy %.3f, %d cut by the length limit, %d not graded cleanly",
-        out,
-        table.height,
-        table["correct"].mean(),
-        (table["finish_reason"] == "length").sum(),
-        (table["grade_status"] != "ok").sum(),
-    )
+    if table.height:
+        log.info(
+            "%s: %d samples, accuracy %.3f, %d cut by the length limit, %d not graded cleanly",
+            out,
+            table.height,
+            table["correct"].mean(),
+            (table["finish_reason"] == "length").sum(),
+            (table["grade_status"] != "ok").sum(),
+        )
     return table

@@ -33,7 +33,9 @@ import torch
 from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
+from tokenshift.registry import SCORE_ORDER
 from tokenshift.settings import ScoringConfig
+from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 STAT_COLUMNS = (
@@ -97,12 +99,17 @@ def score_rows(
     vocab_size: int,
     pad_id: int,
     cfg: ScoringConfig = ScoringConfig(),
+    part: Part = Part(),
 ) -> ScoreResult:
     """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
 
     Output columns: ``row`` (index into ``rows``), ``position`` (0-based in the response),
     ``norm_position`` (position / (length - 1), 0 for one-token responses), ``token_id``,
     ``logp_base``, ``logp_rl`` and the ``token_stats`` columns.
+
+    Of scoring split over several jobs, this scores job ``part``'s share of the batches. Every
+    job packs all rows into the same batches, so each row is scored in the batch, hence with the
+    very floating-point operations, that one job would use: the parts' rows are that job's rows.
     """
     for role, model in (("base", base), ("rl", rl)):
         if not plain_lm_head(model):
@@ -132,7 +139,8 @@ def score_rows(
         k: [] for k in ("row", "position", "norm_position", "token_id", "logp_base", "logp_rl", *STAT_COLUMNS)
     }
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
-    for batch in pack_by_length(lengths, cfg.max_batch_tokens):
+    batches = pack_by_length(lengths, cfg.max_batch_tokens)
+    for batch in batches[part.share(len(batches)).start : part.share(len(batches)).stop]:
         idx = [keep[b] for b in batch]
         width = max(lengths[b] for b in batch)
         ids, attn = pad_rows([list(rows[i][0]) + list(rows[i][1]) for i in idx], pad_id, side="right")
@@ -174,14 +182,23 @@ def score_rows(
 
 
 def run_scoring(
-    base: Path, rl: Path, pair: Path, rollouts: Path, source: str, out: Path, *, cfg: ScoringConfig = ScoringConfig()
+    base: Path,
+    rl: Path,
+    pair: Path,
+    rollouts: Path,
+    source: str,
+    out: Path,
+    *,
+    cfg: ScoringConfig = ScoringConfig(),
+    part: Part = Part(),
 ):
     """Score the responses of the rollout table ``rollouts`` with both models of a pair; write ``out``.
 
     ``base`` and ``rl`` are checkpoints (directories or manifests), ``pair`` the pair manifest
     (its shared vocabulary size). One row per response token: the rollout's ``problem_id``,
     ``sample_index`` and ``correct``, ``source`` (the role, base or rl, whose rollouts these are),
-    and the columns of ``score_rows``.
+    and the columns of ``score_rows``. Of scoring split over several jobs, this writes job
+    ``part``'s rows.
     """
     import polars as pl
 
@@ -202,11 +219,13 @@ def run_scoring(
     models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
-    res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg)
+    res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part)
     cols = res.columns
-    meta = table.select("problem_id", "sample_index", "correct")[cols["row"].tolist()]
+    meta = table.select("problem_id", "sample_index", "correct").select(
+        pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))
+    )
     scores = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
-    scores = scores.with_columns(pl.lit(source).alias("source")).sort("problem_id", "sample_index", "position")
+    scores = scores.with_columns(pl.lit(source).alias("source")).sort(*SCORE_ORDER)
     write_parquet_atomic(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(

@@ -151,8 +151,8 @@ class ScoringConfig:
     )
     max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)", minimum=1)
     top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
-    device_base: str = option("cpu", "device of the base model (cpu, cuda, cuda:0, ...)")
-    device_rl: str = option("cpu", "device of the RL model; two GPUs can hold one model each")
+    device_base: str = option("auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...")
+    device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each")
     threads: int = option(2, "torch CPU threads", minimum=1)
 
     def chunk_for(self, vocab_size: int) -> int:
@@ -234,3 +234,23 @@ class CrossSampleGrid:
         top = "all" if "all" in budgets else max((b for b in budgets if b != "0"), key=int)
         run = ("forward", policy, top)
         return run, (("forward", self.baseline_policy, "0") if "0" in budgets else run)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What each job asks a cluster's scheduler for (config ``cluster:``); see ``tokenshift.cluster``."""
+
+    section: ClassVar[str] = "cluster"
+    gpu_memory_gb: float = option(80.0, "memory of one GPU (GB); a model's GPUs are ceil(1.25 x weights / this)")
+    gpu_model: str | None = option(None, "a GPU type GPU jobs ask for (--gpus=<type>:<n>), where the site wants one")
+    runtime: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: {
+            "default": 60,
+            "fetch": 120,
+            "toy": 30,
+            "rollout": 240,
+            "score": 120,
+            "crosssample": 240,
+        },
+        metadata={"help": "minutes a job of each stage may run (each retry multiplies it)"},
+    )

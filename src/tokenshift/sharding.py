@@ -27,7 +27,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,48 @@ def code_version() -> str:
         h.update(str(path.relative_to(root)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Part:
+    """Job ``index`` (1-based) of ``count`` that share one table: Snakemake's ``{scatteritem}``, ``3-of-8``.
+
+    A part takes a contiguous share of the table's shards (or batches), so the parts' rows,
+    concatenated in order, are the rows one job writes.
+    """
+
+    index: int = 1
+    count: int = 1
+
+    def __post_init__(self):
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"part {self.index}-of-{self.count}: expected 1 <= index <= count")
+
+    @classmethod
+    def parse(cls, text: str) -> Part:
+        try:
+            index, count = (int(x) for x in text.split("-of-"))
+        except ValueError:
+            raise ValueError(f"part {text!r}: expected I-of-N, e.g. 3-of-8") from None
+        return cls(index, count)
+
+    def __str__(self) -> str:
+        return f"{self.index}-of-{self.count}"
+
+    def share(self, n: int) -> range:
+        """This part's share of ``n`` items (shards or batches), in order."""
+        return range(-(-(self.index - 1) * n // self.count), -(-self.index * n // self.count))
+
+
+def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
+    """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
+    its own), written to ``out``."""
+    frames = [t for t in (pl.read_parquet(p) for p in parts) if t.width]
+    table = pl.concat(frames) if frames else pl.DataFrame()
+    if sort_by and table.height:
+        table = table.sort(*sort_by)
+    write_parquet_atomic(table, Path(out))
+    return table
 
 
 def run_key(parts: Mapping[str, Any]) -> str:
@@ -90,6 +132,7 @@ def run_sharded(
     problems_per_shard: int,
     extra_schema: Mapping[str, Any] | None = None,
     constants: Mapping[str, Any] | None = None,
+    part: Part = Part(),
     grader_workers: int = 1,
     progress: bool = True,
 ) -> pl.DataFrame:
@@ -97,7 +140,8 @@ def run_sharded(
 
     Each sample's ``extra`` values become columns (``extra_schema`` gives their types), and
     ``constants`` are columns with one value throughout (a run's settings). The backend is only
-    built if work is left.
+    built if work is left. Of a run split over several jobs, this is job ``part``: it draws its
+    share of the shards, with the seeds they have in the whole run.
     """
     out = Path(out)
     shard_dir = out.with_name(out.name + ".shards")
@@ -109,9 +153,11 @@ def run_sharded(
     stamp.write_text(key + "\n")
 
     per = problems_per_shard
-    shards = [problems[i : i + per] for i in range(0, len(problems), per)]
+    every = [problems[i : i + per] for i in range(0, len(problems), per)]
+    mine = part.share(len(every))
+    shards = dict(zip(mine, every[mine.start : mine.stop]))
     todo = []
-    for k, chunk in enumerate(shards):
+    for k, chunk in shards.items():
         path = shard_dir / f"shard-{k:05d}.parquet"
         if not path.exists():
             todo.append(k)
@@ -125,9 +171,10 @@ def run_sharded(
     if len(todo) < len(shards):
         log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
     backend = make() if todo else None
+    total = sum(len(c) for c in shards.values())
     bar = tqdm(
-        total=len(problems) * n,
-        initial=(len(problems) - sum(len(shards[k]) for k in todo)) * n,
+        total=total * n,
+        initial=(total - sum(len(shards[k]) for k in todo)) * n,
         unit="sample",
         desc=f"{out.parent.name}/{out.stem}",
         disable=not progress,
@@ -151,7 +198,8 @@ def run_sharded(
             bar.update(df.height)
             bar.set_postfix(tok_s=f"{int(df['n_response_tokens'].sum()) / (time.perf_counter() - t0):.0f}")
     bar.close()
-    table = pl.concat([pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in range(len(shards))])
+    parts = [pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in shards]
+    table = pl.concat(parts) if parts else pl.DataFrame()  # a part may get no shard: more jobs than shards
     write_parquet_atomic(table, out)
     shutil.rmtree(shard_dir)  # the table is complete: a later run of this target starts afresh
     return table

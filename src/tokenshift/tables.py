@@ -438,7 +438,20 @@ def write_divergence(
             )
             for src, s in frames.items()
         ]
-        tables["decision_points"] = pl.concat([p for p in parts if p.width > 3], how="diagonal")
+        found = [p for p in parts if p.width > 3]
+        # no response that is a correct trace (a barely trained model): a table without rows, not a crash
+        tables["decision_points"] = (
+            pl.concat(found, how="diagonal")
+            if found
+            else pl.DataFrame(
+                schema={
+                    "selection": pl.Utf8,
+                    "n_responses": pl.Int64,
+                    **dict.fromkeys(labels, pl.Utf8),
+                    "source": pl.Utf8,
+                }
+            )
+        )
     for name, table in tables.items():
         write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")
     return tables

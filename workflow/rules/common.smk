@@ -8,11 +8,22 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from tokenshift.cluster import job_resources
 from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
 from tokenshift.io import write_yaml_atomic
 from tokenshift.models import linked_files
+from tokenshift.sharding import gather_parts
 from tokenshift.options import section_values, shell_args
-from tokenshift.registry import DIRECTIONS, DIVERGENCE_TABLES, GENERATOR, PAIR_FIGURES, POLICIES, ROLES, alternatives
+from tokenshift.registry import (
+    DIRECTIONS,
+    DIVERGENCE_TABLES,
+    GENERATOR,
+    PAIR_FIGURES,
+    POLICIES,
+    ROLES,
+    SCORE_ORDER,
+    alternatives,
+)
 from tokenshift.settings import (
     AccuracyConfig,
     CrossSampleConfig,
@@ -45,6 +56,13 @@ TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy"
 GRID = CrossSampleGrid.from_config(config["crosssample"])
 
 
+# how many jobs each table of a stage is split over; each job writes one part, {scatteritem} = I-of-N
+scattergather:
+    rollout=config["rollout"]["jobs"],
+    score=config["scoring"]["jobs"],
+    crosssample=config["crosssample"]["jobs"],
+
+
 wildcard_constraints:
     pair=alternatives(PAIRS),
     model=alternatives(MODELS),
@@ -54,6 +72,7 @@ wildcard_constraints:
     direction=alternatives(DIRECTIONS),
     policy=alternatives(POLICIES),
     budget=r"\d+|all",
+    scatteritem=r"\d+-of-\d+",
 
 
 # --- paths ---------------------------------------------------------------------------------
@@ -191,9 +210,37 @@ def example_args(wildcards, input):
     )
 
 
-def gpus(section):
-    """Devices named ``cuda...`` ask for a GPU; ``auto`` takes one where the job lands on one, but asks for none."""
-    return int(any(config[section][k].startswith("cuda") for k in ("device_base", "device_rl")))
+# --- resources: what a job asks the scheduler for, from the config and its models' manifests --
+
+
+def job_models(stage, wildcards, input):
+    """(config spec, manifest) of each model a job of ``stage`` loads."""
+    if stage == "rollout":
+        roles = {PAIRS[wildcards.pair][wildcards.role]: input.model}
+    elif stage in ("score", "crosssample"):
+        roles = {PAIRS[wildcards.pair]["base"]: input.base, PAIRS[wildcards.pair]["rl"]: input.rl}
+    else:
+        roles = {}
+    # a manifest not written yet raises FileNotFoundError: Snakemake then leaves the resource <TBD>
+    # and evaluates it again once the checkpoint exists, before the job is submitted
+    return [(MODELS[name], json.loads(Path(path).read_text())) for name, path in roles.items()]
+
+
+def resources_of(stage):
+    """The resources a job of ``stage`` declares: gpu, gpu_model, mem_mb and runtime (tokenshift.cluster)."""
+
+    def get(key):
+        def value(wildcards, input, attempt):
+            got = job_resources(stage, job_models(stage, wildcards, input), config["cluster"], attempt)
+            return got.get(key, "")
+
+        return value
+
+    return {key: get(key) for key in ("gpu", "gpu_model", "mem_mb", "runtime")}
+
+
+def runtime(stage):
+    return lambda wildcards, attempt: config["cluster"]["runtime"][stage] * attempt
 
 
 # --- targets -------------------------------------------------------------------------------

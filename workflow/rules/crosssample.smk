@@ -1,6 +1,7 @@
 # Cross-sampling: both models decode in lockstep and trade tokens at the positions a policy
 # picks, under a per-response budget. Each (direction, policy, budget) is its own target, so
-# re-running one budget re-runs that job alone; a table per pair and dataset aggregates them.
+# re-running one budget re-runs its jobs alone; a table per pair and dataset aggregates them. A
+# run is written by `crosssample.jobs` jobs, one part each ({scatteritem} = I-of-N), gathered in order.
 # The grid, and the rule that budget 0 runs once per direction, are tokenshift.settings.CrossSampleGrid.
 
 
@@ -12,18 +13,16 @@ rule crosssample:
         dataset="resources/datasets/{dataset}.parquet",
         scores=crosssample_scores,
     output:
-        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.parquet",
+        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.parts/{scatteritem}.parquet",
     log:
-        "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.log",
+        "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}/{scatteritem}.log",
     benchmark:
-        "logs/benchmarks/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.tsv"
+        "logs/benchmarks/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}/{scatteritem}.tsv"
     conda:
         "../../envs/gpu.yaml"
     threads: config["crosssample"]["threads"]
     resources:
-        gpu=gpus("crosssample"),
-        mem_mb=16000,
-        runtime=240,
+        **resources_of("crosssample"),
     params:
         threshold=threshold_args,
         scores=lambda wildcards, input: f"--scores {input.scores}" if input.scores else "",
@@ -33,7 +32,22 @@ rule crosssample:
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
-        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.run} --out {output} > {log} 2>&1"
+        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.run} --part {wildcards.scatteritem} "
+        "--out {output} > {log} 2>&1"
+
+
+rule gather_crosssample:
+    input:
+        gather.crosssample(
+            "results/{{pair}}/{{dataset}}/crosssample/{{direction}}/{{policy}}/budget-{{budget}}.parts/{scatteritem}.parquet"
+        ),
+    output:
+        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.parquet",
+    log:
+        "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.log",
+    localrule: True
+    run:
+        gather_parts(input, output[0])
 
 
 rule crosssample_table:
@@ -43,6 +57,7 @@ rule crosssample_table:
         "results/{pair}/{dataset}/crosssample.parquet",
     log:
         "logs/crosssample/{pair}/{dataset}/table.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     shell:

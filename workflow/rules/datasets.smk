@@ -10,6 +10,7 @@ rule dataset:
         "resources/datasets/{dataset}.parquet",
     log:
         "logs/datasets/{dataset}.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     params:

@@ -10,6 +10,7 @@ rule figures:
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in PAIR_FIGURES],
     log:
         "logs/figures/{pair}/{dataset}.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     params:
@@ -28,6 +29,7 @@ rule figure_overview:
         pdf="results/figures/sparsity.pdf",
     log:
         "logs/figures/overview.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     params:
@@ -65,6 +67,7 @@ rule report:
         json="results/summary.json",
     log:
         "logs/report.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     params:

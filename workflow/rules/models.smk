@@ -16,8 +16,7 @@ rule fetch_model:
     conda:
         "../../envs/cpu.yaml"
     resources:
-        mem_mb=16000,
-        runtime=120,
+        runtime=runtime("fetch"),
     params:
         source=fetch_args,
     shell:
@@ -38,8 +37,7 @@ rule toy_base:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        runtime=runtime("toy"),
     params:
         settings=settings_of(ToyBuildConfig, stage="base"),
     shell:
@@ -62,8 +60,7 @@ rule toy_rl:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
     resources:
-        mem_mb=4000,
-        runtime=30,
+        runtime=runtime("toy"),
     params:
         settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
@@ -78,6 +75,7 @@ rule check_pair:
         "resources/pairs/{pair}.json",
     log:
         "logs/pairs/{pair}.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     shell:

@@ -1,5 +1,6 @@
 # Rollout stage: each pair's two models answer each of the pair's datasets; answers are graded
-# with math-verify; an accuracy table per pair and dataset aggregates both roles.
+# with math-verify; an accuracy table per pair and dataset aggregates both roles. A table is
+# written by `rollout.jobs` jobs, one part each ({scatteritem} = I-of-N), gathered in order.
 
 
 rule rollout:
@@ -7,25 +8,35 @@ rule rollout:
         model=role_model,
         dataset="resources/datasets/{dataset}.parquet",
     output:
-        "results/{pair}/{dataset}/rollouts/{role}.parquet",
+        "results/{pair}/{dataset}/rollouts/{role}.parts/{scatteritem}.parquet",
     log:
-        "logs/rollouts/{pair}/{dataset}/{role}.log",
+        "logs/rollouts/{pair}/{dataset}/{role}/{scatteritem}.log",
     benchmark:
-        "logs/benchmarks/rollouts/{pair}/{dataset}/{role}.tsv"
+        "logs/benchmarks/rollouts/{pair}/{dataset}/{role}/{scatteritem}.tsv"
     conda:
         "../../envs/gpu.yaml"
     threads: config["rollout"]["threads"]
     resources:
-        gpu=1 if config["rollout"]["backend"] == "vllm" else 0,
-        mem_mb=16000,
-        runtime=240,
+        **resources_of("rollout"),
     params:
         sampling=sampling_args,
         prompt=prompt_args,
         rollout=settings_of(RolloutConfig),
     shell:
         "tokenshift rollout --model {input.model} --dataset {input.dataset} {params.sampling} {params.prompt} "
-        "{params.rollout} --out {output} > {log} 2>&1"
+        "{params.rollout} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
+
+
+rule gather_rollouts:
+    input:
+        gather.rollout("results/{{pair}}/{{dataset}}/rollouts/{{role}}.parts/{scatteritem}.parquet"),
+    output:
+        "results/{pair}/{dataset}/rollouts/{role}.parquet",
+    log:
+        "logs/rollouts/{pair}/{dataset}/{role}.log",
+    localrule: True
+    run:
+        gather_parts(input, output[0])
 
 
 rule accuracy:
@@ -37,6 +48,7 @@ rule accuracy:
         "results/{pair}/{dataset}/accuracy.parquet",
     log:
         "logs/accuracy/{pair}/{dataset}.log",
+    localrule: True
     conda:
         "../../envs/cpu.yaml"
     params:

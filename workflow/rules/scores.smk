@@ -1,6 +1,7 @@
 # Scoring stage: both models of a pair teacher-forced over each response source (the base
 # model's rollouts and the RL model's), one row per response token with both log-probs and the
-# full-vocabulary comparison of the two next-token distributions.
+# full-vocabulary comparison of the two next-token distributions. A table is written by
+# `scoring.jobs` jobs, each scoring its share of the batches, gathered in the table's order.
 
 
 rule score:
@@ -10,20 +11,30 @@ rule score:
         base=pair_model("base"),
         rl=pair_model("rl"),
     output:
-        "results/{pair}/{dataset}/scores/{source}.parquet",
+        "results/{pair}/{dataset}/scores/{source}.parts/{scatteritem}.parquet",
     log:
-        "logs/scores/{pair}/{dataset}/{source}.log",
+        "logs/scores/{pair}/{dataset}/{source}/{scatteritem}.log",
     benchmark:
-        "logs/benchmarks/scores/{pair}/{dataset}/{source}.tsv"
+        "logs/benchmarks/scores/{pair}/{dataset}/{source}/{scatteritem}.tsv"
     conda:
         "../../envs/gpu.yaml"
     threads: config["scoring"]["threads"]
     resources:
-        gpu=gpus("scoring"),
-        mem_mb=16000,
-        runtime=240,
+        **resources_of("score"),
     params:
         scoring=settings_of(ScoringConfig),
     shell:
         "tokenshift score --base {input.base} --rl {input.rl} --pair {input.pair} --rollouts {input.rollouts} "
-        "--source {wildcards.source} {params.scoring} --out {output} > {log} 2>&1"
+        "--source {wildcards.source} {params.scoring} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
+
+
+rule gather_scores:
+    input:
+        gather.score("results/{{pair}}/{{dataset}}/scores/{{source}}.parts/{scatteritem}.parquet"),
+    output:
+        "results/{pair}/{dataset}/scores/{source}.parquet",
+    log:
+        "logs/scores/{pair}/{dataset}/{source}.log",
+    localrule: True
+    run:
+        gather_parts(input, output[0], sort_by=SCORE_ORDER)

@@ -22,9 +22,9 @@ import logging
 import sys
 
 from tokenshift import __version__
-from tokenshift.cli import crosssample, dataset, figures, models, rollout, score
+from tokenshift.cli import crosssample, dataset, figures, models, profile, rollout, score
 
-STAGES = (models, dataset, rollout, score, crosssample, figures)
+STAGES = (models, dataset, rollout, score, crosssample, figures, profile)
 """Modules that register subcommands, in the order of the study."""
 
 

@@ -46,7 +46,30 @@ def generation_options(p: argparse.ArgumentParser, stage: type, title: str) -> N
     add_options(p, SamplingConfig, title="sampling (config `sampling:`)")
     add_options(p, PromptConfig, title="prompt (config `datasets.<name>:`)")
     add_options(p, stage, title=title)
+    part_option(p)
     quiet(p)
+
+
+def _part(text: str):
+    from tokenshift.sharding import Part
+
+    try:
+        return Part.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def part_option(p: argparse.ArgumentParser) -> None:
+    """``--part I-of-N``: this job's share of a table split over N jobs (the workflow's ``{scatteritem}``)."""
+    from tokenshift.sharding import Part
+
+    p.add_argument(
+        "--part",
+        type=_part,
+        default=Part(),
+        metavar="I-of-N",
+        help="write only job I's share of a table split over N jobs (default 1-of-1: all of it)",
+    )
 
 
 def _kind(text: str) -> tuple[str, str]:

@@ -83,6 +83,7 @@ def _crosssample(args: argparse.Namespace) -> None:
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(CrossSampleConfig, args),
+        part=args.part,
         progress=not args.quiet,
     )
 

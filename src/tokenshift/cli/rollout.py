@@ -52,6 +52,7 @@ def _rollout(args: argparse.Namespace) -> None:
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(RolloutConfig, args),
+        part=args.part,
         progress=not args.quiet,
     )
 

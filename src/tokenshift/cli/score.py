@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import pair_models, settings, show
+from tokenshift.cli.common import pair_models, part_option, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import ROLES
 
@@ -26,6 +26,7 @@ def register(sub) -> None:
     sc.add_argument("--source", required=True, choices=ROLES, help="which model wrote the responses")
     sc.add_argument("--out", required=True, help="per-token parquet to write")
     add_options(sc, ScoringConfig, title="scoring (config `scoring:`)")
+    part_option(sc)
     sc.set_defaults(func=_score)
 
     dv = sub.add_parser(
@@ -60,6 +61,7 @@ def _score(args: argparse.Namespace) -> None:
         args.source,
         Path(args.out),
         cfg=settings(ScoringConfig, args),
+        part=args.part,
     )
 
 

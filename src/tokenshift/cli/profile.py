@@ -1,0 +1,80 @@
+"""``tokenshift profile install slurm``: write the SLURM profile where ``snakemake --profile slurm`` finds it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    pr = sub.add_parser(
+        "profile",
+        help="install the Snakemake profile for a SLURM cluster",
+        description="Profiles tell Snakemake how to run the workflow's jobs on a cluster.",
+    )
+    psub = pr.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ins = psub.add_parser(
+        "install",
+        help="write the slurm profile with your site's account and partitions",
+        description="Fill the template in profiles/slurm/ with your site's values and write it to "
+        "$XDG_CONFIG_HOME/snakemake/<name>/ (~/.config/snakemake/<name>/), where `snakemake --profile <name>` "
+        "looks. A profile already there that differs is kept unless --force.",
+    )
+    ins.add_argument("name", choices=["slurm"], help="the profile to install")
+    ins.add_argument("--partition", required=True, help="the CPU partition (tables, figures, report)")
+    ins.add_argument("--gpu-partition", required=True, help="the GPU partition (rollouts, scoring, cross-sampling)")
+    ins.add_argument("--account", help="the account jobs are charged to (none: submit without one)")
+    ins.add_argument("--gpu-model", help="a GPU type to request (--gpus=<model>:<n>), where your site asks for one")
+    ins.add_argument("--gpus-per-node", type=int, default=8, help="GPUs on a node of the GPU partition (default 8)")
+    ins.add_argument(
+        "--no-accounting",
+        action="store_true",
+        help="the cluster has no accounting (sacct fails): job states come from squeue",
+    )
+    ins.add_argument(
+        "--status-command",
+        choices=["auto", "sacct", "squeue"],
+        default="auto",
+        help="how job states are read: auto takes squeue where there is no accounting, or where finished jobs stay "
+        "visible to it for 2 minutes or more (MinJobAge), else sacct (default auto)",
+    )
+    ins.add_argument(
+        "--conda",
+        action="store_true",
+        help="build each rule's conda environment (envs/*.yaml) instead of using the submitting one",
+    )
+    ins.add_argument("--jobs", type=int, default=100, help="most jobs queued at once (default 100)")
+    ins.add_argument(
+        "--status-delay", type=int, default=40, help="seconds before the first status check of a job (default 40)"
+    )
+    ins.add_argument("--dir", type=Path, help="write here instead of the Snakemake profile directory")
+    ins.add_argument("--force", action="store_true", help="replace a profile that differs")
+    ins.set_defaults(func=_install)
+
+
+def _install(args: argparse.Namespace) -> None:
+    from tokenshift.cluster import ProfileError, SiteSettings, install_profile, profile_dir
+    from tokenshift.io import InputError
+
+    site = SiteSettings(
+        partition=args.partition,
+        gpu_partition=args.gpu_partition,
+        account=args.account,
+        gpu_model=args.gpu_model,
+        gpus_per_node=args.gpus_per_node,
+        accounting=not args.no_accounting,
+        status_command=args.status_command,
+        conda=args.conda,
+        jobs=args.jobs,
+        status_delay=args.status_delay,
+    )
+    target = args.dir or profile_dir(args.name)
+    try:
+        written = install_profile(site, target=target, force=args.force)
+    except ProfileError as e:
+        raise InputError(str(e)) from None
+    for path in written:
+        print(f"wrote {path}:", file=sys.stderr)
+        print(path.read_text())
+    print(f"run the workflow with: snakemake --profile {args.name} all", file=sys.stderr)

@@ -1,0 +1,207 @@
+"""Running the workflow on a SLURM cluster: the profile, and what each job asks the scheduler for.
+
+``install_profile`` fills the template in ``profiles/slurm/`` with a site's values (account,
+partitions, GPU model) and writes it where Snakemake looks for a profile named ``slurm``
+(``$XDG_CONFIG_HOME/snakemake/slurm/``), so that ``snakemake --profile slurm all`` works as typed.
+
+``job_resources`` is what a job of a stage asks for, derived from its models: a model needs
+``ceil(weights * GPU_OVERHEAD / gpu_memory)`` GPUs (its manifest records the weights' size; a toy
+model runs on CPU), unless its config entry says otherwise (``models.<name>.resources``); host
+memory follows from the weights too, and runtime from the config's ``cluster.runtime``, growing
+with each retry. Nothing here imports torch or Snakemake.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "slurm"
+"""The profile template in a source checkout (the README installs tokenshift from one)."""
+
+GPU_OVERHEAD = 1.25
+"""GPU memory a model takes per byte of weights: the weights, plus the KV cache and activations."""
+HOST_OVERHEAD_MB = 2000
+"""Host memory of a job beyond its models: Python, torch, tables."""
+GPU_STAGES = ("rollout", "score", "crosssample")
+"""Stages that run models, so may run on GPUs; the others are CPU jobs."""
+
+
+class ProfileError(ValueError):
+    """The profile cannot be written as asked; the message says why."""
+
+
+def profile_dir(name: str = "slurm") -> Path:
+    """Where Snakemake finds ``--profile <name>``: the user's Snakemake config directory."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "snakemake" / name
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """A site's SLURM settings, as ``tokenshift profile install slurm`` takes them."""
+
+    partition: str
+    gpu_partition: str
+    account: str | None = None
+    gpu_model: str | None = None
+    gpus_per_node: int = 8
+    accounting: bool = True
+    """False where ``sacct`` does not work: job status then comes from ``squeue``."""
+    status_command: str = "auto"
+    """How the executor learns a job's state: ``sacct``, ``squeue``, or ``auto`` (see ``status_command``)."""
+    conda: bool = False
+    jobs: int = 100
+    status_delay: int = 40
+    """Seconds before the first status check of a job (the plugin's default is 40)."""
+
+
+SQUEUE_MIN_JOB_AGE = 120
+"""Seconds a finished job must stay visible to squeue for it to report the job's end (the executor's own bound)."""
+
+
+def min_job_age() -> int | None:
+    """The cluster's MinJobAge (seconds a finished job stays in the controller), or None if unknown."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M)
+    return int(m[1]) if m else None
+
+
+def status_command(site: SiteSettings, job_age: int | None) -> tuple[str, str]:
+    """The executor's status command for ``site``, and why (a comment for the profile).
+
+    ``auto`` takes ``squeue`` where there is no accounting, and also where finished jobs stay
+    visible to it long enough (MinJobAge >= 120 s): snakemake-executor-plugin-slurm 2.8 reads a
+    job cancelled by hand as sacct reports it, ``CANCELLED by <uid>``, which it does not take for
+    a failure, so with ``sacct`` the workflow waits for that job forever; squeue says
+    ``CANCELLED``, and the job is retried. Elsewhere ``sacct``.
+    """
+    if site.status_command == "sacct" and not site.accounting:
+        raise ProfileError("status command sacct needs accounting, and the site has none (--no-accounting)")
+    if site.status_command != "auto":
+        return site.status_command, "as asked"
+    if not site.accounting:
+        return "squeue", "no accounting here: sacct cannot report job states"
+    if job_age is not None and job_age >= SQUEUE_MIN_JOB_AGE:
+        return "squeue", (
+            f"finished jobs stay in squeue for {job_age} s here, and it reports a job cancelled by hand "
+            "as cancelled (sacct's 'CANCELLED by <uid>' would leave the workflow waiting)"
+        )
+    return "sacct", (
+        "the accounting database; a job cancelled by hand (scancel) is then not seen to end: stop "
+        "Snakemake and start it again"
+    )
+
+
+def render_profile(
+    site: SiteSettings, template_dir: Path = TEMPLATE_DIR, *, job_age: int | None = None
+) -> dict[str, str]:
+    """The profile's files (name -> text) for ``site``."""
+    if not (template_dir / "config.yaml").is_file():
+        raise ProfileError(
+            f"no profile template at {template_dir}: install tokenshift from its repository "
+            "(pip install -e .), whose profiles/slurm/ holds the template"
+        )
+    values = {
+        "jobs": str(site.jobs),
+        "status_delay": str(site.status_delay),
+        "accounting": "\n".join(
+            ["slurm-status-command: {}  # {}".format(*status_command(site, job_age))]
+            + ([] if site.account else ["slurm-no-account: true"])
+        ),
+        "conda": "software-deployment-method: conda" if site.conda else "",
+        "account": f"  slurm_account: {site.account}\n" if site.account else "",
+        "partition": site.partition,
+        "gpu_partition": site.gpu_partition,
+        "gpus_per_node": str(site.gpus_per_node),
+        "gpu_models": f"    available_gpu_models: [{site.gpu_model}]" if site.gpu_model else "",
+    }
+    files = {}
+    for name in ("config.yaml", "partitions.yaml"):
+        text = Template((template_dir / name).read_text()).substitute(values)
+        lines: list[str] = []
+        for line in (raw.rstrip() for raw in text.splitlines()):
+            if line or (lines and lines[-1]):  # an unused setting leaves no gap
+                lines.append(line)
+        files[name] = "\n".join(lines).rstrip() + "\n"
+    if site.gpu_model:  # GPU jobs then ask for this model (the workflow reads it as cluster.gpu_model)
+        files["config.yaml"] += f'config:\n  - "cluster={{gpu_model: {site.gpu_model}}}"\n'
+    return files
+
+
+def install_profile(site: SiteSettings, *, target: Path | None = None, force: bool = False) -> list[Path]:
+    """Write the profile for ``site`` to ``target`` (``profile_dir()``); returns the files written.
+
+    A profile already there that differs from the one asked for (edited by hand, or made for
+    other settings) is kept unless ``force``.
+    """
+    target = Path(target) if target else profile_dir()
+    files = render_profile(site, job_age=min_job_age() if site.status_command == "auto" else None)
+    changed = [n for n, text in files.items() if (target / n).is_file() and (target / n).read_text() != text]
+    if changed and not force:
+        raise ProfileError(
+            f"{target / changed[0]} exists and differs from the profile asked for; keep it, or "
+            "run again with --force to replace it"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in files.items():
+        (target / name).write_text(text)
+        written.append(target / name)
+    return written
+
+
+# --- what a job asks for ---------------------------------------------------------------------------
+
+
+def model_gpus(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None, gpu_memory_gb: float) -> int:
+    """GPUs one model needs: its config's ``resources.gpus``, else 0 for the toy models (CPU) and
+    ``ceil(weights * GPU_OVERHEAD / gpu_memory)`` for the others."""
+    given = spec.get("resources", {}).get("gpus")
+    if given is not None:
+        return int(given)
+    if "toy" in spec:
+        return 0
+    size = weights_bytes(manifest)
+    return max(1, math.ceil(size * GPU_OVERHEAD / (gpu_memory_gb * 2**30)))
+
+
+def weights_bytes(manifest: Mapping[str, Any] | None) -> int:
+    """Bytes of a checkpoint's weight files, as its manifest recorded them (0 when unknown)."""
+    stat = (manifest or {}).get("weights_stat", {})
+    return int(sum(size for size, _ in stat.values()))
+
+
+def job_resources(
+    stage: str,
+    models: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]],
+    cluster: Mapping[str, Any],
+    attempt: int = 1,
+) -> dict[str, Any]:
+    """What a job of ``stage`` asks for: ``gpu``, ``gpu_model`` (where the site asks for one),
+    ``mem_mb`` and ``runtime`` (minutes). ``models`` are the (config spec, manifest) of the models
+    the job loads."""
+    gpus = sum(model_gpus(s, m, cluster["gpu_memory_gb"]) for s, m in models) if stage in GPU_STAGES else 0
+    # a model loaded on the CPU takes float32 (twice the bf16 weights); on a GPU its host copy passes through
+    weights_mb = sum(weights_bytes(m) for _, m in models) / 2**20
+    given = [s.get("resources", {}).get("mem_mb") for s, _ in models]
+    if given and all(given):
+        mem = sum(given)
+    else:
+        mem = HOST_OVERHEAD_MB + math.ceil(weights_mb * (1 if gpus else 2))
+    runtime = cluster["runtime"].get(stage, cluster["runtime"]["default"])
+    out = {"gpu": gpus, "mem_mb": int(mem), "runtime": int(runtime * attempt)}
+    if gpus and cluster.get("gpu_model"):
+        out["gpu_model"] = cluster["gpu_model"]
+    return out

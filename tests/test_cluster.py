@@ -1,0 +1,66 @@
+"""What a job asks a scheduler for, from its models and the config (tokenshift.cluster), and the profile."""
+
+from __future__ import annotations
+
+import yaml
+
+from tokenshift.cluster import SiteSettings, job_resources, model_gpus, render_profile
+from tokenshift.settings import ClusterConfig
+
+CLUSTER = {"gpu_memory_gb": 80, "gpu_model": None, "runtime": ClusterConfig().runtime}
+GB = 2**30
+
+
+def manifest(gb: float) -> dict:
+    return {
+        "weights_stat": {
+            "model-00001.safetensors": [int(gb * GB / 2), 0],
+            "model-00002.safetensors": [int(gb * GB / 2), 0],
+        }
+    }
+
+
+def test_a_model_needs_the_gpus_its_weights_fill_unless_its_entry_says():
+    assert model_gpus({"toy": "base"}, manifest(0.002), 80) == 0  # the toy models run on CPUs
+    assert model_gpus({"hub": "q/7b"}, manifest(15), 80) == 1  # 7B in bf16
+    assert model_gpus({"hub": "q/32b"}, manifest(64), 80) == 1  # 64 x 1.25 = 80: just fits
+    assert model_gpus({"hub": "q/32b"}, manifest(66), 80) == 2
+    assert model_gpus({"hub": "q/72b"}, manifest(145), 40) == 5
+    assert model_gpus({"hub": "q/7b", "resources": {"gpus": 0}}, manifest(15), 80) == 0
+    assert model_gpus({"toy": "rl", "resources": {"gpus": 1}}, manifest(0.002), 80) == 1
+
+
+def test_a_job_asks_for_its_models_gpus_memory_and_a_runtime_that_grows_with_retries():
+    base, rl = ({"hub": "q/32b"}, manifest(64)), ({"path": "/ckpt"}, manifest(66))
+    rollout = job_resources("rollout", [rl], CLUSTER)
+    assert rollout["gpu"] == 2 and rollout["runtime"] == 240 and "gpu_model" not in rollout
+    both = job_resources("crosssample", [base, rl], {**CLUSTER, "gpu_model": "h100"}, attempt=2)
+    assert both["gpu"] == 3 and both["gpu_model"] == "h100" and both["runtime"] == 480
+    assert both["mem_mb"] == 2000 + 130 * 1024  # the weights pass through host memory once, on GPUs
+    cpu = job_resources("rollout", [({"toy": "base"}, manifest(1))], CLUSTER)
+    assert cpu["gpu"] == 0 and cpu["mem_mb"] == 2000 + 2 * 1024  # float32 on the CPU: twice the bf16 weights
+    assert (
+        job_resources("rollout", [({"hub": "q/7b", "resources": {"mem_mb": 123}}, manifest(15))], CLUSTER)["mem_mb"]
+        == 123
+    )
+    table = job_resources("crosssample_table", [], CLUSTER)
+    assert table["gpu"] == 0 and table["runtime"] == CLUSTER["runtime"]["default"]
+
+
+def test_the_profile_names_the_site_partitions_and_says_what_a_site_without_accounting_needs():
+    files = render_profile(
+        SiteSettings(
+            partition="short", gpu_partition="a100", account="lab", gpu_model="a100", gpus_per_node=4, accounting=False
+        )
+    )
+    config, parts = yaml.safe_load(files["config.yaml"]), yaml.safe_load(files["partitions.yaml"])
+    assert config["executor"] == "slurm" and config["slurm-status-command"] == "squeue"
+    assert config["default-resources"]["slurm_account"] == "lab" and "slurm-no-account" not in config
+    assert config["slurm-partition-config"] == "partitions.yaml" and config["retries"] >= 1
+    assert "software-deployment-method" not in config  # the submitting environment, unless --conda
+    assert parts["partitions"] == {"short": {"max_gpu": 0}, "a100": {"max_gpu": 4, "available_gpu_models": ["a100"]}}
+    conda = yaml.safe_load(render_profile(SiteSettings(partition="p", gpu_partition="g", conda=True))["config.yaml"])
+    assert conda["software-deployment-method"] == "conda" and conda["slurm-no-account"] is True
+    assert conda["slurm-status-command"] == "sacct"  # where finished jobs leave squeue soon: the accounting database
+    long_lived = render_profile(SiteSettings(partition="p", gpu_partition="g"), job_age=600)["config.yaml"]
+    assert yaml.safe_load(long_lived)["slurm-status-command"] == "squeue"  # it names a job cancelled by hand
