@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import polars as pl
 import pytest
@@ -232,6 +233,7 @@ def changed_value(key: str, value):
     if key.endswith("thresholds.js") or key.split(".")[-2:-1] == ["thresholds"]:
         return {"percentile": 80}
     special = {
+        "cluster.gpu_model": "a100",
         "rollout.backend": "vllm",
         "rollout.pass_k": [1, 2],
         "sampling.temperature": 0.7,
@@ -289,21 +291,28 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
     # the jobs that compute each cross-sampling run (one part each here)
     runs = sorted(str(p.relative_to(default_run)) for p in (default_run / "results").glob("*/*/crosssample/*/*/*/*"))
     assert runs and all(".parts/" in r for r in runs)
-    expected_cache: dict[tuple, dict] = {}
-    for key, value in keys.items():
-        readers = CONSUMERS[key]
-        if readers not in expected_cache:  # Snakemake's own account of those jobs and all after them
-            by_file = bool(readers) and readers[0].startswith("/")  # a policy's threshold: its runs' jobs
-            targets = [r for r in runs if any(pat in r for pat in readers)] if by_file else list(readers)
-            forced = plan(default_run, "--forcerun", *targets) if targets else {}
-            expected_cache[readers] = {**forced, "run_config": 1, "report": 1, "all": 1}
-        expected = dict(expected_cache[readers])
-        new = changed_value(key, value)
+
+    def readers_plan(readers: tuple) -> dict:  # Snakemake's own account of those jobs and all after them
+        by_file = bool(readers) and readers[0].startswith("/")  # a policy's threshold: its runs' jobs
+        targets = [r for r in runs if any(pat in r for pat in readers)] if by_file else list(readers)
+        forced = plan(default_run, "--nolock", "--forcerun", *targets) if targets else {}
+        return {**forced, "run_config": 1, "report": 1, "all": 1}
+
+    def changed_plan(key: str) -> dict:
+        changed = tmp_path / f"{key}.yaml"
+        changed.write_text(yaml.safe_dump(with_key(config, key, changed_value(key, keys[key]))))
+        return plan(default_run, "--nolock", "--configfile", str(changed))
+
+    with ThreadPoolExecutor(2) as pool:  # dry runs only: two at a time, on two cores
+        all_readers = sorted(set(CONSUMERS.values()))
+        expected = dict(zip(all_readers, pool.map(readers_plan, all_readers)))
+        got = dict(zip(keys, pool.map(changed_plan, keys)))
+    for key in keys:
+        want = dict(expected[CONSUMERS[key]])
         if key.endswith(".jobs"):  # as many jobs per table as asked for
-            expected[readers[0]] *= new
-        changed = tmp_path / "changed.yaml"
-        changed.write_text(yaml.safe_dump(with_key(config, key, new)))
-        assert plan(default_run, "--configfile", str(changed)) == expected, key
+            want[CONSUMERS[key][0]] *= changed_value(key, keys[key])
+        assert got[key] == want, key
+    changed = tmp_path / "budget.yaml"
     # a new budget adds its runs (both directions, every policy) and redoes what aggregates them
     changed.write_text(yaml.safe_dump(with_key(config, "crosssample.budgets", [*config["crosssample"]["budgets"], 8])))
     assert plan(default_run, "--configfile", str(changed)) == {

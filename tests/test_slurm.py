@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ from test_workflow import DEFAULT, snakemake
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 CONFIG = copy.deepcopy(DEFAULT)
-CONFIG["toy"].update(pretrain_steps=60, grpo_steps=4, n_traces=2000, n_train_problems=500)
+CONFIG["toy"].update(pretrain_steps=30, grpo_steps=2, n_traces=1000, n_train_problems=300)
 CONFIG["datasets"]["toy"]["n_problems"] = 24
 CONFIG["rollout"].update(problems_per_shard=8)
 CONFIG["crosssample"].update(budgets=[0, 2], policies=["js"], n_problems=12, problems_per_shard=4)
@@ -269,7 +270,8 @@ def test_without_accounting_job_states_come_from_squeue(tmp_path, local_run):
         xdg = tmp_path / "xdg"
         install_profile(xdg, "--no-accounting", cluster=cluster)
         work = workdir(tmp_path / "work", CONFIG)
-        target = "results/toy/toy/rollouts/base.parquet"  # the toy pair, then the base model's rollouts on the GPU
+        shutil.copytree(local_run / "resources", work / "resources")  # the toy pair and dataset: built already
+        target = "results/toy/toy/rollouts/base.parquet"  # the base model's rollouts, on the GPU
         r = run_on_cluster(cluster, work, xdg, target, timeout=900)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
         jobs = cluster.jobs()

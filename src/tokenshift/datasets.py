@@ -75,7 +75,7 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
     source = dataset_source(spec)
     spec = resolve_spec(name, spec)
     if source == "toy":
-        from tokenshift.toy.task import ToyTaskConfig, problems
+        from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig, problems
 
         task = toy_task or ToyTaskConfig()
         return [
@@ -83,7 +83,7 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
                 Problem(p.problem_id, p.prompt, str(p.answer)),
                 {"toy_first": p.first, "toy_ops": [op + str(x) for op, x in p.ops], "toy_max_total": task.max_total},
             )
-            for p in problems(task, "eval", spec.n_problems or 500)
+            for p in problems(task, "eval", spec.n_problems or EVAL_PROBLEMS)
         ]
     rows = _read_rows(name, spec)
     q, a = spec.question_field or "problem", spec.answer_field or "answer"

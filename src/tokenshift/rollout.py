@@ -23,14 +23,15 @@ import polars as pl
 
 from tokenshift.datasets import Problem, PromptConfig
 from tokenshift.generation import Sample, SamplingConfig, sample
+from tokenshift.io import InputError
 from tokenshift.settings import RolloutConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailable(RuntimeError):
-    """The configured generation backend cannot run here."""
+class BackendUnavailable(InputError):
+    """The configured generation backend cannot run here (a user-facing error: exit status 2)."""
 
 
 class HFBackend:

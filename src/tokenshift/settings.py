@@ -79,7 +79,9 @@ class DatasetSpec:
     answer_field: str | None = option(None, "column holding the gold answer (answer, or the preset's)")
     id_field: str | None = option(None, "column holding a unique problem id (the row number when not set)")
     n_problems: int | None = option(
-        None, "use the first N problems (toy: how many to draw; 500 when not set)", minimum=1
+        None,
+        "use the first N problems (toy: how many to draw; tokenshift.toy.task.EVAL_PROBLEMS when not set)",
+        minimum=1,
     )
 
     @classmethod

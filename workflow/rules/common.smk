@@ -35,7 +35,7 @@ from tokenshift.settings import (
     ScoringConfig,
 )
 from tokenshift.toy.config import ToyBuildConfig
-from tokenshift.toy.task import ToyTaskConfig
+from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 # one line naming the key; Snakemake's validate() then fills defaults
 validate_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
@@ -193,7 +193,7 @@ def threshold_args(wildcards):
 
 def toy_check_args(wildcards):
     # the toy task's eval problems: as many as the toy dataset has, if the study has one
-    n = next((DATASETS[d].get("n_problems", 500) for d in TOY_DATASETS), 500)
+    n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
     s = config["sampling"]
     return f"--n-problems {n} --samples {s['n']} --seed {s['seed']}"
 

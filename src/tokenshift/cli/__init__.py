@@ -45,11 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tokenshift.datasets import DatasetError
-    from tokenshift.io import InputError
+    from tokenshift.io import InputError  # BackendUnavailable is one
     from tokenshift.models import ModelFetchError, TokenizerMismatch
-    from tokenshift.rollout import BackendUnavailable
 
-    return InputError, ModelFetchError, TokenizerMismatch, DatasetError, BackendUnavailable
+    return InputError, ModelFetchError, TokenizerMismatch, DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from tokenshift.registry import DIRECTIONS, POLICIES
 
 
 def register(sub) -> None:
-    from tokenshift.crosssample import CrossSampleConfig
+    from tokenshift.settings import CrossSampleConfig
 
     cs = sub.add_parser(
         "crosssample",
@@ -57,10 +57,9 @@ def register(sub) -> None:
 
 
 def _crosssample(args: argparse.Namespace) -> None:
-    from tokenshift.crosssample import CrossSampleConfig, run_crosssample
-    from tokenshift.datasets import PromptConfig
-    from tokenshift.generation import SamplingConfig
+    from tokenshift.crosssample import run_crosssample
     from tokenshift.io import read_json
+    from tokenshift.settings import CrossSampleConfig, PromptConfig, SamplingConfig
 
     threshold = (
         {"threshold": args.threshold}

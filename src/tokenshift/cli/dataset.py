@@ -11,7 +11,7 @@ from tokenshift.options import add_options
 
 
 def register(sub) -> None:
-    from tokenshift.datasets import DatasetSpec
+    from tokenshift.settings import DatasetSpec
     from tokenshift.toy.task import ToyTaskConfig
 
     d = sub.add_parser(

@@ -71,6 +71,9 @@ def register(sub) -> None:
 
 
 def _register_toy_check(sub) -> None:
+    from tokenshift.settings import SamplingConfig
+    from tokenshift.toy.task import EVAL_PROBLEMS
+
     tc = sub.add_parser(
         "toy-check",
         help="check the toy pair against the task's ground truth",
@@ -81,9 +84,12 @@ def _register_toy_check(sub) -> None:
     )
     pair_models(tc, "toy ")
     tc.add_argument("--out", required=True, help="directory for the two tables")
-    tc.add_argument("--n-problems", type=int, default=500, help="eval problems (default 500)")
-    tc.add_argument("--samples", type=int, default=4, help="samples per problem at temperature 1 (default 4)")
-    tc.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    tc.add_argument("--n-problems", type=int, default=EVAL_PROBLEMS, help=f"eval problems (default {EVAL_PROBLEMS})")
+    sampling = SamplingConfig()  # the study's sampling defaults (config `sampling:` n and seed)
+    tc.add_argument(
+        "--samples", type=int, default=sampling.n, help=f"samples per problem at temperature 1 (default {sampling.n})"
+    )
+    tc.add_argument("--seed", type=int, default=sampling.seed, help=f"sampling seed (default {sampling.seed})")
     tc.set_defaults(func=_toy_check)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 
 def register(sub) -> None:
+    from tokenshift.cluster import SiteSettings
+
+    d = SiteSettings(partition="", gpu_partition="")  # the defaults have one home: SiteSettings
     pr = sub.add_parser(
         "profile",
         help="install the Snakemake profile for a SLURM cluster",
@@ -26,7 +29,12 @@ def register(sub) -> None:
     ins.add_argument("--gpu-partition", required=True, help="the GPU partition (rollouts, scoring, cross-sampling)")
     ins.add_argument("--account", help="the account jobs are charged to (none: submit without one)")
     ins.add_argument("--gpu-model", help="a GPU type to request (--gpus=<model>:<n>), where your site asks for one")
-    ins.add_argument("--gpus-per-node", type=int, default=8, help="GPUs on a node of the GPU partition (default 8)")
+    ins.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=d.gpus_per_node,
+        help=f"GPUs on a node of the GPU partition (default {d.gpus_per_node})",
+    )
     ins.add_argument(
         "--no-accounting",
         action="store_true",
@@ -35,7 +43,7 @@ def register(sub) -> None:
     ins.add_argument(
         "--status-command",
         choices=["auto", "sacct", "squeue"],
-        default="auto",
+        default=d.status_command,
         help="how job states are read: auto takes squeue where there is no accounting, or where finished jobs stay "
         "visible to it for 2 minutes or more (MinJobAge), else sacct (default auto)",
     )
@@ -44,9 +52,12 @@ def register(sub) -> None:
         action="store_true",
         help="build each rule's conda environment (envs/*.yaml) instead of using the submitting one",
     )
-    ins.add_argument("--jobs", type=int, default=100, help="most jobs queued at once (default 100)")
+    ins.add_argument("--jobs", type=int, default=d.jobs, help=f"most jobs queued at once (default {d.jobs})")
     ins.add_argument(
-        "--status-delay", type=int, default=40, help="seconds before the first status check of a job (default 40)"
+        "--status-delay",
+        type=int,
+        default=d.status_delay,
+        help=f"seconds before the first status check of a job (default {d.status_delay})",
     )
     ins.add_argument("--dir", type=Path, help="write here instead of the Snakemake profile directory")
     ins.add_argument("--force", action="store_true", help="replace a profile that differs")

@@ -10,8 +10,7 @@ from tokenshift.options import add_options
 
 
 def register(sub) -> None:
-    from tokenshift.rollout import RolloutConfig
-    from tokenshift.tables import AccuracyConfig
+    from tokenshift.settings import AccuracyConfig, RolloutConfig
 
     ro = sub.add_parser(
         "rollout",
@@ -41,9 +40,8 @@ def register(sub) -> None:
 
 
 def _rollout(args: argparse.Namespace) -> None:
-    from tokenshift.datasets import PromptConfig
-    from tokenshift.generation import SamplingConfig
-    from tokenshift.rollout import RolloutConfig, run_rollouts
+    from tokenshift.rollout import run_rollouts
+    from tokenshift.settings import PromptConfig, RolloutConfig, SamplingConfig
 
     run_rollouts(
         args.model,
@@ -58,7 +56,8 @@ def _rollout(args: argparse.Namespace) -> None:
 
 
 def _accuracy(args: argparse.Namespace) -> None:
-    from tokenshift.tables import AccuracyConfig, write_accuracy
+    from tokenshift.settings import AccuracyConfig
+    from tokenshift.tables import write_accuracy
 
     table = write_accuracy(
         {"base": args.base, "rl": args.rl},

@@ -11,7 +11,7 @@ from tokenshift.registry import ROLES
 
 
 def register(sub) -> None:
-    from tokenshift.scoring import ScoringConfig
+    from tokenshift.settings import ScoringConfig
 
     sc = sub.add_parser(
         "score",
@@ -51,7 +51,8 @@ def register(sub) -> None:
 
 
 def _score(args: argparse.Namespace) -> None:
-    from tokenshift.scoring import ScoringConfig, run_scoring
+    from tokenshift.scoring import run_scoring
+    from tokenshift.settings import ScoringConfig
 
     run_scoring(
         args.base,

@@ -33,7 +33,7 @@ from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
 from tokenshift.scoring import score_rows
 from tokenshift.stats import mean_ci
 from tokenshift.toy.config import ToyBuildConfig
-from tokenshift.toy.task import ToyProblem, decision_points, problems
+from tokenshift.toy.task import EVAL_PROBLEMS, ToyProblem, decision_points, problems
 
 TOP_SHARES = (0.01, 0.05, 0.10, 0.20)
 JS_THRESHOLDS = (1e-3, 1e-2, 1e-1)
@@ -141,7 +141,13 @@ def decision_point_table(js: list[np.ndarray], points: list[list[int]]) -> pl.Da
 
 
 def check_toy_pair(
-    base: Path, rl: Path, out_dir: Path, *, n_problems: int = 500, samples_per_problem: int = 4, seed: int = 0
+    base: Path,
+    rl: Path,
+    out_dir: Path,
+    *,
+    n_problems: int = EVAL_PROBLEMS,
+    samples_per_problem: int = SamplingConfig().n,
+    seed: int = SamplingConfig().seed,
 ) -> dict[str, pl.DataFrame]:
     """Write ``accuracy.parquet`` and ``decision_points.parquet`` under ``out_dir``; return both.
 

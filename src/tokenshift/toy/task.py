@@ -46,6 +46,8 @@ from tokenshift.options import option
 PROMPT_PREFIX = "Q:"
 PROMPT_SUFFIX = "=?\n"
 MISTAKE_KINDS = ("operator", "carry", "borrow")
+EVAL_PROBLEMS = 500
+"""Eval problems drawn for a toy dataset, or the toy check, that does not say how many."""
 
 
 @dataclass(frozen=True)
