@@ -139,7 +139,8 @@ StorageLoc=slurm_acct_db
         if link.is_symlink() and not link.exists():  # left by a test run that was killed: nothing to keep
             link.unlink()
         if link.exists() or link.is_symlink():
-            saved = link.with_name(link.name + ".tokenshift-saved")
+            # one name per cluster: a cluster started while another runs saves that one's link apart
+            saved = link.with_name(f"{link.name}.tokenshift-saved-{os.getpid()}-{id(self)}")
             os.replace(link, saved)
         link.symlink_to(target)
         self._links.append((link, saved))
@@ -264,9 +265,9 @@ StorageLoc=slurm_acct_db
         self.pids.clear()
         if getattr(self, "_db", None) is not None:
             self._db.wait(timeout=15)
-        for link, saved in reversed(self._links):
+        for link, saved in reversed(self._links):  # each put back on its own: one missing stops none of the others
             link.unlink(missing_ok=True)
-            if saved is not None:
+            if saved is not None and (saved.exists() or saved.is_symlink()):
                 os.replace(saved, link)
         self._links.clear()
 

@@ -214,6 +214,26 @@ def test_the_profile_is_where_snakemake_looks_and_refuses_to_be_overwritten(tmp_
     assert profile_config["config"] == ["cluster={gpu_model: a100}"]
 
 
+# before the tests of the cluster with accounting: that cluster runs from its first test to the module's end, and
+# two controllers on one node at once would share /etc/slurm
+def test_without_accounting_job_states_come_from_squeue(tmp_path, local_run):
+    if reason := _skip_reason(accounting=False):
+        pytest.skip(reason)
+    with Cluster(tmp_path / "cluster", accounting=False) as cluster:
+        xdg = tmp_path / "xdg"
+        install_profile(xdg, "--no-accounting", cluster=cluster)
+        work = workdir(tmp_path / "work", CONFIG)
+        shutil.copytree(local_run / "resources", work / "resources")  # the toy pair and dataset: built already
+        target = "results/toy/toy/rollouts/base.parquet"  # the base model's rollouts, on the GPU
+        r = run_on_cluster(cluster, work, xdg, target, timeout=900)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        jobs = cluster.jobs()
+    assert pl.read_parquet(work / target).equals(pl.read_parquet(local_run / target))
+    # without accounting the controller keeps no TRES of GRES: the job's request says it asked for the GPU
+    gpu_jobs = [j for j in jobs if j["req_tres"] == "gres:gpu:1"]
+    assert gpu_jobs and {j["partition"] for j in gpu_jobs} == {"gpu"} and all(j["state"] == "COMPLETED" for j in jobs)
+
+
 def test_the_workflow_finishes_on_slurm_with_the_local_outputs(cluster_run, local_run):
     r = cluster_run["result"]
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
@@ -261,21 +281,3 @@ def test_a_cancelled_job_is_retried_and_nothing_is_lost(cluster_run):
     assert len(rule_runs) == MODEL_RUNS_ON_GPU["crosssample"] + 1  # one of them ran twice
     assert sum(j["state"] == "COMPLETED" for j in rule_runs) == MODEL_RUNS_ON_GPU["crosssample"]
     assert cluster_run["result"].returncode == 0
-
-
-def test_without_accounting_job_states_come_from_squeue(tmp_path, local_run):
-    if reason := _skip_reason(accounting=False):
-        pytest.skip(reason)
-    with Cluster(tmp_path / "cluster", accounting=False) as cluster:
-        xdg = tmp_path / "xdg"
-        install_profile(xdg, "--no-accounting", cluster=cluster)
-        work = workdir(tmp_path / "work", CONFIG)
-        shutil.copytree(local_run / "resources", work / "resources")  # the toy pair and dataset: built already
-        target = "results/toy/toy/rollouts/base.parquet"  # the base model's rollouts, on the GPU
-        r = run_on_cluster(cluster, work, xdg, target, timeout=900)
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-        jobs = cluster.jobs()
-    assert pl.read_parquet(work / target).equals(pl.read_parquet(local_run / target))
-    # without accounting the controller keeps no TRES of GRES: the job's request says it asked for the GPU
-    gpu_jobs = [j for j in jobs if j["req_tres"] == "gres:gpu:1"]
-    assert gpu_jobs and {j["partition"] for j in gpu_jobs} == {"gpu"} and all(j["state"] == "COMPLETED" for j in jobs)

@@ -26,10 +26,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenshift.settings import DEFAULT_TEMPLATE, PRESETS, SOURCES, DatasetSpec, PromptConfig
+from tokenshift.settings import PRESETS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
-__all__ = ["DEFAULT_TEMPLATE", "PRESETS", "DatasetSpec", "PromptConfig"]  # re-exported: their home is settings
 
 
 class DatasetError(ValueError):

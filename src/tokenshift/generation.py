@@ -15,8 +15,6 @@ import torch
 
 from tokenshift.settings import SamplingConfig
 
-__all__ = ["Sample", "SamplingConfig", "pad_rows", "sample"]
-
 
 @dataclass(frozen=True)
 class Sample:
