@@ -187,6 +187,8 @@ CONSUMERS = {
     "sampling.max_new_tokens": SAMPLERS,
     "sampling.seed": (*SAMPLERS, "toy_check"),
     **{f"rollout.{k}": ("rollout",) for k in ("backend", "batch_size", "problems_per_shard", "threads")},
+    "grading.mode": SAMPLERS,
+    "grading.timeout_s": SAMPLERS,
     "rollout.pass_k": ("accuracy",),
     **{
         f"scoring.{k}": ("score",)
@@ -234,6 +236,7 @@ def changed_value(key: str, value):
         return {"percentile": 80}
     special = {
         "cluster.gpu_model": "a100",
+        "grading.mode": "lenient",
         "rollout.backend": "vllm",
         "rollout.pass_k": [1, 2],
         "sampling.temperature": 0.7,
@@ -258,7 +261,7 @@ def changed_value(key: str, value):
 def walked_keys(config: dict) -> dict[str, object]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     keys = {}
-    for section in ("sampling", "rollout", "scoring", "crosssample", "toy", "cluster"):
+    for section in ("sampling", "grading", "rollout", "scoring", "crosssample", "toy", "cluster"):
         for key, spec in schema[section]["properties"].items():
             if key in ("thresholds", "runtime"):
                 keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})

@@ -32,8 +32,25 @@ def test_last_boxed_balances_braces():
 
 
 def test_no_answer_is_wrong_and_says_so():
-    r = grade_one("I am not sure.", "7")
+    assert grade_one("I am not sure.", "7").status == "no_box"
+    r = grade_one("I am not sure.", "7", mode="lenient")
     assert not r.correct and r.status == "no_answer"
+    r = grade_one("\\boxed{}", "7")
+    assert not r.correct and r.status == "no_answer"
+
+
+def test_strict_grading_marks_an_unboxed_correct_answer_wrong_and_lenient_counts_it():
+    response = "7 + 5 = 12, so the answer is 12."
+    strict = grade_one(response, "12")
+    assert not strict.correct and strict.status == "no_box"  # the authors' rule: no box, wrong
+    lenient = grade_one(response, "12", mode="lenient")
+    assert lenient.correct and lenient.status == "unboxed"  # graded by the fallback, and says so
+    # a boxed answer is graded alike in both modes, on the box alone
+    for mode in ("strict", "lenient"):
+        r = grade_one("12 is tempting, but \\boxed{13}", "12", mode=mode)
+        assert not r.correct and r.status == "ok"
+    with pytest.raises(ValueError, match="grading mode 'loose'"):
+        Grader(mode="loose")
 
 
 def test_pool_grades_like_in_process_and_survives_pathological_answers():
@@ -44,7 +61,7 @@ def test_pool_grades_like_in_process_and_survives_pathological_answers():
         results = grader.grade(responses, golds)
     assert [r.correct for r in results[: len(CASES)]] == [c[2] for c in CASES]
     assert not any(r.correct for r in results[len(CASES) :])
-    assert {r.status for r in results[len(CASES) :]} <= {"no_answer", "timeout", "error", "ok"}
+    assert {r.status for r in results[len(CASES) :]} <= {"no_answer", "timeout", "error", "ok", "no_box"}
 
 
 def test_mismatched_lengths_are_refused():

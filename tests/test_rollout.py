@@ -97,6 +97,22 @@ def test_prompt_uses_chat_template_when_the_model_has_one(toy_tokenizer):
         PromptConfig(template="Solve {problem}")
 
 
+def test_the_authors_prompt_is_plain_text_with_their_opening(toy_tokenizer):
+    import copy
+
+    from tokenshift.settings import AUTHORS_PROMPT
+
+    authors = PromptConfig(**AUTHORS_PROMPT)
+    want = "2+2?\nPlease reason step by step, and put your final answer within \\boxed{}.\nTo approach this problem"
+    assert toy_tokenizer.decode(format_prompt(toy_tokenizer, "  2+2? \n", authors)) == want
+    chat = copy.deepcopy(toy_tokenizer)
+    chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    assert chat.decode(format_prompt(chat, "  2+2? \n", authors)) == want  # no chat template, as theirs
+    # with the chat template on, the opening follows the assistant's turn; without strip, the question is as given
+    ids = format_prompt(chat, " 2+2?", PromptConfig(template="{question}", opening="So"))
+    assert chat.decode(ids) == "<u> 2+2?</u><a>So"
+
+
 CFG = RolloutConfig(batch_size=8, problems_per_shard=2)
 SAMPLING = SamplingConfig(n=2, seed=3, temperature=1.0, max_new_tokens=12)
 PLAIN = PromptConfig(template="{question}")
@@ -123,7 +139,8 @@ def test_rollouts_are_graded_deterministic_and_resume(make_checkpoint, jsonl, tm
         "grade_status",
         "dataset_version",
     }
-    assert a["grade_status"].is_in(["ok", "no_answer"]).all()
+    assert a["grade_status"].is_in(["ok", "no_answer", "no_box"]).all()
+    assert (a["grading"] == "strict").all()
     b = rollouts(ckpt, problems, tmp_path / "b.parquet")
     assert a.equals(b)
     assert not (tmp_path / "b.parquet.shards").exists()  # a finished run keeps no shards: a rerun recomputes

@@ -18,6 +18,7 @@ from tokenshift.settings import (
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
+    GradingConfig,
     PromptConfig,
     RolloutConfig,
     SamplingConfig,
@@ -28,6 +29,7 @@ from tokenshift.toy.config import ToyBuildConfig
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 SECTION_CLASSES = [
     SamplingConfig,
+    GradingConfig,
     RolloutConfig,
     AccuracyConfig,
     ScoringConfig,
@@ -66,7 +68,7 @@ def field_defaults(cls) -> dict:
     }
 
 
-@pytest.mark.parametrize("section", ["sampling", "rollout", "scoring", "crosssample", "toy", "cluster"])
+@pytest.mark.parametrize("section", ["sampling", "grading", "rollout", "scoring", "crosssample", "toy", "cluster"])
 def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
     props = SCHEMA["properties"][section]["properties"]
     fields = {}

@@ -41,7 +41,7 @@ from tokenshift.divergence import entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, pad_rows
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
-from tokenshift.settings import CrossSampleConfig, PromptConfig
+from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -357,6 +357,7 @@ def run_crosssample(
     prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: CrossSampleConfig = CrossSampleConfig(),
+    grading: GradingConfig = GradingConfig(),
     part: Part = Part(),
     progress: bool = True,
 ):
@@ -387,6 +388,7 @@ def run_crosssample(
             "prompt": prompt,
             "sampling": sampling,
             "rule": rule,
+            "grading": grading,
             "batch_size": cfg.batch_size,
             "problems_per_shard": cfg.problems_per_shard,
             "threads": cfg.threads,
@@ -409,6 +411,7 @@ def run_crosssample(
         seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
+        grading=grading,
         extra_schema=_polars_schema(),
         constants=constants,
         progress=progress,

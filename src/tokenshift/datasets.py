@@ -11,7 +11,8 @@ Following lm-evaluation-harness, loading, prompt formatting and scoring are sepa
    changed input;
 2. ``format_prompt(tokenizer, question, prompt)`` turns a question into prompt token ids
    under a ``PromptConfig``: the model's chat template when it has one (unless
-   ``chat_template`` is off), else the plain ``template`` (``{question}`` is replaced);
+   ``chat_template`` is off), else the plain ``template`` (``{question}`` is replaced), then
+   an optional ``opening`` the response continues; ``AUTHORS_PROMPT`` is the authors' prompt;
 3. grading is ``tokenshift.grading`` (math-verify), the same for every set.
 
 ``PRESETS`` names the paper's benchmarks with their usual hub ids and fields; a preset still
@@ -184,15 +185,25 @@ def read_problems(path: Path | str) -> list[Problem]:
 
 
 def format_prompt(tokenizer, question: str, prompt: PromptConfig) -> list[int]:
-    """Prompt token ids for ``question``: chat template if wanted and the model has one, else the plain template."""
-    content = prompt.template.format(question=question)
-    if prompt.chat_template and getattr(tokenizer, "chat_template", None):
+    """Prompt token ids for ``question``: chat template if wanted and the model has one, else the
+    plain template; then ``prompt.opening``, which the response continues.
+
+    With an opening, the prompt is made as text and encoded once, as the authors' scripts do, so
+    the opening's first token may merge with what comes before it.
+    """
+    content = prompt.template.format(question=question.strip() if prompt.strip else question)
+    chat = prompt.chat_template and getattr(tokenizer, "chat_template", None)
+    if chat and not prompt.opening:
         return list(
             tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=True, return_dict=False
             )
         )
-    return tokenizer.encode(content, add_special_tokens=False)
+    if chat:
+        content = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    return tokenizer.encode(content + prompt.opening, add_special_tokens=False)
 
 
 def as_problems(problems) -> list[Problem]:

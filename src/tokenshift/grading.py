@@ -3,8 +3,10 @@
 Every dataset, the toy task included, is graded by this one code path: the gold answer is
 parsed as LaTeX (wrapped in ``$...$`` when it is bare); from the response, the last
 brace-balanced ``\\boxed{...}`` is graded, as in the paper's protocol (math-verify on its own
-would merge several boxed answers into a set); a response without one falls back to
-math-verify's own extraction. ``verify`` decides equivalence.
+would merge several boxed answers into a set). ``verify`` decides equivalence. A response without
+a box is wrong (mode ``strict``, the authors' rule and the default; status ``no_box``), or, in mode
+``lenient``, graded on math-verify's own extraction from the whole response (status ``unboxed``,
+so the tables can count how many answers only the fallback graded).
 
 math-verify's own timeouts use ``signal.alarm``, which works only in a process's main thread.
 So grading runs in a process pool, where each worker runs tasks in its main thread and those
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 class GradeResult:
     correct: bool
     status: str
-    """``ok`` (graded), ``no_answer`` (nothing parsed from the response), ``timeout`` or ``error``."""
+    """``ok`` (a boxed answer graded), ``unboxed`` (lenient: graded without a box), ``no_box`` (strict:
+    no box, wrong), ``no_answer`` (nothing parsed from the answer), ``timeout`` or ``error``."""
     extracted: str = ""
     """What math-verify extracted from the response, as a string (for inspection)."""
 
@@ -62,18 +65,26 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def grade_one(response: str, gold: str, timeout_s: int = 5) -> GradeResult:
+MODES = ("strict", "lenient")
+
+
+def grade_one(response: str, gold: str, timeout_s: int = 5, mode: str = "strict") -> GradeResult:
     """Grade one response in this process (math-verify timeouts work only in a main thread)."""
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException  # a BaseException, not an Exception
 
+    if mode not in MODES:
+        raise ValueError(f"grading mode {mode!r}: expected one of {MODES}")
+    boxed = last_boxed(response)
+    if boxed is None and mode == "strict":
+        return GradeResult(False, "no_box")
     try:
         gold_parsed = parse(_as_latex(gold), parsing_timeout=timeout_s, raise_on_error=True)
-        pred = parse(last_boxed(response) or response, parsing_timeout=timeout_s, raise_on_error=True)
+        pred = parse(boxed or response, parsing_timeout=timeout_s, raise_on_error=True)
         if not pred:
             return GradeResult(False, "no_answer")
         ok = verify(gold_parsed, pred, timeout_seconds=timeout_s, raise_on_error=True)
-        return GradeResult(bool(ok), "ok", str(pred[-1]))
+        return GradeResult(bool(ok), "ok" if boxed else "unboxed", str(pred[-1]))
     except (TimeoutError, TimeoutException):
         return GradeResult(False, "timeout")
     except Exception as e:
@@ -99,12 +110,16 @@ def _die_with_parent(parent_pid: int) -> None:
 class Grader:
     """A pool of grading processes; use as a context manager and call ``grade``.
 
-    ``workers=0`` grades in this process (no hang protection; for debugging only).
+    ``workers=0`` grades in this process (no hang protection; for debugging only). ``mode`` is
+    ``strict`` or ``lenient`` (see the module's docstring).
     """
 
-    def __init__(self, timeout_s: int = 5, workers: int = 1):
+    def __init__(self, timeout_s: int = 5, workers: int = 1, mode: str = "strict"):
+        if mode not in MODES:
+            raise ValueError(f"grading mode {mode!r}: expected one of {MODES}")
         self.timeout_s = timeout_s
         self.workers = workers
+        self.mode = mode
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Grader:
@@ -138,8 +153,10 @@ class Grader:
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
         if self.workers == 0:
-            return [grade_one(r, g, self.timeout_s) for r, g in zip(responses, golds)]
-        futures = [self._get_pool().submit(grade_one, r, g, self.timeout_s) for r, g in zip(responses, golds)]
+            return [grade_one(r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)]
+        futures = [
+            self._get_pool().submit(grade_one, r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)
+        ]
         results: list[GradeResult] = []
         for i, fut in enumerate(futures):
             try:
@@ -152,8 +169,8 @@ class Grader:
                 self.close()
                 # resubmit what was still pending on the dead pool
                 for j in range(i + 1, len(futures)):
-                    futures[j] = self._get_pool().submit(grade_one, responses[j], golds[j], self.timeout_s)
-        bad = sum(r.status != "ok" for r in results)
+                    futures[j] = self._get_pool().submit(grade_one, responses[j], golds[j], self.timeout_s, self.mode)
+        bad = sum(r.status not in ("ok", "unboxed") for r in results)
         if bad:
-            log.info("%d of %d answers not graded cleanly (no answer, timeout or error)", bad, len(results))
+            log.info("%d of %d answers not graded (no box, no answer, timeout or error)", bad, len(results))
         return results

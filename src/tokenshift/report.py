@@ -19,6 +19,9 @@ import polars as pl
 from tokenshift import __version__, headlines
 from tokenshift.plots.style import pct
 
+BOX_COLUMNS = ("grading", "n_no_box", "n_correct_unboxed")
+"""The grading mode and what it decided for unboxed answers, beside every accuracy (``tables.box_counts``)."""
+
 
 @dataclass
 class PairResult:
@@ -151,7 +154,9 @@ def render_html(
         parts.append("</ul><h3>Accuracy</h3>")
         parts.append(
             _table_html(
-                r.accuracy.select("role", "metric", "value", "ci_low", "ci_high", "n_problems", "samples_per_problem")
+                r.accuracy.select(
+                    "role", "metric", "value", "ci_low", "ci_high", "n_problems", "samples_per_problem", *BOX_COLUMNS
+                )
             )
         )
         if r.crosssample is not None:
@@ -169,6 +174,7 @@ def render_html(
                         "switched_share",
                         "n_problems",
                         "n_samples",
+                        *BOX_COLUMNS,
                     )
                 )
             )

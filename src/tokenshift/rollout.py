@@ -24,7 +24,7 @@ import polars as pl
 from tokenshift.datasets import Problem, PromptConfig
 from tokenshift.generation import Sample, SamplingConfig, sample
 from tokenshift.io import InputError
-from tokenshift.settings import RolloutConfig
+from tokenshift.settings import GradingConfig, RolloutConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ def run_rollouts(
     prompt: PromptConfig = PromptConfig(),
     sampling: SamplingConfig = SamplingConfig(),
     cfg: RolloutConfig = RolloutConfig(),
+    grading: GradingConfig = GradingConfig(),
     part: Part = Part(),
     grader_workers: int = 1,
     progress: bool = True,
@@ -138,6 +139,7 @@ def run_rollouts(
             "prompt": prompt,
             "sampling": sampling,
             "rollout": cfg,
+            "grading": grading,
         }
     )
     table = run_sharded(
@@ -150,16 +152,18 @@ def run_rollouts(
         seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
+        grading=grading,
         grader_workers=grader_workers,
         progress=progress,
     )
     if table.height:
         log.info(
-            "%s: %d samples, accuracy %.3f, %d cut by the length limit, %d not graded cleanly",
+            "%s: %d samples, accuracy %.3f, %d cut by the length limit, %d without a box, %d not graded",
             out,
             table.height,
             table["correct"].mean(),
             (table["finish_reason"] == "length").sum(),
-            (table["grade_status"] != "ok").sum(),
+            table["grade_status"].is_in(["no_box", "unboxed"]).sum(),
+            (~table["grade_status"].is_in(["ok", "unboxed"])).sum(),
         )
     return table

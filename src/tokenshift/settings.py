@@ -19,6 +19,14 @@ from tokenshift.options import option
 from tokenshift.registry import DIRECTIONS, POLICIES, budget_label
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+AUTHORS_PROMPT = {
+    "template": DEFAULT_TEMPLATE + "\n",
+    "chat_template": False,
+    "opening": "To approach this problem",
+    "strip": True,
+}
+"""The prompt of the authors' cross-sampling scripts (``question.strip()`` + the instruction + a newline +
+"To approach this problem", as plain text for both models): ``PromptConfig(**AUTHORS_PROMPT)``."""
 PRESETS: dict[str, dict[str, str]] = {
     "aime24": {
         "hub": "HuggingFaceH4/aime_2024",
@@ -97,6 +105,10 @@ class PromptConfig:
     section: ClassVar[str] = "datasets.<name>"
     template: str = option(DEFAULT_TEMPLATE, "plain prompt template; {question} is replaced by the question")
     chat_template: bool = option(True, "wrap the prompt in the model's chat template when it has one")
+    opening: str = option(
+        "", "text appended to the prompt, which the response continues (authors: 'To approach this problem')"
+    )
+    strip: bool = option(False, "strip whitespace around the question before it fills the template (the authors do)")
 
     @classmethod
     def for_dataset(cls, spec: Mapping[str, Any]) -> PromptConfig:
@@ -137,6 +149,20 @@ class AccuracyConfig:
 
     section: ClassVar[str] = "rollout"
     pass_k: tuple[int, ...] = option((1,), "pass@k values in the accuracy tables (each at most sampling.n)", minimum=1)
+
+
+@dataclass(frozen=True)
+class GradingConfig:
+    """How sampled answers are graded (config ``grading:``); see ``tokenshift.grading``."""
+
+    section: ClassVar[str] = "grading"
+    mode: str = option(
+        "strict",
+        "strict: only a response's last \\boxed{} is graded, no box is wrong (the authors' rule); lenient: a "
+        "response without a box is graded on math-verify's extraction from all of it (counted in the tables)",
+        choices=["strict", "lenient"],
+    )
+    timeout_s: int = option(5, "seconds math-verify may take to parse or compare one answer", minimum=1)
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,10 @@ from typing import Any
 import polars as pl
 from tqdm.auto import tqdm
 
-from tokenshift.datasets import DATASET_VERSION, Problem, PromptConfig, format_prompt
+from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
 from tokenshift.io import sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ def run_sharded(
     extra_schema: Mapping[str, Any] | None = None,
     constants: Mapping[str, Any] | None = None,
     part: Part = Part(),
+    grading: GradingConfig = GradingConfig(),
     grader_workers: int = 1,
     progress: bool = True,
 ) -> pl.DataFrame:
@@ -179,7 +181,7 @@ def run_sharded(
         desc=f"{out.parent.name}/{out.stem}",
         disable=not progress,
     )
-    with Grader(workers=grader_workers) as grader:
+    with Grader(grading.timeout_s, workers=grader_workers, mode=grading.mode) as grader:
         for k in todo:
             t0 = time.perf_counter()
             df = _sample_shard(
@@ -190,7 +192,7 @@ def run_sharded(
                 n=n,
                 seed=seed * 100_003 + k,
                 extra_schema=extra_schema,
-                constants=constants,
+                constants={"grading": grading.mode, **(constants or {})},
             )
             path = shard_dir / f"shard-{k:05d}.parquet"
             write_parquet_atomic(df, path)

@@ -5,7 +5,10 @@
 - ``avg@n``: mean over problems of the share of a problem's n samples graded correct, with a
   95% percentile-bootstrap CI over problems (``scipy.stats.bootstrap``);
 - ``pass@k`` for each requested k <= n, the unbiased estimator of Chen et al. (2021, Codex):
-  1 - C(n - c, k) / C(n, k) per problem, averaged (its CI likewise bootstrapped).
+  1 - C(n - c, k) / C(n, k) per problem, averaged (its CI likewise bootstrapped);
+
+and with each, ``n_no_box`` and ``n_correct_unboxed`` (``box_counts``): what the grading mode
+decided for responses without a ``\\boxed{}`` answer.
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def box_counts(df: pl.DataFrame) -> dict[str, int]:
+    """The grading mode, and how many responses had no ``\\boxed{}`` answer (``n_no_box``: wrong under strict grading,
+    graded on the whole response under lenient grading) and how many of those lenient grading
+    counted correct (``n_correct_unboxed``)."""
+    if "grade_status" not in df.columns:  # a table from elsewhere that does not say: unknown
+        return {"grading": None, "n_no_box": None, "n_correct_unboxed": None}
+    status = df["grade_status"]
+    unboxed = status == "unboxed"
+    return {
+        "grading": df["grading"][0] if "grading" in df.columns and df.height else None,
+        "n_no_box": int((unboxed | (status == "no_box")).sum()),
+        "n_correct_unboxed": int((unboxed & df["correct"]).sum()),
+    }
 
 
 def accuracy_table(
@@ -63,6 +81,7 @@ def accuracy_table(
                     "ci_high": hi,
                     "n_problems": len(cs),
                     "samples_per_problem": n,
+                    **box_counts(df),
                     "dataset_version": df["dataset_version"][0],
                 }
             )
@@ -237,6 +256,7 @@ def crosssample_table(
       all generated tokens (response plus EOS where reached);
     - ``mean_switched_js``: mean JS at the switched positions (NaN when none switched);
     - ``budget`` is the label (``"0"`` … ``"all"``), ``budget_tokens`` the number (null for all);
+    - ``n_no_box``, ``n_correct_unboxed``: responses without a boxed answer (``box_counts``);
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
       the policy it was run under): budget 0 never switches, so the policy cannot matter.
     """
@@ -278,6 +298,7 @@ def crosssample_table(
                 "mean_response_tokens": float(run["n_response_tokens"].mean()),
                 "n_problems": per.height,
                 "n_samples": run.height,
+                **box_counts(run),
             }
         )
     table = pl.DataFrame(rows, schema_overrides={"budget_tokens": pl.Int64})

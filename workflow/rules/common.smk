@@ -29,6 +29,7 @@ from tokenshift.settings import (
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
+    GradingConfig,
     PromptConfig,
     RolloutConfig,
     SamplingConfig,

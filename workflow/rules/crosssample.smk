@@ -28,11 +28,12 @@ rule crosssample:
         scores=lambda wildcards, input: f"--scores {input.scores}" if input.scores else "",
         sampling=sampling_args,
         prompt=prompt_args,
+        grading=settings_of(GradingConfig),
         run=settings_of(CrossSampleConfig),
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
-        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.run} --part {wildcards.scatteritem} "
+        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} --part {wildcards.scatteritem} "
         "--out {output} > {log} 2>&1"
 
 

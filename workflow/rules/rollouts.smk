@@ -21,10 +21,11 @@ rule rollout:
     params:
         sampling=sampling_args,
         prompt=prompt_args,
+        grading=settings_of(GradingConfig),
         rollout=settings_of(RolloutConfig),
     shell:
         "tokenshift rollout --model {input.model} --dataset {input.dataset} {params.sampling} {params.prompt} "
-        "{params.rollout} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
+        "{params.grading} {params.rollout} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
 
 
 rule gather_rollouts:

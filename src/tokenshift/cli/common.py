@@ -40,11 +40,13 @@ def pair_models(p: argparse.ArgumentParser, what: str = "") -> None:
 
 
 def generation_options(p: argparse.ArgumentParser, stage: type, title: str) -> None:
-    """The settings a sampling stage reads: the config's ``sampling:``, the dataset's prompt, and the stage's own."""
-    from tokenshift.settings import PromptConfig, SamplingConfig
+    """The settings a sampling stage reads: the config's ``sampling:``, the dataset's prompt, the
+    grading, and the stage's own."""
+    from tokenshift.settings import GradingConfig, PromptConfig, SamplingConfig
 
     add_options(p, SamplingConfig, title="sampling (config `sampling:`)")
     add_options(p, PromptConfig, title="prompt (config `datasets.<name>:`)")
+    add_options(p, GradingConfig, title="grading (config `grading:`)")
     add_options(p, stage, title=title)
     part_option(p)
     quiet(p)

@@ -59,7 +59,7 @@ def register(sub) -> None:
 def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.crosssample import run_crosssample
     from tokenshift.io import read_json
-    from tokenshift.settings import CrossSampleConfig, PromptConfig, SamplingConfig
+    from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig, SamplingConfig
 
     threshold = (
         {"threshold": args.threshold}
@@ -82,6 +82,7 @@ def _crosssample(args: argparse.Namespace) -> None:
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(CrossSampleConfig, args),
+        grading=settings(GradingConfig, args),
         part=args.part,
         progress=not args.quiet,
     )

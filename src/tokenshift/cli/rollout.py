@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 def _rollout(args: argparse.Namespace) -> None:
     from tokenshift.rollout import run_rollouts
-    from tokenshift.settings import PromptConfig, RolloutConfig, SamplingConfig
+    from tokenshift.settings import GradingConfig, PromptConfig, RolloutConfig, SamplingConfig
 
     run_rollouts(
         args.model,
@@ -50,6 +50,7 @@ def _rollout(args: argparse.Namespace) -> None:
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(RolloutConfig, args),
+        grading=settings(GradingConfig, args),
         part=args.part,
         progress=not args.quiet,
     )

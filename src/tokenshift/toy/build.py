@@ -114,7 +114,8 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bo
         seed=cfg.seed,
         sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens),
     )
-    with Grader(workers=1) as grader:
+    # the reward the toy pair was built with: lenient, so an unboxed correct answer earns it too
+    with Grader(workers=1, mode="lenient") as grader:
 
         def reward(responses: list[list[int]], golds: list[str]) -> list[float]:
             texts = tokenizer.batch_decode(responses)
