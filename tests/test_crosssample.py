@@ -43,30 +43,48 @@ PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [3], [20, 21, 22], [30, 31]]
 
 @torch.no_grad()
 def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: SamplingConfig, seed: int):
-    """Row by row, no cache, no padding: every step re-reads the whole sequence."""
+    """Row by row, no cache, no padding: every step re-reads the whole sequence; a forced switch
+    (``cfg.force``) decodes the row again from the start, as the authors regenerate after it."""
     n, steps = len(prompts), sampling.max_new_tokens
     noise = torch.Generator().manual_seed(seed)
     coin = torch.Generator().manual_seed(seed + 1)
     us = [torch.rand(n, generator=noise) for _ in range(steps)]
     rs = [torch.rand(n, generator=coin) for _ in range(steps)]
     budget = math.inf if cfg.budget is None else cfg.budget
-    out = []
-    for i, prompt in enumerate(prompts):
-        seq, resp, positions, used = list(prompt), [], [], 0
+
+    def decode(i, prompt, forced):
+        seq, resp, positions, stats_seen, used = list(prompt), [], [], [], 0
         for t in range(steps):
             x = torch.tensor([seq])
             lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
             stats = step_statistics(lg, lo)
             stat = rs[t][i : i + 1] if cfg.policy == "random" else stats[cfg.policy]
-            switch = bool(stat > cfg.threshold) and used < budget
+            stats_seen.append(float(stat))
+            switch = (bool(stat > cfg.threshold) or t in forced) and used < budget
+            if switch and cfg.eos == "drop" and eos_id is not None:
+                lo = lo.clone()
+                lo[:, eos_id] = -math.inf
             tok = int(sample_from_logits(lo if switch else lg, us[t][i : i + 1], sampling))
             if switch:
                 used += 1
                 positions.append(t)
             if tok == eos_id:
-                break
+                return resp, positions, stats_seen
             resp.append(tok)
             seq.append(tok)
+        return resp, positions, stats_seen
+
+    out = []
+    for i, prompt in enumerate(prompts):
+        forced = set()
+        while True:
+            resp, positions, stats_seen = decode(i, prompt, forced)
+            if not cfg.force or len(positions) >= budget:
+                break
+            start = positions[-1] + 1 if positions else 0
+            if start >= len(stats_seen):
+                break
+            forced.add(start + max(range(len(stats_seen) - start), key=lambda j: stats_seen[start + j]))
         out.append((resp, positions))
     return out
 
@@ -82,9 +100,11 @@ def run(
     batch_size=4,
     prompts=PROMPTS,
     seed=3,
+    force=False,
+    eos="end",
 ):
     base, rl = pair
-    rule = SwitchRule(direction=direction, policy=policy, budget=budget, threshold=threshold)
+    rule = SwitchRule(direction=direction, policy=policy, budget=budget, threshold=threshold, force=force, eos=eos)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
     return (rule, sampling), cross_sample(
         base,
@@ -101,19 +121,24 @@ def run(
 
 
 @pytest.mark.parametrize(
-    "direction,policy,budget,threshold",
+    "direction,policy,budget,threshold,force,eos",
     [
-        ("forward", "js", None, 0.05),
-        ("forward", "js", 2, 0.05),
-        ("reverse", "js", 3, 0.02),
-        ("forward", "entropy", None, 2.0),
-        ("forward", "argmax", 4, 0.5),
-        ("reverse", "random", 2, 0.6),
+        ("forward", "js", None, 0.05, False, "end"),
+        ("forward", "js", 2, 0.05, False, "end"),
+        ("reverse", "js", 3, 0.02, False, "end"),
+        ("forward", "entropy", None, 2.0, False, "end"),
+        ("forward", "argmax", 4, 0.5, False, "end"),
+        ("reverse", "random", 2, 0.6, False, "end"),
+        ("forward", "js", 3, 0.3, True, "end"),
+        ("forward", "entropy", 4, 2.5, True, "drop"),
+        ("reverse", "js", None, 0.5, False, "drop"),
     ],
 )
-def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold):
+def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold, force, eos):
     # eos 47 is drawn often enough that rows finish at different steps and get compacted away
-    (rule, sampling), samples = run(pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS))
+    (rule, sampling), samples = run(
+        pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS), force=force, eos=eos
+    )
     gen, other = pair if direction == "forward" else pair[::-1]
     ref = reference(gen, other, PROMPTS, eos_id=47, cfg=rule, sampling=sampling, seed=3 * 1_000_003)
     assert [s.response_ids for s in samples] == [r[0] for r in ref]
@@ -122,6 +147,40 @@ def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, pol
     if budget is not None:
         assert max(s.extra["n_switched"] for s in samples) <= budget
     assert sum(s.extra["n_switched"] for s in samples) > 0
+
+
+def test_forced_switches_reach_the_budget_and_keep_the_unforced_prefix(pair):
+    kw = dict(policy="js", budget=3, threshold=0.4, eos_id=47, max_new=16, prompts=PROMPTS * 3, batch_size=8)
+    _, free = run(pair, **kw)
+    _, forced = run(pair, **kw, force=True)
+    assert sum(s.extra["n_forced"] for s in forced) > 0 and all(s.extra["n_forced"] == 0 for s in free)
+    for a, b in zip(free, forced):
+        assert b.extra["n_switched"] >= a.extra["n_switched"]  # forcing never lowers the switch count
+        end = len(b.response_ids) + (b.finish_reason == "stop")
+        # the budget is reached unless the last switch left nothing after it to switch
+        assert b.extra["n_switched"] == 3 or b.extra["switched_positions"][-1] == end - 1
+        # on the same noise, the two agree up to the first switch the rule forced
+        first = min((p for p in b.extra["switched_positions"] if p not in a.extra["switched_positions"]), default=None)
+        if first is not None:
+            assert b.response_ids[:first] == a.response_ids[:first]
+        # a forced switch sits where the statistic (JS here) is highest since the previous switch
+        prev = -1
+        for p in b.extra["switched_positions"]:
+            stretch = b.extra["step_js"][prev + 1 : p + 1]
+            if p < len(b.response_ids) and stretch and b.extra["step_js"][p] <= 0.4:  # forced, not passed
+                assert b.extra["step_js"][p] == max(stretch)
+            prev = p
+
+
+def test_a_dropped_eos_never_ends_a_response(pair):
+    # forward, switching everywhere: every token comes from RL; dropping its EOS keeps every row going
+    kw = dict(policy="js", threshold=0.0, eos_id=47, max_new=20)
+    _, ends = run(pair, **kw)
+    _, drops = run(pair, **kw, eos="drop")
+    assert any(s.finish_reason == "stop" for s in ends)
+    assert all(s.finish_reason == "length" and 47 not in s.response_ids for s in drops)
+    with pytest.raises(ValueError, match="injected EOS 'keep'"):
+        SwitchRule(eos="keep")
 
 
 def test_budget_zero_is_the_same_run_under_every_policy(pair):
@@ -269,7 +328,7 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
         )
         assert r.returncode == 0, r.stderr
         t = pl.read_parquet(out)
-        assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_answer", "timeout", "error"}
+        assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_box", "no_answer", "timeout", "error"}
         assert (t["n_switched"] == t["switched_positions"].list.len()).all()
         assert (t["n_switched"] <= int(budget)).all() and t["policy"].unique().to_list() == [policy]
         runs.append(t)

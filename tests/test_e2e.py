@@ -205,7 +205,16 @@ CONSUMERS = {
     },
     **{
         f"crosssample.{k}": ("crosssample",)
-        for k in ("n_problems", "batch_size", "threads", "problems_per_shard", "device_base", "device_rl")
+        for k in (
+            "n_problems",
+            "batch_size",
+            "threads",
+            "problems_per_shard",
+            "device_base",
+            "device_rl",
+            "force_switch",
+            "injected_eos",
+        )
     },
     # a policy's threshold: that policy's runs only
     **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy")},
@@ -237,6 +246,7 @@ def changed_value(key: str, value):
     special = {
         "cluster.gpu_model": "a100",
         "grading.mode": "lenient",
+        "crosssample.injected_eos": "drop",
         "rollout.backend": "vllm",
         "rollout.pass_k": [1, 2],
         "sampling.temperature": 0.7,

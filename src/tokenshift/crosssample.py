@@ -46,6 +46,7 @@ from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 
+INJECTED_EOS = ("end", "drop")
 COMPACT_FRACTION = 0.125
 """Drop finished rows from the caches once they are this share of the rows still decoded."""
 
@@ -62,8 +63,17 @@ class SwitchRule:
     """Switch where the policy's statistic exceeds this."""
     budget: int | None = None
     """Most switched tokens per response; None means no limit."""
+    force: bool = False
+    """The authors' forced switch: while budget is left, a stretch of the response after the last
+    switch in which no position passes the threshold gets one switch anyway, at its position of
+    highest statistic (the response is decoded again from there, on the same noise)."""
+    eos: str = "end"
+    """A switch that draws the injected model's EOS: ``end`` ends the response (and counts);
+    ``drop`` draws the injected token with EOS excluded, so the generator goes on (the authors)."""
 
     def __post_init__(self):
+        if self.eos not in INJECTED_EOS:
+            raise ValueError(f"injected EOS {self.eos!r}: expected one of {INJECTED_EOS}")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction {self.direction!r}: expected one of {DIRECTIONS}")
         if self.policy not in POLICIES:
@@ -78,7 +88,15 @@ class SwitchRule:
 
     @classmethod
     def resolve(
-        cls, direction: str, policy: str, budget: str | int, spec: Mapping[str, float], scores: Path | None = None
+        cls,
+        direction: str,
+        policy: str,
+        budget: str | int,
+        spec: Mapping[str, float],
+        scores: Path | None = None,
+        *,
+        force: bool = False,
+        eos: str = "end",
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
@@ -98,7 +116,7 @@ class SwitchRule:
                 )
             table = read_parquet(scores, "per-token scores (tokenshift score)", (pol.score_column_for(direction),))
         try:
-            return cls(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget))
+            return cls(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget), force, eos)
         except ValueError as e:
             raise InputError(str(e)) from None
 
@@ -176,8 +194,9 @@ def cross_sample(
 
     Each ``Sample`` carries ``extra``: ``n_switched``, ``switched_positions`` (0-based positions
     in the response; a switch that drew EOS is at ``len(response_ids)``), ``switched_js`` (the JS
-    at each) and ``step_js`` (the JS at every response position, for plots). ``eos_id=None``
-    decodes to the length limit (benchmarks). Deterministic given ``seed`` and the batch size.
+    at each), ``step_js`` (the JS at every response position, for plots) and ``n_forced`` (the
+    switches ``rule.force`` made). ``eos_id=None`` decodes to the length limit (benchmarks).
+    Deterministic given ``seed`` and the batch size.
     """
     gen, other = (base, rl) if rule.direction == "forward" else (rl, base)
     models = (gen, other)
@@ -187,26 +206,76 @@ def cross_sample(
     out: list[Sample] = []
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
-            out += _decode_batch(
-                gen,
-                other,
-                prompts[start : start + batch_size],
-                eos_id=eos_id,
-                pad_id=pad_id,
-                vocab_size=vocab_size,
-                rule=rule,
-                sampling=sampling,
-                seed=seed * 1_000_003 + b,
-            )
+            chunk = prompts[start : start + batch_size]
+            # one uniform per row and step for the token, one for the random policy: drawn up front,
+            # so a row decoded again (a forced switch) meets the same noise
+            noise = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            coin = torch.Generator().manual_seed(seed * 1_000_003 + b + 1)
+            n, steps = len(chunk), sampling.max_new_tokens
+            u = torch.stack([torch.rand(n, generator=noise) for _ in range(steps)], 1)
+            r = torch.stack([torch.rand(n, generator=coin) for _ in range(steps)], 1)
+            rows = list(range(n))
+            forced: list[list[int]] = [[] for _ in rows]
+            done: dict[int, Sample] = {}
+            while rows:
+                decoded = _decode_batch(
+                    gen,
+                    other,
+                    [chunk[i] for i in rows],
+                    eos_id=eos_id,
+                    pad_id=pad_id,
+                    vocab_size=vocab_size,
+                    rule=rule,
+                    sampling=sampling,
+                    uniforms=(u[rows], r[rows]),
+                    forced=[forced[i] for i in rows],
+                )
+                again = []
+                for i, (sample, stat) in zip(rows, decoded):
+                    done[i] = sample
+                    where = _forced_position(sample, stat, rule) if rule.force else None
+                    if where is not None:
+                        forced[i] = [*forced[i], where]
+                        again.append(i)
+                rows = again
+            out += [done[i] for i in range(n)]
     finally:
         for m, t in zip(models, was_training):
             m.train(t)
     return out
 
 
+def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> int | None:
+    """Where the authors' rule forces a switch in a decoded row, or None.
+
+    While budget is left, no position after the last switch passed the threshold (one that had
+    would have switched): the highest-statistic position of that stretch (EOS included) is
+    switched. Without a budget there is no count of switches to reach, so nothing is forced.
+    """
+    if rule.budget is None or sample.extra["n_switched"] >= rule.budget:
+        return None
+    switched = sample.extra["switched_positions"]
+    first = switched[-1] + 1 if switched else 0
+    end = len(sample.response_ids) + (sample.finish_reason == "stop")
+    if first >= end:
+        return None
+    return first + int(stat[first:end].argmax())
+
+
 def _decode_batch(
-    gen, other, prompts, *, eos_id, pad_id, vocab_size, rule: SwitchRule, sampling: SamplingConfig, seed: int
-) -> list[Sample]:
+    gen,
+    other,
+    prompts,
+    *,
+    eos_id,
+    pad_id,
+    vocab_size,
+    rule: SwitchRule,
+    sampling: SamplingConfig,
+    uniforms: tuple[torch.Tensor, torch.Tensor],
+    forced: Sequence[Sequence[int]],
+) -> list[tuple[Sample, torch.Tensor]]:
+    """Decode a batch; each row with its policy statistic at every step (for a forced switch)."""
     # bookkeeping lives on the generator's device; the other model's logits are moved there
     dev = next(gen.parameters()).device
     dev_o = next(other.parameters()).device
@@ -218,9 +287,12 @@ def _decode_batch(
     attn = torch.zeros((n, width + max_new), dtype=torch.long, device=dev)
     attn[:, :width] = mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    noise = torch.Generator().manual_seed(seed)
-    coin = torch.Generator().manual_seed(seed + 1)
+    u_all, r_all = (x.to(dev) for x in uniforms)
+    force = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
+    for i, where in enumerate(forced):
+        force[i, list(where)] = True
     budget = math.inf if rule.budget is None else rule.budget
+    drop_eos = rule.eos == "drop" and eos_id is not None
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, None, vocab_size)
     logits_o, cache_o = _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
@@ -232,23 +304,26 @@ def _decode_batch(
     tokens = torch.full((n, max_new), -1, dtype=torch.long, device=dev)
     switched = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
     js_all = torch.zeros((n, max_new), device=dev)
+    stat_all = torch.zeros((n, max_new), device=dev)
     length = torch.full((n,), max_new, dtype=torch.long, device=dev)
     stopped = torch.zeros(n, dtype=torch.bool, device=dev)
 
     for t in range(max_new):
         # one uniform per original row and step, whatever rows were dropped: runs stay coupled
-        u = torch.rand(n, generator=noise).to(dev)[rows]
-        r = torch.rand(n, generator=coin).to(dev)[rows]
+        u, r = u_all[rows, t], r_all[rows, t]
         lg = logits_g.float()
         lo = logits_o.to(dev, torch.float32)
         stats = {**step_statistics(lg, lo), "uniform": r}
         live = ~done
-        switch = (stats[statistic] > rule.threshold) & (used < budget) & live
+        switch = ((stats[statistic] > rule.threshold) | force[rows, t]) & (used < budget) & live
+        if drop_eos:
+            lo[:, eos_id] = -math.inf  # only read where a row switches
         tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
         used += switch.float()
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
+        stat_all[rows, t] = stats[statistic]
         if eos_id is not None:
             ended = live & (tok == eos_id)
             length[rows[ended]] = t
@@ -278,23 +353,25 @@ def _decode_batch(
         next_pos = next_pos + 1
 
     result = []
-    tokens, switched, js_all, length, stopped = (x.cpu() for x in (tokens, switched, js_all, length, stopped))
+    tokens, switched, js_all, stat_all, length, stopped, force = (
+        x.cpu() for x in (tokens, switched, js_all, stat_all, length, stopped, force)
+    )
     for i in range(n):
         k = int(length[i])
         # a switch that drew EOS counts: its position is len(response)
         sw = switched[i, : k + 1 if stopped[i] else k].nonzero()[:, 0]
-        result.append(
-            Sample(
-                tokens[i, :k].tolist(),
-                "stop" if stopped[i] else "length",
-                extra={
-                    "n_switched": len(sw),
-                    "switched_positions": sw.tolist(),
-                    "switched_js": js_all[i, sw].tolist(),
-                    "step_js": js_all[i, :k].tolist(),
-                },
-            )
+        sample = Sample(
+            tokens[i, :k].tolist(),
+            "stop" if stopped[i] else "length",
+            extra={
+                "n_switched": len(sw),
+                "switched_positions": sw.tolist(),
+                "switched_js": js_all[i, sw].tolist(),
+                "step_js": js_all[i, :k].tolist(),
+                "n_forced": int(force[i, sw].sum()),
+            },
         )
+        result.append((sample, stat_all[i, : k + 1 if stopped[i] else k]))
     return result
 
 
@@ -309,6 +386,7 @@ def _polars_schema() -> dict:
         "switched_positions": pl.List(pl.Int32),
         "switched_js": pl.List(pl.Float32),
         "step_js": pl.List(pl.Float32),
+        "n_forced": pl.Int32,
     }
 
 
@@ -367,14 +445,16 @@ def run_crosssample(
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
     of other pairs or datasets are never aggregated together. Of a run split over several jobs,
     this writes job ``part``'s rows. Rows are the rollout stage's columns
-    plus ``n_switched``, ``switched_positions``, ``switched_js`` and ``step_js``, and the run's
+    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js`` and ``n_forced``, and the run's
     ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
     """
     from tokenshift.datasets import as_problems, dataset_name
     from tokenshift.models import checkpoint_identity
     from tokenshift.sharding import run_key, run_sharded
 
-    rule = SwitchRule.resolve(direction, policy, budget, threshold or {}, scores)
+    rule = SwitchRule.resolve(
+        direction, policy, budget, threshold or {}, scores, force=cfg.force_switch, eos=cfg.injected_eos
+    )
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
     if cfg.n_problems:

@@ -205,6 +205,17 @@ class CrossSampleConfig:
     problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
     device_base: str = option("auto", "device of the base model: auto (cuda if present), cpu, cuda, cuda:1, ...")
     device_rl: str = option("auto", "device of the RL model (see device_base)")
+    force_switch: bool = option(
+        False,
+        "the authors' rule: while a response's budget lasts, a stretch after its last switch where no position "
+        "passes the threshold is switched anyway at its highest-statistic position",
+    )
+    injected_eos: str = option(
+        "end",
+        "a switch that draws the injected model's EOS: end (the response ends there) or drop (the token is "
+        "drawn without EOS and the generator goes on, as the authors drop it)",
+        choices=["end", "drop"],
+    )
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,7 @@ def crosssample_table(
     - ``mean_switched``: switched tokens per response; ``switched_share``: switched tokens over
       all generated tokens (response plus EOS where reached);
     - ``mean_switched_js``: mean JS at the switched positions (NaN when none switched);
+    - ``mean_forced``: switches per response made by the authors' forced-switch rule (``force_switch``);
     - ``budget`` is the label (``"0"`` … ``"all"``), ``budget_tokens`` the number (null for all);
     - ``n_no_box``, ``n_correct_unboxed``: responses without a boxed answer (``box_counts``);
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
@@ -293,6 +294,7 @@ def crosssample_table(
                 "ci_low": lo,
                 "ci_high": hi,
                 "mean_switched": float(run["n_switched"].mean()),
+                "mean_forced": float(run["n_forced"].mean()) if "n_forced" in run.columns else 0.0,
                 "switched_share": float(run["n_switched"].sum() / generated) if generated else float("nan"),
                 "mean_switched_js": float(js.mean()) if js.len() else float("nan"),
                 "mean_response_tokens": float(run["n_response_tokens"].mean()),
