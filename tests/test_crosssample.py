@@ -172,6 +172,29 @@ def test_forced_switches_reach_the_budget_and_keep_the_unforced_prefix(pair):
             prev = p
 
 
+def test_a_batch_out_of_memory_is_decoded_in_halves_to_the_same_samples(pair):
+    base, _ = pair
+    kw = dict(policy="js", budget=2, threshold=0.3, eos_id=47, max_new=12, batch_size=6, force=True)
+    _, whole = run(pair, **kw)
+
+    def tight(module, args, kwargs):  # a device that holds at most 2 rows
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    hook = base.model.register_forward_pre_hook(tight, with_kwargs=True)
+    try:
+        _, halved = run(pair, **kw)
+    finally:
+        hook.remove()
+    # the same tokens and switches; the JS values up to float rounding (rows are padded to other widths)
+    exact = ("n_switched", "switched_positions", "n_forced")
+    assert [(s.response_ids, [s.extra[k] for k in exact]) for s in halved] == [
+        (s.response_ids, [s.extra[k] for k in exact]) for s in whole
+    ]
+    for a, b in zip(halved, whole):
+        assert a.extra["step_js"] == pytest.approx(b.extra["step_js"], abs=1e-5)
+
+
 def test_a_dropped_eos_never_ends_a_response(pair):
     # forward, switching everywhere: every token comes from RL; dropping its EOS keeps every row going
     kw = dict(policy="js", threshold=0.0, eos_id=47, max_new=20)

@@ -29,6 +29,7 @@ length limit) are dropped from both caches as they accumulate, so they stop cost
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ import torch
 
 from tokenshift.divergence import entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, pad_rows
+from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
 from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
@@ -203,6 +205,7 @@ def cross_sample(
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
+    kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "rule": rule, "sampling": sampling}
     out: list[Sample] = []
     try:
         for b, start in enumerate(range(0, len(prompts), batch_size)):
@@ -218,18 +221,9 @@ def cross_sample(
             forced: list[list[int]] = [[] for _ in rows]
             done: dict[int, Sample] = {}
             while rows:
-                decoded = _decode_batch(
-                    gen,
-                    other,
-                    [chunk[i] for i in rows],
-                    eos_id=eos_id,
-                    pad_id=pad_id,
-                    vocab_size=vocab_size,
-                    rule=rule,
-                    sampling=sampling,
-                    uniforms=(u[rows], r[rows]),
-                    forced=[forced[i] for i in rows],
-                )
+                picked = ([chunk[i] for i in rows], u[rows], r[rows], [forced[i] for i in rows])
+                decode = functools.partial(_decode_in_pieces, gen, other, *picked, **kw)
+                decoded = halving_on_oom(decode, len(rows), is_oom=is_oom)  # out of memory: smaller pieces
                 again = []
                 for i, (sample, stat) in zip(rows, decoded):
                     done[i] = sample
@@ -243,6 +237,23 @@ def cross_sample(
         for m, t in zip(models, was_training):
             m.train(t)
     return out
+
+
+def _decode_in_pieces(gen, other, prompts, u, r, forced, size: int, **kw) -> list[tuple[Sample, torch.Tensor]]:
+    """``_decode_batch`` over pieces of ``size`` rows; each row keeps its own noise, so the pieces'
+    size does not change what a row draws."""
+    return [
+        decoded
+        for k in range(0, len(prompts), size)
+        for decoded in _decode_batch(
+            gen,
+            other,
+            prompts[k : k + size],
+            uniforms=(u[k : k + size], r[k : k + size]),
+            forced=forced[k : k + size],
+            **kw,
+        )
+    ]
 
 
 def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> int | None:

@@ -1,0 +1,128 @@
+"""The memory planner on the real shapes of Qwen2.5 models (their config.json keys, no weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokenshift.memory import (
+    GIB,
+    DoesNotFit,
+    ModelShape,
+    crosssample_rows,
+    decode_rows,
+    gpu_sets,
+    halving_on_oom,
+    max_memory,
+    scoring_tokens,
+)
+
+# the keys that fix memory, as in each model's config.json on the hub (Qwen/Qwen2.5-*)
+QWEN25 = {
+    "1.5B": {
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "7B": {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
+    "32B": {
+        "model_type": "qwen2",
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
+}
+H100 = 80 * 10**9
+AIME_ROW = 4096 + 256  # max_new_tokens and a prompt
+
+
+@pytest.fixture(params=sorted(QWEN25))
+def shape(request, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(QWEN25[request.param]))
+    return request.param, ModelShape.from_checkpoint(tmp_path)
+
+
+def test_parameter_counts_and_kv_bytes_are_the_published_ones(shape):
+    name, s = shape
+    # the model cards' parameter counts (1.54B, 7.61B; 32.8B in the safetensors index)
+    want = {"1.5B": 1.54e9, "7B": 7.61e9, "32B": 32.76e9}[name]
+    assert s.parameters == pytest.approx(want, rel=0.005)
+    # K and V, every layer, bf16: 28 x 2 x 128 x 2 x 2 bytes for 1.5B; 256 KiB per token for 32B
+    assert s.kv_bytes_per_token() == {"1.5B": 28 * 1024, "7B": 56 * 1024, "32B": 256 * 1024}[name]
+
+
+def test_the_32b_model_needs_two_gpus_and_the_small_ones_one(shape):
+    name, s = shape
+    assert s.weight_bytes() / GIB == pytest.approx({"1.5B": 2.9, "7B": 14.2, "32B": 61.0}[name], abs=0.1)
+    assert s.gpus_needed(H100) == (2 if name == "32B" else 1)
+
+
+def test_decoding_rows_fill_what_the_weights_leave(shape):
+    name, s = shape
+    rows = decode_rows(s, gpu_bytes=H100, tokens_per_row=AIME_ROW)
+    used = s.weight_bytes() + rows * (s.kv_bytes_per_token() * AIME_ROW + 6 * 4 * s.vocab)
+    assert used <= 0.9 * H100 < used + s.kv_bytes_per_token() * AIME_ROW + 6 * 4 * s.vocab  # full, not over
+    # twice the GPUs: more than twice the rows (the weights are paid once); a longer row: fewer rows
+    assert decode_rows(s, gpu_bytes=H100, gpus=2, tokens_per_row=AIME_ROW) > 2 * rows
+    assert decode_rows(s, gpu_bytes=H100, tokens_per_row=2 * AIME_ROW) < rows
+    tokens = scoring_tokens(s, gpu_bytes=H100)
+    assert tokens > {"1.5B": 100_000, "7B": 100_000, "32B": 5_000}[name]
+
+
+def test_a_model_too_large_for_its_gpus_is_refused_naming_what_fits():
+    s = ModelShape.from_config(QWEN25["32B"])
+    with pytest.raises(DoesNotFit, match=r"61.0 GiB of weights do not fit 1 GPU\(s\) of 37 GiB .*at least 3"):
+        decode_rows(s, gpu_bytes=40 * 10**9, tokens_per_row=AIME_ROW, what="Qwen2.5-32B")
+    # 32B base and 32B RL, two H100s each: both fit, and the pair runs at the smaller model's rows
+    rows = crosssample_rows(s, s, gpu_bytes=H100, gpus_base=2, gpus_rl=2, tokens_per_row=AIME_ROW)
+    assert rows == decode_rows(s, gpu_bytes=H100, gpus=2, tokens_per_row=AIME_ROW)
+    small = ModelShape.from_config(QWEN25["7B"])
+    assert crosssample_rows(s, small, gpu_bytes=H100, gpus_base=2, gpus_rl=1, tokens_per_row=AIME_ROW) == min(
+        rows, decode_rows(small, gpu_bytes=H100, tokens_per_row=AIME_ROW)
+    )
+
+
+def test_a_pair_is_placed_on_disjoint_gpus_and_weights_leave_room_for_the_cache():
+    assert gpu_sets(2, 2, range(4)) == ([0, 1], [2, 3])
+    assert gpu_sets(1, 2, [4, 5, 6]) == ([4], [5, 6])
+    assert gpu_sets(1, 1, [0]) == ([0], [0])  # one GPU: the two share it
+    with pytest.raises(DoesNotFit, match="needs 2 \\+ 2 GPUs"):
+        gpu_sets(2, 2, [0])
+    mm = max_memory([2, 3], H100, share=0.8)
+    assert mm == {2: int(H100 * 0.9 * 0.8), 3: int(H100 * 0.9 * 0.8), "cpu": 0}
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
+    tried = []
+
+    def run(batch):
+        tried.append(batch)
+        if batch > 24:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch
+
+    def is_oom(e):
+        return "out of memory" in str(e)
+
+    assert halving_on_oom(run, 100, is_oom=is_oom) == 12 and tried == [100, 50, 25, 12]
+    with pytest.raises(ValueError):  # any other error is not retried
+        halving_on_oom(lambda b: (_ for _ in ()).throw(ValueError("bad")), 8, is_oom=is_oom)
