@@ -195,6 +195,44 @@ def test_a_batch_out_of_memory_is_decoded_in_halves_to_the_same_samples(pair):
         assert a.extra["step_js"] == pytest.approx(b.extra["step_js"], abs=1e-5)
 
 
+def test_prompt_and_response_level_thresholds_are_percentiles_of_the_budget0_twins(pair):
+    import numpy as np
+
+    prompts = [[5, 6, 7], [8, 9]] * 3  # three samples of each of two prompts, in mixed order
+    kw = dict(policy="js", max_new=10, prompts=prompts, batch_size=4)  # one prompt's samples in two batches
+    _, twins = run(pair, budget=0, **kw)  # the generator alone on the same noise (no EOS: every step counts)
+    base, rl = pair
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=10)
+    by_level = {}
+    for level in ("response", "prompt"):
+        rule = SwitchRule(policy="js", budget=2, threshold=None, level=level, percentile=80)
+        by_level[level] = cross_sample(
+            base,
+            rl,
+            prompts,
+            eos_id=None,
+            pad_id=0,
+            vocab_size=VOCAB,
+            rule=rule,
+            sampling=sampling,
+            seed=3,
+            batch_size=4,
+        )
+    for twin, row in zip(twins, by_level["response"]):
+        assert row.extra["row_threshold"] == pytest.approx(np.percentile(twin.extra["step_js"], 80), rel=1e-5)
+    pooled = {
+        i: np.percentile(np.concatenate([t.extra["step_js"] for t in twins[i::2]]), 80) for i in (0, 1)
+    }  # the prompts alternate: rows 0, 2, 4 and rows 1, 3, 5
+    got = [s.extra["row_threshold"] for s in by_level["prompt"]]
+    assert got == pytest.approx([pooled[i % 2] for i in range(6)], rel=1e-5)
+    assert got[0] != pytest.approx(got[1])  # the two prompts' thresholds differ
+    for row in by_level["prompt"]:  # a switch only where the row's own threshold is passed, within budget
+        assert row.extra["n_switched"] <= 2
+        assert all(js > row.extra["row_threshold"] for js in row.extra["switched_js"])
+    with pytest.raises(ValueError, match="a percentile at the others"):
+        SwitchRule(policy="js", threshold=0.1, level="prompt", percentile=80)
+
+
 def test_a_dropped_eos_never_ends_a_response(pair):
     # forward, switching everywhere: every token comes from RL; dropping its EOS keeps every row going
     kw = dict(policy="js", threshold=0.0, eos_id=47, max_new=20)
@@ -289,6 +327,15 @@ def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
         resolve_threshold("js", "forward", {"threshold": 0.9})
     with pytest.raises(ValueError, match="needs the per-token scores"):
         resolve_threshold("js", "forward", {"percentile": 90})
+    # per prompt or response: no scores needed, each row's own threshold while decoding; random has no level
+    rule = SwitchRule.resolve("forward", "entropy", "4", {"percentile": 90, "level": "prompt"})
+    assert (rule.threshold, rule.level, rule.percentile) == (None, "prompt", 90.0)
+    assert SwitchRule.resolve("forward", "random", "4", {"percentile": 90, "level": "prompt"}).threshold == 0.9
+    assert not POLICIES["js"].needs_scores({"percentile": 90, "level": "response"})
+    with pytest.raises(ValueError, match="threshold level 'problem'"):
+        SwitchRule.resolve("forward", "js", "4", {"percentile": 90, "level": "problem"})
+    with pytest.raises(ValueError, match="needs a percentile"):
+        SwitchRule.resolve("forward", "js", "4", {"threshold": 0.1, "level": "prompt"})
     assert parse_budget("all") is None and parse_budget("8") == 8
     for bad in ("-1", "2.5", "half"):
         with pytest.raises(ValueError, match="budget"):

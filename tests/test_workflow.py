@@ -226,6 +226,26 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     assert "--template 'Solve: {question} {{braces}}'" in r.stdout
 
 
+def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percentile_needs_no_scores(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"].update(
+        policies=["js", "entropy"],
+        thresholds={"js": {"percentile": 90}, "entropy": {"level": "prompt", "percentile": 90}},
+        force_switch=True,
+        injected_eos="drop",
+    )
+    config["grading"] = {"mode": "lenient"}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [c for c in r.stdout.split("\n") if "tokenshift crosssample " in c]
+    entropy = [c for c in commands if "--policy entropy" in c and "--budget 0 " not in c]
+    js = [c for c in commands if "--policy js" in c and "--budget 0 " not in c]
+    assert entropy and js
+    assert all("--level prompt --percentile 90" in c and "--scores" not in c for c in entropy)
+    assert all("--percentile 90" in c and "--scores results/toy/toy/scores/" in c for c in js)
+    assert all("--mode lenient" in c and "--force-switch --injected-eos drop" in c for c in commands)
+
+
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["crosssample"]["budgets"] = [0, 2, 500]

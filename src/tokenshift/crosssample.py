@@ -29,6 +29,7 @@ length limit) are dropped from both caches as they accumulate, so they stop cost
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -42,7 +43,7 @@ from tokenshift.divergence import entropies_and_js
 from tokenshift.generation import Sample, SamplingConfig, pad_rows
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
-from tokenshift.registry import DIRECTIONS, POLICIES, parse_budget
+from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS, parse_budget
 from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
 from tokenshift.sharding import Part
 
@@ -61,8 +62,8 @@ class SwitchRule:
     """``forward`` (base generates, RL injected) or ``reverse`` (RL generates, base injected)."""
     policy: str = "js"
     """A name of ``tokenshift.registry.POLICIES``: which statistic decides where to switch."""
-    threshold: float = 0.01
-    """Switch where the policy's statistic exceeds this."""
+    threshold: float | None = 0.01
+    """Switch where the policy's statistic exceeds this (None: each row's own, see ``level``)."""
     budget: int | None = None
     """Most switched tokens per response; None means no limit."""
     force: bool = False
@@ -72,8 +73,22 @@ class SwitchRule:
     eos: str = "end"
     """A switch that draws the injected model's EOS: ``end`` ends the response (and counts);
     ``drop`` draws the injected token with EOS excluded, so the generator goes on (the authors)."""
+    level: str = "dataset"
+    """``dataset``: ``threshold`` holds for every row. ``prompt`` / ``response``: each row's threshold
+    is the ``percentile`` of the statistic over the generator's own responses (the run's budget-0
+    twins, on the same noise) to the row's prompt, or over its own twin: the authors' levels."""
+    percentile: float | None = None
+    """The percentile of a ``prompt`` or ``response`` level."""
 
     def __post_init__(self):
+        if self.level not in THRESHOLD_LEVELS:
+            raise ValueError(f"threshold level {self.level!r}: expected one of {THRESHOLD_LEVELS}")
+        if (self.level == "dataset") != (self.threshold is not None) or (self.level == "dataset") != (
+            self.percentile is None
+        ):
+            raise ValueError(
+                f"threshold level {self.level!r}: expected a threshold at level dataset, a percentile at the others"
+            )
         if self.eos not in INJECTED_EOS:
             raise ValueError(f"injected EOS {self.eos!r}: expected one of {INJECTED_EOS}")
         if self.direction not in DIRECTIONS:
@@ -82,7 +97,8 @@ class SwitchRule:
             raise ValueError(f"policy {self.policy!r}: expected one of {tuple(POLICIES)}")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"budget {self.budget}: expected a non-negative integer or None (no limit)")
-        POLICIES[self.policy].check(self.threshold)
+        if self.threshold is not None:
+            POLICIES[self.policy].check(self.threshold)
 
     @property
     def budget_label(self) -> str:
@@ -110,6 +126,10 @@ class SwitchRule:
                 f"direction {direction!r}, policy {policy!r}: expected one of {DIRECTIONS} and one of {tuple(POLICIES)}"
             )
         pol, table = POLICIES[policy], None
+        try:
+            pol.per_row(spec)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         if pol.needs_scores(spec):
             if scores is None:
                 raise InputError(
@@ -118,7 +138,17 @@ class SwitchRule:
                 )
             table = read_parquet(scores, "per-token scores (tokenshift score)", (pol.score_column_for(direction),))
         try:
-            return cls(direction, policy, pol.resolve(spec, direction, table), parse_budget(budget), force, eos)
+            level = pol.per_row(spec)
+            return cls(
+                direction,
+                policy,
+                pol.resolve(spec, direction, table),
+                parse_budget(budget),
+                force,
+                eos,
+                level or "dataset",
+                float(spec["percentile"]) if level else None,
+            )
         except ValueError as e:
             raise InputError(str(e)) from None
 
@@ -205,24 +235,23 @@ def cross_sample(
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
-    kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "rule": rule, "sampling": sampling}
+    kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "sampling": sampling}
+    batches = [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
+    noise = [_batch_noise(seed * 1_000_003 + b, len(chunk), sampling.max_new_tokens) for b, chunk in enumerate(batches)]
     out: list[Sample] = []
     try:
-        for b, start in enumerate(range(0, len(prompts), batch_size)):
-            chunk = prompts[start : start + batch_size]
-            # one uniform per row and step for the token, one for the random policy: drawn up front,
-            # so a row decoded again (a forced switch) meets the same noise
-            noise = torch.Generator().manual_seed(seed * 1_000_003 + b)
-            coin = torch.Generator().manual_seed(seed * 1_000_003 + b + 1)
-            n, steps = len(chunk), sampling.max_new_tokens
-            u = torch.stack([torch.rand(n, generator=noise) for _ in range(steps)], 1)
-            r = torch.stack([torch.rand(n, generator=coin) for _ in range(steps)], 1)
-            rows = list(range(n))
+        if rule.threshold is None and rule.budget != 0:
+            thresholds = _row_thresholds(gen, other, batches, noise, rule, kw)
+        else:
+            fixed = math.nan if rule.threshold is None else rule.threshold  # nan: budget 0 never switches
+            thresholds = [torch.full((len(chunk),), fixed) for chunk in batches]
+        for chunk, (u, r), threshold in zip(batches, noise, thresholds):
+            rows = list(range(len(chunk)))
             forced: list[list[int]] = [[] for _ in rows]
             done: dict[int, Sample] = {}
             while rows:
-                picked = ([chunk[i] for i in rows], u[rows], r[rows], [forced[i] for i in rows])
-                decode = functools.partial(_decode_in_pieces, gen, other, *picked, **kw)
+                picked = ([chunk[i] for i in rows], u[rows], r[rows], [forced[i] for i in rows], threshold[rows])
+                decode = functools.partial(_decode_in_pieces, gen, other, *picked, rule=rule, **kw)
                 decoded = halving_on_oom(decode, len(rows), is_oom=is_oom)  # out of memory: smaller pieces
                 again = []
                 for i, (sample, stat) in zip(rows, decoded):
@@ -232,14 +261,54 @@ def cross_sample(
                         forced[i] = [*forced[i], where]
                         again.append(i)
                 rows = again
-            out += [done[i] for i in range(n)]
+            out += [done[i] for i in range(len(chunk))]
     finally:
         for m, t in zip(models, was_training):
             m.train(t)
     return out
 
 
-def _decode_in_pieces(gen, other, prompts, u, r, forced, size: int, **kw) -> list[tuple[Sample, torch.Tensor]]:
+def _batch_noise(seed: int, n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One uniform per row and step for the token, one for the random policy (``[n, steps]`` each):
+    drawn up front, so a row decoded again (a forced switch, a twin) meets the same noise."""
+    noise, coin = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+    u = torch.stack([torch.rand(n, generator=noise) for _ in range(steps)], 1)
+    r = torch.stack([torch.rand(n, generator=coin) for _ in range(steps)], 1)
+    return u, r
+
+
+def _row_thresholds(gen, other, batches, noise, rule: SwitchRule, kw) -> list[torch.Tensor]:
+    """Each row's threshold at level ``prompt`` or ``response``: the rule's percentile of the policy's
+    statistic over the generator's own responses on the same noise (the budget-0 twins), those to
+    the row's prompt or the row's own, as the authors take it over their base model's first samples."""
+    import numpy as np
+
+    twin = dataclasses.replace(rule, budget=0, force=False)
+    traces = []
+    for chunk, (u, r) in zip(batches, noise):
+        n = len(chunk)
+        decoded = halving_on_oom(
+            functools.partial(_decode_in_pieces, gen, other, chunk, u, r, [[]] * n, torch.zeros(n), rule=twin, **kw),
+            n,
+            is_oom=is_oom,
+        )
+        traces += [stat.numpy() for _, stat in decoded]
+    if rule.level == "prompt":
+        pooled: dict[tuple, list] = {}
+        for prompt, trace in zip((tuple(p) for chunk in batches for p in chunk), traces):
+            pooled.setdefault(prompt, []).append(trace)
+        per_prompt = {k: np.concatenate(v) for k, v in pooled.items()}
+        pools = [per_prompt[tuple(p)] for chunk in batches for p in chunk]
+    else:
+        pools = traces
+    values = [float(np.percentile(pool, rule.percentile)) if len(pool) else math.inf for pool in pools]
+    flat = torch.tensor(values)
+    return list(flat.split([len(chunk) for chunk in batches]))
+
+
+def _decode_in_pieces(
+    gen, other, prompts, u, r, forced, thresholds, size: int, **kw
+) -> list[tuple[Sample, torch.Tensor]]:
     """``_decode_batch`` over pieces of ``size`` rows; each row keeps its own noise, so the pieces'
     size does not change what a row draws."""
     return [
@@ -251,6 +320,7 @@ def _decode_in_pieces(gen, other, prompts, u, r, forced, size: int, **kw) -> lis
             prompts[k : k + size],
             uniforms=(u[k : k + size], r[k : k + size]),
             forced=forced[k : k + size],
+            thresholds=thresholds[k : k + size],
             **kw,
         )
     ]
@@ -285,6 +355,7 @@ def _decode_batch(
     sampling: SamplingConfig,
     uniforms: tuple[torch.Tensor, torch.Tensor],
     forced: Sequence[Sequence[int]],
+    thresholds: torch.Tensor,
 ) -> list[tuple[Sample, torch.Tensor]]:
     """Decode a batch; each row with its policy statistic at every step (for a forced switch)."""
     # bookkeeping lives on the generator's device; the other model's logits are moved there
@@ -299,6 +370,7 @@ def _decode_batch(
     attn[:, :width] = mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     u_all, r_all = (x.to(dev) for x in uniforms)
+    threshold = thresholds.to(dev, torch.float32)
     force = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
     for i, where in enumerate(forced):
         force[i, list(where)] = True
@@ -326,7 +398,7 @@ def _decode_batch(
         lo = logits_o.to(dev, torch.float32)
         stats = {**step_statistics(lg, lo), "uniform": r}
         live = ~done
-        switch = ((stats[statistic] > rule.threshold) | force[rows, t]) & (used < budget) & live
+        switch = ((stats[statistic] > threshold[rows]) | force[rows, t]) & (used < budget) & live
         if drop_eos:
             lo[:, eos_id] = -math.inf  # only read where a row switches
         tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
@@ -380,6 +452,7 @@ def _decode_batch(
                 "switched_js": js_all[i, sw].tolist(),
                 "step_js": js_all[i, :k].tolist(),
                 "n_forced": int(force[i, sw].sum()),
+                "row_threshold": float(thresholds[i]),
             },
         )
         result.append((sample, stat_all[i, : k + 1 if stopped[i] else k]))
@@ -398,6 +471,7 @@ def _polars_schema() -> dict:
         "switched_js": pl.List(pl.Float32),
         "step_js": pl.List(pl.Float32),
         "n_forced": pl.Int32,
+        "row_threshold": pl.Float32,
     }
 
 
@@ -456,8 +530,9 @@ def run_crosssample(
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
     of other pairs or datasets are never aggregated together. Of a run split over several jobs,
     this writes job ``part``'s rows. Rows are the rollout stage's columns
-    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js`` and ``n_forced``, and the run's
-    ``direction``, ``policy``, ``budget`` and (absolute) ``threshold``.
+    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js``, ``n_forced`` and
+    ``row_threshold``, and the run's ``direction``, ``policy``, ``budget``, ``threshold`` (absolute;
+    null where each row has its own) and ``threshold_level``.
     """
     from tokenshift.datasets import as_problems, dataset_name
     from tokenshift.models import checkpoint_identity
@@ -491,6 +566,7 @@ def run_crosssample(
         "policy": rule.policy,
         "budget": rule.budget_label,
         "threshold": rule.threshold,
+        "threshold_level": rule.level,
     }
     result = run_sharded(
         lambda: CrossSampleBackend(base, rl, rule, sampling, cfg),
@@ -509,11 +585,11 @@ def run_crosssample(
     )
     if result.height:
         log.info(
-            "%s/%s/budget-%s (threshold %.4g): %d samples, accuracy %.3f, %.2f switched tokens per response",
+            "%s/%s/budget-%s (threshold %s): %d samples, accuracy %.3f, %.2f switched tokens per response",
             rule.direction,
             rule.policy,
             rule.budget_label,
-            rule.threshold,
+            f"{rule.threshold:.4g}" if rule.level == "dataset" else f"percentile {rule.percentile:g} per {rule.level}",
             result.height,
             result["correct"].mean(),
             result["n_switched"].mean(),

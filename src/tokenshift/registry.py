@@ -19,6 +19,8 @@ ROLES = ("base", "rl")
 
 DIRECTIONS = ("forward", "reverse")
 """Cross-sampling directions: ``forward`` (the base model generates, RL tokens injected), ``reverse``."""
+THRESHOLD_LEVELS = ("dataset", "prompt", "response")
+"""Over what a percentile threshold is taken: the dataset's scored rollouts, or per prompt or response."""
 
 GENERATOR = {"forward": "base", "reverse": "rl"}
 """Which model generates in each direction (the other one's tokens are injected)."""
@@ -55,8 +57,24 @@ class Policy:
         return self.fixed_threshold is None
 
     def needs_scores(self, spec: Mapping[str, Any]) -> bool:
-        """Whether ``spec`` takes its threshold from the generating model's scored rollouts."""
-        return self.configurable and self.score_column is not None and "percentile" in spec
+        """Whether ``spec`` takes its threshold from the generating model's scored rollouts (a
+        percentile over the whole dataset; one per prompt or response is taken while decoding)."""
+        return (
+            self.per_row(spec) is None and self.configurable and self.score_column is not None and "percentile" in spec
+        )
+
+    def per_row(self, spec: Mapping[str, Any]) -> str | None:
+        """``prompt`` or ``response`` where ``spec``'s percentile is taken per prompt or response of
+        the run itself (its budget-0 twins); None for one threshold over the dataset. A blind draw's
+        percentile is the same at every level, so ``random`` has none."""
+        level = spec.get("level", "dataset")
+        if level not in THRESHOLD_LEVELS:
+            raise ValueError(f"{self.name} threshold level {level!r}: expected one of {THRESHOLD_LEVELS}")
+        if level == "dataset" or self.score_column is None or not self.configurable:
+            return None
+        if "percentile" not in spec:
+            raise ValueError(f"{self.name} threshold level {level!r} needs a percentile, got {dict(spec)}")
+        return level
 
     def score_column_for(self, direction: str) -> str:
         return self.score_column.format(generator=GENERATOR[direction])
@@ -66,15 +84,21 @@ class Policy:
         if math.isnan(threshold) or not low <= threshold <= high:
             raise ValueError(f"{self.name} {key} {threshold}: expected a value in [{low}, {high:.6g}]")
 
-    def resolve(self, spec: Mapping[str, Any], direction: str, scores=None) -> float:
+    def resolve(self, spec: Mapping[str, Any], direction: str, scores=None) -> float | None:
         """The absolute threshold of ``spec`` (``{"threshold": t}`` or ``{"percentile": q}``).
 
         A percentile of a scored statistic is taken over ``scores`` (a polars DataFrame of the
         generating model's own rollouts, scored); a percentile of the blind ``random`` draw is
-        its switching rate's complement, q / 100.
+        its switching rate's complement, q / 100. A percentile per prompt or response (``level``)
+        is None here: the decoder takes it over the run's own budget-0 twins.
         """
         if not self.configurable:
             return self.fixed_threshold
+        if self.per_row(spec):
+            q = float(spec["percentile"])
+            if not 0 <= q <= 100:
+                raise ValueError(f"{self.name} percentile {q}: expected a value in [0, 100]")
+            return None  # each row's own, while decoding
         if "threshold" in spec:
             t = float(spec["threshold"])
         elif "percentile" in spec:

@@ -188,8 +188,9 @@ def prompt_args(wildcards):
 
 
 def threshold_args(wildcards):
-    """``--threshold t`` or ``--percentile q`` (none for a policy whose threshold is fixed)."""
-    return " ".join(f"--{k} {v}" for k, v in GRID.threshold_spec(wildcards.policy).items())
+    """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed),
+    in one order whatever the YAML's, so a reordered config is the same recorded setting."""
+    return " ".join(f"--{k} {v}" for k, v in sorted(GRID.threshold_spec(wildcards.policy).items()))
 
 
 def toy_check_args(wildcards):

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from tokenshift.cli.common import generation_options, pair_models, settings, show
-from tokenshift.registry import DIRECTIONS, POLICIES
+from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS
 
 
 def register(sub) -> None:
@@ -37,6 +37,13 @@ def register(sub) -> None:
         type=float,
         help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)",
     )
+    cs.add_argument(
+        "--level",
+        choices=THRESHOLD_LEVELS,
+        default="dataset",
+        help="over what --percentile is taken: dataset (the --scores table), prompt or response (the run's own "
+        "budget-0 responses to each prompt, or each row's own; the authors' levels) (default dataset)",
+    )
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
     cs.add_argument("--pair", help="the pair manifest (resources/pairs/<pair>.json): its name goes into the rows")
     cs.add_argument("--out", required=True, help="parquet file to write")
@@ -64,7 +71,7 @@ def _crosssample(args: argparse.Namespace) -> None:
     threshold = (
         {"threshold": args.threshold}
         if args.threshold is not None
-        else {"percentile": args.percentile}
+        else {"percentile": args.percentile, "level": args.level}
         if args.percentile is not None
         else {}
     )
