@@ -57,7 +57,7 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
         for t in range(steps):
             x = torch.tensor([seq])
             lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
-            stats = step_statistics(lg, lo)
+            stats = step_statistics(lg, lo, cfg.topk)
             stat = rs[t][i : i + 1] if cfg.policy == "random" else stats[cfg.policy]
             stats_seen.append(float(stat))
             switch = (bool(stat > cfg.threshold) or t in forced) and used < budget
@@ -102,9 +102,12 @@ def run(
     seed=3,
     force=False,
     eos="end",
+    topk=None,
 ):
     base, rl = pair
-    rule = SwitchRule(direction=direction, policy=policy, budget=budget, threshold=threshold, force=force, eos=eos)
+    rule = SwitchRule(
+        direction=direction, policy=policy, budget=budget, threshold=threshold, force=force, eos=eos, topk=topk
+    )
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
     return (rule, sampling), cross_sample(
         base,
@@ -130,14 +133,15 @@ def run(
         ("forward", "argmax", 4, 0.5, False, "end"),
         ("reverse", "random", 2, 0.6, False, "end"),
         ("forward", "js", 3, 0.3, True, "end"),
-        ("forward", "entropy", 4, 2.5, True, "drop"),
+        ("forward", "entropy", 4, 1.2, True, "drop"),
         ("reverse", "js", None, 0.5, False, "drop"),
     ],
 )
 def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold, force, eos):
     # eos 47 is drawn often enough that rows finish at different steps and get compacted away
+    topk = 5 if (policy, force, eos) == ("entropy", True, "drop") else None  # the authors' combination: top-K too
     (rule, sampling), samples = run(
-        pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS), force=force, eos=eos
+        pair, direction, policy, budget, threshold, eos_id=47, batch_size=len(PROMPTS), force=force, eos=eos, topk=topk
     )
     gen, other = pair if direction == "forward" else pair[::-1]
     ref = reference(gen, other, PROMPTS, eos_id=47, cfg=rule, sampling=sampling, seed=3 * 1_000_003)
@@ -294,6 +298,21 @@ def test_finished_rows_stop_costing_compute(pair):
     ideal = sum(len(s.response_ids) if s.finish_reason == "stop" else 29 for s in samples)
     assert seen[0] == 24 and seen[-1] < 24
     assert ideal <= sum(seen[1:]) <= 1.1 * ideal < 24 * 29
+
+
+def test_top_k_statistics_renormalise_each_model_top_tokens():
+    torch.manual_seed(0)
+    lg, lo = torch.randn(5, VOCAB) * 3, torch.randn(5, VOCAB) * 3
+    exact = step_statistics(lg, lo)
+    whole = step_statistics(lg, lo, topk=VOCAB)  # all tokens kept: the exact statistics
+    assert torch.allclose(whole["js"], exact["js"], atol=1e-6) and torch.allclose(whole["entropy"], exact["entropy"])
+    one = step_statistics(lg, lo, topk=1)  # one token each: no entropy; JS ln 2 exactly where the argmaxes differ
+    assert torch.allclose(one["entropy"], torch.zeros(5))
+    assert torch.allclose(one["js"], exact["argmax"] * math.log(2), atol=1e-6)
+    p = torch.softmax(lg, -1)
+    top = p.topk(3, -1).values
+    top = top / top.sum(-1, keepdim=True)
+    assert torch.allclose(step_statistics(lg, lo, topk=3)["entropy"], -(top * top.log()).sum(-1), atol=1e-6)
 
 
 def test_sampler_inverts_the_cdf_exactly():

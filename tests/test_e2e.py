@@ -238,6 +238,9 @@ CONSUMERS = {
     **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},
 }
 GRID_KEYS = {"crosssample.directions", "crosssample.policies", "crosssample.budgets"}  # they change the DAG
+# a top-K statistic is refused beside the default dataset-level percentiles: it cannot change alone
+# (tests/test_workflow.py checks that it reaches the cross-sampling jobs with the authors' levels)
+NOT_ALONE = {"crosssample.statistic"}
 
 
 def changed_value(key: str, value):
@@ -275,7 +278,7 @@ def walked_keys(config: dict) -> dict[str, object]:
         for key, spec in schema[section]["properties"].items():
             if key in ("thresholds", "runtime"):
                 keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})
-            elif f"{section}.{key}" not in GRID_KEYS:
+            elif f"{section}.{key}" not in GRID_KEYS | NOT_ALONE:
                 keys[f"{section}.{key}"] = config.get(section, {}).get(key, spec["default"])
     sampling = schema["sampling"]["properties"]
     keys["datasets.toy.n_problems"] = config["datasets"]["toy"]["n_problems"]

@@ -134,6 +134,8 @@ def test_flags_round_trip_through_the_parser(cls):
         changed["template"] = "Q: {question}"
     if cls is SamplingConfig:
         changed["top_p"] = 0.5
+    if cls is CrossSampleConfig:
+        changed["statistic"] = "topk:50"
     expected = cls(**changed)
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 

@@ -77,6 +77,21 @@ def _mutations():
         ("budget-word", m(lambda c: c["crosssample"].update(budgets=["half"])), "budgets"),
         ("duplicate-budgets", m(lambda c: c["crosssample"].update(budgets=[2, 2.0])), "crosssample.budgets"),
         (
+            "topk-statistic-with-a-dataset-percentile",
+            m(lambda c: c["crosssample"].update(statistic="topk:50")),
+            "crosssample.thresholds.js",
+        ),
+        (
+            "statistic-not-exact-nor-topk",
+            m(lambda c: c["crosssample"].update(statistic="top50")),
+            "crosssample.statistic",
+        ),
+        (
+            "threshold-level-unknown",
+            m(lambda c: c["crosssample"]["thresholds"].update(js={"percentile": 90, "level": "problem"})),
+            "crosssample.thresholds.js",
+        ),
+        (
             "threshold-above-ln2",
             m(lambda c: c["crosssample"]["thresholds"].update(js={"threshold": 0.9})),
             "crosssample.thresholds.js.threshold",
@@ -230,9 +245,10 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     config = copy.deepcopy(DEFAULT)
     config["crosssample"].update(
         policies=["js", "entropy"],
-        thresholds={"js": {"percentile": 90}, "entropy": {"level": "prompt", "percentile": 90}},
+        thresholds={"js": {"percentile": 90, "level": "response"}, "entropy": {"level": "prompt", "percentile": 90}},
         force_switch=True,
         injected_eos="drop",
+        statistic="topk:50",
     )
     config["grading"] = {"mode": "lenient"}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
@@ -242,8 +258,10 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     js = [c for c in commands if "--policy js" in c and "--budget 0 " not in c]
     assert entropy and js
     assert all("--level prompt --percentile 90" in c and "--scores" not in c for c in entropy)
-    assert all("--percentile 90" in c and "--scores results/toy/toy/scores/" in c for c in js)
-    assert all("--mode lenient" in c and "--force-switch --injected-eos drop" in c for c in commands)
+    assert all("--level response --percentile 90" in c and "--scores" not in c for c in js)
+    assert all(
+        "--mode lenient" in c and "--force-switch --injected-eos drop --statistic topk:50" in c for c in commands
+    )
 
 
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):

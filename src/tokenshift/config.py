@@ -174,6 +174,19 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
 
+    cross = config.get("crosssample", {})
+    if cross.get("statistic", "exact") != "exact":
+        from tokenshift.registry import POLICIES
+
+        for policy, spec in cross.get("thresholds", {}).items():
+            if policy in cross.get("policies", POLICIES) and POLICIES[policy].needs_scores(spec):
+                raise ConfigError(
+                    f"crosssample.thresholds.{policy}",
+                    dict(spec),
+                    f"a percentile over the dataset is one of the exact statistic; with statistic "
+                    f"{cross['statistic']} give it a level (prompt or response) or an absolute threshold",
+                )
+
 
 def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The sampling settings of ``dataset``: the top-level ``sampling`` with its own overrides."""

@@ -79,6 +79,9 @@ class SwitchRule:
     twins, on the same noise) to the row's prompt, or over its own twin: the authors' levels."""
     percentile: float | None = None
     """The percentile of a ``prompt`` or ``response`` level."""
+    topk: int | None = None
+    """Select on JS or entropy of each model's top-K tokens, renormalised (None: the exact statistics;
+    the recorded ``step_js`` and ``switched_js`` stay exact)."""
 
     def __post_init__(self):
         if self.level not in THRESHOLD_LEVELS:
@@ -99,6 +102,8 @@ class SwitchRule:
             raise ValueError(f"budget {self.budget}: expected a non-negative integer or None (no limit)")
         if self.threshold is not None:
             POLICIES[self.policy].check(self.threshold)
+        if self.topk is not None and self.topk < 1:
+            raise ValueError(f"top-K statistic with K = {self.topk}: expected K >= 1")
 
     @property
     def budget_label(self) -> str:
@@ -115,6 +120,7 @@ class SwitchRule:
         *,
         force: bool = False,
         eos: str = "end",
+        topk: int | None = None,
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
@@ -130,6 +136,11 @@ class SwitchRule:
             pol.per_row(spec)
         except ValueError as e:
             raise InputError(str(e)) from None
+        if topk is not None and pol.needs_scores(spec):
+            raise InputError(
+                f"{policy} percentile {spec['percentile']} over the dataset is one of the exact statistic (the scored "
+                f"rollouts); with statistic topk:{topk} give the percentile a level (prompt or response) or a threshold"
+            )
         if pol.needs_scores(spec):
             if scores is None:
                 raise InputError(
@@ -148,6 +159,7 @@ class SwitchRule:
                 eos,
                 level or "dataset",
                 float(spec["percentile"]) if level else None,
+                topk,
             )
         except ValueError as e:
             raise InputError(str(e)) from None
@@ -177,15 +189,26 @@ def _invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp(max=cdf.shape[-1] - 1)[:, 0]
 
 
-def step_statistics(logits_gen: torch.Tensor, logits_other: torch.Tensor) -> dict[str, torch.Tensor]:
+def step_statistics(
+    logits_gen: torch.Tensor, logits_other: torch.Tensor, topk: int | None = None
+) -> dict[str, torch.Tensor]:
     """Per row: JS between the two models (temperature 1), the generator's entropy, argmax disagreement.
 
     With the decoder's ``uniform`` draw these are the statistics a policy reads (``Policy.statistic``).
+    ``topk``: JS and entropy of each model's K most probable tokens, renormalised (what vLLM's top-K
+    log-probs give, as in the authors' scripts), instead of the full vocabulary's.
     """
-    logp = torch.log_softmax(logits_gen.float(), dim=-1)
-    logq = torch.log_softmax(logits_other.float(), dim=-1)
-    ent_gen, _, js = entropies_and_js(logp.exp(), logq.exp())
+    p = torch.log_softmax(logits_gen.float(), dim=-1).exp()
+    q = torch.log_softmax(logits_other.float(), dim=-1).exp()
+    if topk is not None:
+        p, q = _top_renormalised(p, topk), _top_renormalised(q, topk)
+    ent_gen, _, js = entropies_and_js(p, q)
     return {"js": js, "entropy": ent_gen, "argmax": (logits_gen.argmax(-1) != logits_other.argmax(-1)).float()}
+
+
+def _top_renormalised(probs: torch.Tensor, k: int) -> torch.Tensor:
+    top, idx = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return torch.zeros_like(probs).scatter_(-1, idx, top / top.sum(-1, keepdim=True))
 
 
 def _forward(model, ids, attn, positions, cache, vocab_size):
@@ -376,6 +399,7 @@ def _decode_batch(
         force[i, list(where)] = True
     budget = math.inf if rule.budget is None else rule.budget
     drop_eos = rule.eos == "drop" and eos_id is not None
+    topk_selects = rule.topk is not None and statistic in ("js", "entropy")
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, None, vocab_size)
     logits_o, cache_o = _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
@@ -397,8 +421,9 @@ def _decode_batch(
         lg = logits_g.float()
         lo = logits_o.to(dev, torch.float32)
         stats = {**step_statistics(lg, lo), "uniform": r}
+        chosen = step_statistics(lg, lo, rule.topk)[statistic] if topk_selects else stats[statistic]
         live = ~done
-        switch = ((stats[statistic] > threshold[rows]) | force[rows, t]) & (used < budget) & live
+        switch = ((chosen > threshold[rows]) | force[rows, t]) & (used < budget) & live
         if drop_eos:
             lo[:, eos_id] = -math.inf  # only read where a row switches
         tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
@@ -406,7 +431,7 @@ def _decode_batch(
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
-        stat_all[rows, t] = stats[statistic]
+        stat_all[rows, t] = chosen
         if eos_id is not None:
             ended = live & (tok == eos_id)
             length[rows[ended]] = t
@@ -539,7 +564,7 @@ def run_crosssample(
     from tokenshift.sharding import run_key, run_sharded
 
     rule = SwitchRule.resolve(
-        direction, policy, budget, threshold or {}, scores, force=cfg.force_switch, eos=cfg.injected_eos
+        direction, policy, budget, threshold or {}, scores, force=cfg.force_switch, eos=cfg.injected_eos, topk=cfg.topk
     )
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)

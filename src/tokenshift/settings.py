@@ -216,6 +216,24 @@ class CrossSampleConfig:
         "drawn without EOS and the generator goes on, as the authors drop it)",
         choices=["end", "drop"],
     )
+    statistic: str = option(
+        "exact",
+        "what js and entropy select on: exact (the full vocabulary) or topk:K (each model's K most probable "
+        "tokens, renormalised, as the authors' vLLM top-50 log-probs); recorded JS values stay exact",
+    )
+
+    def __post_init__(self):
+        self.topk  # noqa: B018 (refuses a malformed statistic)
+
+    @property
+    def topk(self) -> int | None:
+        """K of a ``topk:K`` statistic, None for ``exact``."""
+        if self.statistic == "exact":
+            return None
+        kind, _, k = self.statistic.partition(":")
+        if kind != "topk" or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"statistic {self.statistic!r}: expected 'exact' or 'topk:K' with K >= 1")
+        return int(k)
 
 
 @dataclass(frozen=True)
