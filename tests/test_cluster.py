@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tokenshift.cluster import SiteSettings, job_resources, model_gpus, render_profile
+from tokenshift.cluster import SiteSettings, job_resources, manifest_needed, model_gpus, render_profile
 from tokenshift.settings import ClusterConfig
 
 CLUSTER = {"gpu_memory_gb": 80, "gpu_model": None, "runtime": ClusterConfig().runtime}
@@ -28,6 +28,18 @@ def test_a_model_needs_the_gpus_its_weights_fill_unless_its_entry_says():
     assert model_gpus({"hub": "q/72b"}, manifest(145), 40) == 5
     assert model_gpus({"hub": "q/7b", "resources": {"gpus": 0}}, manifest(15), 80) == 0
     assert model_gpus({"toy": "rl", "resources": {"gpus": 1}}, manifest(0.002), 80) == 1
+
+
+def test_what_the_config_says_needs_no_manifest_so_a_dry_run_shows_it():
+    hub = {"hub": "Qwen/Qwen2.5-32B", "revision": "main"}
+    assert manifest_needed("gpu", hub) and manifest_needed("mem_mb", hub) and not manifest_needed("runtime", hub)
+    given = {**hub, "resources": {"gpus": 2}}
+    assert not manifest_needed("gpu", given) and not manifest_needed("gpu_model", given)
+    assert manifest_needed("mem_mb", given)  # host memory follows the weights' size unless given too
+    assert not manifest_needed("mem_mb", {**hub, "resources": {"gpus": 2, "mem_mb": 200_000}})
+    assert not manifest_needed("gpu", {"toy": "base"})
+    # and with the config's GPUs and no manifest yet, the job's GPUs are known
+    assert job_resources("crosssample", [(given, None), (given, None)], CLUSTER)["gpu"] == 4
 
 
 def test_a_job_asks_for_its_models_gpus_memory_and_a_runtime_that_grows_with_retries():

@@ -99,3 +99,18 @@ def test_cross_sampling_on_cuda_matches_cpu_with_models_on_different_devices(pai
     same = sum(x.response_ids == y.response_ids for x, y in zip(cpu, gpu))
     assert same >= 3  # identical noise; a rare float difference at a CDF boundary may fork one row
     assert all(s.extra["n_switched"] <= 3 and len(s.response_ids) == 16 for s in gpu)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices to spread a model over")
+def test_a_model_spread_over_two_gpus_scores_as_on_one(pair):
+    from tokenshift.models import load_causal_lm
+
+    a, b, vocab = pair
+    g = np.random.default_rng(1)
+    rows = [(g.integers(1, vocab, 6).tolist(), g.integers(1, vocab, 20).tolist()) for _ in range(5)]
+    one = score_rows(load_causal_lm(a, "cuda:0"), load_causal_lm(b, "cuda:0"), rows, vocab_size=vocab, pad_id=0)
+    spread = load_causal_lm(a, "cuda:0,1")
+    assert {p.device.index for p in spread.parameters()} == {0, 1}
+    two = score_rows(spread, load_causal_lm(b, "cuda:1"), rows, vocab_size=vocab, pad_id=0)
+    for k in ("logp_base", "logp_rl", *STAT_COLUMNS):
+        np.testing.assert_allclose(two.columns[k], one.columns[k], atol=1e-3, rtol=1e-2, err_msg=k)

@@ -12,9 +12,11 @@ from tokenshift.memory import (
     ModelShape,
     crosssample_rows,
     decode_rows,
+    gpu_ids,
     gpu_sets,
     halving_on_oom,
     max_memory,
+    plan_devices,
     scoring_tokens,
 )
 
@@ -126,3 +128,17 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
     assert halving_on_oom(run, 100, is_oom=is_oom) == 12 and tried == [100, 50, 25, 12]
     with pytest.raises(ValueError):  # any other error is not retried
         halving_on_oom(lambda b: (_ for _ in ()).throw(ValueError("bad")), 8, is_oom=is_oom)
+
+
+def test_a_job_places_its_models_on_the_gpus_it_was_given():
+    big, small = ModelShape.from_config(QWEN25["32B"]), ModelShape.from_config(QWEN25["7B"])
+    auto = ["auto", "auto"]
+    # the paper's 32B pair: a job of four GPUs, two per model, disjoint
+    assert plan_devices([big, big], auto, visible=4, gpu_bytes=H100) == ["cuda:0,1", "cuda:2,3"]
+    assert plan_devices([small, small], auto, visible=2, gpu_bytes=H100) == ["cuda:0", "cuda:1"]
+    assert plan_devices([small, small], auto, visible=1, gpu_bytes=H100) == ["cuda:0", "cuda:0"]  # shared
+    assert plan_devices([big, big], auto, visible=2, gpu_bytes=H100) == ["cuda:0,1", "cuda:0,1"]  # too few: shared
+    assert plan_devices([big], ["auto"], visible=8, gpu_bytes=H100) == ["cuda:0,1"]  # a rollout job
+    assert plan_devices([None, small], auto, visible=0, gpu_bytes=H100) == ["cpu", "cpu"]
+    assert plan_devices([small, small], ["cuda:1", "auto"], visible=2, gpu_bytes=H100) == ["cuda:1", "cuda:0"]
+    assert [gpu_ids(d) for d in ("cuda:2,3", "cuda", "cuda:1", "cpu")] == [[2, 3], [0], [1], []]

@@ -105,6 +105,15 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["source"] == "hub" and manifest["revision"] == rev
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
+    # a branch is allowed where no commit is published: the manifest records the commit it resolved to
+    r = run(
+        tokenshift_cmd()
+        + ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", "main", "--out", str(tmp_path / "main")],
+        env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads(manifest_path(tmp_path / "main").read_text())
+    assert (manifest["revision"], manifest["commit"]) == ("main", rev)
 
 
 def test_hub_model_offline_fails_naming_model_and_revision(tmp_path):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run, save_checkpoint
+from conftest import REPO, run, save_checkpoint, tokenshift_cmd
 
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
@@ -306,3 +308,48 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     score = next(r for o, (rule, r) in jobs.items() if rule == "score" and "/ab/" in o)
     assert score["gpu"] == "3"  # both models
     assert sum(rule == "crosssample" and "/ab/" in o for o, (rule, _) in jobs.items()) == 2 * 34
+
+
+def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
+    """`snakemake -n --profile slurm --configfile config/paper.yaml all`, as README shows it."""
+    from tokenshift.settings import AUTHORS_PROMPT
+
+    paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    for name, entry in paper["datasets"].items():  # the authors' prompt, spelled as the library knows it
+        assert {k: entry[k] for k in AUTHORS_PROMPT} == AUTHORS_PROMPT, name
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    xdg = tmp_path / "xdg"
+    r = run(
+        tokenshift_cmd() + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu"],
+        env={"XDG_CONFIG_HOME": str(xdg)},
+    )
+    assert r.returncode == 0, r.stderr
+    r = run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile", "slurm"]
+        + ["--configfile", "config/paper.yaml", "-n", "all"],
+        env={"XDG_CONFIG_HOME": str(xdg), "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]},
+        cwd=tmp_path,
+        timeout=600,
+    )
+    jobs = planned(r)
+    # 2 pairs x 4 datasets x 2 roles (rollouts) or sources (scores) in 8 jobs per table; cross-sampling: 2 directions x
+    # (3 policies x 3 budgets + budget 0) runs of 8 jobs each; the default config's toy models unused
+    assert jobs["fetch_model"] == 4 and "toy_base" not in jobs and jobs["dataset"] == 4
+    assert jobs["rollout"] == 2 * 4 * 2 * 8 and jobs["score"] == 2 * 4 * 2 * 8
+    assert jobs["crosssample"] == 2 * 4 * 2 * (3 * 3 + 1) * 8
+    gpus = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        pair = re.search(r"pair=([\w.-]+)", block)
+        gpu = re.search(r"gpu=(\d+)", block)
+        if head and pair and head[1] in ("rollout", "score", "crosssample"):
+            gpus.setdefault((head[1], pair[1]), set()).add(int(gpu[1]) if gpu else 0)
+    # GPUs per job from the config's resources: 2 per 32B model, 1 per 7B model, summed over a job's models
+    assert gpus == {
+        ("rollout", "dapo-32b"): {2},
+        ("score", "dapo-32b"): {4},
+        ("crosssample", "dapo-32b"): {4},
+        ("rollout", "simplerl-7b"): {1},
+        ("score", "simplerl-7b"): {2},
+        ("crosssample", "simplerl-7b"): {2},
+    }

@@ -183,6 +183,17 @@ def weights_bytes(manifest: Mapping[str, Any] | None) -> int:
     return int(sum(size for size, _ in stat.values()))
 
 
+def manifest_needed(key: str, spec: Mapping[str, Any]) -> bool:
+    """Whether resource ``key`` of a job loading the model of ``spec`` needs its manifest (its size):
+    not where the config says it, nor for a toy model's GPUs, nor ever for the runtime."""
+    given = spec.get("resources", {})
+    if key in ("gpu", "gpu_model"):
+        return given.get("gpus") is None and "toy" not in spec
+    if key == "mem_mb":
+        return given.get("mem_mb") is None
+    return False
+
+
 def job_resources(
     stage: str,
     models: Sequence[tuple[Mapping[str, Any], Mapping[str, Any] | None]],

@@ -504,13 +504,14 @@ class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
     def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
-        from tokenshift.models import compare_tokenizers, load_causal_lm, load_tokenizer
+        from tokenshift.models import compare_tokenizers, job_devices, load_causal_lm, load_tokenizer
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(base)
         # refused before any decoding: the two models must speak one vocabulary
         self.vocab_size = compare_tokenizers(self.tokenizer, load_tokenizer(rl))
-        self.models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
+        devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+        self.models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
         self.rule, self.sampling, self.batch_size = rule, sampling, cfg.batch_size
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id

@@ -205,6 +205,46 @@ def gpu_sets(gpus_base: int, gpus_rl: int, visible: Sequence[int]) -> tuple[list
     return visible, visible
 
 
+def plan_devices(
+    shapes: Sequence[ModelShape | None], requested: Sequence[str], *, visible: int, gpu_bytes: int
+) -> list[str]:
+    """Where each model of a job goes: its ``requested`` device, or for ``auto`` a GPU set.
+
+    With no GPU visible, ``auto`` is the CPU. Otherwise each ``auto`` model gets the GPUs its
+    weights need (``ModelShape.gpus_needed``; one where the shape is unknown), on sets disjoint
+    from each other's where the job has enough GPUs, else all of them shared. A set of one GPU is
+    ``cuda:i``; a larger one ``cuda:i,j,...``, which ``tokenshift.models.load_causal_lm`` spreads
+    the model over.
+    """
+    if visible == 0:
+        return ["cpu" if r == "auto" else r for r in requested]
+    auto = [i for i, r in enumerate(requested) if r == "auto"]
+    needs = [shapes[i].gpus_needed(gpu_bytes) if shapes[i] is not None else 1 for i in auto]
+    out = list(requested)
+    if sum(needs) <= visible:
+        start = 0
+        for i, n in zip(auto, needs):
+            out[i] = _devices(range(start, start + n))
+            start += n
+    else:
+        for i, n in zip(auto, needs):
+            out[i] = _devices(range(max(n, 1) if n <= visible else visible))
+    return out
+
+
+def _devices(ids) -> str:
+    return "cuda:" + ",".join(str(i) for i in ids)
+
+
+def gpu_ids(device: str) -> list[int]:
+    """The GPU indices of a ``cuda:i[,j...]`` device (``cuda`` alone is GPU 0); none for others."""
+    if device == "cuda":
+        return [0]
+    if not device.startswith("cuda:"):
+        return []
+    return [int(i) for i in device.removeprefix("cuda:").split(",")]
+
+
 def max_memory(gpus: Sequence[int], gpu_bytes: int, *, reserve: float = 0.1, share: float = 1.0) -> dict:
     """``from_pretrained(device_map="auto", max_memory=...)`` for weights spread over ``gpus``: each
     GPU may hold ``share`` of its usable memory (the rest stays free for the KV cache), none on CPU."""

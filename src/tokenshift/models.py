@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return write_manifest(out_dir, name=name, spec=spec)
+    # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
+    return write_manifest(out_dir, name=name, spec=spec, extra={"commit": src.name} if "hub" in spec else None)
 
 
 def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
@@ -271,14 +272,44 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU.
 
     ``path`` is a checkpoint directory or its manifest (then the weights are verified first).
+    ``device`` ``cuda:i,j,...`` spreads the layers over those GPUs, balanced, with Accelerate's
+    ``device_map`` (``pip install accelerate``); each keeps a tenth free beside its share.
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    from tokenshift.memory import gpu_ids, max_memory
+
     ckpt = resolve_checkpoint(path)
     device = resolve_device(device)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    gpus = gpu_ids(device)
+    if len(gpus) > 1:
+        total = torch.cuda.get_device_properties(gpus[0]).total_memory
+        model = AutoModelForCausalLM.from_pretrained(
+            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total)
+        )
+        return model.eval()
     return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+
+
+def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> list[str]:
+    """The devices of the models one job loads (``memory.plan_devices`` over the GPUs it sees):
+    ``auto`` models on GPU sets of their own where the job has enough GPUs."""
+    import torch
+
+    from tokenshift.memory import ModelShape, plan_devices
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible == 0 or "auto" not in requested:
+        return [resolve_device(r) for r in requested]
+    shapes = []
+    for ckpt in checkpoints:
+        try:
+            shapes.append(ModelShape.from_checkpoint(resolve_checkpoint(ckpt)))
+        except (KeyError, OSError, ValueError):  # an architecture whose config names its sizes otherwise
+            shapes.append(None)
+    return plan_devices(shapes, requested, visible=visible, gpu_bytes=torch.cuda.get_device_properties(0).total_memory)
 
 
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")

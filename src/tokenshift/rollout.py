@@ -38,11 +38,11 @@ class HFBackend:
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
         import torch
 
-        from tokenshift.models import load_causal_lm, load_tokenizer
+        from tokenshift.models import job_devices, load_causal_lm, load_tokenizer
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
-        self.model = load_causal_lm(model, "auto")
+        self.model = load_causal_lm(model, job_devices((model,), ("auto",))[0])
         self.cfg, self.sampling = cfg, sampling
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id

@@ -203,7 +203,7 @@ def run_scoring(
     import polars as pl
 
     from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
-    from tokenshift.models import load_causal_lm
+    from tokenshift.models import job_devices, load_causal_lm
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -216,7 +216,8 @@ def run_scoring(
         "a rollout table (tokenshift rollout)",
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
-    models = {"base": load_causal_lm(base, cfg.device_base), "rl": load_causal_lm(rl, cfg.device_rl)}
+    devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+    models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
     res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part)

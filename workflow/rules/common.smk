@@ -8,7 +8,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from tokenshift.cluster import job_resources
+from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
 from tokenshift.io import write_yaml_atomic
 from tokenshift.models import linked_files
@@ -215,17 +215,26 @@ def example_args(wildcards, input):
 # --- resources: what a job asks the scheduler for, from the config and its models' manifests --
 
 
-def job_models(stage, wildcards, input):
-    """(config spec, manifest) of each model a job of ``stage`` loads."""
+def job_models(stage, wildcards, input, key):
+    """(config spec, manifest) of each model a job of ``stage`` loads (None where resource ``key``
+    needs no manifest and it is not written yet)."""
     if stage == "rollout":
         roles = {PAIRS[wildcards.pair][wildcards.role]: input.model}
     elif stage in ("score", "crosssample"):
         roles = {PAIRS[wildcards.pair]["base"]: input.base, PAIRS[wildcards.pair]["rl"]: input.rl}
     else:
         roles = {}
-    # a manifest not written yet raises FileNotFoundError: Snakemake then leaves the resource <TBD>
-    # and evaluates it again once the checkpoint exists, before the job is submitted
-    return [(MODELS[name], json.loads(Path(path).read_text())) for name, path in roles.items()]
+    # a manifest needed but not written yet raises FileNotFoundError: Snakemake then leaves the
+    # resource <TBD> and evaluates it again once the checkpoint exists, before the job is submitted
+    return [
+        (
+            MODELS[name],
+            json.loads(Path(path).read_text())
+            if Path(path).is_file() or manifest_needed(key, MODELS[name])
+            else None,
+        )
+        for name, path in roles.items()
+    ]
 
 
 def resources_of(stage):
@@ -233,7 +242,7 @@ def resources_of(stage):
 
     def get(key):
         def value(wildcards, input, attempt):
-            got = job_resources(stage, job_models(stage, wildcards, input), config["cluster"], attempt)
+            got = job_resources(stage, job_models(stage, wildcards, input, key), config["cluster"], attempt)
             return got.get(key, "")
 
         return value
@@ -249,7 +258,10 @@ def runtime(stage):
 
 
 def get_final_output():
-    targets = [model_manifest(m) for m in MODELS]
+    # the models the pairs compare (a config read over the default one, such as config/paper.yaml,
+    # keeps the default's toy models, which no pair then uses: they are not built)
+    used = dict.fromkeys(m for pair in PAIRS.values() for m in (pair["base"], pair["rl"]))
+    targets = [model_manifest(m) for m in used]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
     for p, d in PAIR_DATASETS:
