@@ -233,6 +233,8 @@ CONSUMERS = {
     "rollout.jobs": ("rollout",),
     "scoring.jobs": ("score",),
     "crosssample.jobs": ("crosssample",),
+    # the vllm backend's engine settings: an hf run reads none of them
+    **{f"rollout.vllm_{k}": () for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype")},
     # what jobs ask a scheduler for: no stage reads these, so no result is redone (only the report quotes them)
     **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model")},
     **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},
@@ -249,6 +251,10 @@ def changed_value(key: str, value):
     special = {
         "cluster.gpu_model": "a100",
         "grading.mode": "lenient",
+        "rollout.vllm_tensor_parallel_size": 2,
+        "rollout.vllm_gpu_memory_utilization": 0.8,
+        "rollout.vllm_max_model_len": 4096,
+        "rollout.vllm_dtype": "float16",
         "crosssample.injected_eos": "drop",
         "rollout.backend": "vllm",
         "rollout.pass_k": [1, 2],

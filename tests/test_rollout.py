@@ -25,7 +25,7 @@ from tokenshift.datasets import (
     read_problems,
     resolve_spec,
 )
-from tokenshift.generation import SamplingConfig
+from tokenshift.generation import Sample, SamplingConfig
 from tokenshift.rollout import RolloutConfig, run_rollouts
 from tokenshift.tables import accuracy_table, pass_at_k
 
@@ -358,3 +358,51 @@ def test_parts_are_contiguous_shares():
     for bad in ("0-of-2", "3-of-2", "x"):
         with pytest.raises(ValueError, match="part"):
             Part.parse(bad)
+
+
+def test_both_backends_stop_on_the_same_ids_and_return_responses_alike(make_checkpoint, toy_tokenizer):
+    import json
+
+    from tokenshift.generation import cut_at_stop
+    from tokenshift.models import stop_ids
+    from tokenshift.rollout import vllm_sample
+
+    ckpt = make_checkpoint("gc")
+    eos = toy_tokenizer.eos_token_id
+    assert stop_ids(ckpt, toy_tokenizer) == [eos]
+    # a generation_config.json naming more stop ids (Qwen2.5 instruct names <|im_end|> and <|endoftext|>)
+    (ckpt / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, 7]}))
+    stops = stop_ids(ckpt, toy_tokenizer)
+    assert stops == [eos, 7]
+    # vLLM keeps the stop token in token_ids; HF's rows run on past it: both cut before the first stop
+    assert vllm_sample([3, 4, 7], stops) == cut_at_stop([3, 4, 7, 0, 0], stops) == Sample([3, 4], "stop")
+    assert vllm_sample([3, 4, 5], stops) == Sample([3, 4, 5], "length")
+
+
+def test_vllm_arguments_come_from_the_config_and_every_sample_has_its_own_seed(tmp_path):
+    from tokenshift.rollout import sample_seed, vllm_engine_args, vllm_sampling_args
+
+    sampling = SamplingConfig(n=32, temperature=1.0, top_p=0.7, max_new_tokens=4096, seed=1)
+    args = vllm_engine_args(tmp_path, RolloutConfig(), sampling, gpus=2)
+    assert args["tensor_parallel_size"] == 2 and args["max_model_len"] == 4096 + 2048
+    assert args["gpu_memory_utilization"] == 0.9 and args["dtype"] == "bfloat16" and args["seed"] == 1
+    cfg = RolloutConfig(vllm_tensor_parallel_size=4, vllm_max_model_len=9000, vllm_gpu_memory_utilization=0.5)
+    args = vllm_engine_args(tmp_path, cfg, sampling, gpus=8)
+    assert (args["tensor_parallel_size"], args["max_model_len"], args["gpu_memory_utilization"]) == (4, 9000, 0.5)
+    # seeds from (seed, problem, sample): shards, jobs and batches cannot make two samples share one
+    keys = [(f"aime24-{i:05d}", j) for i in range(30) for j in range(32)]
+    seeds = [sample_seed(1, pid, j) for pid, j in keys]
+    assert len(set(seeds)) == len(keys) and all(0 <= s < 2**63 for s in seeds)
+    assert sample_seed(1, "aime24-00003", 5) == seeds[3 * 32 + 5] != sample_seed(2, "aime24-00003", 5)
+    params = vllm_sampling_args(sampling, seeds[:2], [151643, 151645])
+    assert params[0] == {
+        "n": 1,
+        "temperature": 1.0,
+        "top_p": 0.7,
+        "max_tokens": 4096,
+        "stop_token_ids": [151643, 151645],
+        "skip_special_tokens": False,
+        "seed": seeds[0],
+    }
+    with pytest.raises(ValueError, match="vLLM accepts at most 2"):
+        vllm_sampling_args(SamplingConfig(temperature=2.5), [0], [1])

@@ -136,6 +136,8 @@ def test_flags_round_trip_through_the_parser(cls):
         changed["top_p"] = 0.5
     if cls is CrossSampleConfig:
         changed["statistic"] = "topk:50"
+    if cls is RolloutConfig:
+        changed["vllm_gpu_memory_utilization"] = 0.5
     expected = cls(**changed)
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 

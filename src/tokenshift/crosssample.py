@@ -516,7 +516,7 @@ class CrossSampleBackend:
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
         return cross_sample(
             self.models["base"],
             self.models["rl"],

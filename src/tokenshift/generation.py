@@ -44,12 +44,22 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "left") 
     return ids, mask
 
 
+def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> Sample:
+    """A generated row as a ``Sample``: cut before its first stop id (``stop``), or whole (``length``).
+
+    Every backend returns responses this way, so the stop token is never part of a response.
+    """
+    ids = list(ids)
+    at = next((i for i, t in enumerate(ids) if t in stops), None)
+    return Sample(ids, "length") if at is None else Sample(ids[:at], "stop")
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     *,
-    eos_id: int,
+    eos_id: int | Sequence[int],
     pad_id: int,
     sampling: SamplingConfig,
     seed: int,
@@ -58,8 +68,11 @@ def sample(
     """One sample per prompt (repeat a prompt to draw several), in prompt order.
 
     Deterministic given ``seed``, the batch size and the torch thread count: each batch
-    reseeds the global generator with ``seed`` and its index.
+    reseeds the global generator with ``seed`` and its index. ``eos_id`` may be several ids (a
+    model's ``generation_config.json`` can name more than its tokenizer's EOS): a response stops
+    at the first of any.
     """
+    stops = [eos_id] if isinstance(eos_id, int) else list(eos_id)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -78,15 +91,11 @@ def sample(
                 top_p=None if greedy else sampling.top_p,
                 top_k=None,
                 max_new_tokens=sampling.max_new_tokens,
-                eos_token_id=eos_id,
+                eos_token_id=stops if len(stops) > 1 else stops[0],
                 pad_token_id=pad_id,
             )
             new = gen[:, ids.shape[1] :].tolist()
-            for row in new:
-                if eos_id in row:
-                    out.append(Sample(row[: row.index(eos_id)], "stop"))
-                else:
-                    out.append(Sample(row, "length"))
+            out += [cut_at_stop(row, stops) for row in new]
     finally:
         model.train(was_training)
     return out

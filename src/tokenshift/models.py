@@ -94,6 +94,19 @@ def load_tokenizer(ckpt: Path | str, trust_remote_code: bool = False):
     return _auto_tokenizer(resolve_checkpoint(ckpt), trust_remote_code)
 
 
+def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
+    """The token ids generation stops at: the tokenizer's EOS and those of the checkpoint's
+    ``generation_config.json`` (vLLM stops on the latter), the tokenizer's first."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    path = resolve_checkpoint(ckpt) / "generation_config.json"
+    if path.is_file():
+        given = json.loads(path.read_text()).get("eos_token_id")
+        for i in [given] if isinstance(given, int) else given or []:
+            if int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 def write_manifest(
     ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
 ) -> dict:

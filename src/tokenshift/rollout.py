@@ -15,6 +15,7 @@ The run is sharded and resumable (``tokenshift.sharding``). One row per sample:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift.datasets import Problem, PromptConfig
-from tokenshift.generation import Sample, SamplingConfig, sample
+from tokenshift.generation import Sample, SamplingConfig, cut_at_stop, sample
 from tokenshift.io import InputError
 from tokenshift.settings import GradingConfig, RolloutConfig
 from tokenshift.sharding import Part
@@ -38,25 +39,69 @@ class HFBackend:
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
         import torch
 
-        from tokenshift.models import job_devices, load_causal_lm, load_tokenizer
+        from tokenshift.models import job_devices, load_causal_lm, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
         self.model = load_causal_lm(model, job_devices((model,), ("auto",))[0])
         self.cfg, self.sampling = cfg, sampling
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.stops = stop_ids(model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+        # noise per batch (``generate`` takes one generator): ``keys`` are not needed
         return sample(
             self.model,
             prompts,
-            eos_id=self.eos_id,
+            eos_id=self.stops,
             pad_id=self.pad_id,
             sampling=self.sampling,
             seed=seed,
             batch_size=self.cfg.batch_size,
         )
+
+
+def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
+    """A sample's own seed, from the run's seed, its problem and its index: the same sample gets the
+    same noise whatever shard, job or batch it falls in, and no two samples share one."""
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a non-negative int64
+
+
+def vllm_engine_args(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, gpus: int) -> dict:
+    """``vllm.LLM(**args)`` for ``model``: spread over the job's ``gpus`` unless the config says how
+    many, the context the responses need (vLLM otherwise sizes the KV cache for the model's whole
+    context, which a 32B model's weights leave no room for on one GPU), the memory share and dtype."""
+    return {
+        "model": str(model),
+        "tokenizer": str(model),
+        "seed": sampling.seed,
+        "tensor_parallel_size": cfg.vllm_tensor_parallel_size or max(gpus, 1),
+        "max_model_len": cfg.vllm_max_model_len or sampling.max_new_tokens + 2048,
+        "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+        "dtype": cfg.vllm_dtype,
+    }
+
+
+def vllm_sampling_args(sampling: SamplingConfig, seeds: Sequence[int], stops: Sequence[int]) -> list[dict]:
+    """``vllm.SamplingParams(**args)`` per request: the config's sampling, each sample's own seed, and
+    the stop ids the HF backend stops on (vLLM would take only ``generation_config.json``'s)."""
+    if sampling.temperature > 2:
+        raise ValueError(f"temperature {sampling.temperature}: vLLM accepts at most 2")
+    common = {
+        "n": 1,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
+        "max_tokens": sampling.max_new_tokens,
+        "stop_token_ids": list(stops),
+        "skip_special_tokens": False,
+    }
+    return [{**common, "seed": s} for s in seeds]
+
+
+def vllm_sample(token_ids: Sequence[int], stops: Sequence[int]) -> Sample:
+    """A vLLM output as the HF backend returns it: vLLM keeps the stop token in ``token_ids``; cut it."""
+    return cut_at_stop(token_ids, stops)
 
 
 class VLLMBackend:
@@ -73,30 +118,23 @@ class VLLMBackend:
             raise BackendUnavailable("rollout backend 'vllm' needs a CUDA GPU and none is visible; use backend 'hf'")
         from vllm import LLM
 
-        from tokenshift.models import load_tokenizer, resolve_checkpoint
+        from tokenshift.models import load_tokenizer, resolve_checkpoint, stop_ids
 
         self.tokenizer = load_tokenizer(model)
-        self.llm = LLM(model=str(resolve_checkpoint(model)), seed=sampling.seed)
+        self.stops = stop_ids(model, self.tokenizer)
+        self.llm = LLM(**vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count()))
         self.sampling = sampling
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        s = self.sampling
-        params = [
-            SamplingParams(temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens, seed=seed + i)
-            for i in range(len(prompts))
-        ]
+        if keys is None:
+            raise ValueError("the vllm backend seeds each sample by its (problem id, sample index): pass keys")
+        seeds = [sample_seed(self.sampling.seed, pid, j) for pid, j in keys]
+        params = [SamplingParams(**a) for a in vllm_sampling_args(self.sampling, seeds, self.stops)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-        eos = self.tokenizer.eos_token_id
-        result = []
-        for o in outs:
-            ids = list(o.outputs[0].token_ids)
-            if ids and ids[-1] == eos:
-                ids = ids[:-1]
-            result.append(Sample(ids, "stop" if o.outputs[0].finish_reason == "stop" else "length"))
-        return result
+        return [vllm_sample(o.outputs[0].token_ids, self.stops) for o in outs]
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}

@@ -141,6 +141,26 @@ class RolloutConfig:
     batch_size: int = option(64, "sequences per generate call (hf backend)", minimum=1)
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
+    # read by the vllm backend only (``stages``): a job of the hf backend records none of them
+    vllm_tensor_parallel_size: int | None = option(
+        None, "vllm: GPUs one engine spans (not set: every GPU the job was given)", minimum=1, stages=("vllm",)
+    )
+    vllm_gpu_memory_utilization: float = option(
+        0.9, "vllm: share of each GPU's memory the engine may take", stages=("vllm",)
+    )
+    vllm_max_model_len: int | None = option(
+        None,
+        "vllm: longest prompt plus response, in tokens (not set: max_new_tokens + 2048)",
+        minimum=1,
+        stages=("vllm",),
+    )
+    vllm_dtype: str = option(
+        "bfloat16", "vllm: dtype of the weights", choices=["bfloat16", "float16", "float32"], stages=("vllm",)
+    )
+
+    def __post_init__(self):
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization {self.vllm_gpu_memory_utilization}: expected (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,8 @@ def _sample_shard(
 ) -> pl.DataFrame:
     prompts = [format_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
     reps = [ids for ids in prompts for _ in range(n)]
-    samples = backend.generate(reps, seed=seed)
+    keys = [(p.problem_id, j) for p in chunk for j in range(n)]  # a backend that seeds each sample uses them
+    samples = backend.generate(reps, seed=seed, keys=keys)
     texts = backend.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
     golds = [p.answer for p in chunk for _ in range(n)]
     grades = grader.grade(texts, golds)

@@ -22,7 +22,7 @@ rule rollout:
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
-        rollout=settings_of(RolloutConfig),
+        rollout=settings_of(RolloutConfig, stage=config["rollout"]["backend"]),
     shell:
         "tokenshift rollout --model {input.model} --dataset {input.dataset} {params.sampling} {params.prompt} "
         "{params.grading} {params.rollout} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
