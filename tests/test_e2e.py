@@ -188,6 +188,7 @@ CONSUMERS = {
     "sampling.seed": (*SAMPLERS, "toy_check"),
     **{f"rollout.{k}": ("rollout",) for k in ("backend", "batch_size", "problems_per_shard", "threads")},
     "grading.mode": SAMPLERS,
+    **{f"divergence.{k}": ("divergence_toy",) for k in ("high_js_quantile", "high_js_cut", "rank_k")},
     "grading.timeout_s": SAMPLERS,
     "rollout.pass_k": ("accuracy",),
     **{
@@ -251,6 +252,9 @@ def changed_value(key: str, value):
     special = {
         "cluster.gpu_model": "a100",
         "grading.mode": "lenient",
+        "divergence.high_js_quantile": 0.9,
+        "divergence.high_js_cut": 0.1,
+        "divergence.rank_k": [1, 2],
         "rollout.vllm_tensor_parallel_size": 2,
         "rollout.vllm_gpu_memory_utilization": 0.8,
         "rollout.vllm_max_model_len": 4096,
@@ -280,7 +284,7 @@ def changed_value(key: str, value):
 def walked_keys(config: dict) -> dict[str, object]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     keys = {}
-    for section in ("sampling", "grading", "rollout", "scoring", "crosssample", "toy", "cluster"):
+    for section in ("sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "cluster"):
         for key, spec in schema[section]["properties"].items():
             if key in ("thresholds", "runtime"):
                 keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})

@@ -18,6 +18,7 @@ from tokenshift.settings import (
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
+    DivergenceConfig,
     GradingConfig,
     PromptConfig,
     RolloutConfig,
@@ -30,6 +31,7 @@ SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").r
 SECTION_CLASSES = [
     SamplingConfig,
     GradingConfig,
+    DivergenceConfig,
     RolloutConfig,
     AccuracyConfig,
     ScoringConfig,
@@ -68,7 +70,9 @@ def field_defaults(cls) -> dict:
     }
 
 
-@pytest.mark.parametrize("section", ["sampling", "grading", "rollout", "scoring", "crosssample", "toy", "cluster"])
+@pytest.mark.parametrize(
+    "section", ["sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "cluster"]
+)
 def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
     props = SCHEMA["properties"][section]["properties"]
     fields = {}
@@ -138,6 +142,8 @@ def test_flags_round_trip_through_the_parser(cls):
         changed["statistic"] = "topk:50"
     if cls is RolloutConfig:
         changed["vllm_gpu_memory_utilization"] = 0.5
+    if cls is DivergenceConfig:
+        changed.update(high_js_quantile=0.9, high_js_cut=0.1)
     expected = cls(**changed)
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 

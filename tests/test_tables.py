@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tokenshift.settings import DivergenceConfig
 from tokenshift.tables import (
-    HIGH_JS_QUANTILE,
     divergence_tables,
     entropy_table,
     position_table,
@@ -47,13 +47,29 @@ def test_sparsity_shares_and_percentiles(scores):
 def test_position_bins(scores):
     t = position_table(scores, bins=4)
     pos, js = scores["norm_position"].to_numpy(), scores["js"].to_numpy()
-    cut = np.quantile(js, HIGH_JS_QUANTILE)
+    cut = np.quantile(js, DivergenceConfig().high_js_quantile)
     for row in t.iter_rows(named=True):
         inside = np.minimum(np.floor(pos * 4), 3) == row["bin"]
         assert row["n_positions"] == inside.sum()
         assert row["mean_js"] == pytest.approx(js[inside].mean())
         assert row["share_high_js"] == pytest.approx(((js > cut) & (js > 0))[inside].mean())
     assert t["region"].to_list() == ["start", "middle", "middle", "end"]
+    # an absolute cut instead of the quantile: the same for every table, as the paper's fixed thresholds
+    fixed = position_table(scores, bins=4, cfg=DivergenceConfig(high_js_cut=0.05))
+    for row in fixed.iter_rows(named=True):
+        inside = np.minimum(np.floor(pos * 4), 3) == row["bin"]
+        assert row["share_high_js"] == pytest.approx((js > 0.05)[inside].mean())
+
+
+def test_reallocation_over_the_configured_k(scores):
+    t = reallocation_table(scores, cfg=DivergenceConfig(rank_k=(1, 2, 10)))
+    rank = scores["rl_top1_rank_in_base"].to_numpy()
+    got = {r["metric"]: r["value"] for r in t.iter_rows(named=True)}
+    for k in (1, 2, 10):
+        assert got[f"rl_top1_in_base_top{k}"] == pytest.approx((rank < k).mean())
+    assert "rl_top1_in_base_top3" not in got
+    with pytest.raises(ValueError, match=r"high_js_cut 0\.9"):
+        DivergenceConfig(high_js_cut=0.9)
 
 
 def test_entropy_table_finds_divergence_at_high_entropy(scores):

@@ -45,6 +45,7 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 SOURCES = ("toy", "path", "hub", "preset")
 
+LN2 = 0.6931471805599453
 CHUNK_BUFFERS = 12
 """fp32 ``[chunk, vocab]`` buffers one scoring chunk needs at most (both logits and token_stats's temporaries)."""
 
@@ -207,6 +208,27 @@ class ScoringConfig:
         if self.chunk_size:
             return self.chunk_size
         return max(16, min(8192, self.chunk_memory_mb * 2**20 // (CHUNK_BUFFERS * 4 * vocab_size)))
+
+
+@dataclass(frozen=True)
+class DivergenceConfig:
+    """What the divergence tables call high-JS, and which top-k the reallocation table asks about
+    (config ``divergence:``)."""
+
+    section: ClassVar[str] = "divergence"
+    high_js_quantile: float = option(
+        0.95, "a position is high-JS above this quantile of its table's JS (when high_js_cut is not set)"
+    )
+    high_js_cut: float | None = option(
+        None, "an absolute JS cut (nats) for high-JS positions instead of the quantile, the same for every table"
+    )
+    rank_k: tuple[int, ...] = option((1, 3, 5), "k of 'RL's top token is among the base model's top k'", minimum=1)
+
+    def __post_init__(self):
+        if not 0 < self.high_js_quantile < 1:
+            raise ValueError(f"high_js_quantile {self.high_js_quantile}: expected a value in (0, 1)")
+        if self.high_js_cut is not None and not 0 <= self.high_js_cut <= LN2:
+            raise ValueError(f"high_js_cut {self.high_js_cut}: expected a JS in [0, ln 2]")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from tokenshift.io import InputError, read_parquet, write_parquet_atomic
-from tokenshift.settings import AccuracyConfig
+from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
 
 
@@ -91,13 +91,15 @@ def accuracy_table(
 # --- divergence tables (the paper's first analysis), from per-token score tables -------------
 
 JS_THRESHOLDS = (1e-4, 1e-3, 1e-2, 0.1)
-HIGH_JS_QUANTILE = 0.95
-"""A position is high-JS when its JS is in the top 5% of its (pair, dataset, source) table."""
+# A position is high-JS when its JS is in the top 5% of its (pair, dataset, source) table, or
+# above an absolute cut (``DivergenceConfig``).
 HIGH_ENTROPY_QUANTILE = 0.90
 
 
-def _high_js(scores: pl.DataFrame) -> tuple[pl.Expr, float]:
-    cut = float(scores["js"].quantile(HIGH_JS_QUANTILE))
+def _high_js(scores: pl.DataFrame, cfg: DivergenceConfig) -> tuple[pl.Expr, float]:
+    if cfg.high_js_cut is not None:
+        return pl.col("js") > cfg.high_js_cut, cfg.high_js_cut
+    cut = float(scores["js"].quantile(cfg.high_js_quantile))
     # at least some divergence: a table of identical models has no high-JS positions
     return (pl.col("js") > cut) & (pl.col("js") > 0), cut
 
@@ -108,7 +110,7 @@ def _js_ci() -> list[pl.Expr]:
     return [(pl.col("js").mean() - half).alias("js_ci_low"), (pl.col("js").mean() + half).alias("js_ci_high")]
 
 
-def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
+def sparsity_table(scores: pl.DataFrame, cfg: DivergenceConfig = DivergenceConfig()) -> pl.DataFrame:
     """Share of positions with JS below each threshold, and the JS percentile curve."""
     js = scores["js"]
     rows = [{"kind": "share_below", "value": t, "js_nats": t, "share": float((js < t).mean())} for t in JS_THRESHOLDS]
@@ -119,10 +121,10 @@ def sparsity_table(scores: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
+def position_table(scores: pl.DataFrame, bins: int = 10, cfg: DivergenceConfig = DivergenceConfig()) -> pl.DataFrame:
     """Mean JS (with ``js_ci_low``/``js_ci_high``) and share of high-JS positions by normalised
     response position (start/middle/end)."""
-    high, cut = _high_js(scores)
+    high, cut = _high_js(scores, cfg)
     b = (pl.col("norm_position") * bins).floor().clip(0, bins - 1).cast(pl.Int32).alias("bin")
     t = (
         scores.with_columns(b, high.alias("high"))
@@ -150,10 +152,10 @@ def position_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     )
 
 
-def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
+def entropy_table(scores: pl.DataFrame, bins: int = 10, cfg: DivergenceConfig = DivergenceConfig()) -> pl.DataFrame:
     """JS by base-model entropy (quantile bins; mean JS with a 95% CI), and how high-JS positions
     sit among high-entropy ones."""
-    high, cut = _high_js(scores)
+    high, cut = _high_js(scores, cfg)
     ent = scores["entropy_base"]
     edges = np.unique(np.quantile(ent.to_numpy(), np.linspace(0, 1, bins + 1)))
     idx = np.clip(np.searchsorted(edges, ent.to_numpy(), side="right") - 1, 0, max(len(edges) - 2, 0))
@@ -186,17 +188,17 @@ def entropy_table(scores: pl.DataFrame, bins: int = 10) -> pl.DataFrame:
     )
 
 
-def reallocation_table(scores: pl.DataFrame) -> pl.DataFrame:
+def reallocation_table(scores: pl.DataFrame, cfg: DivergenceConfig = DivergenceConfig()) -> pl.DataFrame:
     """Is RL's choice already among the base model's top candidates, and how much mass moves onto it."""
     rank = scores["rl_top1_rank_in_base"]
     moved = scores["p_rl_of_rl_top1"] - scores["p_base_of_rl_top1"]
-    high, _ = _high_js(scores)
-    rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in (1, 3, 5)]
+    high, _ = _high_js(scores, cfg)
+    rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in cfg.rank_k]
     hi = scores.filter(high)
     if hi.height:
         rows += [
             {"metric": f"rl_top1_in_base_top{k}_at_high_js", "value": float((hi["rl_top1_rank_in_base"] < k).mean())}
-            for k in (1, 3, 5)
+            for k in cfg.rank_k
         ]
     rows.append({"metric": "mean_mass_moved_onto_rl_top1", "value": float(moved.mean())})
     if hi.height:
@@ -224,14 +226,16 @@ DIVERGENCE_TABLES = {
 
 
 def divergence_tables(
-    scores_by_source: Mapping[str, pl.DataFrame], labels: Mapping[str, str]
+    scores_by_source: Mapping[str, pl.DataFrame],
+    labels: Mapping[str, str],
+    cfg: DivergenceConfig = DivergenceConfig(),
 ) -> dict[str, pl.DataFrame]:
     """Every divergence table for each response source, stacked, with pair/dataset/source columns."""
     out = {}
     for name, fn in DIVERGENCE_TABLES.items():
         parts = []
         for source, scores in scores_by_source.items():
-            t = fn(scores)
+            t = fn(scores, cfg=cfg)
             parts.append(t.with_columns(*[pl.lit(v).alias(k) for k, v in {**labels, "source": source}.items()]))
         out[name] = pl.concat(parts, how="diagonal")
     return out
@@ -438,6 +442,7 @@ def write_divergence(
     dataset: str,
     problems: Path | None = None,
     tokenizer: Path | None = None,
+    cfg: DivergenceConfig = DivergenceConfig(),
 ) -> dict[str, pl.DataFrame]:
     """Every divergence table of a pair's scored rollouts (source -> path), written under ``out_dir``.
 
@@ -448,7 +453,7 @@ def write_divergence(
         src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS) for src, path in scores.items()
     }
     labels = {"pair": pair, "dataset": dataset}
-    tables = divergence_tables(frames, labels)
+    tables = divergence_tables(frames, labels, cfg)
     toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
     if toy is not None and "toy_ops" in toy.columns:
         from tokenshift.models import load_tokenizer

@@ -29,6 +29,7 @@ from tokenshift.settings import (
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
+    DivergenceConfig,
     GradingConfig,
     PromptConfig,
     RolloutConfig,

@@ -18,10 +18,11 @@ rule divergence:
         "../../envs/cpu.yaml"
     params:
         out=lambda wildcards, output: Path(output.sparsity).parent,
+        tables=settings_of(DivergenceConfig),
     shell:
         "tokenshift divergence --scores-base {input.base} --scores-rl {input.rl} --problems {input.problems} "
-        "--tokenizer {input.tokenizer} --pair {wildcards.pair} --dataset {wildcards.dataset} --out-dir {params.out} "
-        "> {log} 2>&1"
+        "--tokenizer {input.tokenizer} --pair {wildcards.pair} --dataset {wildcards.dataset} {params.tables} "
+        "--out-dir {params.out} > {log} 2>&1"
 
 
 # on the toy task the same command also writes the decision-point table

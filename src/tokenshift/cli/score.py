@@ -11,7 +11,7 @@ from tokenshift.registry import ROLES
 
 
 def register(sub) -> None:
-    from tokenshift.settings import ScoringConfig
+    from tokenshift.settings import DivergenceConfig, ScoringConfig
 
     sc = sub.add_parser(
         "score",
@@ -47,6 +47,7 @@ def register(sub) -> None:
         help="the dataset's problems parquet: on the toy task, its decision points are compared with high-JS positions",
     )
     dv.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer encodes the toy traces")
+    add_options(dv, DivergenceConfig, title="tables (config `divergence:`)")
     dv.set_defaults(func=_divergence)
 
 
@@ -69,6 +70,7 @@ def _score(args: argparse.Namespace) -> None:
 def _divergence(args: argparse.Namespace) -> None:
     import polars as pl
 
+    from tokenshift.settings import DivergenceConfig
     from tokenshift.tables import write_divergence
 
     tables = write_divergence(
@@ -78,6 +80,7 @@ def _divergence(args: argparse.Namespace) -> None:
         dataset=args.dataset,
         problems=args.problems,
         tokenizer=args.tokenizer,
+        cfg=settings(DivergenceConfig, args),
     )
     show(
         tables["sparsity"].filter(pl.col("kind") == "share_below").select("source", "js_nats", "share"),
