@@ -21,9 +21,11 @@ model's entropy, and whether their argmaxes differ; a policy turns one of these 
   percentile as ``js`` it switches about as many tokens, at positions chosen blind.
 
 ``budget`` caps the switched tokens per response (None: no cap). Tokens are drawn by inverse
-CDF from one uniform per (row, step) shared by whichever model is sampled, so runs that differ
-only in policy or budget share their randomness (budget 0 gives the same responses under every
-policy), and differences between them are not sampling noise. Rows that finish (EOS or the
+CDF from one uniform per (row, step) shared by whichever model is sampled, from the row's own
+seed (its problem and sample index), so runs that differ only in policy or budget share their
+randomness (budget 0 gives the same responses under every policy, and a forward budget-0 row is
+the base model's rollout of that sample: ``decode_alone``), and differences between them are not
+sampling noise. Rows that finish (EOS or the
 length limit) are dropped from both caches as they accumulate, so they stop costing compute.
 """
 
@@ -40,7 +42,7 @@ from pathlib import Path
 import torch
 
 from tokenshift.divergence import entropies_and_js
-from tokenshift.generation import Sample, SamplingConfig, pad_rows
+from tokenshift.generation import Sample, SamplingConfig, pad_rows, row_noise, sample_seed
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS, parse_budget
@@ -237,21 +239,25 @@ def cross_sample(
     rl: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     *,
-    eos_id: int | None,
+    eos_id: int | Sequence[int] | None,
     pad_id: int,
     vocab_size: int,
     rule: SwitchRule,
     sampling: SamplingConfig,
-    seed: int,
+    seeds: Sequence[int] | None = None,
+    seed: int = 0,
     batch_size: int = 256,
 ) -> list[Sample]:
     """One cross-sample per prompt, in prompt order (repeat a prompt to draw several).
 
     Each ``Sample`` carries ``extra``: ``n_switched``, ``switched_positions`` (0-based positions
     in the response; a switch that drew EOS is at ``len(response_ids)``), ``switched_js`` (the JS
-    at each), ``step_js`` (the JS at every response position, for plots) and ``n_forced`` (the
-    switches ``rule.force`` made). ``eos_id=None`` decodes to the length limit (benchmarks).
-    Deterministic given ``seed`` and the batch size.
+    at each), ``step_js`` (the JS at every response position, for plots), ``n_forced`` (the
+    switches ``rule.force`` made) and ``row_threshold``. ``eos_id`` may be several stop ids;
+    ``None`` decodes to the length limit (benchmarks). Each row draws its noise from its own seed
+    (``seeds``; the stage's are ``generation.sample_seed`` of its problem and sample index; without
+    them, ``sample_seed(seed, "", i)`` of its index), so a row's draw depends on nothing else in
+    its batch, shard or job.
     """
     gen, other = (base, rl) if rule.direction == "forward" else (rl, base)
     models = (gen, other)
@@ -259,8 +265,12 @@ def cross_sample(
     for m in models:
         m.eval()
     kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "sampling": sampling}
-    batches = [prompts[start : start + batch_size] for start in range(0, len(prompts), batch_size)]
-    noise = [_batch_noise(seed * 1_000_003 + b, len(chunk), sampling.max_new_tokens) for b, chunk in enumerate(batches)]
+    seeds = list(seeds) if seeds is not None else [sample_seed(seed, "", i) for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    starts = range(0, len(prompts), batch_size)
+    batches = [prompts[start : start + batch_size] for start in starts]
+    noise = [row_noise(seeds[start : start + batch_size], sampling.max_new_tokens) for start in starts]
     out: list[Sample] = []
     try:
         if rule.threshold is None and rule.budget != 0:
@@ -289,15 +299,6 @@ def cross_sample(
         for m, t in zip(models, was_training):
             m.train(t)
     return out
-
-
-def _batch_noise(seed: int, n: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One uniform per row and step for the token, one for the random policy (``[n, steps]`` each):
-    drawn up front, so a row decoded again (a forced switch, a twin) meets the same noise."""
-    noise, coin = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
-    u = torch.stack([torch.rand(n, generator=noise) for _ in range(steps)], 1)
-    r = torch.stack([torch.rand(n, generator=coin) for _ in range(steps)], 1)
-    return u, r
 
 
 def _row_thresholds(gen, other, batches, noise, rule: SwitchRule, kw) -> list[torch.Tensor]:
@@ -349,6 +350,40 @@ def _decode_in_pieces(
     ]
 
 
+@torch.no_grad()
+def decode_alone(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    seeds: Sequence[int],
+    eos_id: int | Sequence[int] | None,
+    pad_id: int,
+    vocab_size: int,
+    sampling: SamplingConfig,
+    batch_size: int = 64,
+) -> list[Sample]:
+    """One model's samples, one per prompt, each row on its own noise (``seeds``): the lockstep
+    decoder with no second model, so a rollout and the forward budget-0 cross-sample of the same
+    (problem, sample) draw the same tokens. Tokens are drawn from the first ``vocab_size`` logits."""
+    was_training = model.training
+    model.eval()
+    kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "sampling": sampling}
+    alone = SwitchRule(budget=0)
+    out: list[Sample] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            u, r = row_noise(seeds[start : start + batch_size], sampling.max_new_tokens)
+            n = len(chunk)
+            decode = functools.partial(
+                _decode_in_pieces, model, None, chunk, u, r, [[]] * n, torch.full((n,), math.nan), rule=alone, **kw
+            )
+            out += [sample for sample, _ in halving_on_oom(decode, n, is_oom=is_oom)]
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> int | None:
     """Where the authors' rule forces a switch in a decoded row, or None.
 
@@ -380,10 +415,11 @@ def _decode_batch(
     forced: Sequence[Sequence[int]],
     thresholds: torch.Tensor,
 ) -> list[tuple[Sample, torch.Tensor]]:
-    """Decode a batch; each row with its policy statistic at every step (for a forced switch)."""
+    """Decode a batch; each row with its policy statistic at every step (for a forced switch).
+    Without ``other`` (``decode_alone``), the generator decodes on its own and nothing switches."""
     # bookkeeping lives on the generator's device; the other model's logits are moved there
     dev = next(gen.parameters()).device
-    dev_o = next(other.parameters()).device
+    dev_o = next(other.parameters()).device if other is not None else dev
     max_new = sampling.max_new_tokens
     statistic = POLICIES[rule.policy].statistic
     ids, mask = pad_rows(prompts, pad_id)
@@ -398,11 +434,17 @@ def _decode_batch(
     for i, where in enumerate(forced):
         force[i, list(where)] = True
     budget = math.inf if rule.budget is None else rule.budget
-    drop_eos = rule.eos == "drop" and eos_id is not None
+    stops = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    stop_ids = torch.tensor(stops, dtype=torch.long, device=dev)
+    drop_eos = rule.eos == "drop" and bool(stops)
     topk_selects = rule.topk is not None and statistic in ("js", "entropy")
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, None, vocab_size)
-    logits_o, cache_o = _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
+    logits_o, cache_o = (
+        _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
+        if other is not None
+        else (None, None)
+    )
     next_pos = positions[:, -1] + 1
 
     rows = torch.arange(n, device=dev)  # original index of each row still in the caches
@@ -419,21 +461,26 @@ def _decode_batch(
         # one uniform per original row and step, whatever rows were dropped: runs stay coupled
         u, r = u_all[rows, t], r_all[rows, t]
         lg = logits_g.float()
-        lo = logits_o.to(dev, torch.float32)
-        stats = {**step_statistics(lg, lo), "uniform": r}
-        chosen = step_statistics(lg, lo, rule.topk)[statistic] if topk_selects else stats[statistic]
         live = ~done
-        switch = ((chosen > threshold[rows]) | force[rows, t]) & (used < budget) & live
-        if drop_eos:
-            lo[:, eos_id] = -math.inf  # only read where a row switches
-        tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
+        if other is None:  # alone: no statistics between two models, no switch
+            zeros = torch.zeros(len(rows), device=dev)
+            stats, chosen, switch = {"js": zeros}, zeros, torch.zeros_like(live)
+            tok = sample_from_logits(lg, u, sampling)
+        else:
+            lo = logits_o.to(dev, torch.float32)
+            stats = {**step_statistics(lg, lo), "uniform": r}
+            chosen = step_statistics(lg, lo, rule.topk)[statistic] if topk_selects else stats[statistic]
+            switch = ((chosen > threshold[rows]) | force[rows, t]) & (used < budget) & live
+            if drop_eos:
+                lo[:, stop_ids] = -math.inf  # only read where a row switches
+            tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
         used += switch.float()
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
         stat_all[rows, t] = chosen
-        if eos_id is not None:
-            ended = live & (tok == eos_id)
+        if stops:
+            ended = live & torch.isin(tok, stop_ids)
             length[rows[ended]] = t
             stopped[rows[ended]] = True
             done |= ended
@@ -443,7 +490,8 @@ def _decode_batch(
         if n_done >= max(1, math.ceil(COMPACT_FRACTION * len(rows))):
             keep = (~done).nonzero()[:, 0]
             cache_g.batch_select_indices(keep)
-            cache_o.batch_select_indices(keep.to(dev_o))
+            if cache_o is not None:
+                cache_o.batch_select_indices(keep.to(dev_o))
             rows, tok, used, attn, next_pos, done = (
                 rows[keep],
                 tok[keep],
@@ -455,9 +503,10 @@ def _decode_batch(
         attn[:, width + t] = 1
         step_attn, step_ids, step_pos = attn[:, : width + t + 1], tok[:, None], next_pos[:, None]
         logits_g, cache_g = _forward(gen, step_ids, step_attn, step_pos, cache_g, vocab_size)
-        logits_o, cache_o = _forward(
-            other, step_ids.to(dev_o), step_attn.to(dev_o), step_pos.to(dev_o), cache_o, vocab_size
-        )
+        if other is not None:
+            logits_o, cache_o = _forward(
+                other, step_ids.to(dev_o), step_attn.to(dev_o), step_pos.to(dev_o), cache_o, vocab_size
+            )
         next_pos = next_pos + 1
 
     result = []
@@ -504,7 +553,7 @@ class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
     def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
-        from tokenshift.models import compare_tokenizers, job_devices, load_causal_lm, load_tokenizer
+        from tokenshift.models import compare_tokenizers, job_devices, load_causal_lm, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(base)
@@ -513,20 +562,23 @@ class CrossSampleBackend:
         devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
         self.models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
         self.rule, self.sampling, self.batch_size = rule, sampling, cfg.batch_size
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        # the stop ids of the generating model, as its rollouts stop (the base model's and the RL model's both)
+        self.stops = list(dict.fromkeys(stop_ids(base, self.tokenizer) + stop_ids(rl, self.tokenizer)))
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
     def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+        if keys is None:
+            raise ValueError("cross-sampling seeds each sample by its (problem id, sample index): pass keys")
         return cross_sample(
             self.models["base"],
             self.models["rl"],
             prompts,
-            eos_id=self.eos_id,
+            eos_id=self.stops,
             pad_id=self.pad_id,
             vocab_size=self.vocab_size,
             rule=self.rule,
             sampling=self.sampling,
-            seed=seed,
+            seeds=[sample_seed(self.sampling.seed, pid, j) for pid, j in keys],
             batch_size=self.batch_size,
         )
 

@@ -7,6 +7,7 @@ not part of the returned response ids, but ``finish_reason`` says whether it was
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,22 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, *, side: str = "left") 
             ids[i, cols] = torch.as_tensor(list(r), dtype=torch.long)
             mask[i, cols] = 1
     return ids, mask
+
+
+def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
+    """A sample's own seed, from the run's seed, its problem and its index: the same sample gets the
+    same noise whatever shard, job or batch it falls in, and no two samples share one."""
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a non-negative int64
+
+
+def row_noise(seeds: Sequence[int], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's uniforms (``[len(seeds), steps]``): one per step for its token, and an independent
+    one for the ``random`` switching policy, both from the row's own seed alone."""
+    u = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    coin = [(s * 6364136223846793005 + 1442695040888963407) % 2**63 for s in seeds]  # another stream
+    r = torch.stack([torch.rand(steps, generator=torch.Generator().manual_seed(c)) for c in coin])
+    return u, r
 
 
 def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> Sample:

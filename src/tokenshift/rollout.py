@@ -2,9 +2,12 @@
 
 Two backends behind one interface (``generate(prompts, seed) -> [Sample]``):
 
-- ``hf``: batched ``transformers`` generation with a KV cache and left padding
-  (``tokenshift.generation.sample``); the default, and the only one on CPU;
-- ``vllm``: vLLM's offline engine fed token ids (``TokensPrompt``), same sampling settings;
+- ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
+  (seed, problem id, sample index) (``tokenshift.crosssample.decode_alone``: the cross-sampling
+  decoder with one model, so a rollout and its forward budget-0 cross-sample are one draw); the
+  default, and the only one on CPU;
+- ``vllm``: vLLM's offline engine fed token ids (``TokensPrompt``), same sampling settings,
+  stop ids and per-sample seeds (its own sampler: the same distribution, other draws);
   imported only when asked for, and refused with a clear error where it cannot run.
 
 The run is sharded and resumable (``tokenshift.sharding``). One row per sample:
@@ -15,7 +18,6 @@ The run is sharded and resumable (``tokenshift.sharding``). One row per sample:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift.datasets import Problem, PromptConfig
-from tokenshift.generation import Sample, SamplingConfig, cut_at_stop, sample
+from tokenshift.generation import Sample, SamplingConfig, cut_at_stop, sample_seed
 from tokenshift.io import InputError
 from tokenshift.settings import GradingConfig, RolloutConfig
 from tokenshift.sharding import Part
@@ -49,23 +51,24 @@ class HFBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
     def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
-        # noise per batch (``generate`` takes one generator): ``keys`` are not needed
-        return sample(
+        from tokenshift.crosssample import decode_alone
+
+        return decode_alone(
             self.model,
             prompts,
+            seeds=_seeds(self.sampling, keys),
             eos_id=self.stops,
             pad_id=self.pad_id,
+            vocab_size=len(self.tokenizer),
             sampling=self.sampling,
-            seed=seed,
             batch_size=self.cfg.batch_size,
         )
 
 
-def sample_seed(seed: int, problem_id: str, sample_index: int) -> int:
-    """A sample's own seed, from the run's seed, its problem and its index: the same sample gets the
-    same noise whatever shard, job or batch it falls in, and no two samples share one."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{sample_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a non-negative int64
+def _seeds(sampling: SamplingConfig, keys) -> list[int]:
+    if keys is None:
+        raise ValueError("rollouts seed each sample by its (problem id, sample index): pass keys")
+    return [sample_seed(sampling.seed, pid, j) for pid, j in keys]
 
 
 def vllm_engine_args(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, gpus: int) -> dict:
@@ -129,10 +132,9 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if keys is None:
-            raise ValueError("the vllm backend seeds each sample by its (problem id, sample index): pass keys")
-        seeds = [sample_seed(self.sampling.seed, pid, j) for pid, j in keys]
-        params = [SamplingParams(**a) for a in vllm_sampling_args(self.sampling, seeds, self.stops)]
+        params = [
+            SamplingParams(**a) for a in vllm_sampling_args(self.sampling, _seeds(self.sampling, keys), self.stops)
+        ]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         return [vllm_sample(o.outputs[0].token_ids, self.stops) for o in outs]
 
