@@ -139,7 +139,7 @@ class RolloutConfig:
         "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, `tokenshift[vllm]`)",
         choices=["hf", "vllm"],
     )
-    batch_size: int = option(64, "sequences per generate call (hf backend)", minimum=1)
+    batch_size: int = option(256, "rows decoded together (hf backend); results do not depend on it", minimum=1)
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
     # read by the vllm backend only (``stages``): a job of the hf backend records none of them
