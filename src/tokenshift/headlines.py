@@ -58,18 +58,26 @@ def model_accuracy(accuracy: pl.DataFrame) -> dict[str, dict]:
 def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
     """How much of the base→RL accuracy gap switching recovers (forward) or loses (reverse).
 
-    ``recovery(b) = (acc_forward(b) - acc_base) / (acc_rl - acc_base)`` with the two models'
-    own rollout accuracies; ``loss(b) = (acc_rl - acc_reverse(b)) / (acc_rl - acc_base)``.
-    The headline budget is the smallest whose forward ``js`` recovery reaches 80% (else ``all``);
-    the random control is read at the same budget. None where the gap is not positive.
+    ``recovery(b) = (acc_forward(b) - acc_base) / (acc_rl - acc_base)`` and ``loss(b) = (acc_rl -
+    acc_reverse(b)) / (acc_rl - acc_base)``, where ``acc_base`` and ``acc_rl`` are the budget-0
+    runs of each direction (the two models alone, on the cross-sampled problems and with each
+    sample's own noise: the models' rollouts of those problems), or, without them, the models'
+    rollout accuracies over the whole dataset. The headline budget is the smallest whose forward
+    ``js`` recovery reaches 80% (else ``all``); the random control is read at the same budget.
+    None where the gap is not positive.
     """
-    acc = model_accuracy(accuracy)
+    policy = "js" if "js" in cross["policy"].to_list() else cross["policy"][0]
+    rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
+    zero = {d: next((r for k, r in rows.items() if k[0] == d and k[2] == "0"), None) for d in ("forward", "reverse")}
+    if zero["forward"] is not None and zero["reverse"] is not None:
+        ends = {"base": zero["forward"]["accuracy"], "rl": zero["reverse"]["accuracy"]}
+    else:
+        ends = {role: r["value"] for role, r in model_accuracy(accuracy).items()}
+    acc = {role: {"value": v} for role, v in ends.items()}
     gap = acc["rl"]["value"] - acc["base"]["value"]
     out: dict = {"accuracy_base": acc["base"]["value"], "accuracy_rl": acc["rl"]["value"], "gap": gap}
     if gap <= 0:
         return out
-    policy = "js" if "js" in cross["policy"].to_list() else cross["policy"][0]
-    rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
     budgets = sorted({r["budget"] for r in rows.values()}, key=lambda b: math.inf if b == "all" else int(b))
     fwd = {
         b: (rows[("forward", policy, b)]["accuracy"] - acc["base"]["value"]) / gap
