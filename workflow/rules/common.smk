@@ -230,9 +230,7 @@ def job_models(stage, wildcards, input, key):
     return [
         (
             MODELS[name],
-            json.loads(Path(path).read_text())
-            if Path(path).is_file() or manifest_needed(key, MODELS[name])
-            else None,
+            json.loads(Path(path).read_text()) if Path(path).is_file() or manifest_needed(key, MODELS[name]) else None,
         )
         for name, path in roles.items()
     ]
