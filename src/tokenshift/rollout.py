@@ -1,6 +1,7 @@
 """The rollout stage: sample responses from one model on one dataset, grade them, write parquet.
 
-Two backends behind one interface (``generate(prompts, seed) -> [Sample]``):
+Two backends behind one interface (``generate(prompts, seed, keys) -> [Sample]``, ``keys`` the
+(problem id, sample index) of each prompt, from which each sample's seed is made):
 
 - ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
   (seed, problem id, sample index) (``tokenshift.crosssample.decode_alone``: the cross-sampling
