@@ -5,8 +5,8 @@ partitions, GPU model) and writes it where Snakemake looks for a profile named `
 (``$XDG_CONFIG_HOME/snakemake/slurm/``), so that ``snakemake --profile slurm all`` works as typed.
 
 ``job_resources`` is what a job of a stage asks for, derived from its models: a model needs
-``ceil(weights * GPU_OVERHEAD / gpu_memory)`` GPUs (its manifest records the weights' size; a toy
-model runs on CPU), unless its config entry says otherwise (``models.<name>.resources``); host
+``ceil(1.25 * weights / gpu_memory)`` GPUs (``memory.gpus_for``; its manifest records the
+weights' size; a toy model runs on CPU), unless its config entry says otherwise (``models.<name>.resources``); host
 memory follows from the weights too, and runtime from the config's ``cluster.runtime``, growing
 with each retry. Nothing here imports torch or Snakemake.
 """
@@ -21,11 +21,11 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from tokenshift.memory import gpus_for
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "slurm"
 """The profile template in a source checkout (the README installs tokenshift from one)."""
 
-GPU_OVERHEAD = 1.25
-"""GPU memory a model takes per byte of weights: the weights, plus the KV cache and activations."""
 HOST_OVERHEAD_MB = 2000
 """Host memory of a job beyond its models: Python, torch, tables."""
 GPU_STAGES = ("rollout", "score", "crosssample")
@@ -167,14 +167,14 @@ def install_profile(site: SiteSettings, *, target: Path | None = None, force: bo
 
 def model_gpus(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None, gpu_memory_gb: float) -> int:
     """GPUs one model needs: its config's ``resources.gpus``, else 0 for the toy models (CPU) and
-    ``ceil(weights * GPU_OVERHEAD / gpu_memory)`` for the others."""
+    ``memory.gpus_for`` of its weights for the others."""
     given = spec.get("resources", {}).get("gpus")
     if given is not None:
         return int(given)
     if "toy" in spec:
         return 0
     size = weights_bytes(manifest)
-    return max(1, math.ceil(size * GPU_OVERHEAD / (gpu_memory_gb * 2**30)))
+    return gpus_for(size, gpu_memory_gb * 2**30)
 
 
 def weights_bytes(manifest: Mapping[str, Any] | None) -> int:

@@ -73,19 +73,18 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
         ends = {"base": zero["forward"]["accuracy"], "rl": zero["reverse"]["accuracy"]}
     else:
         ends = {role: r["value"] for role, r in model_accuracy(accuracy).items()}
-    acc = {role: {"value": v} for role, v in ends.items()}
-    gap = acc["rl"]["value"] - acc["base"]["value"]
-    out: dict = {"accuracy_base": acc["base"]["value"], "accuracy_rl": acc["rl"]["value"], "gap": gap}
+    gap = ends["rl"] - ends["base"]
+    out: dict = {"accuracy_base": ends["base"], "accuracy_rl": ends["rl"], "gap": gap}
     if gap <= 0:
         return out
     budgets = sorted({r["budget"] for r in rows.values()}, key=lambda b: math.inf if b == "all" else int(b))
     fwd = {
-        b: (rows[("forward", policy, b)]["accuracy"] - acc["base"]["value"]) / gap
+        b: (rows[("forward", policy, b)]["accuracy"] - ends["base"]) / gap
         for b in budgets
         if ("forward", policy, b) in rows
     }
     rev = {
-        b: (acc["rl"]["value"] - rows[("reverse", policy, b)]["accuracy"]) / gap
+        b: (ends["rl"] - rows[("reverse", policy, b)]["accuracy"]) / gap
         for b in budgets
         if ("reverse", policy, b) in rows
     }
@@ -96,7 +95,7 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
             forward_budget=b, forward_recovery=fwd[b], forward_switched=rows[("forward", policy, b)]["mean_switched"]
         )
         rnd = rows.get(("forward", "random", b))
-        out["random_recovery"] = (rnd["accuracy"] - acc["base"]["value"]) / gap if rnd else None
+        out["random_recovery"] = (rnd["accuracy"] - ends["base"]) / gap if rnd else None
         out["random_switched"] = rnd["mean_switched"] if rnd else None
     if rev:
         out.update(

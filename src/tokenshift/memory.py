@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 GIB = 2**30
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+GPU_HEADROOM = 1.25
+"""A model gets GPUs for this many times its weights: room for activations and a KV cache."""
 DECODE_LOGIT_BUFFERS = 6
 """fp32 vocabulary-sized rows one decoding row needs at a step: both models' logits, softmax,
 the top-p sort and its cumulative sum, and the statistics' temporaries."""
@@ -102,17 +103,22 @@ class ModelShape:
         per = 4 * self.hidden + q + 2 * kv + 3 * self.intermediate
         return int(ACTIVATION_FACTOR * per * dtype_bytes)
 
-    def gpus_needed(self, gpu_bytes: int, *, reserve: float = 0.1, dtype_bytes: int = 2, headroom: float = 1.25) -> int:
-        """GPUs of ``gpu_bytes`` whose usable memory holds the weights ``headroom`` times over."""
-        usable = gpu_bytes * (1 - reserve)
-        return max(1, math.ceil(headroom * self.weight_bytes(dtype_bytes) / usable))
+    def gpus_needed(self, gpu_bytes: int, *, dtype_bytes: int = 2) -> int:
+        return gpus_for(self.weight_bytes(dtype_bytes), gpu_bytes)
+
+
+def gpus_for(weight_bytes: int, gpu_bytes: float) -> int:
+    """GPUs of ``gpu_bytes`` a model of ``weight_bytes`` needs: ``GPU_HEADROOM`` times its weights.
+    The one rule for a model's GPUs: what a job asks the scheduler for (``tokenshift.cluster``)
+    and how a job places its models (``plan_devices``)."""
+    return max(1, math.ceil(GPU_HEADROOM * weight_bytes / gpu_bytes))
 
 
 def _free(shape: ModelShape, gpu_bytes: int, gpus: int, reserve: float, dtype_bytes: int, what: str) -> float:
     usable = gpus * gpu_bytes * (1 - reserve)
     free = usable - shape.weight_bytes(dtype_bytes)
     if free <= 0:
-        need = shape.gpus_needed(gpu_bytes, reserve=reserve, dtype_bytes=dtype_bytes)
+        need = shape.gpus_needed(gpu_bytes, dtype_bytes=dtype_bytes)
         raise DoesNotFit(
             f"{what}: {shape.weight_bytes(dtype_bytes) / GIB:.1f} GiB of weights do not fit {gpus} GPU(s) of "
             f"{gpu_bytes / GIB:.0f} GiB ({1 - reserve:.0%} usable); give it at least {need}"
