@@ -17,7 +17,12 @@ RL checkpoints were trained, simplified for a CPU-sized model:
 4. the loss is averaged over all response tokens of the batch (DAPO's token-level mean, not
    GRPO's per-sequence mean, so long responses are not down-weighted);
 5. an optional KL penalty to a frozen reference uses the k3 estimator (Schulman 2020),
-   ``kl_coef`` = 0 by default as in DAPO.
+   ``kl_coef`` = 0 by default as in DAPO;
+6. ``advantage`` weights each token's advantage by the divergence between the sampling policy
+   and the reference (the base model) at that position (``tokenshift.advantages``: ``none`` is
+   plain GRPO, ``js``, ``kl``, ``topq`` and ``mix`` move the response's credit to the positions
+   the policy moved); the weights are computed once per batch, from the logits the batch was
+   sampled with, and carry no gradient.
 
 Deterministic given the seeds and the torch thread count.
 """
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tokenshift.advantages import MODES, weighted_advantages
 from tokenshift.generation import SamplingConfig, pad_rows, sample
 
 
@@ -69,6 +75,16 @@ class GRPOConfig:
     grad_clip: float = 1.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     seed: int = 0
+    advantage: str = "none"
+    """Token advantage weighting (``tokenshift.advantages.MODES``); all but ``none`` need a reference."""
+    advantage_q: float = 0.2
+    """``topq``: the share of each response's positions that carry its advantage."""
+    advantage_alpha: float = 0.5
+    """``mix``: the floor of credit every position keeps."""
+
+    def __post_init__(self) -> None:
+        if self.advantage not in MODES:
+            raise ValueError(f"advantage weighting {self.advantage!r}: expected one of {MODES}")
 
 
 @dataclass(frozen=True)
@@ -101,10 +117,19 @@ def collate(
     return ids, attn, resp
 
 
+def next_token_logits(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The logits predicting ``ids[:, 1:]``, shape ``[B, T-1, V]`` in float32."""
+    return model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+
+
+def logprobs_of(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t >= 1 from ``next_token_logits``, shape ``[B, T-1]``."""
+    return -F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+
+
 def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
     """log p(token_t | tokens_<t) for t >= 1, shape ``[B, T-1]`` (aligned with ``ids[:, 1:]``)."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    return -F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    return logprobs_of(next_token_logits(model, ids, attn), ids)
 
 
 def pretrain(
@@ -169,10 +194,17 @@ def grpo(
     eos_id: int,
     reference: torch.nn.Module | None = None,
     progress: bool = True,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> list[dict]:
-    """Train ``policy`` in place with GRPO; returns one dict of statistics per step."""
+    """Train ``policy`` in place with GRPO; returns one dict of statistics per step.
+
+    ``on_step(k, policy)`` is called after the k-th update round (k = 1 .. steps), to save or
+    evaluate intermediate policies; it must leave the policy and the global RNG as it found them.
+    """
     if cfg.kl_coef > 0 and reference is None:
         raise ValueError("GRPOConfig.kl_coef > 0 needs a reference model")
+    if cfg.advantage != "none" and reference is None:
+        raise ValueError(f"advantage weighting {cfg.advantage!r} needs a reference model")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.98))
@@ -205,13 +237,28 @@ def grpo(
                 attn[i, last] = 0
         mask = resp[:, 1:].float()
         with torch.no_grad():
-            old_logp = token_logprobs(policy, ids, attn)
-            ref_logp = token_logprobs(reference, ids, attn) if cfg.kl_coef > 0 else None
+            old_logits = next_token_logits(policy, ids, attn)
+            old_logp = logprobs_of(old_logits, ids)
+            need_ref = cfg.kl_coef > 0 or cfg.advantage != "none"
+            ref_logits = next_token_logits(reference, ids, attn) if need_ref else None
+            ref_logp = logprobs_of(ref_logits, ids) if cfg.kl_coef > 0 else None
+            if cfg.advantage == "none":
+                a = adv[:, None]
+            else:
+                a = weighted_advantages(
+                    old_logits,
+                    ref_logits,
+                    adv,
+                    mask,
+                    mode=cfg.advantage,
+                    q=cfg.advantage_q,
+                    alpha=cfg.advantage_alpha,
+                )
+            del old_logits, ref_logits
         policy.train()
         for _ in range(cfg.updates_per_batch):
             logp = token_logprobs(policy, ids, attn)
             ratio = torch.exp(logp - old_logp)
-            a = adv[:, None]
             pg = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
             if ref_logp is not None:
                 d = ref_logp - logp
@@ -231,4 +278,6 @@ def grpo(
         }
         history.append(stats)
         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}")
+        if on_step is not None:
+            on_step(step + 1, policy)
     return history
