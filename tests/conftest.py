@@ -25,6 +25,37 @@ def toy_tokenizer():
     return train_tokenizer(p + r for p, r in pretraining_traces(cfg, train, 600, seed=0))
 
 
+def short_toy_config():
+    """A toy build small enough for tests, hard enough that its base model errs when it samples:
+    one or two operations, many mistakes in its traces."""
+    from tokenshift.toy.config import ToyBuildConfig
+
+    return ToyBuildConfig(
+        min_steps=1,
+        max_steps=2,
+        mistake_rate=0.35,
+        n_train_problems=600,
+        n_traces=6000,
+        hidden_size=64,
+        pretrain_steps=600,
+        grpo_steps=20,
+        grpo_lr=3e-4,
+        threads=2,
+    )
+
+
+@pytest.fixture(scope="session")
+def short_toy_base(tmp_path_factory):
+    """``(root, build stats)``: the short toy base model at ``root/base`` with its manifest, built once."""
+    from tokenshift.models import write_manifest
+    from tokenshift.toy.build import build_base
+
+    root = tmp_path_factory.mktemp("toybase")
+    stats = build_base(root / "base", short_toy_config(), progress=False)
+    write_manifest(root / "base", name="base", spec={"toy": "base"})
+    return root, stats
+
+
 def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, seed: int = 0) -> Path:
     """A real Qwen2 checkpoint with random weights, saved as safetensors with its tokenizer."""
     import torch

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import short_toy_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.models import write_manifest
@@ -18,27 +19,12 @@ def test_unknown_setting_is_refused():
         ToyBuildConfig.from_mapping({"hidden": 3})
 
 
-# Small enough to build in well under a minute, hard enough that the base model errs when it
-# samples: one or two operations, many mistakes in its traces.
-SHORT = ToyBuildConfig(
-    min_steps=1,
-    max_steps=2,
-    mistake_rate=0.35,
-    n_train_problems=600,
-    n_traces=6000,
-    hidden_size=64,
-    pretrain_steps=600,
-    grpo_steps=20,
-    grpo_lr=3e-4,
-    threads=2,
-)
+SHORT = short_toy_config()
 
 
 @pytest.fixture(scope="module")
-def short_pair(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    base_stats = build_base(root / "base", SHORT, progress=False)
-    write_manifest(root / "base", name="base", spec={"toy": "base"})
+def short_pair(short_toy_base):
+    root, base_stats = short_toy_base
     rl_stats = build_rl(root / "base", root / "rl", SHORT, progress=False)
     write_manifest(root / "rl", name="rl", spec={"toy": "rl", "init": "base"})
     return root, base_stats, rl_stats

@@ -95,7 +95,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-        if source == "toy" and spec["toy"] == "rl":
+        if source == "toy" and spec["toy"] in ("rl", "sft"):
             init = spec["init"]
             if init not in models:
                 raise ConfigError(f"models.{name}.init", init, f"expected one of the models: {sorted(models)}")
@@ -103,7 +103,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 raise ConfigError(
                     f"models.{name}.init",
                     init,
-                    "expected a model with `toy: base`: GRPO starts from the toy base model",
+                    f"expected a model with `toy: base`: {spec['toy'].upper()} starts from the toy base model",
                 )
 
     for name in models:

@@ -46,7 +46,7 @@ rule toy_base:
 
 rule toy_rl:
     input:
-        init=toy_rl_init,
+        init=toy_init,
     output:
         ckpt=directory("resources/models/{model}"),
         manifest="resources/models/{model}.json",
@@ -65,6 +65,30 @@ rule toy_rl:
         settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
         "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
+        "> {log} 2>&1"
+
+
+rule toy_sft:
+    input:
+        init=toy_init,
+    output:
+        ckpt=directory("resources/models/{model}"),
+        manifest="resources/models/{model}.json",
+    log:
+        "logs/models/{model}.log",
+    benchmark:
+        "logs/benchmarks/models/{model}.tsv"
+    wildcard_constraints:
+        model=alternatives(TOY_SFT),
+    conda:
+        "../../envs/cpu.yaml"
+    threads: config["toy"]["threads"]
+    resources:
+        runtime=runtime("toy"),
+    params:
+        settings=settings_of(ToyBuildConfig, stage="sft"),
+    shell:
+        "tokenshift models toy-sft {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
         "> {log} 2>&1"
 
 

@@ -40,6 +40,7 @@ def register(sub) -> None:
     for role, helptext in (
         ("base", "pretrain the embedded toy base model on CPU"),
         ("rl", "train the embedded toy RL model with GRPO from the toy base"),
+        ("sft", "fine-tune the embedded toy SFT model on correct traces from the toy base"),
     ):
         t = msub.add_parser(
             f"toy-{role}",
@@ -47,7 +48,7 @@ def register(sub) -> None:
             description=helptext.capitalize() + "; save it with its tokenizer at --out and write <out>.json.",
         )
         t.add_argument("name", help="the model's name in the config")
-        if role == "rl":
+        if role != "base":
             t.add_argument(
                 "--init", required=True, help="the toy base checkpoint (directory or manifest) to start from"
             )

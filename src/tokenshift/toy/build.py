@@ -1,4 +1,5 @@
-"""Build the embedded toy pair: a base model by pretraining, an RL model by GRPO from it.
+"""Build the embedded toy models: a base model by pretraining, an RL model by GRPO from it, and
+an SFT model by supervised fine-tuning from it on correct traces (the paper's contrast).
 
 Both are ordinary Hugging Face checkpoints (``Qwen2ForCausalLM``, the architecture of the
 paper's models, and a fast tokenizer), saved with ``save_pretrained`` and loaded back through
@@ -94,42 +95,83 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     return stats
 
 
-def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> dict:
-    """Train the toy RL model with GRPO from the base checkpoint at ``init_dir``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(init_dir)
-    policy = AutoModelForCausalLM.from_pretrained(init_dir)
-    eos = tokenizer.eos_token_id
+def train_prompts(tokenizer, cfg: ToyBuildConfig) -> list[PromptItem]:
+    """The toy task's training problems as GRPO prompts."""
     train = problems(cfg.task, "train", cfg.n_train_problems)
-    prompts = [
-        PromptItem(ids, str(p.answer))
-        for p, ids in zip(train, tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids)
-    ]
-    grpo_cfg = GRPOConfig(
-        steps=cfg.grpo_steps,
-        lr=cfg.grpo_lr,
-        seed=cfg.seed,
-        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens),
-    )
-    # the reward the toy pair was built with: lenient, so an unboxed correct answer earns it too
+    ids = tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids
+    return [PromptItem(i, str(p.answer)) for p, i in zip(train, ids)]
+
+
+def run_grpo(policy, tokenizer, grpo_cfg: GRPOConfig, cfg: ToyBuildConfig, **kwargs) -> list[dict]:
+    """GRPO on the toy task with the reward the toy pair was built with: lenient, so an unboxed
+    correct answer earns it too. ``kwargs`` go to ``tokenshift.train.grpo``."""
+    eos = tokenizer.eos_token_id
     with Grader(workers=1, mode="lenient") as grader:
 
         def reward(responses: list[list[int]], golds: list[str]) -> list[float]:
             texts = tokenizer.batch_decode(responses)
             return [float(g.correct) for g in grader.grade(texts, golds)]
 
-        history = grpo(policy, prompts, reward, grpo_cfg, pad_id=eos, eos_id=eos, progress=progress)
+        return grpo(policy, train_prompts(tokenizer, cfg), reward, grpo_cfg, pad_id=eos, eos_id=eos, **kwargs)
+
+
+def toy_sampling(cfg: ToyBuildConfig) -> SamplingConfig:
+    """How the toy RL training samples: temperature 1, no nucleus, the task's longest response."""
+    return SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens)
+
+
+def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, name: str = "rl", progress: bool = True) -> dict:
+    """Train the toy RL model with GRPO from the base checkpoint at ``init_dir``; every
+    ``cfg.checkpoint_every`` steps the policy is saved under ``out_dir/checkpoints/step-<k>``
+    (a checkpoint with its manifest, named ``<name>@step-<k>``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tokenshift.models import write_manifest
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    policy = AutoModelForCausalLM.from_pretrained(init_dir)
+    grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, lr=cfg.grpo_lr, seed=cfg.seed, sampling=toy_sampling(cfg))
+
+    def save_intermediate(step: int, model) -> None:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.grpo_steps:
+            ckpt = Path(out_dir) / "checkpoints" / f"step-{step}"
+            model.save_pretrained(ckpt)
+            tokenizer.save_pretrained(ckpt)
+            write_manifest(ckpt, name=f"{name}@step-{step}", spec={"toy": "rl", "step": step})
+
+    history = run_grpo(policy, tokenizer, grpo_cfg, cfg, progress=progress, on_step=save_intermediate)
     return _save(policy, tokenizer, out_dir, cfg, t0, role="rl", grpo=history, init=str(init_dir))
+
+
+def build_sft(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> dict:
+    """Fine-tune the toy base model at ``init_dir`` by next-token prediction on correct traces of
+    the training problems (the same problems GRPO samples, without the mistakes the base model's
+    pretraining traces contain): supervised learning towards what RL is rewarded for."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(init_dir)
+    model = AutoModelForCausalLM.from_pretrained(init_dir)
+    eos = tokenizer.eos_token_id
+    train = problems(cfg.task, "train", cfg.n_train_problems)
+    enc_p = tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids
+    enc_r = tokenizer([p.response() for p in train], add_special_tokens=False).input_ids
+    sft = PretrainConfig(steps=cfg.sft_steps, lr=cfg.sft_lr, warmup_steps=min(20, cfg.sft_steps), seed=cfg.seed)
+    losses = pretrain(
+        model, [Example(p, r) for p, r in zip(enc_p, enc_r)], sft, pad_id=eos, eos_id=eos, progress=progress
+    )
+    return _save(model, tokenizer, out_dir, cfg, t0, role="sft", final_loss=sum(losses[-20:]) / 20, init=str(init_dir))
 
 
 def build_toy_model(
     role: str, name: str, out: Path, cfg: ToyBuildConfig, *, init: Path | None = None, progress: bool = True
 ) -> str:
-    """Build the toy ``base`` (pretraining) or ``rl`` (GRPO from the checkpoint ``init``) model at
-    ``out`` and write its manifest last; returns a one-line summary."""
+    """Build the toy ``base`` (pretraining), ``rl`` (GRPO from the checkpoint ``init``) or ``sft``
+    (supervised fine-tuning from ``init``) model at ``out`` and write its manifest last; returns a
+    one-line summary."""
     from tokenshift.models import resolve_checkpoint, write_manifest
 
     out = Path(out)
@@ -141,7 +183,12 @@ def build_toy_model(
             f"{stats['seconds']:.0f} s"
         )
     init_dir = resolve_checkpoint(init)
-    stats = build_rl(init_dir, out, cfg, progress=progress)
+    if role == "sft":
+        stats = build_sft(init_dir, out, cfg, progress=progress)
+        spec = {"toy": "sft", "init": init_dir.name}
+        write_manifest(out, name=name, spec=spec, extra={"toy_build_seconds": stats["seconds"]})
+        return f"toy SFT model {name!r}: final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
+    stats = build_rl(init_dir, out, cfg, name=name, progress=progress)
     write_manifest(
         out, name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tokenshift.advantages import MODES
 from tokenshift.options import from_mapping, option
 from tokenshift.toy.task import ToyTaskConfig
 
@@ -26,6 +27,19 @@ class ToyBuildConfig:
     pretrain_steps: int = option(600, "optimizer steps of pretraining", minimum=1)
     grpo_steps: int = option(60, "GRPO update rounds", minimum=1, stages=("rl",))
     grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0, stages=("rl",))
+    sft_steps: int = option(
+        40, "optimizer steps of the toy SFT model's fine-tuning on correct traces", minimum=1, stages=("sft",)
+    )
+    sft_lr: float = option(
+        1e-3, "peak learning rate of the SFT fine-tuning (AdamW, warm-up, cosine decay)", minimum=0, stages=("sft",)
+    )
+    checkpoint_every: int = option(
+        20,
+        "save the RL model every k GRPO steps as a checkpoint with a manifest, for the shifts over "
+        "training (0: the final model only)",
+        minimum=0,
+        stages=("rl",),
+    )
     threads: int = option(2, "torch CPU threads (results depend on it)", minimum=1)
 
     @classmethod
@@ -42,3 +56,36 @@ class ToyBuildConfig:
     def max_new_tokens(self) -> int:
         # a step is at most 9 tokens ("22-4=18." with two-digit numbers), the answer ~6
         return 9 * self.max_steps + 12
+
+
+@dataclass(frozen=True)
+class AdvantageExperimentConfig:
+    """The divergence-weighted advantage experiment (config ``advantages:``): GRPO from the toy base
+    model under each weighting, for several seeds, at the same compute per variant. The learning
+    rate, task and threads are the toy build's (``toy:``), as the toy RL model was trained."""
+
+    section: ClassVar[str] = "advantages"
+    variants: tuple[str, ...] = option(
+        ("none", "js", "topq"),
+        "advantage weightings compared (tokenshift.advantages: none js kl topq mix); none is the baseline",
+        choices=MODES,
+        stages=("grid",),
+    )
+    seeds: tuple[int, ...] = option((0, 1), "training seeds, each run for every variant", stages=("grid",))
+    steps: int = option(12, "GRPO update rounds per run", minimum=1)
+    prompts_per_step: int = option(8, "prompts sampled per round", minimum=1)
+    group_size: int = option(8, "responses per prompt (advantages are normalised within the group)", minimum=2)
+    q: float = option(0.2, "topq: the share of a response's positions that carry its advantage", minimum=0)
+    alpha: float = option(0.5, "mix: the floor of credit every position keeps", minimum=0)
+    eval_every: int = option(6, "evaluate the policy every k rounds (and before the first)", minimum=1)
+    eval_problems: int = option(200, "toy eval problems each evaluation answers", minimum=1)
+    eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1)
+    eval_seed: int = option(0, "sampling seed of every evaluation (the same noise for every run)", minimum=0)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | None) -> AdvantageExperimentConfig:
+        return from_mapping(cls, m)
+
+    def eval_steps(self) -> list[int]:
+        """The rounds after which the policy is evaluated: 0, every ``eval_every``, and the last."""
+        return sorted({0, self.steps, *range(self.eval_every, self.steps, self.eval_every)})
