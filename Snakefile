@@ -16,6 +16,8 @@
 #               (on the toy task also checked against the recorded decision points)
 #   crosssample both models decode in lockstep, trading tokens where they diverge, one target
 #               per direction x policy x budget; a table of accuracy per budget
+#   training    on the toy task: GRPO under each divergence-weighted advantage and seed,
+#               compared with plain GRPO; the toy RL model's shifts at each of its checkpoints
 #   figures     the paper's figures from those tables, report.html and summary.json
 #               (common.smk:get_final_output() decides what `all` means)
 
@@ -34,6 +36,7 @@ include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/scores.smk"
 include: "workflow/rules/divergence.smk"
 include: "workflow/rules/crosssample.smk"
+include: "workflow/rules/training.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -226,7 +226,16 @@ CONSUMERS = {
         for k in ("n_train_problems", "n_traces", "hidden_size", "num_layers", "pretrain_steps", "threads")
     },
     "toy.grpo_steps": ("toy_rl",),
-    "toy.grpo_lr": ("toy_rl",),
+    "toy.checkpoint_every": ("toy_rl",),
+    # the advantage experiment trains at the toy RL model's learning rate
+    "toy.grpo_lr": ("toy_rl", "advantage_run"),
+    **{f"toy.{k}": ("toy_sft",) for k in ("sft_steps", "sft_lr")},
+    **{
+        f"advantages.{k}": ("advantage_run",)
+        for k in ("steps", "prompts_per_step", "group_size", "q", "alpha", "eval_every", "eval_samples", "eval_seed")
+    },
+    # the shifts over training score the traces of the same eval problems
+    "advantages.eval_problems": ("advantage_run", "training_shifts"),
     "datasets.toy.n_problems": ("dataset", "toy_check"),
     **{f"datasets.toy.sampling.{k}": SAMPLERS for k in ("n", "temperature", "top_p", "max_new_tokens", "seed")},
     "pairs[0].kind": ("figure_overview",),
@@ -240,7 +249,14 @@ CONSUMERS = {
     **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model")},
     **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},
 }
-GRID_KEYS = {"crosssample.directions", "crosssample.policies", "crosssample.budgets"}  # they change the DAG
+# they change the DAG
+GRID_KEYS = {
+    "crosssample.directions",
+    "crosssample.policies",
+    "crosssample.budgets",
+    "advantages.variants",
+    "advantages.seeds",
+}
 # a top-K statistic is refused beside the default dataset-level percentiles: it cannot change alone
 # (tests/test_workflow.py checks that it reaches the cross-sampling jobs with the authors' levels)
 NOT_ALONE = {"crosssample.statistic"}
@@ -267,6 +283,8 @@ def changed_value(key: str, value):
         "scoring.chunk_size": 64,
         "pairs[0].kind": "sft",
         "toy.grpo_lr": 2e-4,
+        "advantages.q": 0.3,
+        "advantages.alpha": 0.25,
         "toy.mistake_rate": 0.2,
     }
     for suffix, v in special.items():
@@ -284,7 +302,18 @@ def changed_value(key: str, value):
 def walked_keys(config: dict) -> dict[str, object]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     keys = {}
-    for section in ("sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "cluster"):
+    sections = (
+        "sampling",
+        "grading",
+        "divergence",
+        "rollout",
+        "scoring",
+        "crosssample",
+        "toy",
+        "advantages",
+        "cluster",
+    )
+    for section in sections:
         for key, spec in schema[section]["properties"].items():
             if key in ("thresholds", "runtime"):
                 keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})
@@ -375,3 +404,34 @@ def test_report_holds_every_figure_and_the_headline_numbers(default_run):
     assert result["share_js_below"]["0.001"] == pytest.approx(sp["share"][0])
     assert 0.5 < result["crosssample"]["forward_recovery"] <= 1.2
     assert result["crosssample"]["random_recovery"] < result["crosssample"]["forward_recovery"] - 0.3
+
+
+def test_the_training_analyses_reach_the_report(default_run):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["advantages"]
+    comparison = pl.read_parquet(default_run / "results" / "advantages" / "comparison.parquet")
+    assert comparison["variant"].to_list() == config["variants"]
+    assert (comparison["n_seeds"] == len(config["seeds"])).all()
+    shifts = pl.read_parquet(default_run / "results" / "toy" / "training" / "shifts.parquet")
+    assert shifts["checkpoint"].to_list() == ["step-20", "step-40", "final"]
+    summary = json.loads((default_run / "results" / "summary.json").read_text())
+    assert set(summary["advantages"]["diff_vs_none"]) == set(config["variants"]) - {"none"}
+    assert summary["training_shifts"]["toy"]["steps"] == [20, 40, 60]
+    page = (default_run / "results" / "report.html").read_text()
+    for heading in ("Divergence-weighted advantages", "Shifts over RL training", "RL against SFT"):
+        assert heading in page
+    assert page.count("data:image/png;base64") >= 6 + 3 + 2  # RL pair's six, SFT pair's three, the training two
+
+
+def test_sft_moves_more_positions_than_rl(default_run):
+    """The paper's contrast, on the toy: the SFT model (as accurate as the RL model) shifts more
+    positions of the base model's distribution than the RL model does."""
+    acc = {
+        pair: pl.read_parquet(default_run / "results" / pair / "toy_check" / "accuracy.parquet")
+        .filter(pl.col("decoding") == "sampled_t1")
+        .row(1, named=True)
+        for pair in ("toy", "toy-sft")
+    }
+    assert acc["toy-sft"]["role"] == acc["toy"]["role"] == "rl"
+    assert abs(acc["toy-sft"]["accuracy"] - acc["toy"]["accuracy"]) < 0.1  # comparable models
+    (contrast,) = json.loads((default_run / "results" / "summary.json").read_text())["rl_vs_sft"]
+    assert contrast["sft_denser"], contrast

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 
 from tokenshift import headlines
-from tokenshift.plots.figures import FIGURES
+from tokenshift.plots.figures import FIGURES, advantages, training_shifts
 from tokenshift.plots.style import save
 from tokenshift.report import PairResult, sentences, write_report
 from tokenshift.tables import accuracy_table, crosssample_table, divergence_tables, example_table
@@ -262,3 +262,84 @@ def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):
     fig = FIGURES["example"](empty)
     assert "no example" in fig.axes[0].texts[0].get_text().lower()
     save(fig, tmp_path / "example")
+
+
+def _training_tables():
+    from tokenshift.toy.training import advantage_tables
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "variant": v,
+            "seed": s,
+            "step": step,
+            "problem_id": f"p{i}",
+            "correct": float(rng.random() < 0.3 + 0.02 * step),
+        }
+        for v in ("none", "js", "topq")
+        for s in (0, 1)
+        for step in (0, 6, 12)
+        for i in range(40)
+    ]
+    tables = advantage_tables(pl.DataFrame(rows))
+    shifts = pl.DataFrame(
+        {
+            "step": [20, 40, 60],
+            "checkpoint": ["step-20", "step-40", "final"],
+            "n_positions": [900] * 3,
+            "share_js_below_1e-3": [0.9, 0.85, 0.8],
+            "share_js_above_1e-2": [0.05, 0.08, 0.11],
+            "top5_precision": [0.5, 0.6, 0.7],
+            "top5_lift": [4.0, 5.0, 6.0],
+            "base_rate": [0.1] * 3,
+            "js_share_on_decision_points": [0.3, 0.4, 0.5],
+        }
+    )
+    return tables, shifts
+
+
+def test_training_figures_and_report_sections(tables, tmp_path):
+    from tokenshift.report import TrainingResult, advantage_sentences, contrast_sentences
+
+    (adv, shifts), (div, acc, cross) = _training_tables(), tables
+    drawn = {
+        "advantages": save(advantages(adv["curve"], adv["comparison"]), tmp_path / "adv")[0],
+        "shifts": save(training_shifts(shifts), tmp_path / "shifts")[0],
+    }
+    for png in drawn.values():
+        assert_drawn(png)
+    # an SFT pair whose distribution moved at more positions than the RL pair's
+    denser = div["sparsity"].with_columns(
+        pl.when(pl.col("kind") == "share_below").then(pl.col("share") / 2).otherwise(pl.col("share")).alias("share")
+    )
+    results = [
+        PairResult("toy", "toy", "rlvr", acc, div, cross),
+        PairResult("toy-sft", "toy", "sft", acc, {**div, "sparsity": denser}),
+    ]
+    training = TrainingResult(
+        curve=adv["curve"],
+        comparison=adv["comparison"],
+        advantage_figure=drawn["advantages"],
+        shifts={"toy": shifts},
+        shift_figures={"toy": drawn["shifts"]},
+    )
+    summary = write_report(
+        results,
+        overview_figures={},
+        config_text="",
+        html_out=tmp_path / "report.html",
+        json_out=tmp_path / "summary.json",
+        training=training,
+    )
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    (contrast,) = saved["rl_vs_sft"]
+    rl_below = headlines.sparsity_summary(div["sparsity"])["0.001"]
+    assert contrast["share_js_at_least"]["rlvr"]["0.001"] == pytest.approx(1 - rl_below)
+    assert contrast["share_js_at_least"]["sft"]["0.001"] == pytest.approx(1 - rl_below / 2)
+    assert contrast["sft_denser"] is True
+    assert saved["advantages"]["step"] == 12 and set(saved["advantages"]["diff_vs_none"]) == {"js", "topq"}
+    assert saved["training_shifts"]["toy"]["last"]["top5_precision"] == 0.7
+    page = (tmp_path / "report.html").read_text()
+    for text in [*contrast_sentences(contrast), *advantage_sentences(summary["advantages"])]:
+        assert html.escape(text) in page
+    assert page.count("data:image/png;base64,") == 2

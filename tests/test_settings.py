@@ -25,7 +25,7 @@ from tokenshift.settings import (
     SamplingConfig,
     ScoringConfig,
 )
-from tokenshift.toy.config import ToyBuildConfig
+from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 SECTION_CLASSES = [
@@ -39,6 +39,7 @@ SECTION_CLASSES = [
     CrossSampleConfig,
     CrossSampleGrid,
     ToyBuildConfig,
+    AdvantageExperimentConfig,
 ]
 WORKFLOW_ONLY = {"jobs"}
 """Keys the workflow reads and no stage does: how many jobs a table is split over (a job runs one --part)."""
@@ -49,6 +50,7 @@ FLAG_CLASSES = [
     ScoringConfig,
     CrossSampleConfig,
     ToyBuildConfig,
+    AdvantageExperimentConfig,
     DatasetSpec,
     PromptConfig,
 ]
@@ -71,7 +73,8 @@ def field_defaults(cls) -> dict:
 
 
 @pytest.mark.parametrize(
-    "section", ["sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "cluster"]
+    "section",
+    ["sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "advantages", "cluster"],
 )
 def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
     props = SCHEMA["properties"][section]["properties"]
@@ -121,6 +124,7 @@ def test_flags_round_trip_through_the_parser(cls):
         value = f.default
         if f.metadata.get("choices"):
             value = f.metadata["choices"][-1]
+            value = (value,) if isinstance(f.default, tuple) else value
         elif value is None:
             value = 3 if "int" in str(hints[f.name]) else "x"
         elif isinstance(value, bool):

@@ -35,6 +35,12 @@ CONFIG["datasets"]["toy"]["n_problems"] = 24
 CONFIG["rollout"].update(problems_per_shard=8)
 CONFIG["crosssample"].update(budgets=[0, 2], policies=["js"], n_problems=12, problems_per_shard=4)
 CONFIG["models"]["toy-base"]["resources"] = {"gpus": 1}  # so GPU jobs exist, and queue for the node's one GPU
+# the toy training analyses, small (CPU jobs like the toy builds); the SFT pair's jobs are those of any pair
+CONFIG["advantages"] = dict(
+    variants=["none", "js"], seeds=[0], steps=1, prompts_per_step=2, group_size=2, eval_problems=8, eval_samples=1
+)
+CONFIG["pairs"] = [p for p in CONFIG["pairs"] if p["kind"] != "sft"]
+CONFIG["models"].pop("toy-sft")
 # on the cluster the rollouts and cross-samples are split over two jobs each: the tables gathered
 # from their parts must be those the local run writes in one job
 SPLIT = copy.deepcopy(CONFIG)
@@ -257,7 +263,7 @@ def test_gpu_rules_ran_as_gpu_jobs_and_the_others_did_not(cluster_run):
         j for j in by_rule["rollout"] if "gres/gpu" not in j["alloc_tres"]
     ]
     assert all("gres/gpu" not in j["alloc_tres"] and j["partition"] == "cpu" for j in cpu_jobs)
-    assert {"toy_base", "toy_rl", "toy_check", "divergence_toy"} <= set(by_rule)
+    assert {"toy_base", "toy_rl", "toy_check", "divergence_toy", "advantage_run", "training_shifts"} <= set(by_rule)
     # the light jobs ran on the submit node: never in the queue
     assert not {"accuracy", "crosssample_table", "figures", "report", "dataset", "check_pair"} & set(by_rule)
     assert not {r for r in by_rule if r and r.startswith("gather")}

@@ -58,6 +58,11 @@ def test_default_config_builds_the_dag(tmp_path):
     out = r.stdout + r.stderr
     for rule in ("toy_base", "toy_rl", "check_pair", "crosssample", "crosssample_table", "figures", "report", "all"):
         assert rule in out
+    jobs = planned(r)
+    adv = DEFAULT.get("advantages", {})
+    assert jobs["advantage_run"] == len(adv.get("variants", ("none", "js", "topq"))) * len(adv.get("seeds", (0, 1)))
+    assert jobs["toy_sft"] == jobs["training_shifts"] == jobs["figures_divergence"] == jobs["figures"] == 1
+    assert jobs["crosssample_table"] == 1  # the SFT contrast pair is not cross-sampled
 
 
 def _mutations():
@@ -105,13 +110,15 @@ def _mutations():
         ),
         ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "kl"])), "crosssample.policies[1]"),
         ("unknown-direction", m(lambda c: c["crosssample"].update(directions=["sideways"])), "sideways"),
-        ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), "pairs[1].name"),
+        ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), f"pairs[{len(DEFAULT['pairs'])}].name"),
         ("unknown-model", m(lambda c: c["pairs"][0].update(rl="toy-rll")), "pairs[0].rl"),
         ("unknown-dataset", m(lambda c: c["pairs"][0].update(datasets=["aime24"])), "pairs[0].datasets"),
         ("pair-kind", m(lambda c: c["pairs"][0].update(kind="rlhf")), "kind"),
         ("hub-without-revision", m(lambda c: c["models"].update(q={"hub": "Qwen/Qwen2.5-0.5B"})), "revision"),
         ("two-sources", m(lambda c: c["models"].update(q={"path": "x", "hub": "a/b", "revision": "r"})), "models.q"),
         ("toy-rl-without-init", m(lambda c: c["models"]["toy-rl"].pop("init")), "init"),
+        ("toy-sft-init-not-base", m(lambda c: c["models"]["toy-sft"].update(init="toy-rl")), "models.toy-sft.init"),
+        ("advantage-variant-unknown", m(lambda c: c["advantages"].update(variants=["none", "entropy"])), "variants"),
         ("toy-rl-init-not-base", m(lambda c: c["models"]["toy-rl"].update(init="toy-rl")), "models.toy-rl.init"),
         ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
         ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
@@ -183,7 +190,7 @@ def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer
     r = snakemake(with_config(tmp_path, config), "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert "pairs[1].rl" in out and "token ids differ" in out
+    assert f"pairs[{len(DEFAULT['pairs'])}].rl" in out and "token ids differ" in out
 
 
 def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer):
@@ -193,7 +200,7 @@ def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer
     config["pairs"].append({"name": "mixed", "base": "toy-base", "rl": "a"})
     r = snakemake(with_config(tmp_path, config), "-n", "all")
     assert r.returncode != 0
-    assert "config key pairs[1]" in r.stdout + r.stderr and "toy model" in r.stdout + r.stderr
+    assert f"config key pairs[{len(DEFAULT['pairs'])}]" in r.stdout + r.stderr and "toy model" in r.stdout + r.stderr
 
 
 def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):

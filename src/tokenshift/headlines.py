@@ -104,3 +104,34 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
             reverse_switched=rows[("reverse", policy, budgets[-1])]["mean_switched"],
         )
     return out
+
+
+def advantage_summary(comparison: pl.DataFrame) -> dict:
+    """The advantage experiment at its last round: each weighting's accuracy and its paired
+    difference from plain GRPO (95% CI), and the weightings whose whole CI is above 0."""
+    rows = {r["variant"]: r for r in comparison.iter_rows(named=True)}
+    return {
+        "step": int(comparison["step"].max()),
+        "n_seeds": int(comparison["n_seeds"].max()),
+        "n_problems": int(comparison["n_problems"].max()),
+        "accuracy": {v: [r["accuracy"], r["ci_low"], r["ci_high"]] for v, r in rows.items()},
+        "diff_vs_none": {
+            v: [r["diff_vs_none"], r["diff_ci_low"], r["diff_ci_high"]]
+            for v, r in rows.items()
+            if r.get("diff_vs_none") is not None
+        },
+        "better": [v for v, r in rows.items() if (r.get("diff_ci_low") or 0) > 0],
+        "worse": [v for v, r in rows.items() if r.get("diff_ci_high") is not None and r["diff_ci_high"] < 0],
+    }
+
+
+def shifts_summary(table: pl.DataFrame) -> dict:
+    """Shifts over training: the first and last checkpoint's sparsity, high-JS share and top-5% precision."""
+    t = table.sort("step")
+    keys = ("share_js_below_1e-3", "share_js_above_1e-2", "top5_precision", "base_rate")
+    first, last = t.row(0, named=True), t.row(-1, named=True)
+    return {
+        "steps": t["step"].to_list(),
+        "first": {"step": first["step"], **{k: first[k] for k in keys}},
+        "last": {"step": last["step"], **{k: last[k] for k in keys}},
+    }

@@ -31,8 +31,10 @@ DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 SCORE_ORDER = ("problem_id", "sample_index", "position")
 """The order of a score table's rows (so the gathered parts of a split scoring run are its rows exactly)."""
 
-PAIR_FIGURES = ("position", "entropy", "reallocation", "crosssample", "example")
-"""Figures drawn per pair and dataset; the sparsity overview (figure 1) spans all pairs."""
+DIVERGENCE_FIGURES = ("position", "entropy", "reallocation")
+"""Figures drawn per pair and dataset from its divergence tables."""
+PAIR_FIGURES = (*DIVERGENCE_FIGURES, "crosssample", "example")
+"""Figures drawn per cross-sampled pair and dataset; the sparsity overview (figure 1) spans all pairs."""
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,132 @@ def sentences(s: Mapping) -> list[str]:
     return out
 
 
+def kind_contrast(summaries: Sequence[Mapping]) -> list[dict]:
+    """Per dataset with both an RLVR and an SFT pair: each pair's share of positions that moved
+    (JS >= 1e-3 and >= 1e-2, on the tuned model's responses), the paper's sparsity contrast."""
+    out = []
+    for dataset in dict.fromkeys(s["dataset"] for s in summaries):
+        here = [s for s in summaries if s["dataset"] == dataset]
+        kinds = {k: [s for s in here if s["kind"] == k] for k in ("rlvr", "sft")}
+        if not (kinds["rlvr"] and kinds["sft"]):
+            continue
+        for rl in kinds["rlvr"]:
+            for sft in kinds["sft"]:
+                moved = {
+                    name: {t: 1 - s["share_js_below"][t] for t in ("0.001", "0.01") if t in s["share_js_below"]}
+                    for name, s in (("rlvr", rl), ("sft", sft))
+                }
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "rlvr_pair": rl["pair"],
+                        "sft_pair": sft["pair"],
+                        "share_js_at_least": moved,
+                        "sft_denser": all(moved["sft"][t] > moved["rlvr"][t] for t in moved["rlvr"]),
+                    }
+                )
+    return out
+
+
+def contrast_sentences(c: Mapping) -> list[str]:
+    moved = c["share_js_at_least"]
+    text = (
+        f"On {c['dataset']}, SFT ({c['sft_pair']}) moved {pct(moved['sft']['0.001'])} of positions to JS >= 1e-3, "
+        f"RL ({c['rlvr_pair']}) {pct(moved['rlvr']['0.001'])}"
+    )
+    if "0.01" in moved["sft"]:
+        text += f"; to JS >= 1e-2: SFT {pct(moved['sft']['0.01'])}, RL {pct(moved['rlvr']['0.01'])}"
+    verdict = "denser than RL's, as the paper found" if c["sft_denser"] else "not denser than RL's here"
+    return [f"{text}. SFT's shifts are {verdict}."]
+
+
+def advantage_sentences(a: Mapping) -> list[str]:
+    """The advantage experiment in words."""
+    acc = a["accuracy"]
+    out = [
+        f"GRPO from the base model for {a['step']} rounds, {a['n_seeds']} seeds per weighting, evaluated on "
+        f"{a['n_problems']} problems: "
+        + "; ".join(f"{v} {x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]" for v, x in acc.items())
+        + " (accuracy, 95% bootstrap CI over problems)."
+    ]
+    for v, (d, lo, hi) in a["diff_vs_none"].items():
+        verdict = "better than" if lo > 0 else "worse than" if hi < 0 else "not distinguishable from"
+        out.append(f"{v} minus plain GRPO: {d:+.3f} [{lo:+.3f}, {hi:+.3f}], {verdict} plain GRPO at this size.")
+    return out
+
+
+def shift_sentences(pair: str, s: Mapping) -> list[str]:
+    """The shifts over training in words."""
+    first, last = s["first"], s["last"]
+    return [
+        f"{pair}: from step {first['step']} to step {last['step']} of RL training, the share of positions with "
+        f"JS < 1e-3 goes from {pct(first['share_js_below_1e-3'])} to {pct(last['share_js_below_1e-3'])}, the "
+        f"share with JS > 1e-2 from {pct(first['share_js_above_1e-2'])} to {pct(last['share_js_above_1e-2'])}, "
+        f"and the share of the top 5% of positions by JS that are decision points from "
+        f"{pct(first['top5_precision'])} to {pct(last['top5_precision'])} (a random pick: {pct(last['base_rate'])})."
+    ]
+
+
+@dataclass
+class TrainingResult:
+    """The toy training analyses: the advantage experiment and each toy pair's shifts over training."""
+
+    curve: pl.DataFrame | None = None
+    comparison: pl.DataFrame | None = None
+    advantage_figure: Path | None = None
+    shifts: Mapping[str, pl.DataFrame] = field(default_factory=dict)
+    """Pair -> its training-shifts table."""
+    shift_figures: Mapping[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out: dict = {}
+        if self.comparison is not None:
+            out["advantages"] = headlines.advantage_summary(self.comparison)
+        if self.shifts:
+            out["training_shifts"] = {p: headlines.shifts_summary(t) for p, t in self.shifts.items()}
+        return out
+
+    def html(self, summary: Mapping) -> list[str]:
+        parts = []
+        if "advantages" in summary:
+            parts.append("<h2>Divergence-weighted advantages (toy task)</h2><ul>")
+            parts += [f"<li>{html.escape(t)}</li>" for t in advantage_sentences(summary["advantages"])]
+            parts.append("</ul>")
+            parts.append(_table_html(self.comparison))
+            if self.advantage_figure is not None:
+                parts.append(_img(self.advantage_figure, "advantage weighting experiment"))
+        if "training_shifts" in summary:
+            parts.append("<h2>Shifts over RL training (toy task)</h2><ul>")
+            for pair, s in summary["training_shifts"].items():
+                parts += [f"<li>{html.escape(t)}</li>" for t in shift_sentences(pair, s)]
+            parts.append("</ul>")
+            for pair, table in self.shifts.items():
+                parts.append(_table_html(table, floats=4))
+                if pair in self.shift_figures:
+                    parts.append(_img(self.shift_figures[pair], f"{pair} shifts over training"))
+        return parts
+
+
+def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingResult:
+    """The experiment's tables in ``advantages`` (and its figure there) and the training-shifts tables
+    ``shifts`` (``results/<pair>/training/shifts.parquet``, each with its figure beside it)."""
+    from tokenshift.io import read_parquet
+
+    out = TrainingResult()
+    if advantages is not None:
+        out.curve = read_parquet(advantages / "curve.parquet", "the experiment's curve (tokenshift advantages table)")
+        out.comparison = read_parquet(advantages / "comparison.parquet", "the experiment's comparison table")
+        fig = advantages / "advantages.png"
+        out.advantage_figure = fig if fig.is_file() else None
+    for path in shifts:
+        pair = Path(path).parent.parent.name
+        out.shifts[pair] = read_parquet(Path(path), "a training-shifts table (tokenshift training-shifts)")
+        fig = Path(path).with_name("training_shifts.png")
+        if fig.is_file():
+            out.shift_figures[pair] = fig
+    return out
+
+
 def _table_html(df: pl.DataFrame, floats: int = 3) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     rows = []
@@ -136,6 +262,8 @@ def render_html(
     *,
     overview_figures: Mapping[str, Path],
     config_text: str,
+    training: TrainingResult | None = None,
+    training_summary: Mapping | None = None,
 ) -> str:
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
@@ -148,6 +276,11 @@ def render_html(
     ]
     for name, path in overview_figures.items():
         parts.append(_img(path, name))
+    contrast = kind_contrast(summaries)
+    if contrast:
+        parts.append("<h2>RL against SFT</h2><ul>")
+        parts += [f"<li>{html.escape(t)}</li>" for c in contrast for t in contrast_sentences(c)]
+        parts.append("</ul>")
     for r, s in zip(results, summaries):
         parts.append(f"<h2>{html.escape(r.pair)} on {html.escape(r.dataset)}</h2><ul>")
         parts += [f"<li>{html.escape(t)}</li>" for t in sentences(s)]
@@ -180,6 +313,8 @@ def render_html(
             )
         for name, path in r.figures.items():
             parts.append(_img(path, f"{r.pair} {r.dataset} {name}"))
+    if training is not None:
+        parts += training.html(training_summary or {})
     parts.append(f"<h2>Config used</h2><pre>{html.escape(config_text)}</pre></body></html>")
     return "\n".join(parts)
 
@@ -191,14 +326,26 @@ def write_report(
     config_text: str,
     html_out: Path,
     json_out: Path,
+    training: TrainingResult | None = None,
 ) -> dict:
     """Write ``summary.json`` and ``report.html``; return the summary."""
     from tokenshift.io import write_json_atomic, write_text_atomic
 
     summaries = [summarize(r) for r in results]
-    summary = {"tokenshift_version": __version__, "results": summaries}
+    training_summary = training.summary() if training is not None else {}
+    summary = {"tokenshift_version": __version__, "results": summaries, **training_summary}
+    contrast = kind_contrast(summaries)
+    if contrast:
+        summary["rl_vs_sft"] = contrast
     write_json_atomic(Path(json_out), json.loads(json.dumps(summary, default=float)))
-    page = render_html(results, summaries, overview_figures=overview_figures, config_text=config_text)
+    page = render_html(
+        results,
+        summaries,
+        overview_figures=overview_figures,
+        config_text=config_text,
+        training=training,
+        training_summary=training_summary,
+    )
     write_text_atomic(Path(html_out), page)
     return summary
 
@@ -237,9 +384,12 @@ def build_report(
     kinds: Mapping[str, str] | None = None,
     overview: Sequence[Path] = (),
     config: Path | None = None,
+    advantages: Path | None = None,
+    training_shifts: Sequence[Path] = (),
 ) -> dict:
     """``report.html`` and ``summary.json`` for the pairs and datasets under ``results`` (one directory
-    each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted)."""
+    each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted);
+    ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``)."""
     kinds = dict(kinds or {})
     loaded = []
     for r in results:
@@ -252,4 +402,5 @@ def build_report(
         config_text=Path(config).read_text() if config else "",
         html_out=html_out,
         json_out=json_out,
+        training=load_training(advantages, training_shifts) if advantages or training_shifts else None,
     )

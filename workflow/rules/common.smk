@@ -16,6 +16,7 @@ from tokenshift.sharding import gather_parts
 from tokenshift.options import section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
+    DIVERGENCE_FIGURES,
     DIVERGENCE_TABLES,
     GENERATOR,
     PAIR_FIGURES,
@@ -36,7 +37,7 @@ from tokenshift.settings import (
     SamplingConfig,
     ScoringConfig,
 )
-from tokenshift.toy.config import ToyBuildConfig
+from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 # one line naming the key; Snakemake's validate() then fills defaults
@@ -51,11 +52,18 @@ PAIRS = {p["name"]: p for p in config["pairs"]}
 DATASETS = config["datasets"]
 TOY_BASE = [m for m, s in MODELS.items() if s.get("toy") == "base"]
 TOY_RL = [m for m, s in MODELS.items() if s.get("toy") == "rl"]
+TOY_SFT = [m for m, s in MODELS.items() if s.get("toy") == "sft"]
 FETCHED = [m for m, s in MODELS.items() if model_source(s) in ("path", "hub")]
 TOY_DATASETS = [d for d, s in DATASETS.items() if "toy" in s]
 PAIR_DATASETS = [(p, d) for p, spec in PAIRS.items() for d in spec["datasets"]]
+CROSSSAMPLED = [p for p, spec in PAIRS.items() if spec.get("crosssample", True)]
 TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy" in MODELS[d["rl"]]]
+# the toy pairs whose tuned model is trained by GRPO (with checkpoints along the way)
+TOY_RL_PAIRS = [p for p in TOY_PAIRS if PAIRS[p]["rl"] in TOY_RL]
 GRID = CrossSampleGrid.from_config(config["crosssample"])
+ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
+# the advantage experiment trains from the base model of the first toy pair (none: no experiment)
+ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
 
 
 # how many jobs each table of a stage is split over; each job writes one part, {scatteritem} = I-of-N
@@ -108,7 +116,7 @@ def dataset_source_files(wildcards):
     return [spec["path"]] if "path" in spec else []
 
 
-def toy_rl_init(wildcards):
+def toy_init(wildcards):
     return model_manifest(MODELS[wildcards.model]["init"])
 
 
@@ -132,6 +140,10 @@ def crosssample_scores(wildcards):
     return f"{results_dir(wildcards.pair, wildcards.dataset)}/scores/{GENERATOR[wildcards.direction]}.parquet"
 
 
+def advantage_runs():
+    return [f"results/advantages/runs/{v}/seed-{s}/eval.parquet" for v in ADVANTAGES.variants for s in ADVANTAGES.seeds]
+
+
 def crosssample_runs(wildcards):
     max_new = dataset_sampling(config, wildcards.dataset)["max_new_tokens"]
     return [crosssample_run(wildcards.pair, wildcards.dataset, *run) for run in GRID.runs(max_new)]
@@ -149,8 +161,15 @@ def example_inputs(wildcards):
 def figure_inputs(wildcards):
     base = results_dir(wildcards.pair, wildcards.dataset)
     inputs = {n: f"{base}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES}
-    inputs.update(accuracy=f"{base}/accuracy.parquet", crosssample=f"{base}/crosssample.parquet")
-    return {**inputs, **example_inputs(wildcards)}
+    inputs["accuracy"] = f"{base}/accuracy.parquet"
+    if wildcards.pair not in CROSSSAMPLED:
+        return inputs
+    return {**inputs, "crosssample": f"{base}/crosssample.parquet", **example_inputs(wildcards)}
+
+
+def pair_figures(pair):
+    """The figures drawn for ``pair`` on each of its datasets."""
+    return PAIR_FIGURES if pair in CROSSSAMPLED else DIVERGENCE_FIGURES
 
 
 # --- params: settings as the flags of their dataclass --------------------------------------
@@ -203,6 +222,13 @@ def toy_check_args(wildcards):
 
 def kind_args(wildcards):
     return " ".join(f"--kind {p}={spec['kind']}" for p, spec in PAIRS.items())
+
+
+def training_args(wildcards, input):
+    """The toy training analyses' tables, next to the figures the report embeds."""
+    args = f"--advantages {Path(input.advantages).parent}" if input.advantages else ""
+    shifts = [str(Path(f).with_name("shifts.parquet")) for f in input.shifts]
+    return args + (" --training-shifts " + " ".join(shifts) if shifts else "")
 
 
 def example_args(wildcards, input):
@@ -263,8 +289,11 @@ def get_final_output():
     targets = [model_manifest(m) for m in used]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
     targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
+    targets += [f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS]
+    targets += ["results/advantages/advantages.png"] if ADVANTAGE_BASE else []
     for p, d in PAIR_DATASETS:
         base = results_dir(p, d)
-        targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet", f"{base}/crosssample.parquet"]
+        targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet"]
+        targets += [f"{base}/crosssample.parquet"] if p in CROSSSAMPLED else []
     targets += ["results/report.html", "results/summary.json"] if PAIR_DATASETS else []
     return targets

@@ -10,6 +10,8 @@ rule figures:
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in PAIR_FIGURES],
     log:
         "logs/figures/{pair}/{dataset}.log",
+    wildcard_constraints:
+        pair=alternatives(CROSSSAMPLED),
     localrule: True
     conda:
         "../../envs/cpu.yaml"
@@ -19,6 +21,15 @@ rule figures:
         out=lambda wildcards, output: Path(output.png[0]).parent,
     shell:
         "tokenshift figures --results {params.results} {params.example} --out-dir {params.out} > {log} 2>&1"
+
+
+# a pair that is not cross-sampled: the divergence figures only
+use rule figures as figures_divergence with:
+    output:
+        png=[f"results/{{pair}}/{{dataset}}/figures/{n}.png" for n in DIVERGENCE_FIGURES],
+        pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in DIVERGENCE_FIGURES],
+    wildcard_constraints:
+        pair=alternatives([p for p in PAIRS if p not in CROSSSAMPLED]),
 
 
 rule figure_overview:
@@ -54,14 +65,17 @@ rule run_config:
 
 rule report:
     input:
-        figures=[f"{results_dir(p, d)}/figures/{n}.png" for p, d in PAIR_DATASETS for n in PAIR_FIGURES],
+        figures=[f"{results_dir(p, d)}/figures/{n}.png" for p, d in PAIR_DATASETS for n in pair_figures(p)],
         overview="results/figures/sparsity.png",
         tables=[
             f"{results_dir(p, d)}/{t}"
             for p, d in PAIR_DATASETS
-            for t in ("accuracy.parquet", "crosssample.parquet", "divergence/sparsity.parquet")
+            for t in ("accuracy.parquet", "divergence/sparsity.parquet")
+            + (("crosssample.parquet",) if p in CROSSSAMPLED else ())
         ],
         config="results/config.yaml",
+        advantages=rules.figure_advantages.output.png if ADVANTAGE_BASE else [],
+        shifts=[f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS],
     output:
         html="results/report.html",
         json="results/summary.json",
@@ -73,6 +87,7 @@ rule report:
     params:
         results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
         kinds=kind_args,
+        training=training_args,
     shell:
         "tokenshift report {params.results} {params.kinds} --overview {input.overview} --config {input.config} "
-        "--html {output.html} --json {output.json} > {log} 2>&1"
+        "{params.training} --html {output.html} --json {output.json} > {log} 2>&1"

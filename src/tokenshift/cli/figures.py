@@ -53,6 +53,8 @@ def register(sub) -> None:
     pair_kinds(rp)
     rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
     rp.add_argument("--config", help="the config the run used (YAML), quoted in the report")
+    rp.add_argument("--advantages", help="the advantage experiment's table directory (tokenshift advantages table)")
+    rp.add_argument("--training-shifts", nargs="*", default=[], help="training-shifts tables, one per toy pair")
     rp.add_argument("--html", required=True, help="report.html to write")
     rp.add_argument("--json", required=True, help="summary.json to write")
     rp.set_defaults(func=_report)
@@ -80,7 +82,7 @@ def _overview(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from tokenshift.report import build_report, sentences
+    from tokenshift.report import advantage_sentences, build_report, sentences
 
     summary = build_report(
         [Path(r) for r in args.results],
@@ -89,6 +91,10 @@ def _report(args: argparse.Namespace) -> None:
         kinds=dict(args.kind),
         overview=[Path(p) for p in args.overview],
         config=args.config,
+        advantages=Path(args.advantages) if args.advantages else None,
+        training_shifts=[Path(p) for p in args.training_shifts],
     )
     for s in summary["results"]:
         print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)
+    if "advantages" in summary:
+        print("advantages:", *advantage_sentences(summary["advantages"]), sep="\n  ", file=sys.stderr)

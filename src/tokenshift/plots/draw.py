@@ -51,7 +51,7 @@ def draw_pair_figures(
         ex = example_table(run, load_tokenizer(tokenizer), baseline=baseline)
         write_parquet_atomic(ex, out_dir / "example.parquet")
         figs["example"] = FIGURES["example"](ex)
-    else:
+    elif cross.is_file():  # a pair that is not cross-sampled has neither figure
         figs["example"] = FIGURES["example"](
             pl.DataFrame(), note="This study ran no forward cross-sampling, so there is no example response to show."
         )
@@ -67,3 +67,20 @@ def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str]
     )
     table = table.with_columns(pl.col("pair").replace_strict(dict(kinds or {}), default="rlvr").alias("pair_kind"))
     save(sparsity(table), Path(out))
+
+
+def draw_training(advantage_dir: Path | None, shifts: Path | None, out_dir: Path) -> list[str]:
+    """``advantages`` from the experiment's tables in ``advantage_dir`` and ``training_shifts``
+    from the ``shifts`` table, each where given, in ``out_dir``; returns the names drawn."""
+    from tokenshift.plots.figures import advantages, training_shifts
+
+    drawn = []
+    if advantage_dir is not None:
+        curve = read_parquet(advantage_dir / "curve.parquet", "the experiment's curve (tokenshift advantages table)")
+        comparison = read_parquet(advantage_dir / "comparison.parquet", "the experiment's comparison table")
+        save(advantages(curve, comparison), Path(out_dir) / "advantages")
+        drawn.append("advantages")
+    if shifts is not None:
+        save(training_shifts(read_parquet(shifts, "a training-shifts table")), Path(out_dir) / "training_shifts")
+        drawn.append("training_shifts")
+    return drawn

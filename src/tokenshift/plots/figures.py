@@ -15,11 +15,14 @@ import numpy as np
 import polars as pl
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from tokenshift import headlines
 from tokenshift.plots.style import (
+    ADVANTAGE,
     DIRECTION_STYLE,
     KIND_STYLE,
+    OKABE_ITO,
     POLICY,
     ROLE,
     ROLE_LABEL,
@@ -392,3 +395,67 @@ FIGURES = {
     "crosssample": crosssample,
     "example": example,
 }
+
+
+def advantages(curve: pl.DataFrame, comparison: pl.DataFrame) -> plt.Figure:
+    """The advantage-weighting experiment: accuracy per GRPO round for each weighting (mean over
+    seeds, the seeds' range shaded), and each one's last-round difference from plain GRPO with
+    its 95% CI (paired by seed and problem)."""
+    apply()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    for (variant,), g in curve.sort("step").group_by("variant", maintain_order=True):
+        color = ADVANTAGE.get(variant, OKABE_ITO["grey"])
+        ax.plot(g["step"], g["accuracy"], marker="o", color=color, label=variant)
+        ax.fill_between(g["step"], g["seed_min"], g["seed_max"], color=color, alpha=0.15, linewidth=0)
+    ax.set(xlabel="GRPO round", ylabel="accuracy (eval problems)", title="accuracy during training")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(title="advantage", frameon=False, loc="best")
+    diffs = comparison.filter(pl.col("diff_vs_none").is_not_null())
+    y = np.arange(diffs.height)
+    for i, r in enumerate(diffs.iter_rows(named=True)):
+        color = ADVANTAGE.get(r["variant"], OKABE_ITO["grey"])
+        bx.errorbar(
+            r["diff_vs_none"],
+            i,
+            xerr=[[r["diff_vs_none"] - r["diff_ci_low"]], [r["diff_ci_high"] - r["diff_vs_none"]]],
+            fmt="o",
+            color=color,
+            capsize=3,
+        )
+    bx.axvline(0, color=OKABE_ITO["black"], linewidth=0.8)
+    bx.set_yticks(y, diffs["variant"].to_list())
+    bx.set_ylim(-0.7, max(diffs.height, 1) - 0.3)
+    bx.set(xlabel="accuracy minus plain GRPO's (95% CI)", title=f"after round {comparison['step'].max()}")
+    ahead = headlines.advantage_summary(comparison)["better"]
+    verdict = f"{', '.join(ahead)} beat plain GRPO" if ahead else "no weighting beats plain GRPO beyond noise"
+    fig.suptitle(f"Divergence-weighted advantages on the toy task: {verdict}")
+    fig.tight_layout()
+    return fig
+
+
+def training_shifts(table: pl.DataFrame) -> plt.Figure:
+    """Shifts over training: at each checkpoint of the RL run, the share of positions RL left
+    unchanged (JS < 1e-3), the share it moved (JS > 1e-2), and how precisely the top 5% of
+    positions by JS find the task's decision points (against the base rate of a random pick)."""
+    apply()
+    t = table.sort("step")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    panels = (
+        ("share_js_below_1e-3", "unchanged: JS < 1e-3", "share of positions", OKABE_ITO["blue"]),
+        ("share_js_above_1e-2", "moved: JS > 1e-2", "share of positions", OKABE_ITO["vermillion"]),
+        ("top5_precision", "top 5% by JS on decision points", "precision", OKABE_ITO["green"]),
+    )
+    for ax, (col, title, label, color) in zip(axes, panels):
+        ax.plot(t["step"], t[col], marker="o", color=color)
+        ax.set(xlabel="GRPO step", ylabel=label, title=title)
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].plot(t["step"], t["base_rate"], linestyle="--", color=OKABE_ITO["grey"], label="random pick")
+    axes[2].legend(frameon=False)
+    last = headlines.shifts_summary(table)["last"]
+    fig.suptitle(
+        f"Shifts over RL training: at step {last['step']}, {pct(last['share_js_below_1e-3'])} of positions "
+        f"have JS < 1e-3, and {pct(last['top5_precision'])} of the top 5% by JS are decision points"
+    )
+    fig.tight_layout()
+    return fig

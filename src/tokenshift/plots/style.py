@@ -83,3 +83,13 @@ def pct(x: float) -> str:
         if (float(text) not in (0.0, 100.0)) or x in (0.0, 1.0):
             return f"{text}%"
     return "< 0.01%" if x < 0.5 else "> 99.99%"
+
+
+ADVANTAGE = {
+    "none": OKABE_ITO["black"],
+    "js": OKABE_ITO["green"],
+    "kl": OKABE_ITO["sky"],
+    "topq": OKABE_ITO["orange"],
+    "mix": OKABE_ITO["purple"],
+}
+"""The advantage weightings of the GRPO experiment (``none``, plain GRPO, is black)."""

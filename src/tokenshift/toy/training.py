@@ -1,0 +1,207 @@
+"""The paper's third analysis and its shifts over training, on the embedded toy task.
+
+**Divergence-weighted advantages** (``run_variant``, ``advantage_tables``): GRPO from the toy
+base model under one advantage weighting of ``tokenshift.advantages`` (``none`` is plain GRPO)
+and one training seed, with the toy RL model's learning rate and sampling. The policy is
+evaluated before training and every ``eval_every`` rounds on the same eval problems with the
+same sampling noise (temperature 1, strict grading, as the rollout stage grades), so runs are
+compared problem by problem. ``advantage_tables`` gives accuracy per round (mean over seeds, the
+seeds' range) and, at the last round, each variant's accuracy with a bootstrap CI over problems
+and its paired difference from ``none`` (same seed, same problem).
+
+**Shifts over training** (``shifts_over_training``): every intermediate checkpoint of the toy
+RL model (``checkpoints/step-<k>``, saved by the build) and the final model are teacher-forced
+with the base model over a fixed set of responses (the correct traces of eval problems), and the
+same statistics as ``tokenshift.toy.check`` are taken at each: the share of positions with
+JS < 1e-3, the share with JS > 1e-2, and how precisely the top 5% of positions by JS find the
+task's decision points.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from tokenshift.generation import SamplingConfig, sample
+from tokenshift.grading import Grader
+from tokenshift.io import read_json, read_parquet, write_parquet_atomic
+from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.stats import mean_ci
+from tokenshift.toy.build import run_grpo, toy_sampling
+from tokenshift.toy.check import build_settings, decision_point_table, response_js
+from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
+from tokenshift.toy.task import decision_points, problems
+from tokenshift.train import GRPOConfig
+
+BASELINE = "none"
+
+
+def run_variant(
+    base: Path | str,
+    variant: str,
+    seed: int,
+    cfg: AdvantageExperimentConfig,
+    *,
+    lr: float = ToyBuildConfig().grpo_lr,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Train from the toy base checkpoint ``base`` under ``variant`` with ``seed`` at learning rate
+    ``lr`` (the toy RL model's, config ``toy.grpo_lr``); return the evaluations (a row per round
+    evaluated and eval problem: ``correct`` is the share of its samples graded correct) and the
+    training history (a row per round). The task, sampling length and threads are the base model's."""
+    build = build_settings(base)
+    torch.set_num_threads(build.threads)
+    tokenizer = load_tokenizer(base)
+    policy = load_causal_lm(base, "cpu")
+    reference = load_causal_lm(base, "cpu") if variant != BASELINE else None
+    evals = problems(build.task, "eval", cfg.eval_problems)
+    prompt_ids = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
+    reps = [ids for ids in prompt_ids for _ in range(cfg.eval_samples)]
+    golds = [str(p.answer) for p in evals for _ in range(cfg.eval_samples)]
+    eval_sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=build.max_new_tokens)
+    steps = set(cfg.eval_steps())
+    rows: list[dict] = []
+
+    with Grader(workers=1) as grader:
+
+        def evaluate(step: int, model) -> None:
+            if step not in steps:
+                return
+            with torch.random.fork_rng():  # training's randomness is untouched by evaluating
+                out = sample(
+                    model,
+                    reps,
+                    eos_id=tokenizer.eos_token_id,
+                    pad_id=tokenizer.pad_token_id,
+                    sampling=eval_sampling,
+                    seed=cfg.eval_seed,
+                    batch_size=256,
+                )
+            grades = grader.grade(tokenizer.batch_decode([s.response_ids for s in out]), golds)
+            correct = np.array([g.correct for g in grades], dtype=float).reshape(len(evals), cfg.eval_samples)
+            rows.extend(
+                {"step": step, "problem_id": p.problem_id, "correct": float(c)} for p, c in zip(evals, correct.mean(1))
+            )
+
+        evaluate(0, policy)
+        grpo_cfg = GRPOConfig(
+            steps=cfg.steps,
+            prompts_per_step=cfg.prompts_per_step,
+            group_size=cfg.group_size,
+            lr=lr,
+            seed=seed,
+            sampling=toy_sampling(build),
+            advantage=variant,
+            advantage_q=cfg.q,
+            advantage_alpha=cfg.alpha,
+        )
+        history = run_grpo(policy, tokenizer, grpo_cfg, build, reference=reference, progress=progress, on_step=evaluate)
+    tag = [pl.lit(variant).alias("variant"), pl.lit(seed).alias("seed")]
+    return pl.DataFrame(rows).with_columns(tag), pl.DataFrame(history).with_columns(tag)
+
+
+def write_run(evals: pl.DataFrame, history: pl.DataFrame, out_dir: Path) -> None:
+    """``history.parquet``, then ``eval.parquet`` (its presence means the run finished)."""
+    write_parquet_atomic(history, Path(out_dir) / "history.parquet")
+    write_parquet_atomic(evals, Path(out_dir) / "eval.parquet")
+
+
+def read_runs(paths: Sequence[Path | str]) -> pl.DataFrame:
+    cols = ("variant", "seed", "step", "problem_id", "correct")
+    return pl.concat([read_parquet(Path(p), "an advantage run's evaluations", cols).select(cols) for p in paths])
+
+
+def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.DataFrame]:
+    """``curve``: accuracy per variant and evaluated round (mean over seeds, the seeds' range);
+    ``comparison``: at the last round, each variant's accuracy (bootstrap 95% CI over problems of
+    the per-problem mean over seeds) and its paired difference from ``none`` (same seed and
+    problem), with the seeds on which it was ahead."""
+    per_seed = evals.group_by("variant", "seed", "step").agg(pl.col("correct").mean().alias("accuracy"))
+    curve = (
+        per_seed.group_by("variant", "step")
+        .agg(
+            pl.col("accuracy").mean().alias("accuracy"),
+            pl.col("accuracy").min().alias("seed_min"),
+            pl.col("accuracy").max().alias("seed_max"),
+            pl.len().alias("n_seeds"),
+        )
+        .sort("variant", "step")
+    )
+    last = evals["step"].max()
+    final = evals.filter(pl.col("step") == last)
+    variants = list(dict.fromkeys(evals["variant"].to_list()))
+    baseline = final.filter(pl.col("variant") == BASELINE).select("seed", "problem_id", pl.col("correct").alias("b"))
+    rows = []
+    for v in variants:
+        mine = final.filter(pl.col("variant") == v)
+        acc, lo, hi = mean_ci(
+            mine.group_by("problem_id").agg(pl.col("correct").mean())["correct"].to_numpy(), seed=seed
+        )
+        row = {
+            "variant": v,
+            "step": last,
+            "accuracy": acc,
+            "ci_low": lo,
+            "ci_high": hi,
+            "n_seeds": mine["seed"].n_unique(),
+            "n_problems": mine["problem_id"].n_unique(),
+        }
+        paired = mine.join(baseline, on=["seed", "problem_id"], how="inner")
+        if v != BASELINE and paired.height:
+            diff = paired.with_columns((pl.col("correct") - pl.col("b")).alias("d"))
+            d, dlo, dhi = mean_ci(diff.group_by("problem_id").agg(pl.col("d").mean())["d"].to_numpy(), seed=seed)
+            by_seed = diff.group_by("seed").agg(pl.col("d").mean())["d"]
+            row.update(diff_vs_none=d, diff_ci_low=dlo, diff_ci_high=dhi, seeds_ahead=int((by_seed > 0).sum()))
+        rows.append(row)
+    comparison = pl.DataFrame(rows, schema_overrides={"diff_vs_none": pl.Float64, "seeds_ahead": pl.Int64})
+    return {"curve": curve, "comparison": comparison}
+
+
+def checkpoints_of(rl: Path | str) -> list[tuple[int, Path]]:
+    """(GRPO step, checkpoint) of a toy RL model's intermediate checkpoints and its final one."""
+    final = resolve_checkpoint(rl)
+    steps = read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]["grpo_steps"]
+    found = []
+    for d in sorted((final / "checkpoints").glob("step-*")):
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), resolve_checkpoint(d.with_suffix(".json"))))
+    return sorted(found) + [(steps, final)]
+
+
+def shifts_over_training(base: Path | str, rl: Path | str, *, n_problems: int) -> pl.DataFrame:
+    """A row per checkpoint of the toy RL model ``rl`` (``checkpoints_of``): JS against the base
+    model over the correct traces of ``n_problems`` eval problems, as ``tokenshift.toy.check``
+    measures it (share below 1e-3, share above 1e-2, precision and lift of the top 5% by JS)."""
+    build = build_settings(base)
+    torch.set_num_threads(build.threads)
+    tokenizer = load_tokenizer(base)
+    base_model = load_causal_lm(base, "cpu")
+    evals = problems(build.task, "eval", n_problems)
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)
+    points = [sorted({d.position for d in decision_points(p, encode, build.task.max_total)}) for p in evals]
+    rows = []
+    for step, ckpt in checkpoints_of(rl):
+        table = decision_point_table(response_js(base_model, load_causal_lm(ckpt, "cpu"), tokenizer, evals), points)
+        first = table.row(0, named=True)
+        top = table.filter((pl.col("selection") == "top_share") & (pl.col("value") == 0.05)).row(0, named=True)
+        high = table.filter((pl.col("selection") == "js_above") & (pl.col("value") == 1e-2)).row(0, named=True)
+        rows.append(
+            {
+                "step": step,
+                "checkpoint": ckpt.name if ckpt.parent.name == "checkpoints" else "final",
+                "n_positions": first["n_positions"],
+                "share_js_below_1e-3": first["share_js_below_1e-3"],
+                "share_js_above_1e-2": high["n_selected"] / high["n_positions"],
+                "top5_precision": top["precision"],
+                "top5_lift": top["lift"],
+                "base_rate": first["base_rate"],
+                "js_share_on_decision_points": first["js_share_on_decision_points"],
+            }
+        )
+    return pl.DataFrame(rows)

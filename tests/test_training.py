@@ -1,0 +1,182 @@
+"""The training analyses: divergence-weighted GRPO, the experiment's tables, checkpoints along RL
+training and the shifts measured on them, and the SFT contrast model. Real models, trained here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import short_toy_config
+
+from tokenshift.models import load_causal_lm, load_tokenizer, write_manifest
+from tokenshift.toy.build import build_rl, build_sft
+from tokenshift.toy.check import sampled_accuracy
+from tokenshift.toy.config import AdvantageExperimentConfig
+from tokenshift.toy.task import problems
+from tokenshift.toy.training import (
+    advantage_tables,
+    checkpoints_of,
+    run_variant,
+    shifts_over_training,
+    write_run,
+)
+from tokenshift.train import GRPOConfig, PromptItem, grpo
+
+# the tests' short toy build (conftest), RL with two intermediate checkpoints
+SHORT = dataclasses.replace(short_toy_config(), grpo_steps=6, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def short_base(short_toy_base):
+    return short_toy_base[0]
+
+
+def _params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_weighting_leaves_the_first_step_alone_and_changes_later_ones(short_base):
+    """At the first step the policy is the reference, every divergence is 0 and every weighting is
+    plain GRPO; once the policy has moved, a weighting changes the update."""
+    tok = load_tokenizer(short_base / "base")
+    train = problems(SHORT.task, "train", 50)
+    prompts = [PromptItem(tok.encode(p.prompt, add_special_tokens=False), str(p.answer)) for p in train]
+
+    def reward(responses, golds):  # longer responses win: a signal in every group
+        return [float(len(r)) for r in responses]
+
+    def train_with(mode: str, steps: int):
+        policy = load_causal_lm(short_base / "base", "cpu")
+        reference = load_causal_lm(short_base / "base", "cpu")
+        seen = []
+        cfg = GRPOConfig(steps=steps, prompts_per_step=4, group_size=4, lr=1e-3, seed=3, advantage=mode)
+        eos = tok.eos_token_id
+        grpo(
+            policy,
+            prompts,
+            reward,
+            cfg,
+            pad_id=eos,
+            eos_id=eos,
+            reference=reference,
+            progress=False,
+            on_step=lambda k, m: seen.append(k),
+        )
+        return _params(policy), seen
+
+    plain1, seen = train_with("none", 1)
+    assert seen == [1]
+    for mode in ("js", "kl", "topq", "mix"):
+        assert torch.equal(train_with(mode, 1)[0], plain1), mode
+    plain3, seen = train_with("none", 3)
+    assert seen == [1, 2, 3]
+    assert not torch.equal(train_with("topq", 3)[0], plain3)
+
+
+def test_a_weighting_needs_a_reference_and_a_known_mode():
+    with pytest.raises(ValueError, match="expected one of"):
+        GRPOConfig(advantage="entropy")
+    with pytest.raises(ValueError, match="needs a reference"):
+        grpo(torch.nn.Linear(1, 1), [], lambda r, g: [], GRPOConfig(advantage="js"), pad_id=0, eos_id=0)
+
+
+def test_advantage_tables_against_a_hand_computation():
+    # two variants, two seeds, three problems, evaluated at rounds 0 and 4
+    rows = []
+    correct = {
+        ("none", 0): [0, 1, 0],
+        ("none", 1): [1, 1, 0],
+        ("js", 0): [1, 1, 0],
+        ("js", 1): [1, 1, 1],
+    }
+    for (variant, seed), final in correct.items():
+        for pid, c0, c in zip(("a", "b", "c"), (0, 1, 0), final):
+            rows.append({"variant": variant, "seed": seed, "step": 0, "problem_id": pid, "correct": float(c0)})
+            rows.append({"variant": variant, "seed": seed, "step": 4, "problem_id": pid, "correct": float(c)})
+    t = advantage_tables(pl.DataFrame(rows))
+    curve = {(r["variant"], r["step"]): r for r in t["curve"].iter_rows(named=True)}
+    assert curve[("none", 4)]["accuracy"] == pytest.approx((1 / 3 + 2 / 3) / 2)
+    assert (curve[("none", 4)]["seed_min"], curve[("none", 4)]["seed_max"]) == pytest.approx((1 / 3, 2 / 3))
+    assert curve[("js", 4)]["accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert curve[("js", 0)]["accuracy"] == curve[("none", 0)]["accuracy"] == pytest.approx(1 / 3)
+    comp = {r["variant"]: r for r in t["comparison"].iter_rows(named=True)}
+    assert comp["none"]["diff_vs_none"] is None
+    # paired by seed and problem: per-problem mean differences (0.5, 0, 0.5), mean 1/3
+    assert comp["js"]["diff_vs_none"] == pytest.approx(1 / 3)
+    assert comp["js"]["diff_ci_low"] <= comp["js"]["diff_vs_none"] <= comp["js"]["diff_ci_high"]
+    assert comp["js"]["seeds_ahead"] == 2
+    assert comp["js"]["n_seeds"] == 2 and comp["js"]["n_problems"] == 3
+    assert comp["js"]["step"] == 4
+
+
+def test_an_experiment_run_evaluates_every_variant_on_the_same_noise(short_base, tmp_path):
+    cfg = AdvantageExperimentConfig(steps=2, eval_every=1, eval_problems=12, eval_samples=2, prompts_per_step=4)
+    assert cfg.eval_steps() == [0, 1, 2]
+    runs = {}
+    for variant in ("none", "js"):
+        evals, history = run_variant(short_base / "base.json", variant, 5, cfg, lr=SHORT.grpo_lr, progress=False)
+        write_run(evals, history, tmp_path / variant)
+        runs[variant] = pl.read_parquet(tmp_path / variant / "eval.parquet")
+        assert sorted(runs[variant]["step"].unique()) == [0, 1, 2]
+        assert runs[variant].height == 3 * 12
+        assert pl.read_parquet(tmp_path / variant / "history.parquet")["step"].to_list() == [0, 1]
+    # before training the two runs are the same model on the same noise: the same answers
+    first = [runs[v].filter(pl.col("step") == 0).sort("problem_id")["correct"] for v in runs]
+    assert first[0].equals(first[1])
+    # and the same run again is the same, bit for bit
+    again, _ = run_variant(short_base / "base.json", "js", 5, cfg, lr=SHORT.grpo_lr, progress=False)
+    assert again.select(runs["js"].columns).equals(runs["js"])
+
+
+@pytest.fixture(scope="module")
+def short_rl(short_base):
+    build_rl(short_base / "base", short_base / "rl6", SHORT, name="rl6", progress=False)
+    write_manifest(short_base / "rl6", name="rl6", spec={"toy": "rl", "init": "base"})
+    return short_base / "rl6"
+
+
+def test_rl_training_saves_checkpoints_with_manifests_along_the_way(short_base, short_rl):
+    found = checkpoints_of(short_rl.with_suffix(".json"))
+    assert [s for s, _ in found] == [2, 4, 6]
+    for step, ckpt in found[:-1]:
+        manifest = json.loads(ckpt.with_suffix(".json").read_text())
+        assert manifest["name"] == f"rl6@step-{step}" and manifest["spec"] == {"toy": "rl", "step": step}
+    weights = [_params(load_causal_lm(c, "cpu")) for _, c in found]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    # the final model is the one a build without intermediate checkpoints makes
+    plain = dataclasses.replace(SHORT, checkpoint_every=0)
+    build_rl(short_base / "base", short_base / "rl-plain", plain, progress=False)
+    assert not (short_base / "rl-plain" / "checkpoints").exists()
+    assert torch.equal(_params(load_causal_lm(short_base / "rl-plain", "cpu")), weights[-1])
+
+
+def test_shifts_over_training_score_every_checkpoint(short_base, short_rl):
+    table = shifts_over_training(short_base / "base.json", short_rl.with_suffix(".json"), n_problems=30)
+    assert table["step"].to_list() == [2, 4, 6]
+    assert table["checkpoint"].to_list() == ["step-2", "step-4", "final"]
+    for col in ("share_js_below_1e-3", "share_js_above_1e-2", "top5_precision", "base_rate"):
+        assert table[col].is_between(0, 1).all(), col
+    assert (table["n_positions"] == table["n_positions"][0]).all()  # the same responses at every step
+    # the further from the base model, the fewer positions it leaves unchanged (here: the first vs the last)
+    assert table["share_js_below_1e-3"][0] > table["share_js_below_1e-3"][-1]
+
+
+def test_sft_on_correct_traces_makes_fewer_mistakes(short_base):
+    stats = build_sft(short_base / "base", short_base / "sft", SHORT, progress=False)
+    assert stats["role"] == "sft"
+    tok = load_tokenizer(short_base / "base")
+    acc = sampled_accuracy(
+        {"base": load_causal_lm(short_base / "base", "cpu"), "sft": load_causal_lm(short_base / "sft", "cpu")},
+        tok,
+        problems(SHORT.task, "eval", 200),
+        max_new_tokens=SHORT.max_new_tokens,
+        seed=1,
+        samples_per_problem=2,
+    )
+    sampled = {r["role"]: r for r in acc.filter(pl.col("decoding") == "sampled_t1").iter_rows(named=True)}
+    assert sampled["sft"]["ci_low"] > sampled["base"]["ci_high"]
+    assert np.isfinite(stats["final_loss"])
