@@ -232,7 +232,17 @@ CONSUMERS = {
     **{f"toy.{k}": ("toy_sft",) for k in ("sft_steps", "sft_lr")},
     **{
         f"advantages.{k}": ("advantage_run",)
-        for k in ("steps", "prompts_per_step", "group_size", "q", "alpha", "eval_every", "eval_samples", "eval_seed")
+        for k in (
+            "steps",
+            "prompts_per_step",
+            "group_size",
+            "q",
+            "alpha",
+            "eval_every",
+            "eval_samples",
+            "eval_seed",
+            "threads",
+        )
     },
     # the shifts over training score the traces of the same eval problems
     "advantages.eval_problems": ("advantage_run", "training_shifts"),
@@ -423,15 +433,17 @@ def test_the_training_analyses_reach_the_report(default_run):
 
 
 def test_sft_moves_more_positions_than_rl(default_run):
-    """The paper's contrast, on the toy: the SFT model (as accurate as the RL model) shifts more
-    positions of the base model's distribution than the RL model does."""
+    """The paper's contrast, where it holds on the toy: the SFT model, about as accurate as the RL
+    model, leaves fewer positions of the base model's distribution unchanged (JS < 1e-3). At
+    JS >= 1e-2 the two shares are within a few tenths of a point of each other (README)."""
     acc = {
-        pair: pl.read_parquet(default_run / "results" / pair / "toy_check" / "accuracy.parquet")
-        .filter(pl.col("decoding") == "sampled_t1")
-        .row(1, named=True)
+        pair: pl.read_parquet(default_run / "results" / pair / "toy" / "accuracy.parquet")
+        .filter((pl.col("metric") == "avg@4") & (pl.col("role") == "rl"))
+        .row(0, named=True)
         for pair in ("toy", "toy-sft")
     }
-    assert acc["toy-sft"]["role"] == acc["toy"]["role"] == "rl"
-    assert abs(acc["toy-sft"]["accuracy"] - acc["toy"]["accuracy"]) < 0.1  # comparable models
+    assert abs(acc["toy-sft"]["value"] - acc["toy"]["value"]) < 0.05  # comparable models
     (contrast,) = json.loads((default_run / "results" / "summary.json").read_text())["rl_vs_sft"]
-    assert contrast["sft_denser"], contrast
+    assert contrast["sft_denser"]["0.001"], contrast
+    page = (default_run / "results" / "report.html").read_text()
+    assert "SFT&#x27;s shifts are denser than RL&#x27;s at JS &gt;= 0.001 only" in page

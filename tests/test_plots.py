@@ -336,7 +336,7 @@ def test_training_figures_and_report_sections(tables, tmp_path):
     rl_below = headlines.sparsity_summary(div["sparsity"])["0.001"]
     assert contrast["share_js_at_least"]["rlvr"]["0.001"] == pytest.approx(1 - rl_below)
     assert contrast["share_js_at_least"]["sft"]["0.001"] == pytest.approx(1 - rl_below / 2)
-    assert contrast["sft_denser"] is True
+    assert contrast["sft_denser"] == {"0.001": True, "0.01": True}
     assert saved["advantages"]["step"] == 12 and set(saved["advantages"]["diff_vs_none"]) == {"js", "topq"}
     assert saved["training_shifts"]["toy"]["last"]["top5_precision"] == 0.7
     page = (tmp_path / "report.html").read_text()

@@ -180,3 +180,12 @@ def test_sft_on_correct_traces_makes_fewer_mistakes(short_base):
     sampled = {r["role"]: r for r in acc.filter(pl.col("decoding") == "sampled_t1").iter_rows(named=True)}
     assert sampled["sft"]["ci_low"] > sampled["base"]["ci_high"]
     assert np.isfinite(stats["final_loss"])
+
+
+def test_a_baseline_alone_has_no_comparison_but_a_figure():
+    from tokenshift.plots.figures import advantages
+
+    rows = [{"variant": "none", "seed": 0, "step": s, "problem_id": "a", "correct": 1.0} for s in (0, 2)]
+    t = advantage_tables(pl.DataFrame(rows))
+    assert t["comparison"]["diff_vs_none"].to_list() == [None]
+    advantages(t["curve"], t["comparison"])  # draws, with no difference to show

@@ -62,6 +62,7 @@ def test_default_config_builds_the_dag(tmp_path):
     adv = DEFAULT.get("advantages", {})
     assert jobs["advantage_run"] == len(adv.get("variants", ("none", "js", "topq"))) * len(adv.get("seeds", (0, 1)))
     assert jobs["toy_sft"] == jobs["training_shifts"] == jobs["figures_divergence"] == jobs["figures"] == 1
+    assert jobs["toy_check"] == 1  # the RL pair's; the SFT pair's decision points are in its divergence tables
     assert jobs["crosssample_table"] == 1  # the SFT contrast pair is not cross-sampled
 
 

@@ -108,7 +108,8 @@ def sentences(s: Mapping) -> list[str]:
 
 def kind_contrast(summaries: Sequence[Mapping]) -> list[dict]:
     """Per dataset with both an RLVR and an SFT pair: each pair's share of positions that moved
-    (JS >= 1e-3 and >= 1e-2, on the tuned model's responses), the paper's sparsity contrast."""
+    (JS >= 1e-3 and >= 1e-2, on the tuned model's responses), the paper's sparsity contrast, and
+    at which of those cuts the SFT pair's share is the larger."""
     out = []
     for dataset in dict.fromkeys(s["dataset"] for s in summaries):
         here = [s for s in summaries if s["dataset"] == dataset]
@@ -127,7 +128,7 @@ def kind_contrast(summaries: Sequence[Mapping]) -> list[dict]:
                         "rlvr_pair": rl["pair"],
                         "sft_pair": sft["pair"],
                         "share_js_at_least": moved,
-                        "sft_denser": all(moved["sft"][t] > moved["rlvr"][t] for t in moved["rlvr"]),
+                        "sft_denser": {t: moved["sft"][t] > moved["rlvr"][t] for t in moved["rlvr"]},
                     }
                 )
     return out
@@ -141,8 +142,14 @@ def contrast_sentences(c: Mapping) -> list[str]:
     )
     if "0.01" in moved["sft"]:
         text += f"; to JS >= 1e-2: SFT {pct(moved['sft']['0.01'])}, RL {pct(moved['rlvr']['0.01'])}"
-    verdict = "denser than RL's, as the paper found" if c["sft_denser"] else "not denser than RL's here"
-    return [f"{text}. SFT's shifts are {verdict}."]
+    denser = [t for t, yes in c["sft_denser"].items() if yes]
+    if len(denser) == len(c["sft_denser"]):
+        verdict = "SFT's shifts are denser than RL's, as the paper found"
+    elif denser:
+        verdict = f"SFT's shifts are denser than RL's at JS >= {', '.join(denser)} only"
+    else:
+        verdict = "SFT's shifts are not denser than RL's here, unlike the paper's"
+    return [f"{text}. {verdict}."]
 
 
 def advantage_sentences(a: Mapping) -> list[str]:

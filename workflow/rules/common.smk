@@ -288,7 +288,8 @@ def get_final_output():
     used = dict.fromkeys(m for pair in PAIRS.values() for m in (pair["base"], pair["rl"]))
     targets = [model_manifest(m) for m in used]
     targets += [f"resources/pairs/{p}.json" for p in PAIRS]
-    targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_PAIRS]
+    # the ground-truth check of a toy RL pair (an SFT pair's decision points are in its divergence tables)
+    targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_RL_PAIRS]
     targets += [f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS]
     targets += ["results/advantages/advantages.png"] if ADVANTAGE_BASE else []
     for p, d in PAIR_DATASETS:

@@ -18,7 +18,7 @@ rule advantage_run:
         seed=r"\d+",
     conda:
         "../../envs/cpu.yaml"
-    threads: config["toy"]["threads"]
+    threads: config["advantages"]["threads"]
     resources:
         runtime=runtime("toy"),
     params:

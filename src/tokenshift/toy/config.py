@@ -81,6 +81,9 @@ class AdvantageExperimentConfig:
     eval_problems: int = option(200, "toy eval problems each evaluation answers", minimum=1)
     eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1)
     eval_seed: int = option(0, "sampling seed of every evaluation (the same noise for every run)", minimum=0)
+    threads: int = option(
+        1, "torch CPU threads per run (results depend on it); one lets two runs share 2 cores", minimum=1
+    )
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> AdvantageExperimentConfig:

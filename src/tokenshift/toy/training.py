@@ -53,9 +53,9 @@ def run_variant(
     """Train from the toy base checkpoint ``base`` under ``variant`` with ``seed`` at learning rate
     ``lr`` (the toy RL model's, config ``toy.grpo_lr``); return the evaluations (a row per round
     evaluated and eval problem: ``correct`` is the share of its samples graded correct) and the
-    training history (a row per round). The task, sampling length and threads are the base model's."""
+    training history (a row per round). The task and sampling length are the base model's."""
     build = build_settings(base)
-    torch.set_num_threads(build.threads)
+    torch.set_num_threads(cfg.threads)
     tokenizer = load_tokenizer(base)
     policy = load_causal_lm(base, "cpu")
     reference = load_causal_lm(base, "cpu") if variant != BASELINE else None
@@ -150,6 +150,10 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
             "ci_high": hi,
             "n_seeds": mine["seed"].n_unique(),
             "n_problems": mine["problem_id"].n_unique(),
+            "diff_vs_none": None,
+            "diff_ci_low": None,
+            "diff_ci_high": None,
+            "seeds_ahead": None,
         }
         paired = mine.join(baseline, on=["seed", "problem_id"], how="inner")
         if v != BASELINE and paired.height:
@@ -158,7 +162,8 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
             by_seed = diff.group_by("seed").agg(pl.col("d").mean())["d"]
             row.update(diff_vs_none=d, diff_ci_low=dlo, diff_ci_high=dhi, seeds_ahead=int((by_seed > 0).sum()))
         rows.append(row)
-    comparison = pl.DataFrame(rows, schema_overrides={"diff_vs_none": pl.Float64, "seeds_ahead": pl.Int64})
+    diffs = {"diff_vs_none": pl.Float64, "diff_ci_low": pl.Float64, "diff_ci_high": pl.Float64, "seeds_ahead": pl.Int64}
+    comparison = pl.DataFrame(rows, schema_overrides=diffs)
     return {"curve": curve, "comparison": comparison}
 
 
