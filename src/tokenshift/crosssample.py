@@ -566,9 +566,7 @@ class CrossSampleBackend:
         self.stops = list(dict.fromkeys(stop_ids(base, self.tokenizer) + stop_ids(rl, self.tokenizer)))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
-        if keys is None:
-            raise ValueError("cross-sampling seeds each sample by its (problem id, sample index): pass keys")
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         return cross_sample(
             self.models["base"],
             self.models["rl"],
@@ -653,7 +651,6 @@ def run_crosssample(
         prompt,
         out,
         n=sampling.n,
-        seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
         grading=grading,

@@ -1,6 +1,6 @@
 """The rollout stage: sample responses from one model on one dataset, grade them, write parquet.
 
-Two backends behind one interface (``generate(prompts, seed, keys) -> [Sample]``, ``keys`` the
+Two backends behind one interface (``generate(prompts, keys) -> [Sample]``, ``keys`` the
 (problem id, sample index) of each prompt, from which each sample's seed is made):
 
 - ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
@@ -51,7 +51,7 @@ class HFBackend:
         self.stops = stop_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from tokenshift.crosssample import decode_alone
 
         return decode_alone(
@@ -66,9 +66,7 @@ class HFBackend:
         )
 
 
-def _seeds(sampling: SamplingConfig, keys) -> list[int]:
-    if keys is None:
-        raise ValueError("rollouts seed each sample by its (problem id, sample index): pass keys")
+def _seeds(sampling: SamplingConfig, keys: Sequence[tuple[str, int]]) -> list[int]:
     return [sample_seed(sampling.seed, pid, j) for pid, j in keys]
 
 
@@ -129,7 +127,7 @@ class VLLMBackend:
         self.llm = LLM(**vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count()))
         self.sampling = sampling
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -190,7 +188,6 @@ def run_rollouts(
         prompt,
         out,
         n=sampling.n,
-        seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
         grading=grading,
