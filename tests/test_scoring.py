@@ -124,3 +124,25 @@ def test_scoring_split_over_jobs_gives_the_rows_one_job_gives(pair):
     ]
     assert all(p.height for p in parts)
     assert pl.concat(parts).sort("row", "position").equals(whole.sort("row", "position"))
+
+
+def test_a_scoring_batch_out_of_memory_is_read_in_halves_to_the_same_scores(pair, caplog):
+    base, rl, vocab = pair
+    rows = rows_for(vocab, n=12)
+    cfg = ScoringConfig(max_batch_tokens=16384)  # all rows in one batch
+    whole = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns
+
+    def tight(module, args, kwargs):  # a GPU that holds at most 2 rows (the test double of an absent GPU)
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    hook = rl.model.register_forward_pre_hook(tight, with_kwargs=True)
+    try:
+        halved = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns
+    finally:
+        hook.remove()
+    assert "out of memory at batch 12" in caplog.text and "going on at 3" in caplog.text
+    for k in ("row", "position", "norm_position", "token_id"):
+        assert halved[k].tolist() == whole[k].tolist(), k
+    for k in ("logp_base", "logp_rl", *STAT_COLUMNS):  # rows padded to other widths: float rounding only
+        np.testing.assert_allclose(halved[k], whole[k], atol=1e-5, rtol=1e-4, err_msg=k)
