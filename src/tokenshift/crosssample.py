@@ -52,6 +52,7 @@ from tokenshift.sharding import Part
 log = logging.getLogger(__name__)
 
 INJECTED_EOS = ("end", "drop")
+LENGTH_RULES = ("response", "after_switch")
 COMPACT_FRACTION = 0.125
 """Drop finished rows from the caches once they are this share of the rows still decoded."""
 
@@ -84,6 +85,13 @@ class SwitchRule:
     topk: int | None = None
     """Select on JS or entropy of each model's top-K tokens, renormalised (None: the exact statistics;
     the recorded ``step_js`` and ``switched_js`` stay exact)."""
+    length: str = "response"
+    """``response``: ``max_new_tokens`` caps the whole response. ``after_switch`` (the authors, who
+    regenerate ``max_new_tokens`` new tokens after each switch): a row's cap is its last switch's
+    position + 1 + ``max_new_tokens`` (``max_new_tokens`` before any), never past ``max_total``."""
+    max_total: int | None = None
+    """The ``after_switch`` rule's absolute ceiling on a response's length (tokens, EOS excluded): a
+    row that reaches it stops there, ``finish_reason`` ``length``, so a batch's memory is bounded."""
 
     def __post_init__(self):
         if self.level not in THRESHOLD_LEVELS:
@@ -106,6 +114,25 @@ class SwitchRule:
             POLICIES[self.policy].check(self.threshold)
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"top-K statistic with K = {self.topk}: expected K >= 1")
+        if self.length not in LENGTH_RULES:
+            raise ValueError(f"length rule {self.length!r}: expected one of {LENGTH_RULES}")
+        if (self.length == "after_switch") != (self.max_total is not None):
+            raise ValueError(f"length rule {self.length!r}: expected a max_total with after_switch only")
+
+    def decode_steps(self, max_new_tokens: int) -> int:
+        """The longest response this rule can decode, in steps (the EOS's step included).
+
+        Each switch moves an ``after_switch`` cap by at most ``max_new_tokens`` (a switch happens
+        before the current cap), so ``budget`` switches reach at most (budget + 1) x ``max_new_tokens``.
+        """
+        if self.length == "response":
+            return max_new_tokens
+        if self.max_total < max_new_tokens:
+            raise ValueError(
+                f"max_total_tokens {self.max_total} is below max_new_tokens {max_new_tokens}: the after_switch "
+                "rule lets a response run past max_new_tokens, never below it"
+            )
+        return self.max_total if self.budget is None else min(self.max_total, (self.budget + 1) * max_new_tokens)
 
     @property
     def budget_label(self) -> str:
@@ -123,6 +150,8 @@ class SwitchRule:
         force: bool = False,
         eos: str = "end",
         topk: int | None = None,
+        length: str = "response",
+        max_total: int | None = None,
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
@@ -162,6 +191,8 @@ class SwitchRule:
                 level or "dataset",
                 float(spec["percentile"]) if level else None,
                 topk,
+                length,
+                max_total if length == "after_switch" else None,
             )
         except ValueError as e:
             raise InputError(str(e)) from None
@@ -270,7 +301,10 @@ def cross_sample(
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     starts = range(0, len(prompts), batch_size)
     batches = [prompts[start : start + batch_size] for start in starts]
-    noise = [row_noise(seeds[start : start + batch_size], sampling.max_new_tokens) for start in starts]
+    # torch.rand's stream from one seed is the same whatever its length: a longer cap draws the same
+    # uniforms at the steps a shorter one has (tests/test_crosssample.py checks it)
+    steps = rule.decode_steps(sampling.max_new_tokens)
+    noise = [row_noise(seeds[start : start + batch_size], steps) for start in starts]
     out: list[Sample] = []
     try:
         if rule.threshold is None and rule.budget != 0:
@@ -421,16 +455,17 @@ def _decode_batch(
     dev = next(gen.parameters()).device
     dev_o = next(other.parameters()).device if other is not None else dev
     max_new = sampling.max_new_tokens
+    total = rule.decode_steps(max_new)  # columns a row may need; each row's own cap is ``cap``
     statistic = POLICIES[rule.policy].statistic
     ids, mask = pad_rows(prompts, pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     n, width = ids.shape
-    attn = torch.zeros((n, width + max_new), dtype=torch.long, device=dev)
+    attn = torch.zeros((n, width + total), dtype=torch.long, device=dev)
     attn[:, :width] = mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     u_all, r_all = (x.to(dev) for x in uniforms)
     threshold = thresholds.to(dev, torch.float32)
-    force = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
+    force = torch.zeros((n, total), dtype=torch.bool, device=dev)
     for i, where in enumerate(forced):
         force[i, list(where)] = True
     budget = math.inf if rule.budget is None else rule.budget
@@ -450,14 +485,16 @@ def _decode_batch(
     rows = torch.arange(n, device=dev)  # original index of each row still in the caches
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     used = torch.zeros(n, device=dev)
-    tokens = torch.full((n, max_new), -1, dtype=torch.long, device=dev)
-    switched = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
-    js_all = torch.zeros((n, max_new), device=dev)
-    stat_all = torch.zeros((n, max_new), device=dev)
-    length = torch.full((n,), max_new, dtype=torch.long, device=dev)
+    tokens = torch.full((n, total), -1, dtype=torch.long, device=dev)
+    switched = torch.zeros((n, total), dtype=torch.bool, device=dev)
+    js_all = torch.zeros((n, total), device=dev)
+    stat_all = torch.zeros((n, total), device=dev)
+    length = torch.full((n,), total, dtype=torch.long, device=dev)
     stopped = torch.zeros(n, dtype=torch.bool, device=dev)
+    cap = torch.full((n,), max_new, dtype=torch.long, device=dev)  # each row's length limit, per original row
+    after_switch = rule.length == "after_switch"
 
-    for t in range(max_new):
+    for t in range(total):
         # one uniform per original row and step, whatever rows were dropped: runs stay coupled
         u, r = u_all[rows, t], r_all[rows, t]
         lg = logits_g.float()
@@ -475,6 +512,8 @@ def _decode_batch(
                 lo[:, stop_ids] = -math.inf  # only read where a row switches
             tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
         used += switch.float()
+        if after_switch:  # the authors regenerate max_new tokens from each switch: the cap moves past it
+            cap[rows[switch]] = min(t + 1 + max_new, total)
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
@@ -484,8 +523,11 @@ def _decode_batch(
             length[rows[ended]] = t
             stopped[rows[ended]] = True
             done |= ended
+        capped = ~done & (t + 1 >= cap[rows])  # the row's length limit reached
+        length[rows[capped]] = t + 1
+        done |= capped
         n_done = int(done.sum())
-        if t == max_new - 1 or n_done == len(rows):
+        if t == total - 1 or n_done == len(rows):
             break
         if n_done >= max(1, math.ceil(COMPACT_FRACTION * len(rows))):
             keep = (~done).nonzero()[:, 0]
@@ -611,12 +653,26 @@ def run_crosssample(
     null where each row has its own) and ``threshold_level``.
     """
     from tokenshift.datasets import as_problems, dataset_name
+    from tokenshift.io import InputError
     from tokenshift.models import checkpoint_identity
     from tokenshift.sharding import run_key, run_sharded
 
     rule = SwitchRule.resolve(
-        direction, policy, budget, threshold or {}, scores, force=cfg.force_switch, eos=cfg.injected_eos, topk=cfg.topk
+        direction,
+        policy,
+        budget,
+        threshold or {},
+        scores,
+        force=cfg.force_switch,
+        eos=cfg.injected_eos,
+        topk=cfg.topk,
+        length=cfg.length_rule,
+        max_total=cfg.max_total_tokens,
     )
+    try:
+        rule.decode_steps(sampling.max_new_tokens)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
     if cfg.n_problems:

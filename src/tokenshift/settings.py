@@ -258,6 +258,19 @@ class CrossSampleConfig:
         "drawn without EOS and the generator goes on, as the authors drop it)",
         choices=["end", "drop"],
     )
+    length_rule: str = option(
+        "response",
+        "response: max_new_tokens caps the whole response; after_switch (the authors, who regenerate "
+        "max_new_tokens new tokens after each switch): a response may run to its last switch + 1 + max_new_tokens",
+        choices=["response", "after_switch"],
+    )
+    max_total_tokens: int = option(
+        16384,
+        "after_switch: the longest response (tokens), where a row stops with finish_reason length, so memory "
+        "is bounded; at least max_new_tokens",
+        minimum=1,
+        stages=("after_switch",),
+    )
     statistic: str = option(
         "exact",
         "what js and entropy select on: exact (the full vocabulary) or topk:K (each model's K most probable "
