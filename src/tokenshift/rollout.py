@@ -42,11 +42,17 @@ class HFBackend:
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
         import torch
 
-        from tokenshift.models import job_devices, load_causal_lm, load_tokenizer, stop_ids
+        from tokenshift.memory import PROMPT_TOKENS
+        from tokenshift.models import job_batch, job_devices, load_causal_lm, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
-        self.model = load_causal_lm(model, job_devices((model,), ("auto",))[0])
+        device = job_devices((model,), ("auto",))[0]
+        # planned before the weights take their share of the GPU's free memory
+        self.batch_size = job_batch(
+            "rollout", cfg.batch_size, (model,), (device,), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
+        )
+        self.model = load_causal_lm(model, device)
         self.cfg, self.sampling = cfg, sampling
         self.stops = stop_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
@@ -62,7 +68,7 @@ class HFBackend:
             pad_id=self.pad_id,
             vocab_size=len(self.tokenizer),
             sampling=self.sampling,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
         )
 
 

@@ -37,7 +37,7 @@ from tokenshift.generation import pad_rows
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.registry import SCORE_ORDER
-from tokenshift.settings import ScoringConfig
+from tokenshift.settings import AUTO, CPU_BATCH, ScoringConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def score_rows(
     pad_id: int,
     cfg: ScoringConfig = ScoringConfig(),
     part: Part = Part(),
+    batch_tokens: int | None = None,
 ) -> ScoreResult:
     """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
 
@@ -162,6 +163,10 @@ def score_rows(
     Of scoring split over several jobs, this scores job ``part``'s share of the batches. Every
     job packs all rows into the same batches, so each row is scored in the batch, hence with the
     very floating-point operations, that one job would use: the parts' rows are that job's rows.
+    Those batches are packed to ``cfg.max_batch_tokens`` (for ``auto``, ``CPU_BATCH["scoring"]``), so
+    which rows a part scores never depends on a job's GPU; ``batch_tokens``, what this job's GPUs hold
+    (``tokenshift.models.job_batch``), repacks the part's rows where it differs (then a row's float
+    rounding may differ from one job's, as padding to another width does).
     """
     for role, model in (("base", base), ("rl", rl)):
         if not plain_lm_head(model):
@@ -189,9 +194,17 @@ def score_rows(
 
     out: dict[str, list[np.ndarray]] = {k: [] for k in OUT_COLUMNS}
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
-    batches = pack_by_length(lengths, cfg.max_batch_tokens)
+    bound = CPU_BATCH["scoring"] if cfg.max_batch_tokens == AUTO else cfg.max_batch_tokens
+    batches = pack_by_length(lengths, bound)
     share = part.share(len(batches))
-    for batch in batches[share.start : share.stop]:
+    mine = batches[share.start : share.stop]
+    if batch_tokens is not None and batch_tokens != bound:
+        rows_of_part = [b for batch in mine for b in batch]
+        mine = [
+            [rows_of_part[j] for j in batch]
+            for batch in pack_by_length([lengths[b] for b in rows_of_part], batch_tokens)
+        ]
+    for batch in mine:
         idx = [keep[b] for b in batch]
         # out of memory: the batch in pieces of half as many rows, each row still read whole
         scored = halving_on_oom(
@@ -227,7 +240,7 @@ def run_scoring(
     import polars as pl
 
     from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
-    from tokenshift.models import job_devices, load_causal_lm
+    from tokenshift.models import job_batch, job_devices, load_causal_lm
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -241,10 +254,16 @@ def run_scoring(
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
     devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+    # planned before the weights take their share of the GPUs' free memory
+    tokens = job_batch(
+        "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
+    )
     models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
-    res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part)
+    res = score_rows(
+        models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
+    )
     cols = res.columns
     meta = table.select("problem_id", "sample_index", "correct").select(
         pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))
