@@ -27,6 +27,10 @@ randomness (budget 0 gives the same responses under every policy, and a forward 
 the base model's rollout of that sample: ``decode_alone``), and differences between them are not
 sampling noise. Rows that finish (EOS or the
 length limit) are dropped from both caches as they accumulate, so they stop costing compute.
+
+The length limit is ``max_new_tokens`` for the whole response, or under the authors' rule
+(``SwitchRule.length`` ``after_switch``) ``max_new_tokens`` after a row's last switch, as
+regenerating after each switch gives, up to an absolute ``max_total`` tokens.
 """
 
 from __future__ import annotations
