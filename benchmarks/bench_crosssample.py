@@ -119,7 +119,7 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
 
 def main() -> None:
     transformers.logging.set_verbosity_error()  # eos -1 (never stop early) is deliberate here
-    # the toy pair at the workflow's default cross-sampling batch (config crosssample.batch_size)
+    # the toy pair at the workflow's default cross-sampling batch on CPU (crosssample.batch_size auto: CPU_BATCH)
     cases = [
         ("toy_cpu", TOY, dict(batch=256, prompt_len=20, new_tokens=80, device="cpu", dtype=torch.float32)),
         ("100m_cpu", QWEN_100M, dict(batch=16, prompt_len=32, new_tokens=32, device="cpu", dtype=torch.float32)),

@@ -92,6 +92,56 @@ def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content
     assert not (tmp_path / "d.parquet").exists()
 
 
+def test_a_hub_dataset_is_read_at_the_commit_its_manifest_records(tmp_path, monkeypatch, caplog):
+    import json
+    from types import SimpleNamespace
+
+    import datasets
+    import huggingface_hub
+
+    from tokenshift.datasets import DatasetSpec, dataset_manifest_path, prepare_dataset
+
+    # the hub stands in for a local folder (the only fake is the remote's answer to "which commit is main?")
+    repo = tmp_path / "org" / "aime"
+    repo.mkdir(parents=True)
+    (repo / "test.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+3", "answer": "5"}\n')
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    asked, loaded = [], []
+
+    def dataset_info(self, repo_id, *, revision=None, **kw):
+        asked.append((repo_id, revision))
+        return SimpleNamespace(sha=commit)
+
+    real = datasets.load_dataset
+
+    def load_dataset(path, *, revision=None, **kw):
+        loaded.append(revision)
+        return real(path, cache_dir=str(tmp_path / "cache"), **kw)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    out = tmp_path / "aime.parquet"
+    table = prepare_dataset("aime", DatasetSpec(hub=str(repo), revision="main"), out)
+    manifest = json.loads(dataset_manifest_path(out).read_text())
+    assert table["answer"].to_list() == ["2", "5"]
+    assert asked == [(str(repo), "main")] and loaded == [commit]  # main resolved once, then read at that commit
+    assert manifest["commit"] == commit and manifest["n_problems"] == 2
+    assert manifest["source"] == {"hub": str(repo), "revision": "main"}
+    # a commit is its own answer: the hub is not asked
+    prepare_dataset("aime", DatasetSpec(hub=str(repo), revision=commit), out)
+    assert len(asked) == 1 and loaded[-1] == commit
+    # a hub that cannot be asked (offline, a cached copy): loaded at the branch, no commit claimed, a warning
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "dataset_info", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
+    )
+    prepare_dataset("aime", DatasetSpec(hub=str(repo), revision="main"), out)
+    assert loaded[-1] == "main" and json.loads(dataset_manifest_path(out).read_text())["commit"] is None
+    assert "without recording one" in caplog.text
+    # a local file records no commit
+    prepare_dataset("local", DatasetSpec(path=str(repo / "test.jsonl")), tmp_path / "local.parquet")
+    assert json.loads((tmp_path / "local.json").read_text())["commit"] is None
+
+
 def test_a_file_that_is_not_parquet_is_named(tmp_path):
     fake = tmp_path / "rollouts.parquet"
     fake.write_text("problem_id,correct\np1,true\n")  # a CSV under a parquet name

@@ -44,14 +44,18 @@ PROMPTS = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14], [3], [20, 21, 22], [30, 31]]
 @torch.no_grad()
 def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: SamplingConfig, seed: int):
     """Row by row, no cache, no padding: every step re-reads the whole sequence; a forced switch
-    (``cfg.force``) decodes the row again from the start, as the authors regenerate after it."""
+    (``cfg.force``) decodes the row again from the start, as the authors regenerate after it. Under
+    the ``after_switch`` length rule, each switch grants max_new_tokens new tokens after it, as the
+    authors' regeneration from the switched token does (never past ``cfg.max_total``)."""
     n, steps = len(prompts), sampling.max_new_tokens
-    us, rs = row_noise([sample_seed(seed, "", i) for i in range(n)], steps)  # each row's own noise
+    ceiling = cfg.max_total or steps
+    us, rs = row_noise([sample_seed(seed, "", i) for i in range(n)], ceiling)  # each row's own noise
     budget = math.inf if cfg.budget is None else cfg.budget
 
     def decode(i, prompt, forced):
         seq, resp, positions, stats_seen, used = list(prompt), [], [], [], 0
-        for t in range(steps):
+        t, cap = 0, steps
+        while t < cap:
             x = torch.tensor([seq])
             lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
             stats = step_statistics(lg, lo, cfg.topk)
@@ -65,10 +69,13 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
             if switch:
                 used += 1
                 positions.append(t)
+                if cfg.length == "after_switch":  # regenerate: max_new_tokens more from the switched token on
+                    cap = min(t + 1 + steps, ceiling)
             if tok == eos_id:
                 return resp, positions, stats_seen
             resp.append(tok)
             seq.append(tok)
+            t += 1
         return resp, positions, stats_seen
 
     out = []
@@ -100,10 +107,19 @@ def run(
     force=False,
     eos="end",
     topk=None,
+    max_total=None,
 ):
     base, rl = pair
     rule = SwitchRule(
-        direction=direction, policy=policy, budget=budget, threshold=threshold, force=force, eos=eos, topk=topk
+        direction=direction,
+        policy=policy,
+        budget=budget,
+        threshold=threshold,
+        force=force,
+        eos=eos,
+        topk=topk,
+        length="after_switch" if max_total else "response",
+        max_total=max_total,
     )
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
     return (rule, sampling), cross_sample(
@@ -159,6 +175,64 @@ def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, pol
     if budget is not None:
         assert max(s.extra["n_switched"] for s in samples) <= budget
     assert sum(s.extra["n_switched"] for s in samples) > 0
+
+
+@pytest.mark.parametrize(
+    "policy,budget,threshold,force,eos,max_total",
+    [
+        ("js", 3, 0.3, False, "end", 64),  # the cap after 3 switches, 4 x 8 = 32, binds before the ceiling
+        ("js", None, 0.3, False, "end", 30),  # no budget: the ceiling binds
+        ("entropy", 2, 1.2, True, "drop", 64),  # the authors' combination
+        ("js", 4, 0.55, True, "end", 20),  # the ceiling below (budget + 1) x max_new_tokens binds
+        ("js", 4, 0.55, False, "end", 64),  # a row without a switch among rows with some
+    ],
+)
+def test_the_authors_length_rule_is_regenerating_max_new_tokens_after_each_switch(
+    pair, policy, budget, threshold, force, eos, max_total
+):
+    max_new, prompts = 8, PROMPTS * 2
+    kw = dict(policy=policy, budget=budget, threshold=threshold, eos_id=47, max_new=max_new, prompts=prompts)
+    (rule, sampling), longer = run(pair, **kw, batch_size=8, force=force, eos=eos, max_total=max_total)
+    ref = reference(*pair, prompts, eos_id=47, cfg=rule, sampling=sampling, seed=3)
+    assert [s.response_ids for s in longer] == [r[0] for r in ref]
+    assert [s.extra["switched_positions"] for s in longer] == [r[1] for r in ref]
+    assert max(len(s.response_ids) for s in longer) > max_new  # switches let responses run past max_new_tokens
+    if budget is None or max_total < (budget + 1) * max_new:  # rows that reach the ceiling stop there
+        assert max(len(s.response_ids) for s in longer) == max_total
+    for s in longer:
+        switched = s.extra["switched_positions"]
+        cap = min(switched[-1] + 1 + max_new if switched else max_new, max_total)
+        assert len(s.response_ids) <= cap and (s.finish_reason == "stop" or len(s.response_ids) == cap)
+    if not force:  # the same run up to max_new_tokens: the response rule's responses are its prefixes
+        _, capped = run(pair, **kw, batch_size=5, eos=eos)
+        for a, b in zip(longer, capped):
+            assert a.response_ids[:max_new] == b.response_ids
+            assert [p for p in a.extra["switched_positions"] if p < max_new] == b.extra["switched_positions"]
+            if not a.extra["switched_positions"]:  # no switch: the two rules give the same response
+                assert (a.response_ids, a.finish_reason) == (b.response_ids, b.finish_reason)
+
+
+def test_a_longer_noise_stream_starts_with_the_shorter_one():
+    # what keeps the after_switch rule's unswitched prefix the response rule's: torch.rand from one seed
+    # draws the same values at the same steps whatever the stream's length
+    seeds = [sample_seed(3, "p", j) for j in range(5)]
+    for short, long in ((1, 7), (8, 64), (15, 16), (96, 16384)):
+        for a, b in zip(row_noise(seeds, short), row_noise(seeds, long)):
+            assert torch.equal(a, b[:, :short])
+
+
+def test_the_after_switch_rule_needs_a_ceiling_of_at_least_max_new_tokens():
+    rule = SwitchRule(budget=2, length="after_switch", max_total=100)
+    assert rule.decode_steps(8) == 24 and rule.decode_steps(40) == 100  # (2 + 1) x 8; the ceiling
+    assert SwitchRule(budget=None, length="after_switch", max_total=100).decode_steps(8) == 100
+    assert SwitchRule(budget=0, length="after_switch", max_total=100).decode_steps(8) == 8
+    assert SwitchRule(budget=2).decode_steps(8) == 8
+    with pytest.raises(ValueError, match="max_total_tokens 100 is below max_new_tokens 128"):
+        rule.decode_steps(128)
+    with pytest.raises(ValueError, match="expected a max_total with after_switch only"):
+        SwitchRule(length="after_switch")
+    with pytest.raises(ValueError, match="length rule 'whole'"):
+        SwitchRule(length="whole")
 
 
 def test_forced_switches_reach_the_budget_and_keep_the_unforced_prefix(pair):

@@ -215,8 +215,11 @@ CONSUMERS = {
             "device_rl",
             "force_switch",
             "injected_eos",
+            "length_rule",
         )
     },
+    # the after_switch length rule's ceiling: a run under the default response rule reads none
+    "crosssample.max_total_tokens": (),
     # a policy's threshold: that policy's runs only
     **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy")},
     # the toy task's keys also draw the toy eval problems; the GRPO keys build only the RL model
@@ -286,6 +289,10 @@ def changed_value(key: str, value):
         "rollout.vllm_max_model_len": 4096,
         "rollout.vllm_dtype": "float16",
         "crosssample.injected_eos": "drop",
+        "crosssample.length_rule": "after_switch",
+        "rollout.batch_size": 64,
+        "crosssample.batch_size": 64,
+        "scoring.max_batch_tokens": 4096,
         "rollout.backend": "vllm",
         "rollout.pass_k": [1, 2],
         "sampling.temperature": 0.7,

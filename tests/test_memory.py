@@ -142,3 +142,87 @@ def test_a_job_places_its_models_on_the_gpus_it_was_given():
     assert plan_devices([None, small], auto, visible=0, gpu_bytes=H100) == ["cpu", "cpu"]
     assert plan_devices([small, small], ["cuda:1", "auto"], visible=2, gpu_bytes=H100) == ["cuda:1", "cuda:0"]
     assert [gpu_ids(d) for d in ("cuda:2,3", "cuda", "cuda:1", "cpu")] == [[2, 3], [0], [1], []]
+
+
+def test_auto_batches_are_planned_from_free_gpu_memory_and_are_the_old_fixed_values_on_cpu():
+    from tokenshift.memory import plan_batch
+
+    s = {name: ModelShape.from_config(cfg) for name, cfg in QWEN25.items()}
+    one = dict(device_kind="cuda", free_bytes=[H100], gpus=[1])
+    # on CPU, auto is what the settings were before they could be planned; a number is always itself
+    for stage, value in (("rollout", 256), ("crosssample", 256), ("scoring", 16384)):
+        assert (
+            plan_batch(stage, "auto", device_kind="cpu", free_bytes=[0, 0], gpus=[0, 0], shapes=[None, None]) == value
+        )
+        assert plan_batch(stage, 7, **one, shapes=[s["7B"]], tokens_per_row=AIME_ROW) == 7
+    # rollouts: one model's decode rows in the free memory of its GPUs
+    for name in ("1.5B", "7B"):
+        got = plan_batch("rollout", "auto", **one, shapes=[s[name]], tokens_per_row=AIME_ROW)
+        assert got == decode_rows(s[name], gpu_bytes=H100, tokens_per_row=AIME_ROW)
+    big = plan_batch(
+        "rollout", "auto", device_kind="cuda", free_bytes=[H100], gpus=[2], shapes=[s["32B"]], tokens_per_row=AIME_ROW
+    )
+    assert big == decode_rows(s["32B"], gpu_bytes=H100, gpus=2, tokens_per_row=AIME_ROW)
+    # less free memory (another process on the GPU), fewer rows
+    assert plan_batch(
+        "rollout",
+        "auto",
+        device_kind="cuda",
+        free_bytes=[H100 // 2],
+        gpus=[1],
+        shapes=[s["7B"]],
+        tokens_per_row=AIME_ROW,
+    ) < plan_batch("rollout", "auto", **one, shapes=[s["7B"]], tokens_per_row=AIME_ROW)
+    # cross-sampling: the 32B pair on two H100s each runs at the smaller model's rows (crosssample_rows)
+    pair32 = dict(device_kind="cuda", free_bytes=[H100, H100], gpus=[2, 2], shapes=[s["32B"], s["32B"]])
+    rows = plan_batch("crosssample", "auto", **pair32, tokens_per_row=AIME_ROW)
+    assert rows == crosssample_rows(s["32B"], s["32B"], gpu_bytes=H100, gpus_base=2, gpus_rl=2, tokens_per_row=AIME_ROW)
+    # the after_switch rule's longer rows (up to 16384 tokens) leave room for fewer of them
+    assert plan_batch("crosssample", "auto", **pair32, tokens_per_row=16384 + 2048) < rows
+    # a 7B pair sharing one H100: each model in half of it, exactly the two models' weights and caches side by side
+    shared = plan_batch(
+        "crosssample",
+        "auto",
+        device_kind="cuda",
+        free_bytes=[H100, H100],
+        gpus=[1, 1],
+        shapes=[s["7B"], s["7B"]],
+        tokens_per_row=AIME_ROW,
+        shared=True,
+    )
+    per_row = s["7B"].kv_bytes_per_token() * AIME_ROW + 6 * 4 * s["7B"].vocab
+    assert shared == int((0.9 * H100 - 2 * s["7B"].weight_bytes()) / 2 // per_row)
+    # scoring: the smaller of the two models' token budgets
+    tokens = plan_batch(
+        "scoring", "auto", device_kind="cuda", free_bytes=[H100, H100], gpus=[1, 2], shapes=[s["7B"], s["32B"]]
+    )
+    assert tokens == min(scoring_tokens(s["7B"], gpu_bytes=H100), scoring_tokens(s["32B"], gpu_bytes=H100, gpus=2))
+    # an architecture whose config the planner cannot read: the CPU value, not a guess
+    assert (
+        plan_batch("scoring", "auto", device_kind="cuda", free_bytes=[H100, H100], gpus=[1, 1], shapes=[s["7B"], None])
+        == 16384
+    )
+    # weights that do not fit the GPUs given are refused, naming the model
+    with pytest.raises(DoesNotFit, match=r"RL model: 61.0 GiB of weights do not fit 1 GPU\(s\) of 37 GiB"):
+        plan_batch(
+            "crosssample",
+            "auto",
+            device_kind="cuda",
+            free_bytes=[H100, 40 * 10**9],
+            gpus=[1, 1],
+            shapes=[s["7B"], s["32B"]],
+            tokens_per_row=AIME_ROW,
+        )
+
+
+def test_a_job_logs_the_batch_it_runs_at(make_checkpoint, caplog):
+    import logging
+
+    from tokenshift.models import job_batch
+
+    ckpt = make_checkpoint("m")
+    with caplog.at_level(logging.INFO, logger="tokenshift.models"):
+        assert job_batch("rollout", "auto", (ckpt,), ("cpu",), tokens_per_row=100) == 256
+        assert job_batch("scoring", 5000, (ckpt, ckpt), ("cpu", "cpu")) == 5000
+    assert "rollout batch: 256 rows (auto on CPU)" in caplog.text
+    assert "scoring batch: 5000 padded tokens per pass (set in the config)" in caplog.text

@@ -406,3 +406,28 @@ def test_vllm_arguments_come_from_the_config_and_every_sample_has_its_own_seed(t
     }
     with pytest.raises(ValueError, match="vLLM accepts at most 2"):
         vllm_sampling_args(SamplingConfig(temperature=2.5), [0], [1])
+
+
+def test_an_hf_batch_out_of_memory_is_decoded_in_halves_to_the_same_samples(make_checkpoint, jsonl, tmp_path, caplog):
+    import torch
+
+    from tokenshift.rollout import HFBackend
+
+    ckpt = make_checkpoint("m")
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    backend = HFBackend(ckpt, CFG, SAMPLING)
+    prompts = [format_prompt(backend.tokenizer, p.question, PLAIN) for p in problems for _ in range(2)]
+    keys = [(p.problem_id, j) for p in problems for j in range(2)]
+    whole = backend.generate(prompts, keys)
+
+    def tight(module, args, kwargs):  # a GPU that holds at most 3 rows (the test double of an absent GPU)
+        if kwargs["input_ids"].shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    hook = backend.model.model.register_forward_pre_hook(tight, with_kwargs=True)
+    try:
+        halved = backend.generate(prompts, keys)
+    finally:
+        hook.remove()
+    assert len(prompts) > 3 and "out of memory at batch" in caplog.text
+    assert [(s.response_ids, s.finish_reason) for s in halved] == [(s.response_ids, s.finish_reason) for s in whole]

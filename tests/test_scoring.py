@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tokenshift.divergence import token_stats
 from tokenshift.scoring import STAT_COLUMNS, ScoringConfig, pack_by_length, score_rows
+from tokenshift.sharding import Part
 
 
 @pytest.fixture()
@@ -112,8 +113,6 @@ def test_scoring_split_over_jobs_gives_the_rows_one_job_gives(pair):
     # each job packs all rows the same way and scores its share of the batches: bit for bit the same
     import polars as pl
 
-    from tokenshift.sharding import Part
-
     base, rl, vocab = pair
     rows = rows_for(vocab, n=24)
     cfg = ScoringConfig(max_batch_tokens=200)
@@ -124,3 +123,54 @@ def test_scoring_split_over_jobs_gives_the_rows_one_job_gives(pair):
     ]
     assert all(p.height for p in parts)
     assert pl.concat(parts).sort("row", "position").equals(whole.sort("row", "position"))
+
+
+def test_a_scoring_batch_out_of_memory_is_read_in_halves_to_the_same_scores(pair, caplog):
+    base, rl, vocab = pair
+    rows = rows_for(vocab, n=12)
+    cfg = ScoringConfig(max_batch_tokens=16384)  # all rows in one batch
+    whole = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns
+
+    def tight(module, args, kwargs):  # a GPU that holds at most 2 rows (the test double of an absent GPU)
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    hook = rl.model.register_forward_pre_hook(tight, with_kwargs=True)
+    try:
+        halved = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns
+    finally:
+        hook.remove()
+    assert "out of memory at batch 12" in caplog.text and "going on at 3" in caplog.text
+    for k in ("row", "position", "norm_position", "token_id"):
+        assert halved[k].tolist() == whole[k].tolist(), k
+    for k in ("logp_base", "logp_rl", *STAT_COLUMNS):  # rows padded to other widths: float rounding only
+        np.testing.assert_allclose(halved[k], whole[k], atol=1e-5, rtol=1e-4, err_msg=k)
+
+
+def test_which_rows_a_part_scores_does_not_depend_on_the_batch_its_gpus_hold(pair):
+    # jobs on other GPUs plan other batches (auto): each part still scores the rows one job would split off
+    base, rl, vocab = pair
+    rows = rows_for(vocab, n=24)
+    cfg = ScoringConfig(max_batch_tokens=200)
+    one_job = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg).columns
+    fixed = [
+        score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg, part=Part(i, 3)).columns for i in (1, 2, 3)
+    ]
+    planned = [
+        score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=cfg, part=Part(i, 3), batch_tokens=b).columns
+        for i, b in ((1, 40), (2, 16384), (3, 90))
+    ]
+
+    def key(cols):
+        return sorted(zip(cols["row"].tolist(), cols["position"].tolist()))
+
+    assert all(len(p["row"]) for p in planned)
+    assert [key(p) for p in planned] == [key(p) for p in fixed]
+    merged = {k: np.concatenate([p[k] for p in planned]) for k in ("row", "position", "js")}
+    order = np.lexsort((merged["position"], merged["row"]))
+    want = np.lexsort((one_job["position"], one_job["row"]))
+    np.testing.assert_allclose(merged["js"][order], one_job["js"][want], atol=1e-5, rtol=1e-4)
+    # auto: the parts are split as at 16384 tokens, whatever a job plans
+    auto = ScoringConfig()
+    whole = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=auto).columns
+    assert key(score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=auto, batch_tokens=40).columns) == key(whole)

@@ -122,7 +122,9 @@ def test_flags_round_trip_through_the_parser(cls):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         value = f.default
-        if f.metadata.get("choices"):
+        if f.metadata.get("auto"):  # a number instead of auto
+            value = 7
+        elif f.metadata.get("choices"):
             value = f.metadata["choices"][-1]
             value = (value,) if isinstance(f.default, tuple) else value
         elif value is None:
@@ -164,3 +166,28 @@ def test_a_refused_value_exits_2_naming_the_setting(tmp_path):
     assert r.returncode == 2 and "--hidden-size" in r.stderr and "Traceback" not in r.stderr
     r = run(tokenshift_cmd() + ["rollout", "--model", "m", "--dataset", "d", "--out", "o", "--n", "0"])
     assert r.returncode == 2 and "--n" in r.stderr and ">= 1" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("cls", "name"),
+    [(RolloutConfig, "batch_size"), (CrossSampleConfig, "batch_size"), (ScoringConfig, "max_batch_tokens")],
+)
+def test_a_batch_setting_is_auto_or_a_positive_number(cls, name):
+    import jsonschema
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, cls)
+    assert getattr(from_args(cls, parser.parse_args([])), name) == "auto"
+    assert getattr(from_args(cls, parser.parse_args([f"--{name.replace('_', '-')}", "64"])), name) == 64
+    for bad in ("0", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([f"--{name.replace('_', '-')}", bad])
+    for bad in (0, "x", True, 2.5):
+        with pytest.raises(ValueError, match=f"{name} .*expected 'auto' or an integer >= 1"):
+            cls(**{name: bad})
+    spec = SCHEMA["properties"][cls.section]["properties"][name]
+    for good in ("auto", 1, 512):
+        jsonschema.validate(good, spec)
+    for bad in (0, "x"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, spec)

@@ -259,6 +259,8 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
         force_switch=True,
         injected_eos="drop",
         statistic="topk:50",
+        length_rule="after_switch",
+        max_total_tokens=400,
     )
     config["grading"] = {"mode": "lenient"}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
@@ -270,7 +272,10 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     assert all("--level prompt --percentile 90" in c and "--scores" not in c for c in entropy)
     assert all("--level response --percentile 90" in c and "--scores" not in c for c in js)
     assert all(
-        "--mode lenient" in c and "--force-switch --injected-eos drop --statistic topk:50" in c for c in commands
+        "--mode lenient" in c
+        and "--force-switch --injected-eos drop --length-rule after_switch --max-total-tokens 400 --statistic topk:50"
+        in c
+        for c in commands
     )
 
 

@@ -216,14 +216,20 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that work but probably do not do what was meant, one line each, naming the key."""
+    from tokenshift.settings import CrossSampleConfig
+
     out = []
     cross = config.get("crosssample", {})
+    after_switch = cross.get("length_rule", CrossSampleConfig.length_rule) == "after_switch"
     for name in config.get("datasets", {}):
         max_new = dataset_sampling(config, name).get("max_new_tokens")
+        # the longest response: after_switch lets it run past max_new_tokens, up to max_total_tokens
+        longest = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens) if after_switch else max_new
         for j, b in enumerate(cross.get("budgets", [])):
-            if isinstance(b, int) and max_new is not None and b > max_new:
+            if isinstance(b, int) and longest is not None and b > longest:
                 out.append(
-                    f"config key crosssample.budgets[{j}]: budget {b} exceeds the {max_new} new tokens of "
-                    f"dataset {name!r}, so it is the same run as budget `all`"
+                    f"config key crosssample.budgets[{j}]: budget {b} exceeds the "
+                    + (f"{longest} tokens (max_total_tokens) a response" if after_switch else f"{max_new} new tokens")
+                    + f" of dataset {name!r}, so it is the same run as budget `all`"
                 )
     return out

@@ -27,6 +27,10 @@ randomness (budget 0 gives the same responses under every policy, and a forward 
 the base model's rollout of that sample: ``decode_alone``), and differences between them are not
 sampling noise. Rows that finish (EOS or the
 length limit) are dropped from both caches as they accumulate, so they stop costing compute.
+
+The length limit is ``max_new_tokens`` for the whole response, or under the authors' rule
+(``SwitchRule.length`` ``after_switch``) ``max_new_tokens`` after a row's last switch, as
+regenerating after each switch gives, up to an absolute ``max_total`` tokens.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from tokenshift.sharding import Part
 log = logging.getLogger(__name__)
 
 INJECTED_EOS = ("end", "drop")
+LENGTH_RULES = ("response", "after_switch")
 COMPACT_FRACTION = 0.125
 """Drop finished rows from the caches once they are this share of the rows still decoded."""
 
@@ -84,6 +89,13 @@ class SwitchRule:
     topk: int | None = None
     """Select on JS or entropy of each model's top-K tokens, renormalised (None: the exact statistics;
     the recorded ``step_js`` and ``switched_js`` stay exact)."""
+    length: str = "response"
+    """``response``: ``max_new_tokens`` caps the whole response. ``after_switch`` (the authors, who
+    regenerate ``max_new_tokens`` new tokens after each switch): a row's cap is its last switch's
+    position + 1 + ``max_new_tokens`` (``max_new_tokens`` before any), never past ``max_total``."""
+    max_total: int | None = None
+    """The ``after_switch`` rule's absolute ceiling on a response's length (tokens, EOS excluded): a
+    row that reaches it stops there, ``finish_reason`` ``length``, so a batch's memory is bounded."""
 
     def __post_init__(self):
         if self.level not in THRESHOLD_LEVELS:
@@ -106,6 +118,25 @@ class SwitchRule:
             POLICIES[self.policy].check(self.threshold)
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"top-K statistic with K = {self.topk}: expected K >= 1")
+        if self.length not in LENGTH_RULES:
+            raise ValueError(f"length rule {self.length!r}: expected one of {LENGTH_RULES}")
+        if (self.length == "after_switch") != (self.max_total is not None):
+            raise ValueError(f"length rule {self.length!r}: expected a max_total with after_switch only")
+
+    def decode_steps(self, max_new_tokens: int) -> int:
+        """The longest response this rule can decode, in steps (the EOS's step included).
+
+        Each switch moves an ``after_switch`` cap by at most ``max_new_tokens`` (a switch happens
+        before the current cap), so ``budget`` switches reach at most (budget + 1) x ``max_new_tokens``.
+        """
+        if self.length == "response":
+            return max_new_tokens
+        if self.max_total < max_new_tokens:
+            raise ValueError(
+                f"max_total_tokens {self.max_total} is below max_new_tokens {max_new_tokens}: the after_switch "
+                "rule lets a response run past max_new_tokens, never below it"
+            )
+        return self.max_total if self.budget is None else min(self.max_total, (self.budget + 1) * max_new_tokens)
 
     @property
     def budget_label(self) -> str:
@@ -123,6 +154,8 @@ class SwitchRule:
         force: bool = False,
         eos: str = "end",
         topk: int | None = None,
+        length: str = "response",
+        max_total: int | None = None,
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
@@ -162,6 +195,8 @@ class SwitchRule:
                 level or "dataset",
                 float(spec["percentile"]) if level else None,
                 topk,
+                length,
+                max_total if length == "after_switch" else None,
             )
         except ValueError as e:
             raise InputError(str(e)) from None
@@ -270,7 +305,10 @@ def cross_sample(
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     starts = range(0, len(prompts), batch_size)
     batches = [prompts[start : start + batch_size] for start in starts]
-    noise = [row_noise(seeds[start : start + batch_size], sampling.max_new_tokens) for start in starts]
+    # torch.rand's stream from one seed is the same whatever its length: a longer cap draws the same
+    # uniforms at the steps a shorter one has (tests/test_crosssample.py checks it)
+    steps = rule.decode_steps(sampling.max_new_tokens)
+    noise = [row_noise(seeds[start : start + batch_size], steps) for start in starts]
     out: list[Sample] = []
     try:
         if rule.threshold is None and rule.budget != 0:
@@ -421,16 +459,17 @@ def _decode_batch(
     dev = next(gen.parameters()).device
     dev_o = next(other.parameters()).device if other is not None else dev
     max_new = sampling.max_new_tokens
+    total = rule.decode_steps(max_new)  # columns a row may need; each row's own cap is ``cap``
     statistic = POLICIES[rule.policy].statistic
     ids, mask = pad_rows(prompts, pad_id)
     ids, mask = ids.to(dev), mask.to(dev)
     n, width = ids.shape
-    attn = torch.zeros((n, width + max_new), dtype=torch.long, device=dev)
+    attn = torch.zeros((n, width + total), dtype=torch.long, device=dev)
     attn[:, :width] = mask
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     u_all, r_all = (x.to(dev) for x in uniforms)
     threshold = thresholds.to(dev, torch.float32)
-    force = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
+    force = torch.zeros((n, total), dtype=torch.bool, device=dev)
     for i, where in enumerate(forced):
         force[i, list(where)] = True
     budget = math.inf if rule.budget is None else rule.budget
@@ -450,14 +489,16 @@ def _decode_batch(
     rows = torch.arange(n, device=dev)  # original index of each row still in the caches
     done = torch.zeros(n, dtype=torch.bool, device=dev)
     used = torch.zeros(n, device=dev)
-    tokens = torch.full((n, max_new), -1, dtype=torch.long, device=dev)
-    switched = torch.zeros((n, max_new), dtype=torch.bool, device=dev)
-    js_all = torch.zeros((n, max_new), device=dev)
-    stat_all = torch.zeros((n, max_new), device=dev)
-    length = torch.full((n,), max_new, dtype=torch.long, device=dev)
+    tokens = torch.full((n, total), -1, dtype=torch.long, device=dev)
+    switched = torch.zeros((n, total), dtype=torch.bool, device=dev)
+    js_all = torch.zeros((n, total), device=dev)
+    stat_all = torch.zeros((n, total), device=dev)
+    length = torch.full((n,), total, dtype=torch.long, device=dev)
     stopped = torch.zeros(n, dtype=torch.bool, device=dev)
+    cap = torch.full((n,), max_new, dtype=torch.long, device=dev)  # each row's length limit, per original row
+    after_switch = rule.length == "after_switch"
 
-    for t in range(max_new):
+    for t in range(total):
         # one uniform per original row and step, whatever rows were dropped: runs stay coupled
         u, r = u_all[rows, t], r_all[rows, t]
         lg = logits_g.float()
@@ -475,6 +516,8 @@ def _decode_batch(
                 lo[:, stop_ids] = -math.inf  # only read where a row switches
             tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
         used += switch.float()
+        if after_switch:  # the authors regenerate max_new tokens from each switch: the cap moves past it
+            cap[rows[switch]] = min(t + 1 + max_new, total)
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
@@ -484,8 +527,11 @@ def _decode_batch(
             length[rows[ended]] = t
             stopped[rows[ended]] = True
             done |= ended
+        capped = ~done & (t + 1 >= cap[rows])  # the row's length limit reached
+        length[rows[capped]] = t + 1
+        done |= capped
         n_done = int(done.sum())
-        if t == max_new - 1 or n_done == len(rows):
+        if t == total - 1 or n_done == len(rows):
             break
         if n_done >= max(1, math.ceil(COMPACT_FRACTION * len(rows))):
             keep = (~done).nonzero()[:, 0]
@@ -553,22 +599,36 @@ class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
     def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
-        from tokenshift.models import compare_tokenizers, job_devices, load_causal_lm, load_tokenizer, stop_ids
+        from tokenshift.memory import PROMPT_TOKENS
+        from tokenshift.models import (
+            compare_tokenizers,
+            job_batch,
+            job_devices,
+            load_causal_lm,
+            load_tokenizer,
+            stop_ids,
+        )
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(base)
         # refused before any decoding: the two models must speak one vocabulary
         self.vocab_size = compare_tokenizers(self.tokenizer, load_tokenizer(rl))
         devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+        # planned before the weights take their share of the GPUs' free memory
+        self.batch_size = job_batch(
+            "crosssample",
+            cfg.batch_size,
+            (base, rl),
+            devices,
+            tokens_per_row=PROMPT_TOKENS + rule.decode_steps(sampling.max_new_tokens),
+        )
         self.models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
-        self.rule, self.sampling, self.batch_size = rule, sampling, cfg.batch_size
+        self.rule, self.sampling = rule, sampling
         # the stop ids of the generating model, as its rollouts stop (the base model's and the RL model's both)
         self.stops = list(dict.fromkeys(stop_ids(base, self.tokenizer) + stop_ids(rl, self.tokenizer)))
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
-        if keys is None:
-            raise ValueError("cross-sampling seeds each sample by its (problem id, sample index): pass keys")
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         return cross_sample(
             self.models["base"],
             self.models["rl"],
@@ -613,12 +673,26 @@ def run_crosssample(
     null where each row has its own) and ``threshold_level``.
     """
     from tokenshift.datasets import as_problems, dataset_name
+    from tokenshift.io import InputError
     from tokenshift.models import checkpoint_identity
     from tokenshift.sharding import run_key, run_sharded
 
     rule = SwitchRule.resolve(
-        direction, policy, budget, threshold or {}, scores, force=cfg.force_switch, eos=cfg.injected_eos, topk=cfg.topk
+        direction,
+        policy,
+        budget,
+        threshold or {},
+        scores,
+        force=cfg.force_switch,
+        eos=cfg.injected_eos,
+        topk=cfg.topk,
+        length=cfg.length_rule,
+        max_total=cfg.max_total_tokens,
     )
+    try:
+        rule.decode_steps(sampling.max_new_tokens)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
     if cfg.n_problems:
@@ -653,7 +727,6 @@ def run_crosssample(
         prompt,
         out,
         n=sampling.n,
-        seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
         grading=grading,

@@ -5,10 +5,12 @@ Following lm-evaluation-harness, loading, prompt formatting and scoring are sepa
 1. ``load_problems(name, spec)`` gives ``Problem`` records (id, question text, gold answer)
    from one of three sources: the embedded toy task (``toy: eval``), a local ``path``
    (``.jsonl`` or ``.parquet``), or a Hugging Face ``hub`` dataset at a pinned ``revision``
-   (loaded with ``datasets.load_dataset``). ``prepare_dataset`` writes them to one parquet
-   file (the workflow's ``resources/datasets/<name>.parquet``), which every later stage reads
-   with ``read_problems``: the problems are loaded once, and a changed source file is a
-   changed input;
+   (loaded with ``datasets.load_dataset`` at the commit the revision resolves to).
+   ``prepare_dataset`` writes them to one parquet file (the workflow's
+   ``resources/datasets/<name>.parquet``), which every later stage reads with
+   ``read_problems``, and then its manifest beside it (``<name>.json``: the source, and for a
+   hub dataset the commit actually fetched, as a model's manifest records its commit): the
+   problems are loaded once, and a changed source file is a changed input;
 2. ``format_prompt(tokenizer, question, prompt)`` turns a question into prompt token ids
    under a ``PromptConfig``: the model's chat template when it has one (unless
    ``chat_template`` is off), else the plain ``template`` (``{question}`` is replaced), then
@@ -24,12 +26,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenshift.settings import PRESETS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -67,11 +72,12 @@ def load_problems(name: str, spec: DatasetSpec, *, toy_task=None) -> list[Proble
     ``toy_task`` (a ``ToyTaskConfig``) says how the toy task is drawn; it must be the one the
     toy pair was built with (the config's ``toy:`` section), the default when None.
     """
-    return [p for p, _ in _load(name, spec, toy_task)]
+    return [p for p, _ in _load(name, spec, toy_task)[0]]
 
 
-def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
-    """Problems, each with the extra columns its source keeps (the toy task's operations)."""
+def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, dict]], str | None]:
+    """Problems, each with the extra columns its source keeps (the toy task's operations), and the
+    commit a hub dataset was read at (None for the other sources)."""
     source = dataset_source(spec)
     spec = resolve_spec(name, spec)
     if source == "toy":
@@ -84,8 +90,8 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
                 {"toy_first": p.first, "toy_ops": [op + str(x) for op, x in p.ops], "toy_max_total": task.max_total},
             )
             for p in problems(task, "eval", spec.n_problems or EVAL_PROBLEMS)
-        ]
-    rows = _read_rows(name, spec)
+        ], None
+    rows, commit = _read_rows(name, spec)
     q, a = spec.question_field or "problem", spec.answer_field or "answer"
     out = []
     for i, row in enumerate(rows):
@@ -109,10 +115,30 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> list[tuple[Problem, dict]]:
     ids = [p.problem_id for p, _ in out]
     if len(set(ids)) != len(ids):
         raise DatasetError(f"dataset {name!r}: problem ids in {spec.id_field!r} are not unique")
-    return out[: spec.n_problems] if spec.n_problems else out
+    return (out[: spec.n_problems] if spec.n_problems else out), commit
 
 
-def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
+def hub_commit(repo: str, revision: str) -> str | None:
+    """The commit a hub dataset's ``revision`` (a branch, tag or commit) names now; None where the hub
+    cannot be asked (offline), so a cached copy still loads, with a warning that its commit is unknown."""
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        return revision
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(repo, revision=revision).sha
+    except Exception as e:
+        log.warning(
+            "could not ask the hub which commit %s's revision %r is (%s: %s); loading it without recording one",
+            repo,
+            revision,
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+        )
+        return None
+
+
+def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
     if spec.path is not None:
         path = Path(spec.path)
         if not path.is_file():
@@ -135,12 +161,12 @@ def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
                     if not isinstance(row, dict):
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not a JSON object")
                     rows.append(row)
-            return rows
+            return rows, None
         if path.suffix == ".parquet":
             import polars as pl
 
             try:
-                return pl.read_parquet(path).to_dicts()
+                return pl.read_parquet(path).to_dicts(), None
             except Exception as e:
                 raise DatasetError(
                     f"dataset {name!r}: {path} is not a readable parquet file: "
@@ -149,28 +175,49 @@ def _read_rows(name: str, spec: DatasetSpec) -> list[dict]:
         raise DatasetError(f"dataset {name!r}: {path} must be .jsonl or .parquet")
     import datasets
 
+    # the branch resolved once, then loaded at that commit: what is recorded is what was read
+    commit = hub_commit(spec.hub, spec.revision) if spec.revision else None
     try:
-        ds = datasets.load_dataset(spec.hub, revision=spec.revision, split=spec.split or "test")
+        ds = datasets.load_dataset(spec.hub, revision=commit or spec.revision, split=spec.split or "test")
     except Exception as e:
         raise DatasetError(
             f"dataset {name!r}: could not load hub dataset {spec.hub!r} at revision {spec.revision!r} "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it elsewhere and "
             f"point `path:` at a .jsonl or .parquet copy"
         ) from e
-    return [dict(r) for r in ds]
+    return [dict(r) for r in ds], commit
+
+
+def dataset_manifest_path(out: Path | str) -> Path:
+    """Where ``prepare_dataset`` writes the manifest of the problems file ``out``."""
+    return Path(out).with_suffix(".json")
 
 
 def prepare_dataset(name: str, spec: DatasetSpec, out: Path, *, toy_task=None):
     """Load dataset ``name`` and write its problems to ``out`` (parquet): ``problem_id``,
     ``question``, ``answer``, ``dataset`` (the name), and for the toy task the operations its
-    decision points come from."""
+    decision points come from. Then, last, its manifest (``dataset_manifest_path``): the source
+    settings, the problem count, the parquet's sha256, and ``commit``: for a hub dataset the
+    commit read (null where the hub could not be asked), else null."""
     import polars as pl
 
-    from tokenshift.io import write_parquet_atomic
+    from tokenshift.io import sha256_file, write_json_atomic, write_parquet_atomic
 
-    loaded = _load(name, spec, toy_task)
+    loaded, commit = _load(name, spec, toy_task)
     table = pl.DataFrame([{**dataclasses.asdict(p), "dataset": name, **extra} for p, extra in loaded])
     write_parquet_atomic(table, Path(out))
+    source = {k: v for k, v in dataclasses.asdict(resolve_spec(name, spec)).items() if v is not None}
+    write_json_atomic(
+        dataset_manifest_path(out),
+        {
+            "name": name,
+            "source": source,
+            "commit": commit,
+            "n_problems": table.height,
+            "sha256": sha256_file(Path(out)),
+            "dataset_version": DATASET_VERSION,
+        },
+    )
     return table
 
 

@@ -194,6 +194,51 @@ def scoring_tokens(
     return tokens
 
 
+PROMPT_TOKENS = 2048
+"""Tokens a decoding row's prompt is planned for (the paper's prompts are a few hundred)."""
+
+
+def plan_batch(
+    stage: str,
+    setting: int | str,
+    *,
+    device_kind: str,
+    free_bytes: Sequence[int],
+    gpus: Sequence[int],
+    shapes: Sequence[ModelShape | None],
+    tokens_per_row: int = 0,
+    chunk_memory_bytes: int = 512 * 2**20,
+    shared: bool = False,
+) -> int:
+    """A stage's batch setting: ``setting`` itself when it is a number; for ``auto`` planned.
+
+    ``stage`` is ``rollout`` or ``crosssample`` (rows decoded together, each holding a KV cache of
+    ``tokens_per_row`` tokens) or ``scoring`` (padded tokens per forward pass). Per model of the
+    job: ``free_bytes`` (the free memory of the emptiest GPU of its set, before it is loaded),
+    ``gpus`` (the GPUs of its set) and ``shapes`` (its ``config.json``). ``shared``: both models
+    sit on the same GPUs, each planned in half of them (exact for a pair of one architecture).
+    On CPU (``device_kind`` not ``cuda``), or where a shape is unknown, ``auto`` is
+    ``settings.CPU_BATCH[stage]``. A pair runs at the smaller of its two models' plans.
+    """
+    from tokenshift.settings import AUTO, CPU_BATCH
+
+    if setting != AUTO:
+        return int(setting)
+    if device_kind != "cuda" or any(s is None for s in shapes):
+        return CPU_BATCH[stage]
+    plans = []
+    roles = ("base model", "RL model") if len(shapes) == 2 else ("model",) * len(shapes)
+    for role, shape, free, n in zip(roles, shapes, free_bytes, gpus):
+        per_gpu = free // 2 if shared else free
+        if stage == "scoring":
+            plans.append(
+                scoring_tokens(shape, gpu_bytes=per_gpu, gpus=n, chunk_memory_bytes=chunk_memory_bytes, what=role)
+            )
+        else:
+            plans.append(decode_rows(shape, gpu_bytes=per_gpu, gpus=n, tokens_per_row=tokens_per_row, what=role))
+    return min(plans)
+
+
 def gpu_sets(gpus_base: int, gpus_rl: int, visible: Sequence[int]) -> tuple[list[int], list[int]]:
     """Disjoint GPU sets for a pair loaded side by side: the base model's first, the RL model's after.
 

@@ -325,6 +325,61 @@ def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> 
     return plan_devices(shapes, requested, visible=visible, gpu_bytes=torch.cuda.get_device_properties(0).total_memory)
 
 
+def job_batch(
+    stage: str,
+    setting: int | str,
+    checkpoints: Sequence[Path | str],
+    devices: Sequence[str],
+    *,
+    tokens_per_row: int = 0,
+    chunk_memory_bytes: int = 512 * 2**20,
+) -> int:
+    """A stage's batch setting for the models ``checkpoints`` about to be loaded on ``devices``:
+    ``memory.plan_batch`` with the free memory of their GPUs now and their ``config.json`` shapes.
+    The value is logged, with what it was planned from."""
+    import torch
+
+    from tokenshift.memory import GIB, ModelShape, gpu_ids, plan_batch
+
+    sets = [gpu_ids(resolve_device(d)) for d in devices]
+    kind = "cuda" if all(sets) else "cpu"
+    shapes, free = [], []
+    for ckpt, ids in zip(checkpoints, sets):
+        try:
+            shapes.append(ModelShape.from_checkpoint(resolve_checkpoint(ckpt)))
+        except (KeyError, OSError, ValueError):  # an architecture whose config names its sizes otherwise
+            shapes.append(None)
+        free.append(min(torch.cuda.mem_get_info(i)[0] for i in ids) if kind == "cuda" else 0)
+    shared = len(sets) == 2 and bool(set(sets[0]) & set(sets[1]))
+    value = plan_batch(
+        stage,
+        setting,
+        device_kind=kind,
+        free_bytes=free,
+        gpus=[len(ids) for ids in sets],
+        shapes=shapes,
+        tokens_per_row=tokens_per_row,
+        chunk_memory_bytes=chunk_memory_bytes,
+        shared=shared,
+    )
+    unit = "padded tokens per pass" if stage == "scoring" else "rows"
+    if setting != "auto":
+        log.info("%s batch: %d %s (set in the config)", stage, value, unit)
+    elif kind == "cuda" and None not in shapes:
+        log.info(
+            "%s batch: %d %s, planned from %s GiB free on %s (%s)",
+            stage,
+            value,
+            unit,
+            " / ".join(f"{f / GIB:.1f}" for f in free),
+            " / ".join(resolve_device(d) for d in devices),
+            f"{tokens_per_row} tokens per row" if stage != "scoring" else "teacher forcing",
+        )
+    else:
+        log.info("%s batch: %d %s (auto on %s)", stage, value, unit, "CPU" if kind == "cpu" else "an unknown shape")
+    return value
+
+
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 """Config keys of architectures whose CausalLM forward reshapes the LM head's output (Gemma 2/3
 softcapping, Cohere and Granite scaling): their logits are not ``head(hidden)``."""

@@ -26,7 +26,10 @@ from typing import Any
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata."""
+    """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata.
+
+    ``auto=True`` marks an ``int | str`` field that takes a number or the word ``auto`` (a batch
+    size the stage plans itself)."""
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for a sequence default: settings are frozen")
     return dataclasses.field(default=default, metadata={"help": help, **meta})
@@ -41,7 +44,7 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool, bool]:
     hint = typing.get_type_hints(cls)[f.name]
     optional = False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        args = [a for a in typing.get_args(hint) if a is not type(None) and not (f.metadata.get("auto") and a is str)]
         optional = len(args) < len(typing.get_args(hint))
         if len(args) != 1:
             raise TypeError(f"{cls.__name__}.{f.name}: a union of {args} cannot be a CLI option")
@@ -51,12 +54,15 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool, bool]:
     return hint, optional, False
 
 
-def _checked(kind: type, minimum: float | None, name: str):
+def _checked(kind: type, minimum: float | None, name: str, auto: bool = False):
     def convert(text: str):
+        if auto and text == "auto":
+            return text
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+            wanted = f"'auto' or {kind.__name__}" if auto else kind.__name__
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
         return value
@@ -81,7 +87,7 @@ def add_options(
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _checked(kind, meta.get("minimum"), f.name)
+            kw["type"] = _checked(kind, meta.get("minimum"), f.name, bool(meta.get("auto")))
             kw["metavar"] = f.name.upper()
             if "choices" in meta:
                 kw["choices"] = meta["choices"]

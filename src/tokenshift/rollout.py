@@ -1,6 +1,6 @@
 """The rollout stage: sample responses from one model on one dataset, grade them, write parquet.
 
-Two backends behind one interface (``generate(prompts, seed, keys) -> [Sample]``, ``keys`` the
+Two backends behind one interface (``generate(prompts, keys) -> [Sample]``, ``keys`` the
 (problem id, sample index) of each prompt, from which each sample's seed is made):
 
 - ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
@@ -42,16 +42,22 @@ class HFBackend:
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
         import torch
 
-        from tokenshift.models import job_devices, load_causal_lm, load_tokenizer, stop_ids
+        from tokenshift.memory import PROMPT_TOKENS
+        from tokenshift.models import job_batch, job_devices, load_causal_lm, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
-        self.model = load_causal_lm(model, job_devices((model,), ("auto",))[0])
+        device = job_devices((model,), ("auto",))[0]
+        # planned before the weights take their share of the GPU's free memory
+        self.batch_size = job_batch(
+            "rollout", cfg.batch_size, (model,), (device,), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
+        )
+        self.model = load_causal_lm(model, device)
         self.cfg, self.sampling = cfg, sampling
         self.stops = stop_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from tokenshift.crosssample import decode_alone
 
         return decode_alone(
@@ -62,13 +68,11 @@ class HFBackend:
             pad_id=self.pad_id,
             vocab_size=len(self.tokenizer),
             sampling=self.sampling,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
         )
 
 
-def _seeds(sampling: SamplingConfig, keys) -> list[int]:
-    if keys is None:
-        raise ValueError("rollouts seed each sample by its (problem id, sample index): pass keys")
+def _seeds(sampling: SamplingConfig, keys: Sequence[tuple[str, int]]) -> list[int]:
     return [sample_seed(sampling.seed, pid, j) for pid, j in keys]
 
 
@@ -129,7 +133,7 @@ class VLLMBackend:
         self.llm = LLM(**vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count()))
         self.sampling = sampling
 
-    def generate(self, prompts: Sequence[Sequence[int]], seed: int, keys=None) -> list[Sample]:
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -190,7 +194,6 @@ def run_rollouts(
         prompt,
         out,
         n=sampling.n,
-        seed=sampling.seed,
         problems_per_shard=cfg.problems_per_shard,
         part=part,
         grading=grading,

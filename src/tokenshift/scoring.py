@@ -10,7 +10,8 @@ are projected through the LM head a chunk of positions at a time, each chunk red
 statistics at once. Chunks are sized so one chunk's logits and temporaries fit
 ``chunk_memory_mb``: peak extra memory is bounded whatever the batch or vocabulary. On a GPU the
 statistics run through ``torch.compile`` (fewer passes over the vocabulary, fewer temporaries).
-Sequences are packed by length into forwards of at most ``max_batch_tokens`` padded tokens.
+Sequences are packed by length into forwards of at most ``max_batch_tokens`` padded tokens; a
+batch that still runs out of device memory is read in halves (``memory.halving_on_oom``).
 
 Vocabulary: logits are sliced to the pair's shared tokenizer size (``vocab_size``), which drops
 embedding rows padded past the tokenizer (Qwen2.5: 151936 vs 152064 rows for 151665 tokens).
@@ -22,6 +23,7 @@ or one that would not fit the model's context is skipped, counted and logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,9 +34,10 @@ import torch
 
 from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
+from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.registry import SCORE_ORDER
-from tokenshift.settings import ScoringConfig
+from tokenshift.settings import AUTO, CPU_BATCH, ScoringConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,7 @@ STAT_COLUMNS = (
     "p_base_of_rl_top1",
     "p_rl_of_rl_top1",
 )
+OUT_COLUMNS = ("row", "position", "norm_position", "token_id", "logp_base", "logp_rl", *STAT_COLUMNS)
 
 
 @dataclass
@@ -90,6 +94,54 @@ def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch
     return h[select.to(dev)]
 
 
+def _score_in_pieces(base, rl, rows, idx: Sequence[int], size: int, **kw) -> dict[str, np.ndarray]:
+    """``_score_batch`` over pieces of ``size`` rows of ``idx``, concatenated in order."""
+    pieces = [_score_batch(base, rl, rows, idx[k : k + size], **kw) for k in range(0, len(idx), size)]
+    return {k: np.concatenate([p[k] for p in pieces]) for k in OUT_COLUMNS}
+
+
+@torch.no_grad()
+def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id: int, cfg: ScoringConfig):
+    """The output columns of rows ``idx`` read in one forward pass per model (a dict of arrays)."""
+    width = max(len(rows[i][0]) + len(rows[i][1]) for i in idx)
+    ids, attn = pad_rows([list(rows[i][0]) + list(rows[i][1]) for i in idx], pad_id, side="right")
+    select = torch.zeros((len(idx), width), dtype=torch.bool)  # positions that predict a response token
+    targets, row_of, pos_of, norm_of = [], [], [], []
+    for j, i in enumerate(idx):
+        p, r = list(rows[i][0]), list(rows[i][1])
+        select[j, len(p) - 1 : len(p) + len(r) - 1] = True
+        targets += r
+        row_of += [i] * len(r)
+        pos_of += list(range(len(r)))
+        norm_of += [k / max(len(r) - 1, 1) for k in range(len(r))]
+    hb = _response_hidden(base, ids, attn, select)
+    hr = _response_hidden(rl, ids, attn, select)
+    tgt = torch.as_tensor(targets)
+    chunk = cfg.chunk_for(vocab_size)
+    stats_fn = token_stats_compiled if cfg.compile and hb.is_cuda else token_stats_unchecked
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
+    for start in range(0, hb.shape[0], chunk):
+        sl = slice(start, start + chunk)
+        lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
+        lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
+        stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device))
+        for k in parts:
+            parts[k].append(stats[k])
+    out: dict[str, np.ndarray] = {}
+    # results stay on the device until here: one transfer per batch, not one per chunk
+    for k, v in parts.items():
+        merged = torch.cat(v)
+        if k in ("logp_base", "logp_rl") and torch.isnan(merged).any():
+            role = k.removeprefix("logp_")
+            raise ValueError(f"NaN in the {role} model's logits: the checkpoint or its inputs are broken")
+        out[k] = merged.cpu().numpy()
+    out["row"] = np.asarray(row_of, dtype=np.int64)
+    out["position"] = np.asarray(pos_of, dtype=np.int32)
+    out["norm_position"] = np.asarray(norm_of, dtype=np.float32)
+    out["token_id"] = np.asarray(targets, dtype=np.int32)
+    return out
+
+
 @torch.no_grad()
 def score_rows(
     base: torch.nn.Module,
@@ -100,6 +152,7 @@ def score_rows(
     pad_id: int,
     cfg: ScoringConfig = ScoringConfig(),
     part: Part = Part(),
+    batch_tokens: int | None = None,
 ) -> ScoreResult:
     """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
 
@@ -110,6 +163,10 @@ def score_rows(
     Of scoring split over several jobs, this scores job ``part``'s share of the batches. Every
     job packs all rows into the same batches, so each row is scored in the batch, hence with the
     very floating-point operations, that one job would use: the parts' rows are that job's rows.
+    Those batches are packed to ``cfg.max_batch_tokens`` (for ``auto``, ``CPU_BATCH["scoring"]``), so
+    which rows a part scores never depends on a job's GPU; ``batch_tokens``, what this job's GPUs hold
+    (``tokenshift.models.job_batch``), repacks the part's rows where it differs (then a row's float
+    rounding may differ from one job's, as padding to another width does).
     """
     for role, model in (("base", base), ("rl", rl)):
         if not plain_lm_head(model):
@@ -135,48 +192,28 @@ def score_rows(
         if idx:
             log.warning("%d responses skipped (%s), e.g. row %d", len(idx), reason, idx[0])
 
-    out: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("row", "position", "norm_position", "token_id", "logp_base", "logp_rl", *STAT_COLUMNS)
-    }
+    out: dict[str, list[np.ndarray]] = {k: [] for k in OUT_COLUMNS}
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
-    batches = pack_by_length(lengths, cfg.max_batch_tokens)
-    for batch in batches[part.share(len(batches)).start : part.share(len(batches)).stop]:
+    bound = CPU_BATCH["scoring"] if cfg.max_batch_tokens == AUTO else cfg.max_batch_tokens
+    batches = pack_by_length(lengths, bound)
+    share = part.share(len(batches))
+    mine = batches[share.start : share.stop]
+    if batch_tokens is not None and batch_tokens != bound:
+        rows_of_part = [b for batch in mine for b in batch]
+        mine = [
+            [rows_of_part[j] for j in batch]
+            for batch in pack_by_length([lengths[b] for b in rows_of_part], batch_tokens)
+        ]
+    for batch in mine:
         idx = [keep[b] for b in batch]
-        width = max(lengths[b] for b in batch)
-        ids, attn = pad_rows([list(rows[i][0]) + list(rows[i][1]) for i in idx], pad_id, side="right")
-        select = torch.zeros((len(idx), width), dtype=torch.bool)  # positions that predict a response token
-        targets, row_of, pos_of, norm_of = [], [], [], []
-        for j, i in enumerate(idx):
-            p, r = list(rows[i][0]), list(rows[i][1])
-            select[j, len(p) - 1 : len(p) + len(r) - 1] = True
-            targets += r
-            row_of += [i] * len(r)
-            pos_of += list(range(len(r)))
-            norm_of += [k / max(len(r) - 1, 1) for k in range(len(r))]
-        hb = _response_hidden(base, ids, attn, select)
-        hr = _response_hidden(rl, ids, attn, select)
-        tgt = torch.as_tensor(targets)
-        chunk = cfg.chunk_for(vocab_size)
-        stats_fn = token_stats_compiled if cfg.compile and hb.is_cuda else token_stats_unchecked
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
-        for start in range(0, hb.shape[0], chunk):
-            sl = slice(start, start + chunk)
-            lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
-            lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
-            stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device))
-            for k in parts:
-                parts[k].append(stats[k])
-        # results stay on the device until here: one transfer per batch, not one per chunk
-        for k, v in parts.items():
-            merged = torch.cat(v)
-            if k in ("logp_base", "logp_rl") and torch.isnan(merged).any():
-                role = k.removeprefix("logp_")
-                raise ValueError(f"NaN in the {role} model's logits: the checkpoint or its inputs are broken")
-            out[k].append(merged.cpu().numpy())
-        out["row"].append(np.asarray(row_of, dtype=np.int64))
-        out["position"].append(np.asarray(pos_of, dtype=np.int32))
-        out["norm_position"].append(np.asarray(norm_of, dtype=np.float32))
-        out["token_id"].append(np.asarray(targets, dtype=np.int32))
+        # out of memory: the batch in pieces of half as many rows, each row still read whole
+        scored = halving_on_oom(
+            functools.partial(_score_in_pieces, base, rl, rows, idx, vocab_size=vocab_size, pad_id=pad_id, cfg=cfg),
+            len(idx),
+            is_oom=is_oom,
+        )
+        for k, v in scored.items():
+            out[k].append(v)
     columns = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
     return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
 
@@ -203,7 +240,7 @@ def run_scoring(
     import polars as pl
 
     from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
-    from tokenshift.models import job_devices, load_causal_lm
+    from tokenshift.models import job_batch, job_devices, load_causal_lm
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -217,10 +254,16 @@ def run_scoring(
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
     devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+    # planned before the weights take their share of the GPUs' free memory
+    tokens = job_batch(
+        "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
+    )
     models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
     pad = models["base"].config.pad_token_id or 0
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
-    res = score_rows(models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part)
+    res = score_rows(
+        models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
+    )
     cols = res.columns
     meta = table.select("problem_id", "sample_index", "correct").select(
         pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))

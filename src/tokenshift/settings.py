@@ -45,6 +45,18 @@ PRESETS: dict[str, dict[str, str]] = {
 }
 SOURCES = ("toy", "path", "hub", "preset")
 
+AUTO = "auto"
+CPU_BATCH = {"rollout": 256, "crosssample": 256, "scoring": 16384}
+"""What a batch setting of ``auto`` is on CPU (rows decoded together; padded tokens per scoring pass).
+On a GPU, ``auto`` is planned from the free memory of the job's GPUs (``tokenshift.memory.plan_batch``)."""
+
+
+def check_auto(name: str, value: int | str) -> None:
+    """Refuses a batch setting that is neither ``auto`` nor a positive integer."""
+    if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} {value!r}: expected 'auto' or an integer >= 1")
+
+
 LN2 = 0.6931471805599453
 CHUNK_BUFFERS = 12
 """fp32 ``[chunk, vocab]`` buffers one scoring chunk needs at most (both logits and token_stats's temporaries)."""
@@ -139,7 +151,13 @@ class RolloutConfig:
         "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, `tokenshift[vllm]`)",
         choices=["hf", "vllm"],
     )
-    batch_size: int = option(256, "rows decoded together (hf backend); results do not depend on it", minimum=1)
+    batch_size: int | str = option(
+        AUTO,
+        f"rows decoded together (hf backend): auto (planned from the free memory of the job's GPUs; "
+        f"{CPU_BATCH['rollout']} on CPU) or a number; results do not depend on it",
+        minimum=1,
+        auto=True,
+    )
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
     # read by the vllm backend only (``stages``): a job of the hf backend records none of them
@@ -160,6 +178,7 @@ class RolloutConfig:
     )
 
     def __post_init__(self):
+        check_auto("batch_size", self.batch_size)
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"vllm_gpu_memory_utilization {self.vllm_gpu_memory_utilization}: expected (0, 1]")
 
@@ -198,11 +217,20 @@ class ScoringConfig:
     compile: bool = option(
         True, "fuse the statistics with torch.compile when the models are on a GPU (CPU stays eager)"
     )
-    max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)", minimum=1)
+    max_batch_tokens: int | str = option(
+        AUTO,
+        f"padded tokens per forward pass (sequences are packed by length): auto (planned from the free memory of "
+        f"the job's GPUs; {CPU_BATCH['scoring']} on CPU) or a number",
+        minimum=1,
+        auto=True,
+    )
     top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
     device_base: str = option("auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...")
     device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each")
     threads: int = option(2, "torch CPU threads", minimum=1)
+
+    def __post_init__(self):
+        check_auto("max_batch_tokens", self.max_batch_tokens)
 
     def chunk_for(self, vocab_size: int) -> int:
         if self.chunk_size:
@@ -237,7 +265,13 @@ class CrossSampleConfig:
 
     section: ClassVar[str] = "crosssample"
     n_problems: int = option(0, "cross-sample only the dataset's first N problems (0 = all of them)", minimum=0)
-    batch_size: int = option(256, "rows decoded together in lockstep", minimum=1)
+    batch_size: int | str = option(
+        AUTO,
+        f"rows decoded together in lockstep: auto (planned from the free memory of the job's GPUs; "
+        f"{CPU_BATCH['crosssample']} on CPU) or a number; results do not depend on it",
+        minimum=1,
+        auto=True,
+    )
     threads: int = option(
         1,
         "torch CPU threads per job; the toy pair's decoding is bound by Python overhead, so one "
@@ -258,6 +292,19 @@ class CrossSampleConfig:
         "drawn without EOS and the generator goes on, as the authors drop it)",
         choices=["end", "drop"],
     )
+    length_rule: str = option(
+        "response",
+        "response: max_new_tokens caps the whole response; after_switch (the authors, who regenerate "
+        "max_new_tokens new tokens after each switch): a response may run to its last switch + 1 + max_new_tokens",
+        choices=["response", "after_switch"],
+    )
+    max_total_tokens: int = option(
+        16384,
+        "after_switch: the longest response (tokens), where a row stops with finish_reason length, so memory "
+        "is bounded; at least max_new_tokens",
+        minimum=1,
+        stages=("after_switch",),
+    )
     statistic: str = option(
         "exact",
         "what js and entropy select on: exact (the full vocabulary) or topk:K (each model's K most probable "
@@ -265,6 +312,7 @@ class CrossSampleConfig:
     )
 
     def __post_init__(self):
+        check_auto("batch_size", self.batch_size)
         self.topk  # noqa: B018 (refuses a malformed statistic)
 
     @property

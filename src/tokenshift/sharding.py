@@ -1,11 +1,12 @@
 """Sharded, resumable, graded sampling runs: the machinery the rollout and cross-sampling stages share.
 
 A run draws ``n`` samples for each problem with a *backend* (an object with ``tokenizer`` and
-``generate(prompts, seed) -> [Sample]``), grades them, and writes one parquet row per sample.
-Problems are processed in shards of ``problems_per_shard``; each shard is written atomically to
-``<out>.shards/shard-NNNNN.parquet`` with a seed derived from the run's seed and the shard index,
-so a killed job loses at most one shard and a rerun resumes with the table an uninterrupted run
-would give. The final table is written last, and the shards are then removed: they exist only
+``generate(prompts, keys) -> [Sample]``, ``keys`` each prompt's (problem id, sample index), from
+which the backend makes each sample's own seed), grades them, and writes one parquet row per
+sample. Problems are processed in shards of ``problems_per_shard``; each shard is written
+atomically to ``<out>.shards/shard-NNNNN.parquet``, so a killed job loses at most one shard and a
+rerun resumes with the table an uninterrupted run would give (a sample's draw depends on nothing
+but its own seed). The final table is written last, and the shards are then removed: they exist only
 while a run is unfinished, so a run asked for again (``snakemake --force``) recomputes.
 
 A shard is reused only when it can be trusted:
@@ -129,7 +130,6 @@ def run_sharded(
     out: Path,
     *,
     n: int,
-    seed: int,
     problems_per_shard: int,
     extra_schema: Mapping[str, Any] | None = None,
     constants: Mapping[str, Any] | None = None,
@@ -190,7 +190,6 @@ def run_sharded(
                 shards[k],
                 prompt,
                 n=n,
-                seed=seed * 100_003 + k,
                 extra_schema=extra_schema,
                 constants={"grading": grading.mode, **(constants or {})},
             )
@@ -214,14 +213,13 @@ def _sample_shard(
     prompt: PromptConfig,
     *,
     n: int,
-    seed: int,
     extra_schema: Mapping[str, Any] | None,
     constants: Mapping[str, Any] | None,
 ) -> pl.DataFrame:
     prompts = [format_prompt(backend.tokenizer, p.question, prompt) for p in chunk]
     reps = [ids for ids in prompts for _ in range(n)]
-    keys = [(p.problem_id, j) for p in chunk for j in range(n)]  # a backend that seeds each sample uses them
-    samples = backend.generate(reps, seed=seed, keys=keys)
+    keys = [(p.problem_id, j) for p in chunk for j in range(n)]
+    samples = backend.generate(reps, keys)
     texts = backend.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
     golds = [p.answer for p in chunk for _ in range(n)]
     grades = grader.grade(texts, golds)

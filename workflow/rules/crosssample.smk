@@ -29,7 +29,7 @@ rule crosssample:
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
-        run=settings_of(CrossSampleConfig),
+        run=settings_of(CrossSampleConfig, stage=config["crosssample"]["length_rule"]),
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "

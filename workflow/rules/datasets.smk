@@ -1,13 +1,15 @@
 # Dataset stage: each dataset's problems are loaded once (toy task, local file or hub) into
 # resources/datasets/<dataset>.parquet, which every later stage reads. A local file is an input,
-# so editing it re-runs everything that depends on its problems.
+# so editing it re-runs everything that depends on its problems. Its manifest beside it records the
+# source and, for a hub dataset, the commit actually read.
 
 
 rule dataset:
     input:
         dataset_source_files,
     output:
-        "resources/datasets/{dataset}.parquet",
+        problems="resources/datasets/{dataset}.parquet",
+        manifest="resources/datasets/{dataset}.json",
     log:
         "logs/datasets/{dataset}.log",
     localrule: True
@@ -16,4 +18,4 @@ rule dataset:
     params:
         source=dataset_args,
     shell:
-        "tokenshift dataset {wildcards.dataset} {params.source} --out {output} > {log} 2>&1"
+        "tokenshift dataset {wildcards.dataset} {params.source} --out {output.problems} > {log} 2>&1"
