@@ -200,6 +200,12 @@ class ScoringConfig:
     )
     max_batch_tokens: int = option(16384, "padded tokens per forward pass (sequences are packed by length)", minimum=1)
     top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
+    top_k_candidates: int = option(
+        5,
+        "each model's most probable tokens kept per position with their probabilities (top_ids_base, "
+        "top_probs_base, top_ids_rl, top_probs_rl), which the token explorer shows; 0 keeps none",
+        minimum=0,
+    )
     device_base: str = option("auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...")
     device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each")
     threads: int = option(2, "torch CPU threads", minimum=1)
