@@ -238,6 +238,20 @@ class DivergenceConfig:
 
 
 @dataclass(frozen=True)
+class ExplorerConfig:
+    """What the token explorer page embeds (config ``explorer:``); see ``tokenshift.explorer``."""
+
+    section: ClassVar[str] = "explorer"
+    responses_per_group: int = option(
+        30,
+        "responses embedded per group (a pair and dataset's base or RL rollouts, or one cross-sampling run): "
+        "the page's size cap; the same (problem, sample) keys are drawn in every group that has them",
+        minimum=1,
+    )
+    seed: int = option(0, "seed of the draw of the responses embedded", minimum=0)
+
+
+@dataclass(frozen=True)
 class CrossSampleConfig:
     """How the cross-sampling stage runs (config ``crosssample:``, beside the grid of runs)."""
 
