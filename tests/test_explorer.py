@@ -89,7 +89,7 @@ def run_table(budget: str, responses: dict, direction: str = "forward") -> pl.Da
 
 def test_rounding_keeps_four_digits_and_drops_non_finite_values():
     assert rounded(0.123456) == 0.1235 and rounded(1.5e-7) == 1.5e-7 and rounded(0.0) == 0.0
-    assert rounded(float("inf")) is None and rounded(float("nan")) is None
+    assert rounded(float("inf")) == "inf" and rounded(float("nan")) is None
 
 
 def test_every_group_draws_the_same_keys_whatever_its_row_order():
@@ -121,7 +121,7 @@ def test_rollout_records_carry_the_table_values_token_by_token():
     r = recs[0]
     assert r["tokens"] == [5, 6, 7] and r["correct"] is True and r["decision_points"] == [0]
     assert r["js"] == [0.1235, 0.2469, 0.3704] and r["max_js"] == 0.3704
-    assert r["kl_br"] == [0.5] * 3 and r["kl_rb"] == [None] * 3  # an infinite KL has no JSON number
+    assert r["kl_br"] == [0.5] * 3 and r["kl_rb"] == ["inf"] * 3  # JSON has no infinity
     assert r["ids_base"] == [[5, 1], [6, 1], [7, 1]] and r["p_rl"] == [[0.7, 0.2]] * 3
     assert r["h_base"] == [1.0] * 3 and r["logp_rl"] == [-0.5] * 3
     plain = rollout_records(score_table(with_candidates=False), keys)
@@ -248,7 +248,7 @@ def choose(driver, element_id: str, text: str) -> None:
 
 
 def shown_number(text: str) -> float:
-    return math.nan if text == "n/a" else float(text)
+    return {"n/a": math.nan, "∞": math.inf}.get(text) or float(text)
 
 
 def selected_key(driver) -> tuple[str, int]:
@@ -294,9 +294,14 @@ def check_page(driver, page: Path, results: Path, screenshot: Path) -> None:
     for role in ("base", "rl"):
         table = panel.find_element(By.CSS_SELECTOR, f"table[data-model={role}]")
         ids = [int(tr.get_attribute("data-id")) for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
-        probs = [float(td.text) for td in table.find_elements(By.CSS_SELECTOR, "td.cp")]
+        probs = [float(td.text) for td in table.find_elements(By.CSS_SELECTOR, "tbody td.cp")]
         assert ids == list(row[f"top_ids_{role}"])
         assert probs == pytest.approx(list(row[f"top_probs_{role}"]), rel=1e-3)
+        # the token itself, below the table where it is not a candidate
+        outside = table.find_elements(By.CSS_SELECTOR, "tfoot td.cp")
+        assert len(outside) == (row["token_id"] not in ids)
+        if outside:
+            assert float(outside[0].text) == pytest.approx(math.exp(row[f"logp_{role}"]), rel=2e-3)
 
     # the forward run with a budget: a response with a switch, sorted by switches; its first switched token
     label = next(
@@ -308,8 +313,8 @@ def check_page(driver, page: Path, results: Path, screenshot: Path) -> None:
     driver.find_element(By.ID, "has-switch").click()
     choose(driver, "sort", "switches")
     pid, sample = selected_key(driver)
-    budget = re.search(r"budget (\S+)", label)[1]
-    run = pl.read_parquet(next((results / "crosssample" / "forward").glob(f"*/budget-{budget}.parquet")))
+    policy, budget = re.search(r"· (\S+) · budget (\S+)", label).groups()
+    run = pl.read_parquet(results / "crosssample" / "forward" / policy / f"budget-{budget}.parquet")
     row = run.filter((pl.col("problem_id") == pid) & (pl.col("sample_index") == sample)).row(0, named=True)
     switched = [p for p in row["switched_positions"] if p < len(row["response_ids"])]
     assert switched, "a response listed under 'has a switch' has none"

@@ -75,10 +75,13 @@ INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose token a switch draws in each direction (the other model generates: ``registry.GENERATOR``)."""
 
 
-def rounded(x: float | None) -> float | None:
-    """A float to ``DIGITS`` significant digits; NaN and infinities (no JSON for them) as None."""
-    if x is None or not math.isfinite(x):
+def rounded(x: float | None) -> float | str | None:
+    """A float to ``DIGITS`` significant digits. JSON has no NaN or infinity: NaN is None, and an
+    infinite KL (a token one model gives probability exactly 0) is ``"inf"``, shown as ∞."""
+    if x is None or math.isnan(x):
         return None
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
     return float(f"{x:.{DIGITS}g}")
 
 
@@ -123,7 +126,7 @@ def rollout_records(
             "sample_index": int(sample),
             "correct": bool(grp["correct"][0]),
             "tokens": ids,
-            "max_js": rounded(max(js)),
+            "max_js": rounded(max(js)),  # JS is finite: at most ln 2
             "n_switched": 0,
             "switched": [],
             "decision_points": decision_points(pid, ids) if decision_points else [],
@@ -314,7 +317,7 @@ def render(data: Mapping) -> str:
 
     template = resources.files("tokenshift").joinpath("templates/explorer.html").read_text()
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
-    style = {"base": ROLE["base"], "rl": ROLE["rl"], "decision": OKABE_ITO["orange"], "focus": OKABE_ITO["black"]}
+    style = {"base": ROLE["base"], "rl": ROLE["rl"], "decision": OKABE_ITO["green"], "focus": OKABE_ITO["black"]}
     return template.replace("/*STYLE*/{}", json.dumps(style)).replace("/*DATA*/{}", payload)
 
 
