@@ -435,3 +435,16 @@ def test_sft_moves_more_positions_than_rl(default_run):
     assert abs(acc["toy-sft"]["accuracy"] - acc["toy"]["accuracy"]) < 0.1  # comparable models
     (contrast,) = json.loads((default_run / "results" / "summary.json").read_text())["rl_vs_sft"]
     assert contrast["sft_denser"], contrast
+
+
+def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, tmp_path):
+    from test_explorer import check_page, chromium_driver
+
+    page = default_run / "results" / "explorer.html"
+    assert "href='explorer.html'" in (default_run / "results" / "report.html").read_text()
+    assert page.stat().st_size < 10e6  # README quotes its size; the cap keeps it small
+    driver = chromium_driver()
+    try:
+        check_page(driver, page, default_run / "results" / "toy" / "toy", tmp_path / "explorer.png")
+    finally:
+        driver.quit()
