@@ -23,6 +23,7 @@ HELPS = [
     ["crosssample-table"],
     ["figures"],
     ["figure-overview"],
+    ["explorer"],
     ["report"],
     ["profile"],
     ["profile", "install"],

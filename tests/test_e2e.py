@@ -454,3 +454,16 @@ def test_sft_moves_more_positions_than_rl(default_run):
     assert contrast["sft_denser"]["0.001"], contrast
     page = (default_run / "results" / "report.html").read_text()
     assert "SFT&#x27;s shifts are denser than RL&#x27;s at JS &gt;= 0.001 only" in page
+
+
+def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, tmp_path):
+    from test_explorer import check_page, chromium_driver
+
+    page = default_run / "results" / "explorer.html"
+    assert "href='explorer.html'" in (default_run / "results" / "report.html").read_text()
+    assert page.stat().st_size < 10e6  # README quotes its size; the cap keeps it small
+    driver = chromium_driver()
+    try:
+        check_page(driver, page, default_run / "results" / "toy" / "toy", tmp_path / "explorer.png")
+    finally:
+        driver.quit()

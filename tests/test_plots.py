@@ -225,17 +225,20 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     draw_overview([results / "divergence" / "sparsity.parquet"], tmp_path / "sparsity", kinds={"toy": "sft"})
     config = tmp_path / "config.yaml"
     config.write_text("models: {}\n")
+    (tmp_path / "results" / "explorer.html").write_text("<!doctype html>")
     summary = build_report(
         [results],
-        html_out=tmp_path / "r.html",
+        html_out=tmp_path / "results" / "r.html",
         json_out=tmp_path / "s.json",
         kinds={"toy": "sft"},
         overview=[tmp_path / "sparsity.png"],
         config=config,
+        explorer=tmp_path / "results" / "explorer.html",
     )
     assert summary["results"][0]["kind"] == "sft" and summary["results"][0]["pair"] == "toy"
-    page = (tmp_path / "r.html").read_text()
+    page = (tmp_path / "results" / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + len(PAIR_FIGURES) and "models: {}" in page
+    assert "<a href='explorer.html'>" in page  # relative to the report, so the pair moves together
 
 
 def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):

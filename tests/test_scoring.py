@@ -174,3 +174,28 @@ def test_which_rows_a_part_scores_does_not_depend_on_the_batch_its_gpus_hold(pai
     auto = ScoringConfig()
     whole = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=auto).columns
     assert key(score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=auto, batch_tokens=40).columns) == key(whole)
+
+
+@torch.no_grad()
+def test_each_model_top_candidates_are_its_most_probable_tokens(pair):
+    from scipy.special import softmax
+
+    base, rl, vocab = pair
+    rows = rows_for(vocab, seed=3, n=4)
+    res = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(top_k_candidates=4, chunk_size=3))
+    order = np.lexsort((res.columns["position"], res.columns["row"]))
+    for role, model in (("base", base), ("rl", rl)):
+        probs = np.concatenate(
+            [
+                softmax(model(input_ids=torch.tensor([p + r])).logits[0, len(p) - 1 : -1, :vocab].double().numpy(), -1)
+                for p, r in rows
+            ]
+        )
+        want = np.argsort(-probs, axis=-1, kind="stable")[:, :4]
+        ids, got = res.columns[f"top_ids_{role}"][order], res.columns[f"top_probs_{role}"][order]
+        assert ids.shape == got.shape == (len(probs), 4)
+        np.testing.assert_allclose(got, np.take_along_axis(probs, want, -1), rtol=1e-4, atol=1e-6)
+        # ties aside, the same tokens: each kept id's probability is its row's probability of it
+        np.testing.assert_allclose(np.take_along_axis(probs, ids.astype(np.int64), -1), got, rtol=1e-4, atol=1e-6)
+    none = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(top_k_candidates=0))
+    assert not {"top_ids_base", "top_probs_rl"} & set(none.columns)

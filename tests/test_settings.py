@@ -19,6 +19,7 @@ from tokenshift.settings import (
     CrossSampleGrid,
     DatasetSpec,
     DivergenceConfig,
+    ExplorerConfig,
     GradingConfig,
     PromptConfig,
     RolloutConfig,
@@ -40,6 +41,7 @@ SECTION_CLASSES = [
     CrossSampleGrid,
     ToyBuildConfig,
     AdvantageExperimentConfig,
+    ExplorerConfig,
 ]
 WORKFLOW_ONLY = {"jobs"}
 """Keys the workflow reads and no stage does: how many jobs a table is split over (a job runs one --part)."""
@@ -53,6 +55,7 @@ FLAG_CLASSES = [
     AdvantageExperimentConfig,
     DatasetSpec,
     PromptConfig,
+    ExplorerConfig,
 ]
 
 
@@ -74,7 +77,18 @@ def field_defaults(cls) -> dict:
 
 @pytest.mark.parametrize(
     "section",
-    ["sampling", "grading", "divergence", "rollout", "scoring", "crosssample", "toy", "advantages", "cluster"],
+    [
+        "sampling",
+        "grading",
+        "divergence",
+        "rollout",
+        "scoring",
+        "crosssample",
+        "toy",
+        "advantages",
+        "cluster",
+        "explorer",
+    ],
 )
 def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
     props = SCHEMA["properties"][section]["properties"]

@@ -20,11 +20,12 @@ TOY_DATASET_KEYS = {"toy", "n_problems", "sampling"}
 """What a ``toy: eval`` dataset entry may set: any other key would be silently without effect."""
 
 RESERVED = {
-    "pairs": {"figures", "report.html", "summary.json", "config.yaml"},
+    "pairs": {"figures", "report.html", "explorer.html", "summary.json", "config.yaml"},
     "datasets": {"toy_check", "figures"},
 }
 """Names the workflow's own paths take: results/<pair>/ sits beside results/figures/, results/report.html,
-results/summary.json and results/config.yaml; results/<pair>/<dataset>/ beside results/<pair>/toy_check/."""
+results/explorer.html, results/summary.json and results/config.yaml; results/<pair>/<dataset>/ beside
+results/<pair>/toy_check/."""
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,9 @@ tensors, all in natural-log units (nats), computed in float32 whatever the input
 - ``topk_overlap``: |top-k(base) ∩ top-k(rl)| / k;
 - ``rl_top1_rank_in_base``: 0-based rank of the RL model's argmax under the base distribution
   (0 = the base model's own argmax), and ``base_top1_rank_in_rl`` the other way round;
-- ``p_base_of_rl_top1`` and ``p_rl_of_rl_top1``: both models' probability of the RL argmax.
+- ``p_base_of_rl_top1`` and ``p_rl_of_rl_top1``: both models' probability of the RL argmax;
+- with ``candidates`` = c > 0, each model's c most probable tokens at the position, most probable
+  first: ``top_ids_base`` and ``top_probs_base`` (``[N, c]``), ``top_ids_rl`` and ``top_probs_rl``.
 
 Numerically safe: terms with zero probability contribute 0 (0 log 0 = 0), ``-inf`` logits
 are zero probability, identical rows give exactly 0 for JS and both KLs. KL is +inf where
@@ -31,7 +33,9 @@ def _xlogy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.special.xlogy(x, y)
 
 
-def token_stats(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5) -> dict[str, torch.Tensor]:
+def token_stats(
+    logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5, candidates: int = 0
+) -> dict[str, torch.Tensor]:
     """Compare two ``[N, V]`` next-token logit tensors row by row (see the module docstring)."""
     if logits_base.shape != logits_rl.shape or logits_base.dim() != 2:
         raise ValueError(
@@ -39,30 +43,40 @@ def token_stats(logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: in
         )
     if torch.isnan(logits_base).any() or torch.isnan(logits_rl).any():
         raise ValueError("NaN in logits: the checkpoint or its inputs are broken")
-    return token_stats_unchecked(logits_base, logits_rl, top_k=top_k)
+    return token_stats_unchecked(logits_base, logits_rl, top_k=top_k, candidates=candidates)
 
 
 _compiled = None
 
 
 def token_stats_compiled(
-    logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5, targets: torch.Tensor | None = None
+    logits_base: torch.Tensor,
+    logits_rl: torch.Tensor,
+    *,
+    top_k: int = 5,
+    targets: torch.Tensor | None = None,
+    candidates: int = 0,
 ) -> dict[str, torch.Tensor]:
     """``token_stats_unchecked`` through ``torch.compile``: on a GPU its dozen passes over the
     vocabulary fuse into a few kernels, with fewer ``[N, V]`` temporaries. No input checks."""
     global _compiled
     if _compiled is None:
         _compiled = torch.compile(token_stats_unchecked, dynamic=True)
-    return _compiled(logits_base, logits_rl, top_k=top_k, targets=targets)
+    return _compiled(logits_base, logits_rl, top_k=top_k, targets=targets, candidates=candidates)
 
 
 def token_stats_unchecked(
-    logits_base: torch.Tensor, logits_rl: torch.Tensor, *, top_k: int = 5, targets: torch.Tensor | None = None
+    logits_base: torch.Tensor,
+    logits_rl: torch.Tensor,
+    *,
+    top_k: int = 5,
+    targets: torch.Tensor | None = None,
+    candidates: int = 0,
 ) -> dict[str, torch.Tensor]:
     """``token_stats`` without the shape and NaN checks (data-dependent branches that would
     break a compiled graph); callers check NaN themselves. With ``targets`` (``[N]`` token ids)
     it also returns both models' log-probabilities of them, ``logp_base`` and ``logp_rl``, from
-    the log-softmax it computes anyway."""
+    the log-softmax it computes anyway; with ``candidates`` > 0, each model's most probable tokens."""
     a = logits_base.float()
     b = logits_rl.float()
     logp = torch.log_softmax(a, dim=-1)
@@ -87,6 +101,12 @@ def token_stats_unchecked(
             "logp_base": logp.gather(-1, targets[:, None])[:, 0],
             "logp_rl": logq.gather(-1, targets[:, None])[:, 0],
         }
+    if candidates > 0:
+        c = min(candidates, a.shape[-1])
+        for role, probs in (("base", p), ("rl", q)):
+            top = torch.topk(probs, c, dim=-1)
+            extra[f"top_ids_{role}"] = top.indices.int()
+            extra[f"top_probs_{role}"] = top.values
     return {
         **extra,
         "js": js,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,7 +272,9 @@ def render_html(
     config_text: str,
     training: TrainingResult | None = None,
     training_summary: Mapping | None = None,
+    explorer: tuple[str, int] | None = None,
 ) -> str:
+    """The report page; ``explorer`` is the token explorer's (link relative to the report, size in bytes)."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
         "</head><body><h1>Where RL fine-tuning changed the model: tokenshift report</h1>",
@@ -281,6 +284,13 @@ def render_html(
         "<h2>Pairs and datasets</h2>",
         _table_html(pl.DataFrame([{"pair": r.pair, "kind": r.kind, "dataset": r.dataset} for r in results])),
     ]
+    if explorer is not None:
+        link, size = explorer
+        parts.append(
+            f"<p><strong>Token explorer:</strong> <a href='{html.escape(link)}'>{html.escape(link)}</a> "
+            f"({size / 1e6:.1f} MB, self-contained) shows a sample of responses token by token, shaded by JS, with "
+            "both models' candidates at each position and each cross-sample beside its budget-0 twin.</p>"
+        )
     for name, path in overview_figures.items():
         parts.append(_img(path, name))
     contrast = kind_contrast(summaries)
@@ -334,8 +344,9 @@ def write_report(
     html_out: Path,
     json_out: Path,
     training: TrainingResult | None = None,
+    explorer: Path | None = None,
 ) -> dict:
-    """Write ``summary.json`` and ``report.html``; return the summary."""
+    """Write ``summary.json`` and ``report.html`` (linking the token explorer page ``explorer``); return the summary."""
     from tokenshift.io import write_json_atomic, write_text_atomic
 
     summaries = [summarize(r) for r in results]
@@ -352,6 +363,11 @@ def write_report(
         config_text=config_text,
         training=training,
         training_summary=training_summary,
+        explorer=(
+            (Path(os.path.relpath(explorer, Path(html_out).parent)).as_posix(), Path(explorer).stat().st_size)
+            if explorer is not None
+            else None
+        ),
     )
     write_text_atomic(Path(html_out), page)
     return summary
@@ -393,10 +409,12 @@ def build_report(
     config: Path | None = None,
     advantages: Path | None = None,
     training_shifts: Sequence[Path] = (),
+    explorer: Path | None = None,
 ) -> dict:
     """``report.html`` and ``summary.json`` for the pairs and datasets under ``results`` (one directory
     each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted);
-    ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``)."""
+    ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``);
+    ``explorer`` the token explorer page the report links."""
     kinds = dict(kinds or {})
     loaded = []
     for r in results:
@@ -410,4 +428,5 @@ def build_report(
         html_out=html_out,
         json_out=json_out,
         training=load_training(advantages, training_shifts) if advantages or training_shifts else None,
+        explorer=explorer,
     )

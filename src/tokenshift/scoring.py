@@ -41,6 +41,8 @@ from tokenshift.settings import AUTO, CPU_BATCH, ScoringConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
+CANDIDATE_COLUMNS = ("top_ids_base", "top_probs_base", "top_ids_rl", "top_probs_rl")
+"""Each model's ``top_k_candidates`` most probable tokens and their probabilities, most probable first."""
 STAT_COLUMNS = (
     "js",
     "kl_base_rl",
@@ -97,7 +99,7 @@ def _response_hidden(model, ids: torch.Tensor, attn: torch.Tensor, select: torch
 def _score_in_pieces(base, rl, rows, idx: Sequence[int], size: int, **kw) -> dict[str, np.ndarray]:
     """``_score_batch`` over pieces of ``size`` rows of ``idx``, concatenated in order."""
     pieces = [_score_batch(base, rl, rows, idx[k : k + size], **kw) for k in range(0, len(idx), size)]
-    return {k: np.concatenate([p[k] for p in pieces]) for k in OUT_COLUMNS}
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
 
 @torch.no_grad()
@@ -119,12 +121,14 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
     tgt = torch.as_tensor(targets)
     chunk = cfg.chunk_for(vocab_size)
     stats_fn = token_stats_compiled if cfg.compile and hb.is_cuda else token_stats_unchecked
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logp_base", "logp_rl", *STAT_COLUMNS)}
+    k_cand = min(cfg.top_k_candidates, vocab_size)
+    stat_keys = ("logp_base", "logp_rl", *STAT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in stat_keys}
     for start in range(0, hb.shape[0], chunk):
         sl = slice(start, start + chunk)
         lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
         lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
-        stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device))
+        stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device), candidates=k_cand)
         for k in parts:
             parts[k].append(stats[k])
     out: dict[str, np.ndarray] = {}
@@ -158,7 +162,8 @@ def score_rows(
 
     Output columns: ``row`` (index into ``rows``), ``position`` (0-based in the response),
     ``norm_position`` (position / (length - 1), 0 for one-token responses), ``token_id``,
-    ``logp_base``, ``logp_rl`` and the ``token_stats`` columns.
+    ``logp_base``, ``logp_rl`` and the ``token_stats`` columns; with ``cfg.top_k_candidates`` > 0,
+    also the ``CANDIDATE_COLUMNS`` (``[tokens, k]`` arrays).
 
     Of scoring split over several jobs, this scores job ``part``'s share of the batches. Every
     job packs all rows into the same batches, so each row is scored in the batch, hence with the
@@ -192,7 +197,9 @@ def score_rows(
         if idx:
             log.warning("%d responses skipped (%s), e.g. row %d", len(idx), reason, idx[0])
 
-    out: dict[str, list[np.ndarray]] = {k: [] for k in OUT_COLUMNS}
+    k_cand = min(cfg.top_k_candidates, vocab_size)
+    names = (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))
+    out: dict[str, list[np.ndarray]] = {k: [] for k in names}
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
     bound = CPU_BATCH["scoring"] if cfg.max_batch_tokens == AUTO else cfg.max_batch_tokens
     batches = pack_by_length(lengths, bound)
@@ -214,7 +221,9 @@ def score_rows(
         )
         for k, v in scored.items():
             out[k].append(v)
-    columns = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
+    columns = {
+        k: (np.concatenate(v) if v else np.zeros((0, k_cand) if k in CANDIDATE_COLUMNS else 0)) for k, v in out.items()
+    }
     return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
 
 
@@ -234,8 +243,8 @@ def run_scoring(
     ``base`` and ``rl`` are checkpoints (directories or manifests), ``pair`` the pair manifest
     (its shared vocabulary size). One row per response token: the rollout's ``problem_id``,
     ``sample_index`` and ``correct``, ``source`` (the role, base or rl, whose rollouts these are),
-    and the columns of ``score_rows``. Of scoring split over several jobs, this writes job
-    ``part``'s rows.
+    and the columns of ``score_rows`` (the candidates as ``Array`` columns of ``cfg.top_k_candidates``
+    entries). Of scoring split over several jobs, this writes job ``part``'s rows.
     """
     import polars as pl
 
@@ -268,7 +277,10 @@ def run_scoring(
     meta = table.select("problem_id", "sample_index", "correct").select(
         pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))
     )
-    scores = pl.concat([meta, pl.DataFrame({k: v for k, v in cols.items() if k != "row"})], how="horizontal")
+    # candidates as fixed-size arrays: k ids (Int32) and k probabilities (Float32) per position
+    stats = pl.DataFrame({k: v for k, v in cols.items() if k != "row" and k not in CANDIDATE_COLUMNS})
+    candidates = [pl.Series(k, cols[k]) for k in CANDIDATE_COLUMNS if k in cols]
+    scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
     scores = scores.with_columns(pl.lit(source).alias("source")).sort(*SCORE_ORDER)
     write_parquet_atomic(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}

@@ -225,6 +225,12 @@ class ScoringConfig:
         auto=True,
     )
     top_k: int = option(5, "k of the top-k overlap statistic", minimum=1)
+    top_k_candidates: int = option(
+        5,
+        "each model's most probable tokens kept per position with their probabilities (top_ids_base, "
+        "top_probs_base, top_ids_rl, top_probs_rl), which the token explorer shows; 0 keeps none",
+        minimum=0,
+    )
     device_base: str = option("auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...")
     device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each")
     threads: int = option(2, "torch CPU threads", minimum=1)
@@ -257,6 +263,20 @@ class DivergenceConfig:
             raise ValueError(f"high_js_quantile {self.high_js_quantile}: expected a value in (0, 1)")
         if self.high_js_cut is not None and not 0 <= self.high_js_cut <= LN2:
             raise ValueError(f"high_js_cut {self.high_js_cut}: expected a JS in [0, ln 2]")
+
+
+@dataclass(frozen=True)
+class ExplorerConfig:
+    """What the token explorer page embeds (config ``explorer:``); see ``tokenshift.explorer``."""
+
+    section: ClassVar[str] = "explorer"
+    responses_per_group: int = option(
+        30,
+        "responses embedded per group (a pair and dataset's base or RL rollouts, or one cross-sampling run): "
+        "the page's size cap; the same (problem, sample) keys are drawn in every group that has them",
+        minimum=1,
+    )
+    seed: int = option(0, "seed of the draw of the responses embedded", minimum=0)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from tokenshift.settings import (
     CrossSampleGrid,
     DatasetSpec,
     DivergenceConfig,
+    ExplorerConfig,
     GradingConfig,
     PromptConfig,
     RolloutConfig,
@@ -167,6 +168,23 @@ def figure_inputs(wildcards):
     return {**inputs, "crosssample": f"{base}/crosssample.parquet", **example_inputs(wildcards)}
 
 
+def explorer_inputs():
+    """What the token explorer embeds: every pair and dataset's scored rollouts and cross-sampling
+    runs, the datasets' problems (questions, and the toy task's decision points) and each pair's
+    tokenizer (its base model's)."""
+    return {
+        "scores": [f"{results_dir(p, d)}/scores/{role}.parquet" for p, d in PAIR_DATASETS for role in ROLES],
+        "runs": [
+            crosssample_run(p, d, *run)
+            for p, d in PAIR_DATASETS
+            if p in CROSSSAMPLED
+            for run in GRID.runs(dataset_sampling(config, d)["max_new_tokens"])
+        ],
+        "problems": [f"resources/datasets/{d}.parquet" for d in dict.fromkeys(d for _, d in PAIR_DATASETS)],
+        "tokenizers": [model_manifest(PAIRS[p]["base"]) for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)],
+    }
+
+
 def pair_figures(pair):
     """The figures drawn for ``pair`` on each of its datasets."""
     return PAIR_FIGURES if pair in CROSSSAMPLED else DIVERGENCE_FIGURES
@@ -218,6 +236,12 @@ def toy_check_args(wildcards):
     n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
     s = config["sampling"]
     return f"--n-problems {n} --samples {s['n']} --seed {s['seed']}"
+
+
+def explorer_tokenizer_args(wildcards):
+    return " ".join(
+        f"--tokenizer {p}={model_manifest(PAIRS[p]['base'])}" for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)
+    )
 
 
 def kind_args(wildcards):
@@ -296,5 +320,5 @@ def get_final_output():
         base = results_dir(p, d)
         targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet"]
         targets += [f"{base}/crosssample.parquet"] if p in CROSSSAMPLED else []
-    targets += ["results/report.html", "results/summary.json"] if PAIR_DATASETS else []
+    targets += ["results/report.html", "results/explorer.html", "results/summary.json"] if PAIR_DATASETS else []
     return targets

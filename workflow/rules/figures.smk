@@ -1,5 +1,6 @@
 # Figures and report: the paper's figures drawn from the tables (nothing recomputed), and one
-# self-contained report.html with the headline numbers, plus summary.json for comparing runs.
+# self-contained report.html with the headline numbers, plus summary.json for comparing runs, and the
+# token explorer (explorer.html, linked from the report).
 
 
 rule figures:
@@ -50,6 +51,26 @@ rule figure_overview:
         "tokenshift figure-overview {input} {params.kinds} --out {params.out} > {log} 2>&1"
 
 
+# the token explorer: a sample of responses token by token, with both models' candidates
+rule explorer:
+    input:
+        **explorer_inputs(),
+    output:
+        "results/explorer.html",
+    log:
+        "logs/explorer.log",
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
+        tokenizers=explorer_tokenizer_args,
+        explorer=settings_of(ExplorerConfig),
+    shell:
+        "tokenshift explorer {params.results} --runs {input.runs} --problems {input.problems} {params.tokenizers} "
+        "{params.explorer} --out {output} > {log} 2>&1"
+
+
 rule run_config:
     output:
         "results/config.yaml",
@@ -76,6 +97,7 @@ rule report:
         config="results/config.yaml",
         advantages=rules.figure_advantages.output.png if ADVANTAGE_BASE else [],
         shifts=[f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS],
+        explorer=rules.explorer.output[0],
     output:
         html="results/report.html",
         json="results/summary.json",
@@ -90,4 +112,4 @@ rule report:
         training=training_args,
     shell:
         "tokenshift report {params.results} {params.kinds} --overview {input.overview} --config {input.config} "
-        "{params.training} --html {output.html} --json {output.json} > {log} 2>&1"
+        "{params.training} --explorer {input.explorer} --html {output.html} --json {output.json} > {log} 2>&1"

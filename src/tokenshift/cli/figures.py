@@ -1,4 +1,5 @@
-"""``tokenshift figures``, ``figure-overview`` and ``report``: the paper's figures and the report."""
+"""``tokenshift figures``, ``figure-overview``, ``explorer`` and ``report``: the paper's figures, the
+token explorer and the report."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import pair_kinds
+from tokenshift.cli.common import pair_kinds, settings
 from tokenshift.io import InputError
+from tokenshift.options import add_options
 
 
 def register(sub) -> None:
@@ -40,6 +42,32 @@ def register(sub) -> None:
     fo.add_argument("--out", required=True, help="output path without suffix (writes .png and .pdf)")
     fo.set_defaults(func=_overview)
 
+    from tokenshift.settings import ExplorerConfig
+
+    ex = sub.add_parser(
+        "explorer",
+        help="explorer.html: browse responses token by token, coloured by JS, with both models' candidates",
+        description="A self-contained HTML page (data inline, no network, works from a file:// URL): pick a pair, "
+        "dataset and the base or RL rollouts or a cross-sampling run, then a response; tokens are shaded by JS; "
+        "hovering or focusing one shows both models' statistics and top candidates there. A sample of "
+        "--responses-per-group responses of each group is embedded.",
+    )
+    ex.add_argument(
+        "results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>: scores/)"
+    )
+    ex.add_argument("--runs", nargs="*", default=[], help="cross-sampling runs (their rows name pair and dataset)")
+    ex.add_argument("--problems", nargs="*", default=[], help="each dataset's problems table (tokenshift dataset)")
+    ex.add_argument(
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="PAIR=CHECKPOINT",
+        help="a pair's checkpoint (directory or manifest) whose tokenizer decodes its tokens; one per pair",
+    )
+    ex.add_argument("--out", required=True, help="explorer.html to write")
+    add_options(ex, ExplorerConfig, title="explorer (config `explorer:`)")
+    ex.set_defaults(func=_explorer)
+
     rp = sub.add_parser(
         "report",
         help="report.html and summary.json from the tables and figures",
@@ -55,6 +83,7 @@ def register(sub) -> None:
     rp.add_argument("--config", help="the config the run used (YAML), quoted in the report")
     rp.add_argument("--advantages", help="the advantage experiment's table directory (tokenshift advantages table)")
     rp.add_argument("--training-shifts", nargs="*", default=[], help="training-shifts tables, one per toy pair")
+    rp.add_argument("--explorer", help="the token explorer page (tokenshift explorer), linked from the report")
     rp.add_argument("--html", required=True, help="report.html to write")
     rp.add_argument("--json", required=True, help="summary.json to write")
     rp.set_defaults(func=_report)
@@ -81,6 +110,26 @@ def _overview(args: argparse.Namespace) -> None:
     draw_overview([Path(p) for p in args.inputs], Path(args.out), kinds=dict(args.kind))
 
 
+def _explorer(args: argparse.Namespace) -> None:
+    from tokenshift.explorer import build_explorer
+    from tokenshift.settings import ExplorerConfig
+
+    tokenizers = {}
+    for spec in args.tokenizer:
+        pair, sep, path = spec.partition("=")
+        if not sep or not pair or not path:
+            raise InputError(f"--tokenizer {spec!r}: expected PAIR=CHECKPOINT")
+        tokenizers[pair] = Path(path)
+    build_explorer(
+        [Path(r) for r in args.results],
+        Path(args.out),
+        runs=[Path(p) for p in args.runs],
+        problems=[Path(p) for p in args.problems],
+        tokenizers=tokenizers,
+        cfg=settings(ExplorerConfig, args),
+    )
+
+
 def _report(args: argparse.Namespace) -> None:
     from tokenshift.report import advantage_sentences, build_report, sentences
 
@@ -93,6 +142,7 @@ def _report(args: argparse.Namespace) -> None:
         config=args.config,
         advantages=Path(args.advantages) if args.advantages else None,
         training_shifts=[Path(p) for p in args.training_shifts],
+        explorer=Path(args.explorer) if args.explorer else None,
     )
     for s in summary["results"]:
         print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)
