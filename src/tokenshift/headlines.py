@@ -125,6 +125,20 @@ def advantage_summary(comparison: pl.DataFrame) -> dict:
     }
 
 
+def advantage_verdict(comparison: pl.DataFrame) -> str:
+    """Which weightings beat plain GRPO, or lost to it, beyond the 95% CI of the paired difference."""
+    s = advantage_summary(comparison)
+    even = [v for v in s["diff_vs_none"] if v not in s["better"] + s["worse"]]
+    parts = [
+        f"{label} {', '.join(names)}"
+        for label, names in (("better than plain GRPO:", s["better"]), ("worse:", s["worse"]), ("within noise:", even))
+        if names
+    ]
+    if not parts:
+        return "plain GRPO alone (nothing to compare)"
+    return "; ".join(parts if s["better"] else ["none beats plain GRPO", *parts])
+
+
 def shifts_summary(table: pl.DataFrame) -> dict:
     """Shifts over training: the first and last checkpoint's sparsity, high-JS share and top-5% precision."""
     t = table.sort("step")

@@ -426,9 +426,7 @@ def advantages(curve: pl.DataFrame, comparison: pl.DataFrame) -> plt.Figure:
     bx.set_yticks(y, diffs["variant"].to_list())
     bx.set_ylim(-0.7, max(diffs.height, 1) - 0.3)
     bx.set(xlabel="accuracy minus plain GRPO's (95% CI)", title=f"after round {comparison['step'].max()}")
-    ahead = headlines.advantage_summary(comparison)["better"]
-    verdict = f"{', '.join(ahead)} beat plain GRPO" if ahead else "no weighting beats plain GRPO beyond noise"
-    fig.suptitle(f"Divergence-weighted advantages on the toy task: {verdict}")
+    fig.suptitle(f"Divergence-weighted advantages on the toy task: {headlines.advantage_verdict(comparison)}")
     fig.tight_layout()
     return fig
 
