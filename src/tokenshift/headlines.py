@@ -136,7 +136,7 @@ def advantage_verdict(comparison: pl.DataFrame) -> str:
     ]
     if not parts:
         return "plain GRPO alone (nothing to compare)"
-    return "; ".join(parts if s["better"] else ["none beats plain GRPO", *parts])
+    return "; ".join(parts if s["better"] else ["no weighting beats plain GRPO", *parts])
 
 
 def shifts_summary(table: pl.DataFrame) -> dict:
