@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import REPO
+from test_settings import SECTIONS
 from test_workflow import plan, planned, snakemake
 
 pytestmark = pytest.mark.slow
@@ -201,9 +202,12 @@ CONSUMERS = {
             "device_rl",
             "compile",
             "top_k",
+            "top_k_candidates",
             "threads",
         )
     },
+    # which responses the explorer embeds
+    **{f"explorer.{k}": ("explorer",) for k in ("responses_per_group", "seed")},
     **{
         f"crosssample.{k}": ("crosssample",)
         for k in (
@@ -319,18 +323,7 @@ def changed_value(key: str, value):
 def walked_keys(config: dict) -> dict[str, object]:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     keys = {}
-    sections = (
-        "sampling",
-        "grading",
-        "divergence",
-        "rollout",
-        "scoring",
-        "crosssample",
-        "toy",
-        "advantages",
-        "cluster",
-    )
-    for section in sections:
+    for section in SECTIONS:
         for key, spec in schema[section]["properties"].items():
             if key in ("thresholds", "runtime"):
                 keys.update({f"{section}.{key}.{p}": v.get("default") for p, v in spec["properties"].items()})

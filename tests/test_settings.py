@@ -75,21 +75,22 @@ def field_defaults(cls) -> dict:
     }
 
 
-@pytest.mark.parametrize(
-    "section",
-    [
-        "sampling",
-        "grading",
-        "divergence",
-        "rollout",
-        "scoring",
-        "crosssample",
-        "toy",
-        "advantages",
-        "cluster",
-        "explorer",
-    ],
+SECTIONS = (
+    "sampling",
+    "grading",
+    "divergence",
+    "rollout",
+    "scoring",
+    "crosssample",
+    "toy",
+    "advantages",
+    "cluster",
+    "explorer",
 )
+"""The config sections of stage settings (dataclasses); tests/test_e2e.py walks every key of them."""
+
+
+@pytest.mark.parametrize("section", SECTIONS)
 def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
     props = SCHEMA["properties"][section]["properties"]
     fields = {}
