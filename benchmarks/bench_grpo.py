@@ -15,22 +15,13 @@ from __future__ import annotations
 import time
 
 import torch
+from bench_rollout import TOY  # the embedded pair's shape (run from benchmarks/ or as benchmarks/bench_grpo.py)
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenshift.advantages import weighted_advantages
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.train import Example, GRPOConfig, PromptItem, collate, grpo, next_token_logits, token_logprobs
 
-TOY = dict(
-    vocab_size=265,
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=4,
-    max_position_embeddings=256,
-    tie_word_embeddings=True,
-)
 EOS = 0
 BATCH, NEW, STEPS = 128, 84, 2
 
