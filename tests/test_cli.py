@@ -13,6 +13,11 @@ HELPS = [
     ["models", "toy-base"],
     ["models", "toy-rl"],
     ["models", "check-pair"],
+    ["models", "toy-sft"],
+    ["advantages", "run"],
+    ["advantages", "table"],
+    ["training-shifts"],
+    ["figure-training"],
     ["dataset"],
     ["score"],
     ["divergence"],
@@ -35,6 +40,19 @@ def test_help(sub):
     r = run(tokenshift_cmd() + sub + ["--help"])
     assert r.returncode == 0, r.stderr
     assert "usage: tokenshift" in r.stdout
+
+
+def test_parsing_a_command_line_loads_no_model_library():
+    """Every job starts the CLI: the parser is built from the settings alone, and torch and
+    transformers (seconds to import) are loaded only by the stage that runs."""
+    import sys
+
+    code = (
+        "import sys, tokenshift.cli as c; c.build_parser(); print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    r = run([sys.executable, "-c", code])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_top_level_help_lists_the_stages():

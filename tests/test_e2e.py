@@ -173,6 +173,7 @@ def test_readme_rerun_commands_do_what_they_say(default_run):
         "gather_crosssample": 34,
         "crosssample_table": 1,
         "figures": 1,
+        "explorer": 1,
         "report": 1,
         "all": 1,
     }
@@ -385,6 +386,7 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
         "gather_crosssample": 8,
         "crosssample_table": 1,
         "figures": 1,
+        "explorer": 1,
         "run_config": 1,
         "report": 1,
         "all": 1,
@@ -402,9 +404,12 @@ def test_report_holds_every_figure_and_the_headline_numbers(default_run):
             assert (figures / f"{name}{suffix}").stat().st_size > 5000, name
     assert (default_run / "results" / "figures" / "sparsity.png").is_file()
     page = (default_run / "results" / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 6  # self-contained: every figure embedded
+    # self-contained, every figure embedded: the overview, the RL pair's five, the SFT pair's three
+    # (not cross-sampled), the advantage experiment's and the shifts over training
+    assert page.count('src="data:image/png;base64,') == 1 + 5 + 3 + 2
     summary = json.loads((default_run / "results" / "summary.json").read_text())
-    (result,) = summary["results"]
+    result, sft = summary["results"]
+    assert (result["pair"], sft["pair"], sft["kind"]) == ("toy", "toy-sft", "sft")
     for text in sentences(result):
         assert html.escape(text) in page
     # the JSON's numbers are the tables' numbers
@@ -429,7 +434,6 @@ def test_the_training_analyses_reach_the_report(default_run):
     page = (default_run / "results" / "report.html").read_text()
     for heading in ("Divergence-weighted advantages", "Shifts over RL training", "RL against SFT"):
         assert heading in page
-    assert page.count("data:image/png;base64") >= 6 + 3 + 2  # RL pair's six, SFT pair's three, the training two
 
 
 def test_sft_moves_more_positions_than_rl(default_run):

@@ -66,6 +66,7 @@ AFTER_DATASET = {
     "crosssample_table": 1,
     "figures": 1,
     "figure_overview": 1,
+    "explorer": 1,
     "report": 1,
     "all": 1,
 }
@@ -155,6 +156,7 @@ def test_a_changed_threshold_reruns_the_runs_that_use_it(study, tmp_path):
         "gather_crosssample": 2,
         "crosssample_table": 1,
         "figures": 1,
+        "explorer": 1,
         "run_config": 1,
         "report": 1,
         "all": 1,

@@ -128,9 +128,10 @@ def cancel_first_running(cluster: Cluster, rule: str, stop: threading.Event, can
 
 
 def tables(root: Path) -> dict[str, pl.DataFrame]:
-    """Every table of a run (the parts a split run gathers from aside)."""
+    """Every table of a run (the parts a split run gathers from aside), without wall-clock columns
+    (a GRPO history records each step's seconds)."""
     return {
-        str(p.relative_to(root)): pl.read_parquet(p)
+        str(p.relative_to(root)): pl.read_parquet(p).drop("seconds", strict=False)
         for p in sorted((root / "results").rglob("*.parquet"))
         if ".parts" not in str(p)
     }

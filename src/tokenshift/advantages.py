@@ -30,8 +30,7 @@ import math
 import torch
 
 from tokenshift.divergence import token_stats
-
-MODES = ("none", "js", "kl", "topq", "mix")
+from tokenshift.registry import ADVANTAGE_MODES as MODES
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from tokenshift.options import add_options
 
 
 def register(sub) -> None:
-    from tokenshift.advantages import MODES
+    from tokenshift.registry import ADVANTAGE_MODES
     from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 
     adv = sub.add_parser(
@@ -28,7 +28,7 @@ def register(sub) -> None:
         "and eval problem) and history.parquet (per round) in --out.",
     )
     run.add_argument("--base", required=True, help="the toy base checkpoint (directory or manifest)")
-    run.add_argument("--variant", required=True, choices=MODES, help="advantage weighting")
+    run.add_argument("--variant", required=True, choices=ADVANTAGE_MODES, help="advantage weighting")
     run.add_argument("--seed", type=int, required=True, help="training seed")
     lr = ToyBuildConfig().grpo_lr
     run.add_argument(

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.advantages import MODES
 from tokenshift.options import from_mapping, option
+from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.toy.task import ToyTaskConfig
 
 
@@ -68,7 +68,7 @@ class AdvantageExperimentConfig:
     variants: tuple[str, ...] = option(
         ("none", "js", "topq"),
         "advantage weightings compared (tokenshift.advantages: none js kl topq mix); none is the baseline",
-        choices=MODES,
+        choices=ADVANTAGE_MODES,
         stages=("grid",),
     )
     seeds: tuple[int, ...] = option((0, 1), "training seeds, each run for every variant", stages=("grid",))
