@@ -215,7 +215,7 @@ def plan_batch(
     ``stage`` is ``rollout`` or ``crosssample`` (rows decoded together, each holding a KV cache of
     ``tokens_per_row`` tokens) or ``scoring`` (padded tokens per forward pass). Per model of the
     job: ``free_bytes`` (the free memory of the emptiest GPU of its set, before it is loaded),
-    ``gpus`` (the GPUs of its set) and ``shapes`` (its ``config.json``). ``shared``: both models
+    ``gpus`` (how many GPUs its set has) and ``shapes`` (its ``config.json``). ``shared``: both models
     sit on the same GPUs, each planned in half of them (exact for a pair of one architecture).
     On CPU (``device_kind`` not ``cuda``), or where a shape is unknown, ``auto`` is
     ``settings.CPU_BATCH[stage]``. A pair runs at the smaller of its two models' plans.
