@@ -320,7 +320,6 @@ def test_training_figures_and_report_sections(tables, tmp_path):
         PairResult("toy-sft", "toy", "sft", acc, {**div, "sparsity": denser}),
     ]
     training = TrainingResult(
-        curve=adv["curve"],
         comparison=adv["comparison"],
         advantage_figure=drawn["advantages"],
         shifts={"toy": shifts},

@@ -184,7 +184,6 @@ def shift_sentences(pair: str, s: Mapping) -> list[str]:
 class TrainingResult:
     """The toy training analyses: the advantage experiment and each toy pair's shifts over training."""
 
-    curve: pl.DataFrame | None = None
     comparison: pl.DataFrame | None = None
     advantage_figure: Path | None = None
     shifts: Mapping[str, pl.DataFrame] = field(default_factory=dict)
@@ -221,13 +220,12 @@ class TrainingResult:
 
 
 def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingResult:
-    """The experiment's tables in ``advantages`` (and its figure there) and the training-shifts tables
+    """The experiment's comparison table in ``advantages`` (and its figure there) and the training-shifts tables
     ``shifts`` (``results/<pair>/training/shifts.parquet``, each with its figure beside it)."""
     from tokenshift.io import read_parquet
 
     out = TrainingResult()
     if advantages is not None:
-        out.curve = read_parquet(advantages / "curve.parquet", "the experiment's curve (tokenshift advantages table)")
         out.comparison = read_parquet(advantages / "comparison.parquet", "the experiment's comparison table")
         fig = advantages / "advantages.png"
         out.advantage_figure = fig if fig.is_file() else None

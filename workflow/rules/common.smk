@@ -251,7 +251,7 @@ def kind_args(wildcards):
 def training_args(wildcards, input):
     """The toy training analyses' tables, next to the figures the report embeds."""
     args = f"--advantages {Path(input.advantages).parent}" if input.advantages else ""
-    shifts = [str(Path(f).with_name("shifts.parquet")) for f in input.shifts]
+    shifts = list(input.shift_tables)
     return args + (" --training-shifts " + " ".join(shifts) if shifts else "")
 
 

@@ -96,7 +96,9 @@ rule report:
         ],
         config="results/config.yaml",
         advantages=rules.figure_advantages.output.png if ADVANTAGE_BASE else [],
+        advantage_table=rules.advantage_tables.output.comparison if ADVANTAGE_BASE else [],
         shifts=[f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS],
+        shift_tables=[f"results/{p}/training/shifts.parquet" for p in TOY_RL_PAIRS],
         explorer=rules.explorer.output[0],
     output:
         html="results/report.html",

@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from tokenshift.generation import SamplingConfig, sample
+from tokenshift.generation import sample
 from tokenshift.grading import Grader
 from tokenshift.io import read_json, read_parquet, write_parquet_atomic
 from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
@@ -63,7 +63,7 @@ def run_variant(
     prompt_ids = tokenizer([p.prompt for p in evals], add_special_tokens=False).input_ids
     reps = [ids for ids in prompt_ids for _ in range(cfg.eval_samples)]
     golds = [str(p.answer) for p in evals for _ in range(cfg.eval_samples)]
-    eval_sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=build.max_new_tokens)
+    eval_sampling = toy_sampling(build)  # temperature 1, the task's longest response
     steps = set(cfg.eval_steps())
     rows: list[dict] = []
 
