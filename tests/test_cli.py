@@ -184,6 +184,24 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
     one_line_error(r, tmp_path / "none.parquet", "no such file")
 
 
+def test_gather_joins_parts_in_order_and_names_a_broken_one(tmp_path):
+    import polars as pl
+
+    parts = [tmp_path / f"{i}-of-2.parquet" for i in (1, 2)]
+    pl.DataFrame({"row": [2, 0], "position": [0, 1]}).write_parquet(parts[0])
+    pl.DataFrame({"row": [1], "position": [0]}).write_parquet(parts[1])
+    out = tmp_path / "table.parquet"
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert pl.read_parquet(out)["row"].to_list() == [2, 0, 1]
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "row", "position", "--out", str(out)])
+    assert r.returncode == 0 and pl.read_parquet(out)["row"].to_list() == [0, 1, 2]
+    parts[1].write_text("row,position\n1,0\n")  # a part that is not parquet: named, the table left alone
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(tmp_path / "new.parquet")])
+    one_line_error(r, parts[1], "not a readable parquet file")
+    assert not (tmp_path / "new.parquet").exists()
+
+
 def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
     r = run(
         tokenshift_cmd()

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
-from tokenshift.io import sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.io import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
 from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Part:
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
     its own), written to ``out``."""
-    frames = [t for t in (pl.read_parquet(p) for p in parts) if t.width]
+    frames = [t for t in (read_parquet(p, "a part of a split run") for p in parts) if t.width]
     table = pl.concat(frames) if frames else pl.DataFrame()
     if sort_by and table.height:
         table = table.sort(*sort_by)

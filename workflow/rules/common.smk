@@ -12,7 +12,6 @@ from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
 from tokenshift.io import write_yaml_atomic
 from tokenshift.models import linked_files
-from tokenshift.sharding import gather_parts
 from tokenshift.options import section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,

@@ -47,8 +47,10 @@ rule gather_crosssample:
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.log",
     localrule: True
-    run:
-        gather_parts(input, output[0])
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "tokenshift gather {input:q} --out {output} > {log} 2>&1"
 
 
 rule crosssample_table:

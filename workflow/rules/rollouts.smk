@@ -36,8 +36,10 @@ rule gather_rollouts:
     log:
         "logs/rollouts/{pair}/{dataset}/{role}.log",
     localrule: True
-    run:
-        gather_parts(input, output[0])
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "tokenshift gather {input:q} --out {output} > {log} 2>&1"
 
 
 rule accuracy:

@@ -36,5 +36,9 @@ rule gather_scores:
     log:
         "logs/scores/{pair}/{dataset}/{source}.log",
     localrule: True
-    run:
-        gather_parts(input, output[0], sort_by=SCORE_ORDER)
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        sort_by=" ".join(SCORE_ORDER),
+    shell:
+        "tokenshift gather {input:q} --sort-by {params.sort_by} --out {output} > {log} 2>&1"

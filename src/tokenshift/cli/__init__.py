@@ -22,9 +22,9 @@ import logging
 import sys
 
 from tokenshift import __version__
-from tokenshift.cli import crosssample, dataset, figures, models, profile, rollout, score, training
+from tokenshift.cli import crosssample, dataset, figures, models, parts, profile, rollout, score, training
 
-STAGES = (models, dataset, rollout, score, crosssample, training, figures, profile)
+STAGES = (models, dataset, rollout, score, crosssample, parts, training, figures, profile)
 """Modules that register subcommands, in the order of the study."""
 
 

@@ -1,0 +1,26 @@
+"""``tokenshift gather``: the table of a run split over several jobs (``--part``), from its parts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "gather",
+        help="join the parts of a split run into its table",
+        description="Concatenate the parquet parts written by the jobs of one split run (rollouts, scores, "
+        "cross-samples: `--part i-of-n`), in the order given, into one table. With --sort-by, rows are "
+        "then sorted by those columns.",
+    )
+    p.add_argument("parts", nargs="+", help="the parts' parquet files, in order")
+    p.add_argument("--sort-by", nargs="+", default=[], metavar="COLUMN", help="columns to sort the rows by")
+    p.add_argument("--out", required=True, help="parquet file to write")
+    p.set_defaults(func=_gather)
+
+
+def _gather(args: argparse.Namespace) -> None:
+    from tokenshift.sharding import gather_parts
+
+    gather_parts([Path(p) for p in args.parts], Path(args.out), sort_by=args.sort_by)
