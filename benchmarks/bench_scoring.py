@@ -10,14 +10,18 @@
 
 With no arguments it runs on this CPU box in under 3 minutes (a small Qwen2 shape with the real
 vocabulary); GPU cases only when a GPU is present. Prints, last, ``RESULT <measure> <value>``.
+Peak memory on CPU is the process's peak resident set size, reset before each measured call
+(Linux ``/proc/self/clear_refs``); where that reset is impossible the memory ratios are left out
+with the reason printed. ``--profile SHAPE [DIR]`` profiles one scoring call instead (what to
+look at before changing the scoring kernels; see ``profile``).
 
     python benchmarks/bench_scoring.py
+    python benchmarks/bench_scoring.py --profile 7b "$OUT"
 """
 
 from __future__ import annotations
 
 import gc
-import resource
 import subprocess
 import sys
 import time
@@ -103,17 +107,50 @@ def overhead(
     return t_bare / t_score, n_seqs * response / t_score, a.num_parameters()
 
 
+def _proc_status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def reset_cpu_peak() -> int:
+    """Reset this process's peak resident set size (Linux: ``/proc/self/clear_refs``) and return
+    the current one in bytes. The peak is process-wide and monotone (``ru_maxrss``), so without
+    the reset, a peak reached while the models were built hides everything measured after it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_kb("VmRSS") * 1024
+
+
+def cpu_peak() -> int:
+    """Peak resident set size in bytes since the last ``reset_cpu_peak``."""
+    return _proc_status_kb("VmHWM") * 1024
+
+
+def cpu_peak_unmeasurable() -> str | None:
+    """Why CPU peak memory cannot be measured here, or None when it can."""
+    try:
+        reset_cpu_peak()
+        cpu_peak()
+    except OSError as err:
+        return f"the peak resident set size cannot be reset here ({err}); Linux's /proc/self/clear_refs is needed"
+    return None
+
+
 @torch.no_grad()
 def _memory_child(mode: str, tokens: int, device: str) -> None:
     """Run one scoring mode in a fresh process and print its peak memory in MB."""
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     a, b = model("cpu-small", device, dtype, 0), model("cpu-small", device, dtype, 1)
     rs = rows(1, 16, tokens)
+    gc.collect()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
     else:
-        base_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base_mem = reset_cpu_peak()
     if mode == "activations":  # the two models' bodies alone: the floor any method needs
         ids = torch.tensor([rs[0][0] + rs[0][1]], device=device)
         _ = a.model(input_ids=ids).last_hidden_state, b.model(input_ids=ids).last_hidden_state
@@ -129,7 +166,7 @@ def _memory_child(mode: str, tokens: int, device: str) -> None:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() - base_mem
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem
+        peak = cpu_peak() - base_mem
     print(peak / 2**20)
 
 
@@ -150,12 +187,22 @@ def main() -> None:
     results.append(("cpu_stats_overhead_ratio", r))
     mem_tokens = 8192 if torch.cuda.is_available() else 1024  # naive needs ~10 [tokens, vocab] fp32 tensors
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    act, chunked, naive = (peak_mb(m, mem_tokens, dev) for m in ("activations", "chunked", "naive"))
-    print(
-        f"peak memory over the weights, {mem_tokens} tokens on {dev}: activations {act:.0f} MB, "
-        f"chunked {chunked:.0f} MB, naive {naive:.0f} MB"
-    )
-    results += [("chunked_over_activations_memory", chunked / act), ("naive_over_chunked_memory", naive / chunked)]
+    why_not = None if dev == "cuda" else cpu_peak_unmeasurable()
+    if why_not:
+        print(f"peak memory: not measured, {why_not}")
+    else:
+        act, chunked, naive = (peak_mb(m, mem_tokens, dev) for m in ("activations", "chunked", "naive"))
+        print(
+            f"peak memory over the weights, {mem_tokens} tokens on {dev}: activations {act:.0f} MB, "
+            f"chunked {chunked:.0f} MB, naive {naive:.0f} MB"
+        )
+        if min(act, chunked) <= 0:
+            print("peak memory ratios: not computed, a peak over the weights read 0 MB")
+        else:
+            results += [
+                ("chunked_over_activations_memory", chunked / act),
+                ("naive_over_chunked_memory", naive / chunked),
+            ]
     if torch.cuda.is_available():
         for shape, n_seqs in (("1.5b", 32), ("7b", 16)):
             prompt, response = 512, 1536
@@ -174,8 +221,46 @@ def main() -> None:
         print(f"RESULT {name} {value:.3f}")
 
 
+def profile(shape: str, out_dir: str | None) -> None:
+    """Profile one warm ``score_rows`` call (the GPU shapes on CUDA, ``cpu-small`` anywhere):
+    the operators by their own time, and the time in scoring's phases (``tokenshift.body``,
+    ``tokenshift.lm_head``, ``tokenshift.stats``, recorded by ``scoring`` itself). With
+    ``out_dir``, also the table as text and a Chrome trace there."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    n_seqs, prompt, response = (8, 512, 1536) if dev == "cuda" else (4, 64, 192)
+    a, b = model(shape, dev, dtype, 0), model(shape, dev, dtype, 1)
+    rs = rows(n_seqs, prompt, response)
+    bt = n_seqs * (prompt + response)
+    scoring(a, b, rs, dev, bt)  # warm-up (and, on CUDA, compilation)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        scoring(a, b, rs, dev, bt)
+    sort = "self_cuda_time_total" if dev == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30)
+    phases = {e.key: e for e in prof.key_averages() if e.key.startswith("tokenshift.")}
+    attr = "device_time_total" if dev == "cuda" else "cpu_time_total"
+    lines = [f"{k}: {getattr(e, attr, 0) / 1e3:.1f} ms ({e.count} calls)" for k, e in sorted(phases.items())]
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    text = f"profile of score_rows, shape {shape}, {n_seqs} x ({prompt} + {response}) tokens on {name}\n"
+    text += "\n".join(lines) + "\n" + table
+    print(text)
+    if out_dir:
+        from pathlib import Path
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        Path(out_dir, f"profile-{shape}.txt").write_text(text)
+        prof.export_chrome_trace(str(Path(out_dir, f"profile-{shape}.json")))
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--profile":
+        # --profile [shape] [out_dir]
+        profile(sys.argv[2] if len(sys.argv) > 2 else "cpu-small", sys.argv[3] if len(sys.argv) > 3 else None)
     else:
         main()

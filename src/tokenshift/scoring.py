@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
@@ -116,8 +117,9 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
         row_of += [i] * len(r)
         pos_of += list(range(len(r)))
         norm_of += [k / max(len(r) - 1, 1) for k in range(len(r))]
-    hb = _response_hidden(base, ids, attn, select)
-    hr = _response_hidden(rl, ids, attn, select)
+    with record_function("tokenshift.body"):  # phase labels for torch.profiler (benchmarks/bench_scoring.py)
+        hb = _response_hidden(base, ids, attn, select)
+        hr = _response_hidden(rl, ids, attn, select)
     tgt = torch.as_tensor(targets)
     chunk = cfg.chunk_for(vocab_size)
     stats_fn = token_stats_compiled if cfg.compile and hb.is_cuda else token_stats_unchecked
@@ -126,9 +128,11 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in stat_keys}
     for start in range(0, hb.shape[0], chunk):
         sl = slice(start, start + chunk)
-        lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
-        lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
-        stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device), candidates=k_cand)
+        with record_function("tokenshift.lm_head"):
+            lb = base.get_output_embeddings()(hb[sl])[:, :vocab_size]
+            lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
+        with record_function("tokenshift.stats"):
+            stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device), candidates=k_cand)
         for k in parts:
             parts[k].append(stats[k])
     out: dict[str, np.ndarray] = {}
