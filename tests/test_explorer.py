@@ -357,3 +357,39 @@ def test_a_reader_finds_the_tables_values_in_the_explorer(study, tmp_path):
             shutil.copy(shot, Path(os.environ["TOKENSHIFT_SCREENSHOTS"]) / "explorer.png")
     finally:
         driver.quit()
+
+
+HOSTILE = ["<!--<script>", "</script><b>x", 'a"b&amp;c', "`${x}`", "line\u2028sep", "<!-- -->"]
+"""Texts a real vocabulary or dataset holds that HTML or JS could take for markup or code."""
+
+
+@pytest.mark.browser
+def test_text_that_looks_like_markup_is_shown_literally_and_the_page_still_runs(tmp_path):
+    # "<!--" then "<script>" in a script's text makes the HTML parser skip the next "</script>" (the
+    # script data double-escaped state): the page's code would become part of its data
+    from selenium.webdriver.common.by import By
+
+    pair, dataset = "q<w&\"e'", "d<!--<script>"
+    g = rollout_group(pair, dataset, "base", score_table(with_candidates=False), ExplorerConfig())
+    ids = sorted(used_ids([g])[pair])
+    vocab = {pair: {i: HOSTILE[k % len(HOSTILE)] for k, i in enumerate(ids)}}
+    problems = {dataset: {"p1": {"question": "<!--<script>1+1", "gold": "</script>"}}}
+    page = tmp_path / "explorer.html"
+    page.write_text(render(page_data([g], problems=problems, vocab=vocab)), encoding="utf-8")
+    driver = chromium_driver()
+    try:
+        driver.get(page.resolve().as_uri())
+        assert driver.find_element(By.ID, "pair").get_attribute("value") == pair
+        assert driver.find_element(By.ID, "dataset").get_attribute("value") == dataset
+        choose(driver, "problem", "p1")
+        choose(driver, "sort", "problem")
+        assert selected_key(driver) == ("p1", 0)
+        spans = driver.find_elements(By.CSS_SELECTOR, "#view .tok[data-row=main]")
+        texts = [s.get_attribute("textContent") for s in spans]
+        assert texts == [vocab[pair][i] for i in (5, 6, 7)]
+        assert driver.find_element(By.CSS_SELECTOR, "#view .q").get_attribute("textContent") == "<!--<script>1+1"
+        assert driver.find_element(By.CSS_SELECTOR, "#view .gold").get_attribute("textContent") == "</script>"
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()

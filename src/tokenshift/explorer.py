@@ -312,11 +312,13 @@ def token_text(tokenizer, ids: Iterable[int]) -> dict[int, str]:
 
 
 def render(data: Mapping) -> str:
-    """The page: the template with the data inline (``</`` escaped so no string can close the script)."""
+    """The page: the template with the data inline, every ``<`` as ``\\u003c`` (JSON has none outside strings):
+    escaping ``</`` alone is not enough, as ``<!--`` then ``<script>`` in a string makes the HTML parser
+    skip the script's closing tag."""
     from tokenshift.plots.style import OKABE_ITO, ROLE
 
     template = resources.files("tokenshift").joinpath("templates/explorer.html").read_text()
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
     style = {"base": ROLE["base"], "rl": ROLE["rl"], "decision": OKABE_ITO["green"], "focus": OKABE_ITO["black"]}
     return template.replace("/*STYLE*/{}", json.dumps(style)).replace("/*DATA*/{}", payload)
 
