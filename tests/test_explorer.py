@@ -393,3 +393,24 @@ def test_text_that_looks_like_markup_is_shown_literally_and_the_page_still_runs(
         assert not errors, errors
     finally:
         driver.quit()
+
+
+def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written(toy_tokenizer, tmp_path, capsys):
+    from tokenshift.cli import main
+
+    save_checkpoint(tmp_path / "tok", toy_tokenizer, seed=0)
+    res = tmp_path / "results" / "toy" / "toy"
+    (res / "scores").mkdir(parents=True)
+    for source in ("base", "rl"):
+        score_table().write_parquet(res / "scores" / f"{source}.parquet")
+    run = tmp_path / "budget-2.parquet"
+    run_table("2", {("p1", 0): (True, [5, 6], [1])}).drop("switched_positions").write_parquet(run)
+    out = tmp_path / "explorer.html"
+    args = ["explorer", str(res), "--runs", str(run), "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
+    assert main(args) == 2
+    assert f"{run}: has no column 'switched_positions'" in capsys.readouterr().err and not out.exists()
+    # scores from before scoring kept log-probabilities
+    score_table().drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
+    assert main(args[:2] + args[4:]) == 2
+    assert f"{res / 'scores' / 'rl.parquet'}: has no column 'logp_rl'" in capsys.readouterr().err
+    assert not out.exists()

@@ -70,6 +70,21 @@ CANDIDATE_FIELDS = {
     "top_ids_rl": "ids_rl",
     "top_probs_rl": "p_rl",
 }
+SCORE_COLUMNS = (*KEY, "position", "token_id", "correct", *SCORE_FIELDS)
+RUN_COLUMNS = (
+    "pair",
+    "dataset",
+    "direction",
+    "policy",
+    "budget",
+    *KEY,
+    "correct",
+    "response_ids",
+    "step_js",
+    "switched_positions",
+    "finish_reason",
+)
+"""The columns the page reads from a score table and a cross-sampling run: one missing is named, not a traceback."""
 SOURCE_LABEL = {"base": "base model's rollouts", "rl": "RL model's rollouts"}
 INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose token a switch draws in each direction (the other model generates: ``registry.GENERATOR``)."""
@@ -368,7 +383,7 @@ def build_explorer(
         tables[t["dataset"][0]] = t
     cross: dict[tuple[str, str], list[pl.DataFrame]] = {}
     for p in runs:
-        t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", ("pair", "dataset", "response_ids"))
+        t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS)
         if t.height:
             cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
     toks = {pair: load_tokenizer(path) for pair, path in tokenizers.items()}
@@ -379,7 +394,9 @@ def build_explorer(
             raise InputError(f"{d}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
         for source in ("base", "rl"):
-            scores = read_parquet(Path(d) / "scores" / f"{source}.parquet", "per-token scores (tokenshift score)")
+            scores = read_parquet(
+                Path(d) / "scores" / f"{source}.parquet", "per-token scores (tokenshift score)", SCORE_COLUMNS
+            )
             groups.append(rollout_group(pair, dataset, source, scores, cfg, dp))
         groups += crosssample_groups(pair, dataset, cross.get((pair, dataset), []), cfg, dp)
     probs = {
