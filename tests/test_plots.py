@@ -345,3 +345,27 @@ def test_training_figures_and_report_sections(tables, tmp_path):
     for text in [*contrast_sentences(contrast), *advantage_sentences(summary["advantages"])]:
         assert html.escape(text) in page
     assert page.count("data:image/png;base64,") == 2
+
+
+def test_the_explorer_link_reaches_the_page_whatever_its_path_holds(tables, tmp_path):
+    # '#' and '?' in a path would start a fragment or a query, '%' an escape
+    import re
+    from urllib.parse import unquote, urljoin
+
+    div, acc, _ = tables
+    explorer = tmp_path / "run #2 ?a=%41" / "explorer.html"
+    explorer.parent.mkdir()
+    explorer.write_text("<!doctype html>")
+    html_out = tmp_path / "report" / "report.html"
+    result = PairResult("toy", "toy", "rlvr", acc, div)
+    write_report(
+        [result],
+        overview_figures={},
+        config_text="",
+        html_out=html_out,
+        json_out=tmp_path / "s.json",
+        explorer=explorer,
+    )
+    href = html.unescape(re.search(r"<a href='([^']*)'>", html_out.read_text())[1])
+    target = urljoin(html_out.as_uri(), href)
+    assert "#" not in target and "?" not in target and unquote(target) == unquote(explorer.as_uri())

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 
@@ -272,7 +273,8 @@ def render_html(
     training_summary: Mapping | None = None,
     explorer: tuple[str, int] | None = None,
 ) -> str:
-    """The report page; ``explorer`` is the token explorer's (link relative to the report, size in bytes)."""
+    """The report page; ``explorer`` is the token explorer's (path relative to the report, size in bytes),
+    percent-encoded in the link so a '#', '?' or '%' in it is part of the path."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
         "</head><body><h1>Where RL fine-tuning changed the model: tokenshift report</h1>",
@@ -285,7 +287,7 @@ def render_html(
     if explorer is not None:
         link, size = explorer
         parts.append(
-            f"<p><strong>Token explorer:</strong> <a href='{html.escape(link)}'>{html.escape(link)}</a> "
+            f"<p><strong>Token explorer:</strong> <a href='{html.escape(quote(link))}'>{html.escape(link)}</a> "
             f"({size / 1e6:.1f} MB, self-contained) shows a sample of responses token by token, shaded by JS, with "
             "both models' candidates at each position and each cross-sample beside its budget-0 twin.</p>"
         )
