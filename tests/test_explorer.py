@@ -395,14 +395,20 @@ def test_text_that_looks_like_markup_is_shown_literally_and_the_page_still_runs(
         driver.quit()
 
 
-def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written(toy_tokenizer, tmp_path, capsys):
-    from tokenshift.cli import main
-
-    save_checkpoint(tmp_path / "tok", toy_tokenizer, seed=0)
-    res = tmp_path / "results" / "toy" / "toy"
+def explorer_inputs(root: Path, tokenizer) -> Path:
+    """A checkpoint ``root/tok`` and ``root/results/toy/toy`` with both score tables: explorer input."""
+    save_checkpoint(root / "tok", tokenizer, seed=0)
+    res = root / "results" / "toy" / "toy"
     (res / "scores").mkdir(parents=True)
     for source in ("base", "rl"):
         score_table().write_parquet(res / "scores" / f"{source}.parquet")
+    return res
+
+
+def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written(toy_tokenizer, tmp_path, capsys):
+    from tokenshift.cli import main
+
+    res = explorer_inputs(tmp_path, toy_tokenizer)
     run = tmp_path / "budget-2.parquet"
     run_table("2", {("p1", 0): (True, [5, 6], [1])}).drop("switched_positions").write_parquet(run)
     out = tmp_path / "explorer.html"
@@ -414,3 +420,19 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     assert main(args[:2] + args[4:]) == 2
     assert f"{res / 'scores' / 'rl.parquet'}: has no column 'logp_rl'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_page_is_utf8_whatever_the_locale(toy_tokenizer, tmp_path):
+    # the page says <meta charset="utf-8"> and its template holds non-ASCII text (∞, ✓, ↵): under a
+    # non-UTF-8 locale (LC_ALL=C without Python's UTF-8 mode) reading the template failed
+    import subprocess
+    import sys
+
+    res = explorer_inputs(tmp_path, toy_tokenizer)
+    out = tmp_path / "explorer.html"
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    args = ["explorer", str(res), "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "tokenshift.cli", *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    page = out.read_bytes().decode("utf-8")
+    assert 'return "∞"' in page and '<meta charset="utf-8">' in page

@@ -332,7 +332,7 @@ def render(data: Mapping) -> str:
     skip the script's closing tag."""
     from tokenshift.plots.style import OKABE_ITO, ROLE
 
-    template = resources.files("tokenshift").joinpath("templates/explorer.html").read_text()
+    template = resources.files("tokenshift").joinpath("templates/explorer.html").read_text(encoding="utf-8")
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("<", "\\u003c")
     style = {"base": ROLE["base"], "rl": ROLE["rl"], "decision": OKABE_ITO["green"], "focus": OKABE_ITO["black"]}
     return template.replace("/*STYLE*/{}", json.dumps(style)).replace("/*DATA*/{}", payload)

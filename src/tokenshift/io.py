@@ -49,7 +49,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    # UTF-8 whatever the locale: the HTML pages written here say <meta charset="utf-8">
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_yaml_atomic(path: Path, data: Any) -> None:

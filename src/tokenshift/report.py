@@ -424,7 +424,7 @@ def build_report(
     return write_report(
         loaded,
         overview_figures={Path(p).stem: Path(p) for p in overview},
-        config_text=Path(config).read_text() if config else "",
+        config_text=Path(config).read_text(encoding="utf-8") if config else "",
         html_out=html_out,
         json_out=json_out,
         training=load_training(advantages, training_shifts) if advantages or training_shifts else None,
