@@ -178,6 +178,15 @@ def test_headlines_and_report(tables, example, tmp_path):
         / gap
     )
     assert h["random_recovery"] is not None and h["random_recovery"] < h["forward_recovery"]
+    # without js the headline takes another policy and keeps random as its control, never random against itself
+    no_js = headlines.crosssample_summary(cross.with_columns(pl.col("policy").replace("js", "entropy")), acc)
+    assert no_js["policy"] == "entropy" and no_js["forward_recovery"] == h["forward_recovery"]
+    assert no_js["random_recovery"] == h["random_recovery"]
+    only_random = headlines.crosssample_summary(cross.filter(pl.col("policy") == "random"), acc)
+    assert only_random["policy"] == "random" and only_random["random_recovery"] is None
+    # budget 0 alone switches nothing: the gap, and no headline budget to quote
+    zero = headlines.crosssample_summary(cross.filter(pl.col("budget") == "0"), acc)
+    assert zero["gap"] == pytest.approx(gap) and "forward_recovery" not in zero and "reverse_loss" not in zero
     figs = {}
     for name, fig in (("crosssample", FIGURES["crosssample"](cross, acc)), ("example", FIGURES["example"](example))):
         figs[name] = save(fig, tmp_path / name)[0]

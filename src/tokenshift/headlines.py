@@ -64,9 +64,12 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
     sample's own noise: the models' rollouts of those problems), or, without them, the models'
     rollout accuracies over the whole dataset. The headline budget is the smallest whose forward
     ``js`` recovery reaches 80% (else ``all``); the random control is read at the same budget.
-    None where the gap is not positive.
+    None where the gap is not positive. Without ``js`` the headline policy is the first other
+    non-random one (``random`` only when it is the only one, and then with no control beside it);
+    with no budget above 0 there is no headline budget, only the gap.
     """
-    policy = "js" if "js" in cross["policy"].to_list() else cross["policy"][0]
+    policies = list(dict.fromkeys(cross["policy"].to_list()))
+    policy = "js" if "js" in policies else next((p for p in policies if p != "random"), "random")
     rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
     zero = {d: next((r for k, r in rows.items() if k[0] == d and k[2] == "0"), None) for d in ("forward", "reverse")}
     if zero["forward"] is not None and zero["reverse"] is not None:
@@ -89,12 +92,14 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
         if ("reverse", policy, b) in rows
     }
     out.update(policy=policy, forward_recovery_by_budget=fwd, reverse_loss_by_budget=rev)
+    if budgets[-1] == "0":  # the models alone: nothing was switched, so nothing is recovered or lost
+        return out
     if fwd:
         b = next((b for b in budgets if b != "0" and fwd.get(b, -1) >= HEADLINE_RECOVERY), budgets[-1])
         out.update(
             forward_budget=b, forward_recovery=fwd[b], forward_switched=rows[("forward", policy, b)]["mean_switched"]
         )
-        rnd = rows.get(("forward", "random", b))
+        rnd = rows.get(("forward", "random", b)) if policy != "random" else None
         out["random_recovery"] = (rnd["accuracy"] - ends["base"]) / gap if rnd else None
         out["random_switched"] = rnd["mean_switched"] if rnd else None
     if rev:
