@@ -378,3 +378,10 @@ def test_the_explorer_link_reaches_the_page_whatever_its_path_holds(tables, tmp_
     href = html.unescape(re.search(r"<a href='([^']*)'>", html_out.read_text())[1])
     target = urljoin(html_out.as_uri(), href)
     assert "#" not in target and "?" not in target and unquote(target) == unquote(explorer.as_uri())
+
+
+def test_report_tables_show_a_missing_value_as_a_dash():
+    from tokenshift.report import _table_html
+
+    page = _table_html(pl.DataFrame({"pass@k": [0.5, None], "pair": ["toy", None]}))
+    assert "None" not in page and page.count("<td>–</td>") == 2 and "<td>0.500</td>" in page

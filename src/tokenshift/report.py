@@ -244,7 +244,12 @@ def _table_html(df: pl.DataFrame, floats: int = 3) -> str:
     rows = []
     for r in df.iter_rows():
         cells = "".join(
-            f"<td>{v:.{floats}f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in r
+            "<td>–</td>"  # missing (a pass@k above n, a statistic of an empty group): a dash, not "None"
+            if v is None
+            else f"<td>{v:.{floats}f}</td>"
+            if isinstance(v, float)
+            else f"<td>{html.escape(str(v))}</td>"
+            for v in r
         )
         rows.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
