@@ -189,3 +189,20 @@ def test_a_baseline_alone_has_no_comparison_but_a_figure():
     t = advantage_tables(pl.DataFrame(rows))
     assert t["comparison"]["diff_vs_none"].to_list() == [None]
     advantages(t["curve"], t["comparison"])  # draws, with no difference to show
+
+
+def test_advantage_tables_do_not_depend_on_row_order():
+    """The bootstrap CIs are a function of the evaluations, not of the order polars groups them in
+    (a re-run of the table job must give the same comparison.parquet)."""
+    rng = np.random.default_rng(0)
+    rows = [
+        {"variant": v, "seed": s, "step": 4, "problem_id": f"p{p:03d}", "correct": float(rng.integers(0, 3)) / 2}
+        for v in ("none", "js")
+        for s in (0, 1)
+        for p in range(200)
+    ]
+    evals = pl.DataFrame(rows)
+    first = advantage_tables(evals)["comparison"]
+    for i in range(4):
+        again = advantage_tables(evals.sample(fraction=1.0, shuffle=True, seed=i))["comparison"]
+        assert again.sort("variant").equals(first.sort("variant")), i

@@ -139,8 +139,11 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
     rows = []
     for v in variants:
         mine = final.filter(pl.col("variant") == v)
+        # per-problem values in problem order: the bootstrap's resamples depend on the order, and
+        # group_by's is arbitrary
         acc, lo, hi = mean_ci(
-            mine.group_by("problem_id").agg(pl.col("correct").mean())["correct"].to_numpy(), seed=seed
+            mine.group_by("problem_id").agg(pl.col("correct").mean()).sort("problem_id")["correct"].to_numpy(),
+            seed=seed,
         )
         row = {
             "variant": v,
@@ -158,7 +161,9 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
         paired = mine.join(baseline, on=["seed", "problem_id"], how="inner")
         if v != BASELINE and paired.height:
             diff = paired.with_columns((pl.col("correct") - pl.col("b")).alias("d"))
-            d, dlo, dhi = mean_ci(diff.group_by("problem_id").agg(pl.col("d").mean())["d"].to_numpy(), seed=seed)
+            d, dlo, dhi = mean_ci(
+                diff.group_by("problem_id").agg(pl.col("d").mean()).sort("problem_id")["d"].to_numpy(), seed=seed
+            )
             by_seed = diff.group_by("seed").agg(pl.col("d").mean())["d"]
             row.update(diff_vs_none=d, diff_ci_low=dlo, diff_ci_high=dhi, seeds_ahead=int((by_seed > 0).sum()))
         rows.append(row)
