@@ -75,3 +75,29 @@ def test_weights_carry_no_gradient_and_bad_settings_are_refused():
         weighted_advantages(POLICY, REF, ADV, MASK, mode="entropy")
     with pytest.raises(ValueError, match="q 0"):
         weighted_advantages(POLICY, REF, ADV, MASK, mode="topq", q=0)
+
+
+def test_topq_keeps_ceil_of_q_n_positions():
+    # k = ceil(q * n) in exact arithmetic: 0.6 * 25 is 15 (float32 makes it 15.0000006, and 16)
+    torch.manual_seed(0)
+    for q, n, k in ((0.6, 25, 15), (0.2, 5, 1), (0.34, 3, 2), (1.0, 7, 7), (1e-6, 4, 1)):
+        got = weighted_advantages(
+            torch.randn(1, n, 5), torch.randn(1, n, 5), torch.tensor([2.0]), torch.ones(1, n), mode="topq", q=q
+        )
+        assert int((got > 0).sum()) == k, (q, n)
+        assert got.sum().item() == pytest.approx(2.0 * n, rel=1e-5)
+
+
+def test_infinite_kl_gives_its_positions_the_credit_not_nan():
+    """KL(policy || reference) is +inf where the reference gives probability 0 to a token the policy
+    can sample; the weight d_t / mean d tends to n / (number of such positions) there and 0
+    elsewhere, the limit that keeps the response's mean advantage."""
+    policy = torch.zeros(1, 4, 3)
+    ref = torch.tensor([[[0.0, 0.0, -math.inf], [1.0, 0.0, 0.0], [0.0, 0.0, -math.inf], [0.0, 2.0, 0.0]]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    kl = weighted_advantages(policy, ref, torch.tensor([0.5]), mask, mode="kl")
+    assert kl[0].tolist() == pytest.approx([0.75, 0.0, 0.75, 0.0])
+    mix = weighted_advantages(policy, ref, torch.tensor([0.5]), mask, mode="kl", alpha=0.5)
+    assert torch.isfinite(mix).all()
+    # the mean over the response is the advantage, as for finite divergences
+    assert mix[0, :3].mean().item() == pytest.approx(0.5)

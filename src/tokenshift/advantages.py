@@ -12,7 +12,9 @@ uses), detached from the graph; ``n`` is the response's number of positions (its
 - ``none``: ``a_t = A`` (plain GRPO: every token of a response gets its advantage);
 - ``js``: ``a_t = A * d_t / mean d`` with ``d`` the Jensen-Shannon divergence; the mean of
   ``a_t`` over the response is ``A``, so the update's scale is unchanged;
-- ``kl``: the same with ``d = KL(policy || reference)``;
+- ``kl``: the same with ``d = KL(policy || reference)``; where it is +inf (the reference gives a
+  token the policy can sample probability 0) the response's credit is shared by its infinite
+  positions, the limit of ``d_t / mean d``;
 - ``topq``: the ``k = ceil(q * n)`` positions of highest JS carry ``a_t = A * n / k``, the
   others 0 (mean-preserving as well);
 - ``mix`` (ours): ``a_t = A * (alpha + (1 - alpha) * d_t / mean d)`` with JS, so positions that
@@ -58,17 +60,24 @@ def weighted_advantages(
         return base
     b, t, v = logits_policy.shape
     stats = token_stats(logits_policy.reshape(b * t, v).detach(), logits_ref.reshape(b * t, v).detach())
-    d = stats["kl_base_rl" if mode == "kl" else "js"].reshape(b, t) * mask  # base = the policy here
+    d = stats["kl_base_rl" if mode == "kl" else "js"].reshape(b, t)  # base = the policy here
+    d = torch.where(mask, d, torch.zeros_like(d))  # not d * mask: an infinite KL times 0 is NaN
     n = mask.sum(-1, keepdim=True).clamp(min=1)
     mean = d.sum(-1, keepdim=True) / n
     moved = mean > 0
     if mode == "topq":
-        k = torch.clamp(torch.ceil(q * n - 1e-9), min=1)
+        # in float64: float32 makes 0.6 * 25 15.0000006, whose ceiling keeps a 16th position
+        k = torch.clamp(torch.ceil(q * n.double() - 1e-9), min=1).to(n.dtype)
         # rank of each position by divergence within its response (masked positions last)
         order = torch.where(mask, d, torch.full_like(d, -math.inf)).argsort(-1, descending=True).argsort(-1)
         weight = torch.where(order < k, n / k, torch.zeros_like(d))
     else:
         ratio = d / torch.where(moved, mean, torch.ones_like(mean))
+        # KL is +inf where the reference gives a sampled token probability 0; d_t / mean d then
+        # tends to n / (number of infinite positions) at those positions and 0 elsewhere
+        infinite = torch.isinf(d)
+        n_inf = infinite.sum(-1, keepdim=True)
+        ratio = torch.where(n_inf > 0, infinite * n / n_inf.clamp(min=1), ratio)
         weight = ratio if mode in ("js", "kl") else alpha + (1 - alpha) * ratio
     weight = torch.where(moved, weight, torch.ones_like(weight))
     return base * weight
