@@ -165,6 +165,8 @@ def test_flags_round_trip_through_the_parser(cls):
         changed["vllm_gpu_memory_utilization"] = 0.5
     if cls is DivergenceConfig:
         changed.update(high_js_quantile=0.9, high_js_cut=0.1)
+    if cls is AdvantageExperimentConfig:
+        changed.update(q=0.3, alpha=0.25)  # shares, at most 1
     expected = cls(**changed)
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 

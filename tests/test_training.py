@@ -206,3 +206,17 @@ def test_advantage_tables_do_not_depend_on_row_order():
     for i in range(4):
         again = advantage_tables(evals.sample(fraction=1.0, shuffle=True, seed=i))["comparison"]
         assert again.sort("variant").equals(first.sort("variant")), i
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--q", "0"), ("--q", "1.5"), ("--alpha", "2")])
+def test_advantage_run_refuses_a_bad_share_before_training(tmp_path, capsys, flag, value):
+    """q and alpha out of range are refused with the key named, before any model is loaded (the
+    base here does not exist), not by weighted_advantages after the first evaluation."""
+    from tokenshift.cli import main
+
+    argv = ["advantages", "run", "--base", str(tmp_path / "none"), "--variant", "topq", "--seed", "0"]
+    assert main(argv + [flag, value, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag[2:]} {value}" in err and "no such" not in err.lower()
+    with pytest.raises(ValueError, match=f"advantage_{flag[2:]}"):
+        GRPOConfig(advantage="topq", **{f"advantage_{flag[2:]}": float(value)})

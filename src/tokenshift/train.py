@@ -85,6 +85,10 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         if self.advantage not in MODES:
             raise ValueError(f"advantage weighting {self.advantage!r}: expected one of {MODES}")
+        if not 0 < self.advantage_q <= 1:
+            raise ValueError(f"advantage_q {self.advantage_q}: expected a share in (0, 1]")
+        if not 0 <= self.advantage_alpha <= 1:
+            raise ValueError(f"advantage_alpha {self.advantage_alpha}: expected a value in [0, 1]")
 
 
 @dataclass(frozen=True)

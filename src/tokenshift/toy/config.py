@@ -85,6 +85,13 @@ class AdvantageExperimentConfig:
         1, "torch CPU threads per run (results depend on it); one lets two runs share 2 cores", minimum=1
     )
 
+    def __post_init__(self) -> None:
+        # refused here, not by tokenshift.advantages after the first evaluation of a run
+        if not 0 < self.q <= 1:
+            raise ValueError(f"q {self.q}: expected a share in (0, 1]")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"alpha {self.alpha}: expected a value in [0, 1]")
+
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> AdvantageExperimentConfig:
         return from_mapping(cls, m)
