@@ -220,3 +220,47 @@ def test_advantage_run_refuses_a_bad_share_before_training(tmp_path, capsys, fla
     assert f"{flag[2:]} {value}" in err and "no such" not in err.lower()
     with pytest.raises(ValueError, match=f"advantage_{flag[2:]}"):
         GRPOConfig(advantage="topq", **{f"advantage_{flag[2:]}": float(value)})
+
+
+def test_checkpoints_of_lists_what_the_build_saved_and_refuses_anything_else(tmp_path, toy_tokenizer):
+    """The intermediate checkpoints are those the build record says were saved (every
+    ``checkpoint_every`` of ``grpo_steps``): one missing (deleted, or a build killed before it),
+    one left by an earlier build into the same directory, one without its manifest, or one whose
+    weights changed after it are refused by name, never silently dropped or mixed in."""
+    import shutil
+
+    from conftest import save_checkpoint
+
+    from tokenshift.io import InputError, write_json_atomic
+    from tokenshift.models import ModelFetchError
+
+    rl = save_checkpoint(tmp_path / "rl", toy_tokenizer)
+    write_json_atomic(rl / "toy_build.json", {"build": {"grpo_steps": 6, "checkpoint_every": 2}})
+    write_manifest(rl, name="rl", spec={"toy": "rl", "init": "base"})
+
+    def step(k: int, *, manifest: bool = True):
+        ckpt = save_checkpoint(rl / "checkpoints" / f"step-{k}", toy_tokenizer, seed=k)
+        if manifest:
+            write_manifest(ckpt, name=f"rl@step-{k}", spec={"toy": "rl", "step": k})
+        return ckpt
+
+    step(2)
+    with pytest.raises(InputError, match="step-4"):  # missing
+        checkpoints_of(rl)
+    step(4)
+    assert [(s, c.name) for s, c in checkpoints_of(rl)] == [(2, "step-2"), (4, "step-4"), (6, "rl")]
+    stale = step(8)  # an earlier, longer build's
+    with pytest.raises(InputError, match="step-8"):
+        checkpoints_of(rl)
+    shutil.rmtree(stale)
+    stale.with_suffix(".json").unlink()
+    shutil.rmtree(rl / "checkpoints" / "step-4")
+    (rl / "checkpoints" / "step-4.json").unlink()
+    step(4, manifest=False)  # killed while saving: no manifest yet
+    with pytest.raises(InputError, match="step-4"):
+        checkpoints_of(rl)
+    step(4)
+    # weights rewritten after the manifest (another size, so not taken as unchanged by stat)
+    (rl / "checkpoints" / "step-2" / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(ModelFetchError, match="step-2"):
+        checkpoints_of(rl)

@@ -29,7 +29,7 @@ import torch
 
 from tokenshift.generation import sample
 from tokenshift.grading import Grader
-from tokenshift.io import read_json, read_parquet, write_parquet_atomic
+from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
 from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
 from tokenshift.stats import mean_ci
 from tokenshift.toy.build import run_grpo, toy_sampling
@@ -173,15 +173,28 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
 
 
 def checkpoints_of(rl: Path | str) -> list[tuple[int, Path]]:
-    """(GRPO step, checkpoint) of a toy RL model's intermediate checkpoints and its final one."""
+    """(GRPO step, checkpoint) of a toy RL model's intermediate checkpoints and its final one.
+
+    The intermediate ones are those its build record says the build saved (every
+    ``checkpoint_every`` GRPO steps); one missing, or one more (left by an earlier build into the
+    same directory), is an ``InputError`` naming it."""
     final = resolve_checkpoint(rl)
-    steps = read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]["grpo_steps"]
-    found = []
-    for d in sorted((final / "checkpoints").glob("step-*")):
+    build = read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]
+    steps, every = build["grpo_steps"], build.get("checkpoint_every", 0)
+    saved = set(range(every, steps, every)) if every else set()
+    found = {}
+    for d in (final / "checkpoints").glob("step-*"):
         m = re.fullmatch(r"step-(\d+)", d.name)
         if m and d.is_dir():
-            found.append((int(m.group(1)), resolve_checkpoint(d.with_suffix(".json"))))
-    return sorted(found) + [(steps, final)]
+            found[int(m.group(1))] = d
+    how = f"its build saves one every {every} of its {steps} GRPO steps" if every else "its build saved none"
+    if set(found) - saved:
+        extra = ", ".join(found[k].name for k in sorted(set(found) - saved))
+        raise InputError(f"{final}: checkpoints {extra} are not of this build ({how}); remove them")
+    if saved - set(found):
+        missing = ", ".join(f"step-{k}" for k in sorted(saved - set(found)))
+        raise InputError(f"{final}: checkpoints {missing} are missing ({how}); build the model again")
+    return [(k, resolve_checkpoint(found[k].with_suffix(".json"))) for k in sorted(found)] + [(steps, final)]
 
 
 def shifts_over_training(base: Path | str, rl: Path | str, *, n_problems: int) -> pl.DataFrame:
