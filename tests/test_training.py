@@ -264,3 +264,22 @@ def test_checkpoints_of_lists_what_the_build_saved_and_refuses_anything_else(tmp
     (rl / "checkpoints" / "step-2" / "model.safetensors").write_bytes(b"not the weights")
     with pytest.raises(ModelFetchError, match="step-2"):
         checkpoints_of(rl)
+
+
+def test_advantage_tables_refuse_runs_that_are_not_comparable():
+    """Runs of another length (or on other problems), or one run given twice, are refused naming
+    them: the comparison at the last round gave a NaN accuracy and no difference for the shorter run."""
+    from tokenshift.io import InputError
+
+    def run(variant, seed, steps=(0, 4), ids="abc"):
+        return [
+            {"variant": variant, "seed": seed, "step": s, "problem_id": p, "correct": 1.0} for s in steps for p in ids
+        ]
+
+    with pytest.raises(InputError, match=r"js seed 0.*rounds \[0, 2\]"):
+        advantage_tables(pl.DataFrame(run("none", 0) + run("js", 0, steps=(0, 2))))
+    with pytest.raises(InputError, match="js seed 1"):
+        advantage_tables(pl.DataFrame(run("none", 1) + run("js", 1, ids="abd")))
+    with pytest.raises(InputError, match=r"none seed 0.*more than once"):
+        advantage_tables(pl.DataFrame(run("none", 0) + run("none", 0) + run("js", 0)))
+    assert advantage_tables(pl.DataFrame(run("none", 0) + run("js", 0)))["comparison"].height == 2

@@ -120,7 +120,9 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
     """``curve``: accuracy per variant and evaluated round (mean over seeds, the seeds' range);
     ``comparison``: at the last round, each variant's accuracy (bootstrap 95% CI over problems of
     the per-problem mean over seeds) and its paired difference from ``none`` (same seed and
-    problem), with the seeds on which it was ahead."""
+    problem), with the seeds on which it was ahead. Every run must have been evaluated at the same
+    rounds on the same problems (an ``InputError`` names one that was not)."""
+    _check_comparable(evals)
     per_seed = evals.group_by("variant", "seed", "step").agg(pl.col("correct").mean().alias("accuracy"))
     curve = (
         per_seed.group_by("variant", "step")
@@ -170,6 +172,25 @@ def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.Data
     diffs = {"diff_vs_none": pl.Float64, "diff_ci_low": pl.Float64, "diff_ci_high": pl.Float64, "seeds_ahead": pl.Int64}
     comparison = pl.DataFrame(rows, schema_overrides=diffs)
     return {"curve": curve, "comparison": comparison}
+
+
+def _check_comparable(evals: pl.DataFrame) -> None:
+    """Refuse runs evaluated at other rounds or on other problems than the first, or given twice."""
+    first = None
+    for (variant, seed), run in evals.sort("variant", "seed").group_by("variant", "seed", maintain_order=True):
+        name = f"the run {variant} seed {seed}"
+        keys = run.select("step", "problem_id")
+        if keys.is_duplicated().any():
+            raise InputError(f"{name} is given more than once (its rounds and problems repeat)")
+        keys = set(keys.iter_rows())
+        if first is None:
+            first = (name, keys)
+        elif keys != first[1]:
+            rounds = lambda k: sorted({step for step, _ in k})
+            raise InputError(
+                f"{name} (rounds {rounds(keys)}) and {first[0]} (rounds {rounds(first[1])}) were not evaluated "
+                "at the same rounds on the same problems; compare runs of one experiment config"
+            )
 
 
 def checkpoints_of(rl: Path | str) -> list[tuple[int, Path]]:
