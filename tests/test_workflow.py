@@ -110,6 +110,11 @@ def _mutations():
             "crosssample.thresholds.random.percentile",
         ),
         ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "kl"])), "crosssample.policies[1]"),
+        (
+            "advantage-variants-without-the-baseline",
+            m(lambda c: c["advantages"].update(variants=["js", "topq"])),
+            "advantages.variants",
+        ),
         ("unknown-direction", m(lambda c: c["crosssample"].update(directions=["sideways"])), "sideways"),
         ("duplicate-pair-name", m(lambda c: add_pair(c, name="toy")), f"pairs[{len(DEFAULT['pairs'])}].name"),
         ("unknown-model", m(lambda c: c["pairs"][0].update(rl="toy-rll")), "pairs[0].rl"),
