@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import polars as pl
@@ -149,6 +150,8 @@ def test_rl_training_saves_checkpoints_with_manifests_along_the_way(short_base, 
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
     # the final model is the one a build without intermediate checkpoints makes
     plain = dataclasses.replace(SHORT, checkpoint_every=0)
+    # built into a directory an earlier build left checkpoints in: they are not this model's, and go
+    shutil.copytree(short_rl / "checkpoints", short_base / "rl-plain" / "checkpoints")
     build_rl(short_base / "base", short_base / "rl-plain", plain, progress=False)
     assert not (short_base / "rl-plain" / "checkpoints").exists()
     assert torch.equal(_params(load_causal_lm(short_base / "rl-plain", "cpu")), weights[-1])

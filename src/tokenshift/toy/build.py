@@ -14,6 +14,7 @@ differ: that is for the divergence stage to find.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, name: str = 
 
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
+    # checkpoints of an earlier build into the same directory are not this model's
+    shutil.rmtree(Path(out_dir) / "checkpoints", ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(init_dir)
     policy = AutoModelForCausalLM.from_pretrained(init_dir)
     grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, lr=cfg.grpo_lr, seed=cfg.seed, sampling=toy_sampling(cfg))
