@@ -349,6 +349,19 @@ def test_a_dropped_eos_never_ends_a_response(pair):
         SwitchRule(eos="keep")
 
 
+def test_an_empty_prompt_is_refused_naming_it(pair):
+    # a fully padded row has nothing to attend to: alone it crashed in the attention, beside other
+    # rows it decoded a response from nothing, silently
+    from tokenshift.crosssample import decode_alone
+
+    for prompts in ([[5, 6], []], [[]]):
+        with pytest.raises(ValueError, match=f"prompt {len(prompts) - 1} is empty"):
+            run(pair, prompts=prompts)
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=4)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        decode_alone(pair[0], [[5, 6], []], seeds=[1, 2], eos_id=None, pad_id=0, vocab_size=VOCAB, sampling=sampling)
+
+
 def test_budget_zero_is_the_same_run_under_every_policy(pair):
     runs = [
         run(pair, policy=p, budget=0, threshold=t)[1]

@@ -79,6 +79,15 @@ def test_bad_input_is_skipped_and_counted_or_refused(pair):
         score_rows(base, rl, [([1], [vocab + 3])], vocab_size=vocab, pad_id=0)
 
 
+def test_an_empty_prompt_is_refused_naming_its_row(pair):
+    # no position predicts the first response token: it must not shift the batch's other rows
+    # onto the wrong targets (or crash in a gather) but be refused before any forward
+    base, rl, vocab = pair
+    for rows in ([([1, 2], [3, 4]), ([], [5, 6, 7])], [([], [5, 6, 7])]):
+        with pytest.raises(ValueError, match=f"row {len(rows) - 1}: empty prompt"):
+            score_rows(base, rl, rows, vocab_size=vocab, pad_id=0)
+
+
 def test_nan_weights_are_refused(pair):
     base, rl, vocab = pair
     with torch.no_grad():

@@ -294,6 +294,7 @@ def cross_sample(
     them, ``sample_seed(seed, "", i)`` of its index), so a row's draw depends on nothing else in
     its batch, shard or job.
     """
+    _check_prompts(prompts)
     gen, other = (base, rl) if rule.direction == "forward" else (rl, base)
     models = (gen, other)
     was_training = [m.training for m in models]
@@ -403,6 +404,7 @@ def decode_alone(
     """One model's samples, one per prompt, each row on its own noise (``seeds``): the lockstep
     decoder with no second model, so a rollout and the forward budget-0 cross-sample of the same
     (problem, sample) draw the same tokens. Tokens are drawn from the first ``vocab_size`` logits."""
+    _check_prompts(prompts)
     was_training = model.training
     model.eval()
     kw = {"eos_id": eos_id, "pad_id": pad_id, "vocab_size": vocab_size, "sampling": sampling}
@@ -420,6 +422,13 @@ def decode_alone(
     finally:
         model.train(was_training)
     return out
+
+
+def _check_prompts(prompts: Sequence[Sequence[int]]) -> None:
+    # a fully padded row attends to nothing: it would decode from garbage, or crash alone
+    empty = next((i for i, p in enumerate(prompts) if len(p) == 0), None)
+    if empty is not None:
+        raise ValueError(f"prompt {empty} is empty: a response needs at least one prompt token to follow")
 
 
 def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> int | None:

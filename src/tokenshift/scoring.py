@@ -16,9 +16,10 @@ batch that still runs out of device memory is read in halves (``memory.halving_o
 Vocabulary: logits are sliced to the pair's shared tokenizer size (``vocab_size``), which drops
 embedding rows padded past the tokenizer (Qwen2.5: 151936 vs 152064 rows for 151665 tokens).
 
-Bad input never yields a silent number: a token id outside the shared vocabulary is an error
-naming the row; NaN logits (a broken checkpoint) are an error naming the model; an empty response
-or one that would not fit the model's context is skipped, counted and logged.
+Bad input never yields a silent number: a token id outside the shared vocabulary, or an empty
+prompt, is an error naming the row; NaN logits (a broken checkpoint) are an error naming the
+model; an empty response or one that would not fit the model's context is skipped, counted and
+logged.
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ def score_rows(
     skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
     keep = []
     for i, (p, r) in enumerate(rows):
+        if len(p) == 0:  # no position predicts the first response token
+            raise ValueError(f"row {i}: empty prompt: the first response token has no position to be scored at")
         if len(r) == 0:
             skipped["empty_response"].append(i)
         elif len(p) + len(r) > context:
