@@ -569,6 +569,26 @@ def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_che
     assert not (tmp_path / "x.parquet").exists()
 
 
+def test_a_level_without_a_percentile_and_a_manifest_without_a_pair_exit_2(
+    make_checkpoint, toy_problems, tmp_path, capsys
+):
+    from tokenshift.cli import main
+
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    out = tmp_path / "x.parquet"
+    args = crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward")[len(tokenshift_cmd()) :]
+    # --level applies to --percentile: with --threshold it was dropped, and the run switched at one
+    # threshold for every row instead of the per-prompt one asked for
+    assert main([*args, "--threshold", "0.1", "--level", "prompt"]) == 2
+    assert "--level prompt" in capsys.readouterr().err
+    manifest = tmp_path / "pair.json"
+    manifest.write_text('{"base": "a", "rl": "b"}')
+    assert main([*args, "--threshold", "0.1", "--pair", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert str(manifest) in err and "'pair'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_a_budget_beyond_the_length_limit_equals_no_limit(pair):
     _, capped = run(pair, budget=1000, threshold=0.05, max_new=12)
     _, unlimited = run(pair, budget=None, threshold=0.05, max_new=12)

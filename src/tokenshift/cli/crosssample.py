@@ -65,9 +65,16 @@ def register(sub) -> None:
 
 def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.crosssample import run_crosssample
-    from tokenshift.io import read_json
+    from tokenshift.io import InputError, read_json
     from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig, SamplingConfig
 
+    if args.level != "dataset" and args.percentile is None:
+        raise InputError(f"--level {args.level} needs --percentile: a fixed --threshold holds for every row")
+    pair = read_json(args.pair, "a pair manifest (tokenshift models check-pair)").get("pair") if args.pair else None
+    if args.pair and not isinstance(pair, str):
+        raise InputError(
+            f"{args.pair}: no 'pair' name (expected a pair manifest written by `tokenshift models check-pair`)"
+        )
     threshold = (
         {"threshold": args.threshold}
         if args.threshold is not None
@@ -85,7 +92,7 @@ def _crosssample(args: argparse.Namespace) -> None:
         budget=args.budget,
         threshold=threshold,
         scores=args.scores,
-        pair=read_json(args.pair, "a pair manifest (tokenshift models check-pair)")["pair"] if args.pair else None,
+        pair=pair,
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
         cfg=settings(CrossSampleConfig, args),
