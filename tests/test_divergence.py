@@ -102,3 +102,22 @@ def test_nan_logits_are_refused():
     a[2, 3] = math.nan
     with pytest.raises(ValueError, match="NaN"):
         token_stats(a, torch.randn(4, 10))
+
+
+def test_rows_without_a_distribution_are_refused():
+    # +inf (an fp16 overflow) or a row masked everywhere has no softmax: its statistics came back
+    # NaN, silently, where NaN logits are refused
+    b = torch.randn(3, 6)
+    for role, bad in (("base", math.inf), ("rl", -math.inf)):
+        a = torch.randn(3, 6)
+        if role == "base":
+            a[1, 2] = bad
+            args = (a, b)
+        else:
+            a[1, :] = bad
+            args = (b, a)
+        with pytest.raises(ValueError, match=f"{role} logits: row 1"):
+            token_stats(*args)
+    a = torch.randn(3, 6)
+    a[1, 2:] = -math.inf  # masked tokens alone are a distribution: computed, not refused
+    assert torch.isfinite(token_stats(a, b)["js"]).all()

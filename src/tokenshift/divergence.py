@@ -17,7 +17,8 @@ tensors, all in natural-log units (nats), computed in float32 whatever the input
 Numerically safe: terms with zero probability contribute 0 (0 log 0 = 0), ``-inf`` logits
 are zero probability, identical rows give exactly 0 for JS and both KLs. KL is +inf where
 one model puts mass on a token the other gives probability exactly 0 (as it must be).
-Rows whose logits contain NaN raise ``ValueError``: a broken checkpoint must not yield numbers.
+Rows whose logits contain NaN or +inf, or are ``-inf`` everywhere, raise ``ValueError``: a broken
+checkpoint must not yield numbers.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def token_stats(
         )
     if torch.isnan(logits_base).any() or torch.isnan(logits_rl).any():
         raise ValueError("NaN in logits: the checkpoint or its inputs are broken")
+    for role, x in (("base", logits_base), ("rl", logits_rl)):
+        # no softmax there: every statistic of the row would be NaN
+        bad = (torch.isposinf(x).any(-1) | torch.isneginf(x).all(-1)).nonzero()
+        if len(bad):
+            raise ValueError(f"{role} logits: row {int(bad[0])} has a +inf logit or none finite: no distribution")
     return token_stats_unchecked(logits_base, logits_rl, top_k=top_k, candidates=candidates)
 
 
