@@ -208,3 +208,42 @@ def test_each_model_top_candidates_are_its_most_probable_tokens(pair):
         np.testing.assert_allclose(np.take_along_axis(probs, ids.astype(np.int64), -1), got, rtol=1e-4, atol=1e-6)
     none = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(top_k_candidates=0))
     assert not {"top_ids_base", "top_probs_rl"} & set(none.columns)
+
+
+def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_tokenizer):
+    # more jobs than batches: a part scores nothing, and its empty table must have the columns'
+    # types, or the gather refuses to stack it with the others (it had Float64 ids and positions)
+    import polars as pl
+
+    from tokenshift.models import check_pair, write_manifest
+    from tokenshift.registry import SCORE_ORDER
+    from tokenshift.scoring import run_scoring
+    from tokenshift.sharding import gather_parts
+
+    models = {}
+    for role, seed in (("base", 0), ("rl", 1)):
+        save_checkpoint(tmp_path / role, toy_tokenizer, seed=seed)
+        write_manifest(tmp_path / role, name=role, spec={"path": str(tmp_path / role)})
+        models[role] = tmp_path / f"{role}.json"
+    check_pair("p", models["base"], models["rl"], tmp_path / "pair.json")
+    rows = rows_for(len(toy_tokenizer), n=2)
+    rollouts = tmp_path / "rollouts.parquet"
+    pl.DataFrame(
+        {
+            "problem_id": ["a", "b"],
+            "sample_index": [0, 0],
+            "correct": [True, False],
+            "prompt_ids": [p for p, _ in rows],
+            "response_ids": [r for _, r in rows],
+        }
+    ).write_parquet(rollouts)
+    cfg = ScoringConfig(top_k_candidates=2)
+    args = (models["base"], models["rl"], tmp_path / "pair.json", rollouts, "base")
+    whole = run_scoring(*args, tmp_path / "whole.parquet", cfg=cfg)
+    parts = [tmp_path / f"part{i}.parquet" for i in (1, 2, 3)]
+    for i, out in enumerate(parts, 1):
+        run_scoring(*args, out, cfg=cfg, part=Part(i, 3))
+    assert pl.read_parquet(parts[-1]).height == 0
+    gathered = gather_parts(parts, tmp_path / "gathered.parquet", sort_by=SCORE_ORDER)
+    assert gathered.schema == whole.schema
+    assert gathered.equals(whole)

@@ -58,6 +58,16 @@ STAT_COLUMNS = (
     "p_rl_of_rl_top1",
 )
 OUT_COLUMNS = ("row", "position", "norm_position", "token_id", "logp_base", "logp_rl", *STAT_COLUMNS)
+INTEGER_COLUMNS = {
+    "row": np.int64,
+    "position": np.int32,
+    "token_id": np.int32,
+    "rl_top1_rank_in_base": np.int64,
+    "base_top1_rank_in_rl": np.int64,
+    "top_ids_base": np.int32,
+    "top_ids_rl": np.int32,
+}
+"""The integer columns' dtypes as ``_score_batch`` returns them (the others are float32), for an empty part."""
 
 
 @dataclass
@@ -228,8 +238,12 @@ def score_rows(
         )
         for k, v in scored.items():
             out[k].append(v)
+    # no batch (a part of more parts than batches): empty columns of the types the others have, so the parts stack
     columns = {
-        k: (np.concatenate(v) if v else np.zeros((0, k_cand) if k in CANDIDATE_COLUMNS else 0)) for k, v in out.items()
+        k: np.concatenate(v)
+        if v
+        else np.zeros((0, k_cand) if k in CANDIDATE_COLUMNS else 0, dtype=INTEGER_COLUMNS.get(k, np.float32))
+        for k, v in out.items()
     }
     return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
 
