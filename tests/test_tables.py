@@ -95,3 +95,23 @@ def test_tables_stack_sources_with_labels(scores):
     assert set(tables) == {"sparsity", "position", "entropy", "reallocation"}
     for t in tables.values():
         assert set(t["source"]) == {"base", "rl"} and set(t["pair"]) == {"p"}
+
+
+def test_a_score_table_without_positions_is_refused_naming_it(scores, tmp_path):
+    # every response empty or skipped: the tables' quantiles are None, and the stage died in a
+    # TypeError traceback; it must say which file holds nothing, and write no table
+    from tokenshift.io import InputError
+    from tokenshift.tables import SCORE_COLUMNS, write_divergence
+
+    full = scores.with_columns(
+        pl.lit("p").alias("problem_id"),
+        pl.lit(0).alias("sample_index"),
+        pl.lit(0).alias("position"),
+        pl.lit(0).alias("token_id"),
+    ).select(SCORE_COLUMNS)
+    full.write_parquet(tmp_path / "base.parquet")
+    full.clear().write_parquet(tmp_path / "rl.parquet")
+    paths = {"base": tmp_path / "base.parquet", "rl": tmp_path / "rl.parquet"}
+    with pytest.raises(InputError, match=f"{tmp_path / 'rl.parquet'}: no scored positions"):
+        write_divergence(paths, tmp_path / "out", pair="p", dataset="d")
+    assert not (tmp_path / "out").exists()

@@ -452,6 +452,11 @@ def write_divergence(
     frames = {
         src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS) for src, path in scores.items()
     }
+    for src, frame in frames.items():
+        if frame.height == 0:  # no distribution to take quantiles of: say so, not a TypeError deep in a table
+            raise InputError(
+                f"{scores[src]}: no scored positions (every {src} response was empty or skipped; see the scoring log)"
+            )
     labels = {"pair": pair, "dataset": dataset}
     tables = divergence_tables(frames, labels, cfg)
     toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
