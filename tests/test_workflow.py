@@ -162,6 +162,28 @@ def _mutations():
             m(lambda c: c["datasets"]["toy"].update(template="Solve: {question}")),
             "datasets.toy.template",
         ),
+        # a template is filled by str.format: single braces elsewhere (\\boxed{}) break it, and one
+        # without {question} gives every problem the same prompt
+        (
+            "template-with-single-braces",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": "{question} \\boxed{}"}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "datasets.h.template",
+        ),
+        (
+            "template-without-question",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": "Solve it."}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "datasets.h.template",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (

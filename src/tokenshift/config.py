@@ -123,6 +123,13 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             )
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
+        if "toy" not in spec:
+            from tokenshift.settings import PromptConfig
+
+            try:
+                PromptConfig.for_dataset(spec)
+            except ValueError as e:
+                raise ConfigError(f"datasets.{name}.template", spec.get("template"), str(e)) from None
         if "toy" in spec:
             ignored = sorted(set(spec) - TOY_DATASET_KEYS)
             if ignored:

@@ -139,6 +139,9 @@ class PromptConfig:
                 f"prompt template {self.template!r}: only {{question}} may be replaced; double other "
                 f"braces ({{{{ and }}}}): {e}"
             ) from None
+        # without the field every problem would get the same prompt, the question silently dropped
+        if "\0" not in self.template.format(question="\0"):
+            raise ValueError(f"prompt template {self.template!r} has no {{question}}: the question would be dropped")
 
 
 @dataclass(frozen=True)
