@@ -100,8 +100,16 @@ def dataset_cmd(path, out):
         (b'{"id": 1, "problem": "1+1", "answer": null}\n', ["row 0", "empty gold answer"]),
         (b'{"id": 1, "problem": "1+1", "answer": ""}\n', ["row 0", "empty gold answer"]),
         (b"[1, 2]\n", ["set.jsonl:1", "not a JSON object"]),
+        # a null id became the problem id 'None'
+        (b'{"id": null, "problem": "1+1", "answer": "2"}\n', ["row 0", "'id'"]),
+        # str() of a list of answers is no answer math-verify parses: every response graded wrong
+        (b'{"id": 1, "problem": "1+1", "answer": ["2"]}\n', ["row 0", "'answer'", "list"]),
+        (
+            b'{"id": "a", "problem": "1+1", "answer": "2"}\n{"id": "a", "problem": "2+2", "answer": "4"}\n',
+            ["'a'", "rows 0 and 1"],
+        ),
     ],
-    ids=["non-utf8", "row-without-id", "null-gold", "empty-gold", "not-an-object"],
+    ids=["non-utf8", "row-without-id", "null-gold", "empty-gold", "not-an-object", "null-id", "list-gold", "dup-id"],
 )
 def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
     path = tmp_path / "set.jsonl"
@@ -109,6 +117,17 @@ def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content
     r = run(dataset_cmd(path, tmp_path / "d.parquet"))
     one_line_error(r, *needles)
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_a_jsonl_saved_with_a_byte_order_mark_loads(tmp_path):
+    # Windows editors write UTF-8 with a BOM; json.loads refuses it on the first line
+    path = tmp_path / "set.jsonl"
+    path.write_bytes('{"id": 1, "problem": "1+1", "answer": "2"}\n'.encode("utf-8-sig"))
+    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    assert r.returncode == 0, r.stderr
+    from tokenshift.datasets import read_problems
+
+    assert [(p.problem_id, p.question, p.answer) for p in read_problems(tmp_path / "d.parquet")] == [("1", "1+1", "2")]
 
 
 def test_a_hub_dataset_is_read_at_the_commit_its_manifest_records(tmp_path, monkeypatch, caplog):

@@ -101,6 +101,12 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                     f"dataset {name!r}: row {i} has no field {field!r} (fields: {sorted(row)}); "
                     f"set question_field / answer_field / id_field"
                 )
+            if isinstance(row[field], list | tuple | dict):
+                # str() of a list of answers is no answer the grader parses: every response would be wrong
+                raise DatasetError(
+                    f"dataset {name!r}: row {i} has a {type(row[field]).__name__} in {field!r} "
+                    f"({row[field]!r:.80}); it must be text or a number"
+                )
         if row[a] is None or not str(row[a]).strip():
             raise DatasetError(
                 f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
@@ -108,13 +114,20 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
             )
         if row[q] is None or not str(row[q]).strip():
             raise DatasetError(f"dataset {name!r}: row {i} has an empty question in {q!r}")
+        if spec.id_field and (row[spec.id_field] is None or not str(row[spec.id_field]).strip()):
+            raise DatasetError(f"dataset {name!r}: row {i} has an empty problem id in {spec.id_field!r}")
         pid = str(row[spec.id_field]) if spec.id_field else f"{name}-{i:05d}"
         out.append((Problem(pid, str(row[q]), str(row[a])), {}))
     if not out:
         raise DatasetError(f"dataset {name!r} has no problems")
-    ids = [p.problem_id for p, _ in out]
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"dataset {name!r}: problem ids in {spec.id_field!r} are not unique")
+    first: dict[str, int] = {}
+    for i, (p, _) in enumerate(out):
+        if p.problem_id in first:
+            raise DatasetError(
+                f"dataset {name!r}: problem ids in {spec.id_field!r} are not unique: {p.problem_id!r} is the id "
+                f"of rows {first[p.problem_id]} and {i}"
+            )
+        first[p.problem_id] = i
     return (out[: spec.n_problems] if spec.n_problems else out), commit
 
 
@@ -145,7 +158,7 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
             raise DatasetError(f"dataset {name!r}: file {str(path)!r} does not exist")
         if path.suffix == ".jsonl":
             try:
-                text = path.read_text(encoding="utf-8")
+                text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is dropped
             except UnicodeDecodeError as e:
                 raise DatasetError(
                     f"dataset {name!r}: {path} is not UTF-8 text (byte {e.start}: "
