@@ -72,6 +72,17 @@ def test_missing_local_checkpoint_exits_2_naming_it(tmp_path):
     assert "nope" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_check_pair_of_checkpoints_without_manifests_names_the_missing_manifest(make_checkpoint, tmp_path):
+    # the pair manifest takes embedding rows and tokenizer hashes from the model manifests
+    base, rl = make_checkpoint("a"), make_checkpoint("b", seed=1)
+    r = run(
+        tokenshift_cmd()
+        + ["models", "check-pair", "p", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "p.json")]
+    )
+    one_line_error(r, f"{tmp_path / 'a.json'}: no such file", "models fetch")
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_unknown_toy_setting_exits_2_naming_it(tmp_path):
     r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr

@@ -426,8 +426,8 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
     """Compare a pair's checkpoints (directories or manifests) and write ``out``, the pair manifest
     with the shared vocabulary size."""
     base_dir, rl_dir = resolve_checkpoint(base), resolve_checkpoint(rl)
-    mb = json.loads(manifest_path(base_dir).read_text())
-    mr = json.loads(manifest_path(rl_dir).read_text())
+    what = "a checkpoint manifest: materialise the checkpoint with `tokenshift models fetch` first"
+    mb, mr = read_json(manifest_path(base_dir), what), read_json(manifest_path(rl_dir), what)
     try:
         shared = compare_tokenizer_dirs(base_dir, rl_dir)
     except TokenizerMismatch as e:
