@@ -17,6 +17,7 @@ from tokenshift.models import (
     ModelFetchError,
     TokenizerMismatch,
     check_pair,
+    compare_tokenizer_dirs,
     compare_tokenizers,
     fetch_model,
     manifest_path,
@@ -145,6 +146,19 @@ def test_silent_tokenizer_rebuild_is_an_error(tmp_path, toy_tokenizer):
     ckpt = save_checkpoint(tmp_path / "rebuilt", tok)
     with pytest.raises(TokenizerMismatch, match="rebuilt the tokenizer"):
         write_manifest(ckpt, name="rebuilt", spec={"path": str(ckpt)})
+
+
+def test_checkpoint_without_tokenizer_files_is_refused(make_checkpoint, tmp_path):
+    # transformers would build an empty tokenizer from the model type; it "shares" one token with any other
+    a, b = make_checkpoint("a"), make_checkpoint("b", seed=1)
+    for f in b.iterdir():
+        if f.name.startswith("tokenizer"):
+            f.unlink()
+    with pytest.raises(ModelFetchError, match="has no tokenizer"):
+        compare_tokenizer_dirs(a, b)
+    with pytest.raises(ModelFetchError, match="has no tokenizer"):
+        fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
+    assert not manifest_path(tmp_path / "m" / "b").exists()
 
 
 def test_pair_with_identical_tokenizers_passes(make_checkpoint, tmp_path):

@@ -221,6 +221,19 @@ def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer
     assert f"pairs[{len(DEFAULT['pairs'])}].rl" in out and "token ids differ" in out
 
 
+def test_local_checkpoint_without_its_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    for f in (tmp_path / "ckpt" / "b").glob("tokenizer*"):
+        f.unlink()
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "config key models.b.path" in r.stdout + r.stderr and "tokenizer" in r.stdout + r.stderr
+
+
 def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer):
     save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     config = copy.deepcopy(DEFAULT)

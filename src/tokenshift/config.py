@@ -96,6 +96,15 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
+            from tokenshift.models import TOKENIZER_FILES, has_tokenizer
+
+            if not spec.get("trust_remote_code") and not has_tokenizer(p):
+                raise ConfigError(
+                    f"models.{name}.path",
+                    spec["path"],
+                    f"expected a checkpoint with its tokenizer (one of {', '.join(TOKENIZER_FILES)}); "
+                    "a tuned model's is its base model's: copy it in",
+                )
         if source == "toy" and spec["toy"] in ("rl", "sft"):
             init = spec["init"]
             if init not in models:

@@ -38,6 +38,8 @@ ROUNDTRIP_TEXTS = (
     "  Indented text,\nnew lines\tand tabs; unicode: π ≈ 3.14159, naïve café, 数学.",
 )
 WEIGHT_SUFFIXES = (".safetensors",)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model", "*.tiktoken")
+"""A checkpoint's tokenizer is one of these (Hugging Face fast, BPE, WordPiece, SentencePiece, tiktoken)."""
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 
 
@@ -83,9 +85,21 @@ def check_tokenizer_roundtrip(ckpt_dir: Path, tokenizer) -> None:
             raise TokenizerMismatch(f"{ckpt_dir}: tokenizer does not round-trip {text!r}: decoded {back!r}")
 
 
+def has_tokenizer(ckpt_dir: Path | str) -> bool:
+    """Whether a checkpoint directory holds tokenizer files (RL trainers may save the weights alone)."""
+    return any(fnmatch.fnmatch(f.name, p) for f in Path(ckpt_dir).iterdir() for p in TOKENIZER_FILES)
+
+
 def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    # without its files transformers builds an empty tokenizer from the model type, which every
+    # other tokenizer "extends", so a pair would pass with one shared token
+    if not trust_remote_code and not has_tokenizer(ckpt_dir):
+        raise ModelFetchError(
+            f"{ckpt_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "with the checkpoint (a tuned model's is its base model's)"
+        )
     return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
 
 
