@@ -191,6 +191,20 @@ def test_a_hub_dataset_is_read_at_the_commit_its_manifest_records(tmp_path, monk
     assert json.loads((tmp_path / "local.json").read_text())["commit"] is None
 
 
+def test_a_hub_dataset_without_a_revision_is_refused(tmp_path):
+    # the config schema requires one, the command line did not: the hub's newest copy was read, unrecorded
+    repo = tmp_path / "org" / "aime"
+    repo.mkdir(parents=True)
+    (repo / "test.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    out = tmp_path / "aime.parquet"
+    r = run(
+        tokenshift_cmd() + ["dataset", "aime", "--hub", str(repo), "--out", str(out)],
+        env={"HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
+    )
+    one_line_error(r, "dataset 'aime'", "--revision")
+    assert not out.exists()
+
+
 def test_a_file_that_is_not_parquet_is_named(tmp_path):
     fake = tmp_path / "rollouts.parquet"
     fake.write_text("problem_id,correct\np1,true\n")  # a CSV under a parquet name

@@ -186,10 +186,15 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                 ) from None
         raise DatasetError(f"dataset {name!r}: {path} must be .jsonl or .parquet")
+    if not spec.revision:
+        raise DatasetError(
+            f"dataset {name!r}: hub dataset {spec.hub!r} needs a revision (config `revision:`, --revision), "
+            "a commit, so that a rerun reads the same problems"
+        )
     import datasets
 
     # the branch resolved once, then loaded at that commit: what is recorded is what was read
-    commit = hub_commit(spec.hub, spec.revision) if spec.revision else None
+    commit = hub_commit(spec.hub, spec.revision)
     try:
         ds = datasets.load_dataset(spec.hub, revision=commit or spec.revision, split=spec.split or "test")
     except Exception as e:
