@@ -129,6 +129,17 @@ def _mutations():
         ("missing-local-path", m(lambda c: c["models"].update(loc={"path": "no/such/dir"})), "models.loc.path"),
         ("name-with-slash", m(lambda c: c["models"].update({"a/b": {"toy": "base"}})), "a/b"),
         ("base-equals-rl", m(lambda c: c["pairs"][0].update(rl="toy-base")), "pairs[0].rl"),
+        # two names for one checkpoint: every divergence would be zero
+        (
+            "base-and-rl-one-hub-checkpoint",
+            m(
+                lambda c: (
+                    c["models"].update(q={"hub": "o/m", "revision": "r"}, q2={"hub": "o/m", "revision": "r"}),
+                    c["pairs"].append({"name": "qq", "base": "q", "rl": "q2"}),
+                )
+            ),
+            f"pairs[{len(DEFAULT['pairs'])}].rl",
+        ),
         (
             "missing-dataset-file",
             m(lambda c: c["datasets"].update(aime={"path": "no/aime.jsonl"})),

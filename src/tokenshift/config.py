@@ -186,6 +186,12 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 raise ConfigError(f"{key}.{role}", pair[role], f"expected one of the models: {sorted(models)}")
         if pair["base"] == pair["rl"]:
             raise ConfigError(f"{key}.rl", pair["rl"], "base and rl must be two different models")
+        if _same_checkpoint(models[pair["base"]], models[pair["rl"]], base_dir):
+            raise ConfigError(
+                f"{key}.rl",
+                pair["rl"],
+                f"base and rl must be two different models; {pair['base']!r} is the same checkpoint",
+            )
         for ds in pair.get("datasets", []):
             if ds not in datasets:
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
@@ -208,6 +214,13 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
 def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The sampling settings of ``dataset``: the top-level ``sampling`` with its own overrides."""
     return {**config.get("sampling", {}), **config.get("datasets", {}).get(dataset, {}).get("sampling", {})}
+
+
+def _same_checkpoint(a: Mapping, b: Mapping, base_dir: Path) -> bool:
+    """Whether two model specs name one checkpoint (one local directory, or one hub id at one revision)."""
+    if "path" in a and "path" in b:
+        return (base_dir / a["path"]).resolve() == (base_dir / b["path"]).resolve()
+    return "hub" in a and "hub" in b and (a["hub"], a["revision"]) == (b["hub"], b["revision"])
 
 
 def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:
