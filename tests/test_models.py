@@ -161,6 +161,19 @@ def test_checkpoint_without_tokenizer_files_is_refused(make_checkpoint, tmp_path
     assert not manifest_path(tmp_path / "m" / "b").exists()
 
 
+def test_a_failed_refetch_leaves_no_manifest_behind(make_checkpoint, tmp_path):
+    src = make_checkpoint("src")
+    out = tmp_path / "m" / "m"
+    fetch_model("m", {"path": str(src)}, out)
+    # the weights are unchanged, the tokenizer is now broken: the old manifest would pass verification
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Lowercase"}
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(TokenizerMismatch):
+        fetch_model("m", {"path": str(src)}, out)
+    assert not manifest_path(out).exists()
+
+
 def test_pair_with_identical_tokenizers_passes(make_checkpoint, tmp_path):
     a, b = make_checkpoint("a"), make_checkpoint("b", seed=1)
     fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")

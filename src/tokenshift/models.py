@@ -253,6 +253,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     else:
         raise ModelFetchError(f"model {name!r}: fetch_model handles path and hub specs, got {dict(spec)}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # an earlier fetch's manifest would vouch for the new files if verifying them fails
+    manifest_path(out_dir).unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         for f in linked_files(src, trust):
