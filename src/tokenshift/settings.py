@@ -11,6 +11,7 @@ nothing here imports torch, so the workflow can read these while it builds the D
 from __future__ import annotations
 
 import dataclasses
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -140,7 +141,7 @@ class PromptConfig:
                 f"braces ({{{{ and }}}}): {e}"
             ) from None
         # without the field every problem would get the same prompt, the question silently dropped
-        if "\0" not in self.template.format(question="\0"):
+        if "question" not in (field for _, field, _, _ in string.Formatter().parse(self.template)):
             raise ValueError(f"prompt template {self.template!r} has no {{question}}: the question would be dropped")
 
 
