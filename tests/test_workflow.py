@@ -248,6 +248,20 @@ def test_local_checkpoint_without_its_tokenizer_fails_at_once(tmp_path, toy_toke
     assert "config key models.b.path" in r.stdout + r.stderr and "tokenizer" in r.stdout + r.stderr
 
 
+def test_local_checkpoint_with_a_damaged_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    tok = tmp_path / "ckpt" / "b" / "tokenizer.json"
+    tok.write_text(tok.read_text()[:1000])  # a partial copy
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert f"config key pairs[{len(DEFAULT['pairs'])}].rl" in out and "tokenizer does not load" in out
+
+
 def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer):
     save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     config = copy.deepcopy(DEFAULT)

@@ -234,10 +234,19 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         )
     if sources == ("path", "path"):
         # both checkpoints are here: compare their tokenizers now rather than after hours of work
-        from tokenshift.models import TokenizerMismatch, compare_tokenizer_dirs
+        from tokenshift.models import TokenizerMismatch, compare_tokenizers, load_tokenizer
 
+        tokenizers = []
+        for role, spec in (("base", base), ("rl", rl)):
+            try:
+                tokenizers.append(load_tokenizer(base_dir / spec["path"]))
+            except Exception as e:  # a damaged or partly copied tokenizer: name it, not a traceback
+                first = str(e).splitlines()[0] if str(e) else ""
+                raise ConfigError(
+                    f"{key}.{role}", spec["path"], f"its tokenizer does not load ({type(e).__name__}: {first})"
+                ) from None
         try:
-            compare_tokenizer_dirs(base_dir / base["path"], base_dir / rl["path"])
+            compare_tokenizers(*tokenizers)
         except TokenizerMismatch as e:
             raise ConfigError(
                 f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}"
