@@ -174,6 +174,16 @@ def test_a_failed_refetch_leaves_no_manifest_behind(make_checkpoint, tmp_path):
     assert not manifest_path(out).exists()
 
 
+@pytest.mark.parametrize("where", ["itself", "its parent"])
+def test_fetch_into_its_own_source_is_refused_and_deletes_nothing(make_checkpoint, tmp_path, where):
+    # replacing the output directory would delete the checkpoint the links point at
+    src = make_checkpoint("ckpts/src")
+    out = src if where == "itself" else src.parent
+    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "source" in r.stderr, r.stderr
+    assert (src / "model.safetensors").is_file() and not (src / "model.safetensors").is_symlink()
+
+
 def test_pair_with_identical_tokenizers_passes(make_checkpoint, tmp_path):
     a, b = make_checkpoint("a"), make_checkpoint("b", seed=1)
     fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")

@@ -252,6 +252,10 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
         src = _snapshot(name, spec)
     else:
         raise ModelFetchError(f"model {name!r}: fetch_model handles path and hub specs, got {dict(spec)}")
+    if out_dir.resolve() == src or out_dir.resolve() in src.parents:
+        raise ModelFetchError(
+            f"model {name!r}: {out_dir} holds its source {src}: fetching would replace the source's files with links"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # an earlier fetch's manifest would vouch for the new files if verifying them fails
     manifest_path(out_dir).unlink(missing_ok=True)
