@@ -262,6 +262,17 @@ def test_local_checkpoint_with_a_damaged_tokenizer_fails_at_once(tmp_path, toy_t
     assert f"config key pairs[{len(DEFAULT['pairs'])}].rl" in out and "tokenizer does not load" in out
 
 
+def test_local_checkpoint_inside_the_workflows_model_folder_is_refused(tmp_path, toy_tokenizer):
+    # resources/models/<name> is the fetch job's output, which Snakemake deletes before running it
+    save_checkpoint(tmp_path / "resources" / "models" / "a", toy_tokenizer)
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["a"] = {"path": "resources/models/a"}
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "config key models.a.path" in r.stdout + r.stderr
+    assert (tmp_path / "resources" / "models" / "a" / "model.safetensors").is_file()
+
+
 def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer):
     save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     config = copy.deepcopy(DEFAULT)

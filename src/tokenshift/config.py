@@ -88,6 +88,14 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         source = model_source(spec)
         if source == "path":
             p = base_dir / spec["path"]
+            models_dir = (base_dir / "resources" / "models").resolve()
+            if p.resolve() == models_dir or models_dir in p.resolve().parents:
+                # the fetch job's output: Snakemake deletes it before the job runs, the checkpoint with it
+                raise ConfigError(
+                    f"models.{name}.path",
+                    spec["path"],
+                    "expected a checkpoint outside resources/models/, where the workflow writes its own",
+                )
             if not p.is_dir():
                 raise ConfigError(f"models.{name}.path", spec["path"], "expected an existing checkpoint directory")
             if not (p / "config.json").is_file():
