@@ -228,7 +228,7 @@ def _same_checkpoint(a: Mapping, b: Mapping, base_dir: Path) -> bool:
     """Whether two model specs name one checkpoint (one local directory, or one hub id at one revision)."""
     if "path" in a and "path" in b:
         return (base_dir / a["path"]).resolve() == (base_dir / b["path"]).resolve()
-    return "hub" in a and "hub" in b and (a["hub"], a["revision"]) == (b["hub"], b["revision"])
+    return "hub" in a and "hub" in b and (a["hub"], a.get("revision")) == (b["hub"], b.get("revision"))
 
 
 def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:
