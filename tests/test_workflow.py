@@ -221,42 +221,40 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, config, needle
     assert not (tmp_path / "resources").exists()
 
 
-def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
-    from test_models import other_tokenizer
-
-    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
-    save_checkpoint(tmp_path / "ckpt" / "b", other_tokenizer(["other words entirely, nothing alike"] * 20))
+def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
+    """The default config plus a pair ``ab`` of two local checkpoints, ckpt/a and ckpt/b, saved here."""
+    save_checkpoint(tmp_path / "ckpt" / "a", base_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", rl_tokenizer, seed=1)
     config = copy.deepcopy(DEFAULT)
     config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
-    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    return with_config(tmp_path, config)
+
+
+def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
+    from test_models import other_tokenizer
+
+    work = with_local_pair(tmp_path, toy_tokenizer, other_tokenizer(["other words entirely, nothing alike"] * 20))
+    r = snakemake(work, "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert f"pairs[{len(DEFAULT['pairs'])}].rl" in out and "token ids differ" in out
 
 
 def test_local_checkpoint_without_its_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
-    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
-    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    work = with_local_pair(tmp_path, toy_tokenizer, toy_tokenizer)
     for f in (tmp_path / "ckpt" / "b").glob("tokenizer*"):
         f.unlink()
-    config = copy.deepcopy(DEFAULT)
-    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
-    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
-    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    r = snakemake(work, "-n", "all")
     assert r.returncode != 0
     assert "config key models.b.path" in r.stdout + r.stderr and "tokenizer" in r.stdout + r.stderr
 
 
 def test_local_checkpoint_with_a_damaged_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
-    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
-    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    work = with_local_pair(tmp_path, toy_tokenizer, toy_tokenizer)
     tok = tmp_path / "ckpt" / "b" / "tokenizer.json"
     tok.write_text(tok.read_text()[:1000])  # a partial copy
-    config = copy.deepcopy(DEFAULT)
-    config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
-    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
-    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    r = snakemake(work, "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert f"config key pairs[{len(DEFAULT['pairs'])}].rl" in out and "tokenizer does not load" in out
