@@ -42,11 +42,13 @@ def token_stats(
         raise ValueError(
             f"expected two [N, V] tensors of one shape, got {tuple(logits_base.shape)} and {tuple(logits_rl.shape)}"
         )
-    if torch.isnan(logits_base).any() or torch.isnan(logits_rl).any():
+    # one pass per tensor: a row's max is NaN where it holds a NaN (amax propagates it), +inf where
+    # it holds a +inf and -inf where nothing is finite; the last two have no softmax
+    tops = {role: x.amax(-1) for role, x in (("base", logits_base), ("rl", logits_rl))}
+    if any(torch.isnan(top).any() for top in tops.values()):
         raise ValueError("NaN in logits: the checkpoint or its inputs are broken")
-    for role, x in (("base", logits_base), ("rl", logits_rl)):
-        # no softmax there: every statistic of the row would be NaN
-        bad = (torch.isposinf(x).any(-1) | torch.isneginf(x).all(-1)).nonzero()
+    for role, top in tops.items():
+        bad = (~torch.isfinite(top)).nonzero()
         if len(bad):
             raise ValueError(f"{role} logits: row {int(bad[0])} has a +inf logit or none finite: no distribution")
     return token_stats_unchecked(logits_base, logits_rl, top_k=top_k, candidates=candidates)
