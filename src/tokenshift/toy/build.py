@@ -138,7 +138,7 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, name: str = 
     grpo_cfg = GRPOConfig(steps=cfg.grpo_steps, lr=cfg.grpo_lr, seed=cfg.seed, sampling=toy_sampling(cfg))
 
     def save_intermediate(step: int, model) -> None:
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.grpo_steps:
+        if step in cfg.checkpoint_steps:
             ckpt = Path(out_dir) / "checkpoints" / f"step-{step}"
             model.save_pretrained(ckpt)
             tokenizer.save_pretrained(ckpt)

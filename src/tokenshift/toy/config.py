@@ -53,6 +53,13 @@ class ToyBuildConfig:
         )
 
     @property
+    def checkpoint_steps(self) -> range:
+        """The GRPO steps after which the RL build saves an intermediate checkpoint (the final model is not one)."""
+        return (
+            range(self.checkpoint_every, self.grpo_steps, self.checkpoint_every) if self.checkpoint_every else range(0)
+        )
+
+    @property
     def max_new_tokens(self) -> int:
         # a step is at most 9 tokens ("22-4=18." with two-digit numbers), the answer ~6
         return 9 * self.max_steps + 12

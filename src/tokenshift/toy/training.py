@@ -200,9 +200,10 @@ def checkpoints_of(rl: Path | str) -> list[tuple[int, Path]]:
     ``checkpoint_every`` GRPO steps); one missing, or one more (left by an earlier build into the
     same directory), is an ``InputError`` naming it."""
     final = resolve_checkpoint(rl)
-    build = read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]
-    steps, every = build["grpo_steps"], build.get("checkpoint_every", 0)
-    saved = set(range(every, steps, every)) if every else set()
+    build = ToyBuildConfig.from_mapping(
+        read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]
+    )
+    steps, every, saved = build.grpo_steps, build.checkpoint_every, set(build.checkpoint_steps)
     found = {}
     for d in (final / "checkpoints").glob("step-*"):
         m = re.fullmatch(r"step-(\d+)", d.name)
