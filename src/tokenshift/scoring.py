@@ -154,10 +154,10 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
             role = k.removeprefix("logp_")
             raise ValueError(f"NaN in the {role} model's logits: the checkpoint or its inputs are broken")
         out[k] = merged.cpu().numpy()
-    out["row"] = np.asarray(row_of, dtype=np.int64)
-    out["position"] = np.asarray(pos_of, dtype=np.int32)
+    out["row"] = np.asarray(row_of, dtype=INTEGER_COLUMNS["row"])
+    out["position"] = np.asarray(pos_of, dtype=INTEGER_COLUMNS["position"])
     out["norm_position"] = np.asarray(norm_of, dtype=np.float32)
-    out["token_id"] = np.asarray(targets, dtype=np.int32)
+    out["token_id"] = np.asarray(targets, dtype=INTEGER_COLUMNS["token_id"])
     return out
 
 
