@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: make every accidental download fail fast
 
+NO_CONTROLLER = REPO / "tests" / "no_controller"
+"""Where Debian's SLURM client is installed and no controller answers, every Snakemake start waits
+~10 s: it imports snakemake-executor-plugin-slurm, which asks `scontrol show config` for its help
+text. The tests that run no cluster (all but tests/test_slurm.py's, whose cluster takes this off
+PATH again) find this folder's ``scontrol`` first: it fails at once, as an unanswered one does
+after its retries."""
+os.environ["PATH"] = f"{NO_CONTROLLER}{os.pathsep}{os.environ.get('PATH', '')}"
+
 
 @pytest.fixture(scope="session")
 def toy_tokenizer():

@@ -25,6 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from conftest import NO_CONTROLLER
+
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 PACKAGES = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge", "sbatch": "slurm-wlm"}
@@ -159,7 +161,10 @@ StorageLoc=slurm_acct_db
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf")}
+        """The environment of the cluster's clients: its slurm.conf, and the real scontrol (conftest's
+        stand-in for an unanswered one off PATH)."""
+        path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != NO_CONTROLLER)
+        return {**os.environ, "SLURM_CONF": str(self.root / "slurm.conf"), "PATH": path}
 
     def start(self) -> Cluster:
         r = self.root

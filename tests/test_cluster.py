@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import yaml
 
-from tokenshift.cluster import SiteSettings, job_resources, manifest_needed, model_gpus, render_profile
+from tokenshift.cluster import (
+    SiteSettings,
+    job_resources,
+    manifest_needed,
+    min_job_age,
+    model_gpus,
+    render_profile,
+    status_command,
+)
 from tokenshift.settings import ClusterConfig
 
 CLUSTER = {"gpu_memory_gb": 80, "gpu_model": None, "runtime": ClusterConfig().runtime}
@@ -76,3 +86,28 @@ def test_the_profile_names_the_site_partitions_and_says_what_a_site_without_acco
     assert conda["slurm-status-command"] == "sacct"  # where finished jobs leave squeue soon: the accounting database
     long_lived = render_profile(SiteSettings(partition="p", gpu_partition="g"), job_age=600)["config.yaml"]
     assert yaml.safe_load(long_lived)["slurm-status-command"] == "squeue"  # it names a job cancelled by hand
+
+
+def test_an_unanswered_scontrol_is_given_up_on_and_said_so(tmp_path, monkeypatch, caplog):
+    """A controller that does not answer costs the profile installer its short timeout, not scontrol's
+    own retries; it says so, and the status command is chosen without MinJobAge (sacct)."""
+    hung = tmp_path / "bin"
+    hung.mkdir()
+    (hung / "scontrol").write_text("#!/bin/sh\nsleep 60\n")
+    (hung / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{hung}:{os.environ['PATH']}")
+    with caplog.at_level("WARNING"):
+        assert min_job_age(timeout=0.5) is None
+    assert "no answer within 0.5 s" in caplog.text
+    assert status_command(SiteSettings(partition="p", gpu_partition="g"), None)[0] == "sacct"
+
+
+def test_min_job_age_is_read_from_the_controllers_answer(tmp_path, monkeypatch):
+    answering = tmp_path / "bin"
+    answering.mkdir()
+    (answering / "scontrol").write_text(
+        "#!/bin/sh\necho 'MaxJobCount             = 10000'\necho 'MinJobAge               = 300 sec'\n"
+    )
+    (answering / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{answering}:{os.environ['PATH']}")
+    assert min_job_age() == 300

@@ -93,7 +93,7 @@ def install_profile(xdg: Path, *extra: str, cluster: Cluster | None = None) -> P
 def run_on_cluster(cluster: Cluster, work: Path, xdg: Path, *targets: str, timeout: int = 1200):
     """`snakemake --profile slurm ...` from the workflow directory, as a user types it."""
     bindir = str(Path(sys.executable).parent)
-    env = {**cluster.env, "XDG_CONFIG_HOME": str(xdg), "PATH": bindir + os.pathsep + os.environ["PATH"]}
+    env = {**cluster.env, "XDG_CONFIG_HOME": str(xdg), "PATH": bindir + os.pathsep + cluster.env["PATH"]}
     cmd = [
         "timeout",
         "-s",

@@ -13,6 +13,7 @@ with each retry. Nothing here imports torch or Snakemake.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,8 @@ from string import Template
 from typing import Any
 
 from tokenshift.memory import gpus_for
+
+log = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "slurm"
 """The profile template in a source checkout (the README installs tokenshift from one)."""
@@ -65,16 +68,28 @@ SQUEUE_MIN_JOB_AGE = 120
 """Seconds a finished job must stay visible to squeue for it to report the job's end (the executor's own bound)."""
 
 
-def min_job_age() -> int | None:
-    """The cluster's MinJobAge (seconds a finished job stays in the controller), or None if unknown."""
+SCONTROL_TIMEOUT_S = 5
+"""How long the profile installer waits for the controller's answer. scontrol itself retries an
+unreachable controller for about 10 s per call; a controller that answers at all does so in well
+under a second."""
+
+
+def min_job_age(timeout: float = SCONTROL_TIMEOUT_S) -> int | None:
+    """The cluster's MinJobAge (seconds a finished job stays in the controller), or None if unknown:
+    no scontrol, or no controller answering within ``timeout`` seconds (said in a warning)."""
     import re
     import subprocess
 
     try:
-        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+        done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
         return None
-    m = re.search(r"^MinJobAge\s*=\s*(\d+)", out, re.M)
+    except (OSError, subprocess.SubprocessError):
+        done = None
+    m = re.search(r"^MinJobAge\s*=\s*(\d+)", done.stdout, re.M) if done is not None else None
+    if m is None:
+        why = f"no answer within {timeout:g} s" if done is None else (done.stderr.strip() or "no MinJobAge in it")
+        log.warning("`scontrol show config`: %s; MinJobAge unknown, the status command is chosen without it", why)
     return int(m[1]) if m else None
 
 
