@@ -60,6 +60,17 @@ def test_missing_field_and_bad_json_are_named(jsonl, tmp_path):
         load_problems("s", DatasetSpec(path=str(bad)))
 
 
+def test_a_missing_number_in_a_parquet_dataset_is_no_answer_nor_question(tmp_path):
+    # issue 24.7: a NaN gold answer became the answer "nan", which every response was graded against
+    pq = tmp_path / "set.parquet"
+    pl.DataFrame({"problem": ["1+1", "2+2"], "answer": [2.0, float("nan")]}).write_parquet(pq)
+    with pytest.raises(DatasetError, match=r"dataset 's': row 1 has an empty gold answer in 'answer' \(nan\)"):
+        load_problems("s", DatasetSpec(path=str(pq)))
+    pl.DataFrame({"problem": [float("nan")], "answer": ["2"]}).write_parquet(pq)
+    with pytest.raises(DatasetError, match="row 0 has an empty question in 'problem'"):
+        load_problems("s", DatasetSpec(path=str(pq)))
+
+
 def test_hub_dataset_offline_fails_naming_dataset_and_revision():
     with pytest.raises(DatasetError, match=r"dataset 'aime24'.*HuggingFaceH4/aime_2024.*revision 'abc123'"):
         load_problems("aime24", DatasetSpec(preset="aime24", revision="abc123"))
