@@ -199,6 +199,38 @@ def _mutations():
             ),
             "datasets.h.template",
         ),
+        # issue 24.7: accepted by `snakemake -n all`, then failing inside jobs (or silently wrong)
+        (
+            "budget-1.0-read-as-a-share",
+            m(lambda c: c["crosssample"].update(budgets=[0, 1.0])),
+            "crosssample.budgets[1]",
+        ),
+        ("budget-2.0-read-as-a-share", m(lambda c: c["crosssample"].update(budgets=[2.0])), "crosssample.budgets[0]"),
+        ("max-new-tokens-10**12", m(lambda c: c["sampling"].update(max_new_tokens=10**12)), "sampling.max_new_tokens"),
+        (
+            "dataset-max-new-tokens-10**12",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 10**12})),
+            "datasets.toy.sampling.max_new_tokens",
+        ),
+        ("toy-min-steps-above-max", m(lambda c: c["toy"].update(min_steps=5, max_steps=3)), "toy.min_steps"),
+        ("toy-max-steps-past-z", m(lambda c: c["toy"].update(max_steps=27)), "toy.max_steps"),
+        ("scoring-device-banana", m(lambda c: c.update(scoring={"device_base": "banana"})), "scoring.device_base"),
+        (
+            "crosssample-device-banana",
+            m(lambda c: c["crosssample"].update(device_rl="banana")),
+            "crosssample.device_rl",
+        ),
+        (
+            "after-switch-total-below-max-new",
+            m(lambda c: c["crosssample"].update(length_rule="after_switch", max_total_tokens=50)),
+            "crosssample.max_total_tokens",
+        ),
+        ("pair-without-datasets", m(lambda c: c["pairs"][1].update(datasets=[])), "pairs[1].datasets"),
+        (
+            "gpu-model-with-shell-syntax",
+            m(lambda c: c.update(cluster={"gpu_model": "h100; rm -rf ~"})),
+            "cluster.gpu_model",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
