@@ -257,6 +257,20 @@ def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, js
     assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_prompt_past_the_models_context_is_refused_naming_its_problem(make_checkpoint, tmp_path):
+    # issue 24.7: a 10 MB question aborted the rollout; the checkpoint's context is 128 positions
+    rows = [{"id": "short", "problem": "1+1", "answer": "2"}, {"id": "long", "problem": "1+1 " * 300, "answer": "2"}]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare_dataset("s", DatasetSpec(path=str(tmp_path / "set.jsonl"), id_field="id"), tmp_path / "s.parquet")
+    cmd = tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet")]
+    r = run(cmd + ["--out", str(tmp_path / "o.parquet"), "--max-new-tokens", "8", "--n", "1"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert (
+        "problem 'long'" in r.stderr and "past the 128 of model" in r.stderr and "max_position_embeddings" in r.stderr
+    )
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.parquet").exists()
+
+
 def test_pass_at_k_matches_enumerating_every_subset():
     for n, c in [(4, 0), (4, 1), (4, 3), (6, 2), (5, 5)]:
         outcomes = [1] * c + [0] * (n - c)
