@@ -182,7 +182,13 @@ class SwitchRule:
                     f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of "
                     "the generating model's rollouts"
                 )
-            table = read_parquet(scores, "per-token scores (tokenshift score)", (pol.score_column_for(direction),))
+            column = pol.score_column_for(direction)
+            table = read_parquet(scores, "per-token scores (tokenshift score)", (column,))
+            if not table.height:
+                raise InputError(
+                    f"{scores}: no scored positions (expected per-token scores to take the {policy} threshold, "
+                    f"the {spec['percentile']}th percentile of {column}, from)"
+                )
         try:
             level = pol.per_row(spec)
             return cls(
