@@ -317,3 +317,98 @@ def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
     assert not (tmp_path / "t.parquet").exists()
     r = run([*cmd, str(a)])
     assert r.returncode == 0, r.stderr
+
+
+# issue 24.9: wrong-type or empty inputs that ended in a traceback, each now one line naming the file
+
+
+def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
+    parts = [tmp_path / f"{i}-of-2.parquet" for i in (1, 2)]
+    pl.DataFrame({"row": [0], "position": [0]}).write_parquet(parts[0])
+    pl.DataFrame({"row": ["1"], "position": [0]}).write_parquet(parts[1])  # another table's column type
+    out = tmp_path / "table.parquet"
+    one_line_error(run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)]), parts[1], "'row'")
+    pl.DataFrame({"row": [1], "position": [0]}).write_parquet(parts[1])
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
+    one_line_error(r, "--sort-by 'rows'", "['row', 'position']")
+    assert not out.exists()
+
+
+def test_figures_given_the_wrong_tables_name_the_file_and_the_table_expected(tmp_path):
+    from test_plots import rollouts
+
+    results = tmp_path / "results"
+    (results / "divergence").mkdir(parents=True)
+    from tokenshift.registry import DIVERGENCE_TABLES
+
+    for name in DIVERGENCE_TABLES:  # each an accuracy run's rows, not a divergence table
+        rollouts(0.5).write_parquet(results / "divergence" / f"{name}.parquet")
+    r = run(tokenshift_cmd() + ["figures", "--results", str(results), "--out-dir", str(tmp_path / "f")])
+    one_line_error(r, results / "divergence", "has no column", "(tokenshift divergence)")
+    shifts = tmp_path / "shifts.parquet"
+    rollouts(0.5).write_parquet(shifts)
+    r = run(tokenshift_cmd() + ["figure-training", "--shifts", str(shifts), "--out-dir", str(tmp_path / "f")])
+    one_line_error(r, shifts, "has no column 'step'", "a training-shifts table")
+
+
+def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, tmp_path):
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    scores = tmp_path / "scores.parquet"
+    pl.DataFrame(
+        {"js": [], "entropy_base": [], "entropy_rl": []},
+        schema=dict.fromkeys(["js", "entropy_base", "entropy_rl"], pl.Float32),
+    ).write_parquet(scores)
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    r = run(
+        tokenshift_cmd()
+        + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems), "--direction", "forward"]
+        + ["--policy", "js", "--budget", "2", "--percentile", "90", "--scores", str(scores)]
+        + ["--out", str(tmp_path / "o.parquet")]
+    )
+    one_line_error(r, scores, "no scored positions", "90")
+
+
+def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    r = run(
+        tokenshift_cmd()
+        + ["report", str(tmp_path / "results"), "--config", str(config)]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
+    )
+    one_line_error(r, config, "not UTF-8 text", "the config the run used")
+
+
+def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkpoint, tmp_path):
+    import dataclasses
+    import json
+
+    from test_models import other_tokenizer
+
+    from tokenshift.toy.config import ToyBuildConfig
+
+    base = make_checkpoint("base")  # the toy tokenizer, and the record a toy build leaves
+    (base / "toy_build.json").write_text(json.dumps({"build": dataclasses.asdict(ToyBuildConfig())}))
+    rl = make_checkpoint("rl", other_tokenizer(["other words entirely, nothing alike"] * 20))
+    r = run(tokenshift_cmd() + ["toy-check", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "tc")])
+    one_line_error(r, rl, "not that of the toy base model")
+
+
+def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_path):
+    from test_plots import fake_scores
+
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    scores = tmp_path / "scores.parquet"
+    fake_scores().with_columns(token_id=pl.lit(5)).write_parquet(scores)
+    r = run(
+        tokenshift_cmd()
+        + ["divergence", "--scores-base", str(scores), "--scores-rl", str(scores), "--problems", str(problems)]
+        + ["--pair", "p", "--dataset", "toy", "--out-dir", str(tmp_path / "d")]
+    )
+    one_line_error(r, problems, "--tokenizer")

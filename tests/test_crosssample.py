@@ -515,6 +515,18 @@ def crosssample_cmd(base, rl, problems, out, *extra):
     ]
 
 
+def test_a_response_that_may_run_past_a_models_context_is_refused_naming_the_problem(
+    make_checkpoint, toy_problems, tmp_path
+):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)  # 128 positions each
+    out = tmp_path / "o.parquet"
+    cmd = crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward", "--policy", "js", "--budget", "2")
+    r = run_cmd(cmd + ["--threshold", "0.1", "--max-new-tokens", "120"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "problem 'toy-eval-" in r.stderr and "past the 128 of the base model" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
 def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint, toy_problems, tmp_path):
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
     runs = []

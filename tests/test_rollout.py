@@ -60,6 +60,17 @@ def test_missing_field_and_bad_json_are_named(jsonl, tmp_path):
         load_problems("s", DatasetSpec(path=str(bad)))
 
 
+def test_a_missing_number_in_a_parquet_dataset_is_no_answer_nor_question(tmp_path):
+    # issue 24.7: a NaN gold answer became the answer "nan", which every response was graded against
+    pq = tmp_path / "set.parquet"
+    pl.DataFrame({"problem": ["1+1", "2+2"], "answer": [2.0, float("nan")]}).write_parquet(pq)
+    with pytest.raises(DatasetError, match=r"dataset 's': row 1 has an empty gold answer in 'answer' \(nan\)"):
+        load_problems("s", DatasetSpec(path=str(pq)))
+    pl.DataFrame({"problem": [float("nan")], "answer": ["2"]}).write_parquet(pq)
+    with pytest.raises(DatasetError, match="row 0 has an empty question in 'problem'"):
+        load_problems("s", DatasetSpec(path=str(pq)))
+
+
 def test_hub_dataset_offline_fails_naming_dataset_and_revision():
     with pytest.raises(DatasetError, match=r"dataset 'aime24'.*HuggingFaceH4/aime_2024.*revision 'abc123'"):
         load_problems("aime24", DatasetSpec(preset="aime24", revision="abc123"))
@@ -244,6 +255,20 @@ def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, js
         ]
     )
     assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_prompt_past_the_models_context_is_refused_naming_its_problem(make_checkpoint, tmp_path):
+    # issue 24.7: a 10 MB question aborted the rollout; the checkpoint's context is 128 positions
+    rows = [{"id": "short", "problem": "1+1", "answer": "2"}, {"id": "long", "problem": "1+1 " * 300, "answer": "2"}]
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare_dataset("s", DatasetSpec(path=str(tmp_path / "set.jsonl"), id_field="id"), tmp_path / "s.parquet")
+    cmd = tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet")]
+    r = run(cmd + ["--out", str(tmp_path / "o.parquet"), "--max-new-tokens", "8", "--n", "1"])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert (
+        "problem 'long'" in r.stderr and "past the 128 of model" in r.stderr and "max_position_embeddings" in r.stderr
+    )
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.parquet").exists()
 
 
 def test_pass_at_k_matches_enumerating_every_subset():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -198,6 +199,38 @@ def _mutations():
             ),
             "datasets.h.template",
         ),
+        # issue 24.7: accepted by `snakemake -n all`, then failing inside jobs (or silently wrong)
+        (
+            "budget-1.0-read-as-a-share",
+            m(lambda c: c["crosssample"].update(budgets=[0, 1.0])),
+            "crosssample.budgets[1]",
+        ),
+        ("budget-2.0-read-as-a-share", m(lambda c: c["crosssample"].update(budgets=[2.0])), "crosssample.budgets[0]"),
+        ("max-new-tokens-10**12", m(lambda c: c["sampling"].update(max_new_tokens=10**12)), "sampling.max_new_tokens"),
+        (
+            "dataset-max-new-tokens-10**12",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 10**12})),
+            "datasets.toy.sampling.max_new_tokens",
+        ),
+        ("toy-min-steps-above-max", m(lambda c: c["toy"].update(min_steps=5, max_steps=3)), "toy.min_steps"),
+        ("toy-max-steps-past-z", m(lambda c: c["toy"].update(max_steps=27)), "toy.max_steps"),
+        ("scoring-device-banana", m(lambda c: c.update(scoring={"device_base": "banana"})), "scoring.device_base"),
+        (
+            "crosssample-device-banana",
+            m(lambda c: c["crosssample"].update(device_rl="banana")),
+            "crosssample.device_rl",
+        ),
+        (
+            "after-switch-total-below-max-new",
+            m(lambda c: c["crosssample"].update(length_rule="after_switch", max_total_tokens=50)),
+            "crosssample.max_total_tokens",
+        ),
+        ("pair-without-datasets", m(lambda c: c["pairs"][1].update(datasets=[])), "pairs[1].datasets"),
+        (
+            "gpu-model-with-shell-syntax",
+            m(lambda c: c.update(cluster={"gpu_model": "h100; rm -rf ~"})),
+            "cluster.gpu_model",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -328,6 +361,133 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     assert "--template 'Solve: {question} {{braces}}'" in r.stdout
 
 
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def hostile(tag: str) -> str:
+    """A config string that runs `touch PWNED` wherever it reaches a shell unquoted, and splits into words."""
+    return f"{tag} x; touch PWNED # $(touch PWNED) `touch PWNED` 'q' \"dq\" \\ $HOME"
+
+
+def schema_strings(node: dict, key: str = "") -> dict[str, dict]:
+    """Every string-valued key of the config schema (``models.*.path``, ``pairs[].name``, a map's keys as
+    ``models.<name>``) -> the schema node that admits its value."""
+    if "$ref" in node:
+        node = {**SCHEMA["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
+    found = {}
+    if "string" in ([node["type"]] if isinstance(node.get("type"), str) else node.get("type", [])):
+        found[key] = node
+    for name, sub in node.get("properties", {}).items():
+        found.update(schema_strings(sub, f"{key}.{name}" if key else name))
+    if isinstance(node.get("additionalProperties"), dict):
+        found.update(schema_strings(node["additionalProperties"], f"{key}.*"))
+    if "propertyNames" in node:
+        found.update(schema_strings(node["propertyNames"], f"{key}.<name>"))
+    if isinstance(node.get("items"), dict):
+        found.update(schema_strings(node["items"], f"{key}[]"))
+    for alternative in node.get("oneOf", []) + node.get("anyOf", []):
+        found.update(schema_strings(alternative, key))
+    return found
+
+
+# the free-text config values: each reaches a shell command (a job's) as one argument, whatever it holds
+SHELL_STRINGS = {
+    "models.*.path",
+    "models.*.revision",
+    "datasets.*.path",
+    "datasets.*.hub",
+    "datasets.*.revision",
+    "datasets.*.split",
+    "datasets.*.question_field",
+    "datasets.*.answer_field",
+    "datasets.*.id_field",
+    "datasets.*.template",
+    "datasets.*.opening",
+}
+
+
+def test_every_other_config_string_refuses_shell_syntax():
+    """A string key not in SHELL_STRINGS is a name, an id or a choice: its pattern refuses a hostile value
+    (a new free-text key fails here until it is quoted on its way to a shell and added above)."""
+    import jsonschema
+
+    strings = schema_strings(SCHEMA)
+    assert set(strings) >= SHELL_STRINGS
+    for key, node in strings.items():
+        if key not in SHELL_STRINGS:
+            assert not jsonschema.Draft202012Validator(node).is_valid(hostile(key)), key
+
+
+def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_tokenizer):
+    # issue 24.1: `revision: "main --help; touch PWNED #"` ran `touch PWNED` in the fetch job
+    import json
+
+    import polars as pl
+
+    work = tmp_path / hostile("work")  # a fetched local checkpoint reaches its job as an absolute path
+    work.mkdir()
+    save_checkpoint(work / "ckpt" / hostile("a"), toy_tokenizer)
+    save_checkpoint(work / "ckpt" / "b", toy_tokenizer, seed=1)
+    fields = {k: hostile(k) for k in ("question_field", "answer_field", "id_field")}
+    data = work / "data" / f"{hostile('data')}.jsonl"
+    data.parent.mkdir()
+    data.write_text(
+        "".join(
+            json.dumps(
+                {fields["question_field"]: f"{i}+1", fields["answer_field"]: str(i + 1), fields["id_field"]: f"p{i}"}
+            )
+            + "\n"
+            for i in range(2)
+        )
+    )
+    prompt = {"template": "Q: {question} " + hostile("template"), "opening": hostile("opening")}
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(
+        a={"path": f"ckpt/{hostile('a')}"}, b={"path": "ckpt/b"}, q={"hub": "o/m", "revision": hostile("revision")}
+    )
+    config["datasets"].update(
+        local={"path": f"data/{data.name}", **fields, **prompt},
+        h={"hub": hostile("hub"), "revision": hostile("hub-revision"), "split": hostile("split")},
+    )
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["local", "h"]})
+    # as each reaches its command: a local checkpoint's path resolved (so b's too, in the hostile folder)
+    values = {
+        "models.*.path": str((work / "ckpt" / hostile("a")).resolve()),
+        "models.*.revision": hostile("revision"),
+        "datasets.*.path": f"data/{data.name}",
+        **{f"datasets.*.{k}": v for k, v in {**fields, **prompt}.items()},
+        "datasets.*.hub": hostile("hub"),
+        "datasets.*.revision": hostile("hub-revision"),
+        "datasets.*.split": hostile("split"),
+    }
+    assert set(values) == SHELL_STRINGS
+    intact = {*values.values(), str((work / "ckpt" / "b").resolve())}
+
+    r = snakemake(with_config(work, config), "-n", "-p", "all", "resources/models/q.json")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (.*?2>&1)$", r.stdout, flags=re.S | re.M)]
+    tokens = [t for c in commands for t in c]
+    for key, value in values.items():
+        assert value in tokens, key
+    assert {t for t in tokens if "PWNED" in t} == intact  # no value split over several arguments
+
+    # the jobs that read these values run, and the shell runs none of their words
+    r = snakemake(
+        work,
+        "--cores",
+        "1",
+        "-k",
+        "resources/datasets/local.parquet",
+        "resources/models/a.json",
+        "resources/models/q.json",
+    )
+    assert r.returncode != 0  # no hub here: q's fetch fails, on the revision given
+    assert not list(tmp_path.rglob("PWNED"))
+    assert repr(hostile("revision")) in (work / "logs" / "models" / "q.log").read_text()
+    assert (work / "resources" / "models" / "a.json").is_file()
+    assert pl.read_parquet(work / "resources" / "datasets" / "local.parquet").height == 2
+
+
 def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percentile_needs_no_scores(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["crosssample"].update(
@@ -401,7 +561,8 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
-    """`snakemake -n --profile slurm --configfile config/paper.yaml all`, as README shows it."""
+    """`snakemake -n --profile slurm all --configfile config/paper.yaml`, as README shows it (tests/test_readme.py
+    runs README's line itself)."""
     from tokenshift.settings import AUTHORS_PROMPT
 
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())

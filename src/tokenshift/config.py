@@ -9,6 +9,7 @@ two tokenizers can be compared. Every error names the key and the bad value.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,33 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
 
     cross = config.get("crosssample", {})
+    for j, b in enumerate(cross.get("budgets", [])):
+        # JSON counts 1.0 an integer, the workflow a share of max_new_tokens: budget-96, not budget-1
+        if isinstance(b, float) and b >= 1:
+            raise ConfigError(
+                f"crosssample.budgets[{j}]",
+                b,
+                "expected a whole number of tokens written without a decimal point (1, not 1.0), a share of "
+                "max_new_tokens in (0, 1), or all",
+            )
+    if cross.get("length_rule") == "after_switch":
+        from tokenshift.settings import CrossSampleConfig
+
+        total = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens)
+        for name in datasets:
+            max_new = dataset_sampling(config, name).get("max_new_tokens", 0)
+            if total < max_new:
+                raise ConfigError(
+                    "crosssample.max_total_tokens",
+                    total,
+                    f"under length_rule after_switch a response may run to max_total_tokens, which must be at "
+                    f"least the max_new_tokens of dataset {name!r} ({max_new})",
+                )
+    from tokenshift.toy.config import ToyBuildConfig
+
+    toy = {**dataclasses.asdict(ToyBuildConfig()), **config.get("toy", {})}
+    if toy["min_steps"] > toy["max_steps"]:
+        raise ConfigError("toy.min_steps", toy["min_steps"], f"expected at most toy.max_steps ({toy['max_steps']})")
     if cross.get("statistic", "exact") != "exact":
         from tokenshift.registry import POLICIES
 

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from tokenshift.divergence import entropies_and_js
-from tokenshift.generation import Sample, SamplingConfig, pad_rows, row_noise, sample_seed
+from tokenshift.generation import Sample, SamplingConfig, check_context, pad_rows, row_noise, sample_seed
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS, parse_budget
@@ -182,7 +182,13 @@ class SwitchRule:
                     f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of "
                     "the generating model's rollouts"
                 )
-            table = read_parquet(scores, "per-token scores (tokenshift score)", (pol.score_column_for(direction),))
+            column = pol.score_column_for(direction)
+            table = read_parquet(scores, "per-token scores (tokenshift score)", (column,))
+            if not table.height:
+                raise InputError(
+                    f"{scores}: no scored positions (expected per-token scores to take the {policy} threshold, "
+                    f"the {spec['percentile']}th percentile of {column}, from)"
+                )
         try:
             level = pol.per_row(spec)
             return cls(
@@ -638,6 +644,13 @@ class CrossSampleBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
     def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
+        steps = self.rule.decode_steps(self.sampling.max_new_tokens)
+        setting = "sampling.max_new_tokens" if self.rule.length == "response" else "crosssample.max_total_tokens"
+        for role, model in self.models.items():
+            context = getattr(model.config, "max_position_embeddings", None)
+            if context is not None:
+                what = f"the {role} model (its max_position_embeddings)"
+                check_context(prompts, keys, steps, context, what, setting)
         return cross_sample(
             self.models["base"],
             self.models["rl"],

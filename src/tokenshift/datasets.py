@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +108,14 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                     f"dataset {name!r}: row {i} has a {type(row[field]).__name__} in {field!r} "
                     f"({row[field]!r:.80}); it must be text or a number"
                 )
-        if row[a] is None or not str(row[a]).strip():
+        if _missing(row[a]):
             raise DatasetError(
                 f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
                 "problem needs one to be graded"
             )
-        if row[q] is None or not str(row[q]).strip():
+        if _missing(row[q]):
             raise DatasetError(f"dataset {name!r}: row {i} has an empty question in {q!r}")
-        if spec.id_field and (row[spec.id_field] is None or not str(row[spec.id_field]).strip()):
+        if spec.id_field and _missing(row[spec.id_field]):
             raise DatasetError(f"dataset {name!r}: row {i} has an empty problem id in {spec.id_field!r}")
         pid = str(row[spec.id_field]) if spec.id_field else f"{name}-{i:05d}"
         out.append((Problem(pid, str(row[q]), str(row[a])), {}))
@@ -149,6 +150,12 @@ def hub_commit(repo: str, revision: str) -> str | None:
             str(e).splitlines()[0] if str(e) else "",
         )
         return None
+
+
+def _missing(value) -> bool:
+    """No value: null, blank text, or a float NaN (a parquet or pandas column's missing number), whose
+    str() would otherwise be the answer "nan"."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
 def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:

@@ -14,7 +14,31 @@ from typing import Any
 
 import torch
 
+from tokenshift.io import InputError
 from tokenshift.settings import SamplingConfig
+
+
+class PromptTooLong(InputError):
+    """A prompt that leaves its responses no room in the model's context (exit status 2)."""
+
+
+def check_context(
+    prompts: Sequence[Sequence[int]],
+    keys: Sequence[tuple[str, int]],
+    response_tokens: int,
+    context: int,
+    what: str,
+    setting: str = "sampling.max_new_tokens",
+) -> None:
+    """Refuse the first prompt whose responses (up to ``response_tokens``) may run past the ``context``
+    positions of ``what``: past them a model's positions are untrained (vLLM refuses the request)."""
+    for ids, (pid, _) in zip(prompts, keys):
+        if len(ids) + response_tokens > context:
+            raise PromptTooLong(
+                f"problem {pid!r}: its prompt is {len(ids)} tokens, so with responses of up to {response_tokens} "
+                f"tokens ({setting}) a row may run to position {len(ids) + response_tokens}, past the {context} of "
+                f"{what}; shorten the question, or lower {setting}"
+            )
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,19 @@ def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
     return table
 
 
+def read_text(path: Path | str, what: str) -> str:
+    """A UTF-8 text file, or ``InputError`` naming ``path`` (missing, or not text)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (expected {what})") from None
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}: not UTF-8 text (expected {what}; byte {e.start} is {e.object[e.start : e.start + 1]!r})"
+        ) from None
+
+
 def read_json(path: Path | str, what: str) -> dict:
     """A JSON object, or ``InputError`` naming ``path``."""
     path = Path(path)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import polars as pl
 
 from tokenshift import __version__, headlines
+from tokenshift.io import read_text
 from tokenshift.plots.style import pct
 
 BOX_COLUMNS = ("grading", "n_no_box", "n_correct_unboxed")
@@ -421,6 +422,7 @@ def build_report(
     ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``);
     ``explorer`` the token explorer page the report links."""
     kinds = dict(kinds or {})
+    config_text = read_text(config, "the config the run used, YAML") if config else ""
     loaded = []
     for r in results:
         result = load_result(r)
@@ -429,7 +431,7 @@ def build_report(
     return write_report(
         loaded,
         overview_figures={Path(p).stem: Path(p) for p in overview},
-        config_text=Path(config).read_text(encoding="utf-8") if config else "",
+        config_text=config_text,
         html_out=html_out,
         json_out=json_out,
         training=load_training(advantages, training_shifts) if advantages or training_shifts else None,

@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift.datasets import Problem, PromptConfig
-from tokenshift.generation import Sample, SamplingConfig, cut_at_stop, sample_seed
+from tokenshift.generation import Sample, SamplingConfig, check_context, cut_at_stop, sample_seed
 from tokenshift.io import InputError
 from tokenshift.settings import GradingConfig, RolloutConfig
 from tokenshift.sharding import Part
@@ -53,6 +53,8 @@ class HFBackend:
             "rollout", cfg.batch_size, (model,), (device,), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
         )
         self.model = load_causal_lm(model, device)
+        self.context = getattr(self.model.config, "max_position_embeddings", None)
+        self.name = model
         self.cfg, self.sampling = cfg, sampling
         self.stops = stop_ids(model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
@@ -60,6 +62,9 @@ class HFBackend:
     def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from tokenshift.crosssample import decode_alone
 
+        if self.context is not None:
+            what = f"model {str(self.name)!r} (its max_position_embeddings)"
+            check_context(prompts, keys, self.sampling.max_new_tokens, self.context, what)
         return decode_alone(
             self.model,
             prompts,
@@ -130,13 +135,18 @@ class VLLMBackend:
 
         self.tokenizer = load_tokenizer(model)
         self.stops = stop_ids(model, self.tokenizer)
-        self.llm = LLM(**vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count()))
+        args = vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count())
+        self.llm = LLM(**args)
+        # vLLM caps max_model_len at the model's own context, and refuses a longer one
+        self.context = args["max_model_len"]
         self.sampling = sampling
 
     def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        what = "the vLLM engine (rollout.vllm_max_model_len, or max_new_tokens + 2048)"
+        check_context(prompts, keys, self.sampling.max_new_tokens, self.context, what)
         params = [
             SamplingParams(**a) for a in vllm_sampling_args(self.sampling, _seeds(self.sampling, keys), self.stops)
         ]

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
-from tokenshift.io import read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.io import InputError, read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
 from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,23 @@ class Part:
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
     its own), written to ``out``."""
-    frames = [t for t in (read_parquet(p, "a part of a split run") for p in parts) if t.width]
-    table = pl.concat(frames) if frames else pl.DataFrame()
+    frames = [(p, t) for p, t in ((p, read_parquet(p, "a part of a split run")) for p in parts) if t.width]
+    for p, t in frames[1:]:
+        first_path, first = frames[0][0], frames[0][1].schema
+        if t.schema != first:
+            diff = next(
+                (
+                    f"column {c!r}: {t.schema.get(c, 'none')} here, {first.get(c, 'none')} there"
+                    for c in [*first, *t.schema]
+                    if first.get(c) != t.schema.get(c)
+                ),
+                "the same columns in another order",
+            )
+            raise InputError(f"{p}: not a part of the same run as {first_path} (expected its columns; {diff})")
+    table = pl.concat([t for _, t in frames]) if frames else pl.DataFrame()
+    unknown = [c for c in sort_by if table.width and c not in table.columns]
+    if unknown:
+        raise InputError(f"--sort-by {unknown[0]!r}: the parts have no such column (columns: {table.columns})")
     if sort_by and table.height:
         table = table.sort(*sort_by)
     write_parquet_atomic(table, Path(out))

@@ -461,6 +461,11 @@ def write_divergence(
     tables = divergence_tables(frames, labels, cfg)
     toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
     if toy is not None and "toy_ops" in toy.columns:
+        if tokenizer is None:
+            raise InputError(
+                f"{problems}: the toy task's problems, whose decision points need --tokenizer (the pair's "
+                "checkpoint) to find them in the responses"
+            )
         from tokenshift.models import load_tokenizer
         from tokenshift.toy.check import decision_points_from_scores
 

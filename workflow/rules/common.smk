@@ -1,9 +1,12 @@
 # Input functions, wildcard constraints and the target list: the one place that decides what
 # `all` means. Config is validated here, before any job runs. Settings reach a job only as
 # params built from the config (recorded by Snakemake, so a changed setting re-runs its jobs),
-# and files only as inputs; the flags of a stage's settings come from its dataclass.
+# and files only as inputs; the flags of a stage's settings come from its dataclass. A param that
+# reaches a shell line is already shell-quoted (shlex.join, shell_args), a list of files is `:q`:
+# a config value such as a revision, a path or a template is one argument, whatever it holds.
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -12,7 +15,7 @@ from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
 from tokenshift.io import write_yaml_atomic
 from tokenshift.models import linked_files
-from tokenshift.options import section_values, shell_args
+from tokenshift.options import flag, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
     DIVERGENCE_FIGURES,
@@ -199,11 +202,9 @@ def settings_of(cls, stage=None):
 
 def fetch_args(wildcards):
     spec = MODELS[wildcards.model]
-    source = {"path": str(Path(spec["path"]).resolve())} if "path" in spec else {"hub": spec["hub"]}
-    args = " ".join(f"--{k} {v}" for k, v in source.items())
-    if "revision" in spec:
-        args += f" --revision {spec['revision']}"
-    return args + (" --trust-remote-code" if spec.get("trust_remote_code") else "")
+    args = ["--path", str(Path(spec["path"]).resolve())] if "path" in spec else ["--hub", spec["hub"]]
+    args += ["--revision", spec["revision"]] if "revision" in spec else []
+    return shlex.join(args + (["--trust-remote-code"] if spec.get("trust_remote_code") else []))
 
 
 def dataset_args(wildcards):
@@ -227,39 +228,36 @@ def prompt_args(wildcards):
 def threshold_args(wildcards):
     """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed),
     in one order whatever the YAML's, so a reordered config is the same recorded setting."""
-    return " ".join(f"--{k} {v}" for k, v in sorted(GRID.threshold_spec(wildcards.policy).items()))
+    return shlex.join(a for k, v in sorted(GRID.threshold_spec(wildcards.policy).items()) for a in (f"--{k}", str(v)))
 
 
 def toy_check_args(wildcards):
     # the toy task's eval problems: as many as the toy dataset has, if the study has one
     n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
     s = config["sampling"]
-    return f"--n-problems {n} --samples {s['n']} --seed {s['seed']}"
+    return shlex.join(["--n-problems", str(n), "--samples", str(s["n"]), "--seed", str(s["seed"])])
 
 
 def explorer_tokenizer_args(wildcards):
-    return " ".join(
-        f"--tokenizer {p}={model_manifest(PAIRS[p]['base'])}" for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)
-    )
+    pairs = dict.fromkeys(p for p, _ in PAIR_DATASETS)
+    return shlex.join(a for p in pairs for a in ("--tokenizer", f"{p}={model_manifest(PAIRS[p]['base'])}"))
 
 
 def kind_args(wildcards):
-    return " ".join(f"--kind {p}={spec['kind']}" for p, spec in PAIRS.items())
+    return shlex.join(a for p, spec in PAIRS.items() for a in ("--kind", f"{p}={spec['kind']}"))
 
 
 def training_args(wildcards, input):
     """The toy training analyses' tables, next to the figures the report embeds."""
-    args = f"--advantages {Path(input.advantages).parent}" if input.advantages else ""
+    args = ["--advantages", str(Path(input.advantages).parent)] if input.advantages else []
     shifts = list(input.shift_tables)
-    return args + (" --training-shifts " + " ".join(shifts) if shifts else "")
+    return shlex.join(args + (["--training-shifts", *shifts] if shifts else []))
 
 
 def example_args(wildcards, input):
     if "example_run" not in input.keys():
         return ""
-    return (
-        f"--example-run {input.example_run} --example-baseline {input.example_baseline} --tokenizer {input.tokenizer}"
-    )
+    return shlex.join(a for k in ("example_run", "example_baseline", "tokenizer") for a in (flag(k), input[k]))
 
 
 # --- resources: what a job asks the scheduler for, from the config and its models' manifests --

@@ -25,7 +25,7 @@ rule crosssample:
         **resources_of("crosssample"),
     params:
         threshold=threshold_args,
-        scores=lambda wildcards, input: f"--scores {input.scores}" if input.scores else "",
+        scores=lambda wildcards, input: shlex.join(["--scores", input.scores]) if input.scores else "",
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
@@ -64,5 +64,5 @@ rule crosssample_table:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "tokenshift crosssample-table {input} --pair {wildcards.pair} --dataset {wildcards.dataset} "
+        "tokenshift crosssample-table {input:q} --pair {wildcards.pair} --dataset {wildcards.dataset} "
         "--out {output} > {log} 2>&1"

@@ -48,7 +48,7 @@ rule figure_overview:
         kinds=kind_args,
         out=lambda wildcards, output: Path(output.png).with_suffix(""),
     shell:
-        "tokenshift figure-overview {input} {params.kinds} --out {params.out} > {log} 2>&1"
+        "tokenshift figure-overview {input:q} {params.kinds} --out {params.out} > {log} 2>&1"
 
 
 # the token explorer: a sample of responses token by token, with both models' candidates
@@ -67,8 +67,8 @@ rule explorer:
         tokenizers=explorer_tokenizer_args,
         explorer=settings_of(ExplorerConfig),
     shell:
-        "tokenshift explorer {params.results} --runs {input.runs} --problems {input.problems} {params.tokenizers} "
-        "{params.explorer} --out {output} > {log} 2>&1"
+        "tokenshift explorer {params.results:q} --runs {input.runs:q} --problems {input.problems:q} "
+        "{params.tokenizers} {params.explorer} --out {output} > {log} 2>&1"
 
 
 rule run_config:
@@ -113,5 +113,5 @@ rule report:
         kinds=kind_args,
         training=training_args,
     shell:
-        "tokenshift report {params.results} {params.kinds} --overview {input.overview} --config {input.config} "
+        "tokenshift report {params.results:q} {params.kinds} --overview {input.overview} --config {input.config} "
         "{params.training} --explorer {input.explorer} --html {output.html} --json {output.json} > {log} 2>&1"

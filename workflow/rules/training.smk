@@ -44,7 +44,7 @@ rule advantage_tables:
     params:
         out=lambda wildcards, output: Path(output.curve).parent,
     shell:
-        "tokenshift advantages table {input} --out-dir {params.out} > {log} 2>&1"
+        "tokenshift advantages table {input:q} --out-dir {params.out} > {log} 2>&1"
 
 
 rule figure_advantages:

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift.io import read_parquet, write_parquet_atomic
-from tokenshift.plots.figures import FIGURES, sparsity
+from tokenshift.plots.figures import FIGURES, READS, sparsity
 from tokenshift.plots.style import save
 from tokenshift.registry import DIVERGENCE_TABLES
 
@@ -32,7 +32,7 @@ def draw_pair_figures(
 
     results, out_dir = Path(results), Path(out_dir)
     div = {
-        n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
+        n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)", READS[n])
         for n in DIVERGENCE_TABLES
         if n != "sparsity"
     }
@@ -40,8 +40,8 @@ def draw_pair_figures(
     cross = results / "crosssample.parquet"
     if cross.is_file():
         figs["crosssample"] = FIGURES["crosssample"](
-            read_parquet(cross, "a cross-sampling table"),
-            read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)"),
+            read_parquet(cross, "a cross-sampling table (tokenshift crosssample-table)", READS["crosssample"]),
+            read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", READS["accuracy"]),
         )
     if example_run:
         from tokenshift.models import load_tokenizer
@@ -76,11 +76,16 @@ def draw_training(advantage_dir: Path | None, shifts: Path | None, out_dir: Path
 
     drawn = []
     if advantage_dir is not None:
-        curve = read_parquet(advantage_dir / "curve.parquet", "the experiment's curve (tokenshift advantages table)")
-        comparison = read_parquet(advantage_dir / "comparison.parquet", "the experiment's comparison table")
+        curve = read_parquet(
+            advantage_dir / "curve.parquet", "the experiment's curve (tokenshift advantages table)", READS["curve"]
+        )
+        comparison = read_parquet(
+            advantage_dir / "comparison.parquet", "the experiment's comparison table", READS["comparison"]
+        )
         save(advantages(curve, comparison), Path(out_dir) / "advantages")
         drawn.append("advantages")
     if shifts is not None:
-        save(training_shifts(read_parquet(shifts, "a training-shifts table")), Path(out_dir) / "training_shifts")
+        table = read_parquet(shifts, "a training-shifts table (tokenshift training-shifts)", READS["training_shifts"])
+        save(training_shifts(table), Path(out_dir) / "training_shifts")
         drawn.append("training_shifts")
     return drawn

@@ -28,7 +28,7 @@ import torch
 
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.grading import Grader
-from tokenshift.io import read_json, write_parquet_atomic
+from tokenshift.io import InputError, read_json, write_parquet_atomic
 from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
 from tokenshift.scoring import score_rows
 from tokenshift.stats import mean_ci
@@ -158,7 +158,9 @@ def check_toy_pair(
     torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(base)
     if tok.get_vocab() != load_tokenizer(rl).get_vocab():
-        raise ValueError(f"{base} and {rl} have different tokenizers: not a toy pair")
+        raise InputError(
+            f"{rl}: its tokenizer is not that of the toy base model {base} (expected the toy pair's RL model)"
+        )
     models = {"base": load_causal_lm(base, "cpu"), "rl": load_causal_lm(rl, "cpu")}
     evals = problems(cfg.task, "eval", n_problems)
     acc = sampled_accuracy(
