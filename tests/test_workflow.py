@@ -244,8 +244,28 @@ def _mutations():
 @pytest.mark.parametrize(
     ("config", "needle"), [(c, n) for _, c, n in _mutations()], ids=[i for i, _, _ in _mutations()]
 )
+def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
+    """The workflow's own checks (common.smk calls check_workflow_config), in-process: one line naming the key."""
+    from snakemake.utils import validate
+
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    with pytest.raises(ConfigError) as e:
+        check_workflow_config(copy.deepcopy(config), REPO / "workflow" / "schemas" / "config.schema.yaml", validate)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+THROUGH_SNAKEMAKE = ("unknown-top-level-key", "budget-2.0-read-as-a-share", "pair-without-datasets")
+"""A few of the mutations above, one per kind of check (schema keys, schema values, cross-references),
+also through a real `snakemake -n all`: the error reaches the user as that one line, before any job."""
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [(c, n) for i, c, n in _mutations() if i in THROUGH_SNAKEMAKE],
+    ids=[i for i, _, _ in _mutations() if i in THROUGH_SNAKEMAKE],
+)
 def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, config, needle):
-    (tmp_path / "config").mkdir()
     r = snakemake(with_config(tmp_path, config), "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr

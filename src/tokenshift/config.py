@@ -10,7 +10,7 @@ two tokenizers can be compared. Every error names the key and the bad value.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,25 @@ def model_source(spec: Mapping[str, Any]) -> str:
         if source in spec:
             return source
     raise ValueError(f"model spec {dict(spec)!r} names no source")
+
+
+def check_workflow_config(
+    config: dict[str, Any],
+    schema_path: Path,
+    fill_defaults: Callable[[dict[str, Any], str], None],
+    *,
+    base_dir: Path | None = None,
+) -> list[str]:
+    """Everything the workflow checks before it builds its DAG, in its order; returns the warnings.
+
+    The schema first, as one line naming the key (``validate_schema``); then ``fill_defaults(config,
+    schema_path)`` (the workflow passes Snakemake's ``validate``, which also fills the schema's
+    defaults in); then what relates one part of the config to another (``check_config``).
+    """
+    validate_schema(config, schema_path)
+    fill_defaults(config, str(schema_path))
+    check_config(config, base_dir=base_dir)
+    return config_warnings(config)
 
 
 def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> None:

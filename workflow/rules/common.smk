@@ -12,7 +12,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from tokenshift.cluster import job_resources, manifest_needed
-from tokenshift.config import check_config, config_warnings, dataset_sampling, model_source, validate_schema
+from tokenshift.config import check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import write_yaml_atomic
 from tokenshift.models import linked_files
 from tokenshift.options import flag, section_values, shell_args
@@ -43,11 +43,11 @@ from tokenshift.settings import (
 from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
-# one line naming the key; Snakemake's validate() then fills defaults
-validate_schema(config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
-validate(config, "../schemas/config.schema.yaml")
-check_config(config)  # relative paths resolve against the working directory, as rule paths do
-for message in config_warnings(config):
+# a bad config is one line naming the key, before any job; Snakemake's validate() fills the defaults in.
+# Relative paths resolve against the working directory, as rule paths do.
+for message in check_workflow_config(
+    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml", validate
+):
     logger.warning(message)
 
 MODELS = config["models"]
