@@ -386,7 +386,7 @@ def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkp
     import dataclasses
     import json
 
-    from test_models import other_tokenizer
+    from helpers import other_tokenizer
 
     from tokenshift.toy.config import ToyBuildConfig
 

@@ -560,7 +560,7 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
 
 
 def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, toy_problems, tmp_path):
-    from test_models import other_tokenizer
+    from helpers import other_tokenizer
 
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
     r = run_cmd(

@@ -14,18 +14,17 @@ import polars as pl
 import pytest
 import yaml
 from conftest import REPO
-from test_settings import SECTIONS
-from test_workflow import plan, planned, snakemake
+from helpers import DEFAULT_RUN_LIMIT_S, SECTIONS, plan, planned, run_workflow, snakemake
 
-pytestmark = pytest.mark.slow
+# every test here may be the first to wait on the default run: its timeout is the run's limit and its own time
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEFAULT_RUN_LIMIT_S + 600)]
 
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
     shutil.copytree(REPO / "config", work / "config")
-    r = snakemake(work, "--cores", "2", "all", timeout=1500)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_workflow(work, "--cores", "2", "all", limit_s=DEFAULT_RUN_LIMIT_S)
     return work
 
 

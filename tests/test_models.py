@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run, save_checkpoint, tokenshift_cmd
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from helpers import other_tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.models import (
     ModelFetchError,
@@ -25,27 +25,6 @@ from tokenshift.models import (
     write_manifest,
 )
 from tokenshift.toy.tokenizer import QWEN2_PRETOKENIZE_REGEX
-
-
-def other_tokenizer(texts: list[str], pattern: str = r"\p{N}| ?[^\s\p{L}\p{N}]+|\p{L}+|\s+") -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|endoftext|>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
 def test_local_checkpoint_is_linked_verified_and_reloads(make_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, save_checkpoint, tokenshift_cmd
-from test_workflow import plan, snakemake
+from helpers import plan, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -9,6 +9,7 @@ import typing
 import pytest
 import yaml
 from conftest import REPO, run, tokenshift_cmd
+from helpers import SECTIONS
 
 from tokenshift.options import add_options, from_args, to_argv
 from tokenshift.registry import DIRECTIONS, POLICIES
@@ -73,21 +74,6 @@ def field_defaults(cls) -> dict:
         f.name: plain(f.default if f.default is not dataclasses.MISSING else f.default_factory())
         for f in dataclasses.fields(cls)
     }
-
-
-SECTIONS = (
-    "sampling",
-    "grading",
-    "divergence",
-    "rollout",
-    "scoring",
-    "crosssample",
-    "toy",
-    "advantages",
-    "cluster",
-    "explorer",
-)
-"""The config sections of stage settings (dataclasses); tests/test_e2e.py walks every key of them."""
 
 
 @pytest.mark.parametrize("section", SECTIONS)

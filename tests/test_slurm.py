@@ -24,8 +24,8 @@ import polars as pl
 import pytest
 import yaml
 from conftest import REPO, run, tokenshift_cmd
+from helpers import DEFAULT, snakemake
 from slurm_cluster import Cluster, missing
-from test_workflow import DEFAULT, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -13,44 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, run, save_checkpoint, tokenshift_cmd
-
-DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 600):
-    """Run the repository's Snakefile in ``workdir`` (whose config/config.yaml is the config)."""
-    bindir = str(Path(sys.executable).parent)
-    import os
-
-    env = {"PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
-    return run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
-        timeout=timeout,
-        env=env,
-    )
-
-
-def planned(r) -> dict[str, int]:
-    """Rule -> number of jobs, from the output of a `snakemake -n` run ({} when nothing is to be done)."""
-    import re
-
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    out = r.stdout + r.stderr
-    if "Nothing to be done" in out:
-        return {}
-    table = out[out.index("Job stats:") :].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
-
-
-def plan(workdir: Path, *args: str) -> dict[str, int]:
-    """What `snakemake -n all` would run in ``workdir``: rule -> number of jobs."""
-    return planned(snakemake(workdir, "-n", "all", *args))
-
-
-def with_config(tmp_path: Path, config: dict) -> Path:
-    (tmp_path / "config").mkdir(exist_ok=True)
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return tmp_path
+from helpers import DEFAULT, planned, snakemake, with_config
 
 
 def test_default_config_builds_the_dag(tmp_path):
@@ -285,7 +248,7 @@ def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
 
 
 def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
-    from test_models import other_tokenizer
+    from helpers import other_tokenizer
 
     work = with_local_pair(tmp_path, toy_tokenizer, other_tokenizer(["other words entirely, nothing alike"] * 20))
     r = snakemake(work, "-n", "all")

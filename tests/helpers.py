@@ -1,0 +1,116 @@
+"""What several test modules share: running the repository's workflow, reading its plan, and long runs
+under limits of their own (test modules import from here, not from each other)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, run
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+"""The embedded default config, as config/config.yaml has it."""
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600):
+    """Run the repository's Snakefile in ``workdir`` (whose config/config.yaml is the config)."""
+    env = {"PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    return run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+        timeout=timeout,
+        env=env,
+    )
+
+
+def planned(r) -> dict[str, int]:
+    """Rule -> number of jobs, from the output of a `snakemake -n` run ({} when nothing is to be done)."""
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out[out.index("Job stats:") :].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def plan(workdir: Path, *args: str) -> dict[str, int]:
+    """What `snakemake -n all` would run in ``workdir``: rule -> number of jobs."""
+    return planned(snakemake(workdir, "-n", "all", *args))
+
+
+def with_config(tmp_path: Path, config: dict) -> Path:
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return tmp_path
+
+
+def running_jobs(log: str) -> list[str]:
+    """The rules of the jobs a Snakemake log shows started and not finished, in the order they started."""
+    started = {m[2]: m[1] for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)$", log, re.M)}
+    for m in re.finditer(r"^Finished jobid: (\d+)", log, re.M):
+        started.pop(m[1], None)
+    return list(started.values())
+
+
+DEFAULT_RUN_LIMIT_S = 1500
+"""The default study's limit in the tests: ~3x its time on 2 idle cores (README), so a busy machine
+still finishes. Modules that wait on it take it into their tests' pytest timeout."""
+
+
+def run_workflow(workdir: Path, *args: str, limit_s: int = DEFAULT_RUN_LIMIT_S):
+    """A long `snakemake` run (a fixture's) under a limit of its own: past it, the test fails with a message
+    naming the jobs that were running, not with pytest-timeout's stack dump of the waiting test."""
+    try:
+        r = snakemake(workdir, *args, timeout=limit_s)
+    except subprocess.TimeoutExpired as e:
+        log = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(
+            f"snakemake {' '.join(args)} in {workdir} passed its {limit_s} s limit; running then: "
+            f"{', '.join(running_jobs(log)) or 'no job (Snakemake itself)'}",
+            pytrace=False,
+        )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+SECTIONS = (
+    "sampling",
+    "grading",
+    "divergence",
+    "rollout",
+    "scoring",
+    "crosssample",
+    "toy",
+    "advantages",
+    "cluster",
+    "explorer",
+)
+"""The config sections of stage settings (dataclasses): tests/test_settings.py checks them, tests/test_e2e.py
+walks every key of them."""
+
+
+def other_tokenizer(texts: list[str], pattern: str = r"\p{N}| ?[^\s\p{L}\p{N}]+|\p{L}+|\s+") -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
