@@ -230,7 +230,15 @@ CONSUMERS = {
     **{f"toy.{k}": ("toy_base", "toy_rl", "dataset") for k in ("seed", "min_steps", "max_steps", "mistake_rate")},
     **{
         f"toy.{k}": ("toy_base", "toy_rl")
-        for k in ("n_train_problems", "n_traces", "hidden_size", "num_layers", "pretrain_steps", "threads")
+        for k in (
+            "n_train_problems",
+            "n_traces",
+            "hidden_size",
+            "num_layers",
+            "pretrain_steps",
+            "pretrain_lr",
+            "threads",
+        )
     },
     "toy.grpo_steps": ("toy_rl",),
     "toy.checkpoint_every": ("toy_rl",),

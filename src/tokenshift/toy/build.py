@@ -67,7 +67,7 @@ def build_base(out_dir: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> 
     losses = pretrain(
         model,
         examples,
-        PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed),
+        PretrainConfig(steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, seed=cfg.seed),
         pad_id=eos,
         eos_id=eos,
         progress=progress,

@@ -25,6 +25,12 @@ class ToyBuildConfig:
     hidden_size: int = option(128, "width of the toy Qwen2 model", minimum=8)
     num_layers: int = option(3, "depth of the toy Qwen2 model", minimum=1)
     pretrain_steps: int = option(600, "optimizer steps of pretraining", minimum=1)
+    pretrain_lr: float = option(
+        2e-3,
+        "peak learning rate of pretraining (AdamW, warm-up, cosine decay); at 5e-3 whether the model learns to look "
+        "its operands up within 600 steps turned on the CPU's kernels and the seed",
+        minimum=0,
+    )
     grpo_steps: int = option(60, "GRPO update rounds", minimum=1, stages=("rl",))
     grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0, stages=("rl",))
     sft_steps: int = option(
