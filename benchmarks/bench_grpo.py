@@ -20,7 +20,16 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenshift.advantages import weighted_advantages
 from tokenshift.generation import SamplingConfig, sample
-from tokenshift.train import Example, GRPOConfig, PromptItem, collate, grpo, next_token_logits, token_logprobs
+from tokenshift.train import (
+    GRPOConfig,
+    PromptItem,
+    grpo,
+    grpo_loss,
+    logprobs_of,
+    next_token_logits,
+    rollout_batch,
+    token_logprobs,
+)
 
 EOS = 0
 BATCH, NEW, STEPS = 128, 84, 2
@@ -48,17 +57,17 @@ def main() -> None:
     t_sample, samples = timed(
         lambda: sample(policy, prompts, eos_id=EOS, pad_id=EOS, sampling=sampling, seed=0, batch_size=BATCH)
     )
-    ids, attn, resp = collate([Example(p, s.response_ids) for p, s in zip(prompts, samples)], EOS, EOS)
-    mask = resp[:, 1:].float()
+    ids, attn, mask = rollout_batch(prompts, samples, pad_id=EOS, eos_id=EOS)
     adv = torch.randn(BATCH)
     with torch.no_grad():
         t_fwd, logits = timed(lambda: next_token_logits(policy, ids, attn))
         ref_logits = next_token_logits(reference, ids, attn)
+        old_logp = logprobs_of(logits, ids)
     t_weight, _ = timed(lambda: weighted_advantages(logits, ref_logits, adv, mask, mode="js"))
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
 
     def update():
-        loss = -(token_logprobs(policy, ids, attn) * adv[:, None] * mask).sum() / mask.sum()
+        loss = grpo_loss(token_logprobs(policy, ids, attn), old_logp, adv[:, None], mask, clip_eps=0.2)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -65,22 +65,22 @@ def short_toy_base(tmp_path_factory):
     return root, stats
 
 
-def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, seed: int = 0) -> Path:
-    """A real Qwen2 checkpoint with random weights, saved as safetensors with its tokenizer."""
+def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, seed: int = 0, **shape) -> Path:
+    """A real Qwen2 checkpoint with random weights, saved as safetensors with its tokenizer;
+    ``shape`` overrides the tiny default sizes (``num_hidden_layers=3``)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=embedding_rows or len(tokenizer),
+    tiny = dict(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
     )
+    cfg = Qwen2Config(vocab_size=embedding_rows or len(tokenizer), eos_token_id=tokenizer.eos_token_id, **tiny | shape)
     Qwen2ForCausalLM(cfg).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

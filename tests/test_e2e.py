@@ -460,6 +460,7 @@ def test_sft_moves_more_positions_than_rl(default_run):
     assert "SFT&#x27;s shifts are denser than RL&#x27;s at JS &gt;= 0.001 only" in page
 
 
+@pytest.mark.browser
 def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, tmp_path):
     from test_explorer import check_page, chromium_driver
 

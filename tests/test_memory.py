@@ -226,3 +226,24 @@ def test_a_job_logs_the_batch_it_runs_at(make_checkpoint, caplog):
         assert job_batch("scoring", 5000, (ckpt, ckpt), ("cpu", "cpu")) == 5000
     assert "rollout batch: 256 rows (auto on CPU)" in caplog.text
     assert "scoring batch: 5000 padded tokens per pass (set in the config)" in caplog.text
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_sizes_planned_from_config_json_are_those_of_the_real_model_and_its_cache(tmp_path, toy_tokenizer, tied):
+    """What the planner reads off ``config.json`` against what a real checkpoint holds once loaded:
+    its weights' bytes, and the bytes of the KV cache a forward pass builds for rows of tokens."""
+    import torch
+    from conftest import save_checkpoint
+
+    from tokenshift.models import load_causal_lm
+
+    size = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    ckpt = save_checkpoint(tmp_path / "m", toy_tokenizer, tie_word_embeddings=tied, **size)
+    model = load_causal_lm(ckpt, "cpu")  # float32 on the CPU: 4 bytes a number
+    shape = ModelShape.from_checkpoint(ckpt)
+    assert shape.weight_bytes(4) == sum(p.numel() * p.element_size() for p in model.parameters())
+    rows, tokens = 3, 17
+    with torch.no_grad():
+        cache = model(input_ids=torch.randint(0, len(toy_tokenizer), (rows, tokens)), use_cache=True).past_key_values
+    held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+    assert held == shape.kv_bytes_per_token(4) * rows * tokens

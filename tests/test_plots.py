@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -79,11 +81,17 @@ def cross_run(direction, policy, budget, p_correct, switched) -> pl.DataFrame:
 def tables():
     div = divergence_tables({"base": fake_scores(), "rl": fake_scores()}, {"pair": "toy", "dataset": "toy"})
     acc = accuracy_table({"base": rollouts(0.4), "rl": rollouts(0.75)}, ks=[1])
+    return div, acc, cross_table()
+
+
+def cross_table(forward_js_2: float = 0.6) -> pl.DataFrame:
+    """Cross-sampling from a base model at 0.4 to an RL model at 0.75; ``forward_js_2``: the accuracy
+    two js switches reach (0.6: the headline budget is ``all``; near 0.75, it is 2)."""
     runs = [
         cross_run(d, p, b, pc, sw)
         for d, p, b, pc, sw in [
             ("forward", "js", "0", 0.4, 0),
-            ("forward", "js", "2", 0.6, 2),
+            ("forward", "js", "2", forward_js_2, 2),
             ("forward", "js", "all", 0.72, 4),
             ("forward", "random", "2", 0.42, 2),
             ("forward", "random", "all", 0.43, 4),
@@ -92,7 +100,7 @@ def tables():
             ("reverse", "js", "all", 0.45, 4),
         ]
     ]
-    return div, acc, crosssample_table(runs, labels={"pair": "toy", "dataset": "toy"})
+    return crosssample_table(runs, labels={"pair": "toy", "dataset": "toy"})
 
 
 @pytest.fixture(scope="module")
@@ -212,21 +220,25 @@ def test_headlines_and_report(tables, example, tmp_path):
     ] == pytest.approx(share)
 
 
+def write_results(tables, results: Path) -> Path:
+    """The tables as the workflow leaves them in ``results/<pair>/<dataset>``."""
+    div, acc, cross = tables
+    (results / "divergence").mkdir(parents=True)
+    for name, t in div.items():
+        t.write_parquet(results / "divergence" / f"{name}.parquet")
+    acc.with_columns(pl.lit("toy").alias("pair"), pl.lit("toy").alias("dataset")).write_parquet(
+        results / "accuracy.parquet"
+    )
+    cross.write_parquet(results / "crosssample.parquet")
+    return results
+
+
 def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_path):
     from tokenshift.plots.draw import draw_overview, draw_pair_figures
     from tokenshift.registry import PAIR_FIGURES
     from tokenshift.report import build_report
 
-    div, acc, cross = tables
-    results = tmp_path / "results" / "toy" / "toy"
-    for name, t in div.items():
-        t.write_parquet(
-            (results / "divergence").mkdir(parents=True, exist_ok=True) or results / "divergence" / f"{name}.parquet"
-        )
-    acc.with_columns(pl.lit("toy").alias("pair"), pl.lit("toy").alias("dataset")).write_parquet(
-        results / "accuracy.parquet"
-    )
-    cross.write_parquet(results / "crosssample.parquet")
+    results = write_results(tables, tmp_path / "results" / "toy" / "toy")
     drawn = draw_pair_figures(results, results / "figures")  # no example run: figure 6 says there is none
     assert set(drawn) == set(PAIR_FIGURES)
     for name in PAIR_FIGURES:
@@ -385,3 +397,109 @@ def test_report_tables_show_a_missing_value_as_a_dash():
 
     page = _table_html(pl.DataFrame({"pass@k": [0.5, None], "pair": ["toy", None]}))
     assert "None" not in page and page.count("<td>–</td>") == 2 and "<td>0.500</td>" in page
+
+
+NUMBER = r"(-?[\d.]+)"
+
+
+@pytest.mark.parametrize("headline_budget", ["all", "2"])
+def test_every_headline_number_is_the_one_its_table_gives(tables, tmp_path, headline_budget):
+    """The report's sentences about a pair, parsed back into numbers, each against the value computed
+    here from the parquet table it cites (not through ``tokenshift.headlines``); every sentence must
+    be one of those read here, so a number added to the report without a check fails this test. Once
+    with a cross-sampling table whose largest budget is the first to recover 80% of the gap, once with
+    one where budget 2 does (its random control is then the budget-2 one)."""
+    from tokenshift.report import build_report
+
+    if headline_budget == "2":
+        tables = (*tables[:2], cross_table(forward_js_2=0.78))
+    results = write_results(tables, tmp_path / "results" / "toy" / "toy")
+    build_report([results], html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
+    page = (tmp_path / "report.html").read_text()
+    said = [html.unescape(t) for t in re.findall(r"<li>(.*?)</li>", page)]
+    acc = pl.read_parquet(results / "accuracy.parquet")
+    div = {
+        n: pl.read_parquet(results / "divergence" / f"{n}.parquet") for n in ("sparsity", "position", "reallocation")
+    }
+    cross = pl.read_parquet(results / "crosssample.parquet")
+    rl = {n: t.filter(pl.col("source") == "rl") for n, t in div.items()}  # the RL model's responses
+
+    def shown(text: str, value: float, places: int) -> bool:
+        """``text`` is ``value`` rounded to ``places`` decimals."""
+        return abs(float(text) - value) <= 0.5 * 10**-places + 1e-12
+
+    def pct(text: str, value: float) -> bool:
+        return shown(text, 100 * value, 1)
+
+    def accuracy(m):
+        metric = m[7]
+        assert metric.startswith("avg@") and metric in acc["metric"].to_list()
+        for role, (value, lo, hi) in (("rl", m.groups()[0:3]), ("base", m.groups()[3:6])):
+            row = acc.filter((pl.col("role") == role) & (pl.col("metric") == metric)).row(0, named=True)
+            for text, key in zip((value, lo, hi), ("value", "ci_low", "ci_high")):
+                assert shown(text, row[key], 3), (role, key, text, row[key])
+
+    def sparsity(m):
+        t = rl["sparsity"].filter(pl.col("kind") == "share_below")
+        for text, cut in ((m[1], 1e-3), (m[2], 1e-2)):
+            assert pct(text, t.filter(pl.col("js_nats") == cut)["share"][0]), (cut, text)
+
+    def reallocation(m):
+        t = rl["reallocation"]
+        for text, k in ((m[1], 1), (m[2], 3)):
+            value = t.filter(pl.col("metric") == f"rl_top1_in_base_top{k}")["value"][0]
+            assert pct(text, value), (k, text, value)
+
+    def position(m):
+        t = rl["position"]
+        mean = {
+            region: float((g["mean_js"] * g["n_positions"]).sum() / g["n_positions"].sum())
+            for (region,), g in t.group_by("region")
+        }
+        assert (m[1], m[2]) == (max(mean, key=mean.get), min(mean, key=mean.get))
+        for region, text in zip(("start", "middle", "end"), m.groups()[2:]):
+            assert float(text) == pytest.approx(mean[region], rel=0.05)  # two significant digits
+
+    def run(direction, policy, budget):
+        return cross.filter(
+            (pl.col("direction") == direction) & (pl.col("policy") == policy) & (pl.col("budget") == budget)
+        ).row(0, named=True)
+
+    # the two models alone on the cross-sampled problems: each direction's budget-0 run
+    base, rlacc = run("forward", "js", "0")["accuracy"], run("reverse", "js", "0")["accuracy"]
+    gap = rlacc - base
+
+    def forward(m):
+        recovery = {b: (run("forward", "js", b)["accuracy"] - base) / gap for b in ("2", "all")}
+        budget = next((b for b, r in recovery.items() if r >= 0.8), "all")
+        assert (m[1], m[2]) == ("js", budget) and budget == headline_budget, recovery
+        assert shown(m[3], run("forward", "js", budget)["mean_switched"], 1)
+        assert pct(m[4], recovery[budget]), (m[4], recovery)
+        control = run("forward", "random", budget)
+        assert shown(m[5], control["mean_switched"], 1)
+        assert pct(m[6], (control["accuracy"] - base) / gap)
+
+    def reverse(m):
+        assert m[1] == "all"
+        assert shown(m[2], run("reverse", "js", "all")["mean_switched"], 1)
+        assert pct(m[3], (rlacc - run("reverse", "js", "all")["accuracy"]) / gap)
+
+    checks = {
+        rf"The RL model scores {NUMBER} \[{NUMBER}, {NUMBER}\] against the base model's {NUMBER} \[{NUMBER}, "
+        rf"{NUMBER}\] \((avg@\d+), 95% bootstrap CI\)\.": accuracy,
+        rf"{NUMBER}% of positions in the RL model's responses have JS < 1e-3, {NUMBER}% have JS < 1e-2\.": sparsity,
+        rf"The RL model's top token is the base model's own top token at {NUMBER}% of positions and within its "
+        rf"top 3 at {NUMBER}%: .*": reallocation,
+        rf"Mean JS is highest at the (\w+) of a response and lowest at the (\w+) \(start {NUMBER}, middle "
+        rf"{NUMBER}, end {NUMBER} nats\)\.": position,
+        rf"Forward cross-sampling \((\w+) policy\) with budget (\w+) \({NUMBER} switched tokens per response on "
+        rf"average\) recovers {NUMBER}% of the base→RL accuracy gap; switching {NUMBER} tokens at random "
+        rf"positions recovers {NUMBER}%\.": forward,
+        rf"Reverse cross-sampling \(budget (\w+), {NUMBER} base tokens injected per response\) loses "
+        rf"{NUMBER}% of the gap\.": reverse,
+    }
+    assert gap > 0 and len(said) == len(checks), said
+    for sentence, (pattern, check) in zip(said, checks.items()):
+        m = re.fullmatch(pattern, sentence)
+        assert m, (sentence, pattern)
+        check(m)

@@ -4,8 +4,9 @@ A single-node cluster (tests/slurm_cluster.py) starts from nothing; the profile 
 `tokenshift profile install slurm`; the workflow runs on a reduced default config in which the toy
 base model asks for a GPU, so its rollouts, scoring and cross-sampling queue for the node's GPU
 while everything else stays on the CPU partition. The outputs must equal those of a local run,
-and a job cancelled mid-run must be retried with nothing lost. Every run is wrapped in a hard
-`timeout -s KILL`: without accounting a misconfigured status check would wait forever.
+and a job cancelled mid-run, once it has written a shard, must be retried and resume from that
+shard with nothing lost. Every run is wrapped in a hard `timeout -s KILL`: without accounting a
+misconfigured status check would wait forever.
 """
 
 from __future__ import annotations
@@ -111,19 +112,33 @@ def run_on_cluster(cluster: Cluster, work: Path, xdg: Path, *targets: str, timeo
     return subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
 
 
-def cancel_first_running(cluster: Cluster, rule: str, stop: threading.Event, cancelled: list[str]) -> None:
-    """scancel the first job of ``rule`` seen running (its comment names the rule)."""
+def cancel_after_a_shard(cluster: Cluster, work: Path, stop: threading.Event, cancelled: list[dict]) -> None:
+    """scancel the first cross-sampling job seen running with one of its shards written and one to go.
+
+    Part 1-of-2 of each run draws two of its three shards (``Part.share``); the job is cancelled as
+    soon as its first shard's record exists, so its retry has a shard to resume from and one to draw.
+    """
     while not stop.is_set() and not cancelled:
         out = subprocess.run(
             ["squeue", "-h", "-t", "R", "-o", "%i|%k"], env=cluster.env, capture_output=True, text=True
         ).stdout
         for line in out.splitlines():
             job, comment = line.split("|", 1)
-            if f"rule_{rule}" in comment:
-                time.sleep(1.0)  # well into its work
-                subprocess.run(["scancel", job], env=cluster.env, check=True)
-                cancelled.append(job)
-                return
+            prefix = "rule_crosssample_wildcards_"
+            if not (comment.startswith(prefix) and comment.endswith("_1-of-2")):
+                continue
+            pair, dataset, direction, policy, budget, item = comment.removeprefix(prefix).split("_")
+            run = Path(pair, dataset, "crosssample", direction, policy, f"budget-{budget}")
+            part = work / "results" / run.with_name(run.name + ".parts") / f"{item}.parquet"
+            shards = part.with_name(part.name + ".shards")
+            while not stop.is_set() and not part.exists():
+                written = sorted(p.stem for p in shards.glob("shard-*.json"))
+                if written:
+                    subprocess.run(["scancel", job], env=cluster.env, check=True)
+                    log = work / "logs" / "crosssample" / pair / dataset / direction / policy / f"budget-{budget}"
+                    cancelled.append({"id": job, "part": part, "shards": written, "log": log / f"{item}.log"})
+                    return
+                time.sleep(0.02)  # a shard of this run takes far longer
         time.sleep(0.3)
 
 
@@ -147,7 +162,7 @@ def cluster_run(tmp_path_factory, local_run):
         profile = install_profile(xdg, cluster=cluster)
         work = workdir(root / "work", SPLIT)
         stop, cancelled = threading.Event(), []
-        killer = threading.Thread(target=cancel_first_running, args=(cluster, "crosssample", stop, cancelled))
+        killer = threading.Thread(target=cancel_after_a_shard, args=(cluster, work, stop, cancelled))
         killer.start()
         try:
             r = run_on_cluster(cluster, work, xdg, "all")
@@ -280,11 +295,17 @@ def test_the_profile_reads_job_states_as_the_cluster_allows(cluster_run):
     assert before is not None and after.equals(before)
 
 
-def test_a_cancelled_job_is_retried_and_nothing_is_lost(cluster_run):
+def test_a_job_cancelled_after_a_shard_resumes_from_it_and_nothing_is_lost(cluster_run):
     (cancelled,) = cluster_run["cancelled"]
     states = {j["id"]: j for j in cluster_run["jobs"]}
-    assert states[cancelled]["state"].startswith("CANCELLED")
+    assert states[cancelled["id"]]["state"].startswith("CANCELLED")
     rule_runs = [j for j in cluster_run["jobs"] if rule_of(j) == "crosssample"]
     assert len(rule_runs) == MODEL_RUNS_ON_GPU["crosssample"] + 1  # one of them ran twice
     assert sum(j["state"] == "COMPLETED" for j in rule_runs) == MODEL_RUNS_ON_GPU["crosssample"]
     assert cluster_run["result"].returncode == 0
+    # the retry (its log replaced the cancelled job's) took the shards written before the cancel and drew the rest
+    assert cancelled["shards"], cancelled
+    resumed = re.search(r"resuming (\S+): (\d) of 2 shards already written", cancelled["log"].read_text())
+    assert resumed and resumed[1].endswith(str(cancelled["part"].relative_to(cluster_run["work"]))), cancelled
+    assert int(resumed[2]) >= len(cancelled["shards"])
+    assert cancelled["part"].is_file() and not cancelled["part"].with_name(cancelled["part"].name + ".shards").exists()

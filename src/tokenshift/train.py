@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tokenshift.advantages import MODES, weighted_advantages
-from tokenshift.generation import SamplingConfig, pad_rows, sample
+from tokenshift.generation import Sample, SamplingConfig, pad_rows, sample
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,52 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return adv.view(-1)
 
 
+def rollout_batch(
+    prompts: Sequence[list[int]], samples: Sequence[Sample], *, pad_id: int, eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampled responses as a training batch ``(input_ids, attention_mask, mask)``.
+
+    ``mask[i, t]`` (float, ``[B, T-1]``, aligned with ``logprobs_of``) is 1 where the prediction of
+    ``input_ids[i, t + 1]`` is trained: every response token, and the EOS of a response that
+    emitted one. A response cut by the length limit has no EOS to be trained on, so the EOS
+    ``collate`` appends to it is neither trained nor attended to.
+    """
+    ids, attn, resp = collate([Example(p, s.response_ids) for p, s in zip(prompts, samples)], pad_id, eos_id)
+    for i, s in enumerate(samples):
+        if s.finish_reason == "length":
+            last = int(attn[i].sum()) - 1
+            resp[i, last] = False
+            attn[i, last] = 0
+    return ids, attn, resp[:, 1:].float()
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_eps: float,
+    ref_logp: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> torch.Tensor:
+    """The clipped GRPO objective to minimise, averaged over the batch's trained tokens.
+
+    ``logp`` (with gradient), ``old_logp`` (the sampling policy's) and ``ref_logp`` are ``[B, T-1]``
+    token log-probabilities; ``advantages`` is ``[B, 1]`` or ``[B, T-1]``; ``mask`` weights tokens
+    (``rollout_batch``). Per token: PPO's ``-min(r A, clip(r, 1 - eps, 1 + eps) A)`` with
+    ``r = p / p_old``, plus ``kl_coef`` times the k3 estimate of KL(policy || reference),
+    ``p_ref / p - log(p_ref / p) - 1`` (Schulman 2020, "Approximating KL divergence"); the sum
+    over tokens is divided by their number (DAPO's token-level mean).
+    """
+    ratio = torch.exp(logp - old_logp)
+    per_token = -torch.minimum(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+    if ref_logp is not None and kl_coef > 0:
+        d = ref_logp - logp
+        per_token = per_token + kl_coef * (torch.exp(d) - d - 1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
 def grpo(
     policy: torch.nn.Module,
     prompts: Sequence[PromptItem],
@@ -231,15 +277,7 @@ def grpo(
             reward_fn([s.response_ids for s in samples], [p.gold for p in group_prompts]), dtype=torch.float32
         )
         adv = group_advantages(rewards, cfg.group_size)
-        examples = [Example(p.prompt_ids, s.response_ids) for p, s in zip(group_prompts, samples)]
-        # a response cut by the length limit has no EOS to be trained on
-        ids, attn, resp = collate(examples, pad_id, eos_id)
-        for i, s in enumerate(samples):
-            if s.finish_reason == "length":
-                last = int(attn[i].sum()) - 1
-                resp[i, last] = False
-                attn[i, last] = 0
-        mask = resp[:, 1:].float()
+        ids, attn, mask = rollout_batch([p.prompt_ids for p in group_prompts], samples, pad_id=pad_id, eos_id=eos_id)
         with torch.no_grad():
             old_logits = next_token_logits(policy, ids, attn)
             old_logp = logprobs_of(old_logits, ids)
@@ -261,13 +299,15 @@ def grpo(
             del old_logits, ref_logits
         policy.train()
         for _ in range(cfg.updates_per_batch):
-            logp = token_logprobs(policy, ids, attn)
-            ratio = torch.exp(logp - old_logp)
-            pg = -torch.minimum(ratio * a, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
-            if ref_logp is not None:
-                d = ref_logp - logp
-                pg = pg + cfg.kl_coef * (torch.exp(d) - d - 1)
-            loss = (pg * mask).sum() / mask.sum().clamp(min=1)
+            loss = grpo_loss(
+                token_logprobs(policy, ids, attn),
+                old_logp,
+                a,
+                mask,
+                clip_eps=cfg.clip_eps,
+                ref_logp=ref_logp,
+                kl_coef=cfg.kl_coef,
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
