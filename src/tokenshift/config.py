@@ -9,7 +9,6 @@ two tokenizers can be compared. Every error names the key and the bad value.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -250,9 +249,9 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 )
     from tokenshift.toy.config import ToyBuildConfig
 
-    toy = {**dataclasses.asdict(ToyBuildConfig()), **config.get("toy", {})}
-    if toy["min_steps"] > toy["max_steps"]:
-        raise ConfigError("toy.min_steps", toy["min_steps"], f"expected at most toy.max_steps ({toy['max_steps']})")
+    toy = ToyBuildConfig.from_mapping(config.get("toy"))
+    if toy.min_steps > toy.max_steps:
+        raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
     if cross.get("statistic", "exact") != "exact":
         from tokenshift.registry import POLICIES
 

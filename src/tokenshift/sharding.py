@@ -89,8 +89,8 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
     its own), written to ``out``."""
     frames = [(p, t) for p, t in ((p, read_parquet(p, "a part of a split run")) for p in parts) if t.width]
+    first_path, first = (frames[0][0], frames[0][1].schema) if frames else (None, None)
     for p, t in frames[1:]:
-        first_path, first = frames[0][0], frames[0][1].schema
         if t.schema != first:
             diff = next(
                 (
