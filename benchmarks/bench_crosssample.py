@@ -7,6 +7,10 @@ implementation (issue 7's target: >= 0.5x on CPU for the toy pair and a ~100M Qw
 depend on them. The pair decodes with policy ``js`` at a threshold that switches about a tenth
 of the tokens, so the full-vocabulary statistics and both samplers run at every step.
 
+A second measure (issue 23) times the toy pair at the default config's batch (1,024 rows, 96 new
+tokens) with the KV cache preallocated (``tokenshift.generation.preallocated_cache``, the decoder's
+own) against transformers' ``DynamicCache``, which appends each step by copying the whole cache.
+
 Each side is timed three times, alternating, and its best time kept. Runs with no arguments in
 under 3 minutes on a 2-core CPU (GPU cases only with CUDA) and
 prints, last, one line per measure: ``RESULT <measure> <ratio>``.
@@ -22,6 +26,7 @@ import torch
 import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import tokenshift.crosssample
 from tokenshift.crosssample import SwitchRule, cross_sample
 from tokenshift.generation import SamplingConfig, sample
 
@@ -117,6 +122,34 @@ def compare(shape: dict, *, batch: int, prompt_len: int, new_tokens: int, device
     return n_tokens / t_single, n_tokens / t_pair
 
 
+def preallocated_over_dynamic(shape: dict, *, batch: int, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+    """(DynamicCache tok/s, preallocated tok/s) of the pair decoder on CPU, same tokens both ways."""
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa")).eval()
+    torch.manual_seed(1)
+    rl = Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa")).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(1, shape["vocab_size"], (batch, prompt_len), generator=g).tolist()
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=new_tokens)
+    rule = SwitchRule(direction="forward", policy="js", threshold=0.05, budget=4)
+    own = tokenshift.crosssample.preallocated_cache
+    kw = dict(eos_id=None, pad_id=0, vocab_size=shape["vocab_size"], rule=rule, sampling=sampling, seed=0)
+    times, tokens = {"dynamic": float("inf"), "preallocated": float("inf")}, {}
+    for _ in range(3):
+        for name in times:
+            # None makes the model build its own DynamicCache, as it did before the preallocated one
+            tokenshift.crosssample.preallocated_cache = own if name == "preallocated" else (lambda *a: None)
+            t0 = time.perf_counter()
+            out = cross_sample(base, rl, prompts, batch_size=batch, **kw)
+            times[name] = min(times[name], time.perf_counter() - t0)
+            tokens[name] = [s.response_ids for s in out]
+    tokenshift.crosssample.preallocated_cache = own
+    if tokens["dynamic"] != tokens["preallocated"]:
+        raise SystemExit("the two caches decoded different tokens")
+    n = batch * new_tokens
+    return n / times["dynamic"], n / times["preallocated"]
+
+
 def main() -> None:
     transformers.logging.set_verbosity_error()  # eos -1 (never stop early) is deliberate here
     # the toy pair at the workflow's default cross-sampling batch on CPU (crosssample.batch_size auto: CPU_BATCH)
@@ -138,6 +171,9 @@ def main() -> None:
             flush=True,
         )
         results.append((f"crosssample_{name}_pair_over_generate", pair / single))
+    dynamic, preallocated = preallocated_over_dynamic(TOY, batch=1024, prompt_len=20, new_tokens=96)
+    print(f"toy_cpu pair at batch 1024: DynamicCache {dynamic:.0f} tok/s, preallocated {preallocated:.0f} tok/s")
+    results.append(("crosssample_toy_cpu_preallocated_over_dynamic", preallocated / dynamic))
     for name, ratio in results:
         print(f"RESULT {name} {ratio:.2f}")
 

@@ -606,3 +606,57 @@ def test_a_budget_beyond_the_length_limit_equals_no_limit(pair):
     _, unlimited = run(pair, budget=None, threshold=0.05, max_new=12)
     assert [s.response_ids for s in capped] == [s.response_ids for s in unlimited]
     assert [s.extra["switched_positions"] for s in capped] == [s.extra["switched_positions"] for s in unlimited]
+
+
+@torch.no_grad()
+def test_the_preallocated_cache_gives_the_dynamic_caches_logits_through_a_row_drop(pair):
+    from transformers import DynamicCache
+
+    from tokenshift.generation import pad_rows, preallocated_cache
+
+    model = pair[0]
+    ids, mask = pad_rows(PROMPTS, 0)
+    steps = 6
+    caches = {
+        "dynamic": DynamicCache(config=model.config),
+        "preallocated": preallocated_cache(model, ids.shape[1] + steps),
+    }
+    assert caches["preallocated"] is not None
+    logits = {}
+    for name, cache in caches.items():
+        rows, tok, attn, out = torch.arange(len(PROMPTS)), ids, mask, []
+        for t in range(steps):
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)[:, -tok.shape[1] :]
+            step = model(input_ids=tok, attention_mask=attn, position_ids=pos, past_key_values=cache).logits[:, -1]
+            out.append((rows.clone(), step))
+            tok = step.argmax(-1, keepdim=True)
+            if t == 2:  # drop rows as the decoder does when they finish
+                keep = torch.tensor([0, 2, 5])
+                cache.batch_select_indices(keep)
+                rows, tok, attn = rows[keep], tok[keep], attn[keep]
+            attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype)], dim=1)
+        logits[name] = out
+    for (rows_d, d), (rows_p, p) in zip(logits["dynamic"], logits["preallocated"]):
+        assert torch.equal(rows_d, rows_p) and torch.equal(d, p)
+    with pytest.raises(RuntimeError, match="room for"):  # the decode ran past the room it was given
+        two = torch.cat([tok, tok], dim=1)  # the cache holds the prompt and 5 steps: room for one more
+        model(
+            input_ids=two, attention_mask=torch.cat([attn, attn[:, -1:]], dim=1), past_key_values=caches["preallocated"]
+        )
+
+
+def test_models_with_sliding_window_layers_keep_their_own_cache():
+    from tokenshift.generation import preallocated_cache
+
+    cfg = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_sliding_window=True,
+        sliding_window=4,
+        max_window_layers=1,
+    )
+    assert preallocated_cache(Qwen2ForCausalLM(cfg), 16) is None

@@ -46,7 +46,15 @@ from pathlib import Path
 import torch
 
 from tokenshift.divergence import entropies_and_js
-from tokenshift.generation import Sample, SamplingConfig, check_context, pad_rows, row_noise, sample_seed
+from tokenshift.generation import (
+    Sample,
+    SamplingConfig,
+    check_context,
+    pad_rows,
+    preallocated_cache,
+    row_noise,
+    sample_seed,
+)
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS, parse_budget
@@ -493,9 +501,16 @@ def _decode_batch(
     drop_eos = rule.eos == "drop" and bool(stops)
     topk_selects = rule.topk is not None and statistic in ("js", "entropy")
 
-    logits_g, cache_g = _forward(gen, ids, mask, positions, None, vocab_size)
+    logits_g, cache_g = _forward(gen, ids, mask, positions, preallocated_cache(gen, width + total), vocab_size)
     logits_o, cache_o = (
-        _forward(other, ids.to(dev_o), mask.to(dev_o), positions.to(dev_o), None, vocab_size)
+        _forward(
+            other,
+            ids.to(dev_o),
+            mask.to(dev_o),
+            positions.to(dev_o),
+            preallocated_cache(other, width + total),
+            vocab_size,
+        )
         if other is not None
         else (None, None)
     )

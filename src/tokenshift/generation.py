@@ -41,6 +41,56 @@ def check_context(
             )
 
 
+def preallocated_cache(model, capacity: int):
+    """A key/value cache for ``model`` whose layers hold ``capacity`` positions from the start.
+
+    transformers' ``DynamicCache`` appends each step with ``torch.cat``, copying the whole cache:
+    over a decode that is quadratic in its length, and on CPU a large share of a small model's step.
+    Here a step writes its keys and values into place and attention reads a view of the filled
+    positions; the values, and so the logits, are the same. Rows are dropped as in ``DynamicCache``.
+    Models with sliding-window or linear-attention layers keep their own cache (``None``)."""
+    from transformers.cache_utils import Cache, DynamicLayer
+
+    cfg = model.config.get_text_config(decoder=True)
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"]):
+        return None
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", False):
+        return None
+
+    class _Layer(DynamicLayer):
+        def __init__(self):
+            super().__init__()
+            self.filled = 0
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.device = key_states.device
+                b, h, _, d = key_states.shape
+                self.k_buf = key_states.new_empty((b, h, capacity, d))
+                self.v_buf = value_states.new_empty((b, h, capacity, d))
+                self.is_initialized = True
+            n = key_states.shape[-2]
+            if self.filled + n > capacity:
+                raise RuntimeError(f"preallocated cache: {self.filled + n} positions, room for {capacity}")
+            self.k_buf[:, :, self.filled : self.filled + n] = key_states
+            self.v_buf[:, :, self.filled : self.filled + n] = value_states
+            self.filled += n
+            self.keys, self.values = self.k_buf[:, :, : self.filled], self.v_buf[:, :, : self.filled]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self.is_initialized:  # copy the filled positions only, into buffers of the same room
+                self.k_buf, self.v_buf = (self._select(buf, indices) for buf in (self.k_buf, self.v_buf))
+                self.keys, self.values = self.k_buf[:, :, : self.filled], self.v_buf[:, :, : self.filled]
+
+        def _select(self, buf: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+            kept = buf.new_empty((len(indices), *buf.shape[1:]))
+            kept[:, :, : self.filled] = buf[indices, :, : self.filled]
+            return kept
+
+    return Cache(layers=[_Layer() for _ in range(cfg.num_hidden_layers)])
+
+
 @dataclass(frozen=True)
 class Sample:
     response_ids: list[int]
@@ -127,6 +177,7 @@ def sample(
             gen = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
+                past_key_values=preallocated_cache(model, ids.shape[1] + sampling.max_new_tokens),
                 do_sample=not greedy,
                 temperature=None if greedy else sampling.temperature,
                 top_p=None if greedy else sampling.top_p,
