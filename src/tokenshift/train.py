@@ -278,29 +278,34 @@ def grpo(
         )
         adv = group_advantages(rewards, cfg.group_size)
         ids, attn, mask = rollout_batch([p.prompt_ids for p in group_prompts], samples, pad_id=pad_id, eos_id=eos_id)
+        need_ref = cfg.kl_coef > 0 or cfg.advantage != "none"
         with torch.no_grad():
-            old_logits = next_token_logits(policy, ids, attn)
-            old_logp = logprobs_of(old_logits, ids)
-            need_ref = cfg.kl_coef > 0 or cfg.advantage != "none"
             ref_logits = next_token_logits(reference, ids, attn) if need_ref else None
             ref_logp = logprobs_of(ref_logits, ids) if cfg.kl_coef > 0 else None
-            if cfg.advantage == "none":
-                a = adv[:, None]
-            else:
-                a = weighted_advantages(
-                    old_logits,
-                    ref_logits,
-                    adv,
-                    mask,
-                    mode=cfg.advantage,
-                    q=cfg.advantage_q,
-                    alpha=cfg.advantage_alpha,
-                )
-            del old_logits, ref_logits
         policy.train()
-        for _ in range(cfg.updates_per_batch):
+        for update in range(cfg.updates_per_batch):
+            logits = next_token_logits(policy, ids, attn)
+            logp = logprobs_of(logits, ids)
+            if update == 0:
+                # the first update's policy is the one that sampled: its log-probs are the old ones
+                # (no separate no-grad forward), and its logits weigh the advantages
+                with torch.no_grad():
+                    old_logp = logp.detach()
+                    if cfg.advantage == "none":
+                        a = adv[:, None]
+                    else:
+                        a = weighted_advantages(
+                            logits.detach(),
+                            ref_logits,
+                            adv,
+                            mask,
+                            mode=cfg.advantage,
+                            q=cfg.advantage_q,
+                            alpha=cfg.advantage_alpha,
+                        )
+                del ref_logits
             loss = grpo_loss(
-                token_logprobs(policy, ids, attn),
+                logp,
                 old_logp,
                 a,
                 mask,
@@ -308,6 +313,7 @@ def grpo(
                 ref_logp=ref_logp,
                 kl_coef=cfg.kl_coef,
             )
+            del logits
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
