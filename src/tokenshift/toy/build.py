@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -96,11 +97,20 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     return stats
 
 
-def train_prompts(tokenizer, cfg: ToyBuildConfig) -> list[PromptItem]:
-    """The toy task's training problems as GRPO prompts."""
-    train = problems(cfg.task, "train", cfg.n_train_problems)
-    ids = tokenizer([p.prompt for p in train], add_special_tokens=False).input_ids
-    return [PromptItem(i, str(p.answer)) for p, i in zip(train, ids)]
+class TrainPrompts(Sequence[PromptItem]):
+    """The toy task's training problems as GRPO prompts, tokenized when drawn: a run draws a few
+    hundred of the 20,000 (tokenizing all of them took seconds of every job's start)."""
+
+    def __init__(self, tokenizer, cfg: ToyBuildConfig):
+        self.tokenizer = tokenizer
+        self.problems = problems(cfg.task, "train", cfg.n_train_problems)
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __getitem__(self, i: int) -> PromptItem:
+        p = self.problems[i]
+        return PromptItem(self.tokenizer(p.prompt, add_special_tokens=False).input_ids, str(p.answer))
 
 
 def run_grpo(policy, tokenizer, grpo_cfg: GRPOConfig, cfg: ToyBuildConfig, **kwargs) -> list[dict]:
@@ -113,7 +123,7 @@ def run_grpo(policy, tokenizer, grpo_cfg: GRPOConfig, cfg: ToyBuildConfig, **kwa
             texts = tokenizer.batch_decode(responses)
             return [float(g.correct) for g in grader.grade(texts, golds)]
 
-        return grpo(policy, train_prompts(tokenizer, cfg), reward, grpo_cfg, pad_id=eos, eos_id=eos, **kwargs)
+        return grpo(policy, TrainPrompts(tokenizer, cfg), reward, grpo_cfg, pad_id=eos, eos_id=eos, **kwargs)
 
 
 def toy_sampling(cfg: ToyBuildConfig) -> SamplingConfig:
