@@ -56,6 +56,9 @@ DATASETS = config["datasets"]
 TOY_BASE = [m for m, s in MODELS.items() if s.get("toy") == "base"]
 TOY_RL = [m for m, s in MODELS.items() if s.get("toy") == "rl"]
 TOY_SFT = [m for m, s in MODELS.items() if s.get("toy") == "sft"]
+# the toy base and RL builds gate nearly every job: run them first when they are ready (left to
+# itself, Snakemake fills two cores with two one-thread jobs before one two-thread build)
+TOY_BUILD_PRIORITY = 10
 FETCHED = [m for m, s in MODELS.items() if model_source(s) in ("path", "hub")]
 TOY_DATASETS = [d for d, s in DATASETS.items() if "toy" in s]
 PAIR_DATASETS = [(p, d) for p, spec in PAIRS.items() for d in spec["datasets"]]

@@ -33,6 +33,7 @@ rule toy_base:
         "logs/benchmarks/models/{model}.tsv"
     wildcard_constraints:
         model=alternatives(TOY_BASE),
+    priority: TOY_BUILD_PRIORITY
     conda:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
@@ -56,6 +57,7 @@ rule toy_rl:
         "logs/benchmarks/models/{model}.tsv"
     wildcard_constraints:
         model=alternatives(TOY_RL),
+    priority: TOY_BUILD_PRIORITY
     conda:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
