@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokenshift.crosssample import SwitchRule, cross_sample, sample_from_logits, step_statistics
+from tokenshift.crosssample import REMOVE_RETRIES, SwitchRule, cross_sample, sample_from_logits, step_statistics
 from tokenshift.generation import SamplingConfig, row_noise, sample_seed
 from tokenshift.registry import POLICIES, parse_budget
 
@@ -52,44 +52,73 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
     us, rs = row_noise([sample_seed(seed, "", i) for i in range(n)], ceiling)  # each row's own noise
     budget = math.inf if cfg.budget is None else cfg.budget
 
+    def statistic(lg, lo, u, r):
+        """The policy's statistic, written out for one row (the generator's draw y for logprob/rank)."""
+        name = POLICIES[cfg.policy].statistic
+        if name == "uniform":
+            return float(r)
+        if name in ("js", "entropy", "entropy_other", "argmax"):
+            return float(step_statistics(lg, lo, cfg.topk)[name])
+        lp, lq = torch.log_softmax(lg[0], -1), torch.log_softmax(lo[0], -1)
+        if name == "kl":
+            return float((lp.exp() * (lp - lq)).sum())
+        if name == "kl_r":
+            return float((lq.exp() * (lq - lp)).sum())
+        y = int(sample_from_logits(lg, u, sampling))
+        if name == "logprob":
+            return float(lp[y] - lq[y])
+        return float((lo[0] > lo[0, y]).sum() - (lg[0] > lg[0, y]).sum())  # rank
+
     def decode(i, prompt, forced):
-        seq, resp, positions, stats_seen, used = list(prompt), [], [], [], 0
+        seq, resp, positions, stats_seen, used, removed = list(prompt), [], [], [], 0, 0
         t, cap = 0, steps
         while t < cap:
             x = torch.tensor([seq])
             lg, lo = gen(x).logits[:, -1, :VOCAB], other(x).logits[:, -1, :VOCAB]
-            stats = step_statistics(lg, lo, cfg.topk)
-            stat = rs[i, t : t + 1] if cfg.policy == "random" else stats[cfg.policy]
-            stats_seen.append(float(stat))
-            switch = (bool(stat > cfg.threshold) or t in forced) and used < budget
+            u = us[i, t : t + 1]
+            stat = statistic(lg, lo, u, rs[i, t])
+            stats_seen.append(stat)
+            switch = (stat > cfg.threshold or t in forced) and used < budget
             if switch and cfg.eos == "drop" and eos_id is not None:
                 lo = lo.clone()
                 lo[:, eos_id] = -math.inf
-            tok = int(sample_from_logits(lo if switch else lg, us[i, t : t + 1], sampling))
+            tok = int(sample_from_logits(lo if switch else lg, u, sampling))
             if switch:
                 used += 1
-                positions.append(t)
                 if cfg.length == "after_switch":  # regenerate: max_new_tokens more from the switched token on
                     cap = min(t + 1 + steps, ceiling)
+                k = 0
+                while cfg.eos == "remove" and tok == eos_id:  # deleted; the position is drawn again
+                    removed, k = removed + 1, k + 1
+                    if used >= budget or (budget == math.inf and k > REMOVE_RETRIES):
+                        tok, switch = int(sample_from_logits(lg, u, sampling)), False  # the generator's own
+                        break
+                    used += 1
+                    fresh = torch.rand(
+                        1, generator=torch.Generator().manual_seed((int(u[0] * 2**52) * 8191 + k) % 2**63)
+                    )
+                    tok = int(sample_from_logits(lo, fresh, sampling))
+                if switch:
+                    positions.append(t)
             if tok == eos_id:
-                return resp, positions, stats_seen
+                return resp, positions, stats_seen, removed
             resp.append(tok)
             seq.append(tok)
             t += 1
-        return resp, positions, stats_seen
+        return resp, positions, stats_seen, removed
 
     out = []
     for i, prompt in enumerate(prompts):
         forced = set()
         while True:
-            resp, positions, stats_seen = decode(i, prompt, forced)
-            if not cfg.force or len(positions) >= budget:
+            resp, positions, stats_seen, removed = decode(i, prompt, forced)
+            if not cfg.force or len(positions) + removed >= budget:
                 break
             start = positions[-1] + 1 if positions else 0
             if start >= len(stats_seen):
                 break
             forced.add(start + max(range(len(stats_seen) - start), key=lambda j: stats_seen[start + j]))
-        out.append((resp, positions))
+        out.append((resp, positions, removed))
     return out
 
 
@@ -148,6 +177,15 @@ def run(
         ("forward", "js", 3, 0.3, True, "end"),
         ("forward", "entropy", 4, 1.2, True, "drop"),
         ("reverse", "js", None, 0.5, False, "drop"),
+        ("reverse", "js", 6, 0.0, False, "remove"),
+        ("reverse", "js", None, 0.0, False, "remove"),
+        ("reverse", "entropy", 5, 0.5, True, "remove"),
+        ("forward", "logprob", 3, 1.0, False, "end"),
+        ("reverse", "dlogp", None, 0.5, False, "end"),
+        ("forward", "rank", 4, 2.0, True, "end"),
+        ("forward", "kl", 3, 0.2, False, "end"),
+        ("reverse", "kl_r", None, 0.2, False, "end"),
+        ("forward", "entropy_other", 2, 1.5, False, "end"),
     ],
 )
 def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, policy, budget, threshold, force, eos):
@@ -171,10 +209,14 @@ def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, pol
     ref = reference(gen, other, prompts, eos_id=47, cfg=rule, sampling=sampling, seed=3)
     assert [s.response_ids for s in samples] == [r[0] for r in ref]
     assert [s.extra["switched_positions"] for s in samples] == [r[1] for r in ref]
-    assert any(s.finish_reason == "stop" for s in samples) and any(s.finish_reason == "length" for s in samples)
+    assert [s.extra["n_removed"] for s in samples] == [r[2] for r in ref]
+    if eos != "remove":  # (switching everywhere, remove may leave no response that stops)
+        assert any(s.finish_reason == "stop" for s in samples) and any(s.finish_reason == "length" for s in samples)
     if budget is not None:
-        assert max(s.extra["n_switched"] for s in samples) <= budget
+        assert max(s.extra["n_switched"] + s.extra["n_removed"] for s in samples) <= budget
     assert sum(s.extra["n_switched"] for s in samples) > 0
+    if eos == "remove":  # the case is real: injected EOS draws were removed, and none ended a response on a switch
+        assert sum(s.extra["n_removed"] for s in samples) > 0
 
 
 @pytest.mark.parametrize(
@@ -444,6 +486,35 @@ def test_sampler_inverts_the_cdf_exactly():
 
 def resolve_threshold(policy, direction, spec, scores=None):
     return POLICIES[policy].resolve(spec, direction, scores)
+
+
+def test_the_authors_and_the_follow_ups_token_criteria_read_their_own_score_columns():
+    scores = pl.DataFrame(
+        {
+            "logp_base": [-1.0, -2.0, -0.5, -3.0, -1.0],
+            "logp_rl": [-1.0, -0.5, -2.5, -1.0, -0.2],
+            "kl_base_rl": [0.1, 0.2, 0.3, 0.4, 0.5],
+            "kl_rl_base": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "entropy_base": [0.0] * 5,
+            "entropy_rl": [2.0] * 5,
+        }
+    )
+    # logprob: log p_generator(y) - log p_other(y); forward [0, -1.5, 2, -2, -0.8], reverse its negation
+    assert resolve_threshold("logprob", "forward", {"percentile": 50}, scores) == pytest.approx(-0.8)
+    assert resolve_threshold("logprob", "reverse", {"percentile": 50}, scores) == pytest.approx(0.8)
+    assert resolve_threshold("kl", "forward", {"percentile": 100}, scores) == pytest.approx(0.5)
+    assert resolve_threshold("kl", "reverse", {"percentile": 100}, scores) == pytest.approx(5.0)
+    assert resolve_threshold("kl_r", "forward", {"percentile": 0}, scores) == pytest.approx(1.0)
+    assert resolve_threshold("entropy_other", "forward", {"percentile": 50}, scores) == pytest.approx(2.0)
+    # the follow-up's tau: switch where log p_RL(y) - log p_base(y) <= tau, i.e. logprob above -tau
+    assert resolve_threshold("dlogp", "forward", {"tau": -0.3}) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="'threshold' or 'percentile'"):
+        resolve_threshold("logprob", "forward", {"tau": -0.3})
+    # no score table holds the sampled token's ranks: rank percentiles are per prompt or response only
+    with pytest.raises(ValueError, match="no rank statistic"):
+        SwitchRule.resolve("forward", "rank", "4", {"percentile": 90}, scores=None)
+    assert SwitchRule.resolve("forward", "rank", "4", {"percentile": 90, "level": "response"}).level == "response"
+    assert resolve_threshold("rank", "forward", {"threshold": 3}) == 3.0
 
 
 def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():

@@ -111,7 +111,8 @@ def test_policies_and_directions_are_the_registry():
     for name, spec in thresholds.items():
         absolute = next(o for o in spec["oneOf"] if "threshold" in o.get("properties", {}))["properties"]["threshold"]
         low, high = POLICIES[name].bounds
-        assert absolute["minimum"] == low and absolute.get("maximum", float("inf")) == pytest.approx(high)
+        assert absolute.get("minimum", -float("inf")) == low
+        assert absolute.get("maximum", float("inf")) == pytest.approx(high)
 
 
 @pytest.mark.parametrize("cls", FLAG_CLASSES, ids=lambda c: c.__name__)
@@ -194,3 +195,9 @@ def test_a_batch_setting_is_auto_or_a_positive_number(cls, name):
     for bad in (0, "x"):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, spec)
+
+
+def test_every_policy_has_a_colour_of_its_own():
+    from tokenshift.plots.style import POLICY
+
+    assert set(POLICY) == set(POLICIES) and len(set(POLICY.values())) == len(POLICY)

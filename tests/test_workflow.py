@@ -73,7 +73,12 @@ def _mutations():
             m(lambda c: c["crosssample"]["thresholds"].update(random={"percentile": 101})),
             "crosssample.thresholds.random.percentile",
         ),
-        ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "kl"])), "crosssample.policies[1]"),
+        ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "klx"])), "crosssample.policies[1]"),
+        (
+            "rank-percentile-over-the-dataset",  # no score table holds the sampled token's ranks
+            m(lambda c: c["crosssample"]["thresholds"].update(rank={"percentile": 90})),
+            "crosssample.thresholds.rank",
+        ),
         (
             "advantage-variants-without-the-baseline",
             m(lambda c: c["advantages"].update(variants=["js", "topq"])),
@@ -448,7 +453,7 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
 
     r = snakemake(with_config(work, config), "-n", "-p", "all", "resources/models/q.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (.*?2>&1)$", r.stdout, flags=re.S | re.M)]
+    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (?!None$)(.*?2>&1)$", r.stdout, flags=re.S | re.M)]
     tokens = [t for c in commands for t in c]
     for key, value in values.items():
         assert value in tokens, key

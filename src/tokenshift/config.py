@@ -252,11 +252,18 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
         raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
-    if cross.get("statistic", "exact") != "exact":
-        from tokenshift.registry import POLICIES
+    from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
+    for policy, spec in cross.get("thresholds", {}).items():
+        try:
+            POLICIES[policy].per_row(spec)  # a level its statistic can be taken at
+        except ValueError as e:
+            raise ConfigError(f"crosssample.thresholds.{policy}", dict(spec), str(e)) from None
+    if cross.get("statistic", "exact") != "exact":
         for policy, spec in cross.get("thresholds", {}).items():
-            if policy in cross.get("policies", POLICIES) and POLICIES[policy].needs_scores(spec):
+            pol = POLICIES[policy]
+            selected = policy in cross.get("policies", POLICIES) and pol.statistic in TOPK_STATISTICS
+            if selected and pol.needs_scores(spec):
                 raise ConfigError(
                     f"crosssample.thresholds.{policy}",
                     dict(spec),

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from tokenshift.divergence import entropies_and_js
+from tokenshift.divergence import entropies_and_js, kl_divergence, rank_of
 from tokenshift.generation import (
     Sample,
     SamplingConfig,
@@ -57,13 +57,12 @@ from tokenshift.generation import (
 )
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
-from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS, parse_budget
+from tokenshift.registry import DIRECTIONS, INJECTED_EOS, POLICIES, THRESHOLD_LEVELS, TOPK_STATISTICS, parse_budget
 from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
 
-INJECTED_EOS = ("end", "drop")
 LENGTH_RULES = ("response", "after_switch")
 COMPACT_FRACTION = 0.125
 """Drop finished rows from the caches once they are this share of the rows still decoded."""
@@ -86,8 +85,10 @@ class SwitchRule:
     switch in which no position passes the threshold gets one switch anyway, at its position of
     highest statistic (the response is decoded again from there, on the same noise)."""
     eos: str = "end"
-    """A switch that draws the injected model's EOS: ``end`` ends the response (and counts);
-    ``drop`` draws the injected token with EOS excluded, so the generator goes on (the authors)."""
+    """A switch that draws the injected model's EOS: ``end`` ends the response (and counts; ours);
+    ``drop`` draws the injected token with EOS excluded, so the generator goes on (ours);
+    ``remove`` deletes it, the draw spent, and the same position is drawn again while the budget
+    lasts, then the generator's own token stands (the authors' ``eot_replace remove``)."""
     level: str = "dataset"
     """``dataset``: ``threshold`` holds for every row. ``prompt`` / ``response``: each row's threshold
     is the ``percentile`` of the statistic over the generator's own responses (the run's budget-0
@@ -179,7 +180,7 @@ class SwitchRule:
             pol.per_row(spec)
         except ValueError as e:
             raise InputError(str(e)) from None
-        if topk is not None and pol.needs_scores(spec):
+        if topk is not None and pol.statistic in TOPK_STATISTICS and pol.needs_scores(spec):
             raise InputError(
                 f"{policy} percentile {spec['percentile']} over the dataset is one of the exact statistic (the scored "
                 f"rollouts); with statistic topk:{topk} give the percentile a level (prompt or response) or a threshold"
@@ -190,12 +191,12 @@ class SwitchRule:
                     f"{policy} percentile {spec['percentile']} needs --scores: the per-token scores of "
                     "the generating model's rollouts"
                 )
-            column = pol.score_column_for(direction)
-            table = read_parquet(scores, "per-token scores (tokenshift score)", (column,))
+            columns = pol.score_columns_for(direction)
+            table = read_parquet(scores, "per-token scores (tokenshift score)", columns)
             if not table.height:
                 raise InputError(
                     f"{scores}: no scored positions (expected per-token scores to take the {policy} threshold, "
-                    f"the {spec['percentile']}th percentile of {column}, from)"
+                    f"the {spec['percentile']}th percentile of {' - '.join(columns)}, from)"
                 )
         try:
             level = pol.per_row(spec)
@@ -241,20 +242,36 @@ def _invert_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def step_statistics(
-    logits_gen: torch.Tensor, logits_other: torch.Tensor, topk: int | None = None
+    logits_gen: torch.Tensor,
+    logits_other: torch.Tensor,
+    topk: int | None = None,
+    tokens: torch.Tensor | None = None,
+    kl: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Per row: JS between the two models (temperature 1), the generator's entropy, argmax disagreement.
+    """Per row, what a policy reads (``Policy.statistic``; the decoder adds its ``uniform`` draw):
+    JS between the two models (temperature 1), each one's entropy (``entropy``: the generator's,
+    ``entropy_other``), and whether their argmaxes differ. With ``kl``, KL(generator || other) and
+    KL(other || generator); with ``tokens`` (the generator's draw y), ``logprob`` = log p_gen(y) -
+    log p_other(y) and ``rank`` = y's 0-based rank under the other model minus under the generator.
+    The divergences and ranks are those of the divergence tables (``tokenshift.divergence``).
 
-    With the decoder's ``uniform`` draw these are the statistics a policy reads (``Policy.statistic``).
-    ``topk``: JS and entropy of each model's K most probable tokens, renormalised (what vLLM's top-K
-    log-probs give, as in the authors' scripts), instead of the full vocabulary's.
+    ``topk``: JS and entropies of each model's K most probable tokens, renormalised (what vLLM's
+    top-K log-probs give, as in the authors' scripts), instead of the full vocabulary's.
     """
-    p = torch.log_softmax(logits_gen.float(), dim=-1).exp()
-    q = torch.log_softmax(logits_other.float(), dim=-1).exp()
+    logp = torch.log_softmax(logits_gen.float(), dim=-1)
+    logq = torch.log_softmax(logits_other.float(), dim=-1)
+    p, q = logp.exp(), logq.exp()
+    out = {"argmax": (logits_gen.argmax(-1) != logits_other.argmax(-1)).float()}
+    if kl:
+        out |= {"kl": kl_divergence(p, logp, logq), "kl_r": kl_divergence(q, logq, logp)}
+    if tokens is not None:
+        at = tokens[:, None]
+        out["logprob"] = (logp.gather(-1, at) - logq.gather(-1, at))[:, 0]
+        out["rank"] = (rank_of(logits_other.float(), tokens) - rank_of(logits_gen.float(), tokens)).float()
     if topk is not None:
         p, q = _top_renormalised(p, topk), _top_renormalised(q, topk)
-    ent_gen, _, js = entropies_and_js(p, q)
-    return {"js": js, "entropy": ent_gen, "argmax": (logits_gen.argmax(-1) != logits_other.argmax(-1)).float()}
+    ent_gen, ent_other, js = entropies_and_js(p, q)
+    return out | {"js": js, "entropy": ent_gen, "entropy_other": ent_other}
 
 
 def _top_renormalised(probs: torch.Tensor, k: int) -> torch.Tensor:
@@ -302,7 +319,8 @@ def cross_sample(
     Each ``Sample`` carries ``extra``: ``n_switched``, ``switched_positions`` (0-based positions
     in the response; a switch that drew EOS is at ``len(response_ids)``), ``switched_js`` (the JS
     at each), ``step_js`` (the JS at every response position, for plots), ``n_forced`` (the
-    switches ``rule.force`` made) and ``row_threshold``. ``eos_id`` may be several stop ids;
+    switches ``rule.force`` made), ``n_removed`` (injected EOS draws removed, ``rule.eos`` remove)
+    and ``row_threshold``. ``eos_id`` may be several stop ids;
     ``None`` decodes to the length limit (benchmarks). Each row draws its noise from its own seed
     (``seeds``; the stage's are ``generation.sample_seed`` of its problem and sample index; without
     them, ``sample_seed(seed, "", i)`` of its index), so a row's draw depends on nothing else in
@@ -452,7 +470,7 @@ def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> in
     would have switched): the highest-statistic position of that stretch (EOS included) is
     switched. Without a budget there is no count of switches to reach, so nothing is forced.
     """
-    if rule.budget is None or sample.extra["n_switched"] >= rule.budget:
+    if rule.budget is None or sample.extra["n_switched"] + sample.extra["n_removed"] >= rule.budget:
         return None
     switched = sample.extra["switched_positions"]
     first = switched[-1] + 1 if switched else 0
@@ -460,6 +478,43 @@ def _forced_position(sample: Sample, stat: torch.Tensor, rule: SwitchRule) -> in
     if first >= end:
         return None
     return first + int(stat[first:end].argmax())
+
+
+REMOVE_RETRIES = 8
+"""``eos: remove`` without a budget: the most draws one position makes before the generator's own
+token stands (with a budget, the budget bounds them)."""
+
+
+def _remove_injected_eos(tok, own, switch, used, budget, lo, u, rows, removed, stop_ids, sampling) -> torch.Tensor:
+    """The authors' ``eot_replace remove``: an injected EOS is deleted, its draw spent, and the
+    generator goes on from the same prefix, where (same prefix, same statistic) the position is
+    picked again and the other model draws again, on fresh noise, while the budget lasts; when it
+    runs out the generator's own draw stands. ``tok``, ``used`` and ``removed`` are updated in place;
+    returns where a token was injected."""
+    switch = switch.clone()
+    again = switch & torch.isin(tok, stop_ids)
+    k = 0
+    while again.any():
+        k += 1
+        removed[rows[again]] += 1
+        retry = again & (used < budget) & (k <= REMOVE_RETRIES if math.isinf(budget) else True)
+        given_up = again & ~retry
+        tok[given_up], switch[given_up] = own[given_up], False
+        if not retry.any():
+            break
+        used += retry.float()
+        idx = retry.nonzero()[:, 0]
+        # fresh noise per (row, step, retry), from the row's own uniform: a row's draws depend on nothing else
+        fresh = torch.tensor(
+            [
+                torch.rand(1, generator=torch.Generator().manual_seed((int(u[i] * 2**52) * 8191 + k) % 2**63)).item()
+                for i in idx
+            ],
+            device=u.device,
+        )
+        tok[idx] = sample_from_logits(lo[idx], fresh, sampling)
+        again = retry & torch.isin(tok, stop_ids)
+    return switch
 
 
 def _decode_batch(
@@ -499,7 +554,9 @@ def _decode_batch(
     stops = [] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     stop_ids = torch.tensor(stops, dtype=torch.long, device=dev)
     drop_eos = rule.eos == "drop" and bool(stops)
-    topk_selects = rule.topk is not None and statistic in ("js", "entropy")
+    remove_eos = rule.eos == "remove" and bool(stops)
+    topk_selects = rule.topk is not None and statistic in TOPK_STATISTICS
+    of_token = statistic in ("logprob", "rank")  # read at the generator's own draw
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, preallocated_cache(gen, width + total), vocab_size)
     logits_o, cache_o = (
@@ -523,6 +580,7 @@ def _decode_batch(
     switched = torch.zeros((n, total), dtype=torch.bool, device=dev)
     js_all = torch.zeros((n, total), device=dev)
     stat_all = torch.zeros((n, total), device=dev)
+    removed = torch.zeros(n, dtype=torch.long, device=dev)  # injected EOS draws removed, per original row
     length = torch.full((n,), total, dtype=torch.long, device=dev)
     stopped = torch.zeros(n, dtype=torch.bool, device=dev)
     cap = torch.full((n,), max_new, dtype=torch.long, device=dev)  # each row's length limit, per original row
@@ -539,15 +597,23 @@ def _decode_batch(
             tok = sample_from_logits(lg, u, sampling)
         else:
             lo = logits_o.to(dev, torch.float32)
-            stats = {**step_statistics(lg, lo), "uniform": r}
+            own = sample_from_logits(lg, u, sampling)  # the generator's draw, which stands unless switched
+            stats = step_statistics(lg, lo, tokens=own if of_token else None, kl=statistic in ("kl", "kl_r"))
+            stats["uniform"] = r
             chosen = step_statistics(lg, lo, rule.topk)[statistic] if topk_selects else stats[statistic]
             switch = ((chosen > threshold[rows]) | force[rows, t]) & (used < budget) & live
-            if drop_eos:
-                lo[:, stop_ids] = -math.inf  # only read where a row switches
-            tok = sample_from_logits(torch.where(switch[:, None], lo, lg), u, sampling)
+            tok = own.clone()
+            if switch.any():  # the other model draws on the same uniform
+                lo_s = lo[switch]
+                if drop_eos:
+                    lo_s[:, stop_ids] = -math.inf
+                tok[switch] = sample_from_logits(lo_s, u[switch], sampling)
+        spent = switch.clone()  # budget spent at this step: the authors regenerate after each
         used += switch.float()
+        if remove_eos and switch.any():
+            switch = _remove_injected_eos(tok, own, switch, used, budget, lo, u, rows, removed, stop_ids, sampling)
         if after_switch:  # the authors regenerate max_new tokens from each switch: the cap moves past it
-            cap[rows[switch]] = min(t + 1 + max_new, total)
+            cap[rows[spent]] = min(t + 1 + max_new, total)
         tokens[rows[live], t] = tok[live]
         switched[rows, t] = switch
         js_all[rows, t] = stats["js"]
@@ -602,6 +668,7 @@ def _decode_batch(
                 "switched_js": js_all[i, sw].tolist(),
                 "step_js": js_all[i, :k].tolist(),
                 "n_forced": int(force[i, sw].sum()),
+                "n_removed": int(removed[i]),
                 "row_threshold": float(thresholds[i]),
             },
         )
@@ -621,6 +688,7 @@ def _polars_schema() -> dict:
         "switched_js": pl.List(pl.Float32),
         "step_js": pl.List(pl.Float32),
         "n_forced": pl.Int32,
+        "n_removed": pl.Int32,
         "row_threshold": pl.Float32,
     }
 
@@ -705,7 +773,7 @@ def run_crosssample(
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
     of other pairs or datasets are never aggregated together. Of a run split over several jobs,
     this writes job ``part``'s rows. Rows are the rollout stage's columns
-    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js``, ``n_forced`` and
+    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js``, ``n_forced``, ``n_removed`` and
     ``row_threshold``, and the run's ``direction``, ``policy``, ``budget``, ``threshold`` (absolute;
     null where each row has its own) and ``threshold_level``.
     """

@@ -93,8 +93,8 @@ def token_stats_unchecked(
     q = logq.exp()
     # -inf logits give logp = -inf and p = 0; xlogy keeps 0 * log 0 = 0.
     ent_p, ent_q, js = entropies_and_js(p, q)
-    kl_pq = _kl(p, logp, logq)
-    kl_qp = _kl(q, logq, logp)
+    kl_pq = kl_divergence(p, logp, logq)
+    kl_qp = kl_divergence(q, logq, logp)
 
     k = min(top_k, a.shape[-1])
     top_p = torch.topk(a, k, dim=-1).indices
@@ -123,8 +123,8 @@ def token_stats_unchecked(
         "entropy_base": ent_p,
         "entropy_rl": ent_q,
         "topk_overlap": overlap,
-        "rl_top1_rank_in_base": _rank_of(a, q_top1),
-        "base_top1_rank_in_rl": _rank_of(b, p_top1),
+        "rl_top1_rank_in_base": rank_of(a, q_top1),
+        "base_top1_rank_in_rl": rank_of(b, p_top1),
         "p_base_of_rl_top1": p[rows, q_top1],
         "p_rl_of_rl_top1": q[rows, q_top1],
     }
@@ -141,7 +141,8 @@ def entropies_and_js(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, to
     return -plogp.sum(-1), -qlogq.sum(-1), (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)
 
 
-def _kl(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+def kl_divergence(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row of ``[N, V]`` probabilities and log-probabilities, in nats."""
     # p * (log p - log q) with 0 where p = 0 (even if q = 0 too) and +inf where only q = 0
     diff = torch.where(p > 0, logp - logq, torch.zeros_like(logp))
     kl = (p * diff).sum(-1)
@@ -149,7 +150,7 @@ def _kl(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor
     return torch.where(identical, torch.zeros_like(kl), kl.clamp(min=0.0))
 
 
-def _rank_of(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+def rank_of(logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
     """0-based rank of ``token`` per row: how many tokens have strictly larger logits."""
     chosen = logits.gather(-1, token[:, None])
     return (logits > chosen).sum(-1)

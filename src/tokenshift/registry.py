@@ -24,6 +24,11 @@ THRESHOLD_LEVELS = ("dataset", "prompt", "response")
 
 GENERATOR = {"forward": "base", "reverse": "rl"}
 """Which model generates in each direction (the other one's tokens are injected)."""
+INJECTED = {"forward": "rl", "reverse": "base"}
+"""Whose tokens are injected in each direction (the model that does not generate)."""
+
+INJECTED_EOS = ("end", "drop", "remove")
+"""What a switch that draws the injected model's EOS does (``tokenshift.crosssample.SwitchRule.eos``)."""
 
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 """Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""
@@ -51,10 +56,17 @@ class Policy:
     """Range of the statistic, so of any threshold."""
     score_column: str | None = None
     """Per-token score column whose percentile sets the threshold (``{generator}`` is the
-    generating model's role); None when a percentile needs no scores."""
+    generating model's role, ``{other}`` the injected one's; ``a-b`` is the difference of two
+    columns); None when a percentile needs no scores."""
+    scored: bool = True
+    """False where the score tables hold no column of the statistic: a percentile must then be
+    taken per prompt or response (over the run's budget-0 twins), not over the dataset."""
     fixed_threshold: float | None = None
     """A threshold that is not configurable (``argmax`` switches where the argmaxes differ)."""
     default_threshold: Mapping[str, float] | None = dataclasses.field(default_factory=lambda: {"percentile": 90})
+    tau: bool = False
+    """Also takes ``{tau: t}``, the follow-up's rule "switch where log p_other(y) - log p_generator(y)
+    <= t", as the threshold -t on its statistic."""
 
     @property
     def configurable(self) -> bool:
@@ -74,14 +86,26 @@ class Policy:
         level = spec.get("level", "dataset")
         if level not in THRESHOLD_LEVELS:
             raise ValueError(f"{self.name} threshold level {level!r}: expected one of {THRESHOLD_LEVELS}")
-        if level == "dataset" or self.score_column is None or not self.configurable:
+        if level == "dataset" and not self.scored and "percentile" in spec:
+            raise ValueError(
+                f"{self.name} percentile over the dataset: the score tables hold no {self.name} statistic; "
+                "give the percentile a level (prompt or response) or give a threshold"
+            )
+        if level == "dataset" or (self.score_column is None and self.scored) or not self.configurable:
             return None
         if "percentile" not in spec:
             raise ValueError(f"{self.name} threshold level {level!r} needs a percentile, got {dict(spec)}")
         return level
 
-    def score_column_for(self, direction: str) -> str:
-        return self.score_column.format(generator=GENERATOR[direction])
+    def score_columns_for(self, direction: str) -> tuple[str, ...]:
+        """The score columns the statistic is read from (two for a difference ``a-b``)."""
+        named = self.score_column.format(generator=GENERATOR[direction], other=INJECTED[direction])
+        return tuple(named.split("-"))
+
+    def score_values(self, scores, direction: str):
+        """The statistic at every scored position of ``scores`` (a polars DataFrame)."""
+        first, *rest = self.score_columns_for(direction)
+        return scores[first] - scores[rest[0]] if rest else scores[first]
 
     def check(self, threshold: float, key: str = "threshold") -> None:
         low, high = self.bounds
@@ -105,6 +129,8 @@ class Policy:
             return None  # each row's own, while decoding
         if "threshold" in spec:
             t = float(spec["threshold"])
+        elif self.tau and "tau" in spec:
+            t = -float(spec["tau"])
         elif "percentile" in spec:
             q = float(spec["percentile"])
             if not 0 <= q <= 100:
@@ -116,9 +142,10 @@ class Policy:
                     f"{self.name} percentile {q} needs the per-token scores of the generating model's rollouts"
                 )
             else:
-                t = float(scores[self.score_column_for(direction)].quantile(q / 100, "linear"))
+                t = float(self.score_values(scores, direction).quantile(q / 100, "linear"))
         else:
-            raise ValueError(f"{self.name}: expected 'threshold' or 'percentile', got {dict(spec)}")
+            keys = "'threshold', 'tau' or 'percentile'" if self.tau else "'threshold' or 'percentile'"
+            raise ValueError(f"{self.name}: expected {keys}, got {dict(spec)}")
         self.check(t)
         return t
 
@@ -154,9 +181,58 @@ POLICIES: dict[str, Policy] = {
             "the generating model's entropy (nats), the criterion of the authors' scripts",
             score_column="entropy_{generator}",
         ),
+        Policy(
+            "logprob",
+            "logprob",
+            "log p_generator(y) - log p_other(y) of the generator's sampled token y: the authors' 'logprob' "
+            "criterion (how much less the injected model wants the token the generator drew)",
+            bounds=(-math.inf, math.inf),
+            score_column="logp_{generator}-logp_{other}",
+        ),
+        Policy(
+            "dlogp",
+            "logprob",
+            "the follow-up's signed log-probability difference (forward: log p_RL(y) - log p_base(y)): it "
+            "switches where that is below tau, given as {tau: t}, i.e. where the logprob statistic exceeds -tau",
+            bounds=(-math.inf, math.inf),
+            score_column="logp_{generator}-logp_{other}",
+            tau=True,
+            default_threshold={"tau": -0.3},  # the follow-up's for DAPO-32B
+        ),
+        Policy(
+            "rank",
+            "rank",
+            "rank of y under the injected model minus its rank under the generator (0-based ranks, y the "
+            "generator's sampled token): the authors' 'rank' criterion",
+            bounds=(-math.inf, math.inf),
+            scored=False,
+            default_threshold={"percentile": 90, "level": "prompt"},
+        ),
+        Policy(
+            "kl",
+            "kl",
+            "KL(generator || other) (nats)",
+            score_column="kl_{generator}_{other}",
+        ),
+        Policy(
+            "kl_r",
+            "kl_r",
+            "KL(other || generator) (nats)",
+            score_column="kl_{other}_{generator}",
+        ),
+        Policy(
+            "entropy_other",
+            "entropy_other",
+            "the injected model's entropy (nats)",
+            score_column="entropy_{other}",
+        ),
     )
 }
-"""The switching policies, in the order the workflow runs them by default."""
+"""The switching policies."""
+TOPK_STATISTICS = ("js", "entropy", "entropy_other")
+"""The statistics a ``topk:K`` setting takes over each model's K most probable tokens, renormalised."""
+DEFAULT_POLICIES = ("js", "random", "argmax", "entropy")
+"""The policies a cross-sampling grid runs unless the config names others, in this order."""
 
 
 def parse_budget(label: str | int) -> int | None:

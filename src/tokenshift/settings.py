@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tokenshift.options import option
-from tokenshift.registry import DIRECTIONS, POLICIES, budget_label
+from tokenshift.registry import DEFAULT_POLICIES, DIRECTIONS, INJECTED_EOS, POLICIES, budget_label
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 AUTHORS_PROMPT = {
@@ -312,9 +312,10 @@ class CrossSampleConfig:
     )
     injected_eos: str = option(
         "end",
-        "a switch that draws the injected model's EOS: end (the response ends there) or drop (the token is "
-        "drawn without EOS and the generator goes on, as the authors drop it)",
-        choices=["end", "drop"],
+        "a switch that draws the injected model's EOS: end (ours: the response ends there), drop (ours: the "
+        "token is drawn without EOS) or remove (the authors': the EOS is deleted, the draw spent, and the "
+        "position drawn again while the budget lasts, else the generator's own token stands)",
+        choices=list(INJECTED_EOS),
     )
     length_rule: str = option(
         "response",
@@ -356,7 +357,7 @@ class CrossSampleGrid:
 
     section: ClassVar[str] = "crosssample"
     directions: tuple[str, ...] = DIRECTIONS
-    policies: tuple[str, ...] = tuple(POLICIES)
+    policies: tuple[str, ...] = DEFAULT_POLICIES
     budgets: tuple[int | float | str, ...] = (0, 1, 2, 4, 8, 16, "all")
     thresholds: Mapping[str, Mapping[str, float]] = dataclasses.field(
         default_factory=lambda: {p.name: dict(p.default_threshold) for p in POLICIES.values() if p.default_threshold}

@@ -260,6 +260,8 @@ def crosssample_table(
       all generated tokens (response plus EOS where reached);
     - ``mean_switched_js``: mean JS at the switched positions (NaN when none switched);
     - ``mean_forced``: switches per response made by the authors' forced-switch rule (``force_switch``);
+    - ``mean_removed``: injected EOS draws removed per response (``injected_eos: remove``), each a
+      spent switch that injected nothing;
     - ``budget`` is the label (``"0"`` … ``"all"``), ``budget_tokens`` the number (null for all);
     - ``n_no_box``, ``n_correct_unboxed``: responses without a boxed answer (``box_counts``);
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
@@ -299,6 +301,7 @@ def crosssample_table(
                 "ci_high": hi,
                 "mean_switched": float(run["n_switched"].mean()),
                 "mean_forced": float(run["n_forced"].mean()) if "n_forced" in run.columns else 0.0,
+                "mean_removed": float(run["n_removed"].mean()) if "n_removed" in run.columns else 0.0,
                 "switched_share": float(run["n_switched"].sum() / generated) if generated else float("nan"),
                 "mean_switched_js": float(js.mean()) if js.len() else float("nan"),
                 "mean_response_tokens": float(run["n_response_tokens"].mean()),

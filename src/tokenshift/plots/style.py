@@ -32,7 +32,14 @@ POLICY = {
     "entropy": OKABE_ITO["orange"],
     "argmax": OKABE_ITO["purple"],
     "random": OKABE_ITO["grey"],
+    "logprob": OKABE_ITO["sky"],
+    "dlogp": OKABE_ITO["black"],
+    "rank": OKABE_ITO["yellow"],
+    "kl": OKABE_ITO["blue"],
+    "kl_r": OKABE_ITO["vermillion"],
+    "entropy_other": "#8C564B",
 }
+"""A colour per switching policy (a test checks every registered policy has one)."""
 DIRECTION_STYLE = {"forward": "-", "reverse": "--"}
 KIND_STYLE = {"rlvr": "-", "sft": ":"}
 SERIES = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "sky", "purple", "black")]
