@@ -79,6 +79,8 @@ def reference(gen, other, prompts, *, eos_id, cfg: SwitchRule, sampling: Samplin
             stat = statistic(lg, lo, u, rs[i, t])
             stats_seen.append(stat)
             switch = (stat > cfg.threshold or t in forced) and used < budget
+            if cfg.injection == "extrapolate":  # one step of gamma past the other model, away from the generator
+                lo = (1 + cfg.gamma) * torch.log_softmax(lo, -1) - cfg.gamma * torch.log_softmax(lg, -1)
             if switch and cfg.eos == "drop" and eos_id is not None:
                 lo = lo.clone()
                 lo[:, eos_id] = -math.inf
@@ -137,6 +139,8 @@ def run(
     eos="end",
     topk=None,
     max_total=None,
+    injection="sample",
+    gamma=0.0,
 ):
     base, rl = pair
     rule = SwitchRule(
@@ -149,6 +153,8 @@ def run(
         topk=topk,
         length="after_switch" if max_total else "response",
         max_total=max_total,
+        injection=injection,
+        gamma=gamma,
     )
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new)
     return (rule, sampling), cross_sample(
@@ -217,6 +223,41 @@ def test_batched_cached_decoding_equals_the_naive_reference(pair, direction, pol
     assert sum(s.extra["n_switched"] for s in samples) > 0
     if eos == "remove":  # the case is real: injected EOS draws were removed, and none ended a response on a switch
         assert sum(s.extra["n_removed"] for s in samples) > 0
+
+
+@pytest.mark.parametrize(
+    "direction,policy,budget,eos,gamma",
+    [("forward", "js", 3, "end", 0.5), ("forward", "dlogp", None, "end", 0.1), ("reverse", "js", 6, "remove", 1.0)],
+)
+def test_the_follow_ups_extrapolated_injection_equals_the_naive_reference(pair, direction, policy, budget, eos, gamma):
+    prompts = PROMPTS * 2
+    kw = dict(eos_id=47, batch_size=8, prompts=prompts, eos=eos, injection="extrapolate", gamma=gamma)
+    threshold = 0.0 if eos == "remove" else 0.05 if policy == "js" else 0.5
+    (rule, sampling), samples = run(pair, direction, policy, budget, threshold, **kw)
+    gen, other = pair if direction == "forward" else pair[::-1]
+    ref = reference(gen, other, prompts, eos_id=47, cfg=rule, sampling=sampling, seed=3)
+    assert [s.response_ids for s in samples] == [r[0] for r in ref]
+    assert [s.extra["switched_positions"] for s in samples] == [r[1] for r in ref]
+    assert [s.extra["n_removed"] for s in samples] == [r[2] for r in ref]
+    # it is not the plain injection: the same noise draws other tokens where rows switch
+    _, plain = run(pair, direction, policy, budget, threshold, **{**kw, "injection": "sample", "gamma": 0.0})
+    assert [s.response_ids for s in samples] != [s.response_ids for s in plain]
+
+
+def test_extrapolation_steps_past_the_other_model_and_gamma_zero_is_the_other_model():
+    from tokenshift.crosssample import injected_logits
+
+    lg = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))  # the generator
+    lo = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))  # the other model
+    rule = SwitchRule(injection="extrapolate", gamma=1.0)
+    probs = torch.softmax(injected_logits(lo, lg, rule=rule), -1)
+    expected = torch.tensor([0.2**2 / 0.5, 0.3**2 / 0.3, 0.5**2 / 0.2])  # p_other^2 / p_gen, normalised
+    assert torch.allclose(probs, expected / expected.sum())
+    assert probs[0, 2] > 0.5  # further along the direction from the generator to the other model
+    zero = SwitchRule(injection="extrapolate", gamma=0.0)
+    assert torch.equal(injected_logits(lo, lg, rule=zero), lo)
+    with pytest.raises(ValueError, match="gamma"):
+        SwitchRule(injection="extrapolate", gamma=-0.1)
 
 
 @pytest.mark.parametrize(
@@ -628,6 +669,21 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
     assert row["mean_switched"] == pytest.approx(runs[1]["n_switched"].mean())
     assert row["switched_share"] == pytest.approx(runs[1]["n_switched"].sum() / generated)
     assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["budget_tokens"] == 3
+
+
+def test_the_follow_ups_rule_and_the_authors_eos_removal_run_through_the_console_script(
+    make_checkpoint, toy_problems, tmp_path
+):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    out = tmp_path / "dlogp.parquet"
+    follow_up = ["--policy", "dlogp", "--tau", "-0.3", "--injection", "extrapolate", "--gamma", "0.05"]
+    args = ["--direction", "forward", "--budget", "4", "--injected-eos", "remove", *follow_up]
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, *args))
+    assert r.returncode == 0, r.stderr
+    t = pl.read_parquet(out)
+    assert t["threshold"].unique().to_list() == [pytest.approx(0.3)]  # switch where Δlog p < -0.3
+    assert (t["n_switched"] + t["n_removed"] <= 4).all() and t["n_switched"].sum() > 0
+    assert "mean_removed" in crosssample_table([t], labels={"pair": "p", "dataset": "toy"}).columns
 
 
 def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, toy_problems, tmp_path):

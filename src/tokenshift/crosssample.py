@@ -57,7 +57,15 @@ from tokenshift.generation import (
 )
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import plain_lm_head, transformer_body
-from tokenshift.registry import DIRECTIONS, INJECTED_EOS, POLICIES, THRESHOLD_LEVELS, TOPK_STATISTICS, parse_budget
+from tokenshift.registry import (
+    DIRECTIONS,
+    INJECTED_EOS,
+    INJECTIONS,
+    POLICIES,
+    THRESHOLD_LEVELS,
+    TOPK_STATISTICS,
+    parse_budget,
+)
 from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
 from tokenshift.sharding import Part
 
@@ -105,6 +113,12 @@ class SwitchRule:
     max_total: int | None = None
     """The ``after_switch`` rule's absolute ceiling on a response's length (tokens, EOS excluded): a
     row that reaches it stops there, ``finish_reason`` ``length``, so a batch's memory is bounded."""
+    injection: str = "sample"
+    """What a switch draws from: ``sample``, the other model's distribution (the paper's); or
+    ``extrapolate``, the follow-up's softmax((1 + gamma) log p_other - gamma log p_generator), one
+    step past the other model along the generator-to-other direction."""
+    gamma: float = 0.0
+    """The extrapolation's step (0: the other model itself)."""
 
     def __post_init__(self):
         if self.level not in THRESHOLD_LEVELS:
@@ -127,6 +141,10 @@ class SwitchRule:
             POLICIES[self.policy].check(self.threshold)
         if self.topk is not None and self.topk < 1:
             raise ValueError(f"top-K statistic with K = {self.topk}: expected K >= 1")
+        if self.injection not in INJECTIONS:
+            raise ValueError(f"injection {self.injection!r}: expected one of {INJECTIONS}")
+        if not (self.gamma >= 0 and math.isfinite(self.gamma)):
+            raise ValueError(f"extrapolation gamma {self.gamma}: expected a finite value >= 0")
         if self.length not in LENGTH_RULES:
             raise ValueError(f"length rule {self.length!r}: expected one of {LENGTH_RULES}")
         if (self.length == "after_switch") != (self.max_total is not None):
@@ -165,6 +183,8 @@ class SwitchRule:
         topk: int | None = None,
         length: str = "response",
         max_total: int | None = None,
+        injection: str = "sample",
+        gamma: float = 0.0,
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
@@ -212,6 +232,8 @@ class SwitchRule:
                 topk,
                 length,
                 max_total if length == "after_switch" else None,
+                injection,
+                gamma if injection == "extrapolate" else 0.0,
             )
         except ValueError as e:
             raise InputError(str(e)) from None
@@ -485,7 +507,16 @@ REMOVE_RETRIES = 8
 token stands (with a budget, the budget bounds them)."""
 
 
-def _remove_injected_eos(tok, own, switch, used, budget, lo, u, rows, removed, stop_ids, sampling) -> torch.Tensor:
+def injected_logits(lo: torch.Tensor, lg: torch.Tensor, *, rule: SwitchRule) -> torch.Tensor:
+    """What a switch draws from, given the other model's and the generator's logits (rows that switch)."""
+    if rule.injection == "sample" or rule.gamma == 0:
+        return lo
+    lq, lp = torch.log_softmax(lo.float(), dim=-1), torch.log_softmax(lg.float(), dim=-1)
+    # a token the generator rules out (-inf) stays reachable only through the other model's own mass
+    return (1 + rule.gamma) * lq - rule.gamma * torch.where(torch.isfinite(lp), lp, torch.zeros_like(lp))
+
+
+def _remove_injected_eos(tok, own, switch, used, budget, lo, lg, u, rows, removed, stop_ids, kw) -> torch.Tensor:
     """The authors' ``eot_replace remove``: an injected EOS is deleted, its draw spent, and the
     generator goes on from the same prefix, where (same prefix, same statistic) the position is
     picked again and the other model draws again, on fresh noise, while the budget lasts; when it
@@ -512,7 +543,7 @@ def _remove_injected_eos(tok, own, switch, used, budget, lo, u, rows, removed, s
             ],
             device=u.device,
         )
-        tok[idx] = sample_from_logits(lo[idx], fresh, sampling)
+        tok[idx] = sample_from_logits(kw["injected"](lo[idx], lg[idx]), fresh, kw["sampling"])
         again = retry & torch.isin(tok, stop_ids)
     return switch
 
@@ -557,6 +588,8 @@ def _decode_batch(
     remove_eos = rule.eos == "remove" and bool(stops)
     topk_selects = rule.topk is not None and statistic in TOPK_STATISTICS
     of_token = statistic in ("logprob", "rank")  # read at the generator's own draw
+    injected = functools.partial(injected_logits, rule=rule)
+    kw_remove = {"sampling": sampling, "injected": injected}
 
     logits_g, cache_g = _forward(gen, ids, mask, positions, preallocated_cache(gen, width + total), vocab_size)
     logits_o, cache_o = (
@@ -604,14 +637,14 @@ def _decode_batch(
             switch = ((chosen > threshold[rows]) | force[rows, t]) & (used < budget) & live
             tok = own.clone()
             if switch.any():  # the other model draws on the same uniform
-                lo_s = lo[switch]
+                lo_s = injected(lo[switch], lg[switch])
                 if drop_eos:
                     lo_s[:, stop_ids] = -math.inf
                 tok[switch] = sample_from_logits(lo_s, u[switch], sampling)
         spent = switch.clone()  # budget spent at this step: the authors regenerate after each
         used += switch.float()
         if remove_eos and switch.any():
-            switch = _remove_injected_eos(tok, own, switch, used, budget, lo, u, rows, removed, stop_ids, sampling)
+            switch = _remove_injected_eos(tok, own, switch, used, budget, lo, lg, u, rows, removed, stop_ids, kw_remove)
         if after_switch:  # the authors regenerate max_new tokens from each switch: the cap moves past it
             cap[rows[spent]] = min(t + 1 + max_new, total)
         tokens[rows[live], t] = tok[live]
@@ -793,6 +826,8 @@ def run_crosssample(
         topk=cfg.topk,
         length=cfg.length_rule,
         max_total=cfg.max_total_tokens,
+        injection=cfg.injection,
+        gamma=cfg.gamma,
     )
     try:
         rule.decode_steps(sampling.max_new_tokens)

@@ -28,6 +28,8 @@ INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose tokens are injected in each direction (the model that does not generate)."""
 
 INJECTED_EOS = ("end", "drop", "remove")
+INJECTIONS = ("sample", "extrapolate")
+"""What a switch draws from (``tokenshift.crosssample.SwitchRule.injection``)."""
 """What a switch that draws the injected model's EOS does (``tokenshift.crosssample.SwitchRule.eos``)."""
 
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tokenshift.options import option
-from tokenshift.registry import DEFAULT_POLICIES, DIRECTIONS, INJECTED_EOS, POLICIES, budget_label
+from tokenshift.registry import DEFAULT_POLICIES, DIRECTIONS, INJECTED_EOS, INJECTIONS, POLICIES, budget_label
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 AUTHORS_PROMPT = {
@@ -316,6 +316,15 @@ class CrossSampleConfig:
         "token is drawn without EOS) or remove (the authors': the EOS is deleted, the draw spent, and the "
         "position drawn again while the budget lasts, else the generator's own token stands)",
         choices=list(INJECTED_EOS),
+    )
+    injection: str = option(
+        "sample",
+        "what a switch draws from: sample (the other model, the paper's) or extrapolate (the follow-up's "
+        "softmax((1 + gamma) log p_other - gamma log p_generator))",
+        choices=list(INJECTIONS),
+    )
+    gamma: float = option(
+        0.0, "extrapolate: how far past the other model to step (0: the other model itself)", minimum=0
     )
     length_rule: str = option(
         "response",

@@ -37,6 +37,11 @@ def register(sub) -> None:
         type=float,
         help="threshold at this percentile of the statistic over --scores (random: of a uniform draw)",
     )
+    th.add_argument(
+        "--tau",
+        type=float,
+        help="dlogp: switch where log p_other(y) - log p_generator(y) is below this (the follow-up's tau)",
+    )
     cs.add_argument(
         "--level",
         choices=THRESHOLD_LEVELS,
@@ -78,6 +83,8 @@ def _crosssample(args: argparse.Namespace) -> None:
     threshold = (
         {"threshold": args.threshold}
         if args.threshold is not None
+        else {"tau": args.tau}
+        if args.tau is not None
         else {"percentile": args.percentile, "level": args.level}
         if args.percentile is not None
         else {}
