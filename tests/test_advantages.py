@@ -57,13 +57,27 @@ def test_each_mode_is_the_written_formula():
     top = np.zeros(3)
     top[np.argsort(-js)[:2]] = 1.5 * 3 / 2
     want["topq"] = top
-    for mode in MODES:
+    assert set(MODES) - set(want) == {"lowprob"}  # the one that weighs by probability, not divergence (below)
+    for mode in want:
         got = weighted_advantages(POLICY, REF, ADV, MASK, mode=mode, q=0.34, alpha=0.25)
         np.testing.assert_allclose(got[0].numpy(), want[mode], rtol=1e-5, atol=1e-6, err_msg=mode)
         # every mode keeps each response's mean advantage; a policy equal to its reference keeps A
         # at every position; positions outside the mask get nothing
         assert got[0].mean().item() == pytest.approx(1.5, rel=1e-5)
         assert got[1, :2].tolist() == pytest.approx([-0.8, -0.8]) and got[1, 2].item() == 0.0
+
+
+def test_the_follow_ups_lowprob_weight_is_one_plus_c_times_the_tokens_improbability():
+    tokens = torch.tensor([[0, 2, 1], [1, 0, 2]])
+    got = weighted_advantages(POLICY, None, ADV, MASK, mode="lowprob", tokens=tokens, c=0.2)
+    for b in range(2):
+        for t in range(3):
+            p = softmax(POLICY[b, t].numpy())[tokens[b, t]]
+            want = ADV[b].item() * (1 + 0.2 * (1 - p)) * MASK[b, t].item()
+            assert got[b, t].item() == pytest.approx(want, rel=1e-5)
+    assert got[0, 1] > got[0, 0]  # the less probable token gets more of the advantage
+    with pytest.raises(ValueError, match="sampled tokens"):
+        weighted_advantages(POLICY, None, ADV, MASK, mode="lowprob")
 
 
 def test_weights_carry_no_gradient_and_bad_settings_are_refused():

@@ -82,3 +82,28 @@ def test_the_k3_term_is_an_unbiased_kl_estimate_with_its_own_gradient():
     torch.testing.assert_close(logp.grad, expected)
     # kl_coef 0 (the default) leaves the reference out entirely
     assert grpo_loss(logp, logp.detach(), torch.zeros(1, 1), p, clip_eps=0.2, ref_logp=ref_logp).item() == 0
+
+
+def test_the_lowprob_weighting_trains_without_a_reference_and_moves_the_policy(make_checkpoint):
+    from tokenshift.settings import SamplingConfig
+    from tokenshift.train import GRPOConfig, PromptItem, grpo
+
+    model = load_causal_lm(make_checkpoint("policy"), "cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = [PromptItem([5, 6, 7], "1"), PromptItem([8, 9], "2")]
+
+    def reward(responses, golds):  # reward short responses, so groups differ
+        return [float(len(r) < 4) for r in responses]
+
+    cfg = GRPOConfig(
+        steps=1,
+        prompts_per_step=2,
+        group_size=4,
+        advantage="lowprob",
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=8),
+    )
+    history = grpo(model, prompts, reward, cfg, pad_id=0, eos_id=0, progress=False)
+    assert len(history) == 1
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="needs a reference"):
+        grpo(model, prompts, reward, GRPOConfig(steps=1, advantage="js"), pad_id=0, eos_id=0, progress=False)

@@ -18,7 +18,11 @@ uses), detached from the graph; ``n`` is the response's number of positions (its
 - ``topq``: the ``k = ceil(q * n)`` positions of highest JS carry ``a_t = A * n / k``, the
   others 0 (mean-preserving as well);
 - ``mix`` (ours): ``a_t = A * (alpha + (1 - alpha) * d_t / mean d)`` with JS, so positions that
-  barely moved keep a floor ``alpha`` of the credit while moved ones get more.
+  barely moved keep a floor ``alpha`` of the credit while moved ones get more;
+- ``lowprob`` (the follow-up's, RLVR-Directions' ``reweight.method: reshape_reversed``, c = 0.2
+  for Qwen2.5-Math-7B): ``a_t = A * (1 + c * (1 - pi(y_t)))`` with ``pi(y_t)`` the sampling
+  policy's probability of the token at ``t`` (``tokens``): low-probability tokens get more
+  credit. It reads no reference, and is not mean-preserving (as theirs is not).
 
 A response whose divergences are all 0 (the policy still equal to the reference, as at the
 first step) keeps ``a_t = A`` under every mode. The function is self-contained so that it drops
@@ -45,9 +49,13 @@ def weighted_advantages(
     mode: str = "js",
     q: float = 0.2,
     alpha: float = 0.5,
+    tokens: torch.Tensor | None = None,
+    c: float = 0.2,
 ) -> torch.Tensor:
     """Per-token advantages ``[B, T]`` (0 outside ``mask``) from logits ``[B, T, V]``, the responses'
-    advantages ``[B]`` and their mask ``[B, T]``; see the module docstring for each ``mode``."""
+    advantages ``[B]`` and their mask ``[B, T]``; see the module docstring for each ``mode``.
+    ``lowprob`` reads the sampled ``tokens`` ``[B, T]`` (the ids the logits at each position predict)
+    and ``c``, and no reference (``logits_ref`` may be None)."""
     if mode not in MODES:
         raise ValueError(f"advantage weighting {mode!r}: expected one of {MODES}")
     if not 0 < q <= 1:
@@ -58,6 +66,13 @@ def weighted_advantages(
     base = advantages.float()[:, None].expand(mask.shape) * mask
     if mode == "none":
         return base
+    if mode == "lowprob":
+        if tokens is None:
+            raise ValueError("advantage weighting 'lowprob' needs the sampled tokens")
+        if not c >= 0:
+            raise ValueError(f"c {c}: expected a value >= 0")
+        probs = torch.softmax(logits_policy.detach().float(), dim=-1).gather(-1, tokens[..., None].long())[..., 0]
+        return base * (1 + c * (1 - probs))
     b, t, v = logits_policy.shape
     stats = token_stats(logits_policy.reshape(b * t, v).detach(), logits_ref.reshape(b * t, v).detach())
     d = stats["kl_base_rl" if mode == "kl" else "js"].reshape(b, t)  # base = the policy here

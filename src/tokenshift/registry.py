@@ -38,7 +38,7 @@ DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 SCORE_ORDER = ("problem_id", "sample_index", "position")
 """The order of a score table's rows (so the gathered parts of a split scoring run are its rows exactly)."""
 
-ADVANTAGE_MODES = ("none", "js", "kl", "topq", "mix")
+ADVANTAGE_MODES = ("none", "js", "kl", "topq", "mix", "lowprob")
 """Token advantage weightings of ``tokenshift.advantages`` (``none``: plain GRPO)."""
 DIVERGENCE_FIGURES = ("position", "entropy", "reallocation")
 """Figures drawn per pair and dataset from its divergence tables."""

@@ -81,6 +81,8 @@ class GRPOConfig:
     """``topq``: the share of each response's positions that carry its advantage."""
     advantage_alpha: float = 0.5
     """``mix``: the floor of credit every position keeps."""
+    advantage_c: float = 0.2
+    """``lowprob``: how much more credit a token gets as its probability falls (the follow-up's c)."""
 
     def __post_init__(self) -> None:
         if self.advantage not in MODES:
@@ -253,7 +255,7 @@ def grpo(
     """
     if cfg.kl_coef > 0 and reference is None:
         raise ValueError("GRPOConfig.kl_coef > 0 needs a reference model")
-    if cfg.advantage != "none" and reference is None:
+    if cfg.advantage not in ("none", "lowprob") and reference is None:
         raise ValueError(f"advantage weighting {cfg.advantage!r} needs a reference model")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -278,7 +280,7 @@ def grpo(
         )
         adv = group_advantages(rewards, cfg.group_size)
         ids, attn, mask = rollout_batch([p.prompt_ids for p in group_prompts], samples, pad_id=pad_id, eos_id=eos_id)
-        need_ref = cfg.kl_coef > 0 or cfg.advantage != "none"
+        need_ref = cfg.kl_coef > 0 or cfg.advantage not in ("none", "lowprob")
         with torch.no_grad():
             ref_logits = next_token_logits(reference, ids, attn) if need_ref else None
             ref_logp = logprobs_of(ref_logits, ids) if cfg.kl_coef > 0 else None
@@ -302,6 +304,8 @@ def grpo(
                             mode=cfg.advantage,
                             q=cfg.advantage_q,
                             alpha=cfg.advantage_alpha,
+                            tokens=ids[:, 1:],
+                            c=cfg.advantage_c,
                         )
                 del ref_logits
             loss = grpo_loss(

@@ -36,14 +36,16 @@ def completion_logits(model, inputs: dict) -> torch.Tensor:
 @cache
 def divergence_weighted_grpo_trainer():
     """``GRPOTrainer`` with two more arguments: ``reference`` (the frozen base model) and
-    ``weighting`` (a mode of ``tokenshift.advantages``), plus ``q`` and ``alpha``."""
+    ``weighting`` (a mode of ``tokenshift.advantages``), plus ``q``, ``alpha`` and ``c``."""
     from trl import GRPOTrainer
 
     class DivergenceWeightedGRPOTrainer(GRPOTrainer):
-        def __init__(self, *args, reference, weighting: str = "js", q: float = 0.2, alpha: float = 0.5, **kwargs):
+        def __init__(
+            self, *args, reference, weighting: str = "js", q: float = 0.2, alpha: float = 0.5, c: float = 0.2, **kwargs
+        ):
             super().__init__(*args, **kwargs)
             self.reference = reference.to(self.accelerator.device).eval().requires_grad_(False)
-            self.weighting, self.q, self.alpha = weighting, q, alpha
+            self.weighting, self.q, self.alpha, self.c = weighting, q, alpha, c
 
         def _generate_and_score_completions(self, inputs):
             out = super()._generate_and_score_completions(inputs)
@@ -60,6 +62,8 @@ def divergence_weighted_grpo_trainer():
                 mode=self.weighting,
                 q=self.q,
                 alpha=self.alpha,
+                tokens=out["completion_ids"],
+                c=self.c,
             )
             return out
 

@@ -80,7 +80,7 @@ class AdvantageExperimentConfig:
     section: ClassVar[str] = "advantages"
     variants: tuple[str, ...] = option(
         ("none", "js", "topq"),
-        "advantage weightings compared (tokenshift.advantages: none js kl topq mix); none is the baseline",
+        "advantage weightings compared (tokenshift.advantages: none js kl topq mix lowprob); none is the baseline",
         choices=ADVANTAGE_MODES,
         stages=("grid",),
     )
@@ -90,6 +90,7 @@ class AdvantageExperimentConfig:
     group_size: int = option(8, "responses per prompt (advantages are normalised within the group)", minimum=2)
     q: float = option(0.2, "topq: the share of a response's positions that carry its advantage", minimum=0)
     alpha: float = option(0.5, "mix: the floor of credit every position keeps", minimum=0)
+    c: float = option(0.2, "lowprob: a token's credit is A * (1 + c * (1 - its probability))", minimum=0)
     eval_every: int = option(6, "evaluate the policy every k rounds (and before the first)", minimum=1)
     eval_problems: int = option(200, "toy eval problems each evaluation answers", minimum=1)
     eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1)

@@ -99,6 +99,7 @@ def run_variant(
             advantage=variant,
             advantage_q=cfg.q,
             advantage_alpha=cfg.alpha,
+            advantage_c=cfg.c,
         )
         history = run_grpo(policy, tokenizer, grpo_cfg, build, reference=reference, progress=progress, on_step=evaluate)
     tag = [pl.lit(variant).alias("variant"), pl.lit(seed).alias("seed")]
