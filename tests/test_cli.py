@@ -61,6 +61,14 @@ def test_top_level_help_lists_the_stages():
         assert stage in out
 
 
+def test_python_dash_m_tokenshift_is_the_command():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tokenshift", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "crosssample" in r.stdout
+
+
 def test_hub_without_revision_is_a_usage_error(tmp_path):
     r = run(tokenshift_cmd() + ["models", "fetch", "m", "--hub", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m")])
     assert r.returncode == 2 and "--revision" in r.stderr

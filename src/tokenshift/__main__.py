@@ -1,0 +1,6 @@
+"""``python -m tokenshift``: the ``tokenshift`` command, for environments without its script on PATH."""
+
+from tokenshift.cli import main
+
+if __name__ == "__main__":
+    main()
