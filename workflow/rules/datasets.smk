@@ -17,5 +17,6 @@ rule dataset:
         "../../envs/cpu.yaml"
     params:
         source=dataset_args,
+        fingerprint=fingerprint_of(dataset_source_files),
     shell:
         "tokenshift dataset {wildcards.dataset} {params.source} --out {output.problems} > {log} 2>&1"

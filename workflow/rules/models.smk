@@ -19,6 +19,7 @@ rule fetch_model:
         runtime=runtime("fetch"),
     params:
         source=fetch_args,
+        fingerprint=fingerprint_of(model_source_files),
     shell:
         "tokenshift models fetch {wildcards.model} {params.source} --out {output.ckpt} > {log} 2>&1"
 

@@ -1,0 +1,122 @@
+"""What Snakemake plans again, and only that: after a copy that sets an old mtime, after a code change,
+after a setting results do not depend on (issue 24). Each test runs the real workflow on a tiny local
+pair in a folder of its own, changes one thing, and reads Snakemake's own dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import save_checkpoint
+from helpers import planned, snakemake
+
+pytestmark = pytest.mark.slow
+
+PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 4)]
+CONFIG = {
+    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+    "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": ["tiny"]}],
+    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
+    "sampling": {"n": 1, "max_new_tokens": 4},
+    "rollout": {"problems_per_shard": 1},
+    "crosssample": {
+        "directions": ["forward"],
+        "policies": ["random", "js"],
+        "budgets": [0, 2],
+        "thresholds": {"random": {"percentile": 90}, "js": {"threshold": 0.01}},
+        "problems_per_shard": 1,
+        "device_base": "cpu",
+        "device_rl": "cpu",
+    },
+}
+SOURCES = ["resources/models/a.json", "resources/models/b.json", "resources/datasets/tiny.parquet"]
+DAY_AGO = time.time() - 86400
+
+
+def workdir(path, tokenizer, config=CONFIG):
+    save_checkpoint(path / "ckpt" / "a", tokenizer, seed=0)
+    save_checkpoint(path / "ckpt" / "b", tokenizer, seed=1)
+    (path / "data").mkdir()
+    (path / "data" / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    (path / "config").mkdir()
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def make(work, *targets, env=None):
+    r = snakemake(work, "--cores", "2", *targets, timeout=900, **({"env": env} if env else {}))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def plan_of(work, *targets, env=None):
+    return planned(snakemake(work, "-n", *targets, **({"env": env} if env else {})))
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory, toy_tokenizer):
+    """A workdir whose two local checkpoints are fetched and whose dataset is loaded (each test that
+    changes a source makes its targets again, so the next one starts with nothing to do)."""
+    work = workdir(tmp_path_factory.mktemp("fetched"), toy_tokenizer)
+    make(work, *SOURCES)
+    return work
+
+
+def older_copy(src, dst, tool):
+    """Put ``src``'s bytes at ``dst`` with an mtime about a day old, as ``tool`` does when it keeps the source's
+    (one of its own for each tool: rsync skips a file whose size and mtime are those it would write)."""
+    old = DAY_AGO - sum(map(ord, tool))
+    os.utime(src, (old, old))
+    if tool == "cp -p":
+        subprocess.run(["cp", "-p", str(src), str(dst)], check=True)
+    elif tool == "rsync -a":
+        subprocess.run(["rsync", "-a", str(src), str(dst)], check=True)
+    elif tool == "tar -x":
+        assert src.name == dst.name
+        archive = src.with_suffix(".tar")
+        subprocess.run(["tar", "-cf", str(archive), "-C", str(src.parent), src.name], check=True)
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(dst.parent)], check=True)
+    else:  # touch -d: written, then dated back
+        shutil.copyfile(src, dst)
+        subprocess.run(["touch", "-d", f"@{int(old)}", str(dst)], check=True)
+    assert os.stat(dst).st_mtime < time.time() - 3600
+
+
+COPY_TOOLS = [
+    "cp -p",
+    pytest.param("rsync -a", marks=pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed")),
+    "tar -x",
+    "touch -d",
+]
+
+
+@pytest.mark.parametrize("tool", COPY_TOOLS)
+def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetched, tool, toy_tokenizer, tmp_path):
+    from tokenshift.models import ModelFetchError, resolve_checkpoint
+
+    assert plan_of(fetched, *SOURCES) == {}
+    other = save_checkpoint(tmp_path / "other", toy_tokenizer, seed=2 + sum(map(ord, tool)))  # new weights each time
+    older_copy(other / "model.safetensors", fetched / "ckpt" / "b" / "model.safetensors", tool)
+    assert plan_of(fetched, *SOURCES) == {"fetch_model": 1}
+    # a stage run on the old manifest hashes the weights again and refuses them
+    with pytest.raises(ModelFetchError, match="model 'b'"):
+        resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+    make(fetched, *SOURCES)
+    assert plan_of(fetched, *SOURCES) == {}
+    resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+
+
+@pytest.mark.parametrize("tool", ["cp -p", "touch -d"])
+def test_a_dataset_file_copied_with_an_old_mtime_reruns_the_dataset(fetched, tool, tmp_path):
+    assert plan_of(fetched, *SOURCES) == {}
+    edited = tmp_path / "tiny.jsonl"
+    edited.write_text((fetched / "data" / "tiny.jsonl").read_text() + json.dumps(PROBLEMS[0] | {"id": tool}) + "\n")
+    older_copy(edited, fetched / "data" / "tiny.jsonl", tool)
+    assert plan_of(fetched, *SOURCES) == {"dataset": 1}
+    make(fetched, *SOURCES)
+    assert plan_of(fetched, *SOURCES) == {}
