@@ -12,7 +12,7 @@ import time
 
 import pytest
 import yaml
-from conftest import save_checkpoint
+from conftest import REPO, save_checkpoint
 from helpers import planned, snakemake
 
 pytestmark = pytest.mark.slow
@@ -49,13 +49,13 @@ def workdir(path, tokenizer, config=CONFIG):
 
 
 def make(work, *targets, env=None):
-    r = snakemake(work, "--cores", "2", *targets, timeout=900, **({"env": env} if env else {}))
+    r = snakemake(work, "--cores", "2", *targets, timeout=900, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
 
 def plan_of(work, *targets, env=None):
-    return planned(snakemake(work, "-n", *targets, **({"env": env} if env else {})))
+    return planned(snakemake(work, "-n", *targets, env=env))
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +120,61 @@ def test_a_dataset_file_copied_with_an_old_mtime_reruns_the_dataset(fetched, too
     assert plan_of(fetched, *SOURCES) == {"dataset": 1}
     make(fetched, *SOURCES)
     assert plan_of(fetched, *SOURCES) == {}
+
+
+STUDY = ["results/ab/tiny/accuracy.parquet", "results/ab/tiny/crosssample.parquet"]
+"""The tables of the tiny study: rollouts and their accuracy, and three cross-sampling runs."""
+AFTER_ROLLOUTS = {"rollout": 2, "gather_rollouts": 2, "accuracy": 1}
+AFTER_CROSSSAMPLES = {"crosssample": 3, "gather_crosssample": 3, "crosssample_table": 1}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, toy_tokenizer):
+    work = workdir(tmp_path_factory.mktemp("study"), toy_tokenizer)
+    make(work, *STUDY)
+    return work
+
+
+def patched(tmp_path, module: str) -> dict[str, str]:
+    """The environment of a tokenshift whose ``module`` (a path in the package) has changed: a copy of
+    src/ with a line added to it, first on PYTHONPATH."""
+    src = tmp_path / module.replace("/", "-")
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with open(src / "tokenshift" / module, "a") as f:
+        f.write("\nCHANGED = True  # an upgrade\n")
+    return {"PYTHONPATH": str(src)}
+
+
+def test_a_code_change_reruns_the_stages_that_run_it_and_no_other(study, tmp_path):
+    assert plan_of(study, *STUDY) == {}
+    # the grader: the rollouts and cross-samples grade, and all that reads them follows
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "grading.py")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    # the tables' code: the two tables, not the runs they aggregate
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py")) == {"accuracy": 1, "crosssample_table": 1}
+    # the rollout stage's own module: the rollouts, not the cross-samples (whose decoder it imports)
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py")) == AFTER_ROLLOUTS
+    # the figures' style: nothing these tables need
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "plots/style.py")) == {}
+    assert plan_of(study, *STUDY) == {}
+
+
+def overridden(tmp_path, overrides: dict) -> list[str]:
+    """Snakemake's arguments to read ``overrides`` over the config (sections are merged key by key)."""
+    path = tmp_path / f"override-{len(list(tmp_path.glob('override-*')))}.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return ["--configfile", str(path)]
+
+
+def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
+    assert plan_of(study, *STUDY) == {}
+    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}}  # documented: results do not depend
+    assert plan_of(study, *STUDY, *overridden(tmp_path, batches)) == {}
+    # the grid's policies in another order: budget 0 keeps its path and its settings
+    assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
+
+
+def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):
+    one_run = {"crosssample": 1, "gather_crosssample": 1, "crosssample_table": 1}
+    for policy, spec in (("js", {"threshold": 0.02}), ("random", {"percentile": 80})):
+        changed = overridden(tmp_path, {"crosssample": {"thresholds": {policy: spec}}})
+        assert plan_of(study, *STUDY, *changed) == one_run, policy

@@ -16,6 +16,7 @@ rule dataset:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("dataset"),
         source=dataset_args,
         fingerprint=fingerprint_of(dataset_source_files),
     shell:

@@ -18,6 +18,7 @@ rule fetch_model:
     resources:
         runtime=runtime("fetch"),
     params:
+        code=stage_code("models", "fetch"),
         source=fetch_args,
         fingerprint=fingerprint_of(model_source_files),
     shell:
@@ -40,6 +41,7 @@ rule toy_base:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-base"),
         settings=settings_of(ToyBuildConfig, stage="base"),
     shell:
         "tokenshift models toy-base {wildcards.model} {params.settings} --out {output.ckpt} > {log} 2>&1"
@@ -63,6 +65,7 @@ rule toy_rl:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-rl"),
         settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
         "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
@@ -87,6 +90,7 @@ rule toy_sft:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-sft"),
         settings=settings_of(ToyBuildConfig, stage="sft"),
     shell:
         "tokenshift models toy-sft {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
@@ -103,6 +107,8 @@ rule check_pair:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    params:
+        code=stage_code("models", "check-pair"),
     shell:
         "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} --out {output} > {log} 2>&1"
 
@@ -121,6 +127,7 @@ rule toy_check:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
     params:
+        code=stage_code("toy-check"),
         check=toy_check_args,
         out=lambda wildcards, output: Path(output.accuracy).parent,
     shell:
