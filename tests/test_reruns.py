@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -178,3 +179,20 @@ def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):
     for policy, spec in (("js", {"threshold": 0.02}), ("random", {"percentile": 80})):
         changed = overridden(tmp_path, {"crosssample": {"thresholds": {policy: spec}}})
         assert plan_of(study, *STUDY, *changed) == one_run, policy
+
+
+def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
+    import polars as pl
+
+    assert plan_of(study, *STUDY) == {}
+    rel = "results/ab/tiny/rollouts/base.parts/1-of-1.parquet"
+    part = study / rel
+    part.write_bytes(part.read_bytes()[:200])  # a finished part, truncated since (a full disk, a bad copy)
+    assert snakemake(study, "--cores", "1", *STUDY).returncode != 0
+    log = (study / "logs" / "rollouts" / "ab" / "tiny" / "base.log").read_text()
+    # the failed gather's table is gone, and Snakemake would plan nothing more: the log says what to run
+    command = re.search(r"`snakemake (--cores all all --forcerun (\S+))`", log)
+    assert command and command[2] == rel, log
+    make(study, *STUDY, *command[1].split()[3:])  # that command, for this test's targets
+    assert pl.read_parquet(part).height == len(PROBLEMS)
+    assert plan_of(study, *STUDY) == {}
