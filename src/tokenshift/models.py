@@ -110,9 +110,22 @@ def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
 
 
-def load_tokenizer(ckpt: Path | str, trust_remote_code: bool = False):
-    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified)."""
-    return _auto_tokenizer(resolve_checkpoint(ckpt), trust_remote_code)
+def loading_options(ckpt_dir: Path | str) -> dict[str, Any]:
+    """What every loader of a checkpoint passes to ``from_pretrained`` (transformers' and vLLM's): the
+    ``trust_remote_code`` of the model's config entry, which its manifest records (off for a checkpoint
+    without a manifest). The one place a stage learns whether the checkpoint's own code may run."""
+    manifest = manifest_path(Path(ckpt_dir))
+    spec = read_json(manifest, "a checkpoint manifest").get("spec", {}) if manifest.is_file() else {}
+    return {"trust_remote_code": bool(spec.get("trust_remote_code", False))}
+
+
+def load_tokenizer(ckpt: Path | str, trust_remote_code: bool | None = None):
+    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified);
+    its code runs where its manifest says so (``loading_options``) or ``trust_remote_code`` is given."""
+    ckpt_dir = resolve_checkpoint(ckpt)
+    if trust_remote_code is None:
+        trust_remote_code = loading_options(ckpt_dir)["trust_remote_code"]
+    return _auto_tokenizer(ckpt_dir, trust_remote_code)
 
 
 def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
@@ -334,10 +347,10 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     if len(gpus) > 1:
         total = torch.cuda.get_device_properties(gpus[0]).total_memory
         model = AutoModelForCausalLM.from_pretrained(
-            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total)
+            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total), **loading_options(ckpt)
         )
         return model.eval()
-    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, **loading_options(ckpt)).to(device).eval()
 
 
 def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> list[str]:
@@ -453,7 +466,8 @@ def compare_tokenizers(base, rl) -> int:
 
 def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
     """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
-    return compare_tokenizers(_auto_tokenizer(Path(base_dir)), _auto_tokenizer(Path(rl_dir)))
+    tokenizers = [_auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
+    return compare_tokenizers(*tokenizers)
 
 
 def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
