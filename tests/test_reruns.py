@@ -196,3 +196,36 @@ def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
     make(study, *STUDY, *command[1].split()[3:])  # that command, for this test's targets
     assert pl.read_parquet(part).height == len(PROBLEMS)
     assert plan_of(study, *STUDY) == {}
+
+
+def interrupted(work, part: str, env=None) -> None:
+    """Run the job of ``part`` as Snakemake would, and have it stop after its last shard, before the
+    part is written (a folder stands where the part goes), as a job killed there leaves it."""
+    r = snakemake(work, "-n", "-p", part, "--forcerun", "crosssample", env=env)
+    command = re.search(r"^Shell command: (tokenshift crosssample .*?2>&1)$", r.stdout, re.M | re.S)  # one job
+    assert command and part in command[1], r.stdout[-3000:]
+    (work / part).unlink()  # Snakemake removes a job's output before it runs the job
+    (work / part).mkdir()
+    try:
+        done = subprocess.run(["bash", "-c", command[1]], cwd=work, env={**os.environ, **(env or {})})
+        assert done.returncode != 0
+    finally:
+        (work / part).rmdir()
+    assert sorted(p.name for p in (work / f"{part}.shards").glob("shard-*.parquet")) == [
+        f"shard-{i:05d}.parquet" for i in range(len(PROBLEMS))
+    ]
+
+
+def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_would_make_them(study, tmp_path):
+    part = "results/ab/tiny/crosssample/forward/random/budget-2.parts/1-of-1.parquet"
+    log = study / "logs" / "crosssample" / "ab" / "tiny" / "forward" / "random" / "budget-2" / "1-of-1.log"
+    # the same settings, inputs and code: the shards hold what the job computes, and are taken (README)
+    interrupted(study, part)
+    make(study, part, "--forcerun", "crosssample")
+    assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()
+    # other code (an upgrade since): the shards are discarded and the job recomputes from nothing
+    interrupted(study, part)
+    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py"))
+    text = log.read_text()
+    assert "starting over" in text and "already written" not in text
+    assert not (study / f"{part}.shards").exists()
