@@ -19,13 +19,14 @@ DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 """The embedded default config, as config/config.yaml has it."""
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600):
-    """Run the repository's Snakefile in ``workdir`` (whose config/config.yaml is the config)."""
-    env = {"PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None):
+    """Run the repository's Snakefile in ``workdir`` (whose config/config.yaml is the config); ``env``
+    is set over the environment."""
+    path = {"PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     return run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
         timeout=timeout,
-        env=env,
+        env={**path, **(env or {})},
     )
 
 

@@ -23,9 +23,9 @@ GB = 2**30
 
 def manifest(gb: float) -> dict:
     return {
-        "weights_stat": {
-            "model-00001.safetensors": [int(gb * GB / 2), 0],
-            "model-00002.safetensors": [int(gb * GB / 2), 0],
+        "weights_bytes": {
+            "model-00001.safetensors": int(gb * GB / 2),
+            "model-00002.safetensors": int(gb * GB / 2),
         }
     }
 

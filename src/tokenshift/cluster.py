@@ -194,8 +194,7 @@ def model_gpus(spec: Mapping[str, Any], manifest: Mapping[str, Any] | None, gpu_
 
 def weights_bytes(manifest: Mapping[str, Any] | None) -> int:
     """Bytes of a checkpoint's weight files, as its manifest recorded them (0 when unknown)."""
-    stat = (manifest or {}).get("weights_stat", {})
-    return int(sum(size for size, _ in stat.values()))
+    return int(sum((manifest or {}).get("weights_bytes", {}).values()))
 
 
 def manifest_needed(key: str, spec: Mapping[str, Any]) -> bool:

@@ -300,7 +300,8 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         tokenizers = []
         for role, spec in (("base", base), ("rl", rl)):
             try:
-                tokenizers.append(load_tokenizer(base_dir / spec["path"]))
+                trust = bool(spec.get("trust_remote_code", False))  # no manifest yet: the entry says
+                tokenizers.append(load_tokenizer(base_dir / spec["path"], trust_remote_code=trust))
             except Exception as e:  # a damaged or partly copied tokenizer: name it, not a traceback
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise ConfigError(

@@ -188,7 +188,8 @@ class SwitchRule:
     ) -> SwitchRule:
         """The rule of a configured run: ``spec`` is ``{"threshold": t}`` or ``{"percentile": q}`` (a
         percentile of a scored statistic is read off ``scores``, the generating model's scored
-        rollouts), ``budget`` a label. A value that cannot work is an ``InputError`` naming it."""
+        rollouts), ``budget`` a label; at budget 0 ``spec`` may be empty (nothing is switched, so the
+        threshold is the statistic's upper bound). A value that cannot work is an ``InputError`` naming it."""
         from tokenshift.io import InputError, read_parquet
 
         if direction not in DIRECTIONS or policy not in POLICIES:
@@ -220,10 +221,12 @@ class SwitchRule:
                 )
         try:
             level = pol.per_row(spec)
+            # budget 0 switches nowhere: it needs no threshold, and without one takes the statistic's bound
+            nowhere = not spec and parse_budget(budget) == 0 and pol.configurable
             return cls(
                 direction,
                 policy,
-                pol.resolve(spec, direction, table),
+                pol.bounds[1] if nowhere else pol.resolve(spec, direction, table),
                 parse_budget(budget),
                 force,
                 eos,

@@ -16,11 +16,36 @@ class InputError(ValueError):
     """Bad input from the user (a file, an argument): the CLI reports it in one line, exit status 2."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def file_fingerprint(path: Path | str) -> tuple[int, ...]:
+    """What any copy over ``path`` changes, even one that sets the modification time back (``cp -p``,
+    ``rsync -a``, ``tar -x``, ``touch -d``): device, inode, size, mtime and the status-change time
+    (ctime), which the kernel sets on every write or rename and no user tool sets back. Of a link's target."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def files_fingerprint(paths: Sequence[Path | str]) -> str:
+    """One string for the fingerprints of ``paths`` (in order): the workflow records it as a setting of
+    the job that reads them, so a copy with an old mtime still re-runs that job."""
+    text = json.dumps([[str(p), *file_fingerprint(p)] for p in paths])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_HASHED: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read once per process while its fingerprint stays the same
+    (a stage verifies each checkpoint several times: models of 60 GB are read once)."""
+    key = (os.path.realpath(path), file_fingerprint(path))
+    if key in _HASHED:
+        return _HASHED[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    if file_fingerprint(path) == key[1]:  # not written to while it was read
+        _HASHED[key] = h.hexdigest()
     return h.hexdigest()
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenshift.io import InputError, read_json, sha256_file, write_json_atomic
+from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ class TokenizerMismatch(ValueError):
 
 def manifest_path(ckpt_dir: Path) -> Path:
     return ckpt_dir.with_name(ckpt_dir.name + ".json")
+
+
+def fingerprints_path(ckpt_dir: Path) -> Path:
+    """Where the weights' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
+    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and
+    Snakemake, comparing its checksum, re-runs nothing after it)."""
+    return ckpt_dir.with_name(f".{ckpt_dir.name}.fingerprints.json")
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -103,9 +110,22 @@ def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
 
 
-def load_tokenizer(ckpt: Path | str, trust_remote_code: bool = False):
-    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified)."""
-    return _auto_tokenizer(resolve_checkpoint(ckpt), trust_remote_code)
+def loading_options(ckpt_dir: Path | str) -> dict[str, Any]:
+    """What every loader of a checkpoint passes to ``from_pretrained`` (transformers' and vLLM's): the
+    ``trust_remote_code`` of the model's config entry, which its manifest records (off for a checkpoint
+    without a manifest). The one place a stage learns whether the checkpoint's own code may run."""
+    manifest = manifest_path(Path(ckpt_dir))
+    spec = read_json(manifest, "a checkpoint manifest").get("spec", {}) if manifest.is_file() else {}
+    return {"trust_remote_code": bool(spec.get("trust_remote_code", False))}
+
+
+def load_tokenizer(ckpt: Path | str, trust_remote_code: bool | None = None):
+    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified);
+    its code runs where its manifest says so (``loading_options``) or ``trust_remote_code`` is given."""
+    ckpt_dir = resolve_checkpoint(ckpt)
+    if trust_remote_code is None:
+        trust_remote_code = loading_options(ckpt_dir)["trust_remote_code"]
+    return _auto_tokenizer(ckpt_dir, trust_remote_code)
 
 
 def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
@@ -144,26 +164,32 @@ def write_manifest(
         "tokenizer_size": len(tok),
         "tokenizer_sha256": tokenizer_fingerprint(tok),
         "weights_sha256": {p.name: sha256_file(p) for p in weights},
-        "weights_stat": {p.name: _stat(p) for p in weights},
+        "weights_bytes": {p.name: p.stat().st_size for p in weights},
         "tokenizer_roundtrip": "ok",
     }
     if extra:
         manifest.update(extra)
+    # a linked file's fingerprint is its target's: the source checkpoint's
+    write_json_atomic(fingerprints_path(ckpt_dir), {p.name: file_fingerprint(p) for p in weights})
     write_json_atomic(manifest_path(ckpt_dir), manifest)
     return manifest
 
 
-def _stat(path: Path) -> list[int]:
-    st = path.stat()  # a linked file's own: the source checkpoint's
-    return [st.st_size, st.st_mtime_ns]
+def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads(fingerprints_path(ckpt_dir).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
     """Fail if the weights at ``ckpt_dir`` are not those its manifest hashed.
 
-    A file whose size and modification time are as recorded is taken as unchanged (as git's
-    index does); any other is hashed again and must match. So a source checkpoint overwritten
-    after its manifest was written is refused before any model is loaded.
+    A file whose fingerprint (device, inode, size, mtime and ctime: ``io.file_fingerprint``) is the
+    one recorded when it was hashed is taken as unchanged; any other is hashed again (once per
+    process) and must match. A copy that sets the mtime back (``cp -p``, ``rsync -a``) still changes
+    the ctime, so a source checkpoint overwritten after its manifest was written is refused before
+    any model is loaded.
     """
     name = manifest.get("name", ckpt_dir.name)
     recorded = manifest.get("weights_sha256", {})
@@ -173,13 +199,14 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
             f"model {name!r}: {ckpt_dir} holds weight files {present}, its manifest "
             f"{manifest_path(ckpt_dir)} lists {sorted(recorded)}; run the checkpoint stage again"
         )
+    fingerprints = _fingerprints(ckpt_dir)
     for fname, digest in recorded.items():
         path = ckpt_dir / fname
         if not path.exists():
             raise ModelFetchError(
                 f"model {name!r}: {path} is gone (a broken link to its source?); run the checkpoint stage again"
             )
-        if manifest.get("weights_stat", {}).get(fname) == _stat(path):
+        if fingerprints.get(fname) == list(file_fingerprint(path)):
             continue
         log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
         if sha256_file(path) != digest:
@@ -320,10 +347,10 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     if len(gpus) > 1:
         total = torch.cuda.get_device_properties(gpus[0]).total_memory
         model = AutoModelForCausalLM.from_pretrained(
-            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total)
+            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total), **loading_options(ckpt)
         )
         return model.eval()
-    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, **loading_options(ckpt)).to(device).eval()
 
 
 def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> list[str]:
@@ -439,7 +466,8 @@ def compare_tokenizers(base, rl) -> int:
 
 def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
     """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
-    return compare_tokenizers(_auto_tokenizer(Path(base_dir)), _auto_tokenizer(Path(rl_dir)))
+    tokenizers = [_auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
+    return compare_tokenizers(*tokenizers)
 
 
 def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:

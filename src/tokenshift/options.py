@@ -29,7 +29,8 @@ def option(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata.
 
     ``auto=True`` marks an ``int | str`` field that takes a number or the word ``auto`` (a batch
-    size the stage plans itself)."""
+    size the stage plans itself); ``recorded=False`` one that results do not depend on, which the
+    workflow passes to its jobs without recording it (``section_values``)."""
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for a sequence default: settings are frozen")
     return dataclasses.field(default=default, metadata={"help": help, **meta})
@@ -153,9 +154,18 @@ def shell_args(cls: type, values: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in to_argv(cls, values))
 
 
-def section_values(cls: type, config: Mapping[str, Any], *, stage: str | None = None) -> dict[str, Any]:
+def section_values(
+    cls: type, config: Mapping[str, Any], *, stage: str | None = None, recorded: bool = True
+) -> dict[str, Any]:
     """The keys of ``config``'s section for ``cls`` that are fields of ``cls`` (and, given ``stage``,
     that the stage reads: a field declared with ``stages=(...)`` is read by those stages only), so a
-    job's recorded settings are exactly those it uses."""
-    names = {f.name for f in dataclasses.fields(cls) if stage is None or stage in f.metadata.get("stages", (stage,))}
+    job's recorded settings are exactly those it uses. ``recorded=False`` gives the others: the
+    fields declared ``recorded=False``, which results do not depend on (a batch size), so that
+    changing one re-runs nothing."""
+    names = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if (stage is None or stage in f.metadata.get("stages", (stage,)))
+        and f.metadata.get("recorded", True) == recorded
+    }
     return {k: v for k, v in config.get(cls.section, {}).items() if k in names}

@@ -85,9 +85,12 @@ def vllm_engine_args(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, 
     """``vllm.LLM(**args)`` for ``model``: spread over the job's ``gpus`` unless the config says how
     many, the context the responses need (vLLM otherwise sizes the KV cache for the model's whole
     context, which a 32B model's weights leave no room for on one GPU), the memory share and dtype."""
+    from tokenshift.models import loading_options
+
     return {
         "model": str(model),
         "tokenizer": str(model),
+        **loading_options(model),
         "seed": sampling.seed,
         "tensor_parallel_size": cfg.vllm_tensor_parallel_size or max(gpus, 1),
         "max_model_len": cfg.vllm_max_model_len or sampling.max_new_tokens + 2048,

@@ -161,6 +161,7 @@ class RolloutConfig:
         f"{CPU_BATCH['rollout']} on CPU) or a number; results do not depend on it",
         minimum=1,
         auto=True,
+        recorded=False,
     )
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
@@ -295,6 +296,7 @@ class CrossSampleConfig:
         f"{CPU_BATCH['crosssample']} on CPU) or a number; results do not depend on it",
         minimum=1,
         auto=True,
+        recorded=False,
     )
     threads: int = option(
         1,
@@ -389,8 +391,10 @@ class CrossSampleGrid:
     @property
     def baseline_policy(self) -> str:
         """Budget 0 never switches and the decoder's randomness does not depend on the policy, so
-        budget 0 is one run per direction whatever the policy: it is run under this one."""
-        return self.policies[0]
+        budget 0 is one run per direction whatever the policy: it is run under this one, the first
+        of the registry's order that the grid has (so its path does not move when the config lists
+        the policies in another order)."""
+        return next(p for p in POLICIES if p in self.policies)
 
     def runs(self, max_new_tokens: int) -> list[tuple[str, str, str]]:
         """(direction, policy, budget label) of every run, budget 0 once per direction."""
@@ -402,9 +406,12 @@ class CrossSampleGrid:
             if b != "0" or p == self.baseline_policy
         ]
 
-    def threshold_spec(self, policy: str) -> dict[str, float]:
-        """The configured threshold of ``policy`` (empty for a policy whose threshold is fixed)."""
-        return dict(self.thresholds.get(policy, {})) if POLICIES[policy].configurable else {}
+    def threshold_spec(self, policy: str, budget: str | None = None) -> dict[str, float]:
+        """The configured threshold of ``policy`` (empty for a policy whose threshold is fixed, and for
+        the run of budget label ``"0"``, which switches nowhere: no threshold is its setting)."""
+        if budget == "0" or not POLICIES[policy].configurable:
+            return {}
+        return dict(self.thresholds.get(policy, {}))
 
     def example_runs(self, max_new_tokens: int) -> tuple[tuple[str, str, str], tuple[str, str, str]] | None:
         """The forward run figure 6 shows (largest budget, ``js`` if run) and its budget-0 twin."""

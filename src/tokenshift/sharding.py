@@ -88,7 +88,7 @@ class Part:
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
     its own), written to ``out``."""
-    frames = [(p, t) for p, t in ((p, read_parquet(p, "a part of a split run")) for p in parts) if t.width]
+    frames = [(p, t) for p, t in ((p, _read_part(p)) for p in parts) if t.width]
     first_path, first = (frames[0][0], frames[0][1].schema) if frames else (None, None)
     for p, t in frames[1:]:
         if t.schema != first:
@@ -109,6 +109,21 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
         table = table.sort(*sort_by)
     write_parquet_atomic(table, Path(out))
     return table
+
+
+def _read_part(path: Path) -> pl.DataFrame:
+    """A part, or ``InputError`` naming it; a damaged one also says how to make it again. Its job
+    finished (a part is written whole or not at all), so Snakemake counts it done, and once the failed
+    gather's table is gone, a plain re-run finds nothing to do: the part's job must be forced."""
+    if not Path(path).is_file():
+        return read_parquet(path, "a part of a split run")
+    try:
+        return read_parquet(path, "a part of a split run")
+    except InputError as e:
+        raise InputError(
+            f"{e}; it was damaged after its job wrote it: make it again, and all that follows it, with "
+            f"`snakemake --cores all all --forcerun {path}`"
+        ) from None
 
 
 def run_key(parts: Mapping[str, Any]) -> str:

@@ -1,9 +1,11 @@
 # Input functions, wildcard constraints and the target list: the one place that decides what
 # `all` means. Config is validated here, before any job runs. Settings reach a job only as
 # params built from the config (recorded by Snakemake, so a changed setting re-runs its jobs),
-# and files only as inputs; the flags of a stage's settings come from its dataclass. A param that
-# reaches a shell line is already shell-quoted (shlex.join, shell_args), a list of files is `:q`:
-# a config value such as a revision, a path or a template is one argument, whatever it holds.
+# and files only as inputs; each rule also records the code its command runs (param `code`,
+# tokenshift.codehash), so an upgrade re-runs the jobs whose code changed. The flags of a stage's
+# settings come from its dataclass. A param that reaches a shell line is already shell-quoted
+# (shlex.join, shell_args), a list of files is `:q`: a config value such as a revision, a path or
+# a template is one argument, whatever it holds.
 import dataclasses
 import json
 import shlex
@@ -12,8 +14,9 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from tokenshift.cluster import job_resources, manifest_needed
+from tokenshift.codehash import stage_code
 from tokenshift.config import check_workflow_config, dataset_sampling, model_source
-from tokenshift.io import write_yaml_atomic
+from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files
 from tokenshift.options import flag, section_values, shell_args
 from tokenshift.registry import (
@@ -122,6 +125,12 @@ def dataset_source_files(wildcards):
     return [spec["path"]] if "path" in spec else []
 
 
+def fingerprint_of(files):
+    """A recorded param that any copy over ``files`` changes, however old the mtime it gives them (cp -p,
+    rsync -a, tar -x, touch -d): Snakemake's own check compares mtimes only."""
+    return lambda wildcards: files_fingerprint(files(wildcards))
+
+
 def toy_init(wildcards):
     return model_manifest(MODELS[wildcards.model]["init"])
 
@@ -141,7 +150,7 @@ def pair_model(role):
 
 def crosssample_scores(wildcards):
     """A percentile of a scored statistic is read off the generating model's own scored rollouts."""
-    if not POLICIES[wildcards.policy].needs_scores(GRID.threshold_spec(wildcards.policy)):
+    if not POLICIES[wildcards.policy].needs_scores(GRID.threshold_spec(wildcards.policy, wildcards.budget)):
         return []
     return f"{results_dir(wildcards.pair, wildcards.dataset)}/scores/{GENERATOR[wildcards.direction]}.parquet"
 
@@ -198,9 +207,11 @@ def pair_figures(pair):
 # --- params: settings as the flags of their dataclass --------------------------------------
 
 
-def settings_of(cls, stage=None):
-    """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them."""
-    return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage))
+def settings_of(cls, stage=None, recorded=True):
+    """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them.
+    ``recorded=False``: those results do not depend on (a batch size), which a rule passes as a
+    resource (``tuning``), not a param: Snakemake records params, so changing one would re-run jobs."""
+    return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage, recorded=recorded))
 
 
 def fetch_args(wildcards):
@@ -229,9 +240,11 @@ def prompt_args(wildcards):
 
 
 def threshold_args(wildcards):
-    """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed),
-    in one order whatever the YAML's, so a reordered config is the same recorded setting."""
-    return shlex.join(a for k, v in sorted(GRID.threshold_spec(wildcards.policy).items()) for a in (f"--{k}", str(v)))
+    """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed,
+    nor at budget 0, which never switches), in one order whatever the YAML's, so a reordered config
+    is the same recorded setting."""
+    spec = GRID.threshold_spec(wildcards.policy, wildcards.budget)
+    return shlex.join(a for k, v in sorted(spec.items()) for a in (f"--{k}", str(v)))
 
 
 def toy_check_args(wildcards):

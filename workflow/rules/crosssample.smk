@@ -2,7 +2,8 @@
 # picks, under a per-response budget. Each (direction, policy, budget) is its own target, so
 # re-running one budget re-runs its jobs alone; a table per pair and dataset aggregates them. A
 # run is written by `crosssample.jobs` jobs, one part each ({scatteritem} = I-of-N), gathered in order.
-# The grid, and the rule that budget 0 runs once per direction, are tokenshift.settings.CrossSampleGrid.
+# The grid, and the rule that budget 0 runs once per direction (under the registry's first policy
+# of the grid, with no threshold: it switches nowhere), are tokenshift.settings.CrossSampleGrid.
 
 
 rule crosssample:
@@ -23,7 +24,10 @@ rule crosssample:
     threads: config["crosssample"]["threads"]
     resources:
         **resources_of("crosssample"),
+        # results do not depend on these (a batch size): not recorded, so changing one re-runs nothing
+        tuning=settings_of(CrossSampleConfig, stage=config["crosssample"]["length_rule"], recorded=False),
     params:
+        code=stage_code("crosssample"),
         threshold=threshold_args,
         scores=lambda wildcards, input: shlex.join(["--scores", input.scores]) if input.scores else "",
         sampling=sampling_args,
@@ -33,7 +37,7 @@ rule crosssample:
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
-        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} --part {wildcards.scatteritem} "
+        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} {resources.tuning} --part {wildcards.scatteritem} "
         "--out {output} > {log} 2>&1"
 
 
@@ -49,6 +53,8 @@ rule gather_crosssample:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    params:
+        code=stage_code("gather"),
     shell:
         "tokenshift gather {input:q} --out {output} > {log} 2>&1"
 
@@ -63,6 +69,8 @@ rule crosssample_table:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    params:
+        code=stage_code("crosssample-table"),
     shell:
         "tokenshift crosssample-table {input:q} --pair {wildcards.pair} --dataset {wildcards.dataset} "
         "--out {output} > {log} 2>&1"

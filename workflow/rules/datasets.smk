@@ -16,6 +16,8 @@ rule dataset:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("dataset"),
         source=dataset_args,
+        fingerprint=fingerprint_of(dataset_source_files),
     shell:
         "tokenshift dataset {wildcards.dataset} {params.source} --out {output.problems} > {log} 2>&1"

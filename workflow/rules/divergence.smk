@@ -17,6 +17,7 @@ rule divergence:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("divergence"),
         out=lambda wildcards, output: Path(output.sparsity).parent,
         tables=settings_of(DivergenceConfig),
     shell:

@@ -17,6 +17,7 @@ rule figures:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("figures"),
         results=lambda wildcards: results_dir(wildcards.pair, wildcards.dataset),
         example=example_args,
         out=lambda wildcards, output: Path(output.png[0]).parent,
@@ -45,6 +46,7 @@ rule figure_overview:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("figure-overview"),
         kinds=kind_args,
         out=lambda wildcards, output: Path(output.png).with_suffix(""),
     shell:
@@ -63,6 +65,7 @@ rule explorer:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("explorer"),
         results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
         tokenizers=explorer_tokenizer_args,
         explorer=settings_of(ExplorerConfig),
@@ -109,6 +112,7 @@ rule report:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("report"),
         results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
         kinds=kind_args,
         training=training_args,

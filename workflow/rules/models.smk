@@ -18,7 +18,9 @@ rule fetch_model:
     resources:
         runtime=runtime("fetch"),
     params:
+        code=stage_code("models", "fetch"),
         source=fetch_args,
+        fingerprint=fingerprint_of(model_source_files),
     shell:
         "tokenshift models fetch {wildcards.model} {params.source} --out {output.ckpt} > {log} 2>&1"
 
@@ -40,6 +42,7 @@ rule toy_base:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-base"),
         settings=settings_of(ToyBuildConfig, stage="base"),
     shell:
         "tokenshift models toy-base {wildcards.model} {params.settings} --out {output.ckpt} > {log} 2>&1"
@@ -64,6 +67,7 @@ rule toy_rl:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-rl"),
         settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
         "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
@@ -88,6 +92,7 @@ rule toy_sft:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("models", "toy-sft"),
         settings=settings_of(ToyBuildConfig, stage="sft"),
     shell:
         "tokenshift models toy-sft {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
@@ -104,6 +109,8 @@ rule check_pair:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    params:
+        code=stage_code("models", "check-pair"),
     shell:
         "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} --out {output} > {log} 2>&1"
 
@@ -122,6 +129,7 @@ rule toy_check:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
     params:
+        code=stage_code("toy-check"),
         check=toy_check_args,
         out=lambda wildcards, output: Path(output.accuracy).parent,
     shell:

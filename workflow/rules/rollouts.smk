@@ -18,14 +18,17 @@ rule rollout:
     threads: config["rollout"]["threads"]
     resources:
         **resources_of("rollout"),
+        # results do not depend on these (a batch size): not recorded, so changing one re-runs nothing
+        tuning=settings_of(RolloutConfig, stage=config["rollout"]["backend"], recorded=False),
     params:
+        code=stage_code("rollout"),
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
         rollout=settings_of(RolloutConfig, stage=config["rollout"]["backend"]),
     shell:
         "tokenshift rollout --model {input.model} --dataset {input.dataset} {params.sampling} {params.prompt} "
-        "{params.grading} {params.rollout} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
+        "{params.grading} {params.rollout} {resources.tuning} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
 
 
 rule gather_rollouts:
@@ -38,6 +41,8 @@ rule gather_rollouts:
     localrule: True
     conda:
         "../../envs/cpu.yaml"
+    params:
+        code=stage_code("gather"),
     shell:
         "tokenshift gather {input:q} --out {output} > {log} 2>&1"
 
@@ -55,6 +60,7 @@ rule accuracy:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("accuracy"),
         metrics=settings_of(AccuracyConfig),
     shell:
         "tokenshift accuracy --base {input.base} --rl {input.rl} {params.metrics} --pair {wildcards.pair} "

@@ -22,6 +22,7 @@ rule score:
     resources:
         **resources_of("score"),
     params:
+        code=stage_code("score"),
         scoring=settings_of(ScoringConfig),
     shell:
         "tokenshift score --base {input.base} --rl {input.rl} --pair {input.pair} --rollouts {input.rollouts} "
@@ -39,6 +40,7 @@ rule gather_scores:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("gather"),
         sort_by=" ".join(SCORE_ORDER),
     shell:
         "tokenshift gather {input:q} --sort-by {params.sort_by} --out {output} > {log} 2>&1"

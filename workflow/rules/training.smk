@@ -22,6 +22,7 @@ rule advantage_run:
     resources:
         runtime=runtime("toy"),
     params:
+        code=stage_code("advantages", "run"),
         settings=settings_of(AdvantageExperimentConfig, stage="run"),
         lr=config["toy"]["grpo_lr"],  # the toy RL model's
         out=lambda wildcards, output: Path(output.evals).parent,
@@ -42,6 +43,7 @@ rule advantage_tables:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("advantages", "table"),
         out=lambda wildcards, output: Path(output.curve).parent,
     shell:
         "tokenshift advantages table {input:q} --out-dir {params.out} > {log} 2>&1"
@@ -59,6 +61,7 @@ rule figure_advantages:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("figure-training"),
         out=lambda wildcards, output: Path(output.png).parent,
     shell:
         "tokenshift figure-training --advantages {params.out} --out-dir {params.out} > {log} 2>&1"
@@ -77,6 +80,7 @@ rule training_shifts:
         "../../envs/cpu.yaml"
     threads: config["toy"]["threads"]
     params:
+        code=stage_code("training-shifts"),
         n=config["advantages"]["eval_problems"],
     shell:
         "tokenshift training-shifts --base {input.base} --rl {input.rl} --n-problems {params.n} --out {output} "
@@ -95,6 +99,7 @@ rule figure_training_shifts:
     conda:
         "../../envs/cpu.yaml"
     params:
+        code=stage_code("figure-training"),
         out=lambda wildcards, output: Path(output.png).parent,
     shell:
         "tokenshift figure-training --shifts {input} --out-dir {params.out} > {log} 2>&1"

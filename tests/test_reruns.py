@@ -1,0 +1,231 @@
+"""What Snakemake plans again, and only that: after a copy that sets an old mtime, after a code change,
+after a setting results do not depend on (issue 24). Each test runs the real workflow on a tiny local
+pair in a folder of its own, changes one thing, and reads Snakemake's own dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from conftest import REPO, save_checkpoint
+from helpers import planned, snakemake
+
+pytestmark = pytest.mark.slow
+
+PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 4)]
+CONFIG = {
+    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+    "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": ["tiny"]}],
+    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
+    "sampling": {"n": 1, "max_new_tokens": 4},
+    "rollout": {"problems_per_shard": 1},
+    "crosssample": {
+        "directions": ["forward"],
+        "policies": ["random", "js"],
+        "budgets": [0, 2],
+        "thresholds": {"random": {"percentile": 90}, "js": {"threshold": 0.01}},
+        "problems_per_shard": 1,
+        "device_base": "cpu",
+        "device_rl": "cpu",
+    },
+}
+SOURCES = ["resources/models/a.json", "resources/models/b.json", "resources/datasets/tiny.parquet"]
+DAY_AGO = time.time() - 86400
+
+
+def workdir(path, tokenizer, config=CONFIG):
+    save_checkpoint(path / "ckpt" / "a", tokenizer, seed=0)
+    save_checkpoint(path / "ckpt" / "b", tokenizer, seed=1)
+    (path / "data").mkdir()
+    (path / "data" / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    (path / "config").mkdir()
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def make(work, *targets, env=None):
+    r = snakemake(work, "--cores", "2", *targets, timeout=900, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def plan_of(work, *targets, env=None):
+    return planned(snakemake(work, "-n", *targets, env=env))
+
+
+@pytest.fixture(scope="module")
+def fetched(tmp_path_factory, toy_tokenizer):
+    """A workdir whose two local checkpoints are fetched and whose dataset is loaded (each test that
+    changes a source makes its targets again, so the next one starts with nothing to do)."""
+    work = workdir(tmp_path_factory.mktemp("fetched"), toy_tokenizer)
+    make(work, *SOURCES)
+    return work
+
+
+def older_copy(src, dst, tool):
+    """Put ``src``'s bytes at ``dst`` with an mtime about a day old, as ``tool`` does when it keeps the source's
+    (one of its own for each tool: rsync skips a file whose size and mtime are those it would write)."""
+    old = DAY_AGO - sum(map(ord, tool))
+    os.utime(src, (old, old))
+    if tool == "cp -p":
+        subprocess.run(["cp", "-p", str(src), str(dst)], check=True)
+    elif tool == "rsync -a":
+        subprocess.run(["rsync", "-a", str(src), str(dst)], check=True)
+    elif tool == "tar -x":
+        assert src.name == dst.name
+        archive = src.with_suffix(".tar")
+        subprocess.run(["tar", "-cf", str(archive), "-C", str(src.parent), src.name], check=True)
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(dst.parent)], check=True)
+    else:  # touch -d: written, then dated back
+        shutil.copyfile(src, dst)
+        subprocess.run(["touch", "-d", f"@{int(old)}", str(dst)], check=True)
+    assert os.stat(dst).st_mtime < time.time() - 3600
+
+
+COPY_TOOLS = [
+    "cp -p",
+    pytest.param("rsync -a", marks=pytest.mark.skipif(not shutil.which("rsync"), reason="rsync is not installed")),
+    "tar -x",
+    "touch -d",
+]
+
+
+@pytest.mark.parametrize("tool", COPY_TOOLS)
+def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetched, tool, toy_tokenizer, tmp_path):
+    from tokenshift.models import ModelFetchError, resolve_checkpoint
+
+    assert plan_of(fetched, *SOURCES) == {}
+    other = save_checkpoint(tmp_path / "other", toy_tokenizer, seed=2 + sum(map(ord, tool)))  # new weights each time
+    older_copy(other / "model.safetensors", fetched / "ckpt" / "b" / "model.safetensors", tool)
+    assert plan_of(fetched, *SOURCES) == {"fetch_model": 1}
+    # a stage run on the old manifest hashes the weights again and refuses them
+    with pytest.raises(ModelFetchError, match="model 'b'"):
+        resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+    make(fetched, *SOURCES)
+    assert plan_of(fetched, *SOURCES) == {}
+    resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+
+
+@pytest.mark.parametrize("tool", ["cp -p", "touch -d"])
+def test_a_dataset_file_copied_with_an_old_mtime_reruns_the_dataset(fetched, tool, tmp_path):
+    assert plan_of(fetched, *SOURCES) == {}
+    edited = tmp_path / "tiny.jsonl"
+    edited.write_text((fetched / "data" / "tiny.jsonl").read_text() + json.dumps(PROBLEMS[0] | {"id": tool}) + "\n")
+    older_copy(edited, fetched / "data" / "tiny.jsonl", tool)
+    assert plan_of(fetched, *SOURCES) == {"dataset": 1}
+    make(fetched, *SOURCES)
+    assert plan_of(fetched, *SOURCES) == {}
+
+
+STUDY = ["results/ab/tiny/accuracy.parquet", "results/ab/tiny/crosssample.parquet"]
+"""The tables of the tiny study: rollouts and their accuracy, and three cross-sampling runs."""
+AFTER_ROLLOUTS = {"rollout": 2, "gather_rollouts": 2, "accuracy": 1}
+AFTER_CROSSSAMPLES = {"crosssample": 3, "gather_crosssample": 3, "crosssample_table": 1}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, toy_tokenizer):
+    work = workdir(tmp_path_factory.mktemp("study"), toy_tokenizer)
+    make(work, *STUDY)
+    return work
+
+
+def patched(tmp_path, module: str) -> dict[str, str]:
+    """The environment of a tokenshift whose ``module`` (a path in the package) has changed: a copy of
+    src/ with a line added to it, first on PYTHONPATH."""
+    src = tmp_path / module.replace("/", "-")
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    with open(src / "tokenshift" / module, "a") as f:
+        f.write("\nCHANGED = True  # an upgrade\n")
+    return {"PYTHONPATH": str(src)}
+
+
+def test_a_code_change_reruns_the_stages_that_run_it_and_no_other(study, tmp_path):
+    assert plan_of(study, *STUDY) == {}
+    # the grader: the rollouts and cross-samples grade, and all that reads them follows
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "grading.py")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    # the tables' code: the two tables, not the runs they aggregate
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py")) == {"accuracy": 1, "crosssample_table": 1}
+    # the rollout stage's own module: the rollouts, not the cross-samples (whose decoder it imports)
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py")) == AFTER_ROLLOUTS
+    # the figures' style: nothing these tables need
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "plots/style.py")) == {}
+    assert plan_of(study, *STUDY) == {}
+
+
+def overridden(tmp_path, overrides: dict) -> list[str]:
+    """Snakemake's arguments to read ``overrides`` over the config (sections are merged key by key)."""
+    path = tmp_path / f"override-{len(list(tmp_path.glob('override-*')))}.yaml"
+    path.write_text(yaml.safe_dump(overrides))
+    return ["--configfile", str(path)]
+
+
+def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
+    assert plan_of(study, *STUDY) == {}
+    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}}  # documented: results do not depend
+    assert plan_of(study, *STUDY, *overridden(tmp_path, batches)) == {}
+    # the grid's policies in another order: budget 0 keeps its path and its settings
+    assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
+
+
+def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):
+    one_run = {"crosssample": 1, "gather_crosssample": 1, "crosssample_table": 1}
+    for policy, spec in (("js", {"threshold": 0.02}), ("random", {"percentile": 80})):
+        changed = overridden(tmp_path, {"crosssample": {"thresholds": {policy: spec}}})
+        assert plan_of(study, *STUDY, *changed) == one_run, policy
+
+
+def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
+    import polars as pl
+
+    assert plan_of(study, *STUDY) == {}
+    rel = "results/ab/tiny/rollouts/base.parts/1-of-1.parquet"
+    part = study / rel
+    part.write_bytes(part.read_bytes()[:200])  # a finished part, truncated since (a full disk, a bad copy)
+    assert snakemake(study, "--cores", "1", *STUDY).returncode != 0
+    log = (study / "logs" / "rollouts" / "ab" / "tiny" / "base.log").read_text()
+    # the failed gather's table is gone, and Snakemake would plan nothing more: the log says what to run
+    command = re.search(r"`snakemake (--cores all all --forcerun (\S+))`", log)
+    assert command and command[2] == rel, log
+    make(study, *STUDY, *command[1].split()[3:])  # that command, for this test's targets
+    assert pl.read_parquet(part).height == len(PROBLEMS)
+    assert plan_of(study, *STUDY) == {}
+
+
+def interrupted(work, part: str, env=None) -> None:
+    """Run the job of ``part`` as Snakemake would, and have it stop after its last shard, before the
+    part is written (a folder stands where the part goes), as a job killed there leaves it."""
+    r = snakemake(work, "-n", "-p", part, "--forcerun", "crosssample", env=env)
+    command = re.search(r"^Shell command: (tokenshift crosssample .*?2>&1)$", r.stdout, re.M | re.S)  # one job
+    assert command and part in command[1], r.stdout[-3000:]
+    (work / part).unlink()  # Snakemake removes a job's output before it runs the job
+    (work / part).mkdir()
+    try:
+        done = subprocess.run(["bash", "-c", command[1]], cwd=work, env={**os.environ, **(env or {})})
+        assert done.returncode != 0
+    finally:
+        (work / part).rmdir()
+    assert sorted(p.name for p in (work / f"{part}.shards").glob("shard-*.parquet")) == [
+        f"shard-{i:05d}.parquet" for i in range(len(PROBLEMS))
+    ]
+
+
+def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_would_make_them(study, tmp_path):
+    part = "results/ab/tiny/crosssample/forward/random/budget-2.parts/1-of-1.parquet"
+    log = study / "logs" / "crosssample" / "ab" / "tiny" / "forward" / "random" / "budget-2" / "1-of-1.log"
+    # the same settings, inputs and code: the shards hold what the job computes, and are taken (README)
+    interrupted(study, part)
+    make(study, part, "--forcerun", "crosssample")
+    assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()
+    # other code (an upgrade since): the shards are discarded and the job recomputes from nothing
+    interrupted(study, part)
+    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py"))
+    text = log.read_text()
+    assert "starting over" in text and "already written" not in text
+    assert not (study / f"{part}.shards").exists()
