@@ -27,6 +27,6 @@ def mean_ci(
         confidence_level=confidence,
         n_resamples=n_resamples,
         method="percentile",
-        random_state=np.random.default_rng(seed),
+        rng=np.random.default_rng(seed),
     )
     return m, float(res.confidence_interval.low), float(res.confidence_interval.high)
