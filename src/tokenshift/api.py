@@ -1,0 +1,93 @@
+"""Two calls for a notebook: compare two checkpoints on a few texts, and read a study's tables.
+
+    import tokenshift
+    tokens = tokenshift.compare("resources/models/toy-base", "resources/models/toy-rl",
+                                ["Q:8a+6b+8c-4=?", "Q:2a+3b=?"], responses=["8a+6=14. ...", "2a+3=5. ..."])
+    tokens.sort("js", descending=True).head()      # where the two models disagree most
+    tables = tokenshift.load_results("results")    # every aggregate table of a finished study
+    tables["crosssample"].filter(pl.col("direction") == "forward")
+
+``compare`` scores with the workflow's own code (``tokenshift.scoring.score_rows``, the columns of
+``results/<pair>/<dataset>/scores/*.parquet``), so a notebook's numbers are the study's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+AGGREGATE_TABLES = {
+    "accuracy": "*/*/accuracy.parquet",
+    "crosssample": "*/*/crosssample.parquet",
+    **{name: f"*/*/divergence/{name}.parquet" for name in ("sparsity", "position", "entropy", "reallocation")},
+    "decision_points": "*/*/divergence/decision_points.parquet",
+    "advantages_curve": "advantages/curve.parquet",
+    "advantages_comparison": "advantages/comparison.parquet",
+    "training_shifts": "*/training/shifts.parquet",
+}
+"""Each aggregate table of a study, by name, and where it lies under the results directory."""
+
+
+def compare(
+    base: str | Path,
+    rl: str | Path,
+    prompts: Sequence[str],
+    responses: Sequence[str] | None = None,
+    *,
+    device: str = "auto",
+) -> pl.DataFrame:
+    """Both models' next-token distributions compared at every token of each response.
+
+    ``base`` and ``rl`` are checkpoint directories (or the workflow's manifests, ``<name>.json``)
+    sharing a tokenizer. Each response is scored after its prompt (teacher forcing); without
+    ``responses`` each prompt is scored on its own, every token after its first. One row per scored
+    token: ``text`` (the index of its prompt), ``position`` in the response, ``token`` (decoded),
+    ``token_id``, both models' log-probabilities of it, and the statistics of the divergence tables
+    (``js``, ``kl_base_rl``, ``kl_rl_base``, ``entropy_base``, ``entropy_rl``, top-k overlap, ranks).
+    """
+    from tokenshift.io import InputError
+    from tokenshift.models import compare_tokenizers, load_causal_lm, load_tokenizer, resolve_checkpoint
+    from tokenshift.scoring import score_rows
+
+    if responses is not None and len(responses) != len(prompts):
+        raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: expected one response per prompt")
+    dirs = [resolve_checkpoint(p) for p in (base, rl)]
+    tokenizers = [load_tokenizer(d) for d in dirs]
+    vocab = compare_tokenizers(*tokenizers)  # refuses a pair whose tokenizers differ
+    tok = tokenizers[0]
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False).input_ids
+
+    if responses is None:  # the first token is the context of the rest
+        rows = [(t[:1], t[1:]) for t in map(ids, prompts)]
+    else:
+        rows = [(ids(p), ids(r)) for p, r in zip(prompts, responses)]
+    empty = next((i for i, (p, _) in enumerate(rows) if not p), None)
+    if empty is not None:
+        raise InputError(f"text {empty}: empty, so no token of it can be scored")
+    models = [load_causal_lm(d, device) for d in dirs]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    scored = score_rows(*models, rows, vocab_size=vocab, pad_id=pad if pad is not None else 0).columns
+    table = pl.DataFrame({k: v for k, v in scored.items() if v.ndim == 1}).rename({"row": "text"})
+    tokens = tok.convert_ids_to_tokens(table["token_id"].to_list())
+    return table.with_columns(pl.Series("token", [tok.convert_tokens_to_string([t]) for t in tokens]))
+
+
+def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
+    """Every aggregate table of a finished study, by name (``AGGREGATE_TABLES``); a table that several
+    pairs and datasets have is one frame of them all (each row names its pair and dataset). Tables
+    the study did not make are absent."""
+    from tokenshift.io import InputError
+
+    root = Path(results)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such results directory (expected the workflow's results/)")
+    out = {}
+    for name, pattern in AGGREGATE_TABLES.items():
+        paths = sorted(root.glob(pattern))
+        if paths:
+            out[name] = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+    return out

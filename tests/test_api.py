@@ -1,0 +1,51 @@
+"""The notebook calls: ``tokenshift.compare`` and ``tokenshift.load_results``, on real checkpoints and files."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import tokenshift
+from tokenshift.io import InputError
+
+PROMPTS = ["Q:8a+6b=?", "Q:2a+3b-1c=?"]
+RESPONSES = ["8a+6=14.\n14b", "2a+3=5.\n5b-1=4.\n\\boxed{4}"]
+
+
+def test_compare_scores_every_response_token_with_the_tables_statistics(make_checkpoint, toy_tokenizer):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    table = tokenshift.compare(base, rl, PROMPTS, RESPONSES, device="cpu")
+    for i, response in enumerate(RESPONSES):
+        rows = table.filter(pl.col("text") == i).sort("position")
+        ids = toy_tokenizer(response, add_special_tokens=False).input_ids
+        assert rows["token_id"].to_list() == ids and "".join(rows["token"]) == response
+    stats = {"js", "kl_base_rl", "kl_rl_base", "entropy_base", "entropy_rl", "logp_base", "logp_rl"}
+    assert stats <= set(table.columns)
+    assert (table["js"] >= 0).all() and (table["js"] > 1e-6).any()
+    same = tokenshift.compare(base, base, PROMPTS, RESPONSES, device="cpu")
+    assert same["js"].max() < 1e-6 and (same["logp_base"] == same["logp_rl"]).all()
+    # without responses, each text after its first token
+    alone = tokenshift.compare(base, rl, PROMPTS, device="cpu")
+    assert alone.height == sum(len(toy_tokenizer(p, add_special_tokens=False).input_ids) - 1 for p in PROMPTS)
+
+
+def test_compare_refuses_unpaired_texts(make_checkpoint):
+    base = make_checkpoint("base")
+    with pytest.raises(InputError, match="2 prompts but 1 responses"):
+        tokenshift.compare(base, base, PROMPTS, RESPONSES[:1])
+    with pytest.raises(InputError, match="text 1: empty"):
+        tokenshift.compare(base, base, ["Q:1a=?", ""])
+
+
+def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
+    for pair, acc in (("a", 0.5), ("b", 0.75)):
+        d = tmp_path / pair / "toy"
+        (d / "divergence").mkdir(parents=True)
+        pl.DataFrame({"pair": [pair], "dataset": ["toy"], "accuracy": [acc]}).write_parquet(d / "accuracy.parquet")
+        sparsity = pl.DataFrame({"pair": [pair], "dataset": ["toy"], "share": [0.8]})
+        sparsity.write_parquet(d / "divergence" / "sparsity.parquet")
+    tables = tokenshift.load_results(tmp_path)
+    assert set(tables) == {"accuracy", "sparsity"}  # what the study did not make is absent
+    assert tables["accuracy"].sort("pair")["accuracy"].to_list() == [0.5, 0.75]
+    with pytest.raises(InputError, match="no such results directory"):
+        tokenshift.load_results(tmp_path / "nowhere")
