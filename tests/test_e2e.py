@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -472,3 +473,15 @@ def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, 
         check_page(driver, page, default_run / "results" / "toy" / "toy", tmp_path / "explorer.png")
     finally:
         driver.quit()
+
+
+def test_snakemakes_own_report_holds_every_figure_and_both_pages(default_run, tmp_path):
+    import zipfile
+
+    out = tmp_path / "report.zip"
+    r = snakemake(default_run, "--report", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = [Path(n).name for n in zipfile.ZipFile(out).namelist() if "/data/raw/" in n]
+    figures = sorted(p.name for p in (default_run / "results").rglob("*.png"))
+    assert sorted(n for n in names if n.endswith(".png")) == figures
+    assert {"report.html", "explorer.html"} <= set(names)

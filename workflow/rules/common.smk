@@ -199,6 +199,17 @@ def explorer_inputs():
     }
 
 
+def pair_figure_report(name):
+    """A pair's figure as Snakemake's report shows it (``snakemake --report``): by pair, dataset and name."""
+    return report(
+        f"results/{{pair}}/{{dataset}}/figures/{name}.png",
+        caption="../report/pair_figure.rst",
+        category="Figures",
+        subcategory="{pair} / {dataset}",
+        labels={"pair": "{pair}", "dataset": "{dataset}", "figure": name},
+    )
+
+
 def pair_figures(pair):
     """The figures drawn for ``pair`` on each of its datasets."""
     return PAIR_FIGURES if pair in CROSSSAMPLED else DIVERGENCE_FIGURES

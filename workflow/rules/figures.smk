@@ -7,7 +7,7 @@ rule figures:
     input:
         unpack(figure_inputs),
     output:
-        png=[f"results/{{pair}}/{{dataset}}/figures/{n}.png" for n in PAIR_FIGURES],
+        png=[pair_figure_report(n) for n in PAIR_FIGURES],
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in PAIR_FIGURES],
     log:
         "logs/figures/{pair}/{dataset}.log",
@@ -28,7 +28,7 @@ rule figures:
 # a pair that is not cross-sampled: the divergence figures only
 use rule figures as figures_divergence with:
     output:
-        png=[f"results/{{pair}}/{{dataset}}/figures/{n}.png" for n in DIVERGENCE_FIGURES],
+        png=[pair_figure_report(n) for n in DIVERGENCE_FIGURES],
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in DIVERGENCE_FIGURES],
     wildcard_constraints:
         pair=alternatives([p for p in PAIRS if p not in CROSSSAMPLED]),
@@ -38,7 +38,7 @@ rule figure_overview:
     input:
         [f"{results_dir(p, d)}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS],
     output:
-        png="results/figures/sparsity.png",
+        png=report("results/figures/sparsity.png", caption="../report/overview.rst", category="Figures"),
         pdf="results/figures/sparsity.pdf",
     log:
         "logs/figures/overview.log",
@@ -58,7 +58,7 @@ rule explorer:
     input:
         **explorer_inputs(),
     output:
-        "results/explorer.html",
+        report("results/explorer.html", caption="../report/pages.rst", category="Report"),
     log:
         "logs/explorer.log",
     localrule: True
@@ -104,7 +104,7 @@ rule report:
         shift_tables=[f"results/{p}/training/shifts.parquet" for p in TOY_RL_PAIRS],
         explorer=rules.explorer.output[0],
     output:
-        html="results/report.html",
+        html=report("results/report.html", caption="../report/pages.rst", category="Report"),
         json="results/summary.json",
     log:
         "logs/report.log",

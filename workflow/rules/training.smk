@@ -53,7 +53,7 @@ rule figure_advantages:
     input:
         rules.advantage_tables.output,
     output:
-        png="results/advantages/advantages.png",
+        png=report("results/advantages/advantages.png", caption="../report/training.rst", category="Training"),
         pdf="results/advantages/advantages.pdf",
     log:
         "logs/figures/advantages.log",
@@ -91,7 +91,12 @@ rule figure_training_shifts:
     input:
         "results/{pair}/training/shifts.parquet",
     output:
-        png="results/{pair}/training/training_shifts.png",
+        png=report(
+            "results/{pair}/training/training_shifts.png",
+            caption="../report/training.rst",
+            category="Training",
+            labels={"pair": "{pair}", "figure": "training shifts"},
+        ),
         pdf="results/{pair}/training/training_shifts.pdf",
     log:
         "logs/figures/{pair}/training_shifts.log",
