@@ -57,8 +57,8 @@ def manifest_path(ckpt_dir: Path) -> Path:
 
 def fingerprints_path(ckpt_dir: Path) -> Path:
     """Where the weights' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
-    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and
-    Snakemake, comparing its checksum, re-runs nothing after it)."""
+    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and a later
+    Snakemake run, comparing its checksum, finds what was made from it up to date)."""
     return ckpt_dir.with_name(f".{ckpt_dir.name}.fingerprints.json")
 
 
