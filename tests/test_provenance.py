@@ -17,26 +17,12 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import plan, snakemake
+from helpers import local_study_config, plan, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
-PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 7)]
-CONFIG = {
-    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
-    "pairs": [{"name": "same", "base": "a", "rl": "b", "datasets": ["tiny"]}],
-    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
-    "sampling": {"n": 2, "max_new_tokens": 8},
-    "rollout": {"pass_k": [1, 2], "problems_per_shard": 2},
-    "crosssample": {
-        "directions": ["forward"],
-        "policies": ["js", "random"],
-        "budgets": [0, 2],
-        "problems_per_shard": 2,
-        "device_base": "cpu",
-        "device_rl": "cpu",
-    },
-}
+PROBLEMS = tiny_problems(6)
+CONFIG = local_study_config("same", n=2, max_new_tokens=8, shard=2, policies=["js", "random"])
 
 
 @pytest.fixture(scope="module")
