@@ -59,6 +59,32 @@ def running_jobs(log: str) -> list[str]:
     return list(started.values())
 
 
+def tiny_problems(n: int) -> list[dict]:
+    """``n`` problems of a local dataset file (id, question, gold answer): the tiny local studies' data."""
+    return [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, n + 1)]
+
+
+def local_study_config(pair: str, *, n: int, max_new_tokens: int, shard: int, **crosssample) -> dict:
+    """A study of two local checkpoints (ckpt/a, ckpt/b) on a local dataset file (data/tiny.jsonl) with a
+    prompt template: ``n`` samples per problem, ``shard`` problems per shard, forward cross-sampling on
+    CPU at budgets 0 and 2 (``crosssample`` adds to that section: its policies, thresholds)."""
+    return {
+        "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+        "pairs": [{"name": pair, "base": "a", "rl": "b", "datasets": ["tiny"]}],
+        "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
+        "sampling": {"n": n, "max_new_tokens": max_new_tokens},
+        "rollout": {"pass_k": sorted({1, n}), "problems_per_shard": shard},
+        "crosssample": {
+            "directions": ["forward"],
+            "budgets": [0, 2],
+            "problems_per_shard": shard,
+            "device_base": "cpu",
+            "device_rl": "cpu",
+            **crosssample,
+        },
+    }
+
+
 DEFAULT_RUN_LIMIT_S = int(os.environ.get("TOKENSHIFT_TEST_RUN_LIMIT_S", 1500))
 """The default study's limit in the tests: ~1.5x its time on 2 idle cores (README), so a busy machine
 still finishes; on a machine shared with more work, raise it with ``TOKENSHIFT_TEST_RUN_LIMIT_S``.

@@ -420,3 +420,27 @@ def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_pa
         + ["--pair", "p", "--dataset", "toy", "--out-dir", str(tmp_path / "d")]
     )
     one_line_error(r, problems, "--tokenizer")
+
+
+def test_report_with_an_overview_that_is_not_a_png_names_it(tmp_path):
+    # issue 24.10: a parquet given as the overview figure was embedded as an image
+    table = tmp_path / "sparsity.parquet"
+    pl.DataFrame({"js": [0.1]}).write_parquet(table)
+    r = run(
+        tokenshift_cmd()
+        + ["report", str(tmp_path / "results"), "--overview", str(table)]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
+    )
+    one_line_error(r, table, "not a PNG image")
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--jobs", "-5"), ("--jobs", "0"), ("--gpus-per-node", "0")])
+def test_profile_install_refuses_a_count_below_one(tmp_path, flag, value):
+    r = run(
+        tokenshift_cmd()
+        + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
+        + ["--dir", str(tmp_path / "profile")]
+    )
+    assert r.returncode == 2 and f"argument {flag}: expected a value >= 1, got {value}" in r.stderr, r.stderr
+    assert not (tmp_path / "profile").exists()

@@ -286,3 +286,37 @@ def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, t
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert out.is_file()
+
+
+@pytest.mark.parametrize(("mask", "folder", "file"), [(0o002, 0o775, 0o664), (0o027, 0o750, 0o640)])
+def test_a_fetched_checkpoint_has_the_modes_the_umask_gives(make_checkpoint, tmp_path, mask, folder, file):
+    # issue 24.10: fetched checkpoints were 0700 and 0600 whatever the umask: a group could not share the cache
+    src = make_checkpoint("src")
+    old = os.umask(mask)
+    try:
+        fetch_model("m", {"path": str(src)}, tmp_path / "models" / "m")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "models" / "m").stat().st_mode & 0o777 == folder
+    assert manifest_path(tmp_path / "models" / "m").stat().st_mode & 0o777 == file
+
+
+def test_a_copied_checkpoint_is_hashed_once_per_process(toy_tokenizer, tmp_path, monkeypatch):
+    # issue 24.10: after a tree copy each weight file was hashed again at every verification (~8 a job)
+    import hashlib
+
+    from tokenshift.models import resolve_checkpoint
+
+    save_checkpoint(tmp_path / "a" / "m", toy_tokenizer)
+    write_manifest(tmp_path / "a" / "m", name="m", spec={"path": "x"})
+    # as `cp -r` copies: new inodes, mtimes and ctimes, so the recorded fingerprints differ
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)
+    calls = []
+    sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or sha256(*a))
+    for _ in range(8):
+        resolve_checkpoint(tmp_path / "b" / "m.json")
+    assert len(calls) == 1  # one weight file, read once
+    (tmp_path / "b" / "m" / "model.safetensors").write_bytes(b"other")
+    with pytest.raises(ModelFetchError, match="not the file its manifest"):
+        resolve_checkpoint(tmp_path / "b" / "m.json")

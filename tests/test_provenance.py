@@ -17,26 +17,12 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import plan, snakemake
+from helpers import local_study_config, plan, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
-PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 7)]
-CONFIG = {
-    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
-    "pairs": [{"name": "same", "base": "a", "rl": "b", "datasets": ["tiny"]}],
-    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
-    "sampling": {"n": 2, "max_new_tokens": 8},
-    "rollout": {"pass_k": [1, 2], "problems_per_shard": 2},
-    "crosssample": {
-        "directions": ["forward"],
-        "policies": ["js", "random"],
-        "budgets": [0, 2],
-        "problems_per_shard": 2,
-        "device_base": "cpu",
-        "device_rl": "cpu",
-    },
-}
+PROBLEMS = tiny_problems(6)
+CONFIG = local_study_config("same", n=2, max_new_tokens=8, shard=2, policies=["js", "random"])
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +91,11 @@ def test_an_edited_gold_answer_reruns_the_dataset_and_everything_after_it(study)
     finally:
         data.write_text(before)
         os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    # the old bytes under the old mtime: a copy all the same (its ctime), so the dataset is loaded again;
+    # it writes the same table, so nothing after it re-runs
+    assert plan(study) == AFTER_DATASET
+    r = snakemake(study, "--cores", "1", "resources/datasets/tiny.parquet")
+    assert r.returncode == 0, r.stderr[-2000:]
     assert plan(study) == {}
 
 
@@ -142,6 +133,10 @@ def test_weights_copied_over_a_local_checkpoint_are_refused_and_rerun(study, tmp
         assert plan(study) == {"fetch_model": 1, "check_pair": 1, **rl_side}
     finally:
         shutil.copy2(saved, weights)
+    # the old weights under their old mtime: the fetch runs again, writes the same manifest, and nothing
+    # after it re-runs
+    r = snakemake(study, "--cores", "1", "resources/models/b.json")
+    assert r.returncode == 0, r.stderr[-2000:]
     assert plan(study) == {}
 
 
@@ -150,10 +145,11 @@ def test_a_changed_threshold_reruns_the_runs_that_use_it(study, tmp_path):
     changed["crosssample"]["thresholds"] = {"js": {"percentile": 50}}
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
     got = plan(study, "--configfile", str(tmp_path / "changed.yaml"))
-    # the two js runs (budgets 0 and 2), not the random one; then the table, figures and report
+    # the js run of budget 2, not budget 0 (which takes no threshold) nor the random one; then the table,
+    # figures and report
     assert got == {
-        "crosssample": 2,
-        "gather_crosssample": 2,
+        "crosssample": 1,
+        "gather_crosssample": 1,
         "crosssample_table": 1,
         "figures": 1,
         "explorer": 1,

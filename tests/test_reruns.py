@@ -14,27 +14,19 @@ import time
 import pytest
 import yaml
 from conftest import REPO, save_checkpoint
-from helpers import planned, snakemake
+from helpers import local_study_config, planned, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
-PROBLEMS = [{"id": f"p{i}", "problem": f"{i}a+{i}", "answer": str(2 * i)} for i in range(1, 4)]
-CONFIG = {
-    "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
-    "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": ["tiny"]}],
-    "datasets": {"tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"}},
-    "sampling": {"n": 1, "max_new_tokens": 4},
-    "rollout": {"problems_per_shard": 1},
-    "crosssample": {
-        "directions": ["forward"],
-        "policies": ["random", "js"],
-        "budgets": [0, 2],
-        "thresholds": {"random": {"percentile": 90}, "js": {"threshold": 0.01}},
-        "problems_per_shard": 1,
-        "device_base": "cpu",
-        "device_rl": "cpu",
-    },
-}
+PROBLEMS = tiny_problems(3)
+CONFIG = local_study_config(
+    "ab",
+    n=1,
+    max_new_tokens=4,
+    shard=1,
+    policies=["random", "js"],  # budget 0 runs under js all the same: the registry's first
+    thresholds={"random": {"percentile": 90}, "js": {"threshold": 0.01}},  # no scores needed
+)
 SOURCES = ["resources/models/a.json", "resources/models/b.json", "resources/datasets/tiny.parquet"]
 DAY_AGO = time.time() - 86400
 

@@ -242,6 +242,17 @@ def test_bad_config_fails_before_any_job_naming_the_key(tmp_path, config, needle
     assert not (tmp_path / "resources").exists()
 
 
+def test_a_config_of_nested_yaml_aliases_is_refused_at_once(tmp_path):
+    # issue 24.10: nine aliases of nine aliases... ('billion laughs') made `snakemake -n` walk 9**9 values
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("\n".join([*lines, "models: *a8", ""]))
+    r = snakemake(tmp_path, "-n", "all", timeout=300)
+    assert r.returncode != 0
+    assert "config key a" in r.stdout + r.stderr and "billion laughs" in r.stdout + r.stderr
+
+
 def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
     """The default config plus a pair ``ab`` of two local checkpoints, ckpt/a and ckpt/b, saved here."""
     save_checkpoint(tmp_path / "ckpt" / "a", base_tokenizer)

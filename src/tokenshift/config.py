@@ -74,6 +74,34 @@ def model_source(spec: Mapping[str, Any]) -> str:
     raise ValueError(f"model spec {dict(spec)!r} names no source")
 
 
+MAX_CONFIG_VALUES = 100_000
+"""More values than any study's config holds (the default has a few hundred); YAML aliases repeated
+inside each other (a "billion laughs") expand past it in a few lines, and walking those (as schema
+validation does) would never end."""
+
+
+def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a config of more than ``limit`` values, counted with its aliases expanded, naming the
+    top-level key where the count passed it; the walk stops there."""
+    count = 0
+    for key, value in config.items():
+        stack = [value]
+        while stack:
+            node = stack.pop()
+            count += 1
+            if count > limit:
+                raise ConfigError(
+                    str(key),
+                    f"<more than {limit} values>",
+                    f"expected a config of at most {limit} values, YAML aliases expanded: is an alias "
+                    "repeated inside others (a 'billion laughs')?",
+                )
+            if isinstance(node, Mapping):
+                stack += [*node.keys(), *node.values()]
+            elif isinstance(node, list | tuple):
+                stack += node
+
+
 def check_workflow_config(
     config: dict[str, Any],
     schema_path: Path,
@@ -83,10 +111,12 @@ def check_workflow_config(
 ) -> list[str]:
     """Everything the workflow checks before it builds its DAG, in its order; returns the warnings.
 
-    The schema first, as one line naming the key (``validate_schema``); then ``fill_defaults(config,
+    Its size first (``check_size``: aliases can expand a few lines past any walk's end), the schema,
+    as one line naming the key (``validate_schema``); then ``fill_defaults(config,
     schema_path)`` (the workflow passes Snakemake's ``validate``, which also fills the schema's
     defaults in); then what relates one part of the config to another (``check_config``).
     """
+    check_size(config)
     validate_schema(config, schema_path)
     fill_defaults(config, str(schema_path))
     check_config(config, base_dir=base_dir)

@@ -49,6 +49,24 @@ def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's umask (read by setting it and back: there is no other portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def read_png(path: Path | str, what: str) -> bytes:
+    """A PNG image's bytes, or ``InputError`` naming ``path`` (missing, or not a PNG)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected {what})")
+    data = path.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise InputError(f"{path}: not a PNG image (expected {what}; it starts {data[:8]!r})")
+    return data
+
+
 def _atomic(path: Path, write) -> None:
     """Write ``path`` through a temporary file in its directory and a rename, so a reader never sees half."""
     path = Path(path)
@@ -57,7 +75,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read by the group
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600: give the mode open() would have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, write_json_atomic
+from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def manifest_path(ckpt_dir: Path) -> Path:
 
 def fingerprints_path(ckpt_dir: Path) -> Path:
     """Where the weights' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
-    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and
-    Snakemake, comparing its checksum, re-runs nothing after it)."""
+    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and a later
+    Snakemake run, comparing its checksum, finds what was made from it up to date)."""
     return ckpt_dir.with_name(f".{ckpt_dir.name}.fingerprints.json")
 
 
@@ -287,6 +287,7 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     # an earlier fetch's manifest would vouch for the new files if verifying them fails
     manifest_path(out_dir).unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group
     try:
         for f in linked_files(src, trust):
             (tmp / f.name).symlink_to(f.resolve())

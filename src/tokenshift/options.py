@@ -72,6 +72,11 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False):
     return convert
 
 
+def at_least(minimum: int, kind: type = int):
+    """An argparse ``type`` that takes a ``kind`` of value at least ``minimum``, naming what it got."""
+    return _checked(kind, minimum, kind.__name__)
+
+
 def add_options(
     parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (), title: str | None = None
 ) -> None:

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import polars as pl
 
 from tokenshift import __version__, headlines
-from tokenshift.io import read_text
+from tokenshift.io import read_png, read_text
 from tokenshift.plots.style import pct
 
 BOX_COLUMNS = ("grading", "n_no_box", "n_correct_unboxed")
@@ -422,6 +422,8 @@ def build_report(
     ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``);
     ``explorer`` the token explorer page the report links."""
     kinds = dict(kinds or {})
+    for p in overview:  # before any table is read: a wrong file is named at once
+        read_png(p, "an overview figure, a PNG such as results/figures/sparsity.png")
     config_text = read_text(config, "the config the run used, YAML") if config else ""
     loaded = []
     for r in results:

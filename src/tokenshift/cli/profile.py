@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tokenshift.options import at_least
+
 
 def register(sub) -> None:
     from tokenshift.cluster import SiteSettings
@@ -31,7 +33,7 @@ def register(sub) -> None:
     ins.add_argument("--gpu-model", help="a GPU type to request (--gpus=<model>:<n>), where your site asks for one")
     ins.add_argument(
         "--gpus-per-node",
-        type=int,
+        type=at_least(1),
         default=d.gpus_per_node,
         help=f"GPUs on a node of the GPU partition (default {d.gpus_per_node})",
     )
@@ -52,10 +54,10 @@ def register(sub) -> None:
         action="store_true",
         help="build each rule's conda environment (envs/*.yaml) instead of using the submitting one",
     )
-    ins.add_argument("--jobs", type=int, default=d.jobs, help=f"most jobs queued at once (default {d.jobs})")
+    ins.add_argument("--jobs", type=at_least(1), default=d.jobs, help=f"most jobs queued at once (default {d.jobs})")
     ins.add_argument(
         "--status-delay",
-        type=int,
+        type=at_least(0),
         default=d.status_delay,
         help=f"seconds before the first status check of a job (default {d.status_delay})",
     )
