@@ -50,6 +50,9 @@ def test_what_the_config_says_needs_no_manifest_so_a_dry_run_shows_it():
     assert not manifest_needed("gpu", {"toy": "base"})
     # and with the config's GPUs and no manifest yet, the job's GPUs are known
     assert job_resources("crosssample", [(given, None), (given, None)], CLUSTER)["gpu"] == 4
+    # a model the stage's config puts on the CPU asks for no GPU, whatever its size
+    assert job_resources("crosssample", [(given, None, "cpu"), (given, None, "auto")], CLUSTER)["gpu"] == 2
+    assert job_resources("score", [(given, None, "cpu"), (given, None, "cpu")], CLUSTER)["gpu"] == 0
 
 
 def test_a_job_asks_for_its_models_gpus_memory_and_a_runtime_that_grows_with_retries():

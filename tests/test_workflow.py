@@ -531,7 +531,7 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     config["models"].update(a={"path": "ckpt/a", "resources": {"gpus": 2}}, b={"path": "ckpt/b"})
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["toy"]})
     config["rollout"]["jobs"] = 3
-    config["crosssample"]["jobs"] = 2
+    config["crosssample"].update(jobs=2, device_base="cpu", device_rl="cpu")  # cross-sampled on the CPU
     config["cluster"] = {"gpu_model": "h100"}
     with_config(tmp_path, config)
     # the manifests are what the resources are read from: make the checkpoints first
@@ -556,7 +556,8 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     assert rollout["results/ab/toy/rollouts/rl.parts/1-of-3.parquet"]["gpu_model"] == "h100"
     score = next(r for o, (rule, r) in jobs.items() if rule == "score" and "/ab/" in o)
     assert score["gpu"] == "3"  # both models
-    assert sum(rule == "crosssample" and "/ab/" in o for o, (rule, _) in jobs.items()) == 2 * 34
+    crosssample = [r for o, (rule, r) in jobs.items() if rule == "crosssample" and "/ab/" in o]
+    assert len(crosssample) == 2 * 34 and {r["gpu"] for r in crosssample} == {"0"}  # both models on the CPU
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):

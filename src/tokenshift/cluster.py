@@ -216,11 +216,17 @@ def job_resources(
 ) -> dict[str, Any]:
     """What a job of ``stage`` asks for: ``gpu``, ``gpu_model`` (where the site asks for one),
     ``mem_mb`` and ``runtime`` (minutes). ``models`` are the (config spec, manifest) of the models
-    the job loads."""
-    gpus = sum(model_gpus(s, m, cluster["gpu_memory_gb"]) for s, m in models) if stage in GPU_STAGES else 0
+    the job loads, or (config spec, manifest, device) where the stage's config places them: a model
+    the config puts on ``cpu`` asks for no GPU."""
+    models = [(s, m, *rest) for s, m, *rest in models]
+    gpus = (
+        sum(model_gpus(s, m, cluster["gpu_memory_gb"]) for s, m, *device in models if device != ["cpu"])
+        if stage in GPU_STAGES
+        else 0
+    )
     # a model loaded on the CPU takes float32 (twice the bf16 weights); on a GPU its host copy passes through
-    weights_mb = sum(weights_bytes(m) for _, m in models) / 2**20
-    given = [s.get("resources", {}).get("mem_mb") for s, _ in models]
+    weights_mb = sum(weights_bytes(m) for _, m, *_ in models) / 2**20
+    given = [s.get("resources", {}).get("mem_mb") for s, *_ in models]
     if given and all(given):
         mem = sum(given)
     else:

@@ -291,12 +291,16 @@ def example_args(wildcards, input):
 
 
 def job_models(stage, wildcards, input, key):
-    """(config spec, manifest) of each model a job of ``stage`` loads (None where resource ``key``
-    needs no manifest and it is not written yet)."""
+    """(config spec, manifest, device) of each model a job of ``stage`` loads (the manifest None where
+    resource ``key`` needs no manifest and it is not written yet; the device the stage's config gives it)."""
     if stage == "rollout":
-        roles = {PAIRS[wildcards.pair][wildcards.role]: input.model}
+        roles = {PAIRS[wildcards.pair][wildcards.role]: (input.model, "auto")}
     elif stage in ("score", "crosssample"):
-        roles = {PAIRS[wildcards.pair]["base"]: input.base, PAIRS[wildcards.pair]["rl"]: input.rl}
+        section = config["scoring" if stage == "score" else "crosssample"]
+        roles = {
+            PAIRS[wildcards.pair][role]: (path, section[f"device_{role}"])
+            for role, path in (("base", input.base), ("rl", input.rl))
+        }
     else:
         roles = {}
     # a manifest needed but not written yet raises FileNotFoundError: Snakemake then leaves the
@@ -305,8 +309,9 @@ def job_models(stage, wildcards, input, key):
         (
             MODELS[name],
             json.loads(Path(path).read_text()) if Path(path).is_file() or manifest_needed(key, MODELS[name]) else None,
+            device,
         )
-        for name, path in roles.items()
+        for name, (path, device) in roles.items()
     ]
 
 
