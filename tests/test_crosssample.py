@@ -606,3 +606,11 @@ def test_a_budget_beyond_the_length_limit_equals_no_limit(pair):
     _, unlimited = run(pair, budget=None, threshold=0.05, max_new=12)
     assert [s.response_ids for s in capped] == [s.response_ids for s in unlimited]
     assert [s.extra["switched_positions"] for s in capped] == [s.extra["switched_positions"] for s in unlimited]
+
+
+def test_the_regenerate_engine_refuses_what_it_does_not_implement():
+    from tokenshift.regenerate import check_rule
+
+    check_rule(SwitchRule(policy="entropy", threshold=0.5, budget=4))
+    with pytest.raises(ValueError, match=r"the forced switch, the random policy; use engine lockstep"):
+        check_rule(SwitchRule(policy="random", threshold=0.5, budget=4, force=True))

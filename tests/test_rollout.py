@@ -423,7 +423,9 @@ def test_vllm_arguments_come_from_the_config_and_every_sample_has_its_own_seed(t
     # on the CPU: one engine, the host's memory share; never a context past the model's own (vLLM refuses it)
     (tmp_path / "config.json").write_text('{"max_position_embeddings": 256}')
     args = vllm_engine_args(tmp_path, RolloutConfig(), sampling, gpus=0, kind="cpu")
-    assert (args["tensor_parallel_size"], args["max_model_len"], args["gpu_memory_utilization"]) == (1, 256, 0.15)
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert (args["tensor_parallel_size"], args["max_model_len"]) == (1, 256) and "gpu_memory_utilization" not in args
+    assert args["kv_cache_memory_bytes"] == int(0.05 * host)  # the KV cache alone, whatever else the process holds
     with pytest.raises(ValueError, match=r"vllm_gpu_memory_utilization 1\.5"):
         RolloutConfig(vllm_gpu_memory_utilization=1.5)
     # seeds from (seed, problem, sample): shards, jobs and batches cannot make two samples share one

