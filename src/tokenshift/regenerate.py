@@ -24,6 +24,14 @@ the ``random`` policy (its draws are the lockstep decoder's noise stream). Each 
 its own seed, from the row's seed, the round and the model, so a row's draws depend on nothing else
 in its batch; they are vLLM's draws, not the lockstep decoder's inverse-CDF noise, so only greedy
 decoding (temperature 0) can be compared with ``lockstep`` token for token (tests/test_vllm.py).
+
+Not yet a stage setting (what remains of issue 25.3): a ``CrossSampleConfig.engine`` option
+(``lockstep`` | ``regenerate``, schema and config/README beside it); ``CrossSampleBackend`` starting
+the two engines with ``vllm_engine.start_engine`` and calling ``regenerate`` (``logprobs`` the
+vocabulary size, or ``rule.topk``), ``check_rule`` turned into an ``InputError``; the engine in
+``run_crosssample``'s run key; and the vLLM engine settings (``rollout.vllm_*``: dtype, memory,
+eager) reaching ``tokenshift crosssample`` and its rule, with tests/test_e2e.py's key walk told
+which jobs they then change.
 """
 
 from __future__ import annotations
