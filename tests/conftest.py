@@ -65,6 +65,18 @@ def short_toy_base(tmp_path_factory):
     return root, stats
 
 
+@pytest.fixture(scope="session")
+def short_toy_pair(short_toy_base):
+    """``(root, base build stats, RL build stats)``: the short toy RL model at ``root/rl`` beside the base."""
+    from tokenshift.models import write_manifest
+    from tokenshift.toy.build import build_rl
+
+    root, base_stats = short_toy_base
+    rl_stats = build_rl(root / "base", root / "rl", short_toy_config(), progress=False)
+    write_manifest(root / "rl", name="rl", spec={"toy": "rl", "init": "base"})
+    return root, base_stats, rl_stats
+
+
 def save_checkpoint(out: Path, tokenizer, *, embedding_rows: int | None = None, seed: int = 0, **shape) -> Path:
     """A real Qwen2 checkpoint with random weights, saved as safetensors with its tokenizer;
     ``shape`` overrides the tiny default sizes (``num_hidden_layers=3``)."""

@@ -787,3 +787,11 @@ def test_models_with_sliding_window_layers_keep_their_own_cache():
         max_window_layers=1,
     )
     assert preallocated_cache(Qwen2ForCausalLM(cfg), 16) is None
+
+
+def test_the_regenerate_engine_refuses_what_it_does_not_implement():
+    from tokenshift.regenerate import check_rule
+
+    check_rule(SwitchRule(policy="entropy", threshold=0.5, budget=4))
+    with pytest.raises(ValueError, match=r"the forced switch, the random policy; use engine lockstep"):
+        check_rule(SwitchRule(policy="random", threshold=0.5, budget=4, force=True))

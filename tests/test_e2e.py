@@ -272,7 +272,10 @@ CONSUMERS = {
     "scoring.jobs": ("score",),
     "crosssample.jobs": ("crosssample",),
     # the vllm backend's engine settings: an hf run reads none of them
-    **{f"rollout.vllm_{k}": () for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype")},
+    **{
+        f"rollout.vllm_{k}": ()
+        for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
+    },
     # what jobs ask a scheduler for: no stage reads these, so no result is redone (only the report quotes them)
     **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model")},
     **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},

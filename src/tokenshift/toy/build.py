@@ -33,14 +33,17 @@ from tokenshift.train import Example, GRPOConfig, PretrainConfig, PromptItem, gr
 def _qwen2_config(vocab_size: int, eos_id: int, cfg: ToyBuildConfig):
     from transformers import Qwen2Config
 
+    # four heads, but heads of 32 dimensions in a model of 32, 64 or 96: vLLM's CPU attention takes no
+    # smaller head (tests/test_vllm.py runs the short toy build, 64 wide); 128 wide and up keep four
+    heads = 4 if cfg.hidden_size >= 128 or cfg.hidden_size % 32 else cfg.hidden_size // 32
     return Qwen2Config(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         # a narrow MLP (2x, not Qwen2's ~5x): the budget buys depth, which the lookups need
         intermediate_size=2 * cfg.hidden_size,
         num_hidden_layers=cfg.num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=eos_id,
