@@ -16,18 +16,20 @@ from tokenshift.registry import POLICIES, parse_budget
 VOCAB = 48
 
 
-def tiny_model(seed: int) -> Qwen2ForCausalLM:
+TINY = dict(
+    vocab_size=VOCAB + 3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=256,
+)
+
+
+def tiny_model(seed: int, **config) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        vocab_size=VOCAB + 3,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
+    model = Qwen2ForCausalLM(Qwen2Config(**TINY, **config)).eval()
     with torch.no_grad():  # sharper distributions than the init's near-uniform ones
         model.lm_head.weight.mul_(20)
     return model
@@ -775,18 +777,8 @@ def test_the_preallocated_cache_gives_the_dynamic_caches_logits_through_a_row_dr
 def test_models_with_sliding_window_layers_keep_their_own_cache():
     from tokenshift.generation import preallocated_cache
 
-    cfg = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        use_sliding_window=True,
-        sliding_window=4,
-        max_window_layers=1,
-    )
-    assert preallocated_cache(Qwen2ForCausalLM(cfg), 16) is None
+    sliding = tiny_model(0, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert preallocated_cache(sliding, 16) is None
 
 
 def test_the_regenerate_engine_refuses_what_it_does_not_implement():
