@@ -222,13 +222,18 @@ CONSUMERS = {
             "device_rl",
             "force_switch",
             "injected_eos",
+            "injection",
             "length_rule",
         )
     },
+    # the extrapolation's step: recorded for every run, though one that injects by sampling ignores it
+    "crosssample.gamma": ("crosssample",),
     # the after_switch length rule's ceiling: a run under the default response rule reads none
     "crosssample.max_total_tokens": (),
     # a policy's threshold: that policy's runs only, budget 0 aside (it switches nowhere and takes none)
     **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy")},
+    # thresholds of policies the default grid does not run
+    **{f"crosssample.thresholds.{p}": () for p in ("logprob", "dlogp", "rank", "kl", "kl_r", "entropy_other")},
     # the toy task's keys also draw the toy eval problems; the GRPO keys build only the RL model
     **{f"toy.{k}": ("toy_base", "toy_rl", "dataset") for k in ("seed", "min_steps", "max_steps", "mistake_rate")},
     **{
@@ -256,6 +261,7 @@ CONSUMERS = {
             "group_size",
             "q",
             "alpha",
+            "c",
             "eval_every",
             "eval_samples",
             "eval_seed",
@@ -294,6 +300,8 @@ NOT_ALONE = {"crosssample.statistic"}
 
 
 def changed_value(key: str, value):
+    if key.endswith("thresholds.rank"):  # no score table holds ranks: a percentile needs a level
+        return {"percentile": 80, "level": "prompt"}
     if key.endswith("thresholds.js") or key.split(".")[-2:-1] == ["thresholds"]:
         return {"percentile": 80}
     special = {
@@ -307,6 +315,9 @@ def changed_value(key: str, value):
         "rollout.vllm_max_model_len": 4096,
         "rollout.vllm_dtype": "float16",
         "crosssample.injected_eos": "drop",
+        "crosssample.injection": "extrapolate",
+        "crosssample.gamma": 0.1,
+        "advantages.c": 0.3,
         "crosssample.length_rule": "after_switch",
         "rollout.batch_size": 64,
         "crosssample.batch_size": 64,
