@@ -74,6 +74,19 @@ def _mutations():
             "crosssample.thresholds.random.percentile",
         ),
         ("unknown-policy", m(lambda c: c["crosssample"].update(policies=["js", "klx"])), "crosssample.policies[1]"),
+        # NaN compares false with a schema's bounds, so it passed them all (a NaN temperature sampled garbage)
+        ("nan-temperature", m(lambda c: c["sampling"].update(temperature=float("nan"))), "sampling.temperature"),
+        (
+            "nan-percentile",
+            m(lambda c: c["crosssample"]["thresholds"].update(js={"percentile": float("nan")})),
+            "crosssample.thresholds.js.percentile",
+        ),
+        ("infinite-gamma", m(lambda c: c["crosssample"].update(gamma=float("inf"))), "crosssample.gamma"),
+        (
+            "nan-in-a-datasets-sampling",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"top_p": float("nan")})),
+            "datasets.toy.sampling.top_p",
+        ),
         (
             "rank-percentile-over-the-dataset",  # no score table holds the sampled token's ranks
             m(lambda c: c["crosssample"]["thresholds"].update(rank={"percentile": 90})),

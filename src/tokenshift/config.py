@@ -9,6 +9,7 @@ two tokenizers can be compared. Every error names the key and the bad value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,20 @@ def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> Non
                 stack += node
 
 
+def check_finite(node: Any, key: str = "") -> None:
+    """Refuse a NaN or infinite number anywhere in the config, naming its key: a JSON schema's
+    ``minimum``/``maximum`` compare false for NaN, so NaN passes every bound (a temperature of NaN
+    sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(key or "<config>", node, "expected a finite number")
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            check_finite(v, f"{key}[{i}]")
+
+
 def check_workflow_config(
     config: dict[str, Any],
     schema_path: Path,
@@ -111,12 +126,14 @@ def check_workflow_config(
 ) -> list[str]:
     """Everything the workflow checks before it builds its DAG, in its order; returns the warnings.
 
-    Its size first (``check_size``: aliases can expand a few lines past any walk's end), the schema,
+    Its size first (``check_size``: aliases can expand a few lines past any walk's end), then that
+    every number is finite (``check_finite``: NaN passes a schema's bounds), the schema,
     as one line naming the key (``validate_schema``); then ``fill_defaults(config,
     schema_path)`` (the workflow passes Snakemake's ``validate``, which also fills the schema's
     defaults in); then what relates one part of the config to another (``check_config``).
     """
     check_size(config)
+    check_finite(config)
     validate_schema(config, schema_path)
     fill_defaults(config, str(schema_path))
     check_config(config, base_dir=base_dir)
