@@ -49,7 +49,7 @@ def compare(
     """
     from tokenshift.io import InputError
     from tokenshift.models import compare_tokenizers, load_causal_lm, load_tokenizer, resolve_checkpoint
-    from tokenshift.scoring import score_rows
+    from tokenshift.scoring import pad_id_of, score_rows
 
     if responses is not None and len(responses) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: expected one response per prompt")
@@ -69,8 +69,7 @@ def compare(
     if empty is not None:
         raise InputError(f"text {empty}: empty, so no token of it can be scored")
     models = [load_causal_lm(d, device) for d in dirs]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    scored = score_rows(*models, rows, vocab_size=vocab, pad_id=pad if pad is not None else 0).columns
+    scored = score_rows(*models, rows, vocab_size=vocab, pad_id=pad_id_of(models[0])).columns
     table = pl.DataFrame({k: v for k, v in scored.items() if v.ndim == 1}).rename({"row": "text"})
     tokens = tok.convert_ids_to_tokens(table["token_id"].to_list())
     return table.with_columns(pl.Series("token", [tok.convert_tokens_to_string([t]) for t in tokens]))

@@ -161,6 +161,11 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
     return out
 
 
+def pad_id_of(model: torch.nn.Module) -> int:
+    """The id scoring pads rows with (masked out of attention, so any id in the vocabulary serves)."""
+    return model.config.pad_token_id or 0
+
+
 @torch.no_grad()
 def score_rows(
     base: torch.nn.Module,
@@ -289,7 +294,7 @@ def run_scoring(
         "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
     )
     models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
-    pad = models["base"].config.pad_token_id or 0
+    pad = pad_id_of(models["base"])
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
     res = score_rows(
         models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
