@@ -226,8 +226,8 @@ CONSUMERS = {
             "length_rule",
         )
     },
-    # the extrapolation's step: recorded for every run, though one that injects by sampling ignores it
-    "crosssample.gamma": ("crosssample",),
+    # the extrapolation's step: read under injection extrapolate only, so the default (sample) reads none
+    "crosssample.gamma": (),
     # the after_switch length rule's ceiling: a run under the default response rule reads none
     "crosssample.max_total_tokens": (),
     # a policy's threshold: that policy's runs only, budget 0 aside (it switches nowhere and takes none)

@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO, run, tokenshift_cmd
 from helpers import SECTIONS
 
-from tokenshift.options import add_options, from_args, to_argv
+from tokenshift.options import add_options, from_args, section_values, to_argv
 from tokenshift.registry import DIRECTIONS, POLICIES
 from tokenshift.settings import (
     AccuracyConfig,
@@ -201,3 +201,13 @@ def test_every_policy_has_a_colour_of_its_own():
     from tokenshift.plots.style import POLICY
 
     assert set(POLICY) == set(POLICIES) and len(set(POLICY.values())) == len(POLICY)
+
+
+def test_a_key_read_under_one_stage_reaches_only_that_stages_jobs():
+    # gamma is read under injection extrapolate, max_total_tokens under length_rule after_switch
+    section = {"crosssample": {"gamma": 0.5, "max_total_tokens": 512, "injection": "sample"}}
+    read = section_values(CrossSampleConfig, section, stage=("response", "sample"))
+    assert read == {"injection": "sample"}
+    read = section_values(CrossSampleConfig, section, stage=("after_switch", "extrapolate"))
+    assert read == section["crosssample"]
+    assert section_values(CrossSampleConfig, section, stage="extrapolate").keys() == {"gamma", "injection"}

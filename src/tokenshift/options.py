@@ -160,17 +160,19 @@ def shell_args(cls: type, values: Mapping[str, Any]) -> str:
 
 
 def section_values(
-    cls: type, config: Mapping[str, Any], *, stage: str | None = None, recorded: bool = True
+    cls: type, config: Mapping[str, Any], *, stage: str | Sequence[str] | None = None, recorded: bool = True
 ) -> dict[str, Any]:
     """The keys of ``config``'s section for ``cls`` that are fields of ``cls`` (and, given ``stage``,
     that the stage reads: a field declared with ``stages=(...)`` is read by those stages only), so a
-    job's recorded settings are exactly those it uses. ``recorded=False`` gives the others: the
+    job's recorded settings are exactly those it uses. ``stage`` may name several (a length rule and
+    an injection): a field is read if any of them is among its ``stages``. ``recorded=False`` gives the others: the
     fields declared ``recorded=False``, which results do not depend on (a batch size), so that
     changing one re-runs nothing."""
+    stages = (stage,) if isinstance(stage, str) else stage
     names = {
         f.name
         for f in dataclasses.fields(cls)
-        if (stage is None or stage in f.metadata.get("stages", (stage,)))
+        if (stages is None or "stages" not in f.metadata or set(stages) & set(f.metadata["stages"]))
         and f.metadata.get("recorded", True) == recorded
     }
     return {k: v for k, v in config.get(cls.section, {}).items() if k in names}

@@ -342,7 +342,10 @@ class CrossSampleConfig:
         choices=list(INJECTIONS),
     )
     gamma: float = option(
-        0.0, "extrapolate: how far past the other model to step (0: the other model itself)", minimum=0
+        0.0,
+        "extrapolate: how far past the other model to step (0: the other model itself)",
+        minimum=0,
+        stages=("extrapolate",),
     )
     length_rule: str = option(
         "response",

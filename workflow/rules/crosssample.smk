@@ -25,7 +25,7 @@ rule crosssample:
     resources:
         **resources_of("crosssample"),
         # results do not depend on these (a batch size): not recorded, so changing one re-runs nothing
-        tuning=settings_of(CrossSampleConfig, stage=config["crosssample"]["length_rule"], recorded=False),
+        tuning=settings_of(CrossSampleConfig, stage=CROSSSAMPLE_STAGES, recorded=False),
     params:
         code=stage_code("crosssample"),
         threshold=threshold_args,
@@ -33,7 +33,7 @@ rule crosssample:
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
-        run=settings_of(CrossSampleConfig, stage=config["crosssample"]["length_rule"]),
+        run=settings_of(CrossSampleConfig, stage=CROSSSAMPLE_STAGES),
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
