@@ -105,3 +105,25 @@ def _state(pid: int) -> str:
             return next(line for line in f if line.startswith("State:")).lower()
     except (FileNotFoundError, StopIteration):
         return "zombie"
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+def test_answers_that_read_alike_are_graded_once_and_as_each_alone(mode):
+    responses = [
+        "so \\boxed{7}",
+        "other words, same box: \\boxed{7}",
+        "\\boxed{8} then \\boxed{7}",  # the last box is read
+        "no box, 7",
+        "no box at all, 7",
+        "\\boxed{7}",  # against another gold
+    ]
+    golds = ["7", "7", "7", "7", "7", "8"]
+    with Grader(workers=1, mode=mode) as grader:
+        first = grader.grade(responses, golds)
+        assert first == [grade_one(r, g, mode=mode) for r, g in zip(responses, golds)]
+        grader.close()
+        # every answer read before: no grading process is started again
+        assert grader.grade(responses[::-1], golds[::-1]) == first[::-1]
+        assert grader._pool is None
+        grader.grade(["\\boxed{9}"], ["9"])
+        assert grader._pool is not None

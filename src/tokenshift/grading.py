@@ -121,6 +121,7 @@ class Grader:
         self.workers = workers
         self.mode = mode
         self._pool: ProcessPoolExecutor | None = None
+        self._known: dict[tuple[str | None, str], GradeResult] = {}
 
     def __enter__(self) -> Grader:
         return self
@@ -149,9 +150,32 @@ class Grader:
             )
         return self._pool
 
+    def _key(self, response: str, gold: str) -> tuple[str | None, str]:
+        """What ``grade_one`` reads of a response: its last box, else (lenient) the whole response,
+        else (strict) nothing: equal keys are graded alike."""
+        boxed = last_boxed(response)
+        return (boxed if boxed is not None else None if self.mode == "strict" else response, gold)
+
     def grade(self, responses: Sequence[str], golds: Sequence[str]) -> list[GradeResult]:
+        """One result per response. Responses that give ``grade_one`` the same text to read (the same
+        last box against the same gold, as sampled answers often do) are graded once, in this call
+        or an earlier one of this grader; a timeout is not remembered (another try may finish)."""
         if len(responses) != len(golds):
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
+        keys = [self._key(r, g) for r, g in zip(responses, golds)]
+        todo = {k: i for i, k in enumerate(keys) if k not in self._known}  # one response per new key
+        self._known.update(zip(todo, self._grade_each([responses[i] for i in todo.values()], list(todo))))
+        results = [self._known[k] for k in keys]
+        for k in todo:
+            if self._known[k].status == "timeout":
+                del self._known[k]
+        bad = sum(r.status not in ("ok", "unboxed") for r in results)
+        if bad:
+            log.info("%d of %d answers not graded (no box, no answer, timeout or error)", bad, len(results))
+        return results
+
+    def _grade_each(self, responses: list[str], keys: list[tuple[str | None, str]]) -> list[GradeResult]:
+        golds = [g for _, g in keys]
         if self.workers == 0:
             return [grade_one(r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)]
         futures = [
@@ -164,13 +188,10 @@ class Grader:
                 # covers queueing behind other answers and a slow pool start
                 results.append(fut.result(timeout=3 * self.timeout_s + 30))
             except (FutureTimeout, BrokenProcessPool):
-                log.warning("grading answer %d hung or crashed its worker; graded wrong", i)
+                log.warning("grading answer %r hung or crashed its worker; graded wrong", responses[i][-200:])
                 results.append(GradeResult(False, "timeout"))
                 self.close()
                 # resubmit what was still pending on the dead pool
                 for j in range(i + 1, len(futures)):
                     futures[j] = self._get_pool().submit(grade_one, responses[j], golds[j], self.timeout_s, self.mode)
-        bad = sum(r.status not in ("ok", "unboxed") for r in results)
-        if bad:
-            log.info("%d of %d answers not graded (no box, no answer, timeout or error)", bad, len(results))
         return results
