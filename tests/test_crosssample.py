@@ -686,6 +686,14 @@ def test_the_follow_ups_rule_and_the_authors_eos_removal_run_through_the_console
     assert t["threshold"].unique().to_list() == [pytest.approx(0.3)]  # switch where Δlog p < -0.3
     assert (t["n_switched"] + t["n_removed"] <= 4).all() and t["n_switched"].sum() > 0
     assert "mean_removed" in crosssample_table([t], labels={"pair": "p", "dataset": "toy"}).columns
+    # the run records what it drew from; as a run beside the grid it is a row of its own, marked so
+    assert t["injection"].unique().to_list() == ["extrapolate"] and t["gamma"].unique().to_list() == [0.05]
+    table = crosssample_table([t], extrapolation=[t], labels={"pair": "p", "dataset": "toy"})
+    assert table["extrapolation"].to_list() == [False, True] and table["gamma"].to_list() == [0.05, 0.05]
+    with pytest.raises(
+        ValueError, match="two runs of direction forward, policy dlogp, budget 4, injection extrapolate"
+    ):
+        crosssample_table([], extrapolation=[t, t])
 
 
 def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, toy_problems, tmp_path):

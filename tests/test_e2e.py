@@ -105,7 +105,9 @@ def _accuracy(default_run):
 
 def _cross(default_run):
     t = pl.read_parquet(default_run / "results" / "toy" / "toy" / "crosssample.parquet")
-    return {(r["direction"], r["policy"], r["budget"]): r for r in t.iter_rows(named=True)}
+    return {
+        (r["direction"], r["policy"], r["budget"]): r for r in t.filter(~pl.col("extrapolation")).iter_rows(named=True)
+    }
 
 
 def _overlap(a, b):
@@ -135,6 +137,24 @@ def test_forward_cross_sampling_recovers_rl_accuracy_with_few_tokens(default_run
         assert rnd["mean_switched"] >= 0.8 * f[b]["mean_switched"]
     assert _above(f["all"], cs[("forward", "random", "all")])
     assert _above(f["all"], cs[("forward", "argmax", "all")]) or _overlap(f["all"], cs[("forward", "argmax", "all")])
+
+
+def test_the_follow_ups_direction_and_its_extrapolation_recover_rl_accuracy(default_run):
+    cs = _cross(default_run)
+    table = pl.read_parquet(default_run / "results" / "toy" / "toy" / "crosssample.parquet")
+    beside = table.filter(pl.col("extrapolation"))
+    gammas = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["crosssample"]["gammas"]
+    assert beside["gamma"].to_list() == gammas and set(beside["injection"]) == {"extrapolate"}
+    assert set(table.filter(~pl.col("extrapolation"))["injection"]) == {"sample"}
+    base = cs[("forward", "js", "0")]
+    # Δlog p switching lifts the base model as JS switching does, and above as many random switches
+    assert _above(cs[("forward", "dlogp", "all")], base)
+    assert _above(cs[("forward", "dlogp", "all")], cs[("forward", "random", "all")])
+    # extrapolating one step past the RL model at the same positions: above the base model, switching
+    # where the same policy does
+    for r in beside.iter_rows(named=True):
+        assert (r["direction"], r["policy"], r["budget"]) == ("forward", "dlogp", "all")
+        assert _above(r, base) and r["mean_switched"] > 0
 
 
 def test_reverse_cross_sampling_falls_toward_base_accuracy(default_run):
@@ -181,7 +201,9 @@ def test_readme_rerun_commands_do_what_they_say(default_run):
 
 # Which jobs read each config key (the jobs after them follow from the DAG): an independent
 # statement of the workflow's contract, checked against Snakemake's own change detection.
-SAMPLERS = ("rollout", "crosssample")
+# the grid's cross-sampling runs and the extrapolation run beside it (crosssample.gammas)
+CROSSSAMPLERS = ("crosssample", "crosssample_extrapolated")
+SAMPLERS = ("rollout", *CROSSSAMPLERS)
 CONSUMERS = {
     "sampling.n": (*SAMPLERS, "toy_check"),
     "sampling.temperature": SAMPLERS,
@@ -213,7 +235,7 @@ CONSUMERS = {
     # which responses the explorer embeds
     **{f"explorer.{k}": ("explorer",) for k in ("responses_per_group", "seed")},
     **{
-        f"crosssample.{k}": ("crosssample",)
+        f"crosssample.{k}": CROSSSAMPLERS
         for k in (
             "n_problems",
             "threads",
@@ -222,18 +244,20 @@ CONSUMERS = {
             "device_rl",
             "force_switch",
             "injected_eos",
-            "injection",
             "length_rule",
         )
     },
+    # the grid's injection: an extrapolation run extrapolates whatever it says
+    "crosssample.injection": ("crosssample",),
     # the extrapolation's step: read under injection extrapolate only, so the default (sample) reads none
     "crosssample.gamma": (),
     # the after_switch length rule's ceiling: a run under the default response rule reads none
     "crosssample.max_total_tokens": (),
     # a policy's threshold: that policy's runs only, budget 0 aside (it switches nowhere and takes none)
-    **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy")},
+    # (dlogp's: the extrapolation run's too)
+    **{f"crosssample.thresholds.{p}": (f"/{p}/",) for p in ("js", "random", "entropy", "dlogp")},
     # thresholds of policies the default grid does not run
-    **{f"crosssample.thresholds.{p}": () for p in ("logprob", "dlogp", "rank", "kl", "kl_r", "entropy_other")},
+    **{f"crosssample.thresholds.{p}": () for p in ("logprob", "rank", "kl", "kl_r", "entropy_other")},
     # the toy task's keys also draw the toy eval problems; the GRPO keys build only the RL model
     **{f"toy.{k}": ("toy_base", "toy_rl", "dataset") for k in ("seed", "min_steps", "max_steps", "mistake_rate")},
     **{
@@ -291,6 +315,7 @@ GRID_KEYS = {
     "crosssample.directions",
     "crosssample.policies",
     "crosssample.budgets",
+    "crosssample.gammas",
     "advantages.variants",
     "advantages.seeds",
 }
@@ -410,11 +435,23 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
     # a new budget adds its runs (both directions, every policy) and redoes what aggregates them
     changed.write_text(yaml.safe_dump(with_key(config, "crosssample.budgets", [*config["crosssample"]["budgets"], 8])))
     assert plan(default_run, "--configfile", str(changed)) == {
-        "crosssample": 8,
-        "gather_crosssample": 8,
+        "crosssample": 10,
+        "gather_crosssample": 10,
         "crosssample_table": 1,
         "figures": 1,
         "explorer": 1,
+        "run_config": 1,
+        "report": 1,
+        "all": 1,
+    }
+    # a new gamma adds its extrapolation run, and what reads it (the explorer shows the grid's runs only)
+    gammas = [*config["crosssample"]["gammas"], 0.2]
+    changed.write_text(yaml.safe_dump(with_key(config, "crosssample.gammas", gammas)))
+    assert plan(default_run, "--configfile", str(changed)) == {
+        "crosssample_extrapolated": 1,
+        "gather_crosssample_extrapolated": 1,
+        "crosssample_table": 1,
+        "figures": 1,
         "run_config": 1,
         "report": 1,
         "all": 1,

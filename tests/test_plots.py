@@ -98,9 +98,13 @@ def cross_table(forward_js_2: float = 0.6) -> pl.DataFrame:
             ("reverse", "js", "0", 0.75, 0),
             ("reverse", "js", "2", 0.55, 2),
             ("reverse", "js", "all", 0.45, 4),
+            ("forward", "dlogp", "2", 0.5, 2),
+            ("forward", "dlogp", "all", 0.66, 4),
         ]
     ]
-    return crosssample_table(runs, labels={"pair": "toy", "dataset": "toy"})
+    # the follow-up's extrapolation beside the grid: forward, dlogp, no budget, gamma 0.1
+    extrapolated = cross_run("forward", "dlogp", "all", 0.7, 5).with_columns(injection=pl.lit("extrapolate"), gamma=0.1)
+    return crosssample_table(runs, extrapolation=[extrapolated], labels={"pair": "toy", "dataset": "toy"})
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +191,8 @@ def test_headlines_and_report(tables, example, tmp_path):
     )
     assert h["random_recovery"] is not None and h["random_recovery"] < h["forward_recovery"]
     # without js the headline takes another policy and keeps random as its control, never random against itself
-    no_js = headlines.crosssample_summary(cross.with_columns(pl.col("policy").replace("js", "entropy")), acc)
+    js_and_random = cross.filter(pl.col("policy").is_in(["js", "random"]))
+    no_js = headlines.crosssample_summary(js_and_random.with_columns(pl.col("policy").replace("js", "entropy")), acc)
     assert no_js["policy"] == "entropy" and no_js["forward_recovery"] == h["forward_recovery"]
     assert no_js["random_recovery"] == h["random_recovery"]
     only_random = headlines.crosssample_summary(cross.filter(pl.col("policy") == "random"), acc)
@@ -479,6 +484,23 @@ def test_every_headline_number_is_the_one_its_table_gives(tables, tmp_path, head
         assert shown(m[5], control["mean_switched"], 1)
         assert pct(m[6], (control["accuracy"] - base) / gap)
 
+    def by_policy(m):
+        assert m[1] == headline_budget
+        said = dict(re.findall(r"(\w+) (-?[\d.]+)%", m[2]))
+        assert set(said) == {"js", "random", "dlogp"}, said
+        for policy, text in said.items():
+            assert pct(text, (run("forward", policy, headline_budget)["accuracy"] - base) / gap), (policy, text)
+
+    def extrapolation(m):
+        row = cross.filter(pl.col("extrapolation")).row(0, named=True)
+        assert (m[1], m[2], float(m[3])) == ("dlogp", "all", 0.1) == (row["policy"], row["budget"], row["gamma"])
+        for text, key in zip(m.groups()[3:6], ("accuracy", "ci_low", "ci_high")):
+            assert shown(text, row[key], 3), (key, text)
+        assert shown(m[7], row["mean_switched"], 1)
+        assert pct(m[8], (row["accuracy"] - base) / gap)
+        replaced = cross.filter(~pl.col("extrapolation") & (pl.col("policy") == "dlogp") & (pl.col("budget") == "all"))
+        assert pct(m[9], (replaced["accuracy"][0] - base) / gap)
+
     def reverse(m):
         assert m[1] == "all"
         assert shown(m[2], run("reverse", "js", "all")["mean_switched"], 1)
@@ -495,6 +517,10 @@ def test_every_headline_number_is_the_one_its_table_gives(tables, tmp_path, head
         rf"Forward cross-sampling \((\w+) policy\) with budget (\w+) \({NUMBER} switched tokens per response on "
         rf"average\) recovers {NUMBER}% of the base→RL accuracy gap; switching {NUMBER} tokens at random "
         rf"positions recovers {NUMBER}%\.": forward,
+        r"At budget (\w+), forward recovery by policy: (.*)\.": by_policy,
+        rf"The follow-up's extrapolation \((\w+) policy, budget (\w+), gamma {NUMBER}\) scores {NUMBER} \[{NUMBER}, "
+        rf"{NUMBER}\] with {NUMBER} switched tokens per response, recovering {NUMBER}% of the gap \(replacement, "
+        rf"gamma 0: {NUMBER}%\)\.": extrapolation,
         rf"Reverse cross-sampling \(budget (\w+), {NUMBER} base tokens injected per response\) loses "
         rf"{NUMBER}% of the gap\.": reverse,
     }

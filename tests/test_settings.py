@@ -211,3 +211,17 @@ def test_a_key_read_under_one_stage_reaches_only_that_stages_jobs():
     read = section_values(CrossSampleConfig, section, stage=("after_switch", "extrapolate"))
     assert read == section["crosssample"]
     assert section_values(CrossSampleConfig, section, stage="extrapolate").keys() == {"gamma", "injection"}
+
+
+def test_each_gamma_is_one_forward_dlogp_run_with_no_budget_beside_the_grid():
+    from tokenshift.registry import gamma_label
+
+    grid = CrossSampleGrid.from_config({"policies": ["js"], "gammas": [0.1, 0.05, 1, 0.0000015]})
+    assert grid.extrapolation_runs() == [
+        ("forward", "dlogp", "all", "0.1"),
+        ("forward", "dlogp", "all", "0.05"),
+        ("forward", "dlogp", "all", "1"),
+        ("forward", "dlogp", "all", "0.000002"),
+    ]
+    assert all("e" not in gamma_label(g) for g in (1e-6, 1e-5, 123.456789))
+    assert CrossSampleGrid.from_config({}).extrapolation_runs() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import re
 import shlex
@@ -514,7 +515,8 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     config["grading"] = {"mode": "lenient"}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    commands = [c for c in r.stdout.split("\n") if "tokenshift crosssample " in c]
+    # the grid's runs (an extrapolation run beside it draws otherwise: tested below)
+    commands = [c for c in r.stdout.split("\n") if "tokenshift crosssample " in c and ".gamma-" not in c]
     entropy = [c for c in commands if "--policy entropy" in c and "--budget 0 " not in c]
     js = [c for c in commands if "--policy js" in c and "--budget 0 " not in c]
     assert entropy and js
@@ -617,3 +619,28 @@ def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp
         ("score", "simplerl-7b"): {2},
         ("crosssample", "simplerl-7b"): {2},
     }
+
+
+def test_an_extrapolation_run_draws_at_its_gamma_beside_a_grid_that_samples(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"].update(policies=["js", "dlogp"], gammas=[0.1, 0.25], injected_eos="drop")
+    (tmp_path / "ok").mkdir()
+    r = snakemake(with_config(tmp_path / "ok", config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift crosssample .*)$", r.stdout, re.M)]
+    beside = [c for c in commands if ".gamma-" in c[c.index("--out") + 1]]
+    grid = [c for c in commands if c not in beside]
+    assert len(beside) == 2 and len(grid) == 2 * 2 * (len(config["crosssample"]["budgets"]) - 1) + 2
+    for c, gamma in zip(sorted(beside, key=lambda c: c[c.index("--gamma") + 1]), ("0.1", "0.25")):
+        args = dict(itertools.pairwise(c))
+        assert args["--out"].endswith(f"/forward/dlogp/budget-all.gamma-{gamma}.parts/1-of-1.parquet")
+        assert (args["--injection"], args["--gamma"], args["--injected-eos"]) == ("extrapolate", gamma, "drop")
+        assert (args["--direction"], args["--policy"], args["--budget"]) == ("forward", "dlogp", "all")
+    assert all(c[c.index("--injection") + 1] == "sample" and "--gamma" not in c for c in grid)
+    table = re.search(r"^Shell command: (tokenshift crosssample-table .*)$", r.stdout, re.M)[1]
+    assert table.count(".gamma-") == 2 and "--extrapolation" in table
+    # two gammas that are one run to six decimals
+    config["crosssample"]["gammas"] = [0.1, 0.1000001]
+    (tmp_path / "bad").mkdir()
+    r = snakemake(with_config(tmp_path / "bad", config), "-n", "all")
+    assert r.returncode != 0 and "crosssample.gammas[1]" in r.stderr + r.stdout

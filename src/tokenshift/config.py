@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tokenshift.registry import gamma_label
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 """The schema in a source checkout (an editable install); the workflow passes its own path."""
 
@@ -281,6 +283,13 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 "expected a whole number of tokens written without a decimal point (1, not 1.0), a share of "
                 "max_new_tokens in (0, 1), or all",
             )
+    labels: dict[str, float] = {}
+    for j, g in enumerate(cross.get("gammas", [])):
+        if (label := gamma_label(g)) in labels:
+            raise ConfigError(
+                f"crosssample.gammas[{j}]", g, f"the same run as {labels[label]} (gammas are read to six decimals)"
+            )
+        labels[label] = g
     if cross.get("length_rule") == "after_switch":
         from tokenshift.settings import CrossSampleConfig
 

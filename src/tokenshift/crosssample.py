@@ -862,6 +862,8 @@ def run_crosssample(
         "budget": rule.budget_label,
         "threshold": rule.threshold,
         "threshold_level": rule.level,
+        "injection": rule.injection,
+        "gamma": rule.gamma if rule.injection == "extrapolate" else 0.0,
     }
     result = run_sharded(
         lambda: CrossSampleBackend(base, rl, rule, sampling, cfg),

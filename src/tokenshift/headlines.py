@@ -55,6 +55,14 @@ def model_accuracy(accuracy: pl.DataFrame) -> dict[str, dict]:
     return {r["role"]: r for r in accuracy.filter(pl.col("metric") == metric).iter_rows(named=True)}
 
 
+def grid_and_extrapolation(cross: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A cross-sampling table's grid rows and its extrapolation runs beside the grid
+    (``crosssample.gammas``; a table written before they existed has none)."""
+    if "extrapolation" not in cross.columns:
+        return cross, cross.clear()
+    return cross.filter(~pl.col("extrapolation")), cross.filter(pl.col("extrapolation"))
+
+
 def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
     """How much of the base→RL accuracy gap switching recovers (forward) or loses (reverse).
 
@@ -68,6 +76,7 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
     non-random one (``random`` only when it is the only one, and then with no control beside it);
     with no budget above 0 there is no headline budget, only the gap.
     """
+    cross, beside = grid_and_extrapolation(cross)
     policies = list(dict.fromkeys(cross["policy"].to_list()))
     policy = "js" if "js" in policies else next((p for p in policies if p != "random"), "random")
     rows = {(r["direction"], r["policy"], r["budget"]): r for r in cross.iter_rows(named=True)}
@@ -92,6 +101,26 @@ def crosssample_summary(cross: pl.DataFrame, accuracy: pl.DataFrame) -> dict:
         if ("reverse", policy, b) in rows
     }
     out.update(policy=policy, forward_recovery_by_budget=fwd, reverse_loss_by_budget=rev)
+    out["forward_recovery_by_policy"] = {
+        p: {b: (r["accuracy"] - ends["base"]) / gap for (d, q, b), r in rows.items() if d == "forward" and q == p}
+        for p in policies
+    }
+    out["extrapolation"] = [
+        {
+            "gamma": r["gamma"],
+            "policy": r["policy"],
+            "budget": r["budget"],
+            "accuracy": r["accuracy"],
+            "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"],
+            "recovery": (r["accuracy"] - ends["base"]) / gap,
+            "mean_switched": r["mean_switched"],
+            # replacement: the grid's run of the same cell (gamma 0), where the grid has it
+            "replace_recovery": (rows[key]["accuracy"] - ends["base"]) / gap if key in rows else None,
+        }
+        for r in beside.iter_rows(named=True)
+        for key in [(r["direction"], r["policy"], r["budget"])]
+    ]
     if budgets[-1] == "0":  # the models alone: nothing was switched, so nothing is recovered or lost
         return out
     if fwd:

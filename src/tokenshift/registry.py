@@ -237,6 +237,16 @@ DEFAULT_POLICIES = ("js", "random", "argmax", "entropy")
 """The policies a cross-sampling grid runs unless the config names others, in this order."""
 
 
+EXTRAPOLATION_POLICY = "dlogp"
+"""The policy of the follow-up's extrapolation runs (``crosssample.gammas``): its signed log-probability
+difference, as in their script."""
+
+
+def gamma_label(gamma: float) -> str:
+    """An extrapolation step as a path label: at most six decimals, no exponent (0.1 -> ``0.1``)."""
+    return f"{float(gamma):.6f}".rstrip("0").rstrip(".")
+
+
 def parse_budget(label: str | int) -> int | None:
     """A budget label: ``all`` (no limit, None) or a non-negative whole number."""
     if label == "all":

@@ -99,6 +99,23 @@ def sentences(s: Mapping) -> list[str]:
                 f"{pct(cs['random_recovery'])}"
             )
         out.append(text + ".")
+        by = cs.get("forward_recovery_by_policy", {})
+        at = {p: r[cs["forward_budget"]] for p, r in by.items() if cs["forward_budget"] in r}
+        if len(set(at) - {"random"}) > 1:  # policies to compare, beside the random control
+            out.append(
+                f"At budget {cs['forward_budget']}, forward recovery by policy: "
+                + ", ".join(f"{p} {pct(v)}" for p, v in at.items())
+                + "."
+            )
+    for e in cs.get("extrapolation", []):
+        text = (
+            f"The follow-up's extrapolation ({e['policy']} policy, budget {e['budget']}, gamma {e['gamma']:g}) "
+            f"scores {e['accuracy']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}] with "
+            f"{e['mean_switched']:.1f} switched tokens per response, recovering {pct(e['recovery'])} of the gap"
+        )
+        if e["replace_recovery"] is not None:
+            text += f" (replacement, gamma 0: {pct(e['replace_recovery'])})"
+        out.append(text + ".")
     if cs.get("reverse_loss") is not None:
         out.append(
             f"Reverse cross-sampling (budget {cs['reverse_budget']}, {cs['reverse_switched']:.1f} base tokens "

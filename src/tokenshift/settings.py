@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from tokenshift.options import option
-from tokenshift.registry import DEFAULT_POLICIES, DIRECTIONS, INJECTED_EOS, INJECTIONS, POLICIES, budget_label
+from tokenshift.registry import (
+    DEFAULT_POLICIES,
+    DIRECTIONS,
+    EXTRAPOLATION_POLICY,
+    INJECTED_EOS,
+    INJECTIONS,
+    POLICIES,
+    budget_label,
+    gamma_label,
+)
 
 DEFAULT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 AUTHORS_PROMPT = {
@@ -392,6 +401,11 @@ class CrossSampleGrid:
     thresholds: Mapping[str, Mapping[str, float]] = dataclasses.field(
         default_factory=lambda: {p.name: dict(p.default_threshold) for p in POLICIES.values() if p.default_threshold}
     )
+    gammas: tuple[float, ...] = ()
+    """The follow-up's extrapolation beside the grid: one forward run per gamma > 0 under
+    ``EXTRAPOLATION_POLICY`` at its threshold with no budget (as the follow-up runs it), drawing each
+    switched token from softmax((1 + gamma) log p_RL - gamma log p_base). Gamma 0 is replacement, the
+    grid's own forward run of that policy at budget ``all``."""
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> CrossSampleGrid:
@@ -424,6 +438,10 @@ class CrossSampleGrid:
             for b in self.budget_labels(max_new_tokens)
             if b != "0" or p == self.baseline_policy
         ]
+
+    def extrapolation_runs(self) -> list[tuple[str, str, str, str]]:
+        """(direction, policy, budget label, gamma label) of every extrapolation run (see ``gammas``)."""
+        return [("forward", EXTRAPOLATION_POLICY, "all", gamma_label(g)) for g in self.gammas]
 
     def threshold_spec(self, policy: str, budget: str | None = None) -> dict[str, float]:
         """The configured threshold of ``policy`` (empty for a policy whose threshold is fixed, and for

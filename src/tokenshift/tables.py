@@ -250,7 +250,11 @@ def budget_order(label: str) -> float:
 
 
 def crosssample_table(
-    runs: Sequence[pl.DataFrame], *, labels: Mapping[str, str] | None = None, seed: int = 0
+    runs: Sequence[pl.DataFrame],
+    *,
+    extrapolation: Sequence[pl.DataFrame] = (),
+    labels: Mapping[str, str] | None = None,
+    seed: int = 0,
 ) -> pl.DataFrame:
     """One row per (direction, policy, budget) run: accuracy and how much was switched.
 
@@ -265,11 +269,16 @@ def crosssample_table(
     - ``budget`` is the label (``"0"`` … ``"all"``), ``budget_tokens`` the number (null for all);
     - ``n_no_box``, ``n_correct_unboxed``: responses without a boxed answer (``box_counts``);
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
-      the policy it was run under): budget 0 never switches, so the policy cannot matter.
+      the policy it was run under): budget 0 never switches, so the policy cannot matter;
+    - ``injection`` and ``gamma``: what a switch drew from (``sample``, gamma 0, or the follow-up's
+      ``extrapolate`` at its gamma); ``extrapolation``: a run of ``extrapolation``, the runs
+      ``crosssample.gammas`` adds beside the grid (a row each; the grid's rows are ``False``).
     """
     rows, seen = [], set()
-    for run in runs:
-        keys = run.select("direction", "policy", "budget", "threshold").unique()
+    for beside, run in [(False, r) for r in runs] + [(True, r) for r in extrapolation]:
+        if "injection" not in run.columns:  # a run written before extrapolation existed: sampled
+            run = run.with_columns(pl.lit("sample").alias("injection"), pl.lit(0.0).alias("gamma"))
+        keys = run.select("direction", "policy", "budget", "threshold", "injection", "gamma").unique()
         if keys.height != 1:
             raise ValueError(f"a cross-sample table must hold one run, found {keys.height}: {keys.to_dicts()}")
         for col, want in (labels or {}).items():
@@ -279,11 +288,11 @@ def crosssample_table(
                     f"a run of {col} {got} given for the table of {col} {want!r}: runs of other pairs "
                     "or datasets cannot be aggregated"
                 )
-        cell = tuple(keys.select("direction", "policy", "budget").row(0))
+        cell = (*keys.select("direction", "policy", "budget", "injection", "gamma").row(0), beside)
         if cell in seen:
             raise ValueError(
-                f"two runs of direction {cell[0]}, policy {cell[1]}, budget {cell[2]}: one file given "
-                "twice, or two runs of one cell"
+                f"two runs of direction {cell[0]}, policy {cell[1]}, budget {cell[2]}, injection {cell[3]} "
+                f"(gamma {cell[4]:g}): one file given twice, or two runs of one cell"
             )
         seen.add(cell)
         per = run.group_by("problem_id").agg(pl.col("correct").mean()).sort("problem_id")
@@ -295,6 +304,7 @@ def crosssample_table(
             {
                 **(labels or {}),
                 **key,
+                "extrapolation": beside,
                 "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
                 "accuracy": acc,
                 "ci_low": lo,
@@ -316,7 +326,8 @@ def crosssample_table(
     table = table.with_columns(pl.lit(None, dtype=pl.Utf8).alias("budget0_from"))
     zero = table.filter(pl.col("budget") == "0")
     extra = []
-    for direction, policies in table.group_by("direction").agg(pl.col("policy").unique()).iter_rows():
+    grid = table.filter(~pl.col("extrapolation"))  # the runs beside the grid have a budget-0 row of their own
+    for direction, policies in grid.group_by("direction").agg(pl.col("policy").unique()).iter_rows():
         runs = zero.filter(pl.col("direction") == direction)
         if runs.height:
             have = set(runs["policy"])
@@ -325,7 +336,7 @@ def crosssample_table(
     if extra:
         table = pl.concat([table, pl.DataFrame(extra, schema=table.schema)])
     order = table["budget"].map_elements(budget_order, return_dtype=pl.Float64)
-    return table.with_columns(order.alias("_order")).sort("direction", "policy", "_order").drop("_order")
+    return table.with_columns(order.alias("_order")).sort("direction", "policy", "_order", "gamma").drop("_order")
 
 
 def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -498,11 +509,17 @@ def write_divergence(
     return tables
 
 
-def write_crosssample_table(runs: Sequence[Path], out: Path, *, pair: str, dataset: str) -> pl.DataFrame:
-    """The cross-sampling table of one pair and dataset's runs, written to ``out``."""
-    frames = [read_parquet(p, "a cross-sampling run (tokenshift crosssample)", CROSS_COLUMNS) for p in runs]
+def write_crosssample_table(
+    runs: Sequence[Path], out: Path, *, pair: str, dataset: str, extrapolation: Sequence[Path] = ()
+) -> pl.DataFrame:
+    """The cross-sampling table of one pair and dataset's runs (the grid's, then the extrapolation
+    runs beside it), written to ``out``."""
+    frames, beside = (
+        [read_parquet(p, "a cross-sampling run (tokenshift crosssample)", CROSS_COLUMNS) for p in paths]
+        for paths in (runs, extrapolation)
+    )
     try:
-        table = crosssample_table(frames, labels={"pair": pair, "dataset": dataset})
+        table = crosssample_table(frames, extrapolation=beside, labels={"pair": pair, "dataset": dataset})
     except ValueError as e:
         raise InputError(str(e)) from None
     write_parquet_atomic(table, Path(out))

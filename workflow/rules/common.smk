@@ -24,6 +24,7 @@ from tokenshift.registry import (
     DIVERGENCE_FIGURES,
     DIVERGENCE_TABLES,
     GENERATOR,
+    INJECTIONS,
     PAIR_FIGURES,
     POLICIES,
     ROLES,
@@ -93,6 +94,7 @@ wildcard_constraints:
     direction=alternatives(DIRECTIONS),
     policy=alternatives(POLICIES),
     budget=r"\d+|all",
+    gamma=r"\d+(?:\.\d+)?",
     scatteritem=r"\d+-of-\d+",
 
 
@@ -107,8 +109,10 @@ def results_dir(pair, dataset):
     return f"results/{pair}/{dataset}"
 
 
-def crosssample_run(pair, dataset, direction, policy, budget):
-    return f"{results_dir(pair, dataset)}/crosssample/{direction}/{policy}/budget-{budget}.parquet"
+def crosssample_run(pair, dataset, direction, policy, budget, gamma=None):
+    """A run of the grid, or (``gamma``) an extrapolation run beside it: ``budget-all.gamma-0.1``."""
+    extrapolated = "" if gamma is None else f".gamma-{gamma}"
+    return f"{results_dir(pair, dataset)}/crosssample/{direction}/{policy}/budget-{budget}{extrapolated}.parquet"
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -163,7 +167,10 @@ def advantage_runs():
 
 def crosssample_runs(wildcards):
     max_new = dataset_sampling(config, wildcards.dataset)["max_new_tokens"]
-    return [crosssample_run(wildcards.pair, wildcards.dataset, *run) for run in GRID.runs(max_new)]
+    return {
+        "grid": [crosssample_run(wildcards.pair, wildcards.dataset, *run) for run in GRID.runs(max_new)],
+        "extrapolation": [crosssample_run(wildcards.pair, wildcards.dataset, *r) for r in GRID.extrapolation_runs()],
+    }
 
 
 def example_inputs(wildcards):
@@ -250,6 +257,16 @@ def sampling_args(wildcards):
 
 def prompt_args(wildcards):
     return shell_args(PromptConfig, dataclasses.asdict(PromptConfig.for_dataset(DATASETS[wildcards.dataset])))
+
+
+def crosssample_args(wildcards):
+    """A run's recorded settings: the grid's, or for an extrapolation run beside it (a ``gamma``
+    wildcard) the grid's drawing by extrapolation at that gamma."""
+    if "gamma" not in wildcards.keys():
+        return shell_args(CrossSampleConfig, section_values(CrossSampleConfig, config, stage=CROSSSAMPLE_STAGES))
+    stages = (*(s for s in CROSSSAMPLE_STAGES if s not in INJECTIONS), "extrapolate")
+    values = section_values(CrossSampleConfig, config, stage=stages)
+    return shell_args(CrossSampleConfig, {**values, "injection": "extrapolate", "gamma": float(wildcards.gamma)})
 
 
 def threshold_args(wildcards):

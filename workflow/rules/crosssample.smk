@@ -33,12 +33,23 @@ rule crosssample:
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
-        run=settings_of(CrossSampleConfig, stage=CROSSSAMPLE_STAGES),
+        run=crosssample_args,
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
         "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} {resources.tuning} --part {wildcards.scatteritem} "
         "--out {output} > {log} 2>&1"
+
+
+# the follow-up's extrapolation beside the grid (crosssample.gammas): a run as the grid's, drawing by
+# extrapolation at its gamma
+use rule crosssample as crosssample_extrapolated with:
+    output:
+        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.gamma-{gamma}.parts/{scatteritem}.parquet",
+    log:
+        "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}/{scatteritem}.log",
+    benchmark:
+        "logs/benchmarks/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}/{scatteritem}.tsv"
 
 
 rule gather_crosssample:
@@ -59,9 +70,20 @@ rule gather_crosssample:
         "tokenshift gather {input:q} --out {output} > {log} 2>&1"
 
 
+use rule gather_crosssample as gather_crosssample_extrapolated with:
+    input:
+        gather.crosssample(
+            "results/{{pair}}/{{dataset}}/crosssample/{{direction}}/{{policy}}/budget-{{budget}}.gamma-{{gamma}}.parts/{scatteritem}.parquet"
+        ),
+    output:
+        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.gamma-{gamma}.parquet",
+    log:
+        "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}.log",
+
+
 rule crosssample_table:
     input:
-        crosssample_runs,
+        unpack(crosssample_runs),
     output:
         "results/{pair}/{dataset}/crosssample.parquet",
     log:
@@ -71,6 +93,9 @@ rule crosssample_table:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("crosssample-table"),
+        extrapolation=lambda wildcards, input: (
+            shlex.join(["--extrapolation", *input.extrapolation]) if input.extrapolation else ""
+        ),
     shell:
-        "tokenshift crosssample-table {input:q} --pair {wildcards.pair} --dataset {wildcards.dataset} "
-        "--out {output} > {log} 2>&1"
+        "tokenshift crosssample-table {input.grid:q} {params.extrapolation} --pair {wildcards.pair} "
+        "--dataset {wildcards.dataset} --out {output} > {log} 2>&1"

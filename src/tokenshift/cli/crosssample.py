@@ -61,7 +61,14 @@ def register(sub) -> None:
         description="One row per (direction, policy, budget): avg@n accuracy with a 95%% bootstrap "
         "CI over problems, mean switched tokens and the switched share of tokens.",
     )
-    ct.add_argument("inputs", nargs="+", help="cross-sampling parquet files")
+    ct.add_argument("inputs", nargs="+", help="cross-sampling parquet files: the grid's runs")
+    ct.add_argument(
+        "--extrapolation",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="the extrapolation runs beside the grid (config crosssample.gammas), a row each",
+    )
     ct.add_argument("--pair", required=True, help="pair name, stored in the table")
     ct.add_argument("--dataset", required=True, help="dataset name, stored in the table")
     ct.add_argument("--out", required=True, help="parquet file to write")
@@ -113,11 +120,15 @@ def _table(args: argparse.Namespace) -> None:
     from tokenshift.tables import write_crosssample_table
 
     table = write_crosssample_table(
-        [Path(p) for p in args.inputs], Path(args.out), pair=args.pair, dataset=args.dataset
+        [Path(p) for p in args.inputs],
+        Path(args.out),
+        pair=args.pair,
+        dataset=args.dataset,
+        extrapolation=[Path(p) for p in args.extrapolation],
     )
     show(
         table.select(
-            "direction", "policy", "budget", "accuracy", "ci_low", "ci_high", "mean_switched", "switched_share"
+            "direction", "policy", "budget", "gamma", "accuracy", "ci_low", "ci_high", "mean_switched", "switched_share"
         ),
         rows=80,
     )

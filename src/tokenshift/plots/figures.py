@@ -219,10 +219,12 @@ def _budget_x(labels: list[str]) -> tuple[dict[str, float], float]:
 def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
     """Figure 5: accuracy vs budget, forward and reverse in their own panels, one line per policy
     (95% CI bands), the base and RL models' own accuracy as horizontal lines; right, mean switched
-    tokens per response (forward solid, reverse dashed)."""
+    tokens per response (forward solid, reverse dashed). The follow-up's extrapolation runs beside
+    the grid (``crosssample.gammas``) are diamonds at their budget, labelled with their gamma."""
     apply()
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.8]})
-    xs, x_all = _budget_x(cross["budget"].unique().to_list())
+    cross, beside = headlines.grid_and_extrapolation(cross)
+    xs, x_all = _budget_x(cross["budget"].unique().to_list() + beside["budget"].unique().to_list())
     metric = headlines.avg_metric(accuracy)
     own = headlines.model_accuracy(accuracy)
     directions = [d for d in ("forward", "reverse") if d in cross["direction"].to_list()]
@@ -265,8 +267,23 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
             lw=1.5,
             label=f"{direction}, {policy}",
         )
-    lo = min(float(cross["ci_low"].min()), own["base"]["ci_low"], own["rl"]["ci_low"])
-    hi = max(float(cross["ci_high"].max()), own["base"]["ci_high"], own["rl"]["ci_high"])
+    for r in beside.iter_rows(named=True):
+        ax, x = panels[r["direction"]], xs[r["budget"]] * 1.07  # beside the grid's point of its budget
+        ax.errorbar(
+            x,
+            r["accuracy"],
+            yerr=[[r["accuracy"] - r["ci_low"]], [r["ci_high"] - r["accuracy"]]],
+            marker="D",
+            ms=6,
+            color=POLICY[r["policy"]],
+            mfc="white",
+            capsize=3,
+            lw=1.2,
+            label=f"{r['policy']}, extrapolated (gamma {r['gamma']:g})",
+        )
+    both = pl.concat([cross, beside]) if beside.height else cross
+    lo = min(float(both["ci_low"].min()), own["base"]["ci_low"], own["rl"]["ci_low"])
+    hi = max(float(both["ci_high"].max()), own["base"]["ci_high"], own["rl"]["ci_high"])
     for ax in axes:
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(-0.1, x_all * 1.15)
