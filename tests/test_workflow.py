@@ -627,16 +627,17 @@ def test_an_extrapolation_run_draws_at_its_gamma_beside_a_grid_that_samples(tmp_
     (tmp_path / "ok").mkdir()
     r = snakemake(with_config(tmp_path / "ok", config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift crosssample .*)$", r.stdout, re.M)]
-    beside = [c for c in commands if ".gamma-" in c[c.index("--out") + 1]]
-    grid = [c for c in commands if c not in beside]
+    argvs = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift crosssample .*)$", r.stdout, re.M)]
+    # each command's flags and their values (a value is given as --flag=value or after its flag)
+    commands = [dict(a.split("=", 1) if "=" in a else (a, b) for a, b in itertools.pairwise([*c, ""])) for c in argvs]
+    beside = sorted((c for c in commands if ".gamma-" in c["--out"]), key=lambda c: c["--gamma"])
+    grid = [c for c in commands if ".gamma-" not in c["--out"]]
     assert len(beside) == 2 and len(grid) == 2 * 2 * (len(config["crosssample"]["budgets"]) - 1) + 2
-    for c, gamma in zip(sorted(beside, key=lambda c: c[c.index("--gamma") + 1]), ("0.1", "0.25")):
-        args = dict(itertools.pairwise(c))
+    for args, gamma in zip(beside, ("0.1", "0.25")):
         assert args["--out"].endswith(f"/forward/dlogp/budget-all.gamma-{gamma}.parts/1-of-1.parquet")
         assert (args["--injection"], args["--gamma"], args["--injected-eos"]) == ("extrapolate", gamma, "drop")
         assert (args["--direction"], args["--policy"], args["--budget"]) == ("forward", "dlogp", "all")
-    assert all(c[c.index("--injection") + 1] == "sample" and "--gamma" not in c for c in grid)
+    assert all(c["--injection"] == "sample" and "--gamma" not in c for c in grid)
     table = re.search(r"^Shell command: (tokenshift crosssample-table .*)$", r.stdout, re.M)[1]
     assert table.count(".gamma-") == 2 and "--extrapolation" in table
     # two gammas that are one run to six decimals
