@@ -71,7 +71,7 @@ TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy"
 # the toy pairs whose tuned model is trained by GRPO (with checkpoints along the way)
 TOY_RL_PAIRS = [p for p in TOY_PAIRS if PAIRS[p]["rl"] in TOY_RL]
 GRID = CrossSampleGrid.from_config(config["crosssample"])
-# the cross-sampling keys a job reads follow its length rule and its injection (gamma: extrapolate only)
+# the cross-sampling keys a job reads follow its length_rule and its injection (gamma under extrapolate only)
 CROSSSAMPLE_STAGES = (config["crosssample"]["length_rule"], config["crosssample"]["injection"])
 ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
