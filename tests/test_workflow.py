@@ -212,6 +212,9 @@ def _mutations():
             m(lambda c: c.update(cluster={"gpu_model": "h100; rm -rf ~"})),
             "cluster.gpu_model",
         ),
+        # the JSON schema's draft counts 4.0 an integer: it passed, then failed in a job
+        ("sampling-n-4.0", m(lambda c: c["sampling"].update(n=4.0)), "config key sampling.n: got 4.0"),
+        ("pass-k-a-float", m(lambda c: c["rollout"].update(pass_k=[1, 2.0])), "rollout.pass_k[1]"),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -236,7 +239,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-THROUGH_SNAKEMAKE = ("unknown-top-level-key", "budget-2.0-read-as-a-share", "pair-without-datasets")
+THROUGH_SNAKEMAKE = ("unknown-top-level-key", "budget-2.0-read-as-a-share", "sampling-n-4.0", "pair-without-datasets")
 """A few of the mutations above, one per kind of check (schema keys, schema values, cross-references),
 also through a real `snakemake -n all`: the error reaches the user as that one line, before any job."""
 

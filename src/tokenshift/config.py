@@ -57,14 +57,26 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(_strict_validator(jsonschema)(schema).iter_errors(config))
     if error is None:
         return
     desc = error.schema.get("description") if isinstance(error.schema, dict) else None
     if desc is None and error.parent is not None and isinstance(error.parent.schema, dict):
         desc = error.parent.schema.get("description")
     expected = error.message if not desc else f"{error.message}. {' '.join(desc.split())}"
+    if isinstance(error.instance, float) and error.instance.is_integer():
+        expected += f" (a whole number is written without a decimal point: {int(error.instance)}, not {error.instance})"
     raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
+
+
+def _strict_validator(jsonschema):
+    """Draft 2020-12 with ``integer`` meaning an int: the draft counts 2.0 an integer, so ``n: 2.0`` passed
+    the schema and then failed in a job, and a budget of 1.0 would read as a share of
+    max_new_tokens. A bool is no integer either (YAML's ``yes``)."""
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
 
 
 def model_source(spec: Mapping[str, Any]) -> str:
@@ -272,15 +284,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
 
     cross = config.get("crosssample", {})
-    for j, b in enumerate(cross.get("budgets", [])):
-        # JSON counts 1.0 an integer, the workflow a share of max_new_tokens: budget-96, not budget-1
-        if isinstance(b, float) and b >= 1:
-            raise ConfigError(
-                f"crosssample.budgets[{j}]",
-                b,
-                "expected a whole number of tokens written without a decimal point (1, not 1.0), a share of "
-                "max_new_tokens in (0, 1), or all",
-            )
     if cross.get("length_rule") == "after_switch":
         from tokenshift.settings import CrossSampleConfig
 
