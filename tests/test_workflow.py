@@ -136,6 +136,7 @@ def _mutations():
         ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
         # a k given twice is one metric twice in a tidy table
         ("pass-k-twice", m(lambda c: c["rollout"].update(pass_k=[1, 1])), "rollout.pass_k"),
+        ("pass-k-empty", m(lambda c: c["rollout"].update(pass_k=[])), "config key rollout.pass_k: got []"),
         ("rank-k-twice", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[1, 3, 3])), "divergence.rank_k"),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
