@@ -216,6 +216,13 @@ def _mutations():
         # the JSON schema's draft counts 4.0 an integer: it passed, then failed in a job
         ("sampling-n-4.0", m(lambda c: c["sampling"].update(n=4.0)), "config key sampling.n: got 4.0"),
         ("pass-k-a-float", m(lambda c: c["rollout"].update(pass_k=[1, 2.0])), "rollout.pass_k[1]"),
+        # huge numbers: an OverflowError in a job, a PeriodicWildcardError, a DAG of 10**6 jobs per table
+        ("budget-10**23", m(lambda c: c["crosssample"].update(budgets=[0, 10**23])), "crosssample.budgets[1]: got"),
+        ("budget-past-the-longest-response", m(lambda c: c["crosssample"].update(budgets=[131073])), "131072"),
+        ("jobs-10**6", m(lambda c: c["rollout"].update(jobs=10**6)), "config key rollout.jobs"),
+        ("toy-seed-2**64", m(lambda c: c["toy"].update(seed=2**64)), "config key toy.seed"),
+        ("advantage-seed-2**40", m(lambda c: c["advantages"].update(seeds=[0, 2**40])), "advantages.seeds[1]"),
+        ("top-k-10**23", m(lambda c: c.update(scoring={"top_k": 10**23})), "config key scoring.top_k"),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -240,7 +247,13 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-THROUGH_SNAKEMAKE = ("unknown-top-level-key", "budget-2.0-read-as-a-share", "sampling-n-4.0", "pair-without-datasets")
+THROUGH_SNAKEMAKE = (
+    "unknown-top-level-key",
+    "budget-2.0-read-as-a-share",
+    "sampling-n-4.0",
+    "budget-10**23",
+    "pair-without-datasets",
+)
 """A few of the mutations above, one per kind of check (schema keys, schema values, cross-references),
 also through a real `snakemake -n all`: the error reaches the user as that one line, before any job."""
 

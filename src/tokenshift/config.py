@@ -115,12 +115,20 @@ def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> Non
                 stack += node
 
 
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a config may hold anywhere: what torch, numpy and polars store (int64); past
+it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
+
+
 def check_finite(node: Any, key: str = "") -> None:
     """Refuse a NaN or infinite number anywhere in the config, naming its key: a JSON schema's
     ``minimum``/``maximum`` compare false for NaN, so NaN passes every bound (a temperature of NaN
-    sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget)."""
+    sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget); nor an
+    integer past ``MAX_INTEGER``, whatever key holds it."""
     if isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(key or "<config>", node, "expected a finite number")
+    if isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INTEGER:
+        raise ConfigError(key or "<config>", node, f"expected a number of at most 2**63 - 1 ({MAX_INTEGER})")
     if isinstance(node, Mapping):
         for k, v in node.items():
             check_finite(v, f"{key}.{k}" if key else str(k))
