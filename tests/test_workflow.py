@@ -223,6 +223,23 @@ def _mutations():
         ("toy-seed-2**64", m(lambda c: c["toy"].update(seed=2**64)), "config key toy.seed"),
         ("advantage-seed-2**40", m(lambda c: c["advantages"].update(seeds=[0, 2**40])), "advantages.seeds[1]"),
         ("top-k-10**23", m(lambda c: c.update(scoring={"top_k": 10**23})), "config key scoring.top_k"),
+        # more toy problems than the toy task's settings allow: a traceback in the job
+        (
+            "toy-dataset-past-the-task",
+            m(lambda c: c["toy"].update(min_steps=1, max_steps=1)),
+            "config key datasets.toy.n_problems: got 500; the toy task with 1 to 1 operations per problem",
+        ),
+        (
+            "toy-training-past-the-task",
+            m(
+                lambda c: (
+                    c["toy"].update(min_steps=2, max_steps=2),
+                    c["datasets"]["toy"].update(n_problems=100),
+                    c["advantages"].update(eval_problems=100),
+                )
+            ),
+            "config key toy.n_train_problems: got 20000",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -252,6 +269,7 @@ THROUGH_SNAKEMAKE = (
     "budget-2.0-read-as-a-share",
     "sampling-n-4.0",
     "budget-10**23",
+    "toy-dataset-past-the-task",
     "pair-without-datasets",
 )
 """A few of the mutations above, one per kind of check (schema keys, schema values, cross-references),

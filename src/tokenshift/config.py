@@ -310,6 +310,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
         raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
+    _check_toy_problems(config, toy)
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
     for policy, spec in cross.get("thresholds", {}).items():
@@ -328,6 +329,47 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"a percentile over the dataset is one of the exact statistic; with statistic "
                     f"{cross['statistic']} give it a level (prompt or response) or an absolute threshold",
                 )
+
+
+def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
+    """Refuse asking the toy task for more distinct problems than its settings allow (``toy.min_steps``
+    to ``toy.max_steps`` operations): the draw ended in a traceback, after minutes. Each count the
+    study draws is checked where a pair uses it: a toy dataset's ``n_problems`` (and the toy check's,
+    its first toy dataset's), the toy models' training problems, the advantage experiment's."""
+    from tokenshift.toy.config import AdvantageExperimentConfig
+    from tokenshift.toy.task import EVAL_PROBLEMS, split_capacity
+
+    models, datasets = config["models"], config.get("datasets", {})
+    pairs = config["pairs"]
+    used = {d for p in pairs for d in p.get("datasets", [])}
+    toy_datasets = [d for d, spec in datasets.items() if "toy" in spec]
+    asked = [
+        (f"datasets.{d}.n_problems", datasets[d].get("n_problems", EVAL_PROBLEMS), "eval")
+        for d in toy_datasets
+        if d in used
+    ]
+    if any("toy" in models[p[role]] for p in pairs for role in ("base", "rl")):
+        asked.append(("toy.n_train_problems", toy.n_train_problems, "train"))
+    if any(models[p["rl"]].get("toy") == "rl" for p in pairs):
+        # the toy check draws as many eval problems as the first toy dataset has, or EVAL_PROBLEMS
+        first = toy_datasets[0] if toy_datasets else None
+        if first is None:
+            asked.append(("toy.max_steps", EVAL_PROBLEMS, "eval"))
+        else:
+            asked.append((f"datasets.{first}.n_problems", datasets[first].get("n_problems", EVAL_PROBLEMS), "eval"))
+        adv = AdvantageExperimentConfig.from_mapping(config.get("advantages"))
+        asked.append(("advantages.eval_problems", adv.eval_problems, "eval"))
+    for key, n, split in asked:
+        most = split_capacity(toy.task, split)
+        if n > most:
+            raise ConfigError(
+                key,
+                toy.max_steps if key == "toy.max_steps" else n,
+                f"the toy task with {toy.min_steps} to {toy.max_steps} operations per problem (toy.min_steps, "
+                f"toy.max_steps) has at most {most} distinct {split} problems"
+                + (f"; the toy check draws {EVAL_PROBLEMS}" if key == "toy.max_steps" else "")
+                + ": ask for fewer, or allow more operations",
+            )
 
 
 def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
