@@ -405,7 +405,7 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     config["pairs"][0]["datasets"] = ["toy", "local"]
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "--template 'Solve: {question} {{braces}}'" in r.stdout
+    assert "'--template=Solve: {question} {{braces}}'" in r.stdout
 
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -513,7 +513,7 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     r = snakemake(with_config(work, config), "-n", "-p", "all", "resources/models/q.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     commands = [shlex.split(c) for c in re.findall(r"^Shell command: (?!None$)(.*?2>&1)$", r.stdout, flags=re.S | re.M)]
-    tokens = [t for c in commands for t in c]
+    tokens = [re.sub(r"^--[a-z-]+=", "", t) for c in commands for t in c]  # each value joined to its flag
     for key, value in values.items():
         assert value in tokens, key
     assert {t for t in tokens if "PWNED" in t} == intact  # no value split over several arguments
@@ -535,6 +535,35 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     assert pl.read_parquet(work / "resources" / "datasets" / "local.parquet").height == 2
 
 
+def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
+    """A threshold of -1e-05, an opening or a revision starting with '-': apart from its flag, argparse read
+    such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here."""
+    from tokenshift.cli import build_parser
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(q={"hub": "o/m", "revision": "-rev"}, q2={"hub": "o/m2", "revision": "r"})
+    config["datasets"]["local"] = {"path": "data/set.jsonl", "opening": "-x -y", "split": "-s"}
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
+    config["crosssample"].update(policies=["dlogp", "logprob"], thresholds={"dlogp": {"tau": -1e-05}})
+    config["crosssample"]["thresholds"]["logprob"] = {"threshold": -2.5e-07}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    commands = re.findall(r"^Shell command: (tokenshift .*?) > \S+ 2>&1$", r.stdout, flags=re.S | re.M)
+    parser, parsed = build_parser(), {}
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        parsed.setdefault(argv[0], []).append(vars(parser.parse_args(argv)))
+    assert {a["tau"] for a in parsed["crosssample"] if a["policy"] == "dlogp" and a["budget"] != "0"} == {-1e-05}
+    assert {a["threshold"] for a in parsed["crosssample"] if a["policy"] == "logprob" and a["budget"] != "0"} == {
+        -2.5e-07
+    }
+    assert {a["opening"] for a in parsed["rollout"] if "local" in a["dataset"]} == {"-x -y"}
+    assert {a["split"] for a in parsed["dataset"] if a["path"]} == {"-s"}
+    assert {a["revision"] for a in parsed["models"] if a.get("name") == "q"} == {"-rev"}
+
+
 def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percentile_needs_no_scores(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["crosssample"].update(
@@ -553,14 +582,13 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     entropy = [c for c in commands if "--policy entropy" in c and "--budget 0 " not in c]
     js = [c for c in commands if "--policy js" in c and "--budget 0 " not in c]
     assert entropy and js
-    assert all("--level prompt --percentile 90" in c and "--scores" not in c for c in entropy)
-    assert all("--level response --percentile 90" in c and "--scores" not in c for c in js)
+    assert all("--level=prompt --percentile=90" in c and "--scores" not in c for c in entropy)
+    assert all("--level=response --percentile=90" in c and "--scores" not in c for c in js)
     for c in commands:
         argv = shlex.split(c.removeprefix("Shell command: "))
-        pairs = {(a, b) for a, b in zip(argv, argv[1:] + [""])}
-        assert {("--mode", "lenient"), ("--injected-eos", "drop"), ("--statistic", "topk:50")} <= pairs, c
-        assert {("--length-rule", "after_switch"), ("--max-total-tokens", "400"), ("--injection", "sample")} <= pairs
-        assert "--force-switch" in argv and "--gamma" not in argv  # gamma is read under extrapolate only
+        assert {"--mode=lenient", "--injected-eos=drop", "--statistic=topk:50"} <= set(argv), c
+        assert {"--length-rule=after_switch", "--max-total-tokens=400", "--injection=sample"} <= set(argv), c
+        assert "--force-switch" in argv and not any(a.startswith("--gamma") for a in argv)  # extrapolate reads it
 
 
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):
