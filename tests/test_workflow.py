@@ -223,6 +223,17 @@ def _mutations():
         ("toy-seed-2**64", m(lambda c: c["toy"].update(seed=2**64)), "config key toy.seed"),
         ("advantage-seed-2**40", m(lambda c: c["advantages"].update(seeds=[0, 2**40])), "advantages.seeds[1]"),
         ("top-k-10**23", m(lambda c: c.update(scoring={"top_k": 10**23})), "config key scoring.top_k"),
+        # Snakemake reads {x} in an input's path as a wildcard (WildcardError), with no escape
+        (
+            "dataset-path-with-braces",
+            m(lambda c: c["datasets"].update(d={"path": "data/{x}.jsonl"})),
+            "datasets.d.path: got 'data/{x}.jsonl'; expected a path without { or }",
+        ),
+        (
+            "model-path-with-braces",
+            m(lambda c: c["models"].update(loc={"path": "ckpt/{x}"})),
+            "models.loc.path: got 'ckpt/{x}'; expected a path without { or }",
+        ),
         # more toy problems than the toy task's settings allow: a traceback in the job
         (
             "toy-dataset-past-the-task",
@@ -309,6 +320,26 @@ def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
     config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
     return with_config(tmp_path, config)
+
+
+def test_a_path_with_braces_is_refused_naming_its_key(tmp_path, toy_tokenizer):
+    """A local dataset or a checkpoint's file whose path holds {x}: a WildcardError before (issue 24, F13)."""
+    from tokenshift.config import ConfigError, check_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "{x}.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(q={"hub": "o/m", "revision": "r"}, q2={"hub": "o/m2", "revision": "r"})
+    config["datasets"]["local"] = {"path": "data/{x}.jsonl"}
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "config key datasets.local.path: got 'data/{x}.jsonl'; expected a path without { or }" in r.stdout + r.stderr
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    (tmp_path / "ckpt" / "a" / "model.safetensors").rename(tmp_path / "ckpt" / "a" / "model-{shard}.safetensors")
+    config = {"models": {"a": {"path": "ckpt/a"}}, "pairs": []}
+    with pytest.raises(ConfigError, match=r"models\.a\.path: got 'ckpt/a'; .*its file 'model-\{shard\}.safetensors'"):
+        check_config(config, base_dir=tmp_path)
 
 
 def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
@@ -536,15 +567,14 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
 
 
 def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
-    """A threshold of -1e-05, an opening or a revision starting with '-': apart from its flag, argparse read
+    """A threshold of -1e-05, a path, an opening or a revision starting with '-': apart from its flag, argparse read
     such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here."""
     from tokenshift.cli import build_parser
 
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    (tmp_path / "-set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
     config = copy.deepcopy(DEFAULT)
     config["models"].update(q={"hub": "o/m", "revision": "-rev"}, q2={"hub": "o/m2", "revision": "r"})
-    config["datasets"]["local"] = {"path": "data/set.jsonl", "opening": "-x -y", "split": "-s"}
+    config["datasets"]["local"] = {"path": "-set.jsonl", "opening": "-x -y", "split": "-s"}
     config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
     config["crosssample"].update(policies=["dlogp", "logprob"], thresholds={"dlogp": {"tau": -1e-05}})
     config["crosssample"]["thresholds"]["logprob"] = {"threshold": -2.5e-07}
@@ -560,7 +590,7 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
         -2.5e-07
     }
     assert {a["opening"] for a in parsed["rollout"] if "local" in a["dataset"]} == {"-x -y"}
-    assert {a["split"] for a in parsed["dataset"] if a["path"]} == {"-s"}
+    assert {(a["path"], a["split"]) for a in parsed["dataset"] if a["path"]} == {("-set.jsonl", "-s")}
     assert {a["revision"] for a in parsed["models"] if a.get("name") == "q"} == {"-rev"}
 
 

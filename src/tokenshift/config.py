@@ -173,6 +173,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     for name, spec in models.items():
         source = model_source(spec)
         if source == "path":
+            _no_wildcards(f"models.{name}.path", spec["path"])
             p = base_dir / spec["path"]
             models_dir = (base_dir / "resources" / "models").resolve()
             if p.resolve() == models_dir or models_dir in p.resolve().parents:
@@ -190,8 +191,10 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-            from tokenshift.models import TOKENIZER_FILES, has_tokenizer
+            from tokenshift.models import TOKENIZER_FILES, has_tokenizer, linked_files
 
+            for f in linked_files(p, bool(spec.get("trust_remote_code"))):  # each a Snakemake input too
+                _no_wildcards(f"models.{name}.path", spec["path"], f.name)
             if not spec.get("trust_remote_code") and not has_tokenizer(p):
                 raise ConfigError(
                     f"models.{name}.path",
@@ -224,6 +227,8 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 name,
                 f"this name is taken by the workflow's own paths ({sorted(RESERVED['datasets'])}); rename the dataset",
             )
+        if "path" in spec:
+            _no_wildcards(f"datasets.{name}.path", spec["path"])
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
         if "toy" not in spec:
@@ -370,6 +375,20 @@ def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
                 + (f"; the toy check draws {EVAL_PROBLEMS}" if key == "toy.max_steps" else "")
                 + ": ask for fewer, or allow more operations",
             )
+
+
+def _no_wildcards(key: str, path: str, file: str = "") -> None:
+    """Refuse braces in a path the workflow declares as a Snakemake input (a local dataset, a local
+    checkpoint's files): Snakemake reads ``{name}`` in an input's path as a wildcard, with no escape, and
+    failed with a WildcardError; the config check says which key, and what to do."""
+    if "{" in path + file or "}" in path + file:
+        where = f" (its file {file!r})" if file and ("{" in file or "}" in file) else ""
+        raise ConfigError(
+            key,
+            path,
+            f"expected a path without {{ or }}{where}: Snakemake reads {{...}} in an input file's path as a "
+            "wildcard; rename it, or link it under a name without braces",
+        )
 
 
 def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
