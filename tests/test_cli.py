@@ -444,3 +444,15 @@ def test_profile_install_refuses_a_count_below_one(tmp_path, flag, value):
     )
     assert r.returncode == 2 and f"argument {flag}: expected a value >= 1, got {value}" in r.stderr, r.stderr
     assert not (tmp_path / "profile").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--account", "lab\nslurm_extra: --wrap=x"), ("--gpu-model", "a100-80gb")])
+def test_profile_install_refuses_a_value_the_profile_cannot_hold(tmp_path, flag, value):
+    # issue 24 (F1): a newline wrote a key of its own; a GPU model the SLURM plugin refuses failed every GPU job
+    r = run(
+        tokenshift_cmd()
+        + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
+        + ["--dir", str(tmp_path / "profile")]
+    )
+    one_line_error(r, f"{flag} {value!r}: expected")
+    assert not (tmp_path / "profile").exists()
