@@ -342,6 +342,24 @@ def test_a_path_with_braces_is_refused_naming_its_key(tmp_path, toy_tokenizer):
         check_config(config, base_dir=tmp_path)
 
 
+def test_a_dry_run_runs_no_checkpoint_code_even_where_it_is_trusted(tmp_path, toy_tokenizer):
+    # issue 24 (N1): `snakemake -n` loaded a trusted checkpoint's tokenizer, running its code, to compare the pair
+    from helpers import custom_code_checkpoint
+
+    for name in ("a", "b"):
+        custom_code_checkpoint(tmp_path / "ckpt" / name, toy_tokenizer)
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(
+        a={"path": "ckpt/a", "trust_remote_code": True}, b={"path": "ckpt/b", "trust_remote_code": True}
+    )
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
+    ran = tmp_path / "custom-code-ran"
+    env = {"CUSTOM_CODE_RAN": str(ran), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    jobs = planned(snakemake(with_config(tmp_path, config), "-n", "all", env=env))
+    assert jobs["check_pair"] == len(config["pairs"]) and jobs["fetch_model"] == 2  # the pair is compared by its job
+    assert not ran.exists() and not (tmp_path / "modules").exists()
+
+
 def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
     from helpers import other_tokenizer
 

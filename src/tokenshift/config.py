@@ -4,7 +4,8 @@ The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and rang
 ``validate()`` applies it and fills defaults. ``check_config`` then checks what relates one
 part of the config to another: unique pair names, references to models and datasets that
 exist, toy models paired only with toy models, local checkpoints that exist, and pairs whose
-two tokenizers can be compared. Every error names the key and the bad value.
+two tokenizers can be compared (where both are local and neither trusts its own code, which
+this check never runs). Every error names the key and the bad value.
 """
 
 from __future__ import annotations
@@ -412,15 +413,16 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             {"base": dict(base), "rl": dict(rl)},
             "a toy model can only be paired with a toy model: their tokenizers differ from any other",
         )
-    if sources == ("path", "path"):
-        # both checkpoints are here: compare their tokenizers now rather than after hours of work
+    if sources == ("path", "path") and not (base.get("trust_remote_code") or rl.get("trust_remote_code")):
+        # both checkpoints are here: compare their tokenizers now rather than after hours of work. Not
+        # where one's tokenizer may be code of its own: loading it would run that code at `snakemake -n`;
+        # the pair's check_pair job compares them, after the fetch, as it does a hub pair's
         from tokenshift.models import TokenizerMismatch, compare_tokenizers, load_tokenizer
 
         tokenizers = []
         for role, spec in (("base", base), ("rl", rl)):
             try:
-                trust = bool(spec.get("trust_remote_code", False))  # no manifest yet: the entry says
-                tokenizers.append(load_tokenizer(base_dir / spec["path"], trust_remote_code=trust))
+                tokenizers.append(load_tokenizer(base_dir / spec["path"], trust_remote_code=False))
             except Exception as e:  # a damaged or partly copied tokenizer: name it, not a traceback
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise ConfigError(
