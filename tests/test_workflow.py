@@ -312,6 +312,17 @@ def test_a_config_of_nested_yaml_aliases_is_refused_at_once(tmp_path):
     assert "config key a" in r.stdout + r.stderr and "billion laughs" in r.stdout + r.stderr
 
 
+def test_a_config_nested_thousands_of_levels_deep_is_refused_in_one_line(tmp_path):
+    # issue 24 (F18): Snakemake's load of it ended in a RecursionError and a thousand lines of traceback
+    (tmp_path / "config").mkdir()
+    deep = "".join(f"{'  ' * i}k{i}:\n" for i in range(3000)) + "  " * 3000 + "x: 1\n"
+    (tmp_path / "config" / "config.yaml").write_text("pairs: []\nmodels:\n" + "  " + deep.replace("\n", "\n  ")[:-2])
+    r = snakemake(tmp_path, "-n", "all")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "RecursionError" not in out and len(out.splitlines()) < 20, out[-3000:]
+    assert "config key models: got '<more than 32 levels of nesting, at line 34 of config/config.yaml>'" in out
+
+
 def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
     """The default config plus a pair ``ab`` of two local checkpoints, ckpt/a and ckpt/b, saved here."""
     save_checkpoint(tmp_path / "ckpt" / "a", base_tokenizer)

@@ -121,6 +121,41 @@ MAX_INTEGER = 2**63 - 1
 it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
 
 
+MAX_CONFIG_DEPTH = 32
+"""More levels of nesting than any config holds (its deepest keys are four down)."""
+
+
+def check_file_depth(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
+    """Refuse a YAML or JSON config file nested more than ``limit`` levels deep, naming the top-level key
+    and the line. The file is read as a stream of parser events, which does not recurse: Snakemake's own
+    load composes it recursively, and a file nested a few thousand levels deep ended there in a
+    RecursionError and a thousand lines of traceback. The workflow runs this on its ``configfile:`` before
+    Snakemake loads it; a ``--configfile`` Snakemake reads before any of the workflow's code (README).
+    A file that is missing or not YAML is left to Snakemake, which names it."""
+    import yaml
+
+    depth, top, is_key = 0, None, True
+    try:
+        with open(path, encoding="utf-8") as f:
+            for event in yaml.parse(f, Loader=yaml.SafeLoader):
+                node = isinstance(event, yaml.ScalarEvent | yaml.AliasEvent | yaml.CollectionStartEvent)
+                if node and depth == 1:  # in the top-level mapping: a key, then its value
+                    top = event.value if is_key and isinstance(event, yaml.ScalarEvent) else top
+                    is_key = not is_key
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > limit:
+                        raise ConfigError(
+                            str(top) if top is not None else "(top level)",
+                            f"<more than {limit} levels of nesting, at line {event.start_mark.line + 1} of {path}>",
+                            f"expected at most {limit} levels (the config's deepest keys are four down)",
+                        )
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+
+
 def check_finite(node: Any, key: str = "") -> None:
     """Refuse a NaN or infinite number anywhere in the config, naming its key: a JSON schema's
     ``minimum``/``maximum`` compare false for NaN, so NaN passes every bound (a temperature of NaN
