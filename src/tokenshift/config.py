@@ -116,11 +116,6 @@ def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> Non
                 stack += node
 
 
-MAX_INTEGER = 2**63 - 1
-"""The largest integer a config may hold anywhere: what torch, numpy and polars store (int64); past
-it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
-
-
 MAX_CONFIG_DEPTH = 32
 """More levels of nesting than any config holds (its deepest keys are four down)."""
 
@@ -154,6 +149,11 @@ def check_file_depth(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
                     depth -= 1
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return
+
+
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a config may hold anywhere: what torch, numpy and polars store (int64); past
+it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
 
 
 def check_finite(node: Any, key: str = "") -> None:
@@ -374,7 +374,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
 
 def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
     """Refuse asking the toy task for more distinct problems than its settings allow (``toy.min_steps``
-    to ``toy.max_steps`` operations): the draw ended in a traceback, after minutes. Each count the
+    to ``toy.max_steps`` operations): the draw ended in a traceback in the job. Each count the
     study draws is checked where a pair uses it: a toy dataset's ``n_problems`` (and the toy check's,
     its first toy dataset's), the toy models' training problems, the advantage experiment's."""
     from tokenshift.toy.config import AdvantageExperimentConfig

@@ -231,12 +231,15 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
 def _rest_of_split(cfg: ToyTaskConfig, split: str, n: int, seen: set[str], rng: random.Random) -> list[ToyProblem]:
     """The ``n - len(seen)`` problems a stalled draw still needs: the split's other questions, listed
     in full and shuffled by the draw's own stream (so the same settings give the same problems)."""
+    if question_count(cfg) > ENUMERABLE:
+        raise ValueError(
+            f"could not draw {n} distinct {split} problems of the toy task with {cfg.min_steps} to "
+            f"{cfg.max_steps} operations each (at most {split_capacity(cfg, split)} are drawn reliably)"
+        )
     too_many = ValueError(
         f"the toy task's {split} split has at most {split_capacity(cfg, split)} distinct problems with "
         f"{cfg.min_steps} to {cfg.max_steps} operations each; {n} were asked for"
     )
-    if question_count(cfg) > ENUMERABLE:
-        raise too_many
     rest = [
         p
         for p in _all_problems(cfg)
