@@ -25,6 +25,12 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# a config nested thousands of levels deep ends Snakemake's own load of it in a RecursionError:
+# refuse it first, in one line (tokenshift.config.check_file_depth)
+from tokenshift.config import check_file_depth
+
+check_file_depth("config/config.yaml")
+
 
 configfile: "config/config.yaml"
 

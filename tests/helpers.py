@@ -3,6 +3,7 @@ under limits of their own (test modules import from here, not from each other)."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run
+from conftest import REPO, run, save_checkpoint
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -142,3 +143,46 @@ def other_tokenizer(texts: list[str], pattern: str = r"\p{N}| ?[^\s\p{L}\p{N}]+|
         ),
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+CUSTOM_CODE = {
+    "configuration_custom.py": "from transformers import Qwen2Config\n\n\nclass CustomConfig(Qwen2Config):\n"
+    '    model_type = "custom_qwen2"\n',
+    "modeling_custom.py": "from transformers import Qwen2ForCausalLM\n\n"
+    "from .configuration_custom import CustomConfig\n\n\n"
+    "class CustomForCausalLM(Qwen2ForCausalLM):\n    config_class = CustomConfig\n",
+    # where CUSTOM_CODE_RAN names a file, importing the tokenizer's code creates it
+    "tokenization_custom.py": "import os\n\nfrom transformers import PreTrainedTokenizerFast\n\n"
+    "if os.environ.get('CUSTOM_CODE_RAN'):\n    open(os.environ['CUSTOM_CODE_RAN'], 'a').close()\n\n\n"
+    "class CustomTokenizerFast(PreTrainedTokenizerFast):\n    pass\n",
+}
+
+
+def custom_code_checkpoint(path: Path, tokenizer) -> Path:
+    """A checkpoint whose model and tokenizer are classes of its own code: transformers loads them only
+    with trust_remote_code."""
+    save_checkpoint(path, tokenizer)
+    for name, code in CUSTOM_CODE.items():
+        (path / name).write_text(code)
+    for name, entries in (
+        (
+            "config.json",
+            {
+                "model_type": "custom_qwen2",
+                "architectures": ["CustomForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "configuration_custom.CustomConfig",
+                    "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+                },
+            },
+        ),
+        (
+            "tokenizer_config.json",
+            {
+                "tokenizer_class": "CustomTokenizerFast",
+                "auto_map": {"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]},
+            },
+        ),
+    ):
+        (path / name).write_text(json.dumps(json.loads((path / name).read_text()) | entries))
+    return path

@@ -444,3 +444,63 @@ def test_profile_install_refuses_a_count_below_one(tmp_path, flag, value):
     )
     assert r.returncode == 2 and f"argument {flag}: expected a value >= 1, got {value}" in r.stderr, r.stderr
     assert not (tmp_path / "profile").exists()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--account", "lab\nslurm_extra: --wrap=x"), ("--gpu-model", "a100-80gb")])
+def test_profile_install_refuses_a_value_the_profile_cannot_hold(tmp_path, flag, value):
+    # issue 24 (F1): a newline wrote a key of its own; a GPU model the SLURM plugin refuses failed every GPU job
+    r = run(
+        tokenshift_cmd()
+        + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
+        + ["--dir", str(tmp_path / "profile")]
+    )
+    one_line_error(r, f"{flag} {value!r}: expected")
+    assert not (tmp_path / "profile").exists()
+
+
+def _subcommands(parser, prefix=()):
+    """(command words, parser) of every subcommand, nested ones (``models fetch``) included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_output_option_is_checked_before_its_stage_runs():
+    from tokenshift.cli import build_parser
+
+    for words, sub in _subcommands(build_parser()):
+        flags = {o for a in sub._actions for o in a.option_strings if o in ("--out", "--out-dir", "--html", "--json")}
+        assert flags == {flag for flag, *_ in sub.get_default("outputs") or []}, words
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["dataset", "toy", "--toy", "eval", "--n-problems", "2", "--out", "{dir}"], "--out {dir}: is a directory"),
+        (["gather", "{file}", "--out", "{dir}"], "--out {dir}: is a directory; expected a .parquet file path"),
+        (["report", "{dir}", "--html", "{dir}", "--json", "{dir}/s.json"], "--html {dir}: is a directory; expected an"),
+        (["figures", "--results", "{dir}", "--out-dir", "{file}"], "--out-dir {file}: is a file; expected a directory"),
+    ],
+    ids=["dataset", "gather", "report", "figures"],
+)
+def test_an_output_path_of_the_wrong_kind_is_one_line_naming_the_flag(tmp_path, args, needle):
+    # issue 24 (F16): `--out /tmp` named a temporary file, or ended in a traceback, after the stage's work
+    folder, file = tmp_path / "taken", tmp_path / "r.parquet"
+    folder.mkdir()
+    pl.DataFrame({"row": [0]}).write_parquet(file)
+    r = run(tokenshift_cmd() + [a.format(dir=folder, file=file) for a in args])
+    one_line_error(r, needle.format(dir=folder, file=file))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet", "taken"] and not any(folder.iterdir())
+
+
+def test_an_atomic_write_over_a_directory_names_the_directory(tmp_path):
+    from tokenshift.io import write_parquet_atomic
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(IsADirectoryError) as e:  # the library's callers: named as given, not as its temporary file
+        write_parquet_atomic(pl.DataFrame({"a": [1]}), tmp_path / "taken")
+    assert e.value.filename == str(tmp_path / "taken") and [p.name for p in tmp_path.iterdir()] == ["taken"]

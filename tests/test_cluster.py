@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import yaml
+from conftest import REPO
 
 from tokenshift.cluster import (
+    GPU_MODEL,
+    ProfileError,
     SiteSettings,
     job_resources,
     manifest_needed,
@@ -89,6 +93,44 @@ def test_the_profile_names_the_site_partitions_and_says_what_a_site_without_acco
     assert conda["slurm-status-command"] == "sacct"  # where finished jobs leave squeue soon: the accounting database
     long_lived = render_profile(SiteSettings(partition="p", gpu_partition="g"), job_age=600)["config.yaml"]
     assert yaml.safe_load(long_lived)["slurm-status-command"] == "squeue"  # it names a job cancelled by hand
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"account": "lab\nslurm_extra: --wrap=touch"}, "--account 'lab\\nslurm_extra"),
+        ({"partition": "cpu\n  evil:\n    max_gpu: 64"}, "--partition 'cpu\\n"),
+        ({"gpu_partition": "gpu: {max_gpu: 99}"}, "--gpu-partition 'gpu: {max_gpu: 99}'"),
+        ({"gpu_partition": "-g"}, "--gpu-partition '-g'"),
+        ({"account": ""}, "--account ''"),
+        # snakemake-executor-plugin-slurm refuses it in --gpus=<model>:<n>: every GPU job would fail
+        ({"gpu_model": "a100-80gb"}, "--gpu-model 'a100-80gb': expected letters, digits, '_' and '.' only"),
+        ({"gpu_model": "a100]\nslurm_extra: x"}, "--gpu-model"),
+        ({"jobs": -5}, "--jobs -5: expected a whole number of at least 1"),
+        ({"status_delay": 1.5}, "--status-delay 1.5"),
+        ({"status_command": "sacct; rm"}, "--status-command"),
+    ],
+)
+def test_the_profile_refuses_a_value_it_cannot_hold_naming_its_option(values, needle):
+    # issue 24 (F1): values were formatted into the YAML as text, so a newline added keys of its own
+    site = SiteSettings(**{"partition": "cpu", "gpu_partition": "gpu", **values})
+    with pytest.raises(ProfileError) as e:
+        render_profile(site)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_profile_holds_each_value_as_given():
+    """Names YAML would read as something else (a boolean, a number, null) come back as the strings given."""
+    site = SiteSettings(partition="true", gpu_partition="1e3", account="null", gpu_model="1.5")
+    files = render_profile(site)
+    config, parts = yaml.safe_load(files["config.yaml"]), yaml.safe_load(files["partitions.yaml"])
+    assert config["default-resources"]["slurm_account"] == "null"
+    assert parts["partitions"] == {"true": {"max_gpu": 0}, "1e3": {"max_gpu": 8, "available_gpu_models": ["1.5"]}}
+    key, _, value = config["config"][0].partition("=")
+    assert key == "cluster" and yaml.safe_load(value) == {"gpu_model": "1.5"}
+    # the GPU models the profile takes are those the workflow's config check takes from it
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["cluster"]["properties"]["gpu_model"]["pattern"] == f"^{GPU_MODEL.pattern}$"
 
 
 def test_an_unanswered_scontrol_is_given_up_on_and_said_so(tmp_path, monkeypatch, caplog):

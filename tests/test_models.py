@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import other_tokenizer
+from helpers import custom_code_checkpoint, other_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.models import (
@@ -206,53 +206,14 @@ def test_vocab_extended_with_added_tokens_shares_the_common_prefix(toy_tokenizer
     assert compare_tokenizers(toy_tokenizer, extended) == len(toy_tokenizer)
 
 
-CUSTOM_CODE = {
-    "configuration_custom.py": "from transformers import Qwen2Config\n\n\nclass CustomConfig(Qwen2Config):\n"
-    '    model_type = "custom_qwen2"\n',
-    "modeling_custom.py": "from transformers import Qwen2ForCausalLM\n\n"
-    "from .configuration_custom import CustomConfig\n\n\n"
-    "class CustomForCausalLM(Qwen2ForCausalLM):\n    config_class = CustomConfig\n",
-    "tokenization_custom.py": "from transformers import PreTrainedTokenizerFast\n\n\n"
-    "class CustomTokenizerFast(PreTrainedTokenizerFast):\n    pass\n",
-}
-
-
-def custom_code_checkpoint(path: Path, tokenizer) -> Path:
-    """A checkpoint whose model and tokenizer are classes of its own code: transformers loads them only
-    with trust_remote_code."""
-    save_checkpoint(path, tokenizer)
-    for name, code in CUSTOM_CODE.items():
-        (path / name).write_text(code)
-    for name, entries in (
-        (
-            "config.json",
-            {
-                "model_type": "custom_qwen2",
-                "architectures": ["CustomForCausalLM"],
-                "auto_map": {
-                    "AutoConfig": "configuration_custom.CustomConfig",
-                    "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
-                },
-            },
-        ),
-        (
-            "tokenizer_config.json",
-            {
-                "tokenizer_class": "CustomTokenizerFast",
-                "auto_map": {"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]},
-            },
-        ),
-    ):
-        (path / name).write_text(json.dumps(json.loads((path / name).read_text()) | entries))
-    return path
-
-
 def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, toy_tokenizer, monkeypatch):
     # issue 24.8: fetched with trust, then dropped by rollout, scoring and cross-sampling (a ValueError)
     from tokenshift.config import check_config
     from tokenshift.models import load_causal_lm, load_tokenizer
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    ran = tmp_path / "custom-code-ran"
+    monkeypatch.setenv("CUSTOM_CODE_RAN", str(ran))  # the tokenizer's code leaves this file where it runs
     a = custom_code_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     b = custom_code_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer)
     with pytest.raises(ValueError, match="trust_remote_code"):
@@ -265,11 +226,14 @@ def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, t
         "datasets": {},
         "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": []}],
     }
-    check_config(config, base_dir=tmp_path)  # the pair's tokenizers are compared, with their code
+    # accepted without running the checkpoints' code (a dry run runs this): check_pair compares them
+    check_config(config, base_dir=tmp_path)
+    assert not ran.exists()
     root = tmp_path / "resources" / "models"
     for name, src in (("a", a), ("b", b)):
         fetch_model(name, {"path": str(src), "trust_remote_code": True}, root / name)
     assert type(load_tokenizer(root / "a.json")).__name__ == "CustomTokenizerFast"
+    assert ran.exists()
     assert load_causal_lm(root / "a.json", "cpu").config.vocab_size == len(toy_tokenizer)
     check_pair("ab", root / "a.json", root / "b.json", tmp_path / "ab.json")
     # a stage's command, as the workflow runs it: the rollout loads the model and its tokenizer

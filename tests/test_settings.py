@@ -158,6 +158,17 @@ def test_flags_round_trip_through_the_parser(cls):
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 
 
+def test_a_value_is_joined_to_its_flag_so_that_none_is_read_as_an_option():
+    # issue 24 (F12): apart, `--opening -x` (or a threshold `--tau -1e-05`) read -x as an option of its own
+    argv = to_argv(PromptConfig, {"template": "{question}", "opening": "-x -y"})
+    assert argv == ["--template={question}", "--opening=-x -y"]
+    parser = argparse.ArgumentParser()
+    add_options(parser, PromptConfig)
+    assert from_args(PromptConfig, parser.parse_args(argv)).opening == "-x -y"
+    with pytest.raises(ValueError, match="pass_k"):  # a sequence's values stay apart: none may look like an option
+        to_argv(AccuracyConfig, {"pass_k": []})
+
+
 def test_cli_defaults_are_the_library_defaults():
     # the drift this guards against: cross-sampling batch_size was 256 in the schema, 64 in the CLI
     out = run(tokenshift_cmd() + ["crosssample", "--help"]).stdout

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import re
 
-from tokenshift.toy.task import ToyTaskConfig, decision_points, pretraining_traces, problems, question_in_eval
+import pytest
+
+from tokenshift.toy.task import (
+    ToyTaskConfig,
+    decision_points,
+    pretraining_traces,
+    problems,
+    question_count,
+    question_in_eval,
+    split_capacity,
+)
 
 CFG = ToyTaskConfig()
 
@@ -31,6 +41,25 @@ def test_splits_are_disjoint_and_deterministic():
     assert all(question_in_eval(p.question, CFG.eval_share) for p in evals)
     assert [p.question for p in problems(CFG, "eval", 500)] == [p.question for p in evals]
     assert [p.question for p in problems(ToyTaskConfig(seed=1), "eval", 50)] != [p.question for p in evals[:50]]
+
+
+def test_a_split_gives_all_the_problems_its_settings_allow_and_refuses_more():
+    # issue 24 (F15): a toy dataset asking for more problems than the task's settings allow was a
+    # traceback in its job, and so was one asking for nearly all of a small split
+    one = ToyTaskConfig(min_steps=1, max_steps=1)
+    assert (
+        question_count(one) == 9 * 9 + sum(range(1, 10)) == split_capacity(one, "eval") + split_capacity(one, "train")
+    )
+    few = ToyTaskConfig(min_steps=1, max_steps=2)  # counted by running totals, and listed one by one
+    assert question_count(few) == split_capacity(few, "eval") + split_capacity(few, "train") == 2025
+    with pytest.raises(ValueError, match=f"eval split has at most {split_capacity(one, 'eval')} distinct problems"):
+        problems(one, "eval", split_capacity(one, "eval") + 1)
+    small = ToyTaskConfig(min_steps=1, max_steps=3)
+    most = split_capacity(small, "eval")
+    got = problems(small, "eval", most)  # the random draw stalls short of them all; the list completes it
+    assert len({p.question for p in got}) == most and all(question_in_eval(p.question, small.eval_share) for p in got)
+    assert [p.problem_id for p in got] == [f"toy-eval-{i:06d}" for i in range(most)]
+    assert problems(small, "eval", 50) == got[:50]  # the draw itself is unchanged
 
 
 def test_mistaken_traces_are_consistent_and_at_the_configured_rate():

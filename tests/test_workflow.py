@@ -137,6 +137,7 @@ def _mutations():
         ("pass-k-above-n", m(lambda c: c["rollout"].update(pass_k=[1, 8])), "rollout.pass_k[1]"),
         # a k given twice is one metric twice in a tidy table
         ("pass-k-twice", m(lambda c: c["rollout"].update(pass_k=[1, 1])), "rollout.pass_k"),
+        ("pass-k-empty", m(lambda c: c["rollout"].update(pass_k=[])), "config key rollout.pass_k: got []"),
         ("rank-k-twice", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[1, 3, 3])), "divergence.rank_k"),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
@@ -213,6 +214,44 @@ def _mutations():
             m(lambda c: c.update(cluster={"gpu_model": "h100; rm -rf ~"})),
             "cluster.gpu_model",
         ),
+        # the JSON schema's draft counts 4.0 an integer: it passed, then failed in a job
+        ("sampling-n-4.0", m(lambda c: c["sampling"].update(n=4.0)), "config key sampling.n: got 4.0"),
+        ("pass-k-a-float", m(lambda c: c["rollout"].update(pass_k=[1, 2.0])), "rollout.pass_k[1]"),
+        # huge numbers: an OverflowError in a job, a PeriodicWildcardError, a DAG of 10**6 jobs per table
+        ("budget-10**23", m(lambda c: c["crosssample"].update(budgets=[0, 10**23])), "crosssample.budgets[1]: got"),
+        ("budget-past-the-longest-response", m(lambda c: c["crosssample"].update(budgets=[131073])), "131072"),
+        ("jobs-10**6", m(lambda c: c["rollout"].update(jobs=10**6)), "config key rollout.jobs"),
+        ("toy-seed-2**64", m(lambda c: c["toy"].update(seed=2**64)), "config key toy.seed"),
+        ("advantage-seed-2**40", m(lambda c: c["advantages"].update(seeds=[0, 2**40])), "advantages.seeds[1]"),
+        ("top-k-10**23", m(lambda c: c.update(scoring={"top_k": 10**23})), "config key scoring.top_k"),
+        # Snakemake reads {x} in an input's path as a wildcard (WildcardError), with no escape
+        (
+            "dataset-path-with-braces",
+            m(lambda c: c["datasets"].update(d={"path": "data/{x}.jsonl"})),
+            "datasets.d.path: got 'data/{x}.jsonl'; expected a path without { or }",
+        ),
+        (
+            "model-path-with-braces",
+            m(lambda c: c["models"].update(loc={"path": "ckpt/{x}"})),
+            "models.loc.path: got 'ckpt/{x}'; expected a path without { or }",
+        ),
+        # more toy problems than the toy task's settings allow: a traceback in the job
+        (
+            "toy-dataset-past-the-task",
+            m(lambda c: c["toy"].update(min_steps=1, max_steps=1)),
+            "config key datasets.toy.n_problems: got 500; the toy task with 1 to 1 operations per problem",
+        ),
+        (
+            "toy-training-past-the-task",
+            m(
+                lambda c: (
+                    c["toy"].update(min_steps=2, max_steps=2),
+                    c["datasets"]["toy"].update(n_problems=100),
+                    c["advantages"].update(eval_problems=100),
+                )
+            ),
+            "config key toy.n_train_problems: got 20000",
+        ),
         # greedy decoding repeated n times is one response n times
         ("greedy-with-n-samples", m(lambda c: c["sampling"].update(temperature=0)), "sampling.n"),
         (
@@ -237,7 +276,14 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-THROUGH_SNAKEMAKE = ("unknown-top-level-key", "budget-2.0-read-as-a-share", "pair-without-datasets")
+THROUGH_SNAKEMAKE = (
+    "unknown-top-level-key",
+    "budget-2.0-read-as-a-share",
+    "sampling-n-4.0",
+    "budget-10**23",
+    "toy-dataset-past-the-task",
+    "pair-without-datasets",
+)
 """A few of the mutations above, one per kind of check (schema keys, schema values, cross-references),
 also through a real `snakemake -n all`: the error reaches the user as that one line, before any job."""
 
@@ -267,6 +313,17 @@ def test_a_config_of_nested_yaml_aliases_is_refused_at_once(tmp_path):
     assert "config key a" in r.stdout + r.stderr and "billion laughs" in r.stdout + r.stderr
 
 
+def test_a_config_nested_thousands_of_levels_deep_is_refused_in_one_line(tmp_path):
+    # issue 24 (F18): Snakemake's load of it ended in a RecursionError and a thousand lines of traceback
+    (tmp_path / "config").mkdir()
+    deep = "".join(f"{'  ' * i}k{i}:\n" for i in range(3000)) + "  " * 3000 + "x: 1\n"
+    (tmp_path / "config" / "config.yaml").write_text("pairs: []\nmodels:\n" + "  " + deep.replace("\n", "\n  ")[:-2])
+    r = snakemake(tmp_path, "-n", "all")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "RecursionError" not in out and len(out.splitlines()) < 20, out[-3000:]
+    assert "config key models: got '<more than 32 levels of nesting, at line 34 of config/config.yaml>'" in out
+
+
 def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
     """The default config plus a pair ``ab`` of two local checkpoints, ckpt/a and ckpt/b, saved here."""
     save_checkpoint(tmp_path / "ckpt" / "a", base_tokenizer)
@@ -275,6 +332,44 @@ def with_local_pair(tmp_path, base_tokenizer, rl_tokenizer) -> Path:
     config["models"].update(a={"path": "ckpt/a"}, b={"path": "ckpt/b"})
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
     return with_config(tmp_path, config)
+
+
+def test_a_path_with_braces_is_refused_naming_its_key(tmp_path, toy_tokenizer):
+    """A local dataset or a checkpoint's file whose path holds {x}: a WildcardError before (issue 24, F13)."""
+    from tokenshift.config import ConfigError, check_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "{x}.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(q={"hub": "o/m", "revision": "r"}, q2={"hub": "o/m2", "revision": "r"})
+    config["datasets"]["local"] = {"path": "data/{x}.jsonl"}
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    assert r.returncode != 0
+    assert "config key datasets.local.path: got 'data/{x}.jsonl'; expected a path without { or }" in r.stdout + r.stderr
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    (tmp_path / "ckpt" / "a" / "model.safetensors").rename(tmp_path / "ckpt" / "a" / "model-{shard}.safetensors")
+    config = {"models": {"a": {"path": "ckpt/a"}}, "pairs": []}
+    with pytest.raises(ConfigError, match=r"models\.a\.path: got 'ckpt/a'; .*its file 'model-\{shard\}.safetensors'"):
+        check_config(config, base_dir=tmp_path)
+
+
+def test_a_dry_run_runs_no_checkpoint_code_even_where_it_is_trusted(tmp_path, toy_tokenizer):
+    # issue 24 (N1): `snakemake -n` loaded a trusted checkpoint's tokenizer, running its code, to compare the pair
+    from helpers import custom_code_checkpoint
+
+    for name in ("a", "b"):
+        custom_code_checkpoint(tmp_path / "ckpt" / name, toy_tokenizer)
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(
+        a={"path": "ckpt/a", "trust_remote_code": True}, b={"path": "ckpt/b", "trust_remote_code": True}
+    )
+    config["pairs"].append({"name": "ab", "base": "a", "rl": "b"})
+    ran = tmp_path / "custom-code-ran"
+    env = {"CUSTOM_CODE_RAN": str(ran), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    jobs = planned(snakemake(with_config(tmp_path, config), "-n", "all", env=env))
+    assert jobs["check_pair"] == len(config["pairs"]) and jobs["fetch_model"] == 2  # the pair is compared by its job
+    assert not ran.exists() and not (tmp_path / "modules").exists()
 
 
 def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer):
@@ -371,7 +466,7 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     config["pairs"][0]["datasets"] = ["toy", "local"]
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "--template 'Solve: {question} {{braces}}'" in r.stdout
+    assert "'--template=Solve: {question} {{braces}}'" in r.stdout
 
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -479,7 +574,7 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     r = snakemake(with_config(work, config), "-n", "-p", "all", "resources/models/q.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     commands = [shlex.split(c) for c in re.findall(r"^Shell command: (?!None$)(.*?2>&1)$", r.stdout, flags=re.S | re.M)]
-    tokens = [t for c in commands for t in c]
+    tokens = [re.sub(r"^--[a-z-]+=", "", t) for c in commands for t in c]  # each value joined to its flag
     for key, value in values.items():
         assert value in tokens, key
     assert {t for t in tokens if "PWNED" in t} == intact  # no value split over several arguments
@@ -501,6 +596,34 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     assert pl.read_parquet(work / "resources" / "datasets" / "local.parquet").height == 2
 
 
+def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
+    """A threshold of -1e-05, a path, an opening or a revision starting with '-': apart from its flag, argparse read
+    such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here."""
+    from tokenshift.cli import build_parser
+
+    (tmp_path / "-set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(q={"hub": "o/m", "revision": "-rev"}, q2={"hub": "o/m2", "revision": "r"})
+    config["datasets"]["local"] = {"path": "-set.jsonl", "opening": "-x -y", "split": "-s"}
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
+    config["crosssample"].update(policies=["dlogp", "logprob"], thresholds={"dlogp": {"tau": -1e-05}})
+    config["crosssample"]["thresholds"]["logprob"] = {"threshold": -2.5e-07}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    commands = re.findall(r"^Shell command: (tokenshift .*?) > \S+ 2>&1$", r.stdout, flags=re.S | re.M)
+    parser, parsed = build_parser(), {}
+    for command in commands:
+        argv = shlex.split(command)[1:]
+        parsed.setdefault(argv[0], []).append(vars(parser.parse_args(argv)))
+    assert {a["tau"] for a in parsed["crosssample"] if a["policy"] == "dlogp" and a["budget"] != "0"} == {-1e-05}
+    assert {a["threshold"] for a in parsed["crosssample"] if a["policy"] == "logprob" and a["budget"] != "0"} == {
+        -2.5e-07
+    }
+    assert {a["opening"] for a in parsed["rollout"] if "local" in a["dataset"]} == {"-x -y"}
+    assert {(a["path"], a["split"]) for a in parsed["dataset"] if a["path"]} == {("-set.jsonl", "-s")}
+    assert {a["revision"] for a in parsed["models"] if a.get("name") == "q"} == {"-rev"}
+
+
 def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percentile_needs_no_scores(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["crosssample"].update(
@@ -520,14 +643,13 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     entropy = [c for c in commands if "--policy entropy" in c and "--budget 0 " not in c]
     js = [c for c in commands if "--policy js" in c and "--budget 0 " not in c]
     assert entropy and js
-    assert all("--level prompt --percentile 90" in c and "--scores" not in c for c in entropy)
-    assert all("--level response --percentile 90" in c and "--scores" not in c for c in js)
+    assert all("--level=prompt --percentile=90" in c and "--scores" not in c for c in entropy)
+    assert all("--level=response --percentile=90" in c and "--scores" not in c for c in js)
     for c in commands:
         argv = shlex.split(c.removeprefix("Shell command: "))
-        pairs = {(a, b) for a, b in zip(argv, argv[1:] + [""])}
-        assert {("--mode", "lenient"), ("--injected-eos", "drop"), ("--statistic", "topk:50")} <= pairs, c
-        assert {("--length-rule", "after_switch"), ("--max-total-tokens", "400"), ("--injection", "sample")} <= pairs
-        assert "--force-switch" in argv and "--gamma" not in argv  # gamma is read under extrapolate only
+        assert {"--mode=lenient", "--injected-eos=drop", "--statistic=topk:50"} <= set(argv), c
+        assert {"--length-rule=after_switch", "--max-total-tokens=400", "--injection=sample"} <= set(argv), c
+        assert "--force-switch" in argv and not any(a.startswith("--gamma") for a in argv)  # extrapolate reads it
 
 
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):

@@ -3,6 +3,8 @@
 ``install_profile`` fills the template in ``profiles/slurm/`` with a site's values (account,
 partitions, GPU model) and writes it where Snakemake looks for a profile named ``slurm``
 (``$XDG_CONFIG_HOME/snakemake/slurm/``), so that ``snakemake --profile slurm all`` works as typed.
+Each value is checked first (``check_site``) and the files are written by ``yaml.safe_dump``, so no
+value can add a key of its own (an account ``"lab\nslurm_extra: ..."``).
 
 ``job_resources`` is what a job of a stage asks for, derived from its models: a model needs
 ``ceil(1.25 * weights / gpu_memory)`` GPUs (``memory.gpus_for``; its manifest records the
@@ -16,10 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
 
 from tokenshift.memory import gpus_for
@@ -62,6 +64,45 @@ class SiteSettings:
     jobs: int = 100
     status_delay: int = 40
     """Seconds before the first status check of a job (the plugin's default is 40)."""
+
+
+SITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+"""A partition or account name the installer writes: letters, digits, ``_``, ``.`` and ``-`` (not first)."""
+GPU_MODEL = re.compile(r"[A-Za-z0-9_.]+")
+"""A GPU model: what snakemake-executor-plugin-slurm 2.8 accepts in ``--gpus=<model>:<n>`` (its
+``gpu_model_re``; it fails every GPU job with another), and the config schema's ``cluster.gpu_model``
+pattern, through which the profile passes it (a test keeps the two the same)."""
+STATUS_COMMANDS = ("auto", "sacct", "squeue")
+
+
+def check_site(site: SiteSettings) -> None:
+    """Refuse a site value the profile cannot hold as given, naming its option and what is expected."""
+
+    def refuse(field: str, expected: str) -> None:
+        option = "--" + field.replace("_", "-")
+        raise ProfileError(f"{option} {getattr(site, field)!r}: expected {expected}")
+
+    for field in ("partition", "gpu_partition", "account"):
+        value = getattr(site, field)
+        if (value is not None or field != "account") and not (isinstance(value, str) and SITE_NAME.fullmatch(value)):
+            refuse(
+                field, "a name of letters, digits, '_', '.' and '-' (not first), as SLURM names partitions and accounts"
+            )
+    if site.gpu_model is not None and not (isinstance(site.gpu_model, str) and GPU_MODEL.fullmatch(site.gpu_model)):
+        refuse(
+            "gpu_model",
+            "letters, digits, '_' and '.' only: snakemake-executor-plugin-slurm refuses any other GPU model in "
+            "--gpus=<model>:<n>, so every GPU job would fail (leave --gpu-model out where the partition decides)",
+        )
+    for field, least in (("gpus_per_node", 1), ("jobs", 1), ("status_delay", 0)):
+        value = getattr(site, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            refuse(field, f"a whole number of at least {least}")
+    for field in ("accounting", "conda"):
+        if not isinstance(getattr(site, field), bool):
+            refuse(field, "true or false")
+    if site.status_command not in STATUS_COMMANDS:
+        refuse("status_command", f"one of {', '.join(STATUS_COMMANDS)}")
 
 
 SQUEUE_MIN_JOB_AGE = 120
@@ -122,37 +163,49 @@ def status_command(site: SiteSettings, job_age: int | None) -> tuple[str, str]:
 def render_profile(
     site: SiteSettings, template_dir: Path = TEMPLATE_DIR, *, job_age: int | None = None
 ) -> dict[str, str]:
-    """The profile's files (name -> text) for ``site``."""
+    """The profile's files (name -> text) for ``site``: each template's leading comments, then its
+    settings with the site's values, written by ``yaml.safe_dump``."""
+    import yaml
+
     if not (template_dir / "config.yaml").is_file():
         raise ProfileError(
             f"no profile template at {template_dir}: install tokenshift from its repository "
             "(pip install -e .), whose profiles/slurm/ holds the template"
         )
-    values = {
-        "jobs": str(site.jobs),
-        "status_delay": str(site.status_delay),
-        "accounting": "\n".join(
-            ["slurm-status-command: {}  # {}".format(*status_command(site, job_age))]
-            + ([] if site.account else ["slurm-no-account: true"])
-        ),
-        "conda": "software-deployment-method: conda" if site.conda else "",
-        "account": f"  slurm_account: {site.account}\n" if site.account else "",
-        "partition": site.partition,
-        "gpu_partition": site.gpu_partition,
-        "gpus_per_node": str(site.gpus_per_node),
-        "gpu_models": f"    available_gpu_models: [{site.gpu_model}]" if site.gpu_model else "",
-    }
-    files = {}
-    for name in ("config.yaml", "partitions.yaml"):
-        text = Template((template_dir / name).read_text()).substitute(values)
-        lines: list[str] = []
-        for line in (raw.rstrip() for raw in text.splitlines()):
-            if line or (lines and lines[-1]):  # an unused setting leaves no gap
-                lines.append(line)
-        files[name] = "\n".join(lines).rstrip() + "\n"
+    check_site(site)
+    text = {name: (template_dir / name).read_text() for name in ("config.yaml", "partitions.yaml")}
+    config = yaml.safe_load(text["config.yaml"])
+    command, why = status_command(site, job_age)
+    config.update({"jobs": site.jobs, "slurm-init-seconds-before-status-checks": site.status_delay})
+    config["slurm-status-command"] = command
+    if not site.account:
+        config["slurm-no-account"] = True
+    if site.conda:
+        config["software-deployment-method"] = "conda"
+    if site.account:
+        config["default-resources"] = {"slurm_account": site.account, **config["default-resources"]}
     if site.gpu_model:  # GPU jobs then ask for this model (the workflow reads it as cluster.gpu_model)
-        files["config.yaml"] += f'config:\n  - "cluster={{gpu_model: {site.gpu_model}}}"\n'
-    return files
+        cluster = yaml.safe_dump({"gpu_model": site.gpu_model}, default_flow_style=True).strip()
+        config["config"] = [f"cluster={cluster}"]
+    gpu = {"max_gpu": site.gpus_per_node} | ({"available_gpu_models": [site.gpu_model]} if site.gpu_model else {})
+    # one partition for both kinds of job: it takes the GPU partition's limits
+    partitions = {site.partition: {"max_gpu": 0}} | {site.gpu_partition: gpu}
+    parts = {**yaml.safe_load(text["partitions.yaml"]), "partitions": partitions}
+    status = f"# Job states come from {command}: {why}.\n"
+    return {
+        "config.yaml": _leading_comments(text["config.yaml"]) + status + yaml.safe_dump(config, sort_keys=False),
+        "partitions.yaml": _leading_comments(text["partitions.yaml"]) + yaml.safe_dump(parts, sort_keys=False),
+    }
+
+
+def _leading_comments(text: str) -> str:
+    """The comment lines a template starts with (its settings' documentation), each ending in a newline."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line + "\n")
+    return "".join(lines)
 
 
 def install_profile(site: SiteSettings, *, target: Path | None = None, force: bool = False) -> list[Path]:
@@ -162,6 +215,7 @@ def install_profile(site: SiteSettings, *, target: Path | None = None, force: bo
     other settings) is kept unless ``force``.
     """
     target = Path(target) if target else profile_dir()
+    check_site(site)  # before asking the controller anything
     files = render_profile(site, job_age=min_job_age() if site.status_command == "auto" else None)
     changed = [n for n, text in files.items() if (target / n).is_file() and (target / n).read_text() != text]
     if changed and not force:

@@ -4,7 +4,8 @@ The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and rang
 ``validate()`` applies it and fills defaults. ``check_config`` then checks what relates one
 part of the config to another: unique pair names, references to models and datasets that
 exist, toy models paired only with toy models, local checkpoints that exist, and pairs whose
-two tokenizers can be compared. Every error names the key and the bad value.
+two tokenizers can be compared (where both are local and neither trusts its own code, which
+this check never runs). Every error names the key and the bad value.
 """
 
 from __future__ import annotations
@@ -59,14 +60,26 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     import yaml
 
     schema = yaml.safe_load(Path(schema_path).read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    error = jsonschema.exceptions.best_match(_strict_validator(jsonschema)(schema).iter_errors(config))
     if error is None:
         return
     desc = error.schema.get("description") if isinstance(error.schema, dict) else None
     if desc is None and error.parent is not None and isinstance(error.parent.schema, dict):
         desc = error.parent.schema.get("description")
     expected = error.message if not desc else f"{error.message}. {' '.join(desc.split())}"
+    if isinstance(error.instance, float) and error.instance.is_integer():
+        expected += f" (a whole number is written without a decimal point: {int(error.instance)}, not {error.instance})"
     raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
+
+
+def _strict_validator(jsonschema):
+    """Draft 2020-12 with ``integer`` meaning an int: the draft counts 2.0 an integer, so ``n: 2.0`` passed
+    the schema and then failed in a job, and a budget of 1.0 would read as a share of
+    max_new_tokens. A bool is no integer either (YAML's ``yes``)."""
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
 
 
 def model_source(spec: Mapping[str, Any]) -> str:
@@ -105,12 +118,55 @@ def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> Non
                 stack += node
 
 
+MAX_CONFIG_DEPTH = 32
+"""More levels of nesting than any config holds (its deepest keys are four down)."""
+
+
+def check_file_depth(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
+    """Refuse a YAML or JSON config file nested more than ``limit`` levels deep, naming the top-level key
+    and the line. The file is read as a stream of parser events, which does not recurse: Snakemake's own
+    load composes it recursively, and a file nested a few thousand levels deep ended there in a
+    RecursionError and a thousand lines of traceback. The workflow runs this on its ``configfile:`` before
+    Snakemake loads it; a ``--configfile`` Snakemake reads before any of the workflow's code (README).
+    A file that is missing or not YAML is left to Snakemake, which names it."""
+    import yaml
+
+    depth, top, is_key = 0, None, True
+    try:
+        with open(path, encoding="utf-8") as f:
+            for event in yaml.parse(f, Loader=yaml.SafeLoader):
+                node = isinstance(event, yaml.ScalarEvent | yaml.AliasEvent | yaml.CollectionStartEvent)
+                if node and depth == 1:  # in the top-level mapping: a key, then its value
+                    top = event.value if is_key and isinstance(event, yaml.ScalarEvent) else top
+                    is_key = not is_key
+                if isinstance(event, yaml.CollectionStartEvent):
+                    depth += 1
+                    if depth > limit:
+                        raise ConfigError(
+                            str(top) if top is not None else "(top level)",
+                            f"<more than {limit} levels of nesting, at line {event.start_mark.line + 1} of {path}>",
+                            f"expected at most {limit} levels (the config's deepest keys are four down)",
+                        )
+                elif isinstance(event, yaml.CollectionEndEvent):
+                    depth -= 1
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return
+
+
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a config may hold anywhere: what torch, numpy and polars store (int64); past
+it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
+
+
 def check_finite(node: Any, key: str = "") -> None:
     """Refuse a NaN or infinite number anywhere in the config, naming its key: a JSON schema's
     ``minimum``/``maximum`` compare false for NaN, so NaN passes every bound (a temperature of NaN
-    sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget)."""
+    sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget); nor an
+    integer past ``MAX_INTEGER``, whatever key holds it."""
     if isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(key or "<config>", node, "expected a finite number")
+    if isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INTEGER:
+        raise ConfigError(key or "<config>", node, f"expected a number of at most 2**63 - 1 ({MAX_INTEGER})")
     if isinstance(node, Mapping):
         for k, v in node.items():
             check_finite(v, f"{key}.{k}" if key else str(k))
@@ -155,6 +211,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     for name, spec in models.items():
         source = model_source(spec)
         if source == "path":
+            _no_wildcards(f"models.{name}.path", spec["path"])
             p = base_dir / spec["path"]
             models_dir = (base_dir / "resources" / "models").resolve()
             if p.resolve() == models_dir or models_dir in p.resolve().parents:
@@ -172,8 +229,10 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-            from tokenshift.models import TOKENIZER_FILES, has_tokenizer
+            from tokenshift.models import TOKENIZER_FILES, has_tokenizer, linked_files
 
+            for f in linked_files(p, bool(spec.get("trust_remote_code"))):  # each a Snakemake input too
+                _no_wildcards(f"models.{name}.path", spec["path"], f.name)
             if not spec.get("trust_remote_code") and not has_tokenizer(p):
                 raise ConfigError(
                     f"models.{name}.path",
@@ -206,6 +265,8 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 name,
                 f"this name is taken by the workflow's own paths ({sorted(RESERVED['datasets'])}); rename the dataset",
             )
+        if "path" in spec:
+            _no_wildcards(f"datasets.{name}.path", spec["path"])
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
         if "toy" not in spec:
@@ -274,15 +335,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
 
     cross = config.get("crosssample", {})
-    for j, b in enumerate(cross.get("budgets", [])):
-        # JSON counts 1.0 an integer, the workflow a share of max_new_tokens: budget-96, not budget-1
-        if isinstance(b, float) and b >= 1:
-            raise ConfigError(
-                f"crosssample.budgets[{j}]",
-                b,
-                "expected a whole number of tokens written without a decimal point (1, not 1.0), a share of "
-                "max_new_tokens in (0, 1), or all",
-            )
     labels: dict[str, float] = {}
     for j, g in enumerate(cross.get("gammas", [])):
         if (label := gamma_label(g)) in labels:
@@ -308,6 +360,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
         raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
+    _check_toy_problems(config, toy)
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
     for policy, spec in cross.get("thresholds", {}).items():
@@ -326,6 +379,61 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"a percentile over the dataset is one of the exact statistic; with statistic "
                     f"{cross['statistic']} give it a level (prompt or response) or an absolute threshold",
                 )
+
+
+def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
+    """Refuse asking the toy task for more distinct problems than its settings allow (``toy.min_steps``
+    to ``toy.max_steps`` operations): the draw ended in a traceback in the job. Each count the
+    study draws is checked where a pair uses it: a toy dataset's ``n_problems`` (and the toy check's,
+    its first toy dataset's), the toy models' training problems, the advantage experiment's."""
+    from tokenshift.toy.config import AdvantageExperimentConfig
+    from tokenshift.toy.task import EVAL_PROBLEMS, split_capacity
+
+    models, datasets = config["models"], config.get("datasets", {})
+    pairs = config["pairs"]
+    used = {d for p in pairs for d in p.get("datasets", [])}
+    toy_datasets = [d for d, spec in datasets.items() if "toy" in spec]
+    asked = [
+        (f"datasets.{d}.n_problems", datasets[d].get("n_problems", EVAL_PROBLEMS), "eval")
+        for d in toy_datasets
+        if d in used
+    ]
+    if any("toy" in models[p[role]] for p in pairs for role in ("base", "rl")):
+        asked.append(("toy.n_train_problems", toy.n_train_problems, "train"))
+    if any(models[p["rl"]].get("toy") == "rl" for p in pairs):
+        # the toy check draws as many eval problems as the first toy dataset has, or EVAL_PROBLEMS
+        first = toy_datasets[0] if toy_datasets else None
+        if first is None:
+            asked.append(("toy.max_steps", EVAL_PROBLEMS, "eval"))
+        else:
+            asked.append((f"datasets.{first}.n_problems", datasets[first].get("n_problems", EVAL_PROBLEMS), "eval"))
+        adv = AdvantageExperimentConfig.from_mapping(config.get("advantages"))
+        asked.append(("advantages.eval_problems", adv.eval_problems, "eval"))
+    for key, n, split in asked:
+        most = split_capacity(toy.task, split)
+        if n > most:
+            raise ConfigError(
+                key,
+                toy.max_steps if key == "toy.max_steps" else n,
+                f"the toy task with {toy.min_steps} to {toy.max_steps} operations per problem (toy.min_steps, "
+                f"toy.max_steps) has at most {most} distinct {split} problems"
+                + (f"; the toy check draws {EVAL_PROBLEMS}" if key == "toy.max_steps" else "")
+                + ": ask for fewer, or allow more operations",
+            )
+
+
+def _no_wildcards(key: str, path: str, file: str = "") -> None:
+    """Refuse braces in a path the workflow declares as a Snakemake input (a local dataset, a local
+    checkpoint's files): Snakemake reads ``{name}`` in an input's path as a wildcard, with no escape, and
+    failed with a WildcardError; the config check says which key, and what to do."""
+    if "{" in path + file or "}" in path + file:
+        where = f" (its file {file!r})" if file and ("{" in file or "}" in file) else ""
+        raise ConfigError(
+            key,
+            path,
+            f"expected a path without {{ or }}{where}: Snakemake reads {{...}} in an input file's path as a "
+            "wildcard; rename it, or link it under a name without braces",
+        )
 
 
 def dataset_sampling(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
@@ -349,15 +457,16 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             {"base": dict(base), "rl": dict(rl)},
             "a toy model can only be paired with a toy model: their tokenizers differ from any other",
         )
-    if sources == ("path", "path"):
-        # both checkpoints are here: compare their tokenizers now rather than after hours of work
+    if sources == ("path", "path") and not (base.get("trust_remote_code") or rl.get("trust_remote_code")):
+        # both checkpoints are here: compare their tokenizers now rather than after hours of work. Not
+        # where one's tokenizer may be code of its own: loading it would run that code at `snakemake -n`;
+        # the pair's check_pair job compares them, after the fetch, as it does a hub pair's
         from tokenshift.models import TokenizerMismatch, compare_tokenizers, load_tokenizer
 
         tokenizers = []
         for role, spec in (("base", base), ("rl", rl)):
             try:
-                trust = bool(spec.get("trust_remote_code", False))  # no manifest yet: the entry says
-                tokenizers.append(load_tokenizer(base_dir / spec["path"], trust_remote_code=trust))
+                tokenizers.append(load_tokenizer(base_dir / spec["path"], trust_remote_code=False))
             except Exception as e:  # a damaged or partly copied tokenizer: name it, not a traceback
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise ConfigError(

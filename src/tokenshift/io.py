@@ -3,6 +3,7 @@ content hashes, and reading tables with errors that name the file."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -70,6 +71,8 @@ def read_png(path: Path | str, what: str) -> bytes:
 def _atomic(path: Path, write) -> None:
     """Write ``path`` through a temporary file in its directory and a rename, so a reader never sees half."""
     path = Path(path)
+    if path.is_dir():  # else the rename fails last, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "is a directory, where a file is to be written", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

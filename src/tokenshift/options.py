@@ -9,7 +9,8 @@ help)``. From that one declaration:
 - ``from_args(cls, args)`` builds the dataclass back from the parsed arguments;
 - ``to_argv(cls, values)`` is the inverse: a config section (a mapping of field names) as the
   flags that reproduce it; the workflow's rules pass settings to the CLI this way, so a rule
-  never spells out a flag that a dataclass already declares.
+  never spells out a flag that a dataclass already declares. A value is joined to its flag
+  (``--tau=-1e-05``), so no value is ever read as an option.
 
 A test checks every default of the config schema against the dataclass field it feeds.
 """
@@ -131,7 +132,11 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     """The flags that make ``add_options(cls)`` parse to ``values`` (keys: field names of ``cls``).
 
     Flags come in the order the fields are declared, whatever the order of ``values``: the same
-    settings are the same command line (Snakemake compares a job's recorded params as text).
+    settings are the same command line (Snakemake compares a job's recorded params as text). A
+    scalar is joined to its flag (``--opening=-x``, ``--tau=-1e-05``): apart, argparse reads a value
+    that starts with ``-`` as an option of its own (it spares only plain negative numbers such as
+    ``-0.3``). A sequence's values follow its flag apart (``--pass-k 1 4``), so none may start with
+    ``-`` (the settings' sequences are counts, seeds and names: none does).
     """
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(names))
@@ -148,9 +153,14 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
         if kind is bool:
             argv.append(flag(name) if value else "--no-" + name.replace("_", "-"))
         elif sequence:
-            argv += [flag(name), *map(str, value)]
+            items = [str(v) for v in value]
+            if not items or any(v.startswith("-") for v in items):
+                raise ValueError(
+                    f"{cls.__name__}.{name}: expected one or more values none of which starts with '-', got {value!r}"
+                )
+            argv += [flag(name), *items]
         else:
-            argv += [flag(name), str(value)]
+            argv.append(f"{flag(name)}={value}")
     return argv
 
 

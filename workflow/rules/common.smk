@@ -5,7 +5,8 @@
 # tokenshift.codehash), so an upgrade re-runs the jobs whose code changed. The flags of a stage's
 # settings come from its dataclass. A param that reaches a shell line is already shell-quoted
 # (shlex.join, shell_args), a list of files is `:q`: a config value such as a revision, a path or
-# a template is one argument, whatever it holds.
+# a template is one argument, whatever it holds, joined to its flag (--revision=-x), so that no
+# value is ever read as an option.
 import dataclasses
 import json
 import shlex
@@ -235,9 +236,10 @@ def settings_of(cls, stage=None, recorded=True):
 
 
 def fetch_args(wildcards):
+    # each value joined to its flag, as to_argv does: a revision "-x" is a revision, not an option
     spec = MODELS[wildcards.model]
-    args = ["--path", str(Path(spec["path"]).resolve())] if "path" in spec else ["--hub", spec["hub"]]
-    args += ["--revision", spec["revision"]] if "revision" in spec else []
+    args = [f"--path={Path(spec['path']).resolve()}"] if "path" in spec else [f"--hub={spec['hub']}"]
+    args += [f"--revision={spec['revision']}"] if "revision" in spec else []
     return shlex.join(args + (["--trust-remote-code"] if spec.get("trust_remote_code") else []))
 
 
@@ -270,32 +272,32 @@ def crosssample_args(wildcards):
 
 
 def threshold_args(wildcards):
-    """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed,
+    """``--threshold=t`` or ``--percentile=q [--level=L]`` (none for a policy whose threshold is fixed,
     nor at budget 0, which never switches), in one order whatever the YAML's, so a reordered config
-    is the same recorded setting."""
+    is the same recorded setting; joined, so a threshold of -1e-05 is a value, not an option."""
     spec = GRID.threshold_spec(wildcards.policy, wildcards.budget)
-    return shlex.join(a for k, v in sorted(spec.items()) for a in (f"--{k}", str(v)))
+    return shlex.join(f"--{k}={v}" for k, v in sorted(spec.items()))
 
 
 def toy_check_args(wildcards):
     # the toy task's eval problems: as many as the toy dataset has, if the study has one
     n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
     s = config["sampling"]
-    return shlex.join(["--n-problems", str(n), "--samples", str(s["n"]), "--seed", str(s["seed"])])
+    return shlex.join([f"--n-problems={n}", f"--samples={s['n']}", f"--seed={s['seed']}"])
 
 
 def explorer_tokenizer_args(wildcards):
     pairs = dict.fromkeys(p for p, _ in PAIR_DATASETS)
-    return shlex.join(a for p in pairs for a in ("--tokenizer", f"{p}={model_manifest(PAIRS[p]['base'])}"))
+    return shlex.join(f"--tokenizer={p}={model_manifest(PAIRS[p]['base'])}" for p in pairs)
 
 
 def kind_args(wildcards):
-    return shlex.join(a for p, spec in PAIRS.items() for a in ("--kind", f"{p}={spec['kind']}"))
+    return shlex.join(f"--kind={p}={spec['kind']}" for p, spec in PAIRS.items())
 
 
 def training_args(wildcards, input):
     """The toy training analyses' tables, next to the figures the report embeds."""
-    args = ["--advantages", str(Path(input.advantages).parent)] if input.advantages else []
+    args = [f"--advantages={Path(input.advantages).parent}"] if input.advantages else []
     shifts = list(input.shift_tables)
     return shlex.join(args + (["--training-shifts", *shifts] if shifts else []))
 
@@ -303,7 +305,7 @@ def training_args(wildcards, input):
 def example_args(wildcards, input):
     if "example_run" not in input.keys():
         return ""
-    return shlex.join(a for k in ("example_run", "example_baseline", "tokenizer") for a in (flag(k), input[k]))
+    return shlex.join(f"{flag(k)}={input[k]}" for k in ("example_run", "example_baseline", "tokenizer"))
 
 
 # --- resources: what a job asks the scheduler for, from the config and its models' manifests --

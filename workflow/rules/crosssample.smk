@@ -29,7 +29,7 @@ rule crosssample:
     params:
         code=stage_code("crosssample"),
         threshold=threshold_args,
-        scores=lambda wildcards, input: shlex.join(["--scores", input.scores]) if input.scores else "",
+        scores=lambda wildcards, input: shlex.join([f"--scores={input.scores}"]) if input.scores else "",
         sampling=sampling_args,
         prompt=prompt_args,
         grading=settings_of(GradingConfig),

@@ -28,7 +28,7 @@ rule advantage_run:
         out=lambda wildcards, output: Path(output.evals).parent,
     shell:
         "tokenshift advantages run --base {input.base} --variant {wildcards.variant} --seed {wildcards.seed} "
-        "--lr {params.lr} {params.settings} --out {params.out} > {log} 2>&1"
+        "--lr={params.lr} {params.settings} --out {params.out} > {log} 2>&1"
 
 
 rule advantage_tables:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tokenshift.io import InputError
 from tokenshift.options import add_options, from_args
@@ -14,6 +15,25 @@ def settings(cls: type, args: argparse.Namespace, **given):
         return from_args(cls, args, **given)
     except (TypeError, ValueError) as e:
         raise InputError(f"{cls.__name__}: {e}") from None
+
+
+def output(p: argparse.ArgumentParser, flag: str, expected: str, help: str, *, directory: bool = False) -> None:
+    """A required output path, ``expected`` saying what it should be ("a .parquet file path", "a
+    directory"). ``check_outputs`` looks at it before the stage runs: a directory given where a file is
+    written (or a file where a directory is) is one line naming the flag, not a traceback at the last step."""
+    p.add_argument(flag, required=True, help=help)
+    p.set_defaults(outputs=[*(p.get_default("outputs") or []), (flag, expected, directory)])
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output path (``output``) that is a directory where a file goes, or a file where a directory does."""
+    for flag, expected, directory in getattr(args, "outputs", None) or []:
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        path = Path(value)
+        if not directory and path.is_dir():
+            raise InputError(f"{flag} {value}: is a directory; expected {expected}")
+        if directory and path.exists() and not path.is_dir():
+            raise InputError(f"{flag} {value}: is a file; expected {expected}")
 
 
 def show(*tables, rows: int = 40, precision: int = 3) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import generation_options, pair_models, settings, show
+from tokenshift.cli.common import generation_options, output, pair_models, settings, show
 from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS
 
 
@@ -51,7 +51,7 @@ def register(sub) -> None:
     )
     cs.add_argument("--scores", help="per-token scores of the generating model's rollouts (for --percentile)")
     cs.add_argument("--pair", help="the pair manifest (resources/pairs/<pair>.json): its name goes into the rows")
-    cs.add_argument("--out", required=True, help="parquet file to write")
+    output(cs, "--out", "a .parquet file path", "parquet file to write")
     generation_options(cs, CrossSampleConfig, "decoding (config `crosssample:`)")
     cs.set_defaults(func=_crosssample)
 
@@ -71,7 +71,7 @@ def register(sub) -> None:
     )
     ct.add_argument("--pair", required=True, help="pair name, stored in the table")
     ct.add_argument("--dataset", required=True, help="dataset name, stored in the table")
-    ct.add_argument("--out", required=True, help="parquet file to write")
+    output(ct, "--out", "a .parquet file path", "parquet file to write")
     ct.set_defaults(func=_table)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import settings
+from tokenshift.cli.common import output, settings
 from tokenshift.options import add_options
 
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
     d.add_argument("name", help="the dataset's name (used in problem ids and messages)")
     add_options(d, DatasetSpec, title="source (config `datasets.<name>:`)")
     add_options(d, ToyTaskConfig, title="toy task (for --toy eval; from config `toy:`)")
-    d.add_argument("--out", required=True, help="parquet file to write")
+    output(d, "--out", "a .parquet file path", "parquet file to write")
     d.set_defaults(func=_dataset)
 
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import pair_kinds, settings
+from tokenshift.cli.common import output, pair_kinds, settings
 from tokenshift.io import InputError
 from tokenshift.options import add_options
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
     fg.add_argument("--example-run", help="a forward cross-sampling run to take the example response from")
     fg.add_argument("--example-baseline", help="the same direction's budget-0 run (prefers responses it got wrong)")
     fg.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer decodes the example")
-    fg.add_argument("--out-dir", required=True, help="directory for the figures")
+    output(fg, "--out-dir", "a directory", "directory for the figures", directory=True)
     fg.set_defaults(func=_figures)
 
     fo = sub.add_parser(
@@ -39,7 +39,7 @@ def register(sub) -> None:
     )
     fo.add_argument("inputs", nargs="+", help="sparsity tables (divergence/sparsity.parquet)")
     pair_kinds(fo)
-    fo.add_argument("--out", required=True, help="output path without suffix (writes .png and .pdf)")
+    output(fo, "--out", "a file path without suffix", "output path without suffix (writes .png and .pdf)")
     fo.set_defaults(func=_overview)
 
     from tokenshift.settings import ExplorerConfig
@@ -64,7 +64,7 @@ def register(sub) -> None:
         metavar="PAIR=CHECKPOINT",
         help="a pair's checkpoint (directory or manifest) whose tokenizer decodes its tokens; one per pair",
     )
-    ex.add_argument("--out", required=True, help="explorer.html to write")
+    output(ex, "--out", "an .html file path", "explorer.html to write")
     add_options(ex, ExplorerConfig, title="explorer (config `explorer:`)")
     ex.set_defaults(func=_explorer)
 
@@ -84,8 +84,8 @@ def register(sub) -> None:
     rp.add_argument("--advantages", help="the advantage experiment's table directory (tokenshift advantages table)")
     rp.add_argument("--training-shifts", nargs="*", default=[], help="training-shifts tables, one per toy pair")
     rp.add_argument("--explorer", help="the token explorer page (tokenshift explorer), linked from the report")
-    rp.add_argument("--html", required=True, help="report.html to write")
-    rp.add_argument("--json", required=True, help="summary.json to write")
+    output(rp, "--html", "an .html file path", "report.html to write")
+    output(rp, "--json", "a .json file path", "summary.json to write")
     rp.set_defaults(func=_report)
 
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import pair_models, quiet, settings, show
+from tokenshift.cli.common import output, pair_models, quiet, settings, show
 from tokenshift.options import add_options
 
 
@@ -34,7 +34,7 @@ def register(sub) -> None:
     src.add_argument("--hub", help="a hub id, owner/name (needs --revision)")
     f.add_argument("--revision", help="the hub revision to download (a commit hash)")
     f.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
-    f.add_argument("--out", required=True, help="checkpoint directory to create")
+    output(f, "--out", "a checkpoint directory", "checkpoint directory to create", directory=True)
     f.set_defaults(func=_fetch, parser=f)
 
     for role, helptext in (
@@ -53,7 +53,7 @@ def register(sub) -> None:
                 "--init", required=True, help="the toy base checkpoint (directory or manifest) to start from"
             )
         add_options(t, ToyBuildConfig, title="toy build settings (config `toy:`)")
-        t.add_argument("--out", required=True, help="checkpoint directory to create")
+        output(t, "--out", "a checkpoint directory", "checkpoint directory to create", directory=True)
         quiet(t)
         t.set_defaults(func=_toy_build, role=role)
 
@@ -65,7 +65,7 @@ def register(sub) -> None:
     )
     c.add_argument("pair", help="the pair's name")
     pair_models(c)
-    c.add_argument("--out", required=True, help="pair manifest (JSON) to write")
+    output(c, "--out", "a .json file path", "pair manifest (JSON) to write")
     c.set_defaults(func=_check_pair)
 
     _register_toy_check(sub)
@@ -84,7 +84,7 @@ def _register_toy_check(sub) -> None:
         "decision_points.parquet under --out. The task is the one the base model was built with.",
     )
     pair_models(tc, "toy ")
-    tc.add_argument("--out", required=True, help="directory for the two tables")
+    output(tc, "--out", "a directory", "directory for the two tables", directory=True)
     tc.add_argument("--n-problems", type=int, default=EVAL_PROBLEMS, help=f"eval problems (default {EVAL_PROBLEMS})")
     sampling = SamplingConfig()  # the study's sampling defaults (config `sampling:` n and seed)
     tc.add_argument(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from tokenshift.cli.common import output
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub) -> None:
     )
     p.add_argument("parts", nargs="+", help="the parts' parquet files, in order")
     p.add_argument("--sort-by", nargs="+", default=[], metavar="COLUMN", help="columns to sort the rows by")
-    p.add_argument("--out", required=True, help="parquet file to write")
+    output(p, "--out", "a .parquet file path", "parquet file to write")
     p.set_defaults(func=_gather)
 
 

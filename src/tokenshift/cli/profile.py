@@ -30,7 +30,10 @@ def register(sub) -> None:
     ins.add_argument("--partition", required=True, help="the CPU partition (tables, figures, report)")
     ins.add_argument("--gpu-partition", required=True, help="the GPU partition (rollouts, scoring, cross-sampling)")
     ins.add_argument("--account", help="the account jobs are charged to (none: submit without one)")
-    ins.add_argument("--gpu-model", help="a GPU type to request (--gpus=<model>:<n>), where your site asks for one")
+    ins.add_argument(
+        "--gpu-model",
+        help="a GPU type to request (--gpus=<model>:<n>), where your site asks for one: letters, digits, '_' and '.'",
+    )
     ins.add_argument(
         "--gpus-per-node",
         type=at_least(1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import generation_options, settings, show
+from tokenshift.cli.common import generation_options, output, settings, show
 from tokenshift.options import add_options
 
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
     )
     ro.add_argument("--model", required=True, help="checkpoint (directory, or its manifest .json: then verified)")
     ro.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
-    ro.add_argument("--out", required=True, help="parquet file to write")
+    output(ro, "--out", "a .parquet file path", "parquet file to write")
     generation_options(ro, RolloutConfig, "generation (config `rollout:`)")
     ro.set_defaults(func=_rollout)
 
@@ -32,7 +32,7 @@ def register(sub) -> None:
     )
     ac.add_argument("--base", required=True, help="base model's rollout parquet")
     ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
-    ac.add_argument("--out", required=True, help="parquet file to write")
+    output(ac, "--out", "a .parquet file path", "parquet file to write")
     ac.add_argument("--pair", help="pair name, stored in the table")
     ac.add_argument("--dataset", help="dataset name, stored in the table")
     add_options(ac, AccuracyConfig, title="metrics (config `rollout:`)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import pair_models, part_option, settings, show
+from tokenshift.cli.common import output, pair_models, part_option, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import ROLES
 
@@ -24,7 +24,7 @@ def register(sub) -> None:
     sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
     sc.add_argument("--rollouts", required=True, help="rollout parquet whose responses are scored")
     sc.add_argument("--source", required=True, choices=ROLES, help="which model wrote the responses")
-    sc.add_argument("--out", required=True, help="per-token parquet to write")
+    output(sc, "--out", "a .parquet file path", "per-token parquet to write")
     add_options(sc, ScoringConfig, title="scoring (config `scoring:`)")
     part_option(sc)
     sc.set_defaults(func=_score)
@@ -39,7 +39,7 @@ def register(sub) -> None:
     )
     dv.add_argument("--scores-base", required=True, help="scores of the base model's rollouts")
     dv.add_argument("--scores-rl", required=True, help="scores of the RL model's rollouts")
-    dv.add_argument("--out-dir", required=True, help="directory for the tables")
+    output(dv, "--out-dir", "a directory", "directory for the tables", directory=True)
     dv.add_argument("--pair", required=True, help="pair name, stored in the tables")
     dv.add_argument("--dataset", required=True, help="dataset name, stored in the tables")
     dv.add_argument(

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import quiet, settings, show
+from tokenshift.cli.common import output, quiet, settings, show
 from tokenshift.options import add_options
 
 
@@ -37,7 +37,7 @@ def register(sub) -> None:
     add_options(
         run, AdvantageExperimentConfig, exclude=("variants", "seeds"), title="experiment (config `advantages:`)"
     )
-    run.add_argument("--out", required=True, help="directory for the run's two tables")
+    output(run, "--out", "a directory", "directory for the run's two tables", directory=True)
     quiet(run)
     run.set_defaults(func=_run)
 
@@ -48,7 +48,7 @@ def register(sub) -> None:
         "over seeds) and comparison.parquet (last round: accuracy with 95%% CI, paired difference from none).",
     )
     table.add_argument("evals", nargs="+", help="the runs' eval.parquet files")
-    table.add_argument("--out-dir", required=True, help="directory for curve.parquet and comparison.parquet")
+    output(table, "--out-dir", "a directory", "directory for curve.parquet and comparison.parquet", directory=True)
     table.set_defaults(func=_table)
 
     sh = sub.add_parser(
@@ -60,7 +60,7 @@ def register(sub) -> None:
     sh.add_argument("--base", required=True, help="the toy base checkpoint (directory or manifest)")
     sh.add_argument("--rl", required=True, help="the toy RL checkpoint (directory or manifest)")
     sh.add_argument("--n-problems", type=int, default=200, help="eval problems whose traces are scored (default 200)")
-    sh.add_argument("--out", required=True, help="parquet table to write")
+    output(sh, "--out", "a .parquet file path", "parquet table to write")
     sh.set_defaults(func=_shifts)
 
     fig = sub.add_parser(
@@ -71,7 +71,7 @@ def register(sub) -> None:
     )
     fig.add_argument("--advantages", help="the experiment's table directory (curve.parquet, comparison.parquet)")
     fig.add_argument("--shifts", help="a training-shifts table")
-    fig.add_argument("--out-dir", required=True, help="directory for the figures")
+    output(fig, "--out-dir", "a directory", "directory for the figures", directory=True)
     fig.set_defaults(func=_figures)
 
 

@@ -36,6 +36,7 @@ share a problem whatever their sizes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -129,19 +130,68 @@ def question_in_eval(question: str, eval_share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < eval_share
 
 
+def _operations(total: int, max_total: int) -> list[tuple[str, int]]:
+    """The (operator, operand) pairs that may follow a running total, keeping it in [0, max_total]."""
+    return [(op, x) for op in "+-" for x in range(1, 10) if 0 <= (total + x if op == "+" else total - x) <= max_total]
+
+
+def question_count(cfg: ToyTaskConfig) -> int:
+    """How many distinct questions the task's settings allow, both splits together: chains of
+    ``min_steps`` to ``max_steps`` operations whose running totals stay in [0, ``max_total``], counted
+    by running total (about 4 * 10**10 for the defaults; 126 for one operation per problem)."""
+    ways = dict.fromkeys(range(1, 10), 1)  # running total -> chains that reach it
+    count = 0
+    for step in range(1, cfg.max_steps + 1):
+        after: dict[int, int] = {}
+        for total, n in ways.items():
+            for op, x in _operations(total, cfg.max_total):
+                reached = total + x if op == "+" else total - x
+                after[reached] = after.get(reached, 0) + n
+        ways = after
+        if step >= cfg.min_steps:
+            count += sum(ways.values())
+    return count
+
+
+ENUMERABLE = 200_000
+"""The most questions a task's settings may allow for a split to be listed in full (a second or two):
+those of three operations or fewer. Larger ones are far larger (half a million at two to four)."""
+
+
+def _all_problems(cfg: ToyTaskConfig) -> Iterator[ToyProblem]:
+    """Every question the settings allow (``question_count`` of them), in a fixed order."""
+
+    def chains(total: int, ops: tuple[tuple[str, int], ...]) -> Iterator[tuple[tuple[str, int], ...]]:
+        if len(ops) >= cfg.min_steps:
+            yield ops
+        if len(ops) < cfg.max_steps:
+            for op, x in _operations(total, cfg.max_total):
+                yield from chains(total + x if op == "+" else total - x, (*ops, (op, x)))
+
+    for first in range(1, 10):
+        for ops in chains(first, ()):
+            yield ToyProblem(first, ops)
+
+
+@functools.cache
+def split_capacity(cfg: ToyTaskConfig, split: str) -> int:
+    """The most distinct problems ``problems(cfg, split, n)`` gives: all of the split's questions where
+    the settings allow at most ``ENUMERABLE`` (the draw completes itself from the list), else half the
+    split's expected share of them, which the random draw fills in bounded time."""
+    count = question_count(cfg)
+    if count <= ENUMERABLE:
+        return sum(question_in_eval(p.question, cfg.eval_share) == (split == "eval") for p in _all_problems(cfg))
+    share = cfg.eval_share if split == "eval" else 1 - cfg.eval_share
+    return int(count * share) // 2
+
+
 def _draw_problem(rng: random.Random, cfg: ToyTaskConfig) -> ToyProblem:
     n_steps = rng.randint(cfg.min_steps, cfg.max_steps)
     first = rng.randint(1, 9)
     total = first
     ops = []
     for _ in range(n_steps):
-        choices = [
-            (op, x)
-            for op in "+-"
-            for x in range(1, 10)
-            if 0 <= (total + x if op == "+" else total - x) <= cfg.max_total
-        ]
-        op, x = rng.choice(choices)
+        op, x = rng.choice(_operations(total, cfg.max_total))
         total = total + x if op == "+" else total - x
         ops.append((op, x))
     return ToyProblem(first, tuple(ops))
@@ -151,7 +201,9 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
     """``n`` distinct problems of ``split`` ("train" or "eval"), deterministic in ``cfg.seed``.
 
     The two splits draw from differently seeded streams and are filtered by question hash,
-    so they are disjoint and each is reproducible on its own.
+    so they are disjoint and each is reproducible on its own. Where the random draw stalls (``n``
+    near all of a small split's questions), the rest are drawn from the split's full list; more than
+    ``split_capacity`` is a ``ValueError``.
     """
     if cfg.max_steps > len(LABELS):
         raise ValueError(f"max_steps must be at most {len(LABELS)} (one letter label per operation)")
@@ -165,7 +217,8 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
     while len(out) < n:
         tries += 1
         if tries > 200 * n + 10_000:
-            raise RuntimeError(f"could not draw {n} distinct {split} problems from {cfg}")
+            out += _rest_of_split(cfg, split, n, seen, rng)
+            break
         p = _draw_problem(rng, cfg)
         q = p.question
         if q in seen or question_in_eval(q, cfg.eval_share) != want_eval:
@@ -173,6 +226,32 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
         seen.add(q)
         out.append(ToyProblem(p.first, p.ops, problem_id=f"toy-{split}-{len(out):06d}"))
     return out
+
+
+def _rest_of_split(cfg: ToyTaskConfig, split: str, n: int, seen: set[str], rng: random.Random) -> list[ToyProblem]:
+    """The ``n - len(seen)`` problems a stalled draw still needs: the split's other questions, listed
+    in full and shuffled by the draw's own stream (so the same settings give the same problems)."""
+    if question_count(cfg) > ENUMERABLE:
+        raise ValueError(
+            f"could not draw {n} distinct {split} problems of the toy task with {cfg.min_steps} to "
+            f"{cfg.max_steps} operations each (at most {split_capacity(cfg, split)} are drawn reliably)"
+        )
+    too_many = ValueError(
+        f"the toy task's {split} split has at most {split_capacity(cfg, split)} distinct problems with "
+        f"{cfg.min_steps} to {cfg.max_steps} operations each; {n} were asked for"
+    )
+    rest = [
+        p
+        for p in _all_problems(cfg)
+        if p.question not in seen and question_in_eval(p.question, cfg.eval_share) == (split == "eval")
+    ]
+    if len(rest) < n - len(seen):
+        raise too_many
+    rng.shuffle(rest)
+    start = len(seen)
+    return [
+        ToyProblem(p.first, p.ops, problem_id=f"toy-{split}-{start + i:06d}") for i, p in enumerate(rest[: n - start])
+    ]
 
 
 def pretraining_traces(cfg: ToyTaskConfig, train: Sequence[ToyProblem], n: int, seed: int) -> Iterator[tuple[str, str]]:
