@@ -319,9 +319,10 @@ GRID_KEYS = {
     "advantages.variants",
     "advantages.seeds",
 }
-# a top-K statistic is refused beside the default dataset-level percentiles: it cannot change alone
-# (tests/test_workflow.py checks that it reaches the cross-sampling jobs with the authors' levels)
-NOT_ALONE = {"crosssample.statistic"}
+# a top-K statistic is refused beside the default dataset-level percentiles, and the vllm scoring
+# backend without a top-K statistic: they cannot change alone (tests/test_workflow.py checks that they
+# reach their jobs: the cross-sampling ones with the authors' levels, the score ones beside them)
+NOT_ALONE = {"crosssample.statistic", "scoring.statistic", "scoring.backend"}
 
 
 def changed_value(key: str, value):

@@ -42,6 +42,7 @@ def fake_scores(n_resp: int = 60, length: int = 30) -> pl.DataFrame:
                     "base_top1_rank_in_rl": 0,
                     "p_base_of_rl_top1": 0.7,
                     "p_rl_of_rl_top1": 0.9,
+                    "statistic": "exact",
                 }
             )
     return pl.DataFrame(rows)

@@ -9,6 +9,7 @@ from conftest import save_checkpoint
 from transformers import AutoModelForCausalLM
 
 from tokenshift.divergence import token_stats
+from tokenshift.registry import TOPK_SCORE_COLUMNS
 from tokenshift.scoring import STAT_COLUMNS, ScoringConfig, pack_by_length, score_rows
 from tokenshift.sharding import Part
 
@@ -77,6 +78,81 @@ def test_bad_input_is_skipped_and_counted_or_refused(pair):
     assert set(res.columns["row"].tolist()) == {0}
     with pytest.raises(ValueError, match=f"row 0: token id {vocab + 3} is outside"):
         score_rows(base, rl, [([1], [vocab + 3])], vocab_size=vocab, pad_id=0)
+
+
+def _kl(x: np.ndarray, y: np.ndarray) -> float:
+    if np.any((x > 0) & (y == 0)):
+        return np.inf
+    on = x > 0
+    return float(np.sum(x[on] * np.log(x[on] / y[on])))
+
+
+def _entropy(x: np.ndarray) -> float:
+    return float(-np.sum(x[x > 0] * np.log(x[x > 0])))
+
+
+@torch.no_grad()
+def topk_reference(base, rl, rows, vocab, k):
+    """The top-K statistics written out in float64 numpy, position by position: each model's K most
+    probable tokens, renormalised, the rest probability 0."""
+    from scipy.special import softmax
+
+    out = {c: [] for c in TOPK_SCORE_COLUMNS}
+    for p, r in rows:
+        ids = torch.tensor([p + r])
+        pa = softmax(base(input_ids=ids).logits[0, len(p) - 1 : -1, :vocab].double().numpy(), -1)
+        pb = softmax(rl(input_ids=ids).logits[0, len(p) - 1 : -1, :vocab].double().numpy(), -1)
+        for a, b in zip(pa, pb):
+            ta, tb = np.zeros_like(a), np.zeros_like(b)
+            top_a, top_b = np.argsort(-a, kind="stable")[:k], np.argsort(-b, kind="stable")[:k]
+            ta[top_a], tb[top_b] = a[top_a] / a[top_a].sum(), b[top_b] / b[top_b].sum()
+            m = (ta + tb) / 2
+            out["js"].append(0.5 * _kl(ta, m) + 0.5 * _kl(tb, m))
+            out["kl_base_rl"].append(_kl(ta, tb))
+            out["kl_rl_base"].append(_kl(tb, ta))
+            out["entropy_base"].append(_entropy(ta))
+            out["entropy_rl"].append(_entropy(tb))
+            out["rl_top1_rank_in_base"].append(int(np.sum(ta > ta[top_b[0]])))
+            out["base_top1_rank_in_rl"].append(int(np.sum(tb > tb[top_a[0]])))
+            out["p_base_of_rl_top1"].append(ta[top_b[0]])
+            out["p_rl_of_rl_top1"].append(tb[top_b[0]])
+    return {c: np.asarray(v) for c, v in out.items()}
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_a_topk_statistic_is_each_models_top_k_renormalised_and_the_rest_stays_exact(pair, k):
+    base, rl, vocab = pair
+    rows = rows_for(vocab, seed=4, n=5)
+    exact = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(chunk_size=7)).columns
+    topk = score_rows(
+        base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(chunk_size=7, statistic=f"topk:{k}")
+    ).columns
+    order = np.lexsort((topk["position"], topk["row"]))
+    want = topk_reference(base, rl, rows, vocab, k)
+    for c in TOPK_SCORE_COLUMNS:
+        np.testing.assert_allclose(topk[c][order], want[c], atol=1e-5, rtol=1e-4, err_msg=c)
+    assert np.isinf(topk["kl_base_rl"]).any() and np.all(topk["rl_top1_rank_in_base"] <= k)  # K means K or more
+    # the token's log-probs, the top-k overlap and the candidates are the models' own
+    for c in ("logp_base", "logp_rl", "topk_overlap", "top_ids_base", "top_probs_rl", "token_id", "position"):
+        np.testing.assert_array_equal(topk[c], exact[c], err_msg=c)
+    assert not np.allclose(topk["entropy_base"], exact["entropy_base"])
+
+
+def test_a_topk_statistic_of_the_whole_vocabulary_is_the_exact_one(pair):
+    base, rl, vocab = pair
+    rows = rows_for(vocab, seed=5, n=3)
+    exact = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0).columns
+    whole = score_rows(base, rl, rows, vocab_size=vocab, pad_id=0, cfg=ScoringConfig(statistic=f"topk:{vocab}")).columns
+    for c in TOPK_SCORE_COLUMNS:
+        np.testing.assert_allclose(whole[c], exact[c], atol=1e-6, err_msg=c)
+
+
+def test_the_vllm_backend_takes_a_topk_statistic_only():
+    with pytest.raises(ValueError, match="expected statistic topk:K"):
+        ScoringConfig(backend="vllm")
+    assert ScoringConfig(backend="vllm", statistic="topk:50").topk == 50
+    with pytest.raises(ValueError, match="'top50': expected 'exact' or 'topk:K'"):
+        ScoringConfig(statistic="top50")
 
 
 def test_an_empty_prompt_is_refused_naming_its_row(pair):
@@ -247,3 +323,4 @@ def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_toke
     gathered = gather_parts(parts, tmp_path / "gathered.parquet", sort_by=SCORE_ORDER)
     assert gathered.schema == whole.schema
     assert gathered.equals(whole)
+    assert whole["statistic"].unique().to_list() == ["exact"]  # what the distribution columns are of

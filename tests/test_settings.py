@@ -146,7 +146,7 @@ def test_flags_round_trip_through_the_parser(cls):
         changed["template"] = "Q: {question}"
     if cls is SamplingConfig:
         changed["top_p"] = 0.5
-    if cls is CrossSampleConfig:
+    if cls in (CrossSampleConfig, ScoringConfig):
         changed["statistic"] = "topk:50"
     if cls is RolloutConfig:
         changed["vllm_gpu_memory_utilization"] = 0.5

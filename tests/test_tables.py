@@ -108,6 +108,7 @@ def test_a_score_table_without_positions_is_refused_naming_it(scores, tmp_path):
         pl.lit(0).alias("sample_index"),
         pl.lit(0).alias("position"),
         pl.lit(0).alias("token_id"),
+        pl.lit("exact").alias("statistic"),
     ).select(SCORE_COLUMNS)
     full.write_parquet(tmp_path / "base.parquet")
     full.clear().write_parquet(tmp_path / "rl.parquet")
@@ -115,3 +116,30 @@ def test_a_score_table_without_positions_is_refused_naming_it(scores, tmp_path):
     with pytest.raises(InputError, match=f"{tmp_path / 'rl.parquet'}: no scored positions"):
         write_divergence(paths, tmp_path / "out", pair="p", dataset="d")
     assert not (tmp_path / "out").exists()
+
+
+def test_divergence_tables_carry_the_scores_statistic_and_refuse_two(scores, tmp_path):
+    # top-K scores (scoring.statistic topk:K) must not pass for exact ones, nor be mixed with them
+    from tokenshift.io import InputError
+    from tokenshift.tables import SCORE_COLUMNS, write_divergence
+
+    def table(path, statistic):
+        scores.with_columns(
+            pl.lit("p").alias("problem_id"),
+            pl.lit(0).alias("sample_index"),
+            pl.lit(0).alias("position"),
+            pl.lit(0).alias("token_id"),
+            pl.lit(statistic).alias("statistic"),
+        ).select(SCORE_COLUMNS).write_parquet(path)
+        return path
+
+    paths = {"base": table(tmp_path / "base.parquet", "topk:50"), "rl": table(tmp_path / "rl.parquet", "topk:50")}
+    tables = write_divergence(paths, tmp_path / "out", pair="p", dataset="d")
+    assert all(t["statistic"].unique().to_list() == ["topk:50"] for t in tables.values())
+    paths["rl"] = table(tmp_path / "rl.parquet", "exact")
+    with pytest.raises(
+        InputError,
+        match=r"different statistics cannot be compared: .*base.parquet holds topk:50, .*rl.parquet holds exact",
+    ):
+        write_divergence(paths, tmp_path / "out2", pair="p", dataset="d")
+    assert not (tmp_path / "out2").exists()

@@ -165,3 +165,113 @@ def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(s
     for a, b, ok in zip(lockstep, regen, same):
         if ok:
             np.testing.assert_allclose(b.extra["step_js"], a.extra["step_js"], atol=1e-4)
+
+
+# --- top-K scoring through vLLM (scoring.backend vllm) ---------------------------------------
+
+SCORING_ENGINE = dataclasses.replace(VLLM, vllm_max_model_len=256)
+"""The module's engine settings at the toy models' context (256), which the rollouts' engines also take: the
+scoring runs reuse the module's two engines."""
+
+
+@pytest.fixture(scope="module")
+def scoring_inputs(short_toy_pair, tmp_path_factory):
+    """(base manifest, RL manifest, pair manifest, rollout table): the base model's sampled responses."""
+    from tokenshift.models import check_pair
+
+    root, _, _ = short_toy_pair
+    tmp = tmp_path_factory.mktemp("vllm-scoring")
+    models = (root / "base.json", root / "rl.json")
+    check_pair("toy", *models, tmp / "pair.json")
+    sampled = SamplingConfig(n=2, temperature=1.0, max_new_tokens=SHORT.max_new_tokens, seed=3)
+    rollouts = tmp / "rollouts.parquet"
+    run_rollouts(models[0], problems_of(N_PROBLEMS), rollouts, prompt=PLAIN, sampling=sampled, cfg=HF, progress=False)
+    return (*models, tmp / "pair.json", rollouts)
+
+
+def scored(inputs, out, cfg, part=None):
+    from tokenshift.scoring import run_scoring
+    from tokenshift.sharding import Part
+
+    return run_scoring(*inputs, "base", out, cfg=cfg, part=part or Part(), engine=SCORING_ENGINE)
+
+
+TOLERANCE = 5e-4
+"""Float32 on both backends and the same weights: what differs is the order of floating-point sums
+(vLLM's CPU kernels against PyTorch's). On the short toy pair that moved a log-prob by at most 2.4e-5
+and JS, an entropy, a KL or a renormalised probability by at most 1.7e-5 over this test's 1611
+positions (K = 5 and 50), and a log-prob by at most 6.8e-5 over 30,421 positions
+(benchmarks/bench_vllm_scoring.py, 2026-12-03): the tolerance leaves a margin of 7x over the largest
+seen. The top-K sets, ranks and overlaps came out identical. A wrong renormalisation, or a log-prob
+read off the wrong position, moves the values by 1e-2 and more."""
+
+
+@pytest.mark.parametrize("k", [5, 50])
+def test_vllm_top_k_scores_are_the_hf_scorers(scoring_inputs, tmp_path, k):
+    from tokenshift.registry import TOPK_SCORE_COLUMNS
+    from tokenshift.settings import ScoringConfig
+
+    cfg = ScoringConfig(statistic=f"topk:{k}", top_k_candidates=k + 1)  # one past K: the K-th place's rival
+    hf = scored(scoring_inputs, tmp_path / "hf.parquet", cfg)
+    vl = scored(scoring_inputs, tmp_path / "vllm.parquet", dataclasses.replace(cfg, backend="vllm"))
+    assert hf.columns == vl.columns and hf.height == vl.height > 1000
+    keys = ["problem_id", "sample_index", "position", "token_id", "correct", "source", "statistic"]
+    assert hf.select(keys).equals(vl.select(keys)) and vl["statistic"].unique().to_list() == [f"topk:{k}"]
+    # float32 on both sides: the models' log-probs agree to ~1e-5 (kernel order), inside the tolerance
+    for c in ("logp_base", "logp_rl"):
+        np.testing.assert_allclose(vl[c].to_numpy(), hf[c].to_numpy(), atol=TOLERANCE, err_msg=c)
+    # where a near-tie at the K-th place sends another token into one backend's top K, the renormalised
+    # statistics part by that token's tiny probability; nowhere else
+    same_top = np.ones(hf.height, dtype=bool)
+    for role in ("base", "rl"):
+        a, b = (np.sort(t[f"top_ids_{role}"].to_numpy()[:, :k], axis=-1) for t in (hf, vl))
+        parted = ~(a == b).all(-1)
+        probs = hf[f"top_probs_{role}"].to_numpy()
+        assert np.all(probs[parted, k - 1] - probs[parted, k] < TOLERANCE), f"{role}: top {k} differ past a tie"
+        same_top &= ~parted
+    assert same_top.mean() > 0.99, f"top {k} sets differ at {1 - same_top.mean():.4f} of positions"
+    for c in (*TOPK_SCORE_COLUMNS, "topk_overlap"):
+        got, want = vl[c].to_numpy()[same_top], hf[c].to_numpy()[same_top]
+        np.testing.assert_allclose(got, want, atol=TOLERANCE, rtol=TOLERANCE, err_msg=c)
+    for role in ("base", "rl"):
+        np.testing.assert_allclose(
+            vl[f"top_probs_{role}"].to_numpy(), hf[f"top_probs_{role}"].to_numpy(), atol=TOLERANCE, err_msg=role
+        )
+    assert np.isinf(vl["kl_base_rl"].to_numpy()).any() and (vl["js"] > 1e-3).any()  # the comparison compares
+
+
+def test_vllm_scoring_split_over_jobs_gives_the_rows_one_job_gives(scoring_inputs, tmp_path):
+    from tokenshift.registry import SCORE_ORDER
+    from tokenshift.settings import ScoringConfig
+    from tokenshift.sharding import Part, gather_parts
+
+    cfg = ScoringConfig(backend="vllm", statistic="topk:20", max_batch_tokens=500)  # a dozen batches
+    whole = scored(scoring_inputs, tmp_path / "whole.parquet", cfg)
+    parts = [tmp_path / f"part{i}.parquet" for i in (1, 2, 3)]
+    for i, out in enumerate(parts, 1):
+        scored(scoring_inputs, out, cfg, Part(i, 3))
+    assert all(pl.read_parquet(p).height for p in parts)
+    assert gather_parts(parts, tmp_path / "gathered.parquet", sort_by=SCORE_ORDER).equals(whole)
+
+
+def test_top_tokens_past_the_shared_vocabulary_are_dropped_in_rank_order():
+    # a checkpoint whose embedding is padded past its tokenizer (Qwen2.5: 152064 rows for 151665 tokens):
+    # vLLM ranks the padded rows too; no column may hold one
+    from types import SimpleNamespace
+
+    from vllm.logprobs import FlatLogprobs
+
+    from tokenshift.scoring import _prompt_logprobs
+
+    flat = FlatLogprobs()
+    flat.append(None)  # the first prompt token: nothing predicts it
+    for token, top in ((7, [(3, -0.1), (12, -2.0), (7, -3.0)]), (3, [(3, -0.5), (7, -1.0), (11, -4.0)])):
+        logprob = dict(top).get(token, -9.0)
+        ids, lps = [token] + [t for t, _ in top], [logprob] + [v for _, v in top]
+        flat.append_fast(ids, lps, iter(range(1, 5)), [None] * 4)
+    out = SimpleNamespace(prompt_logprobs=flat, prompt_token_ids=[1, 7, 3])
+    tokens, token_lp, ids, lps = _prompt_logprobs([out], [1], 3, vocab_size=10, role="base")
+    assert tokens.tolist() == [7, 3] and token_lp.tolist() == pytest.approx([-3.0, -0.5])
+    assert ids.tolist() == [[3, 7, -1], [3, 7, -1]]
+    np.testing.assert_allclose(lps[:, :2], [[-0.1, -3.0], [-0.5, -1.0]], rtol=1e-6)
+    assert np.all(np.isneginf(lps[:, 2]))

@@ -59,6 +59,23 @@ def _mutations():
             m(lambda c: c["crosssample"].update(statistic="top50")),
             "crosssample.statistic",
         ),
+        # vLLM returns at most K log-probs per position: no exact JS, KL or entropy
+        ("vllm-scoring-of-the-exact-statistic", m(lambda c: c.update(scoring={"backend": "vllm"})), "scoring.backend"),
+        (
+            "topk-scores-beside-a-dataset-percentile",
+            m(lambda c: c.update(scoring={"backend": "vllm", "statistic": "topk:50"})),
+            "crosssample.thresholds.js",
+        ),
+        (
+            "topk-scores-with-a-rank-past-k",
+            m(lambda c: c.update(scoring={"statistic": "topk:4"})),
+            "divergence.rank_k[2]",
+        ),
+        (
+            "topk-scores-below-the-reallocation-ranks",
+            m(lambda c: c.update(scoring={"statistic": "topk:3"}, divergence={"rank_k": [1, 2]})),
+            "scoring.statistic",
+        ),
         (
             "threshold-level-unknown",
             m(lambda c: c["crosssample"]["thresholds"].update(js={"percentile": 90, "level": "problem"})),
@@ -650,6 +667,33 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
         assert {"--mode=lenient", "--injected-eos=drop", "--statistic=topk:50"} <= set(argv), c
         assert {"--length-rule=after_switch", "--max-total-tokens=400", "--injection=sample"} <= set(argv), c
         assert "--force-switch" in argv and not any(a.startswith("--gamma") for a in argv)  # extrapolate reads it
+
+
+def test_vllm_scoring_reaches_the_score_jobs_with_its_engine_settings_and_no_other_job(tmp_path):
+    config = copy.deepcopy(DEFAULT)
+    levels = {"js": {"percentile": 90, "level": "prompt"}, "entropy": {"percentile": 90, "level": "prompt"}}
+    config["crosssample"]["thresholds"] = levels
+    config["rollout"] = {"vllm_dtype": "float32", "vllm_max_model_len": 512}
+    config["scoring"] = {"backend": "vllm", "statistic": "topk:50"}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.split("\n")
+    scores = [shlex.split(c.removeprefix("Shell command: ")) for c in lines if "tokenshift score " in c]
+    assert scores
+    for argv in scores:
+        pairs = set(itertools.pairwise(argv))
+        assert {("--backend", "vllm"), ("--statistic", "topk:50"), ("--vllm-dtype", "float32")} <= pairs, argv
+        assert ("--vllm-max-model-len", "512") in pairs
+        assert "--device-base" not in argv and "--compile" not in argv  # hf's settings: vllm reads none
+    # the rollouts stay on hf, which reads no engine setting
+    rollouts = [c for c in lines if "tokenshift rollout " in c]
+    assert rollouts and all("--backend hf" in c and "--vllm-dtype" not in c for c in rollouts)
+    # the hf backend's score jobs record none of the engine's settings
+    config["scoring"] = {}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scores = [c for c in r.stdout.split("\n") if "tokenshift score " in c]
+    assert scores and all("--backend hf" in c and "--vllm-" not in c and "--statistic exact" in c for c in scores)
 
 
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):

@@ -379,6 +379,56 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"a percentile over the dataset is one of the exact statistic; with statistic "
                     f"{cross['statistic']} give it a level (prompt or response) or an absolute threshold",
                 )
+    _check_scoring(config)
+
+
+def _check_scoring(config: Mapping[str, Any]) -> None:
+    """What ``scoring.backend`` and ``scoring.statistic`` can compute, and what the stages that read
+    the score tables can take of a top-K statistic."""
+    from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, TOPK_SCORE_COLUMNS
+    from tokenshift.settings import DivergenceConfig, statistic_k
+
+    scoring = config.get("scoring", {})
+    statistic = scoring.get("statistic", "exact")
+    k = statistic_k(statistic)  # the schema's pattern holds
+    if scoring.get("backend") == "vllm" and k is None:
+        raise ConfigError(
+            "scoring.backend",
+            "vllm",
+            "vLLM returns at most K log-probs per position, which give no exact JS, KL or entropy: set "
+            "scoring.statistic to topk:K (the authors' K: 50), or use backend hf",
+        )
+    if k is None:
+        return
+    for j, r in enumerate(config.get("divergence", {}).get("rank_k", DivergenceConfig.rank_k)):
+        if r > k:
+            raise ConfigError(
+                f"divergence.rank_k[{j}]",
+                r,
+                f"under scoring.statistic {statistic} a rank is known below {k} only (K means K or more): "
+                f"expected at most {k}",
+            )
+    if k < RANK_BUCKETS:
+        raise ConfigError(
+            "scoring.statistic",
+            statistic,
+            f"the reallocation table counts the ranks 0 to {RANK_BUCKETS - 1} of RL's top token under the base "
+            f"model, and under topk:K a rank is known below K only: expected K >= {RANK_BUCKETS}",
+        )
+    cross = config.get("crosssample", {})
+    for policy, spec in cross.get("thresholds", {}).items():
+        pol = POLICIES[policy]
+        if policy not in cross.get("policies", POLICIES) or not pol.needs_scores(spec):
+            continue
+        columns = sorted({c for d in DIRECTIONS for c in pol.score_columns_for(d)} & set(TOPK_SCORE_COLUMNS))
+        if columns:
+            raise ConfigError(
+                f"crosssample.thresholds.{policy}",
+                dict(spec),
+                f"a percentile over the dataset is read off the score tables, whose {', '.join(columns)} are of "
+                f"each model's top {k} tokens under scoring.statistic {statistic}, not of what the {policy} policy "
+                "selects on; give it a level (prompt or response) or an absolute threshold",
+            )
 
 
 def _check_toy_problems(config: Mapping[str, Any], toy) -> None:

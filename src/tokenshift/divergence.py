@@ -14,6 +14,10 @@ tensors, all in natural-log units (nats), computed in float32 whatever the input
 - with ``candidates`` = c > 0, each model's c most probable tokens at the position, most probable
   first: ``top_ids_base`` and ``top_probs_base`` (``[N, c]``), ``top_ids_rl`` and ``top_probs_rl``.
 
+``keep_top(logits, k)`` keeps each row's k largest logits (the others -inf): the statistics of
+those are the ones of each model's k most probable tokens, renormalised (``scoring.statistic:
+topk:K``, what K log-probs per position give, as vLLM returns them).
+
 Numerically safe: terms with zero probability contribute 0 (0 log 0 = 0), ``-inf`` logits
 are zero probability, identical rows give exactly 0 for JS and both KLs. KL is +inf where
 one model puts mass on a token the other gives probability exactly 0 (as it must be).
@@ -128,6 +132,13 @@ def token_stats_unchecked(
         "p_base_of_rl_top1": p[rows, q_top1],
         "p_rl_of_rl_top1": q[rows, q_top1],
     }
+
+
+def keep_top(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``logits`` with -inf outside each row's ``k`` largest: its softmax is the row's top-k distribution,
+    renormalised (an exact tie at the k-th place is broken as ``torch.topk`` breaks it)."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return torch.full_like(logits, -math.inf).scatter_(-1, top.indices, top.values)
 
 
 def entropies_and_js(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -233,6 +233,22 @@ POLICIES: dict[str, Policy] = {
 """The switching policies."""
 TOPK_STATISTICS = ("js", "entropy", "entropy_other")
 """The statistics a ``topk:K`` setting takes over each model's K most probable tokens, renormalised."""
+TOPK_SCORE_COLUMNS = (
+    "js",
+    "kl_base_rl",
+    "kl_rl_base",
+    "entropy_base",
+    "entropy_rl",
+    "rl_top1_rank_in_base",
+    "base_top1_rank_in_rl",
+    "p_base_of_rl_top1",
+    "p_rl_of_rl_top1",
+)
+"""The score columns that ``scoring.statistic: topk:K`` takes over each model's K most probable tokens,
+renormalised: those that need a whole distribution. The others (each model's log-prob of the token,
+``topk_overlap``, the candidates) are the models' own under any statistic: K log-probs give them exactly."""
+RANK_BUCKETS = 5
+"""The reallocation table's ranks of RL's top token under the base model: 0 .. RANK_BUCKETS - 1 each, and the rest."""
 DEFAULT_POLICIES = ("js", "random", "argmax", "entropy")
 """The policies a cross-sampling grid runs unless the config names others, in this order."""
 

@@ -16,6 +16,19 @@ batch that still runs out of device memory is read in halves (``memory.halving_o
 Vocabulary: logits are sliced to the pair's shared tokenizer size (``vocab_size``), which drops
 embedding rows padded past the tokenizer (Qwen2.5: 151936 vs 152064 rows for 151665 tokens).
 
+Statistic (``cfg.statistic``): ``exact`` compares the whole distributions; ``topk:K`` takes the
+columns that need a whole distribution (``registry.TOPK_SCORE_COLUMNS``: JS, both KLs, both
+entropies, the top-1 ranks and probabilities) over each model's K most probable tokens,
+renormalised, and keeps the others (the token's log-probs, ``topk_overlap``, the candidates) the
+models' own. Under ``topk:K`` a rank of K means "K or more", and a KL is +inf wherever one model's
+top K holds a token the other's does not. ``run_scoring`` writes the setting to the table's
+``statistic`` column, so no table of top-K values passes for one of exact values.
+
+Backend (``cfg.backend``): ``hf`` reads the models with transformers, as above; ``vllm``
+(``score_rows_vllm``) reads each model's top log-probs from two vLLM engines' ``prompt_logprobs``
+(``tokenshift.vllm_engine``), teacher-forced over the same rows, and reduces them with the same
+statistics code: it scores ``topk:K`` only (vLLM returns at most K log-probs per position).
+
 Bad input never yields a silent number: a token id outside the shared vocabulary, or an empty
 prompt, is an error naming the row; NaN logits (a broken checkpoint) are an error naming the
 model; an empty response or one that would not fit the model's context is skipped, counted and
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +48,12 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from tokenshift.divergence import token_stats_compiled, token_stats_unchecked
+from tokenshift.divergence import keep_top, token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
-from tokenshift.registry import SCORE_ORDER
-from tokenshift.settings import AUTO, CPU_BATCH, ScoringConfig
+from tokenshift.registry import SCORE_ORDER, TOPK_SCORE_COLUMNS
+from tokenshift.settings import AUTO, CPU_BATCH, RolloutConfig, ScoringConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -144,6 +158,9 @@ def _score_batch(base, rl, rows, idx: Sequence[int], *, vocab_size: int, pad_id:
             lr = rl.get_output_embeddings()(hr[sl])[:, :vocab_size].to(lb.device)
         with record_function("tokenshift.stats"):
             stats = stats_fn(lb, lr, top_k=cfg.top_k, targets=tgt[sl].to(lb.device), candidates=k_cand)
+            if cfg.topk is not None:
+                top = stats_fn(keep_top(lb, cfg.topk), keep_top(lr, cfg.topk), top_k=cfg.top_k)
+                stats |= {k: top[k] for k in TOPK_SCORE_COLUMNS}
         for k in parts:
             parts[k].append(stats[k])
     out: dict[str, np.ndarray] = {}
@@ -182,8 +199,9 @@ def score_rows(
 
     Output columns: ``row`` (index into ``rows``), ``position`` (0-based in the response),
     ``norm_position`` (position / (length - 1), 0 for one-token responses), ``token_id``,
-    ``logp_base``, ``logp_rl`` and the ``token_stats`` columns; with ``cfg.top_k_candidates`` > 0,
-    also the ``CANDIDATE_COLUMNS`` (``[tokens, k]`` arrays).
+    ``logp_base``, ``logp_rl`` and the ``token_stats`` columns (under ``cfg.statistic`` ``topk:K``,
+    ``TOPK_SCORE_COLUMNS`` of the top K renormalised: module docstring); with
+    ``cfg.top_k_candidates`` > 0, also the ``CANDIDATE_COLUMNS`` (``[tokens, k]`` arrays).
 
     Of scoring split over several jobs, this scores job ``part``'s share of the batches. Every
     job packs all rows into the same batches, so each row is scored in the batch, hence with the
@@ -200,28 +218,60 @@ def score_rows(
                 f"({', '.join(k for k in LOGIT_TRANSFORMS if getattr(model.config, k, None))}); "
                 "chunked scoring supports plain heads only"
             )
-    context = min(_context(base), _context(rl))
-    skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
-    keep = []
+    refuse_bad_rows(rows, vocab_size)
+    keep, skipped = rows_to_score(rows, min(_context(base), _context(rl)))
+    k_cand = min(cfg.top_k_candidates, vocab_size)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))}
+    for idx in part_batches(rows, keep, cfg, part, batch_tokens):
+        # out of memory: the batch in pieces of half as many rows, each row still read whole
+        scored = halving_on_oom(
+            functools.partial(_score_in_pieces, base, rl, rows, idx, vocab_size=vocab_size, pad_id=pad_id, cfg=cfg),
+            len(idx),
+            is_oom=is_oom,
+        )
+        for k, v in scored.items():
+            out[k].append(v)
+    return ScoreResult(_stacked(out, k_cand), skipped)
+
+
+def refuse_bad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_size: int) -> None:
+    """A ``ValueError`` naming the first row with an empty prompt or a token outside the shared vocabulary."""
     for i, (p, r) in enumerate(rows):
         if len(p) == 0:  # no position predicts the first response token
             raise ValueError(f"row {i}: empty prompt: the first response token has no position to be scored at")
+        bad = [t for t in list(p) + list(r) if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"row {i}: token id {bad[0]} is outside the shared vocabulary of {vocab_size}")
+
+
+def rows_to_score(
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]], context: int
+) -> tuple[list[int], dict[str, list[int]]]:
+    """The indices of the rows to score, and of those skipped by reason (logged): an empty response, or
+    one whose prompt and response are longer than ``context`` tokens."""
+    skipped: dict[str, list[int]] = {"empty_response": [], "longer_than_context": []}
+    keep = []
+    for i, (p, r) in enumerate(rows):
         if len(r) == 0:
             skipped["empty_response"].append(i)
         elif len(p) + len(r) > context:
             skipped["longer_than_context"].append(i)
         else:
-            bad = [t for t in list(p) + list(r) if not 0 <= t < vocab_size]
-            if bad:
-                raise ValueError(f"row {i}: token id {bad[0]} is outside the shared vocabulary of {vocab_size}")
             keep.append(i)
     for reason, idx in skipped.items():
         if idx:
             log.warning("%d responses skipped (%s), e.g. row %d", len(idx), reason, idx[0])
+    return keep, {k: v for k, v in skipped.items() if v}
 
-    k_cand = min(cfg.top_k_candidates, vocab_size)
-    names = (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))
-    out: dict[str, list[np.ndarray]] = {k: [] for k in names}
+
+def part_batches(
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    keep: Sequence[int],
+    cfg: ScoringConfig,
+    part: Part,
+    batch_tokens: int | None = None,
+) -> list[list[int]]:
+    """The batches (lists of row indices) that job ``part`` scores of rows ``keep`` (``score_rows``)."""
     lengths = [len(rows[i][0]) + len(rows[i][1]) for i in keep]
     bound = CPU_BATCH["scoring"] if cfg.max_batch_tokens == AUTO else cfg.max_batch_tokens
     batches = pack_by_length(lengths, bound)
@@ -233,24 +283,165 @@ def score_rows(
             [rows_of_part[j] for j in batch]
             for batch in pack_by_length([lengths[b] for b in rows_of_part], batch_tokens)
         ]
-    for batch in mine:
-        idx = [keep[b] for b in batch]
-        # out of memory: the batch in pieces of half as many rows, each row still read whole
-        scored = halving_on_oom(
-            functools.partial(_score_in_pieces, base, rl, rows, idx, vocab_size=vocab_size, pad_id=pad_id, cfg=cfg),
-            len(idx),
-            is_oom=is_oom,
-        )
-        for k, v in scored.items():
-            out[k].append(v)
+    return [[keep[b] for b in batch] for batch in mine]
+
+
+def _stacked(out: dict[str, list[np.ndarray]], k_cand: int) -> dict[str, np.ndarray]:
     # no batch (a part of more parts than batches): empty columns of the types the others have, so the parts stack
-    columns = {
+    return {
         k: np.concatenate(v)
         if v
         else np.zeros((0, k_cand) if k in CANDIDATE_COLUMNS else 0, dtype=INTEGER_COLUMNS.get(k, np.float32))
         for k, v in out.items()
     }
-    return ScoreResult(columns, {k: v for k, v in skipped.items() if v})
+
+
+# --- the vllm backend: each model's top log-probs from vLLM's prompt_logprobs -------------------
+
+
+def score_rows_vllm(
+    engines: dict,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    vocab_size: int,
+    context: int,
+    cfg: ScoringConfig,
+    part: Part = Part(),
+) -> ScoreResult:
+    """``score_rows``'s columns, under ``cfg.statistic`` ``topk:K``, from two vLLM engines (``engines``:
+    role -> ``vllm.LLM``) reading each row teacher-forced with ``prompt_logprobs``: per position each
+    model's log-probs of its max(K, ``top_k``, ``top_k_candidates``) most probable tokens and of the
+    token there. The statistics are ``score_rows``'s code run on those log-probs (-inf elsewhere), so
+    they equal the hf backend's where the two backends' kernels give the same top tokens.
+
+    ``context``: the longest row the engines take (rows longer are skipped, as ``score_rows`` skips
+    those longer than the models' context). Job ``part`` scores the same rows as under ``score_rows``
+    (with ``batch_tokens`` unset); one ``generate`` per model and batch. Token ids past ``vocab_size``
+    (embedding rows padded past the tokenizer) are dropped from a position's top tokens.
+    """
+    if cfg.topk is None:
+        raise ValueError("the vllm scoring backend returns at most K log-probs per position: expected statistic topk:K")
+    refuse_bad_rows(rows, vocab_size)
+    keep, skipped = rows_to_score(rows, context)
+    k_cand = min(cfg.top_k_candidates, vocab_size)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))}
+    for idx in part_batches(rows, keep, cfg, part):
+        for k, v in _vllm_batch(engines, rows, idx, vocab_size=vocab_size, cfg=cfg).items():
+            out[k].append(v)
+    return ScoreResult(_stacked(out, k_cand), skipped)
+
+
+def _prompt_logprobs(outputs, prompt_lengths: Sequence[int], width: int, vocab_size: int, role: str):
+    """(token ids, their log-probs, top ids, top log-probs) at every response position of vLLM's
+    ``outputs``: ``[N]``, ``[N]``, ``[N, width]``, ``[N, width]``; top ids past ``vocab_size`` are
+    moved to the end of their row as id -1, log-prob -inf."""
+    token_ids, token_lp, top_ids, top_lp = [], [], [], []
+    for o, first in zip(outputs, prompt_lengths):
+        flat, last = o.prompt_logprobs, len(o.prompt_token_ids)
+        # vLLM's flat log-probs: per position the token there, then the top `width` in rank order
+        starts = np.asarray(flat.start_indices[first:last])
+        ends = np.asarray(flat.end_indices[first:last])
+        if not np.all(ends - starts == width + 1):
+            raise RuntimeError(f"vLLM returned {sorted(set((ends - starts - 1).tolist()))} log-probs, not {width}")
+        ids = np.asarray(flat.token_ids[starts[0] : ends[-1]], dtype=np.int64).reshape(-1, width + 1)
+        lps = np.asarray(flat.logprobs[starts[0] : ends[-1]], dtype=np.float32).reshape(-1, width + 1)
+        token_ids.append(ids[:, 0])
+        token_lp.append(lps[:, 0])
+        top_ids.append(ids[:, 1:])
+        top_lp.append(lps[:, 1:])
+    ids, lps = np.concatenate(top_ids), np.concatenate(top_lp)
+    outside = ids >= vocab_size
+    if outside.any():
+        order = np.argsort(outside, axis=-1, kind="stable")  # the shared vocabulary's tokens first, in rank order
+        ids = np.where(outside, -1, ids)
+        lps = np.where(outside, -np.inf, lps).astype(np.float32)
+        ids, lps = np.take_along_axis(ids, order, -1), np.take_along_axis(lps, order, -1)
+    token_lp = np.concatenate(token_lp)
+    if np.isnan(token_lp).any() or np.isnan(lps).any():
+        raise ValueError(f"NaN in the {role} model's logits: the checkpoint or its inputs are broken")
+    return np.concatenate(token_ids), token_lp, ids, lps
+
+
+def _vllm_batch(engines: dict, rows, idx: Sequence[int], *, vocab_size: int, cfg: ScoringConfig):
+    """The output columns of rows ``idx``, one ``generate`` per engine (a dict of arrays)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    width = min(max(cfg.topk, cfg.top_k, cfg.top_k_candidates), vocab_size)
+    params = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=width, detokenize=False, flat_logprobs=True)
+    prompts = [TokensPrompt(prompt_token_ids=list(rows[i][0]) + list(rows[i][1])) for i in idx]
+    targets = np.asarray([t for i in idx for t in rows[i][1]], dtype=np.int64)
+    read = {}
+    for role in ("base", "rl"):
+        outs = engines[role].generate(prompts, params, use_tqdm=False)
+        token_ids, *read[role] = _prompt_logprobs(outs, [len(rows[i][0]) for i in idx], width, vocab_size, role)
+        if not np.array_equal(token_ids, targets):
+            raise RuntimeError(f"vLLM's {role} engine scored other tokens than the rows hold")
+    (lp_b, ids_b, top_b), (lp_r, ids_r, top_r) = read["base"], read["rl"]
+    k, k_ov, k_cand = min(cfg.topk, width), min(cfg.top_k, vocab_size), min(cfg.top_k_candidates, vocab_size)
+    chunk = cfg.chunk_for(vocab_size)
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in TOPK_SCORE_COLUMNS}
+    for start in range(0, len(targets), chunk):
+        sl = slice(start, start + chunk)
+        # each model's top K log-probs, -inf elsewhere: the statistics renormalise them, as keep_top's
+        dense = []
+        for ids, lps in ((ids_b[sl, :k], top_b[sl, :k]), (ids_r[sl, :k], top_r[sl, :k])):
+            d = torch.full((len(ids), vocab_size), -math.inf)
+            at = torch.as_tensor(ids >= 0)
+            rows_of = torch.arange(len(ids))[:, None].expand(-1, k)
+            d[rows_of[at], torch.as_tensor(ids)[at]] = torch.as_tensor(lps)[at]
+            dense.append(d)
+        stats = token_stats_unchecked(*dense, top_k=k_ov)
+        for c in TOPK_SCORE_COLUMNS:
+            parts[c].append(stats[c].numpy())
+    out = {c: np.concatenate(v) if v else np.zeros(0, INTEGER_COLUMNS.get(c, np.float32)) for c, v in parts.items()}
+    a, b = ids_b[:, :k_ov], ids_r[:, :k_ov]
+    shared = ((a[:, :, None] == b[:, None, :]).any(-1) & (a >= 0)).sum(-1)
+    out["topk_overlap"] = (shared / k_ov).astype(np.float32)
+    out["logp_base"], out["logp_rl"] = lp_b, lp_r
+    if k_cand:
+        for role, ids, lps in (("base", ids_b, top_b), ("rl", ids_r, top_r)):
+            out[f"top_ids_{role}"] = ids[:, :k_cand].astype(np.int32)
+            out[f"top_probs_{role}"] = np.exp(lps[:, :k_cand]).astype(np.float32)
+    row_of = [i for i in idx for _ in rows[i][1]]
+    out["row"] = np.asarray(row_of, dtype=INTEGER_COLUMNS["row"])
+    out["position"] = np.asarray([j for i in idx for j in range(len(rows[i][1]))], dtype=INTEGER_COLUMNS["position"])
+    out["norm_position"] = np.asarray(
+        [j / max(len(rows[i][1]) - 1, 1) for i in idx for j in range(len(rows[i][1]))], dtype=np.float32
+    )
+    out["token_id"] = targets.astype(INTEGER_COLUMNS["token_id"])
+    return out
+
+
+def start_vllm_engines(
+    checkpoints: dict[str, Path],
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    cfg: ScoringConfig,
+    engine: RolloutConfig,
+) -> tuple[dict, int]:
+    """(role -> ``vllm.LLM``, the longest row they take) for scoring ``rows``: the engine settings
+    ``engine`` (config ``rollout.vllm_*``) with the scoring job's threads, a context for the longest row
+    and the one token vLLM must generate (unless ``vllm_max_model_len`` says), and on a GPU, for ``auto``,
+    half the memory share each (the pair's two engines share the job's GPUs)."""
+    import dataclasses
+
+    from tokenshift.generation import SamplingConfig
+    from tokenshift.models import resolve_checkpoint
+    from tokenshift.settings import VLLM_MEMORY_SHARE
+    from tokenshift.vllm_engine import device_kind, start_engine
+
+    engine = dataclasses.replace(engine, backend="vllm", threads=cfg.threads)
+    if engine.vllm_gpu_memory_utilization == AUTO and device_kind() == "cuda":
+        engine = dataclasses.replace(engine, vllm_gpu_memory_utilization=VLLM_MEMORY_SHARE["cuda"] / 2)
+    longest = max((len(p) + len(r) for p, r in rows), default=1)
+    engines, lengths = {}, []
+    for role, ckpt in checkpoints.items():
+        # a one-token request over prompt + response: the engine's context must hold both and that token
+        engines[role], args = start_engine(
+            resolve_checkpoint(ckpt), engine, SamplingConfig(max_new_tokens=1), tokens=longest + 1
+        )
+        lengths.append(args["max_model_len"])
+    return engines, min(lengths) - 1
 
 
 def run_scoring(
@@ -263,19 +454,21 @@ def run_scoring(
     *,
     cfg: ScoringConfig = ScoringConfig(),
     part: Part = Part(),
+    engine: RolloutConfig = RolloutConfig(),
 ):
     """Score the responses of the rollout table ``rollouts`` with both models of a pair; write ``out``.
 
     ``base`` and ``rl`` are checkpoints (directories or manifests), ``pair`` the pair manifest
     (its shared vocabulary size). One row per response token: the rollout's ``problem_id``,
     ``sample_index`` and ``correct``, ``source`` (the role, base or rl, whose rollouts these are),
-    and the columns of ``score_rows`` (the candidates as ``Array`` columns of ``cfg.top_k_candidates``
-    entries). Of scoring split over several jobs, this writes job ``part``'s rows.
+    ``statistic`` (``cfg.statistic``: what the distribution columns are of), and the columns of
+    ``score_rows`` (the candidates as ``Array`` columns of ``cfg.top_k_candidates`` entries). Of
+    scoring split over several jobs, this writes job ``part``'s rows. Under ``cfg.backend`` ``vllm``
+    the rows are read by two vLLM engines, with the settings ``engine`` (config ``rollout.vllm_*``).
     """
     import polars as pl
 
     from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
-    from tokenshift.models import job_batch, job_devices, load_causal_lm
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -288,17 +481,13 @@ def run_scoring(
         "a rollout table (tokenshift rollout)",
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
-    devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
-    # planned before the weights take their share of the GPUs' free memory
-    tokens = job_batch(
-        "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
-    )
-    models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
-    pad = pad_id_of(models["base"])
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
-    res = score_rows(
-        models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
-    )
+    if cfg.backend == "vllm":
+        refuse_bad_rows(rows, vocab)  # before the engines' minutes
+        engines, context = start_vllm_engines({"base": base, "rl": rl}, rows, cfg, engine)
+        res = score_rows_vllm(engines, rows, vocab_size=vocab, context=context, cfg=cfg, part=part)
+    else:
+        res = _score_with_hf(base, rl, rows, vocab, cfg, part)
     cols = res.columns
     meta = table.select("problem_id", "sample_index", "correct").select(
         pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))
@@ -307,13 +496,31 @@ def run_scoring(
     stats = pl.DataFrame({k: v for k, v in cols.items() if k != "row" and k not in CANDIDATE_COLUMNS})
     candidates = [pl.Series(k, cols[k]) for k in CANDIDATE_COLUMNS if k in cols]
     scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
-    scores = scores.with_columns(pl.lit(source).alias("source")).sort(*SCORE_ORDER)
+    scores = scores.with_columns(pl.lit(source).alias("source"), pl.lit(cfg.statistic).alias("statistic"))
+    scores = scores.sort(*SCORE_ORDER)
     write_parquet_atomic(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(
-        "scored %d tokens of %d responses; skipped: %s",
+        "scored %d tokens of %d responses (%s backend, statistic %s); skipped: %s",
         scores.height,
         len(rows) - sum(skipped.values()),
+        cfg.backend,
+        cfg.statistic,
         skipped or "none",
     )
     return scores
+
+
+def _score_with_hf(base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, part: Part) -> ScoreResult:
+    from tokenshift.models import job_batch, job_devices, load_causal_lm
+
+    devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
+    # planned before the weights take their share of the GPUs' free memory
+    tokens = job_batch(
+        "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
+    )
+    models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
+    pad = pad_id_of(models["base"])
+    return score_rows(
+        models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
+    )

@@ -71,6 +71,17 @@ VLLM_MEMORY_SHARE = {"cuda": 0.9, "cpu": 0.05}
 """What ``rollout.vllm_gpu_memory_utilization: auto`` is: the share of each GPU's memory an engine takes, or
 on the CPU the share of the host's memory its KV cache takes (small: several jobs share a host)."""
 
+
+def statistic_k(statistic: str) -> int | None:
+    """K of a ``topk:K`` statistic setting, None for ``exact``; anything else is a ``ValueError``."""
+    if statistic == "exact":
+        return None
+    kind, _, k = statistic.partition(":")
+    if kind != "topk" or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"statistic {statistic!r}: expected 'exact' or 'topk:K' with K >= 1")
+    return int(k)
+
+
 LN2 = 0.6931471805599453
 CHUNK_BUFFERS = 12
 """fp32 ``[chunk, vocab]`` buffers one scoring chunk needs at most (both logits and token_stats's temporaries)."""
@@ -213,6 +224,10 @@ class RolloutConfig:
             raise ValueError(f"vllm_gpu_memory_utilization {share!r}: expected 'auto' or a share in (0, 1]")
 
 
+VLLM_ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(RolloutConfig) if f.metadata.get("stages") == ("vllm",))
+"""The vLLM engine's settings (``rollout.vllm_*``): what any stage that runs the engine reads of ``rollout:``."""
+
+
 @dataclass(frozen=True)
 class AccuracyConfig:
     """What the accuracy tables report (config ``rollout:``)."""
@@ -240,12 +255,28 @@ class ScoringConfig:
     """Teacher-forced scoring settings (config ``scoring:``)."""
 
     section: ClassVar[str] = "scoring"
+    backend: str = option(
+        "hf",
+        "hf: transformers reads the whole next-token distributions (CPU or GPU), any statistic; vllm: the vLLM "
+        "engine's prompt_logprobs, at most K log-probs per position, so statistic topk:K only (engine settings: "
+        "rollout.vllm_*)",
+        choices=["hf", "vllm"],
+    )
+    statistic: str = option(
+        "exact",
+        "what js, both KLs, both entropies and the top-1 ranks and probabilities are of: exact (the whole "
+        "vocabulary) or topk:K (each model's K most probable tokens, renormalised; a rank of K means K or more); "
+        "the token's log-probs, topk_overlap and the candidates stay the models' own. Written to the table's "
+        "statistic column",
+    )
     chunk_size: int | None = option(
         None, "positions projected through the LM head at once; not set: sized by chunk_memory_mb", minimum=1
     )
     chunk_memory_mb: int = option(512, "memory budget of one LM-head chunk's logits and statistics", minimum=1)
     compile: bool = option(
-        True, "fuse the statistics with torch.compile when the models are on a GPU (CPU stays eager)"
+        True,
+        "fuse the statistics with torch.compile when the models are on a GPU (CPU stays eager)",
+        stages=("hf",),
     )
     max_batch_tokens: int | str = option(
         AUTO,
@@ -261,12 +292,23 @@ class ScoringConfig:
         "top_probs_base, top_ids_rl, top_probs_rl), which the token explorer shows; 0 keeps none",
         minimum=0,
     )
-    device_base: str = option("auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...")
-    device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each")
+    device_base: str = option(
+        "auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...", stages=("hf",)
+    )
+    device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each", stages=("hf",))
     threads: int = option(2, "torch CPU threads", minimum=1)
 
     def __post_init__(self):
         check_auto("max_batch_tokens", self.max_batch_tokens)
+        if self.topk is None and self.backend == "vllm":  # (self.topk refuses a malformed statistic)
+            raise ValueError(
+                "backend vllm scores from at most K log-probs per position: expected statistic topk:K, got exact"
+            )
+
+    @property
+    def topk(self) -> int | None:
+        """K of a ``topk:K`` statistic, None for ``exact``."""
+        return statistic_k(self.statistic)
 
     def chunk_for(self, vocab_size: int) -> int:
         if self.chunk_size:
@@ -382,12 +424,7 @@ class CrossSampleConfig:
     @property
     def topk(self) -> int | None:
         """K of a ``topk:K`` statistic, None for ``exact``."""
-        if self.statistic == "exact":
-            return None
-        kind, _, k = self.statistic.partition(":")
-        if kind != "topk" or not k.isdigit() or int(k) < 1:
-            raise ValueError(f"statistic {self.statistic!r}: expected 'exact' or 'topk:K' with K >= 1")
-        return int(k)
+        return statistic_k(self.statistic)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from tokenshift.io import InputError, read_parquet, write_parquet_atomic
+from tokenshift.registry import RANK_BUCKETS
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
 
@@ -210,9 +211,9 @@ def reallocation_table(scores: pl.DataFrame, cfg: DivergenceConfig = DivergenceC
         )
     for v, share in scores["topk_overlap"].value_counts(normalize=True, name="share").sort("topk_overlap").iter_rows():
         rows.append({"metric": f"topk_overlap={v:.2f}", "value": float(share)})
-    for r in range(0, 6):
-        label = f"rl_top1_rank_in_base={r}" if r < 5 else "rl_top1_rank_in_base>=5"
-        share = float((rank == r).mean()) if r < 5 else float((rank >= 5).mean())
+    for r in range(RANK_BUCKETS + 1):
+        label = f"rl_top1_rank_in_base={r}" if r < RANK_BUCKETS else f"rl_top1_rank_in_base>={RANK_BUCKETS}"
+        share = float((rank == r).mean()) if r < RANK_BUCKETS else float((rank >= RANK_BUCKETS).mean())
         rows.append({"metric": label, "value": share})
     return pl.DataFrame(rows)
 
@@ -410,6 +411,7 @@ SCORE_COLUMNS = (
     "p_base_of_rl_top1",
     "p_rl_of_rl_top1",
     "topk_overlap",
+    "statistic",
 )
 CROSS_COLUMNS = (
     "problem_id",
@@ -460,6 +462,8 @@ def write_divergence(
 ) -> dict[str, pl.DataFrame]:
     """Every divergence table of a pair's scored rollouts (source -> path), written under ``out_dir``.
 
+    Each table is labelled with the scores' ``statistic`` (``scoring.statistic``: ``exact``, or ``topk:K``
+    for JS, entropies and ranks of each model's top K tokens); scores of two statistics are refused.
     With the problems of a toy dataset (which keep each problem's operations) and the pair's
     tokenizer, also ``decision_points``: how well high-JS positions find the recorded decision points.
     """
@@ -471,7 +475,13 @@ def write_divergence(
             raise InputError(
                 f"{scores[src]}: no scored positions (every {src} response was empty or skipped; see the scoring log)"
             )
-    labels = {"pair": pair, "dataset": dataset}
+    statistics = {src: sorted(frame["statistic"].unique().to_list()) for src, frame in frames.items()}
+    if len({s for found in statistics.values() for s in found}) > 1:
+        raise InputError(
+            "score tables of different statistics cannot be compared: "
+            + ", ".join(f"{scores[src]} holds {' and '.join(found)}" for src, found in statistics.items())
+        )
+    labels = {"pair": pair, "dataset": dataset, "statistic": next(iter(statistics.values()))[0]}
     tables = divergence_tables(frames, labels, cfg)
     toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
     if toy is not None and "toy_ops" in toy.columns:

@@ -33,6 +33,7 @@ from tokenshift.registry import (
     alternatives,
 )
 from tokenshift.settings import (
+    VLLM_ENGINE_KEYS,
     AccuracyConfig,
     CrossSampleConfig,
     CrossSampleGrid,
@@ -233,6 +234,14 @@ def settings_of(cls, stage=None, recorded=True):
     ``recorded=False``: those results do not depend on (a batch size), which a rule passes as a
     resource (``tuning``), not a param: Snakemake records params, so changing one would re-run jobs."""
     return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage, recorded=recorded))
+
+
+def vllm_engine_of(section):
+    """The vLLM engine's settings (``rollout.vllm_*``) for the jobs of a stage whose ``backend`` (config
+    ``section``) is vllm; none for hf, whose jobs read none of them."""
+    if config[section]["backend"] != "vllm":
+        return ""
+    return shell_args(RolloutConfig, {k: v for k, v in config["rollout"].items() if k in VLLM_ENGINE_KEYS})
 
 
 def fetch_args(wildcards):

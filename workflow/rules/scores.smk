@@ -1,7 +1,9 @@
 # Scoring stage: both models of a pair teacher-forced over each response source (the base
 # model's rollouts and the RL model's), one row per response token with both log-probs and the
-# full-vocabulary comparison of the two next-token distributions. A table is written by
-# `scoring.jobs` jobs, each scoring its share of the batches, gathered in the table's order.
+# comparison of the two next-token distributions (whole, or each model's top K: scoring.statistic),
+# read by transformers or by vLLM engines (scoring.backend; the engines' settings are rollout.vllm_*).
+# A table is written by `scoring.jobs` jobs, each scoring its share of the batches, gathered in the
+# table's order.
 
 
 rule score:
@@ -23,10 +25,11 @@ rule score:
         **resources_of("score"),
     params:
         code=stage_code("score"),
-        scoring=settings_of(ScoringConfig),
+        scoring=settings_of(ScoringConfig, stage=config["scoring"]["backend"]),
+        engine=vllm_engine_of("scoring"),
     shell:
         "tokenshift score --base {input.base} --rl {input.rl} --pair {input.pair} --rollouts {input.rollouts} "
-        "--source {wildcards.source} {params.scoring} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
+        "--source {wildcards.source} {params.scoring} {params.engine} --part {wildcards.scatteritem} --out {output} > {log} 2>&1"
 
 
 rule gather_scores:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from tokenshift.cli.common import output, pair_models, part_option, settings, show
@@ -11,14 +12,16 @@ from tokenshift.registry import ROLES
 
 
 def register(sub) -> None:
-    from tokenshift.settings import DivergenceConfig, ScoringConfig
+    from tokenshift.settings import VLLM_ENGINE_KEYS, DivergenceConfig, RolloutConfig, ScoringConfig
 
     sc = sub.add_parser(
         "score",
         help="teacher-force both models over responses; per-token divergence statistics",
         description="Both models of a pair read the same responses; at every response token their full next-token "
-        "distributions are compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both "
-        "log-probs of the token are recorded. LM-head logits are built in chunks, never for a whole batch.",
+        "distributions (or, with --statistic topk:K, each model's K most probable tokens, renormalised) are "
+        "compared (JS, KL both ways, entropies, top-k overlap, top-1 ranks) and both log-probs of the token are "
+        "recorded. LM-head logits are built in chunks, never for a whole batch; --backend vllm reads the top "
+        "log-probs from vLLM engines instead.",
     )
     pair_models(sc)
     sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
@@ -26,6 +29,14 @@ def register(sub) -> None:
     sc.add_argument("--source", required=True, choices=ROLES, help="which model wrote the responses")
     output(sc, "--out", "a .parquet file path", "per-token parquet to write")
     add_options(sc, ScoringConfig, title="scoring (config `scoring:`)")
+    engine = [f.name for f in dataclasses.fields(RolloutConfig) if f.name not in VLLM_ENGINE_KEYS]
+    add_options(
+        sc,
+        RolloutConfig,
+        exclude=engine,
+        title="vLLM engine, read under --backend vllm (config `rollout:`; not set, its context is the longest "
+        "row scored plus one token)",
+    )
     part_option(sc)
     sc.set_defaults(func=_score)
 
@@ -53,7 +64,7 @@ def register(sub) -> None:
 
 def _score(args: argparse.Namespace) -> None:
     from tokenshift.scoring import run_scoring
-    from tokenshift.settings import ScoringConfig
+    from tokenshift.settings import RolloutConfig, ScoringConfig
 
     run_scoring(
         args.base,
@@ -64,6 +75,7 @@ def _score(args: argparse.Namespace) -> None:
         Path(args.out),
         cfg=settings(ScoringConfig, args),
         part=args.part,
+        engine=settings(RolloutConfig, args, backend="vllm"),
     )
 
 
