@@ -3,9 +3,11 @@ under limits of their own (test modules import from here, not from each other)."
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,21 @@ def planned(r) -> dict[str, int]:
 def plan(workdir: Path, *args: str) -> dict[str, int]:
     """What `snakemake -n all` would run in ``workdir``: rule -> number of jobs."""
     return planned(snakemake(workdir, "-n", "all", *args))
+
+
+def shell_commands(stdout: str, command: str) -> list[dict[str, str]]:
+    """The ``tokenshift <command>`` lines of ``snakemake -n -p`` output, each as its flags and their
+    values (``--flag=value``; a flag given alone, such as ``--force-switch``, maps to "")."""
+    out = []
+    for line in re.findall(rf"^Shell command: (tokenshift {command} .*)$", stdout, re.M):
+        argv = shlex.split(line)
+        flags = {}
+        for a, b in itertools.pairwise([*argv, ""]):
+            if a.startswith("--"):
+                key, eq, value = a.partition("=")
+                flags[key] = value if eq else (b if b and not b.startswith("-") else "")
+        out.append(flags)
+    return out
 
 
 def with_config(tmp_path: Path, config: dict) -> Path:

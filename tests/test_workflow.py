@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 import re
 import shlex
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, run, save_checkpoint, tokenshift_cmd
-from helpers import DEFAULT, planned, snakemake, with_config
+from helpers import DEFAULT, planned, shell_commands, snakemake, with_config
 
 
 def test_default_config_builds_the_dag(tmp_path):
@@ -677,23 +676,27 @@ def test_vllm_scoring_reaches_the_score_jobs_with_its_engine_settings_and_no_oth
     config["scoring"] = {"backend": "vllm", "statistic": "topk:50"}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    lines = r.stdout.split("\n")
-    scores = [shlex.split(c.removeprefix("Shell command: ")) for c in lines if "tokenshift score " in c]
+    scores = shell_commands(r.stdout, "score")
     assert scores
-    for argv in scores:
-        pairs = set(itertools.pairwise(argv))
-        assert {("--backend", "vllm"), ("--statistic", "topk:50"), ("--vllm-dtype", "float32")} <= pairs, argv
-        assert ("--vllm-max-model-len", "512") in pairs
-        assert "--device-base" not in argv and "--compile" not in argv  # hf's settings: vllm reads none
+    for flags in scores:
+        wanted = {
+            "--backend": "vllm",
+            "--statistic": "topk:50",
+            "--vllm-dtype": "float32",
+            "--vllm-max-model-len": "512",
+        }
+        assert wanted.items() <= flags.items(), flags
+        assert "--device-base" not in flags and "--compile" not in flags  # hf's settings: vllm reads none
     # the rollouts stay on hf, which reads no engine setting
-    rollouts = [c for c in lines if "tokenshift rollout " in c]
-    assert rollouts and all("--backend hf" in c and "--vllm-dtype" not in c for c in rollouts)
+    rollouts = shell_commands(r.stdout, "rollout")
+    assert rollouts and all(f["--backend"] == "hf" and "--vllm-dtype" not in f for f in rollouts)
     # the hf backend's score jobs record none of the engine's settings
     config["scoring"] = {}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    scores = [c for c in r.stdout.split("\n") if "tokenshift score " in c]
-    assert scores and all("--backend hf" in c and "--vllm-" not in c and "--statistic exact" in c for c in scores)
+    scores = shell_commands(r.stdout, "score")
+    assert scores and all(f["--backend"] == "hf" and f["--statistic"] == "exact" for f in scores)
+    assert not any(k.startswith("--vllm-") for f in scores for k in f)
 
 
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):
@@ -705,6 +708,8 @@ def test_budget_past_the_length_limit_is_warned_about(tmp_path):
 
 
 def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path, toy_tokenizer):
+    from tokenshift.settings import CrossSampleGrid
+
     # a local pair of two 'large' models: 90 GB of GPU memory on 80 GB cards takes 2 GPUs each
     save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
     save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
@@ -737,8 +742,12 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     assert rollout["results/ab/toy/rollouts/rl.parts/1-of-3.parquet"]["gpu_model"] == "h100"
     score = next(r for o, (rule, r) in jobs.items() if rule == "score" and "/ab/" in o)
     assert score["gpu"] == "3"  # both models
-    crosssample = [r for o, (rule, r) in jobs.items() if rule == "crosssample" and "/ab/" in o]
-    assert len(crosssample) == 2 * 34 and {r["gpu"] for r in crosssample} == {"0"}  # both models on the CPU
+    crosssample = [
+        r for o, (rule, r) in jobs.items() if rule in ("crosssample", "crosssample_extrapolated") and "/ab/" in o
+    ]
+    grid = CrossSampleGrid.from_config(config["crosssample"])
+    runs = len(grid.runs(config["sampling"]["max_new_tokens"])) + len(grid.extrapolation_runs())
+    assert len(crosssample) == 2 * runs and {r["gpu"] for r in crosssample} == {"0"}  # both models on the CPU
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
@@ -793,9 +802,7 @@ def test_an_extrapolation_run_draws_at_its_gamma_beside_a_grid_that_samples(tmp_
     (tmp_path / "ok").mkdir()
     r = snakemake(with_config(tmp_path / "ok", config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
-    argvs = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift crosssample .*)$", r.stdout, re.M)]
-    # each command's flags and their values (a value is given as --flag=value or after its flag)
-    commands = [dict(a.split("=", 1) if "=" in a else (a, b) for a, b in itertools.pairwise([*c, ""])) for c in argvs]
+    commands = shell_commands(r.stdout, "crosssample")
     beside = sorted((c for c in commands if ".gamma-" in c["--out"]), key=lambda c: c["--gamma"])
     grid = [c for c in commands if ".gamma-" not in c["--out"]]
     assert len(beside) == 2 and len(grid) == 2 * 2 * (len(config["crosssample"]["budgets"]) - 1) + 2
