@@ -784,6 +784,25 @@ def test_models_with_sliding_window_layers_keep_their_own_cache():
 def test_the_regenerate_engine_refuses_what_it_does_not_implement():
     from tokenshift.regenerate import check_rule
 
-    check_rule(SwitchRule(policy="entropy", threshold=0.5, budget=4))
-    with pytest.raises(ValueError, match=r"the forced switch, the random policy; use engine lockstep"):
-        check_rule(SwitchRule(policy="random", threshold=0.5, budget=4, force=True))
+    # the authors' protocol: levels, the forced switch, removed EOS, their length rule, top-K, the blind control
+    authors = {"force": True, "eos": "remove", "topk": 50, "length": "after_switch", "max_total": 400}
+    check_rule(SwitchRule(policy="entropy", threshold=None, level="prompt", percentile=90, budget=4, **authors))
+    check_rule(SwitchRule(policy="random", threshold=0.9, budget=4, **authors))
+    check_rule(SwitchRule(policy="kl", threshold=0.1, budget=4))  # exact statistics: the whole distributions
+    with pytest.raises(ValueError, match=r"^crosssample.injected_eos: .*; use engine lockstep$"):
+        check_rule(SwitchRule(policy="js", threshold=0.1, budget=4, eos="drop"))
+    with pytest.raises(ValueError, match=r"^crosssample.injection: "):
+        check_rule(SwitchRule(policy="dlogp", threshold=0.3, injection="extrapolate", gamma=0.05))
+    with pytest.raises(ValueError, match=r"^crosssample.statistic: .*policy kl's statistic"):
+        check_rule(SwitchRule(policy="kl", threshold=0.1, budget=4, topk=50))
+
+
+def test_the_regenerate_engine_refuses_an_injected_eos_drop_before_starting_an_engine(
+    make_checkpoint, toy_problems, tmp_path
+):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    out = tmp_path / "o.parquet"
+    args = ["--direction", "forward", "--threshold", "0.1", "--budget", "2", "--engine", "regenerate"]
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, *args, "--injected-eos", "drop"))
+    assert r.returncode == 2 and "crosssample.injected_eos" in r.stderr and "use engine lockstep" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()

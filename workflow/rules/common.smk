@@ -39,6 +39,7 @@ from tokenshift.settings import (
     ExplorerConfig,
     GradingConfig,
     PromptConfig,
+    VLLM_ENGINE_KEYS,
     RolloutConfig,
     SamplingConfig,
     ScoringConfig,
@@ -70,8 +71,10 @@ TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy"
 # the toy pairs whose tuned model is trained by GRPO (with checkpoints along the way)
 TOY_RL_PAIRS = [p for p in TOY_PAIRS if PAIRS[p]["rl"] in TOY_RL]
 GRID = CrossSampleGrid.from_config(config["crosssample"])
-# the cross-sampling keys a job reads follow its length rule and its injection (gamma: extrapolate only)
-CROSSSAMPLE_STAGES = (config["crosssample"]["length_rule"], config["crosssample"]["injection"])
+# the cross-sampling keys a job reads follow its length rule, its injection (gamma: extrapolate only) and
+# its engine (batch size and devices: lockstep's; the vLLM engines' settings: regenerate's)
+CROSSSAMPLE_ENGINE = config["crosssample"]["engine"]
+CROSSSAMPLE_STAGES = (config["crosssample"]["length_rule"], config["crosssample"]["injection"], CROSSSAMPLE_ENGINE)
 ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
 ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
@@ -227,6 +230,14 @@ def settings_of(cls, stage=None, recorded=True):
     return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage, recorded=recorded))
 
 
+def crosssample_vllm_args(wildcards):
+    """The vLLM engines' settings (``rollout.vllm_*``) of a cross-sampling job that regenerates; lockstep
+    reads none, so changing one re-runs no lockstep job."""
+    if CROSSSAMPLE_ENGINE != "regenerate":
+        return ""
+    return shell_args(RolloutConfig, {k: v for k, v in config["rollout"].items() if k in VLLM_ENGINE_KEYS})
+
+
 def fetch_args(wildcards):
     spec = MODELS[wildcards.model]
     args = ["--path", str(Path(spec["path"]).resolve())] if "path" in spec else ["--hub", spec["hub"]]
@@ -299,8 +310,10 @@ def job_models(stage, wildcards, input, key):
         roles = {PAIRS[wildcards.pair][wildcards.role]: (input.model, "auto")}
     elif stage in ("score", "crosssample"):
         section = config["scoring" if stage == "score" else "crosssample"]
+        # regenerate's vLLM engines go where vLLM is built for, sharing the job's GPUs: the devices are lockstep's
+        placed = stage == "score" or CROSSSAMPLE_ENGINE == "lockstep"
         roles = {
-            PAIRS[wildcards.pair][role]: (path, section[f"device_{role}"])
+            PAIRS[wildcards.pair][role]: (path, section[f"device_{role}"] if placed else "auto")
             for role, path in (("base", input.base), ("rl", input.rl))
         }
     else:
