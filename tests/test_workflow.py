@@ -650,6 +650,13 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     assert score["gpu"] == "3"  # both models
     crosssample = [r for o, (rule, r) in jobs.items() if rule == "crosssample" and "/ab/" in o]
     assert len(crosssample) == 2 * 34 and {r["gpu"] for r in crosssample} == {"0"}  # both models on the CPU
+    # the regenerate engine's vLLM engines share the job's GPUs wherever the lockstep devices say: both models'
+    (tmp_path / "regenerate.yaml").write_text(yaml.safe_dump({"crosssample": {"engine": "regenerate"}}))
+    out = snakemake(tmp_path, "-n", "all", "--configfile", str(tmp_path / "regenerate.yaml"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = re.split(r"^\[.*\]$", out.stdout + out.stderr, flags=re.M)
+    gpus = {re.search(r"gpu=(\d+)", b)[1] for b in blocks if re.search(r"^rule crosssample:", b, re.M) and "/ab/" in b}
+    assert gpus == {"3"}
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
