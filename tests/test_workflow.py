@@ -389,7 +389,6 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["datasets"]["local"] = {"path": "data/set.jsonl", "template": "Solve: {question} {{braces}}"}
     config["pairs"][0]["datasets"] = ["toy", "local"]
-    tmp_path.mkdir()
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "--template 'Solve: {question} {{braces}}'" in r.stdout
@@ -534,7 +533,6 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
         max_total_tokens=400,
     )
     config["grading"] = {"mode": "lenient"}
-    tmp_path.mkdir()
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
     assert r.returncode == 0, r.stderr[-3000:]
     commands = [c for c in r.stdout.split("\n") if "tokenshift crosssample " in c]
