@@ -792,6 +792,63 @@ def test_models_with_sliding_window_layers_keep_their_own_cache():
 def test_the_regenerate_engine_refuses_what_it_does_not_implement():
     from tokenshift.regenerate import check_rule
 
-    check_rule(SwitchRule(policy="entropy", threshold=0.5, budget=4))
-    with pytest.raises(ValueError, match=r"the forced switch, the random policy; use engine lockstep"):
-        check_rule(SwitchRule(policy="random", threshold=0.5, budget=4, force=True))
+    # the authors' protocol: levels, the forced switch, removed EOS, their length rule, top-K, the blind control
+    authors = {"force": True, "eos": "remove", "topk": 50, "length": "after_switch", "max_total": 400}
+    check_rule(SwitchRule(policy="entropy", threshold=None, level="prompt", percentile=90, budget=4, **authors))
+    check_rule(SwitchRule(policy="random", threshold=0.9, budget=4, **authors))
+    check_rule(SwitchRule(policy="kl", threshold=0.1, budget=4))  # exact statistics: the whole distributions
+    with pytest.raises(ValueError, match=r"^crosssample.injected_eos: .*; use engine lockstep$"):
+        check_rule(SwitchRule(policy="js", threshold=0.1, budget=4, eos="drop"))
+    with pytest.raises(ValueError, match=r"^crosssample.injection: "):
+        check_rule(SwitchRule(policy="dlogp", threshold=0.3, injection="extrapolate", gamma=0.05))
+    with pytest.raises(ValueError, match=r"^crosssample.statistic: .*policy kl's statistic"):
+        check_rule(SwitchRule(policy="kl", threshold=0.1, budget=4, topk=50))
+
+
+def test_the_regenerate_engine_refuses_an_injected_eos_drop_before_starting_an_engine(
+    make_checkpoint, toy_problems, tmp_path
+):
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    out = tmp_path / "o.parquet"
+    args = ["--direction", "forward", "--threshold", "0.1", "--budget", "2", "--engine", "regenerate"]
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, *args, "--injected-eos", "drop"))
+    assert r.returncode == 2 and "crosssample.injected_eos" in r.stderr and "use engine lockstep" in r.stderr
+    assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_the_regenerate_engine_removes_an_injected_eos_as_lockstep_does():
+    """What becomes of a row when the other model draws at its next position (``regenerate._inject``): the
+    lockstep decoder's rules, one draw at a time (vLLM's draws come in between, so this is its bookkeeping)."""
+    from tokenshift.regenerate import _inject, _Row
+
+    eos, own = 0, 7
+    remove = SwitchRule(threshold=0.1, budget=3, eos="remove", length="after_switch", max_total=40)
+
+    def row(cap=10):
+        return _Row([5, 6], seed=1, cap=cap, response=[1, 2], step_js=[0.0, 0.0])
+
+    def inject(r, tok, rule, budget, forced=False):
+        _inject(r, tok, own, 0.5, forced, rule=rule, budget=budget, stops={eos}, max_new=10, ceiling=40)
+
+    r = row()
+    inject(r, eos, remove, 3)  # removed, the draw spent: the next round writes on from the same prefix
+    assert (r.response, r.n_removed, r.switched, r.finish, r.cap) == ([1, 2], 1, [], None, 13)
+    inject(r, 9, remove, 3, forced=True)  # drawn again there: a switch, forced
+    assert (r.response, r.switched, r.switched_js, r.n_forced, r.step_js[-1]) == ([1, 2, 9], [2], [0.5], 1, 0.5)
+    inject(r, eos, remove, 3)  # removed, and the budget is spent (two removed, one switch): the generator's own stands
+    assert (r.response, r.n_removed, r.switched, r.finish, r.cap) == ([1, 2, 9, own], 2, [2], None, 14)
+    # no budget: a position takes REMOVE_RETRIES more draws after the first, then the generator's own token stands
+    unlimited = SwitchRule(threshold=0.1, budget=None, eos="remove")
+    r = row()
+    for _ in range(REMOVE_RETRIES + 1):
+        assert r.response == [1, 2]
+        inject(r, eos, unlimited, math.inf)
+    assert (r.response, r.n_removed) == ([1, 2, own], REMOVE_RETRIES + 1)
+    # eos end: the injected EOS ends the response, a switch at len(response), its JS not a response position's
+    r = row()
+    inject(r, eos, SwitchRule(threshold=0.1, budget=3), 3)
+    assert (r.response, r.switched, r.finish, r.step_js) == ([1, 2], [2], "stop", [0.0, 0.0])
+    # a switch that fills the row's cap ends it by length
+    r = row(cap=3)
+    inject(r, 9, SwitchRule(threshold=0.1, budget=3), 3)
+    assert (r.response, r.finish) == ([1, 2, 9], "length")

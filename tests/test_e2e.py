@@ -237,6 +237,7 @@ CONSUMERS = {
     **{
         f"crosssample.{k}": CROSSSAMPLERS
         for k in (
+            "engine",
             "n_problems",
             "threads",
             "problems_per_shard",
@@ -301,7 +302,7 @@ CONSUMERS = {
     "rollout.jobs": ("rollout",),
     "scoring.jobs": ("score",),
     "crosssample.jobs": ("crosssample",),
-    # the vllm backend's engine settings: an hf run reads none of them
+    # the vLLM engines' settings: an hf rollout and a lockstep cross-sample read none of them
     **{
         f"rollout.vllm_{k}": ()
         for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
@@ -341,6 +342,7 @@ def changed_value(key: str, value):
         "rollout.vllm_max_model_len": 4096,
         "rollout.vllm_dtype": "float16",
         "crosssample.injected_eos": "drop",
+        "crosssample.engine": "regenerate",
         "crosssample.injection": "extrapolate",
         "crosssample.gamma": 0.1,
         "advantages.c": 0.3,

@@ -166,6 +166,15 @@ def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
 
 
+def test_a_key_of_the_other_engine_reruns_nothing_and_the_engine_reruns_the_cross_samples(study, tmp_path):
+    assert plan_of(study, *STUDY) == {}
+    # the vLLM engines' settings: read by engine regenerate (and the vllm rollout backend), so by no job here
+    vllm = {"rollout": {"vllm_dtype": "float32", "vllm_enforce_eager": True, "vllm_gpu_memory_utilization": 0.5}}
+    assert plan_of(study, *STUDY, *overridden(tmp_path, vllm)) == {}
+    regenerate = overridden(tmp_path, {"crosssample": {"engine": "regenerate"}})
+    assert plan_of(study, *STUDY, *regenerate) == AFTER_CROSSSAMPLES
+
+
 def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):
     one_run = {"crosssample": 1, "gather_crosssample": 1, "crosssample_table": 1}
     for policy, spec in (("js", {"threshold": 0.02}), ("random", {"percentile": 80})):

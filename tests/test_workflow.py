@@ -99,6 +99,27 @@ def _mutations():
             "crosssample.thresholds.js.percentile",
         ),
         ("infinite-gamma", m(lambda c: c["crosssample"].update(gamma=float("inf"))), "crosssample.gamma"),
+        # what the regenerate engine does not implement is refused before any job, naming the key
+        (
+            "regenerate-with-injected-eos-drop",
+            m(lambda c: c["crosssample"].update(engine="regenerate", injected_eos="drop")),
+            "crosssample.injected_eos",
+        ),
+        (
+            "regenerate-with-injection-extrapolate",
+            m(lambda c: c["crosssample"].update(engine="regenerate", injection="extrapolate", gamma=0.1)),
+            "crosssample.injection",
+        ),
+        (
+            "regenerate-kl-from-top-k-log-probs",
+            m(
+                lambda c: (
+                    c["crosssample"].update(engine="regenerate", statistic="topk:50", policies=["random", "kl"]),
+                    c["crosssample"]["thresholds"].update(kl={"threshold": 0.1}),
+                )
+            ),
+            "crosssample.statistic",
+        ),
         (
             "nan-in-a-datasets-sampling",
             m(lambda c: c["datasets"]["toy"].update(sampling={"top_p": float("nan")})),
@@ -699,6 +720,62 @@ def test_vllm_scoring_reaches_the_score_jobs_with_its_engine_settings_and_no_oth
     assert not any(k.startswith("--vllm-") for f in scores for k in f)
 
 
+def crosssample_commands(tmp_path, config) -> dict[str, list[str]]:
+    """The shell command of each cross-sampling job `snakemake -n -p all` plans for ``config``, by output."""
+    tmp_path.mkdir()
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    commands = [
+        shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift crosssample .*?2>&1)$", r.stdout, re.M | re.S)
+    ]
+    return {c[c.index("--out") + 1]: c for c in commands}
+
+
+def test_the_engine_reaches_the_jobs_and_its_own_keys_reach_its_jobs_only(tmp_path):
+    def flags(command):
+        return {a for a in command if a.startswith("--")}
+
+    lockstep = copy.deepcopy(DEFAULT)
+    lockstep["crosssample"].update(device_base="cpu", batch_size=8)
+    regenerate = copy.deepcopy(lockstep)
+    regenerate["crosssample"]["engine"] = "regenerate"
+    plans = {
+        name: crosssample_commands(tmp_path / name, config)
+        for name, config in (("lockstep", lockstep), ("regenerate", regenerate))
+    }
+    assert plans["lockstep"].keys() == plans["regenerate"].keys() and plans["lockstep"]
+    for out, command in plans["lockstep"].items():
+        argv = " ".join(command)
+        assert "--engine lockstep" in argv and "--device-base cpu" in argv and "--batch-size 8" in argv
+        assert not {f for f in flags(command) if f.startswith("--vllm")}, out
+        # the regenerate job of the same run: the engine, the vLLM engines' settings, none of lockstep's
+        other = plans["regenerate"][out]
+        assert "--engine regenerate" in " ".join(other) and "--vllm-dtype bfloat16" in " ".join(other)
+        assert flags(other) - flags(command) == {
+            "--vllm-gpu-memory-utilization",
+            "--vllm-dtype",
+            "--no-vllm-enforce-eager",
+        }
+        assert flags(command) - flags(other) == {"--device-base", "--device-rl", "--batch-size"}
+    # a key one engine reads changes nothing in the other engine's jobs, so re-runs none of them
+    vllm_changed = copy.deepcopy(lockstep)
+    vllm_changed["rollout"].update(vllm_dtype="float32", vllm_enforce_eager=True)
+    assert crosssample_commands(tmp_path / "vllm", vllm_changed) == plans["lockstep"]
+    devices_changed = copy.deepcopy(regenerate)
+    devices_changed["crosssample"].update(device_base="cuda:1", device_rl="cpu", batch_size=64)
+    assert crosssample_commands(tmp_path / "devices", devices_changed) == plans["regenerate"]
+    # and where they are set, the user is told regenerate reads them not
+    from snakemake.utils import validate
+
+    from tokenshift.config import check_workflow_config
+
+    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
+    warned = check_workflow_config(devices_changed, schema, validate)
+    assert [w.split(":")[0] for w in warned if "engine lockstep only" in w] == [
+        f"config key crosssample.{k}" for k in ("batch_size", "device_base", "device_rl")
+    ]
+
+
 def test_budget_past_the_length_limit_is_warned_about(tmp_path):
     config = copy.deepcopy(DEFAULT)
     config["crosssample"]["budgets"] = [0, 2, 500]
@@ -748,6 +825,13 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
     grid = CrossSampleGrid.from_config(config["crosssample"])
     runs = len(grid.runs(config["sampling"]["max_new_tokens"])) + len(grid.extrapolation_runs())
     assert len(crosssample) == 2 * runs and {r["gpu"] for r in crosssample} == {"0"}  # both models on the CPU
+    # the regenerate engine's vLLM engines share the job's GPUs wherever the lockstep devices say: both models'
+    (tmp_path / "regenerate.yaml").write_text(yaml.safe_dump({"crosssample": {"engine": "regenerate", "gammas": []}}))
+    out = snakemake(tmp_path, "-n", "all", "--configfile", str(tmp_path / "regenerate.yaml"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = re.split(r"^\[.*\]$", out.stdout + out.stderr, flags=re.M)
+    gpus = {re.search(r"gpu=(\d+)", b)[1] for b in blocks if re.search(r"^rule crosssample:", b, re.M) and "/ab/" in b}
+    assert gpus == {"3"}
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
@@ -767,7 +851,7 @@ def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp
     assert r.returncode == 0, r.stderr
     r = run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--profile", "slurm"]
-        + ["--configfile", "config/paper.yaml", "-n", "all"],
+        + ["--configfile", "config/paper.yaml", "-n", "-p", "all"],
         env={"XDG_CONFIG_HOME": str(xdg), "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]},
         cwd=tmp_path,
         timeout=600,
@@ -778,6 +862,13 @@ def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp
     assert jobs["fetch_model"] == 4 and "toy_base" not in jobs and jobs["dataset"] == 4
     assert jobs["rollout"] == 2 * 4 * 2 * 8 and jobs["score"] == 2 * 4 * 2 * 8
     assert jobs["crosssample"] == 2 * 4 * 2 * (3 * 3 + 1) * 8
+    # rollouts on vLLM, cross-sampling by the authors' regeneration (on vLLM too)
+    commands = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift \w+ .*?2>&1)$", r.stdout, re.M | re.S)]
+    engines = {
+        tuple(c[c.index(flag) : c.index(flag) + 2]) for c in commands for flag in ("--backend", "--engine") if flag in c
+    }
+    assert engines == {("--backend", "vllm"), ("--engine", "regenerate")}
+    assert sum(c[1] == "crosssample" and "--vllm-dtype" in c for c in commands) == jobs["crosssample"]
     gpus = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout):
         head = re.match(r"(?:local)?rule (\w+):", block)

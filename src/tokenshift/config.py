@@ -368,6 +368,30 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             POLICIES[policy].per_row(spec)  # a level its statistic can be taken at
         except ValueError as e:
             raise ConfigError(f"crosssample.thresholds.{policy}", dict(spec), str(e)) from None
+    if cross.get("engine") == "regenerate":
+        from tokenshift.registry import DEFAULT_POLICIES, regenerate_refuses
+        from tokenshift.settings import CrossSampleConfig
+
+        statistic = cross.get("statistic", CrossSampleConfig.statistic)
+        topk = CrossSampleConfig(statistic=statistic).topk
+        for policy in cross.get("policies", DEFAULT_POLICIES):
+            refused = regenerate_refuses(
+                policy,
+                cross.get("injected_eos", CrossSampleConfig.injected_eos),
+                cross.get("injection", CrossSampleConfig.injection),
+                topk,
+            )
+            if refused:
+                key, why = refused
+                shown = cross.get(key, getattr(CrossSampleConfig, key))
+                raise ConfigError(f"crosssample.{key}", shown, f"{why}; or use engine lockstep")
+        if cross.get("gammas"):
+            raise ConfigError(
+                "crosssample.gammas",
+                cross["gammas"],
+                "the extrapolation runs beside the grid draw by extrapolation, which engine regenerate does not "
+                "(injection sample only): gammas: [], or engine lockstep",
+            )
     if cross.get("statistic", "exact") != "exact":
         for policy, spec in cross.get("thresholds", {}).items():
             pol = POLICIES[policy]
@@ -536,6 +560,13 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
 
     out = []
     cross = config.get("crosssample", {})
+    if cross.get("engine") == "regenerate":
+        for key in ("batch_size", "device_base", "device_rl"):
+            if cross.get(key, getattr(CrossSampleConfig, key)) != getattr(CrossSampleConfig, key):
+                out.append(
+                    f"config key crosssample.{key}: {cross[key]!r} is read by engine lockstep only; engine "
+                    "regenerate's vLLM engines batch their own requests and go where vLLM is built for"
+                )
     after_switch = cross.get("length_rule", CrossSampleConfig.length_rule) == "after_switch"
     for name in config.get("datasets", {}):
         max_new = dataset_sampling(config, name).get("max_new_tokens")

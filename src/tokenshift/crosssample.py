@@ -66,7 +66,7 @@ from tokenshift.registry import (
     TOPK_STATISTICS,
     parse_budget,
 )
-from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig
+from tokenshift.settings import VLLM_ENGINE_KEYS, CrossSampleConfig, GradingConfig, PromptConfig, RolloutConfig
 from tokenshift.sharding import Part
 
 log = logging.getLogger(__name__)
@@ -800,12 +800,15 @@ def run_crosssample(
     sampling: SamplingConfig = SamplingConfig(),
     cfg: CrossSampleConfig = CrossSampleConfig(),
     grading: GradingConfig = GradingConfig(),
+    vllm: RolloutConfig = RolloutConfig(),
     part: Part = Part(),
     progress: bool = True,
 ):
     """Cross-sample ``sampling.n`` graded responses per problem into ``out`` (parquet), resumable by shard.
 
-    The run's switching rule is ``SwitchRule.resolve(direction, policy, budget, threshold, scores)``.
+    The run's switching rule is ``SwitchRule.resolve(direction, policy, budget, threshold, scores)``;
+    ``cfg.engine`` decodes it: ``lockstep`` (``cross_sample``) or ``regenerate`` (``tokenshift.regenerate``,
+    on vLLM engines configured by ``vllm``'s ``vllm_*`` settings, one table either way).
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
     of other pairs or datasets are never aggregated together. Of a run split over several jobs,
     this writes job ``part``'s rows. Rows are the rollout stage's columns
@@ -834,6 +837,10 @@ def run_crosssample(
     )
     try:
         rule.decode_steps(sampling.max_new_tokens)
+        if cfg.engine == "regenerate":
+            from tokenshift.regenerate import check_rule
+
+            check_rule(rule)
     except ValueError as e:
         raise InputError(str(e)) from None
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
@@ -853,6 +860,9 @@ def run_crosssample(
             "batch_size": cfg.batch_size,
             "problems_per_shard": cfg.problems_per_shard,
             "threads": cfg.threads,
+            "engine": cfg.engine,
+            # the vLLM engines' settings, which lockstep does not read
+            "vllm": {k: getattr(vllm, k) for k in VLLM_ENGINE_KEYS} if cfg.engine == "regenerate" else None,
         }
     )
     constants = {
@@ -865,8 +875,16 @@ def run_crosssample(
         "injection": rule.injection,
         "gamma": rule.gamma if rule.injection == "extrapolate" else 0.0,
     }
+
+    def backend():
+        if cfg.engine == "regenerate":
+            from tokenshift.regenerate import RegenerateBackend
+
+            return RegenerateBackend(base, rl, rule, sampling, cfg, vllm)
+        return CrossSampleBackend(base, rl, rule, sampling, cfg)
+
     result = run_sharded(
-        lambda: CrossSampleBackend(base, rl, rule, sampling, cfg),
+        backend,
         key,
         problems,
         prompt,

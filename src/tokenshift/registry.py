@@ -251,6 +251,31 @@ RANK_BUCKETS = 5
 """The reallocation table's ranks of RL's top token under the base model: 0 .. RANK_BUCKETS - 1 each, and the rest."""
 DEFAULT_POLICIES = ("js", "random", "argmax", "entropy")
 """The policies a cross-sampling grid runs unless the config names others, in this order."""
+ENGINES = ("lockstep", "regenerate")
+"""Cross-sampling engines: ``lockstep`` (ours, ``tokenshift.crosssample``: both models decode side by side
+on HF transformers) and ``regenerate`` (the authors', ``tokenshift.regenerate``: two vLLM engines, the
+generating model regenerating after each switch)."""
+FULL_VOCABULARY_STATISTICS = ("rank", "kl", "kl_r")
+"""Statistics that need each model's whole distribution: the regenerate engine, which asks vLLM for K
+log-probs under ``statistic: topk:K``, computes them only under ``statistic: exact``."""
+
+
+def regenerate_refuses(policy: str, injected_eos: str, injection: str, topk: int | None) -> tuple[str, str] | None:
+    """The first ``crosssample`` setting (key, why) that the regenerate engine does not implement for a run
+    of ``policy``, or None: the config check and the stage refuse it, naming the key."""
+    if injected_eos == "drop":
+        return (
+            "injected_eos",
+            "engine regenerate implements injected_eos end and remove (draw excluding EOS is lockstep's)",
+        )
+    if injection != "sample":
+        return "injection", "engine regenerate draws a switch from the other model's vLLM sampler: injection sample"
+    if topk is not None and POLICIES[policy].statistic in FULL_VOCABULARY_STATISTICS:
+        return "statistic", (
+            f"engine regenerate takes policy {policy}'s statistic from each model's whole distribution, which "
+            f"vLLM gives only with statistic exact (under topk:{topk} it returns the top {topk})"
+        )
+    return None
 
 
 EXTRAPOLATION_POLICY = "dlogp"

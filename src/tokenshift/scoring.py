@@ -421,24 +421,21 @@ def start_vllm_engines(
 ) -> tuple[dict, int]:
     """(role -> ``vllm.LLM``, the longest row they take) for scoring ``rows``: the engine settings
     ``engine`` (config ``rollout.vllm_*``) with the scoring job's threads, a context for the longest row
-    and the one token vLLM must generate (unless ``vllm_max_model_len`` says), and on a GPU, for ``auto``,
-    half the memory share each (the pair's two engines share the job's GPUs)."""
+    and the one token vLLM must generate (unless ``vllm_max_model_len`` says), and half the memory share
+    each (the pair's two engines share the job's devices)."""
     import dataclasses
 
     from tokenshift.generation import SamplingConfig
     from tokenshift.models import resolve_checkpoint
-    from tokenshift.settings import VLLM_MEMORY_SHARE
-    from tokenshift.vllm_engine import device_kind, start_engine
+    from tokenshift.vllm_engine import start_engine
 
     engine = dataclasses.replace(engine, backend="vllm", threads=cfg.threads)
-    if engine.vllm_gpu_memory_utilization == AUTO and device_kind() == "cuda":
-        engine = dataclasses.replace(engine, vllm_gpu_memory_utilization=VLLM_MEMORY_SHARE["cuda"] / 2)
     longest = max((len(p) + len(r) for p, r in rows), default=1)
     engines, lengths = {}, []
     for role, ckpt in checkpoints.items():
         # a one-token request over prompt + response: the engine's context must hold both and that token
         engines[role], args = start_engine(
-            resolve_checkpoint(ckpt), engine, SamplingConfig(max_new_tokens=1), tokens=longest + 1
+            resolve_checkpoint(ckpt), engine, SamplingConfig(max_new_tokens=1), engines=2, tokens=longest + 1
         )
         lengths.append(args["max_model_len"])
     return engines, min(lengths) - 1

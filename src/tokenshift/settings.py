@@ -20,6 +20,7 @@ from tokenshift.options import option
 from tokenshift.registry import (
     DEFAULT_POLICIES,
     DIRECTIONS,
+    ENGINES,
     EXTRAPOLATION_POLICY,
     INJECTED_EOS,
     INJECTIONS,
@@ -196,8 +197,9 @@ class RolloutConfig:
     )
     vllm_gpu_memory_utilization: float | str = option(
         AUTO,
-        f"vllm: share of each GPU's memory the engine may take; on the CPU, share of the host's memory for its "
-        f"KV cache: auto ({VLLM_MEMORY_SHARE['cuda']} of a GPU, {VLLM_MEMORY_SHARE['cpu']} of a CPU host) or a number",
+        f"vllm: share of each GPU's memory the job's engines may take (cross-sampling's regenerate starts two, "
+        f"half each); on the CPU, share of the host's memory for their KV caches: auto "
+        f"({VLLM_MEMORY_SHARE['cuda']} of a GPU, {VLLM_MEMORY_SHARE['cpu']} of a CPU host) or a number",
         auto=True,
         stages=("vllm",),
     )
@@ -225,7 +227,8 @@ class RolloutConfig:
 
 
 VLLM_ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(RolloutConfig) if f.metadata.get("stages") == ("vllm",))
-"""The vLLM engine's settings (``rollout.vllm_*``): what any stage that runs the engine reads of ``rollout:``."""
+"""The ``rollout:`` keys that configure a vLLM engine (``rollout.vllm_*``): every stage that runs one reads
+them: rollouts (backend vllm), scoring (backend vllm) and cross-sampling (engine regenerate)."""
 
 
 @dataclass(frozen=True)
@@ -356,14 +359,22 @@ class CrossSampleConfig:
     """How the cross-sampling stage runs (config ``crosssample:``, beside the grid of runs)."""
 
     section: ClassVar[str] = "crosssample"
+    engine: str = option(
+        "lockstep",
+        "lockstep (ours): both models decode side by side on HF transformers, one shared uniform per step; "
+        "regenerate (the authors'): two vLLM engines, the generating model writing on from each switched token "
+        "(its vLLM settings are rollout's vllm_* keys)",
+        choices=list(ENGINES),
+    )
     n_problems: int = option(0, "cross-sample only the dataset's first N problems (0 = all of them)", minimum=0)
     batch_size: int | str = option(
         AUTO,
-        f"rows decoded together in lockstep: auto (planned from the free memory of the job's GPUs; "
+        f"lockstep: rows decoded together: auto (planned from the free memory of the job's GPUs; "
         f"{CPU_BATCH['crosssample']} on CPU) or a number; results do not depend on it",
         minimum=1,
         auto=True,
         recorded=False,
+        stages=("lockstep",),
     )
     threads: int = option(
         1,
@@ -372,8 +383,13 @@ class CrossSampleConfig:
         minimum=1,
     )
     problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
-    device_base: str = option("auto", "device of the base model: auto (cuda if present), cpu, cuda, cuda:1, ...")
-    device_rl: str = option("auto", "device of the RL model (see device_base)")
+    # vLLM places regenerate's engines itself (its wheel's device, the job's GPUs): these are lockstep's
+    device_base: str = option(
+        "auto",
+        "lockstep: device of the base model: auto (cuda if present), cpu, cuda, cuda:1, ...",
+        stages=("lockstep",),
+    )
+    device_rl: str = option("auto", "lockstep: device of the RL model (see device_base)", stages=("lockstep",))
     force_switch: bool = option(
         False,
         "the authors' rule: while a response's budget lasts, a stretch after its last switch where no position "
@@ -414,7 +430,8 @@ class CrossSampleConfig:
     statistic: str = option(
         "exact",
         "what js and entropy select on: exact (the full vocabulary) or topk:K (each model's K most probable "
-        "tokens, renormalised, as the authors' vLLM top-50 log-probs); recorded JS values stay exact",
+        "tokens, renormalised, as the authors' vLLM top-50 log-probs); lockstep's recorded JS values stay exact, "
+        "regenerate's are of the K log-probs it asks vLLM for",
     )
 
     def __post_init__(self):

@@ -77,16 +77,24 @@ def model_context(model: Path) -> int | None:
 
 
 def engine_args(
-    model: Path, cfg: RolloutConfig, sampling: SamplingConfig, gpus: int, kind: str = "cuda", tokens: int | None = None
+    model: Path,
+    cfg: RolloutConfig,
+    sampling: SamplingConfig,
+    gpus: int,
+    kind: str = "cuda",
+    engines: int = 1,
+    tokens: int | None = None,
 ) -> dict:
     """``vllm.LLM(**args)`` for ``model`` on device ``kind``: spread over the job's ``gpus`` unless the
     config says how many, the context the responses need (vLLM otherwise sizes the KV cache for the
     model's whole context, which a 32B model's weights leave no room for on one GPU) but never past
-    the model's own, the memory (``auto``: ``VLLM_MEMORY_SHARE`` of the device) and dtype. ``tokens``:
-    the longest request, prompt and output, where the caller knows it (teacher-forced scoring), for
-    the responses' ``max_new_tokens`` + 2048."""
+    the model's own, the memory (``auto``: ``VLLM_MEMORY_SHARE`` of the device) and dtype. Where the
+    job runs ``engines`` engines on the same devices (a pair's two models: cross-sampling's regenerate,
+    as the authors' scripts do, and vLLM scoring), each takes that share of the memory. ``tokens``: the
+    longest request, prompt and output, where the caller knows it (teacher-forced scoring), for the
+    responses' ``max_new_tokens`` + 2048."""
     share = cfg.vllm_gpu_memory_utilization
-    share = VLLM_MEMORY_SHARE[kind] if share == "auto" else share
+    share = (VLLM_MEMORY_SHARE[kind] if share == "auto" else share) / engines
     context = model_context(model) if (model / "config.json").is_file() else None
     wanted = sampling.max_new_tokens + 2048 if tokens is None else tokens
     length = cfg.vllm_max_model_len or (min(wanted, context) if context else wanted)
@@ -122,9 +130,11 @@ def engine_args(
 _ENGINES: dict[tuple, object] = {}
 
 
-def start_engine(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, *, tokens: int | None = None):
-    """``(vllm.LLM, its args)`` for ``model`` (a resolved checkpoint directory) on the device found here
-    (``tokens``: see ``engine_args``).
+def start_engine(
+    model: Path, cfg: RolloutConfig, sampling: SamplingConfig, engines: int = 1, *, tokens: int | None = None
+):
+    """``(vllm.LLM, its args)`` for ``model`` (a resolved checkpoint directory) on the device found here,
+    one of ``engines`` that share it (``engines``, ``tokens``: see ``engine_args``).
 
     An engine is started once per process and arguments, then reused: the engine is the costly part
     (minutes for a large model), and what differs between calls (sampling, seeds) is per request.
@@ -135,7 +145,8 @@ def start_engine(model: Path, cfg: RolloutConfig, sampling: SamplingConfig, *, t
     kind = device_kind()
     if kind == "cpu":
         torch.set_num_threads(cfg.threads)
-    args = engine_args(model, cfg, sampling, torch.cuda.device_count() if kind == "cuda" else 0, kind, tokens)
+    gpus = torch.cuda.device_count() if kind == "cuda" else 0
+    args = engine_args(model, cfg, sampling, gpus, kind, engines, tokens)
     key = tuple(sorted(args.items()))
     if key not in _ENGINES:
         _ENGINES[key] = vllm.LLM(**args)

@@ -42,6 +42,7 @@ from tokenshift.settings import (
     ExplorerConfig,
     GradingConfig,
     PromptConfig,
+    VLLM_ENGINE_KEYS,
     RolloutConfig,
     SamplingConfig,
     ScoringConfig,
@@ -73,8 +74,9 @@ TOY_PAIRS = [p for p, d in PAIRS.items() if "toy" in MODELS[d["base"]] and "toy"
 # the toy pairs whose tuned model is trained by GRPO (with checkpoints along the way)
 TOY_RL_PAIRS = [p for p in TOY_PAIRS if PAIRS[p]["rl"] in TOY_RL]
 GRID = CrossSampleGrid.from_config(config["crosssample"])
-# the cross-sampling keys a job reads follow its length_rule and its injection (gamma under extrapolate only)
-CROSSSAMPLE_STAGES = (config["crosssample"]["length_rule"], config["crosssample"]["injection"])
+# the cross-sampling keys a job reads follow its length_rule, its injection (gamma under extrapolate only)
+# and its engine (batch size and devices: lockstep's; the vLLM engines' settings: regenerate's)
+CROSSSAMPLE_STAGES = tuple(config["crosssample"][k] for k in ("length_rule", "injection", "engine"))
 ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
 ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
@@ -236,10 +238,11 @@ def settings_of(cls, stage=None, recorded=True):
     return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage, recorded=recorded))
 
 
-def vllm_engine_of(section):
-    """The vLLM engine's settings (``rollout.vllm_*``) for the jobs of a stage whose ``backend`` (config
-    ``section``) is vllm; none for hf, whose jobs read none of them."""
-    if config[section]["backend"] != "vllm":
+def vllm_engine_of(section, key="backend", engine="vllm"):
+    """The vLLM engine's settings (``rollout.vllm_*``) for the jobs of a stage that runs vLLM (config
+    ``section``'s ``key`` is ``engine``: scoring's backend vllm, cross-sampling's engine regenerate); none
+    for the others, whose jobs read none of them, so changing one re-runs none of theirs."""
+    if config[section][key] != engine:
         return ""
     return shell_args(RolloutConfig, {k: v for k, v in config["rollout"].items() if k in VLLM_ENGINE_KEYS})
 
@@ -327,8 +330,10 @@ def job_models(stage, wildcards, input, key):
         roles = {PAIRS[wildcards.pair][wildcards.role]: (input.model, "auto")}
     elif stage in ("score", "crosssample"):
         section = config["scoring" if stage == "score" else "crosssample"]
+        # regenerate's vLLM engines go where vLLM is built for, sharing the job's GPUs: the devices are lockstep's
+        placed = stage == "score" or config["crosssample"]["engine"] == "lockstep"
         roles = {
-            PAIRS[wildcards.pair][role]: (path, section[f"device_{role}"])
+            PAIRS[wildcards.pair][role]: (path, section[f"device_{role}"] if placed else "auto")
             for role, path in (("base", input.base), ("rl", input.rl))
         }
     else:

@@ -1,7 +1,9 @@
-# Cross-sampling: both models decode in lockstep and trade tokens at the positions a policy
-# picks, under a per-response budget. Each (direction, policy, budget) is its own target, so
-# re-running one budget re-runs its jobs alone; a table per pair and dataset aggregates them. A
-# run is written by `crosssample.jobs` jobs, one part each ({scatteritem} = I-of-N), gathered in order.
+# Cross-sampling: one model generates and the other's tokens are put in at the positions a policy
+# picks, under a per-response budget; both decode in lockstep (engine lockstep), or the generating
+# model regenerates after each switch on vLLM (engine regenerate, the authors'), to one table. Each
+# (direction, policy, budget) is its own target, so re-running one budget re-runs its jobs alone; a
+# table per pair and dataset aggregates them. A run is written by `crosssample.jobs` jobs, one part
+# each ({scatteritem} = I-of-N), gathered in order.
 # The grid, and the rule that budget 0 runs once per direction (under the registry's first policy
 # of the grid, with no threshold: it switches nowhere), are tokenshift.settings.CrossSampleGrid.
 
@@ -34,10 +36,11 @@ rule crosssample:
         prompt=prompt_args,
         grading=settings_of(GradingConfig),
         run=crosssample_args,
+        vllm=vllm_engine_of("crosssample", key="engine", engine="regenerate"),
     shell:
         "tokenshift crosssample --base {input.base} --rl {input.rl} --pair {input.pair} --dataset {input.dataset} "
         "--direction {wildcards.direction} --policy {wildcards.policy} --budget {wildcards.budget} "
-        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} {resources.tuning} --part {wildcards.scatteritem} "
+        "{params.threshold} {params.scores} {params.sampling} {params.prompt} {params.grading} {params.run} {params.vllm} {resources.tuning} --part {wildcards.scatteritem} "
         "--out {output} > {log} 2>&1"
 
 

@@ -10,15 +10,20 @@ from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS
 
 
 def register(sub) -> None:
-    from tokenshift.settings import CrossSampleConfig
+    import dataclasses
+
+    from tokenshift.options import add_options
+    from tokenshift.settings import VLLM_ENGINE_KEYS, CrossSampleConfig, RolloutConfig
 
     cs = sub.add_parser(
         "crosssample",
-        help="decode with both models in lockstep, switching tokens under a budget",
+        help="decode with both models, switching tokens under a budget",
         description="One model generates; where the policy's statistic exceeds the threshold and the response's "
         "budget lasts, the token is drawn from the other model (forward: base generates, RL injected; "
-        "reverse: the other way). Responses are graded; one parquet row per sample with the switched "
-        "positions and their JS. Sharded and resumable like the rollout stage.",
+        "reverse: the other way), with both models decoding in lockstep (--engine lockstep) or, as the authors "
+        "do, on two vLLM engines, the generating one writing on from each switch (--engine regenerate). "
+        "Responses are graded; one parquet row per sample with the switched positions and their JS. Sharded "
+        "and resumable like the rollout stage.",
     )
     pair_models(cs)
     cs.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
@@ -53,6 +58,10 @@ def register(sub) -> None:
     cs.add_argument("--pair", help="the pair manifest (resources/pairs/<pair>.json): its name goes into the rows")
     output(cs, "--out", "a .parquet file path", "parquet file to write")
     generation_options(cs, CrossSampleConfig, "decoding (config `crosssample:`)")
+    engine_only = [f.name for f in dataclasses.fields(RolloutConfig) if f.name not in VLLM_ENGINE_KEYS]
+    add_options(
+        cs, RolloutConfig, exclude=engine_only, title="the vLLM engines of --engine regenerate (config `rollout:`)"
+    )
     cs.set_defaults(func=_crosssample)
 
     ct = sub.add_parser(
@@ -78,7 +87,14 @@ def register(sub) -> None:
 def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.crosssample import run_crosssample
     from tokenshift.io import InputError, read_json
-    from tokenshift.settings import CrossSampleConfig, GradingConfig, PromptConfig, SamplingConfig
+    from tokenshift.settings import (
+        VLLM_ENGINE_KEYS,
+        CrossSampleConfig,
+        GradingConfig,
+        PromptConfig,
+        RolloutConfig,
+        SamplingConfig,
+    )
 
     if args.level != "dataset" and args.percentile is None:
         raise InputError(f"--level {args.level} needs --percentile: a fixed --threshold holds for every row")
@@ -96,6 +112,8 @@ def _crosssample(args: argparse.Namespace) -> None:
         if args.percentile is not None
         else {}
     )
+    cfg = settings(CrossSampleConfig, args)
+    engine = argparse.Namespace(**{k: getattr(args, k) for k in VLLM_ENGINE_KEYS})
     run_crosssample(
         args.base,
         args.rl,
@@ -109,8 +127,9 @@ def _crosssample(args: argparse.Namespace) -> None:
         pair=pair,
         prompt=settings(PromptConfig, args),
         sampling=settings(SamplingConfig, args),
-        cfg=settings(CrossSampleConfig, args),
+        cfg=cfg,
         grading=settings(GradingConfig, args),
+        vllm=settings(RolloutConfig, engine, backend="vllm", threads=cfg.threads),
         part=args.part,
         progress=not args.quiet,
     )
