@@ -733,10 +733,11 @@ def crosssample_commands(tmp_path, config) -> dict[str, list[str]]:
 
 def test_the_engine_reaches_the_jobs_and_its_own_keys_reach_its_jobs_only(tmp_path):
     def flags(command):
-        return {a for a in command if a.startswith("--")}
+        return {a.split("=")[0] for a in command if a.startswith("--")}
 
     lockstep = copy.deepcopy(DEFAULT)
-    lockstep["crosssample"].update(device_base="cpu", batch_size=8)
+    # (no extrapolation runs beside the grid: regenerate draws by sampling only)
+    lockstep["crosssample"].update(device_base="cpu", batch_size=8, gammas=[])
     regenerate = copy.deepcopy(lockstep)
     regenerate["crosssample"]["engine"] = "regenerate"
     plans = {
@@ -746,11 +747,11 @@ def test_the_engine_reaches_the_jobs_and_its_own_keys_reach_its_jobs_only(tmp_pa
     assert plans["lockstep"].keys() == plans["regenerate"].keys() and plans["lockstep"]
     for out, command in plans["lockstep"].items():
         argv = " ".join(command)
-        assert "--engine lockstep" in argv and "--device-base cpu" in argv and "--batch-size 8" in argv
+        assert "--engine=lockstep" in argv and "--device-base=cpu" in argv and "--batch-size=8" in argv
         assert not {f for f in flags(command) if f.startswith("--vllm")}, out
         # the regenerate job of the same run: the engine, the vLLM engines' settings, none of lockstep's
         other = plans["regenerate"][out]
-        assert "--engine regenerate" in " ".join(other) and "--vllm-dtype bfloat16" in " ".join(other)
+        assert "--engine=regenerate" in " ".join(other) and "--vllm-dtype=bfloat16" in " ".join(other)
         assert flags(other) - flags(command) == {
             "--vllm-gpu-memory-utilization",
             "--vllm-dtype",
@@ -864,11 +865,10 @@ def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp
     assert jobs["crosssample"] == 2 * 4 * 2 * (3 * 3 + 1) * 8
     # rollouts on vLLM, cross-sampling by the authors' regeneration (on vLLM too)
     commands = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift \w+ .*?2>&1)$", r.stdout, re.M | re.S)]
-    engines = {
-        tuple(c[c.index(flag) : c.index(flag) + 2]) for c in commands for flag in ("--backend", "--engine") if flag in c
-    }
-    assert engines == {("--backend", "vllm"), ("--engine", "regenerate")}
-    assert sum(c[1] == "crosssample" and "--vllm-dtype" in c for c in commands) == jobs["crosssample"]
+    engines = {(c[1], a) for c in commands for a in c if a.startswith(("--backend=", "--engine="))}
+    assert engines == {("rollout", "--backend=vllm"), ("crosssample", "--engine=regenerate"), ("score", "--backend=hf")}
+    vllm_set = [c for c in commands if any(a.startswith("--vllm-dtype=") for a in c)]
+    assert sum(c[1] == "crosssample" for c in vllm_set) == jobs["crosssample"]
     gpus = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout):
         head = re.match(r"(?:local)?rule (\w+):", block)

@@ -199,7 +199,9 @@ POLICIES: dict[str, Policy] = {
             bounds=(-math.inf, math.inf),
             score_column="logp_{generator}-logp_{other}",
             tau=True,
-            default_threshold={"tau": -0.3},  # the follow-up's for DAPO-32B
+            # ours, as the other scored policies': a tau, as the follow-up gives it (theirs: -0.3 for DAPO-32B,
+            # config/directions.yaml), holds on one pair's log-probability scale only
+            default_threshold={"percentile": 90},
         ),
         Policy(
             "rank",
