@@ -136,19 +136,30 @@ def run_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256((text + code_version()).encode()).hexdigest()
 
 
-def _shard_ok(path: Path, rows: int) -> str | None:
-    """Why the shard at ``path`` cannot be reused, or None when it can."""
+def _shard_ok(path: Path, keys: Sequence[tuple[str, int]]) -> str | None:
+    """Why the shard at ``path`` cannot be reused, or None when it can: ``keys`` are the (problem id,
+    sample index) of the rows it should hold, in order (another shard's file and record copied over
+    it match each other, not its place)."""
     record = path.with_suffix(".json")
     if not record.is_file():
         return "it has no record (it was being written when the job stopped)"
     try:
         meta = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError):
-        return f"its record {record.name} is unreadable"
-    if meta.get("rows") != rows:
-        return f"its record says {meta.get('rows')} rows, the shard should have {rows}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
+    if meta.get("rows") != len(keys):
+        return f"its record says {meta.get('rows')} rows, the shard should have {len(keys)}"
     if sha256_file(path) != meta.get("sha256"):
         return "its bytes differ from those recorded when it was written (truncated or edited)"
+    try:
+        held = pl.read_parquet(path, columns=["problem_id", "sample_index"])
+    except Exception as e:  # a file hashed as recorded, yet not a shard: a record written for it by hand
+        return f"it is not a readable shard ({type(e).__name__})"
+    if list(zip(held["problem_id"].to_list(), held["sample_index"].to_list())) != list(keys):
+        first = held["problem_id"][0] if held.height else None
+        return f"it holds other rows than its place's (problem {first!r} first; another shard copied over it?)"
     return None
 
 
@@ -194,7 +205,7 @@ def run_sharded(
         if not path.exists():
             todo.append(k)
             continue
-        why = _shard_ok(path, len(chunk) * n)
+        why = _shard_ok(path, [(p.problem_id, j) for p in chunk for j in range(n)])
         if why:
             log.warning("discarding shard %s and computing it again: %s", path, why)
             path.unlink()
