@@ -254,6 +254,24 @@ def test_gather_joins_parts_in_order_and_names_a_broken_one(tmp_path):
     assert not (tmp_path / "new.parquet").exists()
 
 
+def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
+    from test_plots import rollouts
+
+    table = tmp_path / "results" / "r.parquet"
+    table.parent.mkdir()
+    rollouts(0.5).write_parquet(table)
+    table.write_bytes(table.read_bytes()[:300])  # a finished table, truncated since
+    cmd = tokenshift_cmd() + ["accuracy", "--base", "results/r.parquet", "--rl", "results/r.parquet", "--out", "a.pq"]
+    one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
+    # in a workflow's working directory, the job that made it is named: Snakemake would plan it no more
+    (tmp_path / ".snakemake").mkdir()
+    r = run(cmd, cwd=tmp_path)
+    one_line_error(
+        r, "results/r.parquet: not a readable parquet file", "`snakemake --cores all all --forcerun results/r.parquet`"
+    )
+    assert not (tmp_path / "a.pq").exists()
+
+
 def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
     r = run(
         tokenshift_cmd()

@@ -190,6 +190,23 @@ def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
     assert plan_of(study, *STUDY) == {}
 
 
+def test_a_damaged_table_is_named_with_the_command_that_makes_it_again(study):
+    import polars as pl
+
+    assert plan_of(study, *STUDY) == {}
+    rel = "results/ab/tiny/rollouts/base.parquet"
+    table = study / rel
+    table.write_bytes(table.read_bytes()[:200])  # a finished table, truncated since
+    assert snakemake(study, "--cores", "1", *STUDY).returncode != 0
+    # the job that reads it fails, and would fail again at each run: its log names the job to force
+    log = (study / "logs" / "accuracy" / "ab" / "tiny.log").read_text()
+    command = re.search(r"`snakemake (--cores all all --forcerun (\S+))`", log)
+    assert command and command[2] == rel, log
+    make(study, *STUDY, *command[1].split()[3:])
+    assert pl.read_parquet(table).height == len(PROBLEMS)
+    assert plan_of(study, *STUDY) == {}
+
+
 def interrupted(work, part: str, env=None) -> None:
     """Run the job of ``part`` as Snakemake would, and have it stop after its last shard, before the
     part is written (a folder stands where the part goes), as a job killed there leaves it."""

@@ -112,18 +112,9 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
 
 
 def _read_part(path: Path) -> pl.DataFrame:
-    """A part, or ``InputError`` naming it; a damaged one also says how to make it again. Its job
-    finished (a part is written whole or not at all), so Snakemake counts it done, and once the failed
-    gather's table is gone, a plain re-run finds nothing to do: the part's job must be forced."""
-    if not Path(path).is_file():
-        return read_parquet(path, "a part of a split run")
-    try:
-        return read_parquet(path, "a part of a split run")
-    except InputError as e:
-        raise InputError(
-            f"{e}; it was damaged after its job wrote it: make it again, and all that follows it, with "
-            f"`snakemake --cores all all --forcerun {path}`"
-        ) from None
+    """A part, or ``InputError`` naming it; a damaged one also says how to make it again
+    (``io.remake_hint``): once the failed gather's table is gone, a plain re-run finds nothing to do."""
+    return read_parquet(path, "a part of a split run")
 
 
 def run_key(parts: Mapping[str, Any]) -> str:
