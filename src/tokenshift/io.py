@@ -103,9 +103,10 @@ def write_yaml_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def write_parquet_atomic(df, path: Path) -> None:
-    """Write a polars DataFrame to ``path`` through a temporary file and a rename."""
-    _atomic(path, df.write_parquet)
+def write_parquet_atomic(df, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a polars DataFrame to ``path`` through a temporary file and a rename (``metadata``: the
+    file's key-value metadata)."""
+    _atomic(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
 def remake_hint(path: Path | str) -> str:

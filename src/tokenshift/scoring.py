@@ -40,7 +40,7 @@ from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.registry import SCORE_ORDER
 from tokenshift.settings import AUTO, CPU_BATCH, ScoringConfig
-from tokenshift.sharding import Part
+from tokenshift.sharding import Part, write_part
 
 log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ("top_ids_base", "top_probs_base", "top_ids_rl", "top_probs_rl")
@@ -274,7 +274,7 @@ def run_scoring(
     """
     import polars as pl
 
-    from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
+    from tokenshift.io import InputError, read_json, read_parquet
     from tokenshift.models import job_batch, job_devices, load_causal_lm
 
     torch.set_num_threads(cfg.threads)
@@ -308,7 +308,7 @@ def run_scoring(
     candidates = [pl.Series(k, cols[k]) for k in CANDIDATE_COLUMNS if k in cols]
     scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
     scores = scores.with_columns(pl.lit(source).alias("source")).sort(*SCORE_ORDER)
-    write_parquet_atomic(scores, Path(out))
+    write_part(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(
         "scored %d tokens of %d responses; skipped: %s",

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
-from tokenshift.io import InputError, read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.io import InputError, read_parquet, remake_hint, sha256_file, write_json_atomic, write_parquet_atomic
 from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -85,22 +86,60 @@ class Part:
         return range(-(-(self.index - 1) * n // self.count), -(-self.index * n // self.count))
 
 
+PART_RECORD = "tokenshift.part"
+"""The key of a part's parquet metadata that records where its job wrote it (``write_part``)."""
+
+
+def _place(path: Path | str) -> str:
+    """Where a file is, as a part records it and the gather checks it: relative to the working directory
+    when under it (a run's folder moved whole stays valid), else absolute."""
+    full = Path(os.path.abspath(path))
+    try:
+        return full.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return full.as_posix()
+
+
+def write_part(table: pl.DataFrame, path: Path) -> None:
+    """Write the table of a run, or of one job's part of it, recording where (``gather_parts`` checks it)."""
+    write_parquet_atomic(table, path, metadata={PART_RECORD: _place(path)})
+
+
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
-    its own), written to ``out``."""
-    frames = [(p, t) for p, t in ((p, _read_part(p)) for p in parts) if t.width]
-    first_path, first = (frames[0][0], frames[0][1].schema) if frames else (None, None)
-    for p, t in frames[1:]:
-        if t.schema != first:
+    its own), written to ``out``.
+
+    Each part must be the file its job wrote there (``write_part``'s record: another part, or another
+    table, copied over it is refused, naming it), and the parts must share their columns (one that
+    differs from the columns most parts have is named)."""
+    frames = []
+    for p in parts:
+        table = _read_part(p)
+        recorded = pl.read_parquet_metadata(p).get(PART_RECORD)
+        if recorded != _place(p):
+            held = (
+                f"it records being written as {recorded}: copied over this one?"
+                if recorded
+                else "it has no record of its place, which tokenshift rollout, score and crosssample write "
+                "in each part: another file copied over it?"
+            )
+            raise InputError(f"{p}: not the part its job wrote there ({held}){remake_hint(p)}")
+        if table.width:  # a job given no shard writes a part without columns
+            frames.append((p, table))
+    schemas = [t.schema for _, t in frames]
+    common = max(schemas, key=schemas.count) if schemas else None  # ties: the first part's
+    for p, t in frames:
+        if t.schema != common:
+            ref = next(q for q, u in frames if u.schema == common)
             diff = next(
                 (
-                    f"column {c!r}: {t.schema.get(c, 'none')} here, {first.get(c, 'none')} there"
-                    for c in [*first, *t.schema]
-                    if first.get(c) != t.schema.get(c)
+                    f"column {c!r}: {t.schema.get(c, 'none')} here, {common.get(c, 'none')} there"
+                    for c in [*common, *t.schema]
+                    if common.get(c) != t.schema.get(c)
                 ),
                 "the same columns in another order",
             )
-            raise InputError(f"{p}: not a part of the same run as {first_path} (expected its columns; {diff})")
+            raise InputError(f"{p}: not a part of the same run as {ref} (expected its columns; {diff}){remake_hint(p)}")
     table = pl.concat([t for _, t in frames]) if frames else pl.DataFrame()
     unknown = [c for c in sort_by if table.width and c not in table.columns]
     if unknown:
@@ -233,7 +272,7 @@ def run_sharded(
     bar.close()
     parts = [pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in shards]
     table = pl.concat(parts) if parts else pl.DataFrame()  # a part may get no shard: more jobs than shards
-    write_parquet_atomic(table, out)
+    write_part(table, out)
     shutil.rmtree(shard_dir)  # the table is complete: a later run of this target starts afresh
     return table
 
