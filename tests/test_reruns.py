@@ -164,6 +164,9 @@ def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
     assert plan_of(study, *STUDY, *overridden(tmp_path, batches)) == {}
     # the grid's policies in another order: budget 0 keeps its path and its settings
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
+    # the same numbers written otherwise (90.0 for 90, 1 for 1.0) are the same settings
+    same = {"crosssample": {"thresholds": {"random": {"percentile": 90.0}}}, "sampling": {"temperature": 1}}
+    assert plan_of(study, *STUDY, *overridden(tmp_path, same)) == {}
 
 
 def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):

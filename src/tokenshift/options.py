@@ -154,9 +154,21 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+def canonical(value: Any) -> Any:
+    """``value`` with every integral float as an int, in lists and mappings too: YAML's ``50.0`` and
+    ``50`` are one setting, and the workflow records settings as text (a float flag parses either)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return type(value)(canonical(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
 def shell_args(cls: type, values: Mapping[str, Any]) -> str:
-    """``to_argv`` quoted for a shell command line."""
-    return " ".join(shlex.quote(a) for a in to_argv(cls, values))
+    """``to_argv`` quoted for a shell command line, each number in one text (``canonical``)."""
+    return " ".join(shlex.quote(a) for a in to_argv(cls, canonical(values)))
 
 
 def section_values(

@@ -18,7 +18,7 @@ from tokenshift.codehash import stage_code
 from tokenshift.config import check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files
-from tokenshift.options import flag, section_values, shell_args
+from tokenshift.options import canonical, flag, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
     DIVERGENCE_FIGURES,
@@ -255,9 +255,9 @@ def prompt_args(wildcards):
 def threshold_args(wildcards):
     """``--threshold t`` or ``--percentile q [--level L]`` (none for a policy whose threshold is fixed,
     nor at budget 0, which never switches), in one order whatever the YAML's, so a reordered config
-    is the same recorded setting."""
+    is the same recorded setting (and ``50.0`` the same as ``50``)."""
     spec = GRID.threshold_spec(wildcards.policy, wildcards.budget)
-    return shlex.join(a for k, v in sorted(spec.items()) for a in (f"--{k}", str(v)))
+    return shlex.join(a for k, v in sorted(spec.items()) for a in (f"--{k}", str(canonical(v))))
 
 
 def toy_check_args(wildcards):
