@@ -159,14 +159,21 @@ def overridden(tmp_path, overrides: dict) -> list[str]:
 
 
 def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
-    assert plan_of(study, *STUDY) == {}
-    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}}  # documented: results do not depend
-    assert plan_of(study, *STUDY, *overridden(tmp_path, batches)) == {}
+    targets = [*STUDY, "results/config.yaml"]  # the settings the report quotes, too
+    make(study, "results/config.yaml")
+    assert plan_of(study, *targets) == {}
+    # documented: results do not depend on them
+    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}, "cluster": {"gpu_memory_gb": 40}}
+    assert plan_of(study, *targets, *overridden(tmp_path, batches)) == {}
     # the grid's policies in another order: budget 0 keeps its path and its settings
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
     # the same numbers written otherwise (90.0 for 90, 1 for 1.0) are the same settings
     same = {"crosssample": {"thresholds": {"random": {"percentile": 90.0}}}, "sampling": {"temperature": 1}}
-    assert plan_of(study, *STUDY, *overridden(tmp_path, same)) == {}
+    assert plan_of(study, *targets, *overridden(tmp_path, same)) == {}
+    # a setting results depend on rewrites the quoted config
+    assert plan_of(study, "results/config.yaml", *overridden(tmp_path, {"sampling": {"top_p": 0.5}})) == {
+        "run_config": 1
+    }
 
 
 def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):

@@ -188,3 +188,17 @@ def section_values(
         and f.metadata.get("recorded", True) == recorded
     }
     return {k: v for k, v in config.get(cls.section, {}).items() if k in names}
+
+
+def recorded_config(config: Mapping[str, Any], classes: Sequence[type]) -> dict[str, Any]:
+    """``config`` less the settings no result depends on (the fields of ``classes`` declared
+    ``recorded=False``: a batch size, what a job asks the scheduler for), each number in one text
+    (``canonical``): what the workflow records of the whole config (``results/config.yaml``, which the
+    report quotes), so that changing such a setting rewrites no page."""
+    out = canonical(dict(config))
+    for cls in classes:
+        section = out.get(cls.section)
+        if isinstance(section, Mapping):
+            unrecorded = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("recorded", True)}
+            out[cls.section] = {k: v for k, v in section.items() if k not in unrecorded}
+    return out

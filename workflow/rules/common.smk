@@ -18,7 +18,7 @@ from tokenshift.codehash import stage_code
 from tokenshift.config import check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files
-from tokenshift.options import canonical, flag, section_values, shell_args
+from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
     DIVERGENCE_FIGURES,
@@ -32,6 +32,7 @@ from tokenshift.registry import (
 )
 from tokenshift.settings import (
     AccuracyConfig,
+    ClusterConfig,
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
@@ -73,6 +74,20 @@ GRID = CrossSampleGrid.from_config(config["crosssample"])
 # the cross-sampling keys a job reads follow its length rule and its injection (gamma: extrapolate only)
 CROSSSAMPLE_STAGES = (config["crosssample"]["length_rule"], config["crosssample"]["injection"])
 ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
+# the config sections of stage settings: the fields of each that no result depends on are not recorded
+SETTINGS = (
+    SamplingConfig,
+    GradingConfig,
+    RolloutConfig,
+    AccuracyConfig,
+    ScoringConfig,
+    DivergenceConfig,
+    CrossSampleConfig,
+    ExplorerConfig,
+    ClusterConfig,
+    ToyBuildConfig,
+    AdvantageExperimentConfig,
+)
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
 ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
 
