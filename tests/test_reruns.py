@@ -104,6 +104,37 @@ def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetche
     resolve_checkpoint(fetched / "resources" / "models" / "b.json")
 
 
+CHANGES = {
+    "config.json": lambda c: c | {"rope_theta": 1234.0},
+    "generation_config.json": lambda c: c | {"eos_token_id": [c["eos_token_id"], 3]},  # one more stop token
+    "tokenizer_config.json": lambda c: c | {"chat_template": "{{ messages[0]['content'] }}?"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_a_config_or_tokenizer_file_copied_with_an_old_mtime_reruns_the_fetch_and_what_reads_it(
+    fetched, name, tmp_path
+):
+    from tokenshift.models import ModelFetchError, resolve_checkpoint
+
+    targets = [*SOURCES, "resources/pairs/ab.json"]
+    make(fetched, *targets)
+    assert plan_of(fetched, *targets) == {}
+    source = fetched / "ckpt" / "b" / name
+    edited = tmp_path / name
+    edited.write_text(json.dumps(CHANGES[name](json.loads(source.read_text()))))
+    older_copy(edited, source, "cp -p")
+    # a stage run on the old manifest refuses the changed file before loading anything
+    with pytest.raises(ModelFetchError, match=f"model 'b': .*{name} is not the file its manifest"):
+        resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+    # the fetch runs again, and its new manifest re-runs what reads it (not only a dry run's plan)
+    make(fetched, "resources/models/b.json")
+    assert plan_of(fetched, *targets) == {"check_pair": 1}
+    make(fetched, *targets)
+    assert plan_of(fetched, *targets) == {}
+    resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+
+
 @pytest.mark.parametrize("tool", ["cp -p", "touch -d"])
 def test_a_dataset_file_copied_with_an_old_mtime_reruns_the_dataset(fetched, tool, tmp_path):
     assert plan_of(fetched, *SOURCES) == {}
