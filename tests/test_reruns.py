@@ -13,8 +13,8 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, save_checkpoint
-from helpers import local_study_config, planned, snakemake, tiny_problems
+from conftest import save_checkpoint
+from helpers import local_study_config, patched_source, planned, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
@@ -159,25 +159,32 @@ def study(tmp_path_factory, toy_tokenizer):
     return work
 
 
-def patched(tmp_path, module: str) -> dict[str, str]:
+def patched(tmp_path, module: str, function: str | None = None) -> dict[str, str]:
     """The environment of a tokenshift whose ``module`` (a path in the package) has changed: a copy of
-    src/ with a line added to it, first on PYTHONPATH."""
-    src = tmp_path / module.replace("/", "-")
-    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    with open(src / "tokenshift" / module, "a") as f:
-        f.write("\nCHANGED = True  # an upgrade\n")
-    return {"PYTHONPATH": str(src)}
+    src/ with a line added to ``function`` (None: an unused setting at its end), first on PYTHONPATH."""
+    return {"PYTHONPATH": str(patched_source(tmp_path, module, function))}
 
 
 def test_a_code_change_reruns_the_stages_that_run_it_and_no_other(study, tmp_path):
     assert plan_of(study, *STUDY) == {}
     # the grader: the rollouts and cross-samples grade, and all that reads them follows
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "grading.py")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
-    # the tables' code: the two tables, not the runs they aggregate
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py")) == {"accuracy": 1, "crosssample_table": 1}
-    # the rollout stage's own module: the rollouts, not the cross-samples (whose decoder it imports)
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py")) == AFTER_ROLLOUTS
-    # the figures' style: nothing these tables need
+    assert (
+        plan_of(study, *STUDY, env=patched(tmp_path, "grading.py", "grade_one")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    )
+    # the tables' code: the table that runs it, not the runs it aggregates
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py", "accuracy_table")) == {"accuracy": 1}
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py", "crosssample_table")) == {"crosssample_table": 1}
+    # the rollout stage's own module: the rollouts, not the cross-samples
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py", "run_rollouts")) == AFTER_ROLLOUTS
+    # the cross-sampling stage: the cross-samples, not the rollouts, though they decode with its decoder...
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "run_crosssample")) == AFTER_CROSSSAMPLES
+    # ...which both run: a change to it re-runs both
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "_decode_batch")) == (
+        AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    )
+    # the scores' statistics, a setting nothing reads, the figures' style: nothing these tables need
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "divergence.py", "token_stats_unchecked")) == {}
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py")) == {}
     assert plan_of(study, *STUDY, env=patched(tmp_path, "plots/style.py")) == {}
     assert plan_of(study, *STUDY) == {}
 
@@ -275,7 +282,7 @@ def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_wou
     assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()
     # other code (an upgrade since): the shards are discarded and the job recomputes from nothing
     interrupted(study, part)
-    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py"))
+    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py", "run_crosssample"))
     text = log.read_text()
     assert "starting over" in text and "already written" not in text
     assert not (study / f"{part}.shards").exists()

@@ -14,7 +14,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from tokenshift.cluster import job_resources, manifest_needed
-from tokenshift.codehash import stage_code
+from tokenshift.codehash import code_of, stage_code
 from tokenshift.config import check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files

@@ -81,6 +81,7 @@ rule run_config:
         "logs/config.log",
     localrule: True
     params:
+        code=code_of("tokenshift.options.recorded_config", "tokenshift.io.write_yaml_atomic"),
         # recorded, in a canonical order: a changed setting rewrites it, and the report; not those no
         # result depends on (a batch size, the cluster's resources), which no job records either
         config=lambda wildcards: json.dumps(recorded_config(config, SETTINGS), sort_keys=True, default=str),
