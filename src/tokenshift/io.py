@@ -109,20 +109,27 @@ def write_parquet_atomic(df, path: Path, metadata: dict[str, str] | None = None)
     _atomic(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
+def place(path: Path | str) -> str:
+    """Where a file is: relative to the working directory when under it (as a workflow's rules name
+    their files, so a run's folder moved whole keeps its names), else absolute."""
+    full = Path(os.path.abspath(path))
+    try:
+        return full.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return full.as_posix()
+
+
 def remake_hint(path: Path | str) -> str:
     """How to make ``path`` again where a workflow made it (a file under the working directory of a
     Snakemake run, which holds ``.snakemake/``), else "". A finished output damaged since (truncated,
     overwritten) fails the job that reads it, and Snakemake, which counts it done, plans its job no
     more: the job must be forced, and then all that follows it runs again."""
-    if not Path(".snakemake").is_dir():
-        return ""
-    try:
-        rel = Path(os.path.abspath(path)).relative_to(Path.cwd())
-    except ValueError:
+    rel = place(path)
+    if not Path(".snakemake").is_dir() or os.path.isabs(rel):
         return ""
     return (
         "; it changed after the job that made it finished (truncated, overwritten): make it again, and all "
-        f"that follows it, with `snakemake --cores all all --forcerun {shlex.quote(rel.as_posix())}`"
+        f"that follows it, with `snakemake --cores all all --forcerun {shlex.quote(rel)}`"
     )
 
 

@@ -25,7 +25,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,7 +37,15 @@ from tqdm.auto import tqdm
 
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
-from tokenshift.io import InputError, read_parquet, remake_hint, sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.io import (
+    InputError,
+    place,
+    read_parquet,
+    remake_hint,
+    sha256_file,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -87,22 +94,12 @@ class Part:
 
 
 PART_RECORD = "tokenshift.part"
-"""The key of a part's parquet metadata that records where its job wrote it (``write_part``)."""
-
-
-def _place(path: Path | str) -> str:
-    """Where a file is, as a part records it and the gather checks it: relative to the working directory
-    when under it (a run's folder moved whole stays valid), else absolute."""
-    full = Path(os.path.abspath(path))
-    try:
-        return full.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return full.as_posix()
+"""The key of a part's parquet metadata that records where its job wrote it (``write_part``; ``io.place``)."""
 
 
 def write_part(table: pl.DataFrame, path: Path) -> None:
     """Write the table of a run, or of one job's part of it, recording where (``gather_parts`` checks it)."""
-    write_parquet_atomic(table, path, metadata={PART_RECORD: _place(path)})
+    write_parquet_atomic(table, path, metadata={PART_RECORD: place(path)})
 
 
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
@@ -116,7 +113,7 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
     for p in parts:
         table = _read_part(p)
         recorded = pl.read_parquet_metadata(p).get(PART_RECORD)
-        if recorded != _place(p):
+        if recorded != place(p):
             held = (
                 f"it records being written as {recorded}: copied over this one?"
                 if recorded
