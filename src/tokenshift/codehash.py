@@ -209,6 +209,7 @@ def _uses(path: Path, name: str) -> _Uses:
     return uses
 
 
+@functools.cache
 def _data_files() -> tuple[str, ...]:
     """The package's files that are not code (``templates/explorer.html``), relative to it."""
     return tuple(
