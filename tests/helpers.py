@@ -3,11 +3,13 @@ under limits of their own (test modules import from here, not from each other)."
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +77,23 @@ def running_jobs(log: str) -> list[str]:
     for m in re.finditer(r"^Finished jobid: (\d+)", log, re.M):
         started.pop(m[1], None)
     return list(started.values())
+
+
+def patched_source(tmp_path: Path, module: str, function: str | None) -> Path:
+    """A copy of src/ whose ``module`` (a path in the package) has one line more: at the top of
+    ``function``'s body, or (None) at the end of the module, as an unused setting."""
+    src = tmp_path / f"{module.replace('/', '-')}-{function}"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    path = src / "tokenshift" / module
+    lines = path.read_text().splitlines(keepends=True)
+    if function is None:
+        lines.append("\nCHANGED = True  # an upgrade\n")
+    else:
+        node = next(n for n in ast.parse("".join(lines)).body if getattr(n, "name", None) == function)
+        first = node.body[0]
+        lines.insert(first.lineno - 1, " " * first.col_offset + "_upgraded = True  # an upgrade\n")
+    path.write_text("".join(lines))
+    return src
 
 
 def tiny_problems(n: int) -> list[dict]:

@@ -239,9 +239,11 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
 def test_gather_joins_parts_in_order_and_names_a_broken_one(tmp_path):
     import polars as pl
 
+    from tokenshift.sharding import write_part
+
     parts = [tmp_path / f"{i}-of-2.parquet" for i in (1, 2)]
-    pl.DataFrame({"row": [2, 0], "position": [0, 1]}).write_parquet(parts[0])
-    pl.DataFrame({"row": [1], "position": [0]}).write_parquet(parts[1])
+    write_part(pl.DataFrame({"row": [2, 0], "position": [0, 1]}), parts[0])
+    write_part(pl.DataFrame({"row": [1], "position": [0]}), parts[1])
     out = tmp_path / "table.parquet"
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
     assert r.returncode == 0, r.stderr
@@ -252,6 +254,42 @@ def test_gather_joins_parts_in_order_and_names_a_broken_one(tmp_path):
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(tmp_path / "new.parquet")])
     one_line_error(r, parts[1], "not a readable parquet file")
     assert not (tmp_path / "new.parquet").exists()
+
+
+def test_gather_refuses_a_part_copied_over_another_or_a_table_that_is_no_part(tmp_path):
+    import shutil
+
+    from tokenshift.sharding import write_part
+
+    parts = [tmp_path / f"{i}-of-2.parquet" for i in (1, 2)]
+    for i, p in enumerate(parts):
+        write_part(pl.DataFrame({"row": [i], "position": [0]}), p)
+    out = tmp_path / "table.parquet"
+    shutil.copy(parts[0], parts[1])  # the first part's rows twice, the second's lost
+    one_line_error(run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)]), parts[1], parts[0])
+    # one part, of another table's columns (not written as a part): refused all the same
+    alone = tmp_path / "1-of-1.parquet"
+    pl.DataFrame({"other": ["x"]}).write_parquet(alone)
+    one_line_error(run(tokenshift_cmd() + ["gather", str(alone), "--out", str(out)]), alone, "no record of its place")
+    assert not out.exists()
+
+
+def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
+    from test_plots import rollouts
+
+    table = tmp_path / "results" / "r.parquet"
+    table.parent.mkdir()
+    rollouts(0.5).write_parquet(table)
+    table.write_bytes(table.read_bytes()[:300])  # a finished table, truncated since
+    cmd = tokenshift_cmd() + ["accuracy", "--base", "results/r.parquet", "--rl", "results/r.parquet", "--out", "a.pq"]
+    one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
+    # in a workflow's working directory, the job that made it is named: Snakemake would plan it no more
+    (tmp_path / ".snakemake").mkdir()
+    r = run(cmd, cwd=tmp_path)
+    one_line_error(
+        r, "results/r.parquet: not a readable parquet file", "`snakemake --cores all all --forcerun results/r.parquet`"
+    )
+    assert not (tmp_path / "a.pq").exists()
 
 
 def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
@@ -331,12 +369,17 @@ def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
 
 
 def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
-    parts = [tmp_path / f"{i}-of-2.parquet" for i in (1, 2)]
-    pl.DataFrame({"row": [0], "position": [0]}).write_parquet(parts[0])
-    pl.DataFrame({"row": ["1"], "position": [0]}).write_parquet(parts[1])  # another table's column type
+    from tokenshift.sharding import write_part
+
+    parts = [tmp_path / f"{i}-of-3.parquet" for i in (1, 2, 3)]
+    write_part(pl.DataFrame({"row": ["0"], "position": [0]}), parts[0])  # another table's column type
+    for p in parts[1:]:
+        write_part(pl.DataFrame({"row": [1], "position": [0]}), p)
     out = tmp_path / "table.parquet"
-    one_line_error(run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)]), parts[1], "'row'")
-    pl.DataFrame({"row": [1], "position": [0]}).write_parquet(parts[1])
+    # the part whose columns differ from the others' is named, not the healthy part after it
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
+    one_line_error(r, f"{parts[0]}: not a part of the same run as {parts[1]}", "'row'")
+    parts = parts[1:]
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
     one_line_error(r, "--sort-by 'rows'", "['row', 'position']")
     assert not out.exists()

@@ -1,33 +1,297 @@
-"""The code each stage's hash covers (tokenshift.codehash): the files its command imports, and no other."""
+"""The code each stage's hash covers (tokenshift.codehash): the functions, classes and settings its command
+runs, and no other; checked against what every stage of a small study really runs, under a tracer."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
+from conftest import save_checkpoint
+from helpers import patched_source, snakemake, tiny_problems
 
-from tokenshift.codehash import ROOT, stage_code, stage_files
+from tokenshift.codehash import IMPORT_TIME, SKIPPED, stage_code, stage_files, stage_units, unit_at, unit_names
 
 
-def files(*words: str) -> set[str]:
-    return {f.relative_to(ROOT).as_posix() for f in stage_files(*words)}
+def names(file: str, *words: str) -> set[str]:
+    """The units of ``file`` (relative to the package) that stage ``words`` runs."""
+    return {n for f, n in stage_units(*words).units if f == file}
 
 
-def test_a_stage_covers_the_modules_its_command_imports():
-    assert {"cli/rollout.py", "rollout.py", "grading.py", "generation.py", "models.py"} <= files("rollout")
-    assert {"cli/crosssample.py", "crosssample.py", "grading.py"} <= files("crosssample")
-    assert {"cli/rollout.py", "tables.py", "stats.py"} <= files("accuracy")
-    assert {"plots/style.py", "plots/figures.py"} <= files("figures")
-    assert "toy/task.py" in files("dataset")  # the toy task's problems are drawn there
+def test_a_stage_covers_the_code_its_command_runs():
+    assert {"cli/rollout.py", "rollout.py", "grading.py", "generation.py", "models.py"} <= set(stage_files("rollout"))
+    assert {"cli/crosssample.py", "crosssample.py", "grading.py"} <= set(stage_files("crosssample"))
+    assert {"cli/rollout.py", "tables.py", "stats.py"} <= set(stage_files("accuracy"))
+    assert {"plots/style.py", "plots/figures.py"} <= set(stage_files("figures"))
+    assert "toy/task.py" in stage_files("dataset")  # the toy task's problems are drawn there
+    assert "templates/explorer.html" in stage_files("explorer")  # a data file the page is built from
+    # the rollout decodes with the cross-sampling decoder, alone: that decoder is its code
+    assert {"decode_alone", "_decode_batch", "sample_from_logits"} <= names("crosssample.py", "rollout")
+    assert {"Grader", "grade_one"} <= names("grading.py", "rollout") & names("grading.py", "crosssample")
+    assert "Grader" in names("grading.py", "models", "toy-rl")  # GRPO's reward
 
 
 def test_a_stage_leaves_out_what_its_command_does_not_run():
-    # one CLI module serves two stages: each covers its own handler's imports only
-    assert "tables.py" not in files("rollout") and "rollout.py" not in files("accuracy")
-    assert "grading.py" not in files("models", "fetch") and "grading.py" not in files("dataset")
-    assert not {f for f in files("rollout") if f.startswith("plots/")}
-    assert "__init__.py" not in files("rollout") and "cli/__init__.py" not in files("rollout")
+    # one CLI module serves two stages: each covers its own handler's code only
+    assert "tables.py" not in stage_files("rollout") and "rollout.py" not in stage_files("accuracy")
+    assert "grading.py" not in stage_files("models", "fetch") and "grading.py" not in stage_files("dataset")
+    assert not {f for f in stage_files("rollout") if f.startswith("plots/")}
+    assert "__init__.py" not in stage_files("rollout") and "cli/__init__.py" not in stage_files("rollout")
+    # a module a stage imports is not all its code: the rollout runs the decoder, not the cross-sampling
+    # stage, its policies or the scores' statistics
+    assert not {"run_crosssample", "CrossSampleBackend"} & names("crosssample.py", "rollout")
+    assert "token_stats" not in names("divergence.py", "rollout")
+    # the toy base model is pretrained: no grader (the RL build's reward), no GRPO
+    assert "grading.py" not in stage_files("models", "toy-base")
+    assert "grpo" not in names("train.py", "models", "toy-base")
+    assert "grading.py" not in stage_files("score") and "grading.py" not in stage_files("gather")
 
 
 def test_stages_have_hashes_of_their_own():
     assert stage_code("rollout") != stage_code("accuracy") != stage_code("models", "fetch")
     with pytest.raises(ValueError, match="no such subcommand"):
         stage_code("rollouts")
+
+
+def stage_codes(src: Path, stages: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    code = f"from tokenshift.codehash import stage_code; print('\\n'.join(stage_code(*w) for w in {stages!r}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return dict(zip(stages, out.stdout.split()))
+
+
+STAGES = [("rollout",), ("crosssample",), ("score",), ("accuracy",), ("models", "toy-base"), ("models", "toy-rl")]
+
+
+@pytest.mark.parametrize(
+    ("module", "function", "changed"),
+    [
+        ("crosssample.py", "run_crosssample", {("crosssample",)}),
+        ("crosssample.py", "_decode_batch", {("rollout",), ("crosssample",)}),  # the decoder both run
+        # the scores' statistics, which GRPO's divergence-weighted advantages share (tokenshift.advantages)
+        ("divergence.py", "token_stats_unchecked", {("score",), ("models", "toy-rl")}),
+        ("grading.py", "grade_one", {("rollout",), ("crosssample",), ("models", "toy-rl")}),
+        ("train.py", "grpo", {("models", "toy-rl")}),
+        ("tables.py", "accuracy_table", {("accuracy",)}),
+        ("crosssample.py", None, set()),  # a setting nothing reads
+    ],
+)
+def test_a_change_changes_the_hash_of_the_stages_that_run_it_and_no_other(tmp_path, module, function, changed):
+    before = {w: stage_code(*w) for w in STAGES}
+    after = stage_codes(patched_source(tmp_path, module, function), STAGES)
+    assert {w for w in STAGES if after[w] != before[w]} == changed
+
+
+# --- every stage of a small study, under a tracer -------------------------------------------------
+
+SHIM = """#!{python}
+# `tokenshift`, with every function of the package that a subcommand's handler runs written to a file
+import json, os, sys, threading
+
+import tokenshift
+import tokenshift.cli as cli
+
+ROOT = os.path.dirname(os.path.abspath(tokenshift.__file__)) + os.sep
+seen, modules = set(), set()
+
+
+def tracer(frame, event, arg):
+    # a function called while a module of the package is being imported (a default argument, a class
+    # body, a comprehension at the top) runs at import time: what it makes is used only through the
+    # names that hold it, whose code is checked where it is called
+    code = frame.f_code
+    if not code.co_filename.startswith(ROOT):
+        return
+    key = (code.co_filename, code.co_firstlineno, code.co_name)
+    if key in seen:
+        return
+    if code.co_name == "<module>":
+        modules.add(key)
+        return
+    caller = frame.f_back
+    while caller is not None:
+        if caller.f_code.co_name == "<module>" and caller.f_code.co_filename.startswith(ROOT):
+            return
+        caller = caller.f_back
+    seen.add(key)
+
+
+build = cli.build_parser
+
+
+def traced_parser():
+    parser = build()
+    parse = parser.parse_args
+
+    def parse_args(*a, **k):
+        args = parse(*a, **k)
+        handler = args.func
+
+        def traced(ns):
+            threading.settrace(tracer)
+            sys.settrace(tracer)
+            try:
+                return handler(ns)
+            finally:
+                sys.settrace(None)
+                threading.settrace(None)
+
+        args.func = traced
+        return args
+
+    parser.parse_args = parse_args
+    return parser
+
+
+cli.build_parser = traced_parser
+try:
+    rc = cli.main()
+finally:
+    with open(os.path.join(os.environ["TOKENSHIFT_TRACE"], f"{{os.getpid()}}.json"), "w") as f:
+        json.dump({{"argv": sys.argv[1:], "calls": sorted(seen), "modules": sorted(modules)}}, f)
+sys.exit(rc)
+"""
+
+TINY_TOY = {
+    "min_steps": 1,
+    "max_steps": 2,
+    "n_train_problems": 40,
+    "n_traces": 200,
+    "hidden_size": 16,
+    "num_layers": 1,
+    "pretrain_steps": 4,
+    "grpo_steps": 2,
+    "sft_steps": 2,
+    "checkpoint_every": 1,
+    "threads": 1,
+}
+"""A toy build of a few seconds: the toy stages' code, not their results, is what is checked."""
+
+
+def traced_study_config() -> dict:
+    return {
+        "models": {
+            "toy-base": {"toy": "base"},
+            "toy-rl": {"toy": "rl", "init": "toy-base"},
+            "toy-sft": {"toy": "sft", "init": "toy-base"},
+            "local": {"path": "ckpt/local"},
+        },
+        "pairs": [
+            {"name": "toy", "kind": "rlvr", "base": "toy-base", "rl": "toy-rl", "datasets": ["toy"]},
+            {
+                "name": "sft",
+                "kind": "sft",
+                "base": "toy-base",
+                "rl": "toy-sft",
+                "datasets": ["toy"],
+                "crosssample": False,
+            },
+        ],
+        "datasets": {
+            "toy": {"toy": "eval", "n_problems": 3},
+            "tiny": {"path": "data/tiny.jsonl", "id_field": "id", "template": "Q:{question}=?\n"},
+        },
+        "sampling": {"n": 2, "max_new_tokens": 6},
+        "rollout": {"pass_k": [1, 2], "problems_per_shard": 2},
+        "crosssample": {
+            "directions": ["forward"],
+            "policies": ["js", "random"],
+            "budgets": [0, 2],
+            "thresholds": {"js": {"percentile": 90}, "random": {"percentile": 90}},
+            "problems_per_shard": 2,
+            "device_base": "cpu",
+            "device_rl": "cpu",
+        },
+        "toy": TINY_TOY,
+        "advantages": {
+            "variants": ["none", "js"],
+            "seeds": [0],
+            "steps": 1,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "eval_every": 1,
+            "eval_problems": 2,
+            "eval_samples": 1,
+        },
+    }
+
+
+def subcommand(argv: list[str]) -> tuple[str, ...]:
+    """The subcommand words at the start of ``argv`` (``models fetch``, ``rollout``)."""
+    from tokenshift.cli import build_parser
+
+    parser, words = build_parser(), []
+    for word in argv:
+        sub = next((a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"), None)
+        if sub is None or word not in sub.choices:
+            break
+        words.append(word)
+        parser = sub.choices[word]
+    return tuple(words)
+
+
+@pytest.mark.slow
+def test_every_function_a_stage_runs_is_in_its_hash(tmp_path, toy_tokenizer):
+    work = tmp_path / "work"
+    save_checkpoint(work / "ckpt" / "local", toy_tokenizer)
+    (work / "data").mkdir()
+    (work / "data" / "tiny.jsonl").write_text("".join(json.dumps(p) + "\n" for p in tiny_problems(3)))
+    (work / "config").mkdir()
+    (work / "config" / "config.yaml").write_text(yaml.safe_dump(traced_study_config(), sort_keys=False))
+    shim, traces = tmp_path / "bin", tmp_path / "traces"
+    shim.mkdir()
+    traces.mkdir()
+    (shim / "tokenshift").write_text(SHIM.format(python=sys.executable))
+    (shim / "tokenshift").chmod(0o755)
+    path = os.pathsep.join([str(shim), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    targets = ["all", "resources/models/local.json", "resources/datasets/tiny.parquet"]
+    r = snakemake(work, "--cores", "2", *targets, timeout=1800, env={"PATH": path, "TOKENSHIFT_TRACE": str(traces)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    ran: set[tuple[str, ...]] = set()
+    missing: dict[tuple[str, ...], set] = {}
+    for trace in traces.glob("*.json"):
+        record = json.loads(trace.read_text())
+        words = subcommand(record["argv"])
+        ran.add(words)
+        hashed = stage_units(*words).units
+        for file, line, name in record["calls"]:
+            rel, unit = unit_at(file, line)
+            if rel not in SKIPPED and (rel, unit) not in hashed:
+                missing.setdefault(words, set()).add((rel, unit, name))
+        for file, _, _ in record["modules"]:  # imported while the stage ran: what a module runs when imported
+            rel, _ = unit_at(file, 1)
+            if rel not in SKIPPED and IMPORT_TIME in unit_names(rel) and (rel, IMPORT_TIME) not in hashed:
+                missing.setdefault(words, set()).add((rel, IMPORT_TIME, "<module>"))
+    assert not missing, missing
+    # every stage of the workflow ran (and was checked)
+    assert ran >= {
+        ("models", "fetch"),
+        ("models", "toy-base"),
+        ("models", "toy-rl"),
+        ("models", "toy-sft"),
+        ("models", "check-pair"),
+        ("dataset",),
+        ("rollout",),
+        ("gather",),
+        ("accuracy",),
+        ("score",),
+        ("divergence",),
+        ("crosssample",),
+        ("crosssample-table",),
+        ("toy-check",),
+        ("advantages", "run"),
+        ("advantages", "table"),
+        ("training-shifts",),
+        ("figure-training",),
+        ("figures",),
+        ("figure-overview",),
+        ("explorer",),
+        ("report",),
+    }, ran

@@ -33,7 +33,11 @@ def test_local_checkpoint_is_linked_verified_and_reloads(make_checkpoint, tmp_pa
     manifest = fetch_model("m", {"path": str(src)}, out)
     assert manifest_path(out).is_file() and json.loads(manifest_path(out).read_text()) == manifest
     assert manifest["source"] == "path" and manifest["tokenizer_roundtrip"] == "ok"
-    assert manifest["weights_sha256"] == {"model.safetensors": sha256_file(src / "model.safetensors")}
+    # every file loading reads: weights, configs, tokenizer
+    assert manifest["files_sha256"] == {f.name: sha256_file(f) for f in src.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= set(
+        manifest["files_sha256"]
+    )
     assert (out / "model.safetensors").is_symlink()
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
@@ -280,7 +284,7 @@ def test_a_copied_checkpoint_is_hashed_once_per_process(toy_tokenizer, tmp_path,
     monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or sha256(*a))
     for _ in range(8):
         resolve_checkpoint(tmp_path / "b" / "m.json")
-    assert len(calls) == 1  # one weight file, read once
+    assert len(calls) == len(list((tmp_path / "b" / "m").iterdir()))  # each file of the checkpoint, read once
     (tmp_path / "b" / "m" / "model.safetensors").write_bytes(b"other")
     with pytest.raises(ModelFetchError, match="not the file its manifest"):
         resolve_checkpoint(tmp_path / "b" / "m.json")

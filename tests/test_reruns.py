@@ -13,8 +13,8 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, save_checkpoint
-from helpers import local_study_config, planned, snakemake, tiny_problems
+from conftest import save_checkpoint
+from helpers import local_study_config, patched_source, planned, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +104,37 @@ def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetche
     resolve_checkpoint(fetched / "resources" / "models" / "b.json")
 
 
+CHANGES = {
+    "config.json": lambda c: c | {"rope_theta": 1234.0},
+    "generation_config.json": lambda c: c | {"eos_token_id": [c["eos_token_id"], 3]},  # one more stop token
+    "tokenizer_config.json": lambda c: c | {"chat_template": "{{ messages[0]['content'] }}?"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHANGES))
+def test_a_config_or_tokenizer_file_copied_with_an_old_mtime_reruns_the_fetch_and_what_reads_it(
+    fetched, name, tmp_path
+):
+    from tokenshift.models import ModelFetchError, resolve_checkpoint
+
+    targets = [*SOURCES, "resources/pairs/ab.json"]
+    make(fetched, *targets)
+    assert plan_of(fetched, *targets) == {}
+    source = fetched / "ckpt" / "b" / name
+    edited = tmp_path / name
+    edited.write_text(json.dumps(CHANGES[name](json.loads(source.read_text()))))
+    older_copy(edited, source, "cp -p")
+    # a stage run on the old manifest refuses the changed file before loading anything
+    with pytest.raises(ModelFetchError, match=f"model 'b': .*{name} is not the file its manifest"):
+        resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+    # the fetch runs again, and its new manifest re-runs what reads it (not only a dry run's plan)
+    make(fetched, "resources/models/b.json")
+    assert plan_of(fetched, *targets) == {"check_pair": 1}
+    make(fetched, *targets)
+    assert plan_of(fetched, *targets) == {}
+    resolve_checkpoint(fetched / "resources" / "models" / "b.json")
+
+
 @pytest.mark.parametrize("tool", ["cp -p", "touch -d"])
 def test_a_dataset_file_copied_with_an_old_mtime_reruns_the_dataset(fetched, tool, tmp_path):
     assert plan_of(fetched, *SOURCES) == {}
@@ -128,25 +159,32 @@ def study(tmp_path_factory, toy_tokenizer):
     return work
 
 
-def patched(tmp_path, module: str) -> dict[str, str]:
+def patched(tmp_path, module: str, function: str | None = None) -> dict[str, str]:
     """The environment of a tokenshift whose ``module`` (a path in the package) has changed: a copy of
-    src/ with a line added to it, first on PYTHONPATH."""
-    src = tmp_path / module.replace("/", "-")
-    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    with open(src / "tokenshift" / module, "a") as f:
-        f.write("\nCHANGED = True  # an upgrade\n")
-    return {"PYTHONPATH": str(src)}
+    src/ with a line added to ``function`` (None: an unused setting at its end), first on PYTHONPATH."""
+    return {"PYTHONPATH": str(patched_source(tmp_path, module, function))}
 
 
 def test_a_code_change_reruns_the_stages_that_run_it_and_no_other(study, tmp_path):
     assert plan_of(study, *STUDY) == {}
     # the grader: the rollouts and cross-samples grade, and all that reads them follows
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "grading.py")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
-    # the tables' code: the two tables, not the runs they aggregate
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py")) == {"accuracy": 1, "crosssample_table": 1}
-    # the rollout stage's own module: the rollouts, not the cross-samples (whose decoder it imports)
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py")) == AFTER_ROLLOUTS
-    # the figures' style: nothing these tables need
+    assert (
+        plan_of(study, *STUDY, env=patched(tmp_path, "grading.py", "grade_one")) == AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    )
+    # the tables' code: the table that runs it, not the runs it aggregates
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py", "accuracy_table")) == {"accuracy": 1}
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py", "crosssample_table")) == {"crosssample_table": 1}
+    # the rollout stage's own module: the rollouts, not the cross-samples
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py", "run_rollouts")) == AFTER_ROLLOUTS
+    # the cross-sampling stage: the cross-samples, not the rollouts, though they decode with its decoder...
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "run_crosssample")) == AFTER_CROSSSAMPLES
+    # ...which both run: a change to it re-runs both
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "_decode_batch")) == (
+        AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
+    )
+    # the scores' statistics, a setting nothing reads, the figures' style: nothing these tables need
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "divergence.py", "token_stats_unchecked")) == {}
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py")) == {}
     assert plan_of(study, *STUDY, env=patched(tmp_path, "plots/style.py")) == {}
     assert plan_of(study, *STUDY) == {}
 
@@ -159,11 +197,21 @@ def overridden(tmp_path, overrides: dict) -> list[str]:
 
 
 def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
-    assert plan_of(study, *STUDY) == {}
-    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}}  # documented: results do not depend
-    assert plan_of(study, *STUDY, *overridden(tmp_path, batches)) == {}
+    targets = [*STUDY, "results/config.yaml"]  # the settings the report quotes, too
+    make(study, "results/config.yaml")
+    assert plan_of(study, *targets) == {}
+    # documented: results do not depend on them
+    batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}, "cluster": {"gpu_memory_gb": 40}}
+    assert plan_of(study, *targets, *overridden(tmp_path, batches)) == {}
     # the grid's policies in another order: budget 0 keeps its path and its settings
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
+    # the same numbers written otherwise (90.0 for 90, 1 for 1.0) are the same settings
+    same = {"crosssample": {"thresholds": {"random": {"percentile": 90.0}}}, "sampling": {"temperature": 1}}
+    assert plan_of(study, *targets, *overridden(tmp_path, same)) == {}
+    # a setting results depend on rewrites the quoted config
+    assert plan_of(study, "results/config.yaml", *overridden(tmp_path, {"sampling": {"top_p": 0.5}})) == {
+        "run_config": 1
+    }
 
 
 def test_a_key_of_the_other_engine_reruns_nothing_and_the_engine_reruns_the_cross_samples(study, tmp_path):
@@ -199,6 +247,23 @@ def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
     assert plan_of(study, *STUDY) == {}
 
 
+def test_a_damaged_table_is_named_with_the_command_that_makes_it_again(study):
+    import polars as pl
+
+    assert plan_of(study, *STUDY) == {}
+    rel = "results/ab/tiny/rollouts/base.parquet"
+    table = study / rel
+    table.write_bytes(table.read_bytes()[:200])  # a finished table, truncated since
+    assert snakemake(study, "--cores", "1", *STUDY).returncode != 0
+    # the job that reads it fails, and would fail again at each run: its log names the job to force
+    log = (study / "logs" / "accuracy" / "ab" / "tiny.log").read_text()
+    command = re.search(r"`snakemake (--cores all all --forcerun (\S+))`", log)
+    assert command and command[2] == rel, log
+    make(study, *STUDY, *command[1].split()[3:])
+    assert pl.read_parquet(table).height == len(PROBLEMS)
+    assert plan_of(study, *STUDY) == {}
+
+
 def interrupted(work, part: str, env=None) -> None:
     """Run the job of ``part`` as Snakemake would, and have it stop after its last shard, before the
     part is written (a folder stands where the part goes), as a job killed there leaves it."""
@@ -226,7 +291,7 @@ def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_wou
     assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()
     # other code (an upgrade since): the shards are discarded and the job recomputes from nothing
     interrupted(study, part)
-    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py"))
+    make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py", "run_crosssample"))
     text = log.read_text()
     assert "starting over" in text and "already written" not in text
     assert not (study / f"{part}.shards").exists()

@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -307,15 +308,20 @@ def test_a_damaged_shard_is_named_discarded_and_recomputed(make_checkpoint, json
     problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
     want = rollouts(ckpt, problems, tmp_path / "a.parquet")
     shards = tmp_path / "b.parquet.shards"
-    for damage in ("truncate", "edit", "unrecorded"):
+    for damage in ("truncate", "edit", "unrecorded", "record of another shape", "another shard copied over it"):
         stop_after_shards(shards, 2, lambda: rollouts(ckpt, problems, tmp_path / "b.parquet"))
         shard = shards / "shard-00001.parquet"
         if damage == "truncate":
             shard.write_bytes(shard.read_bytes()[:100])
         elif damage == "edit":  # a valid parquet file, other rows: only the recorded hash can tell
             pl.read_parquet(shard).with_columns(pl.lit(True).alias("correct")).write_parquet(shard)
-        else:
+        elif damage == "unrecorded":
             shard.with_suffix(".json").unlink()
+        elif damage == "record of another shape":
+            shard.with_suffix(".json").write_text("[1]")  # valid JSON, not a record
+        else:  # file and record alike: they match each other, and the first shard's rows would be there twice
+            for suffix in (".parquet", ".json"):
+                shutil.copy(shards / f"shard-00000{suffix}", shard.with_suffix(suffix))
         caplog.clear()
         got = rollouts(ckpt, problems, tmp_path / "b.parquet")
         assert got.equals(want), damage
@@ -323,7 +329,6 @@ def test_a_damaged_shard_is_named_discarded_and_recomputed(make_checkpoint, json
 
 
 def test_the_run_key_covers_the_code_of_the_package(tmp_path):
-    import shutil
     import subprocess
     import sys
 

@@ -1,17 +1,27 @@
 """The code each stage runs, as one hash per ``tokenshift`` subcommand.
 
 The workflow records it as a setting of every job that runs the subcommand (a ``params:`` value), so a
-changed module re-runs the jobs whose command imports it, and no other: a new grader re-runs the
-rollouts and cross-samples, not the scores; a new figure style re-runs the figures alone.
+change to code a job runs re-runs that job, and a change to code it does not run re-runs nothing: a new
+grader re-runs the rollouts and cross-samples, not the scores; a new figure style re-runs the figures
+alone; a new cross-sampling policy re-runs the cross-samples, not the rollouts, though a rollout decodes
+with the cross-sampling decoder (``crosssample.decode_alone``).
 
-A subcommand's code is the source of its CLI module (``tokenshift/cli/<stage>.py``, with
-``cli/common.py`` where it uses it) and of every library module that the functions it runs import
-(its handler and ``register``, and the CLI functions they call; one CLI module serves several
-stages), followed through the library's imports at any depth (inside functions too). Imports are
-read off the source with ``ast``; nothing is imported but the CLI's parser. Not followed: the
-package's ``tokenshift/__init__.py`` (a version string) and ``tokenshift/cli/__init__.py`` (the
-dispatcher), third-party packages (torch, transformers, math-verify: their versions are not part of
-the hash), and data files read at run time (``templates/``).
+The hash is taken over *units*: a top-level statement of a module of the package (a function or class
+with its decorators, an assignment, an import-time statement), read with ``ast``. A stage's units are
+those its handler reaches, and the module's ``register`` that builds its arguments (whose defaults the
+handler runs with): every name a reached unit uses that is a function, class or assignment of the
+package (in its own module, or imported from another, at the top or inside a function) is reached in
+turn, at any depth; a module that is imported adds the statements it runs when imported that bind no
+name (an ``if`` at the top, a call), and the modules it imports. A class is one unit (all its methods).
+Data files of the package (``templates/``) are covered where a reached unit names them.
+
+Names are resolved by their text, not their scope (a local variable named as a function reaches that
+function: more, never less), and annotations are not followed (``from __future__ import annotations``
+makes them strings that nothing runs). Not covered: the package's ``__init__.py`` (a version string)
+and ``cli/__init__.py`` (the dispatcher), third-party packages (torch, transformers, math-verify:
+their versions are not part of the hash). What a lookup by a computed name would reach (``getattr``
+with a string) is not followed: the package uses none; tests/test_codehash.py runs every stage of a
+small study under a tracer and checks that each function it ran is in its stage's units.
 """
 
 from __future__ import annotations
@@ -19,57 +29,290 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+PACKAGE = "tokenshift"
 SKIPPED = ("__init__.py", "cli/__init__.py")
 """Files of the package no stage's hash includes (relative to the package)."""
+IMPORT_TIME = "<import>"
+"""The name of a module's unit that holds the statements it runs when imported and that bind no name."""
 
 
 def _source(module: str) -> Path | None:
     """The file of ``tokenshift`` module ``module`` (a package's ``__init__.py``), None for another package."""
     parts = module.split(".")
-    if parts[0] != "tokenshift":
+    if parts[0] != PACKAGE:
         return None
     base = ROOT.joinpath(*parts[1:])
     for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.is_file() and parts[1:]:
+        if path.is_file():
             return path
     return None
 
 
-def _imported(nodes) -> set[str]:
-    """The ``tokenshift`` modules the import statements among ``nodes`` name (``from a import b``: ``a.b``
-    too where that is a module)."""
-    found = set()
+def _module_of(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join((PACKAGE, *parts))
+
+
+def _bound(target: ast.AST) -> list[str]:
+    """The names an assignment target binds (``a``, ``a, b``; not ``a.b`` nor ``a[0]``)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple | ast.List):
+        return [n for t in target.elts for n in _bound(t)]
+    return []
+
+
+def _imports(nodes) -> dict[str, tuple[str, str | None]]:
+    """What the import statements among ``nodes`` bind: name -> (module, None) for a module, (module,
+    attribute) for a name imported from one (``tokenshift`` modules only; ``*`` binds ``"*"``)."""
+    bound = {}
     for node in nodes:
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
+            for alias in node.names:
+                if alias.name.split(".")[0] == PACKAGE:
+                    # `import a.b` binds a (and imports a.b); `import a.b as c` binds c to a.b
+                    bound[alias.asname or alias.name.split(".")[0]] = (
+                        alias.name if alias.asname else alias.name.split(".")[0],
+                        None,
+                    )
+                    bound[f"<import {alias.name}>"] = (alias.name, None)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {m for m in found if _source(m)}
+            if node.module.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                bound[alias.asname or alias.name] = (sub, None) if _source(sub) else (node.module, alias.name)
+    return bound
+
+
+def _statement_lines(node: ast.stmt) -> tuple[int, int]:
+    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+    return start, node.end_lineno or node.lineno
+
+
+@dataclass
+class _Module:
+    path: Path
+    lines: list[str]
+    units: dict[str, list[ast.stmt]] = field(default_factory=dict)
+    """name -> the top-level statements that bind it (IMPORT_TIME: those that bind none)."""
+    imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def text(self, name: str) -> str:
+        spans = (_statement_lines(node) for node in self.units[name])
+        return "\n".join("\n".join(self.lines[a - 1 : b]) for a, b in spans)
+
+    def unit_at(self, line: int) -> str | None:
+        """The unit whose statement holds ``line`` (None: a line between statements, or an import)."""
+        for name, nodes in self.units.items():
+            if any(a <= line <= b for a, b in map(_statement_lines, nodes)):
+                return name
+        return None
 
 
 @functools.cache
-def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(encoding="utf-8"))
-
-
-@functools.cache
-def _imports_of(path: Path) -> frozenset[str]:
-    return frozenset(_imported(ast.walk(_tree(path))))
-
-
-def _closure(modules: set[str]) -> set[Path]:
-    files, todo = set(), list(modules)
-    while todo:
-        path = _source(todo.pop())
-        if path in files:
+def _parse(path: Path) -> _Module:
+    text = path.read_text(encoding="utf-8")
+    tree = ast.parse(text)
+    mod = _Module(path, text.splitlines())
+    for node in tree.body:
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            continue  # a docstring (the module's, or an attribute's after its assignment)
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+            continue  # `if __name__ == "__main__":` runs only as a script
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            mod.imports |= _imports([node])
             continue
-        files.add(path)
-        todo += _imports_of(path)
-    return files
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names = [node.name]
+        elif isinstance(node, ast.Assign):
+            names = [n for t in node.targets for n in _bound(t)]
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+            names = _bound(node.target)
+        else:  # an `if`, `try` or call at the top: it runs when the module is imported
+            names = [IMPORT_TIME]
+            mod.imports |= _imports(ast.walk(node))
+        for name in names or [IMPORT_TIME]:
+            mod.units.setdefault(name, []).append(node)
+    return mod
+
+
+class _Uses(ast.NodeVisitor):
+    """The names and ``name.attribute`` chains a unit uses, and the imports inside it; not annotations,
+    nor the handlers a parser is given (``set_defaults(func=...)``: those are other stages' code)."""
+
+    def __init__(self):
+        self.names: set[str] = set()
+        self.chains: set[tuple[str, ...]] = set()
+        self.imports: dict[str, tuple[str, str | None]] = {}
+        self.strings: set[str] = set()
+
+    def visit_Name(self, node):
+        self.names.add(node.id)
+
+    def visit_Attribute(self, node):
+        chain, inner = [], node
+        while isinstance(inner, ast.Attribute):
+            chain.append(inner.attr)
+            inner = inner.value
+        if isinstance(inner, ast.Name):  # `a.b.c`: a, and the chain (a module's function, a.b's)
+            self.names.add(inner.id)
+            self.chains.add((inner.id, *reversed(chain)))
+        else:
+            self.visit(inner)
+
+    def visit_Constant(self, node):
+        if isinstance(node.value, str):
+            self.strings.add(node.value)
+
+    def visit_Import(self, node):
+        self.imports |= _imports([node])
+
+    visit_ImportFrom = visit_Import
+
+    def visit_arg(self, node):
+        pass  # an argument's annotation
+
+    def visit_FunctionDef(self, node):
+        for child in (*node.decorator_list, node.args, *node.body):
+            self.visit(child)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_arguments(self, node):
+        for default in (*node.defaults, *(d for d in node.kw_defaults if d is not None)):
+            self.visit(default)
+
+    def visit_AnnAssign(self, node):
+        if node.value is not None:
+            self.visit(node.value)
+
+    def visit_keyword(self, node):
+        if node.arg != "func":
+            self.visit(node.value)
+
+
+@functools.cache
+def _uses(path: Path, name: str) -> _Uses:
+    uses = _Uses()
+    for node in _parse(path).units[name]:
+        if isinstance(node, ast.ClassDef):  # its bases, decorators and body, not its annotations
+            for child in (*node.bases, *node.decorator_list, *node.keywords, *node.body):
+                uses.visit(child)
+        else:
+            uses.visit(node)
+    return uses
+
+
+@functools.cache
+def _data_files() -> tuple[str, ...]:
+    """The package's files that are not code (``templates/explorer.html``), relative to it."""
+    return tuple(
+        sorted(
+            p.relative_to(ROOT).as_posix()
+            for p in ROOT.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc", ".typed") and "__pycache__" not in p.parts
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Units:
+    """The units a stage reaches: ``(file relative to the package, name)``, and the data files it names."""
+
+    units: frozenset[tuple[str, str]]
+    data: frozenset[str]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(sorted({f for f, _ in self.units} | self.data))
+
+
+def _reach(start: list[tuple[str, str]]) -> Units:
+    skipped = {ROOT / s for s in SKIPPED}
+    units: set[tuple[Path, str]] = set()
+    imported: set[str] = set()
+    data: set[str] = set()
+    todo_units = [(_source(m), n) for m, n in start]
+    todo_modules: list[str] = []
+
+    def import_module(module: str) -> None:
+        # importing a.b.c runs a.b's and a's files first
+        parts = module.split(".")
+        todo_modules.extend(".".join(parts[:k]) for k in range(2, len(parts) + 1))
+
+    def resolve(module: str, name: str, seen=()) -> None:
+        """Reach what ``name`` of ``module`` is: its own unit, or what its module imported under that name."""
+        path = _source(module)
+        if path is None or (module, name) in seen:
+            return
+        mod = _parse(path)
+        if name in mod.units:
+            todo_units.append((path, name))
+        elif name in mod.imports:
+            target, attribute = mod.imports[name]
+            import_module(target)
+            if attribute is not None:
+                resolve(target, attribute, (*seen, (module, name)))
+        elif _source(f"{module}.{name}"):
+            import_module(f"{module}.{name}")
+        elif "*" in mod.imports or name == "*":
+            todo_units.extend((path, n) for n in mod.units)  # a star import: all of it
+
+    while todo_units or todo_modules:
+        while todo_modules:
+            module = todo_modules.pop()
+            path = _source(module)
+            if module in imported or path is None:
+                continue
+            imported.add(module)
+            if path in skipped:
+                continue
+            mod = _parse(path)
+            if IMPORT_TIME in mod.units:
+                todo_units.append((path, IMPORT_TIME))
+            for target, _ in mod.imports.values():
+                import_module(target)
+        if not todo_units:
+            continue
+        path, name = todo_units.pop()
+        if path is None or (path, name) in units or path in skipped:
+            continue
+        units.add((path, name))
+        import_module(_module_of(path))
+        mod, uses = _parse(path), _uses(path, name)
+        scope = mod.imports | uses.imports
+        for target, _ in uses.imports.values():
+            import_module(target)
+        for used in uses.names:
+            if used in mod.units:
+                todo_units.append((path, used))
+            elif used in scope:
+                target, attribute = scope[used]
+                import_module(target)
+                if attribute is not None:
+                    resolve(target, attribute)
+        for base, *attributes in uses.chains:
+            target, inner = scope.get(base, (None, "-"))
+            if target is None or inner is not None:
+                continue  # an attribute of an object, not of a module: its class is reached by its name
+            for attribute in attributes:  # `module.submodule.function`
+                if not _source(f"{target}.{attribute}"):
+                    resolve(target, attribute)
+                    break
+                target = f"{target}.{attribute}"
+                import_module(target)
+        data |= {f for f in _data_files() if any(s.endswith(f) for s in uses.strings)}
+
+    return Units(
+        frozenset((p.relative_to(ROOT).as_posix(), n) for p, n in units),
+        frozenset(data),
+    )
 
 
 @functools.cache
@@ -90,54 +333,49 @@ def _handler(words: tuple[str, ...]):
     return parser.get_default("func")
 
 
-def _cli(module: str, names: set[str]) -> tuple[set[Path], set[str]]:
-    """The CLI files that functions ``names`` of CLI module ``module`` reach, function by function (the
-    functions of their module they call, and those they import from another CLI module, such as
-    ``cli/common.py``'s), and the library modules those functions and their modules' tops import."""
-    files, libraries, seen, todo = set(), set(), set(), [(module, n) for n in names]
-    while todo:
-        module, name = todo.pop()
-        if (module, name) in seen:
-            continue
-        seen.add((module, name))
-        path = _source(module)
-        tree = _tree(path)
-        files.add(path)
-        functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-        from_cli = {
-            alias.asname or alias.name: node.module
-            for node in top
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tokenshift.cli")
-            for alias in node.names
-        }
-        body = list(ast.walk(functions[name])) if name in functions else []
-        for node in body:
-            # `register` names every handler of its module (set_defaults(func=...)): those are not its code
-            if isinstance(node, ast.Name) and node.id in functions and name != "register":
-                todo.append((module, node.id))
-            elif isinstance(node, ast.Name) and node.id in from_cli:
-                todo.append((from_cli[node.id], node.id))
-        libraries |= {m for m in _imported(top + body) if not m.startswith("tokenshift.cli")}
-    return files, libraries
-
-
 @functools.cache
-def stage_files(*words: str) -> tuple[Path, ...]:
-    """The source files subcommand ``tokenshift <words>`` runs (see the module's docstring), in order."""
+def stage_units(*words: str) -> Units:
+    """The units subcommand ``tokenshift <words>`` runs (see the module's docstring)."""
     handler = _handler(words)
-    # the handler, and the module's `register`, whose arguments' defaults the handler runs with
-    cli, libraries = _cli(handler.__module__, {handler.__name__, "register"})
-    files = cli | _closure(libraries)
-    skipped = {ROOT / s for s in SKIPPED}
-    return tuple(sorted((f for f in files if f not in skipped), key=lambda f: f.relative_to(ROOT).as_posix()))
+    # the handler, and its module's `register`, whose arguments' defaults the handler runs with
+    return _reach([(handler.__module__, handler.__name__), (handler.__module__, "register")])
+
+
+def stage_files(*words: str) -> tuple[str, ...]:
+    """The files (relative to the package) of which subcommand ``tokenshift <words>`` runs some code."""
+    return stage_units(*words).files
+
+
+def unit_at(path: Path | str, line: int) -> tuple[str, str | None]:
+    """(file relative to the package, unit) of line ``line`` of the package's file ``path``."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT).as_posix(), _parse(path).unit_at(line)
+
+
+def unit_names(rel: str) -> set[str]:
+    """The units of the package's file ``rel`` (relative to the package)."""
+    return set(_parse(ROOT / rel).units)
 
 
 @functools.cache
 def stage_code(*words: str) -> str:
-    """sha256 over the relative paths and bytes of ``stage_files(*words)``."""
+    """sha256 over the text of the units of ``stage_units(*words)`` and the bytes of its data files."""
+    return _digest(stage_units(*words))
+
+
+@functools.cache
+def code_of(*functions: str) -> str:
+    """The hash of the code the package's ``functions`` (``tokenshift.io.write_yaml_atomic``) run, as
+    ``stage_code``'s: for what the workflow runs itself, not through a subcommand."""
+    return _digest(_reach([tuple(f.rsplit(".", 1)) for f in functions]))
+
+
+def _digest(found: Units) -> str:
     h = hashlib.sha256()
-    for path in stage_files(*words):
-        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
-        h.update(path.read_bytes())
+    for rel, name in sorted(found.units):
+        h.update(f"{rel}:{name}\0".encode())
+        h.update(_parse(ROOT / rel).text(name).encode() + b"\0")
+    for rel in sorted(found.data):
+        h.update(f"{rel}\0".encode())
+        h.update((ROOT / rel).read_bytes())
     return h.hexdigest()

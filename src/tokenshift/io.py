@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,14 +106,40 @@ def write_yaml_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
-def write_parquet_atomic(df, path: Path) -> None:
-    """Write a polars DataFrame to ``path`` through a temporary file and a rename."""
-    _atomic(path, df.write_parquet)
+def write_parquet_atomic(df, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a polars DataFrame to ``path`` through a temporary file and a rename (``metadata``: the
+    file's key-value metadata)."""
+    _atomic(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
+
+
+def place(path: Path | str) -> str:
+    """Where a file is: relative to the working directory when under it (as a workflow's rules name
+    their files, so a run's folder moved whole keeps its names), else absolute."""
+    full = Path(os.path.abspath(path))
+    try:
+        return full.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return full.as_posix()
+
+
+def remake_hint(path: Path | str) -> str:
+    """How to make ``path`` again where a workflow made it (a file under the working directory of a
+    Snakemake run, which holds ``.snakemake/``), else "". A finished output damaged since (truncated,
+    overwritten) fails the job that reads it, and Snakemake, which counts it done, plans its job no
+    more: the job must be forced, and then all that follows it runs again."""
+    rel = place(path)
+    if not Path(".snakemake").is_dir() or os.path.isabs(rel):
+        return ""
+    return (
+        "; it changed after the job that made it finished (truncated, overwritten): make it again, and all "
+        f"that follows it, with `snakemake --cores all all --forcerun {shlex.quote(rel)}`"
+    )
 
 
 def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
     """A parquet table, or ``InputError`` naming ``path`` and what was expected there
-    (a missing file, one that is not parquet, or one without the ``columns`` needed)."""
+    (a missing file, one that is not parquet, or one without the ``columns`` needed); for a damaged
+    output of the workflow, the error also says how to make it again (``remake_hint``)."""
     import polars as pl
 
     path = Path(path)
@@ -122,10 +149,12 @@ def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
         table = pl.read_parquet(path)
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}") from None
+        raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}{remake_hint(path)}") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise InputError(f"{path}: has no column {missing[0]!r} (expected {what}; columns: {table.columns})")
+        raise InputError(
+            f"{path}: has no column {missing[0]!r} (expected {what}; columns: {table.columns}){remake_hint(path)}"
+        )
     return table
 
 
@@ -150,7 +179,7 @@ def read_json(path: Path | str, what: str) -> dict:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (expected {what})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON (expected {what}): {e}") from None
+        raise InputError(f"{path}: not valid JSON (expected {what}): {e}{remake_hint(path)}") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object ({what})")
+        raise InputError(f"{path}: expected a JSON object ({what}){remake_hint(path)}")
     return data

@@ -3,7 +3,8 @@
 Each model spec becomes a directory ``resources/models/<name>/`` that later stages load with
 ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``, plus a
 manifest ``resources/models/<name>.json`` written last (its existence means "complete"):
-source, revision, sha256 of every weight file, vocabulary sizes and a tokenizer hash.
+source, revision, sha256 of every file of the checkpoint (weights, configs, generation config,
+tokenizer files, chat template: all that loading reads), vocabulary sizes and a tokenizer hash.
 
 - ``path``: the files of a local checkpoint are linked (not copied: weights can be 60 GB).
 - ``hub``: ``huggingface_hub.snapshot_download`` at the pinned revision, safetensors only.
@@ -56,10 +57,19 @@ def manifest_path(ckpt_dir: Path) -> Path:
 
 
 def fingerprints_path(ckpt_dir: Path) -> Path:
-    """Where the weights' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
+    """Where the files' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
     manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and a later
     Snakemake run, comparing its checksum, finds what was made from it up to date)."""
     return ckpt_dir.with_name(f".{ckpt_dir.name}.fingerprints.json")
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[Path]:
+    """The files of a checkpoint its manifest hashes: every file in its directory (a link's target),
+    but hidden ones. Loading reads some of them (the weights, ``config.json``,
+    ``generation_config.json``, the tokenizer's files and chat template), the stages others
+    (``toy_build.json``); a subdirectory (a toy RL model's ``checkpoints/``) is a checkpoint of its
+    own, with its own manifest."""
+    return sorted(p for p in Path(ckpt_dir).iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -151,6 +161,11 @@ def write_manifest(
     weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
+    # hashed before anything is loaded from them: the manifest vouches for the files that were checked
+    files = checkpoint_files(ckpt_dir)
+    # a linked file's fingerprint is its target's: the source checkpoint's
+    fingerprints = {p.name: file_fingerprint(p) for p in files}
+    hashes = {p.name: sha256_file(p) for p in files}
     cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
     tok = _auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
@@ -163,14 +178,13 @@ def write_manifest(
         "embedding_rows": int(getattr(cfg, "vocab_size", 0) or 0),
         "tokenizer_size": len(tok),
         "tokenizer_sha256": tokenizer_fingerprint(tok),
-        "weights_sha256": {p.name: sha256_file(p) for p in weights},
+        "files_sha256": hashes,
         "weights_bytes": {p.name: p.stat().st_size for p in weights},
         "tokenizer_roundtrip": "ok",
     }
     if extra:
         manifest.update(extra)
-    # a linked file's fingerprint is its target's: the source checkpoint's
-    write_json_atomic(fingerprints_path(ckpt_dir), {p.name: file_fingerprint(p) for p in weights})
+    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
     write_json_atomic(manifest_path(ckpt_dir), manifest)
     return manifest
 
@@ -183,7 +197,8 @@ def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
 
 
 def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
-    """Fail if the weights at ``ckpt_dir`` are not those its manifest hashed.
+    """Fail if the files at ``ckpt_dir`` are not those its manifest hashed (``checkpoint_files``: the
+    weights, the configs, the tokenizer's files and chat template; one added or gone fails too).
 
     A file whose fingerprint (device, inode, size, mtime and ctime: ``io.file_fingerprint``) is the
     one recorded when it was hashed is taken as unchanged; any other is hashed again (once per
@@ -192,20 +207,23 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
     any model is loaded.
     """
     name = manifest.get("name", ckpt_dir.name)
-    recorded = manifest.get("weights_sha256", {})
-    present = sorted(p.name for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
-    if present != sorted(recorded):
+    recorded = manifest.get("files_sha256")
+    if not isinstance(recorded, dict):
         raise ModelFetchError(
-            f"model {name!r}: {ckpt_dir} holds weight files {present}, its manifest "
-            f"{manifest_path(ckpt_dir)} lists {sorted(recorded)}; run the checkpoint stage again"
+            f"model {name!r}: its manifest {manifest_path(ckpt_dir)} records no hash of the checkpoint's files "
+            "(written by an older tokenshift); run the checkpoint stage again"
+        )
+    present = [p.name for p in checkpoint_files(ckpt_dir)]
+    if present != sorted(recorded):
+        added, gone = sorted(set(present) - set(recorded)), sorted(set(recorded) - set(present))
+        raise ModelFetchError(
+            f"model {name!r}: {ckpt_dir} holds files its manifest {manifest_path(ckpt_dir)} does not list "
+            f"({', '.join(added) or 'none'}) and lacks files it lists ({', '.join(gone) or 'none'}; a broken "
+            "link to its source?); run the checkpoint stage again"
         )
     fingerprints = _fingerprints(ckpt_dir)
     for fname, digest in recorded.items():
         path = ckpt_dir / fname
-        if not path.exists():
-            raise ModelFetchError(
-                f"model {name!r}: {path} is gone (a broken link to its source?); run the checkpoint stage again"
-            )
         if fingerprints.get(fname) == list(file_fingerprint(path)):
             continue
         log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
@@ -213,8 +231,8 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
             raise ModelFetchError(
                 f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} "
                 "hashed (the source checkpoint was overwritten?); run the checkpoint stage again "
-                "(snakemake does so when the source files are newer) so that every result is "
-                "recomputed from the new weights"
+                "(snakemake does so when the source files change) so that every result is "
+                "recomputed from the new files"
             )
 
 

@@ -164,9 +164,21 @@ def to_argv(cls: type, values: Mapping[str, Any]) -> list[str]:
     return argv
 
 
+def canonical(value: Any) -> Any:
+    """``value`` with every integral float as an int, in lists and mappings too: YAML's ``50.0`` and
+    ``50`` are one setting, and the workflow records settings as text (a float flag parses either)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list | tuple):
+        return type(value)(canonical(v) for v in value)
+    if isinstance(value, Mapping):
+        return {k: canonical(v) for k, v in value.items()}
+    return value
+
+
 def shell_args(cls: type, values: Mapping[str, Any]) -> str:
-    """``to_argv`` quoted for a shell command line."""
-    return " ".join(shlex.quote(a) for a in to_argv(cls, values))
+    """``to_argv`` quoted for a shell command line, each number in one text (``canonical``)."""
+    return " ".join(shlex.quote(a) for a in to_argv(cls, canonical(values)))
 
 
 def section_values(
@@ -186,3 +198,17 @@ def section_values(
         and f.metadata.get("recorded", True) == recorded
     }
     return {k: v for k, v in config.get(cls.section, {}).items() if k in names}
+
+
+def recorded_config(config: Mapping[str, Any], classes: Sequence[type]) -> dict[str, Any]:
+    """``config`` less the settings no result depends on (the fields of ``classes`` declared
+    ``recorded=False``: a batch size, what a job asks the scheduler for), each number in one text
+    (``canonical``): what the workflow records of the whole config (``results/config.yaml``, which the
+    report quotes), so that changing such a setting rewrites no page."""
+    out = canonical(dict(config))
+    for cls in classes:
+        section = out.get(cls.section)
+        if isinstance(section, Mapping):
+            unrecorded = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("recorded", True)}
+            out[cls.section] = {k: v for k, v in section.items() if k not in unrecorded}
+    return out

@@ -54,7 +54,7 @@ from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.registry import SCORE_ORDER, TOPK_SCORE_COLUMNS
 from tokenshift.settings import AUTO, CPU_BATCH, RolloutConfig, ScoringConfig
-from tokenshift.sharding import Part
+from tokenshift.sharding import Part, write_part
 
 log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ("top_ids_base", "top_probs_base", "top_ids_rl", "top_probs_rl")
@@ -465,7 +465,7 @@ def run_scoring(
     """
     import polars as pl
 
-    from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
+    from tokenshift.io import InputError, read_json, read_parquet
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -495,7 +495,7 @@ def run_scoring(
     scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
     scores = scores.with_columns(pl.lit(source).alias("source"), pl.lit(cfg.statistic).alias("statistic"))
     scores = scores.sort(*SCORE_ORDER)
-    write_parquet_atomic(scores, Path(out))
+    write_part(scores, Path(out))
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(
         "scored %d tokens of %d responses (%s backend, statistic %s); skipped: %s",

@@ -520,8 +520,13 @@ class ClusterConfig:
     """What each job asks a cluster's scheduler for (config ``cluster:``); see ``tokenshift.cluster``."""
 
     section: ClassVar[str] = "cluster"
-    gpu_memory_gb: float = option(80.0, "memory of one GPU (GB); a model's GPUs are ceil(1.25 x weights / this)")
-    gpu_model: str | None = option(None, "a GPU type GPU jobs ask for (--gpus=<type>:<n>), where the site wants one")
+    # what a job asks for, not what it computes: no result depends on these (recorded=False)
+    gpu_memory_gb: float = option(
+        80.0, "memory of one GPU (GB); a model's GPUs are ceil(1.25 x weights / this)", recorded=False
+    )
+    gpu_model: str | None = option(
+        None, "a GPU type GPU jobs ask for (--gpus=<type>:<n>), where the site wants one", recorded=False
+    )
     runtime: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {
             "default": 60,
@@ -531,5 +536,5 @@ class ClusterConfig:
             "score": 120,
             "crosssample": 240,
         },
-        metadata={"help": "minutes a job of each stage may run (each retry multiplies it)"},
+        metadata={"help": "minutes a job of each stage may run (each retry multiplies it)", "recorded": False},
     )

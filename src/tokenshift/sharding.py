@@ -37,7 +37,15 @@ from tqdm.auto import tqdm
 
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
-from tokenshift.io import InputError, read_parquet, sha256_file, write_json_atomic, write_parquet_atomic
+from tokenshift.io import (
+    InputError,
+    place,
+    read_parquet,
+    remake_hint,
+    sha256_file,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from tokenshift.settings import GradingConfig, PromptConfig
 
 log = logging.getLogger(__name__)
@@ -85,22 +93,50 @@ class Part:
         return range(-(-(self.index - 1) * n // self.count), -(-self.index * n // self.count))
 
 
+PART_RECORD = "tokenshift.part"
+"""The key of a part's parquet metadata that records where its job wrote it (``write_part``; ``io.place``)."""
+
+
+def write_part(table: pl.DataFrame, path: Path) -> None:
+    """Write the table of a run, or of one job's part of it, recording where (``gather_parts`` checks it)."""
+    write_parquet_atomic(table, path, metadata={PART_RECORD: place(path)})
+
+
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
-    its own), written to ``out``."""
-    frames = [(p, t) for p, t in ((p, _read_part(p)) for p in parts) if t.width]
-    first_path, first = (frames[0][0], frames[0][1].schema) if frames else (None, None)
-    for p, t in frames[1:]:
-        if t.schema != first:
+    its own), written to ``out``.
+
+    Each part must be the file its job wrote there (``write_part``'s record: another part, or another
+    table, copied over it is refused, naming it), and the parts must share their columns (one that
+    differs from the columns most parts have is named)."""
+    frames = []
+    for p in parts:
+        table = _read_part(p)
+        recorded = pl.read_parquet_metadata(p).get(PART_RECORD)
+        if recorded != place(p):
+            held = (
+                f"it records being written as {recorded}: copied over this one?"
+                if recorded
+                else "it has no record of its place, which tokenshift rollout, score and crosssample write "
+                "in each part: another file copied over it?"
+            )
+            raise InputError(f"{p}: not the part its job wrote there ({held}){remake_hint(p)}")
+        if table.width:  # a job given no shard writes a part without columns
+            frames.append((p, table))
+    schemas = [t.schema for _, t in frames]
+    common = max(schemas, key=schemas.count) if schemas else None  # ties: the first part's
+    for p, t in frames:
+        if t.schema != common:
+            ref = next(q for q, u in frames if u.schema == common)
             diff = next(
                 (
-                    f"column {c!r}: {t.schema.get(c, 'none')} here, {first.get(c, 'none')} there"
-                    for c in [*first, *t.schema]
-                    if first.get(c) != t.schema.get(c)
+                    f"column {c!r}: {t.schema.get(c, 'none')} here, {common.get(c, 'none')} there"
+                    for c in [*common, *t.schema]
+                    if common.get(c) != t.schema.get(c)
                 ),
                 "the same columns in another order",
             )
-            raise InputError(f"{p}: not a part of the same run as {first_path} (expected its columns; {diff})")
+            raise InputError(f"{p}: not a part of the same run as {ref} (expected its columns; {diff}){remake_hint(p)}")
     table = pl.concat([t for _, t in frames]) if frames else pl.DataFrame()
     unknown = [c for c in sort_by if table.width and c not in table.columns]
     if unknown:
@@ -112,18 +148,9 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
 
 
 def _read_part(path: Path) -> pl.DataFrame:
-    """A part, or ``InputError`` naming it; a damaged one also says how to make it again. Its job
-    finished (a part is written whole or not at all), so Snakemake counts it done, and once the failed
-    gather's table is gone, a plain re-run finds nothing to do: the part's job must be forced."""
-    if not Path(path).is_file():
-        return read_parquet(path, "a part of a split run")
-    try:
-        return read_parquet(path, "a part of a split run")
-    except InputError as e:
-        raise InputError(
-            f"{e}; it was damaged after its job wrote it: make it again, and all that follows it, with "
-            f"`snakemake --cores all all --forcerun {path}`"
-        ) from None
+    """A part, or ``InputError`` naming it; a damaged one also says how to make it again
+    (``io.remake_hint``): once the failed gather's table is gone, a plain re-run finds nothing to do."""
+    return read_parquet(path, "a part of a split run")
 
 
 def run_key(parts: Mapping[str, Any]) -> str:
@@ -136,19 +163,30 @@ def run_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256((text + code_version()).encode()).hexdigest()
 
 
-def _shard_ok(path: Path, rows: int) -> str | None:
-    """Why the shard at ``path`` cannot be reused, or None when it can."""
+def _shard_ok(path: Path, keys: Sequence[tuple[str, int]]) -> str | None:
+    """Why the shard at ``path`` cannot be reused, or None when it can: ``keys`` are the (problem id,
+    sample index) of the rows it should hold, in order (another shard's file and record copied over
+    it match each other, not its place)."""
     record = path.with_suffix(".json")
     if not record.is_file():
         return "it has no record (it was being written when the job stopped)"
     try:
         meta = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError):
-        return f"its record {record.name} is unreadable"
-    if meta.get("rows") != rows:
-        return f"its record says {meta.get('rows')} rows, the shard should have {rows}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
+    if meta.get("rows") != len(keys):
+        return f"its record says {meta.get('rows')} rows, the shard should have {len(keys)}"
     if sha256_file(path) != meta.get("sha256"):
         return "its bytes differ from those recorded when it was written (truncated or edited)"
+    try:
+        held = pl.read_parquet(path, columns=["problem_id", "sample_index"])
+    except Exception as e:  # a file hashed as recorded, yet not a shard: a record written for it by hand
+        return f"it is not a readable shard ({type(e).__name__})"
+    if list(zip(held["problem_id"].to_list(), held["sample_index"].to_list())) != list(keys):
+        first = held["problem_id"][0] if held.height else None
+        return f"it holds other rows than its place's (problem {first!r} first; another shard copied over it?)"
     return None
 
 
@@ -194,7 +232,7 @@ def run_sharded(
         if not path.exists():
             todo.append(k)
             continue
-        why = _shard_ok(path, len(chunk) * n)
+        why = _shard_ok(path, [(p.problem_id, j) for p in chunk for j in range(n)])
         if why:
             log.warning("discarding shard %s and computing it again: %s", path, why)
             path.unlink()
@@ -231,7 +269,7 @@ def run_sharded(
     bar.close()
     parts = [pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in shards]
     table = pl.concat(parts) if parts else pl.DataFrame()  # a part may get no shard: more jobs than shards
-    write_parquet_atomic(table, out)
+    write_part(table, out)
     shutil.rmtree(shard_dir)  # the table is complete: a later run of this target starts afresh
     return table
 

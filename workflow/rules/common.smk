@@ -15,11 +15,11 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from tokenshift.cluster import job_resources, manifest_needed
-from tokenshift.codehash import stage_code
+from tokenshift.codehash import code_of, stage_code
 from tokenshift.config import check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files
-from tokenshift.options import flag, section_values, shell_args
+from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
     DIVERGENCE_FIGURES,
@@ -35,6 +35,7 @@ from tokenshift.registry import (
 from tokenshift.settings import (
     VLLM_ENGINE_KEYS,
     AccuracyConfig,
+    ClusterConfig,
     CrossSampleConfig,
     CrossSampleGrid,
     DatasetSpec,
@@ -78,6 +79,20 @@ GRID = CrossSampleGrid.from_config(config["crosssample"])
 # and its engine (batch size and devices: lockstep's; the vLLM engines' settings: regenerate's)
 CROSSSAMPLE_STAGES = tuple(config["crosssample"][k] for k in ("length_rule", "injection", "engine"))
 ADVANTAGES = AdvantageExperimentConfig.from_mapping(config["advantages"])
+# the config sections of stage settings: the fields of each that no result depends on are not recorded
+SETTINGS = (
+    SamplingConfig,
+    GradingConfig,
+    RolloutConfig,
+    AccuracyConfig,
+    ScoringConfig,
+    DivergenceConfig,
+    CrossSampleConfig,
+    ExplorerConfig,
+    ClusterConfig,
+    ToyBuildConfig,
+    AdvantageExperimentConfig,
+)
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
 ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
 
@@ -286,9 +301,10 @@ def crosssample_args(wildcards):
 def threshold_args(wildcards):
     """``--threshold=t`` or ``--percentile=q [--level=L]`` (none for a policy whose threshold is fixed,
     nor at budget 0, which never switches), in one order whatever the YAML's, so a reordered config
-    is the same recorded setting; joined, so a threshold of -1e-05 is a value, not an option."""
+    is the same recorded setting (and ``50.0`` the same as ``50``); joined, so a threshold of -1e-05 is a
+    value, not an option."""
     spec = GRID.threshold_spec(wildcards.policy, wildcards.budget)
-    return shlex.join(f"--{k}={v}" for k, v in sorted(spec.items()))
+    return shlex.join(f"--{k}={canonical(v)}" for k, v in sorted(spec.items()))
 
 
 def toy_check_args(wildcards):

@@ -81,8 +81,10 @@ rule run_config:
         "logs/config.log",
     localrule: True
     params:
-        # recorded, in a canonical order: any changed setting rewrites it, and the report
-        config=lambda wildcards: json.dumps(config, sort_keys=True, default=str),
+        code=code_of("tokenshift.options.recorded_config", "tokenshift.io.write_yaml_atomic"),
+        # recorded, in a canonical order: a changed setting rewrites it, and the report; not those no
+        # result depends on (a batch size, the cluster's resources), which no job records either
+        config=lambda wildcards: json.dumps(recorded_config(config, SETTINGS), sort_keys=True, default=str),
     run:
         write_yaml_atomic(output[0], json.loads(params.config))
 

@@ -24,7 +24,7 @@ rule advantage_run:
     params:
         code=stage_code("advantages", "run"),
         settings=settings_of(AdvantageExperimentConfig, stage="run"),
-        lr=config["toy"]["grpo_lr"],  # the toy RL model's
+        lr=canonical(config["toy"]["grpo_lr"]),  # the toy RL model's
         out=lambda wildcards, output: Path(output.evals).parent,
     shell:
         "tokenshift advantages run --base {input.base} --variant {wildcards.variant} --seed {wildcards.seed} "

@@ -55,7 +55,7 @@ def register(sub) -> None:
         add_options(t, ToyBuildConfig, title="toy build settings (config `toy:`)")
         output(t, "--out", "a checkpoint directory", "checkpoint directory to create", directory=True)
         quiet(t)
-        t.set_defaults(func=_toy_build, role=role)
+        t.set_defaults(func={"base": _toy_base, "rl": _toy_rl, "sft": _toy_sft}[role])
 
     c = msub.add_parser(
         "check-pair",
@@ -106,19 +106,31 @@ def _fetch(args: argparse.Namespace) -> None:
     print(json.dumps({k: manifest[k] for k in ("name", "source", "tokenizer_size", "embedding_rows")}))
 
 
-def _toy_build(args: argparse.Namespace) -> None:
-    from tokenshift.toy.build import build_toy_model
+# a handler per model, each calling its own build: a stage's code hash covers that build alone
+
+
+def _toy_base(args: argparse.Namespace) -> None:
+    from tokenshift.toy.build import build_toy_base
     from tokenshift.toy.config import ToyBuildConfig
 
-    summary = build_toy_model(
-        args.role,
-        args.name,
-        Path(args.out),
-        settings(ToyBuildConfig, args),
-        init=getattr(args, "init", None),
-        progress=not args.quiet,
-    )
-    print(summary, file=sys.stderr)
+    cfg = settings(ToyBuildConfig, args)
+    print(build_toy_base(args.name, Path(args.out), cfg, progress=not args.quiet), file=sys.stderr)
+
+
+def _toy_rl(args: argparse.Namespace) -> None:
+    from tokenshift.toy.build import build_toy_rl
+    from tokenshift.toy.config import ToyBuildConfig
+
+    cfg = settings(ToyBuildConfig, args)
+    print(build_toy_rl(args.name, Path(args.out), cfg, init=args.init, progress=not args.quiet), file=sys.stderr)
+
+
+def _toy_sft(args: argparse.Namespace) -> None:
+    from tokenshift.toy.build import build_toy_sft
+    from tokenshift.toy.config import ToyBuildConfig
+
+    cfg = settings(ToyBuildConfig, args)
+    print(build_toy_sft(args.name, Path(args.out), cfg, init=args.init, progress=not args.quiet), file=sys.stderr)
 
 
 def _check_pair(args: argparse.Namespace) -> None:

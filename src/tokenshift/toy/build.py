@@ -182,31 +182,33 @@ def build_sft(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: b
     return _save(model, tokenizer, out_dir, cfg, t0, role="sft", final_loss=sum(losses[-20:]) / 20, init=str(init_dir))
 
 
-def build_toy_model(
-    role: str, name: str, out: Path, cfg: ToyBuildConfig, *, init: Path | None = None, progress: bool = True
-) -> str:
-    """Build the toy ``base`` (pretraining), ``rl`` (GRPO from the checkpoint ``init``) or ``sft``
-    (supervised fine-tuning from ``init``) model at ``out`` and write its manifest last; returns a
+# One entry point per model, each a subcommand of its own (``tokenshift models toy-base|toy-rl|toy-sft``):
+# each stage's code hash (tokenshift.codehash) then covers its own build, so a change to GRPO or to
+# the grader it rewards with re-runs the RL build, not the base model's pretraining.
+
+
+def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
+    """Build the toy base model (pretraining) at ``out`` and write its manifest last; returns a
     one-line summary."""
+    from tokenshift.models import write_manifest
+
+    stats = build_base(Path(out), cfg, progress=progress)
+    write_manifest(Path(out), name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
+    return (
+        f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
+        f"{stats['seconds']:.0f} s"
+    )
+
+
+def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
+    """Build the toy RL model (GRPO from the checkpoint ``init``) at ``out`` and write its manifest
+    last; returns a one-line summary."""
     from tokenshift.models import resolve_checkpoint, write_manifest
 
-    out = Path(out)
-    if role == "base":
-        stats = build_base(out, cfg, progress=progress)
-        write_manifest(out, name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
-        return (
-            f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
-            f"{stats['seconds']:.0f} s"
-        )
     init_dir = resolve_checkpoint(init)
-    if role == "sft":
-        stats = build_sft(init_dir, out, cfg, progress=progress)
-        spec = {"toy": "sft", "init": init_dir.name}
-        write_manifest(out, name=name, spec=spec, extra={"toy_build_seconds": stats["seconds"]})
-        return f"toy SFT model {name!r}: final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
-    stats = build_rl(init_dir, out, cfg, name=name, progress=progress)
+    stats = build_rl(init_dir, Path(out), cfg, name=name, progress=progress)
     write_manifest(
-        out, name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
+        Path(out), name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
     )
     rewards = [h["reward_mean"] for h in stats["grpo"]]
     k = max(1, len(rewards) // 5)
@@ -214,3 +216,15 @@ def build_toy_model(
         f"toy RL model {name!r}: mean GRPO reward {sum(rewards[:k]) / k:.3f} over the first {k} steps, "
         f"{sum(rewards[-k:]) / k:.3f} over the last {k}; {stats['seconds']:.0f} s"
     )
+
+
+def build_toy_sft(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
+    """Build the toy SFT model (supervised fine-tuning from the checkpoint ``init``) at ``out`` and
+    write its manifest last; returns a one-line summary."""
+    from tokenshift.models import resolve_checkpoint, write_manifest
+
+    init_dir = resolve_checkpoint(init)
+    stats = build_sft(init_dir, Path(out), cfg, progress=progress)
+    spec = {"toy": "sft", "init": init_dir.name}
+    write_manifest(Path(out), name=name, spec=spec, extra={"toy_build_seconds": stats["seconds"]})
+    return f"toy SFT model {name!r}: final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
