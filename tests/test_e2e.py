@@ -17,6 +17,8 @@ import yaml
 from conftest import REPO
 from helpers import DEFAULT_RUN_LIMIT_S, SECTIONS, plan, planned, run_workflow, snakemake
 
+from tokenshift.settings import CrossSampleGrid
+
 # every test here may be the first to wait on the default run: its timeout is the run's limit and its own time
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DEFAULT_RUN_LIMIT_S + 600)]
 
@@ -188,9 +190,12 @@ def test_readme_rerun_commands_do_what_they_say(default_run):
         after = pl.read_parquet(default_run / target)
         assert after.drop("response_text").equals(before.drop("response_text"))  # seeded: the same run again
     assert plan(default_run) == {}  # the same bytes again: nothing downstream to redo
+    # every job of the rule: the grid's runs (the extrapolation runs beside it are a rule of their own)
+    config = yaml.safe_load((default_run / "config" / "config.yaml").read_text())
+    runs = len(CrossSampleGrid.from_config(config["crosssample"]).runs(config["sampling"]["max_new_tokens"]))
     assert planned(snakemake(default_run, "-n", *force_rule[1:])) == {
-        "crosssample": 34,
-        "gather_crosssample": 34,
+        "crosssample": runs,
+        "gather_crosssample": runs,
         "crosssample_table": 1,
         "figures": 1,
         "explorer": 1,
