@@ -164,7 +164,7 @@ class Grader:
             raise ValueError(f"{len(responses)} responses but {len(golds)} gold answers")
         keys = [self._key(r, g) for r, g in zip(responses, golds)]
         todo = {k: i for i, k in enumerate(keys) if k not in self._known}  # one response per new key
-        self._known.update(zip(todo, self._grade_each([responses[i] for i in todo.values()], list(todo))))
+        self._known.update(zip(todo, self._grade_each([responses[i] for i in todo.values()], [g for _, g in todo])))
         results = [self._known[k] for k in keys]
         for k in todo:
             if self._known[k].status == "timeout":
@@ -174,8 +174,7 @@ class Grader:
             log.info("%d of %d answers not graded (no box, no answer, timeout or error)", bad, len(results))
         return results
 
-    def _grade_each(self, responses: list[str], keys: list[tuple[str | None, str]]) -> list[GradeResult]:
-        golds = [g for _, g in keys]
+    def _grade_each(self, responses: list[str], golds: list[str]) -> list[GradeResult]:
         if self.workers == 0:
             return [grade_one(r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)]
         futures = [

@@ -327,7 +327,7 @@ def crosssample_table(
     table = table.with_columns(pl.lit(None, dtype=pl.Utf8).alias("budget0_from"))
     zero = table.filter(pl.col("budget") == "0")
     extra = []
-    grid = table.filter(~pl.col("extrapolation"))  # the runs beside the grid have a budget-0 row of their own
+    grid = table.filter(~pl.col("extrapolation"))  # a run beside the grid needs no budget-0 stand-in
     for direction, policies in grid.group_by("direction").agg(pl.col("policy").unique()).iter_rows():
         runs = zero.filter(pl.col("direction") == direction)
         if runs.height:

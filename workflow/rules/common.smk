@@ -43,7 +43,6 @@ from tokenshift.settings import (
     ExplorerConfig,
     GradingConfig,
     PromptConfig,
-    VLLM_ENGINE_KEYS,
     RolloutConfig,
     SamplingConfig,
     ScoringConfig,
