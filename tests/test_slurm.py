@@ -47,8 +47,9 @@ CONFIG["models"].pop("toy-sft")
 SPLIT = copy.deepcopy(CONFIG)
 SPLIT["rollout"]["jobs"] = 2
 SPLIT["crosssample"]["jobs"] = 2
-GPU_RULES = {"rollout", "score", "crosssample"}
-MODEL_RUNS_ON_GPU = {"rollout": 2, "score": 2, "crosssample": 8}  # of each: jobs that load toy-base
+# of each: jobs that load toy-base; the default study's extrapolated run (crosssample.gammas) loads both models
+MODEL_RUNS_ON_GPU = {"rollout": 2, "score": 2, "crosssample": 8, "crosssample_extrapolated": 2}
+GPU_RULES = set(MODEL_RUNS_ON_GPU)
 
 
 def _skip_reason(accounting: bool) -> str | None:
