@@ -419,6 +419,39 @@ def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer
     assert f"pairs[{len(DEFAULT['pairs'])}].rl" in out and "token ids differ" in out
 
 
+def test_a_passed_tokenizer_check_is_remembered_by_content_and_a_changed_file_is_checked_again(
+    tmp_path, toy_tokenizer, monkeypatch
+):
+    # issue 23: loading both tokenizers cost ~8 s of a 10 s `snakemake -n` on every start of a local pair
+    from helpers import other_tokenizer
+
+    import tokenshift.models
+    from tokenshift.config import ConfigError, check_config
+
+    monkeypatch.setenv("TOKENSHIFT_CACHE", str(tmp_path / "cache"))
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=1)
+    config = {
+        "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+        "pairs": [{"name": "ab", "base": "a", "rl": "b"}],
+    }
+    check_config(config, base_dir=tmp_path)
+    assert len(list((tmp_path / "cache" / "tokenizer-pairs").glob("*.ok"))) == 1
+    with monkeypatch.context() as m:
+        m.setattr(tokenshift.models, "load_tokenizer", lambda *a, **k: pytest.fail("the remembered check ran again"))
+        check_config(config, base_dir=tmp_path)
+        # other weights alone: the same tokenizers, still remembered
+        save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=2)
+        check_config(config, base_dir=tmp_path)
+    # the same folders with another tokenizer inside: checked again, and refused
+    save_checkpoint(tmp_path / "ckpt" / "b", other_tokenizer(["other words entirely, nothing alike"] * 20))
+    with pytest.raises(ConfigError, match=r"pairs\[0\]\.rl.*token ids differ"):
+        check_config(config, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="token ids differ"):  # a refusal is never remembered
+        check_config(config, base_dir=tmp_path)
+    assert len(list((tmp_path / "cache" / "tokenizer-pairs").glob("*.ok"))) == 1
+
+
 def test_local_checkpoint_without_its_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
     work = with_local_pair(tmp_path, toy_tokenizer, toy_tokenizer)
     for f in (tmp_path / "ckpt" / "b").glob("tokenizer*"):

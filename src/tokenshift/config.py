@@ -6,6 +6,11 @@ part of the config to another: unique pair names, references to models and datas
 exist, toy models paired only with toy models, local checkpoints that exist, and pairs whose
 two tokenizers can be compared (where both are local and neither trusts its own code, which
 this check never runs). Every error names the key and the bad value.
+
+Loading two tokenizers costs seconds (transformers' import alone), at every Snakemake start: a
+passed comparison is remembered under ``tokenizer_check_cache()``, keyed by the bytes of every
+non-weight file of both checkpoints, the transformers/tokenizers versions and this code, so it
+runs again only when one of them changes. A failed one is never remembered.
 """
 
 from __future__ import annotations
@@ -537,6 +542,10 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         # the pair's check_pair job compares them, after the fetch, as it does a hub pair's
         from tokenshift.models import TokenizerMismatch, compare_tokenizers, load_tokenizer
 
+        dirs = [base_dir / spec["path"] for spec in (base, rl)]
+        record = _tokenizer_check_record(*dirs)
+        if record is not None and record.is_file():
+            return  # these very files passed this very check before (transformers' import alone is seconds)
         tokenizers = []
         for role, spec in (("base", base), ("rl", rl)):
             try:
@@ -552,6 +561,60 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             raise ConfigError(
                 f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}"
             ) from None
+        if record is not None:
+            _write_record(record)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".index")
+"""Files no tokenizer reads (weights and their indexes), left out of a tokenizer check's key."""
+
+
+def tokenizer_check_cache() -> Path:
+    """Where passed tokenizer comparisons are remembered: ``$TOKENSHIFT_CACHE``, else
+    ``$XDG_CACHE_HOME/tokenshift`` (``~/.cache/tokenshift``)."""
+    import os
+
+    if os.environ.get("TOKENSHIFT_CACHE"):
+        return Path(os.environ["TOKENSHIFT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenshift"
+
+
+def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
+    """The record a passed comparison of these checkpoints' tokenizers leaves, keyed by the bytes of every
+    file of theirs a tokenizer may read (all but the weights), the transformers and tokenizers versions that
+    load them and the code that compares them: any change is a new key, so the check runs again. None
+    where a file cannot be read (the check then runs, and names it)."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    for package in ("transformers", "tokenizers"):
+        try:
+            h.update(f"{package}=={version(package)}\0".encode())
+        except PackageNotFoundError:
+            h.update(f"{package} absent\0".encode())
+    import tokenshift.models
+
+    try:
+        for module in (__file__, tokenshift.models.__file__):
+            h.update(hashlib.sha256(Path(module).read_bytes()).digest())
+        for d in ckpt_dirs:
+            for f in sorted(Path(d).iterdir()):
+                if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+                    h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+            h.update(b"\1")  # the end of one checkpoint's files
+    except OSError:
+        return None
+    return tokenizer_check_cache() / "tokenizer-pairs" / f"{h.hexdigest()}.ok"
+
+
+def _write_record(record: Path) -> None:
+    """Leave ``record`` (best effort: an unwritable cache only means the check runs each time)."""
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.touch()
+    except OSError:
+        pass
 
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
