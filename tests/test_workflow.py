@@ -522,6 +522,26 @@ def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     assert set(acc["metric"]) == {"avg@2", "pass@1", "pass@2"}
 
 
+def test_light_rules_run_on_the_submit_node_and_model_rules_do_not(tmp_path):
+    # `use rule ... with:` does not carry `localrule` over, so a derived gather or figure rule once
+    # went to the cluster queue: every rule the workflow defines is checked here by its name
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ResourceSettings
+
+    with_config(tmp_path, DEFAULT)
+    with SnakemakeApi() as api:
+        workflow = api.workflow(
+            snakefile=REPO / "Snakefile", resource_settings=ResourceSettings(), workdir=tmp_path
+        )._workflow
+        # what Workflow.is_local reads once a cluster executor is set (a plain load executes locally)
+        local = {r.name: r.name in workflow._localrules or r.norun for r in workflow.rules}
+    light = re.compile(
+        r"(gather|figures?|accuracy|report|explorer|dataset|check_pair|run_config|all)(_|$)|\w+_tables?$"
+    )
+    assert {n for n, is_local in local.items() if bool(light.match(n)) != is_local} == set()
+    assert {"gather_crosssample_extrapolated", "figures_divergence", "crosssample", "toy_base"} <= set(local)
+
+
 def test_local_profile_dry_run(tmp_path):
     r = snakemake(with_config(tmp_path, DEFAULT), "--profile", str(REPO / "profiles" / "local"), "-n", "all")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

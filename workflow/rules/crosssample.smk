@@ -82,6 +82,8 @@ use rule gather_crosssample as gather_crosssample_extrapolated with:
         "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.gamma-{gamma}.parquet",
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}.log",
+    # `use rule` does not carry `localrule` over: each derived rule says so itself
+    localrule: True
 
 
 rule crosssample_table:

@@ -32,6 +32,7 @@ use rule figures as figures_divergence with:
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in DIVERGENCE_FIGURES],
     wildcard_constraints:
         pair=alternatives([p for p in PAIRS if p not in CROSSSAMPLED]),
+    localrule: True
 
 
 rule figure_overview:
