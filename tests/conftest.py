@@ -25,7 +25,7 @@ os.environ["PATH"] = f"{NO_CONTROLLER}{os.pathsep}{os.environ.get('PATH', '')}"
 
 @pytest.fixture(scope="session", autouse=True)
 def tokenshift_cache(tmp_path_factory):
-    """The session's own cache of passed checks (tokenshift.config.tokenizer_check_cache): shared by every
+    """The session's own cache of passed checks (tokenshift.io.cache_dir): shared by every
     Snakemake start in the session, never the user's ~/.cache."""
     path = tmp_path_factory.mktemp("tokenshift-cache")
     os.environ["TOKENSHIFT_CACHE"] = str(path)

@@ -57,11 +57,12 @@ def test_stages_have_hashes_of_their_own():
         stage_code("rollouts")
 
 
-def stage_codes(src: Path, stages: list[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+def stage_codes(src: Path, stages: list[tuple[str, ...]], cache: Path | None = None) -> dict[tuple[str, ...], str]:
+    """The hashes of ``stages`` as the package at ``src`` takes them, in a process of its own (remembered
+    in ``cache`` where given, else in the session's)."""
     code = f"from tokenshift.codehash import stage_code; print('\\n'.join(stage_code(*w) for w in {stages!r}))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(src)}, capture_output=True, text=True
-    )
+    env = {**os.environ, "PYTHONPATH": str(src), **({"TOKENSHIFT_CACHE": str(cache)} if cache else {})}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return dict(zip(stages, out.stdout.split()))
 
@@ -86,6 +87,24 @@ def test_a_change_changes_the_hash_of_the_stages_that_run_it_and_no_other(tmp_pa
     before = {w: stage_code(*w) for w in STAGES}
     after = stage_codes(patched_source(tmp_path, module, function), STAGES)
     assert {w for w in STAGES if after[w] != before[w]} == changed
+
+
+def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
+    cache, unwritable = tmp_path / "cache", tmp_path / "file"
+    unwritable.write_text("a file, not a folder: nothing is remembered under it\n")
+    same = patched_source(tmp_path / "a", "crosssample.py", None)  # a setting nothing reads: the same hashes
+    fresh = stage_codes(same, STAGES, unwritable)
+    assert stage_codes(same, STAGES, cache) == fresh
+    (record,) = (cache / "stage-code").iterdir()
+    # the record is what a later start reads: a value put there is what it gets
+    record.write_text(json.dumps({**json.loads(record.read_text()), "stage rollout": "remembered"}))
+    assert stage_codes(same, STAGES, cache)[("rollout",)] == "remembered"
+    # a changed function is a changed file: a new key, so its stage's hash is taken again, not read
+    changed = patched_source(tmp_path / "b", "crosssample.py", "run_crosssample")
+    after = stage_codes(changed, STAGES, cache)
+    assert after == stage_codes(changed, STAGES, unwritable)
+    assert {w for w in STAGES if after[w] != fresh[w]} == {("crosssample",)}
+    assert len(list((cache / "stage-code").iterdir())) == 2
 
 
 # --- every stage of a small study, under a tracer -------------------------------------------------

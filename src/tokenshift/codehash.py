@@ -22,6 +22,11 @@ and ``cli/__init__.py`` (the dispatcher), third-party packages (torch, transform
 their versions are not part of the hash). What a lookup by a computed name would reach (``getattr``
 with a string) is not followed: the package uses none; tests/test_codehash.py runs every stage of a
 small study under a tracer and checks that each function it ran is in its stage's units.
+
+Reading the package takes about a second, at every Snakemake start (and on a cluster in every job, which
+starts Snakemake again): the hashes are remembered under ``tokenshift.io.cache_dir()``, keyed by the bytes
+of every file of the package and the Python version that parses them, so a change to any file is a new
+key and they are taken again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,14 +367,46 @@ def unit_names(rel: str) -> set[str]:
 @functools.cache
 def stage_code(*words: str) -> str:
     """sha256 over the text of the units of ``stage_units(*words)`` and the bytes of its data files."""
-    return _digest(stage_units(*words))
+    return _remembered(("stage", *words), lambda: _digest(stage_units(*words)))
 
 
 @functools.cache
 def code_of(*functions: str) -> str:
     """The hash of the code the package's ``functions`` (``tokenshift.io.write_yaml_atomic``) run, as
     ``stage_code``'s: for what the workflow runs itself, not through a subcommand."""
-    return _digest(_reach([tuple(f.rsplit(".", 1)) for f in functions]))
+    return _remembered(("code", *functions), lambda: _digest(_reach([tuple(f.rsplit(".", 1)) for f in functions])))
+
+
+@functools.cache
+def package_key() -> str:
+    """sha256 over every file of the package (path and bytes, ``__pycache__`` aside) and the Python version
+    that parses them: all a hash of this module depends on."""
+    h = hashlib.sha256(f"python {sys.version_info.major}.{sys.version_info.minor}\0".encode())
+    for path in sorted(p for p in ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _remembered(key: tuple[str, ...], compute) -> str:
+    """``compute()``, or what it gave for ``key`` before on this package's files (``package_key``).
+    The record is best effort: where it cannot be read or written, the hash is taken each time."""
+    from tokenshift.io import cache_dir, write_json_atomic
+
+    record = cache_dir() / "stage-code" / f"{package_key()}.json"
+    name = " ".join(key)
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(name), str):
+        return known[name]
+    value = compute()
+    try:  # another process may have added its own meanwhile: keep them
+        latest = json.loads(record.read_text()) if record.is_file() else {}
+        write_json_atomic(record, {**(latest if isinstance(latest, dict) else {}), name: value})
+    except (OSError, ValueError):
+        pass
+    return value
 
 
 def _digest(found: Units) -> str:

@@ -8,7 +8,7 @@ two tokenizers can be compared (where both are local and neither trusts its own 
 this check never runs). Every error names the key and the bad value.
 
 Loading two tokenizers costs seconds (transformers' import alone), at every Snakemake start: a
-passed comparison is remembered under ``tokenizer_check_cache()``, keyed by the bytes of every
+passed comparison is remembered under ``tokenshift.io.cache_dir()``, keyed by the bytes of every
 non-weight file of both checkpoints, the transformers/tokenizers versions and this code, so it
 runs again only when one of them changes. A failed one is never remembered.
 """
@@ -569,16 +569,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgp
 """Files no tokenizer reads (weights and their indexes), left out of a tokenizer check's key."""
 
 
-def tokenizer_check_cache() -> Path:
-    """Where passed tokenizer comparisons are remembered: ``$TOKENSHIFT_CACHE``, else
-    ``$XDG_CACHE_HOME/tokenshift`` (``~/.cache/tokenshift``)."""
-    import os
-
-    if os.environ.get("TOKENSHIFT_CACHE"):
-        return Path(os.environ["TOKENSHIFT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenshift"
-
-
 def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
     """The record a passed comparison of these checkpoints' tokenizers leaves, keyed by the bytes of every
     file of theirs a tokenizer may read (all but the weights), the transformers and tokenizers versions that
@@ -587,14 +577,15 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
+    import tokenshift.models
+    from tokenshift.io import cache_dir
+
     h = hashlib.sha256()
     for package in ("transformers", "tokenizers"):
         try:
             h.update(f"{package}=={version(package)}\0".encode())
         except PackageNotFoundError:
             h.update(f"{package} absent\0".encode())
-    import tokenshift.models
-
     try:
         for module in (__file__, tokenshift.models.__file__):
             h.update(hashlib.sha256(Path(module).read_bytes()).digest())
@@ -605,7 +596,7 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
             h.update(b"\1")  # the end of one checkpoint's files
     except OSError:
         return None
-    return tokenizer_check_cache() / "tokenizer-pairs" / f"{h.hexdigest()}.ok"
+    return cache_dir() / "tokenizer-pairs" / f"{h.hexdigest()}.ok"
 
 
 def _write_record(record: Path) -> None:

@@ -86,6 +86,16 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def cache_dir() -> Path:
+    """Where tokenshift remembers what it has checked or computed, each record keyed by the content it
+    was made from (a change is a new key, never a stale hit): ``$TOKENSHIFT_CACHE``, else
+    ``$XDG_CACHE_HOME/tokenshift`` (``~/.cache/tokenshift``). Nothing there is needed: deleting it
+    costs time only."""
+    if os.environ.get("TOKENSHIFT_CACHE"):
+        return Path(os.environ["TOKENSHIFT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenshift"
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
