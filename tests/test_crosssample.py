@@ -746,7 +746,7 @@ def test_a_budget_beyond_the_length_limit_equals_no_limit(pair):
 
 
 @torch.no_grad()
-def test_the_preallocated_cache_gives_the_dynamic_caches_logits_through_a_row_drop(pair):
+def test_the_preallocated_cache_gives_the_dynamic_caches_logits_through_row_drops(pair):
     from transformers import DynamicCache
 
     from tokenshift.generation import pad_rows, preallocated_cache
@@ -767,8 +767,8 @@ def test_the_preallocated_cache_gives_the_dynamic_caches_logits_through_a_row_dr
             step = model(input_ids=tok, attention_mask=attn, position_ids=pos, past_key_values=cache).logits[:, -1]
             out.append((rows.clone(), step))
             tok = step.argmax(-1, keepdim=True)
-            if t == 2:  # drop rows as the decoder does when they finish
-                keep = torch.tensor([0, 2, 5])
+            if t in (2, 4):  # drop rows as the decoder does when they finish, twice: kept rows move forward
+                keep = torch.tensor([0, 2, 5] if t == 2 else [1, 2])
                 cache.batch_select_indices(keep)
                 rows, tok, attn = rows[keep], tok[keep], attn[keep]
             attn = torch.cat([attn, torch.ones(len(rows), 1, dtype=attn.dtype)], dim=1)
