@@ -56,11 +56,6 @@ class PretrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    micro_batches: int = 4
-    """A step's batch, sorted by length, goes forward and backward in this many parts, each padded to its
-    own longest row (the toy traces' lengths vary ~3x: 4 parts take 0.72 of one whole batch's time,
-    ``benchmarks/bench_pretrain.py``). The gradient is the whole batch's up to float rounding (the
-    summation order differs: 1e-7 relative), so the trained model depends on it."""
 
 
 @dataclass(frozen=True)
@@ -163,21 +158,17 @@ def pretrain(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         batch = [examples[rng.randrange(len(examples))] for _ in range(cfg.batch_size)]
-        batch.sort(key=lambda ex: len(ex.prompt_ids) + len(ex.response_ids))
-        k = max(1, min(cfg.micro_batches, len(batch)))
-        parts = [collate(batch[i * len(batch) // k : (i + 1) * len(batch) // k], pad_id, eos_id) for i in range(k)]
-        n_trained = sum(resp[:, 1:].sum() for _, _, resp in parts)  # the mean is over the whole batch's tokens
+        ids, attn, resp = collate(batch, pad_id, eos_id)
+        logp = token_logprobs(model, ids, attn)
+        mask = resp[:, 1:]
+        loss = -(logp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
-        loss = 0.0
-        for ids, attn, resp in parts:
-            part = -(token_logprobs(model, ids, attn) * resp[:, 1:]).sum() / n_trained
-            part.backward()
-            loss += part.item()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(loss)
+        losses.append(loss.item())
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     return losses
 
