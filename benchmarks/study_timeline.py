@@ -44,8 +44,8 @@ def jobs(log: str) -> tuple[list[dict], int]:
         elif m := FINISHED.match(line):
             if m[1] in out:
                 out[m[1]]["end"] = stamp
-        elif not line.startswith("    "):
-            open_job = None if not line.startswith(("rule ", "localrule ")) else open_job
+        elif not line.startswith("    "):  # the job's indented block has ended
+            open_job = None
     return [j for j in out.values() if "end" in j and j["rule"] != "all"], cores
 
 
@@ -53,7 +53,7 @@ def benchmark_cpu(run_dir: Path) -> dict[str, float]:
     """CPU seconds per benchmarked rule folder (logs/benchmarks/<folder>/...), from Snakemake's tsv files."""
     cpu: dict[str, float] = defaultdict(float)
     for tsv in (run_dir / "logs" / "benchmarks").rglob("*.tsv"):
-        rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
+        rows = list(csv.DictReader(tsv.read_text().splitlines(), delimiter="\t"))
         if rows and rows[-1].get("cpu_time") not in (None, "", "NA"):
             cpu[tsv.relative_to(run_dir / "logs" / "benchmarks").parts[0]] += float(rows[-1]["cpu_time"])
     return dict(cpu)

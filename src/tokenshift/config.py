@@ -565,8 +565,9 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             _write_record(record)
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".index")
-"""Files no tokenizer reads (weights and their indexes), left out of a tokenizer check's key."""
+UNREAD_BY_TOKENIZERS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".index")
+"""Files no tokenizer reads (weights in any format, and their indexes), left out of a tokenizer check's key;
+not ``tokenshift.models.WEIGHT_SUFFIXES``, the one format the workflow loads."""
 
 
 def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
@@ -591,7 +592,7 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
             h.update(hashlib.sha256(Path(module).read_bytes()).digest())
         for d in ckpt_dirs:
             for f in sorted(Path(d).iterdir()):
-                if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+                if f.is_file() and not f.name.endswith(UNREAD_BY_TOKENIZERS):
                     h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
             h.update(b"\1")  # the end of one checkpoint's files
     except OSError:
