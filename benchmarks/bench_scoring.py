@@ -9,14 +9,17 @@
    7B-shaped Qwen2 pairs (random weights, bf16, sdpa).
 
 With no arguments it runs on this CPU box in under 3 minutes (a small Qwen2 shape with the real
-vocabulary); GPU cases only when a GPU is present. Prints, last, ``RESULT <measure> <value>``.
+vocabulary); GPU cases only when a GPU is present, and ``--gpu-only`` leaves the CPU case out (a lent
+GPU's minutes are few). Prints ``RESULT <measure> <value>`` as each is measured, so a run stopped at
+its time limit keeps what it had.
 Peak memory on CPU is the process's peak resident set size, reset before each measured call
 (Linux ``/proc/self/clear_refs``); where that reset is impossible the memory ratios are left out
 with the reason printed. ``--profile SHAPE [DIR]`` profiles one scoring call instead (what to
 look at before changing the scoring kernels; see ``profile``).
 
-    python benchmarks/bench_scoring.py
+    python benchmarks/bench_scoring.py [--gpu-only]
     python benchmarks/bench_scoring.py --profile 7b "$OUT"
+    python benchmarks/bench_scoring.py --chunk-sweep 512,2048,8192   # CUDA only
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ def bare_forwards(a, b, rs, device: str, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-def scoring(a, b, rs, device: str, batch_tokens: int) -> float:
+def scoring(a, b, rs, device: str, batch_tokens: int, chunk_mb: int = 512) -> float:
+    cfg = ScoringConfig(max_batch_tokens=batch_tokens, chunk_memory_mb=chunk_mb)
     t0 = time.perf_counter()
-    score_rows(a, b, rs, vocab_size=VOCAB, pad_id=0, cfg=ScoringConfig(max_batch_tokens=batch_tokens))
+    score_rows(a, b, rs, vocab_size=VOCAB, pad_id=0, cfg=cfg)
     sync(device)
     return time.perf_counter() - t0
 
@@ -105,6 +109,28 @@ def overhead(
     t_bare = min(bare_forwards(a, b, rs, device, batch) for _ in range(2))
     t_score = min(scoring(a, b, rs, device, bt) for _ in range(2))
     return t_bare / t_score, n_seqs * response / t_score, a.num_parameters()
+
+
+def chunk_sweep(budgets_mb: list[int]) -> None:
+    """On CUDA: scoring/bare throughput and peak memory at each LM-head chunk budget
+    (``scoring.chunk_memory_mb``), 1.5B and 7B shapes, the main run's batch."""
+    for shape, n_seqs in (("1.5b", 32), ("7b", 16)):
+        a, b = model(shape, "cuda", torch.bfloat16, 0), model(shape, "cuda", torch.bfloat16, 1)
+        rs = rows(n_seqs, 512, 1536)
+        bt = 8 * 2048
+        bare_forwards(a, b, rs[:8], "cuda", 8)
+        t_bare = min(bare_forwards(a, b, rs, "cuda", 8) for _ in range(2))
+        for mb in budgets_mb:
+            scoring(a, b, rs[:8], "cuda", bt, mb)  # compiles for this chunk length
+            torch.cuda.reset_peak_memory_stats()
+            weights = torch.cuda.memory_allocated()
+            t = min(scoring(a, b, rs, "cuda", bt, mb) for _ in range(2))
+            peak = (torch.cuda.max_memory_allocated() - weights) / 2**20
+            print(f"{shape} chunk {mb} MB: scoring/bare {t_bare / t:.2f}, peak over weights {peak:.0f} MB", flush=True)
+            result(f"gpu_{shape}_chunk{mb}_stats_overhead_ratio", t_bare / t)
+        del a, b
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def _proc_status_kb(key: str) -> int:
@@ -180,11 +206,15 @@ def peak_mb(mode: str, tokens: int, device: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    results = []
-    r, tps, _ = overhead("cpu-small", "cpu", torch.float32, n_seqs=8, prompt=64, response=192, batch=4)
-    print(f"cpu-small (vocab {VOCAB}): scoring {tps:.0f} tok/s; scoring/bare-forward throughput {r:.2f}")
-    results.append(("cpu_stats_overhead_ratio", r))
+def result(name: str, value: float) -> None:
+    print(f"RESULT {name} {value:.3f}", flush=True)
+
+
+def main(gpu_only: bool = False) -> None:
+    if not gpu_only:
+        r, tps, _ = overhead("cpu-small", "cpu", torch.float32, n_seqs=8, prompt=64, response=192, batch=4)
+        print(f"cpu-small (vocab {VOCAB}): scoring {tps:.0f} tok/s; scoring/bare-forward throughput {r:.2f}")
+        result("cpu_stats_overhead_ratio", r)
     mem_tokens = 8192 if torch.cuda.is_available() else 1024  # naive needs ~10 [tokens, vocab] fp32 tensors
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     why_not = None if dev == "cuda" else cpu_peak_unmeasurable()
@@ -199,10 +229,8 @@ def main() -> None:
         if min(act, chunked) <= 0:
             print("peak memory ratios: not computed, a peak over the weights read 0 MB")
         else:
-            results += [
-                ("chunked_over_activations_memory", chunked / act),
-                ("naive_over_chunked_memory", naive / chunked),
-            ]
+            result("chunked_over_activations_memory", chunked / act)
+            result("naive_over_chunked_memory", naive / chunked)
     if torch.cuda.is_available():
         for shape, n_seqs in (("1.5b", 32), ("7b", 16)):
             prompt, response = 512, 1536
@@ -214,18 +242,17 @@ def main() -> None:
             flops = 2 * 2 * n_params * tps * (prompt + response) / response
             mfu = flops / H100_BF16_DENSE_FLOPS
             print(f"{shape}: scoring {tps:.0f} response tok/s, scoring/bare {r:.2f}, MFU {mfu:.1%}")
-            results += [(f"gpu_{shape}_stats_overhead_ratio", r), (f"gpu_{shape}_mfu", mfu)]
+            result(f"gpu_{shape}_stats_overhead_ratio", r)
+            result(f"gpu_{shape}_mfu", mfu)
             gc.collect()
             torch.cuda.empty_cache()
-    for name, value in results:
-        print(f"RESULT {name} {value:.3f}")
 
 
 def profile(shape: str, out_dir: str | None) -> None:
     """Profile one warm ``score_rows`` call (the GPU shapes on CUDA, ``cpu-small`` anywhere):
     the operators by their own time, and the time in scoring's phases (``tokenshift.body``,
-    ``tokenshift.lm_head``, ``tokenshift.stats``, recorded by ``scoring`` itself). With
-    ``out_dir``, also the table as text and a Chrome trace there."""
+    ``tokenshift.lm_head``, ``tokenshift.stats``, recorded by ``scoring`` itself), printed. With
+    ``out_dir``, also a Chrome trace there (``profile-SHAPE.trace.json``)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -252,15 +279,16 @@ def profile(shape: str, out_dir: str | None) -> None:
         from pathlib import Path
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        Path(out_dir, f"profile-{shape}.txt").write_text(text)
-        prof.export_chrome_trace(str(Path(out_dir, f"profile-{shape}.json")))
+        prof.export_chrome_trace(str(Path(out_dir, f"profile-{shape}.trace.json")))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
         _memory_child(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif len(sys.argv) > 2 and sys.argv[1] == "--chunk-sweep":
+        chunk_sweep([int(mb) for mb in sys.argv[2].split(",")])
     elif len(sys.argv) > 1 and sys.argv[1] == "--profile":
         # --profile [shape] [out_dir]
         profile(sys.argv[2] if len(sys.argv) > 2 else "cpu-small", sys.argv[3] if len(sys.argv) > 3 else None)
     else:
-        main()
+        main(gpu_only="--gpu-only" in sys.argv[1:])
