@@ -673,6 +673,41 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
     assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["budget_tokens"] == 3
 
 
+def test_the_table_reads_every_smaller_budgets_accuracy_off_one_regenerate_run():
+    from tokenshift.tables import dense_curve
+
+    # budget 2; a row's grades at budgets 0, 1, ... (its own last, holding for the budgets it did not spend)
+    grades = {("a", 0): [0, 1, 1], ("a", 1): [0], ("b", 0): [1, 0], ("b", 1): [0, 0, 1]}
+    run = pl.DataFrame(
+        {
+            "problem_id": [p for p, _ in grades],
+            "sample_index": [j for _, j in grades],
+            "correct": [bool(g[-1]) for g in grades.values()],
+            "correct_by_budget": [[bool(x) for x in g] for g in grades.values()],
+            "n_switched": [len(g) - 1 for g in grades.values()],
+            "n_response_tokens": 10,
+            "finish_reason": "stop",
+            "switched_js": [[0.1] * (len(g) - 1) for g in grades.values()],
+            "direction": "forward",
+            "policy": "entropy",
+            "budget": "2",
+            "threshold": None,
+        },
+        schema_overrides={"switched_js": pl.List(pl.Float32), "threshold": pl.Float64},
+    )
+    accuracy, low, high = dense_curve(run)
+    # by hand, avg@2 over problems a and b: k=0 (0+0)/2, (1+0)/2; k=1 (1+0)/2, (0+0)/2; k=2 (1+0)/2, (0+1)/2
+    assert accuracy == pytest.approx([0.25, 0.25, 0.5])
+    assert all(lo <= a <= hi for a, lo, hi in zip(accuracy, low, high))
+    row = crosssample_table([run], labels={"pair": "p", "dataset": "toy"}).row(0, named=True)
+    assert row["dense_accuracy"] == pytest.approx(accuracy) and row["accuracy"] == pytest.approx(accuracy[-1])
+    lockstep = run.with_columns(pl.lit(None, dtype=pl.List(pl.Boolean)).alias("correct_by_budget"))
+    assert dense_curve(lockstep) is None
+    assert crosssample_table([lockstep], labels={"pair": "p", "dataset": "toy"})["dense_accuracy"].to_list() == [None]
+    with pytest.raises(ValueError, match="correct_by_budget on some rows only"):
+        dense_curve(run.with_columns(pl.when(pl.col("problem_id") == "a").then(pl.col("correct_by_budget"))))
+
+
 def test_the_follow_ups_rule_and_the_authors_eos_removal_run_through_the_console_script(
     make_checkpoint, toy_problems, tmp_path
 ):

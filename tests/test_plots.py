@@ -78,6 +78,29 @@ def cross_run(direction, policy, budget, p_correct, switched) -> pl.DataFrame:
     )
 
 
+def test_a_regenerate_runs_dense_curve_is_drawn_through_every_budget(tables):
+    from tokenshift.plots.figures import crosssample
+
+    _, acc, cross = tables
+    dense = [0.4, 0.45, 0.5]  # forward js at budgets 0, 1, 2, as a regenerate run at budget 2 records them
+    at_two = (pl.col("direction") == "forward") & (pl.col("policy") == "js") & (pl.col("budget") == "2")
+    with_dense = cross.with_columns(
+        *(
+            pl.when(at_two).then(pl.lit(values, dtype=pl.List(pl.Float64))).otherwise(pl.col(name)).alias(name)
+            for name, values in (
+                ("dense_accuracy", dense),
+                ("dense_ci_low", [v - 0.05 for v in dense]),
+                ("dense_ci_high", [v + 0.05 for v in dense]),
+            )
+        )
+    )
+    plain = crosssample(cross, acc).axes[0]
+    drawn = crosssample(with_dense, acc).axes[0]
+    new = [line for line in drawn.lines if list(line.get_xdata()) == [0, 1, 2]]
+    assert len(drawn.lines) == len(plain.lines) + 1 and len(new) == 1
+    assert list(new[0].get_ydata()) == pytest.approx(dense)
+
+
 @pytest.fixture(scope="module")
 def tables():
     div = divergence_tables({"base": fake_scores(), "rl": fake_scores()}, {"pair": "toy", "dataset": "toy"})

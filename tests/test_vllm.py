@@ -202,6 +202,50 @@ def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(s
             np.testing.assert_allclose(b.extra["step_js"], a.extra["step_js"], atol=1e-4)
 
 
+@pytest.mark.parametrize("policy", ["js", AUTHORS])
+def test_one_regenerate_run_holds_the_responses_of_every_smaller_budget(short_toy_pair, policy):
+    """Sampled (T = 1): what a budget-3 run records for budget k is, token for token, what a run at
+    budget k gives on the same seeds, so one run draws the authors' dense accuracy curve."""
+    from tokenshift.datasets import format_prompt
+    from tokenshift.generation import sample_seed
+    from tokenshift.models import load_tokenizer, stop_ids
+    from tokenshift.regenerate import regenerate
+    from tokenshift.vllm_engine import start_engine
+
+    root, _, _ = short_toy_pair
+    tok = load_tokenizer(root / "base")
+    stops, vocab = stop_ids(root / "base", tok), len(tok)
+    evals = [p for p in problems_of(12) for _ in (0, 1)]  # two responses to each prompt
+    prompts = [format_prompt(tok, p.question, PLAIN) for p in evals]
+    seeds = [sample_seed(5, p.problem_id, i % 2) for i, p in enumerate(evals)]
+    sampled = dataclasses.replace(GREEDY, temperature=1.0)
+    engines = {role: start_engine(root / role, VLLM, GREEDY)[0] for role in ("base", "rl")}
+    top = rule_of(policy, "forward", GREEDY.max_new_tokens)
+
+    def run(budget):
+        rule = dataclasses.replace(top, budget=budget)
+        return regenerate(
+            engines["base"],
+            engines["rl"],
+            prompts,
+            seeds=seeds,
+            stops=stops,
+            vocab_size=vocab,
+            rule=rule,
+            sampling=sampled,
+            logprobs=rule.topk or vocab,
+        )
+
+    full = run(3)
+    assert all(len(s.extra["budget_responses"]) == s.extra["n_switched"] + s.extra["n_removed"] for s in full)
+    assert sum(len(s.extra["budget_responses"]) for s in full) > len(full)  # rows that switched more than once
+    for k in range(3):
+        recorded = [
+            s.extra["budget_responses"][k] if k < len(s.extra["budget_responses"]) else s.response_ids for s in full
+        ]
+        assert [s.response_ids for s in run(k)] == recorded, f"budget {k}"
+
+
 # --- top-K scoring through vLLM (scoring.backend vllm) ---------------------------------------
 
 SCORING_ENGINE = dataclasses.replace(VLLM, vllm_max_model_len=256)
@@ -343,3 +387,8 @@ def test_the_stage_regenerates_into_the_lockstep_engines_table(short_toy_pair, t
     same = [a == b for a, b in zip(regen["response_ids"].to_list(), lockstep["response_ids"].to_list())]
     assert np.mean(same) >= 0.9, f"{1 - np.mean(same):.3f} of rows differ"
     assert regen["n_forced"].sum() > 0 and (regen["n_switched"] + regen["n_removed"] <= 3).all()
+    # regenerate grades the row at every budget it spent (its own grade last); lockstep records none
+    by_budget = regen["correct_by_budget"].to_list()
+    assert [g[-1] for g in by_budget] == regen["correct"].to_list()
+    assert [len(g) - 1 for g in by_budget] == (regen["n_switched"] + regen["n_removed"]).to_list()
+    assert lockstep["correct_by_budget"].null_count() == lockstep.height

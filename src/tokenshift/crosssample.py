@@ -706,6 +706,7 @@ def _decode_batch(
                 "n_forced": int(force[i, sw].sum()),
                 "n_removed": int(removed[i]),
                 "row_threshold": float(thresholds[i]),
+                "budget_responses": None,  # one decode follows one budget: none recorded (regenerate's are)
             },
         )
         result.append((sample, stat_all[i, : k + 1 if stopped[i] else k]))
@@ -726,6 +727,7 @@ def _polars_schema() -> dict:
         "n_forced": pl.Int32,
         "n_removed": pl.Int32,
         "row_threshold": pl.Float32,
+        "correct_by_budget": pl.List(pl.Boolean),
     }
 
 
@@ -812,8 +814,10 @@ def run_crosssample(
     ``pair`` names the pair in the rows, as ``dataset`` does the problems file's dataset, so runs
     of other pairs or datasets are never aggregated together. Of a run split over several jobs,
     this writes job ``part``'s rows. Rows are the rollout stage's columns
-    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js``, ``n_forced``, ``n_removed`` and
-    ``row_threshold``, and the run's ``direction``, ``policy``, ``budget``, ``threshold`` (absolute;
+    plus ``n_switched``, ``switched_positions``, ``switched_js``, ``step_js``, ``n_forced``, ``n_removed``,
+    ``row_threshold`` and ``correct_by_budget`` (regenerate: whether the row's response at budget
+    0, 1, ... would be correct, its own grade last, which holds for every larger budget up to the
+    run's; lockstep: null), and the run's ``direction``, ``policy``, ``budget``, ``threshold`` (absolute;
     null where each row has its own) and ``threshold_level``.
     """
     from tokenshift.datasets import as_problems, dataset_name

@@ -43,10 +43,14 @@ drop`` and ``injection: extrapolate``.
 Where it differs from their scripts: each request draws on a seed of its own (from the row's seed,
 the round and the model), where every request of theirs carries one seed; the budget counts
 switches and removed draws, as lockstep's does (theirs counts rounds, each of which switches once
-under the forced rule, so with ``force_switch`` the two agree); a continuation is written whole
-and what follows its switch discarded, as theirs (stopping it at the switch would save work: not
-done). The draws are vLLM's, not the lockstep decoder's inverse-CDF noise, so only greedy decoding
-(temperature 0) can be compared with ``lockstep`` token for token.
+under the forced rule, so with ``force_switch`` the two agree); a continuation is written whole,
+as theirs (stopping it at the switch would save work: not done). What follows its switch is not
+lost: prefix + whole continuation is the response a run at the budget spent so far would give (the
+same seeds per round, the same thresholds from the first round), so every row carries those
+responses (``Sample.extra["budget_responses"]``, graded by the stage into ``correct_by_budget``) and
+one run at budget B gives the accuracy at every budget 0 .. B, as the authors record theirs after
+every step. The draws are vLLM's, not the lockstep decoder's inverse-CDF noise, so only greedy
+decoding (temperature 0) can be compared with ``lockstep`` token for token.
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ class _Row:
     """The response length (position) at which the last run of removed draws happened, and how many."""
     removed_here: int = 0
     finish: str | None = None
+    by_budget: list[list[int]] = field(default_factory=list)
+    """The response a run at budget k would have given, for k = 0 .. (switches and removals spent) - 1:
+    the prefix at the round that spent the k-th + 1 with that round's whole continuation."""
 
     @property
     def spent(self) -> int:
@@ -253,12 +260,14 @@ def regenerate(
         for i, r, c, (js, chosen) in zip(open_rows, todo, conts, traces):
             ids, js = list(c.token_ids), js.tolist()
             t, forced = _switch_position(r, chosen, rule, budget)
+            ended = bool(ids) and ids[-1] in stop_set
             if t is None:
-                ended = bool(ids) and ids[-1] in stop_set
                 r.step_js += js[: len(ids) - ended]
                 r.response += ids[:-1] if ended else ids
                 r.finish = "stop" if ended else "length"
                 continue
+            # a run whose budget were spent here would keep this continuation whole: its response
+            r.by_budget.append(r.response + (ids[:-1] if ended else ids))
             r.step_js += js[:t]
             r.response += ids[:t]
             switching.append((i, ids[t], js[t], forced))
@@ -286,6 +295,7 @@ def regenerate(
                 "n_forced": r.n_forced,
                 "n_removed": r.n_removed,
                 "row_threshold": float(r.threshold),
+                "budget_responses": r.by_budget,
             },
         )
         for r in rows

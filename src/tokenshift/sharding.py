@@ -208,7 +208,8 @@ def run_sharded(
 ) -> pl.DataFrame:
     """Draw ``n`` graded samples per problem with the backend ``make()`` builds, shard by shard.
 
-    Each sample's ``extra`` values become columns (``extra_schema`` gives their types), and
+    Each sample's ``extra`` values become columns (``extra_schema`` gives their types; a column
+    ``correct_by_budget`` is graded from the samples' ``budget_responses``), and
     ``constants`` are columns with one value throughout (a run's settings). The backend is only
     built if work is left. Of a run split over several jobs, this is job ``part``: it draws its
     share of the shards, with the seeds they have in the whole run.
@@ -274,6 +275,19 @@ def run_sharded(
     return table
 
 
+def _grade_by_budget(tokenizer, grader: Grader, samples, golds, grades) -> list[list[bool] | None]:
+    """Each sample's ``budget_responses`` (what it would have been under budgets 0, 1, ...: the
+    regenerate engine records them) graded against its gold, its own grade last; None where the
+    sample carries none (the lockstep engine's)."""
+    flat = [(i, r) for i, s in enumerate(samples) for r in (s.extra.get("budget_responses") or [])]
+    texts = tokenizer.batch_decode([r for _, r in flat], skip_special_tokens=True) if flat else []
+    graded = grader.grade(texts, [golds[i] for i, _ in flat]) if flat else []
+    out: list[list[bool] | None] = [None if s.extra.get("budget_responses") is None else [] for s in samples]
+    for (i, _), g in zip(flat, graded):
+        out[i].append(g.correct)
+    return [None if o is None else [*o, grade.correct] for o, grade in zip(out, grades)]
+
+
 def _sample_shard(
     backend,
     grader: Grader,
@@ -291,7 +305,14 @@ def _sample_shard(
     texts = backend.tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
     golds = [p.answer for p in chunk for _ in range(n)]
     grades = grader.grade(texts, golds)
-    extra = {name: [s.extra[name] for s in samples] for name in (extra_schema or {})}
+    extra = {
+        name: (
+            _grade_by_budget(backend.tokenizer, grader, samples, golds, grades)
+            if name == "correct_by_budget"
+            else [s.extra[name] for s in samples]
+        )
+        for name in (extra_schema or {})
+    }
     return pl.DataFrame(
         {
             "problem_id": [p.problem_id for p in chunk for _ in range(n)],

@@ -250,6 +250,30 @@ def budget_order(label: str) -> float:
     return math.inf if label == "all" else float(label)
 
 
+def dense_curve(run: pl.DataFrame, *, seed: int = 0) -> tuple[list[float], list[float], list[float]] | None:
+    """(accuracy, CI low, CI high) at every budget 0 .. B of one run at budget B whose rows carry
+    ``correct_by_budget`` (the regenerate engine's): a row's grade at budget k is its k-th entry, or its
+    last (its own response) where it spent fewer than k; avg@n over problems with a 95% bootstrap CI,
+    as the table's own accuracy. None for a run without them (lockstep) or without a numeric budget."""
+    if "correct_by_budget" not in run.columns or run["budget"][0] == "all":
+        return None
+    if run["correct_by_budget"].null_count() == run.height:
+        return None
+    if run["correct_by_budget"].null_count():
+        raise ValueError("a cross-sampling run with correct_by_budget on some rows only: two engines in one run")
+    budget = int(run["budget"][0])
+    lists = run["correct_by_budget"].to_list()
+    curve: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for k in range(budget + 1):
+        at = run.select("problem_id").with_columns(
+            pl.Series("correct", [grades[min(k, len(grades) - 1)] for grades in lists], dtype=pl.Float64)
+        )
+        per = at.group_by("problem_id").agg(pl.col("correct").mean()).sort("problem_id")
+        for values, v in zip(curve, mean_ci(per["correct"].to_numpy(), seed=seed)):
+            values.append(v)
+    return curve
+
+
 def crosssample_table(
     runs: Sequence[pl.DataFrame],
     *,
@@ -271,6 +295,9 @@ def crosssample_table(
     - ``n_no_box``, ``n_correct_unboxed``: responses without a boxed answer (``box_counts``);
     - a direction's budget-0 run stands for every policy that has none (``budget0_from`` names
       the policy it was run under): budget 0 never switches, so the policy cannot matter;
+    - ``dense_accuracy``, ``dense_ci_low``, ``dense_ci_high``: the accuracy (avg@n, 95% CI) at every
+      budget 0 .. the run's, from one run of the regenerate engine (its rows' ``correct_by_budget``;
+      ``dense_curve``); null for lockstep runs, which decode one budget each;
     - ``injection`` and ``gamma``: what a switch drew from (``sample``, gamma 0, or the follow-up's
       ``extrapolate`` at its gamma); ``extrapolation``: a run of ``extrapolation``, the runs
       ``crosssample.gammas`` adds beside the grid (a row each; the grid's rows are ``False``).
@@ -301,10 +328,14 @@ def crosssample_table(
         generated = run["n_response_tokens"].sum() + (run["finish_reason"] == "stop").sum()
         js = run["switched_js"].explode().drop_nulls()
         key = keys.row(0, named=True)
+        dense = dense_curve(run, seed=seed)
         rows.append(
             {
                 **(labels or {}),
                 **key,
+                "dense_accuracy": None if dense is None else dense[0],
+                "dense_ci_low": None if dense is None else dense[1],
+                "dense_ci_high": None if dense is None else dense[2],
                 "extrapolation": beside,
                 "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
                 "accuracy": acc,
@@ -321,7 +352,14 @@ def crosssample_table(
                 **box_counts(run),
             }
         )
-    table = pl.DataFrame(rows, schema_overrides={"budget_tokens": pl.Int64})
+    dense_type = pl.List(pl.Float64)
+    table = pl.DataFrame(
+        rows,
+        schema_overrides={
+            "budget_tokens": pl.Int64,
+            **{f"dense_{k}": dense_type for k in ("accuracy", "ci_low", "ci_high")},
+        },
+    )
     # budget 0 never switches and the decoder's randomness does not depend on the policy, so one
     # budget-0 run per direction stands for every policy's (marked in ``budget0_from``)
     table = table.with_columns(pl.lit(None, dtype=pl.Utf8).alias("budget0_from"))

@@ -220,7 +220,9 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
     """Figure 5: accuracy vs budget, forward and reverse in their own panels, one line per policy
     (95% CI bands), the base and RL models' own accuracy as horizontal lines; right, mean switched
     tokens per response (forward solid, reverse dashed). The follow-up's extrapolation runs beside
-    the grid (``crosssample.gammas``) are diamonds at their budget, labelled with their gamma."""
+    the grid (``crosssample.gammas``) are diamonds at their budget, labelled with their gamma. Where a
+    run recorded the accuracy at every smaller budget (the regenerate engine's ``dense_accuracy``), the
+    largest such run of a policy is drawn as a thin line through every budget 0 .. its own."""
     apply()
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), gridspec_kw={"width_ratios": [1, 1, 0.8]})
     cross, beside = headlines.grid_and_extrapolation(cross)
@@ -267,6 +269,13 @@ def crosssample(cross: pl.DataFrame, accuracy: pl.DataFrame) -> plt.Figure:
             lw=1.5,
             label=f"{direction}, {policy}",
         )
+    if "dense_accuracy" in cross.columns:
+        dense = cross.filter(pl.col("dense_accuracy").is_not_null() & pl.col("budget_tokens").is_not_null())
+        for (direction, policy), g in dense.group_by(["direction", "policy"], maintain_order=True):
+            r = g.sort("budget_tokens").row(-1, named=True)  # the largest budget holds the smaller ones
+            ax, ks = panels[direction], list(range(len(r["dense_accuracy"])))
+            ax.plot(ks, r["dense_accuracy"], color=POLICY[policy], lw=0.8, alpha=0.7)
+            ax.fill_between(ks, r["dense_ci_low"], r["dense_ci_high"], color=POLICY[policy], alpha=0.06, lw=0)
     for r in beside.iter_rows(named=True):
         ax, x = panels[r["direction"]], xs[r["budget"]] * 1.07  # beside the grid's point of its budget
         ax.errorbar(
