@@ -264,38 +264,50 @@ def test_a_damaged_table_is_named_with_the_command_that_makes_it_again(study):
     assert plan_of(study, *STUDY) == {}
 
 
-def interrupted(work, part: str, env=None) -> None:
-    """Run the job of ``part`` as Snakemake would, and have it stop after its last shard, before the
-    part is written (a folder stands where the part goes), as a job killed there leaves it."""
+FAILING_RENAME = """import os
+
+_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):  # the job dies as it puts its part in place, after its last shard
+    if os.fspath(dst).endswith(os.environ["TOKENSHIFT_TEST_FAIL_AT"]):
+        raise OSError(28, "No space left on device (the test's interruption)", os.fspath(dst))
+    return _replace(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+"""
+
+
+def interrupted(work, part: str, tmp_path, env=None) -> None:
+    """Run the job of ``part`` as Snakemake would, and have it die after its last shard, as it puts the
+    part in place (a ``sitecustomize`` in the job's Python fails that one rename: a full disk there, or
+    a job killed at that moment, leaves the same files)."""
     r = snakemake(work, "-n", "-p", part, "--forcerun", "crosssample", env=env)
     command = re.search(r"^Shell command: (tokenshift crosssample .*?2>&1)$", r.stdout, re.M | re.S)  # one job
     assert command and part in command[1], r.stdout[-3000:]
+    site = tmp_path / "failing_rename"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(FAILING_RENAME)
     (work / part).unlink()  # Snakemake removes a job's output before it runs the job
-    (work / part).mkdir()
-    try:
-        done = subprocess.run(["bash", "-c", command[1]], cwd=work, env={**os.environ, **(env or {})})
-        assert done.returncode != 0
-    finally:
-        (work / part).rmdir()
+    path = os.pathsep.join(p for p in (str(site), (env or {}).get("PYTHONPATH")) if p)
+    job_env = {**os.environ, **(env or {}), "PYTHONPATH": path, "TOKENSHIFT_TEST_FAIL_AT": part}
+    done = subprocess.run(["bash", "-c", command[1]], cwd=work, env=job_env)
+    assert done.returncode != 0 and not (work / part).exists()
     assert sorted(p.name for p in (work / f"{part}.shards").glob("shard-*.parquet")) == [
         f"shard-{i:05d}.parquet" for i in range(len(PROBLEMS))
     ]
 
 
-@pytest.mark.skip(
-    reason="its interruption (a folder where the part goes, so the job fails after its last shard) is now refused "
-    "before the job runs by the CLI's output-path check (issue 24, F16): the test needs another way to stop a job "
-    "after its last shard; shard reuse on resume stays covered by tests/test_rollout.py and tests/test_slurm.py"
-)
 def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_would_make_them(study, tmp_path):
     part = "results/ab/tiny/crosssample/forward/random/budget-2.parts/1-of-1.parquet"
     log = study / "logs" / "crosssample" / "ab" / "tiny" / "forward" / "random" / "budget-2" / "1-of-1.log"
     # the same settings, inputs and code: the shards hold what the job computes, and are taken (README)
-    interrupted(study, part)
+    interrupted(study, part, tmp_path)
     make(study, part, "--forcerun", "crosssample")
     assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()
     # other code (an upgrade since): the shards are discarded and the job recomputes from nothing
-    interrupted(study, part)
+    interrupted(study, part, tmp_path)
     make(study, part, "--forcerun", "crosssample", env=patched(tmp_path, "crosssample.py", "run_crosssample"))
     text = log.read_text()
     assert "starting over" in text and "already written" not in text
