@@ -20,6 +20,7 @@ Prints ``RESULT <case>_tok_s <rate>`` as each is measured.
 
     python benchmarks/bench_decode_gpu.py            # CUDA
     python benchmarks/bench_decode_gpu.py --smoke    # the same code, a toy size, on the CPU
+    python benchmarks/bench_decode_gpu.py --attention [--smoke]   # sdpa against tokenshift's grouped_sdpa
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ TINY = dict(  # --smoke: the same code on the CPU at a toy size, before a lent G
 )
 DEVICE = "cuda"
 PROMPT = 1152
+SMALL = (236, 125)
+"""The 7B rollout and lockstep batches that ran on the lent H200 (2026-12-04), for ``--attention``."""
 ROLLOUT_TOKENS = 256 + 4096  # paper.yaml: a prompt, then max_new_tokens 4096
 CROSSSAMPLE_TOKENS = 256 + 16384  # paper.yaml: max_total_tokens 16384 under length_rule after_switch
 
@@ -152,11 +155,50 @@ def lockstep(shape: str, card: int) -> None:
     print(f"RESULT lockstep_{shape}_tok_s {tok_s:.0f}", flush=True)
 
 
+def attention_ab(card: int) -> None:
+    """``--attention``: the 7B rollout (batch 236, what ran above) and lockstep pair (125) decoded with
+    transformers' ``sdpa`` and with ``grouped_sdpa`` (``grouped_attention.py``, beside this file), one
+    after the other, and how many of 16 greedy rows each writes alike."""
+    from grouped_attention import register
+
+    grouped = register()
+    base, rl = build("7b", 0), build("7b", 1)
+    vocab = QWEN25["7b"]["vocab_size"]
+    rule = SwitchRule(direction="forward", policy="random", threshold=0.9, budget=None)
+    greedy = SamplingConfig(temperature=0, max_new_tokens=64)
+    written = {}
+    for impl in ("sdpa", grouped, "sdpa", grouped):
+        for m in (base, rl):
+            m.set_attn_implementation(impl)
+
+        def one(batch: int, new: int):
+            sampling = SamplingConfig(temperature=1.0, top_p=0.7, max_new_tokens=new)
+            sample(base, prompts(batch, vocab), eos_id=-1, pad_id=0, sampling=sampling, seed=1, batch_size=batch)
+
+        def pair(batch: int, new: int):
+            sampling = SamplingConfig(temperature=1.0, top_p=0.7, max_new_tokens=new)
+            kw = dict(eos_id=None, pad_id=0, vocab_size=vocab, rule=rule, sampling=sampling, seed=1)
+            cross_sample(base, rl, prompts(batch, vocab), batch_size=batch, **kw)
+
+        if impl not in written:
+            ragged = [p[: 200 + 50 * (i % 8)] for i, p in enumerate(prompts(16, vocab))]  # left-padded rows
+            out = sample(base, ragged, eos_id=-1, pad_id=0, sampling=greedy, seed=0, batch_size=16)
+            written[impl] = [s.response_ids for s in out]
+        for name, run, batch in (("rollout", one, SMALL[0]), ("lockstep", pair, SMALL[1])):
+            tok_s, _ = rate(run, batch)
+            print(f"{impl}: {name} 7b at batch {batch}: {tok_s:.0f} tok/s", flush=True)
+            print(f"RESULT attention_{impl}_{name}_7b_tok_s {tok_s:.0f}", flush=True)
+    alike = sum(a == b for a, b in zip(written["sdpa"], written[grouped]))
+    print(f"greedy, 16 ragged rows x 64 tokens in bf16: {alike} of 16 alike", flush=True)
+    print(f"RESULT attention_greedy_rows_alike {alike}", flush=True)
+
+
 def main(smoke: bool) -> None:
     global DEVICE, PROMPT
     transformers.logging.set_verbosity_error()  # eos -1 (never stop early) is deliberate here
     if smoke:
-        DEVICE, PROMPT = "cpu", 16
+        global SMALL
+        DEVICE, PROMPT, SMALL = "cpu", 16, (8, 8)
         QWEN25.update({"7b": TINY, "32b": TINY})
         card = 2 * 2**30
     elif not torch.cuda.is_available():
@@ -165,6 +207,9 @@ def main(smoke: bool) -> None:
         card = torch.cuda.get_device_properties(0).total_memory
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (smoke)"
     print(f"{name}, {card / 2**30:.0f} GiB; prompt {PROMPT}, 128 timed steps", flush=True)
+    if "--attention" in sys.argv[1:]:
+        attention_ab(card)
+        return
     for case, shape in ((rollout, "7b"), (lockstep, "7b"), (rollout, "32b")):
         case(shape, card)  # its models are freed when it returns
         free()

@@ -29,3 +29,40 @@ def test_cpu_peak_memory_is_measured_from_the_reset_on():
     block = np.ones(200 * 2**20 // 8)  # 200 MB, every page touched
     assert bench.cpu_peak() - base >= 190 * 2**20
     del block
+
+
+def test_the_grouped_attention_candidate_gives_sdpas_decoding_step():
+    """``benchmarks/grouped_attention.py`` (timed against sdpa on a GPU by bench_decode_gpu.py --attention)
+    computes the same attention: a grouped-query model's next-token logits over a left-padded batch."""
+    import torch
+    from transformers import AttentionInterface, Qwen2Config, Qwen2ForCausalLM
+
+    from tokenshift.generation import pad_rows, preallocated_cache
+
+    candidate = _module("grouped_attention")
+    name, steps = candidate.register(), []
+
+    def counted(module, query, *args, **kwargs):
+        steps.append(query.shape[2])
+        return candidate.grouped_decode_attention(module, query, *args, **kwargs)
+
+    AttentionInterface.register(name, counted)
+    shape = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+    torch.manual_seed(0)
+    sdpa = Qwen2ForCausalLM(Qwen2Config(**shape, num_attention_heads=8, num_key_value_heads=2)).eval()
+    grouped = Qwen2ForCausalLM(Qwen2Config(**shape, num_attention_heads=8, num_key_value_heads=2)).eval()
+    grouped.load_state_dict(sdpa.state_dict())
+    grouped.set_attn_implementation(name)
+    g = torch.Generator().manual_seed(0)
+    ids, mask = pad_rows([torch.randint(1, 300, (n,), generator=g).tolist() for n in (3, 9, 5)], 0)
+    logits = []
+    with torch.no_grad():
+        for model in (sdpa, grouped):
+            cache = preallocated_cache(model, ids.shape[1] + 1)
+            first = model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits[:, -1:].argmax(-1)
+            step = model(
+                input_ids=first, attention_mask=torch.cat([mask, torch.ones_like(first)], 1), past_key_values=cache
+            )
+            logits.append(step.logits[:, -1])
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
+    assert steps == [ids.shape[1]] * 2 + [1] * 2  # the prompt's forward, then the decoding step, per layer
