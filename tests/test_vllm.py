@@ -246,6 +246,35 @@ def test_one_regenerate_run_holds_the_responses_of_every_smaller_budget(short_to
         assert [s.response_ids for s in run(k)] == recorded, f"budget {k}"
 
 
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_sampled_regenerate_and_lockstep_reach_accuracies_within_each_others_ci(short_toy_pair, tmp_path, direction):
+    """At T = 1 the engines draw other noise (vLLM's, lockstep's inverse-CDF uniforms), so their tokens part,
+    but not their distributions: on the same problems each run's accuracy lies within the other's 95% CI
+    (benchmarks/bench_regenerate.py makes the full comparison on the default study's pair)."""
+    from tokenshift.cli import main
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+    from tokenshift.stats import mean_ci
+
+    root, _, _ = short_toy_pair
+    dataset = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=40), dataset, toy_task=SHORT.task)
+    run = [
+        *("crosssample", "--base", str(root / "base.json"), "--rl", str(root / "rl.json")),
+        *("--dataset", str(dataset), "--direction", direction, "--policy", "js", "--budget", "3"),
+        *shlex.split("--threshold 0.02 --template '{question}' --no-chat-template --n 4 --temperature 1 -q"),
+        *("--max-new-tokens", str(SHORT.max_new_tokens), "--problems-per-shard", "40"),
+    ]
+    accuracy = {}
+    for engine, flags in (("lockstep", []), ("regenerate", ["--vllm-dtype", "float32", "--vllm-enforce-eager"])):
+        out = tmp_path / f"{engine}.parquet"
+        assert main([*run, "--engine", engine, *flags, "--out", str(out)]) == 0
+        table = pl.read_parquet(out)
+        assert table["n_switched"].sum() > 0
+        accuracy[engine] = mean_ci(table.group_by("problem_id").agg(pl.col("correct").mean())["correct"].to_numpy())
+    (a, a_low, a_high), (b, b_low, b_high) = accuracy["lockstep"], accuracy["regenerate"]
+    assert a_low <= b <= a_high and b_low <= a <= b_high, accuracy
+
+
 # --- top-K scoring through vLLM (scoring.backend vllm) ---------------------------------------
 
 SCORING_ENGINE = dataclasses.replace(VLLM, vllm_max_model_len=256)
