@@ -8,10 +8,15 @@ responses whose token ids differ between the backends, and at the first differin
 model's gap between its top two log-probs (a near-tie there explains a flip by kernel order). With
 ``--hf-rollouts`` (the HF backend's rollout table of the same model, problems and sampling, e.g. the default
 study's), the compiled vLLM run's avg@n is graded and set against that table's avg@n and its 95% bootstrap CI
-over problems. Prints, last, ``RESULT <measure> <value>``.
+over problems. With ``--random-shape 100m`` both backends run a randomly initialised ~100M-parameter Qwen2
+shape (``bench_crosssample.QWEN_100M``: 8 layers, hidden 512, vocabulary 151936) with the toy checkpoint's
+tokenizer and problems: the throughput of a model whose step is not all scheduling (no avg@n: its answers
+are noise; no greedy comparison: the HF backend draws within the tokenizer's ids, vLLM over all 151936
+embedding rows, where random weights put the argmax). Prints, last, ``RESULT <measure> <value>``.
 
     python benchmarks/bench_vllm.py --model resources/models/toy-base.json \
         --hf-rollouts results/toy/toy/rollouts/base.parquet
+    python benchmarks/bench_vllm.py --model resources/models/toy-base.json --random-shape 100m --problems 16 --n 2
 """
 
 from __future__ import annotations
@@ -55,6 +60,25 @@ def avg_at_n(path, tokenizer, evals, keys, drawn) -> dict[str, float]:
     return {"avg_at_n_vllm": vllm, "avg_at_n_hf": mean, "avg_at_n_hf_ci_low": low, "avg_at_n_hf_ci_high": high}
 
 
+def random_checkpoint(toy: str, shape: dict) -> str:
+    """A copy of the toy checkpoint (tokenizer, generation config, toy build settings) whose weights are a
+    randomly initialised Qwen2 of ``shape``, in a temporary folder."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tokenshift.models import resolve_checkpoint
+
+    out = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "model"
+    shutil.copytree(resolve_checkpoint(Path(toy)), out)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(Qwen2Config(**shape, attn_implementation="sdpa")).save_pretrained(out)
+    return str(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a toy checkpoint or its manifest")
@@ -62,9 +86,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hf-rollouts", help="the HF backend's rollout parquet of the same model, problems and sampling")
+    ap.add_argument("--random-shape", choices=["100m"], help="random weights of this shape, the toy's tokenizer")
     args = ap.parse_args()
 
     task = build_settings(args.model)
+    if args.random_shape:
+        from bench_crosssample import QWEN_100M
+
+        args.model = random_checkpoint(args.model, QWEN_100M)
     evals = problems(task.task, "eval", args.problems)
     sampled = SamplingConfig(n=args.n, temperature=1.0, seed=0)  # the default study's sampling
     hf = make_backend(args.model, RolloutConfig(backend="hf", threads=args.threads), sampled)
@@ -92,6 +121,9 @@ def main() -> None:
     if args.hf_rollouts:
         results |= avg_at_n(args.hf_rollouts, hf.tokenizer, evals, keys, drawn)
 
+    if args.random_shape:  # the HF backend draws within the tokenizer's ids, vLLM over every embedding row
+        print(f"greedy: not compared (random weights put the argmax past the tokenizer's {len(hf.tokenizer)} ids)")
+        return report(results)
     greedy = dataclasses.replace(sampled, n=1, temperature=0)
     keys1 = [(p.problem_id, 0) for p in evals]
     a = make_backend(args.model, RolloutConfig(backend="hf", threads=args.threads), greedy).generate(once, keys1)
@@ -105,6 +137,10 @@ def main() -> None:
         "greedy_mismatch_max_top2_gap": max(gaps, default=0.0),
         "greedy_finish_reason_agreement": float(reasons),
     }
+    report(results)
+
+
+def report(results: dict[str, float]) -> None:
     for name, value in results.items():
         print(f"RESULT {name} {value:.4g}")
 

@@ -44,9 +44,9 @@ Where it differs from their scripts: each request draws on a seed of its own (fr
 the round and the model), where every request of theirs carries one seed; the budget counts
 switches and removed draws, as lockstep's does (theirs counts rounds, each of which switches once
 under the forced rule, so with ``force_switch`` the two agree); a continuation is written whole,
-as theirs (stopping it at the switch would save work: not done). What follows its switch is not
-lost: prefix + whole continuation is the response a run at the budget spent so far would give (the
-same seeds per round, the same thresholds from the first round), so every row carries those
+as theirs. Stopping it at the switch would save decoding but lose what follows, which is kept:
+prefix + whole continuation is the response a run at the budget spent so far would give (the same
+seeds per round, the same thresholds from the first round), so every row carries those
 responses (``Sample.extra["budget_responses"]``, graded by the stage into ``correct_by_budget``) and
 one run at budget B gives the accuracy at every budget 0 .. B, as the authors record theirs after
 every step. The draws are vLLM's, not the lockstep decoder's inverse-CDF noise, so only greedy
