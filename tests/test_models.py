@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from tokenshift.models import (
     ModelFetchError,
     TokenizerMismatch,
     check_pair,
+    checkpoint_files,
     compare_tokenizer_dirs,
     compare_tokenizers,
     fetch_model,
@@ -68,7 +70,10 @@ def hub_cache(root: Path, repo: str, revision: str, files_from: Path) -> Path:
     (base / "blobs").mkdir(parents=True)
     snap.mkdir(parents=True)
     for f in files_from.iterdir():
-        blob = base / "blobs" / sha256_file(f)
+        # Git LFS files (the weights) under the sha256 of their content, the others under their git object id
+        data = f.read_bytes()
+        lfs = f.suffix == ".safetensors"
+        blob = base / "blobs" / (sha256_file(f) if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest())
         shutil.copy(f, blob)
         (snap / f.name).symlink_to(os.path.relpath(blob, snap))
     (base / "refs").mkdir()
@@ -88,6 +93,8 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["source"] == "hub" and manifest["revision"] == rev
+    # the weights' sha256 is the hub's record (their blob's name), the other files' their own: all true
+    assert manifest["files_sha256"] == {p.name: sha256_file(p) for p in checkpoint_files(out)}
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
     # a branch is allowed where no commit is published: the manifest records the commit it resolved to
     r = run(
@@ -98,6 +105,22 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
     assert r.returncode == 0, r.stderr
     manifest = json.loads(manifest_path(tmp_path / "main").read_text())
     assert (manifest["revision"], manifest["commit"]) == ("main", rev)
+
+
+def test_the_hubs_sha256_is_read_off_an_lfs_blobs_name_and_nothing_else(make_checkpoint, tmp_path):
+    from tokenshift.models import hub_sha256
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    snap = hub_cache(tmp_path / "hf", "acme/tiny-qwen", rev, make_checkpoint("src")) / "models--acme--tiny-qwen"
+    snap = snap / "snapshots" / rev
+    weights = snap / "model.safetensors"
+    assert hub_sha256(weights) == sha256_file(weights) == os.path.basename(os.path.realpath(weights))
+    assert hub_sha256(snap / "config.json") is None  # a git object id (40 hex digits), no sha256
+    assert hub_sha256(tmp_path / "src" / "model.safetensors") is None  # a local checkpoint's file
+    renamed = tmp_path / "blobs" / ("f" * 63)  # a 63-digit name in a folder named blobs: not a record
+    renamed.parent.mkdir()
+    renamed.write_bytes(b"x")
+    assert hub_sha256(renamed) is None
 
 
 def test_hub_model_offline_fails_naming_model_and_revision(tmp_path):

@@ -4,7 +4,8 @@ Each model spec becomes a directory ``resources/models/<name>/`` that later stag
 ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``, plus a
 manifest ``resources/models/<name>.json`` written last (its existence means "complete"):
 source, revision, sha256 of every file of the checkpoint (weights, configs, generation config,
-tokenizer files, chat template: all that loading reads), vocabulary sizes and a tokenizer hash.
+tokenizer files, chat template: all that loading reads; for a hub snapshot's Git LFS files, the
+hub's own sha256, which its cache names their blobs by), vocabulary sizes and a tokenizer hash.
 
 - ``path``: the files of a local checkpoint are linked (not copied: weights can be 60 GB).
 - ``hub``: ``huggingface_hub.snapshot_download`` at the pinned revision, safetensors only.
@@ -151,6 +152,16 @@ def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
     return ids
 
 
+def hub_sha256(path: Path) -> str | None:
+    """The sha256 the Hugging Face hub records for a file of its cache, where it has one: the cache names
+    a Git LFS file's blob (``blobs/<sha256>``, where snapshot links point) by the sha256 of its content,
+    a small file's blob by its git object id (40 hex digits: no sha256, None)."""
+    import re
+
+    target = Path(os.path.realpath(path))
+    return target.name if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name) else None
+
+
 def write_manifest(
     ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
 ) -> dict:
@@ -165,7 +176,9 @@ def write_manifest(
     files = checkpoint_files(ckpt_dir)
     # a linked file's fingerprint is its target's: the source checkpoint's
     fingerprints = {p.name: file_fingerprint(p) for p in files}
-    hashes = {p.name: sha256_file(p) for p in files}
+    # a hub snapshot's large files carry the hub's own sha256 (its cache names their blobs by it): a 32B
+    # model's 65 GB are not read again for it; a local `path:` is hashed whatever its files' names
+    hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
     cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
     tok = _auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
