@@ -32,6 +32,14 @@ def tokenshift_cache(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def fresh_batch_sizes():
+    """Each test starts with no batch size remembered from another's out-of-memory errors."""
+    from tokenshift.memory import forget_batch_sizes
+
+    forget_batch_sizes()
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer():
     from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems

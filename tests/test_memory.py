@@ -130,6 +130,28 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
         halving_on_oom(lambda b: (_ for _ in ()).throw(ValueError("bad")), 8, is_oom=is_oom)
 
 
+def test_a_remembered_batch_size_starts_the_next_call_where_the_last_one_worked():
+    tried = []
+
+    def run(batch):
+        tried.append(batch)
+        if batch > 24:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return batch
+
+    def is_oom(e):
+        return "out of memory" in str(e)
+
+    key = "test-remembered"
+    assert halving_on_oom(run, 100, is_oom=is_oom, remember=key) == 12 and tried == [100, 50, 25, 12]
+    tried.clear()
+    assert halving_on_oom(run, 100, is_oom=is_oom, remember=key) == 12 and tried == [12]  # no failed tries again
+    tried.clear()
+    assert halving_on_oom(run, 7, is_oom=is_oom, remember=key) == 7 and tried == [7]  # a smaller batch as it is
+    tried.clear()
+    assert halving_on_oom(run, 100, is_oom=is_oom, remember="another") == 12 and tried == [100, 50, 25, 12]
+
+
 def test_a_job_places_its_models_on_the_gpus_it_was_given():
     big, small = ModelShape.from_config(QWEN25["32B"]), ModelShape.from_config(QWEN25["7B"])
     auto = ["auto", "auto"]

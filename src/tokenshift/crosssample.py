@@ -381,7 +381,9 @@ def cross_sample(
             while rows:
                 picked = ([chunk[i] for i in rows], u[rows], r[rows], [forced[i] for i in rows], threshold[rows])
                 decode = functools.partial(_decode_in_pieces, gen, other, *picked, rule=rule, **kw)
-                decoded = halving_on_oom(decode, len(rows), is_oom=is_oom)  # out of memory: smaller pieces
+                decoded = halving_on_oom(
+                    decode, len(rows), is_oom=is_oom, remember="decode"
+                )  # out of memory: smaller pieces
                 again = []
                 for i, (sample, stat) in zip(rows, decoded):
                     done[i] = sample
@@ -411,6 +413,7 @@ def _row_thresholds(gen, other, batches, noise, rule: SwitchRule, kw) -> list[to
             functools.partial(_decode_in_pieces, gen, other, chunk, u, r, [[]] * n, torch.zeros(n), rule=twin, **kw),
             n,
             is_oom=is_oom,
+            remember="decode",
         )
         traces += [stat.numpy() for _, stat in decoded]
     if rule.level == "prompt":
@@ -475,7 +478,7 @@ def decode_alone(
             decode = functools.partial(
                 _decode_in_pieces, model, None, chunk, u, r, [[]] * n, torch.full((n,), math.nan), rule=alone, **kw
             )
-            out += [sample for sample, _ in halving_on_oom(decode, n, is_oom=is_oom)]
+            out += [sample for sample, _ in halving_on_oom(decode, n, is_oom=is_oom, remember="decode")]
     finally:
         model.train(was_training)
     return out

@@ -311,13 +311,45 @@ def is_oom(error: BaseException) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
-def halving_on_oom(run: Callable[[int], T], batch: int, *, is_oom: Callable[[BaseException], bool]) -> T:
-    """``run(batch)``, halving ``batch`` after each out-of-memory error until it works (or 1 fails too)."""
+_WORKED: dict[str, int] = {}
+"""The batch size that last worked after an out-of-memory error, per ``remember`` key, in this process."""
+
+
+def halving_on_oom(
+    run: Callable[[int], T], batch: int, *, is_oom: Callable[[BaseException], bool], remember: str | None = None
+) -> T:
+    """``run(batch)``, halving ``batch`` after each out-of-memory error until it works (or 1 fails too),
+    the device's cached memory freed before each retry. With ``remember``, the size that worked after an
+    error is where later calls of the same key start (a job's batches are alike: each would otherwise
+    run out of memory first, again)."""
+    size = min(batch, _WORKED.get(remember, batch)) if remember else batch
     while True:
         try:
-            return run(batch)
+            out = run(size)
         except Exception as e:  # torch.OutOfMemoryError is a RuntimeError
-            if not is_oom(e) or batch == 1:
+            if not is_oom(e) or size == 1:
                 raise
-            log.warning("out of memory at batch %d; going on at %d", batch, batch // 2)
-            batch //= 2
+            log.warning("out of memory at batch %d; going on at %d", size, size // 2)
+            size //= 2
+            del e  # its traceback holds the failed try's tensors
+            _free_device_cache()
+            continue
+        if remember and size < batch:
+            _WORKED[remember] = size
+        return out
+
+
+def forget_batch_sizes() -> None:
+    """Forget the sizes ``halving_on_oom`` remembered (a process that starts other work, a test)."""
+    _WORKED.clear()
+
+
+def _free_device_cache() -> None:
+    """Give the CUDA allocator's cached blocks back (after an out-of-memory error), where torch has a GPU."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

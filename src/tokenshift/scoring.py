@@ -227,7 +227,7 @@ def score_rows(
         scored = halving_on_oom(
             functools.partial(_score_in_pieces, base, rl, rows, idx, vocab_size=vocab_size, pad_id=pad_id, cfg=cfg),
             len(idx),
-            is_oom=is_oom,
+            is_oom=is_oom,  # not remembered: batches are packed by tokens, their row counts differ
         )
         for k, v in scored.items():
             out[k].append(v)
