@@ -381,9 +381,8 @@ def cross_sample(
             while rows:
                 picked = ([chunk[i] for i in rows], u[rows], r[rows], [forced[i] for i in rows], threshold[rows])
                 decode = functools.partial(_decode_in_pieces, gen, other, *picked, rule=rule, **kw)
-                decoded = halving_on_oom(
-                    decode, len(rows), is_oom=is_oom, remember="decode"
-                )  # out of memory: smaller pieces
+                # out of memory: smaller pieces, and the job's later batches start at the size that worked
+                decoded = halving_on_oom(decode, len(rows), is_oom=is_oom, remember="decode")
                 again = []
                 for i, (sample, stat) in zip(rows, decoded):
                     done[i] = sample

@@ -98,7 +98,7 @@ class _Row:
     finish: str | None = None
     by_budget: list[list[int]] = field(default_factory=list)
     """The response a run at budget k would have given, for k = 0 .. (switches and removals spent) - 1:
-    the prefix at the round that spent the k-th + 1 with that round's whole continuation."""
+    the prefix at the start of the round that spent the (k + 1)-th, with that round's whole continuation."""
 
     @property
     def spent(self) -> int:

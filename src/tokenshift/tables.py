@@ -333,9 +333,6 @@ def crosssample_table(
             {
                 **(labels or {}),
                 **key,
-                "dense_accuracy": None if dense is None else dense[0],
-                "dense_ci_low": None if dense is None else dense[1],
-                "dense_ci_high": None if dense is None else dense[2],
                 "extrapolation": beside,
                 "budget_tokens": None if key["budget"] == "all" else int(key["budget"]),
                 "accuracy": acc,
@@ -350,6 +347,9 @@ def crosssample_table(
                 "n_problems": per.height,
                 "n_samples": run.height,
                 **box_counts(run),
+                "dense_accuracy": None if dense is None else dense[0],
+                "dense_ci_low": None if dense is None else dense[1],
+                "dense_ci_high": None if dense is None else dense[2],
             }
         )
     dense_type = pl.List(pl.Float64)
