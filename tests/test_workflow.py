@@ -232,6 +232,15 @@ def _mutations():
             m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 10**12})),
             "datasets.toy.sampling.max_new_tokens",
         ),
+        # a thread count torch.set_num_threads overflows on (past 2**31), in every section that has one
+        *(
+            (
+                f"{section}-threads-2**40",
+                m(lambda c, s=section: c.setdefault(s, {}).update(threads=2**40)),
+                f"{section}.threads",
+            )
+            for section in ("rollout", "scoring", "crosssample", "toy", "advantages")
+        ),
         ("toy-min-steps-above-max", m(lambda c: c["toy"].update(min_steps=5, max_steps=3)), "toy.min_steps"),
         ("toy-max-steps-past-z", m(lambda c: c["toy"].update(max_steps=27)), "toy.max_steps"),
         ("scoring-device-banana", m(lambda c: c.update(scoring={"device_base": "banana"})), "scoring.device_base"),

@@ -25,9 +25,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+MAX_THREADS = 1024
+"""The most torch CPU threads a setting may ask for (``torch.set_num_threads`` overflows past 2**31)."""
+
 
 def option(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with its help text (and optional ``choices``, ``minimum``) as metadata.
+    """A dataclass field with its help text (and optional ``choices``, ``minimum``, ``maximum``) as metadata.
 
     ``auto=True`` marks an ``int | str`` field that takes a number or the word ``auto`` (a batch
     size the stage plans itself); ``recorded=False`` one that results do not depend on, which the
@@ -56,7 +59,7 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool, bool]:
     return hint, optional, False
 
 
-def _checked(kind: type, minimum: float | None, name: str, auto: bool = False):
+def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, maximum: float | None = None):
     def convert(text: str):
         if auto and text == "auto":
             return text
@@ -67,6 +70,8 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"expected a value <= {maximum}, got {text}")
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
@@ -94,7 +99,7 @@ def add_options(
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _checked(kind, meta.get("minimum"), f.name, bool(meta.get("auto")))
+            kw["type"] = _checked(kind, meta.get("minimum"), f.name, bool(meta.get("auto")), meta.get("maximum"))
             kw["metavar"] = f.name.upper()
             if "choices" in meta:
                 kw["choices"] = meta["choices"]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.options import option
+from tokenshift.options import MAX_THREADS, option
 from tokenshift.registry import (
     DEFAULT_POLICIES,
     DIRECTIONS,
@@ -190,7 +190,7 @@ class RolloutConfig:
         recorded=False,
     )
     problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
-    threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1)
+    threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1, maximum=MAX_THREADS)
     # read by the vllm backend only (``stages``): a job of the hf backend records none of them
     vllm_tensor_parallel_size: int | None = option(
         None, "vllm: GPUs one engine spans (not set: every GPU the job was given)", minimum=1, stages=("vllm",)
@@ -299,7 +299,7 @@ class ScoringConfig:
         "auto", "device of the base model: auto (a GPU where the job has one), cpu, cuda, ...", stages=("hf",)
     )
     device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each", stages=("hf",))
-    threads: int = option(2, "torch CPU threads", minimum=1)
+    threads: int = option(2, "torch CPU threads", minimum=1, maximum=MAX_THREADS)
 
     def __post_init__(self):
         check_auto("max_batch_tokens", self.max_batch_tokens)
@@ -381,6 +381,7 @@ class CrossSampleConfig:
         "torch CPU threads per job; the toy pair's decoding is bound by Python overhead, so one "
         "thread per job and jobs side by side finish the grid soonest",
         minimum=1,
+        maximum=MAX_THREADS,
     )
     problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
     # vLLM places regenerate's engines itself (its wheel's device, the job's GPUs): these are lockstep's

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.options import from_mapping, option
+from tokenshift.options import MAX_THREADS, from_mapping, option
 from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.toy.task import ToyTaskConfig
 
@@ -46,7 +46,7 @@ class ToyBuildConfig:
         minimum=0,
         stages=("rl",),
     )
-    threads: int = option(2, "torch CPU threads (results depend on it)", minimum=1)
+    threads: int = option(2, "torch CPU threads (results depend on it)", minimum=1, maximum=MAX_THREADS)
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> ToyBuildConfig:
@@ -96,7 +96,10 @@ class AdvantageExperimentConfig:
     eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1)
     eval_seed: int = option(0, "sampling seed of every evaluation (the same noise for every run)", minimum=0)
     threads: int = option(
-        1, "torch CPU threads per run (results depend on it); one lets two runs share 2 cores", minimum=1
+        1,
+        "torch CPU threads per run (results depend on it); one lets two runs share 2 cores",
+        minimum=1,
+        maximum=MAX_THREADS,
     )
 
     def __post_init__(self) -> None:
