@@ -236,3 +236,17 @@ def test_each_gamma_is_one_forward_dlogp_run_with_no_budget_beside_the_grid():
     ]
     assert all("e" not in gamma_label(g) for g in (1e-6, 1e-5, 123.456789))
     assert CrossSampleGrid.from_config({}).extrapolation_runs() == []
+
+
+def test_a_list_whose_order_nothing_depends_on_reaches_jobs_and_the_record_sorted():
+    """``rollout.pass_k: [4, 1]`` and ``[1, 4]`` give the accuracy job the same flags and the run the same
+    recorded config, so reordering it re-runs nothing (the hostile pass of 2026-12-04 re-ran 7 jobs)."""
+    from tokenshift.options import recorded_config
+    from tokenshift.settings import AccuracyConfig, RolloutConfig
+
+    given = [{"rollout": {"pass_k": order, "threads": 2}} for order in ([4, 1], [1, 4])]
+    assert [section_values(AccuracyConfig, c) for c in given] == [{"pass_k": [1, 4]}] * 2
+    assert recorded_config(given[0], [AccuracyConfig, RolloutConfig]) == recorded_config(
+        given[1], [AccuracyConfig, RolloutConfig]
+    )
+    assert recorded_config(given[0], [AccuracyConfig])["rollout"]["pass_k"] == [1, 4]

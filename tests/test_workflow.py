@@ -190,6 +190,19 @@ def _mutations():
             "datasets",
         ),
         ("pair-named-report.html", m(lambda c: c["pairs"][0].update(name="report.html")), "pairs[0].name"),
+        # the hostile pass of 2026-12-04: each accepted, then two rules shared a path or a log
+        *(
+            (f"pair-named-{name}", m(lambda c, n=name: c["pairs"][0].update(name=n)), "pairs[0].name")
+            for name in ("advantages", "overview.log", "advantages.log")
+        ),
+        *(
+            (
+                f"dataset-named-{name}",
+                m(lambda c, n=name: (c["datasets"].update({n: {"toy": "eval"}}), c["pairs"][0].update(datasets=[n]))),
+                "datasets",
+            )
+            for name in ("training", "training_shifts")
+        ),
         ("model-named-x.json", m(lambda c: c["models"].update({"x.json": {"toy": "base"}})), "x.json"),
         # a toy dataset's prompt is its own: a template there would be silently ignored
         (

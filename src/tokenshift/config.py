@@ -29,12 +29,24 @@ TOY_DATASET_KEYS = {"toy", "n_problems", "sampling"}
 """What a ``toy: eval`` dataset entry may set: any other key would be silently without effect."""
 
 RESERVED = {
-    "pairs": {"figures", "report.html", "explorer.html", "summary.json", "config.yaml"},
-    "datasets": {"toy_check", "figures"},
+    "pairs": {
+        "figures",
+        "report.html",
+        "explorer.html",
+        "summary.json",
+        "config.yaml",
+        "advantages",
+        "advantages.log",
+        "overview.log",
+    },
+    "datasets": {"toy_check", "training", "training_shifts", "figures"},
 }
-"""Names the workflow's own paths take: results/<pair>/ sits beside results/figures/, results/report.html,
-results/explorer.html, results/summary.json and results/config.yaml; results/<pair>/<dataset>/ beside
-results/<pair>/toy_check/."""
+"""Names the workflow's own paths take (every literal beside a ``{pair}`` or ``{dataset}`` in the rules'
+paths): results/<pair>/ sits beside results/figures/, results/report.html, results/explorer.html,
+results/summary.json, results/config.yaml and results/advantages/, and logs/figures/<pair>/ beside
+logs/figures/advantages.log and logs/figures/overview.log; results/<pair>/<dataset>/ beside
+results/<pair>/toy_check/ and results/<pair>/training/, and logs/figures/<pair>/<dataset>.log beside
+logs/figures/<pair>/training_shifts.log."""
 
 
 class ConfigError(ValueError):

@@ -34,7 +34,9 @@ def option(default: Any, help: str, **meta: Any) -> Any:
 
     ``auto=True`` marks an ``int | str`` field that takes a number or the word ``auto`` (a batch
     size the stage plans itself); ``recorded=False`` one that results do not depend on, which the
-    workflow passes to its jobs without recording it (``section_values``)."""
+    workflow passes to its jobs without recording it (``section_values``); ``unordered=True`` a list whose
+    order nothing depends on, which jobs are given and the config is recorded sorted, so that reordering it
+    re-runs nothing."""
     if isinstance(default, list | dict | set):
         raise TypeError("use a tuple for a sequence default: settings are frozen")
     return dataclasses.field(default=default, metadata={"help": help, **meta})
@@ -202,7 +204,12 @@ def section_values(
         if (stages is None or "stages" not in f.metadata or set(stages) & set(f.metadata["stages"]))
         and f.metadata.get("recorded", True) == recorded
     }
-    return {k: v for k, v in config.get(cls.section, {}).items() if k in names}
+    unordered = {f.name for f in dataclasses.fields(cls) if f.metadata.get("unordered")}
+    return {
+        k: sorted(v) if k in unordered and isinstance(v, list | tuple) else v
+        for k, v in config.get(cls.section, {}).items()
+        if k in names
+    }
 
 
 def recorded_config(config: Mapping[str, Any], classes: Sequence[type]) -> dict[str, Any]:
@@ -215,5 +222,10 @@ def recorded_config(config: Mapping[str, Any], classes: Sequence[type]) -> dict[
         section = out.get(cls.section)
         if isinstance(section, Mapping):
             unrecorded = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("recorded", True)}
-            out[cls.section] = {k: v for k, v in section.items() if k not in unrecorded}
+            unordered = {f.name for f in dataclasses.fields(cls) if f.metadata.get("unordered")}
+            out[cls.section] = {
+                k: sorted(v) if k in unordered and isinstance(v, list | tuple) else v
+                for k, v in section.items()
+                if k not in unrecorded
+            }
     return out

@@ -236,7 +236,9 @@ class AccuracyConfig:
     """What the accuracy tables report (config ``rollout:``)."""
 
     section: ClassVar[str] = "rollout"
-    pass_k: tuple[int, ...] = option((1,), "pass@k values in the accuracy tables (each at most sampling.n)", minimum=1)
+    pass_k: tuple[int, ...] = option(
+        (1,), "pass@k values in the accuracy tables (each at most sampling.n)", minimum=1, unordered=True
+    )
 
 
 @dataclass(frozen=True)
