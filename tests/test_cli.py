@@ -67,6 +67,10 @@ def test_python_dash_m_tokenshift_is_the_command():
 
     r = subprocess.run([sys.executable, "-m", "tokenshift", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "crosssample" in r.stdout
+    # and its exit status: a refused input is 2 there too (it was 0, whatever failed)
+    missing = ["accuracy", "--base", "none.parquet", "--rl", "none.parquet", "--out", "a.parquet"]
+    r = subprocess.run([sys.executable, "-m", "tokenshift", *missing], capture_output=True, text=True, timeout=60)
+    one_line_error(r, "none.parquet: no such file")
 
 
 def test_hub_without_revision_is_a_usage_error(tmp_path):
@@ -211,6 +215,46 @@ def test_a_hub_dataset_without_a_revision_is_refused(tmp_path):
     )
     one_line_error(r, "dataset 'aime'", "--revision")
     assert not out.exists()
+
+
+def test_a_table_of_the_wrong_types_nulls_or_no_rows_is_named_with_its_column(tmp_path):
+    """A rollout table from the real stage, spoiled as a careless copy would (the hostile pass of
+    2026-12-04 met tracebacks and errors naming no file): each refused in one line naming file and column."""
+    import polars as pl
+
+    from tokenshift.datasets import DATASET_VERSION
+
+    good = pl.DataFrame(
+        {"problem_id": ["p1", "p1", "p2", "p2"], "sample_index": [0, 1, 0, 1], "correct": [True, False, True, True]}
+    ).with_columns(pl.lit(DATASET_VERSION).alias("dataset_version"))
+    spoiled = {
+        "strings.parquet": (good.with_columns(pl.col("correct").cast(pl.String)), "column 'correct' holds String"),
+        "nulls.parquet": (
+            good.with_columns(pl.lit(None, dtype=pl.Boolean).alias("correct")),
+            "column 'correct' is null",
+        ),
+        "empty.parquet": (good.head(0), "has no rows"),
+    }
+    good.write_parquet(tmp_path / "good.parquet")
+    for name, (table, needle) in spoiled.items():
+        table.write_parquet(tmp_path / name)
+        cmd = ["accuracy", "--base", str(tmp_path / name), "--rl", str(tmp_path / "good.parquet")]
+        r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
+        one_line_error(r, f"{tmp_path / name}: {needle}")
+    assert not (tmp_path / "a.parquet").exists()
+    r = run(
+        tokenshift_cmd()
+        + [
+            "accuracy",
+            "--base",
+            str(tmp_path / "good.parquet"),
+            "--rl",
+            str(tmp_path / "good.parquet"),
+            "--out",
+            str(tmp_path / "a.parquet"),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
 
 
 def test_a_file_that_is_not_parquet_is_named(tmp_path):

@@ -3,4 +3,4 @@
 from tokenshift.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # its exit status, as the console script gives it

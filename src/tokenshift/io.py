@@ -9,7 +9,7 @@ import json
 import os
 import shlex
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,25 @@ def remake_hint(path: Path | str) -> str:
     )
 
 
-def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
+COLUMN_KINDS = {
+    "number": lambda dtype: dtype.is_numeric(),
+    "bool": lambda dtype: dtype.__class__.__name__ == "Boolean",
+    "string": lambda dtype: dtype.__class__.__name__ in ("String", "Utf8", "Categorical", "Enum"),
+    "list": lambda dtype: dtype.__class__.__name__ in ("List", "Array"),
+}
+"""What a column's kind in ``read_parquet``'s ``columns`` accepts, by polars dtype."""
+
+
+def read_parquet(
+    path: Path | str, what: str, columns: Sequence[str] | Mapping[str, str] = (), *, nonempty: bool = False
+):
     """A parquet table, or ``InputError`` naming ``path`` and what was expected there
     (a missing file, one that is not parquet, or one without the ``columns`` needed); for a damaged
-    output of the workflow, the error also says how to make it again (``remake_hint``)."""
+    output of the workflow, the error also says how to make it again (``remake_hint``).
+
+    ``columns`` may map each name to its kind (``COLUMN_KINDS``: ``number``, ``bool``, ``string``,
+    ``list``; with a trailing ``?`` where nulls are allowed): a column of another type, or with a null
+    where none is allowed, is refused too, as, with ``nonempty``, a table without rows."""
     import polars as pl
 
     path = Path(path)
@@ -165,6 +180,19 @@ def read_parquet(path: Path | str, what: str, columns: Sequence[str] = ()):
         raise InputError(
             f"{path}: has no column {missing[0]!r} (expected {what}; columns: {table.columns}){remake_hint(path)}"
         )
+    if nonempty and table.height == 0:
+        raise InputError(f"{path}: has no rows (expected {what}){remake_hint(path)}")
+    for name, kind in columns.items() if isinstance(columns, Mapping) else ():
+        dtype = table.schema[name]
+        all_null = dtype.__class__.__name__ == "Null"  # a column written with no value at all
+        if not COLUMN_KINDS[kind.rstrip("?")](dtype) and not (all_null and kind.endswith("?")):
+            raise InputError(
+                f"{path}: column {name!r} holds {dtype}, where a {kind.rstrip('?')} was expected ({what})"
+                f"{remake_hint(path)}"
+            )
+        nulls = table[name].null_count()
+        if nulls and not kind.endswith("?"):
+            raise InputError(f"{path}: column {name!r} is null in {nulls} of {table.height} rows (expected {what})")
     return table
 
 

@@ -436,34 +436,34 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
 
 # --- the table stages: read the per-sample or per-token files, write one table --------------
 
-ROLLOUT_COLUMNS = ("problem_id", "correct", "dataset_version")
-SCORE_COLUMNS = (
-    "problem_id",
-    "sample_index",
-    "position",
-    "norm_position",
-    "token_id",
-    "js",
-    "entropy_base",
-    "rl_top1_rank_in_base",
-    "p_base_of_rl_top1",
-    "p_rl_of_rl_top1",
-    "topk_overlap",
-    "statistic",
-)
-CROSS_COLUMNS = (
-    "problem_id",
-    "sample_index",
-    "correct",
-    "direction",
-    "policy",
-    "budget",
-    "threshold",
-    "n_switched",
-    "switched_js",
-    "n_response_tokens",
-    "finish_reason",
-)
+ROLLOUT_COLUMNS = {"problem_id": "string", "correct": "bool", "dataset_version": "string"}
+SCORE_COLUMNS = {
+    "problem_id": "string",
+    "sample_index": "number",
+    "position": "number",
+    "norm_position": "number",
+    "token_id": "number",
+    "js": "number",
+    "entropy_base": "number",
+    "rl_top1_rank_in_base": "number",
+    "p_base_of_rl_top1": "number",
+    "p_rl_of_rl_top1": "number",
+    "topk_overlap": "number",
+    "statistic": "string",
+}
+CROSS_COLUMNS = {
+    "problem_id": "string",
+    "sample_index": "number",
+    "correct": "bool",
+    "direction": "string",
+    "policy": "string",
+    "budget": "string",
+    "threshold": "number?",  # null where each row has its own
+    "n_switched": "number",
+    "switched_js": "list",
+    "n_response_tokens": "number",
+    "finish_reason": "string",
+}
 
 
 def write_accuracy(
@@ -476,7 +476,7 @@ def write_accuracy(
 ) -> pl.DataFrame:
     """The accuracy table of a pair's rollout files (role -> path), written to ``out``."""
     tables = {
-        role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS)
+        role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS, nonempty=True)
         for role, path in rollouts.items()
     }
     labels = {k: v for k, v in (("pair", pair), ("dataset", dataset)) if v}
@@ -557,15 +557,20 @@ def write_divergence(
     return tables
 
 
+def _cross_run(path: Path) -> pl.DataFrame:
+    what = "a cross-sampling run (tokenshift crosssample)"
+    run = read_parquet(path, what, CROSS_COLUMNS, nonempty=True)
+    if ("injection" in run.columns) != ("gamma" in run.columns):  # a run written before both were has neither
+        raise InputError(f"{path}: has one of the columns 'injection' and 'gamma' without the other (expected {what})")
+    return run
+
+
 def write_crosssample_table(
     runs: Sequence[Path], out: Path, *, pair: str, dataset: str, extrapolation: Sequence[Path] = ()
 ) -> pl.DataFrame:
     """The cross-sampling table of one pair and dataset's runs (the grid's, then the extrapolation
     runs beside it), written to ``out``."""
-    frames, beside = (
-        [read_parquet(p, "a cross-sampling run (tokenshift crosssample)", CROSS_COLUMNS) for p in paths]
-        for paths in (runs, extrapolation)
-    )
+    frames, beside = ([_cross_run(p) for p in paths] for paths in (runs, extrapolation))
     try:
         table = crosssample_table(frames, extrapolation=beside, labels={"pair": pair, "dataset": dataset})
     except ValueError as e:
