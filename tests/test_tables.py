@@ -109,7 +109,7 @@ def test_a_score_table_without_positions_is_refused_naming_it(scores, tmp_path):
         pl.lit(0).alias("position"),
         pl.lit(0).alias("token_id"),
         pl.lit("exact").alias("statistic"),
-    ).select(SCORE_COLUMNS)
+    ).select(list(SCORE_COLUMNS))
     full.write_parquet(tmp_path / "base.parquet")
     full.clear().write_parquet(tmp_path / "rl.parquet")
     paths = {"base": tmp_path / "base.parquet", "rl": tmp_path / "rl.parquet"}
@@ -130,7 +130,7 @@ def test_divergence_tables_carry_the_scores_statistic_and_refuse_two(scores, tmp
             pl.lit(0).alias("position"),
             pl.lit(0).alias("token_id"),
             pl.lit(statistic).alias("statistic"),
-        ).select(SCORE_COLUMNS).write_parquet(path)
+        ).select(list(SCORE_COLUMNS)).write_parquet(path)
         return path
 
     paths = {"base": table(tmp_path / "base.parquet", "topk:50"), "rl": table(tmp_path / "rl.parquet", "topk:50")}
