@@ -31,6 +31,7 @@ import time
 
 import torch
 import transformers
+from bench_crosssample import QWEN_7B
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from tokenshift.crosssample import SwitchRule, cross_sample
@@ -38,15 +39,8 @@ from tokenshift.generation import SamplingConfig, sample
 from tokenshift.memory import ModelShape, crosssample_rows, decode_rows
 
 QWEN25 = {
-    "7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
+    # bench_crosssample's 7B shape (its 4096-position context is the one thing set here again, in build)
+    "7b": {k: v for k, v in QWEN_7B.items() if k != "max_position_embeddings"},
     "32b": dict(
         hidden_size=5120,
         intermediate_size=27648,

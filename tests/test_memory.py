@@ -15,6 +15,7 @@ from tokenshift.memory import (
     gpu_ids,
     gpu_sets,
     halving_on_oom,
+    is_oom,
     max_memory,
     plan_devices,
     scoring_tokens,
@@ -113,8 +114,8 @@ def test_a_pair_is_placed_on_disjoint_gpus_and_weights_leave_room_for_the_cache(
     assert mm == {2: int(H100 * 0.9 * 0.8), 3: int(H100 * 0.9 * 0.8), "cpu": 0}
 
 
-def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
-    tried = []
+def fits_24(tried: list[int]):
+    """A run that records the batch sizes it is tried at and runs out of memory above 24."""
 
     def run(batch):
         tried.append(batch)
@@ -122,9 +123,12 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return batch
 
-    def is_oom(e):
-        return "out of memory" in str(e)
+    return run
 
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
+    tried = []
+    run = fits_24(tried)
     assert halving_on_oom(run, 100, is_oom=is_oom) == 12 and tried == [100, 50, 25, 12]
     with pytest.raises(ValueError):  # any other error is not retried
         halving_on_oom(lambda b: (_ for _ in ()).throw(ValueError("bad")), 8, is_oom=is_oom)
@@ -132,16 +136,7 @@ def test_a_batch_that_runs_out_of_memory_is_halved_and_goes_on():
 
 def test_a_remembered_batch_size_starts_the_next_call_where_the_last_one_worked():
     tried = []
-
-    def run(batch):
-        tried.append(batch)
-        if batch > 24:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return batch
-
-    def is_oom(e):
-        return "out of memory" in str(e)
-
+    run = fits_24(tried)
     key = "test-remembered"
     assert halving_on_oom(run, 100, is_oom=is_oom, remember=key) == 12 and tried == [100, 50, 25, 12]
     tried.clear()
