@@ -95,6 +95,39 @@ def test_every_schema_default_is_the_dataclass_default_it_feeds(section):
         assert got == fields[key], f"{section}.{key}: schema default {got!r}, library default {fields[key]!r}"
 
 
+BOUNDS = ("minimum", "maximum")
+
+
+@pytest.mark.parametrize("cls", SECTION_CLASSES, ids=lambda c: c.__name__)
+def test_every_bound_of_a_flag_is_the_schema_bound_of_its_key(cls):
+    """A value the CLI refuses is refused by the config check, and the other way round (sampling.n, timeout_s, ...)."""
+    props = SCHEMA["properties"][cls.section]["properties"]
+    for f in dataclasses.fields(cls):
+        spec = numeric(props[f.name])
+        for bound in BOUNDS:
+            if bound in f.metadata:
+                # an exclusive bound of the schema (a rate > 0) is the flag's bound, refused by its dataclass
+                got = spec.get(bound, spec.get(f"exclusive{bound.title()}"))
+                assert got == f.metadata[bound], f"{cls.section}.{f.name}: {bound} {got} in the schema"
+
+
+def numeric(spec: dict) -> dict:
+    """The numeric schema of a key: through a $ref, a list's items, or the number among a oneOf's choices."""
+    if "$ref" in spec:
+        spec = SCHEMA["$defs"][spec["$ref"].rsplit("/", 1)[1]]
+    if "items" in spec:
+        spec = spec["items"]
+    return next((o for o in spec.get("oneOf", ()) if o.get("type") in ("integer", "number")), spec)
+
+
+def test_a_datasets_sampling_overrides_are_bounded_as_the_sampling_section():
+    entry = SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"]["sampling"]["properties"]
+    top = SCHEMA["properties"]["sampling"]["properties"]
+    for key, spec in entry.items():
+        if "$ref" not in spec:
+            assert {b: spec.get(b) for b in BOUNDS} == {b: top[key].get(b) for b in BOUNDS}, key
+
+
 def test_dataset_entries_are_the_dataset_prompt_and_sampling_settings():
     entry = SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"]
     fields = {f.name for cls in (DatasetSpec, PromptConfig) for f in dataclasses.fields(cls)}

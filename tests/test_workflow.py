@@ -254,6 +254,15 @@ def _mutations():
             )
             for section in ("rollout", "scoring", "crosssample", "toy", "advantages")
         ),
+        # second hostile pass: an answer's timeout past math-verify's alarm (OverflowError in the grader), and
+        # samples per problem past any memory (the rollout job grew until killed)
+        ("grading-timeout-10**10", m(lambda c: c.update(grading={"timeout_s": 10**10})), "grading.timeout_s"),
+        ("sampling-n-2**63", m(lambda c: c["sampling"].update(n=2**63 - 1)), "sampling.n"),
+        (
+            "dataset-sampling-n-2**63",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2**63 - 1})),
+            "datasets.toy.sampling.n",
+        ),
         ("toy-min-steps-above-max", m(lambda c: c["toy"].update(min_steps=5, max_steps=3)), "toy.min_steps"),
         ("toy-max-steps-past-z", m(lambda c: c["toy"].update(max_steps=27)), "toy.max_steps"),
         ("scoring-device-banana", m(lambda c: c.update(scoring={"device_base": "banana"})), "scoring.device_base"),

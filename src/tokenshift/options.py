@@ -27,6 +27,10 @@ from typing import Any
 
 MAX_THREADS = 1024
 """The most torch CPU threads a setting may ask for (``torch.set_num_threads`` overflows past 2**31)."""
+MAX_SAMPLES = 1024
+"""The most samples per problem (pass@1024 is the largest k this field reports; the tables hold n rows a problem)."""
+MAX_TIMEOUT_S = 3600
+"""The longest math-verify may take for one answer (its alarms overflow past ~9e9 s; an hour is already none)."""
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.options import MAX_THREADS, option
+from tokenshift.options import MAX_SAMPLES, MAX_THREADS, MAX_TIMEOUT_S, option
 from tokenshift.registry import (
     DEFAULT_POLICIES,
     DIRECTIONS,
@@ -98,7 +98,7 @@ class SamplingConfig:
     """
 
     section: ClassVar[str] = "sampling"
-    n: int = option(4, "samples per problem", minimum=1)
+    n: int = option(4, "samples per problem", minimum=1, maximum=MAX_SAMPLES)
     temperature: float = option(1.0, "softmax temperature; 0 means greedy decoding", minimum=0)
     top_p: float = option(1.0, "nucleus sampling mass; 1.0 keeps the whole distribution")
     max_new_tokens: int = option(96, "longest response, in tokens (EOS excluded)", minimum=1)
@@ -252,7 +252,9 @@ class GradingConfig:
         "response without a box is graded on math-verify's extraction from all of it (counted in the tables)",
         choices=["strict", "lenient"],
     )
-    timeout_s: int = option(5, "seconds math-verify may take to parse or compare one answer", minimum=1)
+    timeout_s: int = option(
+        5, "seconds math-verify may take to parse or compare one answer", minimum=1, maximum=MAX_TIMEOUT_S
+    )
 
 
 @dataclass(frozen=True)
