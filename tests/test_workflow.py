@@ -344,6 +344,25 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "hinted"),
+    [
+        ("sampling", "n", 4.0, True),  # an integer key: say how a whole number is written
+        ("crosssample", "budgets", [2.0], True),  # an integer among a key's choices (or a fraction below 1)
+        ("sampling", "top_p", 0.0, False),  # number keys: 0.0 is a number, and the hint would mislead
+        ("crosssample", "gammas", [0.0], False),
+    ],
+)
+def test_the_whole_number_hint_is_given_only_where_an_integer_is_expected(section, key, value, hinted):
+    from tokenshift.config import ConfigError, validate_schema
+
+    config = copy.deepcopy(DEFAULT)
+    config.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError) as e:
+        validate_schema(config)
+    assert ("without a decimal point" in str(e.value)) == hinted, str(e.value)
+
+
 THROUGH_SNAKEMAKE = (
     "unknown-top-level-key",
     "budget-2.0-read-as-a-share",

@@ -67,6 +67,10 @@ def _dotted(path) -> str:
     return out or "(top level)"
 
 
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
     """Check ``config`` against the JSON schema; the first problem becomes a one-line ``ConfigError``.
 
@@ -84,7 +88,11 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     if desc is None and error.parent is not None and isinstance(error.parent.schema, dict):
         desc = error.parent.schema.get("description")
     expected = error.message if not desc else f"{error.message}. {' '.join(desc.split())}"
-    if isinstance(error.instance, float) and error.instance.is_integer():
+    wants_integer = any(  # the key (or one of its choices) is an integer: not said of number keys (top_p: 0.0)
+        e.validator == "type" and "integer" in _as_list(e.validator_value)
+        for e in [error, *(error.context or ()), *(error.parent.context if error.parent else ())]
+    )
+    if wants_integer and isinstance(error.instance, float) and error.instance.is_integer():
         expected += f" (a whole number is written without a decimal point: {int(error.instance)}, not {error.instance})"
     raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
 
