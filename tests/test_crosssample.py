@@ -589,6 +589,39 @@ def test_thresholds_resolve_from_percentiles_and_bad_ones_are_refused():
             parse_budget(bad)
 
 
+@pytest.mark.parametrize(
+    ("policy", "spec", "canonical"),
+    [
+        ("js", {"threshold": 0.01, "level": "dataset"}, {"threshold": 0.01}),
+        ("js", {"percentile": 90, "level": "dataset"}, {"percentile": 90}),
+        ("js", {"percentile": 90, "level": "prompt"}, {"percentile": 90, "level": "prompt"}),
+        ("random", {"percentile": 90}, {"threshold": 0.9}),
+        ("random", {"percentile": 75, "level": "response"}, {"threshold": 0.75}),  # a blind draw has no level
+        ("dlogp", {"tau": -0.3}, {"threshold": 0.3}),
+        ("dlogp", {"tau": 0}, {"threshold": 0.0}),
+        ("entropy", {"percentile": 50}, {"percentile": 50}),
+        ("argmax", {}, {}),
+    ],
+)
+def test_a_thresholds_one_spelling_is_the_same_rule(policy, spec, canonical, tmp_path):
+    """The workflow passes each threshold in one spelling (so writing out a default re-runs nothing): it
+    must be the same rule, resolved to the same threshold."""
+    scores = tmp_path / "scores.parquet"
+    pl.DataFrame(
+        {
+            "js": [0.0, 0.1, 0.2, 0.3, 0.4],
+            "entropy_base": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "logp_base": [-1.0, -2.0, -3.0, -4.0, -5.0],
+            "logp_rl": [0.0] * 5,
+        }
+    ).write_parquet(scores)
+    got = POLICIES[policy].canonical(spec)
+    assert got == canonical and str(got) == str(canonical)  # 0.0, not -0.0
+    assert SwitchRule.resolve("forward", policy, "4", got, scores) == SwitchRule.resolve(
+        "forward", policy, "4", spec, scores
+    )
+
+
 # --- the stage through the console script, on real checkpoints ---------------------------------
 
 from conftest import run as run_cmd  # noqa: E402

@@ -214,6 +214,15 @@ def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
     }
 
 
+def test_a_threshold_spelled_another_way_reruns_no_computation(study, tmp_path):
+    # second hostile pass: each of these planned the cross-sampling runs again, with the same result
+    same = {
+        "random": {"threshold": 0.9},  # the blind draw's percentile 90 is the threshold 0.9
+        "js": {"threshold": 0.01, "level": "dataset"},  # the default level, written out
+    }
+    assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"thresholds": same}})) == {}
+
+
 def test_a_key_of_the_other_engine_reruns_nothing_and_the_engine_reruns_the_cross_samples(study, tmp_path):
     assert plan_of(study, *STUDY) == {}
     # the vLLM engines' settings: read by engine regenerate (and the vllm rollout backend), so by no job here

@@ -257,6 +257,17 @@ def test_a_key_read_under_one_stage_reaches_only_that_stages_jobs():
     assert section_values(CrossSampleConfig, section, stage="extrapolate").keys() == {"gamma", "injection"}
 
 
+def test_compile_reaches_scoring_jobs_unless_both_models_are_set_on_the_cpu():
+    # second hostile pass: scoring.compile: false re-ran every scoring job of a CPU-only study
+    def read(**section):
+        return section_values(ScoringConfig, {"scoring": section}, stage=ScoringConfig.stages_read(section))
+
+    assert "compile" not in read(compile=False, device_base="cpu", device_rl="cpu")
+    assert read(compile=False, device_base="cpu", device_rl="cuda:1")["compile"] is False  # one on a GPU
+    assert read(compile=False)["compile"] is False  # auto: the job may start on a GPU node
+    assert "compile" not in read(compile=False, backend="vllm")
+
+
 def test_each_gamma_is_one_forward_dlogp_run_with_no_budget_beside_the_grid():
     from tokenshift.registry import gamma_label
 
@@ -283,3 +294,5 @@ def test_a_list_whose_order_nothing_depends_on_reaches_jobs_and_the_record_sorte
         given[1], [AccuracyConfig, RolloutConfig]
     )
     assert recorded_config(given[0], [AccuracyConfig])["rollout"]["pass_k"] == [1, 4]
+    ranks = [{"divergence": {"rank_k": order}} for order in ([5, 1, 3], [1, 3, 5])]
+    assert [section_values(DivergenceConfig, c) for c in ranks] == [{"rank_k": [1, 3, 5]}] * 2

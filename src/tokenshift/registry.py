@@ -99,6 +99,22 @@ class Policy:
             raise ValueError(f"{self.name} threshold level {level!r} needs a percentile, got {dict(spec)}")
         return level
 
+    def canonical(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """The one spelling of ``spec`` among those that make the same run, so that the workflow records one
+        setting for all of them: no ``level`` where it is ``dataset`` or changes nothing (a blind draw's
+        percentile); a ``random`` percentile as the threshold it is (q / 100); a ``tau`` as its threshold -t."""
+        if not self.configurable:
+            return {}
+        level = self.per_row(spec)  # refuses a bad level
+        if level:
+            return {"percentile": spec["percentile"], "level": level}
+        out = {k: v for k, v in spec.items() if k != "level"}
+        if self.tau and "tau" in out:
+            return {"threshold": 0.0 - float(out["tau"])}  # 0.0 - t: a tau of 0 is the threshold 0, not -0
+        if "percentile" in out and self.score_column is None:
+            return {"threshold": float(out["percentile"]) / 100}
+        return out
+
     def score_columns_for(self, direction: str) -> tuple[str, ...]:
         """The score columns the statistic is read from (two for a difference ``a-b``)."""
         named = self.score_column.format(generator=GENERATOR[direction], other=INJECTED[direction])

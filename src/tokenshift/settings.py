@@ -283,7 +283,7 @@ class ScoringConfig:
     compile: bool = option(
         True,
         "fuse the statistics with torch.compile when the models are on a GPU (CPU stays eager)",
-        stages=("hf",),
+        stages=("gpu",),
     )
     max_batch_tokens: int | str = option(
         AUTO,
@@ -304,6 +304,15 @@ class ScoringConfig:
     )
     device_rl: str = option("auto", "device of the RL model; two GPUs can hold one model each", stages=("hf",))
     threads: int = option(2, "torch CPU threads", minimum=1, maximum=MAX_THREADS)
+
+    @staticmethod
+    def stages_read(section: Mapping[str, Any]) -> tuple[str, ...]:
+        """What a scoring job of config ``scoring:`` (``section``) runs, for ``section_values``: its backend,
+        and ``gpu`` unless both models are set on the CPU, where ``compile`` changes nothing (under ``auto``
+        the device is known only when the job starts, maybe on a cluster's GPU node, so it is read)."""
+        backend = section.get("backend", "hf")
+        on_cpu = all(section.get(key, "auto") == "cpu" for key in ("device_base", "device_rl"))
+        return (backend,) if backend != "hf" or on_cpu else (backend, "gpu")
 
     def __post_init__(self):
         check_auto("max_batch_tokens", self.max_batch_tokens)
@@ -335,7 +344,9 @@ class DivergenceConfig:
     high_js_cut: float | None = option(
         None, "an absolute JS cut (nats) for high-JS positions instead of the quantile, the same for every table"
     )
-    rank_k: tuple[int, ...] = option((1, 3, 5), "k of 'RL's top token is among the base model's top k'", minimum=1)
+    rank_k: tuple[int, ...] = option(
+        (1, 3, 5), "k of 'RL's top token is among the base model's top k'", minimum=1, unordered=True
+    )
 
     def __post_init__(self):
         if not 0 < self.high_js_quantile < 1:
@@ -507,7 +518,7 @@ class CrossSampleGrid:
         the run of budget label ``"0"``, which switches nowhere: no threshold is its setting)."""
         if budget == "0" or not POLICIES[policy].configurable:
             return {}
-        return dict(self.thresholds.get(policy, {}))
+        return POLICIES[policy].canonical(self.thresholds.get(policy, {}))
 
     def example_runs(self, max_new_tokens: int) -> tuple[tuple[str, str, str], tuple[str, str, str]] | None:
         """The forward run figure 6 shows (largest budget, ``js`` if run) and its budget-0 twin."""

@@ -194,12 +194,12 @@ def reallocation_table(scores: pl.DataFrame, cfg: DivergenceConfig = DivergenceC
     rank = scores["rl_top1_rank_in_base"]
     moved = scores["p_rl_of_rl_top1"] - scores["p_base_of_rl_top1"]
     high, _ = _high_js(scores, cfg)
-    rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in cfg.rank_k]
+    rows = [{"metric": f"rl_top1_in_base_top{k}", "value": float((rank < k).mean())} for k in sorted(cfg.rank_k)]
     hi = scores.filter(high)
     if hi.height:
         rows += [
             {"metric": f"rl_top1_in_base_top{k}_at_high_js", "value": float((hi["rl_top1_rank_in_base"] < k).mean())}
-            for k in cfg.rank_k
+            for k in sorted(cfg.rank_k)
         ]
     rows.append({"metric": "mean_mass_moved_onto_rl_top1", "value": float(moved.mean())})
     if hi.height:

@@ -25,7 +25,7 @@ rule score:
         **resources_of("score"),
     params:
         code=stage_code("score"),
-        scoring=settings_of(ScoringConfig, stage=config["scoring"]["backend"]),
+        scoring=settings_of(ScoringConfig, stage=ScoringConfig.stages_read(config["scoring"])),
         engine=vllm_engine_of("scoring"),
     shell:
         "tokenshift score --base {input.base} --rl {input.rl} --pair {input.pair} --rollouts {input.rollouts} "
