@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 import yaml
 from conftest import REPO, run, save_checkpoint
@@ -222,3 +224,99 @@ def custom_code_checkpoint(path: Path, tokenizer) -> Path:
     ):
         (path / name).write_text(json.dumps(json.loads((path / name).read_text()) | entries))
     return path
+
+
+def one_line_error(r, *needles):
+    """Exit 2, one line naming what was wrong, no traceback."""
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    for n in needles:
+        assert str(n) in r.stderr, (n, r.stderr)
+
+
+# --- small tables of the real shapes, for the table builders, figures, report and input checks ----------
+
+RNG = np.random.default_rng(0)
+
+
+def fake_scores(n_resp: int = 60, length: int = 30) -> pl.DataFrame:
+    rows = []
+    for r in range(n_resp):
+        for p in range(length):
+            js = float(RNG.exponential(0.002) * (30 if p in (3, 11, 19) else 1))
+            rows.append(
+                {
+                    "problem_id": f"q{r // 2}",
+                    "sample_index": r % 2,
+                    "position": p,
+                    "norm_position": p / length,
+                    "js": min(js, 0.69),
+                    "kl_base_rl": js * 2,
+                    "kl_rl_base": js * 2,
+                    "entropy_base": float(RNG.exponential(0.3)),
+                    "entropy_rl": float(RNG.exponential(0.2)),
+                    "topk_overlap": float(RNG.choice([0.6, 0.8, 1.0], p=[0.05, 0.15, 0.8])),
+                    "rl_top1_rank_in_base": int(RNG.choice([0, 1, 2, 7], p=[0.9, 0.07, 0.02, 0.01])),
+                    "base_top1_rank_in_rl": 0,
+                    "p_base_of_rl_top1": 0.7,
+                    "p_rl_of_rl_top1": 0.9,
+                    "statistic": "exact",
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def rollouts(p_correct: float, n_problems: int = 40, n: int = 4) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "problem_id": [f"q{i}" for i in range(n_problems) for _ in range(n)],
+            "sample_index": [j for _ in range(n_problems) for j in range(n)],
+            "correct": (RNG.random(n_problems * n) < p_correct).tolist(),
+            "dataset_version": "v",
+        }
+    )
+
+
+def cross_run(direction, policy, budget, p_correct, switched) -> pl.DataFrame:
+    n = 160
+    return pl.DataFrame(
+        {
+            "problem_id": [f"q{i // 4}" for i in range(n)],
+            "sample_index": [i % 4 for i in range(n)],
+            "correct": (RNG.random(n) < p_correct).tolist(),
+            "n_switched": [switched] * n,
+            "n_response_tokens": [30] * n,
+            "finish_reason": ["stop"] * n,
+            "switched_js": [[0.05] * switched] * n,
+            "direction": direction,
+            "policy": policy,
+            "budget": budget,
+            "threshold": 0.01,
+        },
+        schema_overrides={"switched_js": pl.List(pl.Float32)},
+    )
+
+
+def cross_table(forward_js_2: float = 0.6) -> pl.DataFrame:
+    """Cross-sampling from a base model at 0.4 to an RL model at 0.75; ``forward_js_2``: the accuracy
+    two js switches reach (0.6: the headline budget is ``all``; near 0.75, it is 2)."""
+    runs = [
+        cross_run(d, p, b, pc, sw)
+        for d, p, b, pc, sw in [
+            ("forward", "js", "0", 0.4, 0),
+            ("forward", "js", "2", forward_js_2, 2),
+            ("forward", "js", "all", 0.72, 4),
+            ("forward", "random", "2", 0.42, 2),
+            ("forward", "random", "all", 0.43, 4),
+            ("reverse", "js", "0", 0.75, 0),
+            ("reverse", "js", "2", 0.55, 2),
+            ("reverse", "js", "all", 0.45, 4),
+            ("forward", "dlogp", "2", 0.5, 2),
+            ("forward", "dlogp", "all", 0.66, 4),
+        ]
+    ]
+    # the follow-up's extrapolation beside the grid: forward, dlogp, no budget, gamma 0.1
+    extrapolated = cross_run("forward", "dlogp", "all", 0.7, 5).with_columns(injection=pl.lit("extrapolate"), gamma=0.1)
+    from tokenshift.tables import crosssample_table
+
+    return crosssample_table(runs, extrapolation=[extrapolated], labels={"pair": "toy", "dataset": "toy"})

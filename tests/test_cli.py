@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
+from helpers import one_line_error
 
 HELPS = [
     [],
@@ -98,14 +99,6 @@ def test_check_pair_of_checkpoints_without_manifests_names_the_missing_manifest(
 def test_unknown_toy_setting_exits_2_naming_it(tmp_path):
     r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr
-
-
-def one_line_error(r, *needles):
-    """Exit 2, one line naming what was wrong, no traceback."""
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
-    for n in needles:
-        assert str(n) in r.stderr, (n, r.stderr)
 
 
 def dataset_cmd(path, out):
@@ -319,7 +312,7 @@ def test_gather_refuses_a_part_copied_over_another_or_a_table_that_is_no_part(tm
 
 
 def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
-    from test_plots import rollouts
+    from helpers import rollouts
 
     table = tmp_path / "results" / "r.parquet"
     table.parent.mkdir()
@@ -369,7 +362,7 @@ def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
 
 
 def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path):
-    from test_plots import rollouts
+    from helpers import rollouts
 
     table = tmp_path / "r.parquet"
     rollouts(0.5).write_parquet(table)
@@ -387,7 +380,7 @@ def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path)
 
 
 def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
-    from test_plots import cross_run
+    from helpers import cross_run
 
     a = tmp_path / "a.parquet"
     cross_run("forward", "js", "2", 0.5, 2).with_columns(pl.lit("p").alias("pair")).write_parquet(a)
@@ -430,7 +423,7 @@ def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
 
 
 def test_figures_given_the_wrong_tables_name_the_file_and_the_table_expected(tmp_path):
-    from test_plots import rollouts
+    from helpers import rollouts
 
     results = tmp_path / "results"
     (results / "divergence").mkdir(parents=True)
@@ -493,7 +486,7 @@ def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkp
 
 
 def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_path):
-    from test_plots import fake_scores
+    from helpers import fake_scores
 
     from tokenshift.datasets import DatasetSpec, prepare_dataset
 

@@ -215,10 +215,11 @@ def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
 
 
 def test_a_threshold_spelled_another_way_reruns_no_computation(study, tmp_path):
-    # second hostile pass: each of these planned the cross-sampling runs again, with the same result
+    # second hostile pass: each of these planned the cross-sampling runs again, with the same result (a
+    # --configfile adds to the study's thresholds, random: {percentile: 90} and js: {threshold: 0.01})
     same = {
-        "random": {"threshold": 0.9},  # the blind draw's percentile 90 is the threshold 0.9
-        "js": {"threshold": 0.01, "level": "dataset"},  # the default level, written out
+        "random": {"level": "response"},  # a blind draw's percentile is the same at every level
+        "js": {"level": "dataset"},  # the default level, written out
     }
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"thresholds": same}})) == {}
 

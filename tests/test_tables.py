@@ -106,7 +106,7 @@ def test_a_score_table_without_positions_is_refused_naming_it(scores, tmp_path):
     full = scores.with_columns(
         pl.lit("p").alias("problem_id"),
         pl.lit(0).alias("sample_index"),
-        pl.lit(0).alias("position"),
+        pl.int_range(pl.len()).alias("position"),  # one row a position, as the scoring stage writes
         pl.lit(0).alias("token_id"),
         pl.lit("exact").alias("statistic"),
     ).select(list(SCORE_COLUMNS))
@@ -127,7 +127,7 @@ def test_divergence_tables_carry_the_scores_statistic_and_refuse_two(scores, tmp
         scores.with_columns(
             pl.lit("p").alias("problem_id"),
             pl.lit(0).alias("sample_index"),
-            pl.lit(0).alias("position"),
+            pl.int_range(pl.len()).alias("position"),
             pl.lit(0).alias("token_id"),
             pl.lit(statistic).alias("statistic"),
         ).select(list(SCORE_COLUMNS)).write_parquet(path)

@@ -213,10 +213,14 @@ class SwitchRule:
                     "the generating model's rollouts"
                 )
             columns = pol.score_columns_for(direction)
-            table = read_parquet(scores, "per-token scores (tokenshift score)", columns)
-            if not table.height:
+            table = read_parquet(scores, "per-token scores (tokenshift score)", dict.fromkeys(columns, "number"))
+            why = "no scored positions" if not table.height else None
+            nan = int(pol.score_values(table, direction).is_nan().sum()) if table.height else 0
+            if nan:
+                why = f"{' - '.join(columns)} is NaN at {nan} of {table.height} positions"
+            if why:
                 raise InputError(
-                    f"{scores}: no scored positions (expected per-token scores to take the {policy} threshold, "
+                    f"{scores}: {why} (expected per-token scores to take the {policy} threshold, "
                     f"the {spec['percentile']}th percentile of {' - '.join(columns)}, from)"
                 )
         try:

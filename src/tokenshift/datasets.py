@@ -38,6 +38,30 @@ DATASET_VERSION = "tokenshift-datasets-1"
 log = logging.getLogger(__name__)
 
 
+TOY_COLUMNS = {"problem_id": "string", "toy_first": "count", "toy_ops": "list[string]", "toy_max_total": "count"}
+"""What a toy dataset's problems table keeps of each problem (``load_problems``): its operations."""
+
+
+def read_toy_problems(path: Path):
+    """The problems table at ``path`` (a polars DataFrame) if it is a toy dataset's (it has ``toy_ops``),
+    checked, else None: ``InputError`` naming the file for a column of another type or an operation that
+    is not ``+x`` or ``-x``."""
+    from tokenshift.io import InputError, read_parquet
+
+    what = "a problems table (tokenshift dataset)"
+    table = read_parquet(path, what)
+    if "toy_ops" not in table.columns:
+        return None
+    table = read_parquet(path, f"the toy task's {what}", TOY_COLUMNS, unique=("problem_id",))
+    ops = table["toy_ops"].explode().drop_nulls()
+    bad = ops.filter(~ops.str.contains(r"^[+-][0-9]+$"))
+    if bad.len():
+        raise InputError(
+            f"{path}: column 'toy_ops' holds {bad[0]!r}, where an operation +x or -x was expected ({what})"
+        )
+    return table
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be loaded; the message names the dataset and the problem."""
 

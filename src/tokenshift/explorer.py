@@ -70,21 +70,29 @@ CANDIDATE_FIELDS = {
     "top_ids_rl": "ids_rl",
     "top_probs_rl": "p_rl",
 }
-SCORE_COLUMNS = (*KEY, "position", "token_id", "correct", *SCORE_FIELDS)
-RUN_COLUMNS = (
-    "pair",
-    "dataset",
-    "direction",
-    "policy",
-    "budget",
-    *KEY,
-    "correct",
-    "response_ids",
-    "step_js",
-    "switched_positions",
-    "finish_reason",
-)
-"""The columns the page reads from a score table and a cross-sampling run: one missing is named, not a traceback."""
+_KEY_KINDS = {"problem_id": "string", "sample_index": "count"}
+SCORE_COLUMNS = {
+    **_KEY_KINDS,
+    "position": "count",
+    "token_id": "count",
+    "correct": "bool",
+    **dict.fromkeys(SCORE_FIELDS, "number"),  # a KL may be infinite
+}
+CANDIDATE_KINDS = {"top_ids_base": "list[count]", "top_probs_base": "list[finite]"}
+CANDIDATE_KINDS |= {"top_ids_rl": "list[count]", "top_probs_rl": "list[finite]"}
+"""The candidates' columns, where the scores kept any (``scoring.top_k_candidates`` above 0)."""
+RUN_COLUMNS = {
+    **dict.fromkeys(("pair", "dataset", "direction", "policy", "budget"), "string"),
+    **_KEY_KINDS,
+    "correct": "bool",
+    "response_ids": "list[count]",
+    "step_js": "list[number]",
+    "switched_positions": "list[count]",
+    "finish_reason": "string",
+}
+PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string", "dataset": "string"}
+"""The columns the page reads from a score table, a cross-sampling run and a problems table, with their kinds:
+one missing or of another type is named, not a traceback."""
 SOURCE_LABEL = {"base": "base model's rollouts", "rl": "RL model's rollouts"}
 INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose token a switch draws in each direction (the other model generates: ``registry.GENERATOR``)."""
@@ -374,16 +382,18 @@ def build_explorer(
     (``results/<pair>/<dataset>``: its ``scores/base.parquet`` and ``scores/rl.parquet``), the
     cross-sampling ``runs`` (their rows name their pair and dataset), each dataset's ``problems``
     table (``tokenshift dataset``) and each pair's tokenizer (pair -> checkpoint); return its data."""
+    from tokenshift.datasets import read_toy_problems
     from tokenshift.io import InputError, read_parquet, write_text_atomic
     from tokenshift.models import load_tokenizer
 
     tables = {}
     for p in problems:
-        t = read_parquet(p, "a problems table (tokenshift dataset)", ("problem_id", "question", "answer", "dataset"))
+        t = read_parquet(p, "a problems table (tokenshift dataset)", PROBLEM_COLUMNS, unique=("problem_id",))
+        read_toy_problems(p)  # a toy dataset's operations, checked: its decision points are drawn from them
         tables[t["dataset"][0]] = t
     cross: dict[tuple[str, str], list[pl.DataFrame]] = {}
     for p in runs:
-        t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS)
+        t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS, unique=KEY)
         if t.height:
             cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
     toks = {pair: load_tokenizer(path) for pair, path in tokenizers.items()}
@@ -394,9 +404,10 @@ def build_explorer(
             raise InputError(f"{d}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
         for source in ("base", "rl"):
-            scores = read_parquet(
-                Path(d) / "scores" / f"{source}.parquet", "per-token scores (tokenshift score)", SCORE_COLUMNS
-            )
+            path = Path(d) / "scores" / f"{source}.parquet"
+            scores = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
+            kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in scores.columns}
+            read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)
             groups.append(rollout_group(pair, dataset, source, scores, cfg, dp))
         groups += crosssample_groups(pair, dataset, cross.get((pair, dataset), []), cfg, dp)
     probs = {

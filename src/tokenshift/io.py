@@ -148,23 +148,51 @@ def remake_hint(path: Path | str) -> str:
 
 COLUMN_KINDS = {
     "number": lambda dtype: dtype.is_numeric(),
+    "finite": lambda dtype: dtype.is_numeric(),  # and no NaN or infinity among its values
+    "count": lambda dtype: dtype.is_integer(),  # and none below 0
     "bool": lambda dtype: dtype.__class__.__name__ == "Boolean",
     "string": lambda dtype: dtype.__class__.__name__ in ("String", "Utf8", "Categorical", "Enum"),
     "list": lambda dtype: dtype.__class__.__name__ in ("List", "Array"),
 }
-"""What a column's kind in ``read_parquet``'s ``columns`` accepts, by polars dtype."""
+"""What a column's kind in ``read_parquet``'s ``columns`` accepts, by polars dtype; ``list[K]`` is a list
+whose values are of kind K."""
+
+
+def _kind_error(column, kind: str) -> str | None:
+    """Why ``column`` (a polars Series) is not of ``kind`` (no trailing ``?``), or None."""
+    import polars as pl
+
+    inner = kind[5:-1] if kind.startswith("list[") and kind.endswith("]") else None
+    if not COLUMN_KINDS["list" if inner else kind](column.dtype):
+        return f"holds {column.dtype}, where a {kind} was expected"
+    if inner:
+        values = column.explode().drop_nulls()  # a null inside a list is an empty statistic, not a type
+        return None if values.dtype == pl.Null else _kind_error(values, inner)
+    if kind == "finite" and column.dtype.is_float():
+        bad = (~column.is_finite()).sum()
+        return f"holds NaN or infinity in {bad} rows, where finite numbers were expected" if bad else None
+    if kind == "count" and (column < 0).any():
+        return f"holds {column.min()}, where a count (0 or more) was expected"
+    return None
 
 
 def read_parquet(
-    path: Path | str, what: str, columns: Sequence[str] | Mapping[str, str] = (), *, nonempty: bool = False
+    path: Path | str,
+    what: str,
+    columns: Sequence[str] | Mapping[str, str] = (),
+    *,
+    nonempty: bool = False,
+    unique: Sequence[str] = (),
 ):
     """A parquet table, or ``InputError`` naming ``path`` and what was expected there
     (a missing file, one that is not parquet, or one without the ``columns`` needed); for a damaged
     output of the workflow, the error also says how to make it again (``remake_hint``).
 
-    ``columns`` may map each name to its kind (``COLUMN_KINDS``: ``number``, ``bool``, ``string``,
-    ``list``; with a trailing ``?`` where nulls are allowed): a column of another type, or with a null
-    where none is allowed, is refused too, as, with ``nonempty``, a table without rows."""
+    ``columns`` may map each name to its kind (``COLUMN_KINDS``: ``number``, ``finite``, ``count``, ``bool``,
+    ``string``, ``list``, ``list[K]``; with a trailing ``?`` where nulls are allowed): a column of another
+    type or value, or with a null where none is allowed, is refused too, as, with ``nonempty``, a table
+    without rows, and a table where two rows have the same values of the ``unique`` columns (a row
+    duplicated by a careless concatenation would count twice in every statistic)."""
     import polars as pl
 
     path = Path(path)
@@ -175,7 +203,7 @@ def read_parquet(
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}{remake_hint(path)}") from None
-    missing = [c for c in columns if c not in table.columns]
+    missing = [c for c in (*columns, *unique) if c not in table.columns]
     if missing:
         raise InputError(
             f"{path}: has no column {missing[0]!r} (expected {what}; columns: {table.columns}){remake_hint(path)}"
@@ -183,16 +211,21 @@ def read_parquet(
     if nonempty and table.height == 0:
         raise InputError(f"{path}: has no rows (expected {what}){remake_hint(path)}")
     for name, kind in columns.items() if isinstance(columns, Mapping) else ():
-        dtype = table.schema[name]
-        all_null = dtype.__class__.__name__ == "Null"  # a column written with no value at all
-        if not COLUMN_KINDS[kind.rstrip("?")](dtype) and not (all_null and kind.endswith("?")):
-            raise InputError(
-                f"{path}: column {name!r} holds {dtype}, where a {kind.rstrip('?')} was expected ({what})"
-                f"{remake_hint(path)}"
-            )
+        all_null = table.schema[name].__class__.__name__ == "Null"  # a column written with no value at all
+        why = None if all_null and kind.endswith("?") else _kind_error(table[name], kind.rstrip("?"))
+        if why:
+            raise InputError(f"{path}: column {name!r} {why} ({what}){remake_hint(path)}")
         nulls = table[name].null_count()
         if nulls and not kind.endswith("?"):
             raise InputError(f"{path}: column {name!r} is null in {nulls} of {table.height} rows (expected {what})")
+    if unique:
+        repeated = table.filter(table.select(unique).is_duplicated())
+        if repeated.height:
+            key = ", ".join(f"{c}={v!r}" for c, v in repeated.row(0, named=True).items() if c in unique)
+            raise InputError(
+                f"{path}: {repeated.height} rows share their {', '.join(unique)} with another ({key}): expected one "
+                f"row each ({what}; a table concatenated twice?){remake_hint(path)}"
+            )
     return table
 
 

@@ -241,16 +241,17 @@ class TrainingResult:
 def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingResult:
     """The experiment's comparison table in ``advantages`` (and its figure there) and the training-shifts tables
     ``shifts`` (``results/<pair>/training/shifts.parquet``, each with its figure beside it)."""
-    from tokenshift.io import read_parquet
+    from tokenshift.tables import read_table
 
     out = TrainingResult()
     if advantages is not None:
-        out.comparison = read_parquet(advantages / "comparison.parquet", "the experiment's comparison table")
+        what = "the experiment's comparison table (tokenshift advantages table)"
+        out.comparison = read_table(advantages / "comparison.parquet", "comparison", what)
         fig = advantages / "advantages.png"
         out.advantage_figure = fig if fig.is_file() else None
     for path in shifts:
         pair = Path(path).parent.parent.name
-        out.shifts[pair] = read_parquet(Path(path), "a training-shifts table (tokenshift training-shifts)")
+        out.shifts[pair] = read_table(path, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
         fig = Path(path).with_name("training_shifts.png")
         if fig.is_file():
             out.shift_figures[pair] = fig
@@ -398,13 +399,11 @@ def write_report(
 
 def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
-    from tokenshift.io import read_parquet
     from tokenshift.registry import PAIR_FIGURES
+    from tokenshift.tables import read_table
 
     results = Path(results)
-    accuracy = read_parquet(
-        results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", ("pair", "dataset")
-    )
+    accuracy = read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)")
     cross = results / "crosssample.parquet"
     return PairResult(
         pair=accuracy["pair"][0],
@@ -412,10 +411,12 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
         kind=kind,
         accuracy=accuracy,
         divergence={
-            n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)")
+            n: read_table(results / "divergence" / f"{n}.parquet", n, f"the {n} table (tokenshift divergence)")
             for n in ("sparsity", "position", "reallocation")
         },
-        crosssample=read_parquet(cross, "a cross-sampling table") if cross.is_file() else None,
+        crosssample=read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
+        if cross.is_file()
+        else None,
         figures={
             n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES if (results / "figures" / f"{n}.png").is_file()
         },

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tokenshift.datasets import read_toy_problems
 from tokenshift.io import InputError, read_parquet, write_parquet_atomic
-from tokenshift.registry import RANK_BUCKETS
+from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, parse_budget
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
 
@@ -68,8 +69,9 @@ def accuracy_table(
         n = int(ns[0])
         metrics = {f"avg@{n}": cs / ns}
         for k in ks:
-            if k <= n:
-                metrics[f"pass@{k}"] = np.array([pass_at_k(n, int(c), k) for c in cs])
+            if k > n:  # the workflow's config check keeps k <= sampling.n: a table that lost samples
+                raise ValueError(f"role {role!r}: pass@{k} needs {k} samples per problem, the table holds {n}")
+            metrics[f"pass@{k}"] = np.array([pass_at_k(n, int(c), k) for c in cs])
         for metric, values in metrics.items():
             mean, lo, hi = mean_ci(values, seed=seed)
             rows.append(
@@ -436,21 +438,23 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
 
 # --- the table stages: read the per-sample or per-token files, write one table --------------
 
-ROLLOUT_COLUMNS = {"problem_id": "string", "correct": "bool", "dataset_version": "string"}
+ROLLOUT_COLUMNS = {"problem_id": "string", "sample_index": "count", "correct": "bool", "dataset_version": "string"}
 SCORE_COLUMNS = {
     "problem_id": "string",
-    "sample_index": "number",
-    "position": "number",
-    "norm_position": "number",
-    "token_id": "number",
-    "js": "number",
-    "entropy_base": "number",
-    "rl_top1_rank_in_base": "number",
-    "p_base_of_rl_top1": "number",
-    "p_rl_of_rl_top1": "number",
-    "topk_overlap": "number",
+    "sample_index": "count",
+    "position": "count",
+    "norm_position": "finite",
+    "token_id": "count",
+    "js": "finite",
+    "entropy_base": "finite",
+    "rl_top1_rank_in_base": "count",
+    "p_base_of_rl_top1": "finite",
+    "p_rl_of_rl_top1": "finite",
+    "topk_overlap": "finite",
     "statistic": "string",
 }
+SCORE_KEY = ("problem_id", "sample_index", "position")
+"""One row per scored position: a row twice would count twice in every share and percentile."""
 CROSS_COLUMNS = {
     "problem_id": "string",
     "sample_index": "number",
@@ -466,6 +470,119 @@ CROSS_COLUMNS = {
 }
 
 
+_BOXES = {"grading": "string?", "n_no_box": "count?", "n_correct_unboxed": "count?"}  # box_counts: null if unknown
+_DIVERGENCE_LABELS = {"pair": "string", "dataset": "string", "source": "string"}
+_BINNED = {"bin": "count", "mean_js": "finite", "js_ci_low": "finite", "js_ci_high": "finite", "n_positions": "count"}
+TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "accuracy": (
+        {
+            "pair": "string",
+            "dataset": "string",
+            "role": "string",
+            "metric": "string",
+            "value": "finite",
+            "ci_low": "number",
+            "ci_high": "number",
+            "n_problems": "count",
+            "samples_per_problem": "count",
+            **_BOXES,
+        },
+        ("role", "metric"),
+    ),
+    "crosssample": (
+        {
+            "direction": "string",
+            "policy": "string",
+            "budget": "string",
+            "injection": "string",
+            "gamma": "finite",
+            "extrapolation": "bool",
+            "accuracy": "finite",
+            "ci_low": "number",
+            "ci_high": "number",
+            "mean_switched": "finite",
+            "switched_share": "number",  # NaN where nothing was generated
+            "n_problems": "count",
+            "n_samples": "count",
+            "budget0_from": "string?",
+            **{f"dense_{k}": "list[number]?" for k in ("accuracy", "ci_low", "ci_high")},
+            **_BOXES,
+        },
+        ("direction", "policy", "budget", "injection", "gamma", "extrapolation"),
+    ),
+    "sparsity": (
+        {**_DIVERGENCE_LABELS, "kind": "string", "value": "finite", "js_nats": "finite", "share": "finite"},
+        ("source", "kind", "value"),
+    ),
+    "position": (
+        {
+            **_DIVERGENCE_LABELS,
+            **_BINNED,
+            "position_low": "finite",
+            "position_high": "finite",
+            "region": "string",
+            "share_high_js": "finite",
+        },
+        ("source", "bin"),
+    ),
+    "entropy": (
+        {
+            **_DIVERGENCE_LABELS,
+            **_BINNED,
+            "mean_entropy_base": "finite",
+            "share_high_js_among_high_entropy": "number",  # NaN without high-entropy positions
+            "share_high_js_overall": "finite",
+        },
+        ("source", "bin"),
+    ),
+    "reallocation": ({**_DIVERGENCE_LABELS, "metric": "string", "value": "number"}, ("source", "metric")),
+    "curve": (
+        {
+            "variant": "string",
+            "step": "count",
+            "accuracy": "finite",
+            "seed_min": "finite",
+            "seed_max": "finite",
+            "n_seeds": "count",
+        },
+        ("variant", "step"),
+    ),
+    "comparison": (
+        {
+            "variant": "string",
+            "step": "count",
+            "accuracy": "finite",
+            "ci_low": "number",
+            "ci_high": "number",
+            "n_seeds": "count",
+            "diff_vs_none": "number?",  # null for the baseline itself
+            "diff_ci_low": "number?",
+            "diff_ci_high": "number?",
+        },
+        ("variant",),
+    ),
+    "training_shifts": (
+        {
+            "step": "count",
+            "share_js_below_1e-3": "finite",
+            "share_js_above_1e-2": "finite",
+            "top5_precision": "number",
+            "base_rate": "number",
+        },
+        ("step",),
+    ),
+}
+"""Each table a figure or the report reads: the columns read, each with its kind (``io.read_parquet``),
+and the columns that name a row (a row given twice, from a careless concatenation, is refused)."""
+
+
+def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
+    """The table ``name`` of ``TABLES`` at ``path`` (``what`` says what it is), checked: ``InputError``
+    naming the file for a missing column, one of another kind, no rows, or a row given twice."""
+    columns, key = TABLES[name]
+    return read_parquet(path, what, columns, nonempty=True, unique=key)
+
+
 def write_accuracy(
     rollouts: Mapping[str, Path],
     out: Path,
@@ -475,10 +592,36 @@ def write_accuracy(
     cfg: AccuracyConfig = AccuracyConfig(),
 ) -> pl.DataFrame:
     """The accuracy table of a pair's rollout files (role -> path), written to ``out``."""
+    what = "a rollout table (tokenshift rollout)"
     tables = {
-        role: read_parquet(path, "a rollout table (tokenshift rollout)", ROLLOUT_COLUMNS, nonempty=True)
+        role: read_parquet(path, what, ROLLOUT_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
         for role, path in rollouts.items()
     }
+    first = None
+    for role, table in tables.items():
+        # every problem's samples 0 .. n-1, and every role the same problems: a lost or extra sample would
+        # change avg@n and pass@k silently, as a lost problem the comparison of the two models
+        index = pl.col("sample_index").cast(pl.Int64).sort()
+        samples = table.group_by("problem_id").agg(index).sort("problem_id")
+        n = samples["sample_index"].list.len().max()
+        odd = samples.filter(pl.col("sample_index") != pl.lit(list(range(n)), dtype=pl.List(pl.Int64)))
+        if odd.height:
+            raise InputError(
+                f"{rollouts[role]}: problem {odd['problem_id'][0]!r} has samples {odd['sample_index'][0].to_list()}, "
+                f"where every problem has samples 0 to {n - 1} ({what}; rows lost or added?)"
+            )
+        if max(cfg.pass_k) > n:  # the config check keeps k <= sampling.n: samples were lost
+            raise InputError(
+                f"{rollouts[role]}: holds {n} samples per problem, too few for pass@{max(cfg.pass_k)} ({what})"
+            )
+        if first is None:
+            first = (role, samples)
+        elif not samples.equals(first[1]):
+            raise InputError(
+                f"{rollouts[role]}: holds other problems or samples per problem than {rollouts[first[0]]} "
+                f"({samples.height} problems of {n} samples against {first[1].height} of "
+                f"{first[1]['sample_index'].list.len().max()}): both models' rollouts are of one dataset and setting"
+            )
     labels = {k: v for k, v in (("pair", pair), ("dataset", dataset)) if v}
     try:
         table = accuracy_table(tables, ks=cfg.pass_k, labels=labels)
@@ -506,7 +649,8 @@ def write_divergence(
     tokenizer, also ``decision_points``: how well high-JS positions find the recorded decision points.
     """
     frames = {
-        src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS) for src, path in scores.items()
+        src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=SCORE_KEY)
+        for src, path in scores.items()
     }
     for src, frame in frames.items():
         if frame.height == 0:  # no distribution to take quantiles of: say so, not a TypeError deep in a table
@@ -521,8 +665,8 @@ def write_divergence(
         )
     labels = {"pair": pair, "dataset": dataset, "statistic": next(iter(statistics.values()))[0]}
     tables = divergence_tables(frames, labels, cfg)
-    toy = read_parquet(problems, "a problems table (tokenshift dataset)") if problems else None
-    if toy is not None and "toy_ops" in toy.columns:
+    toy = read_toy_problems(problems) if problems else None
+    if toy is not None:
         if tokenizer is None:
             raise InputError(
                 f"{problems}: the toy task's problems, whose decision points need --tokenizer (the pair's "
@@ -557,11 +701,26 @@ def write_divergence(
     return tables
 
 
-def _cross_run(path: Path) -> pl.DataFrame:
+def read_cross_run(path: Path) -> pl.DataFrame:
+    """A cross-sampling run (``tokenshift crosssample``), checked: ``InputError`` naming the file otherwise."""
     what = "a cross-sampling run (tokenshift crosssample)"
-    run = read_parquet(path, what, CROSS_COLUMNS, nonempty=True)
+    run = read_parquet(path, what, CROSS_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
     if ("injection" in run.columns) != ("gamma" in run.columns):  # a run written before both were has neither
         raise InputError(f"{path}: has one of the columns 'injection' and 'gamma' without the other (expected {what})")
+    for column, known in (("direction", DIRECTIONS), ("policy", tuple(POLICIES))):
+        unknown = sorted(set(run[column]) - set(known))
+        if unknown:
+            raise InputError(
+                f"{path}: column {column!r} holds {unknown[0]!r}, where one of {known} was expected ({what})"
+            )
+    for label in run["budget"].unique().sort():
+        try:
+            parse_budget(label)
+        except ValueError:
+            raise InputError(
+                f"{path}: column 'budget' holds {label!r}, where a budget label (a whole number or 'all') was "
+                f"expected ({what})"
+            ) from None
     return run
 
 
@@ -570,7 +729,7 @@ def write_crosssample_table(
 ) -> pl.DataFrame:
     """The cross-sampling table of one pair and dataset's runs (the grid's, then the extrapolation
     runs beside it), written to ``out``."""
-    frames, beside = ([_cross_run(p) for p in paths] for paths in (runs, extrapolation))
+    frames, beside = ([read_cross_run(p) for p in paths] for paths in (runs, extrapolation))
     try:
         table = crosssample_table(frames, extrapolation=beside, labels={"pair": pair, "dataset": dataset})
     except ValueError as e:

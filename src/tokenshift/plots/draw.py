@@ -7,8 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift.io import read_parquet, write_parquet_atomic
-from tokenshift.plots.figures import FIGURES, READS, sparsity
+from tokenshift.io import write_parquet_atomic
+from tokenshift.plots.figures import FIGURES, sparsity
 from tokenshift.plots.style import save
 from tokenshift.registry import DIVERGENCE_TABLES
 
@@ -28,11 +28,11 @@ def draw_pair_figures(
     ``example_baseline`` (budget 0, same noise) was wrong, decoded with ``tokenizer``; its tokens
     are also written to ``example.parquet``. Returns the names drawn.
     """
-    from tokenshift.tables import example_table
+    from tokenshift.tables import example_table, read_cross_run, read_table
 
     results, out_dir = Path(results), Path(out_dir)
     div = {
-        n: read_parquet(results / "divergence" / f"{n}.parquet", f"the {n} table (tokenshift divergence)", READS[n])
+        n: read_table(results / "divergence" / f"{n}.parquet", n, f"the {n} table (tokenshift divergence)")
         for n in DIVERGENCE_TABLES
         if n != "sparsity"
     }
@@ -40,14 +40,14 @@ def draw_pair_figures(
     cross = results / "crosssample.parquet"
     if cross.is_file():
         figs["crosssample"] = FIGURES["crosssample"](
-            read_parquet(cross, "a cross-sampling table (tokenshift crosssample-table)", READS["crosssample"]),
-            read_parquet(results / "accuracy.parquet", "an accuracy table (tokenshift accuracy)", READS["accuracy"]),
+            read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)"),
+            read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)"),
         )
     if example_run:
         from tokenshift.models import load_tokenizer
 
-        run = read_parquet(example_run, "a forward cross-sampling run")
-        baseline = read_parquet(example_baseline, "its budget-0 run") if example_baseline else None
+        run = read_cross_run(example_run)
+        baseline = read_cross_run(example_baseline) if example_baseline else None
         ex = example_table(run, load_tokenizer(tokenizer), baseline=baseline)
         write_parquet_atomic(ex, out_dir / "example.parquet")
         figs["example"] = FIGURES["example"](ex)
@@ -62,8 +62,10 @@ def draw_pair_figures(
 
 def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str] | None = None) -> None:
     """Figure 1, the JS percentile curves of every pair (``kinds``: pair -> rlvr | sft), at ``out``.{png,pdf}."""
+    from tokenshift.tables import read_table
+
     table = pl.concat(
-        [read_parquet(p, "a sparsity table (tokenshift divergence)", ("pair", "kind")) for p in tables], how="diagonal"
+        [read_table(p, "sparsity", "a sparsity table (tokenshift divergence)") for p in tables], how="diagonal"
     )
     table = table.with_columns(pl.col("pair").replace_strict(dict(kinds or {}), default="rlvr").alias("pair_kind"))
     save(sparsity(table), Path(out))
@@ -73,19 +75,17 @@ def draw_training(advantage_dir: Path | None, shifts: Path | None, out_dir: Path
     """``advantages`` from the experiment's tables in ``advantage_dir`` and ``training_shifts``
     from the ``shifts`` table, each where given, in ``out_dir``; returns the names drawn."""
     from tokenshift.plots.figures import advantages, training_shifts
+    from tokenshift.tables import read_table
 
     drawn = []
     if advantage_dir is not None:
-        curve = read_parquet(
-            advantage_dir / "curve.parquet", "the experiment's curve (tokenshift advantages table)", READS["curve"]
-        )
-        comparison = read_parquet(
-            advantage_dir / "comparison.parquet", "the experiment's comparison table", READS["comparison"]
-        )
+        what = "the experiment's {} (tokenshift advantages table)"
+        curve = read_table(advantage_dir / "curve.parquet", "curve", what.format("curve"))
+        comparison = read_table(advantage_dir / "comparison.parquet", "comparison", what.format("comparison table"))
         save(advantages(curve, comparison), Path(out_dir) / "advantages")
         drawn.append("advantages")
     if shifts is not None:
-        table = read_parquet(shifts, "a training-shifts table (tokenshift training-shifts)", READS["training_shifts"])
+        table = read_table(shifts, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
         save(training_shifts(table), Path(out_dir) / "training_shifts")
         drawn.append("training_shifts")
     return drawn

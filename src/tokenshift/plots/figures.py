@@ -413,26 +413,6 @@ def example(table: pl.DataFrame, *, max_chars: int = 72, note: str = NO_EXAMPLE)
     return fig
 
 
-READS = {
-    "position": ("source", "position_low", "position_high", "mean_js", "js_ci_low", "js_ci_high", "share_high_js"),
-    "entropy": (
-        "source",
-        "mean_entropy_base",
-        "mean_js",
-        "js_ci_low",
-        "js_ci_high",
-        "share_high_js_among_high_entropy",
-        "share_high_js_overall",
-    ),
-    "reallocation": ("source", "metric", "value"),
-    "crosssample": ("direction", "policy", "budget", "accuracy", "ci_low", "ci_high", "mean_switched"),
-    "accuracy": ("role", "metric", "value", "ci_low", "ci_high"),
-    "curve": ("variant", "step", "accuracy", "seed_min", "seed_max"),
-    "comparison": ("variant", "step", "diff_vs_none", "diff_ci_low", "diff_ci_high"),
-    "training_shifts": ("step", "share_js_below_1e-3", "share_js_above_1e-2", "top5_precision", "base_rate"),
-}
-"""The columns each figure reads from each of its tables: a table without them is the wrong one."""
-
 FIGURES = {
     "sparsity": sparsity,
     "position": position,

@@ -31,6 +31,7 @@ from tokenshift.generation import sample
 from tokenshift.grading import Grader
 from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
 from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.stats import mean_ci
 from tokenshift.toy.build import run_grpo, toy_sampling
 from tokenshift.toy.check import build_settings, decision_point_table, response_js
@@ -112,9 +113,29 @@ def write_run(evals: pl.DataFrame, history: pl.DataFrame, out_dir: Path) -> None
     write_parquet_atomic(evals, Path(out_dir) / "eval.parquet")
 
 
+EVAL_COLUMNS = {"variant": "string", "seed": "count", "step": "count", "problem_id": "string", "correct": "finite"}
+"""An advantage run's evaluations (``write_run``): each problem's share of correct samples at a round."""
+
+
 def read_runs(paths: Sequence[Path | str]) -> pl.DataFrame:
-    cols = ("variant", "seed", "step", "problem_id", "correct")
-    return pl.concat([read_parquet(Path(p), "an advantage run's evaluations", cols).select(cols) for p in paths])
+    """The evaluations of the runs at ``paths``, each one run's (one weighting and seed) and each run given
+    once; ``InputError`` naming the file otherwise, or for a column of another type."""
+    what = "an advantage run's evaluations (tokenshift advantages run)"
+    frames, runs = [], {}
+    for path in map(Path, paths):
+        table = read_parquet(path, what, EVAL_COLUMNS, nonempty=True)
+        held = table.select("variant", "seed").unique().sort("variant", "seed")
+        if held.height != 1:
+            raise InputError(f"{path}: holds the runs {held.rows()}, where one run's evaluations were expected")
+        read_parquet(path, what, unique=("step", "problem_id"))  # and each problem once a round
+        variant, seed = held.row(0)
+        if variant not in ADVANTAGE_MODES:
+            raise InputError(f"{path}: holds the weighting {variant!r}, where one of {ADVANTAGE_MODES} was expected")
+        if (variant, seed) in runs:
+            raise InputError(f"{path}: the run {variant} seed {seed}, as {runs[variant, seed]}: each run is given once")
+        runs[variant, seed] = path
+        frames.append(table.select(*EVAL_COLUMNS))
+    return pl.concat(frames)
 
 
 def advantage_tables(evals: pl.DataFrame, *, seed: int = 0) -> dict[str, pl.DataFrame]:

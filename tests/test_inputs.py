@@ -1,0 +1,241 @@
+"""Tables spoiled as a careless copy or a hostile hand would (the second hostile pass of issue 24): a
+column of another type, a row given twice, a value no stage writes. Each is refused in one line naming the
+file, before any result is written, where it was a traceback or, worse, a silently wrong number."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from conftest import run, tokenshift_cmd
+from helpers import cross_run, cross_table, fake_scores, one_line_error, rollouts
+
+from tokenshift.io import InputError
+from tokenshift.registry import DIVERGENCE_TABLES
+from tokenshift.settings import AccuracyConfig
+from tokenshift.tables import (
+    TABLES,
+    accuracy_table,
+    divergence_tables,
+    read_table,
+    write_accuracy,
+    write_crosssample_table,
+    write_divergence,
+)
+
+
+def spoiled(table: pl.DataFrame, how: str, column: str) -> pl.DataFrame:
+    if how == "as text":
+        return table.with_columns(pl.col(column).cast(pl.String))
+    assert how == "twice"
+    return pl.concat([table, table.head(1)])
+
+
+@pytest.fixture(scope="module")
+def good_tables():
+    """Every table of ``TABLES`` as its real builder makes it (training shifts: as their writer's rows)."""
+    from tokenshift.toy.training import advantage_tables
+
+    div = divergence_tables({"base": fake_scores(), "rl": fake_scores()}, {"pair": "toy", "dataset": "toy"})
+    evals = pl.DataFrame(
+        [
+            {"variant": v, "seed": s, "step": t, "problem_id": f"q{i}", "correct": float((i + s + t) % 3 == 0)}
+            for v in ("none", "js")
+            for s in (0, 1)
+            for t in (0, 5)
+            for i in range(6)
+        ]
+    )
+    shifts = pl.DataFrame(
+        {
+            "step": [0, 20, 40],
+            "share_js_below_1e-3": [1.0, 0.9, 0.85],
+            "share_js_above_1e-2": [0.0, 0.02, 0.04],
+            "top5_precision": [float("nan"), 0.4, 0.5],
+            "base_rate": [0.1, 0.1, 0.1],
+        }
+    )
+    return {
+        **{name: div[name] for name in DIVERGENCE_TABLES if name in TABLES},
+        "accuracy": accuracy_table({"base": rollouts(0.4), "rl": rollouts(0.75)}, labels={"pair": "t", "dataset": "d"}),
+        "crosssample": cross_table(),
+        **advantage_tables(evals),
+        "training_shifts": shifts,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_table_a_figure_or_the_report_reads_is_checked_by_kind_and_key(good_tables, name, tmp_path):
+    columns, key = TABLES[name]
+    path = tmp_path / f"{name}.parquet"
+    good_tables[name].write_parquet(path)
+    read_table(path, name, "the table")  # as its builder writes it
+    # a column of each kind that is not text, as text; then the row key given twice
+    column = next(c for c, kind in columns.items() if not kind.startswith("string") and c in good_tables[name].columns)
+    for how, needle in (("as text", f"column {column!r} holds String"), ("twice", f"share their {', '.join(key)}")):
+        spoiled(good_tables[name], how, column).write_parquet(path)
+        with pytest.raises(InputError, match=f"^{path}: .*{needle}"):
+            read_table(path, name, "the table")
+
+
+def test_the_report_and_the_figures_read_every_table_through_its_check(good_tables, tmp_path):
+    """The report's and the figure stage's readers, on a results folder of real tables with one spoiled."""
+    from tokenshift.plots.draw import draw_pair_figures
+    from tokenshift.report import load_result
+
+    results = tmp_path / "results" / "toy" / "toy"
+    (results / "divergence").mkdir(parents=True)
+    for name in DIVERGENCE_TABLES:
+        good_tables.get(name, good_tables["sparsity"]).write_parquet(results / "divergence" / f"{name}.parquet")
+    good_tables["accuracy"].write_parquet(results / "accuracy.parquet")
+    good_tables["crosssample"].write_parquet(results / "crosssample.parquet")
+    for target, column in (("accuracy.parquet", "value"), ("crosssample.parquet", "accuracy")):
+        table = pl.read_parquet(results / target)
+        table.with_columns(pl.col(column).cast(pl.String)).write_parquet(results / target)
+        for reader in (lambda: load_result(results), lambda: draw_pair_figures(results, tmp_path / "figures")):
+            with pytest.raises(InputError, match=f"{results / target}: column '{column}' holds String"):
+                reader()
+        table.write_parquet(results / target)
+
+
+# --- the stages' own inputs ------------------------------------------------------------------
+
+
+def test_rollouts_with_a_row_twice_a_lost_sample_or_other_problems_are_refused(tmp_path):
+    """Each changed avg@n or pass@k silently before: a row counted twice, a problem's sample lost, all of
+    them (pass@4 silently left out), or the two models rolled out on other problems."""
+    good = rollouts(0.5, n_problems=6)
+    cases = {
+        "twice": (pl.concat([good, good.head(1)]), "share their problem_id, sample_index"),
+        "lost": (good.filter(~((pl.col("problem_id") == "q2") & (pl.col("sample_index") == 1))), "problem 'q2'"),
+        "all-lost": (good.filter(pl.col("sample_index") < 3), "3 samples per problem, too few for pass@4"),
+        "other-problems": (good.filter(pl.col("problem_id") != "q5"), "holds other problems"),
+    }
+    (tmp_path / "good.parquet").write_bytes(b"")
+    good.write_parquet(tmp_path / "good.parquet")
+    for name, (table, needle) in cases.items():
+        table.write_parquet(tmp_path / f"{name}.parquet")
+        with pytest.raises(InputError, match=needle) as e:
+            write_accuracy(
+                {"base": tmp_path / "good.parquet", "rl": tmp_path / f"{name}.parquet"},
+                tmp_path / "accuracy.parquet",
+                cfg=AccuracyConfig(pass_k=(1, 4)),
+            )
+        assert str(e.value).startswith(str(tmp_path / f"{name}.parquet")), name
+    assert not (tmp_path / "accuracy.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda t: pl.concat([t, t.head(1)]), "share their problem_id, sample_index"),  # n_samples doubled
+        (lambda t: t.with_columns(pl.lit("sideways").alias("direction")), "column 'direction' holds 'sideways'"),
+        (lambda t: t.with_columns(pl.lit("budget-7").alias("budget")), "column 'budget' holds 'budget-7'"),
+        (lambda t: t.with_columns(pl.lit("bogus").alias("policy")), "column 'policy' holds 'bogus'"),
+    ],
+    ids=["twice", "direction", "budget", "policy"],
+)
+def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, tmp_path):
+    good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
+    cross_run("forward", "js", "0", 0.4, 0).write_parquet(good)
+    change(cross_run("forward", "js", "2", 0.6, 2)).write_parquet(bad)
+    with pytest.raises(InputError, match=f"^{bad}: .*{needle}"):
+        write_crosssample_table([good, bad], tmp_path / "t.parquet", pair="toy", dataset="toy")
+    assert not (tmp_path / "t.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda t: t.with_columns(pl.lit(float("nan")).alias("js")), "column 'js' holds NaN or infinity"),
+        (lambda t: t.with_columns(pl.col("position") - 5), "column 'position' holds -5"),
+        (lambda t: pl.concat([t, t.head(3)]), "share their problem_id, sample_index, position"),
+        (lambda t: t.with_columns(pl.col("js").cast(pl.String)), "column 'js' holds String"),
+    ],
+    ids=["nan-js", "negative-position", "twice", "js-as-text"],
+)
+def test_scores_of_no_scoring_stage_are_refused_by_the_divergence_stage(change, needle, tmp_path):
+    good, bad = tmp_path / "base.parquet", tmp_path / "rl.parquet"
+    scores = fake_scores(n_resp=6, length=10).with_columns(token_id=pl.col("position"), p_base_of_rl_top1=0.5)
+    scores.write_parquet(good)
+    change(scores).write_parquet(bad)
+    with pytest.raises(InputError, match=f"^{bad}: .*{needle}"):
+        write_divergence({"base": good, "rl": bad}, tmp_path / "divergence", pair="t", dataset="d")
+    assert not (tmp_path / "divergence").exists()
+
+
+def test_toy_problems_of_another_type_or_operation_are_refused_naming_the_file(tmp_path):
+    from tokenshift.datasets import read_toy_problems
+
+    good = pl.DataFrame({"problem_id": ["a", "b"], "toy_first": [3, 4], "toy_ops": [["+2"], ["-1", "+5"]]})
+    good = good.with_columns(toy_max_total=pl.lit(99))
+    path = tmp_path / "problems.parquet"
+    good.write_parquet(path)
+    assert read_toy_problems(path).height == 2
+    for table, needle in (
+        (good.with_columns(pl.col("toy_first").cast(pl.String)), "column 'toy_first' holds String"),
+        (good.with_columns(toy_ops=pl.lit(["*2"])), "column 'toy_ops' holds '\\*2'"),
+        (good.with_columns(toy_ops=pl.lit([1, 2])), "column 'toy_ops' holds Int"),
+    ):
+        table.write_parquet(path)
+        with pytest.raises(InputError, match=f"^{path}: {needle}"):
+            read_toy_problems(path)
+
+
+def test_an_advantage_run_of_another_type_given_twice_or_relabelled_is_refused(tmp_path):
+    from tokenshift.toy.training import read_runs
+
+    def run(variant, seed):
+        return pl.DataFrame(
+            {"step": [0, 0, 5, 5], "problem_id": ["a", "b", "a", "b"], "correct": [0.0, 0.5, 0.5, 1.0]}
+        ).with_columns(variant=pl.lit(variant), seed=pl.lit(seed, dtype=pl.Int32))
+
+    paths = {}
+    for v, s in (("none", 0), ("js", 0)):
+        paths[v, s] = tmp_path / f"{v}-{s}.parquet"
+        run(v, s).write_parquet(paths[v, s])
+    assert read_runs(list(paths.values())).height == 8
+    bad = tmp_path / "bad.parquet"
+    for table, needle in (
+        (run("js", 0).with_columns(pl.col("correct").cast(pl.String)), "column 'correct' holds String"),
+        (run("js", 0).with_columns(pl.col("seed").cast(pl.String)), "column 'seed' holds String"),
+        (run("jss", 0), "holds the weighting 'jss'"),
+        (run("none", 0), f"the run none seed 0, as {paths['none', 0]}"),  # a js run relabelled none
+        (pl.concat([run("js", 1), run("topq", 1)]), "holds the runs"),
+    ):
+        table.write_parquet(bad)
+        with pytest.raises(InputError, match=f"^{bad}: {needle}"):
+            read_runs([paths["none", 0], bad])
+
+
+def test_the_explorer_refuses_candidates_of_another_type(tmp_path):
+    from tokenshift.explorer import CANDIDATE_KINDS
+    from tokenshift.io import read_parquet
+
+    path = tmp_path / "scores.parquet"
+    pl.DataFrame({"top_ids_base": [[1, 2]], "top_probs_base": [["0.5", "0.2"]]}).write_parquet(path)
+    with pytest.raises(InputError, match=f"^{path}: column 'top_probs_base' holds String, where a finite"):
+        read_parquet(path, "scores", {c: k for c, k in CANDIDATE_KINDS.items() if c.endswith("_base")})
+
+
+def test_crosssample_with_scores_of_text_or_nan_names_the_scores(make_checkpoint, tmp_path):
+    """Through the command: a js percentile over scores whose js is text, or NaN everywhere, was a traceback
+    and 'js threshold nan', naming no file."""
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    scores = fake_scores(n_resp=2, length=4)
+    for name, bad, needle in (
+        ("text", scores.with_columns(pl.col("js").cast(pl.String)), "column 'js' holds String"),
+        ("nan", scores.with_columns(pl.lit(float("nan")).alias("js")), "js is NaN at 8 of 8 positions"),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        bad.write_parquet(path)
+        r = run(
+            tokenshift_cmd()
+            + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
+            + ["--direction", "forward", "--policy", "js", "--budget", "2", "--percentile", "90"]
+            + ["--scores", str(path), "--out", str(tmp_path / "o.parquet")]
+        )
+        one_line_error(r, f"{path}: ", needle)
