@@ -263,6 +263,19 @@ def _mutations():
             m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2**63 - 1})),
             "datasets.toy.sampling.n",
         ),
+        # names that differ in case only are one folder on macOS's and Windows' disks
+        ("pair-name-in-another-case", m(lambda c: add_pair(c, name="TOY")), f"pairs[{len(DEFAULT['pairs'])}].name"),
+        (
+            "dataset-name-in-another-case",
+            m(lambda c: c["datasets"].update(TOY=c["datasets"]["toy"])),
+            "datasets.TOY",
+        ),
+        (
+            "model-name-in-another-case",
+            m(lambda c: c["models"].update({"Toy-Base": c["models"]["toy-base"]})),
+            "Toy-Base",
+        ),
+        ("pair-named-Figures", m(lambda c: add_pair(c, name="Figures")), "taken by the workflow's own paths"),
         ("toy-min-steps-above-max", m(lambda c: c["toy"].update(min_steps=5, max_steps=3)), "toy.min_steps"),
         ("toy-max-steps-past-z", m(lambda c: c["toy"].update(max_steps=27)), "toy.max_steps"),
         ("scoring-device-banana", m(lambda c: c.update(scoring={"device_base": "banana"})), "scoring.device_base"),

@@ -67,6 +67,22 @@ def _dotted(path) -> str:
     return out or "(top level)"
 
 
+def _one_folder_each(kind: str, names: list[tuple[str, str]]) -> None:
+    """Refuse two ``(key, name)`` whose names differ in case only (``TOY``, ``toy``): on a case-insensitive
+    disk (macOS's and Windows' defaults) they are one folder, and one's results would overwrite the other's.
+    A name given twice is left to the checks that say so."""
+    seen: dict[str, tuple[str, str]] = {}
+    for key, name in names:
+        first = seen.setdefault(name.casefold(), (key, name))
+        if first[1] != name:
+            raise ConfigError(
+                key,
+                name,
+                f"differs from {kind} {first[1]!r} ({first[0]}) in case only: on a case-insensitive disk (macOS, "
+                "Windows) both are one folder; rename one",
+            )
+
+
 def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
@@ -276,6 +292,9 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"expected a model with `toy: base`: {spec['toy'].upper()} starts from the toy base model",
                 )
 
+    _one_folder_each("model", [(f"models.{name}", name) for name in models])
+    _one_folder_each("dataset", [(f"datasets.{name}", name) for name in datasets])
+    _one_folder_each("pair", [(f"pairs[{i}].name", pair["name"]) for i, pair in enumerate(config["pairs"])])
     for name in models:
         if name.endswith(".json"):
             raise ConfigError(
@@ -284,7 +303,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 "a model name must not end in .json: resources/models/<name>.json is the manifest of model <name>",
             )
     for name, spec in datasets.items():
-        if name in RESERVED["datasets"]:
+        if name.casefold() in {r.casefold() for r in RESERVED["datasets"]}:
             raise ConfigError(
                 "datasets",
                 name,
@@ -332,7 +351,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
         key = f"pairs[{i}]"
-        if pair["name"] in RESERVED["pairs"]:
+        if pair["name"].casefold() in {r.casefold() for r in RESERVED["pairs"]}:
             raise ConfigError(
                 f"{key}.name",
                 pair["name"],
