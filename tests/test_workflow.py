@@ -750,8 +750,9 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
 
 
 def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
-    """A threshold of -1e-05, a path, an opening or a revision starting with '-': apart from its flag, argparse read
-    such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here."""
+    """A threshold of -2.5e-07, a path, an opening or a revision starting with '-': apart from its flag, argparse
+    read such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here. A tau
+    reaches its jobs as the threshold it is (-tau), one spelling for one rule."""
     from tokenshift.cli import build_parser
 
     (tmp_path / "-set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
@@ -768,7 +769,8 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
     for command in commands:
         argv = shlex.split(command)[1:]
         parsed.setdefault(argv[0], []).append(vars(parser.parse_args(argv)))
-    assert {a["tau"] for a in parsed["crosssample"] if a["policy"] == "dlogp" and a["budget"] != "0"} == {-1e-05}
+    dlogp = [a for a in parsed["crosssample"] if a["policy"] == "dlogp" and a["budget"] != "0"]
+    assert {(a["tau"], a["threshold"]) for a in dlogp} == {(None, 1e-05)}
     assert {a["threshold"] for a in parsed["crosssample"] if a["policy"] == "logprob" and a["budget"] != "0"} == {
         -2.5e-07
     }
