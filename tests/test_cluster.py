@@ -6,7 +6,6 @@ import os
 
 import pytest
 import yaml
-from conftest import REPO
 
 from tokenshift.cluster import (
     GPU_MODEL,
@@ -19,6 +18,7 @@ from tokenshift.cluster import (
     render_profile,
     status_command,
 )
+from tokenshift.config import SCHEMA_PATH
 from tokenshift.settings import ClusterConfig
 
 CLUSTER = {"gpu_memory_gb": 80, "gpu_model": None, "runtime": ClusterConfig().runtime}
@@ -129,7 +129,7 @@ def test_the_profile_holds_each_value_as_given():
     key, _, value = config["config"][0].partition("=")
     assert key == "cluster" and yaml.safe_load(value) == {"gpu_model": "1.5"}
     # the GPU models the profile takes are those the workflow's config check takes from it
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
     assert schema["properties"]["cluster"]["properties"]["gpu_model"]["pattern"] == f"^{GPU_MODEL.pattern}$"
 
 

@@ -17,6 +17,7 @@ import yaml
 from conftest import REPO
 from helpers import DEFAULT_RUN_LIMIT_S, SECTIONS, plan, planned, run_workflow, snakemake
 
+from tokenshift.config import SCHEMA_PATH
 from tokenshift.settings import CrossSampleGrid
 
 # every test here may be the first to wait on the default run: its timeout is the run's limit and its own time
@@ -382,7 +383,7 @@ def changed_value(key: str, value):
 
 
 def walked_keys(config: dict) -> dict[str, object]:
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
     keys = {}
     for section in SECTIONS:
         for key, spec in schema[section]["properties"].items():

@@ -8,9 +8,10 @@ import typing
 
 import pytest
 import yaml
-from conftest import REPO, run, tokenshift_cmd
+from conftest import run, tokenshift_cmd
 from helpers import SECTIONS
 
+from tokenshift.config import SCHEMA_PATH
 from tokenshift.options import add_options, from_args, section_values, to_argv
 from tokenshift.registry import DIRECTIONS, POLICIES
 from tokenshift.settings import (
@@ -29,7 +30,7 @@ from tokenshift.settings import (
 )
 from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 SECTION_CLASSES = [
     SamplingConfig,
     GradingConfig,

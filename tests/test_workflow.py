@@ -15,6 +15,8 @@ import yaml
 from conftest import REPO, run, save_checkpoint, tokenshift_cmd
 from helpers import DEFAULT, planned, shell_commands, snakemake, with_config
 
+from tokenshift.config import SCHEMA_PATH
+
 
 def test_default_config_builds_the_dag(tmp_path):
     r = snakemake(with_config(tmp_path, DEFAULT), "-n", "all")
@@ -353,7 +355,7 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     from tokenshift.config import ConfigError, check_workflow_config
 
     with pytest.raises(ConfigError) as e:
-        check_workflow_config(copy.deepcopy(config), REPO / "workflow" / "schemas" / "config.schema.yaml", validate)
+        check_workflow_config(copy.deepcopy(config), SCHEMA_PATH, validate)
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
@@ -622,7 +624,7 @@ def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
     assert "'--template=Solve: {question} {{braces}}'" in r.stdout
 
 
-SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text())
 
 
 def hostile(tag: str) -> str:
@@ -888,8 +890,7 @@ def test_the_engine_reaches_the_jobs_and_its_own_keys_reach_its_jobs_only(tmp_pa
 
     from tokenshift.config import check_workflow_config
 
-    schema = REPO / "workflow" / "schemas" / "config.schema.yaml"
-    warned = check_workflow_config(devices_changed, schema, validate)
+    warned = check_workflow_config(devices_changed, SCHEMA_PATH, validate)
     assert [w.split(":")[0] for w in warned if "engine lockstep only" in w] == [
         f"config key crosssample.{k}" for k in ("batch_size", "device_base", "device_rl")
     ]

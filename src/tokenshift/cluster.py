@@ -1,6 +1,7 @@
 """Running the workflow on a SLURM cluster: the profile, and what each job asks the scheduler for.
 
-``install_profile`` fills the template in ``profiles/slurm/`` with a site's values (account,
+``install_profile`` fills the template in ``tokenshift/profiles/slurm/`` (package data; the repository's
+``profiles/slurm`` links to it) with a site's values (account,
 partitions, GPU model) and writes it where Snakemake looks for a profile named ``slurm``
 (``$XDG_CONFIG_HOME/snakemake/slurm/``), so that ``snakemake --profile slurm all`` works as typed.
 Each value is checked first (``check_site``) and the files are written by ``yaml.safe_dump``, so no
@@ -28,8 +29,8 @@ from tokenshift.memory import gpus_for
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "slurm"
-"""The profile template in a source checkout (the README installs tokenshift from one)."""
+TEMPLATE_DIR = Path(__file__).resolve().parent / "profiles" / "slurm"
+"""The profile template: package data, so ``pip install tokenshift`` has it as a checkout does."""
 
 HOST_OVERHEAD_MB = 2000
 """Host memory of a job beyond its models: Python, torch, tables."""
@@ -168,10 +169,7 @@ def render_profile(
     import yaml
 
     if not (template_dir / "config.yaml").is_file():
-        raise ProfileError(
-            f"no profile template at {template_dir}: install tokenshift from its repository "
-            "(pip install -e .), whose profiles/slurm/ holds the template"
-        )
+        raise ProfileError(f"no profile template at {template_dir}: expected its config.yaml and partitions.yaml")
     check_site(site)
     text = {name: (template_dir / name).read_text() for name in ("config.yaml", "partitions.yaml")}
     config = yaml.safe_load(text["config.yaml"])

@@ -1,7 +1,8 @@
 """Checks of a workflow config beyond what its JSON schema can say.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges; Snakemake's
-``validate()`` applies it and fills defaults. ``check_config`` then checks what relates one
+The schema (``tokenshift/schemas/config.schema.yaml``, package data that ``workflow/schemas/`` links
+to) checks keys, types and ranges; Snakemake's ``validate()`` applies it and fills defaults.
+``check_config`` then checks what relates one
 part of the config to another: unique pair names, references to models and datasets that
 exist, toy models paired only with toy models, local checkpoints that exist, and pairs whose
 two tokenizers can be compared (where both are local and neither trusts its own code, which
@@ -22,8 +23,9 @@ from typing import Any
 
 from tokenshift.registry import gamma_label
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-"""The schema in a source checkout (an editable install); the workflow passes its own path."""
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+"""The schema's one home: package data, so an installed wheel has it (the workflow's
+``workflow/schemas/config.schema.yaml``, where Snakemake's catalog looks, is a link to it)."""
 
 TOY_DATASET_KEYS = {"toy", "n_problems", "sampling"}
 """What a ``toy: eval`` dataset entry may set: any other key would be silently without effect."""

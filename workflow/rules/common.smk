@@ -16,7 +16,7 @@ from snakemake.utils import validate
 
 from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.codehash import code_of, stage_code
-from tokenshift.config import check_workflow_config, dataset_sampling, model_source
+from tokenshift.config import SCHEMA_PATH, check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import linked_files
 from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
@@ -52,9 +52,7 @@ from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 # a bad config is one line naming the key, before any job; Snakemake's validate() fills the defaults in.
 # Relative paths resolve against the working directory, as rule paths do.
-for message in check_workflow_config(
-    config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml", validate
-):
+for message in check_workflow_config(config, SCHEMA_PATH, validate):
     logger.warning(message)
 
 MODELS = config["models"]

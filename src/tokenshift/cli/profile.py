@@ -22,7 +22,7 @@ def register(sub) -> None:
     ins = psub.add_parser(
         "install",
         help="write the slurm profile with your site's account and partitions",
-        description="Fill the template in profiles/slurm/ with your site's values and write it to "
+        description="Fill the profile template (tokenshift/profiles/slurm/) with your site's values and write it to "
         "$XDG_CONFIG_HOME/snakemake/<name>/ (~/.config/snakemake/<name>/), where `snakemake --profile <name>` "
         "looks. A profile already there that differs is kept unless --force.",
     )
