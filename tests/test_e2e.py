@@ -169,8 +169,9 @@ def test_reverse_cross_sampling_falls_toward_base_accuracy(default_run):
 
 
 def readme_rerun_commands() -> list[list[str]]:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Re-running") : text.index("Nothing else needs forcing")]
+    """The commands of docs/targets.md's "Re-running" section (README's until issue 27.5)."""
+    text = (REPO / "docs" / "targets.md").read_text()
+    section = text[text.index("## Re-running") : text.index("Nothing else needs forcing")]
     return [shlex.split(c) for c in re.findall(r"```bash\n(snakemake [^\n]*)\n```", section)]
 
 
@@ -521,7 +522,7 @@ def test_the_training_analyses_reach_the_report(default_run):
 def test_sft_moves_more_positions_than_rl(default_run):
     """The paper's contrast, where it holds on the toy: the SFT model, about as accurate as the RL
     model, leaves fewer positions of the base model's distribution unchanged (JS < 1e-3). At
-    JS >= 1e-2 the two shares are within a few tenths of a point of each other (README)."""
+    JS >= 1e-2 the two shares are within a few tenths of a point of each other (docs/training.md)."""
     acc = {
         pair: pl.read_parquet(default_run / "results" / pair / "toy" / "accuracy.parquet")
         .filter((pl.col("metric") == "avg@4") & (pl.col("role") == "rl"))
@@ -541,7 +542,7 @@ def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, 
 
     page = default_run / "results" / "explorer.html"
     assert "href='explorer.html'" in (default_run / "results" / "report.html").read_text()
-    assert page.stat().st_size < 10e6  # README quotes its size; the cap keeps it small
+    assert page.stat().st_size < 10e6  # docs/explorer.md quotes its size; the cap keeps it small
     driver = chromium_driver()
     try:
         check_page(driver, page, default_run / "results" / "toy" / "toy", tmp_path / "explorer.png")
