@@ -125,7 +125,7 @@ def local_study_config(pair: str, *, n: int, max_new_tokens: int, shard: int, **
 
 
 DEFAULT_RUN_LIMIT_S = int(os.environ.get("TOKENSHIFT_TEST_RUN_LIMIT_S", 1500))
-"""The default study's limit in the tests: ~1.5x its time on 2 idle cores (README), so a busy machine
+"""The default study's limit in the tests: ~1.5x its time on 2 idle cores (docs/results.md), so a busy machine
 still finishes; on a machine shared with more work, raise it with ``TOKENSHIFT_TEST_RUN_LIMIT_S``.
 Modules that wait on it take it into their tests' pytest timeout."""
 

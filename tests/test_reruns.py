@@ -310,7 +310,7 @@ def interrupted(work, part: str, tmp_path, env=None) -> None:
 def test_a_forced_job_reuses_an_interrupted_runs_shards_only_when_made_as_it_would_make_them(study, tmp_path):
     part = "results/ab/tiny/crosssample/forward/random/budget-2.parts/1-of-1.parquet"
     log = study / "logs" / "crosssample" / "ab" / "tiny" / "forward" / "random" / "budget-2" / "1-of-1.log"
-    # the same settings, inputs and code: the shards hold what the job computes, and are taken (README)
+    # the same settings, inputs and code: the shards hold what the job computes, and are taken (docs/targets.md)
     interrupted(study, part, tmp_path)
     make(study, part, "--forcerun", "crosssample")
     assert f"{len(PROBLEMS)} of {len(PROBLEMS)} shards already written" in log.read_text()

@@ -1,4 +1,4 @@
-"""`snakemake --profile slurm all` on a real SLURM cluster, as README says, checked through SLURM's records.
+"""`snakemake --profile slurm all` on a real SLURM cluster, as docs/cluster.md says, checked through SLURM's records.
 
 A single-node cluster (tests/slurm_cluster.py) starts from nothing; the profile is installed with
 `tokenshift profile install slurm`; the workflow runs on a reduced default config in which the toy
@@ -82,7 +82,7 @@ def local_run(tmp_path_factory):
 
 
 def install_profile(xdg: Path, *extra: str, cluster: Cluster | None = None) -> Path:
-    """The README's command, into a private XDG_CONFIG_HOME (on the cluster's submit node, where given)."""
+    """docs/cluster.md's command, into a private XDG_CONFIG_HOME (on the cluster's submit node, where given)."""
     site = ["--partition", "cpu", "--gpu-partition", "gpu", "--gpus-per-node", "1", "--status-delay", "2"]
     r = run(
         tokenshift_cmd() + ["profile", "install", "slurm", *site, "--jobs", "4", *extra],

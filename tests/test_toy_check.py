@@ -1,4 +1,4 @@
-"""The decision-point table behind README's ground-truth claim (``tokenshift.toy.check``), on inputs
+"""The decision-point table behind the ground-truth claim of docs/results.md (``tokenshift.toy.check``), on inputs
 small enough that every precision, recall and lift is counted by hand."""
 
 from __future__ import annotations

