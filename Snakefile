@@ -2,7 +2,7 @@
 # Reproduces "Sparse but Critical" (Meng et al., ICLR 2026) for the model pairs in config.
 #
 #   snakemake --cores all all                    # the whole study (embedded toy pair by default)
-#   snakemake --profile slurm all                # on a SLURM cluster (tokenshift profile install slurm, README)
+#   snakemake --profile slurm all                # on a SLURM cluster (tokenshift profile install slurm, docs/cluster.md)
 #
 # Stages, in order (one rule file each):
 #   models      materialise checkpoints (local, hub, or the embedded toy pair built here)

@@ -1,7 +1,7 @@
 """Decoding rates of the HF paths at the paper's shapes and planned batches, on a GPU (issue 25.5).
 
-README's GPU-hour estimate was scaled from one 1.5B ``generate`` at batch 32. This measures, on the
-card at hand (CUDA only; random bf16 weights, throughput does not depend on them):
+The GPU-hour estimate (docs/paper-protocol.md) was scaled from one 1.5B ``generate`` at batch 32. This measures,
+on the card at hand (CUDA only; random bf16 weights, throughput does not depend on them):
 
 - ``rollout``: one model's HF decoding (``tokenshift.generation.sample``) of Qwen2.5-7B and -32B shapes
   at the batch ``tokenshift.memory.decode_rows`` plans on this card for ``config/paper.yaml``'s rollouts

@@ -26,7 +26,7 @@ uses), detached from the graph; ``n`` is the response's number of positions (its
 
 A response whose divergences are all 0 (the policy still equal to the reference, as at the
 first step) keeps ``a_t = A`` under every mode. The function is self-contained so that it drops
-into any trainer's loss; README shows where it goes in TRL's ``GRPOTrainer`` and in verl.
+into any trainer's loss; docs/training.md shows where it goes in TRL's ``GRPOTrainer`` and in verl.
 """
 
 from __future__ import annotations

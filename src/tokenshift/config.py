@@ -170,7 +170,7 @@ def check_file_depth(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
     and the line. The file is read as a stream of parser events, which does not recurse: Snakemake's own
     load composes it recursively, and a file nested a few thousand levels deep ended there in a
     RecursionError and a thousand lines of traceback. The workflow runs this on its ``configfile:`` before
-    Snakemake loads it; a ``--configfile`` Snakemake reads before any of the workflow's code (README).
+    Snakemake loads it; a ``--configfile`` Snakemake reads before any of the workflow's code (docs/pairs.md).
     A file that is missing or not YAML is left to Snakemake, which names it."""
     import yaml
 
