@@ -29,7 +29,8 @@ import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import tokenshift.crosssample
-from tokenshift.crosssample import SwitchRule, cross_sample
+from tokenshift.crosssample import SwitchRule
+from tokenshift.decoding import cross_sample
 from tokenshift.generation import SamplingConfig, sample
 
 TOY = dict(

@@ -6,7 +6,7 @@ on the card at hand (CUDA only; random bf16 weights, throughput does not depend 
 - ``rollout``: one model's HF decoding (``tokenshift.generation.sample``) of Qwen2.5-7B and -32B shapes
   at the batch ``tokenshift.memory.decode_rows`` plans on this card for ``config/paper.yaml``'s rollouts
   (prompt + 4096 new tokens a row);
-- ``lockstep``: the pair decoder (``tokenshift.crosssample.cross_sample``, policy ``random``, a tenth
+- ``lockstep``: the pair decoder (``tokenshift.decoding.cross_sample``, policy ``random``, a tenth
   of the steps switching) of two 7B shapes at the batch ``crosssample_rows`` plans for paper.yaml's
   cross-sampling (a row's cache for 16384 tokens, ``max_total_tokens``), one GPU per model; here both
   share the one card, which holds them at this benchmark's context.
@@ -34,7 +34,8 @@ import transformers
 from bench_crosssample import QWEN_7B
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokenshift.crosssample import SwitchRule, cross_sample
+from tokenshift.crosssample import SwitchRule
+from tokenshift.decoding import cross_sample
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.memory import ModelShape, crosssample_rows, decode_rows
 

@@ -24,13 +24,14 @@ def names(file: str, *words: str) -> set[str]:
 
 def test_a_stage_covers_the_code_its_command_runs():
     assert {"cli/rollout.py", "rollout.py", "grading.py", "generation.py", "models.py"} <= set(stage_files("rollout"))
-    assert {"cli/crosssample.py", "crosssample.py", "grading.py"} <= set(stage_files("crosssample"))
+    assert {"cli/crosssample.py", "crosssample.py", "decoding.py", "grading.py"} <= set(stage_files("crosssample"))
     assert {"cli/rollout.py", "tables.py", "stats.py"} <= set(stage_files("accuracy"))
     assert {"plots/style.py", "plots/figures.py"} <= set(stage_files("figures"))
     assert "toy/task.py" in stage_files("dataset")  # the toy task's problems are drawn there
     assert "templates/explorer.html" in stage_files("explorer")  # a data file the page is built from
     # the rollout decodes with the cross-sampling decoder, alone: that decoder is its code
-    assert {"decode_alone", "_decode_batch", "sample_from_logits"} <= names("crosssample.py", "rollout")
+    assert {"decode_alone", "_decode_batch", "sample_from_logits"} <= names("decoding.py", "rollout")
+    assert {"cross_sample", "_decode_batch"} <= names("decoding.py", "crosssample")
     assert {"Grader", "grade_one"} <= names("grading.py", "rollout") & names("grading.py", "crosssample")
     assert "Grader" in names("grading.py", "models", "toy-rl")  # GRPO's reward
 
@@ -42,8 +43,9 @@ def test_a_stage_leaves_out_what_its_command_does_not_run():
     assert not {f for f in stage_files("rollout") if f.startswith("plots/")}
     assert "__init__.py" not in stage_files("rollout") and "cli/__init__.py" not in stage_files("rollout")
     # a module a stage imports is not all its code: the rollout runs the decoder, not the cross-sampling
-    # stage, its policies or the scores' statistics
+    # stage, its policies or the scores' statistics; nor the pair decoder
     assert not {"run_crosssample", "CrossSampleBackend"} & names("crosssample.py", "rollout")
+    assert "cross_sample" not in names("decoding.py", "rollout")
     assert "token_stats" not in names("divergence.py", "rollout")
     # the toy base model is pretrained: no grader (the RL build's reward), no GRPO
     assert "grading.py" not in stage_files("models", "toy-base")
@@ -74,7 +76,7 @@ STAGES = [("rollout",), ("crosssample",), ("score",), ("accuracy",), ("models", 
     ("module", "function", "changed"),
     [
         ("crosssample.py", "run_crosssample", {("crosssample",)}),
-        ("crosssample.py", "_decode_batch", {("rollout",), ("crosssample",)}),  # the decoder both run
+        ("decoding.py", "_decode_batch", {("rollout",), ("crosssample",)}),  # the decoder both run
         # the scores' statistics, which GRPO's divergence-weighted advantages share (tokenshift.advantages)
         ("divergence.py", "token_stats_unchecked", {("score",), ("models", "toy-rl")}),
         ("grading.py", "grade_one", {("rollout",), ("crosssample",), ("models", "toy-rl")}),

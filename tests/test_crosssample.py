@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from tokenshift.crosssample import REMOVE_RETRIES, SwitchRule, cross_sample, sample_from_logits, step_statistics
+from tokenshift.crosssample import SwitchRule
+from tokenshift.decoding import REMOVE_RETRIES, cross_sample, sample_from_logits, step_statistics
 from tokenshift.generation import SamplingConfig, row_noise, sample_seed
 from tokenshift.registry import POLICIES, parse_budget
 
@@ -247,7 +248,7 @@ def test_the_follow_ups_extrapolated_injection_equals_the_naive_reference(pair, 
 
 
 def test_extrapolation_steps_past_the_other_model_and_gamma_zero_is_the_other_model():
-    from tokenshift.crosssample import injected_logits
+    from tokenshift.decoding import injected_logits
 
     lg = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))  # the generator
     lo = torch.log(torch.tensor([[0.2, 0.3, 0.5]]))  # the other model
@@ -405,7 +406,7 @@ def test_prompt_and_response_level_thresholds_are_percentiles_of_the_budget0_twi
 
 
 def test_a_rollout_is_its_forward_budget0_twin_whatever_the_batch(pair):
-    from tokenshift.crosssample import decode_alone
+    from tokenshift.decoding import decode_alone
 
     base, rl = pair
     prompts = PROMPTS * 3
@@ -437,7 +438,7 @@ def test_a_dropped_eos_never_ends_a_response(pair):
 def test_an_empty_prompt_is_refused_naming_it(pair):
     # a fully padded row has nothing to attend to: alone it crashed in the attention, beside other
     # rows it decoded a response from nothing, silently
-    from tokenshift.crosssample import decode_alone
+    from tokenshift.decoding import decode_alone
 
     for prompts in ([[5, 6], []], [[]]):
         with pytest.raises(ValueError, match=f"prompt {len(prompts) - 1} is empty"):

@@ -136,6 +136,59 @@ def test_dataset_entries_are_the_dataset_prompt_and_sampling_settings():
     assert set(entry["sampling"]["properties"]) == {f.name for f in dataclasses.fields(SamplingConfig)}
 
 
+def schema_enums(node, pointer: str = "") -> dict[str, list]:
+    """Every ``enum`` of the schema, by its JSON pointer (``properties/grading/properties/mode``)."""
+    found = {pointer.lstrip("/"): node["enum"]} if isinstance(node, dict) and "enum" in node else {}
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        found |= schema_enums(child, f"{pointer}/{key}")
+    return found
+
+
+def test_every_enumeration_of_the_schema_is_one_the_code_holds():
+    """A value the schema lists is one the code knows, and the other way round: each enum has its home in the
+    library (issue 27.3), and a new one must be given one here."""
+    from tokenshift.cli import build_parser
+    from tokenshift.crosssample import LENGTH_RULES
+    from tokenshift.grading import MODES
+    from tokenshift.plots.style import KIND_STYLE
+    from tokenshift.registry import ADVANTAGE_MODES, ENGINES, INJECTED_EOS, INJECTIONS, THRESHOLD_LEVELS
+    from tokenshift.settings import PRESETS
+
+    models = next(a for a in build_parser()._subparsers._group_actions[0].choices["models"]._actions if a.choices)
+    toy_builds = {c.removeprefix("toy-") for c in models.choices if c.startswith("toy-")}
+    section = "properties/{}/properties/{}".format
+    homes = {
+        "$defs/model_spec/properties/toy": toy_builds,  # `tokenshift models toy-<kind>` builds each
+        "$defs/model_spec/if/properties/toy": toy_builds - {"base"},  # those trained from a base
+        "$defs/percentile/properties/level": THRESHOLD_LEVELS,
+        "properties/pairs/items/properties/kind": KIND_STYLE,  # each kind is drawn in its style
+        "properties/datasets/additionalProperties/properties/toy": {"eval"},
+        "properties/datasets/additionalProperties/properties/preset": PRESETS,
+        section("rollout", "backend"): {"hf", "vllm"},
+        section("rollout", "vllm_dtype"): {"bfloat16", "float16", "float32"},
+        section("scoring", "backend"): {"hf", "vllm"},
+        section("grading", "mode"): MODES,
+        section("crosssample", "directions") + "/items": DIRECTIONS,
+        section("crosssample", "policies") + "/items": POLICIES,
+        section("crosssample", "engine"): ENGINES,
+        section("crosssample", "injected_eos"): INJECTED_EOS,
+        section("crosssample", "injection"): INJECTIONS,
+        section("crosssample", "length_rule"): LENGTH_RULES,
+        section("advantages", "variants") + "/items": ADVANTAGE_MODES,
+    }
+    enums = schema_enums(SCHEMA)
+    assert set(enums) == set(homes)
+    for pointer, values in enums.items():
+        assert len(values) == len(set(values)) and set(values) == set(homes[pointer]), pointer
+    # a flag's choices are its key's enum (the literal ones above: rollout/scoring backend, vllm_dtype)
+    for cls in SECTION_CLASSES:
+        for f in dataclasses.fields(cls):
+            if "choices" in f.metadata:
+                spec = SCHEMA["properties"][cls.section]["properties"][f.name]
+                assert set(f.metadata["choices"]) == set(spec.get("items", spec)["enum"]), f"{cls.section}.{f.name}"
+
+
 def test_policies_and_directions_are_the_registry():
     cs = SCHEMA["properties"]["crosssample"]["properties"]
     assert set(cs["policies"]["items"]["enum"]) == set(POLICIES)

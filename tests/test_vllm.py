@@ -142,8 +142,8 @@ def rule_of(policy: str, direction: str, max_new: int, level: str = "prompt", pe
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
 @pytest.mark.parametrize("policy", [*sorted(LOCKSTEP_THRESHOLDS), AUTHORS])
 def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(short_toy_pair, direction, policy):
-    from tokenshift.crosssample import cross_sample
     from tokenshift.datasets import format_prompt
+    from tokenshift.decoding import cross_sample
     from tokenshift.generation import sample_seed
     from tokenshift.models import load_causal_lm, load_tokenizer, stop_ids
     from tokenshift.regenerate import regenerate

@@ -4,7 +4,7 @@ The workflow records it as a setting of every job that runs the subcommand (a ``
 change to code a job runs re-runs that job, and a change to code it does not run re-runs nothing: a new
 grader re-runs the rollouts and cross-samples, not the scores; a new figure style re-runs the figures
 alone; a new cross-sampling policy re-runs the cross-samples, not the rollouts, though a rollout decodes
-with the cross-sampling decoder (``crosssample.decode_alone``).
+with the cross-sampling decoder (``decoding.decode_alone``).
 
 The hash is taken over *units*: a top-level statement of a module of the package (a function or class
 with its decorators, an assignment, an import-time statement), read with ``ast``. A stage's units are

@@ -26,7 +26,7 @@ switch positions (tests/test_vllm.py), and the stage writes the same table:
 - an injected EOS ends the response (``eos: end``), or is deleted (``remove``, their
   ``eot_replace remove``), the draw spent, and the next round writes on from the same prefix, as
   theirs does, while the budget lasts; when it is spent (or, with no budget, after
-  ``crosssample.REMOVE_RETRIES`` more draws at one position), the generator's own token stands;
+  ``decoding.REMOVE_RETRIES`` more draws at one position), the generator's own token stands;
 - ``max_new_tokens`` caps the whole response, or (``after_switch``: they regenerate
   ``max_new_tokens`` tokens after each switch) a row's cap is its last switch's position + 1 +
   ``max_new_tokens``, at most ``max_total``;
@@ -65,7 +65,8 @@ from pathlib import Path
 
 import torch
 
-from tokenshift.crosssample import REMOVE_RETRIES, SwitchRule, step_statistics
+from tokenshift.crosssample import SwitchRule
+from tokenshift.decoding import REMOVE_RETRIES, step_statistics
 from tokenshift.generation import Sample, SamplingConfig, check_context, sample_seed
 from tokenshift.registry import POLICIES, regenerate_refuses
 from tokenshift.settings import CrossSampleConfig, RolloutConfig

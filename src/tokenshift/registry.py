@@ -52,7 +52,7 @@ class Policy:
 
     name: str
     statistic: str
-    """Key of the decoder's per-step statistics (``tokenshift.crosssample.step_statistics``)."""
+    """Key of the decoder's per-step statistics (``tokenshift.decoding.step_statistics``)."""
     help: str
     bounds: tuple[float, float] = (0.0, math.inf)
     """Range of the statistic, so of any threshold."""

@@ -4,7 +4,7 @@ Two backends behind one interface (``generate(prompts, keys) -> [Sample]``, ``ke
 (problem id, sample index) of each prompt, from which each sample's seed is made):
 
 - ``hf``: batched decoding with a KV cache and left padding, each sample on its own noise from
-  (seed, problem id, sample index) (``tokenshift.crosssample.decode_alone``: the cross-sampling
+  (seed, problem id, sample index) (``tokenshift.decoding.decode_alone``: the cross-sampling
   decoder with one model, so a rollout and its forward budget-0 cross-sample are one draw); the
   the default;
 - ``vllm``: vLLM's offline engine (``tokenshift.vllm_engine``: on a GPU with ``tokenshift[vllm]``,
@@ -58,7 +58,7 @@ class HFBackend:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stops[0]
 
     def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[tuple[str, int]]) -> list[Sample]:
-        from tokenshift.crosssample import decode_alone
+        from tokenshift.decoding import decode_alone
 
         if self.context is not None:
             what = f"model {str(self.name)!r} (its max_position_embeddings)"
