@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from tokenshift.divergence import token_stats
 from tokenshift.registry import TOPK_SCORE_COLUMNS
-from tokenshift.scoring import STAT_COLUMNS, ScoringConfig, pack_by_length, score_rows
+from tokenshift.scoring import CANDIDATE_COLUMNS, STAT_COLUMNS, ScoringConfig, pack_by_length, score_rows
 from tokenshift.sharding import Part
 
 
@@ -286,15 +286,12 @@ def test_each_model_top_candidates_are_its_most_probable_tokens(pair):
     assert not {"top_ids_base", "top_probs_rl"} & set(none.columns)
 
 
-def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_tokenizer):
-    # more jobs than batches: a part scores nothing, and its empty table must have the columns'
-    # types, or the gather refuses to stack it with the others (it had Float64 ids and positions)
+def scoring_inputs(tmp_path, toy_tokenizer, n: int = 2) -> tuple:
+    """(base manifest, RL manifest, pair manifest, rollout table, source): run_scoring's inputs, saved, over
+    ``n`` responses."""
     import polars as pl
 
     from tokenshift.models import check_pair, write_manifest
-    from tokenshift.registry import SCORE_ORDER
-    from tokenshift.scoring import run_scoring
-    from tokenshift.sharding import gather_parts
 
     models = {}
     for role, seed in (("base", 0), ("rl", 1)):
@@ -302,19 +299,31 @@ def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_toke
         write_manifest(tmp_path / role, name=role, spec={"path": str(tmp_path / role)})
         models[role] = tmp_path / f"{role}.json"
     check_pair("p", models["base"], models["rl"], tmp_path / "pair.json")
-    rows = rows_for(len(toy_tokenizer), n=2)
+    rows = rows_for(len(toy_tokenizer), n=n)
     rollouts = tmp_path / "rollouts.parquet"
     pl.DataFrame(
         {
-            "problem_id": ["a", "b"],
-            "sample_index": [0, 0],
-            "correct": [True, False],
+            "problem_id": [f"p{i}" for i in range(n)],
+            "sample_index": [0] * n,
+            "correct": [i % 2 == 0 for i in range(n)],
             "prompt_ids": [p for p, _ in rows],
             "response_ids": [r for _, r in rows],
         }
     ).write_parquet(rollouts)
+    return models["base"], models["rl"], tmp_path / "pair.json", rollouts, "base"
+
+
+def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_tokenizer):
+    # more jobs than batches: a part scores nothing, and its empty table must have the columns'
+    # types, or the gather refuses to stack it with the others (it had Float64 ids and positions)
+    import polars as pl
+
+    from tokenshift.registry import SCORE_ORDER
+    from tokenshift.scoring import run_scoring
+    from tokenshift.sharding import gather_parts
+
     cfg = ScoringConfig(top_k_candidates=2)
-    args = (models["base"], models["rl"], tmp_path / "pair.json", rollouts, "base")
+    args = scoring_inputs(tmp_path, toy_tokenizer)
     whole = run_scoring(*args, tmp_path / "whole.parquet", cfg=cfg)
     parts = [tmp_path / f"part{i}.parquet" for i in (1, 2, 3)]
     for i, out in enumerate(parts, 1):
@@ -324,3 +333,63 @@ def test_a_scoring_part_with_no_batch_gathers_with_the_others(tmp_path, toy_toke
     assert gathered.schema == whole.schema
     assert gathered.equals(whole)
     assert whole["statistic"].unique().to_list() == ["exact"]  # what the distribution columns are of
+
+
+def test_a_stopped_scoring_job_goes_on_from_its_shards_to_the_table_one_run_gives(
+    tmp_path, toy_tokenizer, monkeypatch, caplog
+):
+    """Issue 28.2: the job dies as it writes its third shard (a full disk: the rename fails); run again, it
+    reads the two shards written and scores the rest. A damaged shard is scored again; shards made under
+    other settings are not read."""
+    import os
+
+    import polars as pl
+
+    import tokenshift.scoring as scoring
+    from tokenshift.scoring import run_scoring
+
+    args = scoring_inputs(tmp_path, toy_tokenizer, n=12)
+    cfg = ScoringConfig(top_k_candidates=2, max_batch_tokens=40)  # several batches of a few rows
+    whole = run_scoring(*args, tmp_path / "whole.parquet", cfg=cfg, progress=False)
+    monkeypatch.setattr(scoring, "RESPONSES_PER_SHARD", 3)
+    out = tmp_path / "scores.parquet"
+    shards = tmp_path / "scores.parquet.shards"
+    real_replace = os.replace
+
+    def full_disk_at_the_third_shard(src, dst, *a, **kw):
+        if os.fspath(dst).endswith("shard-00002.parquet"):
+            raise OSError(28, "No space left on device (the test's interruption)", os.fspath(dst))
+        return real_replace(src, dst, *a, **kw)
+
+    def stopped():
+        out.unlink(missing_ok=True)  # Snakemake removes a job's output before it runs the job
+        with monkeypatch.context() as m:
+            m.setattr(os, "replace", full_disk_at_the_third_shard)
+            with pytest.raises(OSError, match="No space left"):
+                run_scoring(*args, out, cfg=cfg, progress=False)
+        assert not out.exists() and sorted(p.name for p in shards.glob("shard-*.parquet")) == [
+            "shard-00000.parquet",
+            "shard-00001.parquet",
+        ]
+
+    stopped()
+    with caplog.at_level("INFO", logger="tokenshift"):
+        again = run_scoring(*args, out, cfg=cfg, progress=False)
+    assert "2 of " in caplog.text and "shards already written" in caplog.text
+    assert again.equals(whole) and pl.read_parquet(out).equals(whole)
+    assert not shards.exists()  # the table is written: a later run starts afresh
+    # a shard cut short since: discarded, named, and scored again
+    stopped()
+    first = shards / "shard-00000.parquet"
+    first.write_bytes(first.read_bytes()[:100])
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tokenshift"):
+        assert run_scoring(*args, out, cfg=cfg, progress=False).equals(whole)
+    assert "discarding shard" in caplog.text and "1 of " in caplog.text
+    # other settings (another candidate count): the shards are not read
+    stopped()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="tokenshift"):
+        other = run_scoring(*args, out, cfg=ScoringConfig(top_k_candidates=3, max_batch_tokens=40), progress=False)
+    assert "starting over" in caplog.text and "already written" not in caplog.text
+    assert other.drop(*CANDIDATE_COLUMNS).equals(whole.drop(*CANDIDATE_COLUMNS))

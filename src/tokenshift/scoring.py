@@ -29,6 +29,11 @@ Backend (``cfg.backend``): ``hf`` reads the models with transformers, as above; 
 (``tokenshift.vllm_engine``), teacher-forced over the same rows, and reduces them with the same
 statistics code: it scores ``topk:K`` only (vLLM returns at most K log-probs per position).
 
+Resuming: ``run_scoring`` writes a job's batches in shards of about ``RESPONSES_PER_SHARD`` responses as
+they are scored (``sharding.ShardStore``: each checked against its record and the rows it should hold), so
+a job stopped midway (preempted, killed) loses one shard's work: run again with the same inputs, settings,
+code and batches, it reads the shards written and scores the rest, to the table one run gives.
+
 Bad input never yields a silent number: a token id outside the shared vocabulary, or an empty
 prompt, is an error naming the row; NaN logits (a broken checkpoint) are an error naming the
 model; an empty response or one that would not fit the model's context is skipped, counted and
@@ -45,8 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 from torch.profiler import record_function
+from tqdm.auto import tqdm
 
 from tokenshift.divergence import keep_top, token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
@@ -54,7 +61,7 @@ from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.registry import SCORE_ORDER, TOPK_SCORE_COLUMNS
 from tokenshift.settings import AUTO, CPU_BATCH, RolloutConfig, ScoringConfig
-from tokenshift.sharding import Part, write_part
+from tokenshift.sharding import Part, ShardStore, held_columns, run_key, write_part
 
 log = logging.getLogger(__name__)
 CANDIDATE_COLUMNS = ("top_ids_base", "top_probs_base", "top_ids_rl", "top_probs_rl")
@@ -82,6 +89,9 @@ INTEGER_COLUMNS = {
     "top_ids_rl": np.int32,
 }
 """The integer columns' dtypes as ``_score_batch`` returns them (the others are float32), for an empty part."""
+RESPONSES_PER_SHARD = 256
+"""Responses a scoring shard holds at least (whole batches; the part's last shard may hold fewer): what a
+stopped job can lose. At the paper's ~8k-token responses a 7B pair scores one in minutes on a GPU."""
 
 
 @dataclass
@@ -194,6 +204,8 @@ def score_rows(
     cfg: ScoringConfig = ScoringConfig(),
     part: Part = Part(),
     batch_tokens: int | None = None,
+    store: ShardStore | None = None,
+    progress: bool = False,
 ) -> ScoreResult:
     """Score ``rows`` of (prompt ids, response ids) with both models; one output row per response token.
 
@@ -209,7 +221,8 @@ def score_rows(
     Those batches are packed to ``cfg.max_batch_tokens`` (for ``auto``, ``CPU_BATCH["scoring"]``), so
     which rows a part scores never depends on a job's GPU; ``batch_tokens``, what this job's GPUs hold
     (``tokenshift.models.job_batch``), repacks the part's rows where it differs (then a row's float
-    rounding may differ from one job's, as padding to another width does).
+    rounding may differ from one job's, as padding to another width does). With ``store``, the batches
+    are written (and read back on a rerun) in shards (``_scored_batches``).
     """
     for role, model in (("base", base), ("rl", rl)):
         if not plain_lm_head(model):
@@ -221,17 +234,76 @@ def score_rows(
     refuse_bad_rows(rows, vocab_size)
     keep, skipped = rows_to_score(rows, min(_context(base), _context(rl)))
     k_cand = min(cfg.top_k_candidates, vocab_size)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))}
-    for idx in part_batches(rows, keep, cfg, part, batch_tokens):
+
+    def score(idx: list[int]) -> dict[str, np.ndarray]:
         # out of memory: the batch in pieces of half as many rows, each row still read whole
-        scored = halving_on_oom(
+        return halving_on_oom(
             functools.partial(_score_in_pieces, base, rl, rows, idx, vocab_size=vocab_size, pad_id=pad_id, cfg=cfg),
             len(idx),
             is_oom=is_oom,  # not remembered: batches are packed by tokens, their row counts differ
         )
-        for k, v in scored.items():
-            out[k].append(v)
-    return ScoreResult(_stacked(out, k_cand), skipped)
+
+    batches = part_batches(rows, keep, cfg, part, batch_tokens)
+    columns = _scored_batches(batches, score, rows, k_cand, store=store, progress=progress)
+    return ScoreResult(columns, skipped)
+
+
+def _scored_batches(
+    batches: list[list[int]],
+    score,
+    rows: Sequence[tuple[Sequence[int], Sequence[int]]],
+    k_cand: int,
+    *,
+    store: ShardStore | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """The output columns of ``batches`` (lists of indices into ``rows``), ``score(idx)`` each, in order.
+
+    With ``store``, consecutive batches form shards of at least ``RESPONSES_PER_SHARD`` rows; each is
+    written as soon as it is scored, and one a stopped job wrote is read back instead of scored again
+    where it holds the rows of its place (by its record and its ``row`` column)."""
+    shards: list[list[list[int]]] = []
+    for idx in batches:
+        if not shards or sum(map(len, shards[-1])) >= RESPONSES_PER_SHARD:
+            shards.append([])
+        shards[-1].append(idx)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))}
+    held = [[i for idx in shard for i in idx] for shard in shards]
+    written = {
+        k
+        for k, ids in enumerate(held)
+        if store is not None and store.reusable(k, sum(len(rows[i][1]) for i in ids), _holds_rows(ids))
+    }
+    if written:
+        log.info("resuming %s: %d of %d shards already written", store.dir, len(written), len(shards))
+    bar = tqdm(total=sum(map(len, held)), unit="response", desc="scoring", disable=not progress)
+    for k, shard in enumerate(shards):
+        if k in written:
+            columns = {c: store.read(k)[c].to_numpy() for c in out}
+        else:
+            scored = [score(idx) for idx in shard]
+            columns = {c: np.concatenate([s[c] for s in scored]) for c in out}
+            if store is not None:
+                store.write(k, pl.DataFrame([pl.Series(c, v) for c, v in columns.items()]))
+        for c, v in columns.items():
+            out[c].append(v)
+        bar.update(len(held[k]))
+    bar.close()
+    return _stacked(out, k_cand)
+
+
+def _holds_rows(held: list[int]):
+    """Why a scoring shard does not hold the tokens of rows ``held``, in order, or None."""
+
+    def check(path: Path) -> str | None:
+        table = held_columns(path, ("row",))
+        if isinstance(table, str):
+            return table
+        if table["row"].unique(maintain_order=True).to_list() != held:
+            return "it holds other rows than its place's (scored with other batches, or copied over it?)"
+        return None
+
+    return check
 
 
 def refuse_bad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_size: int) -> None:
@@ -307,6 +379,8 @@ def score_rows_vllm(
     context: int,
     cfg: ScoringConfig,
     part: Part = Part(),
+    store: ShardStore | None = None,
+    progress: bool = False,
 ) -> ScoreResult:
     """``score_rows``'s columns, under ``cfg.statistic`` ``topk:K``, from two vLLM engines (``engines``:
     role -> ``vllm.LLM``) reading each row teacher-forced with ``prompt_logprobs``: per position each
@@ -324,11 +398,9 @@ def score_rows_vllm(
     refuse_bad_rows(rows, vocab_size)
     keep, skipped = rows_to_score(rows, context)
     k_cand = min(cfg.top_k_candidates, vocab_size)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (*OUT_COLUMNS, *(CANDIDATE_COLUMNS if k_cand else ()))}
-    for idx in part_batches(rows, keep, cfg, part):
-        for k, v in _vllm_batch(engines, rows, idx, vocab_size=vocab_size, cfg=cfg).items():
-            out[k].append(v)
-    return ScoreResult(_stacked(out, k_cand), skipped)
+    score = functools.partial(_vllm_batch, engines, rows, vocab_size=vocab_size, cfg=cfg)
+    columns = _scored_batches(part_batches(rows, keep, cfg, part), score, rows, k_cand, store=store, progress=progress)
+    return ScoreResult(columns, skipped)
 
 
 def _prompt_logprobs(outputs, prompt_lengths: Sequence[int], width: int, vocab_size: int, role: str):
@@ -452,6 +524,7 @@ def run_scoring(
     cfg: ScoringConfig = ScoringConfig(),
     part: Part = Part(),
     engine: RolloutConfig = RolloutConfig(),
+    progress: bool = True,
 ):
     """Score the responses of the rollout table ``rollouts`` with both models of a pair; write ``out``.
 
@@ -462,10 +535,12 @@ def run_scoring(
     ``score_rows`` (the candidates as ``Array`` columns of ``cfg.top_k_candidates`` entries). Of
     scoring split over several jobs, this writes job ``part``'s rows. Under ``cfg.backend`` ``vllm``
     the rows are read by two vLLM engines, with the settings ``engine`` (config ``rollout.vllm_*``).
+    The job's batches are written in shards as they are scored, so a stopped job, run again, goes on
+    where it stopped (module docstring; ``progress``: a bar of responses scored).
     """
-    import polars as pl
-
-    from tokenshift.io import InputError, read_json, read_parquet
+    from tokenshift.io import InputError, read_json, read_parquet, sha256_file
+    from tokenshift.models import checkpoint_identity
+    from tokenshift.settings import VLLM_ENGINE_KEYS
 
     torch.set_num_threads(cfg.threads)
     vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
@@ -479,12 +554,26 @@ def run_scoring(
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
+    # what the shards of an earlier, stopped run of this job must have been made from to be read back
+    made_from = {
+        "stage": "score",
+        "base": checkpoint_identity(base),
+        "rl": checkpoint_identity(rl),
+        "pair": sha256_file(pair),
+        "rollouts": sha256_file(rollouts),
+        "source": source,
+        "cfg": cfg,
+        "part": str(part),
+    }
     if cfg.backend == "vllm":
         refuse_bad_rows(rows, vocab)  # before the engines' minutes
         engines, context = start_vllm_engines({"base": base, "rl": rl}, rows, cfg, engine)
-        res = score_rows_vllm(engines, rows, vocab_size=vocab, context=context, cfg=cfg, part=part)
+        store = ShardStore(out, run_key({**made_from, "vllm": {k: getattr(engine, k) for k in VLLM_ENGINE_KEYS}}))
+        res = score_rows_vllm(
+            engines, rows, vocab_size=vocab, context=context, cfg=cfg, part=part, store=store, progress=progress
+        )
     else:
-        res = _score_with_hf(base, rl, rows, vocab, cfg, part)
+        res, store = _score_with_hf(base, rl, rows, vocab, cfg, part, out, made_from, progress)
     cols = res.columns
     meta = table.select("problem_id", "sample_index", "correct").select(
         pl.all().gather(pl.Series(cols["row"], dtype=pl.Int64))
@@ -496,6 +585,7 @@ def run_scoring(
     scores = scores.with_columns(pl.lit(source).alias("source"), pl.lit(cfg.statistic).alias("statistic"))
     scores = scores.sort(*SCORE_ORDER)
     write_part(scores, Path(out))
+    store.close()
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(
         "scored %d tokens of %d responses (%s backend, statistic %s); skipped: %s",
@@ -508,7 +598,9 @@ def run_scoring(
     return scores
 
 
-def _score_with_hf(base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, part: Part) -> ScoreResult:
+def _score_with_hf(
+    base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, part: Part, out: Path, made_from: dict, progress: bool
+) -> tuple[ScoreResult, ShardStore]:
     from tokenshift.models import job_batch, job_devices, load_causal_lm
 
     devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
@@ -516,8 +608,20 @@ def _score_with_hf(base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, p
     tokens = job_batch(
         "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
     )
+    # the batches this job packs (its GPUs') are part of what its shards hold
+    store = ShardStore(out, run_key({**made_from, "batch_tokens": tokens}))
     models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
     pad = pad_id_of(models["base"])
-    return score_rows(
-        models["base"], models["rl"], rows, vocab_size=vocab, pad_id=pad, cfg=cfg, part=part, batch_tokens=tokens
+    res = score_rows(
+        models["base"],
+        models["rl"],
+        rows,
+        vocab_size=vocab,
+        pad_id=pad,
+        cfg=cfg,
+        part=part,
+        batch_tokens=tokens,
+        store=store,
+        progress=progress,
     )
+    return res, store

@@ -163,31 +163,90 @@ def run_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256((text + code_version()).encode()).hexdigest()
 
 
-def _shard_ok(path: Path, keys: Sequence[tuple[str, int]]) -> str | None:
-    """Why the shard at ``path`` cannot be reused, or None when it can: ``keys`` are the (problem id,
-    sample index) of the rows it should hold, in order (another shard's file and record copied over
-    it match each other, not its place)."""
-    record = path.with_suffix(".json")
-    if not record.is_file():
-        return "it has no record (it was being written when the job stopped)"
+class ShardStore:
+    """The shards of one job's output ``out``, in ``<out>.shards/`` (module docstring): the directory is
+    stamped with the run's ``key`` and emptied where it holds another's; each shard is written
+    atomically, then its record (rows, sha256); ``close`` removes them all once the output is written."""
+
+    def __init__(self, out: Path, key: str):
+        out = Path(out)
+        self.dir = out.with_name(out.name + ".shards")
+        stamp = self.dir / "settings.sha256"
+        if self.dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+            log.warning("%s holds shards made with other settings, inputs or code; starting over", self.dir)
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(key + "\n")
+
+    def path(self, k: int) -> Path:
+        return self.dir / f"shard-{k:05d}.parquet"
+
+    def reusable(self, k: int, rows: int, held: Callable[[Path], str | None]) -> bool:
+        """Whether shard ``k`` was written whole and may be read back: its record says ``rows`` rows and
+        its bytes, and ``held(path)`` finds it holds its place's rows (None) or says why not. A shard
+        that fails is named in a warning and deleted, so it is computed again."""
+        path = self.path(k)
+        if not path.exists():
+            return False
+        why = self._record_fails(path, rows) or held(path)
+        if why:
+            log.warning("discarding shard %s and computing it again: %s", path, why)
+            path.unlink()
+            path.with_suffix(".json").unlink(missing_ok=True)
+        return not why
+
+    @staticmethod
+    def _record_fails(path: Path, rows: int) -> str | None:
+        record = path.with_suffix(".json")
+        if not record.is_file():
+            return "it has no record (it was being written when the job stopped)"
+        try:
+            meta = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
+            return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
+        if meta.get("rows") != rows:
+            return f"its record says {meta.get('rows')} rows, the shard should have {rows}"
+        if sha256_file(path) != meta.get("sha256"):
+            return "its bytes differ from those recorded when it was written (truncated or edited)"
+        return None
+
+    def write(self, k: int, table: pl.DataFrame) -> None:
+        path = self.path(k)
+        write_parquet_atomic(table, path)
+        write_json_atomic(path.with_suffix(".json"), {"rows": table.height, "sha256": sha256_file(path)})
+
+    def read(self, k: int) -> pl.DataFrame:
+        return pl.read_parquet(self.path(k))
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir)  # the output is complete: a later run of this target starts afresh
+
+
+def held_columns(path: Path, columns: Sequence[str]) -> pl.DataFrame | str:
+    """``columns`` of the shard at ``path``, or why it cannot be read (a file hashed as recorded, yet
+    not a shard: a record written for it by hand)."""
     try:
-        meta = json.loads(record.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    if not isinstance(meta, dict):
-        return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
-    if meta.get("rows") != len(keys):
-        return f"its record says {meta.get('rows')} rows, the shard should have {len(keys)}"
-    if sha256_file(path) != meta.get("sha256"):
-        return "its bytes differ from those recorded when it was written (truncated or edited)"
-    try:
-        held = pl.read_parquet(path, columns=["problem_id", "sample_index"])
-    except Exception as e:  # a file hashed as recorded, yet not a shard: a record written for it by hand
+        return pl.read_parquet(path, columns=list(columns))
+    except Exception as e:
         return f"it is not a readable shard ({type(e).__name__})"
-    if list(zip(held["problem_id"].to_list(), held["sample_index"].to_list())) != list(keys):
-        first = held["problem_id"][0] if held.height else None
-        return f"it holds other rows than its place's (problem {first!r} first; another shard copied over it?)"
-    return None
+
+
+def _holds_samples(keys: Sequence[tuple[str, int]]) -> Callable[[Path], str | None]:
+    """Why a sampling shard does not hold the rows ``keys`` (problem id, sample index) in order, or None
+    (another shard's file and record copied over it match each other, not its place)."""
+
+    def check(path: Path) -> str | None:
+        held = held_columns(path, ("problem_id", "sample_index"))
+        if isinstance(held, str):
+            return held
+        if list(zip(held["problem_id"].to_list(), held["sample_index"].to_list())) != list(keys):
+            first = held["problem_id"][0] if held.height else None
+            return f"it holds other rows than its place's (problem {first!r} first; another shard copied over it?)"
+        return None
+
+    return check
 
 
 def run_sharded(
@@ -215,30 +274,16 @@ def run_sharded(
     share of the shards, with the seeds they have in the whole run.
     """
     out = Path(out)
-    shard_dir = out.with_name(out.name + ".shards")
-    stamp = shard_dir / "settings.sha256"
-    if shard_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
-        log.warning("%s holds shards made with other settings, inputs or code; starting over", shard_dir)
-        shutil.rmtree(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(key + "\n")
-
+    store = ShardStore(out, key)
     per = problems_per_shard
     every = [problems[i : i + per] for i in range(0, len(problems), per)]
     mine = part.share(len(every))
     shards = dict(zip(mine, every[mine.start : mine.stop]))
-    todo = []
-    for k, chunk in shards.items():
-        path = shard_dir / f"shard-{k:05d}.parquet"
-        if not path.exists():
-            todo.append(k)
-            continue
-        why = _shard_ok(path, [(p.problem_id, j) for p in chunk for j in range(n)])
-        if why:
-            log.warning("discarding shard %s and computing it again: %s", path, why)
-            path.unlink()
-            path.with_suffix(".json").unlink(missing_ok=True)
-            todo.append(k)
+    todo = [
+        k
+        for k, chunk in shards.items()
+        if not store.reusable(k, len(chunk) * n, _holds_samples([(p.problem_id, j) for p in chunk for j in range(n)]))
+    ]
     if len(todo) < len(shards):
         log.info("resuming %s: %d of %d shards already written", out, len(shards) - len(todo), len(shards))
     backend = make() if todo else None
@@ -262,16 +307,14 @@ def run_sharded(
                 extra_schema=extra_schema,
                 constants={"grading": grading.mode, **(constants or {})},
             )
-            path = shard_dir / f"shard-{k:05d}.parquet"
-            write_parquet_atomic(df, path)
-            write_json_atomic(path.with_suffix(".json"), {"rows": df.height, "sha256": sha256_file(path)})
+            store.write(k, df)
             bar.update(df.height)
             bar.set_postfix(tok_s=f"{int(df['n_response_tokens'].sum()) / (time.perf_counter() - t0):.0f}")
     bar.close()
-    parts = [pl.read_parquet(shard_dir / f"shard-{k:05d}.parquet") for k in shards]
+    parts = [store.read(k) for k in shards]
     table = pl.concat(parts) if parts else pl.DataFrame()  # a part may get no shard: more jobs than shards
     write_part(table, out)
-    shutil.rmtree(shard_dir)  # the table is complete: a later run of this target starts afresh
+    store.close()
     return table
 
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tokenshift.cli.common import output, pair_models, part_option, settings, show
+from tokenshift.cli.common import output, pair_models, part_option, quiet, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import ROLES
 
@@ -38,6 +38,7 @@ def register(sub) -> None:
         "row scored plus one token)",
     )
     part_option(sc)
+    quiet(sc)
     sc.set_defaults(func=_score)
 
     dv = sub.add_parser(
@@ -76,6 +77,7 @@ def _score(args: argparse.Namespace) -> None:
         cfg=settings(ScoringConfig, args),
         part=args.part,
         engine=settings(RolloutConfig, args, backend="vllm"),
+        progress=not args.quiet,
     )
 
 
