@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run, save_checkpoint, tokenshift_cmd
 from helpers import custom_code_checkpoint, other_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -311,3 +312,24 @@ def test_a_copied_checkpoint_is_hashed_once_per_process(toy_tokenizer, tmp_path,
     (tmp_path / "b" / "m" / "model.safetensors").write_bytes(b"other")
     with pytest.raises(ModelFetchError, match="not the file its manifest"):
         resolve_checkpoint(tmp_path / "b" / "m.json")
+
+
+@pytest.mark.parametrize("flags", [{}, {"dtype": "float16", "attn_implementation": "eager"}])
+def test_a_models_dtype_and_attention_reach_every_loader(make_checkpoint, tmp_path, flags):
+    """Issue 28.4: the entry's dtype and attn_implementation, recorded by the fetch in the manifest, are what
+    transformers loads the model with and what vLLM is started with (its own attention aside); unset, ours."""
+    from tokenshift.cli import main
+    from tokenshift.models import load_causal_lm
+    from tokenshift.settings import RolloutConfig, SamplingConfig
+    from tokenshift.vllm_engine import engine_args
+
+    src = make_checkpoint("src")
+    out = tmp_path / "models" / "m"
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    assert main(["models", "fetch", "m", f"--path={src}", *argv, f"--out={out}"]) == 0
+    assert {k: v for k, v in json.loads(manifest_path(out).read_text())["spec"].items() if k != "path"} == flags
+    model = load_causal_lm(out.with_suffix(".json"), "cpu")
+    assert model.dtype == getattr(torch, flags.get("dtype", "float32"))
+    assert model.config._attn_implementation == flags.get("attn_implementation", "sdpa")
+    args = engine_args(out, RolloutConfig(vllm_dtype="bfloat16"), SamplingConfig(), gpus=0, kind="cpu")
+    assert args["dtype"] == flags.get("dtype", "bfloat16") and "attn_implementation" not in args

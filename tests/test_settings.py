@@ -152,7 +152,7 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
     from tokenshift.crosssample import LENGTH_RULES
     from tokenshift.grading import MODES
     from tokenshift.plots.style import KIND_STYLE
-    from tokenshift.registry import ADVANTAGE_MODES, ENGINES, INJECTED_EOS, INJECTIONS, THRESHOLD_LEVELS
+    from tokenshift.registry import ADVANTAGE_MODES, ENGINES, INJECTED_EOS, INJECTIONS, MODEL_DTYPES, THRESHOLD_LEVELS
     from tokenshift.settings import PRESETS
 
     models = next(a for a in build_parser()._subparsers._group_actions[0].choices["models"]._actions if a.choices)
@@ -161,6 +161,7 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
     homes = {
         "$defs/model_spec/properties/toy": toy_builds,  # `tokenshift models toy-<kind>` builds each
         "$defs/model_spec/if/properties/toy": toy_builds - {"base"},  # those trained from a base
+        "$defs/model_spec/properties/dtype": MODEL_DTYPES,
         "$defs/percentile/properties/level": THRESHOLD_LEVELS,
         "properties/pairs/items/properties/kind": KIND_STYLE,  # each kind is drawn in its style
         "properties/datasets/additionalProperties/properties/toy": {"eval"},

@@ -145,6 +145,14 @@ def _mutations():
         ("hub-without-revision", m(lambda c: c["models"].update(q={"hub": "Qwen/Qwen2.5-0.5B"})), "revision"),
         ("two-sources", m(lambda c: c["models"].update(q={"path": "x", "hub": "a/b", "revision": "r"})), "models.q"),
         ("toy-rl-without-init", m(lambda c: c["models"]["toy-rl"].pop("init")), "init"),
+        # the toy builds choose their own dtype (float32 on CPU): an entry's would be without effect
+        ("toy-with-dtype", m(lambda c: c["models"]["toy-rl"].update(dtype="float16")), "models.toy-rl"),
+        ("dtype-unknown", m(lambda c: c["models"].update(q={"hub": "a/b", "revision": "r", "dtype": "fp8"})), "dtype"),
+        (
+            "attention-with-a-space",
+            m(lambda c: c["models"].update(q={"hub": "a/b", "revision": "r", "attn_implementation": "sdpa; x"})),
+            "attn_implementation",
+        ),
         ("toy-sft-init-not-base", m(lambda c: c["models"]["toy-sft"].update(init="toy-rl")), "models.toy-sft.init"),
         ("advantage-variant-unknown", m(lambda c: c["advantages"].update(variants=["none", "entropy"])), "variants"),
         ("toy-rl-init-not-base", m(lambda c: c["models"]["toy-rl"].update(init="toy-rl")), "models.toy-rl.init"),
@@ -759,7 +767,10 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
 
     (tmp_path / "-set.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
     config = copy.deepcopy(DEFAULT)
-    config["models"].update(q={"hub": "o/m", "revision": "-rev"}, q2={"hub": "o/m2", "revision": "r"})
+    config["models"].update(
+        q={"hub": "o/m", "revision": "-rev", "dtype": "float16", "attn_implementation": "eager"},
+        q2={"hub": "o/m2", "revision": "r"},
+    )
     config["datasets"]["local"] = {"path": "-set.jsonl", "opening": "-x -y", "split": "-s"}
     config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
     config["crosssample"].update(policies=["dlogp", "logprob"], thresholds={"dlogp": {"tau": -1e-05}})
@@ -779,6 +790,9 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
     assert {a["opening"] for a in parsed["rollout"] if "local" in a["dataset"]} == {"-x -y"}
     assert {(a["path"], a["split"]) for a in parsed["dataset"] if a["path"]} == {("-set.jsonl", "-s")}
     assert {a["revision"] for a in parsed["models"] if a.get("name") == "q"} == {"-rev"}
+    # the loaders' settings reach the fetch, which records them in the manifest (test_models)
+    fetch = {a["name"]: (a["dtype"], a["attn_implementation"]) for a in parsed["models"] if a.get("action") == "fetch"}
+    assert fetch == {"q": ("float16", "eager"), "q2": (None, None)}
 
 
 def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percentile_needs_no_scores(tmp_path):

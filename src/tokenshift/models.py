@@ -121,13 +121,21 @@ def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
 
 
+LOADING_KEYS = ("dtype", "attn_implementation")
+"""A model entry's keys that its loaders read besides ``trust_remote_code``, recorded in its manifest."""
+
+
 def loading_options(ckpt_dir: Path | str) -> dict[str, Any]:
-    """What every loader of a checkpoint passes to ``from_pretrained`` (transformers' and vLLM's): the
-    ``trust_remote_code`` of the model's config entry, which its manifest records (off for a checkpoint
-    without a manifest). The one place a stage learns whether the checkpoint's own code may run."""
+    """How every loader of a checkpoint (transformers' and vLLM's) loads it, as the model's config entry
+    says and its manifest records: ``trust_remote_code`` (off for a checkpoint without a manifest), and
+    ``dtype`` and ``attn_implementation`` where the entry sets them. The one place a stage learns whether
+    the checkpoint's own code may run."""
     manifest = manifest_path(Path(ckpt_dir))
     spec = read_json(manifest, "a checkpoint manifest").get("spec", {}) if manifest.is_file() else {}
-    return {"trust_remote_code": bool(spec.get("trust_remote_code", False))}
+    return {
+        "trust_remote_code": bool(spec.get("trust_remote_code", False)),
+        **{k: spec[k] for k in LOADING_KEYS if spec.get(k) is not None},
+    }
 
 
 def load_tokenizer(ckpt: Path | str, trust_remote_code: bool | None = None):
@@ -361,7 +369,8 @@ def resolve_device(device: str) -> str:
 
 
 def load_causal_lm(path: Path | str, device: str = "auto"):
-    """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU.
+    """A checkpoint's ``AutoModelForCausalLM`` in eval mode on ``device``: float32 on CPU, bf16 on a GPU,
+    unless the model's entry sets its ``dtype`` (and ``attn_implementation``; ``loading_options``).
 
     ``path`` is a checkpoint directory or its manifest (then the weights are verified first).
     ``device`` ``cuda:i,j,...`` spreads the layers over those GPUs, balanced, with Accelerate's
@@ -374,15 +383,17 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
 
     ckpt = resolve_checkpoint(path)
     device = resolve_device(device)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    options = loading_options(ckpt)
+    ours = torch.float32 if device == "cpu" else torch.bfloat16
+    options["dtype"] = getattr(torch, options["dtype"]) if "dtype" in options else ours
     gpus = gpu_ids(device)
     if len(gpus) > 1:
         total = torch.cuda.get_device_properties(gpus[0]).total_memory
         model = AutoModelForCausalLM.from_pretrained(
-            ckpt, dtype=dtype, device_map="balanced", max_memory=max_memory(gpus, total), **loading_options(ckpt)
+            ckpt, device_map="balanced", max_memory=max_memory(gpus, total), **options
         )
         return model.eval()
-    return AutoModelForCausalLM.from_pretrained(ckpt, dtype=dtype, **loading_options(ckpt)).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(ckpt, **options).to(device).eval()
 
 
 def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> list[str]:

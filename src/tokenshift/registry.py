@@ -27,6 +27,8 @@ GENERATOR = {"forward": "base", "reverse": "rl"}
 INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose tokens are injected in each direction (the model that does not generate)."""
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")
+"""What a model entry's ``dtype`` may say (``models.<name>.dtype``)."""
 INJECTED_EOS = ("end", "drop", "remove")
 INJECTIONS = ("sample", "extrapolate")
 """What a switch draws from (``tokenshift.crosssample.SwitchRule.injection``)."""

@@ -210,7 +210,7 @@ class RolloutConfig:
         stages=("vllm",),
     )
     vllm_dtype: str = option(
-        "bfloat16", "vllm: dtype of the weights", choices=["bfloat16", "float16", "float32"], stages=("vllm",)
+        "bfloat16", "vllm: dtype of the weights (a model entry's own dtype takes its place)", choices=["bfloat16", "float16", "float32"], stages=("vllm",)
     )
     vllm_enforce_eager: bool = option(
         False,

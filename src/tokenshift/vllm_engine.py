@@ -111,14 +111,15 @@ def engine_args(
         }
     from tokenshift.models import loading_options
 
+    options = loading_options(model)  # as the model's config entry says; vLLM picks its own attention
     return {
         "model": str(model),
         "tokenizer": str(model),
-        **loading_options(model),  # trust_remote_code, as the config entry says
+        "trust_remote_code": options["trust_remote_code"],
         "tensor_parallel_size": cfg.vllm_tensor_parallel_size or max(gpus, 1),
         "max_model_len": length,
         **device,
-        "dtype": cfg.vllm_dtype,
+        "dtype": options.get("dtype", cfg.vllm_dtype),
         "enforce_eager": cfg.vllm_enforce_eager,
         # cross-sampling's regenerations share their prefix with the request before them
         "enable_prefix_caching": True,

@@ -18,7 +18,7 @@ from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.codehash import code_of, stage_code
 from tokenshift.config import SCHEMA_PATH, check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
-from tokenshift.models import linked_files
+from tokenshift.models import LOADING_KEYS, linked_files
 from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
@@ -264,6 +264,7 @@ def fetch_args(wildcards):
     spec = MODELS[wildcards.model]
     args = [f"--path={Path(spec['path']).resolve()}"] if "path" in spec else [f"--hub={spec['hub']}"]
     args += [f"--revision={spec['revision']}"] if "revision" in spec else []
+    args += [f"--{k.replace('_', '-')}={spec[k]}" for k in LOADING_KEYS if k in spec]
     return shlex.join(args + (["--trust-remote-code"] if spec.get("trust_remote_code") else []))
 
 

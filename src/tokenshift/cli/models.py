@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 from tokenshift.cli.common import output, pair_models, quiet, settings, show
+from tokenshift.models import LOADING_KEYS
 from tokenshift.options import add_options
+from tokenshift.registry import MODEL_DTYPES
 
 
 def register(sub) -> None:
@@ -34,6 +36,12 @@ def register(sub) -> None:
     src.add_argument("--hub", help="a hub id, owner/name (needs --revision)")
     f.add_argument("--revision", help="the hub revision to download (a commit hash)")
     f.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
+    f.add_argument(
+        "--dtype",
+        choices=MODEL_DTYPES,
+        help="the weights' dtype in every loader (not set: float32 on CPU, bfloat16 on a GPU)",
+    )
+    f.add_argument("--attn-implementation", help="transformers' attention implementation (eager, sdpa, ...)")
     output(f, "--out", "a checkpoint directory", "checkpoint directory to create", directory=True)
     f.set_defaults(func=_fetch, parser=f)
 
@@ -102,6 +110,7 @@ def _fetch(args: argparse.Namespace) -> None:
     spec: dict = {"path": args.path} if args.path else {"hub": args.hub, "revision": args.revision}
     if args.trust_remote_code:
         spec["trust_remote_code"] = True
+    spec |= {k: getattr(args, k) for k in LOADING_KEYS if getattr(args, k) is not None}
     manifest = fetch_model(args.name, spec, Path(args.out))
     print(json.dumps({k: manifest[k] for k in ("name", "source", "tokenizer_size", "embedding_rows")}))
 
