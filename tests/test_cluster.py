@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -109,6 +110,8 @@ def test_the_profile_names_the_site_partitions_and_says_what_a_site_without_acco
         ({"jobs": -5}, "--jobs -5: expected a whole number of at least 1"),
         ({"status_delay": 1.5}, "--status-delay 1.5"),
         ({"status_command": "sacct; rm"}, "--status-command"),
+        ({"qos": "high\nslurm-requeue: true"}, "--qos 'high\\nslurm-requeue"),
+        ({"reservation": "-x"}, "--reservation '-x'"),
     ],
 )
 def test_the_profile_refuses_a_value_it_cannot_hold_naming_its_option(values, needle):
@@ -156,3 +159,28 @@ def test_min_job_age_is_read_from_the_controllers_answer(tmp_path, monkeypatch):
     (answering / "scontrol").chmod(0o755)
     monkeypatch.setenv("PATH", f"{answering}:{os.environ['PATH']}")
     assert min_job_age() == 300
+
+
+def test_the_profile_takes_a_sites_qos_reservation_requeue_gres_and_efficiency_report():
+    """Issue 28.5: the plugin's own settings, each as its flag names it; --gres reaches the workflow's config,
+    whose GPU jobs then ask for --gres=gpu:<model>:<n> (a dry run on the plugin: test_workflow)."""
+    site = SiteSettings(
+        partition="p", gpu_partition="g", gpu_model="h100", qos="high", reservation="maint", requeue=True, gres=True
+    )
+    config = yaml.safe_load(render_profile(dataclasses.replace(site, efficiency_report=True))["config.yaml"])
+    asked = {"slurm-qos": "high", "slurm-reservation": "maint", "slurm-requeue": True, "slurm-efficiency-report": True}
+    assert {k: config.get(k) for k in asked} == asked
+    key, _, value = config["config"][0].partition("=")
+    assert key == "cluster" and yaml.safe_load(value) == {"gpu_model": "h100", "gpu_request": "gres"}
+    plain = yaml.safe_load(render_profile(SiteSettings(partition="p", gpu_partition="g"))["config.yaml"])
+    assert not {"slurm-qos", "slurm-reservation", "slurm-requeue", "slurm-efficiency-report", "config"} & set(plain)
+    gres = {**CLUSTER, "gpu_request": "gres"}
+    rl = ({"path": "/ckpt"}, manifest(66))
+    assert job_resources("rollout", [rl], {**gres, "gpu_model": "h100"}) | {"runtime": 0, "mem_mb": 0} == {
+        "gpu": 0,
+        "gres": "gpu:h100:2",
+        "runtime": 0,
+        "mem_mb": 0,
+    }
+    assert job_resources("rollout", [rl], gres)["gres"] == "gpu:2"
+    assert "gres" not in job_resources("rollout", [({"toy": "base"}, manifest(1))], gres)  # a CPU job asks for none

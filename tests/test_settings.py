@@ -152,7 +152,15 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
     from tokenshift.crosssample import LENGTH_RULES
     from tokenshift.grading import MODES
     from tokenshift.plots.style import KIND_STYLE
-    from tokenshift.registry import ADVANTAGE_MODES, ENGINES, INJECTED_EOS, INJECTIONS, MODEL_DTYPES, THRESHOLD_LEVELS
+    from tokenshift.registry import (
+        ADVANTAGE_MODES,
+        ENGINES,
+        GPU_REQUESTS,
+        INJECTED_EOS,
+        INJECTIONS,
+        MODEL_DTYPES,
+        THRESHOLD_LEVELS,
+    )
     from tokenshift.settings import PRESETS
 
     models = next(a for a in build_parser()._subparsers._group_actions[0].choices["models"]._actions if a.choices)
@@ -176,6 +184,7 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
         section("crosssample", "injected_eos"): INJECTED_EOS,
         section("crosssample", "injection"): INJECTIONS,
         section("crosssample", "length_rule"): LENGTH_RULES,
+        section("cluster", "gpu_request"): GPU_REQUESTS,
         section("advantages", "variants") + "/items": ADVANTAGE_MODES,
     }
     enums = schema_enums(SCHEMA)

@@ -1042,3 +1042,30 @@ def test_an_extrapolation_run_draws_at_its_gamma_beside_a_grid_that_samples(tmp_
     (tmp_path / "bad").mkdir()
     r = snakemake(with_config(tmp_path / "bad", config), "-n", "all")
     assert r.returncode != 0 and "crosssample.gammas[1]" in r.stderr + r.stdout
+
+
+def test_a_profile_for_a_site_that_refuses_gpus_asks_for_gres_through_the_slurm_plugin(tmp_path):
+    """Issue 28.5: installed with --qos, --reservation, --requeue, --efficiency-report and --gres, the profile is
+    one the SLURM plugin takes (a dry run on it), and GPU jobs ask for --gres=gpu:<model>:<n>, not --gpus."""
+    config = copy.deepcopy(DEFAULT)
+    config["models"].update(
+        q={"hub": "o/m", "revision": "r", "resources": {"gpus": 2}},
+        q2={"hub": "o/m2", "revision": "r", "resources": {"gpus": 1}},
+    )
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["toy"]})
+    xdg = tmp_path / "xdg"
+    site = ["--partition", "cpu", "--gpu-partition", "gpu", "--gpu-model", "h100", "--qos", "high"]
+    site += ["--reservation", "maint", "--requeue", "--efficiency-report", "--gres"]
+    r = run(tokenshift_cmd() + ["profile", "install", "slurm", *site], env={"XDG_CONFIG_HOME": str(xdg)})
+    assert r.returncode == 0, r.stderr
+    r = run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(with_config(tmp_path, config))]
+        + ["--profile", "slurm", "-n", "results/qq/toy/rollouts/base.parquet", "results/qq/toy/rollouts/rl.parquet"],
+        env={"XDG_CONFIG_HOME": str(xdg), "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]},
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    blocks = [b for b in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout) if b.startswith("rule rollout:")]
+    assert sorted(re.search(r"gres=([\w:]+)", b)[1] for b in blocks) == ["gpu:h100:1", "gpu:h100:2"]
+    assert all(re.search(r"\bgpu=0\b", b) and "gpu_model=h100" not in b for b in blocks)

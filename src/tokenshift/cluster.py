@@ -65,6 +65,16 @@ class SiteSettings:
     jobs: int = 100
     status_delay: int = 40
     """Seconds before the first status check of a job (the plugin's default is 40)."""
+    qos: str | None = None
+    """The quality of service every job is submitted with (``sbatch --qos``)."""
+    reservation: str | None = None
+    """A reservation every job runs in (``sbatch --reservation``)."""
+    requeue: bool = False
+    """SLURM requeues a job that fails or is preempted (``sbatch --requeue``): its shards resume it."""
+    gres: bool = False
+    """GPU jobs ask for ``--gres=gpu[:<model>]:<n>`` instead of ``--gpus``, where a site refuses the latter."""
+    efficiency_report: bool = False
+    """The plugin writes a report of each job's CPU and memory efficiency at the end of the run."""
 
 
 SITE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -83,11 +93,12 @@ def check_site(site: SiteSettings) -> None:
         option = "--" + field.replace("_", "-")
         raise ProfileError(f"{option} {getattr(site, field)!r}: expected {expected}")
 
-    for field in ("partition", "gpu_partition", "account"):
+    for field in ("partition", "gpu_partition", "account", "qos", "reservation"):
         value = getattr(site, field)
-        if (value is not None or field != "account") and not (isinstance(value, str) and SITE_NAME.fullmatch(value)):
+        optional = field not in ("partition", "gpu_partition")
+        if (value is not None or not optional) and not (isinstance(value, str) and SITE_NAME.fullmatch(value)):
             refuse(
-                field, "a name of letters, digits, '_', '.' and '-' (not first), as SLURM names partitions and accounts"
+                field, "a name of letters, digits, '_', '.' and '-' (not first), as SLURM names partitions, accounts and QOS"
             )
     if site.gpu_model is not None and not (isinstance(site.gpu_model, str) and GPU_MODEL.fullmatch(site.gpu_model)):
         refuse(
@@ -99,7 +110,7 @@ def check_site(site: SiteSettings) -> None:
         value = getattr(site, field)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             refuse(field, f"a whole number of at least {least}")
-    for field in ("accounting", "conda"):
+    for field in ("accounting", "conda", "requeue", "gres", "efficiency_report"):
         if not isinstance(getattr(site, field), bool):
             refuse(field, "true or false")
     if site.status_command not in STATUS_COMMANDS:
@@ -182,9 +193,18 @@ def render_profile(
         config["software-deployment-method"] = "conda"
     if site.account:
         config["default-resources"] = {"slurm_account": site.account, **config["default-resources"]}
-    if site.gpu_model:  # GPU jobs then ask for this model (the workflow reads it as cluster.gpu_model)
-        cluster = yaml.safe_dump({"gpu_model": site.gpu_model}, default_flow_style=True).strip()
-        config["config"] = [f"cluster={cluster}"]
+    # the plugin's own settings for these, each as its flag (`--slurm-qos`, ...) names it
+    for key in ("qos", "reservation"):
+        if getattr(site, key):
+            config[f"slurm-{key}"] = getattr(site, key)
+    for key in ("requeue", "efficiency_report"):
+        if getattr(site, key):
+            config["slurm-" + key.replace("_", "-")] = True
+    # what GPU jobs ask for, which the workflow reads from its config: cluster.gpu_model and cluster.gpu_request
+    cluster = {"gpu_model": site.gpu_model} if site.gpu_model else {}
+    cluster |= {"gpu_request": "gres"} if site.gres else {}
+    if cluster:
+        config["config"] = [f"cluster={yaml.safe_dump(cluster, default_flow_style=True).strip()}"]
     gpu = {"max_gpu": site.gpus_per_node} | ({"available_gpu_models": [site.gpu_model]} if site.gpu_model else {})
     # one partition for both kinds of job: it takes the GPU partition's limits
     partitions = {site.partition: {"max_gpu": 0}} | {site.gpu_partition: gpu}
@@ -253,7 +273,7 @@ def manifest_needed(key: str, spec: Mapping[str, Any]) -> bool:
     """Whether resource ``key`` of a job loading the model of ``spec`` needs its manifest (its size):
     not where the config says it, nor for a toy model's GPUs, nor ever for the runtime."""
     given = spec.get("resources", {})
-    if key in ("gpu", "gpu_model"):
+    if key in ("gpu", "gpu_model", "gres"):
         return given.get("gpus") is None and "toy" not in spec
     if key == "mem_mb":
         return given.get("mem_mb") is None
@@ -267,7 +287,8 @@ def job_resources(
     attempt: int = 1,
 ) -> dict[str, Any]:
     """What a job of ``stage`` asks for: ``gpu``, ``gpu_model`` (where the site asks for one),
-    ``mem_mb`` and ``runtime`` (minutes). ``models`` are the (config spec, manifest) of the models
+    ``mem_mb`` and ``runtime`` (minutes); under ``cluster.gpu_request`` ``gres``, its GPUs as ``gres``
+    (``gpu:<model>:<n>``) instead. ``models`` are the (config spec, manifest) of the models
     the job loads, or (config spec, manifest, device) where the stage's config places them: a model
     the config puts on ``cpu`` asks for no GPU."""
     models = [(s, m, *rest) for s, m, *rest in models]
@@ -285,6 +306,9 @@ def job_resources(
         mem = HOST_OVERHEAD_MB + math.ceil(weights_mb * (1 if gpus else 2))
     runtime = cluster["runtime"].get(stage, cluster["runtime"]["default"])
     out = {"gpu": gpus, "mem_mb": int(mem), "runtime": int(runtime * attempt)}
-    if gpus and cluster.get("gpu_model"):
+    if gpus and cluster.get("gpu_request") == "gres":  # --gres=gpu[:<model>]:<n>, where a site refuses --gpus
+        out["gpu"] = 0
+        out["gres"] = ":".join(["gpu", *([cluster["gpu_model"]] if cluster.get("gpu_model") else []), str(gpus)])
+    elif gpus and cluster.get("gpu_model"):
         out["gpu_model"] = cluster["gpu_model"]
     return out

@@ -27,6 +27,8 @@ GENERATOR = {"forward": "base", "reverse": "rl"}
 INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose tokens are injected in each direction (the model that does not generate)."""
 
+GPU_REQUESTS = ("gpus", "gres")
+"""How a cluster job asks for its GPUs (``cluster.gpu_request``): ``--gpus`` or ``--gres=gpu:...``."""
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 """What a model entry's ``dtype`` may say (``models.<name>.dtype``)."""
 INJECTED_EOS = ("end", "drop", "remove")

@@ -22,6 +22,7 @@ from tokenshift.registry import (
     DIRECTIONS,
     ENGINES,
     EXTRAPOLATION_POLICY,
+    GPU_REQUESTS,
     INJECTED_EOS,
     INJECTIONS,
     POLICIES,
@@ -210,7 +211,10 @@ class RolloutConfig:
         stages=("vllm",),
     )
     vllm_dtype: str = option(
-        "bfloat16", "vllm: dtype of the weights (a model entry's own dtype takes its place)", choices=["bfloat16", "float16", "float32"], stages=("vllm",)
+        "bfloat16",
+        "vllm: dtype of the weights (a model entry's own dtype takes its place)",
+        choices=["bfloat16", "float16", "float32"],
+        stages=("vllm",),
     )
     vllm_enforce_eager: bool = option(
         False,
@@ -542,6 +546,13 @@ class ClusterConfig:
     )
     gpu_model: str | None = option(
         None, "a GPU type GPU jobs ask for (--gpus=<type>:<n>), where the site wants one", recorded=False
+    )
+    gpu_request: str = option(
+        "gpus",
+        "how GPU jobs ask for GPUs: gpus (--gpus=[<type>:]<n>) or gres (--gres=gpu:[<type>:]<n>, where a site "
+        "refuses --gpus)",
+        choices=list(GPU_REQUESTS),
+        recorded=False,
     )
     runtime: Mapping[str, int] = dataclasses.field(
         default_factory=lambda: {

@@ -365,7 +365,7 @@ def job_models(stage, wildcards, input, key):
 
 
 def resources_of(stage):
-    """The resources a job of ``stage`` declares: gpu, gpu_model, mem_mb and runtime (tokenshift.cluster)."""
+    """The resources a job of ``stage`` declares: gpu, gpu_model or gres, mem_mb and runtime (tokenshift.cluster)."""
 
     def get(key):
         def value(wildcards, input, attempt):
@@ -374,7 +374,7 @@ def resources_of(stage):
 
         return value
 
-    return {key: get(key) for key in ("gpu", "gpu_model", "mem_mb", "runtime")}
+    return {key: get(key) for key in ("gpu", "gpu_model", "gres", "mem_mb", "runtime")}
 
 
 def runtime(stage):

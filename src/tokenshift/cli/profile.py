@@ -64,6 +64,23 @@ def register(sub) -> None:
         default=d.status_delay,
         help=f"seconds before the first status check of a job (default {d.status_delay})",
     )
+    ins.add_argument("--qos", help="the quality of service every job is submitted with (sbatch --qos)")
+    ins.add_argument("--reservation", help="a reservation every job runs in (sbatch --reservation)")
+    ins.add_argument(
+        "--requeue",
+        action="store_true",
+        help="SLURM requeues a failed or preempted job (sbatch --requeue); its shards resume it",
+    )
+    ins.add_argument(
+        "--gres",
+        action="store_true",
+        help="GPU jobs ask for --gres=gpu[:<model>]:<n> instead of --gpus, where your site refuses --gpus",
+    )
+    ins.add_argument(
+        "--efficiency-report",
+        action="store_true",
+        help="the SLURM plugin writes a report of each job's CPU and memory efficiency when the run ends",
+    )
     ins.add_argument("--dir", type=Path, help="write here instead of the Snakemake profile directory")
     ins.add_argument("--force", action="store_true", help="replace a profile that differs")
     ins.set_defaults(func=_install)
@@ -84,6 +101,11 @@ def _install(args: argparse.Namespace) -> None:
         conda=args.conda,
         jobs=args.jobs,
         status_delay=args.status_delay,
+        qos=args.qos,
+        reservation=args.reservation,
+        requeue=args.requeue,
+        gres=args.gres,
+        efficiency_report=args.efficiency_report,
     )
     target = args.dir or profile_dir(args.name)
     try:
