@@ -560,3 +560,12 @@ def test_snakemakes_own_report_holds_every_figure_and_both_pages(default_run, tm
     figures = sorted(p.name for p in (default_run / "results").rglob("*.png"))
     assert sorted(n for n in names if n.endswith(".png")) == figures
     assert {"report.html", "explorer.html"} <= set(names)
+
+
+def test_each_aggregate_table_has_a_csv_copy_beside_it(default_run):
+    csvs = sorted((default_run / "results").rglob("*.csv"))
+    names = {c.name for c in csvs}
+    assert names >= {"accuracy.csv", "crosssample.csv", "sparsity.csv", "decision_points.csv", "comparison.csv"}
+    for csv in csvs:
+        assert pl.read_csv(csv).height == pl.read_parquet(csv.with_suffix(".parquet")).height, csv
+    assert not list((default_run / "results" / "toy" / "toy" / "scores").glob("*.csv"))  # per-token tables: none

@@ -143,3 +143,25 @@ def test_divergence_tables_carry_the_scores_statistic_and_refuse_two(scores, tmp
     ):
         write_divergence(paths, tmp_path / "out2", pair="p", dataset="d")
     assert not (tmp_path / "out2").exists()
+
+
+def test_a_tables_csv_copy_holds_its_rows_and_each_list_as_json(tmp_path):
+    """Issue 28.6: what a spreadsheet or R reads, the same rows and columns; a list column's cells are JSON."""
+    import json
+
+    from tokenshift.tables import csv_copy
+
+    table = pl.DataFrame(
+        {
+            "policy": ["js", "random"],
+            "accuracy": [0.75, float("nan")],
+            "n": [4, 5],
+            "dense_accuracy": [[0.5, 0.75], None],
+        }
+    )
+    table.write_parquet(tmp_path / "t.parquet")
+    csv_copy(tmp_path / "t.parquet", tmp_path / "t.csv")
+    back = pl.read_csv(tmp_path / "t.csv")
+    assert back.columns == table.columns and back.height == table.height
+    assert back.drop("dense_accuracy").equals(table.drop("dense_accuracy"))
+    assert [None if v is None else json.loads(v) for v in back["dense_accuracy"]] == [[0.5, 0.75], None]

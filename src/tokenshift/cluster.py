@@ -97,9 +97,7 @@ def check_site(site: SiteSettings) -> None:
         value = getattr(site, field)
         optional = field not in ("partition", "gpu_partition")
         if (value is not None or not optional) and not (isinstance(value, str) and SITE_NAME.fullmatch(value)):
-            refuse(
-                field, "a name of letters, digits, '_', '.' and '-' (not first), as SLURM names partitions, accounts and QOS"
-            )
+            refuse(field, "a name of letters, digits, '_', '.' and '-' (not first), as SLURM names them")
     if site.gpu_model is not None and not (isinstance(site.gpu_model, str) and GPU_MODEL.fullmatch(site.gpu_model)):
         refuse(
             "gpu_model",

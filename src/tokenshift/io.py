@@ -122,6 +122,11 @@ def write_parquet_atomic(df, path: Path, metadata: dict[str, str] | None = None)
     _atomic(path, lambda tmp: df.write_parquet(tmp, metadata=metadata))
 
 
+def write_csv_atomic(df, path: Path) -> None:
+    """Write a polars DataFrame to ``path`` as CSV through a temporary file and a rename."""
+    _atomic(path, lambda tmp: df.write_csv(tmp))
+
+
 def place(path: Path | str) -> str:
     """Where a file is: relative to the working directory when under it (as a workflow's rules name
     their files, so a run's folder moved whole keeps its names), else absolute."""

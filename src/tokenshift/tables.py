@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from tokenshift.datasets import read_toy_problems
-from tokenshift.io import InputError, read_parquet, write_parquet_atomic
+from tokenshift.io import InputError, read_parquet, write_csv_atomic, write_parquet_atomic
 from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, parse_budget
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
@@ -735,4 +735,18 @@ def write_crosssample_table(
     except ValueError as e:
         raise InputError(str(e)) from None
     write_parquet_atomic(table, Path(out))
+    return table
+
+
+def csv_copy(src: Path, out: Path) -> pl.DataFrame:
+    """The parquet table ``src`` written as CSV to ``out``, for a spreadsheet or R: the same rows and
+    columns, a list, array or struct column as each value's JSON text (one cell per row)."""
+    import json
+
+    table = read_parquet(src, "a table to copy as CSV (a .parquet file)")
+    for name, dtype in table.schema.items():
+        if dtype.is_nested():
+            texts = [None if v is None else json.dumps(v) for v in table[name].to_list()]
+            table = table.with_columns(pl.Series(name, texts, dtype=pl.String))
+    write_csv_atomic(table, Path(out))
     return table

@@ -384,6 +384,19 @@ def runtime(stage):
 # --- targets -------------------------------------------------------------------------------
 
 
+def aggregate_tables():
+    """The study's aggregate tables (paths without ``.parquet``), each also written as CSV beside it."""
+    tables = [f"results/{p}/toy_check/accuracy" for p in TOY_RL_PAIRS]
+    tables += [f"results/{p}/training/shifts" for p in TOY_RL_PAIRS]
+    tables += ["results/advantages/curve", "results/advantages/comparison"] if ADVANTAGE_BASE else []
+    for p, d in PAIR_DATASETS:
+        base = results_dir(p, d)
+        tables += [f"{base}/accuracy", *(f"{base}/divergence/{n}" for n in DIVERGENCE_TABLES)]
+        tables += [f"{base}/divergence/decision_points"] if d in TOY_DATASETS else []
+        tables += [f"{base}/crosssample"] if p in CROSSSAMPLED else []
+    return tables
+
+
 def get_final_output():
     # the models the pairs compare (a config read over the default one, such as config/paper.yaml,
     # keeps the default's toy models, which no pair then uses: they are not built)
@@ -399,4 +412,5 @@ def get_final_output():
         targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet"]
         targets += [f"{base}/crosssample.parquet"] if p in CROSSSAMPLED else []
     targets += ["results/report.html", "results/explorer.html", "results/summary.json"] if PAIR_DATASETS else []
+    targets += [f"{t}.csv" for t in aggregate_tables()]
     return targets

@@ -122,3 +122,22 @@ rule report:
     shell:
         "tokenshift report {params.results:q} {params.kinds} --overview {input.overview} --config {input.config} "
         "{params.training} --explorer {input.explorer} --html {output.html} --json {output.json} > {log} 2>&1"
+
+
+# each aggregate table as CSV beside its parquet, for a spreadsheet or R
+rule table_csv:
+    input:
+        "{table}.parquet",
+    output:
+        "{table}.csv",
+    log:
+        "logs/csv/{table}.log",
+    wildcard_constraints:
+        table=alternatives(aggregate_tables()),
+    localrule: True
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        code=stage_code("csv"),
+    shell:
+        "tokenshift csv {input:q} --out {output:q} > {log:q} 2>&1"

@@ -1,4 +1,5 @@
-"""``tokenshift gather``: the table of a run split over several jobs (``--part``), from its parts."""
+"""``tokenshift gather``: the table of a run split over several jobs (``--part``), from its parts; and
+``tokenshift csv``: an aggregate table's CSV copy."""
 
 from __future__ import annotations
 
@@ -21,8 +22,24 @@ def register(sub) -> None:
     output(p, "--out", "a .parquet file path", "parquet file to write")
     p.set_defaults(func=_gather)
 
+    c = sub.add_parser(
+        "csv",
+        help="write a table as CSV, beside its parquet",
+        description="The same rows and columns as CSV, for a spreadsheet or R; a list, array or struct column as "
+        "each value's JSON text.",
+    )
+    c.add_argument("table", help="the parquet table")
+    output(c, "--out", "a .csv file path", "CSV file to write")
+    c.set_defaults(func=_csv)
+
 
 def _gather(args: argparse.Namespace) -> None:
     from tokenshift.sharding import gather_parts
 
     gather_parts([Path(p) for p in args.parts], Path(args.out), sort_by=args.sort_by)
+
+
+def _csv(args: argparse.Namespace) -> None:
+    from tokenshift.tables import csv_copy
+
+    csv_copy(Path(args.table), Path(args.out))
