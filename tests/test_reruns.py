@@ -176,10 +176,10 @@ def test_a_code_change_reruns_the_stages_that_run_it_and_no_other(study, tmp_pat
     assert plan_of(study, *STUDY, env=patched(tmp_path, "tables.py", "crosssample_table")) == {"crosssample_table": 1}
     # the rollout stage's own module: the rollouts, not the cross-samples
     assert plan_of(study, *STUDY, env=patched(tmp_path, "rollout.py", "run_rollouts")) == AFTER_ROLLOUTS
-    # the cross-sampling stage: the cross-samples, not the rollouts, though they decode with its decoder...
+    # the cross-sampling stage: the cross-samples, not the rollouts, though they decode with one decoder...
     assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "run_crosssample")) == AFTER_CROSSSAMPLES
     # ...which both run: a change to it re-runs both
-    assert plan_of(study, *STUDY, env=patched(tmp_path, "crosssample.py", "_decode_batch")) == (
+    assert plan_of(study, *STUDY, env=patched(tmp_path, "decoding.py", "_decode_batch")) == (
         AFTER_ROLLOUTS | AFTER_CROSSSAMPLES
     )
     # the scores' statistics, a setting nothing reads, the figures' style: nothing these tables need
@@ -298,7 +298,8 @@ def interrupted(work, part: str, tmp_path, env=None) -> None:
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(FAILING_RENAME)
     (work / part).unlink()  # Snakemake removes a job's output before it runs the job
-    path = os.pathsep.join(p for p in (str(site), (env or {}).get("PYTHONPATH")) if p)
+    # the job imports the tokenshift Snakemake's jobs import (a patched copy, or the one the tests run)
+    path = os.pathsep.join(p for p in (str(site), (env or os.environ).get("PYTHONPATH")) if p)
     job_env = {**os.environ, **(env or {}), "PYTHONPATH": path, "TOKENSHIFT_TEST_FAIL_AT": part}
     done = subprocess.run(["bash", "-c", command[1]], cwd=work, env=job_env)
     assert done.returncode != 0 and not (work / part).exists()

@@ -125,7 +125,7 @@ rule report:
 
 
 # each aggregate table as CSV beside its parquet, for a spreadsheet or R
-rule table_csv:
+rule csv_table:
     input:
         "{table}.parquet",
     output:
