@@ -73,3 +73,11 @@ def test_build_is_deterministic(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = build_base(tmp_path / "other", dataclasses.replace(brief, seed=1), progress=False)
     assert other["final_loss"] != first["final_loss"]  # the seed is what decides them
+
+
+def test_the_config_check_knows_the_toy_models_context():
+    # the config refuses a max_new_tokens the toy models cannot hold (toy.config.TOY_CONTEXT), without building one
+    from tokenshift.toy.build import _qwen2_config
+    from tokenshift.toy.config import TOY_CONTEXT, ToyBuildConfig
+
+    assert _qwen2_config(100, 0, ToyBuildConfig()).max_position_embeddings == TOY_CONTEXT

@@ -350,6 +350,40 @@ def _mutations():
             m(lambda c: c["datasets"]["toy"].update(sampling={"temperature": 0, "n": 4})),
             "datasets.toy.sampling.n",
         ),
+        # third hostile pass: accepted, then a job failed or drew garbage
+        ("pair-name-ending-in-a-newline", m(lambda c: c["pairs"][0].update(name="toy\n")), "pairs[0].name"),
+        ("hub-ending-in-a-newline", m(lambda c: c["models"].update(q={"hub": "a/b\n", "revision": "r"})), "hub"),
+        ("name-past-a-file-name", m(lambda c: c["models"].update({"m" * 101: {"toy": "base"}})), "models"),
+        ("model-named-as-a-manifest", m(lambda c: c["models"].update({"toy-rl.JSON": {"toy": "base"}})), ".JSON"),
+        ("dataset-hub-a-local-folder", m(lambda c: c["datasets"].update(d={"hub": "./d", "revision": "r"})), "hub"),
+        (
+            "path-dataset-with-a-revision",
+            m(lambda c: c["datasets"].update(d={"path": "d.jsonl", "revision": "r"})),
+            "config key datasets.d:",
+        ),
+        (
+            "empty-question-field",
+            m(lambda c: c["datasets"].update(d={"path": "d.jsonl", "question_field": ""})),
+            "datasets.d.question_field",
+        ),
+        ("temperature-1e-300", m(lambda c: c["sampling"].update(temperature=1e-300)), "sampling.temperature"),
+        (
+            "dataset-temperature-1e-300",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"temperature": 1e-300})),
+            "datasets.toy.sampling.temperature",
+        ),
+        ("toy-head-of-odd-width", m(lambda c: c["toy"].update(hidden_size=12)), "toy.hidden_size"),
+        (
+            "max-new-tokens-past-the-toy-context",
+            m(lambda c: c["sampling"].update(max_new_tokens=300)),
+            "sampling.max_new_tokens: got 300",
+        ),
+        (
+            "dataset-max-new-tokens-past-the-toy-context",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 256})),
+            "datasets.toy.sampling.max_new_tokens",
+        ),
+        ("gpu-memory-1e-300", m(lambda c: c.update(cluster={"gpu_memory_gb": 1e-300})), "cluster.gpu_memory_gb"),
     ]
 
 
@@ -771,8 +805,9 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
         q={"hub": "o/m", "revision": "-rev", "dtype": "float16", "attn_implementation": "eager"},
         q2={"hub": "o/m2", "revision": "r"},
     )
-    config["datasets"]["local"] = {"path": "-set.jsonl", "opening": "-x -y", "split": "-s"}
-    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local"]})
+    config["datasets"]["local"] = {"path": "-set.jsonl", "opening": "-x -y"}
+    config["datasets"]["hubbed"] = {"hub": "o/d", "revision": "-r", "split": "-s"}
+    config["pairs"].append({"name": "qq", "base": "q", "rl": "q2", "datasets": ["local", "hubbed"]})
     config["crosssample"].update(policies=["dlogp", "logprob"], thresholds={"dlogp": {"tau": -1e-05}})
     config["crosssample"]["thresholds"]["logprob"] = {"threshold": -2.5e-07}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
@@ -788,7 +823,8 @@ def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
         -2.5e-07
     }
     assert {a["opening"] for a in parsed["rollout"] if "local" in a["dataset"]} == {"-x -y"}
-    assert {(a["path"], a["split"]) for a in parsed["dataset"] if a["path"]} == {("-set.jsonl", "-s")}
+    assert {(a["path"], a["split"]) for a in parsed["dataset"] if a["path"]} == {("-set.jsonl", None)}
+    assert {(a["hub"], a["revision"], a["split"]) for a in parsed["dataset"] if a["hub"]} == {("o/d", "-r", "-s")}
     assert {a["revision"] for a in parsed["models"] if a.get("name") == "q"} == {"-rev"}
     # the loaders' settings reach the fetch, which records them in the manifest (test_models)
     fetch = {a["name"]: (a["dtype"], a["attn_implementation"]) for a in parsed["models"] if a.get("action") == "fetch"}

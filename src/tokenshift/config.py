@@ -122,7 +122,17 @@ def _strict_validator(jsonschema):
     checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
     )
-    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    base = jsonschema.Draft202012Validator.VALIDATORS["pattern"]
+
+    def pattern(validator, regex, instance, schema):
+        # Python's re.search lets a pattern's `$` match before a final newline: "toy\n" passed "^[a-z]+$"
+        yield from base(validator, regex, instance, schema)
+        if validator.is_type(instance, "string") and regex.endswith("$") and instance.endswith("\n"):
+            yield jsonschema.ValidationError(f"{instance!r} ends in a newline, which {regex!r} does not allow")
+
+    return jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, validators={"pattern": pattern}, type_checker=checker
+    )
 
 
 def model_source(spec: Mapping[str, Any]) -> str:
@@ -298,7 +308,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     _one_folder_each("dataset", [(f"datasets.{name}", name) for name in datasets])
     _one_folder_each("pair", [(f"pairs[{i}].name", pair["name"]) for i, pair in enumerate(config["pairs"])])
     for name in models:
-        if name.endswith(".json"):
+        if name.casefold().endswith(".json"):  # any case: one path on a case-insensitive file system
             raise ConfigError(
                 "models",
                 name,
@@ -406,6 +416,13 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
         raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
+    if toy.hidden_size % 8:
+        raise ConfigError(
+            "toy.hidden_size",
+            toy.hidden_size,
+            "a multiple of 8: the toy model's attention heads each take an even width (rotary embeddings)",
+        )
+    _check_toy_lengths(config)
     _check_toy_problems(config, toy)
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
@@ -499,6 +516,31 @@ def _check_scoring(config: Mapping[str, Any]) -> None:
                 f"each model's top {k} tokens under scoring.statistic {statistic}, not of what the {policy} policy "
                 "selects on; give it a level (prompt or response) or an absolute threshold",
             )
+
+
+def _check_toy_lengths(config: Mapping[str, Any]) -> None:
+    """Refuse a dataset's max_new_tokens that a toy model of a pair using it cannot hold (its context,
+    ``toy.config.TOY_CONTEXT``, counts the prompt too): the first rollout failed after the toy builds."""
+    from tokenshift.settings import SamplingConfig
+    from tokenshift.toy.config import TOY_CONTEXT
+
+    models = config["models"]
+    for pair in config["pairs"]:
+        if not any("toy" in models[pair[role]] for role in ("base", "rl")):
+            continue
+        for name in pair.get("datasets", []):
+            max_new = dataset_sampling(config, name).get("max_new_tokens", SamplingConfig().max_new_tokens)
+            if max_new >= TOY_CONTEXT:
+                where = (
+                    "sampling"
+                    if "max_new_tokens" not in config["datasets"][name].get("sampling", {})
+                    else (f"datasets.{name}.sampling")
+                )
+                raise ConfigError(
+                    f"{where}.max_new_tokens",
+                    max_new,
+                    f"below {TOY_CONTEXT}, the toy models' context, which holds the prompt too (pair {pair['name']!r})",
+                )
 
 
 def _check_toy_problems(config: Mapping[str, Any], toy) -> None:

@@ -108,6 +108,12 @@ class SamplingConfig:
     def __post_init__(self):
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p {self.top_p}: expected a value in (0, 1]")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / T overflow float32: every draw the last token
+            raise ValueError(f"temperature {self.temperature}: expected 0 (greedy) or at least {MIN_TEMPERATURE}")
+
+
+MIN_TEMPERATURE = 0.001
+"""The lowest temperature but 0 (greedy): below it logits / T overflow float32 (the schema's bound too)."""
 
 
 @dataclass(frozen=True)
@@ -542,7 +548,7 @@ class ClusterConfig:
     section: ClassVar[str] = "cluster"
     # what a job asks for, not what it computes: no result depends on these (recorded=False)
     gpu_memory_gb: float = option(
-        80.0, "memory of one GPU (GB); a model's GPUs are ceil(1.25 x weights / this)", recorded=False
+        80.0, "memory of one GPU (GB); a model's GPUs are ceil(1.25 x weights / this)", minimum=1, recorded=False
     )
     gpu_model: str | None = option(
         None, "a GPU type GPU jobs ask for (--gpus=<type>:<n>), where the site wants one", recorded=False

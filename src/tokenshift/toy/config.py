@@ -10,6 +10,9 @@ from tokenshift.options import MAX_THREADS, from_mapping, option
 from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.toy.task import ToyTaskConfig
 
+TOY_CONTEXT = 256
+"""The toy models' context (``max_position_embeddings``), prompt and response together."""
+
 
 @dataclass(frozen=True)
 class ToyBuildConfig:
