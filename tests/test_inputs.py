@@ -131,8 +131,32 @@ def test_rollouts_with_a_row_twice_a_lost_sample_or_other_problems_are_refused(t
         (lambda t: t.with_columns(pl.lit("sideways").alias("direction")), "column 'direction' holds 'sideways'"),
         (lambda t: t.with_columns(pl.lit("budget-7").alias("budget")), "column 'budget' holds 'budget-7'"),
         (lambda t: t.with_columns(pl.lit("bogus").alias("policy")), "column 'policy' holds 'bogus'"),
+        # third hostile pass: well-typed, and the table's numbers were wrong with exit 0
+        (lambda t: t.filter(pl.col("problem_id") != "q3"), "other samples than .*good.parquet \\(4 missing"),
+        (lambda t: t.filter(pl.col("sample_index") != 3), "other samples than"),
+        (lambda t: t.with_columns(pl.lit("1").alias("budget")), "switched 2 tokens, past its budget 1"),
+        (
+            lambda t: pl.concat([t, t.with_columns(pl.lit("reverse").alias("direction"), pl.col("sample_index") + 4)]),
+            "'direction' holds 2 values",
+        ),
+        (lambda t: t.with_columns(pl.lit(float("nan")).alias("threshold")), "threshold is NaN"),
+        (
+            lambda t: t.with_columns(pl.lit("sample").alias("injection"), pl.lit(0.5).alias("gamma")),
+            "injection sample\\) with gamma 0.5",
+        ),
     ],
-    ids=["twice", "direction", "budget", "policy"],
+    ids=[
+        "twice",
+        "direction",
+        "budget",
+        "policy",
+        "lost-problem",
+        "lost-sample",
+        "relabelled",
+        "two-runs",
+        "nan",
+        "gamma",
+    ],
 )
 def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, tmp_path):
     good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"

@@ -463,7 +463,7 @@ CROSS_COLUMNS = {
     "policy": "string",
     "budget": "string",
     "threshold": "number?",  # null where each row has its own
-    "n_switched": "number",
+    "n_switched": "count",
     "switched_js": "list",
     "n_response_tokens": "number",
     "finish_reason": "string",
@@ -713,14 +713,30 @@ def read_cross_run(path: Path) -> pl.DataFrame:
             raise InputError(
                 f"{path}: column {column!r} holds {unknown[0]!r}, where one of {known} was expected ({what})"
             )
-    for label in run["budget"].unique().sort():
-        try:
-            parse_budget(label)
-        except ValueError:
-            raise InputError(
-                f"{path}: column 'budget' holds {label!r}, where a budget label (a whole number or 'all') was "
-                f"expected ({what})"
-            ) from None
+    for column in ("direction", "policy", "budget", "threshold", *(("injection", "gamma") if "gamma" in run else ())):
+        if run[column].n_unique() > 1:  # one run: one rule (another run's rows appended would pass as this one's)
+            raise InputError(f"{path}: column {column!r} holds {run[column].n_unique()} values (expected {what}: one)")
+    label = run["budget"][0]
+    try:
+        budget = parse_budget(label)
+    except ValueError:
+        raise InputError(
+            f"{path}: column 'budget' holds {label!r}, where a budget label (a whole number or 'all') was "
+            f"expected ({what})"
+        ) from None
+    why = None
+    if budget is not None and run["n_switched"].max() > budget:
+        why = f"a row switched {run['n_switched'].max()} tokens, past its budget {label}"
+    elif "switched_positions" in run.columns and not run["n_switched"].equals(
+        run["switched_positions"].list.len().cast(run["n_switched"].dtype), null_equal=True
+    ):
+        why = "n_switched differs from the number of switched_positions"
+    elif run["threshold"].is_nan().any():
+        why = "its threshold is NaN"
+    elif "gamma" in run.columns and run["injection"][0] == "sample" and run["gamma"][0] != 0:
+        why = f"a run drawing from the other model (injection sample) with gamma {run['gamma'][0]}"
+    if why:
+        raise InputError(f"{path}: {why} (expected {what})")
     return run
 
 
@@ -730,6 +746,14 @@ def write_crosssample_table(
     """The cross-sampling table of one pair and dataset's runs (the grid's, then the extrapolation
     runs beside it), written to ``out``."""
     frames, beside = ([read_cross_run(p) for p in paths] for paths in (runs, extrapolation))
+    keys = [set(zip(f["problem_id"], f["sample_index"])) for f in (*frames, *beside)]
+    for path, held in zip((*runs, *extrapolation), keys):
+        if held != keys[0]:  # a cell over other samples than the others would not compare with them
+            lost, extra = len(keys[0] - held), len(held - keys[0])
+            raise InputError(
+                f"{path}: holds other samples than {(runs or extrapolation)[0]} ({lost} missing, {extra} more): "
+                "expected every run of the table over the same problems and samples"
+            )
     try:
         table = crosssample_table(frames, extrapolation=beside, labels={"pair": pair, "dataset": dataset})
     except ValueError as e:
