@@ -174,14 +174,19 @@ def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, t
         (lambda t: t.with_columns(pl.col("position") - 5), "column 'position' holds -5"),
         (lambda t: pl.concat([t, t.head(3)]), "share their problem_id, sample_index, position"),
         (lambda t: t.with_columns(pl.col("js").cast(pl.String)), "column 'js' holds String"),
+        # third hostile pass: well-typed, and every table was wrong with exit 0
+        (lambda t: t.with_columns(source=pl.lit("base")), "holds scores of 'base' responses, given as the 'rl'"),
+        (lambda t: t.with_columns(-pl.col("js")), "js runs from .* outside \\[0, ln 2\\]"),
+        (lambda t: t.with_columns(pl.col("js") * 100 + 0.7), "outside \\[0, ln 2\\]"),
+        (lambda t: t.with_columns(pl.col("norm_position") + 1), "norm_position runs from"),
     ],
-    ids=["nan-js", "negative-position", "twice", "js-as-text"],
+    ids=["nan-js", "negative-position", "twice", "js-as-text", "swapped", "negative-js", "js-past-ln2", "position"],
 )
 def test_scores_of_no_scoring_stage_are_refused_by_the_divergence_stage(change, needle, tmp_path):
     good, bad = tmp_path / "base.parquet", tmp_path / "rl.parquet"
     scores = fake_scores(n_resp=6, length=10).with_columns(token_id=pl.col("position"), p_base_of_rl_top1=0.5)
-    scores.write_parquet(good)
-    change(scores).write_parquet(bad)
+    scores.with_columns(source=pl.lit("base")).write_parquet(good)
+    change(scores.with_columns(source=pl.lit("rl"))).write_parquet(bad)
     with pytest.raises(InputError, match=f"^{bad}: .*{needle}"):
         write_divergence({"base": good, "rl": bad}, tmp_path / "divergence", pair="t", dataset="d")
     assert not (tmp_path / "divergence").exists()

@@ -657,6 +657,18 @@ def write_divergence(
             raise InputError(
                 f"{scores[src]}: no scored positions (every {src} response was empty or skipped; see the scoring log)"
             )
+        # what scoring wrote the responses' model as (a table made otherwise may have no such column)
+        held = sorted(frame["source"].unique().to_list()) if "source" in frame.columns else [src]
+        js, position = frame["js"].drop_nans(), frame["norm_position"]
+        why = None
+        if held != [src]:  # the base model's scores given as the RL model's: every table would swap its rows
+            why = f"holds scores of {' and '.join(map(repr, held))} responses, given as the {src!r} scores"
+        elif js.len() and not (js.min() >= 0 and js.max() <= math.log(2) * (1 + 1e-5)):
+            why = f"js runs from {js.min():.4g} to {js.max():.4g}, outside [0, ln 2]"
+        elif not (position.min() >= 0 and position.max() <= 1):
+            why = f"norm_position runs from {position.min():.4g} to {position.max():.4g}, outside [0, 1]"
+        if why:
+            raise InputError(f"{scores[src]}: {why} (expected per-token scores of tokenshift score)")
     statistics = {src: sorted(frame["statistic"].unique().to_list()) for src, frame in frames.items()}
     if len({s for found in statistics.values() for s in found}) > 1:
         raise InputError(
