@@ -230,6 +230,9 @@ def test_an_advantage_run_of_another_type_given_twice_or_relabelled_is_refused(t
         (run("jss", 0), "holds the weighting 'jss'"),
         (run("none", 0), f"the run none seed 0, as {paths['none', 0]}"),  # a js run relabelled none
         (pl.concat([run("js", 1), run("topq", 1)]), "holds the runs"),
+        # third hostile pass: a share doubled, and a seed relabelled, gave a table with exit 0
+        (run("js", 0).with_columns(pl.col("correct") * 2), "column 'correct' runs from 0 to 2"),
+        (run("js", 2), "weighting js was run with seeds \\[2\\], weighting none with \\[0\\]"),
     ):
         table.write_parquet(bad)
         with pytest.raises(InputError, match=f"^{bad}: {needle}"):

@@ -133,8 +133,21 @@ def read_runs(paths: Sequence[Path | str]) -> pl.DataFrame:
             raise InputError(f"{path}: holds the weighting {variant!r}, where one of {ADVANTAGE_MODES} was expected")
         if (variant, seed) in runs:
             raise InputError(f"{path}: the run {variant} seed {seed}, as {runs[variant, seed]}: each run is given once")
+        if not (table["correct"].min() >= 0 and table["correct"].max() <= 1):
+            raise InputError(
+                f"{path}: column 'correct' runs from {table['correct'].min():g} to {table['correct'].max():g}, where "
+                f"each problem's share of correct samples (in [0, 1]) was expected ({what})"
+            )
         runs[variant, seed] = path
         frames.append(table.select(*EVAL_COLUMNS))
+    seeds = {v: {s for w, s in runs if w == v} for v, _ in runs}
+    first = next(iter(seeds), None)
+    for variant, held in seeds.items():
+        if held != seeds[first]:  # a paired difference over the common seeds would pass for one over all of them
+            raise InputError(
+                f"{runs[variant, min(held)]}: weighting {variant} was run with seeds {sorted(held)}, weighting "
+                f"{first} with {sorted(seeds[first])}: expected every weighting run with the same seeds"
+            )
     return pl.concat(frames)
 
 
