@@ -95,6 +95,16 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
             with pytest.raises(InputError, match=f"{results / target}: column '{column}' holds String"):
                 reader()
         table.write_parquet(results / target)
+    # third hostile pass: a report with a role missing (KeyError, and a summary.json left behind) or a share past 1
+    accuracy = pl.read_parquet(results / "accuracy.parquet")
+    for spoiled, needle in (
+        (accuracy.filter(pl.col("role") == "base"), "holds roles \\['base'\\]"),
+        (accuracy.with_columns(pl.col("value") * 2), "base avg@4 is .* expected a share in \\[0, 1\\] inside its CI"),
+    ):
+        spoiled.write_parquet(results / "accuracy.parquet")
+        with pytest.raises(InputError, match=f"^{results / 'accuracy.parquet'}: {needle}"):
+            load_result(results)
+    accuracy.write_parquet(results / "accuracy.parquet")
 
 
 # --- the stages' own inputs ------------------------------------------------------------------

@@ -19,8 +19,9 @@ from urllib.parse import quote
 import polars as pl
 
 from tokenshift import __version__, headlines
-from tokenshift.io import read_png, read_text
+from tokenshift.io import InputError, read_png, read_text
 from tokenshift.plots.style import pct
+from tokenshift.registry import ROLES
 
 BOX_COLUMNS = ("grading", "n_no_box", "n_correct_unboxed")
 """The grading mode and what it decided for unboxed answers, beside every accuracy (``tables.box_counts``)."""
@@ -379,7 +380,6 @@ def write_report(
     contrast = kind_contrast(summaries)
     if contrast:
         summary["rl_vs_sft"] = contrast
-    write_json_atomic(Path(json_out), json.loads(json.dumps(summary, default=float)))
     page = render_html(
         results,
         summaries,
@@ -393,6 +393,8 @@ def write_report(
             else None
         ),
     )
+    # both written once both are made: a page that fails leaves no summary behind that looks finished
+    write_json_atomic(Path(json_out), json.loads(json.dumps(summary, default=float)))
     write_text_atomic(Path(html_out), page)
     return summary
 
@@ -403,7 +405,23 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     from tokenshift.tables import read_table
 
     results = Path(results)
-    accuracy = read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)")
+    what = "an accuracy table (tokenshift accuracy)"
+    accuracy = read_table(results / "accuracy.parquet", "accuracy", what)
+    roles, metrics = set(accuracy["role"]), set(accuracy["metric"])
+    if roles != set(ROLES) or accuracy.height != len(roles) * len(metrics):
+        raise InputError(
+            f"{results / 'accuracy.parquet'}: holds roles {sorted(roles)}, expected each metric of both {ROLES} "
+            f"({what})"
+        )
+    bad = accuracy.filter(
+        ~pl.col("value").is_between(0, 1) | (pl.col("ci_low") > pl.col("value")) | (pl.col("ci_high") < pl.col("value"))
+    )
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise InputError(
+            f"{results / 'accuracy.parquet'}: {row['role']} {row['metric']} is {row['value']:g} in "
+            f"[{row['ci_low']:g}, {row['ci_high']:g}]: expected a share in [0, 1] inside its CI ({what})"
+        )
     cross = results / "crosssample.parquet"
     return PairResult(
         pair=accuracy["pair"][0],
