@@ -416,7 +416,10 @@ def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
     # the part whose columns differ from the others' is named, not the healthy part after it
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
     one_line_error(r, f"{parts[0]}: not a part of the same run as {parts[1]}", "'row'")
-    parts = parts[1:]
+    parts = [tmp_path / "run" / f"{i}-of-2.parquet" for i in (1, 2)]
+    parts[0].parent.mkdir()
+    for p in parts:
+        write_part(pl.DataFrame({"row": [1], "position": [0]}), p)
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
     one_line_error(r, "--sort-by 'rows'", "['row', 'position']")
     assert not out.exists()

@@ -119,7 +119,11 @@ def test_rollouts_with_a_row_twice_a_lost_sample_or_other_problems_are_refused(t
         "lost": (good.filter(~((pl.col("problem_id") == "q2") & (pl.col("sample_index") == 1))), "problem 'q2'"),
         "all-lost": (good.filter(pl.col("sample_index") < 3), "3 samples per problem, too few for pass@4"),
         "other-problems": (good.filter(pl.col("problem_id") != "q5"), "holds other problems"),
+        # third hostile pass: the two models graded by two rules, or rolled out over two versions of the dataset
+        "lenient": (good.with_columns(grading=pl.lit("lenient")), "column 'grading' holds \\['lenient'\\]"),
+        "version": (good.with_columns(dataset_version=pl.lit("w")), "column 'dataset_version' holds \\['w'\\]"),
     }
+    good = good.with_columns(grading=pl.lit("strict"))
     (tmp_path / "good.parquet").write_bytes(b"")
     good.write_parquet(tmp_path / "good.parquet")
     for name, (table, needle) in cases.items():
@@ -132,6 +136,34 @@ def test_rollouts_with_a_row_twice_a_lost_sample_or_other_problems_are_refused(t
             )
         assert str(e.value).startswith(str(tmp_path / f"{name}.parquet")), name
     assert not (tmp_path / "accuracy.parquet").exists()
+
+
+def test_gathering_a_part_twice_parts_of_two_runs_or_rows_twice_is_refused(tmp_path):
+    """Third hostile pass: each made a table with rows twice (or another model's rows), exit 0."""
+    from tokenshift.sharding import gather_parts, write_part
+
+    table = rollouts(0.5, n_problems=4).with_columns(position=pl.col("sample_index"))
+    parts = {}
+    for role in ("base", "rl"):
+        for i in (1, 2):
+            parts[role, i] = tmp_path / f"{role}.parts" / f"{i}-of-2.parquet"
+            parts[role, i].parent.mkdir(exist_ok=True)
+            mine = ["q0", "q1"] if i == 1 else ["q2", "q3"]
+            write_part(table.filter(pl.col("problem_id").is_in(mine)), parts[role, i])
+    assert gather_parts([parts["base", 1], parts["base", 2]], tmp_path / "ok.parquet").equals(table)
+    for given, needle in (
+        ([parts["base", 1], parts["base", 1]], "given twice"),
+        ([parts["base", 1]], "expected 1-of-n to n-of-n of one run"),  # a part lost
+        ([parts["base", 1], parts["rl", 1]], "expected 1-of-n to n-of-n of one run"),  # the two models' parts
+    ):
+        with pytest.raises(InputError, match=needle):
+            gather_parts(given, tmp_path / "out.parquet")
+    twice = tmp_path / "twice" / "1-of-1.parquet"
+    twice.parent.mkdir()
+    write_part(pl.concat([table, table.head(1)]), twice)
+    with pytest.raises(InputError, match="twice: expected rows of one run, each once"):
+        gather_parts([twice], tmp_path / "out.parquet", sort_by=["problem_id", "sample_index", "position"])
+    assert not (tmp_path / "out.parquet").exists()
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +103,10 @@ def write_part(table: pl.DataFrame, path: Path) -> None:
     write_parquet_atomic(table, path, metadata={PART_RECORD: place(path)})
 
 
+PART_NAME = re.compile(r"(\d+)-of-(\d+)\.parquet")
+"""A part's file name, as the workflow names it (``{scatteritem}``)."""
+
+
 def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = ()) -> pl.DataFrame:
     """The table of a split run: its parts' rows in order (sorted by ``sort_by`` where one job sorts
     its own), written to ``out``.
@@ -109,6 +114,17 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
     Each part must be the file its job wrote there (``write_part``'s record: another part, or another
     table, copied over it is refused, naming it), and the parts must share their columns (one that
     differs from the columns most parts have is named)."""
+    if len({Path(p).resolve() for p in parts}) < len(parts):
+        twice = next(p for i, p in enumerate(parts) if Path(p).resolve() in {Path(q).resolve() for q in parts[:i]})
+        raise InputError(f"{twice}: given twice (expected each part of the run once)")
+    labels = [PART_NAME.fullmatch(Path(p).name) for p in parts]
+    if all(labels):  # the workflow's parts, i-of-n: all n of one run, each once
+        ns = {int(m[2]) for m in labels}
+        got = sorted(int(m[1]) for m in labels)
+        if len(ns) != 1 or got != list(range(1, next(iter(ns)) + 1)):
+            raise InputError(
+                f"{parts[0]}: the parts given are {[Path(p).name for p in parts]}, expected 1-of-n to n-of-n of one run"
+            )
     frames = []
     for p in parts:
         table = _read_part(p)
@@ -143,6 +159,10 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
         raise InputError(f"--sort-by {unknown[0]!r}: the parts have no such column (columns: {table.columns})")
     if sort_by and table.height:
         table = table.sort(*sort_by)
+        twice = table.select(sort_by).is_duplicated()
+        if twice.any():  # two parts of other runs (the base and the RL model's), or a part's rows twice
+            row = table.filter(twice).row(0, named=True)
+            raise InputError(f"{parts[0]}: the parts hold {row} twice: expected rows of one run, each once")
     write_parquet_atomic(table, Path(out))
     return table
 

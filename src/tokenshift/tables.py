@@ -597,6 +597,17 @@ def write_accuracy(
         role: read_parquet(path, what, ROLLOUT_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
         for role, path in rollouts.items()
     }
+    # one grading rule and one version of the dataset across the table: a comparison of the two models under two
+    # rules, or over two versions of the problems, would be one of the rules or the versions
+    for column in ("grading", "dataset_version"):
+        held = {role: sorted(set(t[column].drop_nulls())) for role, t in tables.items() if column in t.columns}
+        for role, values in held.items():
+            others = next(iter(held.values()))
+            if len(values) > 1 or values != others:
+                raise InputError(
+                    f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[next(iter(held))]} {others}: "
+                    f"expected one {column} across both models' rollouts ({what})"
+                )
     first = None
     for role, table in tables.items():
         # every problem's samples 0 .. n-1, and every role the same problems: a lost or extra sample would
