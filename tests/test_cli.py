@@ -471,6 +471,13 @@ def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not UTF-8 text", "the config the run used")
+    config.write_text("models: [toy\n")  # text, but no YAML: the report quoted it as the run's config
+    r = run(
+        tokenshift_cmd()
+        + ["report", str(tmp_path / "results"), "--config", str(config)]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
+    )
+    one_line_error(r, config, "not YAML", "the config the run used")
 
 
 def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkpoint, tmp_path):

@@ -105,6 +105,11 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
         with pytest.raises(InputError, match=f"^{results / 'accuracy.parquet'}: {needle}"):
             load_result(results)
     accuracy.write_parquet(results / "accuracy.parquet")
+    from tokenshift.report import build_report
+
+    with pytest.raises(InputError, match=r"^--kind nosuch=\.\.\.: no such pair among the results"):
+        build_report([results], kinds={"nosuch": "sft"}, html_out=tmp_path / "r.html", json_out=tmp_path / "s.json")
+    assert not (tmp_path / "s.json").exists()
 
 
 # --- the stages' own inputs ------------------------------------------------------------------

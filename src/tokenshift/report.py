@@ -461,11 +461,23 @@ def build_report(
     for p in overview:  # before any table is read: a wrong file is named at once
         read_png(p, "an overview figure, a PNG such as results/figures/sparsity.png")
     config_text = read_text(config, "the config the run used, YAML") if config else ""
+    if config:
+        import yaml
+
+        try:
+            yaml.safe_load(config_text)
+        except yaml.YAMLError as e:
+            why = " ".join(str(e).split())[:200]
+            raise InputError(f"{config}: not YAML ({why}): expected the config the run used") from None
     loaded = []
     for r in results:
         result = load_result(r)
         result.kind = kinds.get(result.pair, "rlvr")
         loaded.append(result)
+    unknown = sorted(set(kinds) - {r.pair for r in loaded})
+    if unknown:
+        pairs = sorted({r.pair for r in loaded})
+        raise InputError(f"--kind {unknown[0]}=...: no such pair among the results ({pairs})")
     return write_report(
         loaded,
         overview_figures={Path(p).stem: Path(p) for p in overview},
