@@ -135,6 +135,16 @@ def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content
     assert not (tmp_path / "d.parquet").exists()
 
 
+def test_a_dataset_asked_for_more_problems_than_its_file_holds_is_refused(tmp_path):
+    # third hostile pass: n_problems 1000 of a 2-row file gave 2 problems, silently
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"id": 1, "problem": "1+1", "answer": "2"}\n{"id": 2, "problem": "2+2", "answer": "4"}\n')
+    r = run(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "3"])
+    one_line_error(r, "n_problems 3, but it holds 2 problems")
+    assert not (tmp_path / "d.parquet").exists()
+    assert run(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "2"]).returncode == 0
+
+
 def test_a_jsonl_saved_with_a_byte_order_mark_loads(tmp_path):
     # Windows editors write UTF-8 with a BOM; json.loads refuses it on the first line
     path = tmp_path / "set.jsonl"

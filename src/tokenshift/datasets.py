@@ -153,6 +153,10 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                 f"of rows {first[p.problem_id]} and {i}"
             )
         first[p.problem_id] = i
+    if spec.n_problems and spec.n_problems > len(out):  # fewer problems than asked, silently, skewed every CI
+        raise DatasetError(
+            f"dataset {name!r}: n_problems {spec.n_problems}, but it holds {len(out)} problems; ask for at most that"
+        )
     return (out[: spec.n_problems] if spec.n_problems else out), commit
 
 
