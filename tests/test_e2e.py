@@ -199,6 +199,7 @@ def test_readme_rerun_commands_do_what_they_say(default_run):
         "crosssample": runs,
         "gather_crosssample": runs,
         "crosssample_table": 1,
+        "csv_table": 1,  # its CSV copy
         "figures": 1,
         "explorer": 1,
         "report": 1,
@@ -314,7 +315,7 @@ CONSUMERS = {
         for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "dtype", "enforce_eager")
     },
     # what jobs ask a scheduler for: no stage reads these, so no result is redone (only the report quotes them)
-    **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model")},
+    **{f"cluster.{k}": () for k in ("gpu_memory_gb", "gpu_model", "gpu_request")},
     **{f"cluster.runtime.{k}": () for k in ("default", "fetch", "toy", "rollout", "score", "crosssample")},
 }
 # they change the DAG
@@ -344,6 +345,7 @@ def changed_value(key: str, value):
         return {"percentile": 80}
     special = {
         "cluster.gpu_model": "a100",
+        "cluster.gpu_request": "gres",
         "grading.mode": "lenient",
         "divergence.high_js_quantile": 0.9,
         "divergence.high_js_cut": 0.1,
@@ -456,6 +458,7 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
         "crosssample": 10,
         "gather_crosssample": 10,
         "crosssample_table": 1,
+        "csv_table": 1,  # its CSV copy
         "figures": 1,
         "explorer": 1,
         "run_config": 1,
@@ -469,6 +472,7 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
         "crosssample_extrapolated": 1,
         "gather_crosssample_extrapolated": 1,
         "crosssample_table": 1,
+        "csv_table": 1,  # its CSV copy
         "figures": 1,
         "run_config": 1,
         "report": 1,

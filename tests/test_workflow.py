@@ -752,7 +752,8 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     )
     config["datasets"].update(
         local={"path": f"data/{data.name}", **fields, **prompt},
-        h={"hub": hostile("hub"), "revision": hostile("hub-revision"), "split": hostile("split")},
+        # a hub id is owner/name by the schema (test_bad_config_is_refused_naming_the_key): none hostile passes
+        h={"hub": "o/d", "revision": hostile("hub-revision"), "split": hostile("split")},
     )
     config["pairs"].append({"name": "ab", "base": "a", "rl": "b", "datasets": ["local", "h"]})
     # as each reaches its command: a local checkpoint's path resolved (so b's too, in the hostile folder)
@@ -761,7 +762,7 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
         "models.*.revision": hostile("revision"),
         "datasets.*.path": f"data/{data.name}",
         **{f"datasets.*.{k}": v for k, v in {**fields, **prompt}.items()},
-        "datasets.*.hub": hostile("hub"),
+        "datasets.*.hub": "o/d",
         "datasets.*.revision": hostile("hub-revision"),
         "datasets.*.split": hostile("split"),
     }
@@ -774,7 +775,8 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     tokens = [re.sub(r"^--[a-z-]+=", "", t) for c in commands for t in c]  # each value joined to its flag
     for key, value in values.items():
         assert value in tokens, key
-    assert {t for t in tokens if "PWNED" in t} == intact  # no value split over several arguments
+    hostile_values = {v for v in intact if "PWNED" in v}
+    assert {t for t in tokens if "PWNED" in t} == hostile_values  # no value split over several arguments
 
     # the jobs that read these values run, and the shell runs none of their words
     r = snakemake(
