@@ -372,6 +372,7 @@ def changed_value(key: str, value):
         "advantages.q": 0.3,
         "advantages.alpha": 0.25,
         "toy.mistake_rate": 0.2,
+        "toy.hidden_size": 136,  # a multiple of 8, as the heads' rotary embeddings need
     }
     for suffix, v in special.items():
         if key.endswith(suffix):
