@@ -531,11 +531,8 @@ def _check_toy_lengths(config: Mapping[str, Any]) -> None:
         for name in pair.get("datasets", []):
             max_new = dataset_sampling(config, name).get("max_new_tokens", SamplingConfig().max_new_tokens)
             if max_new >= TOY_CONTEXT:
-                where = (
-                    "sampling"
-                    if "max_new_tokens" not in config["datasets"][name].get("sampling", {})
-                    else (f"datasets.{name}.sampling")
-                )
+                own = "max_new_tokens" in config["datasets"][name].get("sampling", {})
+                where = f"datasets.{name}.sampling" if own else "sampling"
                 raise ConfigError(
                     f"{where}.max_new_tokens",
                     max_new,

@@ -279,7 +279,8 @@ def _scored_batches(
     bar = tqdm(total=sum(map(len, held)), unit="response", desc="scoring", disable=not progress)
     for k, shard in enumerate(shards):
         if k in written:
-            columns = {c: store.read(k)[c].to_numpy() for c in out}
+            shard = store.read(k)  # once, not once per column
+            columns = {c: shard[c].to_numpy() for c in out}
         else:
             scored = [score(idx) for idx in shard]
             columns = {c: np.concatenate([s[c] for s in scored]) for c in out}

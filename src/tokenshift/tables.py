@@ -601,11 +601,11 @@ def write_accuracy(
     # rules, or over two versions of the problems, would be one of the rules or the versions
     for column in ("grading", "dataset_version"):
         held = {role: sorted(set(t[column].drop_nulls())) for role, t in tables.items() if column in t.columns}
+        first_role, others = next(iter(held.items()), (None, None))
         for role, values in held.items():
-            others = next(iter(held.values()))
             if len(values) > 1 or values != others:
                 raise InputError(
-                    f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[next(iter(held))]} {others}: "
+                    f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[first_role]} {others}: "
                     f"expected one {column} across both models' rollouts ({what})"
                 )
     first = None
