@@ -245,19 +245,44 @@ def test_a_table_of_the_wrong_types_nulls_or_no_rows_is_named_with_its_column(tm
         r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
         one_line_error(r, f"{tmp_path / name}: {needle}")
     assert not (tmp_path / "a.parquet").exists()
-    r = run(
-        tokenshift_cmd()
-        + [
-            "accuracy",
-            "--base",
-            str(tmp_path / "good.parquet"),
-            "--rl",
-            str(tmp_path / "good.parquet"),
-            "--out",
-            str(tmp_path / "a.parquet"),
-        ]
-    )
+    good.write_parquet(tmp_path / "also_good.parquet")
+    cmd = ["accuracy", "--base", str(tmp_path / "good.parquet"), "--rl", str(tmp_path / "also_good.parquet")]
+    r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
     assert r.returncode == 0, r.stderr
+
+
+def test_accuracy_refuses_one_models_rollouts_as_both_models(tmp_path):
+    """One file given as both --base and --rl, or two tables of one checkpoint, would report the same model's
+    accuracy twice as a pair's: refused, naming both files (the third hostile pass, 2026-12-05)."""
+    from helpers import rollouts
+
+    table = rollouts(0.5).with_columns(pl.lit("models/base@1234").alias("model"))
+    table.write_parquet(tmp_path / "base.parquet")
+    table.write_parquet(tmp_path / "copy.parquet")
+    table.with_columns(pl.lit("models/rl@5678").alias("model")).write_parquet(tmp_path / "rl.parquet")
+    out = tmp_path / "a.parquet"
+    for rl, needle in (("base.parquet", "the same file"), ("copy.parquet", "the same model 'models/base@1234'")):
+        cmd = ["accuracy", "--base", str(tmp_path / "base.parquet"), "--rl", str(tmp_path / rl), "--out", str(out)]
+        one_line_error(run(tokenshift_cmd() + cmd), tmp_path / rl, needle)
+    assert not out.exists()
+    cmd = ["accuracy", "--base", str(tmp_path / "base.parquet"), "--rl", str(tmp_path / "rl.parquet")]
+    assert run(tokenshift_cmd() + [*cmd, "--out", str(out)]).returncode == 0 and out.exists()
+
+
+def test_an_output_of_another_suffix_is_refused_before_the_stage_runs(tmp_path):
+    """`--out x.csv` for a parquet table wrote parquet under a CSV name (the third hostile pass)."""
+    from helpers import rollouts
+
+    for name in ("base", "rl"):
+        rollouts(0.5).write_parquet(tmp_path / f"{name}.parquet")
+    cmd = ["accuracy", "--base", str(tmp_path / "base.parquet"), "--rl", str(tmp_path / "rl.parquet"), "--out"]
+    one_line_error(run(tokenshift_cmd() + [*cmd, str(tmp_path / "a.csv")]), "a.csv", "expected a .parquet file path")
+    one_line_error(
+        run(tokenshift_cmd() + ["csv", str(tmp_path / "base.parquet"), "--out", str(tmp_path / "b.parquet")]),
+        "b.parquet",
+        "expected a .csv file path",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.parquet", "rl.parquet"]
 
 
 def test_a_file_that_is_not_parquet_is_named(tmp_path):
@@ -328,7 +353,15 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
     table.parent.mkdir()
     rollouts(0.5).write_parquet(table)
     table.write_bytes(table.read_bytes()[:300])  # a finished table, truncated since
-    cmd = tokenshift_cmd() + ["accuracy", "--base", "results/r.parquet", "--rl", "results/r.parquet", "--out", "a.pq"]
+    cmd = tokenshift_cmd() + [
+        "accuracy",
+        "--base",
+        "results/r.parquet",
+        "--rl",
+        "results/r.parquet",
+        "--out",
+        "a.parquet",
+    ]
     one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
     # in a workflow's working directory, the job that made it is named: Snakemake would plan it no more
     (tmp_path / ".snakemake").mkdir()
@@ -336,7 +369,7 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
     one_line_error(
         r, "results/r.parquet: not a readable parquet file", "`snakemake --cores all all --forcerun results/r.parquet`"
     )
-    assert not (tmp_path / "a.pq").exists()
+    assert not (tmp_path / "a.parquet").exists()
 
 
 def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
@@ -376,17 +409,24 @@ def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path)
 
     table = tmp_path / "r.parquet"
     rollouts(0.5).write_parquet(table)
+    other = tmp_path / "o.parquet"
+    rollouts(0.5).write_parquet(other)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     r = run(
-        tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(table), "--out", str(blocker / "a.parquet")]
+        tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(other), "--out", str(blocker / "a.parquet")]
     )
     one_line_error(r, blocker)
     taken = tmp_path / "taken"
     taken.mkdir()  # a directory where the table should go: the write fails at the last step
-    r = run(tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(table), "--out", str(taken)])
+    r = run(tokenshift_cmd() + ["accuracy", "--base", str(table), "--rl", str(other), "--out", str(taken)])
     one_line_error(r, "taken")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "r.parquet", "taken"]  # no partial file
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "blocker",
+        "o.parquet",
+        "r.parquet",
+        "taken",
+    ]  # no partial file
 
 
 def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):

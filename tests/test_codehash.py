@@ -3,6 +3,7 @@ runs, and no other; checked against what every stage of a small study really run
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -89,6 +90,24 @@ def test_a_change_changes_the_hash_of_the_stages_that_run_it_and_no_other(tmp_pa
     before = {w: stage_code(*w) for w in STAGES}
     after = stage_codes(patched_source(tmp_path, module, function), STAGES)
     assert {w for w in STAGES if after[w] != before[w]} == changed
+
+
+def test_a_comment_docstring_or_layout_edit_changes_no_hash(tmp_path):
+    """What Python does not run is not the code a result depends on: editing it re-runs nothing (a comment-only
+    edit re-ran the stages that reach it, the third hostile pass)."""
+    src = patched_source(tmp_path, "crosssample.py", None)
+    path = src / "tokenshift" / "crosssample.py"
+    text = path.read_text().replace("\nCHANGED = True  # an upgrade\n", "")
+    node = next(n for n in ast.parse(text).body if getattr(n, "name", None) == "run_crosssample")
+    doc = ast.get_docstring(node).splitlines()[0]
+    assert text.count(doc) == 1
+    lines = text.replace(doc, doc + " Edited.").splitlines(keepends=True)
+    lines.insert(node.body[1].lineno - 1, "\n    # a comment, and a blank line above it\n")
+    path.write_text("".join(lines))
+    assert stage_codes(src, STAGES) == {w: stage_code(*w) for w in STAGES}
+    # the same place given a statement: a change
+    path.write_text("".join(lines).replace("    # a comment, and", "    _upgraded = True  # a comment, and"))
+    assert stage_codes(src, STAGES)[("crosssample",)] != stage_code("crosssample")
 
 
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):

@@ -226,8 +226,22 @@ def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, t
         (lambda t: t.with_columns(-pl.col("js")), "js runs from .* outside \\[0, ln 2\\]"),
         (lambda t: t.with_columns(pl.col("js") * 100 + 0.7), "outside \\[0, ln 2\\]"),
         (lambda t: t.with_columns(pl.col("norm_position") + 1), "norm_position runs from"),
+        # a position lost from every response (the third pass): each share silently over fewer positions
+        (lambda t: t.filter(pl.col("position") != 3), "holds 9 positions from 0 to 9, 6 response"),
+        (lambda t: t.filter(pl.col("position") != 0), "holds 9 positions from 1 to 9"),
     ],
-    ids=["nan-js", "negative-position", "twice", "js-as-text", "swapped", "negative-js", "js-past-ln2", "position"],
+    ids=[
+        "nan-js",
+        "negative-position",
+        "twice",
+        "js-as-text",
+        "swapped",
+        "negative-js",
+        "js-past-ln2",
+        "position",
+        "gap",
+        "no-first",
+    ],
 )
 def test_scores_of_no_scoring_stage_are_refused_by_the_divergence_stage(change, needle, tmp_path):
     good, bad = tmp_path / "base.parquet", tmp_path / "rl.parquet"

@@ -276,7 +276,7 @@ def test_cli_defaults_are_the_library_defaults():
 def test_a_refused_value_exits_2_naming_the_setting(tmp_path):
     r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden-size", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden-size" in r.stderr and "Traceback" not in r.stderr
-    r = run(tokenshift_cmd() + ["rollout", "--model", "m", "--dataset", "d", "--out", "o", "--n", "0"])
+    r = run(tokenshift_cmd() + ["rollout", "--model", "m", "--dataset", "d", "--out", "o.parquet", "--n", "0"])
     assert r.returncode == 2 and "--n" in r.stderr and ">= 1" in r.stderr
 
 

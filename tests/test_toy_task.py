@@ -9,6 +9,7 @@ import pytest
 from tokenshift.toy.task import (
     ToyTaskConfig,
     decision_points,
+    longest_prompt,
     pretraining_traces,
     problems,
     question_count,
@@ -88,6 +89,16 @@ def test_prompt_and_response_meet_at_a_token_boundary(toy_tokenizer):
     enc = lambda t: toy_tokenizer.encode(t, add_special_tokens=False)
     for p in problems(CFG, "eval", 50):
         assert enc(p.prompt) + enc(p.response()) == enc(p.prompt + p.response())
+
+
+@pytest.mark.parametrize("steps", [1, 8, 12])
+def test_the_longest_prompt_bounds_every_prompt_in_tokens_and_is_reached(toy_tokenizer, steps):
+    # the config check refuses a max_new_tokens that the toy context cannot hold after this bound
+    cfg = ToyTaskConfig(min_steps=1, max_steps=steps)
+    drawn = problems(cfg, "train", min(200, split_capacity(cfg, "train")))
+    tokens = [len(toy_tokenizer.encode(p.prompt, add_special_tokens=False)) for p in drawn]
+    assert max(tokens) <= longest_prompt(cfg)
+    assert max(len(p.prompt.encode()) for p in drawn) == longest_prompt(cfg)
 
 
 def test_labels_are_the_same_token_in_question_and_trace(toy_tokenizer):

@@ -255,6 +255,11 @@ def _mutations():
             m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 10**12})),
             "datasets.toy.sampling.max_new_tokens",
         ),
+        (  # 226 fits after the longest toy prompt (30 tokens at toy.max_steps 8): 227 does not
+            "dataset-max-new-tokens-past-the-toy-prompt",
+            m(lambda c: c["datasets"]["toy"].update(sampling={"max_new_tokens": 227})),
+            "datasets.toy.sampling.max_new_tokens: got 227; at most 226",
+        ),
         # a thread count torch.set_num_threads overflows on (past 2**31), in every section that has one
         *(
             (

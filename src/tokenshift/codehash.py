@@ -32,6 +32,7 @@ key and they are taken again.
 from __future__ import annotations
 
 import ast
+import copy
 import functools
 import hashlib
 import json
@@ -105,14 +106,14 @@ def _statement_lines(node: ast.stmt) -> tuple[int, int]:
 @dataclass
 class _Module:
     path: Path
-    lines: list[str]
     units: dict[str, list[ast.stmt]] = field(default_factory=dict)
     """name -> the top-level statements that bind it (IMPORT_TIME: those that bind none)."""
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
-    def text(self, name: str) -> str:
-        spans = (_statement_lines(node) for node in self.units[name])
-        return "\n".join("\n".join(self.lines[a - 1 : b]) for a, b in spans)
+    def code(self, name: str) -> str:
+        """The unit's statements as they run: the tree written out again (``ast.unparse``), so comments, layout
+        and quoting drop out, and without docstrings (``_Bare``). Editing those re-runs nothing."""
+        return "\n".join(ast.unparse(_Bare().visit(copy.deepcopy(node))) for node in self.units[name])
 
     def unit_at(self, line: int) -> str | None:
         """The unit whose statement holds ``line`` (None: a line between statements, or an import)."""
@@ -122,11 +123,24 @@ class _Module:
         return None
 
 
+class _Bare(ast.NodeTransformer):
+    """A tree without its docstrings, nor any other string standing alone as a statement (an attribute's
+    docstring after its assignment): Python evaluates and drops them."""
+
+    def generic_visit(self, node):
+        super().generic_visit(node)
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(node, name, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                kept = [s for s in block if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
+                setattr(node, name, kept or [ast.Pass()])
+        return node
+
+
 @functools.cache
 def _parse(path: Path) -> _Module:
-    text = path.read_text(encoding="utf-8")
-    tree = ast.parse(text)
-    mod = _Module(path, text.splitlines())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    mod = _Module(path)
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring (the module's, or an attribute's after its assignment)
@@ -366,7 +380,8 @@ def unit_names(rel: str) -> set[str]:
 
 @functools.cache
 def stage_code(*words: str) -> str:
-    """sha256 over the text of the units of ``stage_units(*words)`` and the bytes of its data files."""
+    """sha256 over the code of the units of ``stage_units(*words)`` (``_Module.code``: without comments,
+    layout or docstrings) and the bytes of its data files."""
     return _remembered(("stage", *words), lambda: _digest(stage_units(*words)))
 
 
@@ -413,7 +428,7 @@ def _digest(found: Units) -> str:
     h = hashlib.sha256()
     for rel, name in sorted(found.units):
         h.update(f"{rel}:{name}\0".encode())
-        h.update(_parse(ROOT / rel).text(name).encode() + b"\0")
+        h.update(_parse(ROOT / rel).code(name).encode() + b"\0")
     for rel in sorted(found.data):
         h.update(f"{rel}\0".encode())
         h.update((ROOT / rel).read_bytes())

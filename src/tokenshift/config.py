@@ -422,7 +422,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             toy.hidden_size,
             "a multiple of 8: the toy model's attention heads each take an even width (rotary embeddings)",
         )
-    _check_toy_lengths(config)
+    _check_toy_lengths(config, toy)
     _check_toy_problems(config, toy)
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
@@ -518,25 +518,29 @@ def _check_scoring(config: Mapping[str, Any]) -> None:
             )
 
 
-def _check_toy_lengths(config: Mapping[str, Any]) -> None:
-    """Refuse a dataset's max_new_tokens that a toy model of a pair using it cannot hold (its context,
-    ``toy.config.TOY_CONTEXT``, counts the prompt too): the first rollout failed after the toy builds."""
+def _check_toy_lengths(config: Mapping[str, Any], toy) -> None:
+    """Refuse a dataset's max_new_tokens that a toy model of a pair using it cannot hold after the longest
+    prompt the toy task draws (``toy.task.longest_prompt``) in its context (``toy.config.TOY_CONTEXT``): the
+    first rollout failed after the toy builds."""
     from tokenshift.settings import SamplingConfig
     from tokenshift.toy.config import TOY_CONTEXT
+    from tokenshift.toy.task import longest_prompt
 
     models = config["models"]
+    prompt = longest_prompt(toy.task)
     for pair in config["pairs"]:
         if not any("toy" in models[pair[role]] for role in ("base", "rl")):
             continue
         for name in pair.get("datasets", []):
             max_new = dataset_sampling(config, name).get("max_new_tokens", SamplingConfig().max_new_tokens)
-            if max_new >= TOY_CONTEXT:
+            if max_new + prompt > TOY_CONTEXT:
                 own = "max_new_tokens" in config["datasets"][name].get("sampling", {})
                 where = f"datasets.{name}.sampling" if own else "sampling"
                 raise ConfigError(
                     f"{where}.max_new_tokens",
                     max_new,
-                    f"below {TOY_CONTEXT}, the toy models' context, which holds the prompt too (pair {pair['name']!r})",
+                    f"at most {TOY_CONTEXT - prompt}: the toy models' context of {TOY_CONTEXT} positions holds the "
+                    f"prompt too, up to {prompt} tokens at toy.max_steps {toy.max_steps} (pair {pair['name']!r})",
                 )
 
 

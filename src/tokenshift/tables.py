@@ -13,6 +13,7 @@ decided for responses without a ``\\boxed{}`` answer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from math import comb
@@ -608,6 +609,19 @@ def write_accuracy(
                     f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[first_role]} {others}: "
                     f"expected one {column} across both models' rollouts ({what})"
                 )
+    # the two models' rollouts: one file as both, or two tables of one checkpoint (its ``model`` identity, where
+    # the table records it), would compare a model with itself and report no difference as a finding
+    paths = {role: Path(path).resolve() for role, path in rollouts.items()}
+    models = {role: sorted(set(t["model"].drop_nulls())) for role, t in tables.items() if "model" in t.columns}
+    for (role, path), (other, other_path) in itertools.combinations(paths.items(), 2):
+        same = "the same file" if path == other_path else None
+        if not same and models.get(role) and models.get(role) == models.get(other):
+            same = f"rollouts of the same model {models[role][0]!r}"
+        if same:
+            raise InputError(
+                f"{rollouts[role]} and {rollouts[other]}: {same} as both the {role} and the {other} model's rollouts; "
+                f"expected each model's own ({what})"
+            )
     first = None
     for role, table in tables.items():
         # every problem's samples 0 .. n-1, and every role the same problems: a lost or extra sample would
@@ -678,6 +692,20 @@ def write_divergence(
             why = f"js runs from {js.min():.4g} to {js.max():.4g}, outside [0, ln 2]"
         elif not (position.min() >= 0 and position.max() <= 1):
             why = f"norm_position runs from {position.min():.4g} to {position.max():.4g}, outside [0, 1]"
+        if not why:  # every response's positions 0 .. n-1: a lost position would drop out of every share unseen
+            gaps = (
+                frame.group_by("problem_id", "sample_index")
+                .agg(pl.col("position").min().alias("first"), pl.col("position").max().alias("last"), pl.len())
+                .filter((pl.col("first") != 0) | (pl.col("last") != pl.col("len") - 1))
+                .sort("problem_id", "sample_index")
+            )
+            if gaps.height:
+                g = gaps.row(0, named=True)
+                why = (
+                    f"problem {g['problem_id']!r} sample {g['sample_index']} holds {g['len']} positions from "
+                    f"{g['first']} to {g['last']}, {gaps.height} response(s) so, where each "
+                    "response holds its positions 0 to n-1 (rows lost?)"
+                )
         if why:
             raise InputError(f"{scores[src]}: {why} (expected per-token scores of tokenshift score)")
     statistics = {src: sorted(frame["statistic"].unique().to_list()) for src, frame in frames.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from tokenshift.io import InputError
@@ -32,6 +33,10 @@ def check_outputs(args: argparse.Namespace) -> None:
         path = Path(value)
         if not directory and path.is_dir():
             raise InputError(f"{flag} {value}: is a directory; expected {expected}")
+        # "a .csv file path": a table written under another suffix would be read back as what it is not
+        suffix = re.fullmatch(r"an? (\.\w+) file path", expected)
+        if suffix and path.suffix.lower() != suffix[1]:
+            raise InputError(f"{flag} {value}: expected {expected} (it writes {suffix[1][1:]})")
         if directory and path.exists() and not path.is_dir():
             raise InputError(f"{flag} {value}: is a file; expected {expected}")
 

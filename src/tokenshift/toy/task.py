@@ -135,6 +135,13 @@ def _operations(total: int, max_total: int) -> list[tuple[str, int]]:
     return [(op, x) for op in "+-" for x in range(1, 10) if 0 <= (total + x if op == "+" else total - x) <= max_total]
 
 
+def longest_prompt(cfg: ToyTaskConfig) -> int:
+    """The most tokens a toy prompt can take: its most bytes (``PROMPT_PREFIX``, a one-digit first operand,
+    ``max_steps`` operations of a label, an operator and a one-digit operand, ``PROMPT_SUFFIX``), since the toy
+    tokenizer is a byte-level BPE, whose every token holds at least one byte."""
+    return len(PROMPT_PREFIX.encode()) + 1 + 3 * cfg.max_steps + len(PROMPT_SUFFIX.encode())
+
+
 def question_count(cfg: ToyTaskConfig) -> int:
     """How many distinct questions the task's settings allow, both splits together: chains of
     ``min_steps`` to ``max_steps`` operations whose running totals stay in [0, ``max_total``], counted
