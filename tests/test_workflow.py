@@ -654,9 +654,18 @@ def test_light_rules_run_on_the_submit_node_and_model_rules_do_not(tmp_path):
     assert {"gather_crosssample_extrapolated", "figures_divergence", "crosssample", "toy_base"} <= set(local)
 
 
-def test_local_profile_dry_run(tmp_path):
-    r = snakemake(with_config(tmp_path, DEFAULT), "--profile", str(REPO / "profiles" / "local"), "-n", "all")
+def test_the_workflow_profile_is_read_by_every_run_and_lets_a_run_go_without_cores(tmp_path):
+    """profiles/default (Snakemake's workflow profile, found beside the Snakefile): `snakemake <target>` runs on
+    all cores with no `--cores`, as Snakemake itself refuses to (`--workflow-profile none` shows it)."""
+    work = with_config(tmp_path, DEFAULT)
+    r = snakemake(work, "results/config.yaml")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Using workflow specific profile profiles/default" in r.stderr
+    assert (work / "results" / "config.yaml").is_file()
+    (work / "results" / "config.yaml").unlink()
+    r = snakemake(work, "--workflow-profile", "none", "results/config.yaml")
+    assert r.returncode != 0 and "--cores" in r.stdout + r.stderr
+    assert not (work / "results" / "config.yaml").exists()
 
 
 def test_a_prompt_template_reaches_its_jobs_as_a_recorded_setting(tmp_path):
