@@ -90,12 +90,18 @@ def at_least(minimum: int, kind: type = int):
 
 
 def add_options(
-    parser: argparse.ArgumentParser, cls: type, *, exclude: Sequence[str] = (), title: str | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    exclude: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> None:
-    """A ``--flag`` for each field of dataclass ``cls`` (but ``exclude``), default and help from the field."""
+    """A ``--flag`` for each field of dataclass ``cls`` (but ``exclude``; or ``only`` those), default and help
+    from the field."""
     group = parser.add_argument_group(title or f"{cls.__name__} (config `{getattr(cls, 'section', '?')}:`)")
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
+        if f.name in exclude or (only is not None and f.name not in only):
             continue
         kind, optional, sequence = _field_type(cls, f)
         meta = f.metadata

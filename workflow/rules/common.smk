@@ -243,11 +243,17 @@ def pair_figures(pair):
 # --- params: settings as the flags of their dataclass --------------------------------------
 
 
-def settings_of(cls, stage=None, recorded=True):
-    """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them.
-    ``recorded=False``: those results do not depend on (a batch size), which a rule passes as a
-    resource (``tuning``), not a param: Snakemake records params, so changing one would re-run jobs."""
-    return lambda wildcards: shell_args(cls, section_values(cls, config, stage=stage, recorded=recorded))
+def settings_of(cls, stage=None, recorded=True, keys=None):
+    """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them (or
+    ``keys`` of them: what a job of another section reads there). ``recorded=False``: those results do
+    not depend on (a batch size), which a rule passes as a resource (``tuning``), not a param:
+    Snakemake records params, so changing one would re-run jobs."""
+
+    def flags(wildcards):
+        values = section_values(cls, config, stage=stage, recorded=recorded)
+        return shell_args(cls, {k: v for k, v in values.items() if keys is None or k in keys})
+
+    return flags
 
 
 def vllm_engine_of(section, key="backend", engine="vllm"):

@@ -67,36 +67,23 @@ rule toy_rl:
     resources:
         runtime=runtime("toy"),
     params:
+        command="toy-rl",
         code=stage_code("models", "toy-rl"),
         settings=settings_of(ToyBuildConfig, stage="rl"),
     shell:
-        "tokenshift models toy-rl {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
-        "> {log} 2>&1"
+        "tokenshift models {params.command} {wildcards.model} --init {input.init} {params.settings} "
+        "--out {output.ckpt} > {log} 2>&1"
 
 
-rule toy_sft:
-    input:
-        init=toy_init,
-    output:
-        ckpt=directory("resources/models/{model}"),
-        manifest="resources/models/{model}.json",
-    log:
-        "logs/models/{model}.log",
-    benchmark:
-        "logs/benchmarks/models/{model}.tsv"
+# the SFT contrast model: the same build from the base model, by supervised fine-tuning
+use rule toy_rl as toy_sft with:
     wildcard_constraints:
         model=alternatives(TOY_SFT),
-    conda:
-        "../../envs/cpu.yaml"
-    threads: config["toy"]["threads"]
-    resources:
-        runtime=runtime("toy"),
+    priority: 0
     params:
+        command="toy-sft",
         code=stage_code("models", "toy-sft"),
         settings=settings_of(ToyBuildConfig, stage="sft"),
-    shell:
-        "tokenshift models toy-sft {wildcards.model} --init {input.init} {params.settings} --out {output.ckpt} "
-        "> {log} 2>&1"
 
 
 rule check_pair:

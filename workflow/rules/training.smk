@@ -24,11 +24,11 @@ rule advantage_run:
     params:
         code=stage_code("advantages", "run"),
         settings=settings_of(AdvantageExperimentConfig, stage="run"),
-        lr=canonical(config["toy"]["grpo_lr"]),  # the toy RL model's
+        lr=settings_of(ToyBuildConfig, keys=("grpo_lr",)),  # the toy RL model's
         out=lambda wildcards, output: Path(output.evals).parent,
     shell:
         "tokenshift advantages run --base {input.base} --variant {wildcards.variant} --seed {wildcards.seed} "
-        "--lr={params.lr} {params.settings} --out {params.out} > {log} 2>&1"
+        "{params.lr} {params.settings} --out {params.out} > {log} 2>&1"
 
 
 rule advantage_tables:
@@ -81,10 +81,9 @@ rule training_shifts:
     threads: config["toy"]["threads"]
     params:
         code=stage_code("training-shifts"),
-        n=config["advantages"]["eval_problems"],
+        n=settings_of(AdvantageExperimentConfig, keys=("eval_problems",)),
     shell:
-        "tokenshift training-shifts --base {input.base} --rl {input.rl} --n-problems {params.n} --out {output} "
-        "> {log} 2>&1"
+        "tokenshift training-shifts --base {input.base} --rl {input.rl} {params.n} --out {output} > {log} 2>&1"
 
 
 rule figure_training_shifts:

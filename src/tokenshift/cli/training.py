@@ -30,10 +30,7 @@ def register(sub) -> None:
     run.add_argument("--base", required=True, help="the toy base checkpoint (directory or manifest)")
     run.add_argument("--variant", required=True, choices=ADVANTAGE_MODES, help="advantage weighting")
     run.add_argument("--seed", type=int, required=True, help="training seed")
-    lr = ToyBuildConfig().grpo_lr
-    run.add_argument(
-        "--lr", type=float, default=lr, help=f"learning rate: the toy RL model's, toy.grpo_lr (default {lr})"
-    )
+    add_options(run, ToyBuildConfig, only=("grpo_lr",), title="learning rate: the toy RL model's (config `toy:`)")
     add_options(
         run, AdvantageExperimentConfig, exclude=("variants", "seeds"), title="experiment (config `advantages:`)"
     )
@@ -59,7 +56,7 @@ def register(sub) -> None:
     )
     sh.add_argument("--base", required=True, help="the toy base checkpoint (directory or manifest)")
     sh.add_argument("--rl", required=True, help="the toy RL checkpoint (directory or manifest)")
-    sh.add_argument("--n-problems", type=int, default=200, help="eval problems whose traces are scored (default 200)")
+    add_options(sh, AdvantageExperimentConfig, only=("eval_problems",), title="eval problems whose traces are scored")
     output(sh, "--out", "a .parquet file path", "parquet table to write")
     sh.set_defaults(func=_shifts)
 
@@ -80,7 +77,7 @@ def _run(args: argparse.Namespace) -> None:
     from tokenshift.toy.training import run_variant, write_run
 
     cfg = settings(AdvantageExperimentConfig, args)
-    evals, history = run_variant(args.base, args.variant, args.seed, cfg, lr=args.lr, progress=not args.quiet)
+    evals, history = run_variant(args.base, args.variant, args.seed, cfg, lr=args.grpo_lr, progress=not args.quiet)
     write_run(evals, history, Path(args.out))
     acc = {step: round(g["correct"].mean(), 4) for (step,), g in evals.group_by("step", maintain_order=True)}
     print(f"{args.variant} seed {args.seed}: accuracy by round {acc}", file=sys.stderr)
@@ -100,7 +97,7 @@ def _shifts(args: argparse.Namespace) -> None:
     from tokenshift.io import write_parquet_atomic
     from tokenshift.toy.training import shifts_over_training
 
-    table = shifts_over_training(args.base, args.rl, n_problems=args.n_problems)
+    table = shifts_over_training(args.base, args.rl, n_problems=args.eval_problems)
     write_parquet_atomic(table, Path(args.out))
     show(table, precision=4)
 
