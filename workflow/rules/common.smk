@@ -157,17 +157,15 @@ def toy_init(wildcards):
     return model_manifest(MODELS[wildcards.model]["init"])
 
 
-def pair_models(wildcards):
-    pair = PAIRS[wildcards.pair]
-    return {role: model_manifest(pair[role]) for role in ROLES}
-
-
-def role_model(wildcards):
-    return model_manifest(PAIRS[wildcards.pair][wildcards.role])
-
-
-def pair_model(role):
+def manifest_of(role):
+    """Input function: the manifest of the ``{pair}``'s ``role`` model (``"{role}"``: the job's role)."""
+    if role == "{role}":
+        return lambda wildcards: model_manifest(PAIRS[wildcards.pair][wildcards.role])
     return lambda wildcards: model_manifest(PAIRS[wildcards.pair][role])
+
+
+PAIR_MANIFESTS = {role: manifest_of(role) for role in ROLES}
+"""Named inputs ``base`` and ``rl``: the manifests of both models of the ``{pair}``."""
 
 
 def crosssample_scores(wildcards):
@@ -195,7 +193,7 @@ def example_inputs(wildcards):
     if runs is None:
         return {}
     run, baseline = (crosssample_run(wildcards.pair, wildcards.dataset, *r) for r in runs)
-    return {"example_run": run, "example_baseline": baseline, "tokenizer": pair_model("base")(wildcards)}
+    return {"example_run": run, "example_baseline": baseline, "tokenizer": manifest_of("base")(wildcards)}
 
 
 def figure_inputs(wildcards):

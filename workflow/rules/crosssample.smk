@@ -10,9 +10,8 @@
 
 rule crosssample:
     input:
+        **PAIR_MANIFESTS,
         pair="resources/pairs/{pair}.json",  # only for a pair whose tokenizers passed the check
-        base=pair_model("base"),
-        rl=pair_model("rl"),
         dataset="resources/datasets/{dataset}.parquet",
         scores=crosssample_scores,
     output:

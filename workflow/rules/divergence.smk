@@ -7,7 +7,7 @@ rule divergence:
         base="results/{pair}/{dataset}/scores/base.parquet",
         rl="results/{pair}/{dataset}/scores/rl.parquet",
         problems="resources/datasets/{dataset}.parquet",
-        tokenizer=pair_model("base"),
+        tokenizer=manifest_of("base"),
     output:
         **{n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES},
     log:

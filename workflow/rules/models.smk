@@ -88,7 +88,7 @@ use rule toy_rl as toy_sft with:
 
 rule check_pair:
     input:
-        unpack(pair_models),
+        **PAIR_MANIFESTS,
     output:
         "resources/pairs/{pair}.json",
     log:
@@ -104,7 +104,7 @@ rule check_pair:
 
 rule toy_check:
     input:
-        unpack(pair_models),
+        **PAIR_MANIFESTS,
     output:
         decision_points="results/{pair}/toy_check/decision_points.parquet",
         accuracy="results/{pair}/toy_check/accuracy.parquet",

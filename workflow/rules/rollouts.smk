@@ -5,7 +5,7 @@
 
 rule rollout:
     input:
-        model=role_model,
+        model=manifest_of("{role}"),
         dataset="resources/datasets/{dataset}.parquet",
     output:
         "results/{pair}/{dataset}/rollouts/{role}.parts/{scatteritem}.parquet",

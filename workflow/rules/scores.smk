@@ -8,10 +8,9 @@
 
 rule score:
     input:
+        **PAIR_MANIFESTS,
         pair="resources/pairs/{pair}.json",
         rollouts="results/{pair}/{dataset}/rollouts/{source}.parquet",
-        base=pair_model("base"),
-        rl=pair_model("rl"),
     output:
         "results/{pair}/{dataset}/scores/{source}.parts/{scatteritem}.parquet",
     log:

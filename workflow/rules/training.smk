@@ -69,7 +69,7 @@ rule figure_advantages:
 
 rule training_shifts:
     input:
-        unpack(pair_models),
+        **PAIR_MANIFESTS,
     output:
         "results/{pair}/training/shifts.parquet",
     log:

@@ -54,7 +54,7 @@ def quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
-def pair_models(p: argparse.ArgumentParser, what: str = "") -> None:
+def pair_checkpoints(p: argparse.ArgumentParser, what: str = "") -> None:
     """``--base`` and ``--rl``: the pair's two checkpoints, each a directory or its manifest."""
     for role, name in (("base", "base"), ("rl", "RL")):
         p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenshift.cli.common import generation_options, output, pair_models, settings, show
+from tokenshift.cli.common import generation_options, output, pair_checkpoints, settings, show
 from tokenshift.registry import DIRECTIONS, POLICIES, THRESHOLD_LEVELS
 
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
         "Responses are graded; one parquet row per sample with the switched positions and their JS. Sharded "
         "and resumable like the rollout stage.",
     )
-    pair_models(cs)
+    pair_checkpoints(cs)
     cs.add_argument("--dataset", required=True, help="problems parquet written by `tokenshift dataset`")
     cs.add_argument("--direction", required=True, choices=DIRECTIONS, help="which model generates")
     cs.add_argument(

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import output, pair_models, quiet, settings, show
+from tokenshift.cli.common import output, pair_checkpoints, quiet, settings, show
 from tokenshift.models import LOADING_KEYS
 from tokenshift.options import add_options
 from tokenshift.registry import MODEL_DTYPES
@@ -72,7 +72,7 @@ def register(sub) -> None:
         "(padded embedding rows are sliced to it).",
     )
     c.add_argument("pair", help="the pair's name")
-    pair_models(c)
+    pair_checkpoints(c)
     output(c, "--out", "a .json file path", "pair manifest (JSON) to write")
     c.set_defaults(func=_check_pair)
 
@@ -91,7 +91,7 @@ def _register_toy_check(sub) -> None:
         "decision points (precision, recall, lift over chance). Writes accuracy.parquet and "
         "decision_points.parquet under --out. The task is the one the base model was built with.",
     )
-    pair_models(tc, "toy ")
+    pair_checkpoints(tc, "toy ")
     output(tc, "--out", "a directory", "directory for the two tables", directory=True)
     tc.add_argument("--n-problems", type=int, default=EVAL_PROBLEMS, help=f"eval problems (default {EVAL_PROBLEMS})")
     sampling = SamplingConfig()  # the study's sampling defaults (config `sampling:` n and seed)

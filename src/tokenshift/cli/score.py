@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tokenshift.cli.common import output, pair_models, part_option, quiet, settings, show
+from tokenshift.cli.common import output, pair_checkpoints, part_option, quiet, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import ROLES
 
@@ -23,7 +23,7 @@ def register(sub) -> None:
         "recorded. LM-head logits are built in chunks, never for a whole batch; --backend vllm reads the top "
         "log-probs from vLLM engines instead.",
     )
-    pair_models(sc)
+    pair_checkpoints(sc)
     sc.add_argument("--pair", required=True, help="pair manifest (resources/pairs/<pair>.json): shared vocabulary")
     sc.add_argument("--rollouts", required=True, help="rollout parquet whose responses are scored")
     sc.add_argument("--source", required=True, choices=ROLES, help="which model wrote the responses")
