@@ -185,10 +185,13 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     from tokenshift.plots.draw import draw_overview, draw_pair_figures
     from tokenshift.registry import PAIR_FIGURES
     from tokenshift.report import build_report
+    from tokenshift.tables import EXAMPLE_SCHEMA
 
     results = write_results(tables, tmp_path / "results" / "toy" / "toy")
-    drawn = draw_pair_figures(results, results / "figures")  # no example run: figure 6 says there is none
+    # no example run: figure 6 says there is none, and its table, asked for, has no rows but every column
+    drawn = draw_pair_figures(results, results / "figures", example_out=results / "figures" / "example.parquet")
     assert set(drawn) == set(PAIR_FIGURES)
+    assert pl.read_parquet(results / "figures" / "example.parquet").schema == pl.Schema(EXAMPLE_SCHEMA)
     for name in PAIR_FIGURES:
         assert_drawn(results / "figures" / f"{name}.png")
     draw_overview([results / "divergence" / "sparsity.parquet"], tmp_path / "sparsity", kinds={"toy": "sft"})

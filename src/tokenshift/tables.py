@@ -381,6 +381,22 @@ def crosssample_table(
     return table.with_columns(order.alias("_order")).sort("direction", "policy", "_order", "gamma").drop("_order")
 
 
+EXAMPLE_SCHEMA = {
+    "position": pl.Int64,
+    "token": pl.Utf8,
+    "js": pl.Float64,
+    "switched": pl.Boolean,
+    "problem_id": pl.Utf8,
+    "sample_index": pl.Int64,
+    "question": pl.Utf8,
+    "gold": pl.Utf8,
+    "direction": pl.Utf8,
+    "budget": pl.Utf8,
+    "baseline_correct": pl.Boolean,
+}
+"""The columns of ``example_table``: figure 6's response, a row per token (none where there is no example)."""
+
+
 def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None = None) -> pl.DataFrame:
     """One cross-sampled response, a row per token, for figure 6: the one people put on slides.
 
@@ -399,21 +415,7 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
     else:
         cand = cand.with_columns(pl.lit(None, dtype=pl.Boolean).alias("baseline_correct"))
     if cand.height == 0:  # a legitimate result (e.g. two copies of one model): the figure says so
-        return pl.DataFrame(
-            schema={
-                "position": pl.Int64,
-                "token": pl.Utf8,
-                "js": pl.Float64,
-                "switched": pl.Boolean,
-                "problem_id": pl.Utf8,
-                "sample_index": pl.Int64,
-                "question": pl.Utf8,
-                "gold": pl.Utf8,
-                "direction": pl.Utf8,
-                "budget": pl.Utf8,
-                "baseline_correct": pl.Boolean,
-            }
-        )
+        return pl.DataFrame(schema=EXAMPLE_SCHEMA)
     row = cand.sort(
         pl.col("baseline_correct").fill_null(True), "n_switched", "n_response_tokens", "problem_id", "sample_index"
     ).row(0, named=True)

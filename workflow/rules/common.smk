@@ -332,10 +332,10 @@ def training_args(wildcards, input):
     return shlex.join(args + (["--training-shifts", *shifts] if shifts else []))
 
 
-def example_args(wildcards, input):
-    if "example_run" not in input.keys():
-        return ""
-    return shlex.join(f"{flag(k)}={input[k]}" for k in ("example_run", "example_baseline", "tokenizer"))
+def example_args(wildcards, input, output):
+    """Figure 6's inputs, and the table of its tokens (an output of a cross-sampled pair's figures)."""
+    args = [f"{flag(k)}={input[k]}" for k in ("example_run", "example_baseline", "tokenizer") if k in input.keys()]
+    return shlex.join(args + ([f"--example-table={output.example}"] if "example" in output.keys() else []))
 
 
 # --- resources: what a job asks the scheduler for, from the config and its models' manifests --

@@ -9,6 +9,7 @@ rule figures:
     output:
         png=[pair_figure_report(n) for n in PAIR_FIGURES],
         pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in PAIR_FIGURES],
+        example="results/{pair}/{dataset}/figures/example.parquet",
     log:
         "logs/figures/{pair}/{dataset}.log",
     wildcard_constraints:

@@ -18,11 +18,13 @@ def settings(cls: type, args: argparse.Namespace, **given):
         raise InputError(f"{cls.__name__}: {e}") from None
 
 
-def output(p: argparse.ArgumentParser, flag: str, expected: str, help: str, *, directory: bool = False) -> None:
-    """A required output path, ``expected`` saying what it should be ("a .parquet file path", "a
+def output(
+    p: argparse.ArgumentParser, flag: str, expected: str, help: str, *, directory: bool = False, required: bool = True
+) -> None:
+    """An output path (``required`` or not), ``expected`` saying what it should be ("a .parquet file path", "a
     directory"). ``check_outputs`` looks at it before the stage runs: a directory given where a file is
     written (or a file where a directory is) is one line naming the flag, not a traceback at the last step."""
-    p.add_argument(flag, required=True, help=help)
+    p.add_argument(flag, required=required, help=help)
     p.set_defaults(outputs=[*(p.get_default("outputs") or []), (flag, expected, directory)])
 
 
@@ -30,6 +32,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     """Refuse an output path (``output``) that is a directory where a file goes, or a file where a directory does."""
     for flag, expected, directory in getattr(args, "outputs", None) or []:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is None:  # an optional output not asked for
+            continue
         path = Path(value)
         if not directory and path.is_dir():
             raise InputError(f"{flag} {value}: is a directory; expected {expected}")

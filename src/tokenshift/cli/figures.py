@@ -29,6 +29,13 @@ def register(sub) -> None:
     fg.add_argument("--example-baseline", help="the same direction's budget-0 run (prefers responses it got wrong)")
     fg.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer decodes the example")
     output(fg, "--out-dir", "a directory", "directory for the figures", directory=True)
+    output(
+        fg,
+        "--example-table",
+        "a .parquet file path",
+        "the example response's tokens to write (figure 6's data; no rows where there is no example)",
+        required=False,
+    )
     fg.set_defaults(func=_figures)
 
     fo = sub.add_parser(
@@ -100,6 +107,7 @@ def _figures(args: argparse.Namespace) -> None:
         example_run=args.example_run,
         example_baseline=args.example_baseline,
         tokenizer=args.tokenizer,
+        example_out=args.example_table,
     )
     print(f"wrote {len(drawn)} figures to {args.out_dir}: {', '.join(drawn)}", file=sys.stderr)
 

@@ -20,15 +20,16 @@ def draw_pair_figures(
     example_run: Path | None = None,
     example_baseline: Path | None = None,
     tokenizer: Path | None = None,
+    example_out: Path | None = None,
 ) -> list[str]:
     """Figures 2-6 of one pair and dataset from the tables under ``results``
     (``results/<pair>/<dataset>``: ``divergence/``, ``accuracy.parquet``, ``crosssample.parquet``).
 
     Figure 6 shows a response of the forward run ``example_run``, preferring one whose twin in
     ``example_baseline`` (budget 0, same noise) was wrong, decoded with ``tokenizer``; its tokens
-    are also written to ``example.parquet``. Returns the names drawn.
+    are written to ``example_out`` where given (no rows where there is no example). Returns the names drawn.
     """
-    from tokenshift.tables import example_table, read_cross_run, read_table
+    from tokenshift.tables import EXAMPLE_SCHEMA, example_table, read_cross_run, read_table
 
     results, out_dir = Path(results), Path(out_dir)
     div = {
@@ -49,12 +50,15 @@ def draw_pair_figures(
         run = read_cross_run(example_run)
         baseline = read_cross_run(example_baseline) if example_baseline else None
         ex = example_table(run, load_tokenizer(tokenizer), baseline=baseline)
-        write_parquet_atomic(ex, out_dir / "example.parquet")
         figs["example"] = FIGURES["example"](ex)
-    elif cross.is_file():  # a pair that is not cross-sampled has neither figure
-        figs["example"] = FIGURES["example"](
-            pl.DataFrame(), note="This study ran no forward cross-sampling, so there is no example response to show."
-        )
+    else:
+        ex = pl.DataFrame(schema=EXAMPLE_SCHEMA)
+        if cross.is_file():  # a pair that is not cross-sampled has neither figure
+            figs["example"] = FIGURES["example"](
+                ex, note="This study ran no forward cross-sampling, so there is no example response to show."
+            )
+    if example_out is not None:
+        write_parquet_atomic(ex, Path(example_out))
     for name, fig in figs.items():
         save(fig, out_dir / name)
     return list(figs)  # in drawing order
