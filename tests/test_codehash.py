@@ -6,16 +6,17 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import save_checkpoint
+from conftest import REPO, save_checkpoint
 from helpers import patched_source, snakemake, tiny_problems
 
-from tokenshift.codehash import IMPORT_TIME, SKIPPED, stage_code, stage_files, stage_units, unit_at, unit_names
+from tokenshift.codehash import IMPORT_TIME, ROOT, SKIPPED, stage_code, stage_files, stage_units, unit_at, unit_names
 
 
 def names(file: str, *words: str) -> set[str]:
@@ -30,6 +31,7 @@ def test_a_stage_covers_the_code_its_command_runs():
     assert {"plots/style.py", "plots/figures.py"} <= set(stage_files("figures"))
     assert "toy/task.py" in stage_files("dataset")  # the toy task's problems are drawn there
     assert "templates/explorer.html" in stage_files("explorer")  # a data file the page is built from
+    assert "templates/report.html.j2" in stage_files("report")  # the report page's Jinja template
     # the rollout decodes with the cross-sampling decoder, alone: that decoder is its code
     assert {"decode_alone", "_decode_batch", "sample_from_logits"} <= names("decoding.py", "rollout")
     assert {"cross_sample", "_decode_batch"} <= names("decoding.py", "crosssample")
@@ -108,6 +110,18 @@ def test_a_comment_docstring_or_layout_edit_changes_no_hash(tmp_path):
     # the same place given a statement: a change
     path.write_text("".join(lines).replace("    # a comment, and", "    _upgraded = True  # a comment, and"))
     assert stage_codes(src, STAGES)[("crosssample",)] != stage_code("crosssample")
+
+
+def test_a_templates_edit_changes_the_hash_of_the_stage_that_renders_it_and_no_other(tmp_path):
+    """The pages' templates are data files, not code: a changed template re-runs the stage that renders it."""
+    stages = [("report",), ("explorer",), ("figures",)]
+    for template, changed in (("report.html.j2", ("report",)), ("explorer.html", ("explorer",))):
+        src = tmp_path / template
+        shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        path = src / "tokenshift" / "templates" / template
+        path.write_text(path.read_text().replace("</body>", "<p>upgraded</p></body>", 1))
+        after = stage_codes(src, stages)
+        assert {w for w in stages if after[w] != stage_code(*w)} == {changed}
 
 
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
@@ -301,11 +315,19 @@ def test_every_function_a_stage_runs_is_in_its_hash(tmp_path, toy_tokenizer):
         words = subcommand(record["argv"])
         ran.add(words)
         hashed = stage_units(*words).units
+        data = stage_units(*words).data
         for file, line, name in record["calls"]:
+            if not file.endswith(".py"):  # a page's template, compiled by Jinja: a data file the stage names
+                rel = Path(file).resolve().relative_to(ROOT).as_posix()
+                if rel not in data:
+                    missing.setdefault(words, set()).add((rel, None, name))
+                continue
             rel, unit = unit_at(file, line)
             if rel not in SKIPPED and (rel, unit) not in hashed:
                 missing.setdefault(words, set()).add((rel, unit, name))
         for file, _, _ in record["modules"]:  # imported while the stage ran: what a module runs when imported
+            if not file.endswith(".py"):  # a template's compiled module: checked with its calls above
+                continue
             rel, _ = unit_at(file, 1)
             if rel not in SKIPPED and IMPORT_TIME in unit_names(rel) and (rel, IMPORT_TIME) not in hashed:
                 missing.setdefault(words, set()).add((rel, IMPORT_TIME, "<module>"))

@@ -36,7 +36,8 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (tmp / "dist").glob("tokenshift-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
-    assert {f"tokenshift/{f}" for f in (*DATA, "templates/explorer.html")} <= names, sorted(names)
+    pages = ("templates/explorer.html", "templates/report.html.j2")
+    assert {f"tokenshift/{f}" for f in (*DATA, *pages)} <= names, sorted(names)
     site = tmp / "site"
     install = subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], capture_output=True)
     assert install.returncode == 0, install.stderr[-2000:]
@@ -73,6 +74,11 @@ def test_the_wheel_runs_outside_the_checkout_with_its_schema_and_profile_templat
     check += "v(yaml.safe_load(open(sys.argv[1]))); print(s)"
     schema = run_outside(installed, tmp_path, sys.executable, "-c", check, str(REPO / "config" / "config.yaml"))
     assert schema.returncode == 0 and Path(schema.stdout.strip()).is_relative_to(installed), schema.stderr[-2000:]
+    # the report's Jinja template is read from the installed package
+    page = "from tokenshift.report import _template; print(_template().filename)"
+    template = run_outside(installed, tmp_path, sys.executable, "-c", page)
+    assert template.returncode == 0, template.stderr[-2000:]
+    assert Path(template.stdout.strip()).is_relative_to(installed / "tokenshift" / "templates"), template.stdout
     for data in DATA:  # the same bytes as the checkout's, which the workflow's links reach
         assert (installed / "tokenshift" / data).read_bytes() == (REPO / "src" / "tokenshift" / data).read_bytes()
     assert (REPO / "workflow" / "schemas" / "config.schema.yaml").resolve() == REPO / "src/tokenshift" / DATA[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import html.parser
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 from helpers import cross_table, fake_scores, rollouts
+from markupsafe import escape
 from matplotlib.image import imread
 
 from tokenshift import headlines
@@ -160,7 +162,7 @@ def test_headlines_and_report(tables, example, tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())["results"][0]
     assert sentences(saved) == sentences(summary["results"][0])  # the JSON says what the page says
     for text in sentences(saved):
-        assert html.escape(text) in page
+        assert escape(text) in page
     share = headlines.sparsity_summary(div["sparsity"])["0.001"]
     assert f"{100 * share:.1f}% of positions" in page
     assert json.loads((tmp_path / "summary.json").read_text())["results"][0]["share_js_below"][
@@ -315,7 +317,7 @@ def test_training_figures_and_report_sections(tables, tmp_path):
     assert saved["training_shifts"]["toy"]["last"]["top5_precision"] == 0.7
     page = (tmp_path / "report.html").read_text()
     for text in [*contrast_sentences(contrast), *advantage_sentences(summary["advantages"])]:
-        assert html.escape(text) in page
+        assert escape(text) in page
     assert page.count("data:image/png;base64,") == 2
 
 
@@ -343,11 +345,106 @@ def test_the_explorer_link_reaches_the_page_whatever_its_path_holds(tables, tmp_
     assert "#" not in target and "?" not in target and unquote(target) == unquote(explorer.as_uri())
 
 
-def test_report_tables_show_a_missing_value_as_a_dash():
-    from tokenshift.report import _table_html
+def test_report_tables_show_a_missing_value_as_a_dash(tables, tmp_path):
+    from tokenshift.report import _table
 
-    page = _table_html(pl.DataFrame({"pass@k": [0.5, None], "pair": ["toy", None]}))
-    assert "None" not in page and page.count("<td>–</td>") == 2 and "<td>0.500</td>" in page
+    table = _table(pl.DataFrame({"pass@k": [0.5, None], "pair": ["toy", None]}))
+    assert table == {"columns": ["pass@k", "pair"], "rows": [["0.500", "toy"], ["–", "–"]]}
+    # as the page shows it: a missing statistic of the accuracy table is a dash
+    div, acc, _ = tables
+    acc = acc.with_columns(
+        pl.when(pl.col("role") == "base").then(None).otherwise(pl.col("n_problems")).alias("n_problems")
+    )
+    write_report(
+        [PairResult("toy", "toy", "rlvr", acc, div)],
+        overview_figures={},
+        config_text="",
+        html_out=tmp_path / "report.html",
+        json_out=tmp_path / "summary.json",
+    )
+    page = (tmp_path / "report.html").read_text()
+    assert "None" not in page and "<td>–</td>" in page
+
+
+HOSTILE = ("<script>alert(1)</script>", "\"'><img src=x onerror=alert(2)>", "</pre><script>alert(3)</script>")
+
+
+class _Tags(html.parser.HTMLParser):
+    """The elements of a page and its text, as a browser's parser meets them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_hostile_text_in_every_string_the_report_shows_is_shown_literally(tables, tmp_path, monkeypatch):
+    """Markup in a pair's or dataset's name, the kind, a metric, a policy, a grading mode, a weighting, a
+    figure's name, the explorer's path, the config and the version (so in the sentences, the tables, the
+    figures' alternative text and the link) is text on the page: escaped, never an element or attribute."""
+    from tokenshift import report
+    from tokenshift.report import TrainingResult
+
+    div, acc, cross = tables
+    a, b, c = HOSTILE
+    monkeypatch.setattr(report, "__version__", a)
+    acc = acc.with_columns(pl.col("metric") + a, pl.lit(b).alias("grading"))
+    cross = cross.with_columns(pl.col("policy").replace("dlogp", c), pl.lit(a).alias("grading"))
+    png = save(FIGURES["sparsity"](div["sparsity"]), tmp_path / "sparsity")[0]
+    results = [
+        PairResult(f"rl {a}", f"data {b}", "rlvr", acc, div, cross, {c: png}),
+        PairResult(f"sft {b}", f"data {b}", "sft", acc, div),
+        PairResult(f"other {c}", a, f"kind {b}", acc, div),
+    ]
+    (adv, shifts) = _training_tables()
+    training = TrainingResult(
+        comparison=adv["comparison"].with_columns(pl.col("variant").replace("topq", b)),
+        advantage_figure=png,
+        shifts={c: shifts},
+        shift_figures={c: png},
+    )
+    explorer = tmp_path / b / "explorer.html"
+    explorer.parent.mkdir()
+    explorer.write_text("<!doctype html>")
+    summary = write_report(
+        results,
+        overview_figures={a: png},
+        config_text=f"models: {{}}\n# {a}\n# {b}\n# {c}\n",
+        html_out=tmp_path / "report.html",
+        json_out=tmp_path / "summary.json",
+        training=training,
+        explorer=explorer,
+    )
+    page = (tmp_path / "report.html").read_text()
+    assert "<script" not in page and "<img src=x" not in page  # none of it is an element
+    for text in HOSTILE:
+        assert page.count(escape(text)) >= 5, text  # shown, escaped, wherever it is named
+    shown = _Tags()
+    shown.feed(page)
+    tags = {t for t, _ in shown.tags}
+    page_tags = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "em", "strong", "a"}
+    assert tags == page_tags | {"table", "thead", "tbody", "tr", "th", "td", "ul", "li", "figure", "img", "pre"}, tags
+    for tag, attrs in shown.tags:  # the page's own attributes only: no handler, no source but the figures
+        assert set(attrs) <= {"charset", "href", "src", "alt"}, (tag, attrs)
+        assert tag != "img" or attrs["src"].startswith("data:image/png;base64,"), attrs["src"][:80]
+    assert {attrs["alt"] for tag, attrs in shown.tags if tag == "img"} >= {
+        a,
+        f"rl {a} data {b} {c}",
+        f"{c} shifts over training",
+        "advantage weighting experiment",
+    }
+    (href,) = [attrs["href"] for tag, attrs in shown.tags if tag == "a"]
+    assert "<" not in href and "'" not in href and '"' not in href
+    text = "".join(shown.text)  # the parsed page's text holds each string as it was given
+    for s in [*(t for r in summary["results"] for t in sentences(r)), f"rl {a} on data {b}", f"# {c}\n", a, b, c]:
+        assert s in text, s
+    assert f"{b}/explorer.html" in text and f"tokenshift {a}." in text and f"other {c}kind {b}" in text
 
 
 NUMBER = r"(-?[\d.]+)"

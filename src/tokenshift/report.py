@@ -2,13 +2,15 @@
 
 Both are built from the tables the workflow wrote, through ``tokenshift.headlines``, so the
 sentences in the report, the numbers in the JSON and the figure titles agree. The HTML embeds
-every figure as a PNG data URI and quotes the config the run used; it needs no other file.
+every figure as a PNG data URI and quotes the config the run used; it needs no other file. Its markup
+is the Jinja template ``templates/report.html.j2``; the code here gives it text (sentences, tables as
+rows of formatted values, figures as data URIs), which the template escapes.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 import polars as pl
 
 from tokenshift import __version__, headlines
@@ -25,6 +28,21 @@ from tokenshift.registry import ROLES
 
 BOX_COLUMNS = ("grading", "n_no_box", "n_correct_unboxed")
 """The grading mode and what it decided for unboxed answers, beside every accuracy (``tables.box_counts``)."""
+ACCURACY_COLUMNS = ("role", "metric", "value", "ci_low", "ci_high", "n_problems", "samples_per_problem", *BOX_COLUMNS)
+CROSSSAMPLE_COLUMNS = (
+    "direction",
+    "policy",
+    "budget",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "mean_switched",
+    "switched_share",
+    "n_problems",
+    "n_samples",
+    *BOX_COLUMNS,
+)
+"""The columns of the accuracy and cross-sampling tables the report shows, in its order."""
 
 
 @dataclass
@@ -218,25 +236,32 @@ class TrainingResult:
             out["training_shifts"] = {p: headlines.shifts_summary(t) for p, t in self.shifts.items()}
         return out
 
-    def html(self, summary: Mapping) -> list[str]:
-        parts = []
+    def sections(self, summary: Mapping) -> dict:
+        """What the report shows of them (``templates/report.html.j2``): the sentences, tables and figures of
+        each analysis ``summary`` (``summary()``) holds, None for one it does not."""
+        advantages = shifts = None
         if "advantages" in summary:
-            parts.append("<h2>Divergence-weighted advantages (toy task)</h2><ul>")
-            parts += [f"<li>{html.escape(t)}</li>" for t in advantage_sentences(summary["advantages"])]
-            parts.append("</ul>")
-            parts.append(_table_html(self.comparison))
-            if self.advantage_figure is not None:
-                parts.append(_img(self.advantage_figure, "advantage weighting experiment"))
+            advantages = {
+                "sentences": advantage_sentences(summary["advantages"]),
+                "table": _table(self.comparison),
+                "figure": _figure(self.advantage_figure, "advantage weighting experiment")
+                if self.advantage_figure is not None
+                else None,
+            }
         if "training_shifts" in summary:
-            parts.append("<h2>Shifts over RL training (toy task)</h2><ul>")
-            for pair, s in summary["training_shifts"].items():
-                parts += [f"<li>{html.escape(t)}</li>" for t in shift_sentences(pair, s)]
-            parts.append("</ul>")
-            for pair, table in self.shifts.items():
-                parts.append(_table_html(table, floats=4))
-                if pair in self.shift_figures:
-                    parts.append(_img(self.shift_figures[pair], f"{pair} shifts over training"))
-        return parts
+            shifts = {
+                "sentences": [t for pair, s in summary["training_shifts"].items() for t in shift_sentences(pair, s)],
+                "pairs": [
+                    {
+                        "table": _table(table, floats=4),
+                        "figure": _figure(self.shift_figures[pair], f"{pair} shifts over training")
+                        if pair in self.shift_figures
+                        else None,
+                    }
+                    for pair, table in self.shifts.items()
+                ],
+            }
+        return {"advantages": advantages, "shifts": shifts}
 
 
 def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingResult:
@@ -259,33 +284,37 @@ def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingRe
     return out
 
 
-def _table_html(df: pl.DataFrame, floats: int = 3) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    rows = []
-    for r in df.iter_rows():
-        cells = "".join(
-            "<td>–</td>"  # missing (a pass@k above n, a statistic of an empty group): a dash, not "None"
-            if v is None
-            else f"<td>{v:.{floats}f}</td>"
-            if isinstance(v, float)
-            else f"<td>{html.escape(str(v))}</td>"
-            for v in r
-        )
-        rows.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+def _table(df: pl.DataFrame, floats: int = 3) -> dict:
+    """A table as the report shows it: its column names and its rows, each value as text (a float to
+    ``floats`` decimals; missing, as a pass@k above n or a statistic of an empty group: a dash, not "None")."""
+    return {
+        "columns": list(df.columns),
+        "rows": [
+            ["–" if v is None else f"{v:.{floats}f}" if isinstance(v, float) else str(v) for v in r]
+            for r in df.iter_rows()
+        ],
+    }
 
 
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"></figure>'
+def _figure(path: Path, alt: str) -> dict:
+    """A PNG embedded in the page: its data URI and alternative text."""
+    return {"src": f"data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()}", "alt": alt}
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
-td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
-th{background:#f4f4f4}img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}
-li{margin:.3em 0}"""
+TEMPLATE = "templates/report.html.j2"
+"""The page's markup, relative to the package (named whole: the report stage's code hash covers it)."""
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    folder, name = TEMPLATE.split("/")
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("tokenshift", folder),
+        autoescape=True,  # every value is text, shown as such: a name or config holding markup is not run
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template(name)
 
 
 def render_html(
@@ -299,66 +328,33 @@ def render_html(
     explorer: tuple[str, int] | None = None,
 ) -> str:
     """The report page; ``explorer`` is the token explorer's (path relative to the report, size in bytes),
-    percent-encoded in the link so a '#', '?' or '%' in it is part of the path."""
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>tokenshift report</title><style>{CSS}</style>"
-        "</head><body><h1>Where RL fine-tuning changed the model: tokenshift report</h1>",
-        "<p>Reproduces the analyses of Meng et al., <em>Sparse but Critical: A Token-Level Analysis of "
-        "Distributional Shifts in RLVR Fine-Tuning of LLMs</em> (ICLR 2026) for the pairs below. "
-        f"tokenshift {html.escape(__version__)}.</p>",
-        "<h2>Pairs and datasets</h2>",
-        _table_html(pl.DataFrame([{"pair": r.pair, "kind": r.kind, "dataset": r.dataset} for r in results])),
-    ]
-    if explorer is not None:
-        link, size = explorer
-        parts.append(
-            f"<p><strong>Token explorer:</strong> <a href='{html.escape(quote(link))}'>{html.escape(link)}</a> "
-            f"({size / 1e6:.1f} MB, self-contained) shows a sample of responses token by token, shaded by JS, with "
-            "both models' candidates at each position and each cross-sample beside its budget-0 twin.</p>"
-        )
-    for name, path in overview_figures.items():
-        parts.append(_img(path, name))
-    contrast = kind_contrast(summaries)
-    if contrast:
-        parts.append("<h2>RL against SFT</h2><ul>")
-        parts += [f"<li>{html.escape(t)}</li>" for c in contrast for t in contrast_sentences(c)]
-        parts.append("</ul>")
-    for r, s in zip(results, summaries):
-        parts.append(f"<h2>{html.escape(r.pair)} on {html.escape(r.dataset)}</h2><ul>")
-        parts += [f"<li>{html.escape(t)}</li>" for t in sentences(s)]
-        parts.append("</ul><h3>Accuracy</h3>")
-        parts.append(
-            _table_html(
-                r.accuracy.select(
-                    "role", "metric", "value", "ci_low", "ci_high", "n_problems", "samples_per_problem", *BOX_COLUMNS
-                )
-            )
-        )
-        if r.crosssample is not None:
-            parts.append("<h3>Cross-sampling</h3>")
-            parts.append(
-                _table_html(
-                    r.crosssample.select(
-                        "direction",
-                        "policy",
-                        "budget",
-                        "accuracy",
-                        "ci_low",
-                        "ci_high",
-                        "mean_switched",
-                        "switched_share",
-                        "n_problems",
-                        "n_samples",
-                        *BOX_COLUMNS,
-                    )
-                )
-            )
-        for name, path in r.figures.items():
-            parts.append(_img(path, f"{r.pair} {r.dataset} {name}"))
-    if training is not None:
-        parts += training.html(training_summary or {})
-    parts.append(f"<h2>Config used</h2><pre>{html.escape(config_text)}</pre></body></html>")
-    return "\n".join(parts)
+    percent-encoded in the link so a '#', '?' or '%' in it is part of the path. The page's markup is the
+    template's; here is what it shows, as text (the template escapes it)."""
+    pairs = pl.DataFrame([{"pair": r.pair, "kind": r.kind, "dataset": r.dataset} for r in results])
+    return _template().render(
+        version=__version__,
+        pairs=_table(pairs),
+        explorer={"href": quote(explorer[0]), "path": explorer[0], "size": f"{explorer[1] / 1e6:.1f}"}
+        if explorer is not None
+        else None,
+        overview=[_figure(path, name) for name, path in overview_figures.items()],
+        contrast=[t for c in kind_contrast(summaries) for t in contrast_sentences(c)],
+        results=[
+            {
+                "pair": r.pair,
+                "dataset": r.dataset,
+                "sentences": sentences(s),
+                "accuracy": _table(r.accuracy.select(*ACCURACY_COLUMNS)),
+                "crosssample": _table(r.crosssample.select(*CROSSSAMPLE_COLUMNS))
+                if r.crosssample is not None
+                else None,
+                "figures": [_figure(path, f"{r.pair} {r.dataset} {name}") for name, path in r.figures.items()],
+            }
+            for r, s in zip(results, summaries)
+        ],
+        training=(training if training is not None else TrainingResult()).sections(training_summary or {}),
+        config_text=config_text,
+    )
 
 
 def write_report(
