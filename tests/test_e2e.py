@@ -555,7 +555,7 @@ def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, 
         driver.quit()
 
 
-def test_snakemakes_own_report_holds_every_figure_and_both_pages(default_run, tmp_path):
+def test_snakemakes_own_report_holds_every_figure_table_and_both_pages(default_run, tmp_path):
     import zipfile
 
     out = tmp_path / "report.zip"
@@ -564,6 +564,8 @@ def test_snakemakes_own_report_holds_every_figure_and_both_pages(default_run, tm
     names = [Path(n).name for n in zipfile.ZipFile(out).namelist() if "/data/raw/" in n]
     figures = sorted(p.name for p in (default_run / "results").rglob("*.png"))
     assert sorted(n for n in names if n.endswith(".png")) == figures
+    tables = sorted(p.name for p in (default_run / "results").rglob("*.csv"))  # each aggregate table's CSV copy
+    assert sorted(n for n in names if n.endswith(".csv")) == tables and tables
     assert {"report.html", "explorer.html"} <= set(names)
 
 

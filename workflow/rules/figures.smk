@@ -130,7 +130,7 @@ rule csv_table:
     input:
         "{table}.parquet",
     output:
-        "{table}.csv",
+        report("{table}.csv", caption="../report/table.rst", category="Tables", labels={"table": "{table}"}),
     log:
         "logs/csv/{table}.log",
     wildcard_constraints:
