@@ -124,6 +124,19 @@ def test_a_templates_edit_changes_the_hash_of_the_stage_that_renders_it_and_no_o
         assert {w for w in stages if after[w] != stage_code(*w)} == {changed}
 
 
+def test_an_import_edit_changes_the_hash_of_the_stages_that_reach_its_module(tmp_path):
+    """`from math import comb` made `from math import pow as comb` changes pass@k: a name's import is code the
+    units using it run (the fourth hostile pass found it hashed nowhere)."""
+    src = patched_source(tmp_path, "tables.py", None)
+    path = src / "tokenshift" / "tables.py"
+    text = path.read_text().replace("\nCHANGED = True  # an upgrade\n", "")
+    assert text.count("\nfrom math import comb\n") == 1
+    path.write_text(text.replace("\nfrom math import comb\n", "\nfrom math import pow as comb\n"))
+    after = stage_codes(src, STAGES)
+    assert after[("accuracy",)] != stage_code("accuracy")
+    assert after[("rollout",)] == stage_code("rollout")  # no unit of tables.py in it
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

@@ -109,6 +109,9 @@ class _Module:
     units: dict[str, list[ast.stmt]] = field(default_factory=dict)
     """name -> the top-level statements that bind it (IMPORT_TIME: those that bind none)."""
     imports: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    import_code: list[str] = field(default_factory=list)
+    """The module's top-level imports as they run: what its units' names are bound to (``math.comb``, or
+    another function imported under that name), so each stage that reaches a unit of it covers them."""
 
     def code(self, name: str) -> str:
         """The unit's statements as they run: the tree written out again (``ast.unparse``), so comments, layout
@@ -148,6 +151,7 @@ def _parse(path: Path) -> _Module:
             continue  # `if __name__ == "__main__":` runs only as a script
         if isinstance(node, ast.Import | ast.ImportFrom):
             mod.imports |= _imports([node])
+            mod.import_code.append(ast.unparse(node))
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             names = [node.name]
@@ -429,6 +433,8 @@ def _digest(found: Units) -> str:
     for rel, name in sorted(found.units):
         h.update(f"{rel}:{name}\0".encode())
         h.update(_parse(ROOT / rel).code(name).encode() + b"\0")
+    for rel in sorted({rel for rel, _ in found.units}):
+        h.update(f"{rel}:<imports>\0".encode() + "\n".join(_parse(ROOT / rel).import_code).encode() + b"\0")
     for rel in sorted(found.data):
         h.update(f"{rel}\0".encode())
         h.update((ROOT / rel).read_bytes())
