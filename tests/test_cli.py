@@ -472,6 +472,8 @@ def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
         write_part(pl.DataFrame({"row": [1], "position": [0]}), p)
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
     one_line_error(r, "--sort-by 'rows'", "['row', 'position']")
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "row", "row", "--out", str(out)])
+    one_line_error(r, "--sort-by 'row' given twice")  # was polars' DuplicateError traceback
     assert not out.exists()
 
 
@@ -613,7 +615,12 @@ def test_every_output_option_is_checked_before_its_stage_runs():
     from tokenshift.cli import build_parser
 
     for words, sub in _subcommands(build_parser()):
-        flags = {o for a in sub._actions for o in a.option_strings if o in ("--out", "--out-dir", "--html", "--json")}
+        flags = {
+            o
+            for a in sub._actions
+            for o in a.option_strings
+            if o in ("--out", "--out-dir", "--html", "--json", "--example-table")
+        }
         assert flags == {flag for flag, *_ in sub.get_default("outputs") or []}, words
 
 

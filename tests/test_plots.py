@@ -213,6 +213,13 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     page = (tmp_path / "results" / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + len(PAIR_FIGURES) and "models: {}" in page
     assert "<a href='explorer.html'>" in page  # relative to the report, so the pair moves together
+    # a pair's figure that is not a PNG (text, a table) was embedded as one (the fourth hostile pass): named
+    from tokenshift.io import InputError
+    from tokenshift.report import load_result
+
+    (results / "figures" / "position.png").write_text("not a png")
+    with pytest.raises(InputError, match=r"position\.png: not a PNG image"):
+        load_result(results)
 
 
 def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):

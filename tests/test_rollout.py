@@ -475,3 +475,16 @@ def test_an_hf_batch_out_of_memory_is_decoded_in_halves_to_the_same_samples(make
         hook.remove()
     assert len(prompts) > 3 and "out of memory at batch" in caplog.text
     assert [(s.response_ids, s.finish_reason) for s in halved] == [(s.response_ids, s.finish_reason) for s in whole]
+
+
+def test_a_problems_table_of_no_rows_is_refused_naming_it(tmp_path):
+    """A rollout of no problems wrote a table of no rows and exited 0 (the fourth hostile pass)."""
+    import polars as pl
+
+    from tokenshift.datasets import read_problems
+    from tokenshift.io import InputError
+
+    empty = tmp_path / "problems.parquet"
+    pl.DataFrame(schema={"problem_id": pl.String, "question": pl.String, "answer": pl.String}).write_parquet(empty)
+    with pytest.raises(InputError, match=f"^{empty}: .*no rows"):
+        read_problems(empty)

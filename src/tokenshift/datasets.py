@@ -279,7 +279,10 @@ def read_problems(path: Path | str) -> list[Problem]:
     from tokenshift.io import read_parquet
 
     table = read_parquet(
-        path, "a problems table written by `tokenshift dataset`", columns=("problem_id", "question", "answer")
+        path,
+        "a problems table written by `tokenshift dataset`",
+        columns=("problem_id", "question", "answer"),
+        nonempty=True,  # no problems would be a table of no rows, written as a result
     )
     return [Problem(*row) for row in table.select("problem_id", "question", "answer").iter_rows()]
 

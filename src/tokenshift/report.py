@@ -419,7 +419,7 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
             f"[{row['ci_low']:g}, {row['ci_high']:g}]: expected a share in [0, 1] inside its CI ({what})"
         )
     cross = results / "crosssample.parquet"
-    return PairResult(
+    result = PairResult(
         pair=accuracy["pair"][0],
         dataset=accuracy["dataset"][0],
         kind=kind,
@@ -435,6 +435,9 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
             n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES if (results / "figures" / f"{n}.png").is_file()
         },
     )
+    for path in result.figures.values():  # embedded as PNG data: anything else is refused, naming it
+        read_png(path, "a figure of `tokenshift figures`, a PNG")
+    return result
 
 
 def build_report(

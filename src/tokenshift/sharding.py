@@ -154,6 +154,9 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
             )
             raise InputError(f"{p}: not a part of the same run as {ref} (expected its columns; {diff}){remake_hint(p)}")
     table = pl.concat([t for _, t in frames]) if frames else pl.DataFrame()
+    repeated = sorted({c for c in sort_by if list(sort_by).count(c) > 1})
+    if repeated:
+        raise InputError(f"--sort-by {repeated[0]!r} given twice: expected each column once")
     unknown = [c for c in sort_by if table.width and c not in table.columns]
     if unknown:
         raise InputError(f"--sort-by {unknown[0]!r}: the parts have no such column (columns: {table.columns})")
