@@ -159,9 +159,7 @@ def toy_init(wildcards):
 
 def manifest_of(role):
     """Input function: the manifest of the ``{pair}``'s ``role`` model (``"{role}"``: the job's role)."""
-    if role == "{role}":
-        return lambda wildcards: model_manifest(PAIRS[wildcards.pair][wildcards.role])
-    return lambda wildcards: model_manifest(PAIRS[wildcards.pair][role])
+    return lambda wildcards: model_manifest(PAIRS[wildcards.pair][wildcards.role if role == "{role}" else role])
 
 
 PAIR_MANIFESTS = {role: manifest_of(role) for role in ROLES}
@@ -244,8 +242,8 @@ def pair_figures(pair):
 def settings_of(cls, stage=None, recorded=True, keys=None):
     """The flags of a config section (``cls.section``): the keys ``stage`` reads, or all of them (or
     ``keys`` of them: what a job of another section reads there). ``recorded=False``: those results do
-    not depend on (a batch size), which a rule passes as a resource (``tuning``), not a param:
-    Snakemake records params, so changing one would re-run jobs."""
+    not depend on (a batch size), which a rule passes as a resource (``tuning``) and not as a param,
+    since Snakemake records params and changing one would re-run jobs."""
 
     def flags(wildcards):
         values = section_values(cls, config, stage=stage, recorded=recorded)
