@@ -338,6 +338,11 @@ their jobs unrecorded and ``results/config.yaml`` leaves them out, so changing o
 NOT_ALONE = {"crosssample.statistic", "scoring.statistic", "scoring.backend", "crosssample.engine"}
 
 
+COMPANIONS = {"crosssample.length_rule": {"crosssample.max_total_tokens": 200}}
+"""Keys a changed value needs beside it: after_switch's ceiling, under the toy models' context of 256 positions
+(the config check refuses the default 16384 there)."""
+
+
 def changed_value(key: str, value):
     if key.endswith("thresholds.rank"):  # no score table holds ranks: a percentile needs a level
         return {"percentile": 80, "level": "prompt"}
@@ -435,7 +440,10 @@ def test_a_changed_setting_reruns_the_jobs_that_read_it_and_no_others(default_ru
 
     def changed_plan(key: str) -> dict:
         changed = tmp_path / f"{key}.yaml"
-        changed.write_text(yaml.safe_dump(with_key(config, key, changed_value(key, keys[key]))))
+        new = with_key(config, key, changed_value(key, keys[key]))
+        for companion, value in COMPANIONS.get(key, {}).items():  # read by the same jobs, under this key only
+            new = with_key(new, companion, value)
+        changed.write_text(yaml.safe_dump(new))
         return plan(default_run, "--nolock", "--configfile", str(changed))
 
     with ThreadPoolExecutor(2) as pool:  # dry runs only: two at a time, on two cores

@@ -234,6 +234,34 @@ def test_vocab_extended_with_added_tokens_shares_the_common_prefix(toy_tokenizer
     assert compare_tokenizers(toy_tokenizer, extended) == len(toy_tokenizer)
 
 
+def test_custom_code_without_trust_is_refused_naming_the_key(tmp_path, toy_tokenizer, monkeypatch):
+    # fourth hostile pass (8a): the fetch ended in transformers' ValueError traceback; a local checkpoint is
+    # refused already by the config check (snakemake -n), a hub one by the fetch, in one line
+    from tokenshift.config import ConfigError, check_config
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setenv("CUSTOM_CODE_RAN", str(tmp_path / "custom-code-ran"))
+    src = custom_code_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer)
+    config = {
+        "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+        "datasets": {},
+        "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": []}],
+    }
+    with pytest.raises(ConfigError, match=r"models\.a\.path: .*set models\.a\.trust_remote_code: true"):
+        check_config(config, base_dir=tmp_path)
+    with pytest.raises(ModelFetchError, match=r"set models\.a\.trust_remote_code: true") as e:
+        fetch_model("a", {"path": str(src)}, tmp_path / "resources" / "models" / "a")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "custom-code-ran").exists()
+    # a type transformers has loads without its code: not refused (an auto_map kept for older versions)
+    cfg = json.loads((tmp_path / "ckpt" / "b" / "config.json").read_text())
+    (tmp_path / "ckpt" / "b" / "config.json").write_text(json.dumps(cfg | {"auto_map": {"AutoConfig": "x.Y"}}))
+    config["models"]["a"] = {"path": "ckpt/b"}
+    config["models"]["b"]["trust_remote_code"] = False
+    check_config({**config, "pairs": []}, base_dir=tmp_path)
+
+
 def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, toy_tokenizer, monkeypatch):
     # issue 24.8: fetched with trust, then dropped by rollout, scoring and cross-sampling (a ValueError)
     from tokenshift.config import check_config

@@ -389,6 +389,46 @@ def _mutations():
             "datasets.toy.sampling.max_new_tokens",
         ),
         ("gpu-memory-1e-300", m(lambda c: c.update(cluster={"gpu_memory_gb": 1e-300})), "cluster.gpu_memory_gb"),
+        # fourth hostile pass: accepted, then a job failed
+        (  # the budget-all job's responses ran to the default 16384 tokens in a 256-position context
+            "after-switch-past-the-toy-context",
+            m(lambda c: c["crosssample"].update(length_rule="after_switch")),
+            "crosssample.max_total_tokens: got 16384; at most 226 under length_rule after_switch",
+        ),
+        (  # no command-line argument can hold one
+            "nul-byte-in-a-template",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": "{question}\0"}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "datasets.h.template: got '{question}\\x00'; expected a string without a NUL byte",
+        ),
+        (  # "Argument list too long" as the job started
+            "template-of-200k-characters",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": "x" * 200_000 + "{question}"}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "datasets.h.template: got 'xxx",
+        ),
+        ("toy-hidden-size-past-a-toy", m(lambda c: c["toy"].update(hidden_size=4096)), "toy.hidden_size: got 4096"),
+        ("toy-layers-past-a-toy", m(lambda c: c["toy"].update(num_layers=100)), "toy.num_layers: got 100"),
+        ("toy-traces-10**8", m(lambda c: c["toy"].update(n_traces=10**8)), "toy.n_traces: got 100000000"),
+        (
+            "grpo-round-past-4096-responses",
+            m(lambda c: c["advantages"].update(prompts_per_step=128, group_size=64)),
+            "advantages.group_size: got 64; at most 32",
+        ),
+        ("eval-samples-10**6", m(lambda c: c["advantages"].update(eval_samples=10**6)), "advantages.eval_samples"),
+        (
+            "attention-transformers-lacks",
+            m(lambda c: c["models"].update(q={"hub": "a/b", "revision": "r", "attn_implementation": "bogus_impl"})),
+            "models.q.attn_implementation: got 'bogus_impl'; expected one of transformers' attention implementations",
+        ),
     ]
 
 
@@ -404,6 +444,31 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     with pytest.raises(ConfigError) as e:
         check_workflow_config(copy.deepcopy(config), SCHEMA_PATH, validate)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_error_quoting_a_huge_value_stays_one_short_line():
+    # fourth hostile pass (7l): jsonschema's message quotes the value whole: a 100,000-character line
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    config = copy.deepcopy(DEFAULT)
+    config["pairs"][0]["name"] = "p" * 30_000  # under the string limit: the schema's maxLength refuses it
+    with pytest.raises(ConfigError) as e:
+        check_workflow_config(config, SCHEMA_PATH, lambda *_: None)
+    assert "pairs[0].name" in str(e.value) and "is too long" in str(e.value)
+    assert len(str(e.value)) < 1000 and "\n" not in str(e.value)
+
+
+def test_a_budget_that_rounds_to_another_is_named_in_a_warning():
+    # fourth hostile pass (7i): 0.01 of 96 new tokens rounds up to 1 token, budget 1's run: merged silently
+    from tokenshift.config import config_warnings
+
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"]["budgets"] = [0, 1, 0.01, 0.5]
+    warnings = [w for w in config_warnings(config) if "the same run as" in w]
+    assert warnings == [
+        "config key crosssample.budgets[2]: budget 0.01 is 1 of dataset 'toy''s 96 new tokens, the same run as "
+        "crosssample.budgets[1] (1): it is run once"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -856,7 +921,7 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
         injected_eos="drop",
         statistic="topk:50",
         length_rule="after_switch",
-        max_total_tokens=400,
+        max_total_tokens=200,  # the toy context (256) holds a prompt of up to 30 tokens too
     )
     config["grading"] = {"mode": "lenient"}
     r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
@@ -871,7 +936,7 @@ def test_the_authors_protocol_options_reach_the_jobs_and_a_prompt_level_percenti
     for c in commands:
         argv = shlex.split(c.removeprefix("Shell command: "))
         assert {"--mode=lenient", "--injected-eos=drop", "--statistic=topk:50"} <= set(argv), c
-        assert {"--length-rule=after_switch", "--max-total-tokens=400", "--injection=sample"} <= set(argv), c
+        assert {"--length-rule=after_switch", "--max-total-tokens=200", "--injection=sample"} <= set(argv), c
         assert "--force-switch" in argv and not any(a.startswith("--gamma") for a in argv)  # extrapolate reads it
 
 

@@ -105,7 +105,8 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     desc = error.schema.get("description") if isinstance(error.schema, dict) else None
     if desc is None and error.parent is not None and isinstance(error.parent.schema, dict):
         desc = error.parent.schema.get("description")
-    expected = error.message if not desc else f"{error.message}. {' '.join(desc.split())}"
+    message = _shortened(error.message, error.instance)
+    expected = message if not desc else f"{message}. {' '.join(desc.split())}"
     wants_integer = any(  # the key (or one of its choices) is an integer: not said of number keys (top_p: 0.0)
         e.validator == "type" and "integer" in _as_list(e.validator_value)
         for e in [error, *(error.context or ()), *(error.parent.context if error.parent else ())]
@@ -113,6 +114,15 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     if wants_integer and isinstance(error.instance, float) and error.instance.is_integer():
         expected += f" (a whole number is written without a decimal point: {int(error.instance)}, not {error.instance})"
     raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
+
+
+def _shortened(message: str, instance: Any, limit: int = 300) -> str:
+    """jsonschema's ``message`` with the value it quotes whole (``'xxx…' is too long``) cut as
+    ``ConfigError`` cuts it, and the whole at most ``limit`` characters: one line, not 100,000."""
+    whole = repr(instance)
+    if len(whole) > 160 and whole in message:
+        message = message.replace(whole, whole[:157] + "...")
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _strict_validator(jsonschema):
@@ -228,6 +238,37 @@ def check_finite(node: Any, key: str = "") -> None:
             check_finite(v, f"{key}[{i}]")
 
 
+MAX_STRING_BYTES = 32_768
+"""The longest string a config may hold (UTF-8 bytes): far past any name, path, id or prompt template, and
+a quarter of what Linux lets one argument of a command be (``MAX_ARG_STRLEN``, 128 KiB). A value reaching a
+job's command line past that failed as "Argument list too long"."""
+
+
+def check_strings(node: Any, key: str = "") -> None:
+    """Refuse a string no job can take anywhere in the config, naming its key: one holding a NUL byte (no
+    command-line argument, path or environment value can: the job failed as it started) or one of more than
+    ``MAX_STRING_BYTES`` bytes."""
+    if isinstance(node, str):
+        if "\0" in node:
+            raise ConfigError(key or "<config>", node, "expected a string without a NUL byte (\\0)")
+        size = len(node.encode("utf-8", "surrogatepass"))
+        if size > MAX_STRING_BYTES:
+            raise ConfigError(
+                key or "<config>",
+                node,
+                f"expected a string of at most {MAX_STRING_BYTES} bytes (this one has {size}): past that it cannot "
+                "reach a job's command line",
+            )
+    elif isinstance(node, Mapping):
+        for k, v in node.items():
+            child = f"{key}.{k}" if key else str(k)
+            check_strings(k, child)
+            check_strings(v, child)
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            check_strings(v, f"{key}[{i}]")
+
+
 def check_workflow_config(
     config: dict[str, Any],
     schema_path: Path,
@@ -238,13 +279,15 @@ def check_workflow_config(
     """Everything the workflow checks before it builds its DAG, in its order; returns the warnings.
 
     Its size first (``check_size``: aliases can expand a few lines past any walk's end), then that
-    every number is finite (``check_finite``: NaN passes a schema's bounds), the schema,
+    every number is finite (``check_finite``: NaN passes a schema's bounds) and every string one a job can
+    take (``check_strings``), the schema,
     as one line naming the key (``validate_schema``); then ``fill_defaults(config,
     schema_path)`` (the workflow passes Snakemake's ``validate``, which also fills the schema's
     defaults in); then what relates one part of the config to another (``check_config``).
     """
     check_size(config)
     check_finite(config)
+    check_strings(config)
     validate_schema(config, schema_path)
     fill_defaults(config, str(schema_path))
     check_config(config, base_dir=base_dir)
@@ -263,6 +306,8 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
 
     for name, spec in models.items():
         source = model_source(spec)
+        if "/" not in spec.get("attn_implementation", "/"):  # owner/name: a hub kernel, which loads at a job
+            _check_attention(f"models.{name}.attn_implementation", spec["attn_implementation"])
         if source == "path":
             _no_wildcards(f"models.{name}.path", spec["path"])
             p = base_dir / spec["path"]
@@ -282,7 +327,15 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-            from tokenshift.models import TOKENIZER_FILES, has_tokenizer, linked_files
+            from tokenshift.models import TOKENIZER_FILES, custom_code, has_tokenizer, linked_files
+
+            if not spec.get("trust_remote_code") and custom_code(p):
+                raise ConfigError(
+                    f"models.{name}.path",
+                    spec["path"],
+                    "its config.json names code of its own (auto_map), which transformers runs only when trusted: "
+                    f"set models.{name}.trust_remote_code: true if you trust it",
+                )
 
             for f in linked_files(p, bool(spec.get("trust_remote_code"))):  # each a Snakemake input too
                 _no_wildcards(f"models.{name}.path", spec["path"], f.name)
@@ -411,7 +464,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"under length_rule after_switch a response may run to max_total_tokens, which must be at "
                     f"least the max_new_tokens of dataset {name!r} ({max_new})",
                 )
-    from tokenshift.toy.config import ToyBuildConfig
+    from tokenshift.toy.config import MAX_GRPO_BATCH, AdvantageExperimentConfig, ToyBuildConfig
 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
@@ -423,6 +476,16 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             "a multiple of 8: the toy model's attention heads each take an even width (rotary embeddings)",
         )
     _check_toy_lengths(config, toy)
+    adv = config.get("advantages", {})
+    prompts = adv.get("prompts_per_step", AdvantageExperimentConfig.prompts_per_step)
+    group = adv.get("group_size", AdvantageExperimentConfig.group_size)
+    if prompts * group > MAX_GRPO_BATCH:
+        raise ConfigError(
+            "advantages.group_size",
+            group,
+            f"at most {MAX_GRPO_BATCH // prompts} with advantages.prompts_per_step {prompts}: a GRPO round trains on "
+            f"prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}",
+        )
     _check_toy_problems(config, toy)
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
@@ -521,15 +584,17 @@ def _check_scoring(config: Mapping[str, Any]) -> None:
 def _check_toy_lengths(config: Mapping[str, Any], toy) -> None:
     """Refuse a dataset's max_new_tokens that a toy model of a pair using it cannot hold after the longest
     prompt the toy task draws (``toy.task.longest_prompt``) in its context (``toy.config.TOY_CONTEXT``): the
-    first rollout failed after the toy builds."""
+    first rollout failed after the toy builds. The same of ``crosssample.max_total_tokens`` under
+    ``length_rule: after_switch``, the longest cross-sampled response (its budget-all job failed)."""
     from tokenshift.settings import SamplingConfig
     from tokenshift.toy.config import TOY_CONTEXT
     from tokenshift.toy.task import longest_prompt
 
     models = config["models"]
     prompt = longest_prompt(toy.task)
+    toy_pairs = [p["name"] for p in config["pairs"] if any("toy" in models[p[role]] for role in ("base", "rl"))]
     for pair in config["pairs"]:
-        if not any("toy" in models[pair[role]] for role in ("base", "rl")):
+        if pair["name"] not in toy_pairs:
             continue
         for name in pair.get("datasets", []):
             max_new = dataset_sampling(config, name).get("max_new_tokens", SamplingConfig().max_new_tokens)
@@ -542,6 +607,19 @@ def _check_toy_lengths(config: Mapping[str, Any], toy) -> None:
                     f"at most {TOY_CONTEXT - prompt}: the toy models' context of {TOY_CONTEXT} positions holds the "
                     f"prompt too, up to {prompt} tokens at toy.max_steps {toy.max_steps} (pair {pair['name']!r})",
                 )
+    cross = config.get("crosssample", {})
+    if toy_pairs and cross.get("length_rule") == "after_switch":  # a cross-sampled response runs to max_total_tokens
+        from tokenshift.settings import CrossSampleConfig
+
+        total = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens)
+        if total + prompt > TOY_CONTEXT:
+            raise ConfigError(
+                "crosssample.max_total_tokens",
+                total,
+                f"at most {TOY_CONTEXT - prompt} under length_rule after_switch, where a cross-sampled response may "
+                f"run to max_total_tokens: the toy models' context of {TOY_CONTEXT} positions holds the prompt too, "
+                f"up to {prompt} tokens at toy.max_steps {toy.max_steps} (pair {toy_pairs[0]!r})",
+            )
 
 
 def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
@@ -583,6 +661,21 @@ def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
                 + (f"; the toy check draws {EVAL_PROBLEMS}" if key == "toy.max_steps" else "")
                 + ": ask for fewer, or allow more operations",
             )
+
+
+def _check_attention(key: str, name: str) -> None:
+    """Refuse an attention implementation the installed transformers does not have (a ``ValueError`` in
+    the first job that loaded the model). Imported only where a model sets one: it costs seconds."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if name not in known:
+        raise ConfigError(
+            key,
+            name,
+            f"expected one of transformers' attention implementations ({', '.join(known)}) or a hub kernel "
+            "(owner/name)",
+        )
 
 
 def _no_wildcards(key: str, path: str, file: str = "") -> None:
@@ -707,8 +800,22 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
                     "regenerate's vLLM engines batch their own requests and go where vLLM is built for"
                 )
     after_switch = cross.get("length_rule", CrossSampleConfig.length_rule) == "after_switch"
+    from tokenshift.registry import budget_label
+    from tokenshift.settings import SamplingConfig
+
     for name in config.get("datasets", {}):
         max_new = dataset_sampling(config, name).get("max_new_tokens")
+        labels: dict[str, int] = {}
+        tokens = max_new or SamplingConfig().max_new_tokens
+        for j, b in enumerate(cross.get("budgets", [])):  # a share of max_new_tokens rounds up to whole tokens
+            label = budget_label(b, tokens)
+            first = labels.setdefault(label, j)
+            if first != j:
+                out.append(
+                    f"config key crosssample.budgets[{j}]: budget {b} is {label} of dataset {name!r}'s "
+                    f"{tokens} new tokens, the same run as crosssample.budgets[{first}] ({cross['budgets'][first]}): "
+                    "it is run once"
+                )
         # the longest response: after_switch lets it run past max_new_tokens, up to max_total_tokens
         longest = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens) if after_switch else max_new
         for j, b in enumerate(cross.get("budgets", [])):

@@ -170,6 +170,21 @@ def hub_sha256(path: Path) -> str | None:
     return target.name if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name) else None
 
 
+def custom_code(ckpt_dir: Path) -> bool:
+    """Whether a checkpoint needs code of its own: its config.json names some (``auto_map``) for a model type
+    the installed transformers does not have, so it loads only under ``trust_remote_code`` (one whose type
+    transformers has loads without it). False where the file does not read as a JSON object."""
+    try:
+        cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(cfg, dict) or not cfg.get("auto_map"):
+        return False
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return cfg.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
 def write_manifest(
     ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
 ) -> dict:
@@ -187,7 +202,18 @@ def write_manifest(
     # a hub snapshot's large files carry the hub's own sha256 (its cache names their blobs by it): a 32B
     # model's 65 GB are not read again for it; a local `path:` is hashed whatever its files' names
     hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
-    cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
+    try:
+        cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
+    except (ValueError, OSError, KeyError) as e:  # a type transformers lacks, custom code not trusted
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            f"; its config names code of its own (auto_map): set models.{name}.trust_remote_code: true to run it, "
+            "if you trust it"
+            if not trust and custom_code(ckpt_dir)
+            else ""
+        )
+        where = ckpt_dir / "config.json"
+        raise ModelFetchError(f"model {name!r}: transformers cannot read {where}: {first}{hint}") from None
     tok = _auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     manifest = {

@@ -24,9 +24,9 @@ class ToyBuildConfig:
     max_steps: int = option(8, "most operations per problem", minimum=1)
     mistake_rate: float = option(0.12, "chance that a pretraining trace errs at a step", minimum=0)
     n_train_problems: int = option(20000, "distinct training problems", minimum=1)
-    n_traces: int = option(50000, "pretraining traces drawn from them", minimum=1)
-    hidden_size: int = option(128, "width of the toy Qwen2 model", minimum=8)
-    num_layers: int = option(3, "depth of the toy Qwen2 model", minimum=1)
+    n_traces: int = option(50000, "pretraining traces drawn from them", minimum=1, maximum=2_000_000)
+    hidden_size: int = option(128, "width of the toy Qwen2 model", minimum=8, maximum=1024)
+    num_layers: int = option(3, "depth of the toy Qwen2 model", minimum=1, maximum=24)
     pretrain_steps: int = option(600, "optimizer steps of pretraining", minimum=1)
     pretrain_lr: float = option(
         2e-3,
@@ -74,6 +74,11 @@ class ToyBuildConfig:
         return 9 * self.max_steps + 12
 
 
+MAX_GRPO_BATCH = 4096
+"""The most responses a GRPO round of the advantage experiment trains on at once (prompts_per_step x
+group_size, one forward and backward pass): 64 by default; 4096 of the toy's lengths is a few GiB."""
+
+
 @dataclass(frozen=True)
 class AdvantageExperimentConfig:
     """The divergence-weighted advantage experiment (config ``advantages:``): GRPO from the toy base
@@ -89,14 +94,16 @@ class AdvantageExperimentConfig:
     )
     seeds: tuple[int, ...] = option((0, 1), "training seeds, each run for every variant", stages=("grid",))
     steps: int = option(12, "GRPO update rounds per run", minimum=1)
-    prompts_per_step: int = option(8, "prompts sampled per round", minimum=1)
-    group_size: int = option(8, "responses per prompt (advantages are normalised within the group)", minimum=2)
+    prompts_per_step: int = option(8, "prompts sampled per round", minimum=1, maximum=1024)
+    group_size: int = option(
+        8, "responses per prompt (advantages are normalised within the group)", minimum=2, maximum=1024
+    )
     q: float = option(0.2, "topq: the share of a response's positions that carry its advantage", minimum=0)
     alpha: float = option(0.5, "mix: the floor of credit every position keeps", minimum=0)
     c: float = option(0.2, "lowprob: a token's credit is A * (1 + c * (1 - its probability))", minimum=0)
     eval_every: int = option(6, "evaluate the policy every k rounds (and before the first)", minimum=1)
     eval_problems: int = option(200, "toy eval problems each evaluation answers", minimum=1)
-    eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1)
+    eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1, maximum=1024)
     eval_seed: int = option(0, "sampling seed of every evaluation (the same noise for every run)", minimum=0)
     threads: int = option(
         1,
@@ -111,6 +118,11 @@ class AdvantageExperimentConfig:
             raise ValueError(f"q {self.q}: expected a share in (0, 1]")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha {self.alpha}: expected a value in [0, 1]")
+        if self.prompts_per_step * self.group_size > MAX_GRPO_BATCH:
+            raise ValueError(
+                f"prompts_per_step x group_size {self.prompts_per_step} x {self.group_size}: expected at most "
+                f"{MAX_GRPO_BATCH} responses a round (one training batch)"
+            )
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> AdvantageExperimentConfig:
