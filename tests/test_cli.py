@@ -404,6 +404,20 @@ def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
     one_line_error(r, "/nonexistent", "not a checkpoint")
 
 
+def test_check_pair_refuses_one_checkpoint_as_both_models_and_overview_a_suffixed_out(make_checkpoint, tmp_path):
+    # fourth hostile pass: both exited 0 (a pair of one model; figure 1 written as x.png beside an asked x.txt)
+    from tokenshift.models import fetch_model
+
+    src = make_checkpoint("m")
+    fetch_model("m", {"path": str(src)}, tmp_path / "models" / "m")
+    manifest = tmp_path / "models" / "m.json"
+    cmd = ["models", "check-pair", "p", "--base", str(manifest), "--rl", str(tmp_path / "models" / "m")]
+    one_line_error(run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "p.json")]), "are one checkpoint")
+    assert not (tmp_path / "p.json").exists()
+    r = run(tokenshift_cmd() + ["figure-overview", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "x.txt")])
+    one_line_error(r, "--out", "x.txt", "without suffix")
+
+
 def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path):
     from helpers import rollouts
 

@@ -222,6 +222,52 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
         load_result(results)
 
 
+def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tables, tmp_path):
+    # fourth hostile pass: a reverse run as the example, or the example and its budget-0 twin swapped, drew
+    # figure 6 from the wrong run; one pair's sparsity table twice drew its curve twice; a --kind for a pair
+    # no table holds was ignored. Each exit 0
+    from tokenshift.io import InputError
+    from tokenshift.plots.draw import draw_overview, draw_pair_figures
+
+    results = write_results(tables, tmp_path / "results" / "toy" / "toy")
+
+    def run_file(name, direction, budget):
+        run = pl.DataFrame(
+            {
+                "problem_id": ["q1"],
+                "sample_index": [0],
+                "correct": [True],
+                "direction": direction,
+                "policy": "js",
+                "budget": budget,
+                "threshold": 0.01,
+                "n_switched": [0 if budget == "0" else 1],
+                "switched_js": [[] if budget == "0" else [0.1]],
+                "n_response_tokens": [3],
+                "finish_reason": ["stop"],
+            },
+            schema_overrides={"switched_js": pl.List(pl.Float64)},
+        )
+        run.write_parquet(tmp_path / name)
+        return tmp_path / name
+
+    forward, zero, reverse = run_file("f.parquet", "forward", "4"), run_file("z.parquet", "forward", "0"), None
+    reverse = run_file("r.parquet", "reverse", "4")
+    out = results / "figures"
+    for run, baseline, needle in (
+        (reverse, zero, r"r\.parquet: a reverse run; expected a forward run"),
+        (zero, forward, r"f\.parquet: a forward run at budget 4; expected the forward run at budget 0"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            draw_pair_figures(results, out, example_run=run, example_baseline=baseline, tokenizer=tmp_path)
+    sparsity = results / "divergence" / "sparsity.parquet"
+    with pytest.raises(InputError, match=r"holds pair 'toy' on dataset 'toy', which .* holds already"):
+        draw_overview([sparsity, sparsity], tmp_path / "overview")
+    with pytest.raises(InputError, match=r"--kind toy-sft: no such pair in the tables"):
+        draw_overview([sparsity], tmp_path / "overview", kinds={"toy-sft": "sft"})
+    assert not (tmp_path / "overview.png").exists()
+
+
 def test_an_example_with_nothing_to_show_says_so(toy_tokenizer, tmp_path):
     # two copies of one model never switch where a response came out right: a result, not an error
     run = pl.DataFrame(

@@ -545,6 +545,11 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
     base_dir, rl_dir = resolve_checkpoint(base), resolve_checkpoint(rl)
     what = "a checkpoint manifest: materialise the checkpoint with `tokenshift models fetch` first"
     mb, mr = read_json(manifest_path(base_dir), what), read_json(manifest_path(rl_dir), what)
+    if base_dir.resolve() == rl_dir.resolve():  # two names of one model are two checkpoints (a null control)
+        raise ModelFetchError(
+            f"pair {pair!r}: --base {base} and --rl {rl} are one checkpoint ({base_dir}); expected the pair's two "
+            "models"
+        )
     try:
         shared = compare_tokenizer_dirs(base_dir, rl_dir)
     except TokenizerMismatch as e:

@@ -41,6 +41,8 @@ def check_outputs(args: argparse.Namespace) -> None:
         suffix = re.fullmatch(r"an? (\.\w+) file path", expected)
         if suffix and path.suffix.lower() != suffix[1]:
             raise InputError(f"{flag} {value}: expected {expected} (it writes {suffix[1][1:]})")
+        if expected == "a file path without suffix" and path.suffix:  # the suffixes are the outputs'
+            raise InputError(f"{flag} {value}: expected {expected} (it writes {path.stem}.png and .pdf)")
         if directory and path.exists() and not path.is_dir():
             raise InputError(f"{flag} {value}: is a file; expected {expected}")
 

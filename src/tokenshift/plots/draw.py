@@ -45,10 +45,19 @@ def draw_pair_figures(
             read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)"),
         )
     if example_run:
+        from tokenshift.io import InputError
         from tokenshift.models import load_tokenizer
 
         run = read_cross_run(example_run)
         baseline = read_cross_run(example_baseline) if example_baseline else None
+        if run["direction"][0] != "forward":
+            raise InputError(f"{example_run}: a {run['direction'][0]} run; expected a forward run (--example-run)")
+        twin = baseline is not None and Path(example_baseline).resolve() != Path(example_run).resolve()
+        if twin and (baseline["budget"][0], baseline["direction"][0]) != ("0", "forward"):  # the run itself: none
+            raise InputError(
+                f"{example_baseline}: a {baseline['direction'][0]} run at budget {baseline['budget'][0]}; expected the "
+                "forward run at budget 0 (--example-baseline)"
+            )
         ex = example_table(run, load_tokenizer(tokenizer), baseline=baseline)
         figs["example"] = FIGURES["example"](ex)
     else:
@@ -66,11 +75,26 @@ def draw_pair_figures(
 
 def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str] | None = None) -> None:
     """Figure 1, the JS percentile curves of every pair (``kinds``: pair -> rlvr | sft), at ``out``.{png,pdf}."""
+    from tokenshift.io import InputError
     from tokenshift.tables import read_table
 
-    table = pl.concat(
-        [read_table(p, "sparsity", "a sparsity table (tokenshift divergence)") for p in tables], how="diagonal"
-    )
+    read = [read_table(p, "sparsity", "a sparsity table (tokenshift divergence)") for p in tables]
+    seen: dict[tuple, Path] = {}
+    for path, t in zip(tables, read, strict=True):  # one curve per pair and dataset: a second drew over the first
+        for key in t.select("pair", "dataset").unique().sort("pair", "dataset").iter_rows():
+            if key in seen:
+                raise InputError(
+                    f"{path}: holds pair {key[0]!r} on dataset {key[1]!r}, which {seen[key]} holds already; "
+                    "expected each pair's sparsity table once"
+                )
+            seen[key] = path
+    table = pl.concat(read, how="diagonal")
+    unknown = sorted(set(kinds or {}) - set(table["pair"]))
+    if unknown:
+        raise InputError(
+            f"--kind {unknown[0]}: no such pair in the tables (they hold {sorted(set(table['pair']))}); "
+            "expected a kind for a pair they hold"
+        )
     table = table.with_columns(pl.col("pair").replace_strict(dict(kinds or {}), default="rlvr").alias("pair_kind"))
     save(sparsity(table), Path(out))
 
