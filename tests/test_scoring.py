@@ -393,3 +393,74 @@ def test_a_stopped_scoring_job_goes_on_from_its_shards_to_the_table_one_run_give
         other = run_scoring(*args, out, cfg=ScoringConfig(top_k_candidates=3, max_batch_tokens=40), progress=False)
     assert "starting over" in caplog.text and "already written" not in caplog.text
     assert other.drop(*CANDIDATE_COLUMNS).equals(whole.drop(*CANDIDATE_COLUMNS))
+
+
+def test_scores_of_swapped_models_another_pair_or_the_other_models_rollouts_are_refused(tmp_path, toy_tokenizer):
+    """The fourth hostile pass: each was scored and exited 0. The models' names (pair manifest), the rollouts'
+    ``model`` column and the score tables' record of their checkpoints tell a pair's inputs apart; the
+    divergence tables and the accuracy table check the same of what they are given."""
+    import json
+
+    import polars as pl
+
+    from tokenshift.io import MODELS_RECORD, InputError, read_models_record
+    from tokenshift.models import checkpoint_label
+    from tokenshift.scoring import run_scoring
+    from tokenshift.tables import write_accuracy, write_divergence
+
+    base, rl, pair, rollouts, _ = scoring_inputs(tmp_path, toy_tokenizer, n=4)
+    table = pl.read_parquet(rollouts).with_columns(pl.lit(checkpoint_label(base)).alias("model"))
+    table.write_parquet(rollouts)  # the base model's, as tokenshift rollout labels them
+    cfg = ScoringConfig(top_k_candidates=2)
+    out = tmp_path / "scores.parquet"
+    for args, needle in (
+        ((base, base, pair, rollouts, "base"), "one checkpoint"),
+        ((rl, base, pair, rollouts, "base"), "has base model 'base', where --base"),
+        ((base, rl, pair, rollouts, "rl"), "the base model's rollouts .* given as the rl model's"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            run_scoring(*args, out, cfg=cfg, progress=False)
+        assert not out.exists()
+    other = json.loads(pair.read_text()) | {"pair": "q", "base": "b2", "rl": "r2"}  # another pair's manifest
+    (tmp_path / "q.json").write_text(json.dumps(other))
+    with pytest.raises(InputError, match="pair 'q' has base model 'b2'"):
+        run_scoring(base, rl, tmp_path / "q.json", rollouts, "base", out, cfg=cfg, progress=False)
+    scores = run_scoring(base, rl, pair, rollouts, "base", out, cfg=cfg, progress=False)
+    labels = {"base": checkpoint_label(base), "rl": checkpoint_label(rl)}
+    assert read_models_record(out) == labels
+    # divergence: the RL rollouts' scores of another pair (as its record says) are refused
+    theirs = tmp_path / "theirs.parquet"
+    other_labels = {"base": "b2@0123456789abcdef", "rl": "r2@fedcba9876543210"}
+    scores.with_columns(pl.lit("rl").alias("source")).write_parquet(
+        theirs, metadata={MODELS_RECORD: json.dumps(other_labels)}
+    )
+    with pytest.raises(InputError, match="expected the scores of one pair's two models"):
+        write_divergence({"base": out, "rl": theirs}, tmp_path / "div", pair="p", dataset="d")
+    # accuracy against the pair manifest: the base model's rollouts given as the RL model's
+    rl_rollouts = tmp_path / "rl_rollouts.parquet"
+    table.with_columns(pl.lit(labels["rl"]).alias("model"), pl.lit("v").alias("dataset_version")).write_parquet(
+        rl_rollouts
+    )
+    table.with_columns(pl.lit("v").alias("dataset_version")).write_parquet(rollouts)
+    acc = tmp_path / "acc.parquet"
+    with pytest.raises(InputError, match=r"rollouts of rl@.*given as the base model's; pair 'p'"):
+        write_accuracy({"base": rl_rollouts, "rl": rollouts}, acc, pair_manifest=pair)
+    assert write_accuracy({"base": rollouts, "rl": rl_rollouts}, acc, pair_manifest=pair).height
+
+
+def test_gather_refuses_parts_computed_with_other_checkpoints_and_keeps_their_record(tmp_path):
+    import polars as pl
+
+    from tokenshift.io import InputError, read_models_record
+    from tokenshift.sharding import gather_parts, write_part
+
+    part = pl.DataFrame({"problem_id": ["a"], "sample_index": [0]})
+    ours, theirs = {"base": "b@1", "rl": "r@1"}, {"base": "b@1", "rl": "r@2"}
+    parts = [tmp_path / "1-of-2.parquet", tmp_path / "2-of-2.parquet"]
+    write_part(part, parts[0], models=ours)
+    write_part(part.with_columns(pl.lit("b").alias("problem_id")), parts[1], models=theirs)
+    with pytest.raises(InputError, match=r"2-of-2\.parquet: computed with the checkpoints .*'r@2'"):
+        gather_parts(parts, tmp_path / "t.parquet")
+    write_part(part.with_columns(pl.lit("b").alias("problem_id")), parts[1], models=ours)
+    gather_parts(parts, tmp_path / "t.parquet")
+    assert read_models_record(tmp_path / "t.parquet") == ours

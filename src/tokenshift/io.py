@@ -137,6 +137,23 @@ def place(path: Path | str) -> str:
         return full.as_posix()
 
 
+MODELS_RECORD = "tokenshift.models"
+"""The key of a table's parquet metadata recording, as JSON, the checkpoints it was computed with
+(``models.checkpoint_label`` by role: a score table's ``base`` and ``rl``); ``read_models_record``."""
+
+
+def read_models_record(path: Path | str) -> dict[str, str] | None:
+    """The checkpoints a table records it was computed with (``MODELS_RECORD``), or None where it records
+    none (a table made otherwise, or rewritten by another program)."""
+    import polars as pl
+
+    try:
+        record = json.loads(pl.read_parquet_metadata(path).get(MODELS_RECORD) or "null")
+    except Exception:  # not a parquet file, or no JSON there: no record (the table's own read names a bad file)
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def remake_hint(path: Path | str) -> str:
     """How to make ``path`` again where a workflow made it (a file under the working directory of a
     Snakemake run, which holds ``.snakemake/``), else "". A finished output damaged since (truncated,

@@ -311,6 +311,23 @@ def checkpoint_identity(path: Path | str) -> str:
     return sha256_file(manifest) if manifest.is_file() else str(ckpt.resolve())
 
 
+def checkpoint_label(path: Path | str) -> str:
+    """A checkpoint as the tables made with it record it: ``<its manifest's name>@<the first 16 hex digits of
+    checkpoint_identity>`` (rollout tables' ``model`` column, score tables' ``MODELS_RECORD``), so a table
+    given as another model's, or another pair's, is told apart; its resolved path where it has no manifest."""
+    ckpt = resolve_checkpoint(path)
+    manifest = manifest_path(ckpt)
+    if not manifest.is_file():
+        return str(ckpt.resolve())
+    name = read_json(manifest, "a checkpoint manifest").get("name", ckpt.name)
+    return f"{name}@{sha256_file(manifest)[:16]}"
+
+
+def label_name(label: str) -> str:
+    """The model name in a ``checkpoint_label``."""
+    return label.rsplit("@", 1)[0]
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -133,7 +133,7 @@ def run_rollouts(
     ``tokenshift dataset`` wrote. Of a run split over several jobs, this writes job ``part``'s rows.
     """
     from tokenshift.datasets import as_problems
-    from tokenshift.models import checkpoint_identity
+    from tokenshift.models import checkpoint_identity, checkpoint_label
     from tokenshift.sharding import run_key, run_sharded
 
     problems = as_problems(problems)
@@ -156,6 +156,7 @@ def run_rollouts(
         out,
         n=sampling.n,
         problems_per_shard=cfg.problems_per_shard,
+        constants={"model": checkpoint_label(model)},  # whose rollouts: accuracy and scoring check it
         part=part,
         grading=grading,
         grader_workers=grader_workers,

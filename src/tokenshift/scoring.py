@@ -45,7 +45,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -514,6 +514,40 @@ def start_vllm_engines(
     return engines, min(lengths) - 1
 
 
+def check_score_inputs(
+    checkpoints: Mapping[str, Path], pair: Path, manifest: Mapping, rollouts: Path, table: pl.DataFrame, source: str
+) -> dict[str, str]:
+    """The pair's ``checkpoint_label`` by role, once the inputs are found to be one pair's: two checkpoints, the
+    pair manifest's models in their roles, and rollouts (where their table records its ``model``) of the
+    ``source`` role's checkpoint. Each was scored without a word before: swapped models, another pair's
+    manifest or rollouts, or the other model's rollouts given as ``source``'s. ``InputError`` names the file."""
+    from tokenshift.io import InputError
+    from tokenshift.models import checkpoint_label, label_name
+
+    labels = {role: checkpoint_label(ckpt) for role, ckpt in checkpoints.items()}
+    if labels["base"] == labels["rl"]:
+        raise InputError(
+            f"--base {checkpoints['base']} and --rl {checkpoints['rl']}: one checkpoint ({labels['base']}); "
+            "expected the pair's two models"
+        )
+    for role, label in labels.items():
+        named = manifest.get(role)
+        if named is not None and named != label_name(label):
+            raise InputError(
+                f"{pair}: pair {manifest.get('pair')!r} has {role} model {named!r}, where --{role} "
+                f"{checkpoints[role]} is {label_name(label)!r}: expected the pair's own models in their roles"
+            )
+    held = sorted(set(table["model"].drop_nulls())) if "model" in table.columns else []
+    if held and held != [labels[source]]:
+        others = [r for r, label in labels.items() if label in held]
+        whose = f"the {others[0]} model's" if others else "another model's"
+        raise InputError(
+            f"{rollouts}: {whose} rollouts ({', '.join(held)}), given as the {source} model's (--source {source}: "
+            f"{labels[source]}); expected the rollouts of the model --source names"
+        )
+    return labels
+
+
 def run_scoring(
     base: Path,
     rl: Path,
@@ -544,7 +578,8 @@ def run_scoring(
     from tokenshift.settings import VLLM_ENGINE_KEYS
 
     torch.set_num_threads(cfg.threads)
-    vocab = read_json(pair, "a pair manifest (tokenshift models check-pair)").get("shared_vocab_size")
+    manifest = read_json(pair, "a pair manifest (tokenshift models check-pair)")
+    vocab = manifest.get("shared_vocab_size")
     if not isinstance(vocab, int):
         raise InputError(
             f"{pair}: no shared_vocab_size (expected a pair manifest written by `tokenshift models check-pair`)"
@@ -554,6 +589,7 @@ def run_scoring(
         "a rollout table (tokenshift rollout)",
         columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
     )
+    labels = check_score_inputs({"base": base, "rl": rl}, pair, manifest, rollouts, table, source)
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
     # what the shards of an earlier, stopped run of this job must have been made from to be read back
     made_from = {
@@ -585,7 +621,7 @@ def run_scoring(
     scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
     scores = scores.with_columns(pl.lit(source).alias("source"), pl.lit(cfg.statistic).alias("statistic"))
     scores = scores.sort(*SCORE_ORDER)
-    write_part(scores, Path(out))
+    write_part(scores, Path(out), models=labels)
     store.close()
     skipped = {k: len(v) for k, v in res.skipped.items()}
     log.info(

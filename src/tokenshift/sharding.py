@@ -39,8 +39,10 @@ from tqdm.auto import tqdm
 from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
 from tokenshift.io import (
+    MODELS_RECORD,
     InputError,
     place,
+    read_models_record,
     read_parquet,
     remake_hint,
     sha256_file,
@@ -98,9 +100,10 @@ PART_RECORD = "tokenshift.part"
 """The key of a part's parquet metadata that records where its job wrote it (``write_part``; ``io.place``)."""
 
 
-def write_part(table: pl.DataFrame, path: Path) -> None:
-    """Write the table of a run, or of one job's part of it, recording where (``gather_parts`` checks it)."""
-    write_parquet_atomic(table, path, metadata={PART_RECORD: place(path)})
+def write_part(table: pl.DataFrame, path: Path, models: Mapping[str, str] | None = None) -> None:
+    """Write the table of a run, or of one job's part of it, recording where (``gather_parts`` checks it) and,
+    where given, the checkpoints it was computed with (``io.MODELS_RECORD``: role -> ``checkpoint_label``)."""
+    write_parquet_atomic(table, path, metadata={PART_RECORD: place(path), **(_models_metadata(models) or {})})
 
 
 PART_NAME = re.compile(r"(\d+)-of-(\d+)\.parquet")
@@ -153,6 +156,14 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
                 "the same columns in another order",
             )
             raise InputError(f"{p}: not a part of the same run as {ref} (expected its columns; {diff}){remake_hint(p)}")
+    records = {p: read_models_record(p) for p in parts}
+    common_record = records[parts[0]] if parts else None
+    for p, record in records.items():  # one run's parts were computed with one pair of checkpoints
+        if record != common_record:
+            raise InputError(
+                f"{p}: computed with the checkpoints {record}, {parts[0]} with {common_record}: expected the parts "
+                f"of one run{remake_hint(p)}"
+            )
     table = pl.concat([t for _, t in frames]) if frames else pl.DataFrame()
     repeated = sorted({c for c in sort_by if list(sort_by).count(c) > 1})
     if repeated:
@@ -166,8 +177,12 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
         if twice.any():  # two parts of other runs (the base and the RL model's), or a part's rows twice
             row = table.filter(twice).row(0, named=True)
             raise InputError(f"{parts[0]}: the parts hold {row} twice: expected rows of one run, each once")
-    write_parquet_atomic(table, Path(out))
+    write_parquet_atomic(table, Path(out), metadata=_models_metadata(common_record))
     return table
+
+
+def _models_metadata(record: Mapping[str, str] | None) -> dict[str, str] | None:
+    return {MODELS_RECORD: json.dumps(dict(record), sort_keys=True)} if record else None
 
 
 def _read_part(path: Path) -> pl.DataFrame:

@@ -23,7 +23,14 @@ import numpy as np
 import polars as pl
 
 from tokenshift.datasets import read_toy_problems
-from tokenshift.io import InputError, read_parquet, write_csv_atomic, write_parquet_atomic
+from tokenshift.io import (
+    InputError,
+    read_json,
+    read_models_record,
+    read_parquet,
+    write_csv_atomic,
+    write_parquet_atomic,
+)
 from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, parse_budget
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
@@ -592,9 +599,11 @@ def write_accuracy(
     *,
     pair: str | None = None,
     dataset: str | None = None,
+    pair_manifest: Path | None = None,
     cfg: AccuracyConfig = AccuracyConfig(),
 ) -> pl.DataFrame:
-    """The accuracy table of a pair's rollout files (role -> path), written to ``out``."""
+    """The accuracy table of a pair's rollout files (role -> path), written to ``out``. With ``pair_manifest``
+    (``tokenshift models check-pair``'s), each table that records its ``model`` must hold that role's."""
     what = "a rollout table (tokenshift rollout)"
     tables = {
         role: read_parquet(path, what, ROLLOUT_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
@@ -624,6 +633,17 @@ def write_accuracy(
                 f"{rollouts[role]} and {rollouts[other]}: {same} as both the {role} and the {other} model's rollouts; "
                 f"expected each model's own ({what})"
             )
+    if pair_manifest is not None:
+        from tokenshift.models import label_name
+
+        manifest = read_json(pair_manifest, "a pair manifest (tokenshift models check-pair)")
+        for role, held in models.items():
+            named = manifest.get(role)
+            if named is not None and {label_name(m) for m in held} != {named}:
+                raise InputError(
+                    f"{rollouts[role]}: rollouts of {', '.join(held)}, given as the {role} model's; pair "
+                    f"{manifest.get('pair')!r} ({pair_manifest}) has {role} model {named!r}: expected its rollouts"
+                )
     first = None
     for role, table in tables.items():
         # every problem's samples 0 .. n-1, and every role the same problems: a lost or extra sample would
@@ -679,6 +699,14 @@ def write_divergence(
         src: read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=SCORE_KEY)
         for src, path in scores.items()
     }
+    records = {src: read_models_record(path) for src, path in scores.items()}
+    ref = next(iter(records))
+    for src, record in records.items():  # scores of one pair's models (where both tables record them)
+        if record and records[ref] and record != records[ref]:
+            raise InputError(
+                f"{scores[src]}: scores computed with {record}, {scores[ref]} with {records[ref]}: expected the "
+                "scores of one pair's two models"
+            )
     for src, frame in frames.items():
         if frame.height == 0:  # no distribution to take quantiles of: say so, not a TypeError deep in a table
             raise InputError(

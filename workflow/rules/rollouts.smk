@@ -64,4 +64,4 @@ rule accuracy:
         metrics=settings_of(AccuracyConfig),
     shell:
         "tokenshift accuracy --base {input.base} --rl {input.rl} {params.metrics} --pair {wildcards.pair} "
-        "--dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        "--pair-manifest {input.pair} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

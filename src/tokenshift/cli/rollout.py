@@ -34,6 +34,10 @@ def register(sub) -> None:
     ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
     output(ac, "--out", "a .parquet file path", "parquet file to write")
     ac.add_argument("--pair", help="pair name, stored in the table")
+    ac.add_argument(
+        "--pair-manifest",
+        help="the pair's manifest (resources/pairs/<pair>.json): each table must hold its role's model's rollouts",
+    )
     ac.add_argument("--dataset", help="dataset name, stored in the table")
     add_options(ac, AccuracyConfig, title="metrics (config `rollout:`)")
     ac.set_defaults(func=_accuracy)
@@ -65,6 +69,7 @@ def _accuracy(args: argparse.Namespace) -> None:
         Path(args.out),
         pair=args.pair,
         dataset=args.dataset,
+        pair_manifest=Path(args.pair_manifest) if args.pair_manifest else None,
         cfg=settings(AccuracyConfig, args),
     )
     show(table.drop("dataset_version"))
