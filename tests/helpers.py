@@ -320,3 +320,22 @@ def cross_table(forward_js_2: float = 0.6) -> pl.DataFrame:
     from tokenshift.tables import crosssample_table
 
     return crosssample_table(runs, extrapolation=[extrapolated], labels={"pair": "toy", "dataset": "toy"})
+
+
+def chromium_driver():
+    """Headless Chromium through Selenium, or a skip saying what is missing."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not browser or not driver_bin:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=driver_bin), options=opts)

@@ -551,7 +551,8 @@ def test_sft_moves_more_positions_than_rl(default_run):
 
 @pytest.mark.browser
 def test_the_explorer_opens_offline_and_shows_what_the_tables_hold(default_run, tmp_path):
-    from test_explorer import check_page, chromium_driver
+    from helpers import chromium_driver
+    from test_explorer import check_page
 
     page = default_run / "results" / "explorer.html"
     assert "href='explorer.html'" in (default_run / "results" / "report.html").read_text()
@@ -575,6 +576,58 @@ def test_snakemakes_own_report_holds_every_figure_table_and_both_pages(default_r
     tables = sorted(p.name for p in (default_run / "results").rglob("*.csv"))  # each aggregate table's CSV copy
     assert sorted(n for n in names if n.endswith(".csv")) == tables and tables
     assert {"report.html", "explorer.html"} <= set(names)
+
+
+@pytest.mark.browser
+def test_snakemakes_report_opens_in_chromium_and_shows_every_figure(default_run, tmp_path):
+    """Issue 28's done-when: the report Snakemake builds opens in headless Chromium, lists the report's
+    categories, and each figure of the study is an entry that its own viewer shows (each image loaded)."""
+    import time
+    import zipfile
+
+    from helpers import chromium_driver
+
+    out = tmp_path / "report.zip"
+    r = snakemake(default_run, "--report", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    zipfile.ZipFile(out).extractall(tmp_path / "unzipped")
+    (page,) = (tmp_path / "unzipped").glob("*/report.html")
+    figures = sorted(str(p.relative_to(default_run)) for p in (default_run / "results").rglob("*.png"))
+    driver = chromium_driver()
+
+    def wait(script, *args, limit_s=30):
+        t0 = time.monotonic()
+        while not (got := driver.execute_script(script, *args)) and time.monotonic() - t0 < limit_s:
+            time.sleep(0.1)
+        return got
+
+    try:
+        driver.get(page.resolve().as_uri())  # offline: the zip's page and its data folder only
+        assert wait("return typeof app !== 'undefined' && !!app"), "the report's app never started"
+        categories = driver.execute_script("return Object.keys(categories)")
+        assert {"Figures", "Tables", "Training", "Report"} <= set(categories), categories
+        assert sorted(driver.execute_script("return Object.keys(results).filter(p => p.endsWith('.png'))")) == figures
+        for figure in figures:  # what its eye button does: the report's own image view
+            driver.execute_script(
+                "app.setView({content: 'img', contentPath: results[arguments[0]].data_uri, resultPath: arguments[0]})",
+                figure,
+            )
+            shown = wait(
+                "const uri = results[arguments[0]].data_uri;"
+                "const im = [...document.querySelectorAll('img')].find(i => i.getAttribute('src') === uri);"
+                "return im && im.complete && im.naturalWidth > 0",
+                figure,
+                limit_s=10,
+            )
+            assert shown, f"{figure}: not shown by the report's image view"
+        driver.execute_script("app.showCategory('Figures')")  # what clicking it does: its subcategories listed
+        pairs = driver.execute_script("return Object.keys(categories['Figures'])")
+        assert {"toy / toy", "toy-sft / toy"} <= set(pairs), pairs
+        assert wait("return arguments[0].every(s => document.querySelector('#app').innerText.includes(s))", pairs)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
 
 
 def test_every_file_the_study_writes_under_results_is_an_output_of_a_job(default_run):

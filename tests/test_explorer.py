@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import save_checkpoint
+from helpers import chromium_driver
 
 from tokenshift.explorer import (
     agreeing_points,
@@ -162,25 +163,6 @@ def test_the_page_embeds_only_what_it_shows_and_no_text_can_close_its_script():
 
 
 # --- the page in a real browser, on tables written by the real stages ----------------------
-
-
-def chromium_driver():
-    """Headless Chromium through Selenium, or a skip saying what is missing."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
-    if not browser or not driver_bin:
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=driver_bin), options=opts)
 
 
 @pytest.fixture(scope="module")

@@ -165,3 +165,10 @@ def test_a_tables_csv_copy_holds_its_rows_and_each_list_as_json(tmp_path):
     assert back.columns == table.columns and back.height == table.height
     assert back.drop("dense_accuracy").equals(table.drop("dense_accuracy"))
     assert [None if v is None else json.loads(v) for v in back["dense_accuracy"]] == [[0.5, 0.75], None]
+
+
+def test_every_divergence_table_the_workflow_declares_has_its_builder_and_no_other():
+    from tokenshift.registry import DIVERGENCE_TABLES
+    from tokenshift.tables import DIVERGENCE_BUILDERS
+
+    assert tuple(DIVERGENCE_BUILDERS) == DIVERGENCE_TABLES

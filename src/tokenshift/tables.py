@@ -228,12 +228,13 @@ def reallocation_table(scores: pl.DataFrame, cfg: DivergenceConfig = DivergenceC
     return pl.DataFrame(rows)
 
 
-DIVERGENCE_TABLES = {
+DIVERGENCE_BUILDERS = {
     "sparsity": sparsity_table,
     "position": position_table,
     "entropy": entropy_table,
     "reallocation": reallocation_table,
 }
+"""How each of ``registry.DIVERGENCE_TABLES`` (the tables' names, and the workflow's outputs) is computed."""
 
 
 def divergence_tables(
@@ -243,7 +244,7 @@ def divergence_tables(
 ) -> dict[str, pl.DataFrame]:
     """Every divergence table for each response source, stacked, with pair/dataset/source columns."""
     out = {}
-    for name, fn in DIVERGENCE_TABLES.items():
+    for name, fn in DIVERGENCE_BUILDERS.items():
         parts = []
         for source, scores in scores_by_source.items():
             t = fn(scores, cfg=cfg)
