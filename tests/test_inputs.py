@@ -107,6 +107,7 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
     accuracy.write_parquet(results / "accuracy.parquet")
     from tokenshift.report import build_report
 
+    draw_pair_figures(results, results / "figures")
     with pytest.raises(InputError, match=r"^--kind nosuch=\.\.\.: no such pair among the results"):
         build_report([results], kinds={"nosuch": "sft"}, html_out=tmp_path / "r.html", json_out=tmp_path / "s.json")
     assert not (tmp_path / "s.json").exists()

@@ -220,6 +220,11 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     (results / "figures" / "position.png").write_text("not a png")
     with pytest.raises(InputError, match=r"position\.png: not a PNG image"):
         load_result(results)
+    # one missing dropped out of the page, unsaid (issue 27): a cross-sampled pair's page has every figure
+    (results / "figures" / "example.png").unlink()
+    (results / "figures" / "position.png").write_bytes((results / "figures" / "entropy.png").read_bytes())
+    with pytest.raises(InputError, match=r"example\.png: no such file"):
+        load_result(results)
 
 
 def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tables, tmp_path):
@@ -514,7 +519,10 @@ def test_every_headline_number_is_the_one_its_table_gives(tables, tmp_path, head
 
     if headline_budget == "2":
         tables = (*tables[:2], cross_table(forward_js_2=0.78))
+    from tokenshift.plots.draw import draw_pair_figures
+
     results = write_results(tables, tmp_path / "results" / "toy" / "toy")
+    draw_pair_figures(results, results / "figures")
     build_report([results], html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
     page = (tmp_path / "report.html").read_text()
     said = [html.unescape(t) for t in re.findall(r"<li>(.*?)</li>", page)]

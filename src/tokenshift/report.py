@@ -397,7 +397,7 @@ def write_report(
 
 def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
-    from tokenshift.registry import PAIR_FIGURES
+    from tokenshift.registry import DIVERGENCE_FIGURES, PAIR_FIGURES
     from tokenshift.tables import read_table
 
     results = Path(results)
@@ -431,11 +431,12 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
         crosssample=read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
         if cross.is_file()
         else None,
+        # the figures `tokenshift figures` draws for it: a cross-sampled pair's two more than the others'
         figures={
-            n: results / "figures" / f"{n}.png" for n in PAIR_FIGURES if (results / "figures" / f"{n}.png").is_file()
+            n: results / "figures" / f"{n}.png" for n in (PAIR_FIGURES if cross.is_file() else DIVERGENCE_FIGURES)
         },
     )
-    for path in result.figures.values():  # embedded as PNG data: anything else is refused, naming it
+    for path in result.figures.values():  # each there, and PNG data: a missing one dropped out of the page unsaid
         read_png(path, "a figure of `tokenshift figures`, a PNG")
     return result
 
