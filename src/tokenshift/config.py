@@ -295,15 +295,26 @@ def check_workflow_config(
 
 
 def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> None:
-    """Raise ``ConfigError`` for the first cross-reference problem in a schema-valid config.
+    """Raise ``ConfigError`` for the first cross-reference problem in a schema-valid config, one section's
+    checks after another.
 
     ``base_dir`` is where relative ``path`` entries are resolved (the working directory when
     None), as Snakemake does.
     """
-    models = config["models"]
-    datasets = config.get("datasets", {})
     base_dir = Path.cwd() if base_dir is None else base_dir
+    _check_models(config, base_dir)
+    _check_names(config)
+    _check_datasets(config, base_dir)
+    _check_pairs(config, base_dir)
+    _check_crosssample(config)
+    _check_toy(config)
+    _check_scoring(config)
 
+
+def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
+    """Each model entry: its attention implementation, a local checkpoint that can be read as given, a toy
+    model's ``init``."""
+    models = config["models"]
     for name, spec in models.items():
         source = model_source(spec)
         if "/" not in spec.get("attn_implementation", "/"):  # owner/name: a hub kernel, which loads at a job
@@ -357,6 +368,10 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"expected a model with `toy: base`: {spec['toy'].upper()} starts from the toy base model",
                 )
 
+
+def _check_names(config: Mapping[str, Any]) -> None:
+    """Names that would be one folder, or a path of the workflow's own."""
+    models, datasets = config["models"], config.get("datasets", {})
     _one_folder_each("model", [(f"models.{name}", name) for name in models])
     _one_folder_each("dataset", [(f"datasets.{name}", name) for name in datasets])
     _one_folder_each("pair", [(f"pairs[{i}].name", pair["name"]) for i, pair in enumerate(config["pairs"])])
@@ -367,6 +382,11 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 name,
                 "a model name must not end in .json: resources/models/<name>.json is the manifest of model <name>",
             )
+
+
+def _check_datasets(config: Mapping[str, Any], base_dir: Path) -> None:
+    """Each dataset entry, and the sampling settings it is drawn with."""
+    datasets = config.get("datasets", {})
     for name, spec in datasets.items():
         if name.casefold() in {r.casefold() for r in RESERVED["datasets"]}:
             raise ConfigError(
@@ -413,6 +433,10 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 "would be one response repeated; set n: 1, or a temperature above 0",
             )
 
+
+def _check_pairs(config: Mapping[str, Any], base_dir: Path) -> None:
+    """Each pair: a unique name, two models that exist and differ, datasets that exist, comparable tokenizers."""
+    models, datasets = config["models"], config.get("datasets", {})
     seen: dict[str, int] = {}
     for i, pair in enumerate(config["pairs"]):
         key = f"pairs[{i}]"
@@ -443,6 +467,13 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
 
+
+def _check_crosssample(config: Mapping[str, Any]) -> None:
+    """The cross-sampling grid: its extrapolation runs, length rule, thresholds, engine and statistic."""
+    from tokenshift.registry import POLICIES, TOPK_STATISTICS
+    from tokenshift.settings import CrossSampleConfig
+
+    datasets = config.get("datasets", {})
     cross = config.get("crosssample", {})
     labels: dict[str, float] = {}
     for j, g in enumerate(cross.get("gammas", [])):
@@ -452,8 +483,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             )
         labels[label] = g
     if cross.get("length_rule") == "after_switch":
-        from tokenshift.settings import CrossSampleConfig
-
         total = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens)
         for name in datasets:
             max_new = dataset_sampling(config, name).get("max_new_tokens", 0)
@@ -464,31 +493,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"under length_rule after_switch a response may run to max_total_tokens, which must be at "
                     f"least the max_new_tokens of dataset {name!r} ({max_new})",
                 )
-    from tokenshift.toy.config import MAX_GRPO_BATCH, AdvantageExperimentConfig, ToyBuildConfig
-
-    toy = ToyBuildConfig.from_mapping(config.get("toy"))
-    if toy.min_steps > toy.max_steps:
-        raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
-    if toy.hidden_size % 8:
-        raise ConfigError(
-            "toy.hidden_size",
-            toy.hidden_size,
-            "a multiple of 8: the toy model's attention heads each take an even width (rotary embeddings)",
-        )
-    _check_toy_lengths(config, toy)
-    adv = config.get("advantages", {})
-    prompts = adv.get("prompts_per_step", AdvantageExperimentConfig.prompts_per_step)
-    group = adv.get("group_size", AdvantageExperimentConfig.group_size)
-    if prompts * group > MAX_GRPO_BATCH:
-        raise ConfigError(
-            "advantages.group_size",
-            group,
-            f"at most {MAX_GRPO_BATCH // prompts} with advantages.prompts_per_step {prompts}: a GRPO round trains on "
-            f"prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}",
-        )
-    _check_toy_problems(config, toy)
-    from tokenshift.registry import POLICIES, TOPK_STATISTICS
-
     for policy, spec in cross.get("thresholds", {}).items():
         try:
             POLICIES[policy].per_row(spec)  # a level its statistic can be taken at
@@ -496,7 +500,6 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
             raise ConfigError(f"crosssample.thresholds.{policy}", dict(spec), str(e)) from None
     if cross.get("engine") == "regenerate":
         from tokenshift.registry import DEFAULT_POLICIES, regenerate_refuses
-        from tokenshift.settings import CrossSampleConfig
 
         statistic = cross.get("statistic", CrossSampleConfig.statistic)
         topk = CrossSampleConfig(statistic=statistic).topk
@@ -529,7 +532,33 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
                     f"a percentile over the dataset is one of the exact statistic; with statistic "
                     f"{cross['statistic']} give it a level (prompt or response) or an absolute threshold",
                 )
-    _check_scoring(config)
+
+
+def _check_toy(config: Mapping[str, Any]) -> None:
+    """The toy build and the advantage experiment: settings a toy task and model can take."""
+    from tokenshift.toy.config import MAX_GRPO_BATCH, AdvantageExperimentConfig, ToyBuildConfig
+
+    toy = ToyBuildConfig.from_mapping(config.get("toy"))
+    if toy.min_steps > toy.max_steps:
+        raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
+    if toy.hidden_size % 8:
+        raise ConfigError(
+            "toy.hidden_size",
+            toy.hidden_size,
+            "a multiple of 8: the toy model's attention heads each take an even width (rotary embeddings)",
+        )
+    _check_toy_lengths(config, toy)
+    adv = config.get("advantages", {})
+    prompts = adv.get("prompts_per_step", AdvantageExperimentConfig.prompts_per_step)
+    group = adv.get("group_size", AdvantageExperimentConfig.group_size)
+    if prompts * group > MAX_GRPO_BATCH:
+        raise ConfigError(
+            "advantages.group_size",
+            group,
+            f"at most {MAX_GRPO_BATCH // prompts} with advantages.prompts_per_step {prompts}: a GRPO round trains on "
+            f"prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}",
+        )
+    _check_toy_problems(config, toy)
 
 
 def _check_scoring(config: Mapping[str, Any]) -> None:
