@@ -458,6 +458,18 @@ def test_an_error_quoting_a_huge_value_stays_one_short_line():
     assert len(str(e.value)) < 1000 and "\n" not in str(e.value)
 
 
+def test_a_refused_template_is_not_quoted_whole_in_the_error():
+    # fifth hostile pass (c96): a 32,000-character template with a stray brace, quoted twice: a 32,300-character line
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"]["h"] = {"hub": "a/b", "revision": "r", "template": "{question}" + "x" * 32_000 + "{"}
+    config["pairs"][0]["datasets"].append("h")
+    with pytest.raises(ConfigError) as e:
+        check_workflow_config(config, SCHEMA_PATH, lambda *_: None)
+    assert "datasets.h.template" in str(e.value) and len(str(e.value)) < 1000
+
+
 def test_a_budget_that_rounds_to_another_is_named_in_a_warning():
     # fourth hostile pass (7i): 0.01 of 96 new tokens rounds up to 1 token, budget 1's run: merged silently
     from tokenshift.config import config_warnings

@@ -59,6 +59,7 @@ class ConfigError(ValueError):
         self.value = value
         shown = repr(value)
         shown = shown if len(shown) <= 160 else shown[:157] + "..."
+        expected = expected if len(expected) <= 600 else expected[:597] + "..."  # it may quote the value again
         super().__init__(f"config key {key}: got {shown}; {expected}")
 
 
