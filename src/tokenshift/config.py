@@ -818,7 +818,8 @@ def _write_record(record: Path) -> None:
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that work but probably do not do what was meant, one line each, naming the key."""
-    from tokenshift.settings import CrossSampleConfig
+    from tokenshift.registry import budget_label
+    from tokenshift.settings import CrossSampleConfig, SamplingConfig
 
     out = []
     cross = config.get("crosssample", {})
@@ -830,9 +831,6 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
                     "regenerate's vLLM engines batch their own requests and go where vLLM is built for"
                 )
     after_switch = cross.get("length_rule", CrossSampleConfig.length_rule) == "after_switch"
-    from tokenshift.registry import budget_label
-    from tokenshift.settings import SamplingConfig
-
     for name in config.get("datasets", {}):
         max_new = dataset_sampling(config, name).get("max_new_tokens")
         labels: dict[str, int] = {}

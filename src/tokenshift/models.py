@@ -315,12 +315,11 @@ def checkpoint_label(path: Path | str) -> str:
     """A checkpoint as the tables made with it record it: ``<its manifest's name>@<the first 16 hex digits of
     checkpoint_identity>`` (rollout tables' ``model`` column, score tables' ``MODELS_RECORD``), so a table
     given as another model's, or another pair's, is told apart; its resolved path where it has no manifest."""
-    ckpt = resolve_checkpoint(path)
-    manifest = manifest_path(ckpt)
+    identity = checkpoint_identity(path)
+    manifest = manifest_path(resolve_checkpoint(path))
     if not manifest.is_file():
-        return str(ckpt.resolve())
-    name = read_json(manifest, "a checkpoint manifest").get("name", ckpt.name)
-    return f"{name}@{sha256_file(manifest)[:16]}"
+        return identity
+    return f"{read_json(manifest, 'a checkpoint manifest').get('name', manifest.stem)}@{identity[:16]}"
 
 
 def label_name(label: str) -> str:

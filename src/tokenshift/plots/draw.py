@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift.io import write_parquet_atomic
+from tokenshift.io import InputError, write_parquet_atomic
 from tokenshift.plots.figures import FIGURES, sparsity
 from tokenshift.plots.style import save
 from tokenshift.registry import DIVERGENCE_TABLES
@@ -45,7 +45,6 @@ def draw_pair_figures(
             read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)"),
         )
     if example_run:
-        from tokenshift.io import InputError
         from tokenshift.models import load_tokenizer
 
         run = read_cross_run(example_run)
@@ -75,7 +74,6 @@ def draw_pair_figures(
 
 def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str] | None = None) -> None:
     """Figure 1, the JS percentile curves of every pair (``kinds``: pair -> rlvr | sft), at ``out``.{png,pdf}."""
-    from tokenshift.io import InputError
     from tokenshift.tables import read_table
 
     read = [read_table(p, "sparsity", "a sparsity table (tokenshift divergence)") for p in tables]
