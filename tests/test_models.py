@@ -20,6 +20,8 @@ from tokenshift.models import (
     TokenizerMismatch,
     check_pair,
     checkpoint_files,
+    checkpoint_identity,
+    checkpoint_label,
     compare_tokenizer_dirs,
     compare_tokenizers,
     fetch_model,
@@ -166,6 +168,20 @@ def test_checkpoint_without_tokenizer_files_is_refused(make_checkpoint, tmp_path
     with pytest.raises(ModelFetchError, match="has no tokenizer"):
         fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
     assert not manifest_path(tmp_path / "m" / "b").exists()
+
+
+def test_a_checkpoints_identity_is_its_content_not_how_long_it_took_to_make(make_checkpoint, tmp_path):
+    # a toy built on a laptop and on a cluster's node is the same weights with a different build time: the
+    # tables made with each must name one model (the slurm module compares them)
+    out = tmp_path / "m" / "m"
+    fetch_model("m", {"path": str(make_checkpoint("src"))}, out)
+    manifest = json.loads(manifest_path(out).read_text())
+    before = checkpoint_identity(out), checkpoint_label(out)
+    manifest_path(out).write_text(json.dumps({**manifest, "toy_build_seconds": 12.5}))
+    assert (checkpoint_identity(out), checkpoint_label(out)) == before
+    other = {**manifest["files_sha256"], "model.safetensors": "0" * 64}
+    manifest_path(out).write_text(json.dumps({**manifest, "files_sha256": other}))
+    assert checkpoint_identity(out) != before[0] and checkpoint_label(out) != before[1]
 
 
 def test_a_failed_refetch_leaves_no_manifest_behind(make_checkpoint, tmp_path):

@@ -303,12 +303,21 @@ def resolve_checkpoint(path: Path | str) -> Path:
     return ckpt
 
 
+# what a manifest records about how a checkpoint was made, not what it is: a toy built twice into the same
+# weights, on a laptop and on a cluster's node, is one checkpoint
+MANIFEST_TIMINGS = ("toy_build_seconds",)
+
+
 def checkpoint_identity(path: Path | str) -> str:
-    """What a checkpoint is, for keys of runs made with it: its manifest's sha256 (which holds the
-    weights' hashes), or its resolved path where it has no manifest."""
+    """What a checkpoint is, for keys of runs made with it: the sha256 of its manifest (which holds the
+    weights', configs' and tokenizer's hashes) less ``MANIFEST_TIMINGS``, or its resolved path where it has
+    no manifest."""
     ckpt = resolve_checkpoint(path)
     manifest = manifest_path(ckpt)
-    return sha256_file(manifest) if manifest.is_file() else str(ckpt.resolve())
+    if not manifest.is_file():
+        return str(ckpt.resolve())
+    content = {k: v for k, v in read_json(manifest, "a checkpoint manifest").items() if k not in MANIFEST_TIMINGS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def checkpoint_label(path: Path | str) -> str:
