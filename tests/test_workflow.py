@@ -415,6 +415,35 @@ def _mutations():
             ),
             "datasets.h.template: got 'xxx",
         ),
+        # fifth hostile pass (c15, c95): a format spec ran at the check (a terabyte's padding) or failed in the job
+        *(
+            (
+                f"template-{name}",
+                m(
+                    lambda c, t=template: (
+                        c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": t}),
+                        c["pairs"][0]["datasets"].append("h"),
+                    )
+                ),
+                f"datasets.h.template: got {template!r}; prompt template field",
+            )
+            for name, template in (
+                ("padded-a-terabyte", "{question:>999999999999}"),
+                ("nested-spec", "{question:{question}}"),
+                ("conversion", "{question!r}"),
+                ("attribute", "{question.upper}"),
+            )
+        ),
+        (  # fifth hostile pass (c92): a JSON escape of half a surrogate pair is no character: 12 logging tracebacks
+            "lone-surrogate-in-a-template",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"hub": "a/b", "revision": "r", "template": "X\ud800Y {question}"}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "datasets.h.template: got 'X\\ud800Y {question}'; expected text",
+        ),
         ("toy-hidden-size-past-a-toy", m(lambda c: c["toy"].update(hidden_size=4096)), "toy.hidden_size: got 4096"),
         ("toy-layers-past-a-toy", m(lambda c: c["toy"].update(num_layers=100)), "toy.num_layers: got 100"),
         ("toy-traces-10**8", m(lambda c: c["toy"].update(n_traces=10**8)), "toy.n_traces: got 100000000"),

@@ -247,12 +247,20 @@ job's command line past that failed as "Argument list too long"."""
 
 def check_strings(node: Any, key: str = "") -> None:
     """Refuse a string no job can take anywhere in the config, naming its key: one holding a NUL byte (no
-    command-line argument, path or environment value can: the job failed as it started) or one of more than
-    ``MAX_STRING_BYTES`` bytes."""
+    command-line argument, path or environment value can: the job failed as it started), one that is not
+    text (a lone surrogate) or one of more than ``MAX_STRING_BYTES`` bytes."""
     if isinstance(node, str):
         if "\0" in node:
             raise ConfigError(key or "<config>", node, "expected a string without a NUL byte (\\0)")
-        size = len(node.encode("utf-8", "surrogatepass"))
+        try:
+            size = len(node.encode("utf-8"))
+        except UnicodeEncodeError as e:  # half a surrogate pair, from a JSON "\ud800": no file or log can hold it
+            raise ConfigError(
+                key or "<config>",
+                node,
+                f"expected text: {node[e.start]!r} at character {e.start} is half of a UTF-16 surrogate pair, no "
+                "character",
+            ) from None
         if size > MAX_STRING_BYTES:
             raise ConfigError(
                 key or "<config>",

@@ -165,15 +165,24 @@ class PromptConfig:
         return cls(**{k: v for k, v in spec.items() if k in keys})
 
     def __post_init__(self):
+        # parsed, not tried: a trial format ran the template's own format spec ({question:>999999999999} asked
+        # for a terabyte), and {question:{question}} passed it and failed on the first real question
         try:
-            self.template.format(question="")
-        except (KeyError, IndexError, ValueError) as e:
+            fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(self.template) if f is not None]
+        except ValueError as e:
             raise ValueError(
-                f"prompt template {self.template!r}: only {{question}} may be replaced; double other "
-                f"braces ({{{{ and }}}}): {e}"
+                f"prompt template {self.template!r}: only {{question}} may be replaced; double other braces "
+                f"({{{{ and }}}}): {e}"
             ) from None
+        for field, spec, conv in fields:
+            if field != "question" or spec or conv:
+                written = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(
+                    f"prompt template field {written} is not {{question}}: only {{question}}, as it is, may be "
+                    "replaced (no format spec or conversion); double other braces ({{ and }})"
+                )
         # without the field every problem would get the same prompt, the question silently dropped
-        if "question" not in (field for _, field, _, _ in string.Formatter().parse(self.template)):
+        if not fields:
             raise ValueError(f"prompt template {self.template!r} has no {{question}}: the question would be dropped")
 
 
