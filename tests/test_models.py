@@ -377,3 +377,50 @@ def test_a_models_dtype_and_attention_reach_every_loader(make_checkpoint, tmp_pa
     assert model.config._attn_implementation == flags.get("attn_implementation", "sdpa")
     args = engine_args(out, RolloutConfig(vllm_dtype="bfloat16"), SamplingConfig(), gpus=0, kind="cpu")
     assert args["dtype"] == flags.get("dtype", "bfloat16") and "attn_implementation" not in args
+
+
+def test_a_cut_weights_file_gets_no_manifest(make_checkpoint, tmp_path):
+    # fifth hostile pass (L24, L32): a copy cut short was vouched for, then a rollout job failed with a traceback
+    src = make_checkpoint("src")
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    out = tmp_path / "m" / "m"
+    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{out / 'model.safetensors'} is not a whole safetensors file" in r.stderr
+    assert not manifest_path(out).exists()
+
+
+def test_an_attention_transformers_lacks_gets_no_manifest(make_checkpoint, tmp_path):
+    # fifth hostile pass (L28, L33): the config refused it, `models fetch --attn-implementation` exited 0
+    out = tmp_path / "m" / "m"
+    r = run(
+        tokenshift_cmd()
+        + ["models", "fetch", "m", "--path", str(make_checkpoint("src")), "--attn-implementation", "bogus"]
+        + ["--out", str(out)]
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "attn_implementation 'bogus': expected one of transformers' attention implementations" in r.stderr
+    assert not manifest_path(out).exists()
+
+
+def test_flash_attention_without_its_package_is_a_warning_and_a_one_line_refusal(make_checkpoint, tmp_path):
+    # fifth hostile pass (c34, L35): transformers knows flash_attention_2, this machine lacks flash_attn: the
+    # plan passed and the job died in an ImportError traceback. A cluster's GPU nodes may have it where the
+    # submit host does not, so planning warns and the loader refuses
+    from transformers.utils import is_flash_attn_2_available
+
+    from tokenshift.config import config_warnings
+    from tokenshift.models import load_causal_lm
+
+    if is_flash_attn_2_available():
+        pytest.skip("flash_attn is installed here")
+    config = {"models": {"q": {"hub": "a/b", "revision": "r", "attn_implementation": "flash_attention_2"}}}
+    assert any(
+        w.startswith("config key models.q.attn_implementation: flash_attention_2 needs the flash_attn package")
+        for w in config_warnings(config)
+    )
+    out = tmp_path / "m" / "q"
+    fetch_model("q", {"path": str(make_checkpoint("src")), "attn_implementation": "flash_attention_2"}, out)
+    with pytest.raises(ModelFetchError, match="model 'q': attn_implementation flash_attention_2 needs the flash_attn"):
+        load_causal_lm(out.with_suffix(".json"), "cpu")

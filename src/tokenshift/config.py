@@ -326,7 +326,7 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
     models = config["models"]
     for name, spec in models.items():
         source = model_source(spec)
-        if "/" not in spec.get("attn_implementation", "/"):  # owner/name: a hub kernel, which loads at a job
+        if "attn_implementation" in spec:
             _check_attention(f"models.{name}.attn_implementation", spec["attn_implementation"])
         if source == "path":
             _no_wildcards(f"models.{name}.path", spec["path"])
@@ -704,16 +704,10 @@ def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
 def _check_attention(key: str, name: str) -> None:
     """Refuse an attention implementation the installed transformers does not have (a ``ValueError`` in
     the first job that loaded the model). Imported only where a model sets one: it costs seconds."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from tokenshift.models import unknown_attention
 
-    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
-    if name not in known:
-        raise ConfigError(
-            key,
-            name,
-            f"expected one of transformers' attention implementations ({', '.join(known)}) or a hub kernel "
-            "(owner/name)",
-        )
+    if expected := unknown_attention(name):
+        raise ConfigError(key, name, expected)
 
 
 def _no_wildcards(key: str, path: str, file: str = "") -> None:
@@ -826,10 +820,17 @@ def _write_record(record: Path) -> None:
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that work but probably do not do what was meant, one line each, naming the key."""
+    from tokenshift.models import missing_attention_package
     from tokenshift.registry import budget_label
     from tokenshift.settings import CrossSampleConfig, SamplingConfig
 
     out = []
+    for name, spec in config.get("models", {}).items():
+        if package := missing_attention_package(spec.get("attn_implementation")):
+            out.append(
+                f"config key models.{name}.attn_implementation: {spec['attn_implementation']} needs the {package} "
+                "package, which is not installed here: the jobs that load this model fail on a machine without it"
+            )
     cross = config.get("crosssample", {})
     if cross.get("engine") == "regenerate":
         for key in ("batch_size", "device_base", "device_rl"):

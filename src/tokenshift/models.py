@@ -125,6 +125,38 @@ LOADING_KEYS = ("dtype", "attn_implementation")
 """A model entry's keys that its loaders read besides ``trust_remote_code``, recorded in its manifest."""
 
 
+# transformers' attention implementations that need a package of their own, and their availability checks
+ATTENTION_PACKAGES = {
+    "flash_attention_2": ("flash_attn", "is_flash_attn_2_available"),
+    "flash_attention_3": ("flash_attn_3", "is_flash_attn_3_available"),
+    "flash_attention_4": ("flash_attn_4", "is_flash_attn_4_available"),
+}
+
+
+def unknown_attention(name: str) -> str | None:
+    """What an ``attn_implementation`` was expected to be where the installed transformers has no ``name``
+    (a ``ValueError`` in the first job that loaded the model), else None. A hub kernel (``owner/name``)
+    passes: it is fetched where a job loads it."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if "/" in name or name in known:
+        return None
+    return f"expected one of transformers' attention implementations ({', '.join(known)}) or a hub kernel (owner/name)"
+
+
+def missing_attention_package(name: str | None) -> str | None:
+    """The package an ``attn_implementation`` needs where this machine lacks it (flash_attention_2 without
+    flash_attn), else None: a warning at planning, since a cluster's GPU nodes may have what the submit
+    host lacks; ``load_causal_lm`` refuses it in one line where the model is loaded."""
+    if name not in ATTENTION_PACKAGES:
+        return None
+    import transformers.utils
+
+    package, available = ATTENTION_PACKAGES[name]
+    return None if getattr(transformers.utils, available, lambda: False)() else package
+
+
 def loading_options(ckpt_dir: Path | str) -> dict[str, Any]:
     """How every loader of a checkpoint (transformers' and vLLM's) loads it, as the model's config entry
     says and its manifest records: ``trust_remote_code`` (off for a checkpoint without a manifest), and
@@ -185,6 +217,17 @@ def custom_code(ckpt_dir: Path) -> bool:
     return cfg.get("model_type") not in CONFIG_MAPPING_NAMES
 
 
+def _check_safetensors(name: str, path: Path) -> None:
+    """Refuse a weights file safetensors cannot open: cut short, or not safetensors at all."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelFetchError(f"model {name!r}: {path} is not a whole safetensors file: {e}") from None
+
+
 def write_manifest(
     ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
 ) -> dict:
@@ -192,9 +235,13 @@ def write_manifest(
     from transformers import AutoConfig
 
     trust = bool(spec.get("trust_remote_code", False))
+    if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
+        raise ModelFetchError(f"model {name!r}: attn_implementation {spec['attn_implementation']!r}: {expected}")
     weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
+    for p in weights:  # a cut download or copy: its header names more bytes than it holds (read: the header alone)
+        _check_safetensors(name, p)
     # hashed before anything is loaded from them: the manifest vouches for the files that were checked
     files = checkpoint_files(ckpt_dir)
     # a linked file's fingerprint is its target's: the source checkpoint's
@@ -437,6 +484,13 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     options = loading_options(ckpt)
     ours = torch.float32 if device == "cpu" else torch.bfloat16
     options["dtype"] = getattr(torch, options["dtype"]) if "dtype" in options else ours
+    if package := missing_attention_package(options.get("attn_implementation")):
+        name = read_json(manifest_path(ckpt), "a checkpoint manifest").get("name", ckpt.name)
+        raise ModelFetchError(
+            f"model {name!r}: attn_implementation {options['attn_implementation']} needs the {package} package, "
+            f"which is not installed on this machine: install it, or set models.{name}.attn_implementation to "
+            "one it has (sdpa, eager)"
+        )
     gpus = gpu_ids(device)
     if len(gpus) > 1:
         total = torch.cuda.get_device_properties(gpus[0]).total_memory
