@@ -545,7 +545,7 @@ def _check_crosssample(config: Mapping[str, Any]) -> None:
 
 def _check_toy(config: Mapping[str, Any]) -> None:
     """The toy build and the advantage experiment: settings a toy task and model can take."""
-    from tokenshift.toy.config import MAX_GRPO_BATCH, AdvantageExperimentConfig, ToyBuildConfig
+    from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig, grpo_batch_refusal
 
     toy = ToyBuildConfig.from_mapping(config.get("toy"))
     if toy.min_steps > toy.max_steps:
@@ -560,13 +560,8 @@ def _check_toy(config: Mapping[str, Any]) -> None:
     adv = config.get("advantages", {})
     prompts = adv.get("prompts_per_step", AdvantageExperimentConfig.prompts_per_step)
     group = adv.get("group_size", AdvantageExperimentConfig.group_size)
-    if prompts * group > MAX_GRPO_BATCH:
-        raise ConfigError(
-            "advantages.group_size",
-            group,
-            f"at most {MAX_GRPO_BATCH // prompts} with advantages.prompts_per_step {prompts}: a GRPO round trains on "
-            f"prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}",
-        )
+    if refusal := grpo_batch_refusal(prompts, group):
+        raise ConfigError("advantages.group_size", group, refusal)
     _check_toy_problems(config, toy)
 
 

@@ -79,6 +79,17 @@ MAX_GRPO_BATCH = 4096
 group_size, one forward and backward pass): 64 by default; 4096 of the toy's lengths is a few GiB."""
 
 
+def grpo_batch_refusal(prompts_per_step: int, group_size: int) -> str | None:
+    """What ``group_size`` was expected to be where a GRPO round of ``prompts_per_step`` x ``group_size``
+    responses passes ``MAX_GRPO_BATCH``, else None (the settings class and the config check both ask)."""
+    if prompts_per_step * group_size <= MAX_GRPO_BATCH:
+        return None
+    return (
+        f"at most {MAX_GRPO_BATCH // prompts_per_step} with prompts_per_step {prompts_per_step}: a GRPO round "
+        f"trains on prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}"
+    )
+
+
 @dataclass(frozen=True)
 class AdvantageExperimentConfig:
     """The divergence-weighted advantage experiment (config ``advantages:``): GRPO from the toy base
@@ -118,11 +129,8 @@ class AdvantageExperimentConfig:
             raise ValueError(f"q {self.q}: expected a share in (0, 1]")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha {self.alpha}: expected a value in [0, 1]")
-        if self.prompts_per_step * self.group_size > MAX_GRPO_BATCH:
-            raise ValueError(
-                f"prompts_per_step x group_size {self.prompts_per_step} x {self.group_size}: expected at most "
-                f"{MAX_GRPO_BATCH} responses a round (one training batch)"
-            )
+        if refusal := grpo_batch_refusal(self.prompts_per_step, self.group_size):
+            raise ValueError(f"group_size {self.group_size}: expected {refusal}")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> AdvantageExperimentConfig:
