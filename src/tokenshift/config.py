@@ -51,16 +51,23 @@ results/<pair>/toy_check/ and results/<pair>/training/, and logs/figures/<pair>/
 logs/figures/<pair>/training_shifts.log."""
 
 
+# a config error is one line: the value it quotes is cut at VALUE_CHARS, what was expected (which may quote
+# the value again) at EXPECTED_CHARS, and jsonschema's message within it at SCHEMA_MESSAGE_CHARS, so the
+# schema's description of the key that follows it is still read
+VALUE_CHARS, EXPECTED_CHARS, SCHEMA_MESSAGE_CHARS = 160, 600, 300
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names its key."""
 
     def __init__(self, key: str, value: Any, expected: str):
         self.key = key
         self.value = value
-        shown = repr(value)
-        shown = shown if len(shown) <= 160 else shown[:157] + "..."
-        expected = expected if len(expected) <= 600 else expected[:597] + "..."  # it may quote the value again
-        super().__init__(f"config key {key}: got {shown}; {expected}")
+        super().__init__(f"config key {key}: got {_cut(repr(value), VALUE_CHARS)}; {_cut(expected, EXPECTED_CHARS)}")
 
 
 def _dotted(path) -> str:
@@ -117,13 +124,11 @@ def validate_schema(config: Mapping[str, Any], schema_path: Path = SCHEMA_PATH) 
     raise ConfigError(_dotted(error.absolute_path), error.instance, expected)
 
 
-def _shortened(message: str, instance: Any, limit: int = 300) -> str:
+def _shortened(message: str, instance: Any) -> str:
     """jsonschema's ``message`` with the value it quotes whole (``'xxx…' is too long``) cut as
-    ``ConfigError`` cuts it, and the whole at most ``limit`` characters: one line, not 100,000."""
+    ``ConfigError`` cuts it, and the whole cut at ``SCHEMA_MESSAGE_CHARS``: one line, not 100,000."""
     whole = repr(instance)
-    if len(whole) > 160 and whole in message:
-        message = message.replace(whole, whole[:157] + "...")
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    return _cut(message.replace(whole, _cut(whole, VALUE_CHARS)), SCHEMA_MESSAGE_CHARS)
 
 
 def _strict_validator(jsonschema):
