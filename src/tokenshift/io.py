@@ -148,8 +148,17 @@ def read_models_record(path: Path | str) -> dict[str, str] | None:
     import polars as pl
 
     try:
-        record = json.loads(pl.read_parquet_metadata(path).get(MODELS_RECORD) or "null")
-    except Exception:  # not a parquet file, or no JSON there: no record (the table's own read names a bad file)
+        metadata = pl.read_parquet_metadata(path)
+    except Exception:  # not a parquet file: no record (the table's own read names a bad file)
+        return None
+    return models_record(metadata)
+
+
+def models_record(metadata: Mapping[str, str]) -> dict[str, str] | None:
+    """``read_models_record`` of a parquet file's metadata, read already."""
+    try:
+        record = json.loads(metadata.get(MODELS_RECORD) or "null")
+    except ValueError:  # no JSON there: no record
         return None
     return record if isinstance(record, dict) else None
 

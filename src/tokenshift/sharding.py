@@ -41,8 +41,8 @@ from tokenshift.grading import Grader
 from tokenshift.io import (
     MODELS_RECORD,
     InputError,
+    models_record,
     place,
-    read_models_record,
     read_parquet,
     remake_hint,
     sha256_file,
@@ -128,10 +128,12 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
             raise InputError(
                 f"{parts[0]}: the parts given are {[Path(p).name for p in parts]}, expected 1-of-n to n-of-n of one run"
             )
-    frames = []
+    frames, records = [], {}
     for p in parts:
         table = _read_part(p)
-        recorded = pl.read_parquet_metadata(p).get(PART_RECORD)
+        metadata = pl.read_parquet_metadata(p)
+        records[p] = models_record(metadata)
+        recorded = metadata.get(PART_RECORD)
         if recorded != place(p):
             held = (
                 f"it records being written as {recorded}: copied over this one?"
@@ -156,7 +158,6 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
                 "the same columns in another order",
             )
             raise InputError(f"{p}: not a part of the same run as {ref} (expected its columns; {diff}){remake_hint(p)}")
-    records = {p: read_models_record(p) for p in parts}
     common_record = records[parts[0]] if parts else None
     for p, record in records.items():  # one run's parts were computed with one pair of checkpoints
         if record != common_record:
