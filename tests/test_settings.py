@@ -150,12 +150,13 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
     library (issue 27.3), and a new one must be given one here."""
     from tokenshift.cli import build_parser
     from tokenshift.crosssample import LENGTH_RULES
-    from tokenshift.grading import MODES
     from tokenshift.plots.style import KIND_STYLE
     from tokenshift.registry import (
         ADVANTAGE_MODES,
+        BACKENDS,
         ENGINES,
         GPU_REQUESTS,
+        GRADING_MODES,
         INJECTED_EOS,
         INJECTIONS,
         MODEL_DTYPES,
@@ -174,10 +175,10 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
         "properties/pairs/items/properties/kind": KIND_STYLE,  # each kind is drawn in its style
         "properties/datasets/additionalProperties/properties/toy": {"eval"},
         "properties/datasets/additionalProperties/properties/preset": PRESETS,
-        section("rollout", "backend"): {"hf", "vllm"},
-        section("rollout", "vllm_dtype"): {"bfloat16", "float16", "float32"},
-        section("scoring", "backend"): {"hf", "vllm"},
-        section("grading", "mode"): MODES,
+        section("rollout", "backend"): BACKENDS,
+        section("rollout", "vllm_dtype"): MODEL_DTYPES,
+        section("scoring", "backend"): BACKENDS,
+        section("grading", "mode"): GRADING_MODES,
         section("crosssample", "directions") + "/items": DIRECTIONS,
         section("crosssample", "policies") + "/items": POLICIES,
         section("crosssample", "engine"): ENGINES,
@@ -191,7 +192,7 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
     assert set(enums) == set(homes)
     for pointer, values in enums.items():
         assert len(values) == len(set(values)) and set(values) == set(homes[pointer]), pointer
-    # a flag's choices are its key's enum (the literal ones above: rollout/scoring backend, vllm_dtype)
+    # a flag's choices are its key's enum
     for cls in SECTION_CLASSES:
         for f in dataclasses.fields(cls):
             if "choices" in f.metadata:

@@ -30,6 +30,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from tokenshift.registry import GRADING_MODES
+
 log = logging.getLogger(__name__)
 
 
@@ -65,16 +67,13 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-MODES = ("strict", "lenient")
-
-
 def grade_one(response: str, gold: str, timeout_s: int = 5, mode: str = "strict") -> GradeResult:
     """Grade one response in this process (math-verify timeouts work only in a main thread)."""
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException  # a BaseException, not an Exception
 
-    if mode not in MODES:
-        raise ValueError(f"grading mode {mode!r}: expected one of {MODES}")
+    if mode not in GRADING_MODES:
+        raise ValueError(f"grading mode {mode!r}: expected one of {GRADING_MODES}")
     boxed = last_boxed(response)
     if boxed is None and mode == "strict":
         return GradeResult(False, "no_box")
@@ -115,8 +114,8 @@ class Grader:
     """
 
     def __init__(self, timeout_s: int = 5, workers: int = 1, mode: str = "strict"):
-        if mode not in MODES:
-            raise ValueError(f"grading mode {mode!r}: expected one of {MODES}")
+        if mode not in GRADING_MODES:
+            raise ValueError(f"grading mode {mode!r}: expected one of {GRADING_MODES}")
         self.timeout_s = timeout_s
         self.workers = workers
         self.mode = mode

@@ -32,9 +32,13 @@ GPU_REQUESTS = ("gpus", "gres")
 MODEL_DTYPES = ("float32", "bfloat16", "float16")
 """What a model entry's ``dtype`` may say (``models.<name>.dtype``)."""
 INJECTED_EOS = ("end", "drop", "remove")
+"""What a switch that draws the injected model's EOS does (``tokenshift.crosssample.SwitchRule.eos``)."""
 INJECTIONS = ("sample", "extrapolate")
 """What a switch draws from (``tokenshift.crosssample.SwitchRule.injection``)."""
-"""What a switch that draws the injected model's EOS does (``tokenshift.crosssample.SwitchRule.eos``)."""
+BACKENDS = ("hf", "vllm")
+"""What runs a model in the rollout and scoring stages (``rollout.backend``, ``scoring.backend``)."""
+GRADING_MODES = ("strict", "lenient")
+"""How an answer is found in a response (``grading.mode``, ``tokenshift.grading``)."""
 
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 """Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""

