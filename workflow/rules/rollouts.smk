@@ -63,5 +63,5 @@ rule accuracy:
         code=stage_code("accuracy"),
         metrics=settings_of(AccuracyConfig),
     shell:
-        "tokenshift accuracy --base {input.base} --rl {input.rl} {params.metrics} --pair {wildcards.pair} "
+        "tokenshift accuracy --rollouts-base {input.base} --rollouts-rl {input.rl} {params.metrics} --pair {wildcards.pair} "
         "--pair-manifest {input.pair} --dataset {wildcards.dataset} --out {output} > {log} 2>&1"

@@ -30,8 +30,8 @@ def register(sub) -> None:
         description="Aggregate the base and RL rollout tables of one dataset into a tidy "
         "accuracy table (avg@n with a 95%% bootstrap CI, unbiased pass@k).",
     )
-    ac.add_argument("--base", required=True, help="base model's rollout parquet")
-    ac.add_argument("--rl", required=True, help="RL model's rollout parquet")
+    ac.add_argument("--rollouts-base", required=True, help="the base model's rollout parquet")
+    ac.add_argument("--rollouts-rl", required=True, help="the RL model's rollout parquet")
     output(ac, "--out", "a .parquet file path", "parquet file to write")
     ac.add_argument("--pair", help="pair name, stored in the table")
     ac.add_argument(
@@ -65,7 +65,7 @@ def _accuracy(args: argparse.Namespace) -> None:
     from tokenshift.tables import write_accuracy
 
     table = write_accuracy(
-        {"base": args.base, "rl": args.rl},
+        {"base": args.rollouts_base, "rl": args.rollouts_rl},
         Path(args.out),
         pair=args.pair,
         dataset=args.dataset,
