@@ -95,9 +95,11 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    stats = {**stats, "seconds": time.perf_counter() - t0, "build": dataclasses.asdict(cfg)}
-    write_json_atomic(out_dir / "toy_build.json", stats)
-    return stats
+    record = {**stats, "build": dataclasses.asdict(cfg)}
+    # what the model was built from, not how long it took: the file is hashed into the checkpoint's identity,
+    # and the same build on a laptop and on a cluster's node is one checkpoint (the manifest has the seconds)
+    write_json_atomic(out_dir / "toy_build.json", record)
+    return {**record, "seconds": time.perf_counter() - t0}
 
 
 class TrainPrompts(Sequence[PromptItem]):
