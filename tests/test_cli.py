@@ -246,7 +246,13 @@ def test_a_table_of_the_wrong_types_nulls_or_no_rows_is_named_with_its_column(tm
         one_line_error(r, f"{tmp_path / name}: {needle}")
     assert not (tmp_path / "a.parquet").exists()
     good.write_parquet(tmp_path / "also_good.parquet")
-    cmd = ["accuracy", "--rollouts-base", str(tmp_path / "good.parquet"), "--rollouts-rl", str(tmp_path / "also_good.parquet")]
+    cmd = [
+        "accuracy",
+        "--rollouts-base",
+        str(tmp_path / "good.parquet"),
+        "--rollouts-rl",
+        str(tmp_path / "also_good.parquet"),
+    ]
     r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
     assert r.returncode == 0, r.stderr
 
@@ -262,7 +268,15 @@ def test_accuracy_refuses_one_models_rollouts_as_both_models(tmp_path):
     table.with_columns(pl.lit("models/rl@5678").alias("model")).write_parquet(tmp_path / "rl.parquet")
     out = tmp_path / "a.parquet"
     for rl, needle in (("base.parquet", "the same file"), ("copy.parquet", "the same model 'models/base@1234'")):
-        cmd = ["accuracy", "--rollouts-base", str(tmp_path / "base.parquet"), "--rollouts-rl", str(tmp_path / rl), "--out", str(out)]
+        cmd = [
+            "accuracy",
+            "--rollouts-base",
+            str(tmp_path / "base.parquet"),
+            "--rollouts-rl",
+            str(tmp_path / rl),
+            "--out",
+            str(out),
+        ]
         one_line_error(run(tokenshift_cmd() + cmd), tmp_path / rl, needle)
     assert not out.exists()
     cmd = ["accuracy", "--rollouts-base", str(tmp_path / "base.parquet"), "--rollouts-rl", str(tmp_path / "rl.parquet")]
@@ -275,7 +289,14 @@ def test_an_output_of_another_suffix_is_refused_before_the_stage_runs(tmp_path):
 
     for name in ("base", "rl"):
         rollouts(0.5).write_parquet(tmp_path / f"{name}.parquet")
-    cmd = ["accuracy", "--rollouts-base", str(tmp_path / "base.parquet"), "--rollouts-rl", str(tmp_path / "rl.parquet"), "--out"]
+    cmd = [
+        "accuracy",
+        "--rollouts-base",
+        str(tmp_path / "base.parquet"),
+        "--rollouts-rl",
+        str(tmp_path / "rl.parquet"),
+        "--out",
+    ]
     one_line_error(run(tokenshift_cmd() + [*cmd, str(tmp_path / "a.csv")]), "a.csv", "expected a .parquet file path")
     one_line_error(
         run(tokenshift_cmd() + ["csv", str(tmp_path / "base.parquet"), "--out", str(tmp_path / "b.parquet")]),
@@ -289,7 +310,8 @@ def test_a_file_that_is_not_parquet_is_named(tmp_path):
     fake = tmp_path / "rollouts.parquet"
     fake.write_text("problem_id,correct\np1,true\n")  # a CSV under a parquet name
     r = run(
-        tokenshift_cmd() + ["accuracy", "--rollouts-base", str(fake), "--rollouts-rl", str(fake), "--out", str(tmp_path / "a.parquet")]
+        tokenshift_cmd()
+        + ["accuracy", "--rollouts-base", str(fake), "--rollouts-rl", str(fake), "--out", str(tmp_path / "a.parquet")]
     )
     one_line_error(r, fake, "not a readable parquet file")
     r = run(
@@ -428,12 +450,15 @@ def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
     r = run(
-        tokenshift_cmd() + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(blocker / "a.parquet")]
+        tokenshift_cmd()
+        + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(blocker / "a.parquet")]
     )
     one_line_error(r, blocker)
     taken = tmp_path / "taken"
     taken.mkdir()  # a directory where the table should go: the write fails at the last step
-    r = run(tokenshift_cmd() + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(taken)])
+    r = run(
+        tokenshift_cmd() + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(taken)]
+    )
     one_line_error(r, "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "blocker",
