@@ -448,6 +448,31 @@ def test_scores_of_swapped_models_another_pair_or_the_other_models_rollouts_are_
     assert write_accuracy({"base": rollouts, "rl": rl_rollouts}, acc, pair_manifest=pair).height
 
 
+def test_an_edited_shared_vocabulary_is_refused_naming_the_pair_manifest(tmp_path, toy_tokenizer):
+    """Sixth hostile pass (C4): a pair manifest's shared_vocab_size edited down failed the job with a
+    ValueError traceback naming neither file; a rollout token past it is named with its file, no traceback."""
+    import json
+
+    import polars as pl
+
+    from tokenshift.io import InputError
+    from tokenshift.scoring import run_scoring
+
+    base, rl, pair, rollouts, _ = scoring_inputs(tmp_path, toy_tokenizer, n=2)
+    cfg, out = ScoringConfig(top_k_candidates=2), tmp_path / "scores.parquet"
+    manifest = json.loads(pair.read_text())
+    pair.write_text(json.dumps({**manifest, "shared_vocab_size": manifest["shared_vocab_size"] - 60}))
+    with pytest.raises(InputError, match=rf"{pair}: shared_vocab_size .*: expected {manifest['shared_vocab_size']}"):
+        run_scoring(base, rl, pair, rollouts, "base", out, cfg=cfg, progress=False)
+    pair.write_text(json.dumps(manifest))
+    table = pl.read_parquet(rollouts)
+    far = manifest["shared_vocab_size"] + 5
+    table.with_columns(pl.col("response_ids").list.concat(pl.lit([far]))).write_parquet(rollouts)
+    with pytest.raises(InputError, match=rf"{rollouts}: row 0: token id {far} is outside the shared vocabulary"):
+        run_scoring(base, rl, pair, rollouts, "base", out, cfg=cfg, progress=False)
+    assert not out.exists()
+
+
 def test_gather_refuses_parts_computed_with_other_checkpoints_and_keeps_their_record(tmp_path):
     import polars as pl
 

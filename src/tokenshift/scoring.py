@@ -537,6 +537,7 @@ def check_score_inputs(
                 f"{pair}: pair {manifest.get('pair')!r} has {role} model {named!r}, where --{role} "
                 f"{checkpoints[role]} is {label_name(label)!r}: expected the pair's own models in their roles"
             )
+    _check_shared_vocabulary(checkpoints, pair, manifest)
     held = sorted(set(table["model"].drop_nulls())) if "model" in table.columns else []
     if held and held != [labels[source]]:
         others = [r for r, label in labels.items() if label in held]
@@ -546,6 +547,22 @@ def check_score_inputs(
             f"{labels[source]}); expected the rollouts of the model --source names"
         )
     return labels
+
+
+def _check_shared_vocabulary(checkpoints: Mapping[str, Path], pair: Path, manifest: Mapping) -> None:
+    """The pair manifest's ``shared_vocab_size`` is what ``models.check_pair`` found: the smaller of the two
+    tokenizers' sizes their manifests record (one edited since failed a job with a traceback)."""
+    from tokenshift.io import InputError, read_json, remake_hint
+    from tokenshift.models import manifest_path, resolve_checkpoint
+
+    paths = [manifest_path(resolve_checkpoint(c)) for c in checkpoints.values()]
+    sizes = [read_json(m, "a checkpoint manifest").get("tokenizer_size") for m in paths if m.is_file()]
+    if len(sizes) == 2 and all(isinstance(n, int) for n in sizes) and manifest["shared_vocab_size"] != min(sizes):
+        raise InputError(
+            f"{pair}: shared_vocab_size {manifest['shared_vocab_size']}, where the pair's tokenizers have "
+            f"{' and '.join(map(str, sizes))} tokens: expected {min(sizes)}, as `tokenshift models check-pair` "
+            f"writes it (was the file edited?){remake_hint(pair)}"
+        )
 
 
 def run_scoring(
@@ -602,8 +619,13 @@ def run_scoring(
         "cfg": cfg,
         "part": str(part),
     }
+    try:  # before a model is loaded, or the vLLM engines' minutes
+        refuse_bad_rows(rows, vocab)
+    except ValueError as e:
+        raise InputError(
+            f"{rollouts}: {e} ({pair}): expected rollouts of the pair's tokenizer, with a prompt each"
+        ) from None
     if cfg.backend == "vllm":
-        refuse_bad_rows(rows, vocab)  # before the engines' minutes
         engines, context = start_vllm_engines({"base": base, "rl": rl}, rows, cfg, engine)
         store = ShardStore(out, run_key({**made_from, "vllm": {k: getattr(engine, k) for k in VLLM_ENGINE_KEYS}}))
         res = score_rows_vllm(
