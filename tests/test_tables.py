@@ -145,6 +145,43 @@ def test_divergence_tables_carry_the_scores_statistic_and_refuse_two(scores, tmp
     assert not (tmp_path / "out2").exists()
 
 
+def test_another_datasets_rollouts_and_scores_are_refused_under_this_ones_name(scores, tmp_path):
+    """Sixth hostile pass (C3b): dataset toy's rollouts copied over toyb's gave toyb an accuracy table, scores
+    and divergence tables of toy's problems, without a word."""
+    from helpers import rollouts
+
+    from tokenshift.datasets import dataset_label
+    from tokenshift.io import InputError
+    from tokenshift.tables import SCORE_COLUMNS, write_accuracy, write_divergence
+
+    problems = tmp_path / "toyb.parquet"
+    pl.DataFrame({"problem_id": ["q1"], "question": ["?"], "answer": ["1"], "dataset": ["toyb"]}).write_parquet(
+        problems
+    )
+    assert dataset_label(problems).startswith("toyb@")
+    paths = {role: tmp_path / f"{role}.parquet" for role in ("base", "rl")}
+    for path in paths.values():  # as tokenshift rollout labels the rollouts of dataset toy's problems
+        rollouts(0.5).with_columns(pl.lit("toy@0123456789abcdef").alias("dataset")).write_parquet(path)
+    assert write_accuracy(paths, tmp_path / "a.parquet", dataset="toy").height
+    with pytest.raises(InputError, match=r"rollouts of dataset toy@0123456789abcdef, given as dataset 'toyb'"):
+        write_accuracy(paths, tmp_path / "b.parquet", dataset="toyb")
+    assert not (tmp_path / "b.parquet").exists()
+    scored = {}
+    for role in ("base", "rl"):
+        scored[role] = tmp_path / f"scores_{role}.parquet"
+        scores.with_columns(
+            pl.lit("q7").alias("problem_id"),
+            pl.lit(0).alias("sample_index"),
+            pl.int_range(pl.len()).alias("position"),
+            pl.lit(0).alias("token_id"),
+            pl.lit("exact").alias("statistic"),
+            pl.lit(role).alias("source"),
+        ).select([*SCORE_COLUMNS, "source"]).write_parquet(scored[role])
+    with pytest.raises(InputError, match=rf"scores of 1 problem\(s\) that {problems} does not hold \(e.g. 'q7'\)"):
+        write_divergence(scored, tmp_path / "div", pair="p", dataset="toyb", problems=problems)
+    assert not (tmp_path / "div").exists()
+
+
 def test_a_tables_csv_copy_holds_its_rows_and_each_list_as_json(tmp_path):
     """Issue 28.6: what a spreadsheet or R reads, the same rows and columns; a list column's cells are JSON."""
     import json

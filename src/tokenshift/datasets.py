@@ -314,6 +314,20 @@ def as_problems(problems) -> list[Problem]:
     return read_problems(problems) if isinstance(problems, str | Path) else list(problems)
 
 
+def dataset_label(path: Path | str) -> str:
+    """A problems file as the rollout tables made of it record it (their ``dataset`` column):
+    ``<its dataset's name>@<the first 16 hex digits of its sha256>``, so rollouts given as another dataset's
+    are told apart (``tables.write_accuracy``)."""
+    from tokenshift.io import sha256_file
+
+    return f"{dataset_name(path) or Path(path).stem}@{sha256_file(path)[:16]}"
+
+
+def label_dataset_name(label: str) -> str:
+    """The dataset name in a ``dataset_label``."""
+    return label.rsplit("@", 1)[0]
+
+
 def dataset_name(path: Path | str) -> str | None:
     """The name ``prepare_dataset`` recorded in a problems file (None for a file without one)."""
     import polars as pl

@@ -132,10 +132,13 @@ def run_rollouts(
     ``model`` is a checkpoint directory or its manifest; ``problems`` a list or the parquet file
     ``tokenshift dataset`` wrote. Of a run split over several jobs, this writes job ``part``'s rows.
     """
-    from tokenshift.datasets import as_problems
+    from tokenshift.datasets import as_problems, dataset_label
     from tokenshift.models import checkpoint_identity, checkpoint_label
     from tokenshift.sharding import run_key, run_sharded
 
+    # which problems: accuracy refuses another dataset's rollouts given under this one's name
+    given_file = isinstance(problems, str | Path)
+    constants = {"model": checkpoint_label(model)} | ({"dataset": dataset_label(problems)} if given_file else {})
     problems = as_problems(problems)
     key = run_key(
         {
@@ -156,7 +159,7 @@ def run_rollouts(
         out,
         n=sampling.n,
         problems_per_shard=cfg.problems_per_shard,
-        constants={"model": checkpoint_label(model)},  # whose rollouts: accuracy and scoring check it
+        constants=constants,  # whose rollouts, of what: accuracy and scoring check them
         part=part,
         grading=grading,
         grader_workers=grader_workers,

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from tokenshift.datasets import read_toy_problems
+from tokenshift.datasets import label_dataset_name, read_toy_problems
 from tokenshift.io import (
     InputError,
     read_json,
     read_models_record,
     read_parquet,
+    remake_hint,
     write_csv_atomic,
     write_parquet_atomic,
 )
@@ -612,7 +613,7 @@ def write_accuracy(
     }
     # one grading rule and one version of the dataset across the table: a comparison of the two models under two
     # rules, or over two versions of the problems, would be one of the rules or the versions
-    for column in ("grading", "dataset_version"):
+    for column in ("grading", "dataset_version", "dataset"):
         held = {role: sorted(set(t[column].drop_nulls())) for role, t in tables.items() if column in t.columns}
         first_role, others = next(iter(held.items()), (None, None))
         for role, values in held.items():
@@ -621,6 +622,14 @@ def write_accuracy(
                     f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[first_role]} {others}: "
                     f"expected one {column} across both models' rollouts ({what})"
                 )
+    # rollouts of another dataset, given under this one's name (copied over them): its problems scored as these
+    held = {t["dataset"][0] for t in tables.values() if "dataset" in t.columns and t.height}
+    if dataset and held and {label_dataset_name(h) for h in held} != {dataset}:
+        role = next(r for r, t in tables.items() if "dataset" in t.columns and t.height)
+        raise InputError(
+            f"{rollouts[role]}: rollouts of dataset {', '.join(sorted(held))}, given as dataset {dataset!r}'s: "
+            f"expected the rollouts of that dataset ({what}){remake_hint(rollouts[role])}"
+        )
     # the two models' rollouts: one file as both, or two tables of one checkpoint (its ``model`` identity, where
     # the table records it), would compare a model with itself and report no difference as a finding
     paths = {role: Path(path).resolve() for role, path in rollouts.items()}
@@ -739,6 +748,17 @@ def write_divergence(
                 )
         if why:
             raise InputError(f"{scores[src]}: {why} (expected per-token scores of tokenshift score)")
+    if problems is not None:  # another dataset's scores, copied over these: its problems counted as the dataset's
+        known = set(
+            read_parquet(problems, "a problems table written by `tokenshift dataset`", ("problem_id",))["problem_id"]
+        )
+        for src, frame in frames.items():
+            alien = sorted(set(frame["problem_id"].unique()) - known)
+            if alien:
+                raise InputError(
+                    f"{scores[src]}: scores of {len(alien)} problem(s) that {problems} does not hold (e.g. "
+                    f"{alien[0]!r}): expected the scores of dataset {dataset!r}'s rollouts{remake_hint(scores[src])}"
+                )
     statistics = {src: sorted(frame["statistic"].unique().to_list()) for src, frame in frames.items()}
     if len({s for found in statistics.values() for s in found}) > 1:
         raise InputError(
