@@ -424,3 +424,16 @@ def test_flash_attention_without_its_package_is_a_warning_and_a_one_line_refusal
     fetch_model("q", {"path": str(make_checkpoint("src")), "attn_implementation": "flash_attention_2"}, out)
     with pytest.raises(ModelFetchError, match="model 'q': attn_implementation flash_attention_2 needs the flash_attn"):
         load_causal_lm(out.with_suffix(".json"), "cpu")
+
+
+def test_a_changed_toy_model_says_how_to_build_it_again(make_checkpoint):
+    # sixth hostile pass: the message said Snakemake re-runs the job when the source files change, which a
+    # model the workflow built has none of: it must be forced
+    ckpt = make_checkpoint("toy")
+    write_manifest(ckpt, name="toy-rl", spec={"toy": "rl", "init": "toy-base"})
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    from tokenshift.models import resolve_checkpoint
+
+    with pytest.raises(ModelFetchError, match=r"build it again \(snakemake --forcerun toy_rl"):
+        resolve_checkpoint(ckpt.with_suffix(".json"))

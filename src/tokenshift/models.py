@@ -322,11 +322,15 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
             continue
         log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
         if sha256_file(path) != digest:
+            toy = manifest.get("spec", {}).get("toy")
+            again = (
+                f"build it again (snakemake --forcerun toy_{toy}: Snakemake sees no change to a model it built)"
+                if toy
+                else "run its fetch again (snakemake does so when the source files change)"
+            )
             raise ModelFetchError(
-                f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} "
-                "hashed (the source checkpoint was overwritten?); run the checkpoint stage again "
-                "(snakemake does so when the source files change) so that every result is "
-                "recomputed from the new files"
+                f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} hashed (overwritten "
+                f"since?); {again}, so that every result is recomputed from the new files"
             )
 
 
