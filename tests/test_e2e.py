@@ -218,9 +218,11 @@ CONSUMERS = {
     "sampling.top_p": SAMPLERS,
     "sampling.max_new_tokens": SAMPLERS,
     "sampling.seed": (*SAMPLERS, "toy_check"),
-    **{f"rollout.{k}": ("rollout",) for k in ("backend", "problems_per_shard", "threads")},
-    # results do not depend on a batch size: it reaches its jobs unrecorded, and nothing is redone
+    **{f"rollout.{k}": ("rollout",) for k in ("backend", "threads")},
+    # results do not depend on a batch size, nor on where a rollout's shards split the problems (each response
+    # draws from its own seed): they reach their jobs unrecorded, and nothing is redone
     "rollout.batch_size": (),
+    "rollout.problems_per_shard": (),
     "crosssample.batch_size": (),
     "grading.mode": SAMPLERS,
     **{f"divergence.{k}": ("divergence_toy",) for k in ("high_js_quantile", "high_js_cut", "rank_k")},

@@ -208,7 +208,12 @@ class RolloutConfig:
         auto=True,
         recorded=False,
     )
-    problems_per_shard: int = option(64, "problems per shard file; a killed job loses at most one shard", minimum=1)
+    problems_per_shard: int = option(
+        64,
+        "problems per shard file; a killed job loses at most one shard; results do not depend on it",
+        minimum=1,
+        recorded=False,
+    )
     threads: int = option(2, "torch CPU threads per job (results depend on it)", minimum=1, maximum=MAX_THREADS)
     # read by the vllm backend only (``stages``): a job of the hf backend records none of them
     vllm_tensor_parallel_size: int | None = option(
@@ -407,7 +412,8 @@ class CrossSampleConfig:
     batch_size: int | str = option(
         AUTO,
         f"lockstep: rows decoded together: auto (planned from the free memory of the job's GPUs; "
-        f"{CPU_BATCH['crosssample']} on CPU) or a number; results do not depend on it",
+        f"{CPU_BATCH['crosssample']} on CPU) or a number; the tokens and grades do not depend on it, the rows' "
+        "divergence columns (switched_js, step_js) in their last float bits (~1e-7: batched products round)",
         minimum=1,
         auto=True,
         recorded=False,
