@@ -43,3 +43,42 @@ def test_snakemake_lint_is_clean(tmp_path):
     )
     out = r.stdout + r.stderr
     assert "Lints for" not in out and r.returncode == 0, out[-4000:]
+
+
+def _docstring_lines(path: Path) -> set[int]:
+    import ast
+
+    lines = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
+            lines |= set(range(body[0].lineno, body[0].end_lineno + 1))
+    return lines
+
+
+def test_the_results_layout_has_one_home():
+    """Issue 27.1: every path a rule declares, and every file name the stages that read a results directory
+    look for, is tokenshift.layout's: no rule or library module spells one again (comments and docstrings
+    aside). A stage that writes tables writes ``<table>.parquet`` in the directory its rule gives it, beside
+    the outputs the rule declares: Snakemake fails the job where one is not there."""
+    import re
+
+    spelled = re.compile(
+        r"""["'](results|resources)/|/ ["'](divergence|figures|scores|rollouts)["']|"""
+        r"""["'](accuracy|crosssample|curve|comparison)\.parquet["']"""
+    )
+    files = [*sorted((REPO / "workflow" / "rules").glob("*.smk")), REPO / "Snakefile"]
+    files += [p for p in sorted((REPO / "src" / "tokenshift").rglob("*.py")) if p.name != "layout.py"]
+    found = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in files
+        for skip in [_docstring_lines(p) if p.suffix == ".py" else set()]
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if i not in skip and spelled.search(line.split("#", 1)[0])
+    ]
+    assert not found, "\n".join(found)

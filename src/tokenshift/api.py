@@ -18,14 +18,16 @@ from pathlib import Path
 
 import polars as pl
 
+from tokenshift import layout
+from tokenshift.registry import DIVERGENCE_TABLES
+
 AGGREGATE_TABLES = {
-    "accuracy": "*/*/accuracy.parquet",
-    "crosssample": "*/*/crosssample.parquet",
-    **{name: f"*/*/divergence/{name}.parquet" for name in ("sparsity", "position", "entropy", "reallocation")},
-    "decision_points": "*/*/divergence/decision_points.parquet",
-    "advantages_curve": "advantages/curve.parquet",
-    "advantages_comparison": "advantages/comparison.parquet",
-    "training_shifts": "*/training/shifts.parquet",
+    "accuracy": f"*/*/{layout.ACCURACY}",
+    "crosssample": f"*/*/{layout.CROSSSAMPLE}",
+    **{name: f"*/*/{layout.divergence(name)}" for name in (*DIVERGENCE_TABLES, "decision_points")},
+    "advantages_curve": layout.under_results(f"{layout.ADVANTAGES}/{layout.CURVE}"),
+    "advantages_comparison": layout.under_results(f"{layout.ADVANTAGES}/{layout.COMPARISON}"),
+    "training_shifts": layout.under_results(layout.training(layout.SHIFTS, "*")),
 }
 """Each aggregate table of a study, by name, and where it lies under the results directory."""
 

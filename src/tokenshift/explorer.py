@@ -41,7 +41,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift import __version__
+from tokenshift import __version__, layout
 from tokenshift.registry import GENERATOR
 from tokenshift.settings import ExplorerConfig
 
@@ -404,7 +404,7 @@ def build_explorer(
             raise InputError(f"{d}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
         for source in ("base", "rl"):
-            path = Path(d) / "scores" / f"{source}.parquet"
+            path = Path(d) / layout.scores(source)
             scores = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
             kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in scores.columns}
             read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import jinja2
 import polars as pl
 
-from tokenshift import __version__, headlines
+from tokenshift import __version__, headlines, layout
 from tokenshift.io import InputError, read_png, read_text
 from tokenshift.plots.style import pct
 from tokenshift.registry import ROLES
@@ -272,8 +272,8 @@ def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingRe
     out = TrainingResult()
     if advantages is not None:
         what = "the experiment's comparison table (tokenshift advantages table)"
-        out.comparison = read_table(advantages / "comparison.parquet", "comparison", what)
-        fig = advantages / "advantages.png"
+        out.comparison = read_table(advantages / layout.COMPARISON, "comparison", what)
+        fig = advantages / layout.advantages_figure()
         out.advantage_figure = fig if fig.is_file() else None
     for path in shifts:
         pair = Path(path).parent.parent.name
@@ -402,12 +402,11 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
 
     results = Path(results)
     what = "an accuracy table (tokenshift accuracy)"
-    accuracy = read_table(results / "accuracy.parquet", "accuracy", what)
+    accuracy = read_table(results / layout.ACCURACY, "accuracy", what)
     roles, metrics = set(accuracy["role"]), set(accuracy["metric"])
     if roles != set(ROLES) or accuracy.height != len(roles) * len(metrics):
         raise InputError(
-            f"{results / 'accuracy.parquet'}: holds roles {sorted(roles)}, expected each metric of both {ROLES} "
-            f"({what})"
+            f"{results / layout.ACCURACY}: holds roles {sorted(roles)}, expected each metric of both {ROLES} ({what})"
         )
     bad = accuracy.filter(
         ~pl.col("value").is_between(0, 1) | (pl.col("ci_low") > pl.col("value")) | (pl.col("ci_high") < pl.col("value"))
@@ -415,26 +414,24 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     if bad.height:
         row = bad.row(0, named=True)
         raise InputError(
-            f"{results / 'accuracy.parquet'}: {row['role']} {row['metric']} is {row['value']:g} in "
+            f"{results / layout.ACCURACY}: {row['role']} {row['metric']} is {row['value']:g} in "
             f"[{row['ci_low']:g}, {row['ci_high']:g}]: expected a share in [0, 1] inside its CI ({what})"
         )
-    cross = results / "crosssample.parquet"
+    cross = results / layout.CROSSSAMPLE
     result = PairResult(
         pair=accuracy["pair"][0],
         dataset=accuracy["dataset"][0],
         kind=kind,
         accuracy=accuracy,
         divergence={
-            n: read_table(results / "divergence" / f"{n}.parquet", n, f"the {n} table (tokenshift divergence)")
+            n: read_table(results / layout.divergence(n), n, f"the {n} table (tokenshift divergence)")
             for n in ("sparsity", "position", "reallocation")
         },
         crosssample=read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
         if cross.is_file()
         else None,
         # the figures `tokenshift figures` draws for it: a cross-sampled pair's two more than the others'
-        figures={
-            n: results / "figures" / f"{n}.png" for n in (PAIR_FIGURES if cross.is_file() else DIVERGENCE_FIGURES)
-        },
+        figures={n: results / layout.figure(n) for n in (PAIR_FIGURES if cross.is_file() else DIVERGENCE_FIGURES)},
     )
     for path in result.figures.values():  # each there, and PNG data: a missing one dropped out of the page unsaid
         read_png(path, "a figure of `tokenshift figures`, a PNG")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from tokenshift import layout
 from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.codehash import code_of, stage_code
 from tokenshift.config import SCHEMA_PATH, check_workflow_config, dataset_sampling, model_source
@@ -117,18 +118,12 @@ wildcard_constraints:
 # --- paths ---------------------------------------------------------------------------------
 
 
-def model_manifest(name):
-    return f"resources/models/{name}.json"
-
-
-def results_dir(pair, dataset):
-    return f"results/{pair}/{dataset}"
+# every path is tokenshift.layout's; these name a pair's runs by their wildcards' values
 
 
 def crosssample_run(pair, dataset, direction, policy, budget, gamma=None):
     """A run of the grid, or (``gamma``) an extrapolation run beside it: ``budget-all.gamma-0.1``."""
-    extrapolated = "" if gamma is None else f".gamma-{gamma}"
-    return f"{results_dir(pair, dataset)}/crosssample/{direction}/{policy}/budget-{budget}{extrapolated}.parquet"
+    return layout.in_pair(layout.crosssample_run(direction, policy, budget, gamma), pair, dataset)
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -154,12 +149,12 @@ def fingerprint_of(files):
 
 
 def toy_init(wildcards):
-    return model_manifest(MODELS[wildcards.model]["init"])
+    return layout.model_manifest(MODELS[wildcards.model]["init"])
 
 
 def manifest_of(role):
     """Input function: the manifest of the ``{pair}``'s ``role`` model (``"{role}"``: the job's role)."""
-    return lambda wildcards: model_manifest(PAIRS[wildcards.pair][wildcards.role if role == "{role}" else role])
+    return lambda wildcards: layout.model_manifest(PAIRS[wildcards.pair][wildcards.role if role == "{role}" else role])
 
 
 PAIR_MANIFESTS = {role: manifest_of(role) for role in ROLES}
@@ -170,11 +165,11 @@ def crosssample_scores(wildcards):
     """A percentile of a scored statistic is read off the generating model's own scored rollouts."""
     if not POLICIES[wildcards.policy].needs_scores(GRID.threshold_spec(wildcards.policy, wildcards.budget)):
         return []
-    return f"{results_dir(wildcards.pair, wildcards.dataset)}/scores/{GENERATOR[wildcards.direction]}.parquet"
+    return layout.in_pair(layout.scores(GENERATOR[wildcards.direction]), wildcards.pair, wildcards.dataset)
 
 
 def advantage_runs():
-    return [f"results/advantages/runs/{v}/seed-{s}/eval.parquet" for v in ADVANTAGES.variants for s in ADVANTAGES.seeds]
+    return [layout.advantage_run(v, s) for v in ADVANTAGES.variants for s in ADVANTAGES.seeds]
 
 
 def crosssample_runs(wildcards):
@@ -195,12 +190,12 @@ def example_inputs(wildcards):
 
 
 def figure_inputs(wildcards):
-    base = results_dir(wildcards.pair, wildcards.dataset)
-    inputs = {n: f"{base}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES}
-    inputs["accuracy"] = f"{base}/accuracy.parquet"
+    of_pair = lambda name: layout.in_pair(name, wildcards.pair, wildcards.dataset)
+    inputs = {n: of_pair(layout.divergence(n)) for n in DIVERGENCE_TABLES}
+    inputs["accuracy"] = of_pair(layout.ACCURACY)
     if wildcards.pair not in CROSSSAMPLED:
         return inputs
-    return {**inputs, "crosssample": f"{base}/crosssample.parquet", **example_inputs(wildcards)}
+    return {**inputs, "crosssample": of_pair(layout.CROSSSAMPLE), **example_inputs(wildcards)}
 
 
 def explorer_inputs():
@@ -208,22 +203,22 @@ def explorer_inputs():
     runs, the datasets' problems (questions, and the toy task's decision points) and each pair's
     tokenizer (its base model's)."""
     return {
-        "scores": [f"{results_dir(p, d)}/scores/{role}.parquet" for p, d in PAIR_DATASETS for role in ROLES],
+        "scores": [layout.in_pair(layout.scores(role), p, d) for p, d in PAIR_DATASETS for role in ROLES],
         "runs": [
             crosssample_run(p, d, *run)
             for p, d in PAIR_DATASETS
             if p in CROSSSAMPLED
             for run in GRID.runs(dataset_sampling(config, d)["max_new_tokens"])
         ],
-        "problems": [f"resources/datasets/{d}.parquet" for d in dict.fromkeys(d for _, d in PAIR_DATASETS)],
-        "tokenizers": [model_manifest(PAIRS[p]["base"]) for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)],
+        "problems": [layout.dataset_table(d) for d in dict.fromkeys(d for _, d in PAIR_DATASETS)],
+        "tokenizers": [layout.model_manifest(PAIRS[p]["base"]) for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)],
     }
 
 
 def pair_figure_report(name):
     """A pair's figure as Snakemake's report shows it (``snakemake --report``): by pair, dataset and name."""
     return report(
-        f"results/{{pair}}/{{dataset}}/figures/{name}.png",
+        layout.in_pair(layout.figure(name)),
         caption="../report/pair_figure.rst",
         category="Figures",
         subcategory="{pair} / {dataset}",
@@ -316,7 +311,7 @@ def toy_check_args(wildcards):
 
 def explorer_tokenizer_args(wildcards):
     pairs = dict.fromkeys(p for p, _ in PAIR_DATASETS)
-    return shlex.join(f"--tokenizer={p}={model_manifest(PAIRS[p]['base'])}" for p in pairs)
+    return shlex.join(f"--tokenizer={p}={layout.model_manifest(PAIRS[p]['base'])}" for p in pairs)
 
 
 def kind_args(wildcards):
@@ -388,31 +383,30 @@ def runtime(stage):
 
 def aggregate_tables():
     """The study's aggregate tables (paths without ``.parquet``), each also written as CSV beside it."""
-    tables = [f"results/{p}/toy_check/accuracy" for p in TOY_RL_PAIRS]
-    tables += [f"results/{p}/training/shifts" for p in TOY_RL_PAIRS]
-    tables += ["results/advantages/curve", "results/advantages/comparison"] if ADVANTAGE_BASE else []
+    tables = [layout.toy_check("accuracy", p) for p in TOY_RL_PAIRS]
+    tables += [layout.training(layout.SHIFTS, p) for p in TOY_RL_PAIRS]
+    tables += [f"{layout.ADVANTAGES}/{t}" for t in (layout.CURVE, layout.COMPARISON)] if ADVANTAGE_BASE else []
     for p, d in PAIR_DATASETS:
-        base = results_dir(p, d)
-        tables += [f"{base}/accuracy", *(f"{base}/divergence/{n}" for n in DIVERGENCE_TABLES)]
-        tables += [f"{base}/divergence/decision_points"] if d in TOY_DATASETS else []
-        tables += [f"{base}/crosssample"] if p in CROSSSAMPLED else []
-    return tables
+        names = [layout.ACCURACY, *(layout.divergence(n) for n in DIVERGENCE_TABLES)]
+        names += [layout.divergence("decision_points")] if d in TOY_DATASETS else []
+        names += [layout.CROSSSAMPLE] if p in CROSSSAMPLED else []
+        tables += [layout.in_pair(n, p, d) for n in names]
+    return [t.removesuffix(".parquet") for t in tables]
 
 
 def get_final_output():
     # the models the pairs compare (a config read over the default one, such as config/paper.yaml,
     # keeps the default's toy models, which no pair then uses: they are not built)
     used = dict.fromkeys(m for pair in PAIRS.values() for m in (pair["base"], pair["rl"]))
-    targets = [model_manifest(m) for m in used]
-    targets += [f"resources/pairs/{p}.json" for p in PAIRS]
+    targets = [layout.model_manifest(m) for m in used]
+    targets += [layout.pair_manifest(p) for p in PAIRS]
     # the ground-truth check of a toy RL pair (an SFT pair's decision points are in its divergence tables)
-    targets += [f"results/{p}/toy_check/accuracy.parquet" for p in TOY_RL_PAIRS]
-    targets += [f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS]
-    targets += ["results/advantages/advantages.png"] if ADVANTAGE_BASE else []
+    targets += [layout.toy_check("accuracy", p) for p in TOY_RL_PAIRS]
+    targets += [layout.training(layout.shifts_figure(), p) for p in TOY_RL_PAIRS]
+    targets += [f"{layout.ADVANTAGES}/{layout.advantages_figure()}"] if ADVANTAGE_BASE else []
     for p, d in PAIR_DATASETS:
-        base = results_dir(p, d)
-        targets += [f"{base}/accuracy.parquet", f"{base}/divergence/sparsity.parquet"]
-        targets += [f"{base}/crosssample.parquet"] if p in CROSSSAMPLED else []
-    targets += ["results/report.html", "results/explorer.html", "results/summary.json"] if PAIR_DATASETS else []
+        names = [layout.ACCURACY, layout.divergence("sparsity")] + ([layout.CROSSSAMPLE] if p in CROSSSAMPLED else [])
+        targets += [layout.in_pair(n, p, d) for n in names]
+    targets += [layout.REPORT, layout.EXPLORER, layout.SUMMARY] if PAIR_DATASETS else []
     targets += [f"{t}.csv" for t in aggregate_tables()]
     return targets

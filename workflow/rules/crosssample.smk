@@ -11,11 +11,11 @@
 rule crosssample:
     input:
         **PAIR_MANIFESTS,
-        pair="resources/pairs/{pair}.json",  # only for a pair whose tokenizers passed the check
-        dataset="resources/datasets/{dataset}.parquet",
+        pair=layout.pair_manifest(),  # only for a pair whose tokenizers passed the check
+        dataset=layout.dataset_table(),
         scores=crosssample_scores,
     output:
-        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.parts/{scatteritem}.parquet",
+        layout.in_pair(layout.parts(layout.crosssample_run())),
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}/{scatteritem}.log",
     benchmark:
@@ -47,7 +47,7 @@ rule crosssample:
 # extrapolation at its gamma
 use rule crosssample as crosssample_extrapolated with:
     output:
-        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.gamma-{gamma}.parts/{scatteritem}.parquet",
+        layout.in_pair(layout.parts(layout.crosssample_run(gamma="{gamma}"))),
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}/{scatteritem}.log",
     benchmark:
@@ -56,11 +56,9 @@ use rule crosssample as crosssample_extrapolated with:
 
 rule gather_crosssample:
     input:
-        gather.crosssample(
-            "results/{{pair}}/{{dataset}}/crosssample/{{direction}}/{{policy}}/budget-{{budget}}.parts/{scatteritem}.parquet"
-        ),
+        gather.crosssample(layout.gather_pattern(layout.in_pair(layout.parts(layout.crosssample_run())))),
     output:
-        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.parquet",
+        layout.in_pair(layout.crosssample_run()),
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.log",
     localrule: True
@@ -74,11 +72,9 @@ rule gather_crosssample:
 
 use rule gather_crosssample as gather_crosssample_extrapolated with:
     input:
-        gather.crosssample(
-            "results/{{pair}}/{{dataset}}/crosssample/{{direction}}/{{policy}}/budget-{{budget}}.gamma-{{gamma}}.parts/{scatteritem}.parquet"
-        ),
+        gather.crosssample(layout.gather_pattern(layout.in_pair(layout.parts(layout.crosssample_run(gamma="{gamma}"))))),
     output:
-        "results/{pair}/{dataset}/crosssample/{direction}/{policy}/budget-{budget}.gamma-{gamma}.parquet",
+        layout.in_pair(layout.crosssample_run(gamma="{gamma}")),
     log:
         "logs/crosssample/{pair}/{dataset}/{direction}/{policy}/budget-{budget}.gamma-{gamma}.log",
     # `use rule` does not carry `localrule` over: each derived rule says so itself
@@ -89,7 +85,7 @@ rule crosssample_table:
     input:
         unpack(crosssample_runs),
     output:
-        "results/{pair}/{dataset}/crosssample.parquet",
+        layout.in_pair(layout.CROSSSAMPLE),
     log:
         "logs/crosssample/{pair}/{dataset}/table.log",
     localrule: True

@@ -8,8 +8,8 @@ rule dataset:
     input:
         dataset_source_files,
     output:
-        problems="resources/datasets/{dataset}.parquet",
-        manifest="resources/datasets/{dataset}.json",
+        problems=layout.dataset_table(),
+        manifest=layout.dataset_manifest(),
     log:
         "logs/datasets/{dataset}.log",
     localrule: True

@@ -4,12 +4,12 @@
 
 rule divergence:
     input:
-        base="results/{pair}/{dataset}/scores/base.parquet",
-        rl="results/{pair}/{dataset}/scores/rl.parquet",
-        problems="resources/datasets/{dataset}.parquet",
+        base=layout.in_pair(layout.scores("base")),
+        rl=layout.in_pair(layout.scores("rl")),
+        problems=layout.dataset_table(),
         tokenizer=manifest_of("base"),
     output:
-        **{n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES},
+        **{n: layout.in_pair(layout.divergence(n)) for n in DIVERGENCE_TABLES},
     log:
         "logs/divergence/{pair}/{dataset}.log",
     wildcard_constraints:
@@ -29,7 +29,7 @@ rule divergence:
 # on the toy task the same command also writes the decision-point table
 use rule divergence as divergence_toy with:
     output:
-        **{n: f"results/{{pair}}/{{dataset}}/divergence/{n}.parquet" for n in DIVERGENCE_TABLES},
-        decision_points="results/{pair}/{dataset}/divergence/decision_points.parquet",
+        **{n: layout.in_pair(layout.divergence(n)) for n in DIVERGENCE_TABLES},
+        decision_points=layout.in_pair(layout.divergence("decision_points")),
     wildcard_constraints:
         dataset=alternatives(TOY_DATASETS),

@@ -8,8 +8,8 @@ rule figures:
         unpack(figure_inputs),
     output:
         png=[pair_figure_report(n) for n in PAIR_FIGURES],
-        pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in PAIR_FIGURES],
-        example="results/{pair}/{dataset}/figures/example.parquet",
+        pdf=[layout.in_pair(layout.figure(n, ".pdf")) for n in PAIR_FIGURES],
+        example=layout.in_pair(layout.EXAMPLE_TOKENS),
     log:
         "logs/figures/{pair}/{dataset}.log",
     wildcard_constraints:
@@ -19,7 +19,7 @@ rule figures:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("figures"),
-        results=lambda wildcards: results_dir(wildcards.pair, wildcards.dataset),
+        results=lambda wildcards: layout.pair_dir(wildcards.pair, wildcards.dataset),
         example=example_args,
         out=lambda wildcards, output: Path(output.png[0]).parent,
     shell:
@@ -30,7 +30,7 @@ rule figures:
 use rule figures as figures_divergence with:
     output:
         png=[pair_figure_report(n) for n in DIVERGENCE_FIGURES],
-        pdf=[f"results/{{pair}}/{{dataset}}/figures/{n}.pdf" for n in DIVERGENCE_FIGURES],
+        pdf=[layout.in_pair(layout.figure(n, ".pdf")) for n in DIVERGENCE_FIGURES],
     wildcard_constraints:
         pair=alternatives([p for p in PAIRS if p not in CROSSSAMPLED]),
     localrule: True
@@ -38,10 +38,10 @@ use rule figures as figures_divergence with:
 
 rule figure_overview:
     input:
-        [f"{results_dir(p, d)}/divergence/sparsity.parquet" for p, d in PAIR_DATASETS],
+        [layout.in_pair(layout.divergence("sparsity"), p, d) for p, d in PAIR_DATASETS],
     output:
-        png=report("results/figures/sparsity.png", caption="../report/overview.rst", category="Figures"),
-        pdf="results/figures/sparsity.pdf",
+        png=report(layout.overview_figure(), caption="../report/overview.rst", category="Figures"),
+        pdf=layout.overview_figure(".pdf"),
     log:
         "logs/figures/overview.log",
     localrule: True
@@ -60,7 +60,7 @@ rule explorer:
     input:
         **explorer_inputs(),
     output:
-        report("results/explorer.html", caption="../report/pages.rst", category="Report"),
+        report(layout.EXPLORER, caption="../report/pages.rst", category="Report"),
     log:
         "logs/explorer.log",
     localrule: True
@@ -68,7 +68,7 @@ rule explorer:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("explorer"),
-        results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
+        results=lambda wildcards: [layout.pair_dir(p, d) for p, d in PAIR_DATASETS],
         tokenizers=explorer_tokenizer_args,
         explorer=settings_of(ExplorerConfig),
     shell:
@@ -78,7 +78,7 @@ rule explorer:
 
 rule run_config:
     output:
-        "results/config.yaml",
+        layout.RUN_CONFIG,
     log:
         "logs/config.log",
     localrule: True
@@ -93,23 +93,23 @@ rule run_config:
 
 rule report:
     input:
-        figures=[f"{results_dir(p, d)}/figures/{n}.png" for p, d in PAIR_DATASETS for n in pair_figures(p)],
-        overview="results/figures/sparsity.png",
+        figures=[layout.in_pair(layout.figure(n), p, d) for p, d in PAIR_DATASETS for n in pair_figures(p)],
+        overview=layout.overview_figure(),
         tables=[
-            f"{results_dir(p, d)}/{t}"
+            layout.in_pair(t, p, d)
             for p, d in PAIR_DATASETS
-            for t in ("accuracy.parquet", "divergence/sparsity.parquet")
-            + (("crosssample.parquet",) if p in CROSSSAMPLED else ())
+            for t in (layout.ACCURACY, layout.divergence("sparsity"))
+            + ((layout.CROSSSAMPLE,) if p in CROSSSAMPLED else ())
         ],
-        config="results/config.yaml",
+        config=layout.RUN_CONFIG,
         advantages=rules.figure_advantages.output.png if ADVANTAGE_BASE else [],
         advantage_table=rules.advantage_tables.output.comparison if ADVANTAGE_BASE else [],
-        shifts=[f"results/{p}/training/training_shifts.png" for p in TOY_RL_PAIRS],
-        shift_tables=[f"results/{p}/training/shifts.parquet" for p in TOY_RL_PAIRS],
+        shifts=[layout.training(layout.shifts_figure(), p) for p in TOY_RL_PAIRS],
+        shift_tables=[layout.training(layout.SHIFTS, p) for p in TOY_RL_PAIRS],
         explorer=rules.explorer.output[0],
     output:
-        html=report("results/report.html", caption="../report/pages.rst", category="Report"),
-        json="results/summary.json",
+        html=report(layout.REPORT, caption="../report/pages.rst", category="Report"),
+        json=layout.SUMMARY,
     log:
         "logs/report.log",
     localrule: True
@@ -117,7 +117,7 @@ rule report:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("report"),
-        results=lambda wildcards: [results_dir(p, d) for p, d in PAIR_DATASETS],
+        results=lambda wildcards: [layout.pair_dir(p, d) for p, d in PAIR_DATASETS],
         kinds=kind_args,
         training=training_args,
     shell:

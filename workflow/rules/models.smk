@@ -7,8 +7,8 @@ rule fetch_model:
     input:
         model_source_files,
     output:
-        ckpt=directory("resources/models/{model}"),
-        manifest="resources/models/{model}.json",
+        ckpt=directory(layout.model_dir()),
+        manifest=layout.model_manifest(),
     log:
         "logs/models/{model}.log",
     wildcard_constraints:
@@ -27,8 +27,8 @@ rule fetch_model:
 
 rule toy_base:
     output:
-        ckpt=directory("resources/models/{model}"),
-        manifest="resources/models/{model}.json",
+        ckpt=directory(layout.model_dir()),
+        manifest=layout.model_manifest(),
     log:
         "logs/models/{model}.log",
     benchmark:
@@ -52,8 +52,8 @@ rule toy_rl:
     input:
         init=toy_init,
     output:
-        ckpt=directory("resources/models/{model}"),
-        manifest="resources/models/{model}.json",
+        ckpt=directory(layout.model_dir()),
+        manifest=layout.model_manifest(),
     log:
         "logs/models/{model}.log",
     benchmark:
@@ -90,7 +90,7 @@ rule check_pair:
     input:
         **PAIR_MANIFESTS,
     output:
-        "resources/pairs/{pair}.json",
+        layout.pair_manifest(),
     log:
         "logs/pairs/{pair}.log",
     localrule: True
@@ -106,8 +106,8 @@ rule toy_check:
     input:
         **PAIR_MANIFESTS,
     output:
-        decision_points="results/{pair}/toy_check/decision_points.parquet",
-        accuracy="results/{pair}/toy_check/accuracy.parquet",
+        decision_points=layout.toy_check("decision_points"),
+        accuracy=layout.toy_check("accuracy"),
     log:
         "logs/toy_check/{pair}.log",
     wildcard_constraints:

@@ -6,9 +6,9 @@
 rule rollout:
     input:
         model=manifest_of("{role}"),
-        dataset="resources/datasets/{dataset}.parquet",
+        dataset=layout.dataset_table(),
     output:
-        "results/{pair}/{dataset}/rollouts/{role}.parts/{scatteritem}.parquet",
+        layout.in_pair(layout.parts(layout.rollouts())),
     log:
         "logs/rollouts/{pair}/{dataset}/{role}/{scatteritem}.log",
     benchmark:
@@ -33,9 +33,9 @@ rule rollout:
 
 rule gather_rollouts:
     input:
-        gather.rollout("results/{{pair}}/{{dataset}}/rollouts/{{role}}.parts/{scatteritem}.parquet"),
+        gather.rollout(layout.gather_pattern(layout.in_pair(layout.parts(layout.rollouts())))),
     output:
-        "results/{pair}/{dataset}/rollouts/{role}.parquet",
+        layout.in_pair(layout.rollouts()),
     log:
         "logs/rollouts/{pair}/{dataset}/{role}.log",
     localrule: True
@@ -49,11 +49,11 @@ rule gather_rollouts:
 
 rule accuracy:
     input:
-        pair="resources/pairs/{pair}.json",  # a pair's tables exist only for a pair that passed its check
-        base="results/{pair}/{dataset}/rollouts/base.parquet",
-        rl="results/{pair}/{dataset}/rollouts/rl.parquet",
+        pair=layout.pair_manifest(),  # a pair's tables exist only for a pair that passed its check
+        base=layout.in_pair(layout.rollouts("base")),
+        rl=layout.in_pair(layout.rollouts("rl")),
     output:
-        "results/{pair}/{dataset}/accuracy.parquet",
+        layout.in_pair(layout.ACCURACY),
     log:
         "logs/accuracy/{pair}/{dataset}.log",
     localrule: True

@@ -9,10 +9,10 @@
 rule score:
     input:
         **PAIR_MANIFESTS,
-        pair="resources/pairs/{pair}.json",
-        rollouts="results/{pair}/{dataset}/rollouts/{source}.parquet",
+        pair=layout.pair_manifest(),
+        rollouts=layout.in_pair(layout.rollouts("{source}")),
     output:
-        "results/{pair}/{dataset}/scores/{source}.parts/{scatteritem}.parquet",
+        layout.in_pair(layout.parts(layout.scores())),
     log:
         "logs/scores/{pair}/{dataset}/{source}/{scatteritem}.log",
     benchmark:
@@ -33,9 +33,9 @@ rule score:
 
 rule gather_scores:
     input:
-        gather.score("results/{{pair}}/{{dataset}}/scores/{{source}}.parts/{scatteritem}.parquet"),
+        gather.score(layout.gather_pattern(layout.in_pair(layout.parts(layout.scores())))),
     output:
-        "results/{pair}/{dataset}/scores/{source}.parquet",
+        layout.in_pair(layout.scores()),
     log:
         "logs/scores/{pair}/{dataset}/{source}.log",
     localrule: True

@@ -5,10 +5,10 @@
 
 rule advantage_run:
     input:
-        base=model_manifest(ADVANTAGE_BASE) if ADVANTAGE_BASE else [],
+        base=layout.model_manifest(ADVANTAGE_BASE) if ADVANTAGE_BASE else [],
     output:
-        evals="results/advantages/runs/{variant}/seed-{seed}/eval.parquet",
-        history="results/advantages/runs/{variant}/seed-{seed}/history.parquet",
+        evals=layout.advantage_run(table="eval"),
+        history=layout.advantage_run(table="history"),
     log:
         "logs/advantages/{variant}/seed-{seed}.log",
     benchmark:
@@ -35,8 +35,8 @@ rule advantage_tables:
     input:
         advantage_runs(),
     output:
-        curve="results/advantages/curve.parquet",
-        comparison="results/advantages/comparison.parquet",
+        curve=f"{layout.ADVANTAGES}/{layout.CURVE}",
+        comparison=f"{layout.ADVANTAGES}/{layout.COMPARISON}",
     log:
         "logs/advantages/tables.log",
     localrule: True
@@ -53,8 +53,10 @@ rule figure_advantages:
     input:
         rules.advantage_tables.output,
     output:
-        png=report("results/advantages/advantages.png", caption="../report/training.rst", category="Training"),
-        pdf="results/advantages/advantages.pdf",
+        png=report(
+            f"{layout.ADVANTAGES}/{layout.advantages_figure()}", caption="../report/training.rst", category="Training"
+        ),
+        pdf=f"{layout.ADVANTAGES}/{layout.advantages_figure('.pdf')}",
     log:
         "logs/figures/advantages.log",
     localrule: True
@@ -71,7 +73,7 @@ rule training_shifts:
     input:
         **PAIR_MANIFESTS,
     output:
-        "results/{pair}/training/shifts.parquet",
+        layout.training(layout.SHIFTS),
     log:
         "logs/training/{pair}.log",
     wildcard_constraints:
@@ -88,15 +90,15 @@ rule training_shifts:
 
 rule figure_training_shifts:
     input:
-        "results/{pair}/training/shifts.parquet",
+        layout.training(layout.SHIFTS),
     output:
         png=report(
-            "results/{pair}/training/training_shifts.png",
+            layout.training(layout.shifts_figure()),
             caption="../report/training.rst",
             category="Training",
             labels={"pair": "{pair}", "figure": "training shifts"},
         ),
-        pdf="results/{pair}/training/training_shifts.pdf",
+        pdf=layout.training(layout.shifts_figure(".pdf")),
     log:
         "logs/figures/{pair}/training_shifts.log",
     localrule: True

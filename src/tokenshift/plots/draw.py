@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from tokenshift import layout
 from tokenshift.io import InputError, write_parquet_atomic
 from tokenshift.plots.figures import FIGURES, sparsity
 from tokenshift.plots.style import save
@@ -33,16 +34,16 @@ def draw_pair_figures(
 
     results, out_dir = Path(results), Path(out_dir)
     div = {
-        n: read_table(results / "divergence" / f"{n}.parquet", n, f"the {n} table (tokenshift divergence)")
+        n: read_table(results / layout.divergence(n), n, f"the {n} table (tokenshift divergence)")
         for n in DIVERGENCE_TABLES
         if n != "sparsity"
     }
     figs = {name: FIGURES[name](t) for name, t in div.items()}
-    cross = results / "crosssample.parquet"
+    cross = results / layout.CROSSSAMPLE
     if cross.is_file():
         figs["crosssample"] = FIGURES["crosssample"](
             read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)"),
-            read_table(results / "accuracy.parquet", "accuracy", "an accuracy table (tokenshift accuracy)"),
+            read_table(results / layout.ACCURACY, "accuracy", "an accuracy table (tokenshift accuracy)"),
         )
     if example_run:
         from tokenshift.models import load_tokenizer
@@ -106,12 +107,12 @@ def draw_training(advantage_dir: Path | None, shifts: Path | None, out_dir: Path
     drawn = []
     if advantage_dir is not None:
         what = "the experiment's {} (tokenshift advantages table)"
-        curve = read_table(advantage_dir / "curve.parquet", "curve", what.format("curve"))
-        comparison = read_table(advantage_dir / "comparison.parquet", "comparison", what.format("comparison table"))
-        save(advantages(curve, comparison), Path(out_dir) / "advantages")
+        curve = read_table(advantage_dir / layout.CURVE, "curve", what.format("curve"))
+        comparison = read_table(advantage_dir / layout.COMPARISON, "comparison", what.format("comparison table"))
+        save(advantages(curve, comparison), Path(out_dir) / layout.advantages_figure(""))
         drawn.append("advantages")
     if shifts is not None:
         table = read_table(shifts, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
-        save(training_shifts(table), Path(out_dir) / "training_shifts")
+        save(training_shifts(table), Path(out_dir) / layout.shifts_figure(""))
         drawn.append("training_shifts")
     return drawn

@@ -169,9 +169,8 @@ def check_toy_pair(
     encode = lambda text: tok.encode(text, add_special_tokens=False)
     points = [sorted({d.position for d in decision_points(p, encode, cfg.task.max_total)}) for p in evals]
     dp = decision_point_table(response_js(models["base"], models["rl"], tok, evals), points)
-    # the accuracy table is written last: its presence means the check finished
-    write_parquet_atomic(dp, Path(out_dir) / "decision_points.parquet")
-    write_parquet_atomic(acc, Path(out_dir) / "accuracy.parquet")
+    for name, table in (("decision_points", dp), ("accuracy", acc)):  # accuracy last: then the check finished
+        write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")
     return {"accuracy": acc, "decision_points": dp}
 
 
