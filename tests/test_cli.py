@@ -592,9 +592,12 @@ def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_pa
     from tokenshift.datasets import DatasetSpec, prepare_dataset
 
     problems = tmp_path / "toy.parquet"
-    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=30), problems)
+    ids = {f"q{i}": p for i, p in enumerate(pl.read_parquet(problems)["problem_id"])}  # scores of its problems
     scores = tmp_path / "scores.parquet"
-    fake_scores().with_columns(token_id=pl.lit(5)).write_parquet(scores)
+    fake_scores().with_columns(token_id=pl.lit(5), problem_id=pl.col("problem_id").replace_strict(ids)).write_parquet(
+        scores
+    )
     r = run(
         tokenshift_cmd()
         + ["divergence", "--scores-base", str(scores), "--scores-rl", str(scores), "--problems", str(problems)]
