@@ -96,10 +96,18 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     record = {**stats, "build": dataclasses.asdict(cfg)}
-    # what the model was built from, not how long it took: the file is hashed into the checkpoint's identity,
-    # and the same build on a laptop and on a cluster's node is one checkpoint (the manifest has the seconds)
-    write_json_atomic(out_dir / "toy_build.json", record)
+    # what the model was built from, not how long it took (nor its GRPO steps): the file is hashed into the
+    # checkpoint's identity, and the same build on a laptop and on a cluster's node is one checkpoint (the
+    # manifest has the build's seconds)
+    write_json_atomic(out_dir / "toy_build.json", _timeless(record))
     return {**record, "seconds": time.perf_counter() - t0}
+
+
+def _timeless(value):
+    """``value`` without its wall-clock ``seconds``, at any depth."""
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items() if k != "seconds"}
+    return [_timeless(v) for v in value] if isinstance(value, list) else value
 
 
 class TrainPrompts(Sequence[PromptItem]):
