@@ -334,7 +334,7 @@ GRID_KEYS = {
 # reach their jobs: the cross-sampling ones with the authors' levels, the score ones beside them); the
 # regenerate engine beside the default study's extrapolation run, which it cannot draw (tests/test_reruns.py
 # re-plans an engine change on a study without one)
-UNRECORDED = {"rollout.batch_size", "crosssample.batch_size"}
+UNRECORDED = {"rollout.batch_size", "rollout.problems_per_shard", "crosssample.batch_size"}
 """Keys of settings no result depends on (``recorded=False``; and the whole ``cluster:`` section): they reach
 their jobs unrecorded and ``results/config.yaml`` leaves them out, so changing one plans nothing at all."""
 NOT_ALONE = {"crosssample.statistic", "scoring.statistic", "scoring.backend", "crosssample.engine"}
