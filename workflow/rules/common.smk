@@ -17,7 +17,7 @@ from snakemake.utils import validate
 from tokenshift import layout
 from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.codehash import code_of, stage_code
-from tokenshift.config import SCHEMA_PATH, check_workflow_config, dataset_sampling, model_source
+from tokenshift.config import SCHEMA_PATH, ConfigError, check_workflow_config, dataset_sampling, model_source
 from tokenshift.io import files_fingerprint, write_yaml_atomic
 from tokenshift.models import LOADING_KEYS, linked_files
 from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
@@ -53,7 +53,12 @@ from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 # a bad config is one line naming the key, before any job; Snakemake's validate() fills the defaults in.
 # Relative paths resolve against the working directory, as rule paths do.
-for message in check_workflow_config(config, SCHEMA_PATH, validate):
+# The error is raised again from here, so Snakemake's summary names this line and none of the library's.
+try:
+    warnings = check_workflow_config(config, SCHEMA_PATH, validate)
+except ConfigError as error:
+    raise error.with_traceback(None) from None
+for message in warnings:
     logger.warning(message)
 
 MODELS = config["models"]
