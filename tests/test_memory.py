@@ -245,6 +245,24 @@ def test_a_job_logs_the_batch_it_runs_at(make_checkpoint, caplog):
     assert "scoring batch: 5000 padded tokens per pass (set in the config)" in caplog.text
 
 
+def test_a_job_loads_its_models_in_order_on_their_devices_with_the_batch_planned_for_them(make_checkpoint, caplog):
+    import logging
+
+    import torch
+
+    from tokenshift.models import load_job_models
+
+    a, b = make_checkpoint("a", seed=1), make_checkpoint("b", seed=2)
+    with caplog.at_level(logging.INFO, logger="tokenshift.models"):
+        models, batch = load_job_models("crosssample", "auto", (a, b), ("cpu", "auto"), tokens_per_row=100)
+    assert batch == 256 and "crosssample batch: 256 rows (auto on CPU)" in caplog.text
+    assert [m.device.type for m in models] == ["cpu", "cpu"] and not any(m.training for m in models)
+    embedding = lambda m: m.get_input_embeddings().weight
+    assert not torch.equal(embedding(models[0]), embedding(models[1]))
+    (again,), _ = load_job_models("rollout", 8, (a,), ("cpu",))
+    assert torch.equal(embedding(again), embedding(models[0]))  # a's weights first, as asked
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_sizes_planned_from_config_json_are_those_of_the_real_model_and_its_cache(tmp_path, toy_tokenizer, tied):
     """What the planner reads off ``config.json`` against what a real checkpoint holds once loaded:

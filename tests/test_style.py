@@ -82,3 +82,24 @@ def test_the_results_layout_has_one_home():
         if i not in skip and spelled.search(line.split("#", 1)[0])
     ]
     assert not found, "\n".join(found)
+
+
+def test_a_job_of_the_transformers_backend_loads_its_models_one_way():
+    """Issue 27.2: the rollout, scoring and cross-sampling stages load through ``models.load_job_models``
+    (devices, then the batch planned for them, then the weights); no module plans devices or batches
+    beside it, where a stage could load its weights before planning the batch from the free memory."""
+    import ast
+
+    found = []
+    for p in sorted((REPO / "src" / "tokenshift").rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.FunctionDef) and p.name == "models.py" and node.name == "load_job_models":
+                continue
+            if isinstance(node, ast.FunctionDef):
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)]
+                names = {getattr(c.func, "id", getattr(c.func, "attr", None)) for c in calls}
+                if names & {"job_devices", "job_batch"}:
+                    found.append(f"{p.relative_to(REPO)}: {node.name}")
+    assert not found, found
+    for stage in ("rollout.py", "scoring.py", "crosssample.py"):
+        assert "load_job_models(" in (REPO / "src" / "tokenshift" / stage).read_text(), stage

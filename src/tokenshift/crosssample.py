@@ -245,29 +245,20 @@ class CrossSampleBackend:
 
     def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
         from tokenshift.memory import PROMPT_TOKENS
-        from tokenshift.models import (
-            compare_tokenizers,
-            job_batch,
-            job_devices,
-            load_causal_lm,
-            load_tokenizer,
-            stop_ids,
-        )
+        from tokenshift.models import compare_tokenizers, load_job_models, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(base)
         # refused before any decoding: the two models must speak one vocabulary
         self.vocab_size = compare_tokenizers(self.tokenizer, load_tokenizer(rl))
-        devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
-        # planned before the weights take their share of the GPUs' free memory
-        self.batch_size = job_batch(
+        models, self.batch_size = load_job_models(
             "crosssample",
             cfg.batch_size,
             (base, rl),
-            devices,
+            (cfg.device_base, cfg.device_rl),
             tokens_per_row=PROMPT_TOKENS + rule.decode_steps(sampling.max_new_tokens),
         )
-        self.models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
+        self.models = dict(zip(("base", "rl"), models, strict=True))
         self.rule, self.sampling = rule, sampling
         # the stop ids of the generating model, as its rollouts stop (the base model's and the RL model's both)
         self.stops = list(dict.fromkeys(stop_ids(base, self.tokenizer) + stop_ids(rl, self.tokenizer)))

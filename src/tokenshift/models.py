@@ -579,6 +579,22 @@ def job_batch(
     return value
 
 
+def load_job_models(
+    stage: str,
+    setting: int | str,
+    checkpoints: Sequence[Path | str],
+    requested: Sequence[str],
+    **batch_kw: int,
+) -> tuple[list, int]:
+    """What a job of the transformers backend loads, the one way every stage loads it: the models'
+    devices (``job_devices``: disjoint GPU sets where the job has enough), the stage's batch planned
+    for them (``job_batch``, before the weights take their share of the GPUs' free memory), then each
+    checkpoint on its device. Returns the models, in ``checkpoints``' order, and the batch."""
+    devices = job_devices(checkpoints, requested)
+    batch = job_batch(stage, setting, checkpoints, devices, **batch_kw)
+    return [load_causal_lm(c, d) for c, d in zip(checkpoints, devices, strict=True)], batch
+
+
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 """Config keys of architectures whose CausalLM forward reshapes the LM head's output (Gemma 2/3
 softcapping, Cohere and Granite scaling): their logits are not ``head(hidden)``."""

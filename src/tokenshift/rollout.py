@@ -41,16 +41,13 @@ class HFBackend:
         import torch
 
         from tokenshift.memory import PROMPT_TOKENS
-        from tokenshift.models import job_batch, job_devices, load_causal_lm, load_tokenizer, stop_ids
+        from tokenshift.models import load_job_models, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
-        device = job_devices((model,), ("auto",))[0]
-        # planned before the weights take their share of the GPU's free memory
-        self.batch_size = job_batch(
-            "rollout", cfg.batch_size, (model,), (device,), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
+        (self.model,), self.batch_size = load_job_models(
+            "rollout", cfg.batch_size, (model,), ("auto",), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
         )
-        self.model = load_causal_lm(model, device)
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.name = model
         self.cfg, self.sampling = cfg, sampling

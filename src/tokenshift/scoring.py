@@ -660,20 +660,21 @@ def run_scoring(
 def _score_with_hf(
     base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, part: Part, out: Path, made_from: dict, progress: bool
 ) -> tuple[ScoreResult, ShardStore]:
-    from tokenshift.models import job_batch, job_devices, load_causal_lm
+    from tokenshift.models import load_job_models
 
-    devices = job_devices((base, rl), (cfg.device_base, cfg.device_rl))  # disjoint GPU sets where there are enough
-    # planned before the weights take their share of the GPUs' free memory
-    tokens = job_batch(
-        "scoring", cfg.max_batch_tokens, (base, rl), devices, chunk_memory_bytes=cfg.chunk_memory_mb * 2**20
+    (base_model, rl_model), tokens = load_job_models(
+        "scoring",
+        cfg.max_batch_tokens,
+        (base, rl),
+        (cfg.device_base, cfg.device_rl),
+        chunk_memory_bytes=cfg.chunk_memory_mb * 2**20,
     )
     # the batches this job packs (its GPUs') are part of what its shards hold
     store = ShardStore(out, run_key({**made_from, "batch_tokens": tokens}))
-    models = {"base": load_causal_lm(base, devices[0]), "rl": load_causal_lm(rl, devices[1])}
-    pad = pad_id_of(models["base"])
+    pad = pad_id_of(base_model)
     res = score_rows(
-        models["base"],
-        models["rl"],
+        base_model,
+        rl_model,
         rows,
         vocab_size=vocab,
         pad_id=pad,
