@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
@@ -693,3 +695,17 @@ def test_an_atomic_write_over_a_directory_names_the_directory(tmp_path):
     with pytest.raises(IsADirectoryError) as e:  # the library's callers: named as given, not as its temporary file
         write_parquet_atomic(pl.DataFrame({"a": [1]}), tmp_path / "taken")
     assert e.value.filename == str(tmp_path / "taken") and [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_toy_checks_flags_are_those_of_its_options_class():
+    """Issue 27.3: the workflow writes toy-check's flags from ToyCheckOptions, as the command reads them."""
+    from tokenshift.cli import build_parser
+    from tokenshift.options import to_argv
+    from tokenshift.toy.config import ToyCheckOptions
+
+    values = {"n_problems": 37, "samples": 3, "seed": 11}
+    argv = ["toy-check", "--base", "b", "--rl", "r", "--out", "o", *to_argv(ToyCheckOptions, values)]
+    args = build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in values} == values
+    defaults = build_parser().parse_args(argv[:7])
+    assert {k: getattr(defaults, k) for k in values} == dataclasses.asdict(ToyCheckOptions())

@@ -48,7 +48,7 @@ from tokenshift.settings import (
     SamplingConfig,
     ScoringConfig,
 )
-from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
+from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig, ToyCheckOptions
 from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 # a bad config is one line naming the key, before any job; Snakemake's validate() fills the defaults in.
@@ -311,7 +311,7 @@ def toy_check_args(wildcards):
     # the toy task's eval problems: as many as the toy dataset has, if the study has one
     n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
     s = config["sampling"]
-    return shlex.join([f"--n-problems={n}", f"--samples={s['n']}", f"--seed={s['seed']}"])
+    return shell_args(ToyCheckOptions, {"n_problems": n, "samples": s["n"], "seed": s["seed"]})
 
 
 def explorer_tokenizer_args(wildcards):

@@ -80,8 +80,7 @@ def register(sub) -> None:
 
 
 def _register_toy_check(sub) -> None:
-    from tokenshift.settings import SamplingConfig
-    from tokenshift.toy.task import EVAL_PROBLEMS
+    from tokenshift.toy.config import ToyCheckOptions
 
     tc = sub.add_parser(
         "toy-check",
@@ -93,12 +92,7 @@ def _register_toy_check(sub) -> None:
     )
     pair_checkpoints(tc, "toy ")
     output(tc, "--out", "a directory", "directory for the two tables", directory=True)
-    tc.add_argument("--n-problems", type=int, default=EVAL_PROBLEMS, help=f"eval problems (default {EVAL_PROBLEMS})")
-    sampling = SamplingConfig()  # the study's sampling defaults (config `sampling:` n and seed)
-    tc.add_argument(
-        "--samples", type=int, default=sampling.n, help=f"samples per problem at temperature 1 (default {sampling.n})"
-    )
-    tc.add_argument("--seed", type=int, default=sampling.seed, help=f"sampling seed (default {sampling.seed})")
+    add_options(tc, ToyCheckOptions, title="what is sampled")
     tc.set_defaults(func=_toy_check)
 
 

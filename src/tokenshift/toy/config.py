@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from tokenshift.options import MAX_THREADS, from_mapping, option
 from tokenshift.registry import ADVANTAGE_MODES
-from tokenshift.toy.task import ToyTaskConfig
+from tokenshift.settings import SamplingConfig
+from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
 
 TOY_CONTEXT = 256
 """The toy models' context (``max_position_embeddings``), prompt and response together."""
@@ -88,6 +89,19 @@ def grpo_batch_refusal(prompts_per_step: int, group_size: int) -> str | None:
         f"at most {MAX_GRPO_BATCH // prompts_per_step} with prompts_per_step {prompts_per_step}: a GRPO round "
         f"trains on prompts_per_step x group_size responses at once, at most {MAX_GRPO_BATCH}"
     )
+
+
+_SAMPLING = SamplingConfig()
+
+
+@dataclass(frozen=True)
+class ToyCheckOptions:
+    """What ``tokenshift toy-check`` samples (its flags, and the workflow's, from one list): the toy
+    dataset's eval problems and the study's ``sampling:`` count and seed. The task is the base model's."""
+
+    n_problems: int = option(EVAL_PROBLEMS, "eval problems of the toy task, the first of its eval split", minimum=1)
+    samples: int = option(_SAMPLING.n, "samples per problem at temperature 1 (config sampling.n)", minimum=1)
+    seed: int = option(_SAMPLING.seed, "sampling seed (config sampling.seed)", minimum=0)
 
 
 @dataclass(frozen=True)
