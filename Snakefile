@@ -25,11 +25,14 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# a config nested thousands of levels deep ends Snakemake's own load of it in a RecursionError:
-# refuse it first, in one line (tokenshift.config.check_file_depth)
-from tokenshift.config import check_file_depth
+# what Snakemake's own load of the config would take wrongly or end in a traceback (nesting thousands
+# deep, an alias cycle, a key given twice, bytes not UTF-8): refused first, in one line naming the key
+from tokenshift.config import ConfigError, check_config_file
 
-check_file_depth("config/config.yaml")
+try:
+    check_config_file("config/config.yaml")
+except ConfigError as error:
+    raise error.with_traceback(None) from None
 
 
 configfile: "config/config.yaml"

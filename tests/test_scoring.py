@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -489,3 +491,36 @@ def test_gather_refuses_parts_computed_with_other_checkpoints_and_keeps_their_re
     write_part(part.with_columns(pl.lit("b").alias("problem_id")), parts[1], models=ours)
     gather_parts(parts, tmp_path / "t.parquet")
     assert read_models_record(tmp_path / "t.parquet") == ours
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        ("null_response", "column 'response_ids' is null in 1 of"),
+        ("float_ids", "column 'response_ids' holds List(Float64), where a list[count] was expected"),
+        ("negative_id", "column 'prompt_ids' holds -3, where a count (0 or more) was expected"),
+        ("null_token", "row 0: token id None is outside the shared vocabulary"),
+    ],
+)
+def test_rollout_token_ids_that_are_not_counts_are_refused_naming_the_file(tmp_path, toy_tokenizer, damage, needle):
+    """Seventh hostile pass (C1, C2): a null response or float token ids reached torch as a traceback."""
+    import polars as pl
+
+    from tokenshift.io import InputError
+    from tokenshift.scoring import run_scoring
+
+    base, rl, pair, rollouts, _ = scoring_inputs(tmp_path, toy_tokenizer, n=2)
+    table = pl.read_parquet(rollouts)
+    first = pl.int_range(pl.len()) == 0
+    damaged = {
+        "null_response": pl.when(first).then(None).otherwise(pl.col("response_ids")).alias("response_ids"),
+        "float_ids": pl.col("response_ids").cast(pl.List(pl.Float64)),
+        "negative_id": pl.col("prompt_ids").list.concat(pl.lit([-3])),
+        "null_token": pl.col("response_ids").list.concat(pl.lit([None], dtype=pl.List(pl.Int32))),
+    }[damage]
+    table.with_columns(damaged).write_parquet(rollouts)
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(InputError, match=re.escape(needle)) as e:
+        run_scoring(base, rl, pair, rollouts, "base", out, cfg=ScoringConfig(top_k_candidates=2), progress=False)
+    assert str(rollouts) in str(e.value)
+    assert not out.exists()

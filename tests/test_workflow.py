@@ -570,6 +570,52 @@ def test_a_config_of_nested_yaml_aliases_is_refused_at_once(tmp_path):
     assert "config key a" in r.stdout + r.stderr and "billion laughs" in r.stdout + r.stderr
 
 
+def test_an_alias_cycle_in_the_config_is_refused_in_one_line_naming_the_key(tmp_path):
+    # seventh hostile pass (Y1): Snakemake's config merge recursed over the cycle to a RecursionError
+    (tmp_path / "config").mkdir()
+    text = (REPO / "config" / "config.yaml").read_text() + "loop: &L\n  a: *L\n"
+    (tmp_path / "config" / "config.yaml").write_text(text)
+    r = snakemake(tmp_path, "-n", "all")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "RecursionError" not in out, out[-3000:]
+    assert "config key loop.a: got '<an alias *L inside the collection &L names, at line" in out
+    assert "src/tokenshift" not in out
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("toy:\n  seed: 1\ntoy:\n  seed: 7\n", "config key toy: got \"<a second 'toy' in one mapping, at line 3"),
+        ("datasets:\n  toy:\n    n_problems: 5\n    n_problems: 40\n", "config key datasets.toy.n_problems: got"),
+        ("pairs:\n- name: a\n  datasets: [x]\n  name: b\n", "config key pairs[0].name: got"),
+        ("a: &A\n  b: [1, *A]\n", "config key a.b[1]: got '<an alias *A inside the collection &A names"),
+        ('models: {m: {path: "\\xff"}}\n# caf\xe9\n', "config key (the file): got '<the byte 0xe9 at line 2 of"),
+    ],
+)
+def test_a_config_file_yaml_would_take_wrongly_is_refused_naming_the_key(tmp_path, text, needle):
+    """Seventh hostile pass (Y2, Y3): a key given twice kept the last silently (a second ``toy:`` block
+    replaced the first whole); bytes not UTF-8 ended in a codec traceback naming neither file nor line."""
+    from tokenshift.config import ConfigError, check_config_file
+
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text.encode("utf-8") if "\xe9" not in text else text.encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        check_config_file(path)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_anchors_aliases_and_merge_keys_a_config_may_use_pass_the_file_check(tmp_path):
+    from tokenshift.config import check_config_file
+
+    path = tmp_path / "config.yaml"
+    text = "base: &B {n: 4, seed: 0}\nsampling:\n  <<: *B\n  n: 8\nlists: [&L [1, 2], *L]\nsame: {a: 1, b: {a: 2}}\n"
+    path.write_text(text)
+    check_config_file(path)  # an override of a merged key is not a key given twice
+    check_config_file(REPO / "config" / "config.yaml")
+    for other in sorted((REPO / "config").glob("*.yaml")):
+        check_config_file(other)
+
+
 def test_a_config_nested_thousands_of_levels_deep_is_refused_in_one_line(tmp_path):
     # issue 24 (F18): Snakemake's load of it ended in a RecursionError and a thousand lines of traceback
     (tmp_path / "config").mkdir()

@@ -191,34 +191,98 @@ MAX_CONFIG_DEPTH = 32
 """More levels of nesting than any config holds (its deepest keys are four down)."""
 
 
-def check_file_depth(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
-    """Refuse a YAML or JSON config file nested more than ``limit`` levels deep, naming the top-level key
-    and the line. The file is read as a stream of parser events, which does not recurse: Snakemake's own
-    load composes it recursively, and a file nested a few thousand levels deep ended there in a
-    RecursionError and a thousand lines of traceback. The workflow runs this on its ``configfile:`` before
-    Snakemake loads it; a ``--configfile`` Snakemake reads before any of the workflow's code (docs/pairs.md).
-    A file that is missing or not YAML is left to Snakemake, which names it."""
+class _Open:
+    """A collection a YAML event stream is inside (``check_config_file``): where the next node goes."""
+
+    A_KEY = object()
+
+    def __init__(self, mapping: bool, key: str | int | None, anchor: str | None):
+        self.mapping, self.key, self.anchor = mapping, key, anchor
+        self.seen: set = set()  # a mapping's keys so far
+        self.items = 0
+        self.value_of: str | None = None
+
+    def place(self, event) -> object:
+        """``A_KEY`` where ``event`` is a mapping's key; else the key (or index) of the value it is."""
+        if not self.mapping:
+            self.items += 1
+            return self.items - 1
+        if self.value_of is None:
+            self.value_of = event.value if hasattr(event, "value") and event.value is not None else "?"
+            return self.A_KEY
+        key, self.value_of = self.value_of, None
+        return key
+
+
+def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
+    """Refuse, in one line naming the key and the line, a YAML or JSON config file that Snakemake's own
+    load would take wrongly or end in a traceback:
+
+    - nested more than ``limit`` levels deep (Snakemake composes it recursively: a few thousand levels
+      ended in a RecursionError and a thousand lines of traceback);
+    - an alias inside the collection its anchor names (``a: &L {b: *L}``): a cycle, on which Snakemake's
+      config merge recursed until a RecursionError;
+    - a key given twice in one mapping: YAML loaders keep the last, so a second ``toy:`` block silently
+      replaced the first one whole;
+    - bytes that are not UTF-8 (Snakemake's message named neither the file nor the line).
+
+    The file is read as a stream of parser events, which does not recurse. The workflow runs this on its
+    ``configfile:`` before Snakemake loads it; a ``--configfile`` Snakemake reads before any of the
+    workflow's code (docs/pairs.md). A file that is missing or not YAML is left to Snakemake, which names it."""
     import yaml
 
-    depth, top, is_key = 0, None, True
     try:
-        with open(path, encoding="utf-8") as f:
-            for event in yaml.parse(f, Loader=yaml.SafeLoader):
-                node = isinstance(event, yaml.ScalarEvent | yaml.AliasEvent | yaml.CollectionStartEvent)
-                if node and depth == 1:  # in the top-level mapping: a key, then its value
-                    top = event.value if is_key and isinstance(event, yaml.ScalarEvent) else top
-                    is_key = not is_key
-                if isinstance(event, yaml.CollectionStartEvent):
-                    depth += 1
-                    if depth > limit:
-                        raise ConfigError(
-                            str(top) if top is not None else "(top level)",
-                            f"<more than {limit} levels of nesting, at line {event.start_mark.line + 1} of {path}>",
-                            f"expected at most {limit} levels (the config's deepest keys are four down)",
-                        )
-                elif isinstance(event, yaml.CollectionEndEvent):
-                    depth -= 1
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            "(the file)",
+            f"<the byte {data[error.start]:#04x} at line {line} of {path}>",
+            "expected a UTF-8 text file",
+        ) from None
+    except OSError:
+        return
+    opened: list[_Open] = []  # the collections the stream is inside, outermost first
+
+    def name(key=None) -> str:
+        parts = [c.key for c in opened[1:]] + ([key] if key is not None else [])
+        return _dotted(parts)
+
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionEndEvent):
+                opened.pop()
+            if not isinstance(event, yaml.ScalarEvent | yaml.AliasEvent | yaml.CollectionStartEvent):
+                continue
+            where = f"line {event.start_mark.line + 1} of {path}"
+            inside = opened[-1] if opened else None
+            key = inside.place(event) if inside else None
+            if key is _Open.A_KEY:
+                if isinstance(event, yaml.ScalarEvent) and event.value != "<<" and event.value in inside.seen:
+                    raise ConfigError(
+                        name(event.value),
+                        f"<a second {event.value!r} in one mapping, at {where}>",
+                        "expected each key once: YAML keeps the last and drops the first without a word",
+                    )
+                inside.seen.add(event.value if isinstance(event, yaml.ScalarEvent) else object())
+                continue
+            if isinstance(event, yaml.AliasEvent) and event.anchor in {c.anchor for c in opened}:
+                raise ConfigError(
+                    name(key),
+                    f"<an alias *{event.anchor} inside the collection &{event.anchor} names, at {where}>",
+                    "expected no alias to a collection inside itself (a cycle: an endless config)",
+                )
+            if isinstance(event, yaml.CollectionStartEvent):
+                opened.append(_Open(isinstance(event, yaml.MappingStartEvent), key, event.anchor))
+                if len(opened) > limit:
+                    top = opened[1].key if len(opened) > 1 else None
+                    raise ConfigError(
+                        str(top) if top is not None else "(top level)",
+                        f"<more than {limit} levels of nesting, at {where}>",
+                        f"expected at most {limit} levels (the config's deepest keys are four down)",
+                    )
+    except yaml.YAMLError:
         return
 
 

@@ -198,7 +198,11 @@ def _kind_error(column, kind: str) -> str | None:
         return f"holds {column.dtype}, where a {kind} was expected"
     if inner:
         values = column.explode().drop_nulls()  # a null inside a list is an empty statistic, not a type
-        return None if values.dtype == pl.Null else _kind_error(values, inner)
+        if values.dtype == pl.Null:
+            return None
+        if not COLUMN_KINDS[inner](values.dtype):
+            return f"holds {column.dtype}, where a {kind} was expected"
+        return _kind_error(values, inner)
     if kind == "finite" and column.dtype.is_float():
         bad = (~column.is_finite()).sum()
         return f"holds NaN or infinity in {bad} rows, where finite numbers were expected" if bad else None

@@ -312,7 +312,7 @@ def refuse_bad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], vocab_s
     for i, (p, r) in enumerate(rows):
         if len(p) == 0:  # no position predicts the first response token
             raise ValueError(f"row {i}: empty prompt: the first response token has no position to be scored at")
-        bad = [t for t in list(p) + list(r) if not 0 <= t < vocab_size]
+        bad = [t for t in list(p) + list(r) if t is None or not 0 <= t < vocab_size]
         if bad:
             raise ValueError(f"row {i}: token id {bad[0]} is outside the shared vocabulary of {vocab_size}")
 
@@ -604,7 +604,14 @@ def run_scoring(
     table = read_parquet(
         rollouts,
         "a rollout table (tokenshift rollout)",
-        columns=("problem_id", "sample_index", "correct", "prompt_ids", "response_ids"),
+        # token ids checked as counts: a null or a float list reached torch's gather as a traceback
+        columns={
+            "problem_id": "string",
+            "sample_index": "count",
+            "correct": "bool",
+            "prompt_ids": "list[count]",
+            "response_ids": "list[count]",
+        },
     )
     labels = check_score_inputs({"base": base, "rl": rl}, pair, manifest, rollouts, table, source)
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))
