@@ -56,7 +56,9 @@ def good_tables():
     )
     return {
         **{name: div[name] for name in DIVERGENCE_TABLES if name in TABLES},
-        "accuracy": accuracy_table({"base": rollouts(0.4), "rl": rollouts(0.75)}, labels={"pair": "t", "dataset": "d"}),
+        "accuracy": accuracy_table(
+            {"base": rollouts(0.4), "rl": rollouts(0.75)}, labels={"pair": "toy", "dataset": "toy"}
+        ),
         "crosssample": cross_table(),
         **advantage_tables(evals),
         "training_shifts": shifts,
@@ -105,6 +107,13 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
         with pytest.raises(InputError, match=f"^{results / 'accuracy.parquet'}: {needle}"):
             load_result(results)
     accuracy.write_parquet(results / "accuracy.parquet")
+    # seventh hostile pass (C5): another pair's divergence table copied in was summarised as this pair's
+    position = pl.read_parquet(results / "divergence" / "position.parquet")
+    position.with_columns(pl.lit("toy-sft").alias("pair")).write_parquet(results / "divergence" / "position.parquet")
+    for reader in (lambda: load_result(results), lambda: draw_pair_figures(results, tmp_path / "figures")):
+        with pytest.raises(InputError, match=f"^{results / 'divergence' / 'position.parquet'}: holds pair 'toy-sft', "):
+            reader()
+    position.write_parquet(results / "divergence" / "position.parquet")
     from tokenshift.report import build_report
 
     draw_pair_figures(results, results / "figures")

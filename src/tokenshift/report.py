@@ -398,7 +398,7 @@ def write_report(
 def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
     from tokenshift.registry import DIVERGENCE_FIGURES, PAIR_FIGURES
-    from tokenshift.tables import read_table
+    from tokenshift.tables import check_one_pair, read_table
 
     results = Path(results)
     what = "an accuracy table (tokenshift accuracy)"
@@ -433,6 +433,9 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
         # the figures `tokenshift figures` draws for it: a cross-sampled pair's two more than the others'
         figures={n: results / layout.figure(n) for n in (PAIR_FIGURES if cross.is_file() else DIVERGENCE_FIGURES)},
     )
+    read = {results / layout.ACCURACY: accuracy}
+    read |= {results / layout.divergence(n): t for n, t in result.divergence.items()}
+    check_one_pair(read | ({cross: result.crosssample} if result.crosssample is not None else {}), results)
     for path in result.figures.values():  # each there, and PNG data: a missing one dropped out of the page unsaid
         read_png(path, "a figure of `tokenshift figures`, a PNG")
     return result

@@ -595,6 +595,26 @@ def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
     return read_parquet(path, what, columns, nonempty=True, unique=key)
 
 
+def check_one_pair(tables: Mapping[Path, pl.DataFrame], where: Path) -> None:
+    """``InputError`` naming a table of a results directory (``tables``: path -> table) whose ``pair`` and
+    ``dataset`` are not those most of the others hold: a table copied in from another pair's directory was
+    drawn and summarised as this one's."""
+    from collections import Counter
+
+    held = {
+        path: tuple(tuple(sorted(set(t[c].to_list()))) if c in t.columns else None for c in ("pair", "dataset"))
+        for path, t in tables.items()
+    }
+    usual = Counter(held.values()).most_common(1)[0][0] if held else None
+    for path, mine in held.items():
+        for column, got, want in zip(("pair", "dataset"), mine, usual or (), strict=False):
+            if got is not None and want is not None and got != want:
+                raise InputError(
+                    f"{path}: holds {column} {', '.join(map(repr, got))}, where the other tables hold "
+                    f"{', '.join(map(repr, want))}: expected the tables of one pair and dataset under {where}"
+                )
+
+
 def write_accuracy(
     rollouts: Mapping[str, Path],
     out: Path,

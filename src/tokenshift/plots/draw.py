@@ -30,7 +30,7 @@ def draw_pair_figures(
     ``example_baseline`` (budget 0, same noise) was wrong, decoded with ``tokenizer``; its tokens
     are written to ``example_out`` where given (no rows where there is no example). Returns the names drawn.
     """
-    from tokenshift.tables import EXAMPLE_SCHEMA, example_table, read_cross_run, read_table
+    from tokenshift.tables import EXAMPLE_SCHEMA, check_one_pair, example_table, read_cross_run, read_table
 
     results, out_dir = Path(results), Path(out_dir)
     div = {
@@ -38,13 +38,17 @@ def draw_pair_figures(
         for n in DIVERGENCE_TABLES
         if n != "sparsity"
     }
+    read = {results / layout.divergence(n): t for n, t in div.items()}
     figs = {name: FIGURES[name](t) for name, t in div.items()}
     cross = results / layout.CROSSSAMPLE
     if cross.is_file():
-        figs["crosssample"] = FIGURES["crosssample"](
-            read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)"),
-            read_table(results / layout.ACCURACY, "accuracy", "an accuracy table (tokenshift accuracy)"),
+        read[cross] = read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
+        read[results / layout.ACCURACY] = read_table(
+            results / layout.ACCURACY, "accuracy", "an accuracy table (tokenshift accuracy)"
         )
+    check_one_pair(read, results)
+    if cross.is_file():
+        figs["crosssample"] = FIGURES["crosssample"](read[cross], read[results / layout.ACCURACY])
     if example_run:
         from tokenshift.models import load_tokenizer
 
