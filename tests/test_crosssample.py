@@ -757,12 +757,18 @@ def test_the_follow_ups_rule_and_the_authors_eos_removal_run_through_the_console
     assert "mean_removed" in crosssample_table([t], labels={"pair": "p", "dataset": "toy"}).columns
     # the run records what it drew from; as a run beside the grid it is a row of its own, marked so
     assert t["injection"].unique().to_list() == ["extrapolate"] and t["gamma"].unique().to_list() == [0.05]
-    table = crosssample_table([t], extrapolation=[t], labels={"pair": "p", "dataset": "toy"})
+    # seventh hostile pass (C4): a budgeted run was taken as the extrapolation run beside the grid
+    with pytest.raises(ValueError, match=r"budget 4, injection extrapolate .* expected a forward run at budget all"):
+        crosssample_table([t], extrapolation=[t], labels={"pair": "p", "dataset": "toy"})
+    beside = t.with_columns(pl.lit("all").alias("budget"))  # as crosssample.gammas runs it: no budget
+    table = crosssample_table([t], extrapolation=[beside], labels={"pair": "p", "dataset": "toy"})
     assert table["extrapolation"].to_list() == [False, True] and table["gamma"].to_list() == [0.05, 0.05]
     with pytest.raises(
-        ValueError, match="two runs of direction forward, policy dlogp, budget 4, injection extrapolate"
+        ValueError, match="two runs of direction forward, policy dlogp, budget all, injection extrapolate"
     ):
-        crosssample_table([], extrapolation=[t, t])
+        crosssample_table([], extrapolation=[beside, beside])
+    with pytest.raises(ValueError, match=r"injection sample .* expected a forward run at budget all"):
+        crosssample_table([], extrapolation=[beside.with_columns(pl.lit("sample").alias("injection"))])
 
 
 def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_checkpoint, toy_problems, tmp_path):

@@ -347,3 +347,14 @@ def test_crosssample_with_scores_of_text_or_nan_names_the_scores(make_checkpoint
             + ["--scores", str(path), "--out", str(tmp_path / "o.parquet")]
         )
         one_line_error(r, f"{path}: ", needle)
+
+
+def test_a_run_given_twice_or_as_its_own_extrapolation_is_refused_naming_it(tmp_path):
+    """Seventh hostile pass (C4): a grid run given again as the extrapolation run was a second row of itself."""
+    run = tmp_path / "budget-1.parquet"
+    cross_run("forward", "js", "1", 0.6, 1).write_parquet(run)
+    (tmp_path / "again").symlink_to(run)
+    for runs, beside in (([run], [run]), ([run, tmp_path / "again"], [])):
+        with pytest.raises(InputError, match=f"^{runs[-1] if not beside else run}: given twice"):
+            write_crosssample_table(runs, tmp_path / "t.parquet", pair="toy", dataset="toy", extrapolation=beside)
+    assert not (tmp_path / "t.parquet").exists()

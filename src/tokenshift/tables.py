@@ -329,6 +329,12 @@ def crosssample_table(
                     "or datasets cannot be aggregated"
                 )
         cell = (*keys.select("direction", "policy", "budget", "injection", "gamma").row(0), beside)
+        if beside and ((cell[0], cell[2], cell[3]) != ("forward", "all", "extrapolate") or not cell[4] > 0):
+            raise ValueError(
+                f"a run of direction {cell[0]}, budget {cell[2]}, injection {cell[3]} (gamma {cell[4]:g}) given as an "
+                "extrapolation run: expected a forward run at budget all with injection extrapolate and gamma > 0 "
+                "(crosssample.gammas)"
+            )
         if cell in seen:
             raise ValueError(
                 f"two runs of direction {cell[0]}, policy {cell[1]}, budget {cell[2]}, injection {cell[3]} "
@@ -867,6 +873,11 @@ def write_crosssample_table(
 ) -> pl.DataFrame:
     """The cross-sampling table of one pair and dataset's runs (the grid's, then the extrapolation
     runs beside it), written to ``out``."""
+    paths = [Path(p) for p in (*runs, *extrapolation)]
+    resolved = [p.resolve() for p in paths]
+    twice = next((p for i, p in enumerate(paths) if resolved[i] in resolved[:i]), None)
+    if twice is not None:  # a grid run given as its extrapolation run too was two rows of one run
+        raise InputError(f"{twice}: given twice: expected each run once")
     frames, beside = ([read_cross_run(p) for p in paths] for paths in (runs, extrapolation))
     keys = [set(zip(f["problem_id"], f["sample_index"])) for f in (*frames, *beside)]
     for path, held in zip((*runs, *extrapolation), keys):
