@@ -486,7 +486,10 @@ def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
         "--out",
         str(tmp_path / "t.parquet"),
     ]
-    one_line_error(run([*cmd, str(a), str(a)]), "two runs of direction forward, policy js, budget 2")
+    one_line_error(run([*cmd, str(a), str(a)]), f"{a}: given twice: expected each run once")
+    copy = tmp_path / "copy.parquet"  # the same run in another file: two runs of one cell
+    copy.write_bytes(a.read_bytes())
+    one_line_error(run([*cmd, str(a), str(copy)]), "two runs of direction forward, policy js, budget 2")
     one_line_error(run([*cmd, str(a), str(b)]), "pair ['q']")
     assert not (tmp_path / "t.parquet").exists()
     r = run([*cmd, str(a)])

@@ -358,3 +358,17 @@ def test_a_run_given_twice_or_as_its_own_extrapolation_is_refused_naming_it(tmp_
         with pytest.raises(InputError, match=f"^{runs[-1] if not beside else run}: given twice"):
             write_crosssample_table(runs, tmp_path / "t.parquet", pair="toy", dataset="toy", extrapolation=beside)
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_a_run_made_under_other_settings_is_refused_in_the_cross_sampling_table(tmp_path):
+    """Seventh hostile pass (X1), for cross-sampling: a run copied in from a study run otherwise."""
+    made = {"a": "0" * 16, "b": "f" * 16}
+    paths = []
+    for budget, label in (("0", "a"), ("2", "a"), ("4", "b")):
+        paths.append(tmp_path / f"budget-{budget}.parquet")
+        run = cross_run("forward", "js", budget, 0.5, int(budget))
+        run.with_columns(pl.lit(made[label]).alias("settings")).write_parquet(paths[-1])
+    write_crosssample_table(paths[:2], tmp_path / "t.parquet", pair="toy", dataset="toy")
+    with pytest.raises(InputError, match=f"^{paths[2]}: column 'settings' holds \\['f+'\\], .* made under other"):
+        write_crosssample_table(paths, tmp_path / "t2.parquet", pair="toy", dataset="toy")
+    assert not (tmp_path / "t2.parquet").exists()

@@ -488,3 +488,38 @@ def test_a_problems_table_of_no_rows_is_refused_naming_it(tmp_path):
     pl.DataFrame(schema={"problem_id": pl.String, "question": pl.String, "answer": pl.String}).write_parquet(empty)
     with pytest.raises(InputError, match=f"^{empty}: .*no rows"):
         read_problems(empty)
+
+
+def test_rollouts_sampled_otherwise_are_refused_beside_this_studys(make_checkpoint, jsonl, tmp_path):
+    """Seventh hostile pass (X1): the base model's rollout part copied in from a study sampled at another
+    temperature was gathered and graded as this study's (base avg@4 0.94 for 0.60). Each table carries the
+    label of what it was made with, and accuracy takes both models' only where the labels agree; a
+    result-independent setting (a batch size) leaves the label as it is."""
+    import dataclasses
+
+    from tokenshift.io import InputError
+    from tokenshift.tables import write_accuracy
+
+    base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
+    problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
+    cooler = dataclasses.replace(SAMPLING, temperature=0.5)
+    tables = {
+        "rl": rollouts(rl, problems, tmp_path / "rl.parquet"),
+        "base": rollouts(base, problems, tmp_path / "base.parquet"),
+        "base-cool": rollouts(base, problems, tmp_path / "base-cool.parquet", sampling=cooler),
+    }
+    wider = run_rollouts(
+        base,
+        problems,
+        tmp_path / "wider.parquet",
+        prompt=PLAIN,
+        sampling=SAMPLING,
+        progress=False,
+        cfg=dataclasses.replace(CFG, batch_size=3),
+    )
+    assert wider["settings"].to_list() == tables["base"]["settings"].to_list()
+    assert tables["base-cool"]["settings"][0] != tables["base"]["settings"][0] == tables["rl"]["settings"][0]
+    write_accuracy({"base": tmp_path / "base.parquet", "rl": tmp_path / "rl.parquet"}, tmp_path / "acc.parquet")
+    with pytest.raises(InputError, match=r"column 'settings' holds .*base-cool.parquet .* made under other settings"):
+        write_accuracy({"base": tmp_path / "base-cool.parquet", "rl": tmp_path / "rl.parquet"}, tmp_path / "a.parquet")
+    assert not (tmp_path / "a.parquet").exists()

@@ -394,7 +394,9 @@ def test_a_stopped_scoring_job_goes_on_from_its_shards_to_the_table_one_run_give
     with caplog.at_level("INFO", logger="tokenshift"):
         other = run_scoring(*args, out, cfg=ScoringConfig(top_k_candidates=3, max_batch_tokens=40), progress=False)
     assert "starting over" in caplog.text and "already written" not in caplog.text
-    assert other.drop(*CANDIDATE_COLUMNS).equals(whole.drop(*CANDIDATE_COLUMNS))
+    # the same numbers; the label of what they were made with names the other candidate count
+    assert other.drop(*CANDIDATE_COLUMNS, "settings").equals(whole.drop(*CANDIDATE_COLUMNS, "settings"))
+    assert other["settings"][0] != whole["settings"][0]
 
 
 def test_scores_of_swapped_models_another_pair_or_the_other_models_rollouts_are_refused(tmp_path, toy_tokenizer):
@@ -524,3 +526,29 @@ def test_rollout_token_ids_that_are_not_counts_are_refused_naming_the_file(tmp_p
         run_scoring(base, rl, pair, rollouts, "base", out, cfg=ScoringConfig(top_k_candidates=2), progress=False)
     assert str(rollouts) in str(e.value)
     assert not out.exists()
+
+
+def test_scores_of_rollouts_made_otherwise_are_refused_beside_this_studys(tmp_path, toy_tokenizer):
+    """Seventh hostile pass (X1), for scores: each score table carries the label of its scoring settings and
+    of the rollouts' own, so the divergence of a pair takes both sources' only where they were made alike."""
+    import polars as pl
+
+    from tokenshift.io import InputError
+    from tokenshift.scoring import run_scoring
+    from tokenshift.tables import write_divergence
+
+    base, rl, pair, rollouts, _ = scoring_inputs(tmp_path, toy_tokenizer, n=2)
+    cfg = ScoringConfig(top_k_candidates=2)
+    table = pl.read_parquet(rollouts)
+    out = {}
+    for name, source, label in (("base", "base", "a" * 16), ("rl", "rl", "a" * 16), ("rl-other", "rl", "b" * 16)):
+        made = tmp_path / f"rollouts-{name}.parquet"
+        table.with_columns(pl.lit(label).alias("settings")).write_parquet(made)
+        out[name] = tmp_path / f"scores-{name}.parquet"
+        run_scoring(base, rl, pair, made, source, out[name], cfg=cfg, progress=False)
+    labels = {k: pl.read_parquet(p)["settings"].unique().to_list() for k, p in out.items()}
+    assert labels["base"] == labels["rl"] != labels["rl-other"]
+    write_divergence({"base": out["base"], "rl": out["rl"]}, tmp_path / "div", pair="p", dataset="d")
+    with pytest.raises(InputError, match=r"scores-rl-other.parquet: column 'settings' holds .* made under other"):
+        write_divergence({"base": out["base"], "rl": out["rl-other"]}, tmp_path / "div2", pair="p", dataset="d")
+    assert not (tmp_path / "div2").exists()

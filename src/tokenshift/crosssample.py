@@ -325,6 +325,7 @@ def run_crosssample(
     from tokenshift.datasets import as_problems, dataset_name
     from tokenshift.io import InputError
     from tokenshift.models import checkpoint_identity
+    from tokenshift.options import settings_label
     from tokenshift.sharding import run_key, run_sharded
 
     rule = SwitchRule.resolve(
@@ -380,6 +381,15 @@ def run_crosssample(
         "threshold_level": rule.level,
         "injection": rule.injection,
         "gamma": rule.gamma if rule.injection == "extrapolate" else 0.0,
+        # what every run of the grid shares (its own injection aside): the cross-sampling table checks it
+        "settings": settings_label(
+            prompt,
+            sampling,
+            grading,
+            cfg,
+            {k: getattr(vllm, k) for k in VLLM_ENGINE_KEYS} if cfg.engine == "regenerate" else None,
+            leave_out=("injection", "gamma"),
+        ),
     }
 
     def backend():

@@ -193,6 +193,27 @@ def canonical(value: Any) -> Any:
     return value
 
 
+def settings_label(*settings: Any, leave_out: Sequence[str] = ()) -> str:
+    """What a stage's rows were made with, as the label its tables carry in a ``settings`` column: 16 hex
+    digits of a hash of each settings dataclass's recorded fields (those results depend on; ``option``'s
+    ``recorded``), but ``leave_out`` (a cross-sampling run's own injection), and of any other value given
+    (the label of the rows a stage read). Where two tables that must have been made alike meet (both
+    models' rollouts, both sources' scores, a grid's runs), a part copied in from a study made under
+    other settings holds another label and is refused; its place and name alone matched."""
+    import hashlib
+    import json
+
+    parts = [
+        {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if f.metadata.get("recorded", True)}
+        if dataclasses.is_dataclass(s)
+        else s
+        for s in settings
+    ]
+    parts = [{k: v for k, v in p.items() if k not in leave_out} if isinstance(p, dict) else p for p in parts]
+    text = json.dumps(parts, sort_keys=True, default=lambda v: list(v) if isinstance(v, tuple | set) else str(v))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def shell_args(cls: type, values: Mapping[str, Any]) -> str:
     """``to_argv`` quoted for a shell command line, each number in one text (``canonical``)."""
     return " ".join(shlex.quote(a) for a in to_argv(cls, canonical(values)))

@@ -131,11 +131,13 @@ def run_rollouts(
     """
     from tokenshift.datasets import as_problems, dataset_label
     from tokenshift.models import checkpoint_identity, checkpoint_label
+    from tokenshift.options import settings_label
     from tokenshift.sharding import run_key, run_sharded
 
     # which problems: accuracy refuses another dataset's rollouts given under this one's name
     given_file = isinstance(problems, str | Path)
     constants = {"model": checkpoint_label(model)} | ({"dataset": dataset_label(problems)} if given_file else {})
+    constants["settings"] = settings_label(prompt, sampling, cfg, grading)  # accuracy: both models' alike
     problems = as_problems(problems)
     key = run_key(
         {

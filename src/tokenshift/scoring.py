@@ -59,6 +59,7 @@ from tokenshift.divergence import keep_top, token_stats_compiled, token_stats_un
 from tokenshift.generation import pad_rows
 from tokenshift.memory import halving_on_oom, is_oom
 from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
+from tokenshift.options import settings_label
 from tokenshift.registry import SCORE_ORDER, TOPK_SCORE_COLUMNS
 from tokenshift.settings import AUTO, CPU_BATCH, RolloutConfig, ScoringConfig
 from tokenshift.sharding import Part, ShardStore, held_columns, run_key, write_part
@@ -648,7 +649,13 @@ def run_scoring(
     stats = pl.DataFrame({k: v for k, v in cols.items() if k != "row" and k not in CANDIDATE_COLUMNS})
     candidates = [pl.Series(k, cols[k]) for k in CANDIDATE_COLUMNS if k in cols]
     scores = pl.concat([meta, stats.with_columns(candidates)], how="horizontal")
-    scores = scores.with_columns(pl.lit(source).alias("source"), pl.lit(cfg.statistic).alias("statistic"))
+    # what both sources' scores share: the scoring settings, and those of the rollouts scored (divergence checks it)
+    rollouts_made = table["settings"][0] if "settings" in table.columns and table.height else None
+    scores = scores.with_columns(
+        pl.lit(source).alias("source"),
+        pl.lit(cfg.statistic).alias("statistic"),
+        pl.lit(settings_label(cfg, rollouts_made)).alias("settings"),
+    )
     scores = scores.sort(*SCORE_ORDER)
     write_part(scores, Path(out), models=labels)
     store.close()

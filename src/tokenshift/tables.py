@@ -601,6 +601,15 @@ def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
     return read_parquet(path, what, columns, nonempty=True, unique=key)
 
 
+SETTINGS_HINT = {
+    "settings": "; the label of the settings they were made with (options.settings_label): one of them was made "
+    "under other settings, in another study?",
+    "grading": "",
+    "dataset_version": "",
+    "dataset": "",
+}
+
+
 def check_one_pair(tables: Mapping[Path, pl.DataFrame], where: Path) -> None:
     """``InputError`` naming a table of a results directory (``tables``: path -> table) whose ``pair`` and
     ``dataset`` are not those most of the others hold: a table copied in from another pair's directory was
@@ -639,14 +648,16 @@ def write_accuracy(
     }
     # one grading rule and one version of the dataset across the table: a comparison of the two models under two
     # rules, or over two versions of the problems, would be one of the rules or the versions
-    for column in ("grading", "dataset_version", "dataset"):
+    # and one label of the settings they were sampled with (a part copied in from a study sampled otherwise)
+    for column in ("grading", "dataset_version", "dataset", "settings"):
         held = {role: sorted(set(t[column].drop_nulls())) for role, t in tables.items() if column in t.columns}
         first_role, others = next(iter(held.items()), (None, None))
         for role, values in held.items():
             if len(values) > 1 or values != others:
                 raise InputError(
                     f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[first_role]} {others}: "
-                    f"expected one {column} across both models' rollouts ({what})"
+                    f"expected one {column} across both models' rollouts ({what}{SETTINGS_HINT[column]})"
+                    f"{remake_hint(rollouts[role])}"
                 )
     # rollouts of another dataset, given under this one's name (copied over them): its problems scored as these
     held = {t["dataset"][0] for t in tables.values() if "dataset" in t.columns and t.height}
@@ -742,6 +753,14 @@ def write_divergence(
             raise InputError(
                 f"{scores[src]}: scores computed with {record}, {scores[ref]} with {records[ref]}: expected the "
                 "scores of one pair's two models"
+            )
+    made = {src: sorted(set(f["settings"].drop_nulls())) for src, f in frames.items() if "settings" in f.columns}
+    for src, labels in made.items():  # a table copied in from a study scored, or sampled, otherwise
+        if labels != made[next(iter(made))] or len(labels) > 1:
+            first = next(iter(made))
+            raise InputError(
+                f"{scores[src]}: column 'settings' holds {labels}, {scores[first]} {made[first]}: expected the scores "
+                f"of both sources made alike{SETTINGS_HINT['settings']}{remake_hint(scores[src])}"
             )
     for src, frame in frames.items():
         if frame.height == 0:  # no distribution to take quantiles of: say so, not a TypeError deep in a table
@@ -879,6 +898,13 @@ def write_crosssample_table(
     if twice is not None:  # a grid run given as its extrapolation run too was two rows of one run
         raise InputError(f"{twice}: given twice: expected each run once")
     frames, beside = ([read_cross_run(p) for p in paths] for paths in (runs, extrapolation))
+    made = [sorted(set(f["settings"].drop_nulls())) if "settings" in f.columns else None for f in (*frames, *beside)]
+    for path, labels in zip((*runs, *extrapolation), made):  # a run copied in from a study run otherwise
+        if labels is not None and made[0] is not None and (labels != made[0] or len(labels) > 1):
+            raise InputError(
+                f"{path}: column 'settings' holds {labels}, {(runs or extrapolation)[0]} {made[0]}: expected every "
+                f"run of the table made alike{SETTINGS_HINT['settings']}{remake_hint(path)}"
+            )
     keys = [set(zip(f["problem_id"], f["sample_index"])) for f in (*frames, *beside)]
     for path, held in zip((*runs, *extrapolation), keys):
         if held != keys[0]:  # a cell over other samples than the others would not compare with them
