@@ -126,8 +126,22 @@ def dataset_cmd(path, out):
             b'{"id": "a", "problem": "1+1", "answer": "2"}\n{"id": "a", "problem": "2+2", "answer": "4"}\n',
             ["'a'", "rows 0 and 1"],
         ),
+        # seventh hostile pass (D1): a traceback writing the table; the gold answer "inf"
+        (b'{"id": 1, "problem": "\\ud800", "answer": "2"}\n', ["row 0", "lone surrogate", "'problem'"]),
+        (b'{"id": 1, "problem": "1+1", "answer": Infinity}\n', ["row 0", "inf in 'answer'", "finite"]),
     ],
-    ids=["non-utf8", "row-without-id", "null-gold", "empty-gold", "not-an-object", "null-id", "list-gold", "dup-id"],
+    ids=[
+        "non-utf8",
+        "row-without-id",
+        "null-gold",
+        "empty-gold",
+        "not-an-object",
+        "null-id",
+        "list-gold",
+        "dup-id",
+        "lone-surrogate",
+        "infinite-gold",
+    ],
 )
 def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
     path = tmp_path / "set.jsonl"

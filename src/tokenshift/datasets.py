@@ -132,6 +132,16 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                     f"dataset {name!r}: row {i} has a {type(row[field]).__name__} in {field!r} "
                     f"({row[field]!r:.80}); it must be text or a number"
                 )
+            if isinstance(row[field], float) and math.isinf(row[field]):  # JSON's Infinity: the answer "inf"
+                raise DatasetError(f"dataset {name!r}: row {i} has {row[field]} in {field!r}; expected a finite number")
+            if isinstance(row[field], str) and (
+                lone := next((c for c in row[field] if "\ud800" <= c <= "\udfff"), None)
+            ):
+                # a JSON escape of half a UTF-16 pair: no file or table can hold it (a traceback writing the table)
+                raise DatasetError(
+                    f"dataset {name!r}: row {i} has a lone surrogate {lone!r} in {field!r} (half of a UTF-16 pair, "
+                    "not a character); expected text"
+                )
         if _missing(row[a]):
             raise DatasetError(
                 f"dataset {name!r}: row {i} has an empty gold answer in {a!r} ({row[a]!r}); every "
