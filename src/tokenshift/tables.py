@@ -610,6 +610,10 @@ SETTINGS_HINT = {
 }
 
 
+PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string"}
+"""What every problems table of `tokenshift dataset` holds."""
+
+
 def check_one_pair(tables: Mapping[Path, pl.DataFrame], where: Path) -> None:
     """``InputError`` naming a table of a results directory (``tables``: path -> table) whose ``pair`` and
     ``dataset`` are not those most of the others hold: a table copied in from another pair's directory was
@@ -795,7 +799,9 @@ def write_divergence(
             raise InputError(f"{scores[src]}: {why} (expected per-token scores of tokenshift score)")
     if problems is not None:  # another dataset's scores, copied over these: its problems counted as the dataset's
         known = set(
-            read_parquet(problems, "a problems table written by `tokenshift dataset`", ("problem_id",))["problem_id"]
+            # its question and answer too: a rollout or score table given as --problems (it has problem ids) left
+            # the toy's decision-point table out without a word
+            read_parquet(problems, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS)["problem_id"]
         )
         for src, frame in frames.items():
             alien = sorted(set(frame["problem_id"].unique()) - known)
