@@ -163,7 +163,15 @@ def manifest_of(role):
 
 
 PAIR_MANIFESTS = {role: manifest_of(role) for role in ROLES}
-"""Named inputs ``base`` and ``rl``: the manifests of both models of the ``{pair}``."""
+"""Named inputs ``base`` and ``rl``: the manifests of both models of the ``{pair}``; a rule that takes
+them records ``pair_roles`` too."""
+
+
+def pair_roles(wildcards):
+    """Which model is which, a recorded param of each job that reads both: Snakemake compares a job's
+    inputs as a set of files, so with a pair's ``base`` and ``rl`` swapped in the config, the jobs reading
+    both (the pair check, the score-free cross-sampling runs) stayed "up to date"."""
+    return " ".join(f"{role}={PAIRS[wildcards.pair][role]}" for role in ROLES)
 
 
 def crosssample_scores(wildcards):

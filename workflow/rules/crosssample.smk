@@ -29,6 +29,7 @@ rule crosssample:
         tuning=settings_of(CrossSampleConfig, stage=CROSSSAMPLE_STAGES, recorded=False),
     params:
         code=stage_code("crosssample"),
+        roles=pair_roles,
         threshold=threshold_args,
         scores=lambda wildcards, input: shlex.join([f"--scores={input.scores}"]) if input.scores else "",
         sampling=sampling_args,

@@ -98,6 +98,7 @@ rule check_pair:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("models", "check-pair"),
+        roles=pair_roles,
     shell:
         "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} --out {output} > {log} 2>&1"
 
@@ -117,6 +118,7 @@ rule toy_check:
     threads: config["toy"]["threads"]
     params:
         code=stage_code("toy-check"),
+        roles=pair_roles,
         check=toy_check_args,
         out=lambda wildcards, output: Path(output.accuracy).parent,
     shell:

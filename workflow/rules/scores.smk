@@ -24,6 +24,7 @@ rule score:
         **resources_of("score"),
     params:
         code=stage_code("score"),
+        roles=pair_roles,
         scoring=settings_of(ScoringConfig, stage=ScoringConfig.stages_read(config["scoring"])),
         engine=vllm_engine_of("scoring"),
     shell:

@@ -83,6 +83,7 @@ rule training_shifts:
     threads: config["toy"]["threads"]
     params:
         code=stage_code("training-shifts"),
+        roles=pair_roles,
         n=settings_of(AdvantageExperimentConfig, keys=("eval_problems",)),
     shell:
         "tokenshift training-shifts --base {input.base} --rl {input.rl} {params.n} --out {output} > {log} 2>&1"
