@@ -391,6 +391,17 @@ def test_a_cut_weights_file_gets_no_manifest(make_checkpoint, tmp_path):
     assert not manifest_path(out).exists()
 
 
+def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp_path):
+    # seventh hostile pass (M1): a JSONDecodeError traceback from transformers
+    src = make_checkpoint("src")
+    (src / "tokenizer.json").write_text('{"x":\n')
+    out = tmp_path / "m" / "m"
+    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"transformers cannot read the tokenizer of {out}: Expecting value" in r.stderr
+    assert not manifest_path(out).exists()
+
+
 def test_an_attention_transformers_lacks_gets_no_manifest(make_checkpoint, tmp_path):
     # fifth hostile pass (L28, L33): the config refused it, `models fetch --attn-implementation` exited 0
     out = tmp_path / "m" / "m"

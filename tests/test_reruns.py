@@ -238,7 +238,6 @@ def test_a_new_threshold_reruns_that_policys_runs_not_budget_0(study, tmp_path):
         assert plan_of(study, *STUDY, *changed) == one_run, policy
 
 
-
 def test_a_pair_with_its_models_swapped_reruns_every_job_that_reads_both(study, tmp_path):
     """Seventh hostile pass (L1): with a pair's base and rl swapped in the config, the pair check and the
     cross-sampling runs that read no scores stayed "up to date" (Snakemake compares a job's inputs as a
@@ -247,6 +246,7 @@ def test_a_pair_with_its_models_swapped_reruns_every_job_that_reads_both(study, 
     swapped = [{**CONFIG["pairs"][0], "base": "b", "rl": "a"}]
     plan = plan_of(study, *STUDY, "resources/pairs/ab.json", *overridden(tmp_path, {"pairs": swapped}))
     assert plan == {"check_pair": 1, **AFTER_ROLLOUTS, **AFTER_CROSSSAMPLES}
+
 
 def test_a_damaged_part_is_named_with_the_command_that_makes_it_again(study):
     import polars as pl

@@ -118,7 +118,11 @@ def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
             f"{ckpt_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
             "with the checkpoint (a tuned model's is its base model's)"
         )
-    return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError, TypeError) as e:  # a tokenizer file that is not JSON, or cut short
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFetchError(f"transformers cannot read the tokenizer of {ckpt_dir}: {first}") from None
 
 
 LOADING_KEYS = ("dtype", "attn_implementation")
