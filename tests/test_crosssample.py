@@ -927,3 +927,30 @@ def test_the_regenerate_engine_removes_an_injected_eos_as_lockstep_does():
     r = row(cap=3)
     inject(r, 9, SwitchRule(threshold=0.1, budget=3), 3)
     assert (r.response, r.finish) == ([1, 2, 9], "length")
+
+
+def test_a_percentile_of_another_sources_or_another_pairs_scores_is_refused(make_checkpoint, toy_problems, tmp_path):
+    """Seventh hostile pass (C6): a forward run's percentile taken over the RL model's scored rollouts, or over
+    another pair's, gave another threshold with exit 0."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from tokenshift.io import MODELS_RECORD
+    from tokenshift.models import checkpoint_label
+
+    base, rl, other = make_checkpoint("base"), make_checkpoint("rl", seed=1), make_checkpoint("other", seed=2)
+    scores = pl.DataFrame({"js": [0.0, 0.1, 0.2, 0.3], "source": ["rl"] * 4})
+    path = tmp_path / "scores.parquet"
+    scores.write_parquet(path)
+    args = ["--direction", "forward", "--percentile", "50", f"--scores={path}"]
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
+    assert r.returncode == 2 and "holds scores of 'rl' responses, not the base model's" in r.stderr, r.stderr
+    theirs = json.dumps({"base": checkpoint_label(base), "rl": checkpoint_label(other)})
+    pq.write_table(
+        scores.with_columns(pl.lit("base").alias("source")).to_arrow().replace_schema_metadata({MODELS_RECORD: theirs}),
+        path,
+    )
+    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
+    assert r.returncode == 2 and f"{path}: scores computed with" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.parquet").exists()

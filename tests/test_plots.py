@@ -265,6 +265,11 @@ def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tab
     ):
         with pytest.raises(InputError, match=needle):
             draw_pair_figures(results, out, example_run=run, example_baseline=baseline, tokenizer=tmp_path)
+    # seventh hostile pass (C7): another pair's example response drawn among this pair's figures
+    theirs = tmp_path / "theirs.parquet"
+    pl.read_parquet(forward).with_columns(pl.lit("toy-sft").alias("pair")).write_parquet(theirs)
+    with pytest.raises(InputError, match=rf"^{theirs}: holds pair 'toy-sft', where the other tables hold 'toy'"):
+        draw_pair_figures(results, out, example_run=theirs, example_baseline=zero, tokenizer=tmp_path)
     sparsity = results / "divergence" / "sparsity.parquet"
     with pytest.raises(InputError, match=r"holds pair 'toy' on dataset 'toy', which .* holds already"):
         draw_overview([sparsity, sparsity], tmp_path / "overview")

@@ -191,6 +191,10 @@ class SwitchRule:
             columns = pol.score_columns_for(direction)
             table = read_parquet(scores, "per-token scores (tokenshift score)", dict.fromkeys(columns, "number"))
             why = "no scored positions" if not table.height else None
+            generator = "base" if direction == "forward" else "rl"
+            held = sorted(set(table["source"].to_list())) if "source" in table.columns else [generator]
+            if held != [generator]:  # another source's scores gave another threshold without a word
+                why = f"holds scores of {' and '.join(map(repr, held))} responses, not the {generator} model's"
             nan = int(pol.score_values(table, direction).is_nan().sum()) if table.height else 0
             if nan:
                 why = f"{' - '.join(columns)} is NaN at {nan} of {table.height} positions"
@@ -288,6 +292,21 @@ class CrossSampleBackend:
         )
 
 
+def _check_scores_models(scores: Path, base: Path, rl: Path) -> None:
+    """``InputError`` where ``scores`` records other checkpoints than the run's two (another pair's scores
+    gave another threshold without a word); a table that records none is taken as it is."""
+    from tokenshift.io import InputError, read_models_record
+    from tokenshift.models import checkpoint_label
+
+    record = read_models_record(scores)
+    ours = {"base": checkpoint_label(base), "rl": checkpoint_label(rl)}
+    if record and record != ours:
+        raise InputError(
+            f"{scores}: scores computed with {record}, where this run's models are {ours}: expected the scores of "
+            "this pair's rollouts"
+        )
+
+
 def run_crosssample(
     base: Path,
     rl: Path,
@@ -350,6 +369,8 @@ def run_crosssample(
             check_rule(rule)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if scores is not None:
+        _check_scores_models(scores, base, rl)
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
     if cfg.n_problems:

@@ -54,6 +54,11 @@ def draw_pair_figures(
 
         run = read_cross_run(example_run)
         baseline = read_cross_run(example_baseline) if example_baseline else None
+        # another pair's example response drawn among this pair's figures (seventh hostile pass, C7)
+        check_one_pair(
+            {**read, Path(example_run): run, **({Path(example_baseline): baseline} if baseline is not None else {})},
+            results,
+        )
         if run["direction"][0] != "forward":
             raise InputError(f"{example_run}: a {run['direction'][0]} run; expected a forward run (--example-run)")
         twin = baseline is not None and Path(example_baseline).resolve() != Path(example_run).resolve()
