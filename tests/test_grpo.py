@@ -107,3 +107,24 @@ def test_the_lowprob_weighting_trains_without_a_reference_and_moves_the_policy(m
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="needs a reference"):
         grpo(model, prompts, reward, GRPOConfig(steps=1, advantage="js"), pad_id=0, eos_id=0, progress=False)
+
+
+def test_a_learning_rate_that_makes_the_weights_infinite_is_one_error_naming_it(make_checkpoint):
+    """Seventh hostile pass (K1): toy.grpo_lr 1e30 passed the config and the run died in the next round's
+    sampling with torch's "probability tensor contains inf" traceback."""
+    from tokenshift.io import InputError
+    from tokenshift.settings import SamplingConfig
+    from tokenshift.train import GRPOConfig, PromptItem, grpo
+
+    model = load_causal_lm(make_checkpoint("policy"), "cpu")
+    prompts = [PromptItem([5, 6, 7], "1"), PromptItem([8, 9], "2")]
+    cfg = GRPOConfig(
+        steps=3,
+        lr=1e30,
+        prompts_per_step=2,
+        group_size=4,
+        advantage="lowprob",
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=8),
+    )
+    with pytest.raises(InputError, match=r"^GRPO at learning rate 1e\+30: .* no longer finite after step 1; expected"):
+        grpo(model, prompts, lambda rs, gs: [float(len(r) < 4) for r in rs], cfg, pad_id=0, eos_id=0, progress=False)

@@ -321,6 +321,17 @@ def _mutations():
         ("advantage-seed-2**40", m(lambda c: c["advantages"].update(seeds=[0, 2**40])), "advantages.seeds[1]"),
         ("top-k-10**23", m(lambda c: c.update(scoring={"top_k": 10**23})), "config key scoring.top_k"),
         # Snakemake reads {x} in an input's path as a wildcard (WildcardError), with no escape
+        # seventh hostile pass (W1): an output of the workflow taken as the dataset, its settings ignored
+        (
+            "dataset-path-an-output",
+            m(lambda c: c["datasets"].update(y={"path": "resources/datasets/y.parquet"})),
+            "datasets.y.path: got 'resources/datasets/y.parquet'; expected a file outside resources/, results/",
+        ),
+        (
+            "dataset-path-a-result",
+            m(lambda c: c["datasets"].update(y={"path": "./results/toy/toy/rollouts/base.parquet"})),
+            "datasets.y.path: got './results/toy/toy/rollouts/base.parquet'; expected a file outside",
+        ),
         (
             "dataset-path-with-braces",
             m(lambda c: c["datasets"].update(d={"path": "data/{x}.jsonl"})),

@@ -61,6 +61,10 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+WORKFLOW_DIRS = ("resources", "results", "logs")
+"""The folders the workflow writes its jobs' outputs and logs in, under its working directory."""
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names its key."""
 
@@ -474,6 +478,16 @@ def _check_datasets(config: Mapping[str, Any], base_dir: Path) -> None:
             )
         if "path" in spec:
             _no_wildcards(f"datasets.{name}.path", spec["path"])
+            written = [
+                d for d in WORKFLOW_DIRS if (base_dir / d).resolve() in (base_dir / spec["path"]).resolve().parents
+            ]
+            if written:  # an output of a job: Snakemake took it as the source of the job that makes it, or looped
+                raise ConfigError(
+                    f"datasets.{name}.path",
+                    spec["path"],
+                    f"expected a file outside {', '.join(d + '/' for d in WORKFLOW_DIRS)}, where the workflow writes "
+                    "its own (a dataset's table there was taken as prepared, its settings ignored)",
+                )
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
         if "toy" not in spec:

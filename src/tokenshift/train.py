@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from tokenshift.advantages import MODES, weighted_advantages
 from tokenshift.generation import Sample, SamplingConfig, pad_rows, sample
+from tokenshift.io import InputError
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ def token_logprobs(model: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor
     return logprobs_of(next_token_logits(model, ids, attn), ids)
 
 
+class TrainingDiverged(InputError):
+    """Training whose weights or loss stopped being finite: a learning rate too large for the model."""
+
+    def __init__(self, what: str, step: int):
+        super().__init__(
+            f"{what}: the weights or the loss are no longer finite after step {step}; expected a smaller learning "
+            "rate (the toy's: toy.pretrain_lr, toy.sft_lr, toy.grpo_lr)"
+        )
+
+
 def pretrain(
     model: torch.nn.Module,
     examples: Sequence[Example],
@@ -167,6 +178,8 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise TrainingDiverged(f"next-token training (pretraining or SFT) at learning rate {cfg.lr:g}", step + 1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
@@ -323,6 +336,8 @@ def grpo(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
             opt.step()
         policy.eval()
+        if not all(torch.isfinite(p).all() for p in policy.parameters()):  # else a traceback in the next sampling
+            raise TrainingDiverged(f"GRPO at learning rate {cfg.lr:g}", step + 1)
         stats = {
             "step": step,
             "reward_mean": rewards.mean().item(),
