@@ -1,4 +1,5 @@
-"""What a job asks a scheduler for, from its models and the config (tokenshift.cluster), and the profile."""
+"""What a job asks a scheduler for, from its models and the config (tokenshift.cluster); the SLURM profile
+(tokenshift.slurm_profile)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ import os
 import pytest
 import yaml
 
-from tokenshift.cluster import (
+from tokenshift.cluster import job_resources, manifest_needed, model_gpus
+from tokenshift.config import SCHEMA_PATH
+from tokenshift.settings import ClusterConfig
+from tokenshift.slurm_profile import (
     GPU_MODEL,
     ProfileError,
     SiteSettings,
-    job_resources,
-    manifest_needed,
     min_job_age,
-    model_gpus,
     render_profile,
     status_command,
 )
-from tokenshift.config import SCHEMA_PATH
-from tokenshift.settings import ClusterConfig
 
 CLUSTER = {"gpu_memory_gb": 80, "gpu_model": None, "runtime": ClusterConfig().runtime}
 GB = 2**30

@@ -66,7 +66,7 @@ def test_the_wheel_runs_outside_the_checkout_with_its_schema_and_profile_templat
         installed, tmp_path, sys.executable, "-m", "tokenshift", "profile", "install", "slurm", *site, "--dir", str(out)
     )
     assert written.returncode == 0, written.stderr[-2000:]
-    from tokenshift.cluster import SiteSettings, render_profile
+    from tokenshift.slurm_profile import SiteSettings, render_profile
 
     expected = render_profile(SiteSettings(partition="cpu", gpu_partition="gpu", accounting=False))
     assert {p.name: p.read_text() for p in out.iterdir()} == expected

@@ -10,7 +10,7 @@ from tokenshift.options import at_least
 
 
 def register(sub) -> None:
-    from tokenshift.cluster import SiteSettings
+    from tokenshift.slurm_profile import SiteSettings
 
     d = SiteSettings(partition="", gpu_partition="")  # the defaults have one home: SiteSettings
     pr = sub.add_parser(
@@ -87,8 +87,8 @@ def register(sub) -> None:
 
 
 def _install(args: argparse.Namespace) -> None:
-    from tokenshift.cluster import ProfileError, SiteSettings, install_profile, profile_dir
     from tokenshift.io import InputError
+    from tokenshift.slurm_profile import ProfileError, SiteSettings, install_profile, profile_dir
 
     site = SiteSettings(
         partition=args.partition,
