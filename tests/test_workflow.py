@@ -622,6 +622,8 @@ def test_anchors_aliases_and_merge_keys_a_config_may_use_pass_the_file_check(tmp
     text = "base: &B {n: 4, seed: 0}\nsampling:\n  <<: *B\n  n: 8\nlists: [&L [1, 2], *L]\nsame: {a: 1, b: {a: 2}}\n"
     path.write_text(text)
     check_config_file(path)  # an override of a merged key is not a key given twice
+    path.write_text("? [a, b]\n: 1\nc: {d: 2}\n")  # a collection as a key: the stream's nesting kept
+    check_config_file(path)
     check_config_file(REPO / "config" / "config.yaml")
     for other in sorted((REPO / "config").glob("*.yaml")):
         check_config_file(other)

@@ -270,7 +270,9 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
                         "expected each key once: YAML keeps the last and drops the first without a word",
                     )
                 inside.seen.add(event.value if isinstance(event, yaml.ScalarEvent) else object())
-                continue
+                if not isinstance(event, yaml.CollectionStartEvent):
+                    continue
+                key = "?"  # a collection as a key (YAML's `? [a, b]`): opened like any other
             if isinstance(event, yaml.AliasEvent) and event.anchor in {c.anchor for c in opened}:
                 raise ConfigError(
                     name(key),
