@@ -66,3 +66,27 @@ def test_the_grouped_attention_candidate_gives_sdpas_decoding_step():
             logits.append(step.logits[:, -1])
     torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=1e-5)
     assert steps == [ids.shape[1]] * 2 + [1] * 2  # the prompt's forward, then the decoding step, per layer
+
+
+def test_compare_runs_names_a_table_one_float_bit_away_and_one_only_one_run_has(tmp_path, capsys):
+    import polars as pl
+
+    compare = _module("compare_runs")
+    for run in ("old", "new"):
+        (tmp_path / run / "results" / "p").mkdir(parents=True)
+        pl.DataFrame({"x": [0.1, 0.2], "seconds": [1.0, 2.0]}).write_parquet(
+            tmp_path / run / "results" / "p" / "a.parquet"
+        )
+    pl.DataFrame({"x": [0.1, 0.2], "seconds": [3.0, 4.0]}).write_parquet(
+        tmp_path / "new" / "results" / "p" / "a.parquet"
+    )
+    assert compare.main([str(tmp_path / "old"), str(tmp_path / "new")]) == 0  # wall time aside
+    nudged = np.nextafter(0.2, 1.0)
+    pl.DataFrame({"x": [0.1, nudged], "seconds": [1.0, 2.0]}).write_parquet(
+        tmp_path / "new" / "results" / "p" / "a.parquet"
+    )
+    pl.DataFrame({"y": [1]}).write_parquet(tmp_path / "old" / "results" / "p" / "b.parquet")
+    assert compare.main([str(tmp_path / "old"), str(tmp_path / "new")]) == 1
+    out = capsys.readouterr().out
+    assert "results/p/a.parquet: columns that differ: ['x']" in out and "results/p/b.parquet: only in old" in out
+    assert "RESULT same_tables 0 of 2" in out
