@@ -402,6 +402,18 @@ def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp
     assert not manifest_path(out).exists()
 
 
+def test_a_config_with_no_positive_vocabulary_gets_no_manifest(make_checkpoint, tmp_path):
+    # seventh hostile pass (M2): a manifest of -5 embedding rows was written, refused only by the pair check
+    src = make_checkpoint("src")
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "vocab_size": -5}))
+    out = tmp_path / "m" / "m"
+    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "config.json gives vocab_size -5; expected a positive whole number" in r.stderr
+    assert not manifest_path(out).exists()
+
+
 def test_an_attention_transformers_lacks_gets_no_manifest(make_checkpoint, tmp_path):
     # fifth hostile pass (L28, L33): the config refused it, `models fetch --attn-implementation` exited 0
     out = tmp_path / "m" / "m"

@@ -265,6 +265,12 @@ def write_manifest(
         )
         where = ckpt_dir / "config.json"
         raise ModelFetchError(f"model {name!r}: transformers cannot read {where}: {first}{hint}") from None
+    rows = getattr(cfg, "vocab_size", None)
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        # a manifest of -5 embedding rows was written, and refused only by the pair check (seventh hostile pass, M2)
+        raise ModelFetchError(
+            f"model {name!r}: {ckpt_dir / 'config.json'} gives vocab_size {rows!r}; expected a positive whole number"
+        )
     tok = _auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     manifest = {
