@@ -601,13 +601,19 @@ def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
     return read_parquet(path, what, columns, nonempty=True, unique=key)
 
 
-SETTINGS_HINT = {
-    "settings": "; the label of the settings they were made with (options.settings_label): one of them was made "
-    "under other settings, in another study?",
-    "grading": "",
-    "dataset_version": "",
-    "dataset": "",
-}
+def check_made_alike(tables: Mapping[Path, pl.DataFrame], what: str) -> None:
+    """``InputError`` naming a table whose ``settings`` column (``options.settings_label``: the settings its rows
+    were made with) is not the first such table's, or holds two labels: ``what`` says which tables must have
+    been made alike. A part or table copied in from a study run otherwise had its place and name alone right."""
+    made = {path: sorted(set(t["settings"].drop_nulls())) for path, t in tables.items() if "settings" in t.columns}
+    first = next(iter(made), None)
+    for path, labels in made.items():
+        if labels != made[first] or len(labels) > 1:
+            raise InputError(
+                f"{path}: column 'settings' holds {labels}, {first} {made[first]}: expected {what}; the label of "
+                "the settings they were made with (options.settings_label): one of them was made under other "
+                f"settings, in another study?{remake_hint(path)}"
+            )
 
 
 PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string"}
@@ -652,17 +658,17 @@ def write_accuracy(
     }
     # one grading rule and one version of the dataset across the table: a comparison of the two models under two
     # rules, or over two versions of the problems, would be one of the rules or the versions
-    # and one label of the settings they were sampled with (a part copied in from a study sampled otherwise)
-    for column in ("grading", "dataset_version", "dataset", "settings"):
+    for column in ("grading", "dataset_version", "dataset"):
         held = {role: sorted(set(t[column].drop_nulls())) for role, t in tables.items() if column in t.columns}
         first_role, others = next(iter(held.items()), (None, None))
         for role, values in held.items():
             if len(values) > 1 or values != others:
                 raise InputError(
                     f"{rollouts[role]}: column {column!r} holds {values}, {rollouts[first_role]} {others}: "
-                    f"expected one {column} across both models' rollouts ({what}{SETTINGS_HINT[column]})"
-                    f"{remake_hint(rollouts[role])}"
+                    f"expected one {column} across both models' rollouts ({what}){remake_hint(rollouts[role])}"
                 )
+    # and sampled alike (a part copied in from a study sampled otherwise)
+    check_made_alike({rollouts[role]: t for role, t in tables.items()}, "both models' rollouts made alike")
     # rollouts of another dataset, given under this one's name (copied over them): its problems scored as these
     held = {t["dataset"][0] for t in tables.values() if "dataset" in t.columns and t.height}
     if dataset and held and {label_dataset_name(h) for h in held} != {dataset}:
@@ -758,14 +764,8 @@ def write_divergence(
                 f"{scores[src]}: scores computed with {record}, {scores[ref]} with {records[ref]}: expected the "
                 "scores of one pair's two models"
             )
-    made = {src: sorted(set(f["settings"].drop_nulls())) for src, f in frames.items() if "settings" in f.columns}
-    for src, labels in made.items():  # a table copied in from a study scored, or sampled, otherwise
-        if labels != made[next(iter(made))] or len(labels) > 1:
-            first = next(iter(made))
-            raise InputError(
-                f"{scores[src]}: column 'settings' holds {labels}, {scores[first]} {made[first]}: expected the scores "
-                f"of both sources made alike{SETTINGS_HINT['settings']}{remake_hint(scores[src])}"
-            )
+    # a table copied in from a study scored, or sampled, otherwise
+    check_made_alike({scores[src]: f for src, f in frames.items()}, "the scores of both sources made alike")
     for src, frame in frames.items():
         if frame.height == 0:  # no distribution to take quantiles of: say so, not a TypeError deep in a table
             raise InputError(
@@ -904,13 +904,8 @@ def write_crosssample_table(
     if twice is not None:  # a grid run given as its extrapolation run too was two rows of one run
         raise InputError(f"{twice}: given twice: expected each run once")
     frames, beside = ([read_cross_run(p) for p in paths] for paths in (runs, extrapolation))
-    made = [sorted(set(f["settings"].drop_nulls())) if "settings" in f.columns else None for f in (*frames, *beside)]
-    for path, labels in zip((*runs, *extrapolation), made):  # a run copied in from a study run otherwise
-        if labels is not None and made[0] is not None and (labels != made[0] or len(labels) > 1):
-            raise InputError(
-                f"{path}: column 'settings' holds {labels}, {(runs or extrapolation)[0]} {made[0]}: expected every "
-                f"run of the table made alike{SETTINGS_HINT['settings']}{remake_hint(path)}"
-            )
+    # a run copied in from a study run otherwise
+    check_made_alike(dict(zip(paths, (*frames, *beside), strict=True)), "every run of the table made alike")
     keys = [set(zip(f["problem_id"], f["sample_index"])) for f in (*frames, *beside)]
     for path, held in zip((*runs, *extrapolation), keys):
         if held != keys[0]:  # a cell over other samples than the others would not compare with them
