@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tokenshift import layout
 from tokenshift.registry import gamma_label
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -59,10 +60,6 @@ VALUE_CHARS, EXPECTED_CHARS, SCHEMA_MESSAGE_CHARS = 160, 600, 300
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-WORKFLOW_DIRS = ("resources", "results", "logs")
-"""The folders the workflow writes its jobs' outputs and logs in, under its working directory."""
 
 
 class ConfigError(ValueError):
@@ -263,13 +260,14 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
             inside = opened[-1] if opened else None
             key = inside.place(event) if inside else None
             if key is _Open.A_KEY:
-                if isinstance(event, yaml.ScalarEvent) and event.value != "<<" and event.value in inside.seen:
-                    raise ConfigError(
-                        name(event.value),
-                        f"<a second {event.value!r} in one mapping, at {where}>",
-                        "expected each key once: YAML keeps the last and drops the first without a word",
-                    )
-                inside.seen.add(event.value if isinstance(event, yaml.ScalarEvent) else object())
+                if isinstance(event, yaml.ScalarEvent):
+                    if event.value != "<<" and event.value in inside.seen:
+                        raise ConfigError(
+                            name(event.value),
+                            f"<a second {event.value!r} in one mapping, at {where}>",
+                            "expected each key once: YAML keeps the last and drops the first without a word",
+                        )
+                    inside.seen.add(event.value)
                 if not isinstance(event, yaml.CollectionStartEvent):
                     continue
                 key = "?"  # a collection as a key (YAML's `? [a, b]`): opened like any other
@@ -480,14 +478,13 @@ def _check_datasets(config: Mapping[str, Any], base_dir: Path) -> None:
             )
         if "path" in spec:
             _no_wildcards(f"datasets.{name}.path", spec["path"])
-            written = [
-                d for d in WORKFLOW_DIRS if (base_dir / d).resolve() in (base_dir / spec["path"]).resolve().parents
-            ]
-            if written:  # an output of a job: Snakemake took it as the source of the job that makes it, or looped
+            parents = (base_dir / spec["path"]).resolve().parents
+            if any((base_dir / d).resolve() in parents for d in layout.WRITTEN):
+                # an output of a job: Snakemake took it as the source of the job that makes it, or looped
                 raise ConfigError(
                     f"datasets.{name}.path",
                     spec["path"],
-                    f"expected a file outside {', '.join(d + '/' for d in WORKFLOW_DIRS)}, where the workflow writes "
+                    f"expected a file outside {', '.join(d + '/' for d in layout.WRITTEN)}, where the workflow writes "
                     "its own (a dataset's table there was taken as prepared, its settings ignored)",
                 )
         if "path" in spec and not (base_dir / spec["path"]).is_file():

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 RESULTS = "results"
 RESOURCES = "resources"
+LOGS = "logs"
+WRITTEN = (RESOURCES, RESULTS, LOGS)
+"""The folders the workflow writes its jobs' outputs and logs in, under its working directory: no input
+from a config may lie in them."""
 
 
 def model_dir(name: str = "{model}") -> str:
