@@ -379,16 +379,21 @@ def test_a_models_dtype_and_attention_reach_every_loader(make_checkpoint, tmp_pa
     assert args["dtype"] == flags.get("dtype", "bfloat16") and "attn_implementation" not in args
 
 
+def refused_fetch(src: Path, out: Path, *flags: str) -> str:
+    """``models fetch`` of ``src`` into ``out``, refused in one line (exit 2) with no manifest written: its stderr."""
+    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), *flags, "--out", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert not manifest_path(out).exists()
+    return r.stderr
+
+
 def test_a_cut_weights_file_gets_no_manifest(make_checkpoint, tmp_path):
     # fifth hostile pass (L24, L32): a copy cut short was vouched for, then a rollout job failed with a traceback
     src = make_checkpoint("src")
     weights = src / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     out = tmp_path / "m" / "m"
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert f"{out / 'model.safetensors'} is not a whole safetensors file" in r.stderr
-    assert not manifest_path(out).exists()
+    assert f"{out / 'model.safetensors'} is not a whole safetensors file" in refused_fetch(src, out)
 
 
 def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp_path):
@@ -396,10 +401,7 @@ def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp
     src = make_checkpoint("src")
     (src / "tokenizer.json").write_text('{"x":\n')
     out = tmp_path / "m" / "m"
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert f"transformers cannot read the tokenizer of {out}: Expecting value" in r.stderr
-    assert not manifest_path(out).exists()
+    assert f"transformers cannot read the tokenizer of {out}: Expecting value" in refused_fetch(src, out)
 
 
 def test_a_config_with_no_positive_vocabulary_gets_no_manifest(make_checkpoint, tmp_path):
@@ -407,24 +409,14 @@ def test_a_config_with_no_positive_vocabulary_gets_no_manifest(make_checkpoint, 
     src = make_checkpoint("src")
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "vocab_size": -5}))
-    out = tmp_path / "m" / "m"
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "config.json gives vocab_size -5; expected a positive whole number" in r.stderr
-    assert not manifest_path(out).exists()
+    stderr = refused_fetch(src, tmp_path / "m" / "m")
+    assert "config.json gives vocab_size -5; expected a positive whole number" in stderr
 
 
 def test_an_attention_transformers_lacks_gets_no_manifest(make_checkpoint, tmp_path):
     # fifth hostile pass (L28, L33): the config refused it, `models fetch --attn-implementation` exited 0
-    out = tmp_path / "m" / "m"
-    r = run(
-        tokenshift_cmd()
-        + ["models", "fetch", "m", "--path", str(make_checkpoint("src")), "--attn-implementation", "bogus"]
-        + ["--out", str(out)]
-    )
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert "attn_implementation 'bogus': expected one of transformers' attention implementations" in r.stderr
-    assert not manifest_path(out).exists()
+    stderr = refused_fetch(make_checkpoint("src"), tmp_path / "m" / "m", "--attn-implementation", "bogus")
+    assert "attn_implementation 'bogus': expected one of transformers' attention implementations" in stderr
 
 
 def test_flash_attention_without_its_package_is_a_warning_and_a_one_line_refusal(make_checkpoint, tmp_path):
