@@ -103,3 +103,16 @@ def test_a_job_of_the_transformers_backend_loads_its_models_one_way():
     assert not found, found
     for stage in ("rollout.py", "scoring.py", "crosssample.py"):
         assert "load_job_models(" in (REPO / "src" / "tokenshift" / stage).read_text(), stage
+
+
+def test_every_rule_that_reads_both_models_of_a_pair_records_which_is_which():
+    """Seventh hostile pass (L1): Snakemake compares a job's inputs as a set of files, so a rule taking both
+    manifests (``**PAIR_MANIFESTS``) must record the roles (``roles=pair_roles``), or swapping a pair's base and
+    rl models in the config re-plans none of its jobs."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    rules = re.split(r"^(?=(?:rule|use rule) )", text, flags=re.M)
+    both = {r.split(":", 1)[0]: r for r in rules if "**PAIR_MANIFESTS" in r}
+    assert len(both) >= 5, sorted(both)  # check_pair, toy_check, score, crosssample, training_shifts
+    assert [name for name, rule in both.items() if "roles=pair_roles" not in rule] == []
