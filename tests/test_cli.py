@@ -129,6 +129,12 @@ def dataset_cmd(path, out):
         # seventh hostile pass (D1): a traceback writing the table; the gold answer "inf"
         (b'{"id": 1, "problem": "\\ud800", "answer": "2"}\n', ["row 0", "lone surrogate", "'problem'"]),
         (b'{"id": 1, "problem": "1+1", "answer": Infinity}\n', ["row 0", "inf in 'answer'", "finite"]),
+        # eighth hostile pass: a RecursionError traceback; the gold answer "True"
+        (
+            b'{"id": 1, "problem": "1+1", "answer": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+            ["set.jsonl:1", "nested too deeply"],
+        ),
+        (b'{"id": 1, "problem": "1+1", "answer": true}\n', ["row 0", "a bool in 'answer'", "text or a number"]),
     ],
     ids=[
         "non-utf8",
@@ -141,6 +147,8 @@ def dataset_cmd(path, out):
         "dup-id",
         "lone-surrogate",
         "infinite-gold",
+        "nested-100000-deep",
+        "bool-gold",
     ],
 )
 def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
@@ -149,6 +157,35 @@ def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content
     r = run(dataset_cmd(path, tmp_path / "d.parquet"))
     one_line_error(r, *needles)
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_a_parquet_dataset_whose_gold_answers_are_bytes_is_refused(tmp_path):
+    # eighth hostile pass: a binary column's answer 2 became the gold answer "b'2'": every response graded wrong
+    path = tmp_path / "set.parquet"
+    pl.DataFrame({"id": [1], "problem": ["1+1"], "answer": [b"2"]}).write_parquet(path)
+    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    one_line_error(r, "row 0", "a bytes in 'answer'", "text or a number")
+    assert not (tmp_path / "d.parquet").exists()
+
+
+def test_a_stage_given_one_of_its_inputs_as_its_output_refuses_and_leaves_it(tmp_path):
+    # eighth hostile pass: dataset --path D --out D wrote the prepared table over the source, exit 0
+    path = tmp_path / "set.parquet"
+    pl.DataFrame({"id": [1], "problem": ["1+1"], "answer": ["2"]}).write_parquet(path)
+    before = path.read_bytes()
+    (tmp_path / "link.parquet").symlink_to(path)
+    (tmp_path / "sub").mkdir()
+    for out in (path, tmp_path / "link.parquet", tmp_path / "sub" / ".." / "set.parquet"):
+        r = run(dataset_cmd(path, out))
+        one_line_error(r, f"--out {out}: is also an input of this stage (path {path})")
+        assert path.read_bytes() == before
+    # a gathered part as its own --out, among others: the part and its place record stay
+    parts = [tmp_path / f"p{i}.parquet" for i in range(2)]
+    for p in parts:
+        pl.DataFrame({"a": [1]}).write_parquet(p)
+    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(parts[1])])
+    one_line_error(r, f"--out {parts[1]}: is also an input of this stage (parts {parts[1]})")
+    assert pl.read_parquet(parts[1]).height == 1
 
 
 def test_a_dataset_asked_for_more_problems_than_its_file_holds_is_refused(tmp_path):
@@ -572,6 +609,29 @@ def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, 
     one_line_error(r, scores, "no scored positions", "90")
 
 
+def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_checkpoint, tmp_path):
+    # eighth hostile pass: "Torch not compiled with CUDA enabled", a traceback from the first .to(device)
+    import torch
+
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for flag, device in (("--device-base", "cuda"), ("--device-rl", "cuda:0,99")):
+        if visible and device == "cuda":
+            continue  # a GPU machine has cuda:0
+        r = run(
+            tokenshift_cmd()
+            + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
+            + ["--direction", "forward", "--policy", "argmax", "--budget", "2", flag, device]
+            + ["--out", str(tmp_path / "o.parquet")]
+        )
+        one_line_error(r, f"{flag.removeprefix('--').replace('-', '_')} ({flag}) {device!r}: ")
+        assert not (tmp_path / "o.parquet").exists()
+
+
 def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
@@ -603,6 +663,21 @@ def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkp
     rl = make_checkpoint("rl", other_tokenizer(["other words entirely, nothing alike"] * 20))
     r = run(tokenshift_cmd() + ["toy-check", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "tc")])
     one_line_error(r, rl, "not that of the toy base model")
+
+
+def test_toy_check_of_one_model_as_both_or_of_a_seed_past_numpys_is_refused(make_checkpoint, tmp_path):
+    # eighth hostile pass: the pair's base model against itself, exit 0; a seed of 2**32 (numpy takes none larger)
+    import json
+
+    from tokenshift.toy.config import ToyBuildConfig
+
+    base = make_checkpoint("base")  # the toy tokenizer, and the record a toy build leaves
+    (base / "toy_build.json").write_text(json.dumps({"build": dataclasses.asdict(ToyBuildConfig())}))
+    r = run(tokenshift_cmd() + ["toy-check", "--base", str(base), "--rl", str(base), "--out", str(tmp_path / "tc")])
+    one_line_error(r, "the same checkpoint as the base and the RL model")
+    assert not (tmp_path / "tc").exists()
+    r = run(tokenshift_cmd() + ["toy-check", "--base", "b", "--rl", "r", "--out", "o", "--seed=4294967296"])
+    assert r.returncode == 2 and "--seed: expected a value <= 4294967295" in r.stderr, r.stderr
 
 
 def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_path):

@@ -30,6 +30,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from tokenshift.settings import PRESETS, SOURCES, DatasetSpec, PromptConfig
@@ -126,11 +127,13 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                     f"dataset {name!r}: row {i} has no field {field!r} (fields: {sorted(row)}); "
                     f"set question_field / answer_field / id_field"
                 )
-            if isinstance(row[field], list | tuple | dict):
-                # str() of a list of answers is no answer the grader parses: every response would be wrong
+            value = row[field]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float | Decimal)):
+                # str() of a list, of bytes (b'2') or of a bool (True) is no answer the grader parses: every
+                # response would be graded wrong
                 raise DatasetError(
-                    f"dataset {name!r}: row {i} has a {type(row[field]).__name__} in {field!r} "
-                    f"({row[field]!r:.80}); it must be text or a number"
+                    f"dataset {name!r}: row {i} has a {type(value).__name__} in {field!r} "
+                    f"({value!r:.80}); it must be text or a number"
                 )
             if isinstance(row[field], float) and math.isinf(row[field]):  # JSON's Infinity: the answer "inf"
                 raise DatasetError(f"dataset {name!r}: row {i} has {row[field]} in {field!r}; expected a finite number")
@@ -216,6 +219,11 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
                         row = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not JSON: {e}") from None
+                    except RecursionError:  # arrays or objects nested past the parser's depth
+                        raise DatasetError(
+                            f"dataset {name!r}: {path}:{lineno} is JSON nested too deeply to read; expected "
+                            "a flat object of question, answer and id"
+                        ) from None
                     if not isinstance(row, dict):
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not a JSON object")
                     rows.append(row)

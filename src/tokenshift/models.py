@@ -515,6 +515,29 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     return AutoModelForCausalLM.from_pretrained(ckpt, **options).to(device).eval()
 
 
+def check_devices(requested: Sequence[str], keys: Sequence[str]) -> None:
+    """Refuse, naming the setting (``keys``, one per device), a GPU device this job cannot have: any where
+    torch sees no GPU (a CPU-only build, or a node without one), an index past the GPUs it sees. The config
+    check cannot know: ``snakemake -n`` may plan for a cluster's GPU nodes."""
+    import torch
+
+    from tokenshift.memory import gpu_ids
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for key, device in zip(keys, requested, strict=True):
+        ids = gpu_ids(device)
+        if not ids:  # auto or cpu
+            continue
+        flag = f"{key} (--{key.replace('_', '-')})"
+        if visible == 0:
+            why = "torch is built without CUDA" if torch.version.cuda is None else "torch sees no GPU on this machine"
+            raise InputError(f"{flag} {device!r}: {why}; set it to auto or cpu, or run this job where a GPU is")
+        if max(ids) >= visible:
+            raise InputError(
+                f"{flag} {device!r}: this job sees {visible} GPU(s), cuda:0 to cuda:{visible - 1}; name one of those"
+            )
+
+
 def job_devices(checkpoints: Sequence[Path | str], requested: Sequence[str]) -> list[str]:
     """The devices of the models one job loads (``memory.plan_devices`` over the GPUs it sees):
     ``auto`` models on GPU sets of their own where the job has enough GPUs."""
@@ -600,6 +623,7 @@ def load_job_models(
     devices (``job_devices``: disjoint GPU sets where the job has enough), the stage's batch planned
     for them (``job_batch``, before the weights take their share of the GPUs' free memory), then each
     checkpoint on its device. Returns the models, in ``checkpoints``' order, and the batch."""
+    check_devices(requested, ("device_base", "device_rl") if len(requested) == 2 else ("device",) * len(requested))
     devices = job_devices(checkpoints, requested)
     batch = job_batch(stage, setting, checkpoints, devices, **batch_kw)
     return [load_causal_lm(c, d) for c, d in zip(checkpoints, devices, strict=True)], batch

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.options import MAX_SAMPLES, MAX_THREADS, MAX_TIMEOUT_S, option
+from tokenshift.options import MAX_SAMPLES, MAX_SEED, MAX_THREADS, MAX_TIMEOUT_S, option
 from tokenshift.registry import (
     BACKENDS,
     DEFAULT_POLICIES,
@@ -106,7 +106,7 @@ class SamplingConfig:
     temperature: float = option(1.0, "softmax temperature; 0 means greedy decoding", minimum=0)
     top_p: float = option(1.0, "nucleus sampling mass; 1.0 keeps the whole distribution")
     max_new_tokens: int = option(96, "longest response, in tokens (EOS excluded)", minimum=1)
-    seed: int = option(0, "seed of every sampler, so runs repeat exactly", minimum=0)
+    seed: int = option(0, "seed of every sampler, so runs repeat exactly", minimum=0, maximum=MAX_SEED)
 
     def __post_init__(self):
         if not 0 < self.top_p <= 1:
@@ -393,7 +393,7 @@ class ExplorerConfig:
         "the page's size cap; the same (problem, sample) keys are drawn in every group that has them",
         minimum=1,
     )
-    seed: int = option(0, "seed of the draw of the responses embedded", minimum=0)
+    seed: int = option(0, "seed of the draw of the responses embedded", minimum=0, maximum=MAX_SEED)
 
 
 @dataclass(frozen=True)

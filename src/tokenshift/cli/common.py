@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def output(
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse an output path (``output``) that is a directory where a file goes, or a file where a directory does."""
-    for flag, expected, directory in getattr(args, "outputs", None) or []:
+    """Refuse an output path (``output``) that is a directory where a file goes, a file where a directory does,
+    or, where a file goes, one of the stage's own input files (any other argument naming the same file), which
+    the stage would overwrite with what it made from it."""
+    outputs = getattr(args, "outputs", None) or []
+    names = {flag.removeprefix("--").replace("-", "_") for flag, _, _ in outputs}
+    for flag, expected, directory in outputs:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is None:  # an optional output not asked for
             continue
@@ -45,6 +50,28 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise InputError(f"{flag} {value}: expected {expected} (it writes {path.stem}.png and .pdf)")
         if directory and path.exists() and not path.is_dir():
             raise InputError(f"{flag} {value}: is a file; expected {expected}")
+        if not directory and (given := _same_as_input(path, args, names)):  # a directory may hold inputs and outputs
+            raise InputError(f"{flag} {value}: is also an input of this stage ({given}); write the output elsewhere")
+
+
+def _same_as_input(path: Path, args: argparse.Namespace, outputs: set[str]) -> str | None:
+    """The argument (``name VALUE``) other than the ``outputs`` that names the existing file ``path`` (the same
+    file however spelled: a link, ``../``, a hard link), or None."""
+    if not path.exists():
+        return None  # not yet written: no input can be it
+    for name, value in vars(args).items():
+        if name in outputs or name in ("outputs", "func"):
+            continue
+        for v in value if isinstance(value, list | tuple) else (value,):
+            if not isinstance(v, str | os.PathLike):
+                continue
+            try:
+                same = os.path.samefile(v, path)
+            except (OSError, ValueError):  # not a path, or none that exists
+                continue
+            if same:
+                return f"{name.replace('_', '-')} {v}"
+    return None
 
 
 def show(*tables, rows: int = 40, precision: int = 3) -> None:

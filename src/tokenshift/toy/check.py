@@ -29,7 +29,7 @@ import torch
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.grading import Grader
 from tokenshift.io import InputError, read_json, write_parquet_atomic
-from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.models import checkpoint_identity, load_causal_lm, load_tokenizer, resolve_checkpoint
 from tokenshift.scoring import score_rows
 from tokenshift.stats import mean_ci
 from tokenshift.toy.config import ToyBuildConfig
@@ -154,6 +154,10 @@ def check_toy_pair(
     ``base`` and ``rl`` are the toy checkpoints (directories or manifests); the task and thread
     count are those the base model was built with.
     """
+    if checkpoint_identity(base) == checkpoint_identity(rl):  # a model against itself: no shift, no finding
+        raise InputError(
+            f"{base} and {rl}: the same checkpoint as the base and the RL model (expected the toy pair's two)"
+        )
     cfg = build_settings(base)
     torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(base)

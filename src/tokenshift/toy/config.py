@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tokenshift.options import MAX_THREADS, from_mapping, option
+from tokenshift.options import MAX_SEED, MAX_THREADS, from_mapping, option
 from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.settings import SamplingConfig
 from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
@@ -20,7 +20,7 @@ class ToyBuildConfig:
     """How the embedded toy pair is built. Defaults are tuned to finish on 2 CPU cores in minutes."""
 
     section: ClassVar[str] = "toy"
-    seed: int = option(0, "seed of the task generator and of training", minimum=0)
+    seed: int = option(0, "seed of the task generator and of training", minimum=0, maximum=MAX_SEED)
     min_steps: int = option(2, "fewest operations per problem", minimum=1)
     max_steps: int = option(8, "most operations per problem", minimum=1)
     mistake_rate: float = option(0.12, "chance that a pretraining trace errs at a step", minimum=0)
@@ -101,7 +101,7 @@ class ToyCheckOptions:
 
     n_problems: int = option(EVAL_PROBLEMS, "eval problems of the toy task, the first of its eval split", minimum=1)
     samples: int = option(_SAMPLING.n, "samples per problem at temperature 1 (config sampling.n)", minimum=1)
-    seed: int = option(_SAMPLING.seed, "sampling seed (config sampling.seed)", minimum=0)
+    seed: int = option(_SAMPLING.seed, "sampling seed (config sampling.seed)", minimum=0, maximum=MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ class AdvantageExperimentConfig:
     eval_every: int = option(6, "evaluate the policy every k rounds (and before the first)", minimum=1)
     eval_problems: int = option(200, "toy eval problems each evaluation answers", minimum=1)
     eval_samples: int = option(2, "samples per eval problem at temperature 1", minimum=1, maximum=1024)
-    eval_seed: int = option(0, "sampling seed of every evaluation (the same noise for every run)", minimum=0)
+    eval_seed: int = option(
+        0, "sampling seed of every evaluation (the same noise for every run)", minimum=0, maximum=MAX_SEED
+    )
     threads: int = option(
         1,
         "torch CPU threads per run (results depend on it); one lets two runs share 2 cores",
