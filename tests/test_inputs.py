@@ -239,6 +239,11 @@ def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, t
         # a position lost from every response (the third pass): each share silently over fewer positions
         (lambda t: t.filter(pl.col("position") != 3), "holds 9 positions from 0 to 9, 6 response"),
         (lambda t: t.filter(pl.col("position") != 0), "holds 9 positions from 1 to 9"),
+        # eighth hostile pass: a TypeError sorting the responses' sources
+        (
+            lambda t: t.with_columns(source=pl.when(pl.col("position") == 0).then(None).otherwise(pl.col("source"))),
+            "column 'source' is null in 6 of 60 rows",
+        ),
     ],
     ids=[
         "nan-js",
@@ -251,6 +256,7 @@ def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, t
         "position",
         "gap",
         "no-first",
+        "null-source",
     ],
 )
 def test_scores_of_no_scoring_stage_are_refused_by_the_divergence_stage(change, needle, tmp_path):
@@ -372,3 +378,24 @@ def test_a_run_made_under_other_settings_is_refused_in_the_cross_sampling_table(
     with pytest.raises(InputError, match=f"^{paths[2]}: column 'settings' holds \\['f+'\\], .* made under other"):
         write_crosssample_table(paths, tmp_path / "t2.parquet", pair="toy", dataset="toy")
     assert not (tmp_path / "t2.parquet").exists()
+
+
+def test_a_row_that_does_not_say_what_made_it_is_refused(tmp_path):
+    """Eighth hostile pass (m5): a null model or settings label passed every comparison of what made the rows."""
+    base, out = tmp_path / "base.parquet", tmp_path / "accuracy.parquet"
+    good = rollouts(0.5, n_problems=6).with_columns(settings=pl.lit("a" * 16))
+    good.with_columns(model=pl.lit("toy-base@0")).write_parquet(base)
+    for column in ("model", "settings"):
+        bad = tmp_path / f"null-{column}.parquet"
+        labelled = good.with_columns(model=pl.lit("toy-rl@1"))
+        first = pl.when(pl.col("sample_index") == 0).then(None).otherwise(pl.col(column)).alias(column)
+        labelled.with_columns(first).write_parquet(bad)
+        with pytest.raises(InputError, match=f"^{bad}: column '{column}' is null in 6 of 24 rows"):
+            write_accuracy({"base": base, "rl": bad}, out, cfg=AccuracyConfig(pass_k=(1, 4)))
+    assert not out.exists()
+    runs = [tmp_path / "budget-0.parquet", tmp_path / "budget-2.parquet"]
+    cross_run("forward", "js", "0", 0.5, 0).with_columns(settings=pl.lit("a" * 16)).write_parquet(runs[0])
+    cross_run("forward", "js", "2", 0.5, 2).with_columns(settings=pl.lit(None, pl.String)).write_parquet(runs[1])
+    with pytest.raises(InputError, match=f"^{runs[1]}: column 'settings' is null in 160 of 160 rows"):
+        write_crosssample_table(runs, tmp_path / "t.parquet", pair="toy", dataset="toy")
+    assert not (tmp_path / "t.parquet").exists()

@@ -209,6 +209,18 @@ def test_a_tables_csv_copy_holds_its_rows_and_each_list_as_json(tmp_path):
     assert [None if v is None else json.loads(v) for v in back["dense_accuracy"]] == [[0.5, 0.75], None]
 
 
+def test_a_csv_copy_writes_bytes_as_hex_and_durations_as_iso_text(tmp_path):
+    # eighth hostile pass: a polars ComputeError traceback ("cannot be written to CSV")
+    import datetime
+
+    from tokenshift.tables import csv_copy
+
+    table = pl.DataFrame({"raw": [b"\x02\xff", None], "took": [datetime.timedelta(seconds=3), None]})
+    table.write_parquet(tmp_path / "t.parquet")
+    csv_copy(tmp_path / "t.parquet", tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_text().splitlines() == ["raw,took", "02ff,PT3S", ","]
+
+
 def test_every_divergence_table_the_workflow_declares_has_its_builder_and_no_other():
     from tokenshift.registry import DIVERGENCE_TABLES
     from tokenshift.tables import DIVERGENCE_BUILDERS

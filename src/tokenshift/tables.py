@@ -601,11 +601,24 @@ def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
     return read_parquet(path, what, columns, nonempty=True, unique=key)
 
 
+LABEL_COLUMNS = ("model", "source", "settings", "grading", "dataset", "dataset_version", "pair")
+"""Columns that say what made a row (which model and responses, under which settings and grading, of which
+dataset and pair), where a table has them: ``check_made_alike`` refuses a null in any."""
+
+
 def check_made_alike(tables: Mapping[Path, pl.DataFrame], what: str) -> None:
-    """``InputError`` naming a table whose ``settings`` column (``options.settings_label``: the settings its rows
-    were made with) is not the first such table's, or holds two labels: ``what`` says which tables must have
-    been made alike. A part or table copied in from a study run otherwise had its place and name alone right."""
-    made = {path: sorted(set(t["settings"].drop_nulls())) for path, t in tables.items() if "settings" in t.columns}
+    """``InputError`` naming a table with a null label (``LABEL_COLUMNS``), or whose ``settings`` column
+    (``options.settings_label``: the settings its rows were made with) is not the first such table's, or holds
+    two labels: ``what`` says which tables must have been made alike. A part or table copied in from a study
+    run otherwise had its place and name alone right."""
+    for path, t in tables.items():  # a row that does not say what made it passes every comparison below
+        for column in LABEL_COLUMNS:
+            if column in t.columns and (nulls := t[column].null_count()):
+                raise InputError(
+                    f"{path}: column {column!r} is null in {nulls} of {t.height} rows: expected {what}, each row "
+                    f"labelled with what made it{remake_hint(path)}"
+                )
+    made = {path: sorted(set(t["settings"])) for path, t in tables.items() if "settings" in t.columns}
     first = next(iter(made), None)
     for path, labels in made.items():
         if labels != made[first] or len(labels) > 1:
@@ -924,7 +937,8 @@ def write_crosssample_table(
 
 def csv_copy(src: Path, out: Path) -> pl.DataFrame:
     """The parquet table ``src`` written as CSV to ``out``, for a spreadsheet or R: the same rows and
-    columns, a list, array or struct column as each value's JSON text (one cell per row)."""
+    columns, a list, array or struct column as each value's JSON text (one cell per row), a binary one
+    as hex, a duration as ISO 8601 text (``PT3S``): what CSV cannot hold as it is."""
     import json
 
     table = read_parquet(src, "a table to copy as CSV (a .parquet file)")
@@ -932,5 +946,14 @@ def csv_copy(src: Path, out: Path) -> pl.DataFrame:
         if dtype.is_nested():
             texts = [None if v is None else json.dumps(v) for v in table[name].to_list()]
             table = table.with_columns(pl.Series(name, texts, dtype=pl.String))
-    write_csv_atomic(table, Path(out))
+        elif dtype == pl.Binary:
+            table = table.with_columns(pl.col(name).bin.encode("hex"))
+        elif isinstance(dtype, pl.Duration):
+            table = table.with_columns(pl.col(name).dt.to_string("iso"))
+    try:
+        write_csv_atomic(table, Path(out))
+    except pl.exceptions.ComputeError as e:  # a column type CSV has no text for (an object column)
+        raise InputError(
+            f"{src}: {str(e).splitlines()[0]} (expected a table of text, numbers, dates or lists)"
+        ) from None
     return table
