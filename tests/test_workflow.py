@@ -469,6 +469,27 @@ def _mutations():
             m(lambda c: c["models"].update(q={"hub": "a/b", "revision": "r", "attn_implementation": "bogus_impl"})),
             "models.q.attn_implementation: got 'bogus_impl'; expected one of transformers' attention implementations",
         ),
+        # eighth hostile pass: an OSError traceback from pathlib naming no key, or a key with no effect
+        (
+            "model-path-with-a-name-too-long",
+            m(lambda c: c["models"].update(q={"path": "x" * 300})),
+            "expected a path this system can look up (File name too long)",
+        ),
+        (
+            "dataset-path-past-the-systems-limit",
+            m(
+                lambda c: (
+                    c["datasets"].update(h={"path": "/".join(["d" * 200] * 30) + ".jsonl"}),
+                    c["pairs"][0]["datasets"].append("h"),
+                )
+            ),
+            "expected a path this system can look up (File name too long)",
+        ),
+        (
+            "init-on-a-toy-base",
+            m(lambda c: c["models"]["toy-base"].update(init="toy-rl")),
+            "models.toy-base.init: got 'toy-rl'; expected no init on a `toy: base` model",
+        ),
     ]
 
 
@@ -484,6 +505,31 @@ def test_bad_config_is_refused_naming_the_key(tmp_path, config, needle):
     with pytest.raises(ConfigError) as e:
         check_workflow_config(copy.deepcopy(config), SCHEMA_PATH, validate)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_path_in_a_loop_of_links_is_refused_naming_its_key(tmp_path):
+    # eighth hostile pass: a RuntimeError ("Symlink loop") traceback out of pathlib, naming no key
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for section, entry in (("models", {"path": "loop"}), ("datasets", {"path": "loop/d.jsonl"})):
+        config = copy.deepcopy(DEFAULT)
+        config[section]["q"] = entry
+        with pytest.raises(ConfigError) as e:
+            check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+        assert str(e.value).startswith(f"config key {section}.q.path: got") and "look up" in str(e.value)
+
+
+def test_a_random_thresholds_level_is_accepted_with_a_warning_that_it_does_nothing():
+    # eighth hostile pass: accepted silently; a --configfile may merge it in (test_reruns), so it is not refused
+    from tokenshift.config import config_warnings
+
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"]["thresholds"] = {"random": {"percentile": 90, "level": "prompt"}}
+    assert [w for w in config_warnings(config) if "random" in w] == [
+        "config key crosssample.thresholds.random.level: 'prompt' has no effect: a uniform draw's percentile q is "
+        "the threshold q / 100 over any level"
+    ]
 
 
 def test_an_error_quoting_a_huge_value_stays_one_short_line():

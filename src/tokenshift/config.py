@@ -384,6 +384,7 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     None), as Snakemake does.
     """
     base_dir = Path.cwd() if base_dir is None else base_dir
+    _check_paths(config, base_dir)
     _check_models(config, base_dir)
     _check_names(config)
     _check_datasets(config, base_dir)
@@ -391,6 +392,24 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     _check_crosssample(config)
     _check_toy(config)
     _check_scoring(config)
+
+
+def _check_paths(config: Mapping[str, Any], base_dir: Path) -> None:
+    """Each model's and dataset's ``path:`` one this system can look up: a name too long for it, or a loop
+    of links, is refused naming the key (a path merely missing is left to the section's own check)."""
+    for section in ("models", "datasets"):
+        for name, spec in config.get(section, {}).items():
+            if "path" not in spec:
+                continue
+            try:
+                (base_dir / spec["path"]).resolve().stat()
+            except FileNotFoundError:
+                continue
+            except (OSError, RuntimeError) as e:  # ENAMETOOLONG, ELOOP (RuntimeError from resolve() before 3.13)
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise ConfigError(
+                    f"{section}.{name}.path", spec["path"], f"expected a path this system can look up ({why})"
+                ) from None
 
 
 def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
@@ -439,6 +458,13 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
                     f"expected a checkpoint with its tokenizer (one of {', '.join(TOKENIZER_FILES)}); "
                     "a tuned model's is its base model's: copy it in",
                 )
+        if source == "toy" and spec["toy"] == "base" and "init" in spec:
+            raise ConfigError(
+                f"models.{name}.init",
+                spec["init"],
+                "expected no init on a `toy: base` model, which is built from nothing (init is where `toy: rl` "
+                "and `toy: sft` training starts)",
+            )
         if source == "toy" and spec["toy"] in ("rl", "sft"):
             init = spec["init"]
             if init not in models:
@@ -909,6 +935,11 @@ def config_warnings(config: Mapping[str, Any]) -> list[str]:
                 "package, which is not installed here: the jobs that load this model fail on a machine without it"
             )
     cross = config.get("crosssample", {})
+    if "level" in cross.get("thresholds", {}).get("random", {}):  # accepted: a --configfile may merge it in
+        out.append(
+            f"config key crosssample.thresholds.random.level: {cross['thresholds']['random']['level']!r} has no "
+            "effect: a uniform draw's percentile q is the threshold q / 100 over any level"
+        )
     if cross.get("engine") == "regenerate":
         for key in ("batch_size", "device_base", "device_rl"):
             if cross.get(key, getattr(CrossSampleConfig, key)) != getattr(CrossSampleConfig, key):
