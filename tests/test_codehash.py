@@ -137,6 +137,20 @@ def test_an_import_edit_changes_the_hash_of_the_stages_that_reach_its_module(tmp
     assert after[("rollout",)] == stage_code("rollout")  # no unit of tables.py in it
 
 
+def test_a_private_name_bound_at_import_for_its_effect_is_in_the_hash_of_the_stages_that_import_it(tmp_path):
+    """Eighth hostile pass (K08): `_STYLE = plt.rcParams.update(...)` restyles every figure, and nothing reads
+    `_STYLE`: it was hashed nowhere. A constant no call makes (`_UNUSED = 3`) is still no code that runs."""
+    stages = [("figures",), ("rollout",)]
+    for line, changes in (("_STYLE = plt.rcParams.update({'lines.linewidth': 3})", True), ("_UNUSED = 3", False)):
+        src = tmp_path / line[:6]
+        shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        path = src / "tokenshift" / "plots" / "figures.py"
+        path.write_text(path.read_text() + f"\n{line}\n")
+        after = stage_codes(src, stages)
+        assert (after[("figures",)] != stage_code("figures")) == changes, line
+        assert after[("rollout",)] == stage_code("rollout")
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

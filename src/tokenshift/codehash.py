@@ -12,7 +12,8 @@ those its handler reaches, and the module's ``register`` that builds its argumen
 handler runs with): every name a reached unit uses that is a function, class or assignment of the
 package (in its own module, or imported from another, at the top or inside a function) is reached in
 turn, at any depth; a module that is imported adds the statements it runs when imported that bind no
-name (an ``if`` at the top, a call), and the modules it imports. A class is one unit (all its methods).
+name (an ``if`` at the top, a call) or bind, by a call, a private name the module never reads (kept for
+the call's effect), and the modules it imports. A class is one unit (all its methods).
 Data files of the package (``templates/``) are covered where a reached unit names them.
 
 Names are resolved by their text, not their scope (a local variable named as a function reaches that
@@ -164,6 +165,15 @@ def _parse(path: Path) -> _Module:
             mod.imports |= _imports(ast.walk(node))
         for name in names or [IMPORT_TIME]:
             mod.units.setdefault(name, []).append(node)
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    for name, nodes in list(mod.units.items()):
+        # `_x = plt.rcParams.update(...)`: a private name its module never reads is bound for the call's
+        # effect, which runs when the module is imported, as a bare call does
+        if name.startswith("_") and name not in read and name != IMPORT_TIME:
+            ran = [n for n in nodes if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
+            if any(isinstance(c, ast.Call) for n in ran for c in ast.walk(n)):
+                mod.units.setdefault(IMPORT_TIME, []).extend(ran)
+                mod.imports |= _imports(c for n in ran for c in ast.walk(n))
     return mod
 
 
