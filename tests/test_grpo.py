@@ -128,3 +128,27 @@ def test_a_learning_rate_that_makes_the_weights_infinite_is_one_error_naming_it(
     )
     with pytest.raises(InputError, match=r"^GRPO at learning rate 1e\+30: .* no longer finite after step 1; expected"):
         grpo(model, prompts, lambda rs, gs: [float(len(r) < 4) for r in rs], cfg, pad_id=0, eos_id=0, progress=False)
+
+
+def test_pretraining_at_a_learning_rate_that_makes_the_loss_infinite_is_one_error_naming_it(make_checkpoint):
+    """Pretraining's (and SFT's) side of the check above: a loss that is no longer finite stops the build
+    at that step, naming the learning rate, rather than training on and saving weights of NaN."""
+    from tokenshift.io import InputError
+    from tokenshift.train import Example, PretrainConfig, pretrain
+
+    model = load_causal_lm(make_checkpoint("policy"), "cpu")
+    examples = [Example([5, 6, 7], [8, 9, 10]), Example([8, 9], [11, 12, 13, 14])]
+    cfg = PretrainConfig(steps=20, batch_size=4, lr=1e30, warmup_steps=1)
+    with pytest.raises(InputError, match=r"^next-token training \(pretraining or SFT\) at learning rate 1e\+30: "):
+        pretrain(model, examples, cfg, pad_id=0, eos_id=0, progress=False)
+    # a sane rate trains through the same steps
+    model = load_causal_lm(make_checkpoint("sane"), "cpu")
+    losses = pretrain(
+        model,
+        examples,
+        PretrainConfig(steps=20, batch_size=4, lr=1e-3, warmup_steps=1),
+        pad_id=0,
+        eos_id=0,
+        progress=False,
+    )
+    assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
