@@ -30,9 +30,9 @@ MAX_THREADS = 1024
 MAX_SAMPLES = 1024
 """The most samples per problem (pass@1024 is the largest k this field reports; the tables hold n rows a problem)."""
 MAX_TIMEOUT_S = 3600
+"""The longest math-verify may take for one answer (its alarms overflow past ~9e9 s; an hour is already none)."""
 MAX_SEED = 2**32 - 1
 """The largest seed (numpy's generators take no larger; the schema's ``seed`` says the same)."""
-"""The longest math-verify may take for one answer (its alarms overflow past ~9e9 s; an hour is already none)."""
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
