@@ -520,6 +520,29 @@ def test_a_config_path_in_a_loop_of_links_is_refused_naming_its_key(tmp_path):
         assert str(e.value).startswith(f"config key {section}.q.path: got") and "look up" in str(e.value)
 
 
+def test_a_local_datasets_field_its_rows_do_not_have_is_refused_naming_the_key(tmp_path):
+    # a question_field missing from the file passed `snakemake -n`; its dataset job then failed
+    import polars as pl
+
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    (tmp_path / "d.jsonl").write_text('{"question": "1+1", "answer": "2", "id": "a"}\n')
+    pl.DataFrame({"problem": ["1+1"], "gold": ["2"]}).write_parquet(tmp_path / "d.parquet")
+    cases = [
+        ({"path": "d.jsonl"}, "datasets.h.question_field: got 'problem'; expected a field of the rows of d.jsonl"),
+        ({"path": "d.jsonl", "question_field": "question", "id_field": "uid"}, "datasets.h.id_field: got 'uid'"),
+        ({"path": "d.parquet"}, "datasets.h.answer_field: got 'answer'; expected a field of the rows of d.parquet"),
+    ]
+    for entry, needle in cases:
+        config = copy.deepcopy(DEFAULT)
+        config["datasets"]["h"] = entry
+        config["pairs"][0]["datasets"].append("h")
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+    config["datasets"]["h"] = {"path": "d.parquet", "answer_field": "gold"}  # the fields it has: passes
+    check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+
+
 def test_a_random_thresholds_level_is_accepted_with_a_warning_that_it_does_nothing():
     # eighth hostile pass: accepted silently; a --configfile may merge it in (test_reruns), so it is not refused
     from tokenshift.config import config_warnings

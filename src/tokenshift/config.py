@@ -477,6 +477,41 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
                 )
 
 
+def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> None:
+    """A local dataset's ``question_field``, ``answer_field`` and ``id_field`` among the fields of its rows: a
+    parquet file's columns, a JSONL file's first row's keys (the dataset job checks every row). A file that
+    cannot be read so is left to that job, which names what is wrong with it."""
+    import json
+
+    fields = {
+        "question_field": spec.get("question_field") or "problem",
+        "answer_field": spec.get("answer_field") or "answer",
+        "id_field": spec.get("id_field"),
+    }
+    try:
+        if path.suffix == ".parquet":
+            import polars as pl
+
+            held = list(pl.read_parquet_schema(path))
+        else:
+            with path.open(encoding="utf-8-sig") as f:
+                row = json.loads(next((line for line in f if line.strip()), "null"))
+            if not isinstance(row, dict):
+                return
+            held = list(row)
+    except Exception:  # not UTF-8, not JSON, nested past the parser, not parquet: the job's one-line error
+        return
+    for key, field in fields.items():
+        if field is not None and field not in held:
+            shown = ", ".join(map(repr, held[:12])) + (", ..." if len(held) > 12 else "")
+            raise ConfigError(
+                f"datasets.{name}.{key}",
+                field,
+                f"expected a field of the rows of {spec['path']}, which have {shown or 'none'}; set "
+                f"datasets.{name}.{key} to the one that holds it",
+            )
+
+
 def _check_names(config: Mapping[str, Any]) -> None:
     """Names that would be one folder, or a path of the workflow's own."""
     models, datasets = config["models"], config.get("datasets", {})
@@ -515,6 +550,8 @@ def _check_datasets(config: Mapping[str, Any], base_dir: Path) -> None:
                 )
         if "path" in spec and not (base_dir / spec["path"]).is_file():
             raise ConfigError(f"datasets.{name}.path", spec["path"], "expected an existing .jsonl or .parquet file")
+        if "path" in spec:
+            _check_dataset_fields(name, spec, base_dir / spec["path"])
         if "toy" not in spec:
             from tokenshift.settings import PromptConfig
 
