@@ -483,11 +483,9 @@ def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> Non
     cannot be read so is left to that job, which names what is wrong with it."""
     import json
 
-    fields = {
-        "question_field": spec.get("question_field") or "problem",
-        "answer_field": spec.get("answer_field") or "answer",
-        "id_field": spec.get("id_field"),
-    }
+    from tokenshift.settings import ROW_FIELDS
+
+    fields = {key: spec.get(key) or default for key, default in ROW_FIELDS.items()}
     try:
         if path.suffix == ".parquet":
             import polars as pl

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from tokenshift.settings import PRESETS, SOURCES, DatasetSpec, PromptConfig
+from tokenshift.settings import PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
             for p in problems(task, "eval", spec.n_problems or EVAL_PROBLEMS)
         ], None
     rows, commit = _read_rows(name, spec)
-    q, a = spec.question_field or "problem", spec.answer_field or "answer"
+    q, a = spec.question_field or ROW_FIELDS["question_field"], spec.answer_field or ROW_FIELDS["answer_field"]
     out = []
     for i, row in enumerate(rows):
         for field in (q, a) + ((spec.id_field,) if spec.id_field else ()):
