@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -185,6 +187,39 @@ def test_another_datasets_rollouts_and_scores_are_refused_under_this_ones_name(s
     with pytest.raises(InputError, match=rf"^{paths['base']}: has no column 'question' \(expected a problems table"):
         write_divergence(scored, tmp_path / "div", pair="p", dataset="toyb", problems=paths["base"])
     assert not (tmp_path / "div").exists()
+
+
+def test_a_wrong_dataset_flag_is_not_blamed_on_the_workflows_rollouts(tmp_path, monkeypatch):
+    """Ninth hostile pass leftover: `tokenshift accuracy --dataset toyb` given dataset toy's rollouts, in a
+    workflow's folder, said the rollouts "changed after the job that made it finished" and told the user to
+    force their job: the flag was what was wrong. The hint is given only for the workflow's own file of that
+    dataset; elsewhere the error says the flag may be the mistake."""
+    from helpers import rollouts
+
+    from tokenshift.io import InputError
+    from tokenshift.tables import write_accuracy
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".snakemake").mkdir()
+    for dataset in ("toy", "toyb"):
+        for role in ("base", "rl"):
+            path = tmp_path / "results" / "p" / dataset / "rollouts" / f"{role}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rollouts(0.5).with_columns(pl.lit("toy@0123456789abcdef").alias("dataset")).write_parquet(path)
+
+    def accuracy(folder, dataset):
+        paths = {role: Path("results", "p", folder, "rollouts", f"{role}.parquet") for role in ("base", "rl")}
+        with pytest.raises(InputError) as refused:
+            write_accuracy(paths, tmp_path / "a.parquet", dataset=dataset)
+        return str(refused.value)
+
+    # toy's own rollouts, given as toyb's: the flag is wrong, nothing to re-make
+    said = accuracy("toy", "toyb")
+    assert said.endswith(", or `--dataset` naming theirs") and "forcerun" not in said
+    # toyb's place holds toy's rollouts: that file changed, and the hint says how to make it again
+    said = accuracy("toyb", "toyb")
+    assert said.endswith("--forcerun results/p/toyb/rollouts/base.parquet`"), said
+    assert not (tmp_path / "a.parquet").exists()
 
 
 def test_a_tables_csv_copy_holds_its_rows_and_each_list_as_json(tmp_path):

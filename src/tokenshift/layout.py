@@ -56,6 +56,13 @@ def in_pair(name: str, pair: str = "{pair}", dataset: str = "{dataset}") -> str:
     return f"{pair_dir(pair, dataset)}/{name}"
 
 
+def dataset_of(path: str) -> str | None:
+    """The dataset whose ``pair_dir`` holds ``path`` (relative to the working directory, as ``io.place``
+    gives it), or None for a path outside this layout's pair directories."""
+    parts = path.split("/")
+    return parts[2] if len(parts) > 3 and parts[0] == RESULTS else None
+
+
 # --- a pair's files on one dataset, relative to pair_dir -------------------------------------
 
 

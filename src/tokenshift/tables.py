@@ -25,6 +25,7 @@ import polars as pl
 from tokenshift.datasets import label_dataset_name, read_toy_problems
 from tokenshift.io import (
     InputError,
+    place,
     read_json,
     read_models_record,
     read_parquet,
@@ -32,6 +33,7 @@ from tokenshift.io import (
     write_csv_atomic,
     write_parquet_atomic,
 )
+from tokenshift.layout import dataset_of
 from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, parse_budget
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
@@ -686,9 +688,12 @@ def write_accuracy(
     held = {t["dataset"][0] for t in tables.values() if "dataset" in t.columns and t.height}
     if dataset and held and {label_dataset_name(h) for h in held} != {dataset}:
         role = next(r for r, t in tables.items() if "dataset" in t.columns and t.height)
+        path = rollouts[role]
+        # in the workflow's own place for this dataset, the file changed; elsewhere the flag may be what is wrong
+        wrong = remake_hint(path) if dataset_of(place(path)) == dataset else ", or `--dataset` naming theirs"
         raise InputError(
-            f"{rollouts[role]}: rollouts of dataset {', '.join(sorted(held))}, given as dataset {dataset!r}'s: "
-            f"expected the rollouts of that dataset ({what}){remake_hint(rollouts[role])}"
+            f"{path}: rollouts of dataset {', '.join(sorted(held))}, given as dataset {dataset!r}'s: "
+            f"expected the rollouts of that dataset ({what}){wrong}"
         )
     # the two models' rollouts: one file as both, or two tables of one checkpoint (its ``model`` identity, where
     # the table records it), would compare a model with itself and report no difference as a finding
