@@ -254,12 +254,14 @@ def test_a_job_loads_its_models_in_order_on_their_devices_with_the_batch_planned
 
     a, b = make_checkpoint("a", seed=1), make_checkpoint("b", seed=2)
     with caplog.at_level(logging.INFO, logger="tokenshift.models"):
-        models, batch = load_job_models("crosssample", "auto", (a, b), ("cpu", "auto"), tokens_per_row=100)
+        models, batch = load_job_models(
+            "crosssample", "auto", (a, b), {"device_base": "cpu", "device_rl": "auto"}, tokens_per_row=100
+        )
     assert batch == 256 and "crosssample batch: 256 rows (auto on CPU)" in caplog.text
     assert [m.device.type for m in models] == ["cpu", "cpu"] and not any(m.training for m in models)
     embedding = lambda m: m.get_input_embeddings().weight
     assert not torch.equal(embedding(models[0]), embedding(models[1]))
-    (again,), _ = load_job_models("rollout", 8, (a,), ("cpu",))
+    (again,), _ = load_job_models("rollout", 8, (a,), {"device": "cpu"})
     assert torch.equal(embedding(again), embedding(models[0]))  # a's weights first, as asked
 
 

@@ -259,7 +259,7 @@ class CrossSampleBackend:
             "crosssample",
             cfg.batch_size,
             (base, rl),
-            (cfg.device_base, cfg.device_rl),
+            {"device_base": cfg.device_base, "device_rl": cfg.device_rl},
             tokens_per_row=PROMPT_TOKENS + rule.decode_steps(sampling.max_new_tokens),
         )
         self.models = dict(zip(("base", "rl"), models, strict=True))

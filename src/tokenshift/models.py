@@ -515,8 +515,8 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     return AutoModelForCausalLM.from_pretrained(ckpt, **options).to(device).eval()
 
 
-def check_devices(requested: Sequence[str], keys: Sequence[str]) -> None:
-    """Refuse, naming the setting (``keys``, one per device), a GPU device this job cannot have: any where
+def check_devices(requested: Mapping[str, str]) -> None:
+    """Refuse, naming the setting (``requested``: setting -> device), a GPU device this job cannot have: any where
     torch sees no GPU (a CPU-only build, or a node without one), an index past the GPUs it sees. The config
     check cannot know: ``snakemake -n`` may plan for a cluster's GPU nodes."""
     import torch
@@ -524,7 +524,7 @@ def check_devices(requested: Sequence[str], keys: Sequence[str]) -> None:
     from tokenshift.memory import gpu_ids
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for key, device in zip(keys, requested, strict=True):
+    for key, device in requested.items():
         ids = gpu_ids(device)
         if not ids:  # auto or cpu
             continue
@@ -616,15 +616,16 @@ def load_job_models(
     stage: str,
     setting: int | str,
     checkpoints: Sequence[Path | str],
-    requested: Sequence[str],
+    requested: Mapping[str, str],
     **batch_kw: int,
 ) -> tuple[list, int]:
     """What a job of the transformers backend loads, the one way every stage loads it: the models'
     devices (``job_devices``: disjoint GPU sets where the job has enough), the stage's batch planned
     for them (``job_batch``, before the weights take their share of the GPUs' free memory), then each
-    checkpoint on its device. Returns the models, in ``checkpoints``' order, and the batch."""
-    check_devices(requested, ("device_base", "device_rl") if len(requested) == 2 else ("device",) * len(requested))
-    devices = job_devices(checkpoints, requested)
+    checkpoint on its device. ``requested`` names each checkpoint's device setting and its value, in
+    ``checkpoints``' order. Returns the models, in that order, and the batch."""
+    check_devices(requested)
+    devices = job_devices(checkpoints, list(requested.values()))
     batch = job_batch(stage, setting, checkpoints, devices, **batch_kw)
     return [load_causal_lm(c, d) for c, d in zip(checkpoints, devices, strict=True)], batch
 

@@ -46,7 +46,11 @@ class HFBackend:
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
         (self.model,), self.batch_size = load_job_models(
-            "rollout", cfg.batch_size, (model,), ("auto",), tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens
+            "rollout",
+            cfg.batch_size,
+            (model,),
+            {"device": "auto"},
+            tokens_per_row=PROMPT_TOKENS + sampling.max_new_tokens,
         )
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         self.name = model

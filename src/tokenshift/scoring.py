@@ -680,7 +680,7 @@ def _score_with_hf(
         "scoring",
         cfg.max_batch_tokens,
         (base, rl),
-        (cfg.device_base, cfg.device_rl),
+        {"device_base": cfg.device_base, "device_rl": cfg.device_rl},
         chunk_memory_bytes=cfg.chunk_memory_mb * 2**20,
     )
     # the batches this job packs (its GPUs') are part of what its shards hold
