@@ -338,6 +338,31 @@ def _training_tables():
     return tables, shifts
 
 
+def test_the_report_refuses_a_training_table_whose_figure_is_missing(tmp_path):
+    """Issue 27.1: the training analyses' figures were looked up beside their tables and left out of the report
+    without a word where missing (and the shifts figure's name was spelled again): each is now required, as a
+    pair's figures are, and named where absent."""
+    from tokenshift import layout
+    from tokenshift.io import InputError
+    from tokenshift.report import load_training
+
+    adv, shifts = _training_tables()
+    adv_dir, shifts_table = tmp_path / "advantages", tmp_path / "results" / "toy" / "training" / layout.SHIFTS
+    adv_dir.mkdir()
+    shifts_table.parent.mkdir(parents=True)
+    adv["comparison"].write_parquet(adv_dir / layout.COMPARISON)
+    shifts.write_parquet(shifts_table)
+    with pytest.raises(InputError, match=rf"^{adv_dir / layout.advantages_figure()}: no such file \(expected a figure"):
+        load_training(adv_dir, [])
+    with pytest.raises(InputError, match=rf"^{shifts_table.with_name('training_shifts.png')}: no such file"):
+        load_training(None, [shifts_table])
+    save(advantages(adv["curve"], adv["comparison"]), adv_dir / "advantages")
+    save(training_shifts(shifts), shifts_table.parent / "training_shifts")
+    loaded = load_training(adv_dir, [shifts_table])
+    assert loaded.advantage_figure == adv_dir / "advantages.png"
+    assert loaded.shift_figures == {"toy": shifts_table.with_name("training_shifts.png")}
+
+
 def test_training_figures_and_report_sections(tables, tmp_path):
     from tokenshift.report import TrainingResult, advantage_sentences, contrast_sentences
 

@@ -270,17 +270,18 @@ def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingRe
     from tokenshift.tables import read_table
 
     out = TrainingResult()
+    # each figure there, and PNG data, as a pair's figures are (``load_result``): a missing one dropped out unsaid
+    drawn = "a figure of `tokenshift figure-training`, a PNG"
     if advantages is not None:
         what = "the experiment's comparison table (tokenshift advantages table)"
         out.comparison = read_table(advantages / layout.COMPARISON, "comparison", what)
-        fig = advantages / layout.advantages_figure()
-        out.advantage_figure = fig if fig.is_file() else None
+        out.advantage_figure = advantages / layout.advantages_figure()
+        read_png(out.advantage_figure, drawn)
     for path in shifts:
         pair = Path(path).parent.parent.name
         out.shifts[pair] = read_table(path, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
-        fig = Path(path).with_name("training_shifts.png")
-        if fig.is_file():
-            out.shift_figures[pair] = fig
+        out.shift_figures[pair] = Path(path).with_name(layout.shifts_figure())
+        read_png(out.shift_figures[pair], drawn)
     return out
 
 
