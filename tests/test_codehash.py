@@ -175,11 +175,36 @@ SHIM = """#!{python}
 # `tokenshift`, with every function of the package that a subcommand's handler runs written to a file
 import json, os, sys, threading
 
+import polars
+
 import tokenshift
 import tokenshift.cli as cli
 
 ROOT = os.path.dirname(os.path.abspath(tokenshift.__file__)) + os.sep
-seen, modules = set(), set()
+seen, modules, reads = set(), set(), set()
+
+
+def audit(event, args):
+    # every file the command opens to read: Python's own opens, and polars' (its reader opens files in Rust)
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        mode, flags = args[1], args[2]
+        writes = any(c in mode for c in "wax+") if isinstance(mode, str) else flags & (os.O_WRONLY | os.O_RDWR)
+        if not writes:
+            reads.add(os.path.abspath(os.fsdecode(args[0])))
+
+
+def recorded(read):
+    def reading(source, *a, **k):
+        if isinstance(source, (str, os.PathLike)):
+            reads.add(os.path.abspath(os.fsdecode(source)))
+        return read(source, *a, **k)
+
+    return reading
+
+
+sys.addaudithook(audit)
+for name in ("read_parquet", "scan_parquet", "read_parquet_schema", "read_parquet_metadata"):
+    setattr(polars, name, recorded(getattr(polars, name)))
 
 
 def tracer(frame, event, arg):
@@ -235,7 +260,16 @@ try:
     rc = cli.main()
 finally:
     with open(os.path.join(os.environ["TOKENSHIFT_TRACE"], f"{{os.getpid()}}.json"), "w") as f:
-        json.dump({{"argv": sys.argv[1:], "calls": sorted(seen), "modules": sorted(modules)}}, f)
+        json.dump(
+            {{
+                "argv": sys.argv[1:],
+                "calls": sorted(seen),
+                "modules": sorted(modules),
+                "reads": sorted(reads),
+                "log": os.path.realpath("/proc/self/fd/1"),  # the job's log: what its rule names it by
+            }},
+            f,
+        )
 sys.exit(rc)
 """
 
@@ -317,8 +351,14 @@ def subcommand(argv: list[str]) -> tuple[str, ...]:
     return tuple(words)
 
 
-@pytest.mark.slow
-def test_every_function_a_stage_runs_is_in_its_hash(tmp_path, toy_tokenizer):
+TRACED_TARGETS = ("all", "resources/models/local.json", "resources/datasets/tiny.parquet")
+
+
+@pytest.fixture(scope="module")
+def traced_study(tmp_path_factory, toy_tokenizer) -> tuple[Path, list[dict]]:
+    """The small study run to its end with every command traced: its folder, and each command's record
+    (``SHIM``: its arguments, the package's code it ran, the files it read, its log)."""
+    tmp_path = tmp_path_factory.mktemp("traced")
     work = tmp_path / "work"
     save_checkpoint(work / "ckpt" / "local", toy_tokenizer)
     (work / "data").mkdir()
@@ -331,14 +371,17 @@ def test_every_function_a_stage_runs_is_in_its_hash(tmp_path, toy_tokenizer):
     (shim / "tokenshift").write_text(SHIM.format(python=sys.executable))
     (shim / "tokenshift").chmod(0o755)
     path = os.pathsep.join([str(shim), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    targets = ["all", "resources/models/local.json", "resources/datasets/tiny.parquet"]
-    r = snakemake(work, "--cores", "2", *targets, timeout=1800, env={"PATH": path, "TOKENSHIFT_TRACE": str(traces)})
+    env = {"PATH": path, "TOKENSHIFT_TRACE": str(traces)}
+    r = snakemake(work, "--cores", "2", *TRACED_TARGETS, timeout=1800, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work, [json.loads(trace.read_text()) for trace in traces.glob("*.json")]
 
+
+@pytest.mark.slow
+def test_every_function_a_stage_runs_is_in_its_hash(traced_study):
     ran: set[tuple[str, ...]] = set()
     missing: dict[tuple[str, ...], set] = {}
-    for trace in traces.glob("*.json"):
-        record = json.loads(trace.read_text())
+    for record in traced_study[1]:
         words = subcommand(record["argv"])
         ran.add(words)
         hashed = stage_units(*words).units
@@ -384,3 +427,49 @@ def test_every_function_a_stage_runs_is_in_its_hash(tmp_path, toy_tokenizer):
         ("explorer",),
         ("report",),
     }, ran
+
+
+@pytest.mark.slow
+def test_every_file_a_job_reads_is_one_its_rule_declares(traced_study):
+    """Provenance: Snakemake re-runs a job when a file it declares changes, so a job that reads a file its rule
+    does not declare keeps a stale result when that file changes. Each command's reads (Python's opens and
+    polars') inside the study's folder, against its job's inputs and outputs in Snakemake's own record of
+    the run (``--detailed-summary``). A checkpoint directory is read through its manifest (an input, whose
+    hashes are checked against the files); a job's own outputs' folders hold its resumable shards. Found
+    at once: the report read two divergence tables its rule did not declare."""
+    from tokenshift.models import fingerprints_path
+
+    work, records = traced_study
+    r = snakemake(work, "--detailed-summary", *TRACED_TARGETS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs: dict[str, tuple[set[str], set[str]]] = {}  # a job's log -> its inputs, its outputs
+    for line in r.stdout.splitlines()[1:]:
+        output, _, _, logs, inputs, *_ = line.split("\t")
+        for log in logs.split(","):
+            held = jobs.setdefault(log, (set(), set()))
+            held[0].update(i for i in inputs.split(",") if i != "-")
+            held[1].add(output)
+    undeclared: dict[str, set[str]] = {}
+    for record in records:
+        log = Path(record["log"]).relative_to(work.resolve()).as_posix()
+        inputs, outputs = jobs[log]
+        models = [Path(i).with_suffix("") for i in inputs if i.startswith("resources/models/")]
+        # a checkpoint's files, and the fingerprints that spare hashing them again when their stat is unchanged
+        within = [
+            *outputs,
+            *inputs,
+            *(m.as_posix() for m in models),
+            *(fingerprints_path(m).as_posix() for m in models),
+        ]
+        for path in record["reads"]:
+            try:
+                rel = Path(path).relative_to(work.resolve()).as_posix()
+            except ValueError:  # the package, Python, the tokenizer's cache: not the study's files
+                continue
+            if rel.startswith((".snakemake/", "logs/")) or rel in inputs:
+                continue
+            if not any(
+                rel == o or rel.startswith(o.removesuffix(".parquet") + ".") or rel.startswith(o + "/") for o in within
+            ):
+                undeclared.setdefault(log, set()).add(rel)
+    assert not undeclared, undeclared

@@ -42,6 +42,8 @@ GRADING_MODES = ("strict", "lenient")
 
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 """Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""
+REPORTED_DIVERGENCE = ("sparsity", "position", "reallocation")
+"""The divergence tables the report reads (``report.load_result``; its rule declares each)."""
 
 SCORE_ORDER = ("problem_id", "sample_index", "position")
 """The order of a score table's rows (so the gathered parts of a split scoring run are its rows exactly)."""

@@ -398,7 +398,7 @@ def write_report(
 
 def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
-    from tokenshift.registry import DIVERGENCE_FIGURES, PAIR_FIGURES
+    from tokenshift.registry import DIVERGENCE_FIGURES, PAIR_FIGURES, REPORTED_DIVERGENCE
     from tokenshift.tables import check_one_pair, read_table
 
     results = Path(results)
@@ -426,7 +426,7 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
         accuracy=accuracy,
         divergence={
             n: read_table(results / layout.divergence(n), n, f"the {n} table (tokenshift divergence)")
-            for n in ("sparsity", "position", "reallocation")
+            for n in REPORTED_DIVERGENCE
         },
         crosssample=read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
         if cross.is_file()

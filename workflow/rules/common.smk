@@ -29,6 +29,7 @@ from tokenshift.registry import (
     INJECTIONS,
     PAIR_FIGURES,
     POLICIES,
+    REPORTED_DIVERGENCE,
     ROLES,
     SCORE_ORDER,
     alternatives,

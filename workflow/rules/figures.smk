@@ -98,7 +98,7 @@ rule report:
         tables=[
             layout.in_pair(t, p, d)
             for p, d in PAIR_DATASETS
-            for t in (layout.ACCURACY, layout.divergence("sparsity"))
+            for t in (layout.ACCURACY, *map(layout.divergence, REPORTED_DIVERGENCE))
             + ((layout.CROSSSAMPLE,) if p in CROSSSAMPLED else ())
         ],
         config=layout.RUN_CONFIG,
