@@ -70,7 +70,7 @@ def random_checkpoint(toy: str, shape: dict) -> str:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tokenshift.models import resolve_checkpoint
+    from tokenshift.checkpoints import resolve_checkpoint
 
     out = Path(tempfile.mkdtemp(prefix="bench-vllm-")) / "model"
     shutil.copytree(resolve_checkpoint(Path(toy)), out)

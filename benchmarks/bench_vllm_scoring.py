@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from tokenshift.datasets import Problem, PromptConfig
-from tokenshift.models import check_pair
 from tokenshift.registry import TOPK_SCORE_COLUMNS
 from tokenshift.rollout import run_rollouts
 from tokenshift.scoring import run_scoring, start_vllm_engines
 from tokenshift.settings import RolloutConfig, SamplingConfig, ScoringConfig
+from tokenshift.tokenizer import check_pair
 from tokenshift.toy.check import build_settings
 from tokenshift.toy.task import problems
 

@@ -73,7 +73,7 @@ def short_toy_config():
 @pytest.fixture(scope="session")
 def short_toy_base(tmp_path_factory):
     """``(root, build stats)``: the short toy base model at ``root/base`` with its manifest, built once."""
-    from tokenshift.models import write_manifest
+    from tokenshift.checkpoints import write_manifest
     from tokenshift.toy.build import build_base
 
     root = tmp_path_factory.mktemp("toybase")
@@ -85,7 +85,7 @@ def short_toy_base(tmp_path_factory):
 @pytest.fixture(scope="session")
 def short_toy_pair(short_toy_base):
     """``(root, base build stats, RL build stats)``: the short toy RL model at ``root/rl`` beside the base."""
-    from tokenshift.models import write_manifest
+    from tokenshift.checkpoints import write_manifest
     from tokenshift.toy.build import build_rl
 
     root, base_stats = short_toy_base

@@ -481,7 +481,7 @@ def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
 
 def test_check_pair_refuses_one_checkpoint_as_both_models_and_overview_a_suffixed_out(make_checkpoint, tmp_path):
     # fourth hostile pass: both exited 0 (a pair of one model; figure 1 written as x.png beside an asked x.txt)
-    from tokenshift.models import fetch_model
+    from tokenshift.checkpoints import fetch_model
 
     src = make_checkpoint("m")
     fetch_model("m", {"path": str(src)}, tmp_path / "models" / "m")

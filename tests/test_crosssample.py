@@ -936,8 +936,8 @@ def test_a_percentile_of_another_sources_or_another_pairs_scores_is_refused(make
 
     import pyarrow.parquet as pq
 
+    from tokenshift.checkpoints import checkpoint_label
     from tokenshift.io import MODELS_RECORD
-    from tokenshift.models import checkpoint_label
 
     base, rl, other = make_checkpoint("base"), make_checkpoint("rl", seed=1), make_checkpoint("other", seed=2)
     scores = pl.DataFrame({"js": [0.0, 0.1, 0.2, 0.3], "source": ["rl"] * 4})

@@ -169,13 +169,14 @@ def test_the_page_embeds_only_what_it_shows_and_no_text_can_close_its_script():
 def study(tmp_path_factory, toy_tokenizer):
     """A results directory as the workflow lays it out, written by the real stages for a pair of tiny
     random checkpoints on four toy problems, and the explorer page built from it."""
+    from tokenshift.checkpoints import write_manifest
     from tokenshift.crosssample import run_crosssample
     from tokenshift.datasets import prepare_dataset
     from tokenshift.explorer import build_explorer
-    from tokenshift.models import check_pair, write_manifest
     from tokenshift.rollout import run_rollouts
     from tokenshift.scoring import run_scoring
     from tokenshift.settings import DatasetSpec, PromptConfig, SamplingConfig, ScoringConfig
+    from tokenshift.tokenizer import check_pair
 
     root = tmp_path_factory.mktemp("explorer")
     models = {}

@@ -104,7 +104,7 @@ def test_cross_sampling_on_cuda_matches_cpu_with_models_on_different_devices(pai
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices to spread a model over")
 def test_a_model_spread_over_two_gpus_scores_as_on_one(pair):
-    from tokenshift.models import load_causal_lm
+    from tokenshift.loading import load_causal_lm
 
     a, b, vocab = pair
     g = np.random.default_rng(1)

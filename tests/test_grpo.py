@@ -10,7 +10,7 @@ import torch
 from scipy.stats import entropy
 
 from tokenshift.generation import Sample
-from tokenshift.models import load_causal_lm
+from tokenshift.loading import load_causal_lm
 from tokenshift.train import group_advantages, grpo_loss, rollout_batch, token_logprobs
 
 

@@ -235,10 +235,10 @@ def test_auto_batches_are_planned_from_free_gpu_memory_and_are_the_old_fixed_val
 def test_a_job_logs_the_batch_it_runs_at(make_checkpoint, caplog):
     import logging
 
-    from tokenshift.models import job_batch
+    from tokenshift.loading import job_batch
 
     ckpt = make_checkpoint("m")
-    with caplog.at_level(logging.INFO, logger="tokenshift.models"):
+    with caplog.at_level(logging.INFO, logger="tokenshift.loading"):
         assert job_batch("rollout", "auto", (ckpt,), ("cpu",), tokens_per_row=100) == 256
         assert job_batch("scoring", 5000, (ckpt, ckpt), ("cpu", "cpu")) == 5000
     assert "rollout batch: 256 rows (auto on CPU)" in caplog.text
@@ -250,10 +250,10 @@ def test_a_job_loads_its_models_in_order_on_their_devices_with_the_batch_planned
 
     import torch
 
-    from tokenshift.models import load_job_models
+    from tokenshift.loading import load_job_models
 
     a, b = make_checkpoint("a", seed=1), make_checkpoint("b", seed=2)
-    with caplog.at_level(logging.INFO, logger="tokenshift.models"):
+    with caplog.at_level(logging.INFO, logger="tokenshift.loading"):
         models, batch = load_job_models(
             "crosssample", "auto", (a, b), {"device_base": "cpu", "device_rl": "auto"}, tokens_per_row=100
         )
@@ -272,7 +272,7 @@ def test_the_sizes_planned_from_config_json_are_those_of_the_real_model_and_its_
     import torch
     from conftest import save_checkpoint
 
-    from tokenshift.models import load_causal_lm
+    from tokenshift.loading import load_causal_lm
 
     size = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
     ckpt = save_checkpoint(tmp_path / "m", toy_tokenizer, tie_word_embeddings=tied, **size)

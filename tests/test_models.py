@@ -15,20 +15,17 @@ from conftest import run, save_checkpoint, tokenshift_cmd
 from helpers import custom_code_checkpoint, other_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokenshift.models import (
+from tokenshift.checkpoints import (
     ModelFetchError,
-    TokenizerMismatch,
-    check_pair,
     checkpoint_files,
     checkpoint_identity,
     checkpoint_label,
-    compare_tokenizer_dirs,
-    compare_tokenizers,
     fetch_model,
     manifest_path,
-    sha256_file,
     write_manifest,
 )
+from tokenshift.io import sha256_file
+from tokenshift.tokenizer import TokenizerMismatch, check_pair, compare_tokenizer_dirs, compare_tokenizers
 from tokenshift.toy.tokenizer import QWEN2_PRETOKENIZE_REGEX
 
 
@@ -111,7 +108,7 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
 
 
 def test_the_hubs_sha256_is_read_off_an_lfs_blobs_name_and_nothing_else(make_checkpoint, tmp_path):
-    from tokenshift.models import hub_sha256
+    from tokenshift.checkpoints import hub_sha256
 
     rev = "0123456789abcdef0123456789abcdef01234567"
     snap = hub_cache(tmp_path / "hf", "acme/tiny-qwen", rev, make_checkpoint("src")) / "models--acme--tiny-qwen"
@@ -281,7 +278,8 @@ def test_custom_code_without_trust_is_refused_naming_the_key(tmp_path, toy_token
 def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, toy_tokenizer, monkeypatch):
     # issue 24.8: fetched with trust, then dropped by rollout, scoring and cross-sampling (a ValueError)
     from tokenshift.config import check_config
-    from tokenshift.models import load_causal_lm, load_tokenizer
+    from tokenshift.loading import load_causal_lm
+    from tokenshift.tokenizer import load_tokenizer
 
     monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
     ran = tmp_path / "custom-code-ran"
@@ -341,7 +339,7 @@ def test_a_copied_checkpoint_is_hashed_once_per_process(toy_tokenizer, tmp_path,
     # issue 24.10: after a tree copy each weight file was hashed again at every verification (~8 a job)
     import hashlib
 
-    from tokenshift.models import resolve_checkpoint
+    from tokenshift.checkpoints import resolve_checkpoint
 
     save_checkpoint(tmp_path / "a" / "m", toy_tokenizer)
     write_manifest(tmp_path / "a" / "m", name="m", spec={"path": "x"})
@@ -363,7 +361,7 @@ def test_a_models_dtype_and_attention_reach_every_loader(make_checkpoint, tmp_pa
     """Issue 28.4: the entry's dtype and attn_implementation, recorded by the fetch in the manifest, are what
     transformers loads the model with and what vLLM is started with (its own attention aside); unset, ours."""
     from tokenshift.cli import main
-    from tokenshift.models import load_causal_lm
+    from tokenshift.loading import load_causal_lm
     from tokenshift.settings import RolloutConfig, SamplingConfig
     from tokenshift.vllm_engine import engine_args
 
@@ -426,7 +424,7 @@ def test_flash_attention_without_its_package_is_a_warning_and_a_one_line_refusal
     from transformers.utils import is_flash_attn_2_available
 
     from tokenshift.config import config_warnings
-    from tokenshift.models import load_causal_lm
+    from tokenshift.loading import load_causal_lm
 
     if is_flash_attn_2_available():
         pytest.skip("flash_attn is installed here")
@@ -448,7 +446,7 @@ def test_a_changed_toy_model_says_how_to_build_it_again(make_checkpoint):
     write_manifest(ckpt, name="toy-rl", spec={"toy": "rl", "init": "toy-base"})
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
-    from tokenshift.models import resolve_checkpoint
+    from tokenshift.checkpoints import resolve_checkpoint
 
     with pytest.raises(ModelFetchError, match=r"build it again \(snakemake --forcerun toy_rl"):
         resolve_checkpoint(ckpt.with_suffix(".json"))

@@ -90,7 +90,7 @@ COPY_TOOLS = [
 
 @pytest.mark.parametrize("tool", COPY_TOOLS)
 def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetched, tool, toy_tokenizer, tmp_path):
-    from tokenshift.models import ModelFetchError, resolve_checkpoint
+    from tokenshift.checkpoints import ModelFetchError, resolve_checkpoint
 
     assert plan_of(fetched, *SOURCES) == {}
     other = save_checkpoint(tmp_path / "other", toy_tokenizer, seed=2 + sum(map(ord, tool)))  # new weights each time
@@ -115,7 +115,7 @@ CHANGES = {
 def test_a_config_or_tokenizer_file_copied_with_an_old_mtime_reruns_the_fetch_and_what_reads_it(
     fetched, name, tmp_path
 ):
-    from tokenshift.models import ModelFetchError, resolve_checkpoint
+    from tokenshift.checkpoints import ModelFetchError, resolve_checkpoint
 
     targets = [*SOURCES, "resources/pairs/ab.json"]
     make(fetched, *targets)

@@ -397,7 +397,7 @@ def test_both_backends_stop_on_the_same_ids_and_return_responses_alike(make_chec
     import json
 
     from tokenshift.generation import cut_at_stop
-    from tokenshift.models import stop_ids
+    from tokenshift.tokenizer import stop_ids
     from tokenshift.vllm_engine import to_sample as vllm_sample
 
     ckpt = make_checkpoint("gc")

@@ -293,7 +293,8 @@ def scoring_inputs(tmp_path, toy_tokenizer, n: int = 2) -> tuple:
     ``n`` responses."""
     import polars as pl
 
-    from tokenshift.models import check_pair, write_manifest
+    from tokenshift.checkpoints import write_manifest
+    from tokenshift.tokenizer import check_pair
 
     models = {}
     for role, seed in (("base", 0), ("rl", 1)):
@@ -407,8 +408,8 @@ def test_scores_of_swapped_models_another_pair_or_the_other_models_rollouts_are_
 
     import polars as pl
 
+    from tokenshift.checkpoints import checkpoint_label
     from tokenshift.io import MODELS_RECORD, InputError, read_models_record
-    from tokenshift.models import checkpoint_label
     from tokenshift.scoring import run_scoring
     from tokenshift.tables import write_accuracy, write_divergence
 

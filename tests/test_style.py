@@ -85,7 +85,7 @@ def test_the_results_layout_has_one_home():
 
 
 def test_a_job_of_the_transformers_backend_loads_its_models_one_way():
-    """Issue 27.2: the rollout, scoring and cross-sampling stages load through ``models.load_job_models``
+    """Issue 27.2: the rollout, scoring and cross-sampling stages load through ``loading.load_job_models``
     (devices, then the batch planned for them, then the weights); no module plans devices or batches
     beside it, where a stage could load its weights before planning the batch from the free memory."""
     import ast
@@ -93,7 +93,7 @@ def test_a_job_of_the_transformers_backend_loads_its_models_one_way():
     found = []
     for p in sorted((REPO / "src" / "tokenshift").rglob("*.py")):
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.FunctionDef) and p.name == "models.py" and node.name == "load_job_models":
+            if isinstance(node, ast.FunctionDef) and p.name == "loading.py" and node.name == "load_job_models":
                 continue
             if isinstance(node, ast.FunctionDef):
                 calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)]

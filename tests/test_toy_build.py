@@ -41,7 +41,8 @@ def test_short_build_saves_ordinary_checkpoints(short_pair):
 
 
 def test_grpo_raises_the_expected_reward_on_held_out_problems(short_pair):
-    from tokenshift.models import load_causal_lm, load_tokenizer
+    from tokenshift.loading import load_causal_lm
+    from tokenshift.tokenizer import load_tokenizer
     from tokenshift.toy.check import build_settings, sampled_accuracy
     from tokenshift.toy.task import problems
 

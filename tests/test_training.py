@@ -13,7 +13,9 @@ import pytest
 import torch
 from conftest import short_toy_config
 
-from tokenshift.models import load_causal_lm, load_tokenizer, write_manifest
+from tokenshift.checkpoints import write_manifest
+from tokenshift.loading import load_causal_lm
+from tokenshift.tokenizer import load_tokenizer
 from tokenshift.toy.build import build_rl, build_sft
 from tokenshift.toy.check import sampled_accuracy
 from tokenshift.toy.config import AdvantageExperimentConfig
@@ -234,8 +236,8 @@ def test_checkpoints_of_lists_what_the_build_saved_and_refuses_anything_else(tmp
 
     from conftest import save_checkpoint
 
+    from tokenshift.checkpoints import ModelFetchError
     from tokenshift.io import InputError, write_json_atomic
-    from tokenshift.models import ModelFetchError
 
     rl = save_checkpoint(tmp_path / "rl", toy_tokenizer)
     write_json_atomic(rl / "toy_build.json", {"build": {"grpo_steps": 6, "checkpoint_every": 2}})

@@ -64,7 +64,8 @@ def rollouts(toy, tmp_path, name, cfg, sampling, problems=None):
 
 def test_greedy_vllm_writes_the_hf_backends_tokens_stops_and_finish_reasons(toy, tmp_path):
     from tokenshift.generation import parting_gap
-    from tokenshift.models import load_causal_lm, load_tokenizer, stop_ids
+    from tokenshift.loading import load_causal_lm
+    from tokenshift.tokenizer import load_tokenizer, stop_ids
 
     hf = rollouts(toy, tmp_path, "hf", HF, GREEDY)
     vl = rollouts(toy, tmp_path, "vllm", VLLM, GREEDY)
@@ -147,8 +148,9 @@ def test_regenerating_after_each_switch_is_lockstep_cross_sampling_when_greedy(s
     from tokenshift.datasets import format_prompt
     from tokenshift.decoding import cross_sample
     from tokenshift.generation import sample_seed
-    from tokenshift.models import load_causal_lm, load_tokenizer, stop_ids
+    from tokenshift.loading import load_causal_lm
     from tokenshift.regenerate import regenerate
+    from tokenshift.tokenizer import load_tokenizer, stop_ids
     from tokenshift.vllm_engine import start_engine
 
     root, _, _ = short_toy_pair
@@ -212,8 +214,8 @@ def test_one_regenerate_run_holds_the_responses_of_every_smaller_budget(short_to
     budget k gives on the same seeds, so one run draws the authors' dense accuracy curve."""
     from tokenshift.datasets import format_prompt
     from tokenshift.generation import sample_seed
-    from tokenshift.models import load_tokenizer, stop_ids
     from tokenshift.regenerate import regenerate
+    from tokenshift.tokenizer import load_tokenizer, stop_ids
     from tokenshift.vllm_engine import start_engine
 
     root, _, _ = short_toy_pair
@@ -289,7 +291,7 @@ scoring runs reuse the module's two engines."""
 @pytest.fixture(scope="module")
 def scoring_inputs(short_toy_pair, tmp_path_factory):
     """(base manifest, RL manifest, pair manifest, rollout table): the base model's sampled responses."""
-    from tokenshift.models import check_pair
+    from tokenshift.tokenizer import check_pair
 
     root, _, _ = short_toy_pair
     tmp = tmp_path_factory.mktemp("vllm-scoring")

@@ -773,7 +773,7 @@ def test_a_passed_tokenizer_check_is_remembered_by_content_and_a_changed_file_is
     # issue 23: loading both tokenizers cost ~8 s of a 10 s `snakemake -n` on every start of a local pair
     from helpers import other_tokenizer
 
-    import tokenshift.models
+    import tokenshift.tokenizer
     from tokenshift.config import ConfigError, check_config
 
     monkeypatch.setenv("TOKENSHIFT_CACHE", str(tmp_path / "cache"))
@@ -786,7 +786,7 @@ def test_a_passed_tokenizer_check_is_remembered_by_content_and_a_changed_file_is
     check_config(config, base_dir=tmp_path)
     assert len(list((tmp_path / "cache" / "tokenizer-pairs").glob("*.ok"))) == 1
     with monkeypatch.context() as m:
-        m.setattr(tokenshift.models, "load_tokenizer", lambda *a, **k: pytest.fail("the remembered check ran again"))
+        m.setattr(tokenshift.tokenizer, "load_tokenizer", lambda *a, **k: pytest.fail("the remembered check ran again"))
         check_config(config, base_dir=tmp_path)
         # other weights alone: the same tokenizers, still remembered
         save_checkpoint(tmp_path / "ckpt" / "b", toy_tokenizer, seed=2)

@@ -49,9 +49,11 @@ def compare(
     ``token_id``, both models' log-probabilities of it, and the statistics of the divergence tables
     (``js``, ``kl_base_rl``, ``kl_rl_base``, ``entropy_base``, ``entropy_rl``, top-k overlap, ranks).
     """
+    from tokenshift.checkpoints import resolve_checkpoint
     from tokenshift.io import InputError
-    from tokenshift.models import compare_tokenizers, load_causal_lm, load_tokenizer, resolve_checkpoint
+    from tokenshift.loading import load_causal_lm
     from tokenshift.scoring import pad_id_of, score_rows
+    from tokenshift.tokenizer import compare_tokenizers, load_tokenizer
 
     if responses is not None and len(responses) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: expected one response per prompt")

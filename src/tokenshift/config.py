@@ -439,7 +439,8 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-            from tokenshift.models import TOKENIZER_FILES, custom_code, has_tokenizer, linked_files
+            from tokenshift.checkpoints import custom_code, linked_files
+            from tokenshift.tokenizer import TOKENIZER_FILES, has_tokenizer
 
             if not spec.get("trust_remote_code") and custom_code(p):
                 raise ConfigError(
@@ -842,7 +843,7 @@ def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
 def _check_attention(key: str, name: str) -> None:
     """Refuse an attention implementation the installed transformers does not have (a ``ValueError`` in
     the first job that loaded the model). Imported only where a model sets one: it costs seconds."""
-    from tokenshift.models import unknown_attention
+    from tokenshift.loading import unknown_attention
 
     if expected := unknown_attention(name):
         raise ConfigError(key, name, expected)
@@ -887,7 +888,7 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         # both checkpoints are here: compare their tokenizers now rather than after hours of work. Not
         # where one's tokenizer may be code of its own: loading it would run that code at `snakemake -n`;
         # the pair's check_pair job compares them, after the fetch, as it does a hub pair's
-        from tokenshift.models import TokenizerMismatch, compare_tokenizers, load_tokenizer
+        from tokenshift.tokenizer import TokenizerMismatch, compare_tokenizers, load_tokenizer
 
         dirs = [base_dir / spec["path"] for spec in (base, rl)]
         record = _tokenizer_check_record(*dirs)
@@ -914,7 +915,7 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
 
 UNREAD_BY_TOKENIZERS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".index")
 """Files no tokenizer reads (weights in any format, and their indexes), left out of a tokenizer check's key;
-not ``tokenshift.models.WEIGHT_SUFFIXES``, the one format the workflow loads."""
+not ``tokenshift.checkpoints.WEIGHT_SUFFIXES``, the one format the workflow loads."""
 
 
 def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
@@ -925,7 +926,9 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
     import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
-    import tokenshift.models
+    import tokenshift.checkpoints
+    import tokenshift.loading
+    import tokenshift.tokenizer
     from tokenshift.io import cache_dir
 
     h = hashlib.sha256()
@@ -935,7 +938,9 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
         except PackageNotFoundError:
             h.update(f"{package} absent\0".encode())
     try:
-        for module in (__file__, tokenshift.models.__file__):
+        # the code that loads and compares the tokenizers: tokenizer.py, and checkpoints.py and loading.py it calls
+        modules = (tokenshift.checkpoints, tokenshift.loading, tokenshift.tokenizer)
+        for module in (__file__, *(m.__file__ for m in modules)):
             h.update(hashlib.sha256(Path(module).read_bytes()).digest())
         for d in ckpt_dirs:
             for f in sorted(Path(d).iterdir()):
@@ -958,7 +963,7 @@ def _write_record(record: Path) -> None:
 
 def config_warnings(config: Mapping[str, Any]) -> list[str]:
     """Settings that work but probably do not do what was meant, one line each, naming the key."""
-    from tokenshift.models import missing_attention_package
+    from tokenshift.loading import missing_attention_package
     from tokenshift.registry import budget_label
     from tokenshift.settings import CrossSampleConfig, SamplingConfig
 

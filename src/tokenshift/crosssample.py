@@ -248,8 +248,9 @@ class CrossSampleBackend:
     """Both models of a pair loaded for ``cross_sample``; their tokenizers are compared first."""
 
     def __init__(self, base: Path, rl: Path, rule: SwitchRule, sampling: SamplingConfig, cfg: CrossSampleConfig):
+        from tokenshift.loading import load_job_models
         from tokenshift.memory import PROMPT_TOKENS
-        from tokenshift.models import compare_tokenizers, load_job_models, load_tokenizer, stop_ids
+        from tokenshift.tokenizer import compare_tokenizers, load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(base)
@@ -295,8 +296,8 @@ class CrossSampleBackend:
 def _check_scores_models(scores: Path, base: Path, rl: Path) -> None:
     """``InputError`` where ``scores`` records other checkpoints than the run's two (another pair's scores
     gave another threshold without a word); a table that records none is taken as it is."""
+    from tokenshift.checkpoints import checkpoint_label
     from tokenshift.io import InputError, read_models_record
-    from tokenshift.models import checkpoint_label
 
     record = read_models_record(scores)
     ours = {"base": checkpoint_label(base), "rl": checkpoint_label(rl)}
@@ -341,9 +342,9 @@ def run_crosssample(
     run's; lockstep: null), and the run's ``direction``, ``policy``, ``budget``, ``threshold`` (absolute;
     null where each row has its own) and ``threshold_level``.
     """
+    from tokenshift.checkpoints import checkpoint_identity
     from tokenshift.datasets import as_problems, dataset_name
     from tokenshift.io import InputError
-    from tokenshift.models import checkpoint_identity
     from tokenshift.options import settings_label
     from tokenshift.sharding import run_key, run_sharded
 

@@ -32,8 +32,8 @@ import torch
 from tokenshift.crosssample import SwitchRule
 from tokenshift.divergence import entropies_and_js, kl_divergence, rank_of
 from tokenshift.generation import Sample, SamplingConfig, pad_rows, preallocated_cache, row_noise, sample_seed
+from tokenshift.loading import plain_lm_head, transformer_body
 from tokenshift.memory import halving_on_oom, is_oom
-from tokenshift.models import plain_lm_head, transformer_body
 from tokenshift.registry import POLICIES, TOPK_STATISTICS
 
 COMPACT_FRACTION = 0.125

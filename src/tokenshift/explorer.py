@@ -384,7 +384,7 @@ def build_explorer(
     table (``tokenshift dataset``) and each pair's tokenizer (pair -> checkpoint); return its data."""
     from tokenshift.datasets import read_toy_problems
     from tokenshift.io import InputError, read_parquet, write_text_atomic
-    from tokenshift.models import load_tokenizer
+    from tokenshift.tokenizer import load_tokenizer
 
     tables = {}
     for p in problems:

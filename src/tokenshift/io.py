@@ -139,7 +139,7 @@ def place(path: Path | str) -> str:
 
 MODELS_RECORD = "tokenshift.models"
 """The key of a table's parquet metadata recording, as JSON, the checkpoints it was computed with
-(``models.checkpoint_label`` by role: a score table's ``base`` and ``rl``); ``read_models_record``."""
+(``checkpoints.checkpoint_label`` by role: a score table's ``base`` and ``rl``); ``read_models_record``."""
 
 
 def read_models_record(path: Path | str) -> dict[str, str] | None:

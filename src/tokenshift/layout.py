@@ -23,7 +23,7 @@ def model_dir(name: str = "{model}") -> str:
 
 
 def model_manifest(name: str = "{model}") -> str:
-    """A checkpoint's manifest, written beside its directory, last (``models.manifest_path``)."""
+    """A checkpoint's manifest, written beside its directory, last (``checkpoints.manifest_path``)."""
     return f"{model_dir(name)}.json"
 
 

@@ -264,7 +264,7 @@ def plan_devices(
     With no GPU visible, ``auto`` is the CPU. Otherwise each ``auto`` model gets the GPUs its
     weights need (``ModelShape.gpus_needed``; one where the shape is unknown), on sets disjoint
     from each other's where the job has enough GPUs, else all of them shared. A set of one GPU is
-    ``cuda:i``; a larger one ``cuda:i,j,...``, which ``tokenshift.models.load_causal_lm`` spreads
+    ``cuda:i``; a larger one ``cuda:i,j,...``, which ``tokenshift.loading.load_causal_lm`` spreads
     the model over.
     """
     if visible == 0:

@@ -316,7 +316,8 @@ class RegenerateBackend:
         cfg: CrossSampleConfig,
         vllm: RolloutConfig,
     ):
-        from tokenshift.models import compare_tokenizers, load_tokenizer, resolve_checkpoint, stop_ids
+        from tokenshift.checkpoints import resolve_checkpoint
+        from tokenshift.tokenizer import compare_tokenizers, load_tokenizer, stop_ids
         from tokenshift.vllm_engine import start_engine
 
         check_rule(rule)

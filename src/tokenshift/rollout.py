@@ -40,8 +40,9 @@ class HFBackend:
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
         import torch
 
+        from tokenshift.loading import load_job_models
         from tokenshift.memory import PROMPT_TOKENS
-        from tokenshift.models import load_job_models, load_tokenizer, stop_ids
+        from tokenshift.tokenizer import load_tokenizer, stop_ids
 
         torch.set_num_threads(cfg.threads)
         self.tokenizer = load_tokenizer(model)
@@ -84,7 +85,8 @@ class VLLMBackend:
     """vLLM's engine, on the GPUs the job has or on the CPU (``tokenshift.vllm_engine``)."""
 
     def __init__(self, model: Path, cfg: RolloutConfig, sampling: SamplingConfig):
-        from tokenshift.models import load_tokenizer, resolve_checkpoint, stop_ids
+        from tokenshift.checkpoints import resolve_checkpoint
+        from tokenshift.tokenizer import load_tokenizer, stop_ids
         from tokenshift.vllm_engine import start_engine
 
         self.tokenizer = load_tokenizer(model)
@@ -133,8 +135,8 @@ def run_rollouts(
     ``model`` is a checkpoint directory or its manifest; ``problems`` a list or the parquet file
     ``tokenshift dataset`` wrote. Of a run split over several jobs, this writes job ``part``'s rows.
     """
+    from tokenshift.checkpoints import checkpoint_identity, checkpoint_label
     from tokenshift.datasets import as_problems, dataset_label
-    from tokenshift.models import checkpoint_identity, checkpoint_label
     from tokenshift.options import settings_label
     from tokenshift.sharding import run_key, run_sharded
 

@@ -57,8 +57,8 @@ from tqdm.auto import tqdm
 
 from tokenshift.divergence import keep_top, token_stats_compiled, token_stats_unchecked
 from tokenshift.generation import pad_rows
+from tokenshift.loading import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.memory import halving_on_oom, is_oom
-from tokenshift.models import LOGIT_TRANSFORMS, plain_lm_head, transformer_body
 from tokenshift.options import settings_label
 from tokenshift.registry import SCORE_ORDER, TOPK_SCORE_COLUMNS
 from tokenshift.settings import AUTO, CPU_BATCH, RolloutConfig, ScoringConfig
@@ -221,7 +221,7 @@ def score_rows(
     very floating-point operations, that one job would use: the parts' rows are that job's rows.
     Those batches are packed to ``cfg.max_batch_tokens`` (for ``auto``, ``CPU_BATCH["scoring"]``), so
     which rows a part scores never depends on a job's GPU; ``batch_tokens``, what this job's GPUs hold
-    (``tokenshift.models.job_batch``), repacks the part's rows where it differs (then a row's float
+    (``tokenshift.loading.job_batch``), repacks the part's rows where it differs (then a row's float
     rounding may differ from one job's, as padding to another width does). With ``store``, the batches
     are written (and read back on a rerun) in shards (``_scored_batches``).
     """
@@ -499,8 +499,8 @@ def start_vllm_engines(
     each (the pair's two engines share the job's devices)."""
     import dataclasses
 
+    from tokenshift.checkpoints import resolve_checkpoint
     from tokenshift.generation import SamplingConfig
-    from tokenshift.models import resolve_checkpoint
     from tokenshift.vllm_engine import start_engine
 
     engine = dataclasses.replace(engine, backend="vllm", threads=cfg.threads)
@@ -522,8 +522,8 @@ def check_score_inputs(
     pair manifest's models in their roles, and rollouts (where their table records its ``model``) of the
     ``source`` role's checkpoint. Each was scored without a word before: swapped models, another pair's
     manifest or rollouts, or the other model's rollouts given as ``source``'s. ``InputError`` names the file."""
+    from tokenshift.checkpoints import checkpoint_label, label_name
     from tokenshift.io import InputError
-    from tokenshift.models import checkpoint_label, label_name
 
     labels = {role: checkpoint_label(ckpt) for role, ckpt in checkpoints.items()}
     if labels["base"] == labels["rl"]:
@@ -551,10 +551,10 @@ def check_score_inputs(
 
 
 def _check_shared_vocabulary(checkpoints: Mapping[str, Path], pair: Path, manifest: Mapping) -> None:
-    """The pair manifest's ``shared_vocab_size`` is what ``models.check_pair`` found: the smaller of the two
+    """The pair manifest's ``shared_vocab_size`` is what ``tokenizer.check_pair`` found: the smaller of the two
     tokenizers' sizes their manifests record (one edited since failed a job with a traceback)."""
+    from tokenshift.checkpoints import manifest_path, resolve_checkpoint
     from tokenshift.io import InputError, read_json, remake_hint
-    from tokenshift.models import manifest_path, resolve_checkpoint
 
     paths = [manifest_path(resolve_checkpoint(c)) for c in checkpoints.values()]
     sizes = [read_json(m, "a checkpoint manifest").get("tokenizer_size") for m in paths if m.is_file()]
@@ -591,8 +591,8 @@ def run_scoring(
     The job's batches are written in shards as they are scored, so a stopped job, run again, goes on
     where it stopped (module docstring; ``progress``: a bar of responses scored).
     """
+    from tokenshift.checkpoints import checkpoint_identity
     from tokenshift.io import InputError, read_json, read_parquet, sha256_file
-    from tokenshift.models import checkpoint_identity
     from tokenshift.settings import VLLM_ENGINE_KEYS
 
     torch.set_num_threads(cfg.threads)
@@ -674,7 +674,7 @@ def run_scoring(
 def _score_with_hf(
     base: Path, rl: Path, rows, vocab: int, cfg: ScoringConfig, part: Part, out: Path, made_from: dict, progress: bool
 ) -> tuple[ScoreResult, ShardStore]:
-    from tokenshift.models import load_job_models
+    from tokenshift.loading import load_job_models
 
     (base_model, rl_model), tokens = load_job_models(
         "scoring",

@@ -709,7 +709,7 @@ def write_accuracy(
                 f"expected each model's own ({what})"
             )
     if pair_manifest is not None:
-        from tokenshift.models import label_name
+        from tokenshift.checkpoints import label_name
 
         manifest = read_json(pair_manifest, "a pair manifest (tokenshift models check-pair)")
         for role, held in models.items():
@@ -843,7 +843,7 @@ def write_divergence(
                 f"{problems}: the toy task's problems, whose decision points need --tokenizer (the pair's "
                 "checkpoint) to find them in the responses"
             )
-        from tokenshift.models import load_tokenizer
+        from tokenshift.tokenizer import load_tokenizer
         from tokenshift.toy.check import decision_points_from_scores
 
         tok = load_tokenizer(tokenizer)

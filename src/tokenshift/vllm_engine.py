@@ -109,7 +109,7 @@ def engine_args(
             "enable_chunked_prefill": False,
             "max_num_batched_tokens": max(length, 4096),
         }
-    from tokenshift.models import loading_options
+    from tokenshift.loading import loading_options
 
     options = loading_options(model)  # as the model's config entry says; vLLM picks its own attention
     return {

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from tokenshift.checkpoints import ModelFetchError
     from tokenshift.datasets import DatasetError
     from tokenshift.io import InputError  # BackendUnavailable is one
-    from tokenshift.models import ModelFetchError, TokenizerMismatch
+    from tokenshift.tokenizer import TokenizerMismatch
 
     return InputError, ModelFetchError, TokenizerMismatch, DatasetError
 

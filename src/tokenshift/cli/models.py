@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tokenshift.cli.common import output, pair_checkpoints, quiet, settings, show
-from tokenshift.models import LOADING_KEYS
+from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import add_options
 from tokenshift.registry import MODEL_DTYPES
 
@@ -97,7 +97,7 @@ def _register_toy_check(sub) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> None:
-    from tokenshift.models import fetch_model
+    from tokenshift.checkpoints import fetch_model
 
     if args.hub and not args.revision:
         args.parser.error("--hub needs --revision (pin a commit so the run can be repeated)")
@@ -137,7 +137,7 @@ def _toy_sft(args: argparse.Namespace) -> None:
 
 
 def _check_pair(args: argparse.Namespace) -> None:
-    from tokenshift.models import check_pair
+    from tokenshift.tokenizer import check_pair
 
     print(json.dumps(check_pair(args.pair, Path(args.base), Path(args.rl), Path(args.out))))
 

@@ -50,7 +50,7 @@ def draw_pair_figures(
     if cross.is_file():
         figs["crosssample"] = FIGURES["crosssample"](read[cross], read[results / layout.ACCURACY])
     if example_run:
-        from tokenshift.models import load_tokenizer
+        from tokenshift.tokenizer import load_tokenizer
 
         run = read_cross_run(example_run)
         baseline = read_cross_run(example_baseline) if example_baseline else None

@@ -150,7 +150,7 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, name: str = 
     (a checkpoint with its manifest, named ``<name>@step-<k>``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tokenshift.models import write_manifest
+    from tokenshift.checkpoints import write_manifest
 
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -200,7 +200,7 @@ def build_sft(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: b
 def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
     """Build the toy base model (pretraining) at ``out`` and write its manifest last; returns a
     one-line summary."""
-    from tokenshift.models import write_manifest
+    from tokenshift.checkpoints import write_manifest
 
     stats = build_base(Path(out), cfg, progress=progress)
     write_manifest(Path(out), name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
@@ -213,7 +213,7 @@ def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool 
 def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
     """Build the toy RL model (GRPO from the checkpoint ``init``) at ``out`` and write its manifest
     last; returns a one-line summary."""
-    from tokenshift.models import resolve_checkpoint, write_manifest
+    from tokenshift.checkpoints import resolve_checkpoint, write_manifest
 
     init_dir = resolve_checkpoint(init)
     stats = build_rl(init_dir, Path(out), cfg, name=name, progress=progress)
@@ -231,7 +231,7 @@ def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progr
 def build_toy_sft(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
     """Build the toy SFT model (supervised fine-tuning from the checkpoint ``init``) at ``out`` and
     write its manifest last; returns a one-line summary."""
-    from tokenshift.models import resolve_checkpoint, write_manifest
+    from tokenshift.checkpoints import resolve_checkpoint, write_manifest
 
     init_dir = resolve_checkpoint(init)
     stats = build_sft(init_dir, Path(out), cfg, progress=progress)

@@ -26,12 +26,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from tokenshift.checkpoints import checkpoint_identity, resolve_checkpoint
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.grading import Grader
 from tokenshift.io import InputError, read_json, write_parquet_atomic
-from tokenshift.models import checkpoint_identity, load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.loading import load_causal_lm
 from tokenshift.scoring import score_rows
 from tokenshift.stats import mean_ci
+from tokenshift.tokenizer import load_tokenizer
 from tokenshift.toy.config import ToyBuildConfig
 from tokenshift.toy.task import EVAL_PROBLEMS, ToyProblem, decision_points, problems
 

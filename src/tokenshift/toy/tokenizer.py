@@ -5,7 +5,7 @@ directory whose ``config.json`` says ``model_type: qwen2`` rebuilds a Qwen2 toke
 the saved vocabulary and merges, whatever ``tokenizer_config.json`` says (transformers 5.x).
 A WordLevel tokenizer would be silently changed by that rebuild; a Qwen2-style byte-level
 BPE is what the rebuild reconstructs, so it survives. The checkpoint stage still verifies the
-round trip of every model's tokenizer (``tokenshift.models.check_tokenizer_roundtrip``).
+round trip of every model's tokenizer (``tokenshift.tokenizer.check_tokenizer_roundtrip``).
 Like Qwen2's, the regex splits digits one by one, so numbers are spelled digit by digit.
 """
 

@@ -27,12 +27,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from tokenshift.checkpoints import resolve_checkpoint
 from tokenshift.generation import sample
 from tokenshift.grading import Grader
 from tokenshift.io import InputError, read_json, read_parquet, write_parquet_atomic
-from tokenshift.models import load_causal_lm, load_tokenizer, resolve_checkpoint
+from tokenshift.loading import load_causal_lm
 from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.stats import mean_ci
+from tokenshift.tokenizer import load_tokenizer
 from tokenshift.toy.build import run_grpo, toy_sampling
 from tokenshift.toy.check import build_settings, decision_point_table, response_js
 from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig

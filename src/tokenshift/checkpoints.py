@@ -1,0 +1,346 @@
+"""The checkpoint stage: materialise every model as a local Hugging Face checkpoint.
+
+Each model spec becomes a directory ``resources/models/<name>/`` that later stages load with
+``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``, plus a
+manifest ``resources/models/<name>.json`` written last (its existence means "complete"):
+source, revision, sha256 of every file of the checkpoint (weights, configs, generation config,
+tokenizer files, chat template: all that loading reads; for a hub snapshot's Git LFS files, the
+hub's own sha256, which its cache names their blobs by), vocabulary sizes and a tokenizer hash.
+
+- ``path``: the files of a local checkpoint are linked (not copied: weights can be 60 GB).
+- ``hub``: ``huggingface_hub.snapshot_download`` at the pinned revision, safetensors only.
+- ``toy``: built by ``tokenshift.toy.build`` (the rules of the checkpoint stage call it).
+
+Every materialised tokenizer is checked to survive the ``AutoTokenizer`` path: its encoding of
+sample text must equal the raw ``tokenizer.json``'s, and decoding must give the text back. A
+silent tokenizer rebuild (transformers may rebuild one from the vocabulary by model type) is
+an error here, not a wrong number later (``tokenizer.check_tokenizer_roundtrip``, which ``write_manifest``
+runs).
+
+The stages take a checkpoint by its directory or its manifest (``resolve_checkpoint``: the files are
+verified against the manifest first) and name it in the tables made with it by what it is
+(``checkpoint_identity``, ``checkpoint_label``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors",)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+class ModelFetchError(RuntimeError):
+    """A model could not be materialised; the message names the model and its source."""
+
+
+def manifest_path(ckpt_dir: Path) -> Path:
+    return ckpt_dir.with_name(ckpt_dir.name + ".json")
+
+
+def fingerprints_path(ckpt_dir: Path) -> Path:
+    """Where the files' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
+    manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and a later
+    Snakemake run, comparing its checksum, finds what was made from it up to date)."""
+    return ckpt_dir.with_name(f".{ckpt_dir.name}.fingerprints.json")
+
+
+def checkpoint_files(ckpt_dir: Path) -> list[Path]:
+    """The files of a checkpoint its manifest hashes: every file in its directory (a link's target),
+    but hidden ones. Loading reads some of them (the weights, ``config.json``,
+    ``generation_config.json``, the tokenizer's files and chat template), the stages others
+    (``toy_build.json``); a subdirectory (a toy RL model's ``checkpoints/``) is a checkpoint of its
+    own, with its own manifest."""
+    return sorted(p for p in Path(ckpt_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def hub_sha256(path: Path) -> str | None:
+    """The sha256 the Hugging Face hub records for a file of its cache, where it has one: the cache names
+    a Git LFS file's blob (``blobs/<sha256>``, where snapshot links point) by the sha256 of its content,
+    a small file's blob by its git object id (40 hex digits: no sha256, None)."""
+    import re
+
+    target = Path(os.path.realpath(path))
+    return target.name if target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name) else None
+
+
+def custom_code(ckpt_dir: Path) -> bool:
+    """Whether a checkpoint needs code of its own: its config.json names some (``auto_map``) for a model type
+    the installed transformers does not have, so it loads only under ``trust_remote_code`` (one whose type
+    transformers has loads without it). False where the file does not read as a JSON object."""
+    try:
+        cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(cfg, dict) or not cfg.get("auto_map"):
+        return False
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return cfg.get("model_type") not in CONFIG_MAPPING_NAMES
+
+
+def _check_safetensors(name: str, path: Path) -> None:
+    """Refuse a weights file safetensors cannot open: cut short, or not safetensors at all."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelFetchError(f"model {name!r}: {path} is not a whole safetensors file: {e}") from None
+
+
+def write_manifest(
+    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict:
+    """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
+    from transformers import AutoConfig
+
+    # imported here, not at the top: both modules import this one
+    from tokenshift.loading import unknown_attention
+    from tokenshift.tokenizer import _auto_tokenizer, check_tokenizer_roundtrip, tokenizer_fingerprint
+
+    trust = bool(spec.get("trust_remote_code", False))
+    if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
+        raise ModelFetchError(f"model {name!r}: attn_implementation {spec['attn_implementation']!r}: {expected}")
+    weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    if not weights:
+        raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
+    for p in weights:  # a cut download or copy: its header names more bytes than it holds (read: the header alone)
+        _check_safetensors(name, p)
+    # hashed before anything is loaded from them: the manifest vouches for the files that were checked
+    files = checkpoint_files(ckpt_dir)
+    # a linked file's fingerprint is its target's: the source checkpoint's
+    fingerprints = {p.name: file_fingerprint(p) for p in files}
+    # a hub snapshot's large files carry the hub's own sha256 (its cache names their blobs by it): a 32B
+    # model's 65 GB are not read again for it; a local `path:` is hashed whatever its files' names
+    hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
+    try:
+        cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
+    except (ValueError, OSError, KeyError) as e:  # a type transformers lacks, custom code not trusted
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            f"; its config names code of its own (auto_map): set models.{name}.trust_remote_code: true to run it, "
+            "if you trust it"
+            if not trust and custom_code(ckpt_dir)
+            else ""
+        )
+        where = ckpt_dir / "config.json"
+        raise ModelFetchError(f"model {name!r}: transformers cannot read {where}: {first}{hint}") from None
+    rows = getattr(cfg, "vocab_size", None)
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        # a manifest of -5 embedding rows was written, and refused only by the pair check (seventh hostile pass, M2)
+        raise ModelFetchError(
+            f"model {name!r}: {ckpt_dir / 'config.json'} gives vocab_size {rows!r}; expected a positive whole number"
+        )
+    tok = _auto_tokenizer(ckpt_dir, trust)
+    check_tokenizer_roundtrip(ckpt_dir, tok)
+    manifest = {
+        "name": name,
+        "spec": dict(spec),
+        "source": next(k for k in ("path", "hub", "toy") if k in spec),
+        "revision": spec.get("revision"),
+        "model_type": cfg.model_type,
+        "embedding_rows": int(getattr(cfg, "vocab_size", 0) or 0),
+        "tokenizer_size": len(tok),
+        "tokenizer_sha256": tokenizer_fingerprint(tok),
+        "files_sha256": hashes,
+        "weights_bytes": {p.name: p.stat().st_size for p in weights},
+        "tokenizer_roundtrip": "ok",
+    }
+    if extra:
+        manifest.update(extra)
+    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
+    write_json_atomic(manifest_path(ckpt_dir), manifest)
+    return manifest
+
+
+def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
+    try:
+        return json.loads(fingerprints_path(ckpt_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Fail if the files at ``ckpt_dir`` are not those its manifest hashed (``checkpoint_files``: the
+    weights, the configs, the tokenizer's files and chat template; one added or gone fails too).
+
+    A file whose fingerprint (device, inode, size, mtime and ctime: ``io.file_fingerprint``) is the
+    one recorded when it was hashed is taken as unchanged; any other is hashed again (once per
+    process) and must match. A copy that sets the mtime back (``cp -p``, ``rsync -a``) still changes
+    the ctime, so a source checkpoint overwritten after its manifest was written is refused before
+    any model is loaded.
+    """
+    name = manifest.get("name", ckpt_dir.name)
+    recorded = manifest.get("files_sha256")
+    if not isinstance(recorded, dict):
+        raise ModelFetchError(
+            f"model {name!r}: its manifest {manifest_path(ckpt_dir)} records no hash of the checkpoint's files "
+            "(written by an older tokenshift); run the checkpoint stage again"
+        )
+    present = [p.name for p in checkpoint_files(ckpt_dir)]
+    if present != sorted(recorded):
+        added, gone = sorted(set(present) - set(recorded)), sorted(set(recorded) - set(present))
+        raise ModelFetchError(
+            f"model {name!r}: {ckpt_dir} holds files its manifest {manifest_path(ckpt_dir)} does not list "
+            f"({', '.join(added) or 'none'}) and lacks files it lists ({', '.join(gone) or 'none'}; a broken "
+            "link to its source?); run the checkpoint stage again"
+        )
+    fingerprints = _fingerprints(ckpt_dir)
+    for fname, digest in recorded.items():
+        path = ckpt_dir / fname
+        if fingerprints.get(fname) == list(file_fingerprint(path)):
+            continue
+        log.info("model %r: %s changed on disk since its manifest; hashing it again", name, fname)
+        if sha256_file(path) != digest:
+            toy = manifest.get("spec", {}).get("toy")
+            again = (
+                f"build it again (snakemake --forcerun toy_{toy}: Snakemake sees no change to a model it built)"
+                if toy
+                else "run its fetch again (snakemake does so when the source files change)"
+            )
+            raise ModelFetchError(
+                f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} hashed (overwritten "
+                f"since?); {again}, so that every result is recomputed from the new files"
+            )
+
+
+def resolve_checkpoint(path: Path | str) -> Path:
+    """The checkpoint directory of ``path`` (a checkpoint directory or its manifest ``<dir>.json``),
+    verified against the manifest when there is one."""
+    path = Path(path)
+    if path.suffix == ".json":
+        ckpt, manifest = path.with_suffix(""), path
+    else:
+        ckpt, manifest = path, manifest_path(path)
+    if not (ckpt / "config.json").is_file():
+        raise InputError(
+            f"{path}: not a checkpoint (expected a Hugging Face checkpoint directory with config.json, "
+            "or the manifest .json next to one)"
+        )
+    if manifest.is_file():
+        verify_checkpoint(ckpt, read_json(manifest, "a checkpoint manifest"))
+    elif path.suffix == ".json":
+        raise InputError(f"{path}: no such manifest")
+    return ckpt
+
+
+# what a manifest records about how a checkpoint was made, not what it is: a toy built twice into the same
+# weights, on a laptop and on a cluster's node, is one checkpoint
+MANIFEST_TIMINGS = ("toy_build_seconds",)
+
+
+def checkpoint_identity(path: Path | str) -> str:
+    """What a checkpoint is, for keys of runs made with it: the sha256 of its manifest (which holds the
+    weights', configs' and tokenizer's hashes) less ``MANIFEST_TIMINGS``, or its resolved path where it has
+    no manifest."""
+    ckpt = resolve_checkpoint(path)
+    manifest = manifest_path(ckpt)
+    if not manifest.is_file():
+        return str(ckpt.resolve())
+    content = {k: v for k, v in read_json(manifest, "a checkpoint manifest").items() if k not in MANIFEST_TIMINGS}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_label(path: Path | str) -> str:
+    """A checkpoint as the tables made with it record it: ``<its manifest's name>@<the first 16 hex digits of
+    checkpoint_identity>`` (rollout tables' ``model`` column, score tables' ``MODELS_RECORD``), so a table
+    given as another model's, or another pair's, is told apart; its resolved path where it has no manifest."""
+    identity = checkpoint_identity(path)
+    manifest = manifest_path(resolve_checkpoint(path))
+    if not manifest.is_file():
+        return identity
+    return f"{read_json(manifest, 'a checkpoint manifest').get('name', manifest.stem)}@{identity[:16]}"
+
+
+def label_name(label: str) -> str:
+    """The model name in a ``checkpoint_label``."""
+    return label.rsplit("@", 1)[0]
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
+def _patterns(trust_remote_code: bool) -> list[str]:
+    return HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
+
+
+def linked_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
+    """The files of a local checkpoint that ``fetch_model`` links (configs, tokenizer, safetensors)."""
+    patterns = _patterns(trust_remote_code)
+    return sorted(f for f in Path(src).iterdir() if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns))
+
+
+def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
+    """Materialise a ``path`` or ``hub`` model spec at ``out_dir``; returns its manifest.
+
+    The checkpoint directory holds links to the source files (the local directory's, or the
+    Hugging Face cache's snapshot), restricted to configs, tokenizer files and safetensors
+    weights, so no pickle weights can be loaded from it.
+    """
+    out_dir = Path(out_dir)
+    trust = bool(spec.get("trust_remote_code", False))
+    if "path" in spec:
+        src = Path(spec["path"]).resolve()
+        if not (src / "config.json").is_file():
+            raise ModelFetchError(f"model {name!r}: {src} is not a Hugging Face checkpoint (no config.json)")
+    elif "hub" in spec:
+        src = _snapshot(name, spec)
+    else:
+        raise ModelFetchError(f"model {name!r}: fetch_model handles path and hub specs, got {dict(spec)}")
+    if out_dir.resolve() == src or out_dir.resolve() in src.parents:
+        raise ModelFetchError(
+            f"model {name!r}: {out_dir} holds its source {src}: fetching would replace the source's files with links"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # an earlier fetch's manifest would vouch for the new files if verifying them fails
+    manifest_path(out_dir).unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group
+    try:
+        for f in linked_files(src, trust):
+            (tmp / f.name).symlink_to(f.resolve())
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
+    return write_manifest(out_dir, name=name, spec=spec, extra={"commit": src.name} if "hub" in spec else None)
+
+
+def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
+    """Download (or find in the Hugging Face cache) a hub snapshot at the pinned revision."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=spec["hub"],
+                revision=spec["revision"],
+                allow_patterns=_patterns(bool(spec.get("trust_remote_code"))),
+            )
+        )
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelFetchError(
+            f"model {name!r}: could not download hub id {spec['hub']!r} at revision {spec['revision']!r} "
+            f"({type(e).__name__}: {first}). Is the hub reachable (network, HF_HUB_OFFLINE, token)? "
+            f"Or download it elsewhere and point `path:` at the directory."
+        ) from e

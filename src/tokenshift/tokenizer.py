@@ -1,0 +1,167 @@
+"""Tokenizers: a checkpoint's, loaded as every stage loads it, its fingerprint and round-trip check, the
+token ids generation stops at, and whether a pair's two tokenizers mean the same thing by every token id.
+
+A pair is compared over the vocabulary its two models share: one tokenizer may extend the other with
+tokens at ids past the other's end (added special tokens), and logits are then sliced to the smaller;
+an id that names different tokens in the two is refused (``TokenizerMismatch``). ``check_pair`` writes
+the pair manifest the later stages read the shared size from.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from pathlib import Path
+
+from tokenshift.checkpoints import ModelFetchError, manifest_path, resolve_checkpoint
+from tokenshift.io import read_json, write_json_atomic
+from tokenshift.loading import loading_options
+
+ROUNDTRIP_TEXTS = (
+    "Q:8+6+8-4=?A:8+6=14.14+8=22.22-4=18.\\boxed{18}",
+    "Let $x^2 + 3x - 10 = 0$. Then $x = \\frac{-3 \\pm 7}{2}$, so the answer is \\boxed{2}.",
+    "  Indented text,\nnew lines\tand tabs; unicode: π ≈ 3.14159, naïve café, 数学.",
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model", "*.tiktoken")
+"""A checkpoint's tokenizer is one of these (Hugging Face fast, BPE, WordPiece, SentencePiece, tiktoken)."""
+
+
+class TokenizerMismatch(ValueError):
+    """Two tokenizers whose token ids do not mean the same thing."""
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 over the token -> id map and the tokenization of the round-trip texts."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode())
+    for text in ROUNDTRIP_TEXTS:
+        h.update(json.dumps(tokenizer.encode(text, add_special_tokens=False)).encode())
+    return h.hexdigest()
+
+
+def check_tokenizer_roundtrip(ckpt_dir: Path, tokenizer) -> None:
+    """Fail if the Auto-loaded tokenizer differs from the checkpoint's own ``tokenizer.json``."""
+    from tokenizers import Tokenizer
+
+    raw_path = ckpt_dir / "tokenizer.json"
+    raw = Tokenizer.from_file(str(raw_path)) if raw_path.is_file() else None
+    for text in ROUNDTRIP_TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if raw is not None:
+            raw_ids = raw.encode(text, add_special_tokens=False).ids
+            if raw_ids != ids:
+                raise TokenizerMismatch(
+                    f"{ckpt_dir}: AutoTokenizer encodes {text[:40]!r}... as {ids[:12]}... but the checkpoint's "
+                    f"tokenizer.json gives {raw_ids[:12]}...: transformers rebuilt the tokenizer "
+                    f"({type(tokenizer).__name__}) and changed it"
+                )
+        back = tokenizer.decode(ids)
+        if back != text:
+            raise TokenizerMismatch(f"{ckpt_dir}: tokenizer does not round-trip {text!r}: decoded {back!r}")
+
+
+def has_tokenizer(ckpt_dir: Path | str) -> bool:
+    """Whether a checkpoint directory holds tokenizer files (RL trainers may save the weights alone)."""
+    return any(fnmatch.fnmatch(f.name, p) for f in Path(ckpt_dir).iterdir() for p in TOKENIZER_FILES)
+
+
+def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    # without its files transformers builds an empty tokenizer from the model type, which every
+    # other tokenizer "extends", so a pair would pass with one shared token
+    if not trust_remote_code and not has_tokenizer(ckpt_dir):
+        raise ModelFetchError(
+            f"{ckpt_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "with the checkpoint (a tuned model's is its base model's)"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, KeyError, TypeError) as e:  # a tokenizer file that is not JSON, or cut short
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFetchError(f"transformers cannot read the tokenizer of {ckpt_dir}: {first}") from None
+
+
+def load_tokenizer(ckpt: Path | str, trust_remote_code: bool | None = None):
+    """The tokenizer of a checkpoint (a directory, or its manifest: then the checkpoint is verified);
+    its code runs where its manifest says so (``loading_options``) or ``trust_remote_code`` is given."""
+    ckpt_dir = resolve_checkpoint(ckpt)
+    if trust_remote_code is None:
+        trust_remote_code = loading_options(ckpt_dir)["trust_remote_code"]
+    return _auto_tokenizer(ckpt_dir, trust_remote_code)
+
+
+def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
+    """The token ids generation stops at: the tokenizer's EOS and those of the checkpoint's
+    ``generation_config.json`` (vLLM stops on the latter), the tokenizer's first."""
+    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    path = resolve_checkpoint(ckpt) / "generation_config.json"
+    if path.is_file():
+        given = json.loads(path.read_text()).get("eos_token_id")
+        for i in [given] if isinstance(given, int) else given or []:
+            if int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def compare_tokenizers(base, rl) -> int:
+    """The vocabulary size both models share, or ``TokenizerMismatch``.
+
+    Identical vocabularies pass. One vocabulary may extend the other with tokens at ids past
+    the other's end (added special tokens); the shared size is then the smaller one, and
+    logits are sliced to it. Any id that names different tokens is refused.
+    """
+    vb, vr = base.get_vocab(), rl.get_vocab()
+    ib = {i: t for t, i in vb.items()}
+    ir = {i: t for t, i in vr.items()}
+    shared = min(len(base), len(rl))
+    diff = [i for i in range(shared) if ib.get(i) != ir.get(i)]
+    if diff:
+        i = diff[0]
+        raise TokenizerMismatch(
+            f"{len(diff)} of the first {shared} token ids differ, e.g. id {i} is {ib.get(i)!r} in the base "
+            f"tokenizer but {ir.get(i)!r} in the rl tokenizer"
+        )
+    return shared
+
+
+def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
+    """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
+    tokenizers = [_auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
+    return compare_tokenizers(*tokenizers)
+
+
+def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
+    """Compare a pair's checkpoints (directories or manifests) and write ``out``, the pair manifest
+    with the shared vocabulary size."""
+    base_dir, rl_dir = resolve_checkpoint(base), resolve_checkpoint(rl)
+    what = "a checkpoint manifest: materialise the checkpoint with `tokenshift models fetch` first"
+    mb, mr = read_json(manifest_path(base_dir), what), read_json(manifest_path(rl_dir), what)
+    if base_dir.resolve() == rl_dir.resolve():  # two names of one model are two checkpoints (a null control)
+        raise ModelFetchError(
+            f"pair {pair!r}: --base {base} and --rl {rl} are one checkpoint ({base_dir}); expected the pair's two "
+            "models"
+        )
+    try:
+        shared = compare_tokenizer_dirs(base_dir, rl_dir)
+    except TokenizerMismatch as e:
+        raise TokenizerMismatch(
+            f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}"
+        ) from None
+    for m in (mb, mr):
+        if m["embedding_rows"] and m["embedding_rows"] < shared:
+            raise TokenizerMismatch(
+                f"pair {pair!r}: model {m['name']!r} has {m['embedding_rows']} embedding rows, fewer than the "
+                f"{shared} tokens of the tokenizer"
+            )
+    info = {
+        "pair": pair,
+        "base": mb["name"],
+        "rl": mr["name"],
+        "shared_vocab_size": shared,
+        "embedding_rows": {"base": mb["embedding_rows"], "rl": mr["embedding_rows"]},
+        "identical_tokenizers": mb["tokenizer_sha256"] == mr["tokenizer_sha256"],
+    }
+    write_json_atomic(Path(out), info)
+    return info
