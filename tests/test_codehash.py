@@ -438,7 +438,7 @@ def test_every_file_a_job_reads_is_one_its_rule_declares(traced_study):
     the run (``--detailed-summary``). A checkpoint directory is read through its manifest (an input, whose
     hashes are checked against the files); a job's own outputs' folders hold its resumable shards. Found
     at once: the report read two divergence tables its rule did not declare."""
-    from tokenshift.models import fingerprints_path
+    from tokenshift.checkpoints import fingerprints_path
 
     work, records = traced_study
     r = snakemake(work, "--detailed-summary", *TRACED_TARGETS)

@@ -111,7 +111,7 @@ def write_manifest(
 
     # imported here, not at the top: both modules import this one
     from tokenshift.loading import unknown_attention
-    from tokenshift.tokenizer import _auto_tokenizer, check_tokenizer_roundtrip, tokenizer_fingerprint
+    from tokenshift.tokenizer import auto_tokenizer, check_tokenizer_roundtrip, tokenizer_fingerprint
 
     trust = bool(spec.get("trust_remote_code", False))
     if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
@@ -146,7 +146,7 @@ def write_manifest(
         raise ModelFetchError(
             f"model {name!r}: {ckpt_dir / 'config.json'} gives vocab_size {rows!r}; expected a positive whole number"
         )
-    tok = _auto_tokenizer(ckpt_dir, trust)
+    tok = auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     manifest = {
         "name": name,

@@ -66,7 +66,9 @@ def has_tokenizer(ckpt_dir: Path | str) -> bool:
     return any(fnmatch.fnmatch(f.name, p) for f in Path(ckpt_dir).iterdir() for p in TOKENIZER_FILES)
 
 
-def _auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
+def auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
+    """A checkpoint directory's tokenizer through ``AutoTokenizer`` (as the fetch checks it, before any
+    manifest exists; a stage's is ``load_tokenizer``), or ``ModelFetchError`` naming the directory."""
     from transformers import AutoTokenizer
 
     # without its files transformers builds an empty tokenizer from the model type, which every
@@ -89,7 +91,7 @@ def load_tokenizer(ckpt: Path | str, trust_remote_code: bool | None = None):
     ckpt_dir = resolve_checkpoint(ckpt)
     if trust_remote_code is None:
         trust_remote_code = loading_options(ckpt_dir)["trust_remote_code"]
-    return _auto_tokenizer(ckpt_dir, trust_remote_code)
+    return auto_tokenizer(ckpt_dir, trust_remote_code)
 
 
 def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
@@ -128,7 +130,7 @@ def compare_tokenizers(base, rl) -> int:
 
 def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
     """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
-    tokenizers = [_auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
+    tokenizers = [auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
     return compare_tokenizers(*tokenizers)
 
 
