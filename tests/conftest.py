@@ -40,6 +40,17 @@ def fresh_batch_sizes():
     forget_batch_sizes()
 
 
+SLOW_FIXTURES = ("short_toy_base",)
+"""Fixtures that train a model for minutes: a test that needs one (directly or through another fixture)
+is slow, so ``-m "not slow"`` stays an inner loop."""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if set(SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer():
     from tokenshift.toy.task import ToyTaskConfig, pretraining_traces, problems

@@ -195,6 +195,7 @@ def stop_after_shards(shards, k, fn):
         sharding.write_json_atomic = real
 
 
+@pytest.mark.slow
 def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_path):
     ckpt = make_checkpoint("m")
     rows = [{"problem": f"{i}+{i}", "answer": str(2 * i)} for i in range(60)]
@@ -303,6 +304,7 @@ def test_accuracy_table_avg_and_pass_at_k():
     assert t["pair"].to_list() == ["x"] * 3
 
 
+@pytest.mark.slow
 def test_a_damaged_shard_is_named_discarded_and_recomputed(make_checkpoint, jsonl, tmp_path, caplog):
     ckpt = make_checkpoint("m")
     problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))
