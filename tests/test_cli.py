@@ -801,3 +801,12 @@ def test_toy_checks_flags_are_those_of_its_options_class():
     assert {k: getattr(args, k) for k in values} == values
     defaults = build_parser().parse_args(argv[:7])
     assert {k: getattr(defaults, k) for k in values} == dataclasses.asdict(ToyCheckOptions())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_flag_that_is_not_finite_is_refused(value):
+    """Ninth hostile pass: `--temperature=nan` sampled garbage and `--mistake-rate=nan` built a toy on it (NaN
+    passes every bound, as no comparison with it is true); `--pretrain-lr=nan` was a traceback."""
+    for argv in (["rollout", f"--temperature={value}"], ["models", "toy-base", "x", f"--mistake-rate={value}"]):
+        r = run(tokenshift_cmd() + argv)
+        assert r.returncode == 2 and f"expected a finite number, got '{value}'" in r.stderr, r.stderr

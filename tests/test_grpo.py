@@ -152,3 +152,16 @@ def test_pretraining_at_a_learning_rate_that_makes_the_loss_infinite_is_one_erro
         progress=False,
     )
     assert len(losses) == 20 and all(math.isfinite(x) for x in losses)
+
+
+def test_sampling_takes_the_largest_seed_a_run_may_have(make_checkpoint):
+    """Ninth hostile pass: `advantages run --seed 4294967295` (the schema's largest) died in torch.manual_seed
+    (OverflowError): GRPO samples step s with seed * 7919 + s, and each batch reseeds with that * 1,000,003 + b,
+    past torch's 2**64. The reseed wraps into torch's range; a seed already in it is itself."""
+    from tokenshift.generation import SamplingConfig, sample
+    from tokenshift.options import MAX_SEED
+
+    model = load_causal_lm(make_checkpoint("policy"), "cpu")
+    cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=3)
+    drawn = sample(model, [[1, 2, 3]] * 2, eos_id=0, pad_id=0, sampling=cfg, seed=MAX_SEED * 7919 + 7)
+    assert len(drawn) == 2 and all(d.response_ids for d in drawn)

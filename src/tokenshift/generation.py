@@ -183,7 +183,7 @@ def sample(
         for b, start in enumerate(range(0, len(prompts), batch_size)):
             chunk = prompts[start : start + batch_size]
             ids, mask = pad_rows(chunk, pad_id)
-            torch.manual_seed(seed * 1_000_003 + b)
+            torch.manual_seed((seed * 1_000_003 + b) % 2**64)  # torch's range; a smaller seed is itself
             greedy = sampling.temperature == 0
             gen = model.generate(
                 input_ids=ids.to(device),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import types
 import typing
@@ -76,6 +77,8 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, m
         except ValueError:
             wanted = f"'auto' or {kind.__name__}" if auto else kind.__name__
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN compares with no bound, so passed them all
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
         if maximum is not None and value > maximum:
