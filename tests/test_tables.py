@@ -261,3 +261,23 @@ def test_every_divergence_table_the_workflow_declares_has_its_builder_and_no_oth
     from tokenshift.tables import DIVERGENCE_BUILDERS
 
     assert tuple(DIVERGENCE_BUILDERS) == DIVERGENCE_TABLES
+
+
+def test_a_rollout_table_of_two_models_is_refused(tmp_path):
+    """Ninth hostile pass (F15): a rollout table whose `model` column names two checkpoints (another model's
+    rows gathered in) was graded as one model's."""
+    from helpers import rollouts
+
+    from tokenshift.io import InputError
+    from tokenshift.tables import write_accuracy
+
+    paths = {role: tmp_path / f"{role}.parquet" for role in ("base", "rl")}
+    for role, path in paths.items():
+        table = rollouts(0.5)
+        models = pl.Series([f"{role}@0123"] * (table.height - 1) + ["other@4567"])
+        table.with_columns(models.alias("model")).write_parquet(path)
+    with pytest.raises(
+        InputError, match=r"base.parquet: rollouts of 2 models \(base@0123, other@4567\): expected the base"
+    ):
+        write_accuracy(paths, tmp_path / "a.parquet")
+    assert not (tmp_path / "a.parquet").exists()

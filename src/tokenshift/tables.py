@@ -699,6 +699,12 @@ def write_accuracy(
     # the table records it), would compare a model with itself and report no difference as a finding
     paths = {role: Path(path).resolve() for role, path in rollouts.items()}
     models = {role: sorted(set(t["model"].drop_nulls())) for role, t in tables.items() if "model" in t.columns}
+    for role, held in models.items():  # a part of another model's run gathered in: two models' rows as one's
+        if len(held) > 1:
+            raise InputError(
+                f"{rollouts[role]}: rollouts of {len(held)} models ({', '.join(held)}): expected the {role} "
+                f"model's alone ({what}){remake_hint(rollouts[role])}"
+            )
     for (role, path), (other, other_path) in itertools.combinations(paths.items(), 2):
         same = "the same file" if path == other_path else None
         if not same and models.get(role) and models.get(role) == models.get(other):
