@@ -541,6 +541,26 @@ def test_a_local_datasets_field_its_rows_do_not_have_is_refused_naming_the_key(t
             check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
     config["datasets"]["h"] = {"path": "d.parquet", "answer_field": "gold"}  # the fields it has: passes
     check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+    # ninth hostile pass (F2): a file of no rows, and more problems asked for than it has, passed too
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    pl.DataFrame({"problem": [], "answer": []}, schema={"problem": pl.String, "answer": pl.String}).write_parquet(
+        tmp_path / "empty.parquet"
+    )
+    cases = [
+        ({"path": "empty.jsonl"}, "datasets.h.path: got 'empty.jsonl'; holds no rows"),
+        ({"path": "empty.parquet"}, "datasets.h.path: got 'empty.parquet'; holds no rows"),
+        (
+            {"path": "d.parquet", "answer_field": "gold", "n_problems": 2},
+            "datasets.h.n_problems: got 2; expected at most",
+        ),
+        ({"path": "d.jsonl", "question_field": "question", "n_problems": 3}, "at most the 1 rows of d.jsonl"),
+    ]
+    for entry, needle in cases:
+        config["datasets"]["h"] = entry
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+    config["datasets"]["h"] = {"path": "d.parquet", "answer_field": "gold", "n_problems": 1}
+    check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
 
 
 def test_a_random_thresholds_level_is_accepted_with_a_warning_that_it_does_nothing():

@@ -479,9 +479,10 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
 
 
 def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> None:
-    """A local dataset's ``question_field``, ``answer_field`` and ``id_field`` among the fields of its rows: a
-    parquet file's columns, a JSONL file's first row's keys (the dataset job checks every row). A file that
-    cannot be read so is left to that job, which names what is wrong with it."""
+    """A local dataset's rows: some, at least ``n_problems`` of them, and its ``question_field``,
+    ``answer_field`` and ``id_field`` among their fields: a parquet file's columns, a JSONL file's first row's
+    keys (the dataset job checks every row). A file that cannot be read so is left to that job, which names
+    what is wrong with it."""
     import json
 
     from tokenshift.settings import ROW_FIELDS
@@ -492,14 +493,23 @@ def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> Non
             import polars as pl
 
             held = list(pl.read_parquet_schema(path))
+            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
         else:
             with path.open(encoding="utf-8-sig") as f:
-                row = json.loads(next((line for line in f if line.strip()), "null"))
-            if not isinstance(row, dict):
+                lines = (line for line in f if line.strip())
+                row = json.loads(next(lines, "null"))
+                rows = (row is not None) + sum(1 for _ in lines)
+            if rows and not isinstance(row, dict):
                 return
-            held = list(row)
+            held = list(row or ())
     except Exception:  # not UTF-8, not JSON, nested past the parser, not parquet: the job's one-line error
         return
+    if not rows:
+        raise ConfigError(f"datasets.{name}.path", spec["path"], "holds no rows; expected a dataset's problems")
+    if (spec.get("n_problems") or 0) > rows:  # the job refuses it too, after the rollouts' plan was made on it
+        raise ConfigError(
+            f"datasets.{name}.n_problems", spec["n_problems"], f"expected at most the {rows} rows of {spec['path']}"
+        )
     for key, field in fields.items():
         if field is not None and field not in held:
             shown = ", ".join(map(repr, held[:12])) + (", ..." if len(held) > 12 else "")
