@@ -690,6 +690,12 @@ def test_an_alias_cycle_in_the_config_is_refused_in_one_line_naming_the_key(tmp_
         ("pairs:\n- name: a\n  datasets: [x]\n  name: b\n", "config key pairs[0].name: got"),
         ("a: &A\n  b: [1, *A]\n", "config key a.b[1]: got '<an alias *A inside the collection &A names"),
         ('models: {m: {path: "\\xff"}}\n# caf\xe9\n', "config key (the file): got '<the byte 0xe9 at line 2 of"),
+        # ninth hostile pass (F1): not YAML, and Snakemake's one message ("not valid JSON or YAML") named no line
+        ("a: 1\nb: *nowhere\n", "got \"<found undefined alias 'nowhere' at line 2, column 4 of"),
+        ("a:\n\t- 1\n", "found character '\\\\t' that cannot start any token at line 2, column 1 of"),
+        ("a: !local x\n", "could not determine a constructor for the tag '!local' at line 1, column 4 of"),
+        ("a: [1, 2\n", "but got '<stream end>' at line 2, column 1 of"),
+        ("? [a, b]\n: 1\nc: {d: 2}\n", "found unhashable key at line 1, column 3 of"),  # no loader makes a list a key
     ],
 )
 def test_a_config_file_yaml_would_take_wrongly_is_refused_naming_the_key(tmp_path, text, needle):
@@ -711,9 +717,9 @@ def test_anchors_aliases_and_merge_keys_a_config_may_use_pass_the_file_check(tmp
     text = "base: &B {n: 4, seed: 0}\nsampling:\n  <<: *B\n  n: 8\nlists: [&L [1, 2], *L]\nsame: {a: 1, b: {a: 2}}\n"
     path.write_text(text)
     check_config_file(path)  # an override of a merged key is not a key given twice
-    path.write_text("? [a, b]\n: 1\nc: {d: 2}\n")  # a collection as a key: the stream's nesting kept
-    check_config_file(path)
     check_config_file(REPO / "config" / "config.yaml")
+    path.write_text('{\n\t"models": {"m": {"path": "ckpt"}}\n}\n')  # JSON, which Snakemake reads first, with tabs
+    check_config_file(path)
     for other in sorted((REPO / "config").glob("*.yaml")):
         check_config_file(other)
 

@@ -225,11 +225,15 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
       config merge recursed until a RecursionError;
     - a key given twice in one mapping: YAML loaders keep the last, so a second ``toy:`` block silently
       replaced the first one whole;
-    - bytes that are not UTF-8 (Snakemake's message named neither the file nor the line).
+    - bytes that are not UTF-8, or text that is not YAML (Snakemake's message named neither the file nor
+      the line).
 
     The file is read as a stream of parser events, which does not recurse. The workflow runs this on its
     ``configfile:`` before Snakemake loads it; a ``--configfile`` Snakemake reads before any of the
-    workflow's code (docs/pairs.md). A file that is missing or not YAML is left to Snakemake, which names it."""
+    workflow's code (docs/pairs.md). A file that is not YAML (nor JSON) is refused naming its line and what is
+    wrong there (Snakemake's message named neither); a missing one is left to Snakemake, which names it."""
+    import json
+
     import yaml
 
     try:
@@ -286,8 +290,15 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
                         f"<more than {limit} levels of nesting, at {where}>",
                         f"expected at most {limit} levels (the config's deepest keys are four down)",
                     )
-    except yaml.YAMLError:
-        return
+        yaml.safe_load(text)  # what the events leave: an alias to no anchor, a tag no safe loader constructs
+    except yaml.YAMLError as error:
+        try:
+            json.loads(text)  # Snakemake reads JSON first: a JSON file YAML refuses (tabs) is a config
+        except ValueError:
+            mark = getattr(error, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError("(the file)", f"<{problem}{at} of {path}>", "expected a YAML or JSON mapping") from None
 
 
 MAX_INTEGER = 2**63 - 1
