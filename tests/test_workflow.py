@@ -866,6 +866,37 @@ def test_toy_model_paired_with_a_local_one_fails_at_once(tmp_path, toy_tokenizer
     assert f"config key pairs[{len(DEFAULT['pairs'])}]" in r.stdout + r.stderr and "toy model" in r.stdout + r.stderr
 
 
+@pytest.mark.parametrize("odd", ["dangling", "loop", "directory", "fifo"])
+def test_a_checkpoint_file_that_is_no_regular_file_is_refused_naming_it(tmp_path, toy_tokenizer, odd):
+    """Ninth hostile pass (F4, F5): a tokenizer.json that was a broken or looping link passed `snakemake -n` (the
+    fetch links regular files alone, so the checkpoint went without it); weights that were a FIFO failed the fetch
+    with "has no safetensors weights", naming the output, not the file."""
+    import os
+
+    from tokenshift.checkpoints import ModelFetchError, fetch_model
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    ckpt = tmp_path / "ckpt" / "a"
+    save_checkpoint(ckpt, toy_tokenizer)
+    name = "model.safetensors" if odd == "fifo" else "tokenizer.json"
+    (ckpt / name).unlink()
+    if odd == "dangling":
+        (ckpt / name).symlink_to(tmp_path / "gone.json")
+    elif odd == "loop":
+        (ckpt / name).symlink_to(ckpt / name)
+    elif odd == "directory":
+        (ckpt / name).mkdir()
+    else:
+        os.mkfifo(ckpt / name)
+    config = copy.deepcopy(DEFAULT)
+    config["models"]["a"] = {"path": "ckpt/a"}
+    with pytest.raises(ConfigError, match=rf"^config key models.a.path: got 'ckpt/a'; its {name} is no regular file"):
+        check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+    with pytest.raises(ModelFetchError, match=rf"{ckpt / name} is no regular file"):
+        fetch_model("a", {"path": str(ckpt)}, tmp_path / "out" / "a")
+    assert not (tmp_path / "out" / "a").exists()
+
+
 def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     import json
 

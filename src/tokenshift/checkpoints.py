@@ -288,6 +288,16 @@ def linked_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
     return sorted(f for f in Path(src).iterdir() if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns))
 
 
+def unreadable_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
+    """Entries of a local checkpoint that its file patterns name but that are no regular file: a dangling or
+    looping link, a directory, a FIFO, a device. Linking takes regular files alone, so the checkpoint would be
+    fetched without them: a tokenizer or weights file gone without a word."""
+    patterns = _patterns(trust_remote_code)
+    return sorted(
+        f for f in Path(src).iterdir() if not f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns)
+    )
+
+
 def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     """Materialise a ``path`` or ``hub`` model spec at ``out_dir``; returns its manifest.
 
@@ -301,6 +311,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
         src = Path(spec["path"]).resolve()
         if not (src / "config.json").is_file():
             raise ModelFetchError(f"model {name!r}: {src} is not a Hugging Face checkpoint (no config.json)")
+        if odd := unreadable_files(src, trust):
+            raise ModelFetchError(f"model {name!r}: {odd[0]} is no regular file (a broken link, a directory?)")
     elif "hub" in spec:
         src = _snapshot(name, spec)
     else:

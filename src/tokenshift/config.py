@@ -450,7 +450,7 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
                     spec["path"],
                     "expected a directory with config.json (a Hugging Face checkpoint)",
                 )
-            from tokenshift.checkpoints import custom_code, linked_files
+            from tokenshift.checkpoints import custom_code, linked_files, unreadable_files
             from tokenshift.tokenizer import TOKENIZER_FILES, has_tokenizer
 
             if not spec.get("trust_remote_code") and custom_code(p):
@@ -463,6 +463,13 @@ def _check_models(config: Mapping[str, Any], base_dir: Path) -> None:
 
             for f in linked_files(p, bool(spec.get("trust_remote_code"))):  # each a Snakemake input too
                 _no_wildcards(f"models.{name}.path", spec["path"], f.name)
+            if odd := unreadable_files(p, bool(spec.get("trust_remote_code"))):  # the fetch would leave it out
+                raise ConfigError(
+                    f"models.{name}.path",
+                    spec["path"],
+                    f"its {odd[0].name} is no regular file (a broken or looping link, a directory, a pipe): "
+                    "expected the checkpoint's files",
+                )
             if not spec.get("trust_remote_code") and not has_tokenizer(p):
                 raise ConfigError(
                     f"models.{name}.path",
