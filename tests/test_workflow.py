@@ -485,6 +485,17 @@ def _mutations():
             ),
             "expected a path this system can look up (File name too long)",
         ),
+        # ninth hostile pass (F13): short once resolved, past the limit as spelt (what the jobs are given)
+        (
+            "model-path-of-dots-past-the-systems-limit",
+            m(lambda c: c["models"].update(q={"path": "./" * 2100})),
+            "models.q.path: got '././././",
+        ),
+        (
+            "model-path-of-ups-past-the-systems-limit",
+            m(lambda c: c["models"].update(q={"path": "x/../" * 900})),
+            "expected a path this system can look up (File name too long)",
+        ),
         (
             "init-on-a-toy-base",
             m(lambda c: c["models"]["toy-base"].update(init="toy-rl")),

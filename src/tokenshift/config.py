@@ -412,8 +412,10 @@ def _check_paths(config: Mapping[str, Any], base_dir: Path) -> None:
         for name, spec in config.get(section, {}).items():
             if "path" not in spec:
                 continue
+            path = base_dir / spec["path"]
             try:
-                (base_dir / spec["path"]).resolve().stat()
+                path.stat()  # as the jobs spell it: `./` 2,000 times over is too long a name, though it resolves
+                path.resolve().stat()
             except FileNotFoundError:
                 continue
             except (OSError, RuntimeError) as e:  # ENAMETOOLONG, ELOOP (RuntimeError from resolve() before 3.13)
