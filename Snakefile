@@ -26,11 +26,13 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 # what Snakemake's own load of the config would take wrongly or end in a traceback (nesting thousands
-# deep, an alias cycle, a key given twice, bytes not UTF-8): refused first, in one line naming the key
+# deep, an alias cycle, a key given twice, bytes not UTF-8, text not YAML): refused first, in one line
+# naming the key; a --configfile (loaded already: what its load kept, a key given twice, is refused here)
 from tokenshift.config import ConfigError, check_config_file
 
 try:
-    check_config_file("config/config.yaml")
+    for path in ("config/config.yaml", *workflow.overwrite_configfiles):
+        check_config_file(path)
 except ConfigError as error:
     raise error.with_traceback(None) from None
 

@@ -693,6 +693,20 @@ def test_an_alias_cycle_in_the_config_is_refused_in_one_line_naming_the_key(tmp_
     assert "src/tokenshift" not in out
 
 
+def test_a_key_given_twice_in_a_configfile_is_refused_too(tmp_path):
+    # ninth hostile pass (F17): only config/config.yaml was checked; in a --configfile (docs/paper-protocol.md
+    # has users give one) the first `sampling:` block was dropped without a word
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "config.yaml", tmp_path / "config" / "config.yaml")
+    (tmp_path / "over.yaml").write_text("sampling:\n  seed: 1\nsampling:\n  n: 2\n")
+    r = snakemake(tmp_path, "-n", "all", "--configfile", str(tmp_path / "over.yaml"))
+    out = r.stdout + r.stderr
+    assert (
+        r.returncode != 0
+        and f"config key sampling: got \"<a second 'sampling' in one mapping, at line 3 of {tmp_path}" in out
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
