@@ -619,7 +619,7 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
     prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for flag, device in (("--device-base", "cuda"), ("--device-rl", "cuda:0,99")):
+    for flag, device in (("--device-base", "cuda"), ("--device-rl", "cuda:0,99"), ("--device-base", "meta")):
         if visible and device == "cuda":
             continue  # a GPU machine has cuda:0
         r = run(
@@ -630,6 +630,14 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
         )
         one_line_error(r, f"{flag.removeprefix('--').replace('-', '_')} ({flag}) {device!r}: ")
         assert not (tmp_path / "o.parquet").exists()
+    # ninth hostile pass (F19): a device that is none (`meta`, `mps`, ` cuda`) was a RuntimeError traceback
+    from tokenshift.io import InputError
+    from tokenshift.loading import check_devices
+
+    for device in ("mps", " cuda", "CUDA", "", "cpu,cpu", "cuda:", "cuda:0,"):
+        with pytest.raises(InputError, match=r"^device_rl \(--device-rl\) .*: expected auto, cpu, cuda, cuda:<i>"):
+            check_devices({"device_base": "cpu", "device_rl": device})
+    check_devices({"device_base": "auto", "device_rl": "cpu"})
 
 
 def test_report_with_a_config_that_is_not_text_names_it(tmp_path):

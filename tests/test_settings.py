@@ -200,6 +200,12 @@ def test_every_enumeration_of_the_schema_is_one_the_code_holds():
                 assert set(f.metadata["choices"]) == set(spec.get("items", spec)["enum"]), f"{cls.section}.{f.name}"
 
 
+def test_the_schemas_device_is_the_registrys():
+    from tokenshift.registry import DEVICE_PATTERN
+
+    assert SCHEMA["$defs"]["device"]["pattern"] == DEVICE_PATTERN
+
+
 def test_policies_and_directions_are_the_registry():
     cs = SCHEMA["properties"]["crosssample"]["properties"]
     assert set(cs["policies"]["items"]["enum"]) == set(POLICIES)

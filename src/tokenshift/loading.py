@@ -8,6 +8,7 @@ does all three (``load_job_models``); and the parts of a loaded model that scori
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -111,15 +112,21 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
 
 
 def check_devices(requested: Mapping[str, str]) -> None:
-    """Refuse, naming the setting (``requested``: setting -> device), a GPU device this job cannot have: any where
-    torch sees no GPU (a CPU-only build, or a node without one), an index past the GPUs it sees. The config
-    check cannot know: ``snakemake -n`` may plan for a cluster's GPU nodes."""
+    """Refuse, naming the setting (``requested``: setting -> device), a device that is none
+    (``registry.DEVICE_PATTERN``: a flag is not checked as the config's key is), or a GPU device this job cannot
+    have: any where torch sees no GPU (a CPU-only build, or a node without one), an index past the GPUs it sees.
+    The config check cannot know the latter: ``snakemake -n`` may plan for a cluster's GPU nodes."""
     import torch
 
     from tokenshift.memory import gpu_ids
+    from tokenshift.registry import DEVICE_PATTERN
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for key, device in requested.items():
+        if not re.match(DEVICE_PATTERN, device):  # `meta`, `mps`, ` cuda`: a traceback at the first .to()
+            raise InputError(
+                f"{key} (--{key.replace('_', '-')}) {device!r}: expected auto, cpu, cuda, cuda:<i> or cuda:<i>,<j>,..."
+            )
         ids = gpu_ids(device)
         if not ids:  # auto or cpu
             continue

@@ -42,6 +42,9 @@ GRADING_MODES = ("strict", "lenient")
 
 DIVERGENCE_TABLES = ("sparsity", "position", "entropy", "reallocation")
 """Tables of the divergence stage (``results/<pair>/<dataset>/divergence/<name>.parquet``)."""
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+(,[0-9]+)*)?)$"
+"""A model's device, as a config's ``device_*`` keys (the schema's ``device``) and their flags take it: auto (a GPU
+where the job has one), cpu, cuda, cuda:<i>, or cuda:<i>,<j>,... (one model over several GPUs)."""
 REPORTED_DIVERGENCE = ("sparsity", "position", "reallocation")
 """The divergence tables the report reads (``report.load_result``; its rule declares each)."""
 
