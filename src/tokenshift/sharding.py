@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -134,7 +135,11 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
         metadata = pl.read_parquet_metadata(p)
         records[p] = models_record(metadata)
         recorded = metadata.get(PART_RECORD)
-        if recorded != place(p):
+        # a part written outside its writer's folder records its absolute path: where it is, from any folder and
+        # through any link (a copy put elsewhere is still not there)
+        if recorded != place(p) and not (
+            recorded and os.path.isabs(recorded) and os.path.realpath(recorded) == os.path.realpath(p)
+        ):
             held = (
                 f"it records being written as {recorded}: copied over this one?"
                 if recorded
