@@ -186,6 +186,22 @@ def test_a_stage_given_one_of_its_inputs_as_its_output_refuses_and_leaves_it(tmp
     r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(parts[1])])
     one_line_error(r, f"--out {parts[1]}: is also an input of this stage (parts {parts[1]})")
     assert pl.read_parquet(parts[1]).height == 1
+    # ninth hostile pass (F8): an output directory holding an input under a name the stage writes there
+    div = tmp_path / "div"
+    div.mkdir()
+    scores = div / "sparsity.parquet"
+    pl.DataFrame({"a": [1]}).write_parquet(scores)
+    before = scores.read_bytes()
+    r = run(
+        tokenshift_cmd()
+        + ["divergence", "--scores-base", str(scores), "--scores-rl", str(path), "--out-dir", str(div)]
+        + ["--pair", "p", "--dataset", "d"]
+    )
+    one_line_error(r, f"--out-dir {div}: the stage writes {scores} there, which is also an input of it (scores-base")
+    assert scores.read_bytes() == before
+    (div / "curve.parquet").write_bytes(before)
+    r = run(tokenshift_cmd() + ["advantages", "table", str(div / "curve.parquet"), "--out-dir", str(div)])
+    one_line_error(r, f"the stage writes {div / 'curve.parquet'} there, which is also an input of it (evals")
 
 
 def test_a_dataset_asked_for_more_problems_than_its_file_holds_is_refused(tmp_path):

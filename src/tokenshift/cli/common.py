@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenshift.io import InputError
@@ -20,13 +21,21 @@ def settings(cls: type, args: argparse.Namespace, **given):
 
 
 def output(
-    p: argparse.ArgumentParser, flag: str, expected: str, help: str, *, directory: bool = False, required: bool = True
+    p: argparse.ArgumentParser,
+    flag: str,
+    expected: str,
+    help: str,
+    *,
+    directory: bool = False,
+    required: bool = True,
+    writes: Sequence[str] = (),
 ) -> None:
     """An output path (``required`` or not), ``expected`` saying what it should be ("a .parquet file path", "a
-    directory"). ``check_outputs`` looks at it before the stage runs: a directory given where a file is
-    written (or a file where a directory is) is one line naming the flag, not a traceback at the last step."""
+    directory"; a directory's ``writes``: the names of the tables the stage writes in it). ``check_outputs``
+    looks at it before the stage runs: a directory given where a file is written (or a file where a directory
+    is) is one line naming the flag, not a traceback at the last step."""
     p.add_argument(flag, required=required, help=help)
-    p.set_defaults(outputs=[*(p.get_default("outputs") or []), (flag, expected, directory)])
+    p.set_defaults(outputs=[*(p.get_default("outputs") or []), (flag, expected, directory, tuple(writes))])
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -34,8 +43,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     or, where a file goes, one of the stage's own input files (any other argument naming the same file), which
     the stage would overwrite with what it made from it."""
     outputs = getattr(args, "outputs", None) or []
-    names = {flag.removeprefix("--").replace("-", "_") for flag, _, _ in outputs}
-    for flag, expected, directory in outputs:
+    names = {flag.removeprefix("--").replace("-", "_") for flag, *_ in outputs}
+    for flag, expected, directory, writes in outputs:
         value = getattr(args, flag.removeprefix("--").replace("-", "_"))
         if value is None:  # an optional output not asked for
             continue
@@ -52,6 +61,12 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise InputError(f"{flag} {value}: is a file; expected {expected}")
         if not directory and (given := _same_as_input(path, args, names)):  # a directory may hold inputs and outputs
             raise InputError(f"{flag} {value}: is also an input of this stage ({given}); write the output elsewhere")
+        for name in writes:  # but not as the tables it writes there
+            if given := _same_as_input(path / name, args, names):
+                raise InputError(
+                    f"{flag} {value}: the stage writes {path / name} there, which is also an input of it ({given}); "
+                    "write the output elsewhere"
+                )
 
 
 def _same_as_input(path: Path, args: argparse.Namespace, outputs: set[str]) -> str | None:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from tokenshift import layout
 from tokenshift.cli.common import output, pair_checkpoints, quiet, settings, show
 from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import add_options
@@ -91,7 +92,8 @@ def _register_toy_check(sub) -> None:
         "decision_points.parquet under --out. The task is the one the base model was built with.",
     )
     pair_checkpoints(tc, "toy ")
-    output(tc, "--out", "a directory", "directory for the two tables", directory=True)
+    tables = [Path(layout.toy_check(t)).name for t in ("accuracy", "decision_points")]
+    output(tc, "--out", "a directory", "directory for the two tables", directory=True, writes=tables)
     add_options(tc, ToyCheckOptions, title="what is sampled")
     tc.set_defaults(func=_toy_check)
 

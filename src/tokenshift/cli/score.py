@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tokenshift.cli.common import output, pair_checkpoints, part_option, quiet, settings, show
 from tokenshift.options import add_options
-from tokenshift.registry import ROLES
+from tokenshift.registry import DIVERGENCE_TABLES, ROLES
 
 
 def register(sub) -> None:
@@ -51,7 +51,8 @@ def register(sub) -> None:
     )
     dv.add_argument("--scores-base", required=True, help="scores of the base model's rollouts")
     dv.add_argument("--scores-rl", required=True, help="scores of the RL model's rollouts")
-    output(dv, "--out-dir", "a directory", "directory for the tables", directory=True)
+    tables = [f"{t}.parquet" for t in (*DIVERGENCE_TABLES, "decision_points")]
+    output(dv, "--out-dir", "a directory", "directory for the tables", directory=True, writes=tables)
     dv.add_argument("--pair", required=True, help="pair name, stored in the tables")
     dv.add_argument("--dataset", required=True, help="dataset name, stored in the tables")
     dv.add_argument(

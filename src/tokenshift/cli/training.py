@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tokenshift import layout
 from tokenshift.cli.common import output, quiet, settings, show
 from tokenshift.options import add_options
 
@@ -34,7 +35,8 @@ def register(sub) -> None:
     add_options(
         run, AdvantageExperimentConfig, exclude=("variants", "seeds"), title="experiment (config `advantages:`)"
     )
-    output(run, "--out", "a directory", "directory for the run's two tables", directory=True)
+    tables = [Path(layout.advantage_run(table=t)).name for t in ("eval", "history")]
+    output(run, "--out", "a directory", "directory for the run's two tables", directory=True, writes=tables)
     quiet(run)
     run.set_defaults(func=_run)
 
@@ -45,7 +47,14 @@ def register(sub) -> None:
         "over seeds) and comparison.parquet (last round: accuracy with 95%% CI, paired difference from none).",
     )
     table.add_argument("evals", nargs="+", help="the runs' eval.parquet files")
-    output(table, "--out-dir", "a directory", "directory for curve.parquet and comparison.parquet", directory=True)
+    output(
+        table,
+        "--out-dir",
+        "a directory",
+        "directory for curve.parquet and comparison.parquet",
+        directory=True,
+        writes=(layout.CURVE, layout.COMPARISON),
+    )
     table.set_defaults(func=_table)
 
     sh = sub.add_parser(
