@@ -654,7 +654,7 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
     from tokenshift.io import InputError
     from tokenshift.loading import check_devices
 
-    for device in ("mps", " cuda", "CUDA", "", "cpu,cpu", "cuda:", "cuda:0,"):
+    for device in ("mps", " cuda", "CUDA", "", "cpu,cpu", "cuda:", "cuda:0,", "cuda\n"):
         with pytest.raises(InputError, match=r"^device_rl \(--device-rl\) .*: expected auto, cpu, cuda, cuda:<i>"):
             check_devices({"device_base": "cpu", "device_rl": device})
     check_devices({"device_base": "auto", "device_rl": "cpu"})

@@ -123,7 +123,7 @@ def check_devices(requested: Mapping[str, str]) -> None:
 
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for key, device in requested.items():
-        if not re.match(DEVICE_PATTERN, device):  # `meta`, `mps`, ` cuda`: a traceback at the first .to()
+        if not re.fullmatch(DEVICE_PATTERN, device):  # `meta`, `mps`, ` cuda`: a traceback at the first .to()
             raise InputError(
                 f"{key} (--{key.replace('_', '-')}) {device!r}: expected auto, cpu, cuda, cuda:<i> or cuda:<i>,<j>,..."
             )
