@@ -167,6 +167,8 @@ def test_another_datasets_rollouts_and_scores_are_refused_under_this_ones_name(s
     assert write_accuracy(paths, tmp_path / "a.parquet", dataset="toy").height
     with pytest.raises(InputError, match=r"rollouts of dataset toy@0123456789abcdef, given as dataset 'toyb'"):
         write_accuracy(paths, tmp_path / "b.parquet", dataset="toyb")
+    with pytest.raises(InputError, match=r"given as dataset '''s"):  # ninth hostile pass (F15): '' skipped the check
+        write_accuracy(paths, tmp_path / "b.parquet", dataset="")
     assert not (tmp_path / "b.parquet").exists()
     scored = {}
     for role in ("base", "rl"):

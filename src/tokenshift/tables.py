@@ -686,7 +686,7 @@ def write_accuracy(
     check_made_alike({rollouts[role]: t for role, t in tables.items()}, "both models' rollouts made alike")
     # rollouts of another dataset, given under this one's name (copied over them): its problems scored as these
     held = {t["dataset"][0] for t in tables.values() if "dataset" in t.columns and t.height}
-    if dataset and held and {label_dataset_name(h) for h in held} != {dataset}:
+    if dataset is not None and held and {label_dataset_name(h) for h in held} != {dataset}:
         role = next(r for r, t in tables.items() if "dataset" in t.columns and t.height)
         path = rollouts[role]
         # in the workflow's own place for this dataset, the file changed; elsewhere the flag may be what is wrong
