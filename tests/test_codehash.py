@@ -196,8 +196,9 @@ def audit(event, args):
 
 def recorded(read):
     def reading(source, *a, **k):
-        if isinstance(source, (str, os.PathLike)):
-            reads.add(os.path.abspath(os.fsdecode(source)))
+        for one in source if isinstance(source, (list, tuple)) else [source]:
+            if isinstance(one, (str, os.PathLike)):
+                reads.add(os.path.abspath(os.fsdecode(one)))
         return read(source, *a, **k)
 
     return reading
