@@ -282,20 +282,22 @@ def _patterns(trust_remote_code: bool) -> list[str]:
     return HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
 
 
+def _named(src: Path, trust_remote_code: bool) -> list[Path]:
+    """The entries of a local checkpoint directory that its file patterns name, sorted."""
+    patterns = _patterns(trust_remote_code)
+    return sorted(f for f in Path(src).iterdir() if any(fnmatch.fnmatch(f.name, p) for p in patterns))
+
+
 def linked_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
     """The files of a local checkpoint that ``fetch_model`` links (configs, tokenizer, safetensors)."""
-    patterns = _patterns(trust_remote_code)
-    return sorted(f for f in Path(src).iterdir() if f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns))
+    return [f for f in _named(src, trust_remote_code) if f.is_file()]
 
 
 def unreadable_files(src: Path, trust_remote_code: bool = False) -> list[Path]:
     """Entries of a local checkpoint that its file patterns name but that are no regular file: a dangling or
     looping link, a directory, a FIFO, a device. Linking takes regular files alone, so the checkpoint would be
     fetched without them: a tokenizer or weights file gone without a word."""
-    patterns = _patterns(trust_remote_code)
-    return sorted(
-        f for f in Path(src).iterdir() if not f.is_file() and any(fnmatch.fnmatch(f.name, p) for p in patterns)
-    )
+    return [f for f in _named(src, trust_remote_code) if not f.is_file()]
 
 
 def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
