@@ -517,11 +517,13 @@ def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> Non
         else:
             with path.open(encoding="utf-8-sig") as f:
                 lines = (line for line in f if line.strip())
-                row = json.loads(next(lines, "null"))
-                rows = (row is not None) + sum(1 for _ in lines)
-            if rows and not isinstance(row, dict):
+                first = next(lines, None)
+                # the rest counted only where n_problems asks how many: this runs at every Snakemake start
+                rows = (first is not None) + (sum(1 for _ in lines) if spec.get("n_problems") else 0)
+            row = json.loads(first) if first is not None else {}
+            if not isinstance(row, dict):
                 return
-            held = list(row or ())
+            held = list(row)
     except Exception:  # not UTF-8, not JSON, nested past the parser, not parquet: the job's one-line error
         return
     if not rows:
