@@ -27,7 +27,8 @@ min_version("9.0")
 
 # what Snakemake's own load of the config would take wrongly or end in a traceback (nesting thousands
 # deep, an alias cycle, a key given twice, bytes not UTF-8, text not YAML): refused first, in one line
-# naming the key; a --configfile (loaded already: what its load kept, a key given twice, is refused here)
+# naming the key. Each --configfile too: Snakemake has loaded it already, so what its load got wrong
+# silently (a key given twice) is refused here, before anything is planned.
 from tokenshift.config import ConfigError, check_config_file
 
 try:
