@@ -59,6 +59,20 @@ def test_what_the_config_says_needs_no_manifest_so_a_dry_run_shows_it():
     assert job_resources("score", [(given, None, "cpu"), (given, None, "cpu")], CLUSTER)["gpu"] == 0
 
 
+def test_a_model_the_config_puts_on_a_named_gpu_makes_its_job_ask_for_that_gpu():
+    # a toy model asks for no GPU; `cuda:1` on the cluster would then reach a node without one (a job's GPUs
+    # are numbered from 0, so cuda:1 needs two)
+    toy = ({"toy": "base"}, None)
+    assert job_resources("score", [(*toy, "cuda:1"), (*toy, "cpu")], CLUSTER)["gpu"] == 2
+    assert job_resources("crosssample", [(*toy, "cuda"), (*toy, "auto")], CLUSTER)["gpu"] == 1
+    assert job_resources("score", [(*toy, "cuda:0,3"), (*toy, "cuda:1")], CLUSTER)["gpu"] == 4
+    assert job_resources("score", [(*toy, "auto"), (*toy, "auto")], CLUSTER)["gpu"] == 0
+    # the models' own GPUs count where they are more; a named GPU is no reason for one on a CPU stage
+    big = ({"hub": "q/7b", "resources": {"gpus": 2}}, None)
+    assert job_resources("score", [(*big, "cuda:0"), (*big, "cuda:1")], CLUSTER)["gpu"] == 4
+    assert job_resources("divergence", [(*toy, "cuda:1")], CLUSTER)["gpu"] == 0
+
+
 def test_a_job_asks_for_its_models_gpus_memory_and_a_runtime_that_grows_with_retries():
     base, rl = ({"hub": "q/32b"}, manifest(64)), ({"path": "/ckpt"}, manifest(66))
     rollout = job_resources("rollout", [rl], CLUSTER)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tokenshift.memory import gpus_for
+from tokenshift.memory import gpu_ids, gpus_for
 
 HOST_OVERHEAD_MB = 2000
 """Host memory of a job beyond its models: Python, torch, tables."""
@@ -63,13 +63,16 @@ def job_resources(
     ``mem_mb`` and ``runtime`` (minutes); under ``cluster.gpu_request`` ``gres``, its GPUs as ``gres``
     (``gpu:<model>:<n>``) instead. ``models`` are the (config spec, manifest) of the models
     the job loads, or (config spec, manifest, device) where the stage's config places them: a model
-    the config puts on ``cpu`` asks for no GPU."""
+    the config puts on ``cpu`` asks for no GPU, and one it puts on ``cuda:<i>`` makes the job ask for at
+    least i + 1 (a job's GPUs are numbered from 0, so ``cuda:1`` needs two, whatever the model's size)."""
     models = [(s, m, *rest) for s, m, *rest in models]
-    gpus = (
-        sum(model_gpus(s, m, cluster["gpu_memory_gb"]) for s, m, *device in models if device != ["cpu"])
-        if stage in GPU_STAGES
-        else 0
-    )
+    gpus = 0
+    if stage in GPU_STAGES:
+        named = [i for _, _, *device in models if device for i in gpu_ids(device[0])]
+        gpus = max(
+            sum(model_gpus(s, m, cluster["gpu_memory_gb"]) for s, m, *device in models if device != ["cpu"]),
+            max(named, default=-1) + 1,
+        )
     # a model loaded on the CPU takes float32 (twice the bf16 weights); on a GPU its host copy passes through
     weights_mb = sum(weights_bytes(m) for _, m, *_ in models) / 2**20
     given = [s.get("resources", {}).get("mem_mb") for s, *_ in models]
