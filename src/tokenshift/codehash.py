@@ -18,8 +18,10 @@ Data files of the package (``templates/``) are covered where a reached unit name
 
 Names are resolved by their text, not their scope (a local variable named as a function reaches that
 function: more, never less), and annotations are not followed (``from __future__ import annotations``
-makes them strings that nothing runs). Not covered: the package's ``__init__.py`` (a version string)
-and ``cli/__init__.py`` (the dispatcher), third-party packages (torch, transformers, math-verify:
+makes them strings that nothing runs). Every stage's units include the dispatcher's (``cli/__init__.py``'s
+``main`` and what it reaches: the parser, the output check, what an error means); the other stages'
+``register`` functions that the parser calls through a loop variable are not followed, so a new flag of one
+stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a version string), third-party packages (torch, transformers, math-verify:
 their versions are not part of the hash). What a lookup by a computed name would reach (``getattr``
 with a string) is not followed: the package uses none; tests/test_codehash.py runs every stage of a
 small study under a tracer and checks that each function it ran is in its stage's units.
@@ -43,8 +45,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "tokenshift"
-SKIPPED = ("__init__.py", "cli/__init__.py")
+SKIPPED = ("__init__.py",)
 """Files of the package no stage's hash includes (relative to the package)."""
+DISPATCHER = ("tokenshift.cli", "main")
+"""What the ``tokenshift`` script runs (pyproject's ``[project.scripts]``) before a stage's handler, in every stage."""
 IMPORT_TIME = "<import>"
 """The name of a module's unit that holds the statements it runs when imported and that bind no name."""
 
@@ -372,8 +376,9 @@ def _handler(words: tuple[str, ...]):
 def stage_units(*words: str) -> Units:
     """The units subcommand ``tokenshift <words>`` runs (see the module's docstring)."""
     handler = _handler(words)
-    # the handler, and its module's `register`, whose arguments' defaults the handler runs with
-    return _reach([(handler.__module__, handler.__name__), (handler.__module__, "register")])
+    # the handler, its module's `register`, whose arguments' defaults the handler runs with, and the
+    # dispatcher that runs it (the `tokenshift` script's `main`: the parser, the output check, what errors mean)
+    return _reach([(handler.__module__, handler.__name__), (handler.__module__, "register"), DISPATCHER])
 
 
 def stage_files(*words: str) -> tuple[str, ...]:
