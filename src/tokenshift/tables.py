@@ -946,15 +946,26 @@ def write_crosssample_table(
     return table
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet takes a cell beginning with as a formula (OWASP's "CSV injection"): a text cell of a CSV
+copy that begins with one is written after an apostrophe, which spreadsheets read as "this is text"."""
+
+
 def csv_copy(src: Path, out: Path) -> pl.DataFrame:
     """The parquet table ``src`` written as CSV to ``out``, for a spreadsheet or R: the same rows and
     columns, a list, array or struct column as each value's JSON text (one cell per row), a binary one
-    as hex, a duration as ISO 8601 text (``PT3S``): what CSV cannot hold as it is."""
+    as hex, a duration as ISO 8601 text (``PT3S``): what CSV cannot hold as it is. A text cell that a
+    spreadsheet would run as a formula (``FORMULA_STARTS``: a token ``=``, a model named ``=HYPERLINK(...)``
+    in a stranger's config) is written as ``'=...``; the parquet table beside it holds the text exactly."""
     import json
 
     table = read_parquet(src, "a table to copy as CSV (a .parquet file)")
     for name, dtype in table.schema.items():
-        if dtype.is_nested():
+        if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+            text = pl.col(name).cast(pl.String)
+            formula = pl.any_horizontal(text.str.starts_with(c) for c in FORMULA_STARTS)
+            table = table.with_columns(pl.when(formula).then(pl.lit("'") + text).otherwise(text).alias(name))
+        elif dtype.is_nested():
             texts = [None if v is None else json.dumps(v) for v in table[name].to_list()]
             table = table.with_columns(pl.Series(name, texts, dtype=pl.String))
         elif dtype == pl.Binary:
