@@ -37,6 +37,32 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict[str, str]
     )
 
 
+MAKER = """wildcard_constraints:
+    f=".+[.]parquet",
+
+
+rule make:
+    input:
+        "{f}.before",
+    output:
+        "{f}",
+    shell:
+        "mv {input:q} {output:q}"
+"""
+
+
+def made_by_a_run(workdir: Path, *files: str) -> None:
+    """Have a real Snakemake run in ``workdir`` make ``files`` (paths relative to it, which exist), so that it
+    holds Snakemake's record of each as an output it made (``.snakemake/metadata``)."""
+    maker = workdir.parent / f"{workdir.name}.maker.smk"
+    maker.write_text(MAKER)
+    for f in files:
+        (workdir / f).rename(workdir / f"{f}.before")
+    r = run([sys.executable, "-m", "snakemake", "-s", str(maker), "-d", str(workdir), "--cores", "1", *files])
+    assert r.returncode == 0, r.stderr[-2000:]
+    maker.unlink()
+
+
 def planned(r) -> dict[str, int]:
     """Rule -> number of jobs, from the output of a `snakemake -n` run ({} when nothing is to be done)."""
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -7,7 +7,7 @@ import dataclasses
 import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
-from helpers import one_line_error
+from helpers import made_by_a_run, one_line_error
 
 HELPS = [
     [],
@@ -458,8 +458,13 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
         "a.parquet",
     ]
     one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
-    # in a workflow's working directory, the job that made it is named: Snakemake would plan it no more
+    # in a workflow's working directory, but a file no run made there (a copy by hand; the ninth hostile pass's
+    # F9, where the hint named a --forcerun target no rule makes): no job to force, no hint
     (tmp_path / ".snakemake").mkdir()
+    one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
+    assert "forcerun" not in run(cmd, cwd=tmp_path).stderr
+    # made there by a run: the job that made it is named, as Snakemake would plan it no more
+    made_by_a_run(tmp_path, "results/r.parquet")  # the damaged file, moved into place by a rule
     r = run(cmd, cwd=tmp_path)
     one_line_error(
         r, "results/r.parquet: not a readable parquet file", "`snakemake --cores all all --forcerun results/r.parquet`"

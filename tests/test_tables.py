@@ -196,7 +196,7 @@ def test_a_wrong_dataset_flag_is_not_blamed_on_the_workflows_rollouts(tmp_path, 
     workflow's folder, said the rollouts "changed after the job that made it finished" and told the user to
     force their job: the flag was what was wrong. The hint is given only for the workflow's own file of that
     dataset; elsewhere the error says the flag may be the mistake."""
-    from helpers import rollouts
+    from helpers import made_by_a_run, rollouts
 
     from tokenshift.io import InputError
     from tokenshift.tables import write_accuracy
@@ -218,7 +218,10 @@ def test_a_wrong_dataset_flag_is_not_blamed_on_the_workflows_rollouts(tmp_path, 
     # toy's own rollouts, given as toyb's: the flag is wrong, nothing to re-make
     said = accuracy("toy", "toyb")
     assert said.endswith(", or `--dataset` naming theirs") and "forcerun" not in said
-    # toyb's place holds toy's rollouts: that file changed, and the hint says how to make it again
+    # toyb's place holds toy's rollouts, but no run made them there: no job to force (F9)
+    assert "forcerun" not in accuracy("toyb", "toyb")
+    # a run made toyb's rollouts, since changed: the hint says how to make them again
+    made_by_a_run(tmp_path, *(f"results/p/toyb/rollouts/{role}.parquet" for role in ("base", "rl")))
     said = accuracy("toyb", "toyb")
     assert said.endswith("--forcerun results/p/toyb/rollouts/base.parquet`"), said
     assert not (tmp_path / "a.parquet").exists()

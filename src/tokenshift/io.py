@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import tempfile
+from base64 import urlsafe_b64encode
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,29 @@ def models_record(metadata: Mapping[str, str]) -> dict[str, str] | None:
     return record if isinstance(record, dict) else None
 
 
+def made_by_snakemake(rel: str) -> bool:
+    """Whether a Snakemake run in the working directory made the file ``rel`` (relative to it): its record in
+    ``.snakemake/metadata/``, which Snakemake keeps for each output of a finished job under the path's
+    URL-safe base64, cut into names of at most NAME_MAX - 1 characters (``@`` before every name but the
+    last). A copy placed there by hand, or a file of a rule the study has not, has none."""
+    records = Path(".snakemake", "metadata")
+    try:
+        longest = os.pathconf(records, "PC_NAME_MAX") or 255
+    except OSError:  # no such folder: no record
+        return False
+    b64 = urlsafe_b64encode(rel.encode()).decode()
+    names = [b64[i : i + longest - 1] for i in range(0, len(b64), longest - 1)]
+    return records.joinpath(*(f"@{n}" for n in names[:-1]), names[-1]).is_file()
+
+
 def remake_hint(path: Path | str) -> str:
     """How to make ``path`` again where a workflow made it (a file under the working directory of a
-    Snakemake run, which holds ``.snakemake/``), else "". A finished output damaged since (truncated,
+    Snakemake run that made it: ``made_by_snakemake``), else "". A finished output damaged since (truncated,
     overwritten) fails the job that reads it, and Snakemake, which counts it done, plans its job no
-    more: the job must be forced, and then all that follows it runs again."""
+    more: the job must be forced, and then all that follows it runs again. A file Snakemake did not make
+    there (a copy into a folder of a dataset the study has not) has no job to force: no hint."""
     rel = place(path)
-    if not Path(".snakemake").is_dir() or os.path.isabs(rel):
+    if os.path.isabs(rel) or not made_by_snakemake(rel):
         return ""
     return (
         "; it changed after the job that made it finished (truncated, overwritten): make it again, and all "
