@@ -18,13 +18,14 @@ Data files of the package (``templates/``) are covered where a reached unit name
 
 Names are resolved by their text, not their scope (a local variable named as a function reaches that
 function: more, never less), and annotations are not followed (``from __future__ import annotations``
-makes them strings that nothing runs). Every stage's units include the dispatcher's (``cli/__init__.py``'s
-``main`` and what it reaches: the parser, the output check, what an error means); the other stages'
-``register`` functions that the parser calls through a loop variable are not followed, so a new flag of one
-stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a version string), third-party
-packages (torch, transformers, math-verify: their versions are not part of the hash). What a lookup by a computed name would reach (``getattr``
-with a string) is not followed: the package uses none; tests/test_codehash.py runs every stage of a
-small study under a tracer and checks that each function it ran is in its stage's units.
+makes them strings that nothing runs). Every stage's units include the dispatcher's
+(``cli/__init__.py``'s ``main`` and what it reaches: the parser, the output check, what an error means);
+the other stages' ``register`` functions that the parser calls through a loop variable are not followed,
+so a new flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
+version string), third-party packages (torch, transformers, math-verify: their versions are not part of
+the hash). What a lookup by a computed name would reach (``getattr`` with a string) is not followed: the
+package uses none; tests/test_codehash.py runs every stage of a small study under a tracer and checks
+that each function it ran is in its stage's units.
 
 Reading the package takes about a second, at every Snakemake start (and on a cluster in every job, which
 starts Snakemake again): the hashes are remembered under ``tokenshift.io.cache_dir()``, keyed by the bytes
