@@ -266,12 +266,12 @@ def test_a_csv_copy_writes_a_text_cell_a_spreadsheet_would_run_as_text(tmp_path)
     name from a stranger's config) is a formula to a spreadsheet; the copy writes it after an apostrophe."""
     from tokenshift.tables import csv_copy
 
-    texts = ["=HYPERLINK(\"http://x\")", "+1", "-", "@SUM(A1)", "\tx", "\r=1", "a=b", " =1", "", None]
+    texts = ['=HYPERLINK("http://x")', "+1", "-", "@SUM(A1)", "\tx", "\r=1", "a=b", " =1", "", None]
     table = pl.DataFrame({"token": texts, "kind": pl.Series(texts, dtype=pl.Categorical), "x": [-1.5] * 10})
     table.write_parquet(tmp_path / "t.parquet")
     csv_copy(tmp_path / "t.parquet", tmp_path / "t.csv")
     back = pl.read_csv(tmp_path / "t.csv", schema=table.schema | {"kind": pl.String})
-    expected = ["'=HYPERLINK(\"http://x\")", "'+1", "'-", "'@SUM(A1)", "'\tx", "'\r=1", "a=b", " =1", "", None]
+    expected = ['\'=HYPERLINK("http://x")', "'+1", "'-", "'@SUM(A1)", "'\tx", "'\r=1", "a=b", " =1", "", None]
     assert back["token"].to_list() == expected and back["kind"].to_list() == expected
     assert back["x"].to_list() == [-1.5] * 10  # numbers stay numbers
     assert pl.read_parquet(tmp_path / "t.parquet")["token"].to_list() == texts  # the table itself is untouched
