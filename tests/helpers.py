@@ -63,6 +63,34 @@ def made_by_a_run(workdir: Path, *files: str) -> None:
     maker.unlink()
 
 
+def pair_files(results: Path, names) -> dict[str, Path]:
+    """The files of one pair and dataset's folder ``results`` (laid out as the workflow's ``layout.pair_dir``) by
+    the names the figure and report stages take them: a table's name, or ``<figure>.png``."""
+    from tokenshift import layout
+
+    def path(name: str) -> str:
+        if name.endswith(".png"):
+            return layout.figure(name.removesuffix(".png"))
+        return {"accuracy": layout.ACCURACY, "crosssample": layout.CROSSSAMPLE}.get(name) or layout.divergence(name)
+
+    return {name: results / path(name) for name in names}
+
+
+def figure_tables(results: Path) -> dict[str, Path]:
+    """``plots.draw.draw_pair_figures``' tables under ``results``, the cross-sampling ones where there."""
+    from tokenshift.plots.draw import PAIR_TABLES
+
+    crossed = (results / "crosssample.parquet").is_file()
+    return pair_files(results, [n for n in PAIR_TABLES if crossed or n not in ("accuracy", "crosssample")])
+
+
+def report_inputs(results: Path) -> dict[str, Path]:
+    """``report.load_result``'s files under ``results`` (``registry.report_files``)."""
+    from tokenshift.registry import report_files
+
+    return pair_files(results, report_files((results / "crosssample.parquet").is_file()))
+
+
 def planned(r) -> dict[str, int]:
     """Rule -> number of jobs, from the output of a `snakemake -n` run ({} when nothing is to be done)."""
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

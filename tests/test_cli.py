@@ -600,18 +600,23 @@ def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
 def test_figures_given_the_wrong_tables_name_the_file_and_the_table_expected(tmp_path):
     from helpers import rollouts
 
-    results = tmp_path / "results"
-    (results / "divergence").mkdir(parents=True)
-    from tokenshift.registry import DIVERGENCE_TABLES
+    from tokenshift.registry import DIVERGENCE_FIGURES
 
-    for name in DIVERGENCE_TABLES:  # each an accuracy run's rows, not a divergence table
-        rollouts(0.5).write_parquet(results / "divergence" / f"{name}.parquet")
-    r = run(tokenshift_cmd() + ["figures", "--results", str(results), "--out-dir", str(tmp_path / "f")])
-    one_line_error(r, results / "divergence", "has no column", "(tokenshift divergence)")
+    tables = []
+    for name in DIVERGENCE_FIGURES:  # each an accuracy run's rows, not a divergence table
+        rollouts(0.5).write_parquet(tmp_path / f"{name}.parquet")
+        tables.append(f"--{name}={tmp_path / name}.parquet")
+    r = run(tokenshift_cmd() + ["figures", *tables, "--out-dir", str(tmp_path / "f")])
+    one_line_error(r, tmp_path / f"{DIVERGENCE_FIGURES[0]}.parquet", "has no column", "(tokenshift divergence)")
+    # a cross-sampled pair's two tables come together
+    r = run(tokenshift_cmd() + ["figures", *tables, "--accuracy", str(tmp_path / "a.parquet"), "--out-dir", "f"])
+    one_line_error(r, "expected position, entropy, reallocation, and accuracy with crosssample")
     shifts = tmp_path / "shifts.parquet"
     rollouts(0.5).write_parquet(shifts)
     r = run(tokenshift_cmd() + ["figure-training", "--shifts", str(shifts), "--out-dir", str(tmp_path / "f")])
     one_line_error(r, shifts, "has no column 'step'", "a training-shifts table")
+    r = run(tokenshift_cmd() + ["figure-training", "--curve", str(shifts), "--out-dir", str(tmp_path / "f")])
+    one_line_error(r, "--curve and --comparison: expected both")
 
 
 def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, tmp_path):
@@ -670,14 +675,14 @@ def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
     config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
     r = run(
         tokenshift_cmd()
-        + ["report", str(tmp_path / "results"), "--config", str(config)]
+        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not UTF-8 text", "the config the run used")
     config.write_text("models: [toy\n")  # text, but no YAML: the report quoted it as the run's config
     r = run(
         tokenshift_cmd()
-        + ["report", str(tmp_path / "results"), "--config", str(config)]
+        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not YAML", "the config the run used")
@@ -739,7 +744,7 @@ def test_report_with_an_overview_that_is_not_a_png_names_it(tmp_path):
     pl.DataFrame({"js": [0.1]}).write_parquet(table)
     r = run(
         tokenshift_cmd()
-        + ["report", str(tmp_path / "results"), "--overview", str(table)]
+        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--overview", str(table)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, table, "not a PNG image")
@@ -798,8 +803,24 @@ def test_every_output_option_is_checked_before_its_stage_runs():
     [
         (["dataset", "toy", "--toy", "eval", "--n-problems", "2", "--out", "{dir}"], "--out {dir}: is a directory"),
         (["gather", "{file}", "--out", "{dir}"], "--out {dir}: is a directory; expected a .parquet file path"),
-        (["report", "{dir}", "--html", "{dir}", "--json", "{dir}/s.json"], "--html {dir}: is a directory; expected an"),
-        (["figures", "--results", "{dir}", "--out-dir", "{file}"], "--out-dir {file}: is a file; expected a directory"),
+        (
+            ["report", "--result", "accuracy={file}", "--html", "{dir}", "--json", "{dir}/s.json"],
+            "--html {dir}: is a directory; expected an",
+        ),
+        (
+            [
+                "figures",
+                "--position",
+                "{file}",
+                "--entropy",
+                "{file}",
+                "--reallocation",
+                "{file}",
+                "--out-dir",
+                "{file}",
+            ],
+            "--out-dir {file}: is a file; expected a directory",
+        ),
     ],
     ids=["dataset", "gather", "report", "figures"],
 )
@@ -811,6 +832,19 @@ def test_an_output_path_of_the_wrong_kind_is_one_line_naming_the_flag(tmp_path, 
     r = run(tokenshift_cmd() + [a.format(dir=folder, file=file) for a in args])
     one_line_error(r, needle.format(dir=folder, file=file))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet", "taken"] and not any(folder.iterdir())
+
+
+def test_an_input_given_as_name_equals_path_is_not_overwritten_by_an_output(tmp_path):
+    # the report's files come as NAME=PATH words, appended in lists: an output over one is refused all the same
+    given = tmp_path / "s.json"
+    given.write_text("{}")
+    r = run(
+        tokenshift_cmd()
+        + ["report", "--result", "position.png=p.png", f"accuracy={given}", "--result", "accuracy=b.parquet"]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(given)]
+    )
+    one_line_error(r, f"--json {given}: is also an input of this stage (result accuracy={given})")
+    assert given.read_text() == "{}"
 
 
 def test_an_atomic_write_over_a_directory_names_the_directory(tmp_path):

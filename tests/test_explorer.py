@@ -220,7 +220,8 @@ def study(tmp_path_factory, toy_tokenizer):
             progress=False,
         )
     page = root / "results" / "explorer.html"
-    build_explorer([res], page, runs=runs, problems=[problems], tokenizers={"p": models["base"]})
+    scores = {role: res / "scores" / f"{role}.parquet" for role in ("base", "rl")}
+    build_explorer({("p", "toy"): scores}, page, runs=runs, problems=[problems], tokenizers={"p": models["base"]})
     return page, res
 
 
@@ -395,12 +396,13 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     run = tmp_path / "budget-2.parquet"
     run_table("2", {("p1", 0): (True, [5, 6], [1])}).drop("switched_positions").write_parquet(run)
     out = tmp_path / "explorer.html"
-    args = ["explorer", str(res), "--runs", str(run), "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
-    assert main(args) == 2
+    scores = ["--scores", "toy", "toy", str(res / "scores" / "base.parquet"), str(res / "scores" / "rl.parquet")]
+    args = ["explorer", *scores, "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
+    assert main([*args, "--runs", str(run)]) == 2
     assert f"{run}: has no column 'switched_positions'" in capsys.readouterr().err and not out.exists()
     # scores from before scoring kept log-probabilities
     score_table().drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
-    assert main(args[:2] + args[4:]) == 2
+    assert main(args) == 2
     assert f"{res / 'scores' / 'rl.parquet'}: has no column 'logp_rl'" in capsys.readouterr().err
     assert not out.exists()
 
@@ -414,7 +416,8 @@ def test_the_page_is_utf8_whatever_the_locale(toy_tokenizer, tmp_path):
     res = explorer_inputs(tmp_path, toy_tokenizer)
     out = tmp_path / "explorer.html"
     env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
-    args = ["explorer", str(res), "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
+    scores = ["--scores", "toy", "toy", str(res / "scores" / "base.parquet"), str(res / "scores" / "rl.parquet")]
+    args = ["explorer", *scores, "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "tokenshift.cli", *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     page = out.read_bytes().decode("utf-8")

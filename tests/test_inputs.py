@@ -81,6 +81,8 @@ def test_every_table_a_figure_or_the_report_reads_is_checked_by_kind_and_key(goo
 
 def test_the_report_and_the_figures_read_every_table_through_its_check(good_tables, tmp_path):
     """The report's and the figure stage's readers, on a results folder of real tables with one spoiled."""
+    from helpers import figure_tables, report_inputs
+
     from tokenshift.plots.draw import draw_pair_figures
     from tokenshift.report import load_result
 
@@ -93,7 +95,10 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
     for target, column in (("accuracy.parquet", "value"), ("crosssample.parquet", "accuracy")):
         table = pl.read_parquet(results / target)
         table.with_columns(pl.col(column).cast(pl.String)).write_parquet(results / target)
-        for reader in (lambda: load_result(results), lambda: draw_pair_figures(results, tmp_path / "figures")):
+        for reader in (
+            lambda: load_result(report_inputs(results)),
+            lambda: draw_pair_figures(figure_tables(results), tmp_path / "figures"),
+        ):
             with pytest.raises(InputError, match=f"{results / target}: column '{column}' holds String"):
                 reader()
         table.write_parquet(results / target)
@@ -105,20 +110,28 @@ def test_the_report_and_the_figures_read_every_table_through_its_check(good_tabl
     ):
         spoiled.write_parquet(results / "accuracy.parquet")
         with pytest.raises(InputError, match=f"^{results / 'accuracy.parquet'}: {needle}"):
-            load_result(results)
+            load_result(report_inputs(results))
     accuracy.write_parquet(results / "accuracy.parquet")
     # seventh hostile pass (C5): another pair's divergence table copied in was summarised as this pair's
     position = pl.read_parquet(results / "divergence" / "position.parquet")
     position.with_columns(pl.lit("toy-sft").alias("pair")).write_parquet(results / "divergence" / "position.parquet")
-    for reader in (lambda: load_result(results), lambda: draw_pair_figures(results, tmp_path / "figures")):
+    for reader in (
+        lambda: load_result(report_inputs(results)),
+        lambda: draw_pair_figures(figure_tables(results), tmp_path / "figures"),
+    ):
         with pytest.raises(InputError, match=f"^{results / 'divergence' / 'position.parquet'}: holds pair 'toy-sft', "):
             reader()
     position.write_parquet(results / "divergence" / "position.parquet")
     from tokenshift.report import build_report
 
-    draw_pair_figures(results, results / "figures")
+    draw_pair_figures(figure_tables(results), results / "figures")
     with pytest.raises(InputError, match=r"^--kind nosuch=\.\.\.: no such pair among the results"):
-        build_report([results], kinds={"nosuch": "sft"}, html_out=tmp_path / "r.html", json_out=tmp_path / "s.json")
+        build_report(
+            [report_inputs(results)],
+            kinds={"nosuch": "sft"},
+            html_out=tmp_path / "r.html",
+            json_out=tmp_path / "s.json",
+        )
     assert not (tmp_path / "s.json").exists()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from helpers import cross_table, fake_scores, rollouts
+from helpers import cross_table, fake_scores, figure_tables, report_inputs, rollouts
 from markupsafe import escape
 from matplotlib.image import imread
 
@@ -191,7 +191,9 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
 
     results = write_results(tables, tmp_path / "results" / "toy" / "toy")
     # no example run: figure 6 says there is none, and its table, asked for, has no rows but every column
-    drawn = draw_pair_figures(results, results / "figures", example_out=results / "figures" / "example.parquet")
+    drawn = draw_pair_figures(
+        figure_tables(results), results / "figures", example_out=results / "figures" / "example.parquet"
+    )
     assert set(drawn) == set(PAIR_FIGURES)
     assert pl.read_parquet(results / "figures" / "example.parquet").schema == pl.Schema(EXAMPLE_SCHEMA)
     for name in PAIR_FIGURES:
@@ -201,7 +203,7 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     config.write_text("models: {}\n")
     (tmp_path / "results" / "explorer.html").write_text("<!doctype html>")
     summary = build_report(
-        [results],
+        [report_inputs(results)],
         html_out=tmp_path / "results" / "r.html",
         json_out=tmp_path / "s.json",
         kinds={"toy": "sft"},
@@ -219,12 +221,18 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
 
     (results / "figures" / "position.png").write_text("not a png")
     with pytest.raises(InputError, match=r"position\.png: not a PNG image"):
-        load_result(results)
+        load_result(report_inputs(results))
     # one missing dropped out of the page, unsaid (issue 27): a cross-sampled pair's page has every figure
     (results / "figures" / "example.png").unlink()
     (results / "figures" / "position.png").write_bytes((results / "figures" / "entropy.png").read_bytes())
     with pytest.raises(InputError, match=r"example\.png: no such file"):
-        load_result(results)
+        load_result(report_inputs(results))
+    # nor may one be left out of the files given, nor one given that the report has no place for
+    given = report_inputs(results)
+    with pytest.raises(InputError, match=r": missing example\.png; expected accuracy, sparsity, "):
+        load_result({n: p for n, p in given.items() if n != "example.png"})
+    with pytest.raises(InputError, match=r": unknown entropy; expected accuracy, "):
+        load_result({**given, "entropy": results / "divergence" / "entropy.parquet"})
 
 
 def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tables, tmp_path):
@@ -264,12 +272,14 @@ def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tab
         (zero, forward, r"f\.parquet: a forward run at budget 4; expected the forward run at budget 0"),
     ):
         with pytest.raises(InputError, match=needle):
-            draw_pair_figures(results, out, example_run=run, example_baseline=baseline, tokenizer=tmp_path)
+            draw_pair_figures(
+                figure_tables(results), out, example_run=run, example_baseline=baseline, tokenizer=tmp_path
+            )
     # seventh hostile pass (C7): another pair's example response drawn among this pair's figures
     theirs = tmp_path / "theirs.parquet"
     pl.read_parquet(forward).with_columns(pl.lit("toy-sft").alias("pair")).write_parquet(theirs)
     with pytest.raises(InputError, match=rf"^{theirs}: holds pair 'toy-sft', where the other tables hold 'toy'"):
-        draw_pair_figures(results, out, example_run=theirs, example_baseline=zero, tokenizer=tmp_path)
+        draw_pair_figures(figure_tables(results), out, example_run=theirs, example_baseline=zero, tokenizer=tmp_path)
     sparsity = results / "divergence" / "sparsity.parquet"
     with pytest.raises(InputError, match=r"holds pair 'toy' on dataset 'toy', which .* holds already"):
         draw_overview([sparsity, sparsity], tmp_path / "overview")
@@ -352,15 +362,15 @@ def test_the_report_refuses_a_training_table_whose_figure_is_missing(tmp_path):
     shifts_table.parent.mkdir(parents=True)
     adv["comparison"].write_parquet(adv_dir / layout.COMPARISON)
     shifts.write_parquet(shifts_table)
-    with pytest.raises(InputError, match=rf"^{adv_dir / layout.advantages_figure()}: no such file \(expected a figure"):
-        load_training(adv_dir, [])
-    with pytest.raises(InputError, match=rf"^{shifts_table.with_name('training_shifts.png')}: no such file"):
-        load_training(None, [shifts_table])
+    adv_figure, shifts_figure = adv_dir / layout.advantages_figure(), shifts_table.with_name(layout.shifts_figure())
+    with pytest.raises(InputError, match=rf"^{adv_figure}: no such file \(expected a figure"):
+        load_training((adv_dir / layout.COMPARISON, adv_figure))
+    with pytest.raises(InputError, match=rf"^{shifts_figure}: no such file"):
+        load_training(None, {"toy": (shifts_table, shifts_figure)})
     save(advantages(adv["curve"], adv["comparison"]), adv_dir / "advantages")
     save(training_shifts(shifts), shifts_table.parent / "training_shifts")
-    loaded = load_training(adv_dir, [shifts_table])
-    assert loaded.advantage_figure == adv_dir / "advantages.png"
-    assert loaded.shift_figures == {"toy": shifts_table.with_name("training_shifts.png")}
+    loaded = load_training((adv_dir / layout.COMPARISON, adv_figure), {"toy": (shifts_table, shifts_figure)})
+    assert loaded.advantage_figure == adv_figure and loaded.shift_figures == {"toy": shifts_figure}
 
 
 def test_training_figures_and_report_sections(tables, tmp_path):
@@ -552,8 +562,8 @@ def test_every_headline_number_is_the_one_its_table_gives(tables, tmp_path, head
     from tokenshift.plots.draw import draw_pair_figures
 
     results = write_results(tables, tmp_path / "results" / "toy" / "toy")
-    draw_pair_figures(results, results / "figures")
-    build_report([results], html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
+    draw_pair_figures(figure_tables(results), results / "figures")
+    build_report([report_inputs(results)], html_out=tmp_path / "report.html", json_out=tmp_path / "summary.json")
     page = (tmp_path / "report.html").read_text()
     said = [html.unescape(t) for t in re.findall(r"<li>(.*?)</li>", page)]
     acc = pl.read_parquet(results / "accuracy.parquet")

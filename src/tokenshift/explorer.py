@@ -41,8 +41,8 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift import __version__, layout
-from tokenshift.registry import GENERATOR
+from tokenshift import __version__
+from tokenshift.registry import GENERATOR, ROLES
 from tokenshift.settings import ExplorerConfig
 
 log = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ def toy_decision_points(problems: pl.DataFrame, tokenizer) -> DecisionPoints | N
 
 
 def build_explorer(
-    results: Sequence[Path],
+    scores: Mapping[tuple[str, str], Mapping[str, Path]],
     out: Path,
     *,
     runs: Sequence[Path] = (),
@@ -378,8 +378,8 @@ def build_explorer(
     tokenizers: Mapping[str, Path],
     cfg: ExplorerConfig = ExplorerConfig(),
 ) -> dict:
-    """Write the explorer page ``out`` for the pairs and datasets under ``results``
-    (``results/<pair>/<dataset>``: its ``scores/base.parquet`` and ``scores/rl.parquet``), the
+    """Write the explorer page ``out`` for the pairs and datasets of ``scores`` ((pair, dataset) -> the
+    per-token scores of its ``base`` and ``rl`` rollouts, ``tokenshift score``'s tables), the
     cross-sampling ``runs`` (their rows name their pair and dataset), each dataset's ``problems``
     table (``tokenshift dataset``) and each pair's tokenizer (pair -> checkpoint); return its data."""
     from tokenshift.datasets import read_toy_problems
@@ -398,17 +398,16 @@ def build_explorer(
             cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
     toks = {pair: load_tokenizer(path) for pair, path in tokenizers.items()}
     groups: list[Group] = []
-    for d in results:
-        pair, dataset = Path(d).parent.name, Path(d).name
+    for (pair, dataset), paths in scores.items():
         if pair not in toks:
-            raise InputError(f"{d}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
+            raise InputError(f"--scores {pair}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
-        for source in ("base", "rl"):
-            path = Path(d) / layout.scores(source)
-            scores = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
-            kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in scores.columns}
+        for source in ROLES:
+            path = Path(paths[source])
+            table = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
+            kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in table.columns}
             read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)
-            groups.append(rollout_group(pair, dataset, source, scores, cfg, dp))
+            groups.append(rollout_group(pair, dataset, source, table, cfg, dp))
         groups += crosssample_groups(pair, dataset, cross.get((pair, dataset), []), cfg, dp)
     probs = {
         name: {

@@ -1,10 +1,11 @@
 """Where a study's files live: the one home of the results layout.
 
-The rules (``workflow/rules/*.smk``) name their inputs and outputs with these functions, and the stages
-that read a pair's results directory (figures, report, explorer, ``tokenshift.api``) find its files by the
-same names, so a file moved here moves for both. Each function takes the wildcards it fills; one left out
-stays a Snakemake wildcard (``{pair}``). A pair's files on one dataset lie under ``pair_dir``, named by
-the functions below relative to it (``accuracy``, ``divergence``, ...); ``in_pair`` joins the two.
+The rules (``workflow/rules/*.smk``) name their inputs and outputs with these functions and give each
+stage the files they declare (no stage looks one up in a results directory); ``tokenshift.api`` finds a
+finished study's tables by the same names, so a file moved here moves for both. Each function takes the
+wildcards it fills; one left out stays a Snakemake wildcard (``{pair}``). A pair's files on one dataset lie
+under ``pair_dir``, named by the functions below relative to it (``accuracy``, ``divergence``, ...);
+``in_pair`` joins the two.
 """
 
 from __future__ import annotations

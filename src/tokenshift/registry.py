@@ -59,6 +59,15 @@ PAIR_FIGURES = (*DIVERGENCE_FIGURES, "crosssample", "example")
 """Figures drawn per cross-sampled pair and dataset; the sparsity overview (figure 1) spans all pairs."""
 
 
+def report_files(crosssampled: bool) -> tuple[str, ...]:
+    """The names of one pair and dataset's files the report reads (``report.load_result``; ``tokenshift report
+    --result NAME=PATH``): its accuracy table, the divergence tables ``REPORTED_DIVERGENCE`` names, a
+    cross-sampled pair's cross-sampling table, and each figure ``tokenshift figures`` draws for it, as
+    ``<figure>.png``."""
+    tables = ("accuracy", *REPORTED_DIVERGENCE, *(("crosssample",) if crosssampled else ()))
+    return (*tables, *(f"{n}.png" for n in (PAIR_FIGURES if crosssampled else DIVERGENCE_FIGURES)))
+
+
 @dataclass(frozen=True)
 class Policy:
     """Where cross-sampling switches: at positions whose ``statistic`` exceeds a threshold."""

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import jinja2
 import polars as pl
 
-from tokenshift import __version__, headlines, layout
+from tokenshift import __version__, headlines
 from tokenshift.io import InputError, read_png, read_text
 from tokenshift.plots.style import pct
 from tokenshift.registry import ROLES
@@ -264,23 +264,24 @@ class TrainingResult:
         return {"advantages": advantages, "shifts": shifts}
 
 
-def load_training(advantages: Path | None, shifts: Sequence[Path]) -> TrainingResult:
-    """The experiment's comparison table in ``advantages`` (and its figure there) and the training-shifts tables
-    ``shifts`` (``results/<pair>/training/shifts.parquet``, each with its figure beside it)."""
+def load_training(
+    advantages: tuple[Path, Path] | None, shifts: Mapping[str, tuple[Path, Path]] | None = None
+) -> TrainingResult:
+    """The experiment's comparison table and its figure (``advantages``: (table, figure)) and each toy pair's
+    training-shifts table and its figure (``shifts``: pair -> (table, figure))."""
     from tokenshift.tables import read_table
 
     out = TrainingResult()
     # each figure there, and PNG data, as a pair's figures are (``load_result``): a missing one dropped out unsaid
     drawn = "a figure of `tokenshift figure-training`, a PNG"
     if advantages is not None:
+        table, out.advantage_figure = (Path(p) for p in advantages)
         what = "the experiment's comparison table (tokenshift advantages table)"
-        out.comparison = read_table(advantages / layout.COMPARISON, "comparison", what)
-        out.advantage_figure = advantages / layout.advantages_figure()
+        out.comparison = read_table(table, "comparison", what)
         read_png(out.advantage_figure, drawn)
-    for path in shifts:
-        pair = Path(path).parent.parent.name
-        out.shifts[pair] = read_table(path, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
-        out.shift_figures[pair] = Path(path).with_name(layout.shifts_figure())
+    for pair, (table, figure) in (shifts or {}).items():
+        out.shifts[pair] = read_table(table, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
+        out.shift_figures[pair] = Path(figure)
         read_png(out.shift_figures[pair], drawn)
     return out
 
@@ -396,18 +397,26 @@ def write_report(
     return summary
 
 
-def load_result(results: Path, kind: str = "rlvr") -> PairResult:
-    """The tables and figures of one pair and dataset, from ``results`` (``results/<pair>/<dataset>``)."""
-    from tokenshift.registry import DIVERGENCE_FIGURES, PAIR_FIGURES, REPORTED_DIVERGENCE
+def load_result(files: Mapping[str, Path], kind: str = "rlvr") -> PairResult:
+    """The tables and figures of one pair and dataset, from ``files`` (name -> path, the names
+    ``registry.report_files`` gives)."""
+    from tokenshift.registry import REPORTED_DIVERGENCE, report_files
     from tokenshift.tables import check_one_pair, read_table
 
-    results = Path(results)
+    files = {name: Path(path) for name, path in files.items()}
+    expected = report_files("crosssample" in files)
+    if set(files) != set(expected):
+        unknown, missing = sorted(set(files) - set(expected)), sorted(set(expected) - set(files))
+        said = f"unknown {', '.join(unknown)}" if unknown else f"missing {', '.join(missing)}"
+        raise InputError(
+            f"the files of one pair and dataset ({', '.join(files)}): {said}; expected {', '.join(expected)}"
+        )
     what = "an accuracy table (tokenshift accuracy)"
-    accuracy = read_table(results / layout.ACCURACY, "accuracy", what)
+    accuracy = read_table(files["accuracy"], "accuracy", what)
     roles, metrics = set(accuracy["role"]), set(accuracy["metric"])
     if roles != set(ROLES) or accuracy.height != len(roles) * len(metrics):
         raise InputError(
-            f"{results / layout.ACCURACY}: holds roles {sorted(roles)}, expected each metric of both {ROLES} ({what})"
+            f"{files['accuracy']}: holds roles {sorted(roles)}, expected each metric of both {ROLES} ({what})"
         )
     bad = accuracy.filter(
         ~pl.col("value").is_between(0, 1) | (pl.col("ci_low") > pl.col("value")) | (pl.col("ci_high") < pl.col("value"))
@@ -415,49 +424,44 @@ def load_result(results: Path, kind: str = "rlvr") -> PairResult:
     if bad.height:
         row = bad.row(0, named=True)
         raise InputError(
-            f"{results / layout.ACCURACY}: {row['role']} {row['metric']} is {row['value']:g} in "
+            f"{files['accuracy']}: {row['role']} {row['metric']} is {row['value']:g} in "
             f"[{row['ci_low']:g}, {row['ci_high']:g}]: expected a share in [0, 1] inside its CI ({what})"
         )
-    cross = results / layout.CROSSSAMPLE
+    cross = files.get("crosssample")
     result = PairResult(
         pair=accuracy["pair"][0],
         dataset=accuracy["dataset"][0],
         kind=kind,
         accuracy=accuracy,
-        divergence={
-            n: read_table(results / layout.divergence(n), n, f"the {n} table (tokenshift divergence)")
-            for n in REPORTED_DIVERGENCE
-        },
+        divergence={n: read_table(files[n], n, f"the {n} table (tokenshift divergence)") for n in REPORTED_DIVERGENCE},
         crosssample=read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
-        if cross.is_file()
+        if cross is not None
         else None,
-        # the figures `tokenshift figures` draws for it: a cross-sampled pair's two more than the others'
-        figures={n: results / layout.figure(n) for n in (PAIR_FIGURES if cross.is_file() else DIVERGENCE_FIGURES)},
+        figures={name.removesuffix(".png"): path for name, path in files.items() if name.endswith(".png")},
     )
-    read = {results / layout.ACCURACY: accuracy}
-    read |= {results / layout.divergence(n): t for n, t in result.divergence.items()}
-    check_one_pair(read | ({cross: result.crosssample} if result.crosssample is not None else {}), results)
+    read = {files["accuracy"]: accuracy} | {files[n]: t for n, t in result.divergence.items()}
+    check_one_pair(read | ({cross: result.crosssample} if cross is not None else {}))
     for path in result.figures.values():  # each there, and PNG data: a missing one dropped out of the page unsaid
         read_png(path, "a figure of `tokenshift figures`, a PNG")
     return result
 
 
 def build_report(
-    results: Sequence[Path],
+    results: Sequence[Mapping[str, Path]],
     *,
     html_out: Path,
     json_out: Path,
     kinds: Mapping[str, str] | None = None,
     overview: Sequence[Path] = (),
     config: Path | None = None,
-    advantages: Path | None = None,
-    training_shifts: Sequence[Path] = (),
+    advantages: tuple[Path, Path] | None = None,
+    training_shifts: Mapping[str, tuple[Path, Path]] | None = None,
     explorer: Path | None = None,
 ) -> dict:
-    """``report.html`` and ``summary.json`` for the pairs and datasets under ``results`` (one directory
-    each); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the run used (quoted);
-    ``advantages`` and ``training_shifts`` are the toy training analyses' tables (``load_training``);
-    ``explorer`` the token explorer page the report links."""
+    """``report.html`` and ``summary.json`` for the pairs and datasets whose files ``results`` gives (one
+    mapping each, ``load_result``); ``kinds`` maps a pair to rlvr or sft, ``config`` is the config file the
+    run used (quoted); ``advantages`` and ``training_shifts`` are the toy training analyses' tables and figures
+    (``load_training``); ``explorer`` the token explorer page the report links."""
     kinds = dict(kinds or {})
     for p in overview:  # before any table is read: a wrong file is named at once
         read_png(p, "an overview figure, a PNG such as results/figures/sparsity.png")

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from tokenshift import layout
 from tokenshift.datasets import label_dataset_name, read_toy_problems
 from tokenshift.io import (
     InputError,
@@ -33,7 +34,6 @@ from tokenshift.io import (
     write_csv_atomic,
     write_parquet_atomic,
 )
-from tokenshift.layout import dataset_of
 from tokenshift.registry import DIRECTIONS, POLICIES, RANK_BUCKETS, parse_budget
 from tokenshift.settings import AccuracyConfig, DivergenceConfig
 from tokenshift.stats import mean_ci
@@ -635,8 +635,8 @@ PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "stri
 """What every problems table of `tokenshift dataset` holds."""
 
 
-def check_one_pair(tables: Mapping[Path, pl.DataFrame], where: Path) -> None:
-    """``InputError`` naming a table of a results directory (``tables``: path -> table) whose ``pair`` and
+def check_one_pair(tables: Mapping[Path, pl.DataFrame]) -> None:
+    """``InputError`` naming a table of one pair and dataset's (``tables``: path -> table) whose ``pair`` and
     ``dataset`` are not those most of the others hold: a table copied in from another pair's directory was
     drawn and summarised as this one's."""
     from collections import Counter
@@ -651,7 +651,7 @@ def check_one_pair(tables: Mapping[Path, pl.DataFrame], where: Path) -> None:
             if got is not None and want is not None and got != want:
                 raise InputError(
                     f"{path}: holds {column} {', '.join(map(repr, got))}, where the other tables hold "
-                    f"{', '.join(map(repr, want))}: expected the tables of one pair and dataset under {where}"
+                    f"{', '.join(map(repr, want))}: expected the tables of one pair and dataset"
                 )
 
 
@@ -690,7 +690,7 @@ def write_accuracy(
         role = next(r for r, t in tables.items() if "dataset" in t.columns and t.height)
         path = rollouts[role]
         # in the workflow's own place for this dataset, the file changed; elsewhere the flag may be what is wrong
-        wrong = remake_hint(path) if dataset_of(place(path)) == dataset else ", or `--dataset` naming theirs"
+        wrong = remake_hint(path) if layout.dataset_of(place(path)) == dataset else ", or `--dataset` naming theirs"
         raise InputError(
             f"{path}: rollouts of dataset {', '.join(sorted(held))}, given as dataset {dataset!r}'s: "
             f"expected the rollouts of that dataset ({what}){wrong}"
@@ -874,7 +874,7 @@ def write_divergence(
             )
         )
     for name, table in tables.items():
-        write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")
+        write_parquet_atomic(table, Path(out_dir) / Path(layout.divergence(name)).name)
     return tables
 
 

@@ -34,6 +34,7 @@ from tokenshift.registry import (
     ROLES,
     SCORE_ORDER,
     alternatives,
+    report_files,
 )
 from tokenshift.settings import (
     VLLM_ENGINE_KEYS,
@@ -205,12 +206,18 @@ def example_inputs(wildcards):
 
 
 def figure_inputs(wildcards):
+    """A pair's figures' tables (``tokenshift figures``' flags by name), and a cross-sampled pair's example run."""
     of_pair = lambda name: layout.in_pair(name, wildcards.pair, wildcards.dataset)
-    inputs = {n: of_pair(layout.divergence(n)) for n in DIVERGENCE_TABLES}
-    inputs["accuracy"] = of_pair(layout.ACCURACY)
+    inputs = {n: of_pair(layout.divergence(n)) for n in DIVERGENCE_FIGURES}
     if wildcards.pair not in CROSSSAMPLED:
         return inputs
-    return {**inputs, "crosssample": of_pair(layout.CROSSSAMPLE), **example_inputs(wildcards)}
+    crossed = {"accuracy": of_pair(layout.ACCURACY), "crosssample": of_pair(layout.CROSSSAMPLE)}
+    return {**inputs, **crossed, **example_inputs(wildcards)}
+
+
+def input_args(wildcards, input):
+    """Each named input of a job as the flag of that name (``--position=<its path>``)."""
+    return shlex.join(f"{flag(name)}={input[name]}" for name in input.keys())
 
 
 def explorer_inputs():
@@ -324,26 +331,51 @@ def toy_check_args(wildcards):
     return shell_args(ToyCheckOptions, {"n_problems": n, "samples": s["n"], "seed": s["seed"]})
 
 
-def explorer_tokenizer_args(wildcards):
+def explorer_args(wildcards, input):
+    """The explorer's inputs (``explorer_inputs``, in its order) as its flags: each pair and dataset's scores
+    (``--scores PAIR DATASET BASE RL``) and each pair's tokenizer (``--tokenizer PAIR=CHECKPOINT``)."""
+    scores = iter(input.scores)
+    args = [["--scores", p, d, *(next(scores) for _ in ROLES)] for p, d in PAIR_DATASETS]
     pairs = dict.fromkeys(p for p, _ in PAIR_DATASETS)
-    return shlex.join(f"--tokenizer={p}={layout.model_manifest(PAIRS[p]['base'])}" for p in pairs)
+    args.append([f"--tokenizer={p}={t}" for p, t in zip(pairs, input.tokenizers, strict=True)])
+    return " ".join(shlex.join(a) for a in args)
 
 
 def kind_args(wildcards):
     return shlex.join(f"--kind={p}={spec['kind']}" for p, spec in PAIRS.items())
 
 
+def report_inputs(pair, dataset):
+    """One pair and dataset's files the report reads, by the names ``tokenshift report --result`` gives them."""
+
+    def path(name):
+        if name.endswith(".png"):
+            return layout.figure(name.removesuffix(".png"))
+        if name in DIVERGENCE_TABLES:
+            return layout.divergence(name)
+        return {"accuracy": layout.ACCURACY, "crosssample": layout.CROSSSAMPLE}[name]
+
+    return {name: layout.in_pair(path(name), pair, dataset) for name in report_files(pair in CROSSSAMPLED)}
+
+
+def result_args(wildcards):
+    """``--result NAME=PATH ...`` for each pair and dataset (``report_inputs``)."""
+    return " ".join(
+        shlex.join(["--result", *(f"{n}={f}" for n, f in report_inputs(p, d).items())]) for p, d in PAIR_DATASETS
+    )
+
+
 def training_args(wildcards, input):
-    """The toy training analyses' tables, next to the figures the report embeds."""
-    args = [f"--advantages={Path(input.advantages).parent}"] if input.advantages else []
-    shifts = list(input.shift_tables)
-    return shlex.join(args + (["--training-shifts", *shifts] if shifts else []))
+    """The toy training analyses' tables and the figures the report embeds."""
+    args = ["--advantages", input.advantage_table, input.advantages] if input.advantages else []
+    for pair, table, figure in zip(TOY_RL_PAIRS, input.shift_tables, input.shifts, strict=True):
+        args += ["--training-shifts", pair, table, figure]
+    return shlex.join(args)
 
 
-def example_args(wildcards, input, output):
-    """Figure 6's inputs, and the table of its tokens (an output of a cross-sampled pair's figures)."""
-    args = [f"{flag(k)}={input[k]}" for k in ("example_run", "example_baseline", "tokenizer") if k in input.keys()]
-    return shlex.join(args + ([f"--example-table={output.example}"] if "example" in output.keys() else []))
+def example_args(wildcards, output):
+    """The table of figure 6's tokens (an output of a cross-sampled pair's figures)."""
+    return shlex.join([f"--example-table={output.example}"] if "example" in output.keys() else [])
 
 
 # --- resources: what a job asks the scheduler for, from the config and its models' manifests --

@@ -19,11 +19,11 @@ rule figures:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("figures"),
-        results=lambda wildcards: layout.pair_dir(wildcards.pair, wildcards.dataset),
+        inputs=input_args,
         example=example_args,
         out=lambda wildcards, output: Path(output.png[0]).parent,
     shell:
-        "tokenshift figures --results {params.results} {params.example} --out-dir {params.out} > {log} 2>&1"
+        "tokenshift figures {params.inputs} {params.example} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 # a pair that is not cross-sampled: the divergence figures only
@@ -68,12 +68,11 @@ rule explorer:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("explorer"),
-        results=lambda wildcards: [layout.pair_dir(p, d) for p, d in PAIR_DATASETS],
-        tokenizers=explorer_tokenizer_args,
+        inputs=explorer_args,
         explorer=settings_of(ExplorerConfig),
     shell:
-        "tokenshift explorer {params.results:q} --runs {input.runs:q} --problems {input.problems:q} "
-        "{params.tokenizers} {params.explorer} --out {output} > {log} 2>&1"
+        "tokenshift explorer {params.inputs} --runs {input.runs:q} --problems {input.problems:q} "
+        "{params.explorer} --out {output:q} > {log:q} 2>&1"
 
 
 rule run_config:
@@ -93,14 +92,8 @@ rule run_config:
 
 rule report:
     input:
-        figures=[layout.in_pair(layout.figure(n), p, d) for p, d in PAIR_DATASETS for n in pair_figures(p)],
+        results=[f for p, d in PAIR_DATASETS for f in report_inputs(p, d).values()],
         overview=layout.overview_figure(),
-        tables=[
-            layout.in_pair(t, p, d)
-            for p, d in PAIR_DATASETS
-            for t in (layout.ACCURACY, *map(layout.divergence, REPORTED_DIVERGENCE))
-            + ((layout.CROSSSAMPLE,) if p in CROSSSAMPLED else ())
-        ],
         config=layout.RUN_CONFIG,
         advantages=rules.figure_advantages.output.png if ADVANTAGE_BASE else [],
         advantage_table=rules.advantage_tables.output.comparison if ADVANTAGE_BASE else [],
@@ -117,12 +110,12 @@ rule report:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("report"),
-        results=lambda wildcards: [layout.pair_dir(p, d) for p, d in PAIR_DATASETS],
+        results=result_args,
         kinds=kind_args,
         training=training_args,
     shell:
-        "tokenshift report {params.results:q} {params.kinds} --overview {input.overview} --config {input.config} "
-        "{params.training} --explorer {input.explorer} --html {output.html} --json {output.json} > {log} 2>&1"
+        "tokenshift report {params.results} {params.kinds} --overview {input.overview:q} --config {input.config:q} "
+        "{params.training} --explorer {input.explorer:q} --html {output.html:q} --json {output.json:q} > {log:q} 2>&1"
 
 
 # each aggregate table as CSV beside its parquet, for a spreadsheet or R

@@ -51,7 +51,8 @@ rule advantage_tables:
 
 rule figure_advantages:
     input:
-        rules.advantage_tables.output,
+        curve=rules.advantage_tables.output.curve,
+        comparison=rules.advantage_tables.output.comparison,
     output:
         png=report(
             f"{layout.ADVANTAGES}/{layout.advantages_figure()}", caption="../report/training.rst", category="Training"
@@ -64,9 +65,10 @@ rule figure_advantages:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("figure-training"),
+        inputs=input_args,
         out=lambda wildcards, output: Path(output.png).parent,
     shell:
-        "tokenshift figure-training --advantages {params.out} --out-dir {params.out} > {log} 2>&1"
+        "tokenshift figure-training {params.inputs} --out-dir {params.out:q} > {log:q} 2>&1"
 
 
 rule training_shifts:
@@ -91,7 +93,7 @@ rule training_shifts:
 
 rule figure_training_shifts:
     input:
-        layout.training(layout.SHIFTS),
+        shifts=layout.training(layout.SHIFTS),
     output:
         png=report(
             layout.training(layout.shifts_figure()),
@@ -109,4 +111,4 @@ rule figure_training_shifts:
         code=stage_code("figure-training"),
         out=lambda wildcards, output: Path(output.png).parent,
     shell:
-        "tokenshift figure-training --shifts {input} --out-dir {params.out} > {log} 2>&1"
+        "tokenshift figure-training --shifts {input.shifts:q} --out-dir {params.out:q} > {log:q} 2>&1"

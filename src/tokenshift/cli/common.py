@@ -77,16 +77,23 @@ def _same_as_input(path: Path, args: argparse.Namespace, outputs: set[str]) -> s
     for name, value in vars(args).items():
         if name in outputs or name in ("outputs", "func"):
             continue
-        for v in value if isinstance(value, list | tuple) else (value,):
-            if not isinstance(v, str | os.PathLike):
-                continue
-            try:
-                same = os.path.samefile(v, path)
-            except (OSError, ValueError):  # not a path, or none that exists
-                continue
-            if same:
-                return f"{name.replace('_', '-')} {v}"
+        for v in _words(value):
+            # a path, or the path of a NAME=PATH word (`report --result`, `explorer --tokenizer`)
+            for candidate in (v, v.partition("=")[2]) if isinstance(v, str) and "=" in v else (v,):
+                try:
+                    same = os.path.samefile(candidate, path)
+                except (OSError, ValueError):  # not a path, or none that exists
+                    continue
+                if same:
+                    return f"{name.replace('_', '-')} {v}"
     return None
+
+
+def _words(value) -> list:
+    """The strings and paths of an argument's value, inside lists of lists (``action="append"`` with ``nargs``)."""
+    if isinstance(value, list | tuple):
+        return [w for v in value for w in _words(v)]
+    return [value] if isinstance(value, str | os.PathLike) else []
 
 
 def show(*tables, rows: int = 40, precision: int = 3) -> None:

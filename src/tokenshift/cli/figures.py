@@ -10,6 +10,7 @@ from pathlib import Path
 from tokenshift.cli.common import output, pair_kinds, settings
 from tokenshift.io import InputError
 from tokenshift.options import add_options
+from tokenshift.registry import DIVERGENCE_FIGURES
 
 
 def register(sub) -> None:
@@ -19,12 +20,12 @@ def register(sub) -> None:
         description="Figures 2-6 (positional concentration, entropy vs divergence, reallocation, cross-sampling "
         "accuracy per budget, an example response coloured by JS) as PNG (200 dpi) and PDF in --out-dir.",
     )
+    for name in DIVERGENCE_FIGURES:
+        fg.add_argument(f"--{name}", required=True, help=f"the pair's {name} table (tokenshift divergence)")
     fg.add_argument(
-        "--results",
-        required=True,
-        help="the pair and dataset's results directory (results/<pair>/<dataset>: divergence/, "
-        "accuracy.parquet, crosssample.parquet)",
+        "--accuracy", help="a cross-sampled pair's accuracy table (tokenshift accuracy); with --crosssample"
     )
+    fg.add_argument("--crosssample", help="its cross-sampling table (tokenshift crosssample-table), with --accuracy")
     fg.add_argument("--example-run", help="a forward cross-sampling run to take the example response from")
     fg.add_argument("--example-baseline", help="the same direction's budget-0 run (prefers responses it got wrong)")
     fg.add_argument("--tokenizer", help="checkpoint (directory or manifest) whose tokenizer decodes the example")
@@ -60,7 +61,12 @@ def register(sub) -> None:
         "--responses-per-group responses of each group is embedded.",
     )
     ex.add_argument(
-        "results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>: scores/)"
+        "--scores",
+        nargs=4,
+        action="append",
+        required=True,
+        metavar=("PAIR", "DATASET", "BASE", "RL"),
+        help="a pair's per-token scores (tokenshift score) of its base and RL rollouts on a dataset; once each",
     )
     ex.add_argument("--runs", nargs="*", default=[], help="cross-sampling runs (their rows name pair and dataset)")
     ex.add_argument("--problems", nargs="*", default=[], help="each dataset's problems table (tokenshift dataset)")
@@ -83,13 +89,32 @@ def register(sub) -> None:
         "numbers, machine-readable.",
     )
     rp.add_argument(
-        "results", nargs="+", help="results directories, one per pair and dataset (results/<pair>/<dataset>)"
+        "--result",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="one pair and dataset's files, given once each: accuracy, sparsity, position and reallocation "
+        "tables, a cross-sampled pair's crosssample table, and each of its figures as <figure>.png "
+        "(position.png, entropy.png, reallocation.png, and crosssample.png and example.png where cross-sampled)",
     )
     pair_kinds(rp)
     rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
     rp.add_argument("--config", help="the config the run used (YAML), quoted in the report")
-    rp.add_argument("--advantages", help="the advantage experiment's table directory (tokenshift advantages table)")
-    rp.add_argument("--training-shifts", nargs="*", default=[], help="training-shifts tables, one per toy pair")
+    rp.add_argument(
+        "--advantages",
+        nargs=2,
+        metavar=("TABLE", "FIGURE"),
+        help="the advantage experiment's comparison table (tokenshift advantages table) and its figure",
+    )
+    rp.add_argument(
+        "--training-shifts",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("PAIR", "TABLE", "FIGURE"),
+        help="a toy pair's training-shifts table and its figure; once per toy RL pair",
+    )
     rp.add_argument("--explorer", help="the token explorer page (tokenshift explorer), linked from the report")
     output(rp, "--html", "an .html file path", "report.html to write")
     output(rp, "--json", "a .json file path", "summary.json to write")
@@ -97,12 +122,13 @@ def register(sub) -> None:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from tokenshift.plots.draw import draw_pair_figures
+    from tokenshift.plots.draw import PAIR_TABLES, draw_pair_figures
 
     if args.example_run and not args.tokenizer:
         raise InputError("--example-run needs --tokenizer to decode the example response")
+    given = {name: getattr(args, name) for name in PAIR_TABLES}
     drawn = draw_pair_figures(
-        Path(args.results),
+        {name: Path(path) for name, path in given.items() if path},
         Path(args.out_dir),
         example_run=args.example_run,
         example_baseline=args.example_baseline,
@@ -122,18 +148,17 @@ def _explorer(args: argparse.Namespace) -> None:
     from tokenshift.explorer import build_explorer
     from tokenshift.settings import ExplorerConfig
 
-    tokenizers = {}
-    for spec in args.tokenizer:
-        pair, sep, path = spec.partition("=")
-        if not sep or not pair or not path:
-            raise InputError(f"--tokenizer {spec!r}: expected PAIR=CHECKPOINT")
-        tokenizers[pair] = Path(path)
+    scores = {}
+    for pair, dataset, base, rl in args.scores:
+        if (pair, dataset) in scores:
+            raise InputError(f"--scores {pair} {dataset}: given twice; expected each pair and dataset once")
+        scores[pair, dataset] = {"base": Path(base), "rl": Path(rl)}
     build_explorer(
-        [Path(r) for r in args.results],
+        scores,
         Path(args.out),
         runs=[Path(p) for p in args.runs],
         problems=[Path(p) for p in args.problems],
-        tokenizers=tokenizers,
+        tokenizers=_named_files(args.tokenizer, "--tokenizer", "PAIR=CHECKPOINT"),
         cfg=settings(ExplorerConfig, args),
     )
 
@@ -141,18 +166,36 @@ def _explorer(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from tokenshift.report import advantage_sentences, build_report, sentences
 
+    shifts = {}
+    for pair, table, figure in args.training_shifts:
+        if pair in shifts:
+            raise InputError(f"--training-shifts {pair}: given twice; expected each toy pair once")
+        shifts[pair] = (Path(table), Path(figure))
     summary = build_report(
-        [Path(r) for r in args.results],
+        [_named_files(files, "--result") for files in args.result],
         html_out=Path(args.html),
         json_out=Path(args.json),
         kinds=dict(args.kind),
         overview=[Path(p) for p in args.overview],
         config=args.config,
-        advantages=Path(args.advantages) if args.advantages else None,
-        training_shifts=[Path(p) for p in args.training_shifts],
+        advantages=tuple(map(Path, args.advantages)) if args.advantages else None,
+        training_shifts=shifts,
         explorer=Path(args.explorer) if args.explorer else None,
     )
     for s in summary["results"]:
         print(f"{s['pair']} on {s['dataset']}:", *sentences(s), sep="\n  ", file=sys.stderr)
     if "advantages" in summary:
         print("advantages:", *advantage_sentences(summary["advantages"]), sep="\n  ", file=sys.stderr)
+
+
+def _named_files(values: list[str], flag: str, form: str = "NAME=PATH") -> dict[str, Path]:
+    """``NAME=PATH`` words (``form``) as name -> path, each name once."""
+    files: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"{flag} {value!r}: expected {form}")
+        if name in files:
+            raise InputError(f"{flag} {name}=...: given twice; expected each {form.partition('=')[0]} once")
+        files[name] = Path(path)
+    return files

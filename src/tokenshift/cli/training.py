@@ -72,10 +72,11 @@ def register(sub) -> None:
     fig = sub.add_parser(
         "figure-training",
         help="figures of the advantage experiment and of the shifts over training",
-        description="advantages.png/pdf from curve.parquet and comparison.parquet; training_shifts.png/pdf from "
-        "the training-shifts table.",
+        description="advantages.png/pdf from the experiment's curve and comparison tables; training_shifts.png/pdf "
+        "from the training-shifts table.",
     )
-    fig.add_argument("--advantages", help="the experiment's table directory (curve.parquet, comparison.parquet)")
+    fig.add_argument("--curve", help="the experiment's curve table (tokenshift advantages table), with --comparison")
+    fig.add_argument("--comparison", help="the experiment's comparison table (tokenshift advantages table)")
     fig.add_argument("--shifts", help="a training-shifts table")
     output(fig, "--out-dir", "a directory", "directory for the figures", directory=True)
     fig.set_defaults(func=_figures)
@@ -98,7 +99,7 @@ def _table(args: argparse.Namespace) -> None:
 
     tables = advantage_tables(read_runs(args.evals))
     for name, t in tables.items():
-        write_parquet_atomic(t, Path(args.out_dir) / f"{name}.parquet")
+        write_parquet_atomic(t, Path(args.out_dir) / {"curve": layout.CURVE, "comparison": layout.COMPARISON}[name])
     show(tables["curve"], tables["comparison"])
 
 
@@ -114,9 +115,6 @@ def _shifts(args: argparse.Namespace) -> None:
 def _figures(args: argparse.Namespace) -> None:
     from tokenshift.plots.draw import draw_training
 
-    drawn = draw_training(
-        Path(args.advantages) if args.advantages else None,
-        Path(args.shifts) if args.shifts else None,
-        Path(args.out_dir),
-    )
+    given = {name: Path(getattr(args, name)) for name in ("curve", "comparison", "shifts") if getattr(args, name)}
+    drawn = draw_training(**given, out_dir=Path(args.out_dir))
     print(f"wrote {', '.join(drawn)} to {args.out_dir}", file=sys.stderr)

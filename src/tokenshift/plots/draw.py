@@ -11,11 +11,15 @@ from tokenshift import layout
 from tokenshift.io import InputError, write_parquet_atomic
 from tokenshift.plots.figures import FIGURES, sparsity
 from tokenshift.plots.style import save
-from tokenshift.registry import DIVERGENCE_TABLES
+from tokenshift.registry import DIVERGENCE_FIGURES
+
+PAIR_TABLES = (*DIVERGENCE_FIGURES, "accuracy", "crosssample")
+"""The tables ``draw_pair_figures`` draws from, by name: each divergence figure's table, and (a cross-sampled
+pair's) the accuracy and cross-sampling tables."""
 
 
 def draw_pair_figures(
-    results: Path,
+    tables: Mapping[str, Path],
     out_dir: Path,
     *,
     example_run: Path | None = None,
@@ -23,8 +27,8 @@ def draw_pair_figures(
     tokenizer: Path | None = None,
     example_out: Path | None = None,
 ) -> list[str]:
-    """Figures 2-6 of one pair and dataset from the tables under ``results``
-    (``results/<pair>/<dataset>``: ``divergence/``, ``accuracy.parquet``, ``crosssample.parquet``).
+    """Figures 2-6 of one pair and dataset from its ``tables`` (name -> path, ``PAIR_TABLES``: the divergence
+    tables ``registry.DIVERGENCE_FIGURES`` names, and a cross-sampled pair's ``accuracy`` and ``crosssample``).
 
     Figure 6 shows a response of the forward run ``example_run``, preferring one whose twin in
     ``example_baseline`` (budget 0, same noise) was wrong, decoded with ``tokenizer``; its tokens
@@ -32,23 +36,26 @@ def draw_pair_figures(
     """
     from tokenshift.tables import EXAMPLE_SCHEMA, check_one_pair, example_table, read_cross_run, read_table
 
-    results, out_dir = Path(results), Path(out_dir)
-    div = {
-        n: read_table(results / layout.divergence(n), n, f"the {n} table (tokenshift divergence)")
-        for n in DIVERGENCE_TABLES
-        if n != "sparsity"
-    }
-    read = {results / layout.divergence(n): t for n, t in div.items()}
-    figs = {name: FIGURES[name](t) for name, t in div.items()}
-    cross = results / layout.CROSSSAMPLE
-    if cross.is_file():
-        read[cross] = read_table(cross, "crosssample", "a cross-sampling table (tokenshift crosssample-table)")
-        read[results / layout.ACCURACY] = read_table(
-            results / layout.ACCURACY, "accuracy", "an accuracy table (tokenshift accuracy)"
+    tables = {name: Path(path) for name, path in tables.items()}
+    out_dir = Path(out_dir)
+    missing = [n for n in DIVERGENCE_FIGURES if n not in tables]
+    if missing or tables.keys() - set(PAIR_TABLES) or ("accuracy" in tables) != ("crosssample" in tables):
+        raise InputError(
+            f"tables {sorted(tables)}: expected {', '.join(DIVERGENCE_FIGURES)}, and accuracy with crosssample "
+            "for a cross-sampled pair"
         )
-    check_one_pair(read, results)
-    if cross.is_file():
-        figs["crosssample"] = FIGURES["crosssample"](read[cross], read[results / layout.ACCURACY])
+    div = {n: read_table(tables[n], n, f"the {n} table (tokenshift divergence)") for n in DIVERGENCE_FIGURES}
+    read = {tables[n]: t for n, t in div.items()}
+    figs = {name: FIGURES[name](t) for name, t in div.items()}
+    crossed = "crosssample" in tables
+    if crossed:
+        what = "a cross-sampling table (tokenshift crosssample-table)"
+        cross = read_table(tables["crosssample"], "crosssample", what)
+        accuracy = read_table(tables["accuracy"], "accuracy", "an accuracy table (tokenshift accuracy)")
+        read |= {tables["crosssample"]: cross, tables["accuracy"]: accuracy}
+    check_one_pair(read)
+    if crossed:
+        figs["crosssample"] = FIGURES["crosssample"](cross, accuracy)
     if example_run:
         from tokenshift.tokenizer import load_tokenizer
 
@@ -56,8 +63,7 @@ def draw_pair_figures(
         baseline = read_cross_run(example_baseline) if example_baseline else None
         # another pair's example response drawn among this pair's figures (seventh hostile pass, C7)
         check_one_pair(
-            {**read, Path(example_run): run, **({Path(example_baseline): baseline} if baseline is not None else {})},
-            results,
+            {**read, Path(example_run): run, **({Path(example_baseline): baseline} if baseline is not None else {})}
         )
         if run["direction"][0] != "forward":
             raise InputError(f"{example_run}: a {run['direction'][0]} run; expected a forward run (--example-run)")
@@ -71,7 +77,7 @@ def draw_pair_figures(
         figs["example"] = FIGURES["example"](ex)
     else:
         ex = pl.DataFrame(schema=EXAMPLE_SCHEMA)
-        if cross.is_file():  # a pair that is not cross-sampled has neither figure
+        if crossed:  # a pair that is not cross-sampled has neither figure
             figs["example"] = FIGURES["example"](
                 ex, note="This study ran no forward cross-sampling, so there is no example response to show."
             )
@@ -107,18 +113,22 @@ def draw_overview(tables: Sequence[Path], out: Path, *, kinds: Mapping[str, str]
     save(sparsity(table), Path(out))
 
 
-def draw_training(advantage_dir: Path | None, shifts: Path | None, out_dir: Path) -> list[str]:
-    """``advantages`` from the experiment's tables in ``advantage_dir`` and ``training_shifts``
+def draw_training(
+    *, curve: Path | None = None, comparison: Path | None = None, shifts: Path | None = None, out_dir: Path
+) -> list[str]:
+    """``advantages`` from the experiment's ``curve`` and ``comparison`` tables and ``training_shifts``
     from the ``shifts`` table, each where given, in ``out_dir``; returns the names drawn."""
     from tokenshift.plots.figures import advantages, training_shifts
     from tokenshift.tables import read_table
 
+    if (curve is None) != (comparison is None):
+        raise InputError("--curve and --comparison: expected both of the experiment's tables, or neither")
     drawn = []
-    if advantage_dir is not None:
+    if curve is not None:
         what = "the experiment's {} (tokenshift advantages table)"
-        curve = read_table(advantage_dir / layout.CURVE, "curve", what.format("curve"))
-        comparison = read_table(advantage_dir / layout.COMPARISON, "comparison", what.format("comparison table"))
-        save(advantages(curve, comparison), Path(out_dir) / layout.advantages_figure(""))
+        curve_table = read_table(curve, "curve", what.format("curve"))
+        comparison_table = read_table(comparison, "comparison", what.format("comparison table"))
+        save(advantages(curve_table, comparison_table), Path(out_dir) / layout.advantages_figure(""))
         drawn.append("advantages")
     if shifts is not None:
         table = read_table(shifts, "training_shifts", "a training-shifts table (tokenshift training-shifts)")
