@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from tokenshift import layout
 from tokenshift.cli.common import output, pair_checkpoints, part_option, quiet, settings, show
 from tokenshift.options import add_options
 from tokenshift.registry import DIVERGENCE_TABLES, ROLES
@@ -51,7 +52,7 @@ def register(sub) -> None:
     )
     dv.add_argument("--scores-base", required=True, help="scores of the base model's rollouts")
     dv.add_argument("--scores-rl", required=True, help="scores of the RL model's rollouts")
-    tables = [f"{t}.parquet" for t in (*DIVERGENCE_TABLES, "decision_points")]
+    tables = [Path(layout.divergence(t)).name for t in (*DIVERGENCE_TABLES, "decision_points")]
     output(dv, "--out-dir", "a directory", "directory for the tables", directory=True, writes=tables)
     dv.add_argument("--pair", required=True, help="pair name, stored in the tables")
     dv.add_argument("--dataset", required=True, help="dataset name, stored in the tables")

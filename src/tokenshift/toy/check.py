@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from tokenshift import layout
 from tokenshift.checkpoints import checkpoint_identity, resolve_checkpoint
 from tokenshift.generation import SamplingConfig, sample
 from tokenshift.grading import Grader
@@ -176,7 +177,7 @@ def check_toy_pair(
     points = [sorted({d.position for d in decision_points(p, encode, cfg.task.max_total)}) for p in evals]
     dp = decision_point_table(response_js(models["base"], models["rl"], tok, evals), points)
     for name, table in (("decision_points", dp), ("accuracy", acc)):  # accuracy last: then the check finished
-        write_parquet_atomic(table, Path(out_dir) / f"{name}.parquet")
+        write_parquet_atomic(table, Path(out_dir) / Path(layout.toy_check(name)).name)
     return {"accuracy": acc, "decision_points": dp}
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from tokenshift import layout
 from tokenshift.checkpoints import resolve_checkpoint
 from tokenshift.generation import sample
 from tokenshift.grading import Grader
@@ -111,8 +112,8 @@ def run_variant(
 
 def write_run(evals: pl.DataFrame, history: pl.DataFrame, out_dir: Path) -> None:
     """``history.parquet``, then ``eval.parquet`` (its presence means the run finished)."""
-    write_parquet_atomic(history, Path(out_dir) / "history.parquet")
-    write_parquet_atomic(evals, Path(out_dir) / "eval.parquet")
+    for table, rows in (("history", history), ("eval", evals)):
+        write_parquet_atomic(rows, Path(out_dir) / Path(layout.advantage_run(table=table)).name)
 
 
 EVAL_COLUMNS = {"variant": "string", "seed": "count", "step": "count", "problem_id": "string", "correct": "finite"}
