@@ -99,6 +99,23 @@ def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
         png, pdf = save(fig, tmp_path / name)
         assert_drawn(png)
         assert pdf.read_bytes()[:4] == b"%PDF"
+    # drawn again, a moment later: the same bytes (a PDF recorded the time it was drawn: the tenth hostile pass, G2)
+    import time
+
+    time.sleep(1.1)
+    again = save(FIGURES["position"](div["position"]), tmp_path / "again")
+    assert [p.read_bytes() for p in again] == [(tmp_path / f"position{p.suffix}").read_bytes() for p in again]
+
+
+def test_a_reallocation_table_without_the_headlines_k_is_named(tables):
+    from tokenshift.headlines import reallocation_summary
+    from tokenshift.io import InputError
+
+    table = tables[0]["reallocation"]
+    assert list(reallocation_summary(table)) == [1, 3, 5]
+    without_3 = table.filter(pl.col("metric") != "rl_top1_in_base_top3")
+    with pytest.raises(InputError, match=r"top k for k = \[1, 5\]: expected 1, 3 among them"):
+        reallocation_summary(without_3)
 
 
 def test_sparsity_figure_puts_rlvr_and_sft_pairs_on_one_axis(tables, tmp_path):

@@ -186,6 +186,14 @@ def _mutations():
         ("pass-k-twice", m(lambda c: c["rollout"].update(pass_k=[1, 1])), "rollout.pass_k"),
         ("pass-k-empty", m(lambda c: c["rollout"].update(pass_k=[])), "config key rollout.pass_k: got []"),
         ("rank-k-twice", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[1, 3, 3])), "divergence.rank_k"),
+        # tenth hostile pass (G1): the report's headline and the reallocation figure read k = 1 and 3, which the
+        # figures job found missing in a traceback
+        (
+            "rank-k-without-3",
+            m(lambda c: c.setdefault("divergence", {}).update(rank_k=[1, 1000000000])),
+            "config key divergence.rank_k: got [1, 1000000000]; the report's headline",
+        ),
+        ("rank-k-without-1", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[3, 5])), "holding 1 too"),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
         # names the workflow's own paths take (issue 13: AmbiguousRuleException / ChildIOException before)

@@ -403,6 +403,22 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     _check_crosssample(config)
     _check_toy(config)
     _check_scoring(config)
+    _check_divergence(config)
+
+
+def _check_divergence(config: Mapping[str, Any]) -> None:
+    """``divergence.rank_k`` holds the k the report's headline and the reallocation figure read."""
+    from tokenshift.registry import HEADLINE_RANK_K
+
+    rank_k = config.get("divergence", {}).get("rank_k")
+    missing = [k for k in HEADLINE_RANK_K if rank_k is not None and k not in rank_k]
+    if missing:
+        raise ConfigError(
+            "divergence.rank_k",
+            rank_k,
+            f"the report's headline and the reallocation figure read k = {', '.join(map(str, HEADLINE_RANK_K))} "
+            f"(RL's top token is the base model's own, and in its top 3): expected a list holding {missing[0]} too",
+        )
 
 
 def _check_paths(config: Mapping[str, Any], base_dir: Path) -> None:

@@ -41,9 +41,21 @@ def position_summary(table: pl.DataFrame) -> dict:
 
 
 def reallocation_summary(table: pl.DataFrame) -> dict[int, float]:
-    """Share of positions whose RL top token is in the base model's top 1 / 3 / 5."""
+    """Share of positions whose RL top token is in the base model's top k, for each k the table holds
+    (``divergence.rank_k``), in order; those ``registry.HEADLINE_RANK_K`` names must be among them."""
+    from tokenshift.io import InputError
+    from tokenshift.registry import HEADLINE_RANK_K
+
     t = main_source(table)
-    return {k: float(t.filter(pl.col("metric") == f"rl_top1_in_base_top{k}")["value"][0]) for k in (1, 3, 5)}
+    prefix = "rl_top1_in_base_top"
+    held = {int(m.removeprefix(prefix)): m for m in t["metric"].unique() if m.removeprefix(prefix).isdigit()}
+    missing = [k for k in HEADLINE_RANK_K if k not in held]
+    if missing:
+        raise InputError(
+            f"the reallocation table holds RL's top token in the base model's top k for k = {sorted(held)}: expected "
+            f"{', '.join(map(str, HEADLINE_RANK_K))} among them, which the report's headline reads (divergence.rank_k)"
+        )
+    return {k: float(t.filter(pl.col("metric") == held[k])["value"][0]) for k in sorted(held)}
 
 
 def avg_metric(accuracy: pl.DataFrame) -> str:

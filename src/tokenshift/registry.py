@@ -288,6 +288,9 @@ TOPK_SCORE_COLUMNS = (
 renormalised: those that need a whole distribution. The others (each model's log-prob of the token,
 ``topk_overlap``, the candidates) are the models' own under any statistic: K log-probs give them exactly."""
 RANK_BUCKETS = 5
+HEADLINE_RANK_K = (1, 3)
+"""The k of "RL's top token is among the base model's top k" that the report's headline and the reallocation
+figure's title read (the paper's claim is top 3): ``divergence.rank_k`` must hold them."""
 """The reallocation table's ranks of RL's top token under the base model: 0 .. RANK_BUCKETS - 1 each, and the rest."""
 DEFAULT_POLICIES = ("js", "random", "argmax", "entropy")
 """The policies a cross-sampling grid runs unless the config names others, in this order."""

@@ -75,7 +75,8 @@ def save(fig, stem: Path) -> list[Path]:
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
         tmp = p.with_name(f".{p.name}.tmp{p.suffix}")
-        fig.savefig(tmp, dpi=DPI)
+        # no creation time in the PDF: a figure drawn again from the same tables is the same bytes
+        fig.savefig(tmp, dpi=DPI, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
         tmp.replace(p)
     plt.close(fig)
     return paths
