@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenshift.cli.common import output, pair_kinds, settings
 from tokenshift.io import InputError
 from tokenshift.options import add_options
-from tokenshift.registry import DIVERGENCE_FIGURES
+from tokenshift.registry import DIVERGENCE_FIGURES, report_files
 
 
 def register(sub) -> None:
@@ -94,9 +94,8 @@ def register(sub) -> None:
         action="append",
         required=True,
         metavar="NAME=PATH",
-        help="one pair and dataset's files, given once each: accuracy, sparsity, position and reallocation "
-        "tables, a cross-sampled pair's crosssample table, and each of its figures as <figure>.png "
-        "(position.png, entropy.png, reallocation.png, and crosssample.png and example.png where cross-sampled)",
+        help=f"one pair and dataset's tables and figures (a --result for each): {', '.join(report_files(False))}; "
+        f"a cross-sampled pair's also {', '.join(n for n in report_files(True) if n not in report_files(False))}",
     )
     pair_kinds(rp)
     rp.add_argument("--overview", nargs="*", default=[], help="overview figure PNGs (figure 1)")
