@@ -224,6 +224,9 @@ CONSUMERS = {
     "rollout.batch_size": (),
     "rollout.problems_per_shard": (),
     "crosssample.batch_size": (),
+    # nor on where a cross-sampling run's shards split them: as its batch size, they move the rows' divergence
+    # columns in their last float bits only (the tenth hostile pass, G5, found it re-ran all 34 jobs)
+    "crosssample.problems_per_shard": (),
     "grading.mode": SAMPLERS,
     **{f"divergence.{k}": ("divergence_toy",) for k in ("high_js_quantile", "high_js_cut", "rank_k")},
     "grading.timeout_s": SAMPLERS,
@@ -249,7 +252,6 @@ CONSUMERS = {
         for k in (
             "n_problems",
             "threads",
-            "problems_per_shard",
             "device_base",
             "device_rl",
             "force_switch",
@@ -334,7 +336,12 @@ GRID_KEYS = {
 # reach their jobs: the cross-sampling ones with the authors' levels, the score ones beside them); the
 # regenerate engine beside the default study's extrapolation run, which it cannot draw (tests/test_reruns.py
 # re-plans an engine change on a study without one)
-UNRECORDED = {"rollout.batch_size", "rollout.problems_per_shard", "crosssample.batch_size"}
+UNRECORDED = {
+    "rollout.batch_size",
+    "rollout.problems_per_shard",
+    "crosssample.batch_size",
+    "crosssample.problems_per_shard",
+}
 """Keys of settings no result depends on (``recorded=False``; and the whole ``cluster:`` section): they reach
 their jobs unrecorded and ``results/config.yaml`` leaves them out, so changing one plans nothing at all."""
 NOT_ALONE = {"crosssample.statistic", "scoring.statistic", "scoring.backend", "crosssample.engine"}

@@ -428,7 +428,13 @@ class CrossSampleConfig:
         minimum=1,
         maximum=MAX_THREADS,
     )
-    problems_per_shard: int = option(64, "problems per shard (what a killed job can lose)", minimum=1)
+    problems_per_shard: int = option(
+        64,
+        "problems per shard file; a killed job loses at most one shard; the tokens and grades do not depend on it, "
+        "the rows' divergence columns in their last float bits (the shards' batches differ)",
+        minimum=1,
+        recorded=False,
+    )
     # vLLM places regenerate's engines itself (its wheel's device, the job's GPUs): these are lockstep's
     device_base: str = option(
         "auto",
