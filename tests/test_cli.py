@@ -617,6 +617,11 @@ def test_figures_given_the_wrong_tables_name_the_file_and_the_table_expected(tmp
     one_line_error(r, shifts, "has no column 'step'", "a training-shifts table")
     r = run(tokenshift_cmd() + ["figure-training", "--curve", str(shifts), "--out-dir", str(tmp_path / "f")])
     one_line_error(r, "--curve and --comparison: expected both")
+    # tenth hostile pass (G3): with nothing to draw it said "wrote  to f" and exited 0
+    one_line_error(run(tokenshift_cmd() + ["figure-training", "--out-dir", str(tmp_path / "f")]), "nothing to draw")
+    # and a pair's kind given twice, the last one winning unsaid
+    r = run(tokenshift_cmd() + ["figure-overview", str(shifts), "--kind", "p=sft", "--kind", "p=rlvr", "--out", "o"])
+    one_line_error(r, "--kind p=...: given twice (sft, rlvr)")
 
 
 def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, tmp_path):

@@ -201,6 +201,7 @@ def write_results(tables, results: Path) -> Path:
 
 
 def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_path):
+    from tokenshift.io import InputError
     from tokenshift.plots.draw import draw_overview, draw_pair_figures
     from tokenshift.registry import PAIR_FIGURES
     from tokenshift.report import build_report
@@ -232,8 +233,19 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
     page = (tmp_path / "results" / "r.html").read_text()
     assert page.count("data:image/png;base64,") == 1 + len(PAIR_FIGURES) and "models: {}" in page
     assert "<a href='explorer.html'>" in page  # relative to the report, so the pair moves together
+    # tenth hostile pass (G3): one pair and dataset given twice was said twice; a table linked as the explorer
+    for twice, explorer, needle in (
+        (
+            [report_inputs(results)] * 2,
+            tmp_path / "results" / "explorer.html",
+            "which .*accuracy.parquet holds already",
+        ),
+        ([report_inputs(results)], results / "accuracy.parquet", r"accuracy\.parquet: not an HTML page"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            build_report(twice, html_out=tmp_path / "x.html", json_out=tmp_path / "x.json", explorer=explorer)
+        assert not (tmp_path / "x.json").exists()
     # a pair's figure that is not a PNG (text, a table) was embedded as one (the fourth hostile pass): named
-    from tokenshift.io import InputError
     from tokenshift.report import load_result
 
     (results / "figures" / "position.png").write_text("not a png")

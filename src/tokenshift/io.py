@@ -70,6 +70,17 @@ def read_png(path: Path | str, what: str) -> bytes:
     return data
 
 
+def read_html(path: Path | str, what: str) -> None:
+    """``InputError`` naming ``path`` where it is missing or no HTML page (``<!doctype html>`` first)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (expected {what})")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.lstrip().lower().startswith(b"<!doctype html"):
+        raise InputError(f"{path}: not an HTML page (expected {what}; it starts {head[:8]!r})")
+
+
 def _atomic(path: Path, write) -> None:
     """Write ``path`` through a temporary file in its directory and a rename, so a reader never sees half."""
     path = Path(path)

@@ -22,7 +22,7 @@ import jinja2
 import polars as pl
 
 from tokenshift import __version__, headlines
-from tokenshift.io import InputError, read_png, read_text
+from tokenshift.io import InputError, read_html, read_png, read_text
 from tokenshift.plots.style import pct
 from tokenshift.registry import ROLES
 
@@ -474,10 +474,19 @@ def build_report(
         except yaml.YAMLError as e:
             why = " ".join(str(e).split())[:200]
             raise InputError(f"{config}: not YAML ({why}): expected the config the run used") from None
-    loaded = []
-    for r in results:
-        result = load_result(r)
+    if explorer is not None:
+        read_html(explorer, "the token explorer page (tokenshift explorer)")
+    loaded: list[PairResult] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for files in results:
+        result = load_result(files)
         result.kind = kinds.get(result.pair, "rlvr")
+        if (result.pair, result.dataset) in seen:  # the page and summary.json said it twice
+            raise InputError(
+                f"{files['accuracy']}: pair {result.pair!r} on dataset {result.dataset!r}, which "
+                f"{seen[result.pair, result.dataset]} holds already; expected each pair and dataset's --result once"
+            )
+        seen[result.pair, result.dataset] = Path(files["accuracy"])
         loaded.append(result)
     unknown = sorted(set(kinds) - {r.pair for r in loaded})
     if unknown:

@@ -161,6 +161,16 @@ def _kind(text: str) -> tuple[str, str]:
     return pair, kind
 
 
+def kinds(args: argparse.Namespace) -> dict[str, str]:
+    """``--kind`` (``pair_kinds``) as pair -> kind; a pair given twice is refused (the last one won, unsaid)."""
+    out: dict[str, str] = {}
+    for pair, kind in args.kind:
+        if pair in out:
+            raise InputError(f"--kind {pair}=...: given twice ({out[pair]}, {kind}); expected each pair once")
+        out[pair] = kind
+    return out
+
+
 def pair_kinds(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kind",

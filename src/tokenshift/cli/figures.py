@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokenshift.cli.common import output, pair_kinds, settings
+from tokenshift.cli.common import kinds, output, pair_kinds, settings
 from tokenshift.io import InputError
 from tokenshift.options import add_options
 from tokenshift.registry import DIVERGENCE_FIGURES, report_files
@@ -140,7 +140,7 @@ def _figures(args: argparse.Namespace) -> None:
 def _overview(args: argparse.Namespace) -> None:
     from tokenshift.plots.draw import draw_overview
 
-    draw_overview([Path(p) for p in args.inputs], Path(args.out), kinds=dict(args.kind))
+    draw_overview([Path(p) for p in args.inputs], Path(args.out), kinds=kinds(args))
 
 
 def _explorer(args: argparse.Namespace) -> None:
@@ -174,7 +174,7 @@ def _report(args: argparse.Namespace) -> None:
         [_named_files(files, "--result") for files in args.result],
         html_out=Path(args.html),
         json_out=Path(args.json),
-        kinds=dict(args.kind),
+        kinds=kinds(args),
         overview=[Path(p) for p in args.overview],
         config=args.config,
         advantages=tuple(map(Path, args.advantages)) if args.advantages else None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokenshift import layout
 from tokenshift.cli.common import output, quiet, settings, show
+from tokenshift.io import InputError
 from tokenshift.options import add_options
 
 
@@ -116,5 +117,7 @@ def _figures(args: argparse.Namespace) -> None:
     from tokenshift.plots.draw import draw_training
 
     given = {name: Path(getattr(args, name)) for name in ("curve", "comparison", "shifts") if getattr(args, name)}
+    if not given:  # it printed "wrote  to <dir>" and wrote nothing
+        raise InputError("nothing to draw: expected --curve and --comparison, or --shifts, or all three")
     drawn = draw_training(**given, out_dir=Path(args.out_dir))
     print(f"wrote {', '.join(drawn)} to {args.out_dir}", file=sys.stderr)
