@@ -1135,6 +1135,22 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     assert pl.read_parquet(work / "resources" / "datasets" / "local.parquet").height == 2
 
 
+def test_a_working_directory_named_with_quotes_and_a_command_runs_no_command(tmp_path):
+    """Tenth hostile pass (G6): Snakemake ran the one `run:` rule (results/config.yaml) by a shell line that
+    quoted the workflow's folder wrongly: a folder named x'$(touch PWNED)' ran the command. Every rule is a
+    shell command of its own now, whose paths Snakemake quotes (and are relative to the working directory)."""
+    work = tmp_path / "wq'$(touch PWNED)'"
+    work.mkdir()
+    for part in ("Snakefile", "workflow", "config", "profiles", "envs"):
+        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
+        copy(REPO / part, work / part)
+    r = run([sys.executable, "-m", "snakemake", "--cores", "1", "results/config.yaml"], cwd=work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(tmp_path.rglob("PWNED"))
+    recorded = yaml.safe_load((work / "results" / "config.yaml").read_text())
+    assert [p["name"] for p in recorded["pairs"]] == [p["name"] for p in DEFAULT["pairs"]]
+
+
 def test_values_that_start_with_a_dash_reach_their_jobs_as_values(tmp_path):
     """A threshold of -2.5e-07, a path, an opening or a revision starting with '-': apart from its flag, argparse
     read such a value as an option of its own (issue 24, F12/F13); each command of the dry run parses here. A tau

@@ -406,13 +406,6 @@ def stage_code(*words: str) -> str:
 
 
 @functools.cache
-def code_of(*functions: str) -> str:
-    """The hash of the code the package's ``functions`` (``tokenshift.io.write_yaml_atomic``) run, as
-    ``stage_code``'s: for what the workflow runs itself, not through a subcommand."""
-    return _remembered(("code", *functions), lambda: _digest(_reach([tuple(f.rsplit(".", 1)) for f in functions])))
-
-
-@functools.cache
 def package_key() -> str:
     """sha256 over every file of the package (path and bytes, ``__pycache__`` aside) and the Python version
     that parses them: all a hash of this module depends on."""

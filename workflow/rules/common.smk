@@ -17,9 +17,9 @@ from snakemake.utils import validate
 from tokenshift import layout
 from tokenshift.checkpoints import linked_files
 from tokenshift.cluster import job_resources, manifest_needed
-from tokenshift.codehash import code_of, stage_code
+from tokenshift.codehash import stage_code
 from tokenshift.config import SCHEMA_PATH, ConfigError, check_workflow_config, dataset_sampling, model_source
-from tokenshift.io import files_fingerprint, write_yaml_atomic
+from tokenshift.io import files_fingerprint
 from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
 from tokenshift.registry import (

@@ -81,13 +81,17 @@ rule run_config:
     log:
         "logs/config.log",
     localrule: True
+    conda:
+        "../../envs/cpu.yaml"
     params:
-        code=code_of("tokenshift.options.recorded_config", "tokenshift.io.write_yaml_atomic"),
+        code=stage_code("record-config"),
         # recorded, in a canonical order: a changed setting rewrites it, and the report; not those no
         # result depends on (a batch size, the cluster's resources), which no job records either
         config=lambda wildcards: json.dumps(recorded_config(config, SETTINGS), sort_keys=True, default=str),
-    run:
-        write_yaml_atomic(output[0], json.loads(params.config))
+    # a shell command, as every rule's: Snakemake runs a `run:` job by a shell line it builds itself, which
+    # quoted the working directory's path wrongly (a folder named x'$(cmd)' ran cmd: the tenth hostile pass, G6)
+    shell:
+        "tokenshift record-config {params.config:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule report:

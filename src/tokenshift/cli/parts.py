@@ -1,5 +1,6 @@
-"""``tokenshift gather``: the table of a run split over several jobs (``--part``), from its parts; and
-``tokenshift csv``: an aggregate table's CSV copy."""
+"""``tokenshift gather``: the table of a run split over several jobs (``--part``), from its parts;
+``tokenshift csv``: an aggregate table's CSV copy; and ``tokenshift record-config``: the settings a study's
+results depend on, as the report quotes them."""
 
 from __future__ import annotations
 
@@ -32,11 +33,35 @@ def register(sub) -> None:
     output(c, "--out", "a .csv file path", "CSV file to write")
     c.set_defaults(func=_csv)
 
+    rc = sub.add_parser(
+        "record-config",
+        help="write the settings a study's results depend on as YAML (results/config.yaml)",
+        description="The workflow's recorded settings (options.recorded_config, given as one JSON text) written "
+        "as YAML, in the order given, for the report to quote.",
+    )
+    rc.add_argument("settings", help="the recorded settings as a JSON object")
+    output(rc, "--out", "a .yaml file path", "YAML file to write")
+    rc.set_defaults(func=_record_config)
+
 
 def _gather(args: argparse.Namespace) -> None:
     from tokenshift.sharding import gather_parts
 
     gather_parts([Path(p) for p in args.parts], Path(args.out), sort_by=args.sort_by)
+
+
+def _record_config(args: argparse.Namespace) -> None:
+    import json
+
+    from tokenshift.io import InputError, write_yaml_atomic
+
+    try:
+        settings = json.loads(args.settings)
+    except ValueError as e:
+        raise InputError(f"settings: not JSON ({e}); expected the recorded settings as one JSON object") from None
+    if not isinstance(settings, dict):
+        raise InputError(f"settings: a JSON {type(settings).__name__}; expected an object")
+    write_yaml_atomic(Path(args.out), settings)
 
 
 def _csv(args: argparse.Namespace) -> None:
