@@ -757,6 +757,18 @@ def test_anchors_aliases_and_merge_keys_a_config_may_use_pass_the_file_check(tmp
         check_config_file(other)
 
 
+def test_a_yte_template_config_is_refused_before_snakemake_runs_its_python(tmp_path):
+    """Tenth hostile pass (G4, security): Snakemake loads a YAML config that says `__use_yte__: true` as a YTE
+    template, whose Python it runs; config/config.yaml is now refused before Snakemake reads it."""
+    (tmp_path / "config").mkdir()
+    canary = tmp_path / "PWNED"
+    template = f'__use_yte__: true\n__definitions__:\n  - import pathlib\n  - pathlib.Path("{canary}").touch()\n'
+    (tmp_path / "config" / "config.yaml").write_text(template + (REPO / "config" / "config.yaml").read_text())
+    r = snakemake(tmp_path, "-n", "all")
+    assert r.returncode != 0 and not canary.exists()
+    assert "config key __use_yte__: got True; a YTE template (config/config.yaml) is Python" in r.stdout + r.stderr
+
+
 def test_a_config_nested_thousands_of_levels_deep_is_refused_in_one_line(tmp_path):
     # issue 24 (F18): Snakemake's load of it ended in a RecursionError and a thousand lines of traceback
     (tmp_path / "config").mkdir()

@@ -215,6 +215,10 @@ class _Open:
         return key
 
 
+YTE_KEY = "__use_yte__"
+"""The top-level key that makes Snakemake load a YAML config as a YTE template: Python, run at the load."""
+
+
 def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
     """Refuse, in one line naming the key and the line, a YAML or JSON config file that Snakemake's own
     load would take wrongly or end in a traceback:
@@ -226,7 +230,8 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
     - a key given twice in one mapping: YAML loaders keep the last, so a second ``toy:`` block silently
       replaced the first one whole;
     - bytes that are not UTF-8, or text that is not YAML (Snakemake's message named neither the file nor
-      the line).
+      the line);
+    - a YTE template (``__use_yte__: true``), whose Python Snakemake runs as it loads the file.
 
     The file is read as a stream of parser events, which does not recurse. The workflow runs this on its
     ``configfile:`` before Snakemake loads it; a ``--configfile`` Snakemake reads before any of the
@@ -290,7 +295,14 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
                         f"<more than {limit} levels of nesting, at {where}>",
                         f"expected at most {limit} levels (the config's deepest keys are four down)",
                     )
-        yaml.safe_load(text)  # what the events leave: an alias to no anchor, a tag no safe loader constructs
+        loaded = yaml.safe_load(text)  # what the events leave: an alias to no anchor, a tag no safe loader constructs
+        if isinstance(loaded, dict) and YTE_KEY in loaded:
+            raise ConfigError(
+                YTE_KEY,
+                loaded[YTE_KEY],
+                f"a YTE template ({path}) is Python that Snakemake runs as it loads the file; expected plain YAML "
+                "(a config is input from strangers: the workflow takes no code in one)",
+            )
     except yaml.YAMLError as error:
         try:
             json.loads(text)  # Snakemake reads JSON first: a JSON file YAML refuses (tabs) is a config
