@@ -68,12 +68,7 @@ def pair_files(results: Path, names) -> dict[str, Path]:
     the names the figure and report stages take them: a table's name, or ``<figure>.png``."""
     from tokenshift import layout
 
-    def path(name: str) -> str:
-        if name.endswith(".png"):
-            return layout.figure(name.removesuffix(".png"))
-        return {"accuracy": layout.ACCURACY, "crosssample": layout.CROSSSAMPLE}.get(name) or layout.divergence(name)
-
-    return {name: results / path(name) for name in names}
+    return {name: results / layout.pair_file(name) for name in names}
 
 
 def figure_tables(results: Path) -> dict[str, Path]:

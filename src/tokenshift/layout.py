@@ -100,6 +100,14 @@ def figure(name: str, suffix: str = ".png") -> str:
     return f"figures/{name}{suffix}"
 
 
+def pair_file(name: str) -> str:
+    """A pair's table or figure by the name the figure and report stages take it (``registry.report_files``):
+    ``accuracy``, ``crosssample``, a divergence table's name, or ``<figure>.png``."""
+    if name.endswith(".png"):
+        return figure(name.removesuffix(".png"))
+    return {"accuracy": ACCURACY, "crosssample": CROSSSAMPLE}.get(name) or divergence(name)
+
+
 EXAMPLE_TOKENS = figure("example", ".parquet")
 """The tokens of figure 6's example response, as a table."""
 

@@ -30,7 +30,6 @@ from tokenshift.registry import (
     INJECTIONS,
     PAIR_FIGURES,
     POLICIES,
-    REPORTED_DIVERGENCE,
     ROLES,
     SCORE_ORDER,
     alternatives,
@@ -248,11 +247,6 @@ def pair_figure_report(name):
     )
 
 
-def pair_figures(pair):
-    """The figures drawn for ``pair`` on each of its datasets."""
-    return PAIR_FIGURES if pair in CROSSSAMPLED else DIVERGENCE_FIGURES
-
-
 # --- params: settings as the flags of their dataclass --------------------------------------
 
 
@@ -347,15 +341,8 @@ def kind_args(wildcards):
 
 def report_inputs(pair, dataset):
     """One pair and dataset's files the report reads, by the names ``tokenshift report --result`` gives them."""
-
-    def path(name):
-        if name.endswith(".png"):
-            return layout.figure(name.removesuffix(".png"))
-        if name in DIVERGENCE_TABLES:
-            return layout.divergence(name)
-        return {"accuracy": layout.ACCURACY, "crosssample": layout.CROSSSAMPLE}[name]
-
-    return {name: layout.in_pair(path(name), pair, dataset) for name in report_files(pair in CROSSSAMPLED)}
+    names = report_files(pair in CROSSSAMPLED)
+    return {name: layout.in_pair(layout.pair_file(name), pair, dataset) for name in names}
 
 
 def result_args(wildcards):

@@ -109,6 +109,7 @@ rule figure_training_shifts:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("figure-training"),
+        inputs=input_args,
         out=lambda wildcards, output: Path(output.png).parent,
     shell:
-        "tokenshift figure-training --shifts {input.shifts:q} --out-dir {params.out:q} > {log:q} 2>&1"
+        "tokenshift figure-training {params.inputs} --out-dir {params.out:q} > {log:q} 2>&1"
