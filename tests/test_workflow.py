@@ -1124,6 +1124,15 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     r = snakemake(with_config(work, config), "-n", "-p", "all", "resources/models/q.json")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     commands = [shlex.split(c) for c in re.findall(r"^Shell command: (?!None$)(.*?2>&1)$", r.stdout, flags=re.S | re.M)]
+    # the recorded settings reach their job as one JSON argument, each value in it as given
+    (record,) = [c for c in commands if c[:2] == ["tokenshift", "record-config"]]
+    recorded = json.loads(record[2])
+    assert recorded["datasets"]["local"]["template"] == prompt["template"]
+    assert recorded["models"]["q"]["revision"] == hostile("revision") and record[3:5] == [
+        "--out",
+        "results/config.yaml",
+    ]
+    commands.remove(record)
     tokens = [re.sub(r"^--[a-z-]+=", "", t) for c in commands for t in c]  # each value joined to its flag
     for key, value in values.items():
         assert value in tokens, key
