@@ -186,6 +186,13 @@ def _mutations():
         ("pass-k-twice", m(lambda c: c["rollout"].update(pass_k=[1, 1])), "rollout.pass_k"),
         ("pass-k-empty", m(lambda c: c["rollout"].update(pass_k=[])), "config key rollout.pass_k: got []"),
         ("rank-k-twice", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[1, 3, 3])), "divergence.rank_k"),
+        # tenth hostile pass (G8): the extrapolation run is forward, drawn beside the forward grid: the figures job
+        # ended in KeyError 'forward'
+        (
+            "extrapolation-without-forward-runs",
+            m(lambda c: c["crosssample"].update(directions=["reverse"], gammas=[0.1])),
+            "config key crosssample.gammas: got [0.1]; the extrapolation runs are forward runs",
+        ),
         # tenth hostile pass (G1): the report's headline and the reallocation figure read k = 1 and 3, which the
         # figures job found missing in a traceback
         (

@@ -684,7 +684,7 @@ def _check_pairs(config: Mapping[str, Any], base_dir: Path) -> None:
 def _check_crosssample(config: Mapping[str, Any]) -> None:
     """The cross-sampling grid: its extrapolation runs, length rule, thresholds, engine and statistic."""
     from tokenshift.registry import POLICIES, TOPK_STATISTICS
-    from tokenshift.settings import CrossSampleConfig
+    from tokenshift.settings import CrossSampleConfig, CrossSampleGrid
 
     datasets = config.get("datasets", {})
     cross = config.get("crosssample", {})
@@ -695,6 +695,14 @@ def _check_crosssample(config: Mapping[str, Any]) -> None:
                 f"crosssample.gammas[{j}]", g, f"the same run as {labels[label]} (gammas are read to six decimals)"
             )
         labels[label] = g
+    directions = cross.get("directions", CrossSampleGrid.directions)
+    if cross.get("gammas") and "forward" not in directions:
+        raise ConfigError(
+            "crosssample.gammas",
+            cross["gammas"],
+            f"the extrapolation runs are forward runs, drawn beside the grid's forward ones, and directions is "
+            f"{list(directions)}: add forward to crosssample.directions, or set gammas: []",
+        )
     if cross.get("length_rule") == "after_switch":
         total = cross.get("max_total_tokens", CrossSampleConfig.max_total_tokens)
         for name in datasets:
