@@ -63,6 +63,22 @@ def test_a_split_gives_all_the_problems_its_settings_allow_and_refuses_more():
     assert problems(small, "eval", 50) == got[:50]  # the draw itself is unchanged
 
 
+def test_the_dataset_command_refuses_more_toy_problems_than_the_task_holds_at_once(tmp_path):
+    """Tenth hostile pass (G7): `tokenshift dataset --toy eval` past the split's capacity was a ValueError
+    traceback, and at 200000 problems a draw of 200 tries per problem that ran for minutes."""
+    import time
+
+    from conftest import run, tokenshift_cmd
+    from helpers import one_line_error
+
+    for n in ("5000", "999999999"):
+        start = time.monotonic()
+        cmd = ["dataset", "big", "--toy", "eval", "--n-problems", n, "--min-steps", "1", "--max-steps", "2"]
+        r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "x.parquet")], timeout=120)
+        one_line_error(r, f"eval split has at most {split_capacity(ToyTaskConfig(min_steps=1, max_steps=2), 'eval')}")
+        assert time.monotonic() - start < 60 and not (tmp_path / "x.parquet").exists()
+
+
 def test_mistaken_traces_are_consistent_and_at_the_configured_rate():
     train = problems(CFG, "train", 500)
     n_wrong = 0

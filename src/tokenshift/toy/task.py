@@ -42,6 +42,7 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from tokenshift.io import InputError
 from tokenshift.options import option
 
 PROMPT_PREFIX = "Q:"
@@ -210,12 +211,17 @@ def problems(cfg: ToyTaskConfig, split: str, n: int) -> list[ToyProblem]:
     The two splits draw from differently seeded streams and are filtered by question hash,
     so they are disjoint and each is reproducible on its own. Where the random draw stalls (``n``
     near all of a small split's questions), the rest are drawn from the split's full list; more than
-    ``split_capacity`` is a ``ValueError``.
+    ``split_capacity`` is an ``InputError``, at once.
     """
     if cfg.max_steps > len(LABELS):
         raise ValueError(f"max_steps must be at most {len(LABELS)} (one letter label per operation)")
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if n > (capacity := split_capacity(cfg, split)):  # before the draw, which tries ~200 n times first
+        raise InputError(
+            f"the toy task's {split} split has at most {capacity} distinct problems with {cfg.min_steps} to "
+            f"{cfg.max_steps} operations each; {n} were asked for (expected a number of problems <= {capacity})"
+        )
     want_eval = split == "eval"
     rng = random.Random(f"{cfg.seed}:{split}")
     seen: set[str] = set()
