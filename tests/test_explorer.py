@@ -400,9 +400,15 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     args = ["explorer", *scores, "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
     assert main([*args, "--runs", str(run)]) == 2
     assert f"{run}: has no column 'switched_positions'" in capsys.readouterr().err and not out.exists()
-    # one pair and dataset twice: each of its responses embedded twice (the tenth hostile pass, G3)
+    # one pair and dataset twice, or one run twice: each of its responses embedded twice (the tenth hostile pass, G3)
     assert main([*args, *scores]) == 2
     assert "--scores toy toy: given twice" in capsys.readouterr().err and not out.exists()
+    good = tmp_path / "budget-2-good.parquet"
+    run_table("2", {("p1", 0): (True, [5, 6], [1])}).write_parquet(good)
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(good.read_bytes())
+    assert main([*args, "--runs", str(good), str(copy)]) == 2
+    assert f"{copy}: the same run as {good} (" in capsys.readouterr().err and not out.exists()
     # scores from before scoring kept log-probabilities
     score_table().drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
     assert main(args) == 2

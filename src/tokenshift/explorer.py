@@ -81,6 +81,8 @@ SCORE_COLUMNS = {
 CANDIDATE_KINDS = {"top_ids_base": "list[count]", "top_probs_base": "list[finite]"}
 CANDIDATE_KINDS |= {"top_ids_rl": "list[count]", "top_probs_rl": "list[finite]"}
 """The candidates' columns, where the scores kept any (``scoring.top_k_candidates`` above 0)."""
+RUN_IDENTITY = ("pair", "dataset", "direction", "policy", "budget", "injection", "gamma")
+"""What tells one cross-sampling run of a study from another (an extrapolation run by its gamma)."""
 RUN_COLUMNS = {
     **dict.fromkeys(("pair", "dataset", "direction", "policy", "budget"), "string"),
     **_KEY_KINDS,
@@ -392,10 +394,16 @@ def build_explorer(
         read_toy_problems(p)  # a toy dataset's operations, checked: its decision points are drawn from them
         tables[t["dataset"][0]] = t
     cross: dict[tuple[str, str], list[pl.DataFrame]] = {}
+    seen: dict[tuple, Path] = {}
     for p in runs:
         t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS, unique=KEY)
-        if t.height:
-            cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
+        if not t.height:
+            continue
+        run = tuple(t[c][0] for c in RUN_IDENTITY if c in t.columns)
+        if run in seen:  # its responses were embedded twice, as two groups
+            raise InputError(f"{p}: the same run as {seen[run]} ({', '.join(map(str, run))}); expected each run once")
+        seen[run] = Path(p)
+        cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
     toks = {pair: load_tokenizer(path) for pair, path in tokenizers.items()}
     groups: list[Group] = []
     for (pair, dataset), paths in scores.items():
