@@ -22,6 +22,7 @@ from tokenshift.checkpoints import (
     checkpoint_label,
     fetch_model,
     manifest_path,
+    verify_checkpoint,
     write_manifest,
 )
 from tokenshift.io import sha256_file
@@ -181,17 +182,29 @@ def test_a_checkpoints_identity_is_its_content_not_how_long_it_took_to_make(make
     assert checkpoint_identity(out) != before[0] and checkpoint_label(out) != before[1]
 
 
-def test_a_failed_refetch_leaves_no_manifest_behind(make_checkpoint, tmp_path):
-    src = make_checkpoint("src")
+def test_a_failed_refetch_leaves_the_finished_checkpoint_as_it_was(make_checkpoint, tmp_path):
+    """Tenth hostile pass (G9): a refused fetch left its --out folder behind, and over a finished checkpoint
+    it deleted the manifest and pointed the folder at the refused files. The new files are checked before they
+    take the folder's place."""
+    good, bad = make_checkpoint("good"), make_checkpoint("bad")
     out = tmp_path / "m" / "m"
-    fetch_model("m", {"path": str(src)}, out)
-    # the weights are unchanged, the tokenizer is now broken: the old manifest would pass verification
-    tok = json.loads((src / "tokenizer.json").read_text())
+    first = fetch_model("m", {"path": str(good)}, out)
+    cfg = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "banana"}))
+    with pytest.raises(ModelFetchError, match=f"transformers cannot read {bad / 'config.json'}"):
+        fetch_model("m", {"path": str(bad)}, out)
+    assert json.loads(manifest_path(out).read_text()) == first
+    assert {p.resolve().parent for p in out.iterdir()} == {good.resolve()}
+    verify_checkpoint(out, first)
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["m", "m.json", ".m.fingerprints.json"])
+    # the source edited in place under a finished fetch: its manifest, left, no longer vouches for the file
+    tok = json.loads((good / "tokenizer.json").read_text())
     tok["normalizer"] = {"type": "Lowercase"}
-    (src / "tokenizer.json").write_text(json.dumps(tok))
+    (good / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(TokenizerMismatch):
-        fetch_model("m", {"path": str(src)}, out)
-    assert not manifest_path(out).exists()
+        fetch_model("m", {"path": str(good)}, out)
+    with pytest.raises(ModelFetchError, match=r"tokenizer\.json is not the file its manifest"):
+        verify_checkpoint(out, first)
 
 
 @pytest.mark.parametrize("where", ["itself", "its parent"])
@@ -391,7 +404,8 @@ def test_a_cut_weights_file_gets_no_manifest(make_checkpoint, tmp_path):
     weights = src / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     out = tmp_path / "m" / "m"
-    assert f"{out / 'model.safetensors'} is not a whole safetensors file" in refused_fetch(src, out)
+    assert f"{src / 'model.safetensors'} is not a whole safetensors file" in refused_fetch(src, out)
+    assert not out.exists()  # nor its folder (the tenth hostile pass, G9)
 
 
 def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp_path):
@@ -399,7 +413,7 @@ def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp
     src = make_checkpoint("src")
     (src / "tokenizer.json").write_text('{"x":\n')
     out = tmp_path / "m" / "m"
-    assert f"transformers cannot read the tokenizer of {out}: Expecting value" in refused_fetch(src, out)
+    assert f"transformers cannot read the tokenizer of {src}: Expecting value" in refused_fetch(src, out)
 
 
 def test_a_config_with_no_positive_vocabulary_gets_no_manifest(make_checkpoint, tmp_path):

@@ -107,6 +107,21 @@ def write_manifest(
     ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
 ) -> dict:
     """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
+    manifest, fingerprints = checked_manifest(ckpt_dir, name=name, spec=spec, extra=extra)
+    _write_manifest(ckpt_dir, manifest, fingerprints)
+    return manifest
+
+
+def _write_manifest(ckpt_dir: Path, manifest: Mapping[str, Any], fingerprints: Mapping[str, Any]) -> None:
+    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
+    write_json_atomic(manifest_path(ckpt_dir), manifest)
+
+
+def checked_manifest(
+    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> tuple[dict, dict]:
+    """The manifest of the checkpoint at ``ckpt_dir`` once its files pass every check (``ModelFetchError``
+    otherwise), and its files' fingerprints; nothing is written."""
     from transformers import AutoConfig
 
     # imported here, not at the top: both modules import this one
@@ -163,9 +178,7 @@ def write_manifest(
     }
     if extra:
         manifest.update(extra)
-    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
-    write_json_atomic(manifest_path(ckpt_dir), manifest)
-    return manifest
+    return manifest, fingerprints
 
 
 def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
@@ -307,6 +320,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     Hugging Face cache's snapshot), restricted to configs, tokenizer files and safetensors
     weights, so no pickle weights can be loaded from it.
     """
+    from tokenshift.tokenizer import TokenizerMismatch  # here: that module imports this one
+
     out_dir = Path(out_dir)
     trust = bool(spec.get("trust_remote_code", False))
     if "path" in spec:
@@ -324,19 +339,26 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
             f"model {name!r}: {out_dir} holds its source {src}: fetching would replace the source's files with links"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # an earlier fetch's manifest would vouch for the new files if verifying them fails
-    manifest_path(out_dir).unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group
     try:
         for f in linked_files(src, trust):
             (tmp / f.name).symlink_to(f.resolve())
+        # checked before it takes out_dir's place: a checkpoint refused leaves no directory behind, and a
+        # finished one there (with its manifest) as it was (the tenth hostile pass, G9)
+        # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
+        extra = {"commit": src.name} if "hub" in spec else None
+        try:
+            manifest, fingerprints = checked_manifest(tmp, name=name, spec=spec, extra=extra)
+        except (ModelFetchError, TokenizerMismatch) as e:  # named where the files are: the source (tmp links to it)
+            raise type(e)(str(e).replace(str(tmp), str(src))) from None
+        manifest_path(out_dir).unlink(missing_ok=True)  # gone before the files it vouches for
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
-    return write_manifest(out_dir, name=name, spec=spec, extra={"commit": src.name} if "hub" in spec else None)
+    _write_manifest(out_dir, manifest, fingerprints)  # a link's fingerprint is its target's: moved, the same
+    return manifest
 
 
 def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:
