@@ -182,6 +182,24 @@ def test_a_checkpoints_identity_is_its_content_not_how_long_it_took_to_make(make
     assert checkpoint_identity(out) != before[0] and checkpoint_label(out) != before[1]
 
 
+def test_a_copied_checkpoint_is_hashed_and_said_so_once_per_process(make_checkpoint, tmp_path, caplog):
+    """Tenth hostile pass: after a study was copied, each job logged "hashing it again" about seven times per file
+    (it verifies each checkpoint several times), though the file was read once."""
+    import logging
+    import shutil
+
+    src = make_checkpoint("src")
+    manifest = write_manifest(src, name="m", spec={"path": str(src)})
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)  # new inodes: every fingerprint differs from the manifest's record
+    shutil.copy(src.with_name(".src.fingerprints.json"), copy.with_name(".copy.fingerprints.json"))
+    with caplog.at_level(logging.INFO, logger="tokenshift.checkpoints"):
+        for _ in range(3):
+            verify_checkpoint(copy, manifest)
+    said = [r.getMessage() for r in caplog.records if "hashing it again" in r.getMessage()]
+    assert len(said) == len(manifest["files_sha256"]) and len(set(said)) == len(said), said
+
+
 def test_a_failed_refetch_leaves_the_finished_checkpoint_as_it_was(make_checkpoint, tmp_path):
     """Tenth hostile pass (G9): a refused fetch left its --out folder behind, and over a finished checkpoint
     it deleted the manifest and pointed the folder at the refused files. The new files are checked before they
