@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import custom_code_checkpoint, other_tokenizer
+from helpers import custom_code_checkpoint, one_line_error, other_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.checkpoints import (
@@ -180,6 +180,30 @@ def test_a_checkpoints_identity_is_its_content_not_how_long_it_took_to_make(make
     other = {**manifest["files_sha256"], "model.safetensors": "0" * 64}
     manifest_path(out).write_text(json.dumps({**manifest, "files_sha256": other}))
     assert checkpoint_identity(out) != before[0] and checkpoint_label(out) != before[1]
+
+
+def test_fetch_replaces_only_its_own_folder(make_checkpoint, tmp_path):
+    """Eleventh hostile pass (H6, H7): `models fetch --out DIR` deleted whatever DIR was (a user's folder; with
+    `--out keep/..` the working directory), and `--out <source>/sub` wrote into the source checkpoint."""
+    src = make_checkpoint("src")
+    work = tmp_path / "work"
+    (work / "keep").mkdir(parents=True)
+    (work / "keep" / "a.txt").write_text("mine")
+    (work / "top.txt").write_text("mine too")
+    for out, needle in (
+        ("keep", "holds a.txt, which no fetch made"),
+        ("keep/..", "holds keep, which no fetch made"),
+        (".", "holds keep, which no fetch made"),
+        ("top.txt", "--out top.txt: is a file"),  # the CLI's output check, first
+        (str(src / "sub"), f"lies inside its source {src.resolve()}"),
+    ):
+        r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", out], cwd=work)
+        one_line_error(r, needle)
+    assert (work / "keep" / "a.txt").read_text() == "mine" and (work / "top.txt").read_text() == "mine too"
+    assert not (src / "sub").exists() and not (src / "sub.json").exists()
+    # its own earlier folder (links alone) it replaces, as a re-fetch must
+    first = fetch_model("m", {"path": str(src)}, work / "m")
+    assert fetch_model("m", {"path": str(src)}, work / "m") == first
 
 
 def test_a_copied_checkpoint_is_hashed_and_said_so_once_per_process(make_checkpoint, tmp_path, caplog):

@@ -292,6 +292,23 @@ def label_name(label: str) -> str:
     return label.rsplit("@", 1)[0]
 
 
+def _check_replaceable(name: str, out_dir: Path) -> None:
+    """Refuse an ``out_dir`` a fetch may not replace: one that is no directory, or holds anything but the links
+    an earlier fetch made (the fetch replaced any directory whole: a user's folder, or the working directory)."""
+    if not out_dir.name:
+        raise ModelFetchError(f"model {name!r}: {out_dir} names no folder; expected a path for the checkpoint")
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise ModelFetchError(f"model {name!r}: {out_dir} exists and is no folder; expected a new path or a checkpoint")
+    kept = next((f for f in sorted(out_dir.iterdir()) if not f.is_symlink()), None)
+    if kept is not None:
+        raise ModelFetchError(
+            f"model {name!r}: {out_dir} holds {kept.name}, which no fetch made (a fetch's folder holds links "
+            "alone): expected a new path, or an earlier fetch's folder to replace"
+        )
+
+
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -329,7 +346,7 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     """
     from tokenshift.tokenizer import TokenizerMismatch  # here: that module imports this one
 
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # `keep/..` is keep's parent, whose name is not ''
     trust = bool(spec.get("trust_remote_code", False))
     if "path" in spec:
         src = Path(spec["path"]).resolve()
@@ -345,6 +362,9 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
         raise ModelFetchError(
             f"model {name!r}: {out_dir} holds its source {src}: fetching would replace the source's files with links"
         )
+    if src in out_dir.resolve().parents:  # its links and manifest written into the checkpoint they link
+        raise ModelFetchError(f"model {name!r}: {out_dir} lies inside its source {src}: expected a path outside it")
+    _check_replaceable(name, out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group
