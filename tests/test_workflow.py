@@ -1163,6 +1163,25 @@ def test_config_strings_reach_shell_commands_as_one_argument(tmp_path, toy_token
     assert pl.read_parquet(work / "resources" / "datasets" / "local.parquet").height == 2
 
 
+def test_recorded_settings_too_long_for_a_command_line_are_refused_naming_the_longest(tmp_path):
+    """Eleventh hostile pass (H5): each string may be 32 KiB, but five long templates together passed `-n` and
+    the job writing results/config.yaml failed with "Argument list too long" (Linux's 128 KiB per argument)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "d.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = copy.deepcopy(DEFAULT)
+    for i in range(5):
+        config["datasets"][f"long{i}"] = {"path": "data/d.jsonl", "template": "{question}" + "x" * (32_000 + i)}
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "config key datasets.long4.template: got" in out and "results/config.yaml" in out
+    # a CJK template is taken as its UTF-8 bytes, not JSON's six-byte escapes: two of 10,900 characters pass
+    config = copy.deepcopy(DEFAULT)
+    for i in range(2):
+        config["datasets"][f"cjk{i}"] = {"path": "data/d.jsonl", "template": "{question}" + "漢" * 10_900}
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "results/config.yaml")
+    assert r.returncode == 0 and "漢" * 10_900 in r.stdout, r.stderr[-2000:]
+
+
 def test_a_working_directory_named_with_quotes_and_a_command_runs_no_command(tmp_path):
     """Tenth hostile pass (G6): Snakemake ran the one `run:` rule (results/config.yaml) by a shell line that
     quoted the workflow's folder wrongly: a folder named x'$(touch PWNED)' ran the command. Every rule is a

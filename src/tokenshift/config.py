@@ -16,8 +16,9 @@ runs again only when one of them changes. A failed one is never remembered.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,47 @@ def check_strings(node: Any, key: str = "") -> None:
     elif isinstance(node, list | tuple):
         for i, v in enumerate(node):
             check_strings(v, f"{key}[{i}]")
+
+
+MAX_RECORDED_BYTES = 120_000
+"""The most bytes the recorded settings may take as the one shell-quoted argument of the job that writes
+``results/config.yaml``: under the 128 KiB Linux lets one argument be (``MAX_ARG_STRLEN``; the whole
+command is one argument of ``bash -c``), with room for the rest of the command."""
+
+
+def recorded_settings(config: Mapping[str, Any], settings: Sequence[type]) -> str:
+    """The settings the study's results depend on (``options.recorded_config``) as the JSON text the job writing
+    ``results/config.yaml`` takes; refused, naming the longest value, where it could not reach that job's command
+    line (each string may be 32 KiB, ``MAX_STRING_BYTES``, but not all of them together)."""
+    import shlex
+
+    from tokenshift.options import recorded_config
+
+    recorded = recorded_config(config, settings)
+    text = json.dumps(recorded, sort_keys=True, default=str, ensure_ascii=False)
+    size = len(shlex.quote(text).encode("utf-8"))
+    if size > MAX_RECORDED_BYTES:
+        longest, key = max(_strings(recorded), key=lambda found: len(found[0].encode("utf-8")))
+        raise ConfigError(
+            key,
+            longest,
+            f"the recorded settings take {size} bytes on the command line of the job that writes results/config.yaml,"
+            f" past the {MAX_RECORDED_BYTES} it allows (the longest value: this one, {len(longest.encode())} bytes):"
+            " expected shorter values",
+        )
+    return text
+
+
+def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(string, its key) of every string value in ``node``."""
+    if isinstance(node, str):
+        yield node, key or "<config>"
+    elif isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _strings(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{key}[{i}]")
 
 
 def check_workflow_config(

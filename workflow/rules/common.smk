@@ -18,10 +18,17 @@ from tokenshift import layout
 from tokenshift.checkpoints import linked_files
 from tokenshift.cluster import job_resources, manifest_needed
 from tokenshift.codehash import stage_code
-from tokenshift.config import SCHEMA_PATH, ConfigError, check_workflow_config, dataset_sampling, model_source
+from tokenshift.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    check_workflow_config,
+    dataset_sampling,
+    model_source,
+    recorded_settings,
+)
 from tokenshift.io import files_fingerprint
 from tokenshift.loading import LOADING_KEYS
-from tokenshift.options import canonical, flag, recorded_config, section_values, shell_args
+from tokenshift.options import canonical, flag, section_values, shell_args
 from tokenshift.registry import (
     DIRECTIONS,
     DIVERGENCE_FIGURES,
@@ -98,6 +105,12 @@ SETTINGS = (
     ToyBuildConfig,
     AdvantageExperimentConfig,
 )
+# what results/config.yaml records, as its job takes it (in a canonical order: a changed setting rewrites it, and
+# the report; not those no result depends on, a batch size or the cluster's resources, which no job records either)
+try:
+    RECORDED_SETTINGS = recorded_settings(config, SETTINGS)
+except ConfigError as error:
+    raise error.with_traceback(None) from None
 # the advantage experiment trains from the base model of the first toy pair (none: no experiment)
 ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
 

@@ -85,9 +85,7 @@ rule run_config:
         "../../envs/cpu.yaml"
     params:
         code=stage_code("record-config"),
-        # recorded, in a canonical order: a changed setting rewrites it, and the report; not those no
-        # result depends on (a batch size, the cluster's resources), which no job records either
-        config=lambda wildcards: json.dumps(recorded_config(config, SETTINGS), sort_keys=True, default=str),
+        config=lambda wildcards: RECORDED_SETTINGS,  # a function: Snakemake formats a string for wildcards
     # a shell command, as every rule's: Snakemake runs a `run:` job by a shell line it builds itself, which
     # quoted the working directory's path wrongly (a folder named x'$(cmd)' ran cmd: the tenth hostile pass, G6)
     shell:
