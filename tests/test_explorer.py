@@ -33,7 +33,7 @@ from tokenshift.settings import ExplorerConfig
 # --- the data, from hand-made tables --------------------------------------------------------
 
 
-def score_table(with_candidates: bool = True) -> pl.DataFrame:
+def score_table(with_candidates: bool = True, source: str = "base") -> pl.DataFrame:
     rows = []
     for pid, sample, ok, ids in (("p1", 0, True, [5, 6, 7]), ("p1", 1, False, [5, 8]), ("p2", 0, True, [9])):
         for pos, tok in enumerate(ids):
@@ -51,7 +51,7 @@ def score_table(with_candidates: bool = True) -> pl.DataFrame:
                     "entropy_rl": 2.0,
                     "logp_base": -0.25,
                     "logp_rl": -0.5,
-                    "source": "base",
+                    "source": source,
                 }
             )
     t = pl.DataFrame(rows)
@@ -385,7 +385,7 @@ def explorer_inputs(root: Path, tokenizer) -> Path:
     res = root / "results" / "toy" / "toy"
     (res / "scores").mkdir(parents=True)
     for source in ("base", "rl"):
-        score_table().write_parquet(res / "scores" / f"{source}.parquet")
+        score_table(source=source).write_parquet(res / "scores" / f"{source}.parquet")
     return res
 
 
@@ -400,6 +400,9 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     args = ["explorer", *scores, "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
     assert main([*args, "--runs", str(run)]) == 2
     assert f"{run}: has no column 'switched_positions'" in capsys.readouterr().err and not out.exists()
+    # the two score tables swapped: the base model's responses were shown as the RL model's (eleventh pass, H3)
+    assert main(["explorer", *scores[:3], scores[4], scores[3], *args[6:]]) == 2
+    assert f"{scores[4]}: scores of the rl rollouts, given as the base scores" in capsys.readouterr().err
     # one pair and dataset twice, or one run twice: each of its responses embedded twice (the tenth hostile pass, G3)
     assert main([*args, *scores]) == 2
     assert "--scores toy toy: given twice" in capsys.readouterr().err and not out.exists()
@@ -410,7 +413,7 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     assert main([*args, "--runs", str(good), str(copy)]) == 2
     assert f"{copy}: the same run as {good} (" in capsys.readouterr().err and not out.exists()
     # scores from before scoring kept log-probabilities
-    score_table().drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
+    score_table(source="rl").drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
     assert main(args) == 2
     assert f"{res / 'scores' / 'rl.parquet'}: has no column 'logp_rl'" in capsys.readouterr().err
     assert not out.exists()

@@ -415,6 +415,12 @@ def build_explorer(
             table = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
             kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in table.columns}
             read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)
+            held = sorted(set(table["source"])) if "source" in table.columns else [source]
+            if held != [source]:  # the base model's responses shown as the RL model's (eleventh hostile pass, H3)
+                raise InputError(
+                    f"{path}: scores of the {', '.join(held)} rollouts, given as the {source} scores of --scores "
+                    f"{pair} {dataset}; expected BASE, then RL"
+                )
             groups.append(rollout_group(pair, dataset, source, table, cfg, dp))
         groups += crosssample_groups(pair, dataset, cross.get((pair, dataset), []), cfg, dp)
     probs = {
