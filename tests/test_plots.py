@@ -245,6 +245,24 @@ def test_figure_and_report_stages_read_a_results_directory(tables, example, tmp_
         with pytest.raises(InputError, match=needle):
             build_report(twice, html_out=tmp_path / "x.html", json_out=tmp_path / "x.json", explorer=explorer)
         assert not (tmp_path / "x.json").exists()
+    # eleventh hostile pass: one PNG under two figures' names (H2), an overview given twice, a training-shifts
+    # table of a pair the report has not (H1), a table of another statistic among a pair's (H10)
+    files = report_inputs(results)
+    shifts_png = tmp_path / "sparsity.png"
+    for given, extra, needle in (
+        ({**files, "entropy.png": files["position.png"]}, {}, r"position\.png: given as position\.png and as entropy"),
+        (files, {"overview": [shifts_png, shifts_png]}, r"given as --overview .* and as --overview"),
+        (files, {"training_shifts": {"ghost": (results / "x.parquet", shifts_png)}}, r"--training-shifts ghost: no"),
+    ):
+        with pytest.raises(InputError, match=needle):
+            build_report([given], html_out=tmp_path / "x.html", json_out=tmp_path / "x.json", **extra)
+    labelled = {}
+    for name, statistic in (("sparsity", "exact"), ("position", "exact"), ("reallocation", "topk:50")):
+        labelled[name] = tmp_path / f"{name}-{statistic}.parquet"
+        table = pl.read_parquet(files[name]).with_columns(pl.lit(statistic).alias("statistic"))
+        table.write_parquet(labelled[name])
+    with pytest.raises(InputError, match=r"holds statistic 'topk:50', where the other tables hold 'exact'"):
+        build_report([{**files, **labelled}], html_out=tmp_path / "x.html", json_out=tmp_path / "x.json")
     # a pair's figure that is not a PNG (text, a table) was embedded as one (the fourth hostile pass): named
     from tokenshift.report import load_result
 

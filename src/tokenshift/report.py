@@ -443,7 +443,18 @@ def load_result(files: Mapping[str, Path], kind: str = "rlvr") -> PairResult:
     check_one_pair(read | ({cross: result.crosssample} if cross is not None else {}))
     for path in result.figures.values():  # each there, and PNG data: a missing one dropped out of the page unsaid
         read_png(path, "a figure of `tokenshift figures`, a PNG")
+    _distinct([(f"{n}.png", p) for n, p in result.figures.items()], "figure")
     return result
+
+
+def _distinct(files: Sequence[tuple[str, Path]], what: str) -> None:
+    """``InputError`` where two of ``files`` ((name, path)) are one file (a figure shown twice, under two titles)."""
+    seen: dict[tuple[int, int], str] = {}
+    for name, path in files:
+        stat = Path(path).stat()
+        if (key := (stat.st_dev, stat.st_ino)) in seen:
+            raise InputError(f"{path}: given as {seen[key]} and as {name}; expected each {what} once")
+        seen[key] = name
 
 
 def build_report(
@@ -465,6 +476,7 @@ def build_report(
     kinds = dict(kinds or {})
     for p in overview:  # before any table is read: a wrong file is named at once
         read_png(p, "an overview figure, a PNG such as results/figures/sparsity.png")
+    _distinct([(f"--overview {p}", Path(p)) for p in overview], "overview figure")
     config_text = read_text(config, "the config the run used, YAML") if config else ""
     if config:
         import yaml
@@ -488,10 +500,13 @@ def build_report(
             )
         seen[result.pair, result.dataset] = Path(files["accuracy"])
         loaded.append(result)
-    unknown = sorted(set(kinds) - {r.pair for r in loaded})
+    pairs = sorted({r.pair for r in loaded})
+    unknown = sorted(set(kinds) - set(pairs))
     if unknown:
-        pairs = sorted({r.pair for r in loaded})
         raise InputError(f"--kind {unknown[0]}=...: no such pair among the results ({pairs})")
+    unknown = sorted(set(training_shifts or {}) - set(pairs))
+    if unknown:  # its table and figure shown under a pair the report has not (eleventh hostile pass, H1)
+        raise InputError(f"--training-shifts {unknown[0]}: no such pair among the results ({pairs})")
     return write_report(
         loaded,
         overview_figures={Path(p).stem: Path(p) for p in overview},

@@ -636,22 +636,22 @@ PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "stri
 
 
 def check_one_pair(tables: Mapping[Path, pl.DataFrame]) -> None:
-    """``InputError`` naming a table of one pair and dataset's (``tables``: path -> table) whose ``pair`` and
-    ``dataset`` are not those most of the others hold: a table copied in from another pair's directory was
-    drawn and summarised as this one's."""
+    """``InputError`` naming a table of one pair and dataset's (``tables``: path -> table) whose ``pair``,
+    ``dataset`` or ``statistic`` (exact, or top-K: what its divergences were computed from) is not the one most
+    of the others hold: a table copied in from another pair's directory, or from a study of another statistic,
+    was drawn and summarised as this one's."""
     from collections import Counter
 
-    held = {
-        path: tuple(tuple(sorted(set(t[c].to_list()))) if c in t.columns else None for c in ("pair", "dataset"))
-        for path, t in tables.items()
-    }
-    usual = Counter(held.values()).most_common(1)[0][0] if held else None
-    for path, mine in held.items():
-        for column, got, want in zip(("pair", "dataset"), mine, usual or (), strict=False):
-            if got is not None and want is not None and got != want:
+    for column in ("pair", "dataset", "statistic"):
+        held = {path: tuple(sorted(set(t[column].to_list()))) for path, t in tables.items() if column in t.columns}
+        if not held:
+            continue
+        want = Counter(held.values()).most_common(1)[0][0]
+        for path, got in held.items():
+            if got != want:
                 raise InputError(
                     f"{path}: holds {column} {', '.join(map(repr, got))}, where the other tables hold "
-                    f"{', '.join(map(repr, want))}: expected the tables of one pair and dataset"
+                    f"{', '.join(map(repr, want))}: expected the tables of one pair and dataset, of one statistic"
                 )
 
 
