@@ -6,6 +6,7 @@ import dataclasses
 
 import polars as pl
 import pytest
+import yaml
 from conftest import run, tokenshift_cmd
 from helpers import made_by_a_run, one_line_error
 
@@ -837,6 +838,16 @@ def test_an_output_path_of_the_wrong_kind_is_one_line_naming_the_flag(tmp_path, 
     r = run(tokenshift_cmd() + [a.format(dir=folder, file=file) for a in args])
     one_line_error(r, needle.format(dir=folder, file=file))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet", "taken"] and not any(folder.iterdir())
+
+
+def test_record_config_refuses_what_is_no_json_object_in_one_line(tmp_path):
+    out = tmp_path / "c.yaml"
+    deep = '{"a":' * 20_000 + "1" + "}" * 20_000  # eleventh hostile pass (H8): a RecursionError traceback
+    for text, needle in (("[1, 2]", "a JSON list; expected an object"), ("{", "not JSON"), (deep, "nested too deep")):
+        one_line_error(run(tokenshift_cmd() + ["record-config", text, "--out", str(out)]), needle)
+    assert not out.exists()
+    r = run(tokenshift_cmd() + ["record-config", '{"b": 1, "a": {"x": "\u6f22"}}', "--out", str(out)])
+    assert r.returncode == 0 and yaml.safe_load(out.read_text()) == {"b": 1, "a": {"x": "\u6f22"}}
 
 
 def test_an_input_given_as_name_equals_path_is_not_overwritten_by_an_output(tmp_path):

@@ -403,6 +403,14 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     # the two score tables swapped: the base model's responses were shown as the RL model's (eleventh pass, H3)
     assert main(["explorer", *scores[:3], scores[4], scores[3], *args[6:]]) == 2
     assert f"{scores[4]}: scores of the rl rollouts, given as the base scores" in capsys.readouterr().err
+    # eleventh hostile pass (H4): a run of a pair whose scores are not given, a tokenizer of no pair given, one
+    # dataset's problems twice: each left out, or taken twice, without a word
+    other = tmp_path / "other.parquet"
+    run_table("2", {("p1", 0): (True, [5, 6], [1])}).with_columns(pl.lit("ghost").alias("pair")).write_parquet(other)
+    assert main([*args, "--runs", str(other)]) == 2
+    assert "--runs: a run of pair 'ghost' on dataset" in capsys.readouterr().err
+    assert main([*args, f"--tokenizer=ghost={tmp_path / 'tok'}"]) == 2
+    assert "--tokenizer ghost=...: no such pair among the scores" in capsys.readouterr().err
     # one pair and dataset twice, or one run twice: each of its responses embedded twice (the tenth hostile pass, G3)
     assert main([*args, *scores]) == 2
     assert "--scores toy toy: given twice" in capsys.readouterr().err and not out.exists()

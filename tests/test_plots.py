@@ -322,6 +322,9 @@ def test_figures_refuse_swapped_example_runs_and_overview_tables_given_twice(tab
             draw_pair_figures(
                 figure_tables(results), out, example_run=run, example_baseline=baseline, tokenizer=tmp_path
             )
+    # eleventh hostile pass (H11): a baseline without its run was ignored without a word
+    with pytest.raises(InputError, match=r"--example-baseline: expected it beside --example-run"):
+        draw_pair_figures(figure_tables(results), out, example_baseline=zero, tokenizer=tmp_path)
     # seventh hostile pass (C7): another pair's example response drawn among this pair's figures
     theirs = tmp_path / "theirs.parquet"
     pl.read_parquet(forward).with_columns(pl.lit("toy-sft").alias("pair")).write_parquet(theirs)

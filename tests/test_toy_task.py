@@ -77,6 +77,13 @@ def test_the_dataset_command_refuses_more_toy_problems_than_the_task_holds_at_on
         r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "x.parquet")], timeout=120)
         one_line_error(r, f"eval split has at most {split_capacity(ToyTaskConfig(min_steps=1, max_steps=2), 'eval')}")
         assert time.monotonic() - start < 60 and not (tmp_path / "x.parquet").exists()
+    # eleventh hostile pass (H9): 27 operations (one letter label each) was a ValueError traceback, and min above
+    # max said "at most 0 distinct problems with 3 to 1 operations"
+    out = ["--out", str(tmp_path / "x.parquet")]
+    r = run(tokenshift_cmd() + ["dataset", "d", "--toy", "eval", "--max-steps", "27", *out])
+    assert r.returncode == 2 and "argument --max-steps: expected a value <= 26, got 27" in r.stderr, r.stderr
+    r = run(tokenshift_cmd() + ["dataset", "d", "--toy", "eval", "--min-steps", "3", "--max-steps", "1", *out])
+    one_line_error(r, "min_steps 3 is above max_steps 1")
 
 
 def test_mistaken_traces_are_consistent_and_at_the_configured_rate():

@@ -392,6 +392,8 @@ def build_explorer(
     for p in problems:
         t = read_parquet(p, "a problems table (tokenshift dataset)", PROBLEM_COLUMNS, unique=("problem_id",))
         read_toy_problems(p)  # a toy dataset's operations, checked: its decision points are drawn from them
+        if t["dataset"][0] in tables:
+            raise InputError(f"{p}: dataset {t['dataset'][0]!r}'s problems, given twice; expected each dataset once")
         tables[t["dataset"][0]] = t
     cross: dict[tuple[str, str], list[pl.DataFrame]] = {}
     seen: dict[tuple, Path] = {}
@@ -404,6 +406,12 @@ def build_explorer(
             raise InputError(f"{p}: the same run as {seen[run]} ({', '.join(map(str, run))}); expected each run once")
         seen[run] = Path(p)
         cross.setdefault((t["pair"][0], t["dataset"][0]), []).append(t)
+    # what matches no --scores was left out without a word (eleventh hostile pass, H4)
+    shown = set(scores)
+    if stray := next((key for key in cross if key not in shown), None):
+        raise InputError(f"--runs: a run of pair {stray[0]!r} on dataset {stray[1]!r}, whose scores are not given")
+    if stray := next((pair for pair in tokenizers if pair not in {p for p, _ in shown}), None):
+        raise InputError(f"--tokenizer {stray}=...: no such pair among the scores (--scores)")
     toks = {pair: load_tokenizer(path) for pair, path in tokenizers.items()}
     groups: list[Group] = []
     for (pair, dataset), paths in scores.items():

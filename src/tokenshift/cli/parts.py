@@ -57,6 +57,10 @@ def _record_config(args: argparse.Namespace) -> None:
 
     try:
         settings = json.loads(args.settings)
+    except RecursionError:  # nested deeper than Python's parser recurses (eleventh hostile pass, H8)
+        raise InputError(
+            "settings: nested too deep to read; expected the recorded settings as one JSON object"
+        ) from None
     except ValueError as e:
         raise InputError(f"settings: not JSON ({e}); expected the recorded settings as one JSON object") from None
     if not isinstance(settings, dict):

@@ -56,6 +56,8 @@ def draw_pair_figures(
     check_one_pair(read)
     if crossed:
         figs["crosssample"] = FIGURES["crosssample"](cross, accuracy)
+    if example_baseline and not example_run:  # ignored without a word (eleventh hostile pass, H11)
+        raise InputError("--example-baseline: expected it beside --example-run, the run it is the budget-0 twin of")
     if example_run:
         from tokenshift.tokenizer import load_tokenizer
 
@@ -79,7 +81,7 @@ def draw_pair_figures(
         ex = pl.DataFrame(schema=EXAMPLE_SCHEMA)
         if crossed:  # a pair that is not cross-sampled has neither figure
             figs["example"] = FIGURES["example"](
-                ex, note="This study ran no forward cross-sampling, so there is no example response to show."
+                ex, note="No forward cross-sampling run was given to draw an example response from."
             )
     if example_out is not None:
         write_parquet_atomic(ex, Path(example_out))

@@ -58,15 +58,25 @@ class ToyTaskConfig:
 
     seed: int = option(0, "seed of the problem generator; the same seed gives the same problems", minimum=0)
     min_steps: int = option(2, "fewest operations in a problem", minimum=1)
-    max_steps: int = option(8, "most operations in a problem (responses then have up to ~70 tokens)", minimum=1)
+    max_steps: int = option(
+        8,
+        "most operations in a problem (responses then have up to ~70 tokens); one letter label each",
+        minimum=1,
+        maximum=26,
+    )
     max_total: int = option(
         99, "running totals stay within [0, max_total], so numbers have at most two digits", minimum=1
     )
     mistake_rate: float = option(0.12, "chance that a pretraining trace makes a mistake at a given step", minimum=0)
     eval_share: float = option(0.1, "share of the question space in the eval split (by question hash)", minimum=0)
 
+    def __post_init__(self):
+        if self.min_steps > self.max_steps:  # "at most 0 distinct problems with 3 to 1 operations" said no more
+            raise ValueError(f"min_steps {self.min_steps} is above max_steps {self.max_steps}: expected at most it")
+
 
 LABELS = "abcdefghijklmnopqrstuvwxyz"
+"""One letter label per operation of a problem: ``ToyTaskConfig.max_steps`` at most this many."""
 
 
 @dataclass(frozen=True)
