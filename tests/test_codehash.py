@@ -442,7 +442,8 @@ def test_every_file_a_job_reads_is_one_its_rule_declares(traced_study):
     does not declare keeps a stale result when that file changes. Each command's reads (Python's opens and
     polars') inside the study's folder, against its job's inputs and outputs in Snakemake's own record of
     the run (``--detailed-summary``). A checkpoint directory is read through its manifest (an input, whose
-    hashes are checked against the files); a job's own outputs' folders hold its resumable shards. Found
+    hashes are checked against the files); a job's own outputs' folders hold its resumable shards, and a folder
+    output's staging folder beside it the files it checks before they take the output's place. Found
     at once: the report read two divergence tables its rule did not declare."""
     from tokenshift.checkpoints import fingerprints_path
 
@@ -468,12 +469,14 @@ def test_every_file_a_job_reads_is_one_its_rule_declares(traced_study):
             *(m.as_posix() for m in models),
             *(fingerprints_path(m).as_posix() for m in models),
         ]
+        # a folder output's staging folder beside it (a fetch checks its links there before they take its place)
+        staging = tuple((Path(o).parent / f".{Path(o).name}.").as_posix() for o in outputs)
         for path in record["reads"]:
             try:
                 rel = Path(path).relative_to(work.resolve()).as_posix()
             except ValueError:  # the package, Python, the tokenizer's cache: not the study's files
                 continue
-            if rel.startswith((".snakemake/", "logs/")) or rel in inputs:
+            if rel.startswith((".snakemake/", "logs/", *staging)) or rel in inputs:
                 continue
             if not any(
                 rel == o or rel.startswith(o.removesuffix(".parquet") + ".") or rel.startswith(o + "/") for o in within
