@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenshift.cli.common import kinds, output, pair_kinds, settings
 from tokenshift.io import InputError
@@ -147,11 +149,11 @@ def _explorer(args: argparse.Namespace) -> None:
     from tokenshift.explorer import build_explorer
     from tokenshift.settings import ExplorerConfig
 
-    scores = {}
-    for pair, dataset, base, rl in args.scores:
-        if (pair, dataset) in scores:
-            raise InputError(f"--scores {pair} {dataset}: given twice; expected each pair and dataset once")
-        scores[pair, dataset] = {"base": Path(base), "rl": Path(rl)}
+    scores = _once(
+        (((pair, dataset), {"base": Path(base), "rl": Path(rl)}) for pair, dataset, base, rl in args.scores),
+        lambda key: f"--scores {key[0]} {key[1]}",
+        "pair and dataset",
+    )
     build_explorer(
         scores,
         Path(args.out),
@@ -165,11 +167,11 @@ def _explorer(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from tokenshift.report import advantage_sentences, build_report, sentences
 
-    shifts = {}
-    for pair, table, figure in args.training_shifts:
-        if pair in shifts:
-            raise InputError(f"--training-shifts {pair}: given twice; expected each toy pair once")
-        shifts[pair] = (Path(table), Path(figure))
+    shifts = _once(
+        ((pair, (Path(table), Path(figure))) for pair, table, figure in args.training_shifts),
+        lambda pair: f"--training-shifts {pair}",
+        "toy pair",
+    )
     summary = build_report(
         [_named_files(files, "--result") for files in args.result],
         html_out=Path(args.html),
@@ -189,12 +191,21 @@ def _report(args: argparse.Namespace) -> None:
 
 def _named_files(values: list[str], flag: str, form: str = "NAME=PATH") -> dict[str, Path]:
     """``NAME=PATH`` words (``form``) as name -> path, each name once."""
-    files: dict[str, Path] = {}
+    pairs = []
     for value in values:
         name, sep, path = value.partition("=")
         if not sep or not name or not path:
             raise InputError(f"{flag} {value!r}: expected {form}")
-        if name in files:
-            raise InputError(f"{flag} {name}=...: given twice; expected each {form.partition('=')[0]} once")
-        files[name] = Path(path)
-    return files
+        pairs.append((name, Path(path)))
+    return _once(pairs, lambda name: f"{flag} {name}=...", form.partition("=")[0])
+
+
+def _once(items: Iterable[tuple[Any, Any]], named: Callable[[Any], str], each: str) -> dict:
+    """``items`` ((key, value)) as a dict, refusing a key given twice (the last one won, unsaid): ``named(key)``
+    names it in the error, as the arguments spelled it."""
+    out: dict = {}
+    for key, value in items:
+        if key in out:
+            raise InputError(f"{named(key)}: given twice; expected each {each} once")
+        out[key] = value
+    return out
