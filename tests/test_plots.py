@@ -107,6 +107,17 @@ def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
     assert [p.read_bytes() for p in again] == [(tmp_path / f"position{p.suffix}").read_bytes() for p in again]
 
 
+def test_saving_a_pdf_logs_nothing_of_its_font_subsetting(tables, tmp_path, caplog):
+    """Eleventh hostile pass, noted: fontTools logged ~380 INFO lines into a figures job's log (the command
+    logs at INFO)."""
+    import logging
+
+    div, _, _ = tables
+    with caplog.at_level(logging.INFO):
+        save(FIGURES["position"](div["position"]), tmp_path / "position")
+    assert [r for r in caplog.records if r.name.startswith("fontTools")] == []
+
+
 def test_a_reallocation_table_without_the_headlines_k_is_named(tables):
     from tokenshift.headlines import reallocation_summary
     from tokenshift.io import InputError

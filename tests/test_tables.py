@@ -277,6 +277,19 @@ def test_a_csv_copy_writes_a_text_cell_a_spreadsheet_would_run_as_text(tmp_path)
     assert pl.read_parquet(tmp_path / "t.parquet")["token"].to_list() == texts  # the table itself is untouched
 
 
+def test_a_csv_copy_escapes_full_width_formula_signs_and_column_names_too(tmp_path):
+    """Eleventh hostile pass, noted: a full-width ＝ (what an East Asian input method types) and a column name
+    are read by some spreadsheets as formulas too."""
+    from tokenshift.tables import csv_copy
+
+    texts = ["＝SUM(A1)", "＋1", "－1", "＠A1", "a＝b"]
+    pl.DataFrame({"=x": texts, "y": [1] * 5}).write_parquet(tmp_path / "t.parquet")
+    csv_copy(tmp_path / "t.parquet", tmp_path / "t.csv")
+    back = pl.read_csv(tmp_path / "t.csv")
+    assert back.columns == ["'=x", "y"]
+    assert back["'=x"].to_list() == ["'＝SUM(A1)", "'＋1", "'－1", "'＠A1", "a＝b"]
+
+
 def test_every_divergence_table_the_workflow_declares_has_its_builder_and_no_other():
     from tokenshift.registry import DIVERGENCE_TABLES
     from tokenshift.tables import DIVERGENCE_BUILDERS

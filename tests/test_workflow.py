@@ -201,6 +201,17 @@ def _mutations():
             "config key divergence.rank_k: got [1, 1000000000]; the report's headline",
         ),
         ("rank-k-without-1", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[3, 5])), "holding 1 too"),
+        # eleventh hostile pass, noted: the job asked the scheduler for 100,000 GPUs, or one GPU twice
+        (
+            "device-index-past-a-node",
+            m(lambda c: c.setdefault("scoring", {}).update(device_base="cuda:99999")),
+            "config key scoring.device_base: got 'cuda:99999'; a job's GPUs are numbered from 0 on one node",
+        ),
+        (
+            "device-one-gpu-twice",
+            m(lambda c: c["crosssample"].update(device_rl="cuda:1,1")),
+            "config key crosssample.device_rl: got 'cuda:1,1'; expected each GPU once",
+        ),
         ("pass-k-above-dataset-n", m(lambda c: c["datasets"]["toy"].update(sampling={"n": 2})), "dataset 'toy'"),
         ("unknown-backend", m(lambda c: c["rollout"].update(backend="sglang")), "sglang"),
         # names the workflow's own paths take (issue 13: AmbiguousRuleException / ChildIOException before)
@@ -587,6 +598,22 @@ def test_a_local_datasets_field_its_rows_do_not_have_is_refused_naming_the_key(t
             check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
     config["datasets"]["h"] = {"path": "d.parquet", "answer_field": "gold", "n_problems": 1}
     check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+
+
+def test_the_cross_sampling_section_is_not_held_against_a_config_where_no_pair_cross_samples():
+    """Eleventh hostile pass, noted: gammas beside directions [reverse] were refused though no job reads them."""
+    from snakemake.utils import validate
+
+    from tokenshift.config import ConfigError, check_workflow_config
+
+    config = copy.deepcopy(DEFAULT)
+    config["crosssample"].update(directions=["reverse"], gammas=[0.1])
+    for pair in config["pairs"]:
+        pair["crosssample"] = False
+    check_workflow_config(copy.deepcopy(config), SCHEMA_PATH, validate)
+    config["pairs"][0]["crosssample"] = True
+    with pytest.raises(ConfigError, match=r"crosssample\.gammas"):
+        check_workflow_config(config, SCHEMA_PATH, validate)
 
 
 def test_a_random_thresholds_level_is_accepted_with_a_warning_that_it_does_nothing():

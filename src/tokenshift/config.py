@@ -458,6 +458,29 @@ def check_config(config: Mapping[str, Any], *, base_dir: Path | None = None) -> 
     _check_toy(config)
     _check_scoring(config)
     _check_divergence(config)
+    _check_devices(config)
+
+
+def _check_devices(config: Mapping[str, Any]) -> None:
+    """Each ``device_base``/``device_rl`` names GPUs one node can hold, each once: a job asks the scheduler
+    for GPUs up to the highest index it names (``cluster.job_resources``), so ``cuda:99999`` asked for
+    100,000, and ``cuda:0,0`` spreads one model over one GPU twice."""
+    from tokenshift.memory import MAX_NODE_GPUS, gpu_ids
+
+    for section in ("scoring", "crosssample"):
+        for role in ("base", "rl"):
+            key = f"{section}.device_{role}"
+            device = config.get(section, {}).get(f"device_{role}")
+            ids = gpu_ids(device) if isinstance(device, str) else []
+            if len(set(ids)) < len(ids):
+                raise ConfigError(key, device, "expected each GPU once (cuda:0,1 spreads a model over two)")
+            if ids and max(ids) >= MAX_NODE_GPUS:
+                raise ConfigError(
+                    key,
+                    device,
+                    f"a job's GPUs are numbered from 0 on one node, and the job would ask for {max(ids) + 1}: "
+                    f"expected indices below {MAX_NODE_GPUS}",
+                )
 
 
 def _check_divergence(config: Mapping[str, Any]) -> None:
@@ -737,6 +760,8 @@ def _check_crosssample(config: Mapping[str, Any]) -> None:
                 f"crosssample.gammas[{j}]", g, f"the same run as {labels[label]} (gammas are read to six decimals)"
             )
         labels[label] = g
+    if not any(pair.get("crosssample", True) for pair in config.get("pairs", [])):
+        return  # no pair cross-samples: the section is read by no job (each pair's own switch, pairs[].crosssample)
     directions = cross.get("directions", CrossSampleGrid.directions)
     if cross.get("gammas") and "forward" not in directions:
         raise ConfigError(

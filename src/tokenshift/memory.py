@@ -287,6 +287,11 @@ def _devices(ids) -> str:
     return "cuda:" + ",".join(str(i) for i in ids)
 
 
+MAX_NODE_GPUS = 16
+"""The most GPUs a node is taken to hold (an 8-card node shows 16 devices where each card has two dies): a
+``cuda:<i>`` beyond it is refused at the config check, not sent to the scheduler as a job asking i + 1."""
+
+
 def gpu_ids(device: str) -> list[int]:
     """The GPU indices of a ``cuda:i[,j...]`` device (``cuda`` alone is GPU 0); none for others."""
     if device == "cuda":

@@ -946,9 +946,11 @@ def write_crosssample_table(
     return table
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-"""What a spreadsheet takes a cell beginning with as a formula (OWASP's "CSV injection"): a text cell of a CSV
-copy that begins with one is written after an apostrophe, which spreadsheets read as "this is text"."""
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠")
+"""What a spreadsheet takes a cell beginning with as a formula (OWASP's "CSV injection", and the full-width
+forms an East Asian input method types, which some spreadsheets read as the same): a text cell of a CSV copy,
+or a column name, that begins with one is written after an apostrophe, which spreadsheets read as "this is
+text"."""
 
 
 def csv_copy(src: Path, out: Path) -> pl.DataFrame:
@@ -956,10 +958,12 @@ def csv_copy(src: Path, out: Path) -> pl.DataFrame:
     columns, a list, array or struct column as each value's JSON text (one cell per row), a binary one
     as hex, a duration as ISO 8601 text (``PT3S``): what CSV cannot hold as it is. A text cell that a
     spreadsheet would run as a formula (``FORMULA_STARTS``: a token ``=``, a model named ``=HYPERLINK(...)``
-    in a stranger's config) is written as ``'=...``; the parquet table beside it holds the text exactly."""
+    in a stranger's config), or a column name that would, is written as ``'=...``; the parquet table beside it
+    holds the text exactly."""
     import json
 
     table = read_parquet(src, "a table to copy as CSV (a .parquet file)")
+    table = table.rename(lambda name: f"'{name}" if name.startswith(FORMULA_STARTS) else name)
     for name, dtype in table.schema.items():
         if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
             text = pl.col(name).cast(pl.String)

@@ -6,6 +6,7 @@ model (and its rollouts) is blue, the RL model vermillion; each cross-sampling p
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -13,6 +14,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
 import matplotlib.pyplot as plt
+
+# a PDF's fonts are subset by fontTools, which logs hundreds of INFO lines a figure into the job's log
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 OKABE_ITO = {
     "blue": "#0072B2",
