@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
-from conftest import REPO, run, save_checkpoint
+from conftest import REPO, run, save_checkpoint, tokenshift_cmd
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -273,6 +273,73 @@ def custom_code_checkpoint(path: Path, tokenizer) -> Path:
     ):
         (path / name).write_text(json.dumps(json.loads((path / name).read_text()) | entries))
     return path
+
+
+def cli(args: list, *, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``tokenshift ARGS`` run in this process through the console script's own ``main``: its exit status and
+    what it writes (Python's streams, its log lines at the level the command logs at, and what C code writes
+    to the descriptors), as ``run`` gives them for a subprocess. A subprocess started Python and imported
+    torch and transformers again for each call, most of the inner loop's time; tests/test_cli.py runs the
+    installed command itself too. The working directory, environment, logging and torch's thread count are
+    the test's again afterwards; an exception ``main`` does not turn into a message propagates, as a
+    traceback would fail the test of a subprocess. A call given ``env`` runs as a subprocess: libraries read
+    their variables (``HF_HUB_CACHE``, ``HF_DATASETS_CACHE``) once, when first imported."""
+    if env:
+        return run(tokenshift_cmd() + [str(a) for a in args], cwd=cwd, env=env)
+    import contextlib
+    import logging
+    import tempfile
+    import warnings
+
+    import torch
+
+    from tokenshift.cli import main
+
+    args = [str(a) for a in args]
+    root = logging.getLogger()
+    saved_logging, saved_env, saved_cwd = (root.handlers[:], root.level), dict(os.environ), os.getcwd()
+    threads = torch.get_num_threads()
+    # main's logging.basicConfig does nothing where the root logger has a handler (pytest's, or ours): the level
+    # it would set, from the options before the stage's name
+    verbose = {"-v", "--verbose"} & set(itertools.takewhile(lambda a: a.startswith("-"), args))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, contextlib.ExitStack() as stack:
+        streams = [open(f.fileno(), "w", encoding="utf-8", closefd=False) for f in (out, err)]  # noqa: SIM115
+        descriptors = [os.dup(1), os.dup(2)]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            for fd, f in zip((1, 2), (out, err)):
+                sys.__stdout__.flush(), sys.__stderr__.flush()
+                os.dup2(f.fileno(), fd)
+            stack.enter_context(contextlib.redirect_stdout(streams[0]))
+            stack.enter_context(contextlib.redirect_stderr(streams[1]))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("default")  # each call shows its warnings, as a fresh process would
+            handler = logging.StreamHandler(streams[1])
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+            root.handlers = [handler]
+            root.setLevel(logging.DEBUG if verbose else logging.INFO)
+            try:
+                code = main(args)
+            except SystemExit as e:  # argparse's usage errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            for s in streams:
+                s.flush()
+            for fd, saved in zip((1, 2), descriptors):
+                os.dup2(saved, fd)
+                os.close(saved)
+            root.handlers, root.level = saved_logging
+            os.environ.clear()
+            os.environ.update(saved_env)
+            os.chdir(saved_cwd)
+            torch.set_num_threads(threads)
+        stack.close()
+        texts = []
+        for f in (out, err):
+            f.seek(0)
+            texts.append(f.read().decode("utf-8", "replace"))
+    return subprocess.CompletedProcess(["tokenshift", *args], code, *texts)
 
 
 def one_line_error(r, *needles):

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, tokenshift_cmd
-from helpers import made_by_a_run, one_line_error
+from helpers import cli, made_by_a_run, one_line_error
 
 HELPS = [
     [],
@@ -41,7 +41,7 @@ HELPS = [
 
 @pytest.mark.parametrize("sub", HELPS, ids=lambda s: " ".join(s) or "top")
 def test_help(sub):
-    r = run(tokenshift_cmd() + sub + ["--help"])
+    r = cli(sub + ["--help"])
     assert r.returncode == 0, r.stderr
     assert "usage: tokenshift" in r.stdout
 
@@ -78,12 +78,12 @@ def test_python_dash_m_tokenshift_is_the_command():
 
 
 def test_hub_without_revision_is_a_usage_error(tmp_path):
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--hub", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m")])
+    r = cli(["models", "fetch", "m", "--hub", "Qwen/Qwen2.5-0.5B", "--out", str(tmp_path / "m")])
     assert r.returncode == 2 and "--revision" in r.stderr
 
 
 def test_missing_local_checkpoint_exits_2_naming_it(tmp_path):
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    r = cli(["models", "fetch", "m", "--path", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert r.returncode == 2
     assert "nope" in r.stderr and "Traceback" not in r.stderr
 
@@ -91,21 +91,18 @@ def test_missing_local_checkpoint_exits_2_naming_it(tmp_path):
 def test_check_pair_of_checkpoints_without_manifests_names_the_missing_manifest(make_checkpoint, tmp_path):
     # the pair manifest takes embedding rows and tokenizer hashes from the model manifests
     base, rl = make_checkpoint("a"), make_checkpoint("b", seed=1)
-    r = run(
-        tokenshift_cmd()
-        + ["models", "check-pair", "p", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "p.json")]
-    )
+    r = cli(["models", "check-pair", "p", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "p.json")])
     one_line_error(r, f"{tmp_path / 'a.json'}: no such file", "models fetch")
     assert not (tmp_path / "p.json").exists()
 
 
 def test_unknown_toy_setting_exits_2_naming_it(tmp_path):
-    r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
+    r = cli(["models", "toy-base", "t", "--hidden", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden" in r.stderr and "Traceback" not in r.stderr
 
 
 def dataset_cmd(path, out):
-    return tokenshift_cmd() + ["dataset", "d", "--path", str(path), "--id-field", "id", "--out", str(out)]
+    return ["dataset", "d", "--path", str(path), "--id-field", "id", "--out", str(out)]
 
 
 @pytest.mark.parametrize(
@@ -155,7 +152,7 @@ def dataset_cmd(path, out):
 def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
     path = tmp_path / "set.jsonl"
     path.write_bytes(content)
-    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet"))
     one_line_error(r, *needles)
     assert not (tmp_path / "d.parquet").exists()
 
@@ -164,7 +161,7 @@ def test_a_parquet_dataset_whose_gold_answers_are_bytes_is_refused(tmp_path):
     # eighth hostile pass: a binary column's answer 2 became the gold answer "b'2'": every response graded wrong
     path = tmp_path / "set.parquet"
     pl.DataFrame({"id": [1], "problem": ["1+1"], "answer": [b"2"]}).write_parquet(path)
-    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet"))
     one_line_error(r, "row 0", "a bytes in 'answer'", "text or a number")
     assert not (tmp_path / "d.parquet").exists()
 
@@ -177,14 +174,14 @@ def test_a_stage_given_one_of_its_inputs_as_its_output_refuses_and_leaves_it(tmp
     (tmp_path / "link.parquet").symlink_to(path)
     (tmp_path / "sub").mkdir()
     for out in (path, tmp_path / "link.parquet", tmp_path / "sub" / ".." / "set.parquet"):
-        r = run(dataset_cmd(path, out))
+        r = cli(dataset_cmd(path, out))
         one_line_error(r, f"--out {out}: is also an input of this stage (path {path})")
         assert path.read_bytes() == before
     # a gathered part as its own --out, among others: the part and its place record stay
     parts = [tmp_path / f"p{i}.parquet" for i in range(2)]
     for p in parts:
         pl.DataFrame({"a": [1]}).write_parquet(p)
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(parts[1])])
+    r = cli(["gather", *map(str, parts), "--out", str(parts[1])])
     one_line_error(r, f"--out {parts[1]}: is also an input of this stage (parts {parts[1]})")
     assert pl.read_parquet(parts[1]).height == 1
     # ninth hostile pass (F8): an output directory holding an input under a name the stage writes there
@@ -193,15 +190,14 @@ def test_a_stage_given_one_of_its_inputs_as_its_output_refuses_and_leaves_it(tmp
     scores = div / "sparsity.parquet"
     pl.DataFrame({"a": [1]}).write_parquet(scores)
     before = scores.read_bytes()
-    r = run(
-        tokenshift_cmd()
-        + ["divergence", "--scores-base", str(scores), "--scores-rl", str(path), "--out-dir", str(div)]
+    r = cli(
+        ["divergence", "--scores-base", str(scores), "--scores-rl", str(path), "--out-dir", str(div)]
         + ["--pair", "p", "--dataset", "d"]
     )
     one_line_error(r, f"--out-dir {div}: the stage writes {scores} there, which is also an input of it (scores-base")
     assert scores.read_bytes() == before
     (div / "curve.parquet").write_bytes(before)
-    r = run(tokenshift_cmd() + ["advantages", "table", str(div / "curve.parquet"), "--out-dir", str(div)])
+    r = cli(["advantages", "table", str(div / "curve.parquet"), "--out-dir", str(div)])
     one_line_error(r, f"the stage writes {div / 'curve.parquet'} there, which is also an input of it (evals")
 
 
@@ -209,17 +205,17 @@ def test_a_dataset_asked_for_more_problems_than_its_file_holds_is_refused(tmp_pa
     # third hostile pass: n_problems 1000 of a 2-row file gave 2 problems, silently
     path = tmp_path / "set.jsonl"
     path.write_text('{"id": 1, "problem": "1+1", "answer": "2"}\n{"id": 2, "problem": "2+2", "answer": "4"}\n')
-    r = run(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "3"])
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "3"])
     one_line_error(r, "n_problems 3, but it holds 2 problems")
     assert not (tmp_path / "d.parquet").exists()
-    assert run(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "2"]).returncode == 0
+    assert cli(dataset_cmd(path, tmp_path / "d.parquet") + ["--n-problems", "2"]).returncode == 0
 
 
 def test_a_jsonl_saved_with_a_byte_order_mark_loads(tmp_path):
     # Windows editors write UTF-8 with a BOM; json.loads refuses it on the first line
     path = tmp_path / "set.jsonl"
     path.write_bytes('{"id": 1, "problem": "1+1", "answer": "2"}\n'.encode("utf-8-sig"))
-    r = run(dataset_cmd(path, tmp_path / "d.parquet"))
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet"))
     assert r.returncode == 0, r.stderr
     from tokenshift.datasets import read_problems
 
@@ -282,8 +278,8 @@ def test_a_hub_dataset_without_a_revision_is_refused(tmp_path):
     repo.mkdir(parents=True)
     (repo / "test.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
     out = tmp_path / "aime.parquet"
-    r = run(
-        tokenshift_cmd() + ["dataset", "aime", "--hub", str(repo), "--out", str(out)],
+    r = cli(
+        ["dataset", "aime", "--hub", str(repo), "--out", str(out)],
         env={"HF_DATASETS_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"},
     )
     one_line_error(r, "dataset 'aime'", "--revision")
@@ -312,7 +308,7 @@ def test_a_table_of_the_wrong_types_nulls_or_no_rows_is_named_with_its_column(tm
     for name, (table, needle) in spoiled.items():
         table.write_parquet(tmp_path / name)
         cmd = ["accuracy", "--rollouts-base", str(tmp_path / name), "--rollouts-rl", str(tmp_path / "good.parquet")]
-        r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
+        r = cli([*cmd, "--out", str(tmp_path / "a.parquet")])
         one_line_error(r, f"{tmp_path / name}: {needle}")
     assert not (tmp_path / "a.parquet").exists()
     good.write_parquet(tmp_path / "also_good.parquet")
@@ -323,7 +319,7 @@ def test_a_table_of_the_wrong_types_nulls_or_no_rows_is_named_with_its_column(tm
         "--rollouts-rl",
         str(tmp_path / "also_good.parquet"),
     ]
-    r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "a.parquet")])
+    r = cli([*cmd, "--out", str(tmp_path / "a.parquet")])
     assert r.returncode == 0, r.stderr
 
 
@@ -347,10 +343,10 @@ def test_accuracy_refuses_one_models_rollouts_as_both_models(tmp_path):
             "--out",
             str(out),
         ]
-        one_line_error(run(tokenshift_cmd() + cmd), tmp_path / rl, needle)
+        one_line_error(cli(cmd), tmp_path / rl, needle)
     assert not out.exists()
     cmd = ["accuracy", "--rollouts-base", str(tmp_path / "base.parquet"), "--rollouts-rl", str(tmp_path / "rl.parquet")]
-    assert run(tokenshift_cmd() + [*cmd, "--out", str(out)]).returncode == 0 and out.exists()
+    assert cli([*cmd, "--out", str(out)]).returncode == 0 and out.exists()
 
 
 def test_an_output_of_another_suffix_is_refused_before_the_stage_runs(tmp_path):
@@ -367,9 +363,9 @@ def test_an_output_of_another_suffix_is_refused_before_the_stage_runs(tmp_path):
         str(tmp_path / "rl.parquet"),
         "--out",
     ]
-    one_line_error(run(tokenshift_cmd() + [*cmd, str(tmp_path / "a.csv")]), "a.csv", "expected a .parquet file path")
+    one_line_error(cli([*cmd, str(tmp_path / "a.csv")]), "a.csv", "expected a .parquet file path")
     one_line_error(
-        run(tokenshift_cmd() + ["csv", str(tmp_path / "base.parquet"), "--out", str(tmp_path / "b.parquet")]),
+        cli(["csv", str(tmp_path / "base.parquet"), "--out", str(tmp_path / "b.parquet")]),
         "b.parquet",
         "expected a .csv file path",
     )
@@ -379,14 +375,12 @@ def test_an_output_of_another_suffix_is_refused_before_the_stage_runs(tmp_path):
 def test_a_file_that_is_not_parquet_is_named(tmp_path):
     fake = tmp_path / "rollouts.parquet"
     fake.write_text("problem_id,correct\np1,true\n")  # a CSV under a parquet name
-    r = run(
-        tokenshift_cmd()
-        + ["accuracy", "--rollouts-base", str(fake), "--rollouts-rl", str(fake), "--out", str(tmp_path / "a.parquet")]
+    r = cli(
+        ["accuracy", "--rollouts-base", str(fake), "--rollouts-rl", str(fake), "--out", str(tmp_path / "a.parquet")]
     )
     one_line_error(r, fake, "not a readable parquet file")
-    r = run(
-        tokenshift_cmd()
-        + [
+    r = cli(
+        [
             "crosssample-table",
             str(tmp_path / "none.parquet"),
             "--pair",
@@ -409,13 +403,13 @@ def test_gather_joins_parts_in_order_and_names_a_broken_one(tmp_path):
     write_part(pl.DataFrame({"row": [2, 0], "position": [0, 1]}), parts[0])
     write_part(pl.DataFrame({"row": [1], "position": [0]}), parts[1])
     out = tmp_path / "table.parquet"
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
+    r = cli(["gather", *map(str, parts), "--out", str(out)])
     assert r.returncode == 0, r.stderr
     assert pl.read_parquet(out)["row"].to_list() == [2, 0, 1]
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "row", "position", "--out", str(out)])
+    r = cli(["gather", *map(str, parts), "--sort-by", "row", "position", "--out", str(out)])
     assert r.returncode == 0 and pl.read_parquet(out)["row"].to_list() == [0, 1, 2]
     parts[1].write_text("row,position\n1,0\n")  # a part that is not parquet: named, the table left alone
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(tmp_path / "new.parquet")])
+    r = cli(["gather", *map(str, parts), "--out", str(tmp_path / "new.parquet")])
     one_line_error(r, parts[1], "not a readable parquet file")
     assert not (tmp_path / "new.parquet").exists()
 
@@ -431,14 +425,14 @@ def test_gather_refuses_a_part_copied_over_another_or_a_table_that_is_no_part(tm
     out = tmp_path / "table.parquet"
     # ninth hostile pass (F16): written outside the writer's folder, so recorded by absolute path, the parts
     # were refused as copies when gathered from their own folder
-    gathered = run(tokenshift_cmd() + ["gather", *(p.name for p in parts), "--out", "t.parquet"], cwd=tmp_path)
+    gathered = cli(["gather", *(p.name for p in parts), "--out", "t.parquet"], cwd=tmp_path)
     assert gathered.returncode == 0, gathered.stderr
     shutil.copy(parts[0], parts[1])  # the first part's rows twice, the second's lost
-    one_line_error(run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)]), parts[1], parts[0])
+    one_line_error(cli(["gather", *map(str, parts), "--out", str(out)]), parts[1], parts[0])
     # one part, of another table's columns (not written as a part): refused all the same
     alone = tmp_path / "1-of-1.parquet"
     pl.DataFrame({"other": ["x"]}).write_parquet(alone)
-    one_line_error(run(tokenshift_cmd() + ["gather", str(alone), "--out", str(out)]), alone, "no record of its place")
+    one_line_error(cli(["gather", str(alone), "--out", str(out)]), alone, "no record of its place")
     assert not out.exists()
 
 
@@ -449,7 +443,7 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
     table.parent.mkdir()
     rollouts(0.5).write_parquet(table)
     table.write_bytes(table.read_bytes()[:300])  # a finished table, truncated since
-    cmd = tokenshift_cmd() + [
+    cmd = [
         "accuracy",
         "--rollouts-base",
         "results/r.parquet",
@@ -458,15 +452,15 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
         "--out",
         "a.parquet",
     ]
-    one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
+    one_line_error(cli(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
     # in a workflow's working directory, but a file no run made there (a copy by hand; the ninth hostile pass's
     # F9, where the hint named a --forcerun target no rule makes): no job to force, no hint
     (tmp_path / ".snakemake").mkdir()
-    one_line_error(run(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
-    assert "forcerun" not in run(cmd, cwd=tmp_path).stderr
+    one_line_error(cli(cmd, cwd=tmp_path), "results/r.parquet", "not a readable parquet file")
+    assert "forcerun" not in cli(cmd, cwd=tmp_path).stderr
     # made there by a run: the job that made it is named, as Snakemake would plan it no more
     made_by_a_run(tmp_path, "results/r.parquet")  # the damaged file, moved into place by a rule
-    r = run(cmd, cwd=tmp_path)
+    r = cli(cmd, cwd=tmp_path)
     one_line_error(
         r, "results/r.parquet: not a readable parquet file", "`snakemake --cores all all --forcerun results/r.parquet`"
     )
@@ -474,9 +468,8 @@ def test_a_damaged_table_of_a_workflow_says_how_to_make_it_again(tmp_path):
 
 
 def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
-    r = run(
-        tokenshift_cmd()
-        + [
+    r = cli(
+        [
             "rollout",
             "--model",
             "/nonexistent",
@@ -488,9 +481,8 @@ def test_a_model_path_that_is_no_checkpoint_is_named(tmp_path):
     )
     one_line_error(r)
     assert "/nonexistent" in r.stderr or str(tmp_path / "d.parquet") in r.stderr
-    r = run(
-        tokenshift_cmd()
-        + [
+    r = cli(
+        [
             "models",
             "check-pair",
             "p",
@@ -513,9 +505,9 @@ def test_check_pair_refuses_one_checkpoint_as_both_models_and_overview_a_suffixe
     fetch_model("m", {"path": str(src)}, tmp_path / "models" / "m")
     manifest = tmp_path / "models" / "m.json"
     cmd = ["models", "check-pair", "p", "--base", str(manifest), "--rl", str(tmp_path / "models" / "m")]
-    one_line_error(run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "p.json")]), "are one checkpoint")
+    one_line_error(cli([*cmd, "--out", str(tmp_path / "p.json")]), "are one checkpoint")
     assert not (tmp_path / "p.json").exists()
-    r = run(tokenshift_cmd() + ["figure-overview", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "x.txt")])
+    r = cli(["figure-overview", str(tmp_path / "s.parquet"), "--out", str(tmp_path / "x.txt")])
     one_line_error(r, "--out", "x.txt", "without suffix")
 
 
@@ -528,16 +520,13 @@ def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path)
     rollouts(0.5).write_parquet(other)
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a directory should be")
-    r = run(
-        tokenshift_cmd()
-        + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(blocker / "a.parquet")]
+    r = cli(
+        ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(blocker / "a.parquet")]
     )
     one_line_error(r, blocker)
     taken = tmp_path / "taken"
     taken.mkdir()  # a directory where the table should go: the write fails at the last step
-    r = run(
-        tokenshift_cmd() + ["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(taken)]
-    )
+    r = cli(["accuracy", "--rollouts-base", str(table), "--rollouts-rl", str(other), "--out", str(taken)])
     one_line_error(r, "taken")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "blocker",
@@ -554,7 +543,7 @@ def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
     cross_run("forward", "js", "2", 0.5, 2).with_columns(pl.lit("p").alias("pair")).write_parquet(a)
     b = tmp_path / "b.parquet"
     cross_run("forward", "js", "4", 0.5, 4).with_columns(pl.lit("q").alias("pair")).write_parquet(b)
-    cmd = tokenshift_cmd() + [
+    cmd = [
         "crosssample-table",
         "--pair",
         "p",
@@ -563,13 +552,13 @@ def test_crosssample_table_refuses_a_run_twice_or_runs_of_two_pairs(tmp_path):
         "--out",
         str(tmp_path / "t.parquet"),
     ]
-    one_line_error(run([*cmd, str(a), str(a)]), f"{a}: given twice: expected each run once")
+    one_line_error(cli([*cmd, str(a), str(a)]), f"{a}: given twice: expected each run once")
     copy = tmp_path / "copy.parquet"  # the same run in another file: two runs of one cell
     copy.write_bytes(a.read_bytes())
-    one_line_error(run([*cmd, str(a), str(copy)]), "two runs of direction forward, policy js, budget 2")
-    one_line_error(run([*cmd, str(a), str(b)]), "pair ['q']")
+    one_line_error(cli([*cmd, str(a), str(copy)]), "two runs of direction forward, policy js, budget 2")
+    one_line_error(cli([*cmd, str(a), str(b)]), "pair ['q']")
     assert not (tmp_path / "t.parquet").exists()
-    r = run([*cmd, str(a)])
+    r = cli([*cmd, str(a)])
     assert r.returncode == 0, r.stderr
 
 
@@ -585,15 +574,15 @@ def test_gather_refuses_parts_of_two_runs_and_an_unknown_sort_column(tmp_path):
         write_part(pl.DataFrame({"row": [1], "position": [0]}), p)
     out = tmp_path / "table.parquet"
     # the part whose columns differ from the others' is named, not the healthy part after it
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--out", str(out)])
+    r = cli(["gather", *map(str, parts), "--out", str(out)])
     one_line_error(r, f"{parts[0]}: not a part of the same run as {parts[1]}", "'row'")
     parts = [tmp_path / "run" / f"{i}-of-2.parquet" for i in (1, 2)]
     parts[0].parent.mkdir()
     for p in parts:
         write_part(pl.DataFrame({"row": [1], "position": [0]}), p)
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
+    r = cli(["gather", *map(str, parts), "--sort-by", "rows", "--out", str(out)])
     one_line_error(r, "--sort-by 'rows'", "['row', 'position']")
-    r = run(tokenshift_cmd() + ["gather", *map(str, parts), "--sort-by", "row", "row", "--out", str(out)])
+    r = cli(["gather", *map(str, parts), "--sort-by", "row", "row", "--out", str(out)])
     one_line_error(r, "--sort-by 'row' given twice")  # was polars' DuplicateError traceback
     assert not out.exists()
 
@@ -607,21 +596,21 @@ def test_figures_given_the_wrong_tables_name_the_file_and_the_table_expected(tmp
     for name in DIVERGENCE_FIGURES:  # each an accuracy run's rows, not a divergence table
         rollouts(0.5).write_parquet(tmp_path / f"{name}.parquet")
         tables.append(f"--{name}={tmp_path / name}.parquet")
-    r = run(tokenshift_cmd() + ["figures", *tables, "--out-dir", str(tmp_path / "f")])
+    r = cli(["figures", *tables, "--out-dir", str(tmp_path / "f")])
     one_line_error(r, tmp_path / f"{DIVERGENCE_FIGURES[0]}.parquet", "has no column", "(tokenshift divergence)")
     # a cross-sampled pair's two tables come together
-    r = run(tokenshift_cmd() + ["figures", *tables, "--accuracy", str(tmp_path / "a.parquet"), "--out-dir", "f"])
+    r = cli(["figures", *tables, "--accuracy", str(tmp_path / "a.parquet"), "--out-dir", "f"])
     one_line_error(r, "expected position, entropy, reallocation, and accuracy with crosssample")
     shifts = tmp_path / "shifts.parquet"
     rollouts(0.5).write_parquet(shifts)
-    r = run(tokenshift_cmd() + ["figure-training", "--shifts", str(shifts), "--out-dir", str(tmp_path / "f")])
+    r = cli(["figure-training", "--shifts", str(shifts), "--out-dir", str(tmp_path / "f")])
     one_line_error(r, shifts, "has no column 'step'", "a training-shifts table")
-    r = run(tokenshift_cmd() + ["figure-training", "--curve", str(shifts), "--out-dir", str(tmp_path / "f")])
+    r = cli(["figure-training", "--curve", str(shifts), "--out-dir", str(tmp_path / "f")])
     one_line_error(r, "--curve and --comparison: expected both")
     # tenth hostile pass (G3): with nothing to draw it said "wrote  to f" and exited 0
-    one_line_error(run(tokenshift_cmd() + ["figure-training", "--out-dir", str(tmp_path / "f")]), "nothing to draw")
+    one_line_error(cli(["figure-training", "--out-dir", str(tmp_path / "f")]), "nothing to draw")
     # and a pair's kind given twice, the last one winning unsaid
-    r = run(tokenshift_cmd() + ["figure-overview", str(shifts), "--kind", "p=sft", "--kind", "p=rlvr", "--out", "o"])
+    r = cli(["figure-overview", str(shifts), "--kind", "p=sft", "--kind", "p=rlvr", "--out", "o"])
     one_line_error(r, "--kind p=...: given twice (sft, rlvr)")
 
 
@@ -636,9 +625,8 @@ def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, 
         schema=dict.fromkeys(["js", "entropy_base", "entropy_rl"], pl.Float32),
     ).write_parquet(scores)
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
-    r = run(
-        tokenshift_cmd()
-        + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems), "--direction", "forward"]
+    r = cli(
+        ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems), "--direction", "forward"]
         + ["--policy", "js", "--budget", "2", "--percentile", "90", "--scores", str(scores)]
         + ["--out", str(tmp_path / "o.parquet")]
     )
@@ -658,9 +646,8 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
     for flag, device in (("--device-base", "cuda"), ("--device-rl", "cuda:0,99"), ("--device-base", "meta")):
         if visible and device == "cuda":
             continue  # a GPU machine has cuda:0
-        r = run(
-            tokenshift_cmd()
-            + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
+        r = cli(
+            ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
             + ["--direction", "forward", "--policy", "argmax", "--budget", "2", flag, device]
             + ["--out", str(tmp_path / "o.parquet")]
         )
@@ -679,16 +666,14 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
 def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
-    r = run(
-        tokenshift_cmd()
-        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
+    r = cli(
+        ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not UTF-8 text", "the config the run used")
     config.write_text("models: [toy\n")  # text, but no YAML: the report quoted it as the run's config
-    r = run(
-        tokenshift_cmd()
-        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
+    r = cli(
+        ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not YAML", "the config the run used")
@@ -705,7 +690,7 @@ def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkp
     base = make_checkpoint("base")  # the toy tokenizer, and the record a toy build leaves
     (base / "toy_build.json").write_text(json.dumps({"build": dataclasses.asdict(ToyBuildConfig())}))
     rl = make_checkpoint("rl", other_tokenizer(["other words entirely, nothing alike"] * 20))
-    r = run(tokenshift_cmd() + ["toy-check", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "tc")])
+    r = cli(["toy-check", "--base", str(base), "--rl", str(rl), "--out", str(tmp_path / "tc")])
     one_line_error(r, rl, "not that of the toy base model")
 
 
@@ -717,10 +702,10 @@ def test_toy_check_of_one_model_as_both_or_of_a_seed_past_numpys_is_refused(make
 
     base = make_checkpoint("base")  # the toy tokenizer, and the record a toy build leaves
     (base / "toy_build.json").write_text(json.dumps({"build": dataclasses.asdict(ToyBuildConfig())}))
-    r = run(tokenshift_cmd() + ["toy-check", "--base", str(base), "--rl", str(base), "--out", str(tmp_path / "tc")])
+    r = cli(["toy-check", "--base", str(base), "--rl", str(base), "--out", str(tmp_path / "tc")])
     one_line_error(r, "the same checkpoint as the base and the RL model")
     assert not (tmp_path / "tc").exists()
-    r = run(tokenshift_cmd() + ["toy-check", "--base", "b", "--rl", "r", "--out", "o", "--seed=4294967296"])
+    r = cli(["toy-check", "--base", "b", "--rl", "r", "--out", "o", "--seed=4294967296"])
     assert r.returncode == 2 and "--seed: expected a value <= 4294967295" in r.stderr, r.stderr
 
 
@@ -736,9 +721,8 @@ def test_divergence_on_toy_problems_without_a_tokenizer_says_it_needs_one(tmp_pa
     fake_scores().with_columns(token_id=pl.lit(5), problem_id=pl.col("problem_id").replace_strict(ids)).write_parquet(
         scores
     )
-    r = run(
-        tokenshift_cmd()
-        + ["divergence", "--scores-base", str(scores), "--scores-rl", str(scores), "--problems", str(problems)]
+    r = cli(
+        ["divergence", "--scores-base", str(scores), "--scores-rl", str(scores), "--problems", str(problems)]
         + ["--pair", "p", "--dataset", "toy", "--out-dir", str(tmp_path / "d")]
     )
     one_line_error(r, problems, "--tokenizer")
@@ -748,9 +732,8 @@ def test_report_with_an_overview_that_is_not_a_png_names_it(tmp_path):
     # issue 24.10: a parquet given as the overview figure was embedded as an image
     table = tmp_path / "sparsity.parquet"
     pl.DataFrame({"js": [0.1]}).write_parquet(table)
-    r = run(
-        tokenshift_cmd()
-        + ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--overview", str(table)]
+    r = cli(
+        ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--overview", str(table)]
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, table, "not a PNG image")
@@ -759,9 +742,8 @@ def test_report_with_an_overview_that_is_not_a_png_names_it(tmp_path):
 
 @pytest.mark.parametrize(("flag", "value"), [("--jobs", "-5"), ("--jobs", "0"), ("--gpus-per-node", "0")])
 def test_profile_install_refuses_a_count_below_one(tmp_path, flag, value):
-    r = run(
-        tokenshift_cmd()
-        + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
+    r = cli(
+        ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
         + ["--dir", str(tmp_path / "profile")]
     )
     assert r.returncode == 2 and f"argument {flag}: expected a value >= 1, got {value}" in r.stderr, r.stderr
@@ -771,9 +753,8 @@ def test_profile_install_refuses_a_count_below_one(tmp_path, flag, value):
 @pytest.mark.parametrize(("flag", "value"), [("--account", "lab\nslurm_extra: --wrap=x"), ("--gpu-model", "a100-80gb")])
 def test_profile_install_refuses_a_value_the_profile_cannot_hold(tmp_path, flag, value):
     # issue 24 (F1): a newline wrote a key of its own; a GPU model the SLURM plugin refuses failed every GPU job
-    r = run(
-        tokenshift_cmd()
-        + ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
+    r = cli(
+        ["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", flag, value]
         + ["--dir", str(tmp_path / "profile")]
     )
     one_line_error(r, f"{flag} {value!r}: expected")
@@ -835,7 +816,7 @@ def test_an_output_path_of_the_wrong_kind_is_one_line_naming_the_flag(tmp_path, 
     folder, file = tmp_path / "taken", tmp_path / "r.parquet"
     folder.mkdir()
     pl.DataFrame({"row": [0]}).write_parquet(file)
-    r = run(tokenshift_cmd() + [a.format(dir=folder, file=file) for a in args])
+    r = cli([a.format(dir=folder, file=file) for a in args])
     one_line_error(r, needle.format(dir=folder, file=file))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.parquet", "taken"] and not any(folder.iterdir())
 
@@ -844,9 +825,9 @@ def test_record_config_refuses_what_is_no_json_object_in_one_line(tmp_path):
     out = tmp_path / "c.yaml"
     deep = '{"a":' * 20_000 + "1" + "}" * 20_000  # eleventh hostile pass (H8): a RecursionError traceback
     for text, needle in (("[1, 2]", "a JSON list; expected an object"), ("{", "not JSON"), (deep, "nested too deep")):
-        one_line_error(run(tokenshift_cmd() + ["record-config", text, "--out", str(out)]), needle)
+        one_line_error(cli(["record-config", text, "--out", str(out)]), needle)
     assert not out.exists()
-    r = run(tokenshift_cmd() + ["record-config", '{"b": 1, "a": {"x": "\u6f22"}}', "--out", str(out)])
+    r = cli(["record-config", '{"b": 1, "a": {"x": "\u6f22"}}', "--out", str(out)])
     assert r.returncode == 0 and yaml.safe_load(out.read_text()) == {"b": 1, "a": {"x": "\u6f22"}}
 
 
@@ -854,9 +835,8 @@ def test_an_input_given_as_name_equals_path_is_not_overwritten_by_an_output(tmp_
     # the report's files come as NAME=PATH words, appended in lists: an output over one is refused all the same
     given = tmp_path / "s.json"
     given.write_text("{}")
-    r = run(
-        tokenshift_cmd()
-        + ["report", "--result", "position.png=p.png", f"accuracy={given}", "--result", "accuracy=b.parquet"]
+    r = cli(
+        ["report", "--result", "position.png=p.png", f"accuracy={given}", "--result", "accuracy=b.parquet"]
         + ["--html", str(tmp_path / "r.html"), "--json", str(given)]
     )
     one_line_error(r, f"--json {given}: is also an input of this stage (result accuracy={given})")
@@ -891,5 +871,5 @@ def test_a_number_flag_that_is_not_finite_is_refused(value):
     """Ninth hostile pass: `--temperature=nan` sampled garbage and `--mistake-rate=nan` built a toy on it (NaN
     passes every bound, as no comparison with it is true); `--pretrain-lr=nan` was a traceback."""
     for argv in (["rollout", f"--temperature={value}"], ["models", "toy-base", "x", f"--mistake-rate={value}"]):
-        r = run(tokenshift_cmd() + argv)
+        r = cli(argv)
         assert r.returncode == 2 and f"expected a finite number, got '{value}'" in r.stderr, r.stderr

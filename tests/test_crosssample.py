@@ -625,8 +625,7 @@ def test_a_thresholds_one_spelling_is_the_same_rule(policy, spec, canonical, tmp
 
 # --- the stage through the console script, on real checkpoints ---------------------------------
 
-from conftest import run as run_cmd  # noqa: E402
-from conftest import tokenshift_cmd  # noqa: E402
+from helpers import cli  # noqa: E402
 
 from tokenshift.tables import crosssample_table  # noqa: E402
 
@@ -641,7 +640,7 @@ def toy_problems(tmp_path):
 
 
 def crosssample_cmd(base, rl, problems, out, *extra):
-    return tokenshift_cmd() + [
+    return [
         "crosssample",
         "--base",
         str(base),
@@ -669,7 +668,7 @@ def test_a_response_that_may_run_past_a_models_context_is_refused_naming_the_pro
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)  # 128 positions each
     out = tmp_path / "o.parquet"
     cmd = crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward", "--policy", "js", "--budget", "2")
-    r = run_cmd(cmd + ["--threshold", "0.1", "--max-new-tokens", "120"])
+    r = cli(cmd + ["--threshold", "0.1", "--max-new-tokens", "120"])
     assert r.returncode == 2, r.stderr[-2000:]
     assert "problem 'toy-eval-" in r.stderr and "past the 128 of the base model" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
@@ -684,7 +683,7 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
         ("random", "3", ["--percentile", "50"]),
     ):
         out = tmp_path / f"{policy}-{budget}.parquet"
-        r = run_cmd(
+        r = cli(
             crosssample_cmd(
                 base, rl, toy_problems, out, "--direction", "forward", "--policy", policy, "--budget", budget, *th
             )
@@ -749,7 +748,7 @@ def test_the_follow_ups_rule_and_the_authors_eos_removal_run_through_the_console
     out = tmp_path / "dlogp.parquet"
     follow_up = ["--policy", "dlogp", "--tau", "-0.3", "--injection", "extrapolate", "--gamma", "0.05"]
     args = ["--direction", "forward", "--budget", "4", "--injected-eos", "remove", *follow_up]
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, *args))
+    r = cli(crosssample_cmd(base, rl, toy_problems, out, *args))
     assert r.returncode == 0, r.stderr
     t = pl.read_parquet(out)
     assert t["threshold"].unique().to_list() == [pytest.approx(0.3)]  # switch where Δlog p < -0.3
@@ -775,16 +774,16 @@ def test_bad_threshold_and_mismatched_tokenizers_exit_2_before_decoding(make_che
     from helpers import other_tokenizer
 
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
-    r = run_cmd(
+    r = cli(
         crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.9")
     )
     assert r.returncode == 2 and "js threshold 0.9" in r.stderr and "Traceback" not in r.stderr
-    r = run_cmd(
+    r = cli(
         crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", "--direction", "reverse", "--percentile", "90")
     )
     assert r.returncode == 2 and "needs --scores" in r.stderr
     alien = make_checkpoint("alien", tokenizer=other_tokenizer(["Q:1+2=3.\\boxed{3}"] * 20))
-    r = run_cmd(
+    r = cli(
         crosssample_cmd(
             base, alien, toy_problems, tmp_path / "x.parquet", "--direction", "forward", "--threshold", "0.1"
         )
@@ -800,7 +799,7 @@ def test_a_level_without_a_percentile_and_a_manifest_without_a_pair_exit_2(
 
     base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
     out = tmp_path / "x.parquet"
-    args = crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward")[len(tokenshift_cmd()) :]
+    args = crosssample_cmd(base, rl, toy_problems, out, "--direction", "forward")
     # --level applies to --percentile: with --threshold it was dropped, and the run switched at one
     # threshold for every row instead of the per-prompt one asked for
     assert main([*args, "--threshold", "0.1", "--level", "prompt"]) == 2
@@ -886,7 +885,7 @@ def test_the_regenerate_engine_refuses_an_injected_eos_drop_before_starting_an_e
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
     out = tmp_path / "o.parquet"
     args = ["--direction", "forward", "--threshold", "0.1", "--budget", "2", "--engine", "regenerate"]
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, out, *args, "--injected-eos", "drop"))
+    r = cli(crosssample_cmd(base, rl, toy_problems, out, *args, "--injected-eos", "drop"))
     assert r.returncode == 2 and "crosssample.injected_eos" in r.stderr and "use engine lockstep" in r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
 
@@ -944,13 +943,13 @@ def test_a_percentile_of_another_sources_or_another_pairs_scores_is_refused(make
     path = tmp_path / "scores.parquet"
     scores.write_parquet(path)
     args = ["--direction", "forward", "--percentile", "50", f"--scores={path}"]
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
+    r = cli(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
     assert r.returncode == 2 and "holds scores of 'rl' responses, not the base model's" in r.stderr, r.stderr
     theirs = json.dumps({"base": checkpoint_label(base), "rl": checkpoint_label(other)})
     pq.write_table(
         scores.with_columns(pl.lit("base").alias("source")).to_arrow().replace_schema_metadata({MODELS_RECORD: theirs}),
         path,
     )
-    r = run_cmd(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
+    r = cli(crosssample_cmd(base, rl, toy_problems, tmp_path / "x.parquet", *args))
     assert r.returncode == 2 and f"{path}: scores computed with" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x.parquet").exists()

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from conftest import run, tokenshift_cmd
-from helpers import cross_run, cross_table, fake_scores, one_line_error, rollouts
+from helpers import cli, cross_run, cross_table, fake_scores, one_line_error, rollouts
 
 from tokenshift.io import InputError
 from tokenshift.registry import DIVERGENCE_TABLES
@@ -359,9 +358,8 @@ def test_crosssample_with_scores_of_text_or_nan_names_the_scores(make_checkpoint
     ):
         path = tmp_path / f"{name}.parquet"
         bad.write_parquet(path)
-        r = run(
-            tokenshift_cmd()
-            + ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
+        r = cli(
+            ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
             + ["--direction", "forward", "--policy", "js", "--budget", "2", "--percentile", "90"]
             + ["--scores", str(path), "--out", str(tmp_path / "o.parquet")]
         )

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import custom_code_checkpoint, one_line_error, other_tokenizer
+from conftest import save_checkpoint
+from helpers import cli, custom_code_checkpoint, one_line_error, other_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenshift.checkpoints import (
@@ -87,8 +87,8 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
     rev = "0123456789abcdef0123456789abcdef01234567"
     cache = hub_cache(tmp_path / "hf", "acme/tiny-qwen", rev, make_checkpoint("src"))
     out = tmp_path / "out"
-    r = run(
-        tokenshift_cmd() + ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", rev, "--out", str(out)],
+    r = cli(
+        ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", rev, "--out", str(out)],
         env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stderr
@@ -98,9 +98,8 @@ def test_hub_model_from_a_snapshot_cache_offline(make_checkpoint, tmp_path):
     assert manifest["files_sha256"] == {p.name: sha256_file(p) for p in checkpoint_files(out)}
     assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "qwen2"
     # a branch is allowed where no commit is published: the manifest records the commit it resolved to
-    r = run(
-        tokenshift_cmd()
-        + ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", "main", "--out", str(tmp_path / "main")],
+    r = cli(
+        ["models", "fetch", "tiny", "--hub", "acme/tiny-qwen", "--revision", "main", "--out", str(tmp_path / "main")],
         env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
     )
     assert r.returncode == 0, r.stderr
@@ -125,9 +124,8 @@ def test_the_hubs_sha256_is_read_off_an_lfs_blobs_name_and_nothing_else(make_che
 
 
 def test_hub_model_offline_fails_naming_model_and_revision(tmp_path):
-    r = run(
-        tokenshift_cmd()
-        + [
+    r = cli(
+        [
             "models",
             "fetch",
             "qwen",
@@ -197,7 +195,7 @@ def test_fetch_replaces_only_its_own_folder(make_checkpoint, tmp_path):
         ("top.txt", "--out top.txt: is a file"),  # the CLI's output check, first
         (str(src / "sub"), f"lies inside its source {src.resolve()}"),
     ):
-        r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", out], cwd=work)
+        r = cli(["models", "fetch", "m", "--path", str(src), "--out", out], cwd=work)
         one_line_error(r, needle)
     assert (work / "keep" / "a.txt").read_text() == "mine" and (work / "top.txt").read_text() == "mine too"
     assert not (src / "sub").exists() and not (src / "sub.json").exists()
@@ -254,7 +252,7 @@ def test_fetch_into_its_own_source_is_refused_and_deletes_nothing(make_checkpoin
     # replacing the output directory would delete the checkpoint the links point at
     src = make_checkpoint("ckpts/src")
     out = src if where == "itself" else src.parent
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), "--out", str(out)])
+    r = cli(["models", "fetch", "m", "--path", str(src), "--out", str(out)])
     assert r.returncode == 2 and "Traceback" not in r.stderr and "source" in r.stderr, r.stderr
     assert (src / "model.safetensors").is_file() and not (src / "model.safetensors").is_symlink()
 
@@ -365,14 +363,11 @@ def test_trust_remote_code_reaches_every_loader_and_the_config_check(tmp_path, t
     data = tmp_path / "tiny.jsonl"
     data.write_text(json.dumps({"problem": "1+1", "answer": "2"}) + "\n")
     dataset = tmp_path / "tiny.parquet"
-    r = run(tokenshift_cmd() + ["dataset", "tiny", "--path", str(data), "--out", str(dataset)])
+    r = cli(["dataset", "tiny", "--path", str(data), "--out", str(dataset)])
     assert r.returncode == 0, r.stderr
     out = tmp_path / "rollouts.parquet"
     flags = ["--n", "1", "--max-new-tokens", "2", "--template", "{question}", "--no-chat-template"]
-    r = run(
-        tokenshift_cmd()
-        + ["rollout", "--model", str(root / "a.json"), "--dataset", str(dataset), *flags, "--out", str(out)]
-    )
+    r = cli(["rollout", "--model", str(root / "a.json"), "--dataset", str(dataset), *flags, "--out", str(out)])
     assert r.returncode == 0, r.stderr[-3000:]
     assert out.is_file()
 
@@ -434,7 +429,7 @@ def test_a_models_dtype_and_attention_reach_every_loader(make_checkpoint, tmp_pa
 
 def refused_fetch(src: Path, out: Path, *flags: str) -> str:
     """``models fetch`` of ``src`` into ``out``, refused in one line (exit 2) with no manifest written: its stderr."""
-    r = run(tokenshift_cmd() + ["models", "fetch", "m", "--path", str(src), *flags, "--out", str(out)])
+    r = cli(["models", "fetch", "m", "--path", str(src), *flags, "--out", str(out)])
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert not manifest_path(out).exists()
     return r.stderr

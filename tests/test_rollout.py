@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import run, tokenshift_cmd
+from helpers import cli
 
 from tokenshift.datasets import (
     DatasetError,
@@ -244,9 +245,8 @@ def test_killed_rollout_process_resumes_from_its_shards(make_checkpoint, tmp_pat
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here (tests/test_vllm.py)")
 def test_vllm_backend_is_refused_clearly_where_it_is_not_installed(make_checkpoint, jsonl, tmp_path):
     prepare_dataset("s", DatasetSpec(path=str(jsonl)), tmp_path / "s.parquet")
-    r = run(
-        tokenshift_cmd()
-        + [
+    r = cli(
+        [
             "rollout",
             "--model",
             str(make_checkpoint("m")),
@@ -267,8 +267,8 @@ def test_a_prompt_past_the_models_context_is_refused_naming_its_problem(make_che
     rows = [{"id": "short", "problem": "1+1", "answer": "2"}, {"id": "long", "problem": "1+1 " * 300, "answer": "2"}]
     (tmp_path / "set.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepare_dataset("s", DatasetSpec(path=str(tmp_path / "set.jsonl"), id_field="id"), tmp_path / "s.parquet")
-    cmd = tokenshift_cmd() + ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet")]
-    r = run(cmd + ["--out", str(tmp_path / "o.parquet"), "--max-new-tokens", "8", "--n", "1"])
+    cmd = ["rollout", "--model", str(make_checkpoint("m")), "--dataset", str(tmp_path / "s.parquet")]
+    r = cli(cmd + ["--out", str(tmp_path / "o.parquet"), "--max-new-tokens", "8", "--n", "1"])
     assert r.returncode == 2, r.stderr[-2000:]
     assert (
         "problem 'long'" in r.stderr and "past the 128 of model" in r.stderr and "max_position_embeddings" in r.stderr

@@ -8,8 +8,7 @@ import typing
 
 import pytest
 import yaml
-from conftest import run, tokenshift_cmd
-from helpers import SECTIONS
+from helpers import SECTIONS, cli
 
 from tokenshift.config import SCHEMA_PATH
 from tokenshift.options import add_options, from_args, section_values, to_argv
@@ -275,15 +274,15 @@ def test_a_value_is_joined_to_its_flag_so_that_none_is_read_as_an_option():
 
 def test_cli_defaults_are_the_library_defaults():
     # the drift this guards against: cross-sampling batch_size was 256 in the schema, 64 in the CLI
-    out = run(tokenshift_cmd() + ["crosssample", "--help"]).stdout
+    out = cli(["crosssample", "--help"]).stdout
     assert f"(default: {CrossSampleConfig().batch_size})" in " ".join(out.split())
     assert CrossSampleConfig().batch_size == SCHEMA["properties"]["crosssample"]["properties"]["batch_size"]["default"]
 
 
 def test_a_refused_value_exits_2_naming_the_setting(tmp_path):
-    r = run(tokenshift_cmd() + ["models", "toy-base", "t", "--hidden-size", "3", "--out", str(tmp_path / "t")])
+    r = cli(["models", "toy-base", "t", "--hidden-size", "3", "--out", str(tmp_path / "t")])
     assert r.returncode == 2 and "--hidden-size" in r.stderr and "Traceback" not in r.stderr
-    r = run(tokenshift_cmd() + ["rollout", "--model", "m", "--dataset", "d", "--out", "o.parquet", "--n", "0"])
+    r = cli(["rollout", "--model", "m", "--dataset", "d", "--out", "o.parquet", "--n", "0"])
     assert r.returncode == 2 and "--n" in r.stderr and ">= 1" in r.stderr
 
 

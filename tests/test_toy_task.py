@@ -68,21 +68,20 @@ def test_the_dataset_command_refuses_more_toy_problems_than_the_task_holds_at_on
     traceback, and at 200000 problems a draw of 200 tries per problem that ran for minutes."""
     import time
 
-    from conftest import run, tokenshift_cmd
-    from helpers import one_line_error
+    from helpers import cli, one_line_error
 
     for n in ("5000", "999999999"):
         start = time.monotonic()
         cmd = ["dataset", "big", "--toy", "eval", "--n-problems", n, "--min-steps", "1", "--max-steps", "2"]
-        r = run(tokenshift_cmd() + [*cmd, "--out", str(tmp_path / "x.parquet")], timeout=120)
+        r = cli([*cmd, "--out", str(tmp_path / "x.parquet")])
         one_line_error(r, f"eval split has at most {split_capacity(ToyTaskConfig(min_steps=1, max_steps=2), 'eval')}")
         assert time.monotonic() - start < 60 and not (tmp_path / "x.parquet").exists()
     # eleventh hostile pass (H9): 27 operations (one letter label each) was a ValueError traceback, and min above
     # max said "at most 0 distinct problems with 3 to 1 operations"
     out = ["--out", str(tmp_path / "x.parquet")]
-    r = run(tokenshift_cmd() + ["dataset", "d", "--toy", "eval", "--max-steps", "27", *out])
+    r = cli(["dataset", "d", "--toy", "eval", "--max-steps", "27", *out])
     assert r.returncode == 2 and "argument --max-steps: expected a value <= 26, got 27" in r.stderr, r.stderr
-    r = run(tokenshift_cmd() + ["dataset", "d", "--toy", "eval", "--min-steps", "3", "--max-steps", "1", *out])
+    r = cli(["dataset", "d", "--toy", "eval", "--min-steps", "3", "--max-steps", "1", *out])
     one_line_error(r, "min_steps 3 is above max_steps 1")
 
 
