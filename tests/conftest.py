@@ -14,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: make every accidental download fail fast
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `pytest -n 2` (the inner loop, docs/testing.md): each worker's torch computes on one thread, so that two
-    # workers share two cores without OpenMP's threads spinning while they wait for each other
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # `pytest -n 2` (the inner loop, docs/testing.md): two workers share the cores, each running jobs of two
+    # threads. OpenMP's threads then wait for each other at every parallel region, spinning by default: a toy
+    # build of two threads beside another process took 3.7x as long as with waiting threads asleep
+    # (benchmarks/RESULTS.md). How threads wait changes no result.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 NO_CONTROLLER = REPO / "tests" / "no_controller"
 """Where Debian's SLURM client is installed and no controller answers, every Snakemake start waits

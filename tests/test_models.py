@@ -453,6 +453,28 @@ def test_a_tokenizer_file_that_is_not_json_gets_no_manifest(make_checkpoint, tmp
     assert f"transformers cannot read the tokenizer of {src}: Expecting value" in refused_fetch(src, out)
 
 
+def test_a_tokenizer_whose_merges_name_tokens_it_lacks_gets_no_manifest(make_checkpoint, tmp_path):
+    # twelfth hostile pass (J9): tokenizers' own Exception, "Error while initializing BPE", was a traceback
+    src = make_checkpoint("src")
+    tok = json.loads((src / "tokenizer.json").read_text())
+    assert tok["model"]["type"] == "BPE"
+    tok["model"]["vocab"] = dict(list(tok["model"]["vocab"].items())[:3])
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    assert f"transformers cannot read the tokenizer of {src}: " in refused_fetch(src, tmp_path / "m" / "m")
+
+
+def test_a_chat_template_that_raises_or_a_broken_generation_config_gets_no_manifest(make_checkpoint, tmp_path):
+    # twelfth hostile pass (J4, J5): both passed the fetch, then the first rollout job died in a traceback
+    src = make_checkpoint("src")
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ raise_exception('boom') }}"}))
+    assert f"{src}: its chat template cannot make a prompt: boom" in refused_fetch(src, tmp_path / "m" / "m")
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    for text, needle in (('{"eos_token_id": ', "not valid JSON"), ('{"eos_token_id": "x"}', "eos_token_id is 'x'")):
+        (src / "generation_config.json").write_text(text)
+        assert f"{src / 'generation_config.json'}: {needle}" in refused_fetch(src, tmp_path / "m" / "m")
+
+
 def test_a_config_with_no_positive_vocabulary_gets_no_manifest(make_checkpoint, tmp_path):
     # seventh hostile pass (M2): a manifest of -5 embedding rows was written, refused only by the pair check
     src = make_checkpoint("src")

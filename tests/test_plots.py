@@ -107,6 +107,17 @@ def test_every_figure_renders_to_png_and_pdf(tables, example, tmp_path):
     assert [p.read_bytes() for p in again] == [(tmp_path / f"position{p.suffix}").read_bytes() for p in again]
 
 
+def test_a_question_gold_answer_or_token_in_latex_is_drawn_as_text(example, tmp_path):
+    """Twelfth hostile pass (J1): a MATH-style question, `$(r,\\theta)$`, in figure 6's title raised matplotlib's
+    mathtext ParseException, and the report was never built."""
+    latex = {"question": "Enter the point in the form $(r,\\theta).$", "gold": "$\\boxed{18}$"}
+    odd = example.with_columns(*(pl.lit(v).alias(k) for k, v in latex.items() if k in example.columns))
+    assert {"question", "gold"} <= set(example.columns)
+    odd = odd.with_columns(pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("$$")).otherwise("token").alias("token"))
+    png, _ = save(FIGURES["example"](odd), tmp_path / "example")
+    assert_drawn(png)
+
+
 def test_saving_a_pdf_logs_nothing_of_its_font_subsetting(tables, tmp_path, caplog):
     """Eleventh hostile pass, noted: fontTools logged ~380 INFO lines into a figures job's log (the command
     logs at INFO)."""

@@ -126,7 +126,13 @@ def checked_manifest(
 
     # imported here, not at the top: both modules import this one
     from tokenshift.loading import unknown_attention
-    from tokenshift.tokenizer import auto_tokenizer, check_tokenizer_roundtrip, tokenizer_fingerprint
+    from tokenshift.tokenizer import (
+        auto_tokenizer,
+        check_chat_template,
+        check_tokenizer_roundtrip,
+        generation_eos,
+        tokenizer_fingerprint,
+    )
 
     trust = bool(spec.get("trust_remote_code", False))
     if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
@@ -163,6 +169,8 @@ def checked_manifest(
         )
     tok = auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
+    check_chat_template(ckpt_dir, tok)
+    generation_eos(ckpt_dir)  # its generation_config.json, read as every job that generates reads it
     manifest = {
         "name": name,
         "spec": dict(spec),

@@ -80,7 +80,7 @@ def auto_tokenizer(ckpt_dir: Path, trust_remote_code: bool = False):
         )
     try:
         return AutoTokenizer.from_pretrained(ckpt_dir, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, KeyError, TypeError) as e:  # a tokenizer file that is not JSON, or cut short
+    except Exception as e:  # a file that is not JSON, cut short, or whose merges name tokens it lacks (tokenizers)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFetchError(f"transformers cannot read the tokenizer of {ckpt_dir}: {first}") from None
 
@@ -98,13 +98,37 @@ def stop_ids(ckpt: Path | str, tokenizer) -> list[int]:
     """The token ids generation stops at: the tokenizer's EOS and those of the checkpoint's
     ``generation_config.json`` (vLLM stops on the latter), the tokenizer's first."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    path = resolve_checkpoint(ckpt) / "generation_config.json"
-    if path.is_file():
-        given = json.loads(path.read_text()).get("eos_token_id")
-        for i in [given] if isinstance(given, int) else given or []:
-            if int(i) not in ids:
-                ids.append(int(i))
+    for i in generation_eos(resolve_checkpoint(ckpt)):
+        if i not in ids:
+            ids.append(i)
     return ids
+
+
+def generation_eos(ckpt_dir: Path) -> list[int]:
+    """The EOS ids a checkpoint directory's ``generation_config.json`` names (none without one), or an error
+    naming the file (the fetch reads it too, so that no generating job is the first to find it broken)."""
+    path = Path(ckpt_dir) / "generation_config.json"
+    if not path.is_file():
+        return []
+    if path.resolve().name == path.name:  # a fetch's link to the source's file: name the file the user has
+        path = path.resolve()
+    given = read_json(path, "the checkpoint's generation settings").get("eos_token_id")
+    given = [given] if isinstance(given, int) and not isinstance(given, bool) else given or []
+    if not isinstance(given, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in given):
+        raise ModelFetchError(f"{path}: eos_token_id is {given!r}; expected a token id or a list of them")
+    return given
+
+
+def check_chat_template(ckpt_dir: Path, tokenizer) -> None:
+    """Fail, naming the checkpoint, where its chat template cannot make a prompt (a template that raises, or
+    refers to what it is not given): the rollout jobs would fail on their first problem."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    try:
+        tokenizer.apply_chat_template([{"role": "user", "content": "1+1"}], add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # jinja2's TemplateError, or whatever the template's own code raised
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFetchError(f"{ckpt_dir}: its chat template cannot make a prompt: {first}") from None
 
 
 def compare_tokenizers(base, rl) -> int:

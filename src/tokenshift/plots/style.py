@@ -15,6 +15,10 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
 import matplotlib.pyplot as plt
 
+# text is text: a dataset's question, gold answer or token holding `$` (a MATH problem's `$(r,\theta)$`) is drawn
+# as written, not parsed as mathtext, which raised on half of such strings and set the rest in italics
+matplotlib.rcParams["text.parse_math"] = False
+
 # a PDF's fonts are subset by fontTools, which logs hundreds of INFO lines a figure into the job's log
 logging.getLogger("fontTools").setLevel(logging.WARNING)
 
