@@ -873,3 +873,45 @@ def test_a_number_flag_that_is_not_finite_is_refused(value):
     for argv in (["rollout", f"--temperature={value}"], ["models", "toy-base", "x", f"--mistake-rate={value}"]):
         r = cli(argv)
         assert r.returncode == 2 and f"expected a finite number, got '{value}'" in r.stderr, r.stderr
+
+
+def test_accuracy_refuses_a_pair_manifest_that_names_no_pair(tmp_path):
+    """Twelfth hostile pass (J7): `{}` or a model's manifest as --pair-manifest passed, so swapped rollouts went
+    unseen; a list as a model's name was a TypeError traceback."""
+    from helpers import rollouts
+
+    table = rollouts(0.5)
+    table.with_columns(pl.lit("models/a@1").alias("model")).write_parquet(tmp_path / "base.parquet")
+    table.with_columns(pl.lit("models/b@2").alias("model")).write_parquet(tmp_path / "rl.parquet")
+    cmd = ["accuracy", "--rollouts-base", tmp_path / "base.parquet", "--rollouts-rl", tmp_path / "rl.parquet"]
+    manifest = tmp_path / "pair.json"
+    for text, needle in (
+        ("{}", "'pair' is None; expected a name"),
+        ('{"pair": "p", "base": ["a"], "rl": "b", "shared_vocab_size": 5}', "'base' is ['a']; expected a name"),
+        ('{"pair": "p", "base": "a", "rl": "b"}', "shared_vocab_size is None"),
+    ):
+        manifest.write_text(text)
+        one_line_error(cli([*cmd, "--pair-manifest", manifest, "--out", tmp_path / "a.parquet"]), manifest, needle)
+    assert not (tmp_path / "a.parquet").exists()
+
+
+def test_toy_builds_refuse_an_impossible_task_an_overflowing_rate_and_a_start_that_is_no_toy_model(
+    make_checkpoint, tmp_path
+):
+    """Twelfth hostile pass: min_steps above max_steps (J9) and a learning rate of 1e308 (J6) were tracebacks,
+    and a toy RL build from a checkpoint that is no toy model ran GRPO for minutes (J11)."""
+    out = ["--out", tmp_path / "t"]
+    one_line_error(cli(["models", "toy-base", "t", "--min-steps", "5", "--max-steps", "3", *out]), "min_steps 5")
+    r = cli(["models", "toy-base", "t", "--pretrain-lr", "1e308", *out])
+    assert r.returncode == 2 and "--pretrain-lr" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    other = make_checkpoint("other")
+    for stage in ("toy-rl", "toy-sft"):
+        one_line_error(cli(["models", stage, "t", "--init", other, *out]), f"{other}: no toy_build.json")
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
+    """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "x", "answer": "2", "answer": "3"}\n')
+    one_line_error(cli(dataset_cmd(data, tmp_path / "d.parquet")), f"{data}:2 gives the key 'answer' twice")

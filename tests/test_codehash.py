@@ -45,7 +45,9 @@ def test_a_stage_leaves_out_what_its_command_does_not_run():
     assert "tables.py" not in stage_files("rollout") and "rollout.py" not in stage_files("accuracy")
     assert "grading.py" not in stage_files("models", "fetch") and "grading.py" not in stage_files("dataset")
     assert not {f for f in stage_files("rollout") if f.startswith("plots/")}
-    assert "__init__.py" not in stage_files("rollout")  # the version string
+    # the version string, which the pages quote, is no stage's code
+    assert ("__init__.py", "__version__") not in stage_units("rollout").units
+    assert ("__init__.py", "__version__") not in stage_units("report").units
     # a module a stage imports is not all its code: the rollout runs the decoder, not the cross-sampling
     # stage, its policies or the scores' statistics; nor the pair decoder
     assert not {"run_crosssample", "CrossSampleBackend"} & names("crosssample.py", "rollout")
@@ -155,6 +157,22 @@ def test_a_private_name_bound_at_import_for_its_effect_is_in_the_hash_of_the_sta
         after = stage_codes(src, stages)
         assert (after[("figures",)] != stage_code("figures")) == changes, line
         assert after[("rollout",)] == stage_code("rollout")
+
+
+def test_code_the_packages_init_runs_is_in_every_stages_hash_and_its_version_string_in_none(tmp_path):
+    """Twelfth hostile pass (J8): `tokenshift/__init__.py` was left out of every hash whole, so a grader patched
+    there at import made every answer right and the finished study stayed "up to date"."""
+    stages = [("rollout",), ("report",)]
+    for line, changes in (
+        ("import tokenshift.grading as _g\n_g.grade_one = lambda *a, **k: None", True),
+        ('__version__ = "99.0"', False),
+    ):
+        src = tmp_path / str(changes)
+        shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        path = src / "tokenshift" / "__init__.py"
+        path.write_text(path.read_text() + f"\n{line}\n")
+        after = stage_codes(src, stages)
+        assert all((after[s] != stage_code(*s)) == changes for s in stages), line
 
 
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
@@ -400,13 +418,13 @@ def test_every_function_a_stage_runs_is_in_its_hash(traced_study):
                     missing.setdefault(words, set()).add((rel, None, name))
                 continue
             rel, unit = unit_at(file, line)
-            if rel not in SKIPPED and (rel, unit) not in hashed:
+            if (rel, unit) not in SKIPPED and (rel, unit) not in hashed:
                 missing.setdefault(words, set()).add((rel, unit, name))
         for file, _, _ in record["modules"]:  # imported while the stage ran: what a module runs when imported
             if not file.endswith(".py"):  # a template's compiled module: checked with its calls above
                 continue
             rel, _ = unit_at(file, 1)
-            if rel not in SKIPPED and IMPORT_TIME in unit_names(rel) and (rel, IMPORT_TIME) not in hashed:
+            if IMPORT_TIME in unit_names(rel) and (rel, IMPORT_TIME) not in hashed:
                 missing.setdefault(words, set()).add((rel, IMPORT_TIME, "<module>"))
     assert not missing, missing
     # every stage of the workflow ran (and was checked)

@@ -201,6 +201,8 @@ def _mutations():
             "config key divergence.rank_k: got [1, 1000000000]; the report's headline",
         ),
         ("rank-k-without-1", m(lambda c: c.setdefault("divergence", {}).update(rank_k=[3, 5])), "holding 1 too"),
+        # twelfth hostile pass (J6): passed -n, then overflowed inside torch.optim in the toy build
+        ("toy-rate-overflowing", m(lambda c: c["toy"].update(pretrain_lr=1e308)), "toy.pretrain_lr"),
         # eleventh hostile pass, noted: the job asked the scheduler for 100,000 GPUs, or one GPU twice
         (
             "device-index-past-a-node",

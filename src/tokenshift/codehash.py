@@ -46,8 +46,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "tokenshift"
-SKIPPED = ("__init__.py",)
-"""Files of the package no stage's hash includes (relative to the package)."""
+SKIPPED = (("__init__.py", "__version__"),)
+"""Units of the package no stage's hash includes (its file, relative to the package, and its name): the version
+string the pages quote, so that a release re-runs what its code changed and no more. The rest of the package's
+``__init__.py`` is in every stage's reach, as importing any of its modules runs it (code added there was
+hashed nowhere: the twelfth hostile pass, J8)."""
 DISPATCHER = ("tokenshift.cli", "main")
 """What the ``tokenshift`` script runs (pyproject's ``[project.scripts]``) before a stage's handler, in every stage."""
 IMPORT_TIME = "<import>"
@@ -274,7 +277,7 @@ class Units:
 
 
 def _reach(start: list[tuple[str, str]]) -> Units:
-    skipped = {ROOT / s for s in SKIPPED}
+    skipped = {(ROOT / f, name) for f, name in SKIPPED}
     units: set[tuple[Path, str]] = set()
     imported: set[str] = set()
     data: set[str] = set()
@@ -284,7 +287,7 @@ def _reach(start: list[tuple[str, str]]) -> Units:
     def import_module(module: str) -> None:
         # importing a.b.c runs a.b's and a's files first
         parts = module.split(".")
-        todo_modules.extend(".".join(parts[:k]) for k in range(2, len(parts) + 1))
+        todo_modules.extend(".".join(parts[:k]) for k in range(1, len(parts) + 1))
 
     def resolve(module: str, name: str, seen=()) -> None:
         """Reach what ``name`` of ``module`` is: its own unit, or what its module imported under that name."""
@@ -311,8 +314,6 @@ def _reach(start: list[tuple[str, str]]) -> Units:
             if module in imported or path is None:
                 continue
             imported.add(module)
-            if path in skipped:
-                continue
             mod = _parse(path)
             if IMPORT_TIME in mod.units:
                 todo_units.append((path, IMPORT_TIME))
@@ -321,7 +322,7 @@ def _reach(start: list[tuple[str, str]]) -> Units:
         if not todo_units:
             continue
         path, name = todo_units.pop()
-        if path is None or (path, name) in units or path in skipped:
+        if path is None or (path, name) in units or (path, name) in skipped:
             continue
         units.add((path, name))
         import_module(_module_of(path))

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from tokenshift.settings import PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
@@ -216,9 +217,13 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
             for lineno, line in enumerate(text.splitlines(), 1):
                 if line.strip():
                     try:
-                        row = json.loads(line)
+                        row = json.loads(line, object_pairs_hook=_unique_keys)
                     except json.JSONDecodeError as e:
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not JSON: {e}") from None
+                    except _DuplicateKey as e:  # json keeps the last silently: which answer was meant?
+                        raise DatasetError(
+                            f"dataset {name!r}: {path}:{lineno} gives the key {e.args[0]!r} twice; expected each once"
+                        ) from None
                     except RecursionError:  # arrays or objects nested past the parser's depth
                         raise DatasetError(
                             f"dataset {name!r}: {path}:{lineno} is JSON nested too deeply to read; expected "
@@ -303,6 +308,20 @@ def read_problems(path: Path | str) -> list[Problem]:
         nonempty=True,  # no problems would be a table of no rows, written as a result
     )
     return [Problem(*row) for row in table.select("problem_id", "question", "answer").iter_rows()]
+
+
+class _DuplicateKey(Exception):
+    """A JSON object that gives one key twice (its name)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook``: the object, refusing a key given twice (as the config's loader does)."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
 
 
 def format_prompt(tokenizer, question: str, prompt: PromptConfig) -> list[int]:

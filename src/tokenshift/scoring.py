@@ -592,16 +592,13 @@ def run_scoring(
     where it stopped (module docstring; ``progress``: a bar of responses scored).
     """
     from tokenshift.checkpoints import checkpoint_identity
-    from tokenshift.io import InputError, read_json, read_parquet, sha256_file
+    from tokenshift.io import InputError, read_parquet, sha256_file
     from tokenshift.settings import VLLM_ENGINE_KEYS
+    from tokenshift.tokenizer import read_pair_manifest
 
     torch.set_num_threads(cfg.threads)
-    manifest = read_json(pair, "a pair manifest (tokenshift models check-pair)")
-    vocab = manifest.get("shared_vocab_size")
-    if not isinstance(vocab, int):
-        raise InputError(
-            f"{pair}: no shared_vocab_size (expected a pair manifest written by `tokenshift models check-pair`)"
-        )
+    manifest = read_pair_manifest(pair)
+    vocab = manifest["shared_vocab_size"]
     table = read_parquet(
         rollouts,
         "a rollout table (tokenshift rollout)",

@@ -27,7 +27,6 @@ from tokenshift.datasets import label_dataset_name, read_toy_problems
 from tokenshift.io import (
     InputError,
     place,
-    read_json,
     read_models_record,
     read_parquet,
     remake_hint,
@@ -716,8 +715,9 @@ def write_accuracy(
             )
     if pair_manifest is not None:
         from tokenshift.checkpoints import label_name
+        from tokenshift.tokenizer import read_pair_manifest
 
-        manifest = read_json(pair_manifest, "a pair manifest (tokenshift models check-pair)")
+        manifest = read_pair_manifest(pair_manifest)
         for role, held in models.items():
             named = manifest.get(role)
             if named is not None and {label_name(m) for m in held} != {named}:

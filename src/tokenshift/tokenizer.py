@@ -158,6 +158,28 @@ def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
     return compare_tokenizers(*tokenizers)
 
 
+def read_pair_manifest(path: Path | str) -> dict:
+    """A pair manifest ``check_pair`` wrote, or ``InputError`` naming the file: its pair, base and rl are names
+    and its shared vocabulary a positive count (``{}``, a model's manifest or a list as a name were taken before,
+    and a swap of the two models' rollouts went unseen)."""
+    from tokenshift.io import InputError
+
+    manifest = read_json(path, "a pair manifest (tokenshift models check-pair)")
+    for key in ("pair", "base", "rl"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise InputError(
+                f"{path}: {key!r} is {manifest.get(key)!r}; expected a name (a pair manifest written by "
+                "`tokenshift models check-pair`)"
+            )
+    shared = manifest.get("shared_vocab_size")
+    if not isinstance(shared, int) or isinstance(shared, bool) or shared < 1:
+        raise InputError(
+            f"{path}: shared_vocab_size is {shared!r}; expected a positive whole number (a pair manifest written by "
+            "`tokenshift models check-pair`)"
+        )
+    return manifest
+
+
 def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
     """Compare a pair's checkpoints (directories or manifests) and write ``out``, the pair manifest
     with the shared vocabulary size."""

@@ -86,7 +86,7 @@ def register(sub) -> None:
 
 def _crosssample(args: argparse.Namespace) -> None:
     from tokenshift.crosssample import run_crosssample
-    from tokenshift.io import InputError, read_json
+    from tokenshift.io import InputError
     from tokenshift.settings import (
         VLLM_ENGINE_KEYS,
         CrossSampleConfig,
@@ -95,14 +95,11 @@ def _crosssample(args: argparse.Namespace) -> None:
         RolloutConfig,
         SamplingConfig,
     )
+    from tokenshift.tokenizer import read_pair_manifest
 
     if args.level != "dataset" and args.percentile is None:
         raise InputError(f"--level {args.level} needs --percentile: a fixed --threshold holds for every row")
-    pair = read_json(args.pair, "a pair manifest (tokenshift models check-pair)").get("pair") if args.pair else None
-    if args.pair and not isinstance(pair, str):
-        raise InputError(
-            f"{args.pair}: no 'pair' name (expected a pair manifest written by `tokenshift models check-pair`)"
-        )
+    pair = read_pair_manifest(args.pair)["pair"] if args.pair else None
     threshold = (
         {"threshold": args.threshold}
         if args.threshold is not None

@@ -197,6 +197,21 @@ def build_sft(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, progress: b
 # the grader it rewards with re-runs the RL build, not the base model's pretraining.
 
 
+def _toy_init(init: Path) -> Path:
+    """The checkpoint directory of ``init``, a toy base model (its ``toy_build.json``), or ``InputError``: a
+    toy RL or SFT build trains on the toy task's prompts, which another model's tokenizer does not read as
+    its own (the twelfth hostile pass, J11: a local checkpoint ran GRPO for minutes)."""
+    from tokenshift.checkpoints import resolve_checkpoint
+    from tokenshift.io import InputError
+
+    init_dir = resolve_checkpoint(init)
+    if not (init_dir / "toy_build.json").is_file():
+        raise InputError(
+            f"{init}: no toy_build.json: expected a toy model built by `tokenshift models toy-base` to start from"
+        )
+    return init_dir
+
+
 def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
     """Build the toy base model (pretraining) at ``out`` and write its manifest last; returns a
     one-line summary."""
@@ -213,9 +228,9 @@ def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool 
 def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
     """Build the toy RL model (GRPO from the checkpoint ``init``) at ``out`` and write its manifest
     last; returns a one-line summary."""
-    from tokenshift.checkpoints import resolve_checkpoint, write_manifest
+    from tokenshift.checkpoints import write_manifest
 
-    init_dir = resolve_checkpoint(init)
+    init_dir = _toy_init(init)
     stats = build_rl(init_dir, Path(out), cfg, name=name, progress=progress)
     write_manifest(
         Path(out), name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
@@ -231,9 +246,9 @@ def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progr
 def build_toy_sft(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progress: bool = True) -> str:
     """Build the toy SFT model (supervised fine-tuning from the checkpoint ``init``) at ``out`` and
     write its manifest last; returns a one-line summary."""
-    from tokenshift.checkpoints import resolve_checkpoint, write_manifest
+    from tokenshift.checkpoints import write_manifest
 
-    init_dir = resolve_checkpoint(init)
+    init_dir = _toy_init(init)
     stats = build_sft(init_dir, Path(out), cfg, progress=progress)
     spec = {"toy": "sft", "init": init_dir.name}
     write_manifest(Path(out), name=name, spec=spec, extra={"toy_build_seconds": stats["seconds"]})

@@ -34,14 +34,19 @@ class ToyBuildConfig:
         "peak learning rate of pretraining (AdamW, warm-up, cosine decay); at 5e-3 whether the model learns to look "
         "its operands up within 600 steps turned on the CPU's kernels and the seed",
         minimum=0,
+        maximum=1,  # an Adam step of more than the weights' scale; 1e308 overflowed inside torch.optim
     )
     grpo_steps: int = option(60, "GRPO update rounds", minimum=1, stages=("rl",))
-    grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0, stages=("rl",))
+    grpo_lr: float = option(1e-4, "GRPO learning rate (AdamW)", minimum=0, maximum=1, stages=("rl",))
     sft_steps: int = option(
         40, "optimizer steps of the toy SFT model's fine-tuning on correct traces", minimum=1, stages=("sft",)
     )
     sft_lr: float = option(
-        1e-3, "peak learning rate of the SFT fine-tuning (AdamW, warm-up, cosine decay)", minimum=0, stages=("sft",)
+        1e-3,
+        "peak learning rate of the SFT fine-tuning (AdamW, warm-up, cosine decay)",
+        minimum=0,
+        maximum=1,
+        stages=("sft",),
     )
     checkpoint_every: int = option(
         20,
@@ -55,6 +60,9 @@ class ToyBuildConfig:
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | None) -> ToyBuildConfig:
         return from_mapping(cls, m)
+
+    def __post_init__(self) -> None:
+        self.task  # noqa: B018 (its task's own checks, min_steps at most max_steps, before any work)
 
     @property
     def task(self) -> ToyTaskConfig:
