@@ -523,3 +523,23 @@ def test_a_changed_toy_model_says_how_to_build_it_again(make_checkpoint):
 
     with pytest.raises(ModelFetchError, match=r"build it again \(snakemake --forcerun toy_rl"):
         resolve_checkpoint(ckpt.with_suffix(".json"))
+
+
+@pytest.mark.parametrize("damage", ["a tensor dropped", "a NaN weight"])
+def test_weights_short_of_the_model_or_not_finite_are_refused_at_load_naming_a_tensor(make_checkpoint, damage):
+    """Twelfth hostile pass (J2, J3): a checkpoint without one tensor loaded with that tensor drawn at random,
+    differently in each job; NaN weights gave rollouts of one repeated token, and a traceback only in scoring."""
+    from safetensors.torch import load_file, save_file
+
+    from tokenshift.loading import load_causal_lm
+
+    ckpt = make_checkpoint("m")
+    weights = load_file(ckpt / "model.safetensors")
+    name = next(k for k in sorted(weights) if k.endswith("mlp.up_proj.weight"))
+    if damage == "a tensor dropped":
+        del weights[name]
+    else:
+        weights[name][0, 0] = float("nan")
+    save_file(weights, ckpt / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelFetchError, match=re.escape(name)):
+        load_causal_lm(ckpt, "cpu")

@@ -104,11 +104,34 @@ def load_causal_lm(path: Path | str, device: str = "auto"):
     gpus = gpu_ids(device)
     if len(gpus) > 1:
         total = torch.cuda.get_device_properties(gpus[0]).total_memory
-        model = AutoModelForCausalLM.from_pretrained(
-            ckpt, device_map="balanced", max_memory=max_memory(gpus, total), **options
+        model, info = AutoModelForCausalLM.from_pretrained(
+            ckpt, device_map="balanced", max_memory=max_memory(gpus, total), output_loading_info=True, **options
         )
-        return model.eval()
-    return AutoModelForCausalLM.from_pretrained(ckpt, **options).to(device).eval()
+    else:
+        model, info = AutoModelForCausalLM.from_pretrained(ckpt, output_loading_info=True, **options)
+        model = model.to(device)
+    check_loaded(ckpt, model, info)
+    return model.eval()
+
+
+def check_loaded(ckpt: Path, model, info: Mapping[str, Any]) -> None:
+    """Refuse, naming the checkpoint and a tensor, weights that do not make the model its config describes: a
+    tensor the files lack or hold in another shape (transformers initialises it at random, differently in
+    every job: each stage would study another model), or one that is not finite (the model's every output
+    then is; the twelfth hostile pass, J2 and J3)."""
+    import torch
+
+    for kind in ("missing_keys", "mismatched_keys"):
+        if absent := sorted(str(k) for k in info.get(kind) or ()):
+            said = "lack" if kind == "missing_keys" else "hold in another shape"
+            raise ModelFetchError(
+                f"{ckpt}: its weights {said} {len(absent)} of the tensors its config.json asks for, e.g. "
+                f"{absent[0]!r}: expected a whole checkpoint (transformers would initialise them at random)"
+            )
+    for name, tensor in model.state_dict().items():
+        chunks = tensor.reshape(-1).split(2**24) if tensor.is_floating_point() and not tensor.is_meta else ()
+        if not all(bool(torch.isfinite(c).all()) for c in chunks):
+            raise ModelFetchError(f"{ckpt}: its weight {name!r} holds NaN or infinite values: expected finite weights")
 
 
 def check_devices(requested: Mapping[str, str]) -> None:
