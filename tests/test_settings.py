@@ -257,6 +257,8 @@ def test_flags_round_trip_through_the_parser(cls):
         changed.update(high_js_quantile=0.9, high_js_cut=0.1)
     if cls is AdvantageExperimentConfig:
         changed.update(q=0.3, alpha=0.25)  # shares, at most 1
+    if cls is ToyBuildConfig:
+        changed.update(pretrain_lr=0.003, grpo_lr=2e-4, sft_lr=0.002)  # rates, at most 1
     expected = cls(**changed)
     assert from_args(cls, parser.parse_args(to_argv(cls, changed))) == expected
 

@@ -978,6 +978,7 @@ def test_a_checkpoint_file_that_is_no_regular_file_is_refused_naming_it(tmp_path
     assert not (tmp_path / "out" / "a").exists()
 
 
+@pytest.mark.slow  # a run of the workflow's jobs, from fetch to accuracy
 def test_adding_a_local_pair_is_a_few_lines_of_yaml(tmp_path, toy_tokenizer):
     import json
 

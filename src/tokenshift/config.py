@@ -826,9 +826,11 @@ def _check_toy(config: Mapping[str, Any]) -> None:
     """The toy build and the advantage experiment: settings a toy task and model can take."""
     from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig, grpo_batch_refusal
 
-    toy = ToyBuildConfig.from_mapping(config.get("toy"))
-    if toy.min_steps > toy.max_steps:
-        raise ConfigError("toy.min_steps", toy.min_steps, f"expected at most toy.max_steps ({toy.max_steps})")
+    given = config.get("toy") or {}
+    low, high = (given.get(k, getattr(ToyBuildConfig, k)) for k in ("min_steps", "max_steps"))
+    if low > high:  # named here, before the settings refuse it in a line that names no key
+        raise ConfigError("toy.min_steps", low, f"expected at most toy.max_steps ({high})")
+    toy = ToyBuildConfig.from_mapping(given)
     if toy.hidden_size % 8:
         raise ConfigError(
             "toy.hidden_size",
