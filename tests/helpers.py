@@ -325,11 +325,12 @@ def cli(args: list, *, cwd: Path | None = None, env: dict[str, str] | None = Non
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         finally:
             for s in streams:
-                s.flush()
+                s.close()  # flushed; the file stays open (closefd=False)
             for fd, saved in zip((1, 2), descriptors):
                 os.dup2(saved, fd)
                 os.close(saved)
-            root.handlers, root.level = saved_logging
+            root.handlers = saved_logging[0]
+            root.setLevel(saved_logging[1])  # through setLevel: loggers cache what their level lets through
             os.environ.clear()
             os.environ.update(saved_env)
             os.chdir(saved_cwd)
