@@ -383,6 +383,8 @@ def changed_value(key: str, value):
         "scoring.chunk_size": 64,
         "pairs[0].kind": "sft",
         "toy.grpo_lr": 2e-4,
+        "toy.pretrain_lr": 3e-3,  # rates are at most 1
+        "toy.sft_lr": 2e-3,
         "advantages.q": 0.3,
         "advantages.alpha": 0.25,
         "toy.mistake_rate": 0.2,
