@@ -72,6 +72,10 @@ def test_build_is_deterministic(tmp_path):
     brief = dataclasses.replace(SHORT, pretrain_steps=60, n_traces=600)  # equal weights need no good model
     first, again = (build_base(tmp_path / name, brief, progress=False) for name in ("first", "again"))
     assert again["final_loss"] == first["final_loss"]
+    from tokenshift.io import umask
+
+    # the weights get the mode the umask gives (safetensors wrote them 0600: the twelfth hostile pass)
+    assert (tmp_path / "first" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask()
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "first").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "again").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

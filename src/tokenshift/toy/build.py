@@ -14,6 +14,7 @@ differ: that is for the divergence stage to find.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -94,6 +95,7 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     """Save a built model with its tokenizer, and what it was built with (``toy_build.json``)."""
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
+    _readable(out_dir)
     tokenizer.save_pretrained(out_dir)
     record = {**stats, "build": dataclasses.asdict(cfg)}
     # what the model was built from, not how long it took (nor its GRPO steps): the file is hashed into the
@@ -101,6 +103,15 @@ def _save(model, tokenizer, out_dir: Path, cfg: ToyBuildConfig, t0: float, **sta
     # manifest has the build's seconds)
     write_json_atomic(out_dir / "toy_build.json", _timeless(record))
     return {**record, "seconds": time.perf_counter() - t0}
+
+
+def _readable(ckpt: Path) -> None:
+    """Give a saved checkpoint's weights the mode the umask gives every other file: safetensors writes them 0600,
+    so a group sharing a cluster's results could not load the built models (the twelfth hostile pass)."""
+    from tokenshift.io import umask
+
+    for path in Path(ckpt).glob("*.safetensors"):
+        os.chmod(path, 0o666 & ~umask())
 
 
 def _timeless(value):
@@ -164,6 +175,7 @@ def build_rl(init_dir: Path, out_dir: Path, cfg: ToyBuildConfig, *, name: str = 
         if step in cfg.checkpoint_steps:
             ckpt = Path(out_dir) / "checkpoints" / f"step-{step}"
             model.save_pretrained(ckpt)
+            _readable(ckpt)
             tokenizer.save_pretrained(ckpt)
             write_manifest(ckpt, name=f"{name}@step-{step}", spec={"toy": "rl", "step": step})
 
