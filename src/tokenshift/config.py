@@ -324,16 +324,28 @@ def check_finite(node: Any, key: str = "") -> None:
     ``minimum``/``maximum`` compare false for NaN, so NaN passes every bound (a temperature of NaN
     sampled garbage), and no setting takes an infinity (``all`` is the unlimited budget); nor an
     integer past ``MAX_INTEGER``, whatever key holds it."""
-    if isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(key or "<config>", node, "expected a finite number")
-    if isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INTEGER:
-        raise ConfigError(key or "<config>", node, f"expected a number of at most 2**63 - 1 ({MAX_INTEGER})")
+    for value, where in _leaves(node, key):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(where, value, "expected a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            raise ConfigError(where, value, f"expected a number of at most 2**63 - 1 ({MAX_INTEGER})")
+
+
+def _leaves(node: Any, key: str = "", *, names: bool = False) -> Iterator[tuple[Any, str]]:
+    """(value, its key) of every value in ``node`` that is no mapping or list, depth first, the key spelt as
+    errors name it (``a.b[2]``; ``<config>`` for ``node`` itself); with ``names``, each mapping's keys too,
+    each under the key it names, before its value."""
     if isinstance(node, Mapping):
         for k, v in node.items():
-            check_finite(v, f"{key}.{k}" if key else str(k))
+            child = f"{key}.{k}" if key else str(k)
+            if names:
+                yield k, child
+            yield from _leaves(v, child, names=names)
     elif isinstance(node, list | tuple):
         for i, v in enumerate(node):
-            check_finite(v, f"{key}[{i}]")
+            yield from _leaves(v, f"{key}[{i}]", names=names)
+    else:
+        yield node, key or "<config>"
 
 
 MAX_STRING_BYTES = 32_768
@@ -346,33 +358,27 @@ def check_strings(node: Any, key: str = "") -> None:
     """Refuse a string no job can take anywhere in the config, naming its key: one holding a NUL byte (no
     command-line argument, path or environment value can: the job failed as it started), one that is not
     text (a lone surrogate) or one of more than ``MAX_STRING_BYTES`` bytes."""
-    if isinstance(node, str):
-        if "\0" in node:
-            raise ConfigError(key or "<config>", node, "expected a string without a NUL byte (\\0)")
+    for value, where in _leaves(node, key, names=True):
+        if not isinstance(value, str):
+            continue
+        if "\0" in value:
+            raise ConfigError(where, value, "expected a string without a NUL byte (\\0)")
         try:
-            size = len(node.encode("utf-8"))
+            size = len(value.encode("utf-8"))
         except UnicodeEncodeError as e:  # half a surrogate pair, from a JSON "\ud800": no file or log can hold it
             raise ConfigError(
-                key or "<config>",
-                node,
-                f"expected text: {node[e.start]!r} at character {e.start} is half of a UTF-16 surrogate pair, no "
+                where,
+                value,
+                f"expected text: {value[e.start]!r} at character {e.start} is half of a UTF-16 surrogate pair, no "
                 "character",
             ) from None
         if size > MAX_STRING_BYTES:
             raise ConfigError(
-                key or "<config>",
-                node,
+                where,
+                value,
                 f"expected a string of at most {MAX_STRING_BYTES} bytes (this one has {size}): past that it cannot "
                 "reach a job's command line",
             )
-    elif isinstance(node, Mapping):
-        for k, v in node.items():
-            child = f"{key}.{k}" if key else str(k)
-            check_strings(k, child)
-            check_strings(v, child)
-    elif isinstance(node, list | tuple):
-        for i, v in enumerate(node):
-            check_strings(v, f"{key}[{i}]")
 
 
 MAX_RECORDED_BYTES = 120_000
@@ -393,7 +399,8 @@ def recorded_settings(config: Mapping[str, Any], settings: Sequence[type]) -> st
     text = json.dumps(recorded, sort_keys=True, default=str, ensure_ascii=False)
     size = len(shlex.quote(text).encode("utf-8"))
     if size > MAX_RECORDED_BYTES:
-        longest, key = max(_strings(recorded), key=lambda found: len(found[0].encode("utf-8")))
+        strings = [(v, k) for v, k in _leaves(recorded) if isinstance(v, str)]
+        longest, key = max(strings, key=lambda found: len(found[0].encode("utf-8")))
         raise ConfigError(
             key,
             longest,
@@ -402,18 +409,6 @@ def recorded_settings(config: Mapping[str, Any], settings: Sequence[type]) -> st
             " expected shorter values",
         )
     return text
-
-
-def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
-    """(string, its key) of every string value in ``node``."""
-    if isinstance(node, str):
-        yield node, key or "<config>"
-    elif isinstance(node, Mapping):
-        for k, v in node.items():
-            yield from _strings(v, f"{key}.{k}" if key else str(k))
-    elif isinstance(node, list | tuple):
-        for i, v in enumerate(node):
-            yield from _strings(v, f"{key}[{i}]")
 
 
 def check_workflow_config(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenshift.io import InputError
 from tokenshift.options import add_options, from_args
@@ -162,12 +163,19 @@ def _kind(text: str) -> tuple[str, str]:
 
 
 def kinds(args: argparse.Namespace) -> dict[str, str]:
-    """``--kind`` (``pair_kinds``) as pair -> kind; a pair given twice is refused (the last one won, unsaid)."""
-    out: dict[str, str] = {}
-    for pair, kind in args.kind:
-        if pair in out:
-            raise InputError(f"--kind {pair}=...: given twice ({out[pair]}, {kind}); expected each pair once")
-        out[pair] = kind
+    """``--kind`` (``pair_kinds``) as pair -> kind, each pair once."""
+    return once(args.kind, lambda pair: f"--kind {pair}=...", "pair", values=True)
+
+
+def once(items: Iterable[tuple[Any, Any]], named: Callable[[Any], str], each: str, *, values: bool = False) -> dict:
+    """``items`` ((key, value)) as a dict, refusing a key given twice (the last one won, unsaid): ``named(key)``
+    names it in the error, as the arguments spelled it; with ``values``, the error shows both values too."""
+    out: dict = {}
+    for key, value in items:
+        if key in out:
+            both = f" ({out[key]}, {value})" if values else ""
+            raise InputError(f"{named(key)}: given twice{both}; expected each {each} once")
+        out[key] = value
     return out
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from tokenshift.cli.common import kinds, output, pair_kinds, settings
+from tokenshift.cli.common import kinds, once, output, pair_kinds, settings
 from tokenshift.io import InputError
 from tokenshift.options import add_options
 from tokenshift.registry import DIVERGENCE_FIGURES, report_files
@@ -149,7 +147,7 @@ def _explorer(args: argparse.Namespace) -> None:
     from tokenshift.explorer import build_explorer
     from tokenshift.settings import ExplorerConfig
 
-    scores = _once(
+    scores = once(
         (((pair, dataset), {"base": Path(base), "rl": Path(rl)}) for pair, dataset, base, rl in args.scores),
         lambda key: f"--scores {key[0]} {key[1]}",
         "pair and dataset",
@@ -167,7 +165,7 @@ def _explorer(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from tokenshift.report import advantage_sentences, build_report, sentences
 
-    shifts = _once(
+    shifts = once(
         ((pair, (Path(table), Path(figure))) for pair, table, figure in args.training_shifts),
         lambda pair: f"--training-shifts {pair}",
         "toy pair",
@@ -197,15 +195,4 @@ def _named_files(values: list[str], flag: str, form: str = "NAME=PATH") -> dict[
         if not sep or not name or not path:
             raise InputError(f"{flag} {value!r}: expected {form}")
         pairs.append((name, Path(path)))
-    return _once(pairs, lambda name: f"{flag} {name}=...", form.partition("=")[0])
-
-
-def _once(items: Iterable[tuple[Any, Any]], named: Callable[[Any], str], each: str) -> dict:
-    """``items`` ((key, value)) as a dict, refusing a key given twice (the last one won, unsaid): ``named(key)``
-    names it in the error, as the arguments spelled it."""
-    out: dict = {}
-    for key, value in items:
-        if key in out:
-            raise InputError(f"{named(key)}: given twice; expected each {each} once")
-        out[key] = value
-    return out
+    return once(pairs, lambda name: f"{flag} {name}=...", form.partition("=")[0])
