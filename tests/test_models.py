@@ -261,8 +261,30 @@ def test_pair_with_identical_tokenizers_passes(make_checkpoint, tmp_path):
     a, b = make_checkpoint("a"), make_checkpoint("b", seed=1)
     fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")
     fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
-    info = check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", tmp_path / "p.json")
+    info = check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", tmp_path / "p.json", chat=True)
     assert info["identical_tokenizers"] and info["shared_vocab_size"] == len(AutoTokenizer.from_pretrained(a))
+    assert info["same_chat_prompts"]
+
+
+def test_a_pair_whose_chat_templates_prompt_differently_is_refused_where_its_prompts_use_them(
+    make_checkpoint, tmp_path, toy_tokenizer
+):
+    # twelfth hostile pass: the rl checkpoint alone had a template, and the manifest said identical_tokenizers
+    import copy
+
+    chat = copy.deepcopy(toy_tokenizer)
+    chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    a, b = make_checkpoint("a"), make_checkpoint("b", tokenizer=chat, seed=1)
+    fetch_model("a", {"path": str(a)}, tmp_path / "m" / "a")
+    fetch_model("b", {"path": str(b)}, tmp_path / "m" / "b")
+    out = tmp_path / "p.json"
+    r = cli(["models", "check-pair", "p", "--base", str(tmp_path / "m" / "a"), "--rl", str(tmp_path / "m" / "b"),
+             "--chat-template", "--out", str(out)])  # fmt: skip
+    assert r.returncode != 0 and "Traceback" not in r.stderr and not out.exists()
+    assert "pair 'p': only the rl model has a chat template" in r.stderr and "chat_template: false" in r.stderr
+    # prompted without templates, the pair passes, and its manifest says the templates differ
+    info = check_pair("p", tmp_path / "m" / "a", tmp_path / "m" / "b", out)
+    assert info["identical_tokenizers"] and not info["same_chat_prompts"]
 
 
 def test_padded_embedding_rows_slice_to_the_tokenizer(make_checkpoint, tmp_path, toy_tokenizer):

@@ -107,7 +107,8 @@ def test_weights_copied_with_an_old_mtime_rerun_the_fetch_and_are_refused(fetche
 CHANGES = {
     "config.json": lambda c: c | {"rope_theta": 1234.0},
     "generation_config.json": lambda c: c | {"eos_token_id": [c["eos_token_id"], 3]},  # one more stop token
-    "tokenizer_config.json": lambda c: c | {"chat_template": "{{ messages[0]['content'] }}?"},
+    # not a chat template: one on b alone would be refused at once (the pair would prompt differently)
+    "tokenizer_config.json": lambda c: c | {"model_max_length": 77},
 }
 
 
@@ -203,6 +204,9 @@ def test_settings_results_do_not_depend_on_rerun_nothing(study, tmp_path):
     # documented: results do not depend on them
     batches = {"rollout": {"batch_size": 3}, "crosssample": {"batch_size": 2}, "cluster": {"gpu_memory_gb": 40}}
     assert plan_of(study, *targets, *overridden(tmp_path, batches)) == {}
+    # a dataset's defaults written out in full (twelfth hostile pass: the default study's 37 jobs re-planned)
+    defaults = {"datasets": {"tiny": {"question_field": "problem", "answer_field": "answer"}}}
+    assert plan_of(study, *STUDY, *overridden(tmp_path, defaults)) == {}
     # the grid's policies in another order: budget 0 keeps its path and its settings
     assert plan_of(study, *STUDY, *overridden(tmp_path, {"crosssample": {"policies": ["js", "random"]}})) == {}
     # the same numbers written otherwise (90.0 for 90, 1 for 1.0) are the same settings

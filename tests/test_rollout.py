@@ -23,6 +23,7 @@ from tokenshift.datasets import (
     DatasetSpec,
     PromptConfig,
     format_prompt,
+    given_settings,
     load_problems,
     prepare_dataset,
     read_problems,
@@ -31,6 +32,7 @@ from tokenshift.datasets import (
 from tokenshift.generation import Sample, SamplingConfig
 from tokenshift.rollout import RolloutConfig, run_rollouts
 from tokenshift.tables import accuracy_table, pass_at_k
+from tokenshift.toy.task import EVAL_PROBLEMS
 
 ROWS = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(6)]
 
@@ -82,6 +84,26 @@ def test_hub_dataset_offline_fails_naming_dataset_and_revision():
 def test_presets_fill_fields_but_config_wins():
     spec = resolve_spec("m", DatasetSpec(preset="math500", revision="r", split="train"))
     assert spec.hub == "HuggingFaceH4/MATH-500" and spec.split == "train" and spec.question_field == "problem"
+
+
+@pytest.mark.parametrize(
+    "written, left_out",
+    [
+        ({"path": "d.jsonl", "question_field": "problem", "answer_field": "answer"}, {"path": "d.jsonl"}),
+        ({"hub": "o/n", "revision": "r", "split": "test"}, {"hub": "o/n", "revision": "r"}),
+        (
+            {"preset": "amc23", "revision": "r", "split": "test", "question_field": "question"},
+            {"preset": "amc23", "revision": "r"},
+        ),
+        ({"toy": "eval", "n_problems": EVAL_PROBLEMS}, {"toy": "eval"}),
+    ],
+)
+def test_a_dataset_default_written_out_gives_the_job_the_settings_left_out_gives(written, left_out):
+    # twelfth hostile pass: `question_field: problem` written out re-planned the default study's 37 jobs
+    assert given_settings(DatasetSpec(**written)) == given_settings(DatasetSpec(**left_out)) == left_out
+    # what is not a default is given: another field, a preset's split overridden, fewer toy problems
+    for changed in ({"question_field": "q"}, {"split": "train"}, {"n_problems": 7}):
+        assert given_settings(DatasetSpec(**left_out | changed)) == left_out | changed
 
 
 def test_toy_dataset_is_the_eval_split_graded_like_any_other():

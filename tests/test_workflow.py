@@ -907,6 +907,42 @@ def test_a_passed_tokenizer_check_is_remembered_by_content_and_a_changed_file_is
     assert len(list((tmp_path / "cache" / "tokenizer-pairs").glob("*.ok"))) == 1
 
 
+def test_a_local_pair_whose_chat_templates_prompt_differently_fails_at_once_where_its_prompts_use_them(
+    tmp_path, toy_tokenizer, monkeypatch
+):
+    # twelfth hostile pass: with a template on the rl checkpoint only, base and RL rollouts answered different
+    # prompts, and the cross-sampling runs the base model's, with nothing said
+    import copy
+
+    from tokenshift.config import ConfigError, check_config
+
+    monkeypatch.setenv("TOKENSHIFT_CACHE", str(tmp_path / "cache"))
+    chat = copy.deepcopy(toy_tokenizer)
+    chat.chat_template = "{% for m in messages %}<u>{{ m['content'] }}</u>{% endfor %}<a>"
+    save_checkpoint(tmp_path / "ckpt" / "a", toy_tokenizer)
+    save_checkpoint(tmp_path / "ckpt" / "b", chat, seed=1)
+    (tmp_path / "d.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    config = {
+        "models": {"a": {"path": "ckpt/a"}, "b": {"path": "ckpt/b"}},
+        "datasets": {"d": {"path": "d.jsonl"}},
+        "pairs": [{"name": "ab", "base": "a", "rl": "b", "datasets": ["d"]}],
+    }
+    with pytest.raises(ConfigError, match=r"pairs\[0\]\.rl.*only the rl model has a chat template.*template: false"):
+        check_config(config, base_dir=tmp_path)
+    # prompted without the templates, or with no dataset, the pair is as good as any
+    config["datasets"]["d"]["chat_template"] = False
+    check_config(config, base_dir=tmp_path)
+    check_config({**config, "pairs": [{"name": "ab", "base": "a", "rl": "b"}]}, base_dir=tmp_path)
+    # two templates that write the prompt alike pass; two that differ are refused, naming what each writes
+    save_checkpoint(tmp_path / "ckpt" / "a", chat)
+    config["datasets"]["d"]["chat_template"] = True
+    check_config(config, base_dir=tmp_path)
+    chat.chat_template = chat.chat_template.replace("<a>", "<assistant>")
+    save_checkpoint(tmp_path / "ckpt" / "b", chat, seed=1)
+    with pytest.raises(ConfigError, match=r"different prompts of one question \(base: '<u>.*<a>', rl: '.*<assistant>'"):
+        check_config(config, base_dir=tmp_path)
+
+
 def test_local_checkpoint_without_its_tokenizer_fails_at_once(tmp_path, toy_tokenizer):
     work = with_local_pair(tmp_path, toy_tokenizer, toy_tokenizer)
     for f in (tmp_path / "ckpt" / "b").glob("tokenizer*"):

@@ -738,7 +738,16 @@ def _check_pairs(config: Mapping[str, Any], base_dir: Path) -> None:
         for ds in pair.get("datasets", []):
             if ds not in datasets:
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
-        _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir)
+        _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir, chat=pair_chat(config, pair))
+
+
+def pair_chat(config: Mapping[str, Any], pair: Mapping[str, Any]) -> bool:
+    """Whether a dataset of the pair is prompted through the chat template (where the models have one), so
+    that its two models must prompt a question alike (``tokenizer.chat_prompt_difference``)."""
+    from tokenshift.settings import PromptConfig
+
+    datasets = config.get("datasets", {})
+    return any(PromptConfig.for_dataset(datasets[d]).chat_template for d in pair.get("datasets", []))
 
 
 def _check_crosssample(config: Mapping[str, Any]) -> None:
@@ -1007,8 +1016,9 @@ def _same_checkpoint(a: Mapping, b: Mapping, base_dir: Path) -> bool:
     return "hub" in a and "hub" in b and (a["hub"], a.get("revision")) == (b["hub"], b.get("revision"))
 
 
-def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path) -> None:
-    """Refuse pairs whose tokenizers cannot be compared, as far as can be known before download."""
+def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path, *, chat: bool) -> None:
+    """Refuse pairs whose tokenizers cannot be compared, or (``chat``) whose chat templates prompt a question
+    differently, as far as can be known before download."""
     sources = (model_source(base), model_source(rl))
     if ("toy" in sources) and sources != ("toy", "toy"):
         raise ConfigError(
@@ -1020,10 +1030,17 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
         # both checkpoints are here: compare their tokenizers now rather than after hours of work. Not
         # where one's tokenizer may be code of its own: loading it would run that code at `snakemake -n`;
         # the pair's check_pair job compares them, after the fetch, as it does a hub pair's
-        from tokenshift.tokenizer import TokenizerMismatch, compare_tokenizers, load_tokenizer
+        from tokenshift.tokenizer import (
+            CHAT_MISMATCH_FIX,
+            TokenizerMismatch,
+            chat_prompt,
+            chat_prompt_difference,
+            compare_tokenizers,
+            load_tokenizer,
+        )
 
         dirs = [base_dir / spec["path"] for spec in (base, rl)]
-        record = _tokenizer_check_record(*dirs)
+        record = _tokenizer_check_record(*dirs, chat=chat)
         if record is not None and record.is_file():
             return  # these very files passed this very check before (transformers' import alone is seconds)
         tokenizers = []
@@ -1041,6 +1058,17 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path)
             raise ConfigError(
                 f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}"
             ) from None
+        if chat:
+            for role, spec, tokenizer in zip(("base", "rl"), (base, rl), tokenizers, strict=True):
+                try:
+                    chat_prompt(tokenizer)
+                except Exception as e:  # a template that raises: name it, not a traceback
+                    first = str(e).splitlines()[0] if str(e) else ""
+                    raise ConfigError(
+                        f"{key}.{role}", spec["path"], f"its chat template raises ({type(e).__name__}: {first})"
+                    ) from None
+            if difference := chat_prompt_difference(*tokenizers):
+                raise ConfigError(f"{key}.rl", rl["path"], f"{difference}; {CHAT_MISMATCH_FIX}")
         if record is not None:
             _write_record(record)
 
@@ -1050,7 +1078,7 @@ UNREAD_BY_TOKENIZERS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", "
 not ``tokenshift.checkpoints.WEIGHT_SUFFIXES``, the one format the workflow loads."""
 
 
-def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
+def _tokenizer_check_record(*ckpt_dirs: Path, chat: bool) -> Path | None:
     """The record a passed comparison of these checkpoints' tokenizers leaves, keyed by the bytes of every
     file of theirs a tokenizer may read (all but the weights), the transformers and tokenizers versions that
     load them and the code that compares them: any change is a new key, so the check runs again. None
@@ -1063,7 +1091,7 @@ def _tokenizer_check_record(*ckpt_dirs: Path) -> Path | None:
     import tokenshift.tokenizer
     from tokenshift.io import cache_dir
 
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"chat={chat}\0".encode())  # a pair passes without its templates compared, not with
     for package in ("transformers", "tokenizers"):
         try:
             h.update(f"{package}=={version(package)}\0".encode())

@@ -34,7 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenshift.settings import PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
+from tokenshift.settings import HUB_SPLIT, PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
 log = logging.getLogger(__name__)
@@ -91,6 +91,21 @@ def resolve_spec(name: str, spec: DatasetSpec) -> DatasetSpec:
         raise DatasetError(f"dataset {name!r}: unknown preset {spec.preset!r}; known: {sorted(PRESETS)}")
     given = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None and k != "preset"}
     return DatasetSpec(**{**PRESETS[spec.preset], **given})
+
+
+def given_settings(spec: DatasetSpec) -> dict[str, Any]:
+    """The spec's settings less each one equal to what it would be unset (a preset's field, the row
+    fields ``ROW_FIELDS``, a hub's split ``test``, the toy's ``EVAL_PROBLEMS``): what the dataset job is
+    given and records, so that writing a default out in full (``question_field: problem``) re-runs
+    nothing, as leaving it out does."""
+    source = dataset_source(spec)
+    if source == "toy":
+        from tokenshift.toy.task import EVAL_PROBLEMS
+
+        unset = {"n_problems": EVAL_PROBLEMS}
+    else:
+        unset = {**ROW_FIELDS, **({"split": HUB_SPLIT} if source == "hub" else PRESETS.get(spec.preset or "", {}))}
+    return {k: v for k, v in dataclasses.asdict(spec).items() if v is not None and not (k in unset and v == unset[k])}
 
 
 def load_problems(name: str, spec: DatasetSpec, *, toy_task=None) -> list[Problem]:
@@ -254,7 +269,7 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
     # the branch resolved once, then loaded at that commit: what is recorded is what was read
     commit = hub_commit(spec.hub, spec.revision)
     try:
-        ds = datasets.load_dataset(spec.hub, revision=commit or spec.revision, split=spec.split or "test")
+        ds = datasets.load_dataset(spec.hub, revision=commit or spec.revision, split=spec.split or HUB_SPLIT)
     except Exception as e:
         raise DatasetError(
             f"dataset {name!r}: could not load hub dataset {spec.hub!r} at revision {spec.revision!r} "

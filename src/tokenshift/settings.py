@@ -61,6 +61,8 @@ PRESETS: dict[str, dict[str, str]] = {
 SOURCES = ("toy", "path", "hub", "preset")
 ROW_FIELDS = {"question_field": "problem", "answer_field": "answer", "id_field": None}
 """The fields a dataset's rows are read by where its entry (or preset) names none (no id: the row number)."""
+HUB_SPLIT = "test"
+"""The split of a hub dataset whose entry names none."""
 
 AUTO = "auto"
 CPU_BATCH = {"rollout": 256, "crosssample": 256, "scoring": 16384}

@@ -154,8 +154,42 @@ def compare_tokenizers(base, rl) -> int:
 
 def compare_tokenizer_dirs(base_dir: Path, rl_dir: Path) -> int:
     """``compare_tokenizers`` of two checkpoint directories (taken as they are: no manifest needed)."""
-    tokenizers = [auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in (base_dir, rl_dir)]
-    return compare_tokenizers(*tokenizers)
+    return compare_tokenizers(*_dir_tokenizers(base_dir, rl_dir))
+
+
+def _dir_tokenizers(*ckpt_dirs: Path) -> list:
+    return [auto_tokenizer(Path(d), loading_options(d)["trust_remote_code"]) for d in ckpt_dirs]
+
+
+CHAT_PROBE = [{"role": "user", "content": "What is 1 + 1?"}]
+"""The question two chat templates are compared on."""
+
+
+def chat_prompt(tokenizer) -> str | None:
+    """The prompt the tokenizer's chat template makes of ``CHAT_PROBE`` (None: it has no template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer.apply_chat_template(CHAT_PROBE, add_generation_prompt=True, tokenize=False)
+
+
+def chat_prompt_difference(base, rl) -> str | None:
+    """How the two tokenizers' chat templates would prompt one question differently, or None where they
+    prompt it alike (both without a template, or two templates that make the same text)."""
+    prompts = {"base": chat_prompt(base), "rl": chat_prompt(rl)}
+    if prompts["base"] == prompts["rl"]:
+        return None
+    if None in prompts.values():
+        return f"only the {'rl' if prompts['base'] is None else 'base'} model has a chat template"
+    return "their chat templates make different prompts of one question ({})".format(
+        ", ".join(f"{role}: {text!r:.100}" for role, text in prompts.items())
+    )
+
+
+CHAT_MISMATCH_FIX = (
+    "its datasets go through the chat template, so the two models would answer different prompts (each model's "
+    "rollouts take its own template, the cross-sampling runs the base model's); give both checkpoints one chat "
+    "template, or set chat_template: false on the pair's datasets"
+)
 
 
 def read_pair_manifest(path: Path | str) -> dict:
@@ -180,9 +214,10 @@ def read_pair_manifest(path: Path | str) -> dict:
     return manifest
 
 
-def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
+def check_pair(pair: str, base: Path, rl: Path, out: Path, *, chat: bool = False) -> dict:
     """Compare a pair's checkpoints (directories or manifests) and write ``out``, the pair manifest
-    with the shared vocabulary size."""
+    with the shared vocabulary size. ``chat``: the pair's prompts go through the chat template, so
+    two templates that prompt a question differently are refused."""
     base_dir, rl_dir = resolve_checkpoint(base), resolve_checkpoint(rl)
     what = "a checkpoint manifest: materialise the checkpoint with `tokenshift models fetch` first"
     mb, mr = read_json(manifest_path(base_dir), what), read_json(manifest_path(rl_dir), what)
@@ -191,12 +226,16 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
             f"pair {pair!r}: --base {base} and --rl {rl} are one checkpoint ({base_dir}); expected the pair's two "
             "models"
         )
+    tokenizers = _dir_tokenizers(base_dir, rl_dir)
     try:
-        shared = compare_tokenizer_dirs(base_dir, rl_dir)
+        shared = compare_tokenizers(*tokenizers)
     except TokenizerMismatch as e:
         raise TokenizerMismatch(
             f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}"
         ) from None
+    chat_difference = chat_prompt_difference(*tokenizers)
+    if chat and chat_difference:
+        raise TokenizerMismatch(f"pair {pair!r}: {chat_difference}; {CHAT_MISMATCH_FIX}")
     for m in (mb, mr):
         if m["embedding_rows"] and m["embedding_rows"] < shared:
             raise TokenizerMismatch(
@@ -210,6 +249,7 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path) -> dict:
         "shared_vocab_size": shared,
         "embedding_rows": {"base": mb["embedding_rows"], "rl": mr["embedding_rows"]},
         "identical_tokenizers": mb["tokenizer_sha256"] == mr["tokenizer_sha256"],
+        "same_chat_prompts": chat_difference is None,
     }
     write_json_atomic(Path(out), info)
     return info

@@ -24,8 +24,10 @@ from tokenshift.config import (
     check_workflow_config,
     dataset_sampling,
     model_source,
+    pair_chat,
     recorded_settings,
 )
+from tokenshift.datasets import given_settings
 from tokenshift.io import files_fingerprint
 from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import canonical, flag, section_values, shell_args
@@ -189,6 +191,12 @@ def pair_roles(wildcards):
     return " ".join(f"{role}={PAIRS[wildcards.pair][role]}" for role in ROLES)
 
 
+def pair_chat_flag(wildcards):
+    """``--chat-template`` where a dataset of the pair is prompted through the chat template: the pair
+    check then refuses two templates that prompt a question differently."""
+    return "--chat-template" if pair_chat(config, PAIRS[wildcards.pair]) else ""
+
+
 def crosssample_scores(wildcards):
     """A percentile of a scored statistic is read off the generating model's own scored rollouts."""
     if not POLICIES[wildcards.policy].needs_scores(GRID.threshold_spec(wildcards.policy, wildcards.budget)):
@@ -296,8 +304,7 @@ def fetch_args(wildcards):
 
 def dataset_args(wildcards):
     spec = DATASETS[wildcards.dataset]
-    fields = {f.name for f in dataclasses.fields(DatasetSpec)}
-    args = shell_args(DatasetSpec, {k: v for k, v in spec.items() if k in fields})
+    args = shell_args(DatasetSpec, given_settings(DatasetSpec.from_config(spec)))
     if "toy" in spec:  # the toy eval problems are drawn as the toy pair's task
         task = ToyBuildConfig.from_mapping(config["toy"]).task
         args = f"{args} {shell_args(ToyTaskConfig, dataclasses.asdict(task))}"

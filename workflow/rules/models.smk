@@ -99,8 +99,10 @@ rule check_pair:
     params:
         code=stage_code("models", "check-pair"),
         roles=pair_roles,
+        chat=pair_chat_flag,
     shell:
-        "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} --out {output} > {log} 2>&1"
+        "tokenshift models check-pair {wildcards.pair} --base {input.base} --rl {input.rl} {params.chat} "
+        "--out {output} > {log} 2>&1"
 
 
 rule toy_check:

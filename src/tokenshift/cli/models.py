@@ -74,6 +74,11 @@ def register(sub) -> None:
     )
     c.add_argument("pair", help="the pair's name")
     pair_checkpoints(c)
+    c.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="the pair's prompts go through the chat template: refuse two templates that prompt a question differently",
+    )
     output(c, "--out", "a .json file path", "pair manifest (JSON) to write")
     c.set_defaults(func=_check_pair)
 
@@ -141,7 +146,7 @@ def _toy_sft(args: argparse.Namespace) -> None:
 def _check_pair(args: argparse.Namespace) -> None:
     from tokenshift.tokenizer import check_pair
 
-    print(json.dumps(check_pair(args.pair, Path(args.base), Path(args.rl), Path(args.out))))
+    print(json.dumps(check_pair(args.pair, Path(args.base), Path(args.rl), Path(args.out), chat=args.chat_template)))
 
 
 def _toy_check(args: argparse.Namespace) -> None:
