@@ -761,6 +761,17 @@ def test_profile_install_refuses_a_value_the_profile_cannot_hold(tmp_path, flag,
     assert not (tmp_path / "profile").exists()
 
 
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_profile_install_into_a_file_says_it_is_not_a_folder(tmp_path, where):
+    # twelfth hostile pass: `--dir /dev/null` said only "File exists"
+    (tmp_path / "f").write_text("kept")
+    target = tmp_path / "f" if where == "a file" else tmp_path / "f" / "profile"
+    r = cli(["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", "--status-command"]
+            + ["sacct", "--dir", str(target)])  # fmt: skip
+    one_line_error(r, str(target), "expected a folder")
+    assert (tmp_path / "f").read_text() == "kept"
+
+
 def _subcommands(parser, prefix=()):
     """(command words, parser) of every subcommand, nested ones (``models fetch``) included."""
     import argparse

@@ -678,7 +678,7 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
     base, rl = make_checkpoint("base", seed=0), make_checkpoint("rl", seed=1)
     runs = []
     for policy, budget, th in (
-        ("js", "0", ["--threshold", "0.0"]),
+        ("js", "0", ["--threshold", "0.0", "--n-problems", "99"]),  # a cap past the dataset: all of it, said
         ("js", "3", ["--threshold", "0.0"]),
         ("random", "3", ["--percentile", "50"]),
     ):
@@ -689,6 +689,9 @@ def test_stage_writes_graded_rows_and_the_table_aggregates_them(make_checkpoint,
             )
         )
         assert r.returncode == 0, r.stderr
+        assert (
+            "n_problems is 99, but dataset" in r.stderr and "holds 6 problems: all 6 are cross-sampled" in r.stderr
+        ) == (budget == "0")
         t = pl.read_parquet(out)
         assert t.height == 12 and set(t["grade_status"]) <= {"ok", "no_box", "no_answer", "timeout", "error"}
         assert (t["n_switched"] == t["switched_positions"].list.len()).all()

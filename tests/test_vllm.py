@@ -62,6 +62,21 @@ def rollouts(toy, tmp_path, name, cfg, sampling, problems=None):
     )
 
 
+def test_a_model_whose_heads_the_cpu_backend_has_no_kernel_for_is_refused_before_an_engine_starts(
+    make_checkpoint, tmp_path
+):
+    # twelfth hostile pass: heads 16 wide (the tests' tiny checkpoints) failed inside vLLM with a traceback
+    from tokenshift.checkpoints import fetch_model
+    from tokenshift.vllm_engine import BackendUnavailable, device_kind
+
+    if device_kind() != "cpu":
+        pytest.skip("vLLM's GPU backends have their own head widths; this is the CPU backend's")
+    fetch_model("m", {"path": str(make_checkpoint("src"))}, tmp_path / "m")  # hidden 32 over 2 heads: 16 wide
+    with pytest.raises(BackendUnavailable, match=r"attention heads are 16 wide.*\[32, 64.*HF backend"):
+        run_rollouts(tmp_path / "m", problems_of(2), tmp_path / "r.parquet", prompt=PLAIN, sampling=GREEDY, cfg=VLLM)
+    assert not (tmp_path / "r.parquet").exists()
+
+
 def test_greedy_vllm_writes_the_hf_backends_tokens_stops_and_finish_reasons(toy, tmp_path):
     from tokenshift.generation import parting_gap
     from tokenshift.loading import load_causal_lm

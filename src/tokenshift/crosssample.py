@@ -374,6 +374,14 @@ def run_crosssample(
         _check_scores_models(scores, base, rl)
     labels = {"pair": pair, "dataset": dataset_name(problems) if isinstance(problems, str | Path) else None}
     problems = as_problems(problems)
+    if cfg.n_problems and cfg.n_problems > len(problems):  # a cap for every dataset, so not refused: said
+        log.warning(
+            "crosssample.n_problems is %d, but dataset %s holds %d problems: all %d are cross-sampled",
+            cfg.n_problems,
+            labels["dataset"] or "given",
+            len(problems),
+            len(problems),
+        )
     if cfg.n_problems:
         problems = problems[: cfg.n_problems]
     key = run_key(

@@ -412,7 +412,12 @@ class CrossSampleConfig:
         "(its vLLM settings are rollout's vllm_* keys)",
         choices=list(ENGINES),
     )
-    n_problems: int = option(0, "cross-sample only the dataset's first N problems (0 = all of them)", minimum=0)
+    n_problems: int = option(
+        0,
+        "cross-sample at most each dataset's first N problems (0 = all of them; a dataset holding fewer is "
+        "cross-sampled whole, and the job's log says so)",
+        minimum=0,
+    )
     batch_size: int | str = option(
         AUTO,
         f"lockstep: rows decoded together: auto (planned from the free memory of the job's GPUs; "

@@ -217,6 +217,8 @@ def install_profile(site: SiteSettings, *, target: Path | None = None, force: bo
     """
     target = Path(target) if target else profile_dir()
     check_site(site)  # before asking the controller anything
+    if target.exists() and not target.is_dir():  # /dev/null, a file: "File exists" said nothing
+        raise ProfileError(f"{target} exists and is not a folder; expected a folder to write the profile's files into")
     files = render_profile(site, job_age=min_job_age() if site.status_command == "auto" else None)
     changed = [n for n, text in files.items() if (target / n).is_file() and (target / n).read_text() != text]
     if changed and not force:
@@ -224,7 +226,12 @@ def install_profile(site: SiteSettings, *, target: Path | None = None, force: bo
             f"{target / changed[0]} exists and differs from the profile asked for; keep it, or "
             "run again with --force to replace it"
         )
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, or not writable
+        raise ProfileError(
+            f"cannot make the profile folder {target} ({e.strerror}); expected a folder that can be written"
+        ) from None
     written = []
     for name, text in files.items():
         (target / name).write_text(text)

@@ -128,6 +128,29 @@ def engine_args(
     }
 
 
+def check_head_size(model: Path, kind: str) -> None:
+    """Refuse, before an engine starts, a model whose attention heads have a width vLLM's CPU backend has no
+    kernel for (it failed inside vLLM with a traceback: a small model's heads of 16). Where the backend or the
+    model's shape cannot be read, vLLM is left to say what it says."""
+    if kind != "cpu":
+        return
+    from tokenshift.memory import ModelShape
+
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = CPUAttentionBackend.get_supported_head_sizes()
+        head = ModelShape.from_checkpoint(model).head_dim
+    except (ImportError, AttributeError, OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return
+    if supported and head not in supported:
+        raise BackendUnavailable(
+            f"{model}: its attention heads are {head} wide, and vLLM's CPU backend has kernels for widths "
+            f"{supported} only; run this model with the HF backend (rollout.backend: hf, scoring.backend: hf, "
+            "crosssample.engine: lockstep)"
+        )
+
+
 _ENGINES: dict[tuple, object] = {}
 
 
@@ -146,6 +169,7 @@ def start_engine(
     kind = device_kind()
     if kind == "cpu":
         torch.set_num_threads(cfg.threads)
+    check_head_size(model, kind)
     gpus = torch.cuda.device_count() if kind == "cuda" else 0
     args = engine_args(model, cfg, sampling, gpus, kind, engines, tokens)
     key = tuple(sorted(args.items()))
