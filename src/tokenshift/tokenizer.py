@@ -233,7 +233,12 @@ def check_pair(pair: str, base: Path, rl: Path, out: Path, *, chat: bool = False
         raise TokenizerMismatch(
             f"pair {pair!r}: models {mb['name']!r} and {mr['name']!r} have different tokenizers: {e}"
         ) from None
-    chat_difference = chat_prompt_difference(*tokenizers)
+    try:
+        chat_difference = chat_prompt_difference(*tokenizers)
+    except Exception as e:  # a template that raises (the fetch checks it; a checkpoint fetched before did not)
+        if chat:
+            raise TokenizerMismatch(f"pair {pair!r}: a chat template raises ({type(e).__name__}: {e})") from None
+        chat_difference = f"a chat template raises ({type(e).__name__})"
     if chat and chat_difference:
         raise TokenizerMismatch(f"pair {pair!r}: {chat_difference}; {CHAT_MISMATCH_FIX}")
     for m in (mb, mr):
