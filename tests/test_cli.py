@@ -772,6 +772,18 @@ def test_profile_install_into_a_file_says_it_is_not_a_folder(tmp_path, where):
     assert (tmp_path / "f").read_text() == "kept"
 
 
+def test_a_job_run_by_another_package_than_the_workflows_is_refused_before_anything_runs(tmp_path):
+    # issue 28: the workflow sets TOKENSHIFT_PACKAGE to the package it planned with (common.smk)
+    from tokenshift.codehash import PACKAGE_ENV, running_package
+
+    out = tmp_path / "toy.parquet"
+    args = ["dataset", "toy", "--toy", "eval", "--n-problems", "2", "--out", str(out)]
+    r = cli(args, env={PACKAGE_ENV: "0" * 64})
+    one_line_error(r, "not the package the workflow planned it with")
+    assert not out.exists()
+    assert cli(args, env={PACKAGE_ENV: running_package()}).returncode == 0 and out.is_file()
+
+
 def _subcommands(parser, prefix=()):
     """(command words, parser) of every subcommand, nested ones (``models fetch``) included."""
     import argparse

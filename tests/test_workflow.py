@@ -1576,3 +1576,27 @@ def test_a_profile_for_a_site_that_refuses_gpus_asks_for_gres_through_the_slurm_
     blocks = [b for b in re.split(r"\n(?=(?:local)?rule \w+:)", r.stdout) if b.startswith("rule rollout:")]
     assert sorted(re.search(r"gres=([\w:]+)", b)[1] for b in blocks) == ["gpu:h100:1", "gpu:h100:2"]
     assert all(re.search(r"\bgpu=0\b", b) and "gpu_model=h100" not in b for b in blocks)
+
+
+def test_a_job_whose_tokenshift_is_not_the_workflows_refuses_to_run_and_writes_nothing(tmp_path):
+    # issue 28: a rule's conda environment installs tokenshift by version; one built from another release (or code
+    # edited while the workflow ran) would have run under the code hash recorded for this package's code
+    from helpers import patched_source
+
+    shim = tmp_path / "bin" / "tokenshift"  # the jobs' `tokenshift`, as a conda environment's would be
+    shim.parent.mkdir()
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "config", work / "config")
+    env = {"PATH": os.pathsep.join([str(shim.parent), str(Path(sys.executable).parent), os.environ["PATH"]])}
+    target = work / "resources" / "datasets" / "toy.parquet"
+    other = patched_source(tmp_path, "datasets.py", "prepare_dataset")
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH={other} exec {sys.executable} -m tokenshift.cli "$@"\n')
+    shim.chmod(0o755)
+    r = snakemake(work, "--cores", "1", "resources/datasets/toy.parquet", env=env)
+    log = (work / "logs" / "datasets" / "toy.log").read_text()
+    assert r.returncode != 0 and not target.exists(), r.stderr[-2000:]
+    assert "not the package the workflow planned it with" in log and "Traceback" not in log, log
+    # the workflow's own package: the job runs
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tokenshift.cli "$@"\n')
+    r = snakemake(work, "--cores", "1", "resources/datasets/toy.parquet", env=env)
+    assert r.returncode == 0 and target.is_file(), r.stderr[-2000:]

@@ -416,6 +416,39 @@ def package_key() -> str:
     return h.hexdigest()
 
 
+PACKAGE_ENV = "TOKENSHIFT_PACKAGE"
+"""Set by the workflow (``common.smk``) to the ``running_package`` it planned with, for its jobs to compare."""
+
+
+@functools.cache
+def running_package() -> str:
+    """sha256 over the package's code and data files as they run (paths and bytes; editors' hidden and backup
+    files aside): what a job compares with the workflow's ``PACKAGE_ENV``."""
+    h = hashlib.sha256()
+    for path in sorted(ROOT.rglob("*")):
+        edited = path.name.startswith(".") or path.name.endswith("~")  # an editor's swap or backup file
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" and not edited:
+            h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def check_job_package() -> None:
+    """Refuse to run a job whose tokenshift is not the package the workflow planned it with (``PACKAGE_ENV``):
+    a rule's conda environment built from another release, or code edited while the workflow ran. The code
+    hash Snakemake records for the job would describe code that did not run."""
+    import os
+
+    planned = os.environ.get(PACKAGE_ENV)
+    if planned and planned != running_package():
+        from tokenshift.io import InputError
+
+        raise InputError(
+            f"this job's tokenshift ({ROOT}) is not the package the workflow planned it with (their files differ: "
+            "a rule's conda environment built from another tokenshift, or code edited while the workflow ran); "
+            "nothing was run: install this tokenshift there (docs/cluster.md) and run again"
+        )
+
+
 def _remembered(key: tuple[str, ...], compute) -> str:
     """``compute()``, or what it gave for ``key`` before on this package's files (``package_key``).
     The record is best effort: where it cannot be read or written, the hash is taken each time."""

@@ -9,6 +9,7 @@
 # value is ever read as an option.
 import dataclasses
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from snakemake.utils import validate
 from tokenshift import layout
 from tokenshift.checkpoints import linked_files
 from tokenshift.cluster import job_resources, manifest_needed
-from tokenshift.codehash import stage_code
+from tokenshift.codehash import PACKAGE_ENV, running_package, stage_code
 from tokenshift.config import (
     SCHEMA_PATH,
     ConfigError,
@@ -71,6 +72,10 @@ except ConfigError as error:
     raise error.with_traceback(None) from None
 for message in warnings:
     logger.warning(message)
+
+# the package this plan's code hashes describe: each job compares its own with it and refuses to run another
+# (a rule's conda environment built from another tokenshift, or code edited while the workflow runs)
+os.environ[PACKAGE_ENV] = running_package()
 
 MODELS = config["models"]
 PAIRS = {p["name"]: p for p in config["pairs"]}

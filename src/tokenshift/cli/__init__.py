@@ -24,6 +24,7 @@ import sys
 from tokenshift import __version__
 from tokenshift.cli import crosssample, dataset, figures, models, parts, profile, rollout, score, training
 from tokenshift.cli.common import check_outputs
+from tokenshift.codehash import check_job_package
 
 STAGES = (models, dataset, rollout, score, crosssample, parts, training, figures, profile)
 """Modules that register subcommands, in the order of the study."""
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
     try:
+        check_job_package()  # before anything runs: a job of another package than the workflow's is refused
         check_outputs(args)
         args.func(args)
     except _user_errors() as e:
