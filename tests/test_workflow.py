@@ -765,6 +765,11 @@ def test_a_key_given_twice_in_a_configfile_is_refused_too(tmp_path):
         ("a: !local x\n", "could not determine a constructor for the tag '!local' at line 1, column 4 of"),
         ("a: [1, 2\n", "but got '<stream end>' at line 2, column 1 of"),
         ("? [a, b]\n: 1\nc: {d: 2}\n", "found unhashable key at line 1, column 3 of"),  # no loader makes a list a key
+        # thirteenth hostile pass (K4, K5): JSON indented with tabs, which YAML refuses and Snakemake reads
+        ('{\n\t"sampling": {"n": 2},\n\t"sampling": {"n": 4}\n}\n', "config key sampling: got \"<a second 'sampling'"),
+        ('{\n\t"sampling": {"n": 2, "n": 4}\n}\n', "config key sampling.n: got \"<a second 'n' in one mapping"),
+        ('{\n\t"x": ' + "[" * 40 + "]" * 40 + "\n}\n", "config key x: got '<more than 32 levels of nesting"),
+        ('{\n\t"x": ' + "[" * 100_000 + "]" * 100_000 + "\n}\n", "got \"<nested past what JSON's parser reads"),
     ],
 )
 def test_a_config_file_yaml_would_take_wrongly_is_refused_naming_the_key(tmp_path, text, needle):

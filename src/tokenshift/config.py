@@ -307,11 +307,52 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
     except yaml.YAMLError as error:
         try:
             json.loads(text)  # Snakemake reads JSON first: a JSON file YAML refuses (tabs) is a config
+        except RecursionError:  # arrays or objects nested past what JSON's parser reads
+            _check_json_config(text, path, limit)
         except ValueError:
             mark = getattr(error, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(error, "problem", None) or str(error).splitlines()[0]
             raise ConfigError("(the file)", f"<{problem}{at} of {path}>", "expected a YAML or JSON mapping") from None
+        else:
+            _check_json_config(text, path, limit)  # which the YAML events above could not read
+
+
+def _check_json_config(text: str, path: Path | str, limit: int) -> None:
+    """``check_config_file``'s checks of a JSON file YAML refuses (tab-indented): no key twice in one object
+    (``json`` keeps the last) and at most ``limit`` levels of nesting."""
+    import json
+
+    twice: list[tuple[dict, str]] = []  # the first object seen to hold a key twice, and that key
+
+    def unique(pairs):
+        mapping: dict = {}
+        for k, v in pairs:
+            if k in mapping and not twice:
+                twice.append((mapping, k))
+            mapping[k] = v
+        return mapping
+
+    try:
+        loaded = json.loads(text, object_pairs_hook=unique)
+    except RecursionError:
+        raise ConfigError(
+            "(top level)", f"<nested past what JSON's parser reads, in {path}>", f"expected at most {limit} levels"
+        ) from None
+    stack = [(loaded, [], 1)]  # not recursive: the nesting is what is checked
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > limit:
+            nested = f"<more than {limit} levels of nesting, in {path}>"
+            raise ConfigError(_dotted(where[:1]), nested, f"expected at most {limit} levels")
+        if twice and node is twice[0][0]:
+            raise ConfigError(
+                _dotted([*where, twice[0][1]]),
+                f"<a second {twice[0][1]!r} in one mapping, in {path}>",
+                "expected each key once: JSON keeps the last and drops the first without a word",
+            )
+        children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        stack.extend((child, [*where, k], depth + 1) for k, child in children if isinstance(child, dict | list))
 
 
 MAX_INTEGER = 2**63 - 1
