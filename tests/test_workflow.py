@@ -1605,3 +1605,25 @@ def test_a_job_whose_tokenshift_is_not_the_workflows_refuses_to_run_and_writes_n
     shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tokenshift.cli "$@"\n')
     r = snakemake(work, "--cores", "1", "resources/datasets/toy.parquet", env=env)
     assert r.returncode == 0 and target.is_file(), r.stderr[-2000:]
+
+
+def test_no_order_in_the_config_moves_the_advantage_experiments_base_or_the_toy_checks_problems(tmp_path):
+    # thirteenth hostile pass: a pair of the SFT and RL toy models listed first made GRPO start from the SFT model
+    # (K1); an unused toy dataset listed first set the toy check's problem count (K3)
+    from tokenshift.config import advantage_base, toy_check_problems
+
+    config = copy.deepcopy(DEFAULT)
+    config["pairs"] = [
+        {"name": "sft-vs-rl", "base": "toy-sft", "rl": "toy-rl", "datasets": ["toy"], "crosssample": False},
+        *config["pairs"],
+    ]
+    config["datasets"] = {"toy2": {"toy": "eval", "n_problems": 100}, **config["datasets"]}
+    assert advantage_base(config) == "toy-base"
+    assert toy_check_problems(config, config["pairs"][0]) == (500, "datasets.toy.n_problems")
+    both = {**config["pairs"][0], "datasets": ["toy2", "toy"]}  # the pair's largest toy dataset, in any order
+    assert toy_check_problems(config, both) == toy_check_problems(config, {**both, "datasets": ["toy", "toy2"]})
+    r = snakemake(with_config(tmp_path, config), "-n", "-p", "all")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs, checks = shell_commands(r.stdout, "advantages run"), shell_commands(r.stdout, "toy-check")
+    assert runs and {flags["--base"] for flags in runs} == {"resources/models/toy-base.json"}
+    assert len(checks) == 2 and {flags["--n-problems"] for flags in checks} == {"500"}

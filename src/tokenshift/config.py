@@ -782,6 +782,34 @@ def _check_pairs(config: Mapping[str, Any], base_dir: Path) -> None:
         _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir, chat=pair_chat(config, pair))
 
 
+def advantage_base(config: Mapping[str, Any]) -> str | None:
+    """The model the advantage experiment's GRPO starts from: the toy base model, where the toy RL build starts
+    (the init of a toy RL model a pair compares, else a toy base model a pair compares), the first by name, so
+    that no order in the config moves it; None where no pair compares two toy models (no experiment)."""
+    models = config["models"]
+    toy_pairs = [p for p in config["pairs"] if "toy" in models[p["base"]] and "toy" in models[p["rl"]]]
+    inits = {models[p["rl"]]["init"] for p in toy_pairs if models[p["rl"]]["toy"] == "rl"}
+    bases = {p[role] for p in toy_pairs for role in ("base", "rl") if models[p[role]]["toy"] == "base"}
+    return min(inits or bases, default=None)
+
+
+def toy_check_problems(config: Mapping[str, Any], pair: Mapping[str, Any]) -> tuple[int, str]:
+    """How many toy eval problems a toy pair's check draws, and the key that sets it: as many as the largest toy
+    dataset the pair is evaluated on (whatever the order of ``datasets``, and not a toy dataset no pair uses),
+    else ``EVAL_PROBLEMS`` (no key sets it: ``toy.max_steps`` bounds how many there are)."""
+    from tokenshift.toy.task import EVAL_PROBLEMS
+
+    datasets = config.get("datasets", {})
+    return max(
+        (
+            (datasets[d].get("n_problems", EVAL_PROBLEMS), f"datasets.{d}.n_problems")
+            for d in pair.get("datasets", [])
+            if "toy" in datasets[d]
+        ),
+        default=(EVAL_PROBLEMS, "toy.max_steps"),
+    )
+
+
 def pair_chat(config: Mapping[str, Any], pair: Mapping[str, Any]) -> bool:
     """Whether a dataset of the pair is prompted through the chat template (where the models have one), so
     that its two models must prompt a question alike (``tokenizer.chat_prompt_difference``)."""
@@ -984,8 +1012,8 @@ def _check_toy_lengths(config: Mapping[str, Any], toy) -> None:
 def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
     """Refuse asking the toy task for more distinct problems than its settings allow (``toy.min_steps``
     to ``toy.max_steps`` operations): the draw ended in a traceback in the job. Each count the
-    study draws is checked where a pair uses it: a toy dataset's ``n_problems`` (and the toy check's,
-    its first toy dataset's), the toy models' training problems, the advantage experiment's."""
+    study draws is checked where a pair uses it: a toy dataset's ``n_problems`` (and each toy check's,
+    ``toy_check_problems``), the toy models' training problems, the advantage experiment's."""
     from tokenshift.toy.config import AdvantageExperimentConfig
     from tokenshift.toy.task import EVAL_PROBLEMS, split_capacity
 
@@ -1000,13 +1028,11 @@ def _check_toy_problems(config: Mapping[str, Any], toy) -> None:
     ]
     if any("toy" in models[p[role]] for p in pairs for role in ("base", "rl")):
         asked.append(("toy.n_train_problems", toy.n_train_problems, "train"))
+    for pair in pairs:
+        if models[pair["rl"]].get("toy") == "rl":  # the toy check of the pair (toy_check_problems)
+            n, key = toy_check_problems(config, pair)
+            asked.append((key, n, "eval"))
     if any(models[p["rl"]].get("toy") == "rl" for p in pairs):
-        # the toy check draws as many eval problems as the first toy dataset has, or EVAL_PROBLEMS
-        first = toy_datasets[0] if toy_datasets else None
-        if first is None:
-            asked.append(("toy.max_steps", EVAL_PROBLEMS, "eval"))
-        else:
-            asked.append((f"datasets.{first}.n_problems", datasets[first].get("n_problems", EVAL_PROBLEMS), "eval"))
         adv = AdvantageExperimentConfig.from_mapping(config.get("advantages"))
         asked.append(("advantages.eval_problems", adv.eval_problems, "eval"))
     for key, n, split in asked:

@@ -22,11 +22,13 @@ from tokenshift.codehash import PACKAGE_ENV, running_package, stage_code
 from tokenshift.config import (
     SCHEMA_PATH,
     ConfigError,
+    advantage_base,
     check_workflow_config,
     dataset_sampling,
     model_source,
     pair_chat,
     recorded_settings,
+    toy_check_problems,
 )
 from tokenshift.datasets import given_settings
 from tokenshift.io import files_fingerprint
@@ -61,7 +63,7 @@ from tokenshift.settings import (
     ScoringConfig,
 )
 from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig, ToyCheckOptions
-from tokenshift.toy.task import EVAL_PROBLEMS, ToyTaskConfig
+from tokenshift.toy.task import ToyTaskConfig
 
 # a bad config is one line naming the key, before any job; Snakemake's validate() fills the defaults in.
 # Relative paths resolve against the working directory, as rule paths do.
@@ -118,8 +120,8 @@ try:
     RECORDED_SETTINGS = recorded_settings(config, SETTINGS)
 except ConfigError as error:
     raise error.with_traceback(None) from None
-# the advantage experiment trains from the base model of the first toy pair (none: no experiment)
-ADVANTAGE_BASE = next((PAIRS[p]["base"] for p in TOY_PAIRS), None)
+# the advantage experiment trains from the toy base model (none: no experiment), whatever the order of pairs
+ADVANTAGE_BASE = advantage_base(config)
 
 
 # how many jobs each table of a stage is split over; each job writes one part, {scatteritem} = I-of-N
@@ -344,8 +346,8 @@ def threshold_args(wildcards):
 
 
 def toy_check_args(wildcards):
-    # the toy task's eval problems: as many as the toy dataset has, if the study has one
-    n = next((DATASETS[d].get("n_problems", EVAL_PROBLEMS) for d in TOY_DATASETS), EVAL_PROBLEMS)
+    # the toy task's eval problems: as many as the largest toy dataset the pair is evaluated on
+    n, _ = toy_check_problems(config, PAIRS[wildcards.pair])
     s = config["sampling"]
     return shell_args(ToyCheckOptions, {"n_problems": n, "samples": s["n"], "seed": s["seed"]})
 
