@@ -368,3 +368,13 @@ def test_a_list_whose_order_nothing_depends_on_reaches_jobs_and_the_record_sorte
     assert recorded_config(given[0], [AccuracyConfig])["rollout"]["pass_k"] == [1, 4]
     ranks = [{"divergence": {"rank_k": order}} for order in ([5, 1, 3], [1, 3, 5])]
     assert [section_values(DivergenceConfig, c) for c in ranks] == [{"rank_k": [1, 3, 5]}] * 2
+
+
+def test_figure_6s_example_run_does_not_move_with_the_order_of_the_policies():
+    # thirteenth hostile pass (K8): without js, the first policy listed was the example; reordering re-ran figures
+    def example(*policies):
+        return CrossSampleGrid.from_config({"policies": list(policies), "budgets": [0, 4, "all"]}).example_runs(96)
+
+    assert example("random", "argmax", "entropy") == example("entropy", "argmax", "random")
+    assert example("argmax", "entropy", "random") == (("forward", "random", "all"), ("forward", "random", "0"))
+    assert example("random", "js") == (("forward", "js", "all"), ("forward", "js", "0"))

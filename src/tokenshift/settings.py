@@ -564,11 +564,12 @@ class CrossSampleGrid:
         return POLICIES[policy].canonical(self.thresholds.get(policy, {}))
 
     def example_runs(self, max_new_tokens: int) -> tuple[tuple[str, str, str], tuple[str, str, str]] | None:
-        """The forward run figure 6 shows (largest budget, ``js`` if run) and its budget-0 twin."""
+        """The forward run figure 6 shows (largest budget, ``js`` if run, else the registry's first the grid has,
+        so that the config's order of policies does not move it) and its budget-0 twin."""
         budgets = self.budget_labels(max_new_tokens)
         if "forward" not in self.directions or budgets == ["0"]:
             return None
-        policy = "js" if "js" in self.policies else self.policies[0]
+        policy = self.baseline_policy  # js where the grid has it: the registry's first
         top = "all" if "all" in budgets else max((b for b in budgets if b != "0"), key=int)
         run = ("forward", policy, top)
         return run, (("forward", self.baseline_policy, "0") if "0" in budgets else run)
