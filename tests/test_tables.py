@@ -220,8 +220,13 @@ def test_a_wrong_dataset_flag_is_not_blamed_on_the_workflows_rollouts(tmp_path, 
     assert said.endswith(", or `--dataset` naming theirs") and "forcerun" not in said
     # toyb's place holds toy's rollouts, but no run made them there: no job to force (F9)
     assert "forcerun" not in accuracy("toyb", "toyb")
-    # a run made toyb's rollouts, since changed: the hint says how to make them again
-    made_by_a_run(tmp_path, *(f"results/p/toyb/rollouts/{role}.parquet" for role in ("base", "rl")))
+    # a run made toyb's rollouts, as its job left them: nothing to make again (K6)
+    made = [tmp_path / "results" / "p" / "toyb" / "rollouts" / f"{role}.parquet" for role in ("base", "rl")]
+    made_by_a_run(tmp_path, *(str(m.relative_to(tmp_path)) for m in made))
+    assert "forcerun" not in accuracy("toyb", "toyb")
+    # since changed: the hint says how to make them again
+    for m in made:
+        m.write_bytes(m.read_bytes())
     said = accuracy("toyb", "toyb")
     assert said.endswith("--forcerun results/p/toyb/rollouts/base.parquet`"), said
     assert not (tmp_path / "a.parquet").exists()

@@ -175,29 +175,49 @@ def models_record(metadata: Mapping[str, str]) -> dict[str, str] | None:
     return record if isinstance(record, dict) else None
 
 
-def made_by_snakemake(rel: str) -> bool:
-    """Whether a Snakemake run in the working directory made the file ``rel`` (relative to it): its record in
-    ``.snakemake/metadata/``, which Snakemake keeps for each output of a finished job under the path's
-    URL-safe base64, cut into names of at most NAME_MAX - 1 characters (``@`` before every name but the
-    last). A copy placed there by hand, or a file of a rule the study has not, has none."""
+def _snakemake_record(rel: str) -> Path | None:
+    """Snakemake's record of the file ``rel`` (relative to the working directory) as an output of a finished job,
+    where a run there made it: ``.snakemake/metadata/`` keeps one for each, under the path's URL-safe base64,
+    cut into names of at most NAME_MAX - 1 characters (``@`` before every name but the last). A copy placed
+    there by hand, or a file of a rule the study has not, has none."""
     records = Path(".snakemake", "metadata")
     try:
         longest = os.pathconf(records, "PC_NAME_MAX") or 255
     except OSError:  # no such folder: no record
-        return False
+        return None
     b64 = urlsafe_b64encode(rel.encode()).decode()
     names = [b64[i : i + longest - 1] for i in range(0, len(b64), longest - 1)]
-    return records.joinpath(*(f"@{n}" for n in names[:-1]), names[-1]).is_file()
+    record = records.joinpath(*(f"@{n}" for n in names[:-1]), names[-1])
+    return record if record.is_file() else None
+
+
+def made_by_snakemake(rel: str) -> bool:
+    """Whether a Snakemake run in the working directory made the file ``rel`` (``_snakemake_record``)."""
+    return _snakemake_record(rel) is not None
+
+
+def _changed_since_made(rel: str, record: Path) -> bool:
+    """Whether the file ``rel`` changed after the job that made it finished (its content or its time, set back
+    or not: the inode's change time no copy sets back), by the job's end in Snakemake's ``record``; where
+    the record holds no end time, taken as changed."""
+    try:
+        end = float(json.loads(record.read_text())["endtime"])
+        st = os.stat(rel)
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    return max(st.st_mtime, st.st_ctime) > end
 
 
 def remake_hint(path: Path | str) -> str:
     """How to make ``path`` again where a workflow made it (a file under the working directory of a
-    Snakemake run that made it: ``made_by_snakemake``), else "". A finished output damaged since (truncated,
-    overwritten) fails the job that reads it, and Snakemake, which counts it done, plans its job no
-    more: the job must be forced, and then all that follows it runs again. A file Snakemake did not make
-    there (a copy into a folder of a dataset the study has not) has no job to force: no hint."""
+    Snakemake run that made it: ``made_by_snakemake``) and it changed since, else "". A finished output
+    damaged since (truncated, overwritten) fails the job that reads it, and Snakemake, which counts it done,
+    plans its job no more: the job must be forced, and then all that follows it runs again. A file
+    Snakemake did not make there (a copy into a folder of a dataset the study has not) has no job to force,
+    and one as its job left it (a table of another kind given by hand) nothing to make again: no hint."""
     rel = place(path)
-    if os.path.isabs(rel) or not made_by_snakemake(rel):
+    record = None if os.path.isabs(rel) else _snakemake_record(rel)
+    if record is None or not _changed_since_made(rel, record):
         return ""
     return (
         "; it changed after the job that made it finished (truncated, overwritten): make it again, and all "
