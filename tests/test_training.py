@@ -159,6 +159,17 @@ def test_rl_training_saves_checkpoints_with_manifests_along_the_way(short_base, 
     assert torch.equal(_params(load_causal_lm(short_base / "rl-plain", "cpu")), weights[-1])
 
 
+def test_shifts_over_training_refuse_a_model_grpo_did_not_train_and_one_checkpoint_as_both(short_base, short_rl):
+    # thirteenth hostile pass (K9): an SFT model's missing GRPO checkpoints were to be built again; one checkpoint
+    # as both models ran
+    from tokenshift.io import InputError
+
+    with pytest.raises(InputError, match=r"a toy base model, which GRPO did not train; expected the toy RL model"):
+        checkpoints_of(short_base / "base.json")
+    with pytest.raises(InputError, match="the same checkpoint as the base and the RL model"):
+        shifts_over_training(short_rl.with_suffix(".json"), short_rl.with_suffix(".json"), n_problems=3)
+
+
 def test_shifts_over_training_score_every_checkpoint(short_base, short_rl):
     table = shifts_over_training(short_base / "base.json", short_rl.with_suffix(".json"), n_problems=30)
     assert table["step"].to_list() == [2, 4, 6]

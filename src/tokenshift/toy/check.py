@@ -48,6 +48,14 @@ def build_settings(ckpt: Path | str) -> ToyBuildConfig:
     return ToyBuildConfig.from_mapping(read_json(path, "the toy build record of a toy checkpoint")["build"])
 
 
+def refuse_one_checkpoint(base: Path | str, rl: Path | str) -> None:
+    """A toy pair's check of one checkpoint against itself is refused: a model against itself has no shift."""
+    if checkpoint_identity(base) == checkpoint_identity(rl):
+        raise InputError(
+            f"{base} and {rl}: the same checkpoint as the base and the RL model (expected the toy pair's two)"
+        )
+
+
 def sampled_accuracy(
     models: dict, tokenizer, evals: list[ToyProblem], *, max_new_tokens: int, seed: int, samples_per_problem: int = 1
 ) -> pl.DataFrame:
@@ -157,10 +165,7 @@ def check_toy_pair(
     ``base`` and ``rl`` are the toy checkpoints (directories or manifests); the task and thread
     count are those the base model was built with.
     """
-    if checkpoint_identity(base) == checkpoint_identity(rl):  # a model against itself: no shift, no finding
-        raise InputError(
-            f"{base} and {rl}: the same checkpoint as the base and the RL model (expected the toy pair's two)"
-        )
+    refuse_one_checkpoint(base, rl)
     cfg = build_settings(base)
     torch.set_num_threads(cfg.threads)
     tok = load_tokenizer(base)

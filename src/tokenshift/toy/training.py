@@ -37,7 +37,7 @@ from tokenshift.registry import ADVANTAGE_MODES
 from tokenshift.stats import mean_ci
 from tokenshift.tokenizer import load_tokenizer
 from tokenshift.toy.build import run_grpo, toy_sampling
-from tokenshift.toy.check import build_settings, decision_point_table, response_js
+from tokenshift.toy.check import build_settings, decision_point_table, refuse_one_checkpoint, response_js
 from tokenshift.toy.config import AdvantageExperimentConfig, ToyBuildConfig
 from tokenshift.toy.task import decision_points, problems
 from tokenshift.train import GRPOConfig
@@ -238,9 +238,13 @@ def checkpoints_of(rl: Path | str) -> list[tuple[int, Path]]:
     ``checkpoint_every`` GRPO steps); one missing, or one more (left by an earlier build into the
     same directory), is an ``InputError`` naming it."""
     final = resolve_checkpoint(rl)
-    build = ToyBuildConfig.from_mapping(
-        read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")["build"]
-    )
+    record = read_json(final / "toy_build.json", "the toy build record of a toy checkpoint")
+    if record.get("role") != "rl":  # an SFT or base model has no GRPO checkpoints: rebuilding it makes none
+        raise InputError(
+            f"{final}: a toy {record.get('role')} model, which GRPO did not train; expected the toy RL model "
+            "(a model of `toy: rl`), whose build saves checkpoints along the way"
+        )
+    build = ToyBuildConfig.from_mapping(record["build"])
     steps, every, saved = build.grpo_steps, build.checkpoint_every, set(build.checkpoint_steps)
     found = {}
     for d in (final / "checkpoints").glob("step-*"):
@@ -261,6 +265,7 @@ def shifts_over_training(base: Path | str, rl: Path | str, *, n_problems: int) -
     """A row per checkpoint of the toy RL model ``rl`` (``checkpoints_of``): JS against the base
     model over the correct traces of ``n_problems`` eval problems, as ``tokenshift.toy.check``
     measures it (share below 1e-3, share above 1e-2, precision and lift of the top 5% by JS)."""
+    refuse_one_checkpoint(base, rl)
     build = build_settings(base)
     torch.set_num_threads(build.threads)
     tokenizer = load_tokenizer(base)
