@@ -451,6 +451,10 @@ def test_scores_of_swapped_models_another_pair_or_the_other_models_rollouts_are_
     with pytest.raises(InputError, match=r"rollouts of rl@.*given as the base model's; pair 'p'"):
         write_accuracy({"base": rl_rollouts, "rl": rollouts}, acc, pair_manifest=pair)
     assert write_accuracy({"base": rollouts, "rl": rl_rollouts}, acc, pair_manifest=pair).height
+    # thirteenth hostile pass (K7): labelled with a pair the manifest is not
+    with pytest.raises(InputError, match=r"--pair 'o': the pair manifest .* is pair 'p''s"):
+        write_accuracy({"base": rollouts, "rl": rl_rollouts}, acc.with_name("o.parquet"), pair="o", pair_manifest=pair)
+    assert not acc.with_name("o.parquet").exists()
 
 
 def test_an_edited_shared_vocabulary_is_refused_naming_the_pair_manifest(tmp_path, toy_tokenizer):

@@ -184,6 +184,10 @@ def test_another_datasets_rollouts_and_scores_are_refused_under_this_ones_name(s
     with pytest.raises(InputError, match=rf"scores of 1 problem\(s\) that {problems} does not hold \(e.g. 'q7'\)"):
         write_divergence(scored, tmp_path / "div", pair="p", dataset="toyb", problems=problems)
     assert not (tmp_path / "div").exists()
+    # thirteenth hostile pass (K7): dataset toyb's problems given with another dataset's name labelled every table so
+    with pytest.raises(InputError, match=r"the problems of dataset toyb, given with --dataset 'math500'"):
+        write_divergence(scored, tmp_path / "div", pair="p", dataset="math500", problems=problems)
+    assert not (tmp_path / "div").exists()
     # seventh hostile pass (C3): a rollout table given as the problems (it has problem ids) dropped the toy's
     # decision-point table without a word
     with pytest.raises(InputError, match=rf"^{paths['base']}: has no column 'question' \(expected a problems table"):

@@ -718,6 +718,11 @@ def write_accuracy(
         from tokenshift.tokenizer import read_pair_manifest
 
         manifest = read_pair_manifest(pair_manifest)
+        if pair is not None and manifest["pair"] != pair:  # the table would be labelled with a pair it is not
+            raise InputError(
+                f"--pair {pair!r}: the pair manifest {pair_manifest} is pair {manifest['pair']!r}'s; expected the "
+                "manifest of the pair the table is labelled with"
+            )
         for role, held in models.items():
             named = manifest.get(role)
             if named is not None and {label_name(m) for m in held} != {named}:
@@ -822,11 +827,16 @@ def write_divergence(
         if why:
             raise InputError(f"{scores[src]}: {why} (expected per-token scores of tokenshift score)")
     if problems is not None:  # another dataset's scores, copied over these: its problems counted as the dataset's
-        known = set(
-            # its question and answer too: a rollout or score table given as --problems (it has problem ids) left
-            # the toy's decision-point table out without a word
-            read_parquet(problems, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS)["problem_id"]
-        )
+        # its question and answer too: a rollout or score table given as --problems (it has problem ids) left
+        # the toy's decision-point table out without a word
+        table = read_parquet(problems, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS)
+        named = sorted(set(table["dataset"].drop_nulls())) if "dataset" in table.columns else []
+        if named and named != [dataset]:  # every table would be labelled with a dataset it is not
+            raise InputError(
+                f"{problems}: the problems of dataset {', '.join(named)}, given with --dataset {dataset!r}: expected "
+                "that dataset's problems, or `--dataset` naming theirs"
+            )
+        known = set(table["problem_id"])
         for src, frame in frames.items():
             alien = sorted(set(frame["problem_id"].unique()) - known)
             if alien:
