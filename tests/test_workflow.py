@@ -1508,6 +1508,13 @@ def test_the_paper_config_plans_the_paper_study_on_slurm_with_gpus_per_model(tmp
     assert jobs["fetch_model"] == 4 and "toy_base" not in jobs and jobs["dataset"] == 4
     assert jobs["rollout"] == 2 * 4 * 2 * 8 and jobs["score"] == 2 * 4 * 2 * 8
     assert jobs["crosssample"] == 2 * 4 * 2 * (3 * 3 + 1) * 8
+    # docs/paper-protocol.md gives the plan's size and the rules its table does not list one by one
+    doc = (REPO / "docs" / "paper-protocol.md").read_text()
+    listed = ("fetch_model", "rollout", "score", "crosssample")
+    assert int(re.search(r"^plans (\d+) jobs", doc, re.M)[1]) == sum(jobs.values())
+    assert int(re.search(r"^\| the others .*\| (\d+) \| 0 \|$", doc, re.M)[1]) == sum(
+        n for rule, n in jobs.items() if rule not in listed
+    )
     # rollouts on vLLM, cross-sampling by the authors' regeneration (on vLLM too)
     commands = [shlex.split(c) for c in re.findall(r"^Shell command: (tokenshift \w+ .*?2>&1)$", r.stdout, re.M | re.S)]
     engines = {(c[1], a) for c in commands for a in c if a.startswith(("--backend=", "--engine="))}
