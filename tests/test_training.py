@@ -251,7 +251,7 @@ def test_checkpoints_of_lists_what_the_build_saved_and_refuses_anything_else(tmp
     from tokenshift.io import InputError, write_json_atomic
 
     rl = save_checkpoint(tmp_path / "rl", toy_tokenizer)
-    write_json_atomic(rl / "toy_build.json", {"build": {"grpo_steps": 6, "checkpoint_every": 2}})
+    write_json_atomic(rl / "toy_build.json", {"role": "rl", "build": {"grpo_steps": 6, "checkpoint_every": 2}})
     write_manifest(rl, name="rl", spec={"toy": "rl", "init": "base"})
 
     def step(k: int, *, manifest: bool = True):
