@@ -412,7 +412,7 @@ def test_parts_are_contiguous_shares():
             shares = [list(Part(i, count).share(n)) for i in range(1, count + 1)]
             assert [k for share in shares for k in share] == list(range(n))
     assert Part.parse("3-of-8") == Part(3, 8) and str(Part(3, 8)) == "3-of-8"
-    for bad in ("0-of-2", "3-of-2", "x"):
+    for bad in ("0-of-2", "3-of-2", "x", "01-of-1", " 1-of-1", "+1-of-1", "1-of-1_0", "1-of-1\n"):
         with pytest.raises(ValueError, match="part"):
             Part.parse(bad)
 

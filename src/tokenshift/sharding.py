@@ -83,11 +83,11 @@ class Part:
 
     @classmethod
     def parse(cls, text: str) -> Part:
-        try:
-            index, count = (int(x) for x in text.split("-of-"))
-        except ValueError:
-            raise ValueError(f"part {text!r}: expected I-of-N, e.g. 3-of-8") from None
-        return cls(index, count)
+        # as the workflow names a part, so one job has one name: int() would also take "01", " 1", "+1" and "1_0"
+        m = re.fullmatch(r"([1-9]\d*)-of-([1-9]\d*)", text)
+        if m is None:
+            raise ValueError(f"part {text!r}: expected I-of-N, e.g. 3-of-8")
+        return cls(int(m[1]), int(m[2]))
 
     def __str__(self) -> str:
         return f"{self.index}-of-{self.count}"
