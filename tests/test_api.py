@@ -35,6 +35,11 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
         tokenshift.compare(base, base, PROMPTS, RESPONSES[:1])
     with pytest.raises(InputError, match="text 1: empty"):
         tokenshift.compare(base, base, ["Q:1a=?", ""])
+    # a lone string was scored as its characters, each a text of its own, and a number got the tokenizer's words
+    with pytest.raises(InputError, match=r"prompts: a str, expected a list of texts \(one text: \[text\]\)"):
+        tokenshift.compare(base, base, "Q:1a=?")
+    with pytest.raises(InputError, match=r"responses\[1\]: a int, expected a string"):
+        tokenshift.compare(base, base, PROMPTS, [RESPONSES[0], 4])
 
 
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
@@ -49,3 +54,12 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     assert tables["accuracy"].sort("pair")["accuracy"].to_list() == [0.5, 0.75]
     with pytest.raises(InputError, match="no such results directory"):
         tokenshift.load_results(tmp_path / "nowhere")
+    with pytest.raises(InputError, match=r"accuracy\.parquet: not a folder"):
+        tokenshift.load_results(tmp_path / "a" / "toy" / "accuracy.parquet")
+    # a folder without a study's tables (another folder, a study not yet run) was an empty dict
+    with pytest.raises(InputError, match="no aggregate table of a study"):
+        tokenshift.load_results(tmp_path / "a" / "toy" / "divergence")
+    # a damaged table is named, as the workflow's own reads name it
+    (tmp_path / "b" / "toy" / "accuracy.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(InputError, match=r"b/toy/accuracy.parquet: .*the accuracy table of a study"):
+        tokenshift.load_results(tmp_path)

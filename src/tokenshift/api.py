@@ -55,6 +55,8 @@ def compare(
     from tokenshift.scoring import pad_id_of, score_rows
     from tokenshift.tokenizer import compare_tokenizers, load_tokenizer
 
+    for name, texts in (("prompts", prompts), ("responses", responses)):
+        _check_texts(name, texts)
     if responses is not None and len(responses) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: expected one response per prompt")
     dirs = [resolve_checkpoint(p) for p in (base, rl)]
@@ -79,18 +81,39 @@ def compare(
     return table.with_columns(pl.Series("token", [tok.convert_tokens_to_string([t]) for t in tokens]))
 
 
+def _check_texts(name: str, texts) -> None:
+    """``InputError`` unless ``texts`` is a list of strings: a lone string would be read as its characters, each
+    a text of its own, and a number reach the tokenizer's own message, which names no text."""
+    from tokenshift.io import InputError
+
+    if texts is None:
+        return
+    if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
+        raise InputError(f"{name}: a {type(texts).__name__}, expected a list of texts (one text: [text])")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise InputError(f"{name}[{bad}]: a {type(texts[bad]).__name__}, expected a string")
+
+
 def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     """Every aggregate table of a finished study, by name (``AGGREGATE_TABLES``); a table that several
     pairs and datasets have is one frame of them all (each row names its pair and dataset). Tables
     the study did not make are absent."""
-    from tokenshift.io import InputError
+    from tokenshift.io import InputError, read_parquet
 
     root = Path(results)
     if not root.is_dir():
-        raise InputError(f"{root}: no such results directory (expected the workflow's results/)")
+        what = "not a folder" if root.exists() else "no such results directory"
+        raise InputError(f"{root}: {what} (expected the workflow's results/)")
     out = {}
     for name, pattern in AGGREGATE_TABLES.items():
         paths = sorted(root.glob(pattern))
         if paths:
-            out[name] = pl.concat([pl.read_parquet(p) for p in paths], how="diagonal_relaxed")
+            frames = [read_parquet(p, f"the {name} table of a study") for p in paths]
+            out[name] = pl.concat(frames, how="diagonal_relaxed")
+    if not out:  # another folder, or a study not yet run: an empty dict would read as a study without findings
+        raise InputError(
+            f"{root}: no aggregate table of a study (expected a finished study's results/, with e.g. "
+            f"{AGGREGATE_TABLES['accuracy']})"
+        )
     return out
