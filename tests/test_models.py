@@ -173,7 +173,8 @@ def test_a_checkpoints_identity_is_its_content_not_how_long_it_took_to_make(make
     fetch_model("m", {"path": str(make_checkpoint("src"))}, out)
     manifest = json.loads(manifest_path(out).read_text())
     before = checkpoint_identity(out), checkpoint_label(out)
-    manifest_path(out).write_text(json.dumps({**manifest, "toy_build_seconds": 12.5}))
+    machine = {"cpu": "another CPU", "cpu_capability": "AVX2"}
+    manifest_path(out).write_text(json.dumps({**manifest, "toy_build_seconds": 12.5, "toy_build_machine": machine}))
     assert (checkpoint_identity(out), checkpoint_label(out)) == before
     other = {**manifest["files_sha256"], "model.safetensors": "0" * 64}
     manifest_path(out).write_text(json.dumps({**manifest, "files_sha256": other}))

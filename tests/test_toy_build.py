@@ -69,9 +69,18 @@ def test_grpo_raises_the_expected_reward_on_held_out_problems(short_pair):
 def test_build_is_deterministic(tmp_path):
     import dataclasses
 
+    from tokenshift.checkpoints import manifest_path
+    from tokenshift.toy.build import build_toy_base
+
     brief = dataclasses.replace(SHORT, pretrain_steps=60, n_traces=600)  # equal weights need no good model
-    first, again = (build_base(tmp_path / name, brief, progress=False) for name in ("first", "again"))
+    build_toy_base("first", tmp_path / "first", brief, progress=False)  # as the workflow builds it: with a manifest
+    first = json.loads((tmp_path / "first" / "toy_build.json").read_text())
+    again = build_base(tmp_path / "again", brief, progress=False)
     assert again["final_loss"] == first["final_loss"]
+    # the weights depend on the CPU's kernels: the manifest says which CPU, which kernels and which torch built them
+    machine = json.loads(manifest_path(tmp_path / "first").read_text())["toy_build_machine"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["torch"] == torch.__version__ and machine["cpu"]
     from tokenshift.io import umask
 
     # the weights get the mode the umask gives (safetensors wrote them 0600: the twelfth hostile pass)

@@ -269,18 +269,18 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 # what a manifest records about how a checkpoint was made, not what it is: a toy built twice into the same
 # weights, on a laptop and on a cluster's node, is one checkpoint
-MANIFEST_TIMINGS = ("toy_build_seconds",)
+MANIFEST_HOW_MADE = ("toy_build_seconds", "toy_build_machine")
 
 
 def checkpoint_identity(path: Path | str) -> str:
     """What a checkpoint is, for keys of runs made with it: the sha256 of its manifest (which holds the
-    weights', configs' and tokenizer's hashes) less ``MANIFEST_TIMINGS``, or its resolved path where it has
+    weights', configs' and tokenizer's hashes) less ``MANIFEST_HOW_MADE``, or its resolved path where it has
     no manifest."""
     ckpt = resolve_checkpoint(path)
     manifest = manifest_path(ckpt)
     if not manifest.is_file():
         return str(ckpt.resolve())
-    content = {k: v for k, v in read_json(manifest, "a checkpoint manifest").items() if k not in MANIFEST_TIMINGS}
+    content = {k: v for k, v in read_json(manifest, "a checkpoint manifest").items() if k not in MANIFEST_HOW_MADE}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

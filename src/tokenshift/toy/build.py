@@ -224,13 +224,37 @@ def _toy_init(init: Path) -> Path:
     return init_dir
 
 
+def build_machine() -> dict:
+    """What a toy build ran on, as its manifest records it: the weights of a model trained on the CPU depend on
+    the CPU's float kernels (the same code built another toy pair on another host, docs/results.md), so the
+    manifest says which CPU (``/proc/cpuinfo``'s model name, family, model and stepping where there is one),
+    which of torch's CPU kernels (its capability) and which torch."""
+    import platform
+
+    machine = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:  # not Linux
+        return {**machine, "cpu": platform.processor() or platform.machine()}
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    keys = {"cpu": "model name", "cpu_family": "cpu family", "cpu_model": "model", "cpu_stepping": "stepping"}
+    return {**machine, **{k: fields[f] for k, f in keys.items() if f in fields}}
+
+
+def _manifest_extra(stats: dict) -> dict:
+    """A toy build's record in its manifest, beside what ``toy_build.json`` holds: its seconds and its machine
+    (neither is part of the checkpoint's identity)."""
+    return {"toy_build_seconds": stats["seconds"], "toy_build_machine": build_machine()}
+
+
 def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
     """Build the toy base model (pretraining) at ``out`` and write its manifest last; returns a
     one-line summary."""
     from tokenshift.checkpoints import write_manifest
 
     stats = build_base(Path(out), cfg, progress=progress)
-    write_manifest(Path(out), name=name, spec={"toy": "base"}, extra={"toy_build_seconds": stats["seconds"]})
+    write_manifest(Path(out), name=name, spec={"toy": "base"}, extra=_manifest_extra(stats))
     return (
         f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
         f"{stats['seconds']:.0f} s"
@@ -244,9 +268,7 @@ def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progr
 
     init_dir = _toy_init(init)
     stats = build_rl(init_dir, Path(out), cfg, name=name, progress=progress)
-    write_manifest(
-        Path(out), name=name, spec={"toy": "rl", "init": init_dir.name}, extra={"toy_build_seconds": stats["seconds"]}
-    )
+    write_manifest(Path(out), name=name, spec={"toy": "rl", "init": init_dir.name}, extra=_manifest_extra(stats))
     rewards = [h["reward_mean"] for h in stats["grpo"]]
     k = max(1, len(rewards) // 5)
     return (
@@ -263,5 +285,5 @@ def build_toy_sft(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, prog
     init_dir = _toy_init(init)
     stats = build_sft(init_dir, Path(out), cfg, progress=progress)
     spec = {"toy": "sft", "init": init_dir.name}
-    write_manifest(Path(out), name=name, spec=spec, extra={"toy_build_seconds": stats["seconds"]})
+    write_manifest(Path(out), name=name, spec=spec, extra=_manifest_extra(stats))
     return f"toy SFT model {name!r}: final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
