@@ -7,6 +7,7 @@ model (and its rollouts) is blue, the RL model vermillion; each cross-sampling p
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 
 # text is text: a dataset's question, gold answer or token holding `$` (a MATH problem's `$(r,\theta)$`) is drawn
 # as written, not parsed as mathtext, which raised on half of such strings and set the rest in italics
@@ -76,8 +78,57 @@ def apply() -> None:
     )
 
 
+_SUPERSCRIPT = str.maketrans("0123456789-\N{MINUS SIGN}.", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻·")
+
+
+def plain_text(label: str) -> str:
+    """A tick label a log axis's formatter writes as mathtext (``$\\mathdefault{2\\times10^{-3}}$``) as plain
+    text (``2×10⁻³``): text is not parsed as mathtext here (``text.parse_math``), so it was drawn as written."""
+    m = re.fullmatch(r"\$\\mathdefault\{(.*)\}\$", label)
+    if m is None:
+        return label
+    body = m[1].replace("\\times", "×").replace("-", "\N{MINUS SIGN}")
+    return re.sub(r"\^\{([^}]*)\}", lambda e: e[1].translate(_SUPERSCRIPT), body)
+
+
+class _PlainTicks(ticker.Formatter):
+    """A mathtext tick formatter (a log or symlog axis's, a log colour bar's) whose labels are plain text."""
+
+    def __init__(self, inner: ticker.Formatter):
+        self.inner = inner
+
+    def set_axis(self, axis):
+        super().set_axis(axis)
+        self.inner.set_axis(axis)
+
+    def set_locs(self, locs):
+        self.inner.set_locs(locs)
+
+    def __call__(self, x, pos=None):
+        return plain_text(self.inner(x, pos))
+
+    def format_data(self, value):
+        return plain_text(self.inner.format_data(value))
+
+    def format_data_short(self, value):
+        return plain_text(self.inner.format_data_short(value))
+
+
+def _plain_ticks(fig) -> None:
+    """Give every axis of ``fig`` that labels its ticks in mathtext labels in plain text."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for get, set_ in (
+                (axis.get_major_formatter, axis.set_major_formatter),
+                (axis.get_minor_formatter, axis.set_minor_formatter),
+            ):
+                if isinstance(get(), ticker.LogFormatterMathtext):
+                    set_(_PlainTicks(get()))
+
+
 def save(fig, stem: Path) -> list[Path]:
     """Write ``<stem>.png`` (200 dpi) and ``<stem>.pdf``; return both paths."""
+    _plain_ticks(fig)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
