@@ -638,6 +638,73 @@ def test_crosssample_with_scores_without_rows_names_the_scores(make_checkpoint, 
     one_line_error(r, scores, "no scored positions", "90")
 
 
+def test_rollout_crosssample_and_score_refuse_a_problems_or_rollout_table_as_accuracy_does(make_checkpoint, tmp_path):
+    """Fourteenth hostile pass (L2, L3): `--dataset` given a zero-row table, a folder or a file that is no parquet
+    was an IndexError or a polars traceback in rollout and crosssample; a table concatenated with itself, a null
+    answer or a numeric question were sampled and scored, and `score --rollouts` scored a doubled or an empty
+    rollout table, all of which accuracy and divergence refuse."""
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=3), problems)
+    table = pl.read_parquet(problems)
+    bad = {
+        "no rows": (table.head(0), "has no rows"),
+        "doubled": (pl.concat([table, table]), "share their problem_id"),
+        "null answer": (table.with_columns(pl.lit(None, pl.String).alias("answer")), "answer"),
+        "numeric question": (table.with_columns(pl.lit(7).alias("question")), "question"),
+    }
+    paths = {}
+    for name, (frame, needle) in bad.items():
+        paths[name] = (tmp_path / f"{name.replace(' ', '_')}.parquet", needle)
+        frame.write_parquet(paths[name][0])
+    (tmp_path / "x.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    paths["not parquet"] = (tmp_path / "x.jsonl", "x.jsonl")
+    paths["a folder"] = (tmp_path, str(tmp_path))
+    from tokenshift.checkpoints import write_manifest
+
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    for role, ckpt in (("base", base), ("rl", rl)):
+        write_manifest(ckpt, name=role, spec={"path": str(ckpt)})
+    out = tmp_path / "o.parquet"
+    for name, (path, needle) in paths.items():
+        for argv in (
+            ["rollout", "--model", str(base), "--dataset", str(path), "--n", "1", "--max-new-tokens", "4"],
+            ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(path), "--direction", "forward"]
+            + ["--policy", "argmax", "--budget", "2", "--max-new-tokens", "4"],
+        ):
+            r = cli([*argv, "--out", str(out)])
+            one_line_error(r, needle)
+            assert not out.exists(), name
+    # the rollouts a score job reads: none, or each response twice
+    from tokenshift.tokenizer import check_pair
+
+    pair = tmp_path / "pair.json"
+    check_pair("p", base, rl, pair)
+    r = cli(
+        ["rollout", "--model", str(base), "--dataset", str(problems), "--n", "1", "--max-new-tokens", "4"]
+        + ["--out", str(out)]
+    )
+    assert r.returncode == 0, r.stderr
+    rolled = pl.read_parquet(out)
+    for frame, needle in ((rolled.head(0), "has no rows"), (pl.concat([rolled, rolled]), "share their problem_id")):
+        frame.write_parquet(tmp_path / "r.parquet")
+        score = [
+            "score",
+            "--base",
+            str(base),
+            "--rl",
+            str(rl),
+            "--pair",
+            str(pair),
+            "--rollouts",
+            str(tmp_path / "r.parquet"),
+        ]
+        r = cli([*score, "--source", "base", "--out", str(tmp_path / "s.parquet")])
+        one_line_error(r, "r.parquet", needle)
+        assert not (tmp_path / "s.parquet").exists()
+
+
 def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_checkpoint, tmp_path):
     # eighth hostile pass: "Torch not compiled with CUDA enabled", a traceback from the first .to(device)
     import torch

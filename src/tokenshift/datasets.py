@@ -312,16 +312,25 @@ def prepare_dataset(name: str, spec: DatasetSpec, out: Path, *, toy_task=None):
     return table
 
 
-def read_problems(path: Path | str) -> list[Problem]:
-    """The problems ``prepare_dataset`` wrote."""
+PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string"}
+"""The columns of a problems table (``prepare_dataset``'s output), by kind (``io.COLUMN_KINDS``)."""
+
+
+def read_problem_table(path: Path | str):
+    """The problems table ``prepare_dataset`` wrote, or ``InputError`` naming ``path``: not a parquet file (a
+    folder, a manifest), without the columns or with a null or another type in one, without rows (no problems
+    would be a table of no rows, written as a result), or a problem twice (a table concatenated with itself would
+    draw and count each problem twice). Every stage that reads problems reads them here."""
     from tokenshift.io import read_parquet
 
-    table = read_parquet(
-        path,
-        "a problems table written by `tokenshift dataset`",
-        columns=("problem_id", "question", "answer"),
-        nonempty=True,  # no problems would be a table of no rows, written as a result
+    return read_parquet(
+        path, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS, nonempty=True, unique=("problem_id",)
     )
+
+
+def read_problems(path: Path | str) -> list[Problem]:
+    """The problems ``prepare_dataset`` wrote (``read_problem_table``)."""
+    table = read_problem_table(path)
     return [Problem(*row) for row in table.select("problem_id", "question", "answer").iter_rows()]
 
 
@@ -382,7 +391,5 @@ def label_dataset_name(label: str) -> str:
 
 def dataset_name(path: Path | str) -> str | None:
     """The name ``prepare_dataset`` recorded in a problems file (None for a file without one)."""
-    import polars as pl
-
-    schema = pl.read_parquet_schema(path)
-    return pl.read_parquet(path, columns=["dataset"])["dataset"][0] if "dataset" in schema else None
+    table = read_problem_table(path)
+    return table["dataset"][0] if "dataset" in table.columns else None

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift import __version__
+from tokenshift import __version__, datasets
 from tokenshift.registry import GENERATOR, ROLES
 from tokenshift.settings import ExplorerConfig
 
@@ -92,7 +92,7 @@ RUN_COLUMNS = {
     "switched_positions": "list[count]",
     "finish_reason": "string",
 }
-PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string", "dataset": "string"}
+PROBLEM_COLUMNS = {**datasets.PROBLEM_COLUMNS, "dataset": "string"}
 """The columns the page reads from a score table, a cross-sampling run and a problems table, with their kinds:
 one missing or of another type is named, not a traceback."""
 SOURCE_LABEL = {"base": "base model's rollouts", "rl": "RL model's rollouts"}

@@ -610,6 +610,9 @@ def run_scoring(
             "prompt_ids": "list[count]",
             "response_ids": "list[count]",
         },
+        # as accuracy reads rollouts: none to score is no table of scores, and a response twice would count twice
+        nonempty=True,
+        unique=("problem_id", "sample_index"),
     )
     labels = check_score_inputs({"base": base, "rl": rl}, pair, manifest, rollouts, table, source)
     rows = list(zip(table["prompt_ids"].to_list(), table["response_ids"].to_list()))

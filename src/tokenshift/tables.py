@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from tokenshift import layout
-from tokenshift.datasets import label_dataset_name, read_toy_problems
+from tokenshift.datasets import label_dataset_name, read_problem_table, read_toy_problems
 from tokenshift.io import (
     InputError,
     place,
@@ -630,10 +630,6 @@ def check_made_alike(tables: Mapping[Path, pl.DataFrame], what: str) -> None:
             )
 
 
-PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "string"}
-"""What every problems table of `tokenshift dataset` holds."""
-
-
 def check_one_pair(tables: Mapping[Path, pl.DataFrame]) -> None:
     """``InputError`` naming a table of one pair and dataset's (``tables``: path -> table) whose ``pair``,
     ``dataset`` or ``statistic`` (exact, or top-K: what its divergences were computed from) is not the one most
@@ -829,7 +825,7 @@ def write_divergence(
     if problems is not None:  # another dataset's scores, copied over these: its problems counted as the dataset's
         # its question and answer too: a rollout or score table given as --problems (it has problem ids) left
         # the toy's decision-point table out without a word
-        table = read_parquet(problems, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS)
+        table = read_problem_table(problems)
         named = sorted(set(table["dataset"].drop_nulls())) if "dataset" in table.columns else []
         if named and named != [dataset]:  # every table would be labelled with a dataset it is not
             raise InputError(
