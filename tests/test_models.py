@@ -458,6 +458,25 @@ def refused_fetch(src: Path, out: Path, *flags: str) -> str:
     return r.stderr
 
 
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        # the weights have the toy tokenizer's rows: a rollout died in transformers' size-mismatch traceback
+        ({"vocab_size": 10}, "weight as [10, 32] but the weights hold [265, 32] (2 of 15 tensors differ)"),
+        ({"hidden_size": 16}, "tensors differ): expected the config.json of these weights"),
+        # huggingface_hub's StrictDataclassError escaped the fetch as a traceback
+        ({"num_hidden_layers": 1, "layer_types": ["full_attention"] * 2}, "`num_hidden_layers` (1) must be equal"),
+    ],
+)
+def test_a_config_json_that_is_not_its_weights_is_refused_by_the_fetch(make_checkpoint, tmp_path, edit, needle):
+    """Fourteenth hostile pass (L1, L4): a local checkpoint whose config.json disagrees with its weights (an edited
+    vocab_size or hidden_size) was fetched and vouched for, and every job that loaded it died in a traceback."""
+    src = make_checkpoint("src")
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, **edit}))
+    assert needle in refused_fetch(src, tmp_path / "m" / "m")
+
+
 def test_a_cut_weights_file_gets_no_manifest(make_checkpoint, tmp_path):
     # fifth hostile pass (L24, L32): a copy cut short was vouched for, then a rollout job failed with a traceback
     src = make_checkpoint("src")

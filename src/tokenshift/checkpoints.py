@@ -92,15 +92,57 @@ def custom_code(ckpt_dir: Path) -> bool:
     return cfg.get("model_type") not in CONFIG_MAPPING_NAMES
 
 
-def _check_safetensors(name: str, path: Path) -> None:
-    """Refuse a weights file safetensors cannot open: cut short, or not safetensors at all."""
+def _check_safetensors(name: str, path: Path) -> dict[str, tuple[int, ...]]:
+    """Refuse a weights file safetensors cannot open: cut short, or not safetensors at all; else the shape of
+    each tensor it holds (read from its header: no weight is read)."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(path, framework="pt"):
-            pass
+        with safe_open(path, framework="pt") as f:
+            names = f.keys()  # a safe_open is no mapping: it has keys() but no iteration
+            return {k: tuple(f.get_slice(k).get_shape()) for k in names}
     except (SafetensorError, OSError) as e:
         raise ModelFetchError(f"model {name!r}: {path} is not a whole safetensors file: {e}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message in one line: its first, with the next where the first only announces it (``...:``, as
+    huggingface_hub's validation errors write the cause on the line after)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _check_shapes(name: str, ckpt_dir: Path, cfg, shapes: Mapping[str, tuple[int, ...]], trust: bool) -> None:
+    """Refuse a ``config.json`` that describes tensors of other shapes than its weights hold (a ``vocab_size`` or
+    ``hidden_size`` edited, another model's config copied in): every job would load the checkpoint and die in
+    transformers' size-mismatch traceback (the fourteenth hostile pass, L1). The model is built on the meta
+    device (no memory); tensors the weights name otherwise (renamed on load, tied) are not compared, nor a
+    quantized checkpoint's, whose packed tensors have shapes of their own."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if getattr(cfg, "quantization_config", None):
+        return
+    where = ckpt_dir / "config.json"
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
+    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+        first = _first_line(e)
+        raise ModelFetchError(
+            f"model {name!r}: transformers cannot build the model {where} describes: {first}"
+        ) from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    wrong = sorted(k for k in expected.keys() & shapes.keys() if shapes[k] != expected[k])
+    if wrong:
+        k = wrong[0]
+        raise ModelFetchError(
+            f"model {name!r}: {where} describes {k} as {list(expected[k])} but the weights hold {list(shapes[k])} "
+            f"({len(wrong)} of {len(expected.keys() & shapes.keys())} tensors differ): expected the config.json of "
+            "these weights"
+        )
 
 
 def write_manifest(
@@ -122,6 +164,7 @@ def checked_manifest(
 ) -> tuple[dict, dict]:
     """The manifest of the checkpoint at ``ckpt_dir`` once its files pass every check (``ModelFetchError``
     otherwise), and its files' fingerprints; nothing is written."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     # imported here, not at the top: both modules import this one
@@ -140,8 +183,9 @@ def checked_manifest(
     weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
+    shapes = {}
     for p in weights:  # a cut download or copy: its header names more bytes than it holds (read: the header alone)
-        _check_safetensors(name, p)
+        shapes.update(_check_safetensors(name, p))
     # hashed before anything is loaded from them: the manifest vouches for the files that were checked
     files = checkpoint_files(ckpt_dir)
     # a linked file's fingerprint is its target's: the source checkpoint's
@@ -151,8 +195,10 @@ def checked_manifest(
     hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
     try:
         cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
-    except (ValueError, OSError, KeyError) as e:  # a type transformers lacks, custom code not trusted
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    # a type transformers lacks, custom code not trusted, a field a config class refuses (num_hidden_layers against
+    # layer_types: huggingface_hub's StrictDataclassError, the fourteenth hostile pass, L4)
+    except (ValueError, OSError, KeyError, StrictDataclassError) as e:
+        first = _first_line(e)
         hint = (
             f"; its config names code of its own (auto_map): set models.{name}.trust_remote_code: true to run it, "
             "if you trust it"
@@ -167,6 +213,7 @@ def checked_manifest(
         raise ModelFetchError(
             f"model {name!r}: {ckpt_dir / 'config.json'} gives vocab_size {rows!r}; expected a positive whole number"
         )
+    _check_shapes(name, ckpt_dir, cfg, shapes, trust)
     tok = auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     check_chat_template(ckpt_dir, tok)
