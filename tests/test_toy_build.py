@@ -73,10 +73,13 @@ def test_build_is_deterministic(tmp_path):
     from tokenshift.toy.build import build_toy_base
 
     brief = dataclasses.replace(SHORT, pretrain_steps=60, n_traces=600)  # equal weights need no good model
-    build_toy_base("first", tmp_path / "first", brief, progress=False)  # as the workflow builds it: with a manifest
-    first = json.loads((tmp_path / "first" / "toy_build.json").read_text())
-    again = build_base(tmp_path / "again", brief, progress=False)
+    # as the workflow builds them: with a manifest, which is the same bytes for the same weights (it held the
+    # build's seconds, so a forced build of the same model re-ran the whole study: the fourteenth hostile pass, L7)
+    for name in ("first", "again"):
+        build_toy_base("m", tmp_path / name, brief, progress=False)
+    first, again = (json.loads((tmp_path / name / "toy_build.json").read_text()) for name in ("first", "again"))
     assert again["final_loss"] == first["final_loss"]
+    assert manifest_path(tmp_path / "again").read_bytes() == manifest_path(tmp_path / "first").read_bytes()
     # the weights depend on the CPU's kernels: the manifest says which CPU, which kernels and which torch built them
     machine = json.loads(manifest_path(tmp_path / "first").read_text())["toy_build_machine"]
     assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()

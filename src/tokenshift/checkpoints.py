@@ -315,7 +315,8 @@ def resolve_checkpoint(path: Path | str) -> Path:
 
 
 # what a manifest records about how a checkpoint was made, not what it is: a toy built twice into the same
-# weights, on a laptop and on a cluster's node, is one checkpoint
+# weights, on a laptop and on a cluster's node, is one checkpoint (toy_build_seconds: manifests written before
+# 2026-12-07 held the build's seconds)
 MANIFEST_HOW_MADE = ("toy_build_seconds", "toy_build_machine")
 
 
