@@ -1010,3 +1010,34 @@ def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "x", "answer": "2", "answer": "3"}\n')
     one_line_error(cli(dataset_cmd(data, tmp_path / "d.parquet")), f"{data}:2 gives the key 'answer' twice")
+
+
+def test_a_build_fetch_or_dataset_replaces_only_what_its_own_stage_wrote(make_checkpoint, tmp_path):
+    """Fourteenth hostile pass (L5): `models toy-base --out <a user's checkpoint>` wrote its files over it; `dataset
+    --out resources/models/toy-base.parquet` wrote a dataset's manifest over the model's (`toy-base.json`), and a
+    fetch into `resources/datasets/toy` over the dataset's. Each is refused before anything is written."""
+    tiny = ["--pretrain-steps", "2", "--n-traces", "64", "--n-train-problems", "64", "--hidden-size", "8"]
+    tiny += ["--num-layers", "1", "--threads", "1"]
+    user = make_checkpoint("user")
+    before = {p.name: p.read_bytes() for p in user.iterdir()}
+    one_line_error(cli(["models", "toy-base", "t", *tiny, "--out", str(user)]), user, "not a toy build's folder")
+    assert {p.name: p.read_bytes() for p in user.iterdir()} == before
+    # a new path, then an earlier toy build's folder, are built into (beside it first: nothing half-written there)
+    base = tmp_path / "m" / "base"
+    for _ in range(2):
+        assert cli(["models", "toy-base", "base", *tiny, "--out", str(base)]).returncode == 0
+    assert sorted(p.name for p in base.parent.iterdir()) == [".base.fingerprints.json", "base", "base.json"]
+    init = ["--init", str(tmp_path / "m" / "base.json")]
+    r = cli(["models", "toy-sft", "s", *init, "--sft-steps", "1", *tiny, "--out", str(base / "sub")])
+    one_line_error(r, "lies inside, the checkpoint the build starts from")
+    # one stage's manifest over another's
+    manifest = (tmp_path / "m" / "base.json").read_bytes()
+    r = cli(["dataset", "d", "--toy", "eval", "--n-problems", "3", "--out", str(tmp_path / "m" / "base.parquet")])
+    one_line_error(r, tmp_path / "m" / "base.json", "is not a dataset's manifest")
+    assert (tmp_path / "m" / "base.json").read_bytes() == manifest
+    problems = tmp_path / "d" / "toy.parquet"
+    assert cli(["dataset", "toy", "--toy", "eval", "--n-problems", "3", "--out", str(problems)]).returncode == 0
+    dataset_manifest = (tmp_path / "d" / "toy.json").read_bytes()
+    for argv in (["models", "fetch", "a", "--path", str(user)], ["models", "toy-base", "a", *tiny]):
+        one_line_error(cli([*argv, "--out", str(tmp_path / "d" / "toy")]), "toy.json", "is not a checkpoint's manifest")
+    assert (tmp_path / "d" / "toy.json").read_bytes() == dataset_manifest

@@ -51,6 +51,17 @@ def manifest_path(ckpt_dir: Path) -> Path:
     return ckpt_dir.with_name(ckpt_dir.name + ".json")
 
 
+MANIFEST_KEYS = ("files_sha256",)
+"""What every checkpoint manifest holds (``checked_manifest``): a file at a manifest's path without them is not one."""
+
+
+def refuse_foreign_manifest(ckpt_dir: Path) -> None:
+    """``InputError`` where the manifest path of a checkpoint about to be written holds another kind of file."""
+    from tokenshift.io import refuse_foreign_file
+
+    refuse_foreign_file(manifest_path(ckpt_dir), MANIFEST_KEYS, "a checkpoint's manifest")
+
+
 def fingerprints_path(ckpt_dir: Path) -> Path:
     """Where the files' fingerprints (``io.file_fingerprint``) at hashing time are kept: beside the
     manifest, not in it, so a fetch run again on the same bytes writes the same manifest (and a later
@@ -421,6 +432,7 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     if src in out_dir.resolve().parents:  # its links and manifest written into the checkpoint they link
         raise ModelFetchError(f"model {name!r}: {out_dir} lies inside its source {src}: expected a path outside it")
     _check_replaceable(name, out_dir)
+    refuse_foreign_manifest(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group

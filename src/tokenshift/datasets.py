@@ -279,6 +279,10 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
     return [dict(r) for r in ds], commit
 
 
+DATASET_MANIFEST_KEYS = ("n_problems", "sha256")
+"""What every dataset manifest holds (``prepare_dataset``)."""
+
+
 def dataset_manifest_path(out: Path | str) -> Path:
     """Where ``prepare_dataset`` writes the manifest of the problems file ``out``."""
     return Path(out).with_suffix(".json")
@@ -292,8 +296,9 @@ def prepare_dataset(name: str, spec: DatasetSpec, out: Path, *, toy_task=None):
     commit read (null where the hub could not be asked), else null."""
     import polars as pl
 
-    from tokenshift.io import sha256_file, write_json_atomic, write_parquet_atomic
+    from tokenshift.io import refuse_foreign_file, sha256_file, write_json_atomic, write_parquet_atomic
 
+    refuse_foreign_file(dataset_manifest_path(out), DATASET_MANIFEST_KEYS, "a dataset's manifest")
     loaded, commit = _load(name, spec, toy_task)
     table = pl.DataFrame([{**dataclasses.asdict(p), "dataset": name, **extra} for p, extra in loaded])
     write_parquet_atomic(table, Path(out))

@@ -108,6 +108,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tokenshift"
 
 
+def refuse_foreign_file(path: Path | str, keys: Sequence[str], what: str) -> None:
+    """``InputError`` where ``path`` exists and is not ``what`` (a JSON object holding ``keys``): a stage writing its
+    manifest there would replace another's, e.g. a dataset's manifest written over a model's (`--out
+    resources/models/toy-base.parquet`: the fourteenth hostile pass, L5)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or not set(keys) <= data.keys():
+        raise InputError(f"{path}: exists and is not {what}, which writing there would replace: expected another --out")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     def write(tmp):
         with open(tmp, "w") as f:

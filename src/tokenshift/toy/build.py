@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -249,12 +250,50 @@ def _manifest_extra(stats: dict) -> dict:
     return {"toy_build_machine": build_machine()}
 
 
+def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | None = None) -> dict:
+    """Run ``build`` (a toy build into the folder it is given) in a new folder beside ``out``, which then takes
+    ``out``'s place: an interrupted build leaves no half-written checkpoint at ``out``. ``out`` may be a new path
+    or an earlier toy build's folder (it holds ``toy_build.json``); anything else is refused before the build (a
+    user's checkpoint was overwritten file by file: the fourteenth hostile pass, L5), as is the checkpoint the
+    build starts from."""
+    from tokenshift.checkpoints import manifest_path, refuse_foreign_manifest
+    from tokenshift.io import InputError
+
+    out = Path(os.path.abspath(out))
+    if not out.name:
+        raise InputError(f"--out {out}: names no folder; expected a path for the checkpoint")
+    if init is not None and (out == init.resolve() or init.resolve() in out.parents):
+        raise InputError(
+            f"--out {out}: is, or lies inside, the checkpoint the build starts from (--init): expected a path beside it"
+        )
+    refuse_foreign_manifest(out)
+    if (out.exists() or out.is_symlink()) and not (
+        out.is_dir() and not out.is_symlink() and (out / "toy_build.json").is_file()
+    ):
+        raise InputError(
+            f"--out {out}: exists and is not a toy build's folder (no toy_build.json): expected a new path, or an "
+            "earlier toy build's folder to replace"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        stats = build(tmp)
+        manifest_path(out).unlink(missing_ok=True)  # gone before the files it vouches for
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats
+
+
 def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
     """Build the toy base model (pretraining) at ``out`` and write its manifest last; returns a
     one-line summary."""
     from tokenshift.checkpoints import write_manifest
 
-    stats = build_base(Path(out), cfg, progress=progress)
+    stats = _built_in_place(Path(out), lambda d: build_base(d, cfg, progress=progress))
     write_manifest(Path(out), name=name, spec={"toy": "base"}, extra=_manifest_extra(stats))
     return (
         f"toy base model {name!r}: {stats['parameters']} parameters, final loss {stats['final_loss']:.3f}, "
@@ -268,7 +307,9 @@ def build_toy_rl(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, progr
     from tokenshift.checkpoints import write_manifest
 
     init_dir = _toy_init(init)
-    stats = build_rl(init_dir, Path(out), cfg, name=name, progress=progress)
+    stats = _built_in_place(
+        Path(out), lambda d: build_rl(init_dir, d, cfg, name=name, progress=progress), init=init_dir
+    )
     write_manifest(Path(out), name=name, spec={"toy": "rl", "init": init_dir.name}, extra=_manifest_extra(stats))
     rewards = [h["reward_mean"] for h in stats["grpo"]]
     k = max(1, len(rewards) // 5)
@@ -284,7 +325,7 @@ def build_toy_sft(name: str, out: Path, cfg: ToyBuildConfig, *, init: Path, prog
     from tokenshift.checkpoints import write_manifest
 
     init_dir = _toy_init(init)
-    stats = build_sft(init_dir, Path(out), cfg, progress=progress)
+    stats = _built_in_place(Path(out), lambda d: build_sft(init_dir, d, cfg, progress=progress), init=init_dir)
     spec = {"toy": "sft", "init": init_dir.name}
     write_manifest(Path(out), name=name, spec=spec, extra=_manifest_extra(stats))
     return f"toy SFT model {name!r}: final loss {stats['final_loss']:.3f}, {stats['seconds']:.0f} s"
