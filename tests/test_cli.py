@@ -1041,3 +1041,13 @@ def test_a_build_fetch_or_dataset_replaces_only_what_its_own_stage_wrote(make_ch
     for argv in (["models", "fetch", "a", "--path", str(user)], ["models", "toy-base", "a", *tiny]):
         one_line_error(cli([*argv, "--out", str(tmp_path / "d" / "toy")]), "toy.json", "is not a checkpoint's manifest")
     assert (tmp_path / "d" / "toy.json").read_bytes() == dataset_manifest
+
+
+def test_profile_install_into_a_folder_says_how_snakemake_finds_it_there(tmp_path):
+    """Fourteenth hostile pass (L9): installed with --dir, the profile was announced as `--profile slurm`, which
+    Snakemake looks for in its own profile folders, not there."""
+    target = tmp_path / "my profiles" / "q1"
+    r = cli(["profile", "install", "slurm", "--partition", "cpu", "--gpu-partition", "gpu", "--dir", str(target)])
+    assert r.returncode == 0, r.stderr
+    assert f"run the workflow with: snakemake --profile '{target.resolve()}' all" in r.stderr
+    assert (target / "config.yaml").is_file()

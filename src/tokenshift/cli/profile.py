@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -115,4 +116,6 @@ def _install(args: argparse.Namespace) -> None:
     for path in written:
         print(f"wrote {path}:", file=sys.stderr)
         print(path.read_text())
-    print(f"run the workflow with: snakemake --profile {args.name} all", file=sys.stderr)
+    # a profile written elsewhere than Snakemake's profile folder is found by its path (--profile takes either)
+    where = args.name if args.dir is None else shlex.quote(str(Path(args.dir).resolve()))
+    print(f"run the workflow with: snakemake --profile {where} all", file=sys.stderr)
