@@ -188,9 +188,16 @@ def test_gathering_a_part_twice_parts_of_two_runs_or_rows_twice_is_refused(tmp_p
     twice = tmp_path / "twice" / "1-of-1.parquet"
     twice.parent.mkdir()
     write_part(pl.concat([table, table.head(1)]), twice)
-    with pytest.raises(InputError, match="twice: expected rows of one run, each once"):
-        gather_parts([twice], tmp_path / "out.parquet", sort_by=["problem_id", "sample_index", "position"])
+    key = ["problem_id", "sample_index", "position"]
+    with pytest.raises(InputError, match=r"two rows have the same --sort-by problem_id, sample_index, position \{"):
+        gather_parts([twice], tmp_path / "out.parquet", sort_by=key)
     assert not (tmp_path / "out.parquet").exists()
+    # fourteenth hostile pass (L8): a sort key that does not tell rows apart was blamed on a row held twice, printed
+    # whole; the message gives the key's values alone
+    with pytest.raises(
+        InputError, match=r"same --sort-by problem_id \{'problem_id': 'q0'\}: expected .* tell its rows"
+    ):
+        gather_parts([parts["base", 1], parts["base", 2]], tmp_path / "out.parquet", sort_by=["problem_id"])
 
 
 @pytest.mark.parametrize(

@@ -180,9 +180,14 @@ def gather_parts(parts: Sequence[Path], out: Path, *, sort_by: Sequence[str] = (
     if sort_by and table.height:
         table = table.sort(*sort_by)
         twice = table.select(sort_by).is_duplicated()
-        if twice.any():  # two parts of other runs (the base and the RL model's), or a part's rows twice
-            row = table.filter(twice).row(0, named=True)
-            raise InputError(f"{parts[0]}: the parts hold {row} twice: expected rows of one run, each once")
+        if twice.any():  # two parts of other runs (the base and the RL model's), a part's rows twice, or a sort
+            # key that does not tell rows apart (two samples of one problem can be the same response)
+            key = repr(table.filter(twice).select(sort_by).row(0, named=True))
+            key = key if len(key) <= 200 else key[:199] + "…"
+            raise InputError(
+                f"{parts[0]}: two rows have the same --sort-by {', '.join(sort_by)} {key}: expected the parts of one "
+                "run, each row once, sorted by columns that tell its rows apart"
+            )
     write_parquet_atomic(table, Path(out), metadata=_models_metadata(common_record))
     return table
 
