@@ -999,6 +999,9 @@ def test_toy_builds_refuse_an_impossible_task_an_overflowing_rate_and_a_start_th
     one_line_error(cli(["models", "toy-base", "t", "--min-steps", "5", "--max-steps", "3", *out]), "min_steps 5")
     r = cli(["models", "toy-base", "t", "--pretrain-lr", "1e308", *out])
     assert r.returncode == 2 and "--pretrain-lr" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # fourteenth hostile pass, noticed: the command took a chance of 1.5, which the config refuses
+    r = cli(["models", "toy-base", "t", "--mistake-rate", "1.5", *out])
+    assert r.returncode == 2 and "--mistake-rate" in r.stderr and "<= 1" in r.stderr, r.stderr
     other = make_checkpoint("other")
     for stage in ("toy-rl", "toy-sft"):
         one_line_error(cli(["models", stage, "t", "--init", other, *out]), f"{other}: no toy_build.json")

@@ -23,7 +23,7 @@ class ToyBuildConfig:
     seed: int = option(0, "seed of the task generator and of training", minimum=0, maximum=MAX_SEED)
     min_steps: int = option(2, "fewest operations per problem", minimum=1)
     max_steps: int = option(8, "most operations per problem", minimum=1)
-    mistake_rate: float = option(0.12, "chance that a pretraining trace errs at a step", minimum=0)
+    mistake_rate: float = option(0.12, "chance that a pretraining trace errs at a step", minimum=0, maximum=1)
     n_train_problems: int = option(20000, "distinct training problems", minimum=1)
     n_traces: int = option(50000, "pretraining traces drawn from them", minimum=1, maximum=2_000_000)
     hidden_size: int = option(128, "width of the toy Qwen2 model", minimum=8, maximum=1024)
