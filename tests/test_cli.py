@@ -1025,8 +1025,11 @@ def test_a_build_fetch_or_dataset_replaces_only_what_its_own_stage_wrote(make_ch
     before = {p.name: p.read_bytes() for p in user.iterdir()}
     one_line_error(cli(["models", "toy-base", "t", *tiny, "--out", str(user)]), user, "not a toy build's folder")
     assert {p.name: p.read_bytes() for p in user.iterdir()} == before
-    # a new path, then an earlier toy build's folder, are built into (beside it first: nothing half-written there)
+    # a new path, then an earlier toy build's folder, are built into (beside it first: nothing half-written there),
+    # as an empty folder is
     base = tmp_path / "m" / "base"
+    (tmp_path / "empty").mkdir()
+    assert cli(["models", "toy-base", "e", *tiny, "--out", str(tmp_path / "empty")]).returncode == 0
     for _ in range(2):
         assert cli(["models", "toy-base", "base", *tiny, "--out", str(base)]).returncode == 0
     assert sorted(p.name for p in base.parent.iterdir()) == [".base.fingerprints.json", "base", "base.json"]

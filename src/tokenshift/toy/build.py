@@ -252,10 +252,10 @@ def _manifest_extra(stats: dict) -> dict:
 
 def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | None = None) -> dict:
     """Run ``build`` (a toy build into the folder it is given) in a new folder beside ``out``, which then takes
-    ``out``'s place: an interrupted build leaves no half-written checkpoint at ``out``. ``out`` may be a new path
-    or an earlier toy build's folder (it holds ``toy_build.json``); anything else is refused before the build (a
-    user's checkpoint was overwritten file by file: the fourteenth hostile pass, L5), as is the checkpoint the
-    build starts from."""
+    ``out``'s place: an interrupted build leaves no half-written checkpoint at ``out``. ``out`` may be a new path,
+    an empty folder or an earlier toy build's (it holds ``toy_build.json``); anything else is refused before the
+    build (a user's checkpoint was overwritten file by file: the fourteenth hostile pass, L5), as is the
+    checkpoint the build starts from."""
     from tokenshift.checkpoints import manifest_path, refuse_foreign_manifest
     from tokenshift.io import InputError
 
@@ -267,9 +267,8 @@ def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | No
             f"--out {out}: is, or lies inside, the checkpoint the build starts from (--init): expected a path beside it"
         )
     refuse_foreign_manifest(out)
-    if (out.exists() or out.is_symlink()) and not (
-        out.is_dir() and not out.is_symlink() and (out / "toy_build.json").is_file()
-    ):
+    earlier = out.is_dir() and not out.is_symlink() and ((out / "toy_build.json").is_file() or not any(out.iterdir()))
+    if (out.exists() or out.is_symlink()) and not earlier:  # a new folder, an empty one, or an earlier toy build
         raise InputError(
             f"--out {out}: exists and is not a toy build's folder (no toy_build.json): expected a new path, or an "
             "earlier toy build's folder to replace"
