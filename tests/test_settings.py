@@ -236,8 +236,10 @@ def test_flags_round_trip_through_the_parser(cls):
             value = 3 if "int" in str(hints[f.name]) else "x"
         elif isinstance(value, bool):
             value = not value
-        elif isinstance(value, int | float):
-            value = value + 1
+        elif isinstance(value, int | float):  # another value, within the option's bounds
+            value = (
+                value + 1 if value + 1 <= f.metadata.get("maximum", value + 1) else (value + f.metadata["maximum"]) / 2
+            )
         elif isinstance(value, tuple):
             value = (*value, 7)
         elif isinstance(value, str) and "{question}" in value:
