@@ -466,6 +466,12 @@ def refused_fetch(src: Path, out: Path, *flags: str) -> str:
         ({"hidden_size": 16}, "tensors differ): expected the config.json of these weights"),
         # huggingface_hub's StrictDataclassError escaped the fetch as a traceback
         ({"num_hidden_layers": 1, "layer_types": ["full_attention"] * 2}, "`num_hidden_layers` (1) must be equal"),
+        # fifteenth hostile pass (M1-M3): a ZeroDivisionError, an AssertionError and an AttributeError escaped the
+        # fetch, and a quantized checkpoint was fetched for every job to fail on bitsandbytes
+        ({"num_attention_heads": 0}, "transformers cannot build the model"),
+        ({"pad_token_id": 100000}, "transformers cannot"),
+        ({"dtype": "auto", "torch_dtype": "auto"}, "transformers cannot"),
+        ({"quantization_config": {"quant_method": "bitsandbytes", "load_in_8bit": True}}, "(bitsandbytes): quantized"),
     ],
 )
 def test_a_config_json_that_is_not_its_weights_is_refused_by_the_fetch(make_checkpoint, tmp_path, edit, needle):

@@ -129,18 +129,25 @@ def _check_shapes(name: str, ckpt_dir: Path, cfg, shapes: Mapping[str, tuple[int
     """Refuse a ``config.json`` that describes tensors of other shapes than its weights hold (a ``vocab_size`` or
     ``hidden_size`` edited, another model's config copied in): every job would load the checkpoint and die in
     transformers' size-mismatch traceback (the fourteenth hostile pass, L1). The model is built on the meta
-    device (no memory); tensors the weights name otherwise (renamed on load, tied) are not compared, nor a
-    quantized checkpoint's, whose packed tensors have shapes of their own."""
+    device (no memory); tensors the weights name otherwise (renamed on load, tied) are not compared. A quantized
+    checkpoint is refused."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    if getattr(cfg, "quantization_config", None):
-        return
     where = ckpt_dir / "config.json"
+    quantized = getattr(cfg, "quantization_config", None)
+    if quantized:  # every job loaded it into a library that may not be here (bitsandbytes), or planned it wrong
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else type(quantized).__name__
+        raise ModelFetchError(
+            f"model {name!r}: {where} has a quantization_config ({method}): quantized checkpoints are not supported "
+            "(the memory planner and the divergences assume the weights as trained); expected an unquantized checkpoint"
+        )
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
-    except (ValueError, KeyError, TypeError, RuntimeError, AttributeError) as e:
+    # a size of 0 divides by zero, a pad_token_id past the vocabulary fails an assertion, an unknown dtype is an
+    # AttributeError (the fifteenth hostile pass): whatever stops the model being built stops every job that loads it
+    except Exception as e:
         first = _first_line(e)
         raise ModelFetchError(
             f"model {name!r}: transformers cannot build the model {where} describes: {first}"
@@ -175,7 +182,6 @@ def checked_manifest(
 ) -> tuple[dict, dict]:
     """The manifest of the checkpoint at ``ckpt_dir`` once its files pass every check (``ModelFetchError``
     otherwise), and its files' fingerprints; nothing is written."""
-    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
 
     # imported here, not at the top: both modules import this one
@@ -207,8 +213,9 @@ def checked_manifest(
     try:
         cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
     # a type transformers lacks, custom code not trusted, a field a config class refuses (num_hidden_layers against
-    # layer_types: huggingface_hub's StrictDataclassError, the fourteenth hostile pass, L4)
-    except (ValueError, OSError, KeyError, StrictDataclassError) as e:
+    # layer_types: huggingface_hub's StrictDataclassError, the fourteenth hostile pass, L4), or a value it cannot
+    # take (a dtype of "auto": an AttributeError, the fifteenth): a stranger's file may raise anything here
+    except Exception as e:
         first = _first_line(e)
         hint = (
             f"; its config names code of its own (auto_map): set models.{name}.trust_remote_code: true to run it, "
