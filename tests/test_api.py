@@ -40,6 +40,12 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
         tokenshift.compare(base, base, "Q:1a=?")
     with pytest.raises(InputError, match=r"responses\[1\]: a int, expected a string"):
         tokenshift.compare(base, base, PROMPTS, [RESPONSES[0], 4])
+    # fifteenth hostile pass (M10): torch's, pathlib's and the memory planner's own errors
+    with pytest.raises(InputError, match="base: a int, expected a path"):
+        tokenshift.compare(5, base, PROMPTS)
+    for device, needle in (("nope", "expected auto, cpu, cuda"), ("", "expected auto"), (None, "device: a NoneType")):
+        with pytest.raises(InputError, match=needle):
+            tokenshift.compare(base, base, PROMPTS, device=device)
 
 
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
@@ -54,6 +60,9 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     assert tables["accuracy"].sort("pair")["accuracy"].to_list() == [0.5, 0.75]
     with pytest.raises(InputError, match="no such results directory"):
         tokenshift.load_results(tmp_path / "nowhere")
+    for wrong in (5, None):
+        with pytest.raises(InputError, match="results: a .*, expected a path"):
+            tokenshift.load_results(wrong)
     with pytest.raises(InputError, match=r"accuracy\.parquet: not a folder"):
         tokenshift.load_results(tmp_path / "a" / "toy" / "accuracy.parquet")
     # a folder without a study's tables (another folder, a study not yet run) was an empty dict

@@ -51,12 +51,17 @@ def compare(
     """
     from tokenshift.checkpoints import resolve_checkpoint
     from tokenshift.io import InputError
-    from tokenshift.loading import load_causal_lm
+    from tokenshift.loading import check_devices, load_causal_lm
     from tokenshift.scoring import pad_id_of, score_rows
     from tokenshift.tokenizer import compare_tokenizers, load_tokenizer
 
+    _check_path("base", base)
+    _check_path("rl", rl)
     for name, texts in (("prompts", prompts), ("responses", responses)):
         _check_texts(name, texts)
+    if not isinstance(device, str):  # None reached the memory planner as an AttributeError
+        raise InputError(f"device: a {type(device).__name__}, expected a string: auto, cpu, cuda or cuda:<i>")
+    check_devices({"device": device})  # `nope`, '', or cuda where torch has none: torch's own errors otherwise
     if responses is not None and len(responses) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(responses)} responses: expected one response per prompt")
     dirs = [resolve_checkpoint(p) for p in (base, rl)]
@@ -81,6 +86,16 @@ def compare(
     return table.with_columns(pl.Series("token", [tok.convert_tokens_to_string([t]) for t in tokens]))
 
 
+def _check_path(name: str, path) -> None:
+    """``InputError`` unless ``path`` is a path (a str or ``os.PathLike``): a number reached ``pathlib``'s TypeError."""
+    import os
+
+    from tokenshift.io import InputError
+
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"{name}: a {type(path).__name__}, expected a path")
+
+
 def _check_texts(name: str, texts) -> None:
     """``InputError`` unless ``texts`` is a list of strings: a lone string would be read as its characters, each
     a text of its own, and a number reach the tokenizer's own message, which names no text."""
@@ -101,6 +116,7 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     the study did not make are absent."""
     from tokenshift.io import InputError, read_parquet
 
+    _check_path("results", results)
     root = Path(results)
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such results directory"
