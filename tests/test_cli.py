@@ -970,6 +970,13 @@ def test_a_number_flag_that_is_not_finite_is_refused(value):
         assert r.returncode == 2 and f"expected a finite number, got '{value}'" in r.stderr, r.stderr
 
 
+def test_a_whole_number_flag_past_int64_is_refused():
+    """Fifteenth hostile pass (M9): `divergence --rank-k 99999999999999999999` was an OverflowError traceback; the
+    config refuses such a number anywhere (config.MAX_INTEGER), now the flags do too."""
+    r = cli(["divergence", "--rank-k", "1", str(2**63), "--scores-base", "b", "--scores-rl", "r", "--out", "o"])
+    assert r.returncode == 2 and f"expected a whole number of at most 2**63 - 1, got {2**63}" in r.stderr, r.stderr
+
+
 def test_accuracy_refuses_a_pair_manifest_that_names_no_pair(tmp_path):
     """Twelfth hostile pass (J7): `{}` or a model's manifest as --pair-manifest passed, so swapped rollouts went
     unseen; a list as a model's name was a TypeError traceback."""

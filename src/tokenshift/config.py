@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenshift import layout
+from tokenshift.options import MAX_INTEGER  # the largest integer a config (or a flag) may hold anywhere
 from tokenshift.registry import gamma_label
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -353,11 +354,6 @@ def _check_json_config(text: str, path: Path | str, limit: int) -> None:
             )
         children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         stack.extend((child, [*where, k], depth + 1) for k, child in children if isinstance(child, dict | list))
-
-
-MAX_INTEGER = 2**63 - 1
-"""The largest integer a config may hold anywhere: what torch, numpy and polars store (int64); past
-it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
 
 
 def check_finite(node: Any, key: str = "") -> None:

@@ -68,6 +68,11 @@ def _field_type(cls: type, f: dataclasses.Field) -> tuple[type, bool, bool]:
     return hint, optional, False
 
 
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a config or a flag may hold anywhere: what torch, numpy and polars store (int64); past
+it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
+
+
 def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, maximum: float | None = None):
     def convert(text: str):
         if auto and text == "auto":
@@ -79,6 +84,8 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, m
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):  # NaN compares with no bound, so passed them all
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if isinstance(value, int) and abs(value) > MAX_INTEGER:  # an OverflowError in the first conversion to int64
+            raise argparse.ArgumentTypeError(f"expected a whole number of at most 2**63 - 1, got {text}")
         if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"expected a value >= {minimum}, got {text}")
         if maximum is not None and value > maximum:
