@@ -442,3 +442,42 @@ def test_the_page_is_utf8_whatever_the_locale(toy_tokenizer, tmp_path):
     assert done.returncode == 0, done.stderr
     page = out.read_bytes().decode("utf-8")
     assert 'return "∞"' in page and '<meta charset="utf-8">' in page
+
+
+def test_odd_runs_scores_and_problems_are_named_or_shown_not_tracebacks(toy_tokenizer, tmp_path, capsys):
+    """Fifteenth hostile pass (M4-M7): a run whose direction or budget is none was a KeyError or a float()
+    traceback, a categorical problem_id a polars SchemaError on the join, a problems table without rows an
+    IndexError, candidates kept as lists (not arrays) an AttributeError."""
+    from tokenshift.cli import main
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    res = explorer_inputs(tmp_path, toy_tokenizer)
+    out = tmp_path / "explorer.html"
+    scores = ["--scores", "toy", "toy", str(res / "scores" / "base.parquet"), str(res / "scores" / "rl.parquet")]
+    args = ["explorer", *scores, "--tokenizer", f"toy={tmp_path / 'tok'}", "--out", str(out)]
+    good = run_table("2", {("p1", 0): (True, [5, 6], [1])})
+    odd = [
+        ("direction", "sideways", "direction 'sideways': expected one of forward, reverse"),
+        ("budget", "two", "budget 'two': expected a non-negative integer or 'all'"),
+    ]
+    for col, value, needle in odd:
+        bad = tmp_path / f"bad-{col}.parquet"
+        good.with_columns(pl.lit(value).alias(col)).write_parquet(bad)
+        assert main([*args, "--runs", str(bad)]) == 2
+        assert f"{bad}: column {col!r}: {needle}" in capsys.readouterr().err and not out.exists()
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    empty = tmp_path / "empty.parquet"
+    pl.read_parquet(problems).head(0).write_parquet(empty)
+    assert main([*args, "--problems", str(empty)]) == 2
+    assert f"{empty}: has no rows" in capsys.readouterr().err and not out.exists()
+    # a dictionary-encoded problem_id, and candidates as lists: the same page
+    for source in ("base", "rl"):
+        path = res / "scores" / f"{source}.parquet"
+        table = pl.read_parquet(path).with_columns(pl.col("problem_id").cast(pl.Categorical))
+        arrays = [c for c, t in table.schema.items() if isinstance(t, pl.Array)]
+        table.with_columns(pl.col(c).arr.to_list() for c in arrays).write_parquet(path)
+    run = tmp_path / "budget-2.parquet"
+    good.with_columns(pl.col("problem_id").cast(pl.Categorical)).write_parquet(run)
+    assert main([*args, "--runs", str(run)]) == 0, capsys.readouterr().err
+    assert out.is_file()

@@ -42,7 +42,7 @@ from pathlib import Path
 import polars as pl
 
 from tokenshift import __version__, datasets
-from tokenshift.registry import GENERATOR, ROLES
+from tokenshift.registry import GENERATOR, ROLES, parse_budget
 from tokenshift.settings import ExplorerConfig
 
 log = logging.getLogger(__name__)
@@ -240,11 +240,18 @@ class Group:
         return {**out, "responses": self.records}
 
 
+def _check_direction(value: str) -> None:
+    if value not in GENERATOR:
+        raise ValueError(f"direction {value!r}: expected one of {', '.join(GENERATOR)}")
+
+
 def rollout_group(
     pair: str, dataset: str, source: str, scores: pl.DataFrame, cfg: ExplorerConfig, dp: DecisionPoints | None = None
 ) -> Group:
     keys = pick(scores, cfg.responses_per_group, cfg.seed)
-    k = scores.schema["top_ids_base"].size if "top_ids_base" in scores.columns else 0
+    # the candidates kept per position: an array's width, or a list's longest (an Array has .size, a List not)
+    dtype = scores.schema.get("top_ids_base")
+    k = dtype.size if isinstance(dtype, pl.Array) else int(scores["top_ids_base"].list.len().max() or 0) if dtype else 0
     return Group(
         pair,
         dataset,
@@ -388,9 +395,13 @@ def build_explorer(
     from tokenshift.io import InputError, read_parquet, write_text_atomic
     from tokenshift.tokenizer import load_tokenizer
 
+    def keyed(t: pl.DataFrame) -> pl.DataFrame:  # a categorical problem_id (a dictionary-encoded copy) joins none
+        return t.with_columns(pl.col("problem_id").cast(pl.String))
+
     tables = {}
     for p in problems:
-        t = read_parquet(p, "a problems table (tokenshift dataset)", PROBLEM_COLUMNS, unique=("problem_id",))
+        what = "a problems table (tokenshift dataset)"
+        t = keyed(read_parquet(p, what, PROBLEM_COLUMNS, nonempty=True, unique=("problem_id",)))
         read_toy_problems(p)  # a toy dataset's operations, checked: its decision points are drawn from them
         if t["dataset"][0] in tables:
             raise InputError(f"{p}: dataset {t['dataset'][0]!r}'s problems, given twice; expected each dataset once")
@@ -398,9 +409,15 @@ def build_explorer(
     cross: dict[tuple[str, str], list[pl.DataFrame]] = {}
     seen: dict[tuple, Path] = {}
     for p in runs:
-        t = read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS, unique=KEY)
+        t = keyed(read_parquet(p, "a cross-sampling run (tokenshift crosssample)", RUN_COLUMNS, unique=KEY))
         if not t.height:
             continue
+        for col, check in (("direction", _check_direction), ("budget", parse_budget)):
+            for value in t[col].unique().to_list():  # a KeyError or float() traceback where the page is drawn
+                try:
+                    check(value)
+                except ValueError as e:
+                    raise InputError(f"{p}: column {col!r}: {e} (a run of tokenshift crosssample)") from None
         run = tuple(t[c][0] for c in RUN_IDENTITY if c in t.columns)
         if run in seen:  # its responses were embedded twice, as two groups
             raise InputError(f"{p}: the same run as {seen[run]} ({', '.join(map(str, run))}); expected each run once")
@@ -420,7 +437,9 @@ def build_explorer(
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
         for source in ROLES:
             path = Path(paths[source])
-            table = read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
+            table = keyed(
+                read_parquet(path, "per-token scores (tokenshift score)", SCORE_COLUMNS, unique=(*KEY, "position"))
+            )
             kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in table.columns}
             read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)
             held = sorted(set(table["source"])) if "source" in table.columns else [source]
