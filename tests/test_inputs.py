@@ -220,6 +220,13 @@ def test_gathering_a_part_twice_parts_of_two_runs_or_rows_twice_is_refused(tmp_p
             lambda t: t.with_columns(pl.lit("sample").alias("injection"), pl.lit(0.5).alias("gamma")),
             "injection sample\\) with gamma 0.5",
         ),
+        # fifteenth hostile pass (M8): an IndexError, a TypeError and a polars error in the table's build
+        (
+            lambda t: t.with_columns(pl.lit([], dtype=pl.List(pl.Boolean)).alias("correct_by_budget")),
+            "correct_by_budget is empty",
+        ),
+        (lambda t: t.with_columns(pl.lit("yes").alias("correct_by_budget")), "column 'correct_by_budget' "),
+        (lambda t: t.with_columns(pl.lit("3").alias("switched_positions")), "column 'switched_positions' "),
     ],
     ids=[
         "twice",
@@ -232,6 +239,9 @@ def test_gathering_a_part_twice_parts_of_two_runs_or_rows_twice_is_refused(tmp_p
         "two-runs",
         "nan",
         "gamma",
+        "empty-grades",
+        "string-grades",
+        "string-positions",
     ],
 )
 def test_a_cross_sampling_run_of_no_stage_is_refused_naming_it(change, needle, tmp_path):

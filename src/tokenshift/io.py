@@ -281,6 +281,7 @@ def read_parquet(
     *,
     nonempty: bool = False,
     unique: Sequence[str] = (),
+    optional: Mapping[str, str] | None = None,
 ):
     """A parquet table, or ``InputError`` naming ``path`` and what was expected there
     (a missing file, one that is not parquet, or one without the ``columns`` needed); for a damaged
@@ -290,7 +291,8 @@ def read_parquet(
     ``string``, ``list``, ``list[K]``; with a trailing ``?`` where nulls are allowed): a column of another
     type or value, or with a null where none is allowed, is refused too, as, with ``nonempty``, a table
     without rows, and a table where two rows have the same values of the ``unique`` columns (a row
-    duplicated by a careless concatenation would count twice in every statistic)."""
+    duplicated by a careless concatenation would count twice in every statistic). ``optional`` columns (name ->
+    kind) are checked so where the table has them."""
     import polars as pl
 
     path = Path(path)
@@ -308,7 +310,11 @@ def read_parquet(
         )
     if nonempty and table.height == 0:
         raise InputError(f"{path}: has no rows (expected {what}){remake_hint(path)}")
-    for name, kind in columns.items() if isinstance(columns, Mapping) else ():
+    kinds = {
+        **(columns if isinstance(columns, Mapping) else {}),
+        **{c: k for c, k in (optional or {}).items() if c in table},
+    }
+    for name, kind in kinds.items():
         all_null = table.schema[name].__class__.__name__ == "Null"  # a column written with no value at all
         why = None if all_null and kind.endswith("?") else _kind_error(table[name], kind.rstrip("?"))
         if why:

@@ -474,6 +474,8 @@ SCORE_COLUMNS = {
 }
 SCORE_KEY = ("problem_id", "sample_index", "position")
 """One row per scored position: a row twice would count twice in every share and percentile."""
+CROSS_OPTIONAL = {"switched_positions": "list[count]", "correct_by_budget": "list[bool]?"}
+"""Columns of a cross-sampling run some runs have (the regenerate engine's grades per budget), checked where present."""
 CROSS_COLUMNS = {
     "problem_id": "string",
     "sample_index": "number",
@@ -887,7 +889,9 @@ def write_divergence(
 def read_cross_run(path: Path) -> pl.DataFrame:
     """A cross-sampling run (``tokenshift crosssample``), checked: ``InputError`` naming the file otherwise."""
     what = "a cross-sampling run (tokenshift crosssample)"
-    run = read_parquet(path, what, CROSS_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
+    run = read_parquet(
+        path, what, CROSS_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"), optional=CROSS_OPTIONAL
+    )
     if ("injection" in run.columns) != ("gamma" in run.columns):  # a run written before both were has neither
         raise InputError(f"{path}: has one of the columns 'injection' and 'gamma' without the other (expected {what})")
     for column, known in (("direction", DIRECTIONS), ("policy", tuple(POLICIES))):
@@ -914,6 +918,8 @@ def read_cross_run(path: Path) -> pl.DataFrame:
         run["switched_positions"].list.len().cast(run["n_switched"].dtype), null_equal=True
     ):
         why = "n_switched differs from the number of switched_positions"
+    elif isinstance(run.schema.get("correct_by_budget"), pl.List) and (run["correct_by_budget"].list.len() == 0).any():
+        why = "a row's correct_by_budget is empty (it holds the row's grade at each budget up to its own)"
     elif run["threshold"].is_nan().any():
         why = "its threshold is NaN"
     elif "gamma" in run.columns and run["injection"][0] == "sample" and run["gamma"][0] != 0:
