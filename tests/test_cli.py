@@ -1040,6 +1040,10 @@ def test_a_build_fetch_or_dataset_replaces_only_what_its_own_stage_wrote(make_ch
     for _ in range(2):
         assert cli(["models", "toy-base", "base", *tiny, "--out", str(base)]).returncode == 0
     assert sorted(p.name for p in base.parent.iterdir()) == [".base.fingerprints.json", "base", "base.json"]
+    from tokenshift.io import umask
+
+    # built in a mkdtemp folder (0700), which a group sharing the results could not read (fifteenth pass, noticed)
+    assert base.stat().st_mode & 0o777 == 0o777 & ~umask()
     init = ["--init", str(tmp_path / "m" / "base.json")]
     r = cli(["models", "toy-sft", "s", *init, "--sft-steps", "1", *tiny, "--out", str(base / "sub")])
     one_line_error(r, "lies inside, the checkpoint the build starts from")

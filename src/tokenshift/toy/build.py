@@ -257,7 +257,7 @@ def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | No
     build (a user's checkpoint was overwritten file by file: the fourteenth hostile pass, L5), as is the
     checkpoint the build starts from."""
     from tokenshift.checkpoints import manifest_path, refuse_foreign_manifest
-    from tokenshift.io import InputError
+    from tokenshift.io import InputError, umask
 
     out = Path(os.path.abspath(out))
     if not out.name:
@@ -275,6 +275,7 @@ def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | No
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a group sharing the results could not read the model
     try:
         stats = build(tmp)
         manifest_path(out).unlink(missing_ok=True)  # gone before the files it vouches for
