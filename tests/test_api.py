@@ -61,7 +61,7 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     with pytest.raises(InputError, match="no such results directory"):
         tokenshift.load_results(tmp_path / "nowhere")
     for wrong in (5, None):
-        with pytest.raises(InputError, match="results: a .*, expected a path"):
+        with pytest.raises(InputError, match=r"results: a .*, expected a path"):
             tokenshift.load_results(wrong)
     with pytest.raises(InputError, match=r"accuracy\.parquet: not a folder"):
         tokenshift.load_results(tmp_path / "a" / "toy" / "accuracy.parquet")
