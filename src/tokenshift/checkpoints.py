@@ -31,9 +31,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
 
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors",)
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+T = TypeVar("T")
 
 
 class ModelFetchError(RuntimeError):
@@ -440,10 +443,8 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
         raise ModelFetchError(f"model {name!r}: {out_dir} lies inside its source {src}: expected a path outside it")
     _check_replaceable(name, out_dir)
     refuse_foreign_manifest(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a shared cache is read by the group
-    try:
+
+    def link_and_check(tmp: Path) -> tuple[dict, dict]:
         for f in linked_files(src, trust):
             (tmp / f.name).symlink_to(f.resolve())
         # checked before it takes out_dir's place: a checkpoint refused leaves no directory behind, and a
@@ -451,16 +452,32 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
         # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
         extra = {"commit": src.name} if "hub" in spec else None
         try:
-            manifest, fingerprints = checked_manifest(tmp, name=name, spec=spec, extra=extra)
+            return checked_manifest(tmp, name=name, spec=spec, extra=extra)
         except (ModelFetchError, TokenizerMismatch) as e:  # named where the files are: the source (tmp links to it)
             raise type(e)(str(e).replace(str(tmp), str(src))) from None
+
+    manifest, fingerprints = made_beside(out_dir, link_and_check)
+    _write_manifest(out_dir, manifest, fingerprints)  # a link's fingerprint is its target's: moved, the same
+    return manifest
+
+
+def made_beside(out_dir: Path, fill: Callable[[Path], T]) -> T:
+    """Run ``fill`` on a new folder beside ``out_dir``, which then takes ``out_dir``'s place (its manifest gone
+    first: it vouched for the files replaced); returns what ``fill`` returns. A ``fill`` that fails, or is
+    interrupted, leaves ``out_dir`` as it was and no folder behind. The folder gets the mode the umask gives, not
+    mkdtemp's 0700: a group sharing a cache or a study's results reads it. The fetch and the toy builds make their
+    checkpoints so."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    os.chmod(tmp, 0o777 & ~umask())
+    try:
+        made = fill(tmp)
         manifest_path(out_dir).unlink(missing_ok=True)  # gone before the files it vouches for
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_manifest(out_dir, manifest, fingerprints)  # a link's fingerprint is its target's: moved, the same
-    return manifest
+    return made
 
 
 def _snapshot(name: str, spec: Mapping[str, Any]) -> Path:

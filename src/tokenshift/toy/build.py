@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -256,8 +255,8 @@ def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | No
     an empty folder or an earlier toy build's (it holds ``toy_build.json``); anything else is refused before the
     build (a user's checkpoint was overwritten file by file: the fourteenth hostile pass, L5), as is the
     checkpoint the build starts from."""
-    from tokenshift.checkpoints import manifest_path, refuse_foreign_manifest
-    from tokenshift.io import InputError, umask
+    from tokenshift.checkpoints import made_beside, refuse_foreign_manifest
+    from tokenshift.io import InputError
 
     out = Path(os.path.abspath(out))
     if not out.name:
@@ -273,19 +272,7 @@ def _built_in_place(out: Path, build: Callable[[Path], dict], *, init: Path | No
             f"--out {out}: exists and is not a toy build's folder (no toy_build.json): expected a new path, or an "
             "earlier toy build's folder to replace"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700: a group sharing the results could not read the model
-    try:
-        stats = build(tmp)
-        manifest_path(out).unlink(missing_ok=True)  # gone before the files it vouches for
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return stats
+    return made_beside(out, build)
 
 
 def build_toy_base(name: str, out: Path, cfg: ToyBuildConfig, *, progress: bool = True) -> str:
