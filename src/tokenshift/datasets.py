@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -321,16 +322,16 @@ PROBLEM_COLUMNS = {"problem_id": "string", "question": "string", "answer": "stri
 """The columns of a problems table (``prepare_dataset``'s output), by kind (``io.COLUMN_KINDS``)."""
 
 
-def read_problem_table(path: Path | str):
+def read_problem_table(path: Path | str, also: Mapping[str, str] | None = None):
     """The problems table ``prepare_dataset`` wrote, or ``InputError`` naming ``path``: not a parquet file (a
-    folder, a manifest), without the columns or with a null or another type in one, without rows (no problems
-    would be a table of no rows, written as a result), or a problem twice (a table concatenated with itself would
-    draw and count each problem twice). Every stage that reads problems reads them here."""
+    folder, a manifest), without the columns (and ``also``'s, name -> kind) or with a null or another type in one,
+    without rows (no problems would be a table of no rows, written as a result), or a problem twice (a table
+    concatenated with itself would draw and count each problem twice). Every stage that reads problems reads them
+    here."""
     from tokenshift.io import read_parquet
 
-    return read_parquet(
-        path, "a problems table written by `tokenshift dataset`", PROBLEM_COLUMNS, nonempty=True, unique=("problem_id",)
-    )
+    what = "a problems table written by `tokenshift dataset`"
+    return read_parquet(path, what, {**PROBLEM_COLUMNS, **(also or {})}, nonempty=True, unique=("problem_id",))
 
 
 def read_problems(path: Path | str) -> list[Problem]:

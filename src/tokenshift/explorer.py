@@ -41,7 +41,7 @@ from pathlib import Path
 
 import polars as pl
 
-from tokenshift import __version__, datasets
+from tokenshift import __version__
 from tokenshift.registry import GENERATOR, ROLES, parse_budget
 from tokenshift.settings import ExplorerConfig
 
@@ -92,9 +92,8 @@ RUN_COLUMNS = {
     "switched_positions": "list[count]",
     "finish_reason": "string",
 }
-PROBLEM_COLUMNS = {**datasets.PROBLEM_COLUMNS, "dataset": "string"}
-"""The columns the page reads from a score table, a cross-sampling run and a problems table, with their kinds:
-one missing or of another type is named, not a traceback."""
+"""The columns the page reads from a score table and a cross-sampling run, with their kinds: one missing or of
+another type is named, not a traceback (a problems table's: ``datasets.read_problem_table``, with its name)."""
 SOURCE_LABEL = {"base": "base model's rollouts", "rl": "RL model's rollouts"}
 INJECTED = {"forward": "rl", "reverse": "base"}
 """Whose token a switch draws in each direction (the other model generates: ``registry.GENERATOR``)."""
@@ -391,7 +390,7 @@ def build_explorer(
     per-token scores of its ``base`` and ``rl`` rollouts, ``tokenshift score``'s tables), the
     cross-sampling ``runs`` (their rows name their pair and dataset), each dataset's ``problems``
     table (``tokenshift dataset``) and each pair's tokenizer (pair -> checkpoint); return its data."""
-    from tokenshift.datasets import read_toy_problems
+    from tokenshift.datasets import read_problem_table, read_toy_problems
     from tokenshift.io import InputError, read_parquet, write_text_atomic
     from tokenshift.tokenizer import load_tokenizer
 
@@ -400,8 +399,7 @@ def build_explorer(
 
     tables = {}
     for p in problems:
-        what = "a problems table (tokenshift dataset)"
-        t = keyed(read_parquet(p, what, PROBLEM_COLUMNS, nonempty=True, unique=("problem_id",)))
+        t = keyed(read_problem_table(p, also={"dataset": "string"}))
         read_toy_problems(p)  # a toy dataset's operations, checked: its decision points are drawn from them
         if t["dataset"][0] in tables:
             raise InputError(f"{p}: dataset {t['dataset'][0]!r}'s problems, given twice; expected each dataset once")
