@@ -1015,6 +1015,15 @@ def test_toy_builds_refuse_an_impossible_task_an_overflowing_rate_and_a_start_th
     assert not (tmp_path / "t").exists()
 
 
+def test_the_toy_datasets_shares_are_chances(tmp_path):
+    """Sixteenth pass: `dataset toy --eval-share 1e308` was an OverflowError traceback, and a share above 1 (or a
+    trace's mistake rate) means nothing."""
+    for flag, value in (("--eval-share", "1e308"), ("--eval-share", "1.5"), ("--mistake-rate", "2")):
+        r = cli(["dataset", "toy", "--toy=eval", flag, value, "--out", tmp_path / "d.parquet"])
+        assert r.returncode == 2 and flag in r.stderr and "<= 1" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "d.parquet").exists()
+
+
 def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
     data = tmp_path / "d.jsonl"

@@ -67,8 +67,12 @@ class ToyTaskConfig:
     max_total: int = option(
         99, "running totals stay within [0, max_total], so numbers have at most two digits", minimum=1
     )
-    mistake_rate: float = option(0.12, "chance that a pretraining trace makes a mistake at a given step", minimum=0)
-    eval_share: float = option(0.1, "share of the question space in the eval split (by question hash)", minimum=0)
+    mistake_rate: float = option(
+        0.12, "chance that a pretraining trace makes a mistake at a given step", minimum=0, maximum=1
+    )
+    eval_share: float = option(
+        0.1, "share of the question space in the eval split (by question hash)", minimum=0, maximum=1
+    )
 
     def __post_init__(self):
         if self.min_steps > self.max_steps:  # "at most 0 distinct problems with 3 to 1 operations" said no more
