@@ -735,6 +735,22 @@ def test_a_gpu_device_the_job_cannot_have_is_one_line_naming_the_setting(make_ch
     check_devices({"device_base": "auto", "device_rl": "cpu"})
 
 
+def test_a_budget_that_is_no_count_of_tokens_is_one_line(make_checkpoint, tmp_path):
+    """Sixteenth pass: a budget past int64 ran to the decoder's first step and died in an OverflowError."""
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    for budget in ("99999999999999999999", "-1", "2.0", "al"):
+        r = cli(
+            ["crosssample", "--base", str(base), "--rl", str(rl), "--dataset", str(problems)]
+            + ["--direction", "forward", "--policy", "argmax", "--budget", budget, "--out", str(tmp_path / "o.parquet")]
+        )
+        one_line_error(r, f"budget {budget!r}: expected ")
+    assert not (tmp_path / "o.parquet").exists()
+
+
 def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")

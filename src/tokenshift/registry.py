@@ -332,7 +332,10 @@ def gamma_label(gamma: float) -> str:
 
 
 def parse_budget(label: str | int) -> int | None:
-    """A budget label: ``all`` (no limit, None) or a non-negative whole number."""
+    """A budget label: ``all`` (no limit, None) or a non-negative whole number (int64, as every flag:
+    ``options.MAX_INTEGER``)."""
+    from tokenshift.options import MAX_INTEGER
+
     if label == "all":
         return None
     try:
@@ -341,6 +344,8 @@ def parse_budget(label: str | int) -> int | None:
         raise ValueError(f"budget {label!r}: expected a non-negative integer or 'all'") from None
     if value < 0 or str(value) != str(label).strip():
         raise ValueError(f"budget {label!r}: expected a non-negative integer or 'all'")
+    if value > MAX_INTEGER:  # the decoder compares it with a tensor of counts: an OverflowError (sixteenth pass)
+        raise ValueError(f"budget {label!r}: expected at most 2**63 - 1 or 'all'")
     return value
 
 
