@@ -1040,6 +1040,17 @@ def test_the_toy_datasets_shares_are_chances(tmp_path):
     assert not (tmp_path / "d.parquet").exists()
 
 
+def test_an_advantage_runs_seed_is_a_seed(tmp_path):
+    """Sixteenth pass: `advantages run --seed 99999999999999999999` loaded the model and died in torch's
+    "Overflow when unpacking long long"; the config's seeds are 0 to 2**32 - 1, and so is the flag now."""
+    for seed in ("99999999999999999999", "4294967296", "-1"):
+        r = cli(
+            ["advantages", "run", "--base", tmp_path / "b", "--variant", "js", "--seed", seed, "--out", tmp_path / "o"]
+        )
+        assert r.returncode == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
     data = tmp_path / "d.jsonl"

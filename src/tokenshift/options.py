@@ -96,9 +96,10 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, m
     return convert
 
 
-def at_least(minimum: int, kind: type = int):
-    """An argparse ``type`` that takes a ``kind`` of value at least ``minimum``, naming what it got."""
-    return _checked(kind, minimum, kind.__name__)
+def at_least(minimum: int, kind: type = int, maximum: float | None = None):
+    """An argparse ``type`` that takes a ``kind`` of value at least ``minimum`` (and at most ``maximum``), naming
+    what it got."""
+    return _checked(kind, minimum, kind.__name__, maximum=maximum)
 
 
 def add_options(

@@ -9,7 +9,7 @@ from pathlib import Path
 from tokenshift import layout
 from tokenshift.cli.common import output, quiet, settings, show
 from tokenshift.io import InputError
-from tokenshift.options import add_options
+from tokenshift.options import MAX_SEED, add_options, at_least
 
 
 def register(sub) -> None:
@@ -31,7 +31,7 @@ def register(sub) -> None:
     )
     run.add_argument("--base", required=True, help="the toy base checkpoint (directory or manifest)")
     run.add_argument("--variant", required=True, choices=ADVANTAGE_MODES, help="advantage weighting")
-    run.add_argument("--seed", type=int, required=True, help="training seed")
+    run.add_argument("--seed", type=at_least(0, maximum=MAX_SEED), required=True, help="training seed (0 to 2**32 - 1)")
     add_options(run, ToyBuildConfig, only=("grpo_lr",), title="learning rate: the toy RL model's (config `toy:`)")
     add_options(
         run, AdvantageExperimentConfig, exclude=("variants", "seeds"), title="experiment (config `advantages:`)"

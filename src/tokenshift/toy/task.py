@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tokenshift.io import InputError
-from tokenshift.options import option
+from tokenshift.options import MAX_SEED, option
 
 PROMPT_PREFIX = "Q:"
 PROMPT_SUFFIX = "=?\n"
@@ -56,7 +56,9 @@ EVAL_PROBLEMS = 500
 class ToyTaskConfig:
     """How toy problems and pretraining traces are drawn."""
 
-    seed: int = option(0, "seed of the problem generator; the same seed gives the same problems", minimum=0)
+    seed: int = option(
+        0, "seed of the problem generator; the same seed gives the same problems", minimum=0, maximum=MAX_SEED
+    )
     min_steps: int = option(2, "fewest operations in a problem", minimum=1)
     max_steps: int = option(
         8,
