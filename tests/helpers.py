@@ -456,3 +456,29 @@ def chromium_driver():
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=driver_bin), options=opts)
+
+
+FAILING_RENAME = """import os
+
+_replace = os.replace
+
+
+def replace(src, dst, *args, **kwargs):  # the job dies as it puts its part in place, after its last shard
+    if os.fspath(dst).endswith(os.environ["TOKENSHIFT_TEST_FAIL_AT"]):
+        raise OSError(28, "No space left on device (the test's interruption)", os.fspath(dst))
+    return _replace(src, dst, *args, **kwargs)
+
+
+os.replace = replace
+"""
+"""A ``sitecustomize`` that makes the jobs' Python fail the rename that puts ``$TOKENSHIFT_TEST_FAIL_AT`` in
+place: a job that dies at its end (a full disk there, or killed at that moment)."""
+
+
+def failing_at(tmp_path: Path, output: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of jobs whose Python fails as it puts ``output`` in place (``FAILING_RENAME``)."""
+    site = tmp_path / "failing_rename"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(FAILING_RENAME)
+    path = os.pathsep.join(p for p in (str(site), (env or os.environ).get("PYTHONPATH")) if p)
+    return {**(env or {}), "PYTHONPATH": path, "TOKENSHIFT_TEST_FAIL_AT": output}

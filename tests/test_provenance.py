@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import run, save_checkpoint, tokenshift_cmd
-from helpers import local_study_config, plan, snakemake, tiny_problems
+from helpers import failing_at, local_study_config, plan, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +97,27 @@ def test_an_edited_gold_answer_reruns_the_dataset_and_everything_after_it(study)
     assert plan(study) == AFTER_DATASET
     r = snakemake(study, "--cores", "1", "resources/datasets/tiny.parquet")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert plan(study) == {}
+
+
+def test_a_job_that_fails_after_a_changed_setting_leaves_nothing_made_before_it_looking_up_to_date(study, tmp_path):
+    """Sixteenth hostile pass: with a rollout setting changed, the base model's rollout job was killed; Snakemake
+    deleted its part, and with it the record of the settings it was made with, and then planned no rollout for
+    the base model: the gathered rollouts, and all made from them, stayed under the old setting for good."""
+    config = study / "config" / "config.yaml"
+    before = config.read_text()
+    part = "results/same/tiny/rollouts/base.parts/1-of-1.parquet"
+    try:
+        config.write_text(yaml.safe_dump({**CONFIG, "rollout": {**CONFIG["rollout"], "threads": 1}}, sort_keys=False))
+        r = snakemake(study, "--cores", "1", "all", env=failing_at(tmp_path, part))
+        assert r.returncode != 0 and not (study / part).exists(), r.stderr[-3000:]
+        r = snakemake(study, "-n", "all")
+        assert r.returncode == 0 and f"output: {part}" in r.stdout, r.stdout[-3000:]
+        assert {"rollout", "gather_rollouts", "accuracy", "score", "report"} <= plan(study).keys()
+    finally:
+        config.write_text(before)
+    r = snakemake(study, "--cores", "2", "all", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert plan(study) == {}
 
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 from conftest import save_checkpoint
-from helpers import local_study_config, patched_source, planned, snakemake, tiny_problems
+from helpers import failing_at, local_study_config, patched_source, planned, snakemake, tiny_problems
 
 pytestmark = pytest.mark.slow
 
@@ -286,21 +286,6 @@ def test_a_damaged_table_is_named_with_the_command_that_makes_it_again(study):
     assert plan_of(study, *STUDY) == {}
 
 
-FAILING_RENAME = """import os
-
-_replace = os.replace
-
-
-def replace(src, dst, *args, **kwargs):  # the job dies as it puts its part in place, after its last shard
-    if os.fspath(dst).endswith(os.environ["TOKENSHIFT_TEST_FAIL_AT"]):
-        raise OSError(28, "No space left on device (the test's interruption)", os.fspath(dst))
-    return _replace(src, dst, *args, **kwargs)
-
-
-os.replace = replace
-"""
-
-
 def interrupted(work, part: str, tmp_path, env=None) -> None:
     """Run the job of ``part`` as Snakemake would, and have it die after its last shard, as it puts the
     part in place (a ``sitecustomize`` in the job's Python fails that one rename: a full disk there, or
@@ -308,14 +293,9 @@ def interrupted(work, part: str, tmp_path, env=None) -> None:
     r = snakemake(work, "-n", "-p", part, "--forcerun", "crosssample", env=env)
     command = re.search(r"^Shell command: (tokenshift crosssample .*?2>&1)$", r.stdout, re.M | re.S)  # one job
     assert command and part in command[1], r.stdout[-3000:]
-    site = tmp_path / "failing_rename"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(FAILING_RENAME)
     (work / part).unlink()  # Snakemake removes a job's output before it runs the job
     # the job imports the tokenshift Snakemake's jobs import (a patched copy, or the one the tests run)
-    path = os.pathsep.join(p for p in (str(site), (env or os.environ).get("PYTHONPATH")) if p)
-    job_env = {**os.environ, **(env or {}), "PYTHONPATH": path, "TOKENSHIFT_TEST_FAIL_AT": part}
-    done = subprocess.run(["bash", "-c", command[1]], cwd=work, env=job_env)
+    done = subprocess.run(["bash", "-c", command[1]], cwd=work, env={**os.environ, **failing_at(tmp_path, part, env)})
     assert done.returncode != 0 and not (work / part).exists()
     assert sorted(p.name for p in (work / f"{part}.shards").glob("shard-*.parquet")) == [
         f"shard-{i:05d}.parquet" for i in range(len(PROBLEMS))

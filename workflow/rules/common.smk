@@ -8,10 +8,12 @@
 # a template is one argument, whatever it holds, joined to its flag (--revision=-x), so that no
 # value is ever read as an option.
 import dataclasses
+import itertools
 import json
 import os
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -470,4 +472,29 @@ def get_final_output():
         targets += [layout.in_pair(n, p, d) for n in names]
     targets += [layout.REPORT, layout.EXPLORER, layout.SUMMARY] if PAIR_DATASETS else []
     targets += [f"{t}.csv" for t in aggregate_tables()]
-    return targets
+    return list(dict.fromkeys(targets + made_between()))
+
+
+def made_between():
+    """The files a study makes on the way to its results, requested by `all` too. Snakemake makes a missing
+    file again only where a job it runs needs it, and a job that fails (killed, preempted) has its output
+    deleted with the record of the settings and code it was made with: after a changed setting, a rollout part
+    whose job was killed left the gathered rollouts, and all made from them, up to date under the old setting
+    (the sixteenth hostile pass). Requested, a missing file is made again, and what reads it after it."""
+    files = [layout.dataset_table(d) for d in dict.fromkeys(d for _, d in PAIR_DATASETS)]
+    for p, d in PAIR_DATASETS:
+        of_pair = lambda names: [layout.in_pair(n, p, d) for n in names]
+        sharded = {
+            gather.rollout: of_pair(map(layout.rollouts, ROLES)),
+            gather.score: of_pair(map(layout.scores, ROLES)),
+        }
+        if p in CROSSSAMPLED:
+            runs = crosssample_runs(SimpleNamespace(pair=p, dataset=d))
+            sharded[gather.crosssample] = [run for rs in runs.values() for run in rs]
+        files += [f for parts_of, tables in sharded.items() for t in tables for f in (t, *parts_of(layout.parts(t)))]
+        files += report_inputs(p, d).values()
+    files += [layout.toy_check("decision_points", p) for p in TOY_RL_PAIRS]
+    if ADVANTAGE_BASE:
+        runs = itertools.product(ADVANTAGES.variants, ADVANTAGES.seeds, ("eval", "history"))
+        files += [layout.advantage_run(*run) for run in runs]
+    return files + ([layout.overview_figure(), layout.RUN_CONFIG] if PAIR_DATASETS else [])
