@@ -376,6 +376,30 @@ def test_the_run_key_covers_the_code_of_the_package(tmp_path):
     assert version(tmp_path / "src") != sharding.code_version()  # so its shards are not reused
 
 
+def test_the_run_key_covers_the_versions_of_the_libraries_results_depend_on(tmp_path):
+    """Sixteenth pass: a job forced after an upgrade of the grader resumed from shards graded by the old one. Here
+    math-verify 99.0's metadata, first on the path, is the upgrade."""
+    import subprocess
+    import sys
+
+    from tokenshift import sharding
+
+    dist = tmp_path / "upgraded" / "math_verify-99.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: math-verify\nVersion: 99.0\n")
+    code = "from tokenshift.sharding import run_key; print(run_key({'n': 4}))"
+    src = str(Path(sharding.__file__).parents[1])
+    key = lambda *path: subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([*path, src])},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert key() == sharding.run_key({"n": 4})
+    assert key(str(tmp_path / "upgraded")) != key()  # so shards graded by the old version are not reused
+
+
 def test_shards_made_under_another_key_are_not_reused(make_checkpoint, jsonl, tmp_path, caplog):
     ckpt = make_checkpoint("m")
     problems = load_problems("s", DatasetSpec(path=str(jsonl), id_field="id"))

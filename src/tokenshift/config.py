@@ -1147,19 +1147,14 @@ def _tokenizer_check_record(*ckpt_dirs: Path, chat: bool) -> Path | None:
     load them and the code that compares them: any change is a new key, so the check runs again. None
     where a file cannot be read (the check then runs, and names it)."""
     import hashlib
-    from importlib.metadata import PackageNotFoundError, version
 
     import tokenshift.checkpoints
     import tokenshift.loading
     import tokenshift.tokenizer
-    from tokenshift.io import cache_dir
+    from tokenshift.io import cache_dir, package_versions
 
     h = hashlib.sha256(f"chat={chat}\0".encode())  # a pair passes without its templates compared, not with
-    for package in ("transformers", "tokenizers"):
-        try:
-            h.update(f"{package}=={version(package)}\0".encode())
-        except PackageNotFoundError:
-            h.update(f"{package} absent\0".encode())
+    h.update(f"{package_versions('transformers', 'tokenizers')}\0".encode())
     try:
         # the code that loads and compares the tokenizers: tokenizer.py, and checkpoints.py and loading.py it calls
         modules = (tokenshift.checkpoints, tokenshift.loading, tokenshift.tokenizer)

@@ -37,6 +37,20 @@ def files_fingerprint(paths: Sequence[Path | str]) -> str:
 _HASHED: dict[tuple[str, tuple[int, ...]], str] = {}
 
 
+def package_versions(*names: str) -> str:
+    """``name==version`` of each installed distribution of ``names`` (``name absent`` where it is not), one a
+    line: a key's share of the libraries what it keys depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    for name in names:
+        try:
+            lines.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            lines.append(f"{name} absent")
+    return "\n".join(lines)
+
+
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes, read once per process while its fingerprint stays the same
     (a stage verifies each checkpoint several times: models of 60 GB are read once)."""

