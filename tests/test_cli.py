@@ -1051,6 +1051,29 @@ def test_an_advantage_runs_seed_is_a_seed(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_argument_that_is_not_utf8_is_one_line(tmp_path):
+    """Sixteenth pass: bytes that are not UTF-8 (Python's lone surrogates) in a template, an output path or a
+    name were tracebacks from the tokenizer, polars and the manifest's JSON."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n')
+    for argv in (
+        ["dataset", "d\udcff", "--path", data, "--out", tmp_path / "o.parquet"],
+        ["dataset", "d", "--path", data, "--out", tmp_path / "o\udcff.parquet"],
+        [
+            "rollout",
+            "--model",
+            tmp_path,
+            "--dataset",
+            data,
+            "--template={question}\udcfe",
+            "--out",
+            tmp_path / "o.parquet",
+        ],
+    ):
+        one_line_error(cli(argv), "is not UTF-8 text: expected UTF-8")
+    assert not list(tmp_path.glob("o*"))
+
+
 def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
     data = tmp_path / "d.jsonl"

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import save_checkpoint
-from helpers import chromium_driver
+from helpers import chromium_driver, cross_run
 
 from tokenshift.explorer import (
     agreeing_points,
@@ -420,6 +420,26 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     copy.write_bytes(good.read_bytes())
     assert main([*args, "--runs", str(good), str(copy)]) == 2
     assert f"{copy}: the same run as {good} (" in capsys.readouterr().err and not out.exists()
+    # sixteenth pass: a null source was a TypeError traceback; and the cross-sampling table's averaged counts
+    null = tmp_path / "null_source.parquet"
+    score_table(source="base").with_columns(pl.lit(None, pl.String).alias("source")).write_parquet(null)
+    assert main(["explorer", "--scores", "toy", "toy", str(null), scores[4], *args[6:]]) == 2
+    assert f"{null}: column 'source' is null" in capsys.readouterr().err and not out.exists()
+    for column, value in (("n_forced", None), ("n_removed", "two")):
+        bad = tmp_path / f"{column}.parquet"
+        cross_run("forward", "js", "2", 0.5, 1).with_columns(pl.lit(value).alias(column)).write_parquet(bad)
+        table = [
+            "crosssample-table",
+            str(bad),
+            "--pair",
+            "toy",
+            "--dataset",
+            "toy",
+            "--out",
+            str(tmp_path / "t.parquet"),
+        ]
+        assert main(table) == 2
+        assert f"{bad}: column {column!r} " in capsys.readouterr().err and not (tmp_path / "t.parquet").exists()
     # scores from before scoring kept log-probabilities
     score_table(source="rl").drop("logp_rl").write_parquet(res / "scores" / "rl.parquet")
     assert main(args) == 2

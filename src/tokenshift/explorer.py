@@ -440,6 +440,8 @@ def build_explorer(
             )
             kept = {c: k for c, k in CANDIDATE_KINDS.items() if c in table.columns}
             read_parquet(path, "per-token scores (tokenshift score) with their candidates", kept)
+            if "source" in table.columns and table["source"].null_count():  # sixteenth pass: a traceback
+                raise InputError(f"{path}: column 'source' is null (expected per-token scores (tokenshift score))")
             held = sorted(set(table["source"])) if "source" in table.columns else [source]
             if held != [source]:  # the base model's responses shown as the RL model's (eleventh hostile pass, H3)
                 raise InputError(

@@ -474,7 +474,13 @@ SCORE_COLUMNS = {
 }
 SCORE_KEY = ("problem_id", "sample_index", "position")
 """One row per scored position: a row twice would count twice in every share and percentile."""
-CROSS_OPTIONAL = {"switched_positions": "list[count]", "correct_by_budget": "list[bool]?"}
+CROSS_OPTIONAL = {
+    "switched_positions": "list[count]",
+    "correct_by_budget": "list[bool]?",
+    # the forced switches and removed positions the table averages (sixteenth pass: a null one was a traceback)
+    "n_forced": "count",
+    "n_removed": "count",
+}
 """Columns of a cross-sampling run some runs have (the regenerate engine's grades per budget), checked where present."""
 CROSS_COLUMNS = {
     "problem_id": "string",

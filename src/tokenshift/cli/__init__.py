@@ -54,7 +54,24 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return InputError, ModelFetchError, TokenizerMismatch, DatasetError
 
 
+def _not_text(argv: list[str]) -> str | None:
+    """Why an argument is refused where it is not UTF-8 text: Python passes its bytes on as lone surrogates,
+    which every library then fails on in its own traceback (a template, an output path or a name; the
+    sixteenth pass)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape")
+            return f"argument {shown!r} is not UTF-8 text: expected UTF-8 (names, paths, templates)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if why := _not_text(argv):
+        print(f"tokenshift: error: {why}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
