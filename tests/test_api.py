@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
+import yaml
 
 import tokenshift
 from tokenshift.io import InputError
@@ -46,6 +47,9 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
     for device, needle in (("nope", "expected auto, cpu, cuda"), ("", "expected auto"), (None, "device: a NoneType")):
         with pytest.raises(InputError, match=needle):
             tokenshift.compare(base, base, PROMPTS, device=device)
+    # sixteenth hostile pass: a lone surrogate reached the tokenizer's TypeError, which names no text
+    with pytest.raises(InputError, match=r"prompts\[1\]: a lone surrogate '\\ud800' \(half of a UTF-16 pair\)"):
+        tokenshift.compare(base, base, ["Q:1a=?", "\ud800"])
 
 
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
@@ -58,6 +62,22 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     tables = tokenshift.load_results(tmp_path)
     assert set(tables) == {"accuracy", "sparsity"}  # what the study did not make is absent
     assert tables["accuracy"].sort("pair")["accuracy"].to_list() == [0.5, 0.75]
+    # sixteenth hostile pass: a study whose config has dropped a pair, or its cross-sampling, keeps the old files,
+    # and they were loaded as its own; its recorded settings (results/config.yaml) say what it makes
+    d = tmp_path / "a" / "toy"
+    pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "accuracy": [0.5]}).write_parquet(d / "crosssample.parquet")
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"pairs": [{"name": "a", "datasets": ["toy"], "crosssample": False}]})
+    )
+    tables = tokenshift.load_results(tmp_path)
+    assert set(tables) == {"accuracy", "sparsity"} and tables["accuracy"]["pair"].to_list() == ["a"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pairs": [{"name": "a", "datasets": ["toy"]}]}))
+    assert tokenshift.load_results(tmp_path)["crosssample"].height == 1
+    (tmp_path / "config.yaml").write_text("pairs: 3")
+    with pytest.raises(InputError, match=r"config.yaml: not the settings a study records"):
+        tokenshift.load_results(tmp_path)
+    (tmp_path / "config.yaml").unlink()
+    (d / "crosssample.parquet").unlink()
     with pytest.raises(InputError, match="no such results directory"):
         tokenshift.load_results(tmp_path / "nowhere")
     for wrong in (5, None):

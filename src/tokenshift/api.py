@@ -30,6 +30,8 @@ AGGREGATE_TABLES = {
     "training_shifts": layout.under_results(layout.training(layout.SHIFTS, "*")),
 }
 """Each aggregate table of a study, by name, and where it lies under the results directory."""
+PAIR_FOLDERS = tuple(Path(f(layout.ACCURACY, "p")).parts[-2] for f in (layout.toy_check, layout.training))
+"""A pair's folders of its own beside its datasets' (the toy check's, the training analyses')."""
 
 
 def compare(
@@ -108,12 +110,18 @@ def _check_texts(name: str, texts) -> None:
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise InputError(f"{name}[{bad}]: a {type(texts[bad]).__name__}, expected a string")
+    for i, text in enumerate(texts):  # the tokenizer's TypeError names no text (the sixteenth pass)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            lone = text[e.start : e.end]
+            raise InputError(f"{name}[{i}]: a lone surrogate {lone!r} (half of a UTF-16 pair), expected text") from None
 
 
 def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     """Every aggregate table of a finished study, by name (``AGGREGATE_TABLES``); a table that several
     pairs and datasets have is one frame of them all (each row names its pair and dataset). Tables
-    the study did not make are absent."""
+    the study did not make are absent, also those an earlier config of it left (``_made_by_the_study``)."""
     from tokenshift.io import InputError, read_parquet
 
     _check_path("results", results)
@@ -121,9 +129,10 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     if not root.is_dir():
         what = "not a folder" if root.exists() else "no such results directory"
         raise InputError(f"{root}: {what} (expected the workflow's results/)")
+    made = _made_by_the_study(root)
     out = {}
     for name, pattern in AGGREGATE_TABLES.items():
-        paths = sorted(root.glob(pattern))
+        paths = [p for p in sorted(root.glob(pattern)) if made(name, p.relative_to(root).parts)]
         if paths:
             frames = [read_parquet(p, f"the {name} table of a study") for p in paths]
             out[name] = pl.concat(frames, how="diagonal_relaxed")
@@ -133,3 +142,35 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
             f"{AGGREGATE_TABLES['accuracy']})"
         )
     return out
+
+
+def _made_by_the_study(root: Path):
+    """Whether the table ``name`` at ``parts`` (relative to ``root``) is one the study whose settings
+    ``root/config.yaml`` records makes: Snakemake leaves the tables of a pair, dataset or cross-sampling grid a
+    changed config no longer has, and they were loaded as this study's (the sixteenth pass). A pair and
+    dataset's table must be of a pair and dataset the config has, cross-sampling of a pair it cross-samples.
+    Without that file (tables gathered by hand), every table is taken."""
+    import yaml
+
+    from tokenshift.io import InputError, read_text
+
+    where = root / "config.yaml"
+    if not where.is_file():
+        return lambda name, parts: True
+    try:
+        pairs = {p["name"]: p for p in yaml.safe_load(read_text(where, "the study's recorded settings"))["pairs"]}
+        datasets = {(n, d) for n, p in pairs.items() for d in p["datasets"]}
+    except (yaml.YAMLError, TypeError, KeyError) as e:
+        raise InputError(f"{where}: not the settings a study records (expected its pairs): {e}") from None
+
+    def made(name: str, parts: tuple[str, ...]) -> bool:
+        if name == "training_shifts":
+            return parts[-3] in pairs
+        if name.startswith("advantages") or len(parts) < 3:
+            return True
+        if parts[1] in PAIR_FOLDERS:  # <pair>/toy_check/accuracy.parquet
+            return parts[0] in pairs
+        crossed = name != "crosssample" or pairs.get(parts[0], {}).get("crosssample", True)
+        return (parts[0], parts[1]) in datasets and crossed  # <pair>/<dataset>/...
+
+    return made
