@@ -425,6 +425,13 @@ def test_a_table_without_a_column_the_page_needs_is_named_and_nothing_is_written
     score_table(source="base").with_columns(pl.lit(None, pl.String).alias("source")).write_parquet(null)
     assert main(["explorer", "--scores", "toy", "toy", str(null), scores[4], *args[6:]]) == 2
     assert f"{null}: column 'source' is null" in capsys.readouterr().err and not out.exists()
+    # the base model's scores of one scoring setting (top_k 5) beside the RL model's of another ran (sixteenth pass)
+    labelled = {s: tmp_path / f"{s}_labelled.parquet" for s in ("base", "rl")}
+    for source, label in (("base", "7fb1a490052e3626"), ("rl", "e43ac83c64916d35")):
+        score_table(source=source).with_columns(settings=pl.lit(label)).write_parquet(labelled[source])
+    assert main(["explorer", "--scores", "toy", "toy", str(labelled["base"]), str(labelled["rl"]), *args[6:]]) == 2
+    assert f"{labelled['rl']}: column 'settings' holds ['e43ac83c64916d35']" in capsys.readouterr().err
+    assert not out.exists()
     for column, value in (("n_forced", None), ("n_removed", "two")):
         bad = tmp_path / f"{column}.parquet"
         cross_run("forward", "js", "2", 0.5, 1).with_columns(pl.lit(value).alias(column)).write_parquet(bad)

@@ -392,6 +392,7 @@ def build_explorer(
     table (``tokenshift dataset``) and each pair's tokenizer (pair -> checkpoint); return its data."""
     from tokenshift.datasets import read_problem_table, read_toy_problems
     from tokenshift.io import InputError, read_parquet, write_text_atomic
+    from tokenshift.tables import check_made_alike
     from tokenshift.tokenizer import load_tokenizer
 
     def keyed(t: pl.DataFrame) -> pl.DataFrame:  # a categorical problem_id (a dictionary-encoded copy) joins none
@@ -433,6 +434,7 @@ def build_explorer(
         if pair not in toks:
             raise InputError(f"--scores {pair}: no tokenizer given for pair {pair!r} (--tokenizer {pair}=CHECKPOINT)")
         dp = toy_decision_points(tables[dataset], toks[pair]) if dataset in tables else None
+        read = {}
         for source in ROLES:
             path = Path(paths[source])
             table = keyed(
@@ -448,7 +450,10 @@ def build_explorer(
                     f"{path}: scores of the {', '.join(held)} rollouts, given as the {source} scores of --scores "
                     f"{pair} {dataset}; expected BASE, then RL"
                 )
+            read[path] = table
             groups.append(rollout_group(pair, dataset, source, table, cfg, dp))
+        # the base model's scores of one scoring setting beside the RL model's of another (the sixteenth pass)
+        check_made_alike(read, "the scores of both sources made alike")
         groups += crosssample_groups(pair, dataset, cross.get((pair, dataset), []), cfg, dp)
     probs = {
         name: {
