@@ -516,6 +516,26 @@ def test_check_pair_refuses_one_checkpoint_as_both_models_and_overview_a_suffixe
     one_line_error(r, "--out", "x.txt", "without suffix")
 
 
+def test_crosssample_refuses_models_that_are_not_its_pairs_in_their_roles(make_checkpoint, tmp_path):
+    """Sixteenth pass: `crosssample --base A --rl A --pair <p.json>` ran, its rows labelled pair p (whose RL model
+    is B); scoring refused the same inputs."""
+    from tokenshift.checkpoints import fetch_model
+    from tokenshift.datasets import DatasetSpec, prepare_dataset
+
+    for name, seed in (("a", 0), ("b", 1)):
+        fetch_model(name, {"path": str(make_checkpoint(name, seed=seed))}, tmp_path / "models" / name)
+    a, b = (tmp_path / "models" / f"{n}.json" for n in "ab")
+    pair = tmp_path / "p.json"
+    assert cli(["models", "check-pair", "p", "--base", a, "--rl", b, "--out", pair]).returncode == 0
+    problems = tmp_path / "toy.parquet"
+    prepare_dataset("toy", DatasetSpec(toy="eval", n_problems=2), problems)
+    run = ["crosssample", "--pair", pair, "--dataset", problems, "--direction", "forward", "--policy", "argmax"]
+    for models, needle in (((a, a), "one checkpoint"), ((b, a), "pair 'p' has base model 'a', where --base")):
+        r = cli([*run, "--base", models[0], "--rl", models[1], "--budget", "2", "--out", tmp_path / "o.parquet"])
+        one_line_error(r, needle)
+    assert not (tmp_path / "o.parquet").exists()
+
+
 def test_an_output_that_cannot_be_written_is_named_and_nothing_is_left(tmp_path):
     from helpers import rollouts
 

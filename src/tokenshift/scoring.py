@@ -522,6 +522,24 @@ def check_score_inputs(
     pair manifest's models in their roles, and rollouts (where their table records its ``model``) of the
     ``source`` role's checkpoint. Each was scored without a word before: swapped models, another pair's
     manifest or rollouts, or the other model's rollouts given as ``source``'s. ``InputError`` names the file."""
+    from tokenshift.io import InputError
+
+    labels = check_pair_models(checkpoints, pair, manifest)
+    held = sorted(set(table["model"].drop_nulls())) if "model" in table.columns else []
+    if held and held != [labels[source]]:
+        others = [r for r, label in labels.items() if label in held]
+        whose = f"the {others[0]} model's" if others else "another model's"
+        raise InputError(
+            f"{rollouts}: {whose} rollouts ({', '.join(held)}), given as the {source} model's (--source {source}: "
+            f"{labels[source]}); expected the rollouts of the model --source names"
+        )
+    return labels
+
+
+def check_pair_models(checkpoints: Mapping[str, Path], pair: Path, manifest: Mapping) -> dict[str, str]:
+    """The ``checkpoint_label`` of each role's checkpoint, once they are the pair manifest's (at ``pair``) two
+    models in their roles, with its shared vocabulary: ``InputError`` naming the file otherwise (scoring and
+    cross-sampling; the latter labelled another pair's models' runs as this pair's, the sixteenth pass)."""
     from tokenshift.checkpoints import checkpoint_label, label_name
     from tokenshift.io import InputError
 
@@ -539,14 +557,6 @@ def check_score_inputs(
                 f"{checkpoints[role]} is {label_name(label)!r}: expected the pair's own models in their roles"
             )
     _check_shared_vocabulary(checkpoints, pair, manifest)
-    held = sorted(set(table["model"].drop_nulls())) if "model" in table.columns else []
-    if held and held != [labels[source]]:
-        others = [r for r, label in labels.items() if label in held]
-        whose = f"the {others[0]} model's" if others else "another model's"
-        raise InputError(
-            f"{rollouts}: {whose} rollouts ({', '.join(held)}), given as the {source} model's (--source {source}: "
-            f"{labels[source]}); expected the rollouts of the model --source names"
-        )
     return labels
 
 

@@ -99,7 +99,13 @@ def _crosssample(args: argparse.Namespace) -> None:
 
     if args.level != "dataset" and args.percentile is None:
         raise InputError(f"--level {args.level} needs --percentile: a fixed --threshold holds for every row")
-    pair = read_pair_manifest(args.pair)["pair"] if args.pair else None
+    pair = None
+    if args.pair:
+        from tokenshift.scoring import check_pair_models
+
+        manifest = read_pair_manifest(args.pair)
+        check_pair_models({"base": Path(args.base), "rl": Path(args.rl)}, Path(args.pair), manifest)
+        pair = manifest["pair"]
     threshold = (
         {"threshold": args.threshold}
         if args.threshold is not None
