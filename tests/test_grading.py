@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tokenshift.grading import Grader, grade_one, last_boxed
@@ -62,6 +64,21 @@ def test_pool_grades_like_in_process_and_survives_pathological_answers():
     assert [r.correct for r in results[: len(CASES)]] == [c[2] for c in CASES]
     assert not any(r.correct for r in results[len(CASES) :])
     assert {r.status for r in results[len(CASES) :]} <= {"no_answer", "timeout", "error", "ok", "no_box"}
+
+
+def test_a_pool_whose_worker_died_is_replaced_and_grades_on():
+    """Sixteenth pass: a grading worker killed between two batches broke the pool, and the next batch's submit
+    raised BrokenProcessPool out of the job (a traceback); its answers are graded by a new pool."""
+    import signal
+    import time
+
+    responses, golds = [c[0] for c in CASES], [c[1] for c in CASES]
+    with Grader(timeout_s=2, workers=2) as grader:
+        grader.grade(responses[:1], golds[:1])
+        os.kill(next(iter(grader._get_pool()._processes)), signal.SIGKILL)
+        time.sleep(1)  # the pool's manager thread marks it broken
+        results = grader.grade(responses[1:], golds[1:])
+    assert [r.correct for r in results] == [c[2] for c in CASES[1:]]
 
 
 def test_mismatched_lengths_are_refused():

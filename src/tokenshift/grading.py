@@ -176,9 +176,7 @@ class Grader:
     def _grade_each(self, responses: list[str], golds: list[str]) -> list[GradeResult]:
         if self.workers == 0:
             return [grade_one(r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)]
-        futures = [
-            self._get_pool().submit(grade_one, r, g, self.timeout_s, self.mode) for r, g in zip(responses, golds)
-        ]
+        futures = [self._submit(r, g) for r, g in zip(responses, golds)]
         results: list[GradeResult] = []
         for i, fut in enumerate(futures):
             try:
@@ -191,5 +189,14 @@ class Grader:
                 self.close()
                 # resubmit what was still pending on the dead pool
                 for j in range(i + 1, len(futures)):
-                    futures[j] = self._get_pool().submit(grade_one, responses[j], golds[j], self.timeout_s, self.mode)
+                    futures[j] = self._submit(responses[j], golds[j])
         return results
+
+    def _submit(self, response: str, gold: str):
+        """``grade_one`` of the answer in the pool; a pool broken by a worker that died (killed, out of memory)
+        while answers were still being submitted is replaced, once (it raised BrokenProcessPool, a traceback)."""
+        try:
+            return self._get_pool().submit(grade_one, response, gold, self.timeout_s, self.mode)
+        except BrokenProcessPool:
+            self.close()
+            return self._get_pool().submit(grade_one, response, gold, self.timeout_s, self.mode)
