@@ -52,6 +52,14 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
         tokenshift.compare(base, base, ["Q:1a=?", "\ud800"])
 
 
+def recorded(**pair) -> str:
+    """The settings a study of pair ``a`` (two local models) on dataset ``toy`` records (results/config.yaml)."""
+    models = {"m": {"path": "ckpt/m"}, "n": {"path": "ckpt/n"}}
+    return yaml.safe_dump(
+        {"models": models, "pairs": [{"name": "a", "base": "m", "rl": "n", "datasets": ["toy"], **pair}]}
+    )
+
+
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     for pair, acc in (("a", 0.5), ("b", 0.75)):
         d = tmp_path / pair / "toy"
@@ -66,17 +74,30 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     # and they were loaded as its own; its recorded settings (results/config.yaml) say what it makes
     d = tmp_path / "a" / "toy"
     pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "accuracy": [0.5]}).write_parquet(d / "crosssample.parquet")
-    (tmp_path / "config.yaml").write_text(
-        yaml.safe_dump({"pairs": [{"name": "a", "datasets": ["toy"], "crosssample": False}]})
-    )
+    (tmp_path / "config.yaml").write_text(recorded(crosssample=False))
     tables = tokenshift.load_results(tmp_path)
     assert set(tables) == {"accuracy", "sparsity"} and tables["accuracy"]["pair"].to_list() == ["a"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"pairs": [{"name": "a", "datasets": ["toy"]}]}))
+    (tmp_path / "config.yaml").write_text(recorded())
     assert tokenshift.load_results(tmp_path)["crosssample"].height == 1
     (tmp_path / "config.yaml").write_text("pairs: 3")
     with pytest.raises(InputError, match=r"config.yaml: not the settings a study records"):
         tokenshift.load_results(tmp_path)
+    # seventeenth pass: settings nested past Python's recursion were a RecursionError; two pairs' tables whose
+    # columns do not combine, polars' error; an advantage experiment's tables taken in a study with no toy pair
+    (tmp_path / "config.yaml").write_text("[" * 5000)
+    with pytest.raises(InputError, match=r"config.yaml: nested too deep to read"):
+        tokenshift.load_results(tmp_path)
+    (tmp_path / "config.yaml").write_text(recorded())
+    (tmp_path / "advantages").mkdir()
+    pl.DataFrame({"variant": ["js"]}).write_parquet(tmp_path / "advantages" / "comparison.parquet")
+    assert "advantages_comparison" not in tokenshift.load_results(tmp_path)
+    (tmp_path / "advantages" / "comparison.parquet").unlink()
     (tmp_path / "config.yaml").unlink()
+    clash = pl.DataFrame({"pair": ["b"], "dataset": ["toy"], "share": [[1, 2]]})
+    clash.write_parquet(tmp_path / "b" / "toy" / "divergence" / "sparsity.parquet")
+    with pytest.raises(InputError, match=r"sparsity tables \(2\): columns of types that do not combine"):
+        tokenshift.load_results(tmp_path)
+    sparsity.write_parquet(tmp_path / "b" / "toy" / "divergence" / "sparsity.parquet")
     (d / "crosssample.parquet").unlink()
     with pytest.raises(InputError, match="no such results directory"):
         tokenshift.load_results(tmp_path / "nowhere")

@@ -785,6 +785,12 @@ def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "not YAML", "the config the run used")
+    config.write_text("[" * 5000)  # seventeenth pass: a RecursionError traceback
+    r = cli(
+        ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
+    )
+    one_line_error(r, config, "nested too deep to read")
 
 
 def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkpoint, tmp_path):

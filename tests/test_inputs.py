@@ -427,3 +427,17 @@ def test_a_row_that_does_not_say_what_made_it_is_refused(tmp_path):
     with pytest.raises(InputError, match=f"^{runs[1]}: column 'settings' is null in 160 of 160 rows"):
         write_crosssample_table(runs, tmp_path / "t.parquet", pair="toy", dataset="toy")
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_a_file_whose_name_is_not_utf8_beside_a_checkpoint_passes_the_tokenizer_comparison(make_checkpoint):
+    """Seventeenth pass: a file named in Latin-1 in a local checkpoint's folder (a README) made `snakemake -n` a
+    UnicodeEncodeError traceback in the key of the tokenizer comparison's record; the fetch took the folder."""
+    import os
+
+    from tokenshift.config import _tokenizer_check_record
+
+    base, rl = make_checkpoint("base"), make_checkpoint("rl", seed=1)
+    before = _tokenizer_check_record(base, rl, chat=False)
+    (base / os.fsdecode(b"notes\xe9.md")).write_text("a note")
+    after = _tokenizer_check_record(base, rl, chat=False)
+    assert after is not None and after != before  # a new file a tokenizer may read: the comparison runs again

@@ -135,7 +135,13 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
         paths = [p for p in sorted(root.glob(pattern)) if made(name, p.relative_to(root).parts)]
         if paths:
             frames = [read_parquet(p, f"the {name} table of a study") for p in paths]
-            out[name] = pl.concat(frames, how="diagonal_relaxed")
+            try:
+                out[name] = pl.concat(frames, how="diagonal_relaxed")
+            except pl.exceptions.PolarsError as e:  # a column of other types in two tables (the seventeenth pass)
+                raise InputError(
+                    f"{paths[0]} and the other {name} tables ({len(paths)}): columns of types that do not combine "
+                    f"({str(e).splitlines()[0]}); expected tables the workflow wrote"
+                ) from None
     if not out:  # another folder, or a study not yet run: an empty dict would read as a study without findings
         raise InputError(
             f"{root}: no aggregate table of a study (expected a finished study's results/, with e.g. "
@@ -148,25 +154,33 @@ def _made_by_the_study(root: Path):
     """Whether the table ``name`` at ``parts`` (relative to ``root``) is one the study whose settings
     ``root/config.yaml`` records makes: Snakemake leaves the tables of a pair, dataset or cross-sampling grid a
     changed config no longer has, and they were loaded as this study's (the sixteenth pass). A pair and
-    dataset's table must be of a pair and dataset the config has, cross-sampling of a pair it cross-samples.
-    Without that file (tables gathered by hand), every table is taken."""
+    dataset's table must be of a pair and dataset the config has, cross-sampling of a pair it cross-samples, the
+    advantage experiment's of a study with a toy pair (``config.advantage_base``). Without that file (tables
+    gathered by hand), every table is taken."""
     import yaml
 
+    from tokenshift.config import advantage_base
     from tokenshift.io import InputError, read_text
 
     where = root / "config.yaml"
     if not where.is_file():
         return lambda name, parts: True
     try:
-        pairs = {p["name"]: p for p in yaml.safe_load(read_text(where, "the study's recorded settings"))["pairs"]}
+        recorded = yaml.safe_load(read_text(where, "the study's recorded settings"))
+        pairs = {p["name"]: p for p in recorded["pairs"]}
         datasets = {(n, d) for n, p in pairs.items() for d in p["datasets"]}
+        experiment = advantage_base(recorded) is not None  # a toy pair's study runs it (the seventeenth pass)
     except (yaml.YAMLError, TypeError, KeyError) as e:
         raise InputError(f"{where}: not the settings a study records (expected its pairs): {e}") from None
+    except RecursionError:  # the seventeenth pass
+        raise InputError(f"{where}: nested too deep to read (expected the settings a study records)") from None
 
     def made(name: str, parts: tuple[str, ...]) -> bool:
         if name == "training_shifts":
             return parts[-3] in pairs
-        if name.startswith("advantages") or len(parts) < 3:
+        if name.startswith("advantages"):
+            return experiment
+        if len(parts) < 3:
             return True
         if parts[1] in PAIR_FOLDERS:  # <pair>/toy_check/accuracy.parquet
             return parts[0] in pairs

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1163,7 +1164,7 @@ def _tokenizer_check_record(*ckpt_dirs: Path, chat: bool) -> Path | None:
         for d in ckpt_dirs:
             for f in sorted(Path(d).iterdir()):
                 if f.is_file() and not f.name.endswith(UNREAD_BY_TOKENIZERS):
-                    h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+                    h.update(os.fsencode(f.name) + b"\0" + hashlib.sha256(f.read_bytes()).digest())
             h.update(b"\1")  # the end of one checkpoint's files
     except OSError:
         return None

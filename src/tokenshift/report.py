@@ -486,6 +486,8 @@ def build_report(
         except yaml.YAMLError as e:
             why = " ".join(str(e).split())[:200]
             raise InputError(f"{config}: not YAML ({why}): expected the config the run used") from None
+        except RecursionError:  # the seventeenth pass: a traceback
+            raise InputError(f"{config}: YAML nested too deep to read: expected the config the run used") from None
     if explorer is not None:
         read_html(explorer, "the token explorer page (tokenshift explorer)")
     loaded: list[PairResult] = []
