@@ -441,3 +441,32 @@ def test_a_file_whose_name_is_not_utf8_beside_a_checkpoint_passes_the_tokenizer_
     (base / os.fsdecode(b"notes\xe9.md")).write_text("a note")
     after = _tokenizer_check_record(base, rl, chat=False)
     assert after is not None and after != before  # a new file a tokenizer may read: the comparison runs again
+
+
+def test_the_comparison_table_and_graded_rows_labels_are_checked(good_tables, tmp_path):
+    """Seventeenth pass: the comparison's n_problems (null, text, missing), a NaN or infinite difference and a
+    difference without its CI were tracebacks in figure-training and the report; an integer grade_status or model
+    in rollouts or a cross-sampling run, tracebacks in accuracy and crosssample-table."""
+    comparison = good_tables["comparison"]
+    diffed = pl.col("diff_vs_none").is_not_null()
+    for change, needle in (
+        (pl.lit(None, pl.Int64).alias("n_problems"), "column 'n_problems' is null"),
+        (pl.col("n_problems").cast(pl.String), "column 'n_problems' holds String"),
+        (pl.when(diffed).then(float("nan")).alias("diff_vs_none"), "column 'diff_vs_none' holds NaN or infinity"),
+        (pl.when(diffed).then(None).otherwise(pl.col("diff_ci_low")).alias("diff_ci_low"), "without its CI"),
+    ):
+        path = tmp_path / "comparison.parquet"
+        comparison.with_columns(change).write_parquet(path)
+        with pytest.raises(InputError, match=needle):
+            read_table(path, "comparison", "the table")
+    for column in ("grade_status", "model"):
+        base = tmp_path / f"{column}.parquet"
+        rollouts(0.5).with_columns(pl.lit(3).alias(column)).write_parquet(base)
+        rl = tmp_path / "rl.parquet"
+        rollouts(0.5).write_parquet(rl)
+        r = cli(["accuracy", "--rollouts-base", base, "--rollouts-rl", rl, "--out", tmp_path / "a.parquet"])
+        one_line_error(r, f"column {column!r} holds Int32, where a string was expected")
+        run = tmp_path / f"run_{column}.parquet"
+        cross_run("forward", "js", "2", 0.5, 1).with_columns(pl.lit(3).alias(column)).write_parquet(run)
+        r = cli(["crosssample-table", run, "--pair", "p", "--dataset", "d", "--out", tmp_path / "c.parquet"])
+        one_line_error(r, f"column {column!r} holds Int32, where a string was expected")

@@ -268,6 +268,20 @@ def test_a_csv_copy_writes_bytes_as_hex_and_durations_as_iso_text(tmp_path):
     table.write_parquet(tmp_path / "t.parquet")
     csv_copy(tmp_path / "t.parquet", tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text().splitlines() == ["raw,took", "02ff,PT3S", ","]
+    # seventeenth pass: inside a list or struct, bytes, dates and decimals were json's TypeError traceback
+    import decimal
+
+    nested = pl.DataFrame(
+        {
+            "raws": [[b"\xff"]],
+            "days": [[datetime.date(2020, 1, 1)]],
+            "prices": pl.Series([[decimal.Decimal("1.5")]], dtype=pl.List(pl.Decimal(4, 1))),
+            "kv": [{"x": b"\x01"}],
+        }
+    )
+    nested.write_parquet(tmp_path / "n.parquet")
+    csv_copy(tmp_path / "n.parquet", tmp_path / "n.csv")
+    assert pl.read_csv(tmp_path / "n.csv").row(0) == ('["ff"]', '["2020-01-01"]', '["1.5"]', '{"x": "01"}')
 
 
 def test_a_csv_copy_writes_a_text_cell_a_spreadsheet_would_run_as_text(tmp_path):

@@ -458,6 +458,10 @@ def example_table(run: pl.DataFrame, tokenizer, *, baseline: pl.DataFrame | None
 # --- the table stages: read the per-sample or per-token files, write one table --------------
 
 ROLLOUT_COLUMNS = {"problem_id": "string", "sample_index": "count", "correct": "bool", "dataset_version": "string"}
+GRADED_OPTIONAL = {"grade_status": "string", "model": "string"}
+"""Columns of graded rows (rollouts, cross-sampling runs) a table from elsewhere may lack, checked where present:
+the box counts read the grade's status, the label of what made a row names its model (the seventeenth pass: an
+integer in either was a traceback)."""
 SCORE_COLUMNS = {
     "problem_id": "string",
     "sample_index": "count",
@@ -582,9 +586,10 @@ TABLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
             "ci_low": "number",
             "ci_high": "number",
             "n_seeds": "count",
-            "diff_vs_none": "number?",  # null for the baseline itself
-            "diff_ci_low": "number?",
-            "diff_ci_high": "number?",
+            "n_problems": "count",  # the headline quotes it (the seventeenth pass: unchecked, a traceback)
+            "diff_vs_none": "finite?",  # null for the baseline itself
+            "diff_ci_low": "finite?",
+            "diff_ci_high": "finite?",
         },
         ("variant",),
     ),
@@ -607,7 +612,14 @@ def read_table(path: Path | str, name: str, what: str) -> pl.DataFrame:
     """The table ``name`` of ``TABLES`` at ``path`` (``what`` says what it is), checked: ``InputError``
     naming the file for a missing column, one of another kind, no rows, or a row given twice."""
     columns, key = TABLES[name]
-    return read_parquet(path, what, columns, nonempty=True, unique=key)
+    table = read_parquet(path, what, columns, nonempty=True, unique=key)
+    if name == "comparison":  # a difference is drawn with its CI: one without both ends is no comparison
+        diffs = table.filter(pl.col("diff_vs_none").is_not_null())
+        if diffs["diff_ci_low"].null_count() or diffs["diff_ci_high"].null_count():
+            raise InputError(
+                f"{path}: a difference from none without its CI ({what}: both ends of each){remake_hint(path)}"
+            )
+    return table
 
 
 LABEL_COLUMNS = ("model", "source", "settings", "grading", "dataset", "dataset_version", "pair")
@@ -671,7 +683,9 @@ def write_accuracy(
     (``tokenshift models check-pair``'s), each table that records its ``model`` must hold that role's."""
     what = "a rollout table (tokenshift rollout)"
     tables = {
-        role: read_parquet(path, what, ROLLOUT_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"))
+        role: read_parquet(
+            path, what, ROLLOUT_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"), optional=GRADED_OPTIONAL
+        )
         for role, path in rollouts.items()
     }
     # one grading rule and one version of the dataset across the table: a comparison of the two models under two
@@ -896,7 +910,12 @@ def read_cross_run(path: Path) -> pl.DataFrame:
     """A cross-sampling run (``tokenshift crosssample``), checked: ``InputError`` naming the file otherwise."""
     what = "a cross-sampling run (tokenshift crosssample)"
     run = read_parquet(
-        path, what, CROSS_COLUMNS, nonempty=True, unique=("problem_id", "sample_index"), optional=CROSS_OPTIONAL
+        path,
+        what,
+        CROSS_COLUMNS,
+        nonempty=True,
+        unique=("problem_id", "sample_index"),
+        optional={**CROSS_OPTIONAL, **GRADED_OPTIONAL},
     )
     if ("injection" in run.columns) != ("gamma" in run.columns):  # a run written before both were has neither
         raise InputError(f"{path}: has one of the columns 'injection' and 'gamma' without the other (expected {what})")
@@ -971,6 +990,14 @@ or a column name, that begins with one is written after an apostrophe, which spr
 text"."""
 
 
+def _json_text(value) -> str:
+    """A value inside a list or struct cell that JSON has no type for, as the CSV's other columns write it: bytes
+    as hex, a date or time as ISO 8601, a decimal or duration as its text (the seventeenth pass: a traceback)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def csv_copy(src: Path, out: Path) -> pl.DataFrame:
     """The parquet table ``src`` written as CSV to ``out``, for a spreadsheet or R: the same rows and
     columns, a list, array or struct column as each value's JSON text (one cell per row), a binary one
@@ -988,7 +1015,7 @@ def csv_copy(src: Path, out: Path) -> pl.DataFrame:
             formula = pl.any_horizontal(text.str.starts_with(c) for c in FORMULA_STARTS)
             table = table.with_columns(pl.when(formula).then(pl.lit("'") + text).otherwise(text).alias(name))
         elif dtype.is_nested():
-            texts = [None if v is None else json.dumps(v) for v in table[name].to_list()]
+            texts = [None if v is None else json.dumps(v, default=_json_text) for v in table[name].to_list()]
             table = table.with_columns(pl.Series(name, texts, dtype=pl.String))
         elif dtype == pl.Binary:
             table = table.with_columns(pl.col(name).bin.encode("hex"))
