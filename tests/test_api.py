@@ -79,6 +79,18 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     assert set(tables) == {"accuracy", "sparsity"} and tables["accuracy"]["pair"].to_list() == ["a"]
     (tmp_path / "config.yaml").write_text(recorded())
     assert tokenshift.load_results(tmp_path)["crosssample"].height == 1
+    # seventeenth pass: a run interrupted after a setting changed leaves the new settings recorded (written as a run
+    # starts) over tables of the old: the report's summary names the settings it was made with
+    import json
+
+    from tokenshift.report import settings_digest
+
+    (tmp_path / "summary.json").write_text(json.dumps({"config_sha256": settings_digest(recorded(crosssample=True))}))
+    with pytest.raises(InputError, match=r"config.yaml: settings the study's report .* was not made with"):
+        tokenshift.load_results(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"config_sha256": settings_digest(recorded())}))
+    assert "crosssample" in tokenshift.load_results(tmp_path)
+    (tmp_path / "summary.json").unlink()
     (tmp_path / "config.yaml").write_text("pairs: 3")
     with pytest.raises(InputError, match=r"config.yaml: not the settings a study records"):
         tokenshift.load_results(tmp_path)

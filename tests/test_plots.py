@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import html.parser
 import json
@@ -206,6 +207,9 @@ def test_headlines_and_report(tables, example, tmp_path):
     assert page.count("data:image/png;base64,") == 3
     saved = json.loads((tmp_path / "summary.json").read_text())["results"][0]
     assert sentences(saved) == sentences(summary["results"][0])  # the JSON says what the page says
+    # the settings the study ran with, which tokenshift.load_results compares with results/config.yaml
+    recorded = json.loads((tmp_path / "summary.json").read_text())["config_sha256"]
+    assert recorded == hashlib.sha256(b"models: {}").hexdigest()
     for text in sentences(saved):
         assert escape(text) in page
     share = headlines.sparsity_summary(div["sparsity"])["0.001"]

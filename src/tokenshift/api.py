@@ -165,8 +165,10 @@ def _made_by_the_study(root: Path):
     where = root / "config.yaml"
     if not where.is_file():
         return lambda name, parts: True
+    text = read_text(where, "the study's recorded settings")
+    _check_finished(root, text)
     try:
-        recorded = yaml.safe_load(read_text(where, "the study's recorded settings"))
+        recorded = yaml.safe_load(text)
         pairs = {p["name"]: p for p in recorded["pairs"]}
         datasets = {(n, d) for n, p in pairs.items() for d in p["datasets"]}
         experiment = advantage_base(recorded) is not None  # a toy pair's study runs it (the seventeenth pass)
@@ -188,3 +190,22 @@ def _made_by_the_study(root: Path):
         return (parts[0], parts[1]) in datasets and crossed  # <pair>/<dataset>/...
 
     return made
+
+
+def _check_finished(root: Path, settings: str) -> None:
+    """``InputError`` where the report (``root/summary.json``) was made under other settings than
+    ``root/config.yaml`` now records: the recorded settings are written as a run starts, so a run interrupted
+    after a setting changed left tables of the old settings under the new record (the seventeenth pass)."""
+    from tokenshift.io import InputError, read_json
+    from tokenshift.report import settings_digest
+
+    summary = root / "summary.json"
+    if not summary.is_file():  # a study not yet reported on, or tables gathered by hand
+        return
+    made = read_json(summary, "the study's summary (tokenshift report)").get("config_sha256")
+    if made is not None and made != settings_digest(settings):
+        raise InputError(
+            f"{root / 'config.yaml'}: settings the study's report ({summary}) was not made with: a run since they "
+            "changed has not finished, so its tables are of both; expected a finished study (`snakemake --cores all "
+            "all`)"
+        )

@@ -359,6 +359,13 @@ def render_html(
     )
 
 
+def settings_digest(config_text: str) -> str:
+    """The sha256 of the recorded settings' text (``results/config.yaml``), as the summary records it."""
+    import hashlib
+
+    return hashlib.sha256(config_text.encode()).hexdigest()
+
+
 def write_report(
     results: Sequence[PairResult],
     *,
@@ -375,6 +382,8 @@ def write_report(
     summaries = [summarize(r) for r in results]
     training_summary = training.summary() if training is not None else {}
     summary = {"tokenshift_version": __version__, "results": summaries, **training_summary}
+    if config_text:  # which settings the study that ends here ran with (tokenshift.load_results compares them)
+        summary["config_sha256"] = settings_digest(config_text)
     contrast = kind_contrast(summaries)
     if contrast:
         summary["rl_vs_sft"] = contrast
