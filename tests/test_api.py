@@ -83,7 +83,7 @@ def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     # starts) over tables of the old: the report's summary names the settings it was made with
     import json
 
-    from tokenshift.report import settings_digest
+    from tokenshift.io import settings_digest
 
     (tmp_path / "summary.json").write_text(json.dumps({"config_sha256": settings_digest(recorded(crosssample=True))}))
     with pytest.raises(InputError, match=r"config.yaml: settings the study's report .* was not made with"):

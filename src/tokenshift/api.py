@@ -196,8 +196,7 @@ def _check_finished(root: Path, settings: str) -> None:
     """``InputError`` where the report (``root/summary.json``) was made under other settings than
     ``root/config.yaml`` now records: the recorded settings are written as a run starts, so a run interrupted
     after a setting changed left tables of the old settings under the new record (the seventeenth pass)."""
-    from tokenshift.io import InputError, read_json
-    from tokenshift.report import settings_digest
+    from tokenshift.io import InputError, read_json, settings_digest
 
     summary = root / "summary.json"
     if not summary.is_file():  # a study not yet reported on, or tables gathered by hand

@@ -51,6 +51,12 @@ def package_versions(*names: str) -> str:
     return "\n".join(lines)
 
 
+def settings_digest(config_text: str) -> str:
+    """The sha256 of the recorded settings' text (``results/config.yaml``), as the report's summary records it and
+    ``tokenshift.load_results`` compares it."""
+    return hashlib.sha256(config_text.encode()).hexdigest()
+
+
 def sha256_file(path: Path | str, chunk: int = 1 << 22) -> str:
     """sha256 of a file's bytes, read once per process while its fingerprint stays the same
     (a stage verifies each checkpoint several times: models of 60 GB are read once)."""

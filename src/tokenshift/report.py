@@ -22,7 +22,7 @@ import jinja2
 import polars as pl
 
 from tokenshift import __version__, headlines
-from tokenshift.io import InputError, read_html, read_png, read_text
+from tokenshift.io import InputError, read_html, read_png, read_text, settings_digest
 from tokenshift.plots.style import pct
 from tokenshift.registry import ROLES
 
@@ -357,13 +357,6 @@ def render_html(
         training=(training if training is not None else TrainingResult()).sections(training_summary or {}),
         config_text=config_text,
     )
-
-
-def settings_digest(config_text: str) -> str:
-    """The sha256 of the recorded settings' text (``results/config.yaml``), as the summary records it."""
-    import hashlib
-
-    return hashlib.sha256(config_text.encode()).hexdigest()
 
 
 def write_report(
