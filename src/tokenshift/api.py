@@ -101,7 +101,7 @@ def _check_path(name: str, path) -> None:
 def _check_texts(name: str, texts) -> None:
     """``InputError`` unless ``texts`` is a list of strings: a lone string would be read as its characters, each
     a text of its own, and a number reach the tokenizer's own message, which names no text."""
-    from tokenshift.io import InputError
+    from tokenshift.io import InputError, lone_surrogate
 
     if texts is None:
         return
@@ -111,11 +111,8 @@ def _check_texts(name: str, texts) -> None:
     if bad is not None:
         raise InputError(f"{name}[{bad}]: a {type(texts[bad]).__name__}, expected a string")
     for i, text in enumerate(texts):  # the tokenizer's TypeError names no text (the sixteenth pass)
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            lone = text[e.start : e.end]
-            raise InputError(f"{name}[{i}]: a lone surrogate {lone!r} (half of a UTF-16 pair), expected text") from None
+        if lone := lone_surrogate(text):
+            raise InputError(f"{name}[{i}]: a lone surrogate {lone!r} (half of a UTF-16 pair), expected text")
 
 
 def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:

@@ -35,6 +35,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from tokenshift.io import lone_surrogate
 from tokenshift.settings import HUB_SPLIT, PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
@@ -154,9 +155,7 @@ def _load(name: str, spec: DatasetSpec, toy_task) -> tuple[list[tuple[Problem, d
                 )
             if isinstance(row[field], float) and math.isinf(row[field]):  # JSON's Infinity: the answer "inf"
                 raise DatasetError(f"dataset {name!r}: row {i} has {row[field]} in {field!r}; expected a finite number")
-            if isinstance(row[field], str) and (
-                lone := next((c for c in row[field] if "\ud800" <= c <= "\udfff"), None)
-            ):
+            if isinstance(row[field], str) and (lone := lone_surrogate(row[field])):
                 # a JSON escape of half a UTF-16 pair: no file or table can hold it (a traceback writing the table)
                 raise DatasetError(
                     f"dataset {name!r}: row {i} has a lone surrogate {lone!r} in {field!r} (half of a UTF-16 pair, "

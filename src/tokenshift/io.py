@@ -51,6 +51,16 @@ def package_versions(*names: str) -> str:
     return "\n".join(lines)
 
 
+def lone_surrogate(text: str) -> str | None:
+    """The first character of ``text`` that is half of a UTF-16 pair (a JSON ``"\\ud800"``, or a byte Python kept
+    from a command line that is not UTF-8), or None: no file, table, tokenizer or log can hold it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return text[e.start]
+    return None
+
+
 def settings_digest(config_text: str) -> str:
     """The sha256 of the recorded settings' text (``results/config.yaml``), as the report's summary records it and
     ``tokenshift.load_results`` compares it."""

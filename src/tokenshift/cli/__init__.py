@@ -58,13 +58,13 @@ def _not_text(argv: list[str]) -> str | None:
     """Why an argument is refused where it is not UTF-8 text: Python passes its bytes on as lone surrogates,
     which every library then fails on in its own traceback (a template, an output path or a name; the
     sixteenth pass)."""
-    for arg in argv:
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = arg.encode("utf-8", "surrogateescape")
-            return f"argument {shown!r} is not UTF-8 text: expected UTF-8 (names, paths, templates)"
-    return None
+    from tokenshift.io import lone_surrogate
+
+    bad = next((arg for arg in argv if lone_surrogate(arg)), None)
+    if bad is None:
+        return None
+    shown = bad.encode("utf-8", "surrogateescape")
+    return f"argument {shown!r} is not UTF-8 text: expected UTF-8 (names, paths, templates)"
 
 
 def main(argv: list[str] | None = None) -> int:
