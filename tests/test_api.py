@@ -60,6 +60,17 @@ def recorded(**pair) -> str:
     )
 
 
+def test_load_results_reads_the_folder_named_when_its_name_holds_glob_characters(tmp_path):
+    # eighteenth hostile pass: polars took `study[1]`'s tables as a glob and read `study1`'s, another study's
+    for folder, acc in (("study[1]", 0.5), ("study1", 0.999)):
+        d = tmp_path / folder / "a" / "toy"
+        d.mkdir(parents=True)
+        pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "accuracy": [acc]}).write_parquet(d / "accuracy.parquet")
+    assert tokenshift.load_results(tmp_path / "study[1]")["accuracy"]["accuracy"].to_list() == [0.5]
+    with pytest.raises(InputError, match=r"study\*: no such results directory"):
+        tokenshift.load_results(tmp_path / "study*")
+
+
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     for pair, acc in (("a", 0.5), ("b", 0.75)):
         d = tmp_path / pair / "toy"

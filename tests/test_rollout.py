@@ -56,6 +56,36 @@ def test_local_jsonl_and_parquet_load_the_same_problems(jsonl, tmp_path):
     assert read_problems(tmp_path / "s.parquet") == a
 
 
+def test_a_parquet_file_whose_name_holds_glob_characters_is_read_as_named(tmp_path):
+    # eighteenth hostile pass: polars takes a path's [, * or ? as a glob, so `toy[1].parquet` read `toy1.parquet`
+    # beside it, another file, while the fingerprint was taken of the file the config names
+    import copy
+
+    from helpers import DEFAULT
+
+    from tokenshift.config import SCHEMA_PATH, check_workflow_config
+    from tokenshift.io import read_parquet
+
+    named = tmp_path / "toy[1].parquet"
+    pl.DataFrame(ROWS).write_parquet(named)
+    pl.DataFrame(ROWS).with_columns(pl.col("answer") + "0", pl.col("problem").alias("other")).write_parquet(
+        tmp_path / "toy1.parquet"
+    )
+    problems = load_problems("s", DatasetSpec(path=str(named), id_field="id"))
+    assert [p.answer for p in problems] == [r["answer"] for r in ROWS]
+    prepare_dataset("s", DatasetSpec(path=str(named), id_field="id"), tmp_path / "s[1].parquet")
+    pl.DataFrame({"x": [1]}).write_parquet(tmp_path / "s1.parquet")
+    assert read_problems(tmp_path / "s[1].parquet") == problems
+    assert read_parquet(named, "a dataset").columns == list(ROWS[0])
+    config = copy.deepcopy(DEFAULT)  # the config check reads the named file's columns and rows too
+    config["datasets"]["h"] = {"path": str(named), "id_field": "id", "n_problems": 6}
+    config["pairs"][0]["datasets"].append("h")
+    check_workflow_config(config, SCHEMA_PATH, lambda *_: None, base_dir=tmp_path)
+    (tmp_path / "toy[1].parquet").unlink()  # and with no file of that name, none is read in its place
+    with pytest.raises(DatasetError, match=r"toy\[1\]\.parquet"):
+        load_problems("s", DatasetSpec(path=str(named), id_field="id"))
+
+
 def test_missing_field_and_bad_json_are_named(jsonl, tmp_path):
     with pytest.raises(DatasetError, match="no field 'question'"):
         load_problems("s", DatasetSpec(path=str(jsonl), question_field="question"))

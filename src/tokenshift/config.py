@@ -638,8 +638,9 @@ def _check_dataset_fields(name: str, spec: Mapping[str, Any], path: Path) -> Non
         if path.suffix == ".parquet":
             import polars as pl
 
-            held = list(pl.read_parquet_schema(path))
-            rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+            table = pl.scan_parquet(path, glob=False)  # the file named: polars would take [, * or ? as a glob
+            held = table.collect_schema().names()
+            rows = table.select(pl.len()).collect().item()
         else:
             with path.open(encoding="utf-8-sig") as f:
                 lines = (line for line in f if line.strip())

@@ -252,7 +252,7 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
             import polars as pl
 
             try:
-                return pl.read_parquet(path).to_dicts(), None
+                return pl.read_parquet(path, glob=False).to_dicts(), None  # the file named, not a glob
             except Exception as e:
                 raise DatasetError(
                     f"dataset {name!r}: {path} is not a readable parquet file: "

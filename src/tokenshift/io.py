@@ -329,7 +329,7 @@ def read_parquet(
     if not path.is_file():
         raise InputError(f"{path}: no such file (expected {what})")
     try:
-        table = pl.read_parquet(path)
+        table = pl.read_parquet(path, glob=False)  # the file named: polars would take [, * or ? as a glob
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(f"{path}: not a readable parquet file (expected {what}): {first}{remake_hint(path)}") from None

@@ -284,7 +284,7 @@ class ShardStore:
         write_json_atomic(path.with_suffix(".json"), {"rows": table.height, "sha256": sha256_file(path)})
 
     def read(self, k: int) -> pl.DataFrame:
-        return pl.read_parquet(self.path(k))
+        return pl.read_parquet(self.path(k), glob=False)
 
     def close(self) -> None:
         shutil.rmtree(self.dir)  # the output is complete: a later run of this target starts afresh
@@ -294,7 +294,7 @@ def held_columns(path: Path, columns: Sequence[str]) -> pl.DataFrame | str:
     """``columns`` of the shard at ``path``, or why it cannot be read (a file hashed as recorded, yet
     not a shard: a record written for it by hand)."""
     try:
-        return pl.read_parquet(path, columns=list(columns))
+        return pl.read_parquet(path, columns=list(columns), glob=False)
     except Exception as e:
         return f"it is not a readable shard ({type(e).__name__})"
 
