@@ -50,6 +50,20 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
     # sixteenth hostile pass: a lone surrogate reached the tokenizer's TypeError, which names no text
     with pytest.raises(InputError, match=r"prompts\[1\]: a lone surrogate '\\ud800' \(half of a UTF-16 pair\)"):
         tokenshift.compare(base, base, ["Q:1a=?", "\ud800"])
+    # eighteenth hostile pass: pathlib's ValueError for a folder with no name, a TypeError for no prompts, and its
+    # RuntimeError for a loop of symbolic links
+    with pytest.raises(InputError, match=r"^/: the root folder, expected a checkpoint folder"):
+        tokenshift.compare("/", base, PROMPTS)
+    for path in (".", ""):
+        with pytest.raises(InputError, match=r"^\.: not a checkpoint"):
+            tokenshift.compare(path, base, PROMPTS)
+    with pytest.raises(InputError, match=r"prompts: a NoneType, expected a list of texts"):
+        tokenshift.compare(base, base, None)
+    loop = base.parent / "loop"
+    loop.symlink_to(loop)
+    for call in (lambda: tokenshift.compare(base, loop, PROMPTS), lambda: tokenshift.load_results(loop / "results")):
+        with pytest.raises(InputError, match=r"loop(/results)?: a loop of symbolic links"):
+            call()
 
 
 def recorded(**pair) -> str:

@@ -1100,6 +1100,24 @@ def test_an_argument_that_is_not_utf8_is_one_line(tmp_path):
     assert not list(tmp_path.glob("o*"))
 
 
+def test_a_loop_of_links_or_a_folder_with_no_name_is_one_line(tmp_path):
+    """Eighteenth pass: pathlib's RuntimeError for a loop of symbolic links (the gather's and the cross-sampling
+    table's check for a part given twice resolve their paths) and its ValueError for the checkpoint `/`."""
+    (tmp_path / "a.parquet").symlink_to("b.parquet")
+    (tmp_path / "b.parquet").symlink_to("a.parquet")
+    loop = tmp_path / "a.parquet"
+    for argv in (
+        ["gather", loop, "--out", tmp_path / "o.parquet"],
+        ["gather", tmp_path / "p.parquet", f"--out={loop}"],
+        ["crosssample-table", loop, "--pair", "p", "--dataset", "d", "--out", tmp_path / "o.parquet"],
+    ):
+        one_line_error(cli(argv), f"{loop}: a loop of symbolic links (expected a file or folder)")
+    for model in ("/", "."):
+        argv = ["rollout", "--model", model, "--dataset", tmp_path / "d.parquet", "--out", tmp_path / "o.parquet"]
+        one_line_error(cli(argv, cwd=tmp_path), "the root folder" if model == "/" else ".: not a checkpoint")
+    assert not list(tmp_path.glob("o*"))
+
+
 def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
     data = tmp_path / "d.jsonl"

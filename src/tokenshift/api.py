@@ -59,8 +59,9 @@ def compare(
 
     _check_path("base", base)
     _check_path("rl", rl)
-    for name, texts in (("prompts", prompts), ("responses", responses)):
-        _check_texts(name, texts)
+    _check_texts("prompts", prompts)
+    if responses is not None:  # None: the first token of each prompt is the context of the rest
+        _check_texts("responses", responses)
     if not isinstance(device, str):  # None reached the memory planner as an AttributeError
         raise InputError(f"device: a {type(device).__name__}, expected a string: auto, cpu, cuda or cuda:<i>")
     check_devices({"device": device})  # `nope`, '', or cuda where torch has none: torch's own errors otherwise
@@ -92,10 +93,12 @@ def _check_path(name: str, path) -> None:
     """``InputError`` unless ``path`` is a path (a str or ``os.PathLike``): a number reached ``pathlib``'s TypeError."""
     import os
 
-    from tokenshift.io import InputError
+    from tokenshift.io import InputError, link_loop
 
     if not isinstance(path, str | os.PathLike):
         raise InputError(f"{name}: a {type(path).__name__}, expected a path")
+    if link_loop(path):  # pathlib's resolve() raised a RuntimeError (the eighteenth pass)
+        raise InputError(f"{name}: {os.fspath(path)}: a loop of symbolic links, expected a file or folder")
 
 
 def _check_texts(name: str, texts) -> None:
@@ -103,8 +106,6 @@ def _check_texts(name: str, texts) -> None:
     a text of its own, and a number reach the tokenizer's own message, which names no text."""
     from tokenshift.io import InputError, lone_surrogate
 
-    if texts is None:
-        return
     if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
         raise InputError(f"{name}: a {type(texts).__name__}, expected a list of texts (one text: [text])")
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)

@@ -51,6 +51,13 @@ class ModelFetchError(RuntimeError):
 
 
 def manifest_path(ckpt_dir: Path) -> Path:
+    """``<dir>.json`` beside the checkpoint folder ``ckpt_dir``; a folder named by ``.``, ``..`` or ``''`` is named by
+    its absolute path first (pathlib has no name for it: a ValueError traceback, the eighteenth pass)."""
+    ckpt_dir = Path(ckpt_dir)
+    if ckpt_dir.name in ("", ".."):
+        ckpt_dir = Path(os.path.abspath(ckpt_dir))
+    if not ckpt_dir.name:
+        raise InputError(f"{ckpt_dir}: the root folder, expected a checkpoint folder (or its manifest .json)")
     return ckpt_dir.with_name(ckpt_dir.name + ".json")
 
 

@@ -61,6 +61,18 @@ def lone_surrogate(text: str) -> str | None:
     return None
 
 
+def link_loop(path: str | os.PathLike) -> bool:
+    """Whether looking ``path`` up goes round a loop of symbolic links (it, or a folder on its way):
+    ``Path.resolve`` raises a ``RuntimeError`` for one before Python 3.13, which no stage expects."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    except ValueError:  # a NUL in it: not a path at all, which the reader names
+        return False
+    return False
+
+
 def settings_digest(config_text: str) -> str:
     """The sha256 of the recorded settings' text (``results/config.yaml``), as the report's summary records it and
     ``tokenshift.load_results`` compares it."""

@@ -67,9 +67,19 @@ def _not_text(argv: list[str]) -> str | None:
     return f"argument {shown!r} is not UTF-8 text: expected UTF-8 (names, paths, templates)"
 
 
+def _link_loop(argv: list[str]) -> str | None:
+    """Why an argument is refused where it is a path that goes round a loop of symbolic links: stages that resolve
+    their paths (the gather's check for a part given twice) failed in ``pathlib``'s traceback (the eighteenth
+    pass). An option's value given as ``--out=PATH`` is looked at too."""
+    from tokenshift.io import link_loop
+
+    bad = next((v for arg in argv for v in {arg, arg.partition("=")[2]} if v and link_loop(v)), None)
+    return None if bad is None else f"{bad}: a loop of symbolic links (expected a file or folder)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    if why := _not_text(argv):
+    if why := _not_text(argv) or _link_loop(argv):
         print(f"tokenshift: error: {why}", file=sys.stderr)
         return 2
     args = build_parser().parse_args(argv)
