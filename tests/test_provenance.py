@@ -83,6 +83,23 @@ def test_a_rerun_is_a_no_op(study):
     assert plan(study) == {}
 
 
+def test_a_study_moved_whole_reruns_nothing_and_finds_its_checkpoints(study):
+    # eighteenth hostile pass: the fetch's --path was the checkpoint's absolute path, so a study moved with its
+    # checkpoints beside it (`path: ckpt/a`) re-ran every job, and its links pointed where the files no longer were
+    from tokenshift.checkpoints import resolve_checkpoint
+    from tokenshift.loading import load_causal_lm
+
+    moved = study.with_name(study.name + "-moved")
+    study.rename(moved)
+    try:
+        assert plan(moved) == {}
+        ckpt = resolve_checkpoint(moved / "resources" / "models" / "a.json")  # verified against its manifest
+        assert all(os.path.realpath(f).startswith(str(moved)) for f in ckpt.iterdir())
+        assert load_causal_lm(ckpt, "cpu").config.vocab_size > 0
+    finally:
+        moved.rename(study)
+
+
 def test_an_edited_gold_answer_reruns_the_dataset_and_everything_after_it(study):
     data = study / "data" / "tiny.jsonl"
     before, stat = data.read_text(), data.stat()

@@ -453,7 +453,7 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
 
     def link_and_check(tmp: Path) -> tuple[dict, dict]:
         for f in linked_files(src, trust):
-            (tmp / f.name).symlink_to(f.resolve())
+            (tmp / f.name).symlink_to(_link_target(spec, f, tmp))
         # checked before it takes out_dir's place: a checkpoint refused leaves no directory behind, and a
         # finished one there (with its manifest) as it was (the tenth hostile pass, G9)
         # a hub snapshot's directory is named by its commit: what a branch such as `main` resolved to
@@ -466,6 +466,16 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     manifest, fingerprints = made_beside(out_dir, link_and_check)
     _write_manifest(out_dir, manifest, fingerprints)  # a link's fingerprint is its target's: moved, the same
     return manifest
+
+
+def _link_target(spec: Mapping[str, Any], f: Path, tmp: Path) -> str:
+    """Where the fetch's link to the source's file ``f`` points, from the folder ``tmp`` (beside ``out_dir``, so at
+    its depth): a ``path:`` given relative, as relative to the link (the way the config names it: a study moved
+    whole with the checkpoints beside it finds them where they now are, the eighteenth pass); else the file's
+    real path."""
+    if "path" in spec and not Path(spec["path"]).is_absolute():
+        return os.path.relpath(Path(os.path.abspath(spec["path"])) / f.name, tmp)
+    return str(f.resolve())
 
 
 def made_beside(out_dir: Path, fill: Callable[[Path], T]) -> T:

@@ -303,9 +303,10 @@ def vllm_engine_of(section, key="backend", engine="vllm"):
 
 
 def fetch_args(wildcards):
-    # each value joined to its flag, as to_argv does: a revision "-x" is a revision, not an option
+    # each value joined to its flag, as to_argv does: a revision "-x" is a revision, not an option; a path as the
+    # config gives it (relative to the working directory), so a study moved whole re-runs nothing
     spec = MODELS[wildcards.model]
-    args = [f"--path={Path(spec['path']).resolve()}"] if "path" in spec else [f"--hub={spec['hub']}"]
+    args = [f"--path={spec['path']}"] if "path" in spec else [f"--hub={spec['hub']}"]
     args += [f"--revision={spec['revision']}"] if "revision" in spec else []
     args += [f"--{k.replace('_', '-')}={spec[k]}" for k in LOADING_KEYS if k in spec]
     return shlex.join(args + (["--trust-remote-code"] if spec.get("trust_remote_code") else []))
