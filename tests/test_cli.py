@@ -1115,6 +1115,9 @@ def test_a_loop_of_links_or_a_folder_with_no_name_is_one_line(tmp_path):
     for model in ("/", "."):
         argv = ["rollout", "--model", model, "--dataset", tmp_path / "d.parquet", "--out", tmp_path / "o.parquet"]
         one_line_error(cli(argv, cwd=tmp_path), "the root folder" if model == "/" else ".: not a checkpoint")
+    # and a table that is a device or a folder was "no such file"
+    for table, needle in (("/dev/null", "not a regular file (a device"), (tmp_path, "a folder, not a file")):
+        one_line_error(cli(["gather", table, "--out", tmp_path / "o.parquet"]), f"{table}: {needle}")
     assert not list(tmp_path.glob("o*"))
 
 

@@ -101,11 +101,18 @@ def umask() -> int:
     return mask
 
 
+def not_a_file(path: Path) -> str:
+    """What ``path`` is, where it is no regular file: missing, a folder, or something else (``/dev/null``, a pipe)."""
+    if not path.exists():
+        return "no such file"
+    return "a folder, not a file" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+
+
 def read_png(path: Path | str, what: str) -> bytes:
     """A PNG image's bytes, or ``InputError`` naming ``path`` (missing, or not a PNG)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file (expected {what})")
+        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
     data = path.read_bytes()
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise InputError(f"{path}: not a PNG image (expected {what}; it starts {data[:8]!r})")
@@ -116,7 +123,7 @@ def read_html(path: Path | str, what: str) -> None:
     """``InputError`` naming ``path`` where it is missing or no HTML page (``<!doctype html>`` first)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file (expected {what})")
+        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
     with open(path, "rb") as f:
         head = f.read(64)
     if not head.lstrip().lower().startswith(b"<!doctype html"):
@@ -339,7 +346,7 @@ def read_parquet(
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file (expected {what})")
+        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
     try:
         table = pl.read_parquet(path, glob=False)  # the file named: polars would take [, * or ? as a glob
     except Exception as e:
