@@ -876,7 +876,9 @@ def test_pair_with_incomparable_tokenizers_fails_at_once(tmp_path, toy_tokenizer
     r = snakemake(work, "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert f"pairs[{len(DEFAULT['pairs'])}].rl" in out and "token ids differ" in out
+    # the key's value, the model's name (it quoted b's path under pairs[N].rl: the eighteenth pass), and both paths
+    assert f"pairs[{len(DEFAULT['pairs'])}].rl: got 'b'; the tokenizer of ckpt/b cannot be compared" in out
+    assert "the base model's, of ckpt/a" in out and "token ids differ" in out
 
 
 def test_a_passed_tokenizer_check_is_remembered_by_content_and_a_changed_file_is_checked_again(
@@ -964,7 +966,7 @@ def test_local_checkpoint_with_a_damaged_tokenizer_fails_at_once(tmp_path, toy_t
     r = snakemake(work, "-n", "all")
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert f"config key pairs[{len(DEFAULT['pairs'])}].rl" in out and "tokenizer does not load" in out
+    assert f"config key pairs[{len(DEFAULT['pairs'])}].rl: got 'b'; ckpt/b's tokenizer does not load" in out
 
 
 def test_local_checkpoint_inside_the_workflows_model_folder_is_refused(tmp_path, toy_tokenizer):

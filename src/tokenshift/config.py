@@ -777,7 +777,7 @@ def _check_pairs(config: Mapping[str, Any], base_dir: Path) -> None:
         for ds in pair.get("datasets", []):
             if ds not in datasets:
                 raise ConfigError(f"{key}.datasets", ds, f"expected one of the datasets: {sorted(datasets)}")
-        _check_pair_tokenizers(key, models[pair["base"]], models[pair["rl"]], base_dir, chat=pair_chat(config, pair))
+        _check_pair_tokenizers(key, pair, models, base_dir, chat=pair_chat(config, pair))
 
 
 def advantage_base(config: Mapping[str, Any]) -> str | None:
@@ -1081,9 +1081,11 @@ def _same_checkpoint(a: Mapping, b: Mapping, base_dir: Path) -> bool:
     return "hub" in a and "hub" in b and (a["hub"], a.get("revision")) == (b["hub"], b.get("revision"))
 
 
-def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path, *, chat: bool) -> None:
+def _check_pair_tokenizers(key: str, pair: Mapping, models: Mapping, base_dir: Path, *, chat: bool) -> None:
     """Refuse pairs whose tokenizers cannot be compared, or (``chat``) whose chat templates prompt a question
-    differently, as far as can be known before download."""
+    differently, as far as can be known before download. An error names the pair's key (``key``.base or .rl) with
+    its value, the model's name, and the checkpoint's path in its words."""
+    base, rl = models[pair["base"]], models[pair["rl"]]
     sources = (model_source(base), model_source(rl))
     if ("toy" in sources) and sources != ("toy", "toy"):
         raise ConfigError(
@@ -1115,13 +1117,17 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path,
             except Exception as e:  # a damaged or partly copied tokenizer: name it, not a traceback
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise ConfigError(
-                    f"{key}.{role}", spec["path"], f"its tokenizer does not load ({type(e).__name__}: {first})"
+                    f"{key}.{role}",
+                    pair[role],
+                    f"{spec['path']}'s tokenizer does not load ({type(e).__name__}: {first})",
                 ) from None
         try:
             compare_tokenizers(*tokenizers)
         except TokenizerMismatch as e:
             raise ConfigError(
-                f"{key}.rl", rl["path"], f"its tokenizer cannot be compared with the base model's: {e}"
+                f"{key}.rl",
+                pair["rl"],
+                f"the tokenizer of {rl['path']} cannot be compared with the base model's, of {base['path']}: {e}",
             ) from None
         if chat:
             for role, spec, tokenizer in zip(("base", "rl"), (base, rl), tokenizers, strict=True):
@@ -1130,10 +1136,14 @@ def _check_pair_tokenizers(key: str, base: Mapping, rl: Mapping, base_dir: Path,
                 except Exception as e:  # a template that raises: name it, not a traceback
                     first = str(e).splitlines()[0] if str(e) else ""
                     raise ConfigError(
-                        f"{key}.{role}", spec["path"], f"its chat template raises ({type(e).__name__}: {first})"
+                        f"{key}.{role}",
+                        pair[role],
+                        f"{spec['path']}'s chat template raises ({type(e).__name__}: {first})",
                     ) from None
             if difference := chat_prompt_difference(*tokenizers):
-                raise ConfigError(f"{key}.rl", rl["path"], f"{difference}; {CHAT_MISMATCH_FIX}")
+                raise ConfigError(
+                    f"{key}.rl", pair["rl"], f"{rl['path']} against {base['path']}: {difference}; {CHAT_MISMATCH_FIX}"
+                )
         if record is not None:
             _write_record(record)
 
