@@ -470,3 +470,19 @@ def test_the_comparison_table_and_graded_rows_labels_are_checked(good_tables, tm
         cross_run("forward", "js", "2", 0.5, 1).with_columns(pl.lit(3).alias(column)).write_parquet(run)
         r = cli(["crosssample-table", run, "--pair", "p", "--dataset", "d", "--out", tmp_path / "c.parquet"])
         one_line_error(r, f"column {column!r} holds Int32, where a string was expected")
+
+
+def test_a_device_or_a_pipe_given_as_a_json_or_text_file_is_refused_at_once(tmp_path):
+    # nineteenth hostile pass: a pair manifest given as /dev/zero was read to its end (memory without bound); a FIFO
+    # would wait for a writer
+    import os
+
+    from tokenshift.io import read_json, read_text
+
+    os.mkfifo(tmp_path / "pipe.json")
+    for path in ("/dev/zero", tmp_path / "pipe.json"):
+        for read in (read_json, read_text):
+            with pytest.raises(InputError, match=r"not a regular file \(a device, a pipe or a socket\)"):
+                read(path, "a pair manifest")
+    with pytest.raises(InputError, match=r"a folder, not a file \(expected a pair manifest\)"):
+        read_json(tmp_path, "a pair manifest")

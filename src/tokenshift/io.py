@@ -385,6 +385,8 @@ def read_parquet(
 def read_text(path: Path | str, what: str) -> str:
     """A UTF-8 text file, or ``InputError`` naming ``path`` (missing, or not text)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/zero was read to its end, a FIFO waited (nineteenth pass)
+        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -398,6 +400,8 @@ def read_text(path: Path | str, what: str) -> str:
 def read_json(path: Path | str, what: str) -> dict:
     """A JSON object, or ``InputError`` naming ``path``."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # /dev/zero was read to its end, a FIFO waited (nineteenth pass)
+        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
