@@ -64,6 +64,19 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
     for call in (lambda: tokenshift.compare(base, loop, PROMPTS), lambda: tokenshift.load_results(loop / "results")):
         with pytest.raises(InputError, match=r"loop(/results)?: a loop of symbolic links"):
             call()
+    # nineteenth pass: weights cut short were safetensors' own error, and a refused checkpoint or pair a
+    # ModelFetchError (a RuntimeError) or TokenizerMismatch beside the InputErrors: each is an InputError now
+    import shutil
+
+    from helpers import other_tokenizer
+
+    cut = shutil.copytree(base, base.parent / "cut")
+    (cut / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(InputError, match=r"cut/model\.safetensors is not a whole safetensors file"):
+        tokenshift.compare(base, cut, PROMPTS)
+    other = make_checkpoint("other", other_tokenizer(["other words entirely, nothing alike"] * 20))
+    with pytest.raises(InputError, match="token ids differ"):
+        tokenshift.compare(base, other, PROMPTS)
 
 
 def recorded(**pair) -> str:

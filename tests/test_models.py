@@ -22,6 +22,7 @@ from tokenshift.checkpoints import (
     checkpoint_label,
     fetch_model,
     manifest_path,
+    resolve_checkpoint,
     verify_checkpoint,
     write_manifest,
 )
@@ -45,6 +46,36 @@ def test_local_checkpoint_is_linked_verified_and_reloads(make_checkpoint, tmp_pa
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.vocab_size == manifest["embedding_rows"] == len(tok) == manifest["tokenizer_size"]
+
+
+def test_a_relative_path_is_linked_relatively_only_where_that_reaches_its_files(make_checkpoint, tmp_path, monkeypatch):
+    # eighteenth pass: links relative to a relative `path:`, so a study moved whole finds its checkpoints; nineteenth:
+    # a relative link is followed from where the link really is, so `shared/../m` after a linked folder, or a
+    # resources/ that is a link to another disk, linked another checkpoint, or none
+    import shutil
+
+    study, elsewhere = tmp_path / "study", tmp_path / "elsewhere"
+    shutil.copytree(make_checkpoint("m"), study / "ckpt" / "m")
+    shutil.copytree(make_checkpoint("other", seed=1), study / "m")  # what `shared/../m` reads as, lexically
+    shutil.copytree(study / "ckpt" / "m", elsewhere / "m")
+    (elsewhere / "shared").mkdir()
+    (study / "shared").symlink_to(elsewhere / "shared")
+    (tmp_path / "scratch" / "resources").mkdir(parents=True)
+    monkeypatch.chdir(study)
+    for path, out, relative in (
+        ("ckpt/m", Path("resources/models/a"), True),
+        ("shared/../m", Path("resources/models/b"), False),  # the OS reads elsewhere/m
+        (str(study / "ckpt" / "m"), Path("resources/models/c"), False),
+        ("ckpt/m", Path("linked/models/d"), False),  # linked/ is another disk's folder
+    ):
+        if out.parts[0] == "linked" and not Path("linked").exists():
+            Path("linked").symlink_to(tmp_path / "scratch" / "resources")
+        fetch_model(out.name, {"path": path}, out)
+        named = Path(os.path.realpath(path))
+        for link in out.iterdir():
+            assert os.path.realpath(link) == str(named / link.name), (path, link)
+            assert os.path.isabs(os.readlink(link)) is not relative, (path, link)
+        resolve_checkpoint(manifest_path(out))  # and verified against its manifest
 
 
 def test_pickle_weights_are_never_linked(make_checkpoint, tmp_path):

@@ -46,8 +46,10 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.
 T = TypeVar("T")
 
 
-class ModelFetchError(RuntimeError):
-    """A model could not be materialised; the message names the model and its source."""
+class ModelFetchError(InputError):
+    """A model could not be materialised, or its files are not what they should be; the message names the model
+    and its source. An ``InputError``: the notebook API and the CLI report it as bad input (the nineteenth pass:
+    ``compare`` raised it as a RuntimeError beside its InputErrors)."""
 
 
 def manifest_path(ckpt_dir: Path) -> Path:
@@ -310,7 +312,8 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
             again = (
                 f"build it again (snakemake --forcerun toy_{toy}: Snakemake sees no change to a model it built)"
                 if toy
-                else "run its fetch again (snakemake does so when the source files change)"
+                else "run its fetch again (Snakemake does so when the source files change; a file changed inside "
+                f"the fetched folder it does not see: snakemake --forcerun {manifest_path(ckpt_dir)} -- all)"
             )
             raise ModelFetchError(
                 f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} hashed (overwritten "
@@ -339,6 +342,9 @@ def resolve_checkpoint(path: Path | str) -> Path:
         verify_checkpoint(ckpt, read_json(manifest, "a checkpoint manifest"))
     elif path.suffix == ".json":
         raise InputError(f"{path}: no such manifest")
+    else:  # a folder no fetch vouched for (the notebook API's): weights cut short are named, not safetensors' error
+        for p in sorted(ckpt.glob("*.safetensors")):
+            _check_safetensors(ckpt.name, p)
     return ckpt
 
 
@@ -471,10 +477,13 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
 def _link_target(spec: Mapping[str, Any], f: Path, tmp: Path) -> str:
     """Where the fetch's link to the source's file ``f`` points, from the folder ``tmp`` (beside ``out_dir``, so at
     its depth): a ``path:`` given relative, as relative to the link (the way the config names it: a study moved
-    whole with the checkpoints beside it finds them where they now are, the eighteenth pass); else the file's
-    real path."""
+    whole with the checkpoints beside it finds them where they now are, the eighteenth pass), where that reaches
+    the very file ``f`` is; else (a ``..`` after a linked folder, or ``resources/`` itself a link elsewhere: a
+    relative link is followed from where the link really is, the nineteenth pass) the file's real path."""
     if "path" in spec and not Path(spec["path"]).is_absolute():
-        return os.path.relpath(Path(os.path.abspath(spec["path"])) / f.name, tmp)
+        relative = os.path.relpath(Path(os.path.abspath(spec["path"])) / f.name, tmp)
+        if os.path.realpath(tmp / relative) == os.path.realpath(f):
+            return relative
     return str(f.resolve())
 
 

@@ -35,7 +35,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenshift.io import lone_surrogate
+from tokenshift.io import InputError, lone_surrogate
 from tokenshift.settings import HUB_SPLIT, PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
@@ -50,7 +50,7 @@ def read_toy_problems(path: Path):
     """The problems table at ``path`` (a polars DataFrame) if it is a toy dataset's (it has ``toy_ops``),
     checked, else None: ``InputError`` naming the file for a column of another type or an operation that
     is not ``+x`` or ``-x``."""
-    from tokenshift.io import InputError, read_parquet
+    from tokenshift.io import read_parquet
 
     what = "a problems table (tokenshift dataset)"
     table = read_parquet(path, what)
@@ -66,7 +66,7 @@ def read_toy_problems(path: Path):
     return table
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset that cannot be loaded; the message names the dataset and the problem."""
 
 

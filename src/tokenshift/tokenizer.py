@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from tokenshift.checkpoints import ModelFetchError, manifest_path, resolve_checkpoint
-from tokenshift.io import read_json, write_json_atomic
+from tokenshift.io import InputError, read_json, write_json_atomic
 from tokenshift.loading import loading_options
 
 ROUNDTRIP_TEXTS = (
@@ -27,8 +27,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "*.model", "*.ti
 """A checkpoint's tokenizer is one of these (Hugging Face fast, BPE, WordPiece, SentencePiece, tiktoken)."""
 
 
-class TokenizerMismatch(ValueError):
-    """Two tokenizers whose token ids do not mean the same thing."""
+class TokenizerMismatch(InputError):
+    """Two tokenizers whose token ids do not mean the same thing (bad input: a pair that cannot be compared)."""
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -196,8 +196,6 @@ def read_pair_manifest(path: Path | str) -> dict:
     """A pair manifest ``check_pair`` wrote, or ``InputError`` naming the file: its pair, base and rl are names
     and its shared vocabulary a positive count (``{}``, a model's manifest or a list as a name were taken before,
     and a swap of the two models' rollouts went unseen)."""
-    from tokenshift.io import InputError
-
     manifest = read_json(path, "a pair manifest (tokenshift models check-pair)")
     for key in ("pair", "base", "rl"):
         if not isinstance(manifest.get(key), str) or not manifest[key]:

@@ -25,6 +25,7 @@ from tokenshift import __version__
 from tokenshift.cli import crosssample, dataset, figures, models, parts, profile, rollout, score, training
 from tokenshift.cli.common import check_outputs
 from tokenshift.codehash import check_job_package
+from tokenshift.io import InputError
 
 STAGES = (models, dataset, rollout, score, crosssample, parts, training, figures, profile)
 """Modules that register subcommands, in the order of the study."""
@@ -43,15 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in STAGES:
         module.register(sub)
     return parser
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from tokenshift.checkpoints import ModelFetchError
-    from tokenshift.datasets import DatasetError
-    from tokenshift.io import InputError  # BackendUnavailable is one
-    from tokenshift.tokenizer import TokenizerMismatch
-
-    return InputError, ModelFetchError, TokenizerMismatch, DatasetError
 
 
 def _not_text(argv: list[str]) -> str | None:
@@ -90,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         check_job_package()  # before anything runs: a job of another package than the workflow's is refused
         check_outputs(args)
         args.func(args)
-    except _user_errors() as e:
+    except InputError as e:  # bad input (ModelFetchError, TokenizerMismatch, DatasetError, BackendUnavailable are)
         print(f"tokenshift {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path that cannot be read or written: name it
