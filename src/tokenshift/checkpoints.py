@@ -312,8 +312,8 @@ def verify_checkpoint(ckpt_dir: Path, manifest: Mapping[str, Any]) -> None:
             again = (
                 f"build it again (snakemake --forcerun toy_{toy}: Snakemake sees no change to a model it built)"
                 if toy
-                else "run its fetch again (Snakemake does so when the source files change; a file changed inside "
-                f"the fetched folder it does not see: snakemake --cores all --forcerun {manifest_path(ckpt_dir)} -- all)"
+                else "run its fetch again (Snakemake does so when the source files change; a file changed inside the "
+                f"fetched folder it does not see: snakemake --cores all --forcerun {manifest_path(ckpt_dir)} -- all)"
             )
             raise ModelFetchError(
                 f"model {name!r}: {path} is not the file its manifest {manifest_path(ckpt_dir)} hashed (overwritten "
