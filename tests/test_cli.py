@@ -1121,6 +1121,18 @@ def test_a_loop_of_links_or_a_folder_with_no_name_is_one_line(tmp_path):
     assert not list(tmp_path.glob("o*"))
 
 
+def test_a_checkpoint_folder_whose_weights_are_cut_short_is_one_line(make_checkpoint, tmp_path):
+    """Nineteenth pass: a stage given a folder no fetch vouched for, its weights cut short, died in safetensors'
+    traceback (the fetch refused such weights; the stages read them)."""
+    ckpt = make_checkpoint("cut")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n')
+    argv = ["rollout", "--model", ckpt, "--dataset", data, "--no-chat-template", "--out", tmp_path / "o.parquet"]
+    one_line_error(cli(argv), f"{weights} is not a whole safetensors file")
+
+
 def test_a_jsonl_row_giving_a_key_twice_is_refused_naming_the_line(tmp_path):
     """Twelfth hostile pass (J10): the last of two `answer`s was taken without a word."""
     data = tmp_path / "d.jsonl"
