@@ -1127,8 +1127,9 @@ def test_a_checkpoint_folder_whose_weights_are_cut_short_is_one_line(make_checkp
     ckpt = make_checkpoint("cut")
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"question": "1+1", "answer": "2"}\n')
+    (tmp_path / "d.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    data = tmp_path / "d.parquet"
+    assert cli(["dataset", "d", "--path", tmp_path / "d.jsonl", "--out", data]).returncode == 0
     argv = ["rollout", "--model", ckpt, "--dataset", data, "--no-chat-template", "--out", tmp_path / "o.parquet"]
     one_line_error(cli(argv), f"{weights} is not a whole safetensors file")
 
