@@ -74,6 +74,23 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
     (cut / "model.safetensors").write_bytes((base / "model.safetensors").read_bytes()[:1000])
     with pytest.raises(InputError, match=r"cut/model\.safetensors is not a whole safetensors file"):
         tokenshift.compare(base, cut, PROMPTS)
+    # twentieth: weights whose shapes are not their config's were transformers' RuntimeError, and weights that are a
+    # pipe waited for ever: a folder without a manifest passes the fetch's checks of its files, weights and config
+    import os
+
+    import safetensors.torch
+
+    shaped = shutil.copytree(base, base.parent / "shaped")
+    tensors = safetensors.torch.load_file(shaped / "model.safetensors")
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"][:-1].clone()
+    safetensors.torch.save_file(tensors, shaped / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(InputError, match=r"describes model\.embed_tokens\.weight as \[\d+, \d+\] but the weights hold"):
+        tokenshift.compare(base, shaped, PROMPTS)
+    piped = shutil.copytree(base, base.parent / "piped")
+    (piped / "model.safetensors").unlink()
+    os.mkfifo(piped / "model.safetensors")
+    with pytest.raises(InputError, match=r"piped/model\.safetensors is no regular file"):
+        tokenshift.compare(base, piped, PROMPTS)
     other = make_checkpoint("other", other_tokenizer(["other words entirely, nothing alike"] * 20))
     with pytest.raises(InputError, match="token ids differ"):
         tokenshift.compare(base, other, PROMPTS)

@@ -175,53 +175,21 @@ def _check_shapes(name: str, ckpt_dir: Path, cfg, shapes: Mapping[str, tuple[int
         )
 
 
-def write_manifest(
-    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
-) -> dict:
-    """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
-    manifest, fingerprints = checked_manifest(ckpt_dir, name=name, spec=spec, extra=extra)
-    _write_manifest(ckpt_dir, manifest, fingerprints)
-    return manifest
-
-
-def _write_manifest(ckpt_dir: Path, manifest: Mapping[str, Any], fingerprints: Mapping[str, Any]) -> None:
-    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
-    write_json_atomic(manifest_path(ckpt_dir), manifest)
-
-
-def checked_manifest(
-    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
-) -> tuple[dict, dict]:
-    """The manifest of the checkpoint at ``ckpt_dir`` once its files pass every check (``ModelFetchError``
-    otherwise), and its files' fingerprints; nothing is written."""
-    from transformers import AutoConfig
-
-    # imported here, not at the top: both modules import this one
-    from tokenshift.loading import unknown_attention
-    from tokenshift.tokenizer import (
-        auto_tokenizer,
-        check_chat_template,
-        check_tokenizer_roundtrip,
-        generation_eos,
-        tokenizer_fingerprint,
-    )
-
-    trust = bool(spec.get("trust_remote_code", False))
-    if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
-        raise ModelFetchError(f"model {name!r}: attn_implementation {spec['attn_implementation']!r}: {expected}")
+def _checked_weights(name: str, ckpt_dir: Path) -> tuple[list[Path], dict[str, tuple[int, ...]]]:
+    """The checkpoint's safetensors files, each whole (``_check_safetensors``), and the shape of every tensor."""
     weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
     shapes = {}
     for p in weights:  # a cut download or copy: its header names more bytes than it holds (read: the header alone)
         shapes.update(_check_safetensors(name, p))
-    # hashed before anything is loaded from them: the manifest vouches for the files that were checked
-    files = checkpoint_files(ckpt_dir)
-    # a linked file's fingerprint is its target's: the source checkpoint's
-    fingerprints = {p.name: file_fingerprint(p) for p in files}
-    # a hub snapshot's large files carry the hub's own sha256 (its cache names their blobs by it): a 32B
-    # model's 65 GB are not read again for it; a local `path:` is hashed whatever its files' names
-    hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
+    return weights, shapes
+
+
+def _checked_config(name: str, ckpt_dir: Path, shapes: Mapping[str, tuple[int, ...]], trust: bool):
+    """The checkpoint's config, once transformers reads it and it describes the weights' ``shapes``."""
+    from transformers import AutoConfig
+
     try:
         cfg = AutoConfig.from_pretrained(ckpt_dir, trust_remote_code=trust)
     # a type transformers lacks, custom code not trusted, a field a config class refuses (num_hidden_layers against
@@ -244,6 +212,69 @@ def checked_manifest(
             f"model {name!r}: {ckpt_dir / 'config.json'} gives vocab_size {rows!r}; expected a positive whole number"
         )
     _check_shapes(name, ckpt_dir, cfg, shapes, trust)
+    return cfg
+
+
+def check_unvouched(ckpt_dir: Path) -> None:
+    """The fetch's checks of a checkpoint folder no manifest vouches for (the notebook API's, a stage given a folder),
+    less hashing and the tokenizer's: every file it names a regular file, the weights whole, the config theirs.
+    Loading it otherwise failed in safetensors' or transformers' own traceback, or waited on a pipe for ever (the
+    nineteenth and twentieth passes). Once per process for the same files."""
+    files = _named(ckpt_dir, False)
+    key = (Path(os.path.abspath(ckpt_dir)), tuple((f.name, file_fingerprint(f)) for f in files if f.is_file()))
+    if key in _UNVOUCHED_CHECKED:
+        return
+    if odd := unreadable_files(ckpt_dir):
+        raise ModelFetchError(f"model {ckpt_dir.name!r}: {odd[0]} is no regular file (a broken link, a directory?)")
+    _, shapes = _checked_weights(ckpt_dir.name, ckpt_dir)
+    _checked_config(ckpt_dir.name, ckpt_dir, shapes, trust=False)
+    _UNVOUCHED_CHECKED.add(key)
+
+
+_UNVOUCHED_CHECKED: set = set()
+
+
+def write_manifest(
+    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict:
+    """Verify the checkpoint at ``ckpt_dir`` and write its manifest next to it, last."""
+    manifest, fingerprints = checked_manifest(ckpt_dir, name=name, spec=spec, extra=extra)
+    _write_manifest(ckpt_dir, manifest, fingerprints)
+    return manifest
+
+
+def _write_manifest(ckpt_dir: Path, manifest: Mapping[str, Any], fingerprints: Mapping[str, Any]) -> None:
+    write_json_atomic(fingerprints_path(ckpt_dir), fingerprints)
+    write_json_atomic(manifest_path(ckpt_dir), manifest)
+
+
+def checked_manifest(
+    ckpt_dir: Path, *, name: str, spec: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> tuple[dict, dict]:
+    """The manifest of the checkpoint at ``ckpt_dir`` once its files pass every check (``ModelFetchError``
+    otherwise), and its files' fingerprints; nothing is written."""
+    # imported here, not at the top: both modules import this one
+    from tokenshift.loading import unknown_attention
+    from tokenshift.tokenizer import (
+        auto_tokenizer,
+        check_chat_template,
+        check_tokenizer_roundtrip,
+        generation_eos,
+        tokenizer_fingerprint,
+    )
+
+    trust = bool(spec.get("trust_remote_code", False))
+    if "attn_implementation" in spec and (expected := unknown_attention(spec["attn_implementation"])):
+        raise ModelFetchError(f"model {name!r}: attn_implementation {spec['attn_implementation']!r}: {expected}")
+    weights, shapes = _checked_weights(name, ckpt_dir)
+    # hashed before anything is loaded from them: the manifest vouches for the files that were checked
+    files = checkpoint_files(ckpt_dir)
+    # a linked file's fingerprint is its target's: the source checkpoint's
+    fingerprints = {p.name: file_fingerprint(p) for p in files}
+    # a hub snapshot's large files carry the hub's own sha256 (its cache names their blobs by it): a 32B
+    # model's 65 GB are not read again for it; a local `path:` is hashed whatever its files' names
+    hashes = {p.name: ("hub" in spec and hub_sha256(p)) or sha256_file(p) for p in files}
+    cfg = _checked_config(name, ckpt_dir, shapes, trust)
     tok = auto_tokenizer(ckpt_dir, trust)
     check_tokenizer_roundtrip(ckpt_dir, tok)
     check_chat_template(ckpt_dir, tok)
@@ -342,9 +373,8 @@ def resolve_checkpoint(path: Path | str) -> Path:
         verify_checkpoint(ckpt, read_json(manifest, "a checkpoint manifest"))
     elif path.suffix == ".json":
         raise InputError(f"{path}: no such manifest")
-    else:  # a folder no fetch vouched for (the notebook API's): weights cut short are named, not safetensors' error
-        for p in sorted(ckpt.glob("*.safetensors")):
-            _check_safetensors(ckpt.name, p)
+    else:  # a folder no fetch vouched for (the notebook API's, a stage given a folder): the fetch's checks
+        check_unvouched(ckpt)
     return ckpt
 
 
