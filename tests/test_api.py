@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 import yaml
@@ -91,6 +93,21 @@ def test_compare_refuses_unpaired_texts(make_checkpoint):
     os.mkfifo(piped / "model.safetensors")
     with pytest.raises(InputError, match=r"piped/model\.safetensors is no regular file"):
         tokenshift.compare(base, piped, PROMPTS)
+    # and a sharded checkpoint whose index is not its shards' was transformers' FileNotFoundError or AttributeError
+    sharded = shutil.copytree(base, base.parent / "sharded")
+    tensors = safetensors.torch.load_file(sharded / "model.safetensors")
+    (sharded / "model.safetensors").unlink()
+    names = sorted(tensors)
+    shards = {f"model-0000{i + 1}-of-00002.safetensors": names[i::2] for i in range(2)}
+    for file, keys in shards.items():
+        safetensors.torch.save_file({k: tensors[k] for k in keys}, sharded / file, metadata={"format": "pt"})
+    weight_map = {k: f for f, keys in shards.items() for k in keys}
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert tokenshift.compare(base, sharded, PROMPTS).height > 0  # the index of these shards
+    for wrong, needle in (([], "has no weight_map"), ({**weight_map, names[0]: "gone.safetensors"}, "puts")):
+        (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wrong}))
+        with pytest.raises(InputError, match=rf"sharded/model\.safetensors\.index\.json {needle}"):
+            tokenshift.compare(base, sharded, PROMPTS)
     other = make_checkpoint("other", other_tokenizer(["other words entirely, nothing alike"] * 20))
     with pytest.raises(InputError, match="token ids differ"):
         tokenshift.compare(base, other, PROMPTS)

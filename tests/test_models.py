@@ -78,6 +78,16 @@ def test_a_relative_path_is_linked_relatively_only_where_that_reaches_its_files(
         resolve_checkpoint(manifest_path(out))  # and verified against its manifest
 
 
+def test_a_fingerprints_file_that_is_a_pipe_is_taken_as_none(make_checkpoint, tmp_path):
+    # twentieth pass: `.m.fingerprints.json` a FIFO: every stage resolving the checkpoint waited for a writer for ever
+    out = tmp_path / "resources" / "models" / "m"
+    fetch_model("m", {"path": str(make_checkpoint("src"))}, out)
+    fingerprints = out.parent / ".m.fingerprints.json"
+    fingerprints.unlink()
+    os.mkfifo(fingerprints)
+    assert resolve_checkpoint(manifest_path(out)) == out  # each file hashed again, and found the one recorded
+
+
 def test_pickle_weights_are_never_linked(make_checkpoint, tmp_path):
     src = make_checkpoint("src")
     (src / "pytorch_model.bin").write_bytes(b"not loaded")

@@ -180,10 +180,33 @@ def _checked_weights(name: str, ckpt_dir: Path) -> tuple[list[Path], dict[str, t
     weights = sorted(p for p in ckpt_dir.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not weights:
         raise ModelFetchError(f"model {name!r}: {ckpt_dir} has no safetensors weights (only safetensors are loaded)")
-    shapes = {}
+    shapes, held = {}, {}
     for p in weights:  # a cut download or copy: its header names more bytes than it holds (read: the header alone)
-        shapes.update(_check_safetensors(name, p))
+        found = _check_safetensors(name, p)
+        shapes.update(found)
+        held.update(dict.fromkeys(found, p.name))
+    _check_index(name, ckpt_dir, held)
     return weights, shapes
+
+
+def _check_index(name: str, ckpt_dir: Path, held: Mapping[str, str]) -> None:
+    """Refuse a sharded checkpoint's ``model.safetensors.index.json`` that is not its shards' (``held``: tensor ->
+    the file holding it): a shard it names missing, a tensor in another file, or no map at all. Loading otherwise
+    failed in transformers' FileNotFoundError or AttributeError (the twentieth pass)."""
+    index = ckpt_dir / "model.safetensors.index.json"
+    if not index.exists():
+        return
+    weight_map = read_json(index, "a sharded checkpoint's index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ModelFetchError(f"model {name!r}: {index} has no weight_map of tensor names to shard files")
+    wrong = sorted(k for k, f in weight_map.items() if held.get(k) != f)
+    if wrong:
+        k = wrong[0]
+        where = f"in {held[k]}" if k in held else "in no shard"
+        raise ModelFetchError(
+            f"model {name!r}: {index} puts {k} in {weight_map[k]}, but it is {where} ({len(wrong)} of "
+            f"{len(weight_map)} tensors): expected the index of these shards"
+        )
 
 
 def _checked_config(name: str, ckpt_dir: Path, shapes: Mapping[str, tuple[int, ...]], trust: bool):
@@ -298,6 +321,8 @@ def checked_manifest(
 
 
 def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
+    if not fingerprints_path(ckpt_dir).is_file():  # none, or a pipe, which waited for ever (twentieth pass)
+        return {}
     try:
         return json.loads(fingerprints_path(ckpt_dir).read_text())
     except (OSError, ValueError):
