@@ -102,6 +102,18 @@ def test_a_change_changes_the_hash_of_the_stages_that_run_it_and_no_other(tmp_pa
     assert {w for w in STAGES if after[w] != before[w]} == changed
 
 
+def test_a_package_beside_a_module_of_its_name_is_the_code_hashed(tmp_path):
+    # twentieth hostile pass: grading/ (a package, which Python imports) put beside grading.py changed no hash
+    src = patched_source(tmp_path, "grading.py", None)
+    shutil.copy(src / "tokenshift" / "grading.py", tmp_path / "grading.py")
+    (src / "tokenshift" / "grading.py").write_text((REPO / "src" / "tokenshift" / "grading.py").read_text())
+    package = src / "tokenshift" / "grading"
+    package.mkdir()
+    shutil.copy(tmp_path / "grading.py", package / "__init__.py")  # the module's code, one line more
+    before, after = stage_codes(REPO / "src", STAGES), stage_codes(src, STAGES)
+    assert after[("rollout",)] != before[("rollout",)] and after[("score",)] == before[("score",)]
+
+
 def test_a_comment_docstring_or_layout_edit_changes_no_hash(tmp_path):
     """What Python does not run is not the code a result depends on: editing it re-runs nothing (a comment-only
     edit re-ran the stages that reach it, the third hostile pass)."""

@@ -58,12 +58,14 @@ IMPORT_TIME = "<import>"
 
 
 def _source(module: str) -> Path | None:
-    """The file of ``tokenshift`` module ``module`` (a package's ``__init__.py``), None for another package."""
+    """The file of ``tokenshift`` module ``module`` (a package's ``__init__.py``), None for another package. A
+    package and a module of one name (an rsync without --delete left ``grading.py`` beside ``grading/``): the
+    package, which Python imports (the twentieth pass: the module's file was hashed, the package's code ran)."""
     parts = module.split(".")
     if parts[0] != PACKAGE:
         return None
     base = ROOT.joinpath(*parts[1:])
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
+    for path in (base / "__init__.py", base.with_suffix(".py")):
         if path.is_file():
             return path
     return None
