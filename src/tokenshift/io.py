@@ -101,18 +101,23 @@ def umask() -> int:
     return mask
 
 
-def not_a_file(path: Path) -> str:
-    """What ``path`` is, where it is no regular file: missing, a folder, or something else (``/dev/null``, a pipe)."""
-    if not path.exists():
-        return "no such file"
-    return "a folder, not a file" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+def a_file(path: Path | str, what: str) -> Path:
+    """``path``, a regular file, or ``InputError`` naming what it is instead (``what`` says what was expected):
+    missing, a folder, or something else, which a reader would wait on (a pipe) or read without end (``/dev/zero``,
+    the nineteenth pass)."""
+    path = Path(path)
+    if not path.is_file():
+        if not path.exists():
+            held = "no such file"
+        else:
+            held = "a folder, not a file" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        raise InputError(f"{path}: {held} (expected {what})")
+    return path
 
 
 def read_png(path: Path | str, what: str) -> bytes:
     """A PNG image's bytes, or ``InputError`` naming ``path`` (missing, or not a PNG)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
+    path = a_file(path, what)
     data = path.read_bytes()
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise InputError(f"{path}: not a PNG image (expected {what}; it starts {data[:8]!r})")
@@ -121,9 +126,7 @@ def read_png(path: Path | str, what: str) -> bytes:
 
 def read_html(path: Path | str, what: str) -> None:
     """``InputError`` naming ``path`` where it is missing or no HTML page (``<!doctype html>`` first)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
+    path = a_file(path, what)
     with open(path, "rb") as f:
         head = f.read(64)
     if not head.lstrip().lower().startswith(b"<!doctype html"):
@@ -344,9 +347,7 @@ def read_parquet(
     kind) are checked so where the table has them."""
     import polars as pl
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
+    path = a_file(path, what)
     try:
         table = pl.read_parquet(path, glob=False)  # the file named: polars would take [, * or ? as a glob
     except Exception as e:
@@ -384,9 +385,7 @@ def read_parquet(
 
 def read_text(path: Path | str, what: str) -> str:
     """A UTF-8 text file, or ``InputError`` naming ``path`` (missing, or not text)."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # /dev/zero was read to its end, a FIFO waited (nineteenth pass)
-        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
+    path = a_file(path, what)
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -399,9 +398,7 @@ def read_text(path: Path | str, what: str) -> str:
 
 def read_json(path: Path | str, what: str) -> dict:
     """A JSON object, or ``InputError`` naming ``path``."""
-    path = Path(path)
-    if path.exists() and not path.is_file():  # /dev/zero was read to its end, a FIFO waited (nineteenth pass)
-        raise InputError(f"{path}: {not_a_file(path)} (expected {what})")
+    path = a_file(path, what)
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
