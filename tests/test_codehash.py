@@ -187,6 +187,34 @@ def test_code_the_packages_init_runs_is_in_every_stages_hash_and_its_version_str
         assert all((after[s] != stage_code(*s)) == changes for s in stages), line
 
 
+def test_a_modules_old_bytecode_is_not_run_after_a_same_size_edit_whose_mtime_was_set_back(tmp_path):
+    """Twentieth hostile pass: Python takes a module's ``__pycache__`` .pyc where the source's size and mtime are
+    those it records, so an edit of one size made with ``touch -r`` (or ``cp -p`` of such a file) ran the old
+    code, while the code hash, taken from the source, said the new one ran. Bytecode is checked by content."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    path = src / "tokenshift" / "grading.py"
+    path.write_text(path.read_text() + '\n_PROBE = "old"\n')
+    unset = ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")  # as on a user's machine: bytecode written, beside
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"PYTHONPATH": str(src)}
+
+    def probe() -> str:
+        code = "import tokenshift.grading as g; print(g._PROBE)"
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert probe() == "old\n"
+    (cached,) = (src / "tokenshift" / "__pycache__").glob("grading.*.pyc")
+    before = path.stat()
+    path.write_text(path.read_text().replace('_PROBE = "old"', '_PROBE = "new"'))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert probe() == "new\n"
+    # and bytecode of the source as it is is still taken, not compiled again at each start
+    written = cached.read_bytes()
+    os.utime(cached, ns=(0, 0))
+    assert probe() == "new\n" and cached.read_bytes() == written and cached.stat().st_mtime_ns == 0
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")
