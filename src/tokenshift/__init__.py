@@ -41,7 +41,9 @@ class _Finder:
         return spec
 
 
-if not any(getattr(f, "__qualname__", None) == _Finder.__qualname__ for f in sys.meta_path):
+if not any(
+    (getattr(f, "__module__", None), getattr(f, "__qualname__", None)) == (__name__, "_Finder") for f in sys.meta_path
+):
     sys.meta_path.insert(0, _Finder)
 
 
