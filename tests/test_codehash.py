@@ -215,6 +215,22 @@ def test_a_modules_old_bytecode_is_not_run_after_a_same_size_edit_whose_mtime_wa
     assert probe() == "new\n" and cached.read_bytes() == written and cached.stat().st_mtime_ns == 0
 
 
+def test_a_compiled_module_python_would_take_before_or_for_the_source_is_refused(tmp_path):
+    """Python takes an extension module before ``grading.py`` beside it, and a ``grading.pyc`` where the source is
+    gone; the code hash reads the source, so such a file ran code no hash described."""
+    import py_compile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    source = src / "tokenshift" / "grading.py"
+    py_compile.compile(str(source), cfile=str(source.with_suffix(".pyc")), doraise=True)
+    source.unlink()
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    r = subprocess.run([sys.executable, "-c", "import tokenshift.grading"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert f"ImportError: {source.with_suffix('.pyc')}: a compiled module in tokenshift" in r.stderr
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

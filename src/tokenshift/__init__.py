@@ -9,7 +9,7 @@ tables), in ``tokenshift.api``.
 
 import hashlib
 import sys
-from importlib.machinery import PathFinder, SourceFileLoader
+from importlib.machinery import ExtensionFileLoader, PathFinder, SourceFileLoader, SourcelessFileLoader
 
 __version__ = "0.1.0"
 __all__ = ["compare", "load_results"]
@@ -29,7 +29,9 @@ class _SourceLoader(SourceFileLoader):
 
 
 class _Finder:
-    """Finds the package's modules as Python does, to be loaded by ``_SourceLoader``."""
+    """Finds the package's modules as Python does, to be loaded by ``_SourceLoader``. The package is Python source,
+    whose code is what the code hash reads: a compiled module Python would take before the source (an extension
+    module beside ``grading.py``, a ``grading.pyc`` where the source was removed) is refused."""
 
     @staticmethod
     def find_spec(name: str, path=None, target=None):
@@ -38,6 +40,13 @@ class _Finder:
         spec = PathFinder.find_spec(name, path, target)
         if spec is not None and type(spec.loader) is SourceFileLoader:
             spec.loader = _SourceLoader(spec.loader.name, spec.loader.path)
+        elif isinstance(spec and spec.loader, (ExtensionFileLoader, SourcelessFileLoader)):
+            raise ImportError(
+                f"{spec.origin}: a compiled module in tokenshift, which is Python source: the code that would run is "
+                "not the code its results record; remove it (or reinstall tokenshift)",
+                name=name,
+                path=spec.origin,
+            )
         return spec
 
 
