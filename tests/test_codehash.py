@@ -215,6 +215,24 @@ def test_a_modules_old_bytecode_is_not_run_after_a_same_size_edit_whose_mtime_wa
     assert probe() == "new\n" and cached.read_bytes() == written and cached.stat().st_mtime_ns == 0
 
 
+def test_a_modules_bytecode_compiled_unchecked_is_not_run_after_an_edit(tmp_path):
+    """Twenty-first pass: bytecode compiled with ``compileall --invalidation-mode unchecked-hash`` (a distribution's
+    packaging step) is run by Python without a look at the source: an edit ran the old code under the new hash."""
+    import py_compile
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    path = src / "tokenshift" / "grading.py"
+    path.write_text(path.read_text() + '\n_PROBE = "old"\n')
+    mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+    py_compile.compile(str(path), doraise=True, invalidation_mode=mode)
+    path.write_text(path.read_text().replace('_PROBE = "old"', '_PROBE = "new"'))
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    code = "import tokenshift.grading as g; print(g._PROBE)"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert r.stdout == "new\n"
+
+
 def test_a_compiled_module_python_would_take_before_or_for_the_source_is_refused(tmp_path):
     """Python takes an extension module before ``grading.py`` beside it, and a ``grading.pyc`` where the source is
     gone; the code hash reads the source, so such a file ran code no hash described."""

@@ -27,6 +27,14 @@ class _SourceLoader(SourceFileLoader):
         source = self.get_data(path)
         return {"mtime": int.from_bytes(hashlib.sha256(source).digest()[:4], "big"), "size": len(source)}
 
+    def get_data(self, path: str) -> bytes:
+        data = super().get_data(path)
+        if path.endswith(".pyc") and data[4:5] and data[4] & 1:
+            # a hash-based .pyc (PEP 552), which Python runs without a look at the source where its check bit is
+            # off (`compileall --invalidation-mode unchecked-hash`, the twenty-first pass): compiled again instead
+            raise OSError(f"{path}: hash-based bytecode, not taken")
+        return data
+
 
 class _Finder:
     """Finds the package's modules as Python does, to be loaded by ``_SourceLoader``. The package is Python source,
