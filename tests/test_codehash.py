@@ -249,6 +249,41 @@ def test_a_compiled_module_python_would_take_before_or_for_the_source_is_refused
     assert f"ImportError: {source.with_suffix('.pyc')}: a compiled module in tokenshift" in r.stderr
 
 
+def test_a_package_folder_that_is_a_link_is_read_for_the_hashes_and_their_record(tmp_path):
+    """Twenty-first pass: ``plots/`` or ``templates/`` as a link to a folder elsewhere (Python imports through it) was
+    not entered by the package's file walk: the remembered hashes' key did not change with an edit there, and the
+    explorer's template was hashed nowhere."""
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for folder in ("plots", "templates"):
+        (src / "tokenshift" / folder).rename(tmp_path / folder)
+        (src / "tokenshift" / folder).symlink_to(tmp_path / folder)
+    stages = [("figures",), ("explorer",), ("rollout",)]
+    before = stage_codes(src, stages, cache)
+    assert before == stage_codes(src, stages) == {w: stage_code(*w) for w in stages}  # the same code, linked
+    style = tmp_path / "plots" / "style.py"
+    style.write_text(style.read_text() + "\nimport sys as _s\n_s.stderr.write('an upgrade')\n")
+    page = tmp_path / "templates" / "explorer.html"
+    page.write_text(page.read_text().replace("</body>", "<p>upgraded</p></body>", 1))
+    after = stage_codes(src, stages, cache)
+    assert {w for w in stages if after[w] != before[w]} == {("figures",), ("explorer",)}
+
+
+def test_a_compiled_module_in_the_package_is_refused_by_the_plan_naming_it(tmp_path):
+    """Where Python would import a compiled module of the package, no job can run the code hashed: ``snakemake -n``
+    says so at once, before any job (the import refuses it too: the test above)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    compiled = src / "tokenshift" / "stats" / "__init__.pyc"  # a package of bytecode beside stats.py
+    compiled.parent.mkdir()
+    compiled.write_bytes(b"")
+    work = tmp_path / "work"
+    shutil.copytree(REPO / "config", work / "config")
+    r = snakemake(work, "-n", "all", env={"PYTHONPATH": str(src)})
+    assert r.returncode == 1
+    assert f"{compiled}: a compiled module in tokenshift" in r.stderr + r.stdout and "Traceback" not in r.stderr
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

@@ -40,6 +40,7 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,16 +255,26 @@ def _uses(path: Path, name: str) -> _Uses:
     return uses
 
 
+def _package_files() -> list[Path]:
+    """Every regular file of the package, ``__pycache__`` aside, sorted; folders that are symbolic links are entered
+    (Python imports from them; ``Path.rglob`` of Python 3.11 does not enter them, so a linked ``plots/`` or
+    ``templates/`` folder's edits changed no hash: the twenty-first pass), each real folder once."""
+    found, seen = [], set()
+    for top, dirs, files in os.walk(ROOT, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a loop of links, or a folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [Path(top, f) for f in files if os.path.isfile(os.path.join(top, f))]
+    return sorted(found)
+
+
 @functools.cache
 def _data_files() -> tuple[str, ...]:
     """The package's files that are not code (``templates/explorer.html``), relative to it."""
-    return tuple(
-        sorted(
-            p.relative_to(ROOT).as_posix()
-            for p in ROOT.rglob("*")
-            if p.is_file() and p.suffix not in (".py", ".pyc", ".typed") and "__pycache__" not in p.parts
-        )
-    )
+    return tuple(p.relative_to(ROOT).as_posix() for p in _package_files() if p.suffix not in (".py", ".pyc", ".typed"))
 
 
 @dataclass(frozen=True)
@@ -413,7 +424,7 @@ def package_key() -> str:
     """sha256 over every file of the package (path and bytes, ``__pycache__`` aside) and the Python version
     that parses them: all a hash of this module depends on."""
     h = hashlib.sha256(f"python {sys.version_info.major}.{sys.version_info.minor}\0".encode())
-    for path in sorted(p for p in ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in _package_files():
         h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
@@ -425,11 +436,21 @@ PACKAGE_ENV = "TOKENSHIFT_PACKAGE"
 @functools.cache
 def running_package() -> str:
     """sha256 over the package's code and data files as they run (paths and bytes; editors' hidden and backup
-    files aside): what a job compares with the workflow's ``PACKAGE_ENV``."""
+    files aside): what a job compares with the workflow's ``PACKAGE_ENV``. ``InputError`` for a compiled module in
+    the package, which Python would import before its source or for it (``tokenshift._Finder`` refuses it there)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+
     h = hashlib.sha256()
-    for path in sorted(ROOT.rglob("*")):
+    for path in _package_files():
+        if path.name.endswith((".pyc", *EXTENSION_SUFFIXES)):
+            from tokenshift.io import InputError
+
+            raise InputError(
+                f"{path}: a compiled module in tokenshift, which is Python source: the code that would run is not "
+                "the code its results record; remove it (or reinstall tokenshift)"
+            )
         edited = path.name.startswith(".") or path.name.endswith("~")  # an editor's swap or backup file
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" and not edited:
+        if not edited:
             h.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 

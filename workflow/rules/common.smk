@@ -33,7 +33,7 @@ from tokenshift.config import (
     toy_check_problems,
 )
 from tokenshift.datasets import given_settings
-from tokenshift.io import files_fingerprint
+from tokenshift.io import InputError, files_fingerprint
 from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import canonical, flag, section_values, shell_args
 from tokenshift.registry import (
@@ -79,7 +79,10 @@ for message in warnings:
 
 # the package this plan's code hashes describe: each job compares its own with it and refuses to run another
 # (a rule's conda environment built from another tokenshift, or code edited while the workflow runs)
-os.environ[PACKAGE_ENV] = running_package()
+try:
+    os.environ[PACKAGE_ENV] = running_package()
+except InputError as error:  # a compiled module in the package: no job could run the code hashed
+    raise error.with_traceback(None) from None
 
 MODELS = config["models"]
 PAIRS = {p["name"]: p for p in config["pairs"]}
