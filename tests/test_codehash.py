@@ -284,6 +284,31 @@ def test_a_compiled_module_in_the_package_is_refused_by_the_plan_naming_it(tmp_p
     assert f"{compiled}: a compiled module in tokenshift" in r.stderr + r.stdout and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("imported", "called"),
+    [
+        ("from .stats import mean_ci", "mean_ci("),  # relative
+        ("from . import stats as _st", "_st.mean_ci("),  # relative, a module
+        ("import tokenshift.stats\n_ST = tokenshift.stats", "_ST.mean_ci("),  # a module renamed at the top
+    ],
+)
+def test_a_function_reached_through_a_relative_import_or_a_renamed_module_is_in_the_hash(tmp_path, imported, called):
+    """Twenty-first pass: `from .stats import mean_ci` in tables.py, or `_ST = tokenshift.stats` and `_ST.mean_ci`,
+    left mean_ci out of the accuracy stage's hash: an edit to it re-ran nothing, though the job ran it."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    tables = src / "tokenshift" / "tables.py"
+    text = tables.read_text()
+    assert text.count("\nfrom tokenshift.stats import mean_ci\n") == 1
+    head, body = text.split("\nfrom tokenshift.stats import mean_ci\n")
+    tables.write_text(f"{head}\n{imported}\n{body.replace('mean_ci(', called)}")
+    before = stage_codes(src, [("accuracy",)])
+    stats = src / "tokenshift" / "stats.py"
+    signature = ") -> tuple[float, float, float]:\n"
+    stats.write_text(stats.read_text().replace(signature, signature + "    _upgraded = True  # an upgrade\n", 1))
+    assert stage_codes(src, [("accuracy",)]) != before
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

@@ -17,7 +17,9 @@ the call's effect), and the modules it imports. A class is one unit (all its met
 Data files of the package (``templates/``) are covered where a reached unit names them.
 
 Names are resolved by their text, not their scope (a local variable named as a function reaches that
-function: more, never less), and annotations are not followed (``from __future__ import annotations``
+function: more, never less); a relative import is resolved as Python resolves it, and a module given another
+name (``_st = tokenshift.stats``, at the top or in a function) is followed through that name; annotations are
+not followed (``from __future__ import annotations``
 makes them strings that nothing runs). Every stage's units include the dispatcher's
 (``cli/__init__.py``'s ``main`` and what it reaches: the parser, the output check, what an error means);
 the other stages' ``register`` functions that the parser calls through a loop variable are not followed,
@@ -78,6 +80,42 @@ def _module_of(path: Path) -> str:
     return ".".join((PACKAGE, *parts))
 
 
+def _package_of(path: Path) -> str:
+    """The package a relative import in the file ``path`` starts from."""
+    module = _module_of(path)
+    return module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _module_chain(chain: tuple[str, ...], scope: dict[str, tuple[str, str | None]]) -> str | None:
+    """The ``tokenshift`` module that the name or ``name.attribute`` chain ``chain`` is, under the imports
+    ``scope``; None where it is no module of the package."""
+    target, inner = scope.get(chain[0], (None, "-"))
+    if target is None or inner is not None:
+        return None
+    for attribute in chain[1:]:
+        if not _source(f"{target}.{attribute}"):
+            return None
+        target = f"{target}.{attribute}"
+    return target
+
+
+def _alias(node: ast.AST) -> tuple[str, tuple[str, ...]] | None:
+    """(name, chain) for ``name = a.b.c`` (or ``name = a``), which may give a module another name; else None."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+        chain = _chain(node.value)
+        return (node.targets[0].id, chain) if chain else None
+    return None
+
+
+def _chain(node: ast.AST) -> tuple[str, ...] | None:
+    """``a.b.c`` as ``("a", "b", "c")``; None for any other expression."""
+    attributes = []
+    while isinstance(node, ast.Attribute):
+        attributes.append(node.attr)
+        node = node.value
+    return (node.id, *reversed(attributes)) if isinstance(node, ast.Name) else None
+
+
 def _bound(target: ast.AST) -> list[str]:
     """The names an assignment target binds (``a``, ``a, b``; not ``a.b`` nor ``a[0]``)."""
     if isinstance(target, ast.Name):
@@ -87,11 +125,17 @@ def _bound(target: ast.AST) -> list[str]:
     return []
 
 
-def _imports(nodes) -> dict[str, tuple[str, str | None]]:
+def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     """What the import statements among ``nodes`` bind: name -> (module, None) for a module, (module,
-    attribute) for a name imported from one (``tokenshift`` modules only; ``*`` binds ``"*"``)."""
+    attribute) for a name imported from one (``tokenshift`` modules only; ``*`` binds ``"*"``). ``package`` is the
+    package a relative import (``from .stats import mean_ci``) starts from: that of the module holding ``nodes``."""
     bound = {}
     for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.level:  # `from ..a import b`: as `from <package>.a import b`
+            parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            if node.level - 1 >= len(package.split(".")):
+                continue  # above the top package: Python refuses it
+            node = ast.ImportFrom(".".join([*parts, *([node.module] if node.module else [])]), node.names, 0)
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
@@ -101,7 +145,7 @@ def _imports(nodes) -> dict[str, tuple[str, str | None]]:
                         None,
                     )
                     bound[f"<import {alias.name}>"] = (alias.name, None)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module.split(".")[0] != PACKAGE:
                 continue
             for alias in node.names:
@@ -155,14 +199,14 @@ class _Bare(ast.NodeTransformer):
 @functools.cache
 def _parse(path: Path) -> _Module:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    mod = _Module(path)
+    mod, package = _Module(path), _package_of(path)
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring (the module's, or an attribute's after its assignment)
         if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
             continue  # `if __name__ == "__main__":` runs only as a script
         if isinstance(node, ast.Import | ast.ImportFrom):
-            mod.imports |= _imports([node])
+            mod.imports |= _imports([node], package)
             mod.import_code.append(ast.unparse(node))
             continue
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
@@ -173,7 +217,7 @@ def _parse(path: Path) -> _Module:
             names = _bound(node.target)
         else:  # an `if`, `try` or call at the top: it runs when the module is imported
             names = [IMPORT_TIME]
-            mod.imports |= _imports(ast.walk(node))
+            mod.imports |= _imports(ast.walk(node), package)
         for name in names or [IMPORT_TIME]:
             mod.units.setdefault(name, []).append(node)
     read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
@@ -184,7 +228,10 @@ def _parse(path: Path) -> _Module:
             ran = [n for n in nodes if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
             if any(isinstance(c, ast.Call) for n in ran for c in ast.walk(n)):
                 mod.units.setdefault(IMPORT_TIME, []).extend(ran)
-                mod.imports |= _imports(c for n in ran for c in ast.walk(n))
+                mod.imports |= _imports((c for n in ran for c in ast.walk(n)), package)
+    for name, chain in filter(None, map(_alias, tree.body)):  # `_st = tokenshift.stats`: a module, renamed
+        if module := _module_chain(chain, mod.imports):
+            mod.imports[name] = (module, None)
     return mod
 
 
@@ -192,11 +239,19 @@ class _Uses(ast.NodeVisitor):
     """The names and ``name.attribute`` chains a unit uses, and the imports inside it; not annotations,
     nor the handlers a parser is given (``set_defaults(func=...)``: those are other stages' code)."""
 
-    def __init__(self):
+    def __init__(self, package: str):
+        self.package = package
         self.names: set[str] = set()
         self.chains: set[tuple[str, ...]] = set()
         self.imports: dict[str, tuple[str, str | None]] = {}
+        self.aliases: dict[str, tuple[str, ...]] = {}
+        """A local name given a name or ``name.attribute`` chain (``st = tokenshift.stats``): maybe a module."""
         self.strings: set[str] = set()
+
+    def visit_Assign(self, node):
+        if alias := _alias(node):
+            self.aliases[alias[0]] = alias[1]
+        self.generic_visit(node)
 
     def visit_Name(self, node):
         self.names.add(node.id)
@@ -217,7 +272,7 @@ class _Uses(ast.NodeVisitor):
             self.strings.add(node.value)
 
     def visit_Import(self, node):
-        self.imports |= _imports([node])
+        self.imports |= _imports([node], self.package)
 
     visit_ImportFrom = visit_Import
 
@@ -245,7 +300,7 @@ class _Uses(ast.NodeVisitor):
 
 @functools.cache
 def _uses(path: Path, name: str) -> _Uses:
-    uses = _Uses()
+    uses = _Uses(_package_of(path))
     for node in _parse(path).units[name]:
         if isinstance(node, ast.ClassDef):  # its bases, decorators and body, not its annotations
             for child in (*node.bases, *node.decorator_list, *node.keywords, *node.body):
@@ -341,6 +396,9 @@ def _reach(start: list[tuple[str, str]]) -> Units:
         import_module(_module_of(path))
         mod, uses = _parse(path), _uses(path, name)
         scope = mod.imports | uses.imports
+        for alias, chain in uses.aliases.items():  # a module given a local name
+            if module := _module_chain(chain, scope):
+                scope[alias] = (module, None)
         for target, _ in uses.imports.values():
             import_module(target)
         for used in uses.names:
