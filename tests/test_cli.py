@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 
 import polars as pl
 import pytest
 import yaml
-from conftest import run, tokenshift_cmd
+from conftest import REPO, run, tokenshift_cmd
 from helpers import cli, made_by_a_run, one_line_error
 
 HELPS = [
@@ -1187,3 +1191,45 @@ def test_profile_install_into_a_folder_says_how_snakemake_finds_it_there(tmp_pat
     assert r.returncode == 0, r.stderr
     assert f"run the workflow with: snakemake --profile '{target.resolve()}' all" in r.stderr
     assert (target / "config.yaml").is_file()
+
+
+def test_a_command_registers_its_own_modules_subcommands_alone_and_every_one_is_listed_where_it_is_owned(tmp_path):
+    """Twenty-first pass: every stage ran every other stage's ``register`` (the parser registered them all), which
+    no stage's code hash covers: a statement added to the score stage's ran in the rollouts unhashed."""
+    from tokenshift.cli import COMMANDS, build_parser
+
+    every = _subparsers(build_parser())
+    assert sorted(every) == sorted(name for names in COMMANDS.values() for name in names)
+    for module, names in COMMANDS.items():
+        for name in names:
+            assert sorted(_subparsers(build_parser(name))) == sorted(names)
+            handlers = {s.get_default("func") for s in _subcommand_parsers(every[name])}
+            assert {h.__module__ for h in handlers} == {module.__name__}, name
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    score = src / "tokenshift" / "cli" / "score.py"
+    text = score.read_text()
+    assert text.count("\ndef register(sub") == 1
+    head, tail = text.split("\ndef register(sub")
+    signature, body = tail.split("\n", 1)
+    marker = "    __import__('sys').stderr.write('score.register ran')\n"
+    score.write_text(f"{head}\ndef register(sub{signature}\n{marker}{body}")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+
+    def ran(*words: str) -> bool:
+        r = subprocess.run([sys.executable, "-m", "tokenshift", *words], env=env, capture_output=True, text=True)
+        assert r.returncode in (0, 2), r.stderr
+        return "score.register ran" in r.stderr
+
+    assert not ran("rollout", "--help") and not ran("-v", "gather", "--help")
+    assert ran("score", "--help") and ran("divergence", "--help") and ran("--help") and ran("no-such-stage")
+
+
+def _subparsers(parser) -> dict:
+    return next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+
+
+def _subcommand_parsers(parser) -> list:
+    """``parser``, or the parsers of its subcommands where it has them (``models fetch``)."""
+    subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    return [p for s in subs for p in s.choices.values()] or [parser]

@@ -22,8 +22,9 @@ name (``_st = tokenshift.stats``, at the top or in a function) is followed throu
 not followed (``from __future__ import annotations``
 makes them strings that nothing runs). Every stage's units include the dispatcher's
 (``cli/__init__.py``'s ``main`` and what it reaches: the parser, the output check, what an error means);
-the other stages' ``register`` functions that the parser calls through a loop variable are not followed,
-so a new flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
+the parser a stage's command builds registers that stage's module alone (``cli.COMMANDS``), so the other
+stages' ``register`` functions, which it calls through a loop variable, neither run nor are followed: a new
+flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
 version string), third-party packages (torch, transformers, math-verify: their versions are not part of
 the hash). What a lookup by a computed name would reach (``getattr`` with a string) is not followed: the
 package uses none; tests/test_codehash.py runs every stage of a small study under a tracer and checks

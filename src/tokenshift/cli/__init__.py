@@ -27,11 +27,26 @@ from tokenshift.cli.common import check_outputs
 from tokenshift.codehash import check_job_package
 from tokenshift.io import InputError
 
-STAGES = (models, dataset, rollout, score, crosssample, parts, training, figures, profile)
-"""Modules that register subcommands, in the order of the study."""
+COMMANDS = {
+    models: ("models", "toy-check"),
+    dataset: ("dataset",),
+    rollout: ("rollout", "accuracy"),
+    score: ("score", "divergence"),
+    crosssample: ("crosssample", "crosssample-table"),
+    parts: ("gather", "csv", "record-config"),
+    training: ("advantages", "training-shifts", "figure-training"),
+    figures: ("figures", "figure-overview", "explorer", "report"),
+    profile: ("profile",),
+}
+"""The modules that register subcommands, in the order of the study, and the top-level commands each registers.
+``tokenshift <command>`` registers its own module's alone, so no other stage's ``register`` runs in it: a stage's
+code hash covers its own module's (tokenshift.codehash), and a statement added to another's ran unhashed (the
+twenty-first hostile pass)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of those of the module that registers top-level ``command`` (where one
+    does: else every one, so that the error lists them)."""
     parser = argparse.ArgumentParser(
         prog="tokenshift",
         description="Token-level analysis of how RL fine-tuning shifts a language model "
@@ -41,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tokenshift {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for module in STAGES:
+    owner = [module for module, names in COMMANDS.items() if command in names]
+    for module in owner or COMMANDS:
         module.register(sub)
     return parser
 
@@ -74,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if why := _not_text(argv) or _link_loop(argv):
         print(f"tokenshift: error: {why}", file=sys.stderr)
         return 2
-    args = build_parser().parse_args(argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)  # the top level's options take no value
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s"
     )
