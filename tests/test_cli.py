@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -1233,3 +1234,35 @@ def _subcommand_parsers(parser) -> list:
     """``parser``, or the parsers of its subcommands where it has them (``models fetch``)."""
     subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     return [p for s in subs for p in s.choices.values()] or [parser]
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["models", "fetch", "x", "--path=", "--out", "m"],
+        ["models", "fetch", "x", "--hub=", "--revision=abc", "--out", "m"],
+        ["models", "fetch", "x", "--hub=a/b", "--revision=", "--out", "m"],
+        ["dataset", "x", "--path=", "--out", "d.parquet"],
+        ["dataset", "x", "--hub=", "--revision=abc", "--out", "d.parquet"],
+        ["dataset", "x", "--path=set.jsonl", "--question-field=", "--out", "d.parquet"],
+    ],
+)
+def test_an_empty_value_where_an_option_has_no_empty_meaning_is_refused_naming_it(tmp_path, words):
+    """Twenty-first pass: `--path=` was the folder '.', `--hub=` a download of hub id None or an IndexError."""
+    r = cli(words, cwd=tmp_path)
+    flag = next(w.partition("=")[0] for w in words if w.endswith("="))
+    assert r.returncode == 2 and f"argument {flag}: expected a value, got an empty one" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_dataset_path_that_is_no_regular_file_is_named_as_what_it_is(tmp_path, kind):
+    path = {"device": Path("/dev/null")}.get(kind, tmp_path / "set.jsonl")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet"))
+    held = "a folder, not a file" if kind == "folder" else "not a regular file (a device, a pipe or a socket)"
+    one_line_error(r, f"{path}: {held}")
+    assert not (tmp_path / "d.parquet").exists()

@@ -35,7 +35,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from tokenshift.io import InputError, lone_surrogate
+from tokenshift.io import InputError, a_file, lone_surrogate
 from tokenshift.settings import HUB_SPLIT, PRESETS, ROW_FIELDS, SOURCES, DatasetSpec, PromptConfig
 
 DATASET_VERSION = "tokenshift-datasets-1"
@@ -217,9 +217,10 @@ def _missing(value) -> bool:
 
 def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
     if spec.path is not None:
-        path = Path(spec.path)
-        if not path.is_file():
-            raise DatasetError(f"dataset {name!r}: file {str(path)!r} does not exist")
+        try:  # a folder, a pipe or a device said "does not exist" (the twenty-first pass)
+            path = a_file(spec.path, "a .jsonl or .parquet file, one problem per row")
+        except InputError as e:
+            raise DatasetError(f"dataset {name!r}: {e}") from None
         if path.suffix == ".jsonl":
             try:
                 text = path.read_text(encoding="utf-8-sig")  # a byte order mark (Windows editors) is dropped

@@ -73,10 +73,14 @@ MAX_INTEGER = 2**63 - 1
 it a job's first conversion raises OverflowError. Keys the schema bounds lower say so there."""
 
 
-def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, maximum: float | None = None):
+def _checked(
+    kind: type, minimum: float | None, name: str, auto: bool = False, maximum: float | None = None, empty: bool = False
+):
     def convert(text: str):
         if auto and text == "auto":
             return text
+        if kind is str and not text and not empty:  # `--path=`: read as the folder '.', a hub id '' (the 21st pass)
+            raise argparse.ArgumentTypeError("expected a value, got an empty one")
         try:
             value = kind(text)
         except ValueError:
@@ -94,6 +98,11 @@ def _checked(kind: type, minimum: float | None, name: str, auto: bool = False, m
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
     return convert
+
+
+def nonempty(text: str) -> str:
+    """An argparse ``type`` that takes any text but the empty one (a path, a hub id, a revision)."""
+    return _checked(str, None, "str")(text)
 
 
 def at_least(minimum: int, kind: type = int, maximum: float | None = None):
@@ -124,7 +133,9 @@ def add_options(
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = _checked(kind, meta.get("minimum"), f.name, bool(meta.get("auto")), meta.get("maximum"))
+            kw["type"] = _checked(
+                kind, meta.get("minimum"), f.name, bool(meta.get("auto")), meta.get("maximum"), empty=f.default == ""
+            )
             kw["metavar"] = f.name.upper()
             if "choices" in meta:
                 kw["choices"] = meta["choices"]

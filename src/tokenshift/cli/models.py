@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenshift import layout
 from tokenshift.cli.common import output, pair_checkpoints, quiet, settings, show
 from tokenshift.loading import LOADING_KEYS
-from tokenshift.options import add_options
+from tokenshift.options import add_options, nonempty
 from tokenshift.registry import MODEL_DTYPES
 
 
@@ -33,9 +33,9 @@ def register(sub) -> None:
     )
     f.add_argument("name", help="the model's name in the config")
     src = f.add_mutually_exclusive_group(required=True)
-    src.add_argument("--path", help="a local Hugging Face checkpoint directory")
-    src.add_argument("--hub", help="a hub id, owner/name (needs --revision)")
-    f.add_argument("--revision", help="the hub revision to download (a commit hash)")
+    src.add_argument("--path", type=nonempty, help="a local Hugging Face checkpoint directory")
+    src.add_argument("--hub", type=nonempty, help="a hub id, owner/name (needs --revision)")
+    f.add_argument("--revision", type=nonempty, help="the hub revision to download (a commit hash)")
     f.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own code to run")
     f.add_argument(
         "--dtype",
