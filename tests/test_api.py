@@ -132,6 +132,36 @@ def test_load_results_reads_the_folder_named_when_its_name_holds_glob_characters
         tokenshift.load_results(tmp_path / "study*")
 
 
+def test_load_results_names_a_damaged_record_or_table_it_would_have_passed_over(tmp_path):
+    """Twenty-first pass: a recorded config that was a pipe, a folder or a link loop was taken as none (a former
+    pair's tables loaded with the study's), and a table that was a link to nothing dropped from the tables."""
+    import os
+
+    d = tmp_path / "a" / "toy"
+    d.mkdir(parents=True)
+    pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "accuracy": [0.5]}).write_parquet(d / "accuracy.parquet")
+    record = tmp_path / "config.yaml"
+    for damage, held in (
+        (os.mkfifo, "not a regular file"),
+        (lambda p: p.mkdir(), "a folder, not a file"),
+        (lambda p: p.symlink_to(p.name), "a symbolic link to nothing"),
+    ):
+        damage(record)
+        with pytest.raises(InputError, match=f"config.yaml: {held}"):
+            tokenshift.load_results(tmp_path)
+        record.rmdir() if record.is_dir() and not record.is_symlink() else record.unlink()
+    record.write_text(recorded())
+    (d / "divergence").mkdir()
+    pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "share": [0.8]}).write_parquet(
+        d / "divergence" / "sparsity.parquet"
+    )
+    assert set(tokenshift.load_results(tmp_path)) == {"accuracy", "sparsity"}
+    (d / "accuracy.parquet").unlink()
+    (d / "accuracy.parquet").symlink_to(tmp_path / "gone.parquet")
+    with pytest.raises(InputError, match=r"toy/accuracy.parquet: a symbolic link to nothing"):
+        tokenshift.load_results(tmp_path)
+
+
 def test_load_results_gathers_each_table_over_pairs_and_datasets(tmp_path):
     for pair, acc in (("a", 0.5), ("b", 0.75)):
         d = tmp_path / pair / "toy"

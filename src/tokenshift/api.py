@@ -130,7 +130,7 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     made = _made_by_the_study(root)
     out = {}
     for name, pattern in AGGREGATE_TABLES.items():
-        paths = [p for p in sorted(root.glob(pattern)) if made(name, p.relative_to(root).parts)]
+        paths = [p for p in _matches(root, pattern) if made(name, p.relative_to(root).parts)]
         if paths:
             frames = [read_parquet(p, f"the {name} table of a study") for p in paths]
             try:
@@ -148,6 +148,18 @@ def load_results(results: str | Path = "results") -> dict[str, pl.DataFrame]:
     return out
 
 
+def _matches(root: Path, pattern: str) -> list[Path]:
+    """The paths under ``root`` that ``pattern`` matches, as ``Path.glob`` finds them, and those it leaves out where
+    the last part is a name: a link that points nowhere or round a loop, so that reading it names it (a table so
+    damaged was dropped from the study's tables without a word: the twenty-first pass)."""
+    import os
+
+    folders, _, name = pattern.rpartition("/")
+    if not folders or any(c in name for c in "*?["):
+        return sorted(root.glob(pattern))
+    return sorted(folder / name for folder in root.glob(folders) if os.path.lexists(folder / name))
+
+
 def _made_by_the_study(root: Path):
     """Whether the table ``name`` at ``parts`` (relative to ``root``) is one the study whose settings
     ``root/config.yaml`` records makes: Snakemake leaves the tables of a pair, dataset or cross-sampling grid a
@@ -155,13 +167,15 @@ def _made_by_the_study(root: Path):
     dataset's table must be of a pair and dataset the config has, cross-sampling of a pair it cross-samples, the
     advantage experiment's of a study with a toy pair (``config.advantage_base``). Without that file (tables
     gathered by hand), every table is taken."""
+    import os
+
     import yaml
 
     from tokenshift.config import advantage_base
     from tokenshift.io import InputError, read_text
 
     where = root / "config.yaml"
-    if not where.is_file():
+    if not os.path.lexists(where):  # none at all: a folder, a pipe or a broken link is a damaged record, and named
         return lambda name, parts: True
     text = read_text(where, "the study's recorded settings")
     _check_finished(root, text)

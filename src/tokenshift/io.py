@@ -108,7 +108,7 @@ def a_file(path: Path | str, what: str) -> Path:
     path = Path(path)
     if not path.is_file():
         if not path.exists():
-            held = "no such file"
+            held = "a symbolic link to nothing (or round a loop)" if path.is_symlink() else "no such file"
         else:
             held = "a folder, not a file" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
         raise InputError(f"{path}: {held} (expected {what})")
