@@ -1636,3 +1636,18 @@ def test_no_order_in_the_config_moves_the_advantage_experiments_base_or_the_toy_
     runs, checks = shell_commands(r.stdout, "advantages run"), shell_commands(r.stdout, "toy-check")
     assert runs and {flags["--base"] for flags in runs} == {"resources/models/toy-base.json"}
     assert len(checks) == 2 and {flags["--n-problems"] for flags in checks} == {"500"}
+
+
+def test_a_study_whose_run_paths_could_not_reach_the_explorers_command_is_refused_by_the_plan(tmp_path):
+    """Twenty-first pass: a grid of ~3,000 cross-sampling runs was planned, and the explorer's job, which names them
+    all on its command line, could never start (past Linux's 128 KiB for one argument): at the study's end."""
+    config = copy.deepcopy(DEFAULT)
+    names = [f"toy{i}" for i in range(50)]
+    config["datasets"] |= {name: config["datasets"]["toy"] for name in names}
+    config["pairs"][0]["datasets"] = ["toy", *names]
+    r = snakemake(with_config(tmp_path, config), "-n", "all")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out
+    assert re.search(r"config key crosssample: .*the token explorer's job takes their \d+ paths", out), out
+    config["pairs"][0]["datasets"] = ["toy", *names[:5]]  # the same grid on fewer datasets: planned
+    assert snakemake(with_config(tmp_path, config), "-n", "all").returncode == 0

@@ -419,10 +419,27 @@ def check_strings(node: Any, key: str = "") -> None:
             )
 
 
-MAX_RECORDED_BYTES = 120_000
-"""The most bytes the recorded settings may take as the one shell-quoted argument of the job that writes
-``results/config.yaml``: under the 128 KiB Linux lets one argument be (``MAX_ARG_STRLEN``; the whole
-command is one argument of ``bash -c``), with room for the rest of the command."""
+MAX_COMMAND_BYTES = 120_000
+"""The most bytes a value (the recorded settings, the job that writes ``results/config.yaml`` takes as one
+shell-quoted argument) or a list of paths (every cross-sampling run, which the explorer takes) may take on a job's
+command line: under the 128 KiB Linux lets one argument be (``MAX_ARG_STRLEN``; the whole command is one argument
+of ``bash -c``), with room for the rest of the command."""
+
+
+def check_command_paths(key: str, what: str, paths: Sequence[str]) -> None:
+    """``ConfigError`` naming ``key`` where ``paths``, shell-quoted, could not reach the command line of the job
+    that takes them all (``what``): the plan was made and that job could never start, at the end of the study
+    (the twenty-first pass: the explorer's, for a grid of 3,000 cross-sampling runs)."""
+    import shlex
+
+    size = len(shlex.join(paths).encode("utf-8"))
+    if size > MAX_COMMAND_BYTES:
+        raise ConfigError(
+            key,
+            f"<{len(paths)} files>",
+            f"{what} takes their {len(paths)} paths on its command line, {size} bytes, past the {MAX_COMMAND_BYTES} "
+            "it allows: expected fewer of them (a smaller grid, fewer datasets or pairs, or shorter names)",
+        )
 
 
 def recorded_settings(config: Mapping[str, Any], settings: Sequence[type]) -> str:
@@ -436,14 +453,14 @@ def recorded_settings(config: Mapping[str, Any], settings: Sequence[type]) -> st
     recorded = recorded_config(config, settings)
     text = json.dumps(recorded, sort_keys=True, default=str, ensure_ascii=False)
     size = len(shlex.quote(text).encode("utf-8"))
-    if size > MAX_RECORDED_BYTES:
+    if size > MAX_COMMAND_BYTES:
         strings = [(v, k) for v, k in _leaves(recorded) if isinstance(v, str)]
         longest, key = max(strings, key=lambda found: len(found[0].encode("utf-8")))
         raise ConfigError(
             key,
             longest,
             f"the recorded settings take {size} bytes on the command line of the job that writes results/config.yaml,"
-            f" past the {MAX_RECORDED_BYTES} it allows (the longest value: this one, {len(longest.encode())} bytes):"
+            f" past the {MAX_COMMAND_BYTES} it allows (the longest value: this one, {len(longest.encode())} bytes):"
             " expected shorter values",
         )
     return text

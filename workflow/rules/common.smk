@@ -25,6 +25,7 @@ from tokenshift.config import (
     SCHEMA_PATH,
     ConfigError,
     advantage_base,
+    check_command_paths,
     check_workflow_config,
     dataset_sampling,
     model_source,
@@ -267,6 +268,18 @@ def explorer_inputs():
         "problems": [layout.dataset_table(d) for d in dict.fromkeys(d for _, d in PAIR_DATASETS)],
         "tokenizers": [layout.model_manifest(PAIRS[p]["base"]) for p in dict.fromkeys(p for p, _ in PAIR_DATASETS)],
     }
+
+
+# the explorer's one job names every pair's scores and every cross-sampling run on its command line: a study whose
+# paths could not reach it is refused now, not at its end
+try:
+    check_command_paths(
+        "crosssample" if explorer_inputs()["runs"] else "pairs",
+        "the token explorer's job",
+        [path for paths in explorer_inputs().values() for path in paths],
+    )
+except ConfigError as error:
+    raise error.with_traceback(None) from None
 
 
 def pair_figure_report(name):
