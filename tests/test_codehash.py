@@ -309,6 +309,16 @@ def test_a_function_reached_through_a_relative_import_or_a_renamed_module_is_in_
     assert stage_codes(src, [("accuracy",)]) != before
 
 
+def test_the_package_imported_from_an_archive_is_refused_naming_it(tmp_path):
+    """Twenty-first pass: from a zip on ``sys.path`` every stage's hash was that of nothing (no file was found to
+    read), and the plan's schema read a traceback."""
+    archive = tmp_path / "ts.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", REPO / "src", "tokenshift")
+    env = {**os.environ, "PYTHONPATH": str(archive)}
+    r = subprocess.run([sys.executable, "-c", "import tokenshift"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and f"ImportError: {archive}/tokenshift: tokenshift imported from an archive" in r.stderr
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

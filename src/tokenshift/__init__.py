@@ -8,6 +8,7 @@ tables), in ``tokenshift.api``.
 """
 
 import hashlib
+import os
 import sys
 from importlib.machinery import ExtensionFileLoader, PathFinder, SourceFileLoader, SourcelessFileLoader
 
@@ -58,6 +59,12 @@ class _Finder:
         return spec
 
 
+if not os.path.isdir(os.path.dirname(__file__)):  # a zip on sys.path: the code hash found no file (the 21st pass)
+    raise ImportError(
+        f"{os.path.dirname(__file__)}: tokenshift imported from an archive; it reads its own files (its code, whose "
+        "hash its results record, its schema and templates): install it as files (pip install)",
+        name=__name__,
+    )
 if not any(
     (getattr(f, "__module__", None), getattr(f, "__qualname__", None)) == (__name__, "_Finder") for f in sys.meta_path
 ):
