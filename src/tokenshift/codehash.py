@@ -133,10 +133,11 @@ def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     bound = {}
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.level:  # `from ..a import b`: as `from <package>.a import b`
-            parts = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-            if node.level - 1 >= len(package.split(".")):
+            above = package.split(".")
+            if node.level - 1 >= len(above):
                 continue  # above the top package: Python refuses it
-            node = ast.ImportFrom(".".join([*parts, *([node.module] if node.module else [])]), node.names, 0)
+            start = above[: len(above) - (node.level - 1)]
+            node = ast.ImportFrom(".".join([*start, *([node.module] if node.module else [])]), node.names, 0)
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
