@@ -400,8 +400,8 @@ def tracer(frame, event, arg):
 build = cli.build_parser
 
 
-def traced_parser():
-    parser = build()
+def traced_parser(*given):
+    parser = build(*given)
     parse = parser.parse_args
 
     def parse_args(*a, **k):
