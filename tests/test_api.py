@@ -150,6 +150,9 @@ def test_load_results_names_a_damaged_record_or_table_it_would_have_passed_over(
         with pytest.raises(InputError, match=f"config.yaml: {held}"):
             tokenshift.load_results(tmp_path)
         record.rmdir() if record.is_dir() and not record.is_symlink() else record.unlink()
+    record.write_text("pairs: " + "9" * 5000)  # twenty-second pass: PyYAML's ValueError, a traceback
+    with pytest.raises(InputError, match=r"config.yaml: not the settings a study records .*4300 digits"):
+        tokenshift.load_results(tmp_path)
     record.write_text(recorded())
     (d / "divergence").mkdir()
     pl.DataFrame({"pair": ["a"], "dataset": ["toy"], "share": [0.8]}).write_parquet(

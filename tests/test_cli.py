@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -138,6 +139,8 @@ def dataset_cmd(path, out):
             ["set.jsonl:1", "nested too deeply"],
         ),
         (b'{"id": 1, "problem": "1+1", "answer": true}\n', ["row 0", "a bool in 'answer'", "text or a number"]),
+        # twenty-second pass: Python's ValueError for an integer past 4,300 digits, a traceback
+        (b'{"id": 1, "problem": "1+1", "answer": ' + b"9" * 5000 + b"}\n", ["set.jsonl:1", "4300 digits"]),
     ],
     ids=[
         "non-utf8",
@@ -152,6 +155,7 @@ def dataset_cmd(path, out):
         "infinite-gold",
         "nested-100000-deep",
         "bool-gold",
+        "5000-digit-gold",
     ],
 )
 def test_a_bad_dataset_file_is_one_line_naming_the_file_or_row(tmp_path, content, needles):
@@ -1266,3 +1270,15 @@ def test_a_dataset_path_that_is_no_regular_file_is_named_as_what_it_is(tmp_path,
     held = "a folder, not a file" if kind == "folder" else "not a regular file (a device, a pipe or a socket)"
     one_line_error(r, f"{path}: {held}")
     assert not (tmp_path / "d.parquet").exists()
+
+
+def test_a_dataset_line_holding_a_line_separator_inside_a_string_is_one_problem(tmp_path):
+    """Twenty-second pass: JSON lets U+2028, U+0085 or a form feed stand unescaped in a string (Python's
+    ``json.dumps(ensure_ascii=False)`` writes them so), and the file was cut there as str.splitlines() cuts."""
+    path = tmp_path / "set.jsonl"
+    questions = ["1\u2028+1", "2\x85+2", "3\x0c+3"]
+    rows = [{"id": f"p{i}", "problem": q, "answer": "2"} for i, q in enumerate(questions)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows), encoding="utf-8")
+    r = cli(dataset_cmd(path, tmp_path / "d.parquet"))
+    assert r.returncode == 0, r.stderr
+    assert pl.read_parquet(tmp_path / "d.parquet")["question"].to_list() == questions

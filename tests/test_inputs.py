@@ -486,3 +486,52 @@ def test_a_device_or_a_pipe_given_as_a_json_or_text_file_is_refused_at_once(tmp_
                 read(path, "a pair manifest")
     with pytest.raises(InputError, match=r"a folder, not a file \(expected a pair manifest\)"):
         read_json(tmp_path, "a pair manifest")
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""JSON nested past what Python's parser recurses."""
+HUGE = "9" * 5000
+"""An integer past the 4,300 digits Python turns text into."""
+
+
+@pytest.mark.parametrize("text", [DEEP, '{"a": ' + HUGE + "}"], ids=["nested", "5000-digits"])
+def test_json_files_python_cannot_read_are_input_errors_or_taken_as_no_record(text, tmp_path):
+    """Twenty-second pass: readers caught JSON's syntax error alone, and these two passed as tracebacks (a pair
+    manifest, a summary, a shard's record, a checkpoint's fingerprints, a table's models record)."""
+    from tokenshift.checkpoints import _fingerprints, custom_code, fingerprints_path
+    from tokenshift.io import MODELS_RECORD, models_record, read_json
+    from tokenshift.sharding import ShardStore
+
+    path = tmp_path / "m.json"
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"m\.json: not valid JSON \(expected a manifest\)"):
+        read_json(path, "a manifest")
+    assert models_record({MODELS_RECORD: text}) is None
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    fingerprints_path(ckpt).write_text(text)
+    assert _fingerprints(ckpt) == {}  # none: the files are hashed again
+    (ckpt / "config.json").write_text(text)
+    assert custom_code(ckpt) is False  # the plan's question; the fetch's own check names the file
+    shard = tmp_path / "part.parquet.shards" / "shard-00000.parquet"
+    shard.parent.mkdir()
+    shard.with_suffix(".json").write_text(text)
+    assert "is unreadable" in ShardStore._record_fails(shard, 4)
+
+
+def test_a_shard_folder_whose_stamp_is_not_text_starts_over_and_one_that_is_a_link_is_named(tmp_path):
+    """Twenty-second pass: a stamp of bytes not text was a UnicodeDecodeError traceback; a folder of shards that
+    is a link, rmtree's "Cannot call rmtree on a symbolic link", naming no path."""
+    from tokenshift.sharding import ShardStore
+
+    out = tmp_path / "part.parquet"
+    shards = tmp_path / "part.parquet.shards"
+    shards.mkdir()
+    (shards / "settings.sha256").write_bytes(b"\xff\xfe")
+    (shards / "shard-00000.parquet").write_bytes(b"left by another run")
+    store = ShardStore(out, "key")
+    assert (shards / "settings.sha256").read_text() == "key\n" and not store.path(0).exists()
+    shards.rename(tmp_path / "elsewhere")
+    shards.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match=r"part\.parquet\.shards: a symbolic link, expected the folder of shards"):
+        ShardStore(out, "key")

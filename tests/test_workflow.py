@@ -770,6 +770,8 @@ def test_a_key_given_twice_in_a_configfile_is_refused_too(tmp_path):
         ('{\n\t"sampling": {"n": 2, "n": 4}\n}\n', "config key sampling.n: got \"<a second 'n' in one mapping"),
         ('{\n\t"x": ' + "[" * 40 + "]" * 40 + "\n}\n", "config key x: got '<more than 32 levels of nesting"),
         ('{\n\t"x": ' + "[" * 100_000 + "]" * 100_000 + "\n}\n", "got \"<nested past what JSON's parser reads"),
+        # twenty-second pass: PyYAML's ValueError for an integer past Python's 4,300 digits named no key
+        ("sampling:\n  max_new_tokens: " + "9" * 5000 + "\n", "config key sampling.max_new_tokens: got '<an integer"),
     ],
 )
 def test_a_config_file_yaml_would_take_wrongly_is_refused_naming_the_key(tmp_path, text, needle):

@@ -184,7 +184,7 @@ def _made_by_the_study(root: Path):
         pairs = {p["name"]: p for p in recorded["pairs"]}
         datasets = {(n, d) for n, p in pairs.items() for d in p["datasets"]}
         experiment = advantage_base(recorded) is not None  # a toy pair's study runs it (the seventeenth pass)
-    except (yaml.YAMLError, TypeError, KeyError) as e:
+    except (yaml.YAMLError, TypeError, KeyError, ValueError) as e:  # ValueError: an integer past 4,300 digits
         raise InputError(f"{where}: not the settings a study records (expected its pairs): {e}") from None
     except RecursionError:  # the seventeenth pass
         raise InputError(f"{where}: nested too deep to read (expected the settings a study records)") from None

@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tokenshift.io import InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
+from tokenshift.io import UNREADABLE, InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def custom_code(ckpt_dir: Path) -> bool:
     transformers has loads without it). False where the file does not read as a JSON object."""
     try:
         cfg = json.loads((Path(ckpt_dir) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, *UNREADABLE):
         return False
     if not isinstance(cfg, dict) or not cfg.get("auto_map"):
         return False
@@ -325,7 +325,7 @@ def _fingerprints(ckpt_dir: Path) -> dict[str, list[int]]:
         return {}
     try:
         return json.loads(fingerprints_path(ckpt_dir).read_text())
-    except (OSError, ValueError):
+    except (OSError, *UNREADABLE):
         return {}
 
 

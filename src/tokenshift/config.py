@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,19 @@ def check_size(config: Mapping[str, Any], limit: int = MAX_CONFIG_VALUES) -> Non
                 stack += node
 
 
+MAX_INTEGER_DIGITS = 4300
+"""The most digits Python turns text into an integer of (``sys.get_int_max_str_digits``' default): PyYAML's
+ValueError past it named no key (the twenty-second pass)."""
+
+
+def _huge_integer(event) -> bool:
+    """Whether a YAML event is a plain scalar PyYAML reads as an integer of more digits than Python converts."""
+    import yaml
+
+    plain = isinstance(event, yaml.ScalarEvent) and event.style is None and len(event.value) > MAX_INTEGER_DIGITS
+    return plain and re.fullmatch(r"[-+]?(0[xob])?[0-9a-fA-F_]+", event.value) is not None
+
+
 MAX_CONFIG_DEPTH = 32
 """More levels of nesting than any config holds (its deepest keys are four down)."""
 
@@ -283,6 +297,12 @@ def check_config_file(path: Path | str, limit: int = MAX_CONFIG_DEPTH) -> None:
                 if not isinstance(event, yaml.CollectionStartEvent):
                     continue
                 key = "?"  # a collection as a key (YAML's `? [a, b]`): opened like any other
+            if _huge_integer(event):
+                raise ConfigError(
+                    name(key),
+                    f"<an integer of {len(event.value)} characters, at {where}>",
+                    f"expected a number Python reads (an integer of at most {MAX_INTEGER_DIGITS} digits)",
+                )
             if isinstance(event, yaml.AliasEvent) and event.anchor in {c.anchor for c in opened}:
                 raise ConfigError(
                     name(key),

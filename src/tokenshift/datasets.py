@@ -230,7 +230,9 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
                     f"{e.object[e.start : e.start + 1]!r}); save it as UTF-8"
                 ) from None
             rows = []
-            for lineno, line in enumerate(text.splitlines(), 1):
+            # lines end at "\n" alone: JSON strings may hold U+2028, U+0085 or a form feed unescaped, where
+            # str.splitlines() also cuts (a valid file was refused: the twenty-second pass)
+            for lineno, line in enumerate(text.split("\n"), 1):
                 if line.strip():
                     try:
                         row = json.loads(line, object_pairs_hook=_unique_keys)
@@ -244,6 +246,10 @@ def _read_rows(name: str, spec: DatasetSpec) -> tuple[list[dict], str | None]:
                         raise DatasetError(
                             f"dataset {name!r}: {path}:{lineno} is JSON nested too deeply to read; expected "
                             "a flat object of question, answer and id"
+                        ) from None
+                    except ValueError as e:  # an integer of more than Python's 4,300 digits (the 22nd pass)
+                        raise DatasetError(
+                            f"dataset {name!r}: {path}:{lineno}: {e}; expected an answer of fewer"
                         ) from None
                     if not isinstance(row, dict):
                         raise DatasetError(f"dataset {name!r}: {path}:{lineno} is not a JSON object")

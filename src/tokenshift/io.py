@@ -169,7 +169,7 @@ def refuse_foreign_file(path: Path | str, keys: Sequence[str], what: str) -> Non
         return
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, *UNREADABLE):
         data = None
     if not isinstance(data, dict) or not set(keys) <= data.keys():
         raise InputError(f"{path}: exists and is not {what}, which writing there would replace: expected another --out")
@@ -237,7 +237,7 @@ def models_record(metadata: Mapping[str, str]) -> dict[str, str] | None:
     """``read_models_record`` of a parquet file's metadata, read already."""
     try:
         record = json.loads(metadata.get(MODELS_RECORD) or "null")
-    except ValueError:  # no JSON there: no record
+    except UNREADABLE:  # no JSON there: no record
         return None
     return record if isinstance(record, dict) else None
 
@@ -270,7 +270,7 @@ def _changed_since_made(rel: str, record: Path) -> bool:
     try:
         end = float(json.loads(record.read_text())["endtime"])
         st = os.stat(rel)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, KeyError, TypeError, *UNREADABLE):
         return True
     return max(st.st_mtime, st.st_ctime) > end
 
@@ -396,6 +396,13 @@ def read_text(path: Path | str, what: str) -> str:
         ) from None
 
 
+UNREADABLE = (ValueError, RecursionError)
+"""What Python's JSON and YAML readers raise for text they cannot read, besides their own syntax errors (which JSON's
+are, a ``ValueError``): bytes that are not text, an integer of more than Python's 4,300 digits (``ValueError``),
+nesting past the parser's recursion (``RecursionError``). Catching ``JSONDecodeError`` alone let the other two
+through as tracebacks (the twenty-second hostile pass)."""
+
+
 def read_json(path: Path | str, what: str) -> dict:
     """A JSON object, or ``InputError`` naming ``path``."""
     path = a_file(path, what)
@@ -403,7 +410,7 @@ def read_json(path: Path | str, what: str) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (expected {what})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UNREADABLE as e:
         raise InputError(f"{path}: not valid JSON (expected {what}): {e}{remake_hint(path)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object ({what}){remake_hint(path)}")

@@ -229,6 +229,14 @@ def run_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256((text + code_version() + package_versions(*RESULT_LIBRARIES)).encode()).hexdigest()
 
 
+def _stamped(stamp: Path) -> str | None:
+    """The key a shard folder's stamp holds; None where it is no text (damaged: the shards are made again)."""
+    try:
+        return stamp.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 class ShardStore:
     """The shards of one job's output ``out``, in ``<out>.shards/`` (module docstring): the directory is
     stamped with the run's ``key`` and emptied where it holds another's; each shard is written
@@ -238,7 +246,9 @@ class ShardStore:
         out = Path(out)
         self.dir = out.with_name(out.name + ".shards")
         stamp = self.dir / "settings.sha256"
-        if self.dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        if self.dir.is_symlink():  # rmtree refuses a link, in a message that names no path (the 22nd pass)
+            raise InputError(f"{self.dir}: a symbolic link, expected the folder of shards this job writes")
+        if self.dir.exists() and (not stamp.is_file() or _stamped(stamp) != key):
             log.warning("%s holds shards made with other settings, inputs or code; starting over", self.dir)
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +278,7 @@ class ShardStore:
             return "it has no record (it was being written when the job stopped)"
         try:
             meta = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):  # not text, not JSON, a 5,000-digit number, nested past reading
             meta = None
         if not isinstance(meta, dict):
             return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
