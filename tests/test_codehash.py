@@ -319,6 +319,70 @@ def test_the_package_imported_from_an_archive_is_refused_naming_it(tmp_path):
     assert r.returncode == 1 and f"ImportError: {archive}/tokenshift: tokenshift imported from an archive" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("added", "hashed"),
+    [
+        ("if __name__ != '__main__':\n    mean_ci = lambda values, **kw: (0.5, 0.0, 1.0)\n", True),  # every import
+        ("if __name__ == '__main__':\n    print(mean_ci([1.0]))\n", False),  # as a script only
+        ("def _m(x):\n    return x\n", True),  # reached through `func=_m` below, not a parser's handler
+    ],
+)
+def test_code_a_module_runs_at_import_or_hands_on_as_func_is_in_the_hash(tmp_path, added, hashed):
+    """Twenty-second pass: any top-level `if` whose test named "__main__" was skipped (`!=` runs at every import),
+    and every `func=` keyword's value was taken for a parser's handler (`set_defaults(func=...)`)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    stats = src / "tokenshift" / "stats.py"
+    signature = ") -> tuple[float, float, float]:\n"
+    body = "    _apply(values, func=_m)  # a function handed on\n" if "_m" in added else ""
+    helper = "\n\ndef _apply(values, func):\n    return func(values)\n"
+    stats.write_text(stats.read_text().replace(signature, signature + body, 1) + "\n" + added + helper)
+    before = stage_codes(src, [("accuracy",)])
+    stats.write_text(stats.read_text().replace("0.5, 0.0, 1.0", "0.25, 0.0, 1.0").replace("return x", "return -x"))
+    stats.write_text(stats.read_text().replace("print(mean_ci([1.0]))", "print(mean_ci([2.0]))"))
+    assert (stage_codes(src, [("accuracy",)]) != before) == hashed
+
+
+def test_a_module_with_a_byte_order_mark_or_a_coding_line_is_hashed_as_python_reads_it(tmp_path):
+    """Twenty-second pass: Python imports a module that starts with a UTF-8 byte order mark or declares latin-1;
+    the code hash read it as UTF-8 text and `snakemake -n all` stopped in a SyntaxError naming no module."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    stats = src / "tokenshift" / "stats.py"
+    text = stats.read_text()
+    stats.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert stage_codes(src, [("accuracy",)]) == {("accuracy",): stage_code("accuracy")}  # the same code
+    stats.write_bytes(b"# -*- coding: latin-1 -*-\n# caf\xe9\n" + text.encode("ascii"))
+    assert stage_codes(src, [("accuracy",)]) == {("accuracy",): stage_code("accuracy")}
+
+
+def test_a_template_the_report_template_includes_is_in_the_reports_hash(tmp_path):
+    """Twenty-second pass: `{% include "footer.html" %}` in report.html.j2: an edit to footer.html alone re-ran
+    nothing (a data file was hashed only where a string of the code named it)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    templates = src / "tokenshift" / "templates"
+    page = templates / "report.html.j2"
+    page.write_text(page.read_text().replace("</body>", '{% include "footer.html" %}</body>', 1))
+    (templates / "footer.html").write_text("<p>v1</p>")
+    stages = [("report",), ("explorer",)]
+    before = stage_codes(src, stages)
+    (templates / "footer.html").write_text("<p>v2</p>")
+    after = stage_codes(src, stages)
+    assert after[("report",)] != before[("report",)] and after[("explorer",)] == before[("explorer",)]
+
+
+def test_a_damaged_record_of_the_hashes_costs_time_only(tmp_path):
+    """Twenty-second pass: a record nested past what JSON's parser reads ended every Snakemake start in a
+    RecursionError; the docs say deleting it costs time only, and a damaged one is as none."""
+    cache = tmp_path / "cache"
+    src = patched_source(tmp_path, "stats.py", None)
+    fresh = stage_codes(src, [("accuracy",)], cache)
+    (record,) = (cache / "stage-code").iterdir()
+    record.write_text("[" * 100_000 + "]" * 100_000)
+    assert stage_codes(src, [("accuracy",)], cache) == fresh
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

@@ -57,6 +57,8 @@ string the pages quote, so that a release re-runs what its code changed and no m
 hashed nowhere: the twelfth hostile pass, J8)."""
 DISPATCHER = ("tokenshift.cli", "main")
 """What the ``tokenshift`` script runs (pyproject's ``[project.scripts]``) before a stage's handler, in every stage."""
+MAIN_TESTS = ("__name__ == '__main__'", "'__main__' == __name__")
+"""The tests of an ``if`` at a module's top whose body runs only when the module runs as a script."""
 IMPORT_TIME = "<import>"
 """The name of a module's unit that holds the statements it runs when imported and that bind no name."""
 
@@ -200,13 +202,13 @@ class _Bare(ast.NodeTransformer):
 
 @functools.cache
 def _parse(path: Path) -> _Module:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = ast.parse(path.read_bytes())  # bytes, as Python reads a module: a byte order mark, a coding line
     mod, package = _Module(path), _package_of(path)
     for node in tree.body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring (the module's, or an attribute's after its assignment)
-        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
-            continue  # `if __name__ == "__main__":` runs only as a script
+        if isinstance(node, ast.If) and ast.unparse(node.test) in MAIN_TESTS:
+            continue  # `if __name__ == "__main__":` runs only as a script (`!=` runs at every import: the 22nd pass)
         if isinstance(node, ast.Import | ast.ImportFrom):
             mod.imports |= _imports([node], package)
             mod.import_code.append(ast.unparse(node))
@@ -295,9 +297,12 @@ class _Uses(ast.NodeVisitor):
         if node.value is not None:
             self.visit(node.value)
 
-    def visit_keyword(self, node):
-        if node.arg != "func":
-            self.visit(node.value)
+    def visit_Call(self, node):
+        # `parser.set_defaults(func=handler)`: the handler is another stage's code; any other `func=` is used
+        handlers = isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
+        self.visit(node.func)
+        for child in (*node.args, *(k.value for k in node.keywords if not (handlers and k.arg == "func"))):
+            self.visit(child)
 
 
 @functools.cache
@@ -332,6 +337,27 @@ def _package_files() -> list[Path]:
 def _data_files() -> tuple[str, ...]:
     """The package's files that are not code (``templates/explorer.html``), relative to it."""
     return tuple(p.relative_to(ROOT).as_posix() for p in _package_files() if p.suffix not in (".py", ".pyc", ".typed"))
+
+
+@functools.cache
+def _templates_used(rel: str) -> frozenset[str]:
+    """The package's templates that the Jinja template ``rel`` includes, imports or extends, at any depth (the
+    loader finds them beside it: a template only they name was hashed nowhere, the twenty-second pass); every
+    template of its folder where one is named by an expression Jinja cannot read without running it."""
+    from jinja2 import Environment, meta
+
+    folder = rel.rpartition("/")[0]
+    found, todo = set(), [rel]
+    while todo:
+        names = meta.find_referenced_templates(Environment().parse((ROOT / todo.pop()).read_text(encoding="utf-8")))
+        for name in names:
+            if name is None:  # a computed name: any of them
+                return frozenset(f for f in _data_files() if f.startswith(f"{folder}/"))
+            path = f"{folder}/{name}" if folder else name
+            if path in _data_files() and path not in found:
+                found.add(path)
+                todo.append(path)
+    return frozenset(found)
 
 
 @dataclass(frozen=True)
@@ -421,7 +447,8 @@ def _reach(start: list[tuple[str, str]]) -> Units:
                     break
                 target = f"{target}.{attribute}"
                 import_module(target)
-        data |= {f for f in _data_files() if any(s.endswith(f) for s in uses.strings)}
+        named = {f for f in _data_files() if any(s.endswith(f) for s in uses.strings)}
+        data |= named | {t for f in named if f.endswith(".j2") for t in _templates_used(f)}
 
     return Units(
         frozenset((p.relative_to(ROOT).as_posix(), n) for p, n in units),
@@ -541,7 +568,7 @@ def _remembered(key: tuple[str, ...], compute) -> str:
     name = " ".join(key)
     try:
         known = json.loads(record.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged record is none: it costs time only
         known = {}
     if isinstance(known, dict) and isinstance(known.get(name), str):
         return known[name]
@@ -549,7 +576,7 @@ def _remembered(key: tuple[str, ...], compute) -> str:
     try:  # another process may have added its own meanwhile: keep them
         latest = json.loads(record.read_text()) if record.is_file() else {}
         write_json_atomic(record, {**(latest if isinstance(latest, dict) else {}), name: value})
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass
     return value
 
