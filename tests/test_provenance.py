@@ -209,3 +209,17 @@ def test_forcing_one_run_recomputes_it(study):
     assert "already written" not in log and "resuming" not in log  # computed again, not re-joined from shards
     assert pl.read_parquet(study / target).drop("response_text").equals(before.drop("response_text"))
     assert plan(study) == {}  # the same bytes again: nothing downstream to redo
+
+
+def test_another_spelling_of_a_checkpoints_path_reruns_nothing(study):
+    # twenty-second pass: `ckpt/a/` for `ckpt/a` re-ran every job of the model (the fetch's param, and the path its
+    # manifest records, were the spelling)
+    config = study / "config" / "config.yaml"
+    before = config.read_text()
+    assert before.count("path: ckpt/a\n") == 1
+    try:
+        for spelling in ("ckpt/a/", "./ckpt//a"):
+            config.write_text(before.replace("path: ckpt/a\n", f"path: {spelling}\n"))
+            assert plan(study) == {}, spelling
+    finally:
+        config.write_text(before)

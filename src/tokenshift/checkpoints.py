@@ -35,7 +35,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tokenshift.io import UNREADABLE, InputError, file_fingerprint, read_json, sha256_file, umask, write_json_atomic
+from tokenshift.io import (
+    UNREADABLE,
+    InputError,
+    file_fingerprint,
+    path_spelling,
+    read_json,
+    sha256_file,
+    umask,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -494,6 +503,7 @@ def fetch_model(name: str, spec: Mapping[str, Any], out_dir: Path) -> dict:
     out_dir = Path(os.path.abspath(out_dir))  # `keep/..` is keep's parent, whose name is not ''
     trust = bool(spec.get("trust_remote_code", False))
     if "path" in spec:
+        spec = {**spec, "path": path_spelling(spec["path"])}  # the manifest records it so
         src = Path(spec["path"]).resolve()
         if not (src / "config.json").is_file():
             raise ModelFetchError(f"model {name!r}: {src} is not a Hugging Face checkpoint (no config.json)")

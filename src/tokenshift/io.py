@@ -101,6 +101,16 @@ def umask() -> int:
     return mask
 
 
+def path_spelling(path: str) -> str:
+    """``path`` without what never changes where it leads: empty and ``.`` parts and a trailing ``/`` (``./ckpt//a/``
+    is ``ckpt/a``), so that another spelling of one checkpoint's path re-runs nothing (the twenty-second pass:
+    ``ckpt/a/`` re-ran every job of the model). ``..`` is kept: through a link it leads elsewhere than the folder
+    before it (``os.path.normpath`` would drop it)."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    root = "/" if path.startswith("/") else ""
+    return root + "/".join(parts) or root or "."
+
+
 def a_file(path: Path | str, what: str) -> Path:
     """``path``, a regular file, or ``InputError`` naming what it is instead (``what`` says what was expected):
     missing, a folder, or something else, which a reader would wait on (a pipe) or read without end (``/dev/zero``,

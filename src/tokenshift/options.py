@@ -26,6 +26,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tokenshift.io import path_spelling
+
 MAX_THREADS = 1024
 """The most torch CPU threads a setting may ask for (``torch.set_num_threads`` overflows past 2**31)."""
 MAX_SAMPLES = 1024
@@ -273,6 +275,13 @@ def recorded_config(config: Mapping[str, Any], classes: Sequence[type]) -> dict[
     (``canonical``): what the workflow records of the whole config (``results/config.yaml``, which the
     report quotes), so that changing such a setting rewrites no page."""
     out = canonical(dict(config))
+    if isinstance(out.get("models"), Mapping):  # a checkpoint's path as the fetch takes it (io.path_spelling)
+        out["models"] = {
+            name: {**spec, "path": path_spelling(spec["path"])}
+            if isinstance(spec, Mapping) and "path" in spec
+            else spec
+            for name, spec in out["models"].items()
+        }
     for cls in classes:
         section = out.get(cls.section)
         if isinstance(section, Mapping):

@@ -34,7 +34,7 @@ from tokenshift.config import (
     toy_check_problems,
 )
 from tokenshift.datasets import given_settings
-from tokenshift.io import InputError, files_fingerprint
+from tokenshift.io import InputError, files_fingerprint, path_spelling
 from tokenshift.loading import LOADING_KEYS
 from tokenshift.options import canonical, flag, section_values, shell_args
 from tokenshift.registry import (
@@ -320,9 +320,10 @@ def vllm_engine_of(section, key="backend", engine="vllm"):
 
 def fetch_args(wildcards):
     # each value joined to its flag, as to_argv does: a revision "-x" is a revision, not an option; a path as the
-    # config gives it (relative to the working directory), so a study moved whole re-runs nothing
+    # config gives it (relative to the working directory), so a study moved whole re-runs nothing, and spelled alike
+    # (path_spelling: `./ckpt/a/` is `ckpt/a`), so another spelling of it re-runs nothing either
     spec = MODELS[wildcards.model]
-    args = [f"--path={spec['path']}"] if "path" in spec else [f"--hub={spec['hub']}"]
+    args = [f"--path={path_spelling(spec['path'])}"] if "path" in spec else [f"--hub={spec['hub']}"]
     args += [f"--revision={spec['revision']}"] if "revision" in spec else []
     args += [f"--{k.replace('_', '-')}={spec[k]}" for k in LOADING_KEYS if k in spec]
     return shlex.join(args + (["--trust-remote-code"] if spec.get("trust_remote_code") else []))
