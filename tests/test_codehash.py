@@ -383,6 +383,46 @@ def test_a_damaged_record_of_the_hashes_costs_time_only(tmp_path):
     assert stage_codes(src, [("accuracy",)], cache) == fresh
 
 
+@pytest.mark.parametrize(
+    ("imports", "modules", "edit"),
+    [
+        # a star import in the module that calls kk
+        ("from tokenshift.hh import *", {"hh": "def kk(x):\n    return x\n"}, ("hh", "return x", "return -x")),
+        # a star import in the module kk is imported from
+        (
+            "from tokenshift.hh import kk",
+            {"hh": "from tokenshift.hh2 import *\n", "hh2": "def kk(x):\n    return x\n"},
+            ("hh2", "return x", "return -x"),
+        ),
+        # another library's function, re-exported under the name
+        ("from tokenshift.hh import kk", {"hh": "from math import floor as kk\n"}, ("hh", "floor", "ceil")),
+        # the `else:` of a main guard, which runs at every import
+        (
+            "from tokenshift.hh import kk",
+            {"hh": "if __name__ == '__main__':\n    pass\nelse:\n    def kk(x):\n        return x\n"},
+            ("hh", "return x", "return -x"),
+        ),
+    ],
+    ids=["star", "star-re-export", "re-exported-library-name", "main-guard-else"],
+)
+def test_a_function_reached_through_a_star_import_a_re_export_or_a_main_guards_else_is_in_the_hash(
+    tmp_path, imports, modules, edit
+):
+    """Twenty-third pass: an edit to kk changed the accuracy numbers and not the accuracy stage's hash."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    package = src / "tokenshift"
+    for name, text in modules.items():
+        (package / f"{name}.py").write_text(text)
+    stats = package / "stats.py"
+    text = stats.read_text().replace("import numpy as np\n", f"import numpy as np\n{imports}\n", 1)
+    stats.write_text(text.replace("    m = float(x.mean())", "    m = kk(float(x.mean()))", 1))
+    before = stage_codes(src, [("accuracy",)])
+    module, old, new = edit
+    (package / f"{module}.py").write_text(modules[module].replace(old, new))
+    assert stage_codes(src, [("accuracy",)]) != before
+
+
 def test_hashes_are_remembered_by_the_packages_content_and_a_changed_file_is_a_new_key(tmp_path):
     cache, unwritable = tmp_path / "cache", tmp_path / "file"
     unwritable.write_text("a file, not a folder: nothing is remembered under it\n")

@@ -26,8 +26,12 @@ the parser a stage's command builds registers that stage's module alone (``cli.C
 stages' ``register`` functions, which it calls through a loop variable, neither run nor are followed: a new
 flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
 version string), third-party packages (torch, transformers, math-verify: their versions are not part of
-the hash). What a lookup by a computed name would reach (``getattr`` with a string) is not followed: the
-package uses none; tests/test_codehash.py runs every stage of a small study under a tracer and checks
+the hash). Not followed either, and used nowhere in the package: what a lookup by a computed name would reach
+(``getattr`` with a string), a module imported by a string (``importlib.import_module``, ``__import__``), a name
+a module's ``__getattr__`` supplies, and code registered when a module is imported by a decorator or by a call
+whose result is kept under a public name or made in a class body (``@dispatch.register``, ``IMPL =
+registry.add(...)``): its module's import is followed, the function registered is not. A star import is
+followed name by name; tests/test_codehash.py runs every stage of a small study under a tracer and checks
 that each function it ran is in its stage's units.
 
 Reading the package takes about a second, at every Snakemake start (and on a cluster in every job, which
@@ -130,8 +134,9 @@ def _bound(target: ast.AST) -> list[str]:
 
 def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     """What the import statements among ``nodes`` bind: name -> (module, None) for a module, (module,
-    attribute) for a name imported from one (``tokenshift`` modules only; ``*`` binds ``"*"``). ``package`` is the
-    package a relative import (``from .stats import mean_ci``) starts from: that of the module holding ``nodes``."""
+        attribute) for a name imported from one (``tokenshift`` modules only; ``from m import *`` binds ``"* m"`` to
+    ``(m, "*")``). ``package`` is the
+        package a relative import (``from .stats import mean_ci``) starts from: that of the module holding ``nodes``."""
     bound = {}
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.level:  # `from ..a import b`: as `from <package>.a import b`
@@ -153,9 +158,17 @@ def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
             if node.module.split(".")[0] != PACKAGE:
                 continue
             for alias in node.names:
+                if alias.name == "*":  # each star import its own: a module may star-import several
+                    bound[f"* {node.module}"] = (node.module, "*")
+                    continue
                 sub = f"{node.module}.{alias.name}"
                 bound[alias.asname or alias.name] = (sub, None) if _source(sub) else (node.module, alias.name)
     return bound
+
+
+def _stars(imports: dict[str, tuple[str, str | None]]) -> list[str]:
+    """The modules ``imports`` star-imports (``from tokenshift.x import *``)."""
+    return [module for module, attribute in imports.values() if attribute == "*"]
 
 
 def _statement_lines(node: ast.stmt) -> tuple[int, int]:
@@ -200,15 +213,20 @@ class _Bare(ast.NodeTransformer):
         return node
 
 
+def _main_guard(node: ast.stmt) -> bool:
+    """Whether ``node`` is ``if __name__ == "__main__":`` (not ``!=``, which runs at every import: the 22nd pass)."""
+    return isinstance(node, ast.If) and ast.unparse(node.test) in MAIN_TESTS
+
+
 @functools.cache
 def _parse(path: Path) -> _Module:
     tree = ast.parse(path.read_bytes())  # bytes, as Python reads a module: a byte order mark, a coding line
     mod, package = _Module(path), _package_of(path)
-    for node in tree.body:
+    # `if __name__ == "__main__":` runs only as a script; its `else:` (and `elif`) at every import, as top-level code
+    body = [n for node in tree.body for n in (node.orelse if _main_guard(node) else [node])]
+    for node in body:
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
             continue  # a docstring (the module's, or an attribute's after its assignment)
-        if isinstance(node, ast.If) and ast.unparse(node.test) in MAIN_TESTS:
-            continue  # `if __name__ == "__main__":` runs only as a script (`!=` runs at every import: the 22nd pass)
         if isinstance(node, ast.Import | ast.ImportFrom):
             mod.imports |= _imports([node], package)
             mod.import_code.append(ast.unparse(node))
@@ -233,7 +251,7 @@ def _parse(path: Path) -> _Module:
             if any(isinstance(c, ast.Call) for n in ran for c in ast.walk(n)):
                 mod.units.setdefault(IMPORT_TIME, []).extend(ran)
                 mod.imports |= _imports((c for n in ran for c in ast.walk(n)), package)
-    for name, chain in filter(None, map(_alias, tree.body)):  # `_st = tokenshift.stats`: a module, renamed
+    for name, chain in filter(None, map(_alias, body)):  # `_st = tokenshift.stats`: a module, renamed
         if module := _module_chain(chain, mod.imports):
             mod.imports[name] = (module, None)
     return mod
@@ -366,6 +384,9 @@ class Units:
 
     units: frozenset[tuple[str, str]]
     data: frozenset[str]
+    modules: frozenset[str] = frozenset()
+    """The package's modules the stage imports (files relative to it): their import statements run, so what a name
+    they import is (`from math import floor as kk`, re-exported) is the stage's code though no unit of theirs is."""
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -400,8 +421,9 @@ def _reach(start: list[tuple[str, str]]) -> Units:
                 resolve(target, attribute, (*seen, (module, name)))
         elif _source(f"{module}.{name}"):
             import_module(f"{module}.{name}")
-        elif "*" in mod.imports or name == "*":
-            todo_units.extend((path, n) for n in mod.units)  # a star import: all of it
+        else:  # a name a star import brought in (`from tokenshift.x import *`): x's, or what x imported so
+            for star in _stars(mod.imports):
+                resolve(star, name, (*seen, (module, name)))
 
     while todo_units or todo_modules:
         while todo_modules:
@@ -437,6 +459,9 @@ def _reach(start: list[tuple[str, str]]) -> Units:
                 import_module(target)
                 if attribute is not None:
                     resolve(target, attribute)
+            else:
+                for star in _stars(scope):
+                    resolve(star, used)
         for base, *attributes in uses.chains:
             target, inner = scope.get(base, (None, "-"))
             if target is None or inner is not None:
@@ -453,6 +478,7 @@ def _reach(start: list[tuple[str, str]]) -> Units:
     return Units(
         frozenset((p.relative_to(ROOT).as_posix(), n) for p, n in units),
         frozenset(data),
+        frozenset(_source(m).relative_to(ROOT).as_posix() for m in imported),
     )
 
 
@@ -586,7 +612,7 @@ def _digest(found: Units) -> str:
     for rel, name in sorted(found.units):
         h.update(f"{rel}:{name}\0".encode())
         h.update(_parse(ROOT / rel).code(name).encode() + b"\0")
-    for rel in sorted({rel for rel, _ in found.units}):
+    for rel in sorted({rel for rel, _ in found.units} | found.modules):
         h.update(f"{rel}:<imports>\0".encode() + "\n".join(_parse(ROOT / rel).import_code).encode() + b"\0")
     for rel in sorted(found.data):
         h.update(f"{rel}\0".encode())
