@@ -383,32 +383,78 @@ def test_a_damaged_record_of_the_hashes_costs_time_only(tmp_path):
     assert stage_codes(src, [("accuracy",)], cache) == fresh
 
 
+KK = "def kk(x):\n    return x\n"
+FLIP = ("return x", "return -x")
+
+
 @pytest.mark.parametrize(
-    ("imports", "modules", "edit"),
+    ("imports", "call", "modules", "edit"),
     [
         # a star import in the module that calls kk
-        ("from tokenshift.hh import *", {"hh": "def kk(x):\n    return x\n"}, ("hh", "return x", "return -x")),
+        ("from tokenshift.hh import *", "kk", {"hh": KK}, ("hh", "return x", "return -x")),
         # a star import in the module kk is imported from
-        (
-            "from tokenshift.hh import kk",
-            {"hh": "from tokenshift.hh2 import *\n", "hh2": "def kk(x):\n    return x\n"},
-            ("hh2", "return x", "return -x"),
-        ),
+        ("from tokenshift.hh import kk", "kk", {"hh": "from tokenshift.hh2 import *\n", "hh2": KK}, ("hh2", *FLIP)),
         # another library's function, re-exported under the name
-        ("from tokenshift.hh import kk", {"hh": "from math import floor as kk\n"}, ("hh", "floor", "ceil")),
+        ("from tokenshift.hh import kk", "kk", {"hh": "from math import floor as kk\n"}, ("hh", "floor", "ceil")),
         # the `else:` of a main guard, which runs at every import
         (
             "from tokenshift.hh import kk",
+            "kk",
             {"hh": "if __name__ == '__main__':\n    pass\nelse:\n    def kk(x):\n        return x\n"},
             ("hh", "return x", "return -x"),
         ),
+        # a module imported by its name as a string
+        (
+            "import importlib",
+            'importlib.import_module("tokenshift.hh").kk',
+            {"hh": KK},
+            ("hh", "return x", "return -x"),
+        ),
+        ("", '__import__("tokenshift.hh", fromlist=["kk"]).kk', {"hh": KK}, ("hh", "return x", "return -x")),
+        # a name a module's __getattr__ gives
+        (
+            "from tokenshift.hh import kk",
+            "kk",
+            {"hh": "def __getattr__(name):\n    return lambda x: x\n"},
+            ("hh", "lambda x: x", "lambda x: -x"),
+        ),
+        # a registry filled when a module is imported: a decorator, a call kept under a public name
+        (
+            "import tokenshift.hh2\nfrom tokenshift.hh import kk",
+            "kk",
+            {
+                "hh": "import functools\n\n\n@functools.singledispatch\ndef kk(x):\n    return x\n",
+                "hh2": "from tokenshift.hh import kk\n\n\n@kk.register(float)\ndef _f(x):\n    return x\n",
+            },
+            ("hh2", "return x", "return -x"),
+        ),
+        (
+            "import tokenshift.hh2\nfrom tokenshift.hh import kk",
+            "kk",
+            {
+                "hh": "IMPL = {}\n\n\ndef add(f):\n    IMPL['kk'] = f\n\n\ndef kk(x):\n    return IMPL['kk'](x)\n",
+                "hh2": "from tokenshift.hh import add\n\n\ndef _f(x):\n    return x\n\n\nADDED = add(_f)\n",
+            },
+            ("hh2", "return x", "return -x"),
+        ),
     ],
-    ids=["star", "star-re-export", "re-exported-library-name", "main-guard-else"],
+    ids=[
+        "star",
+        "star-re-export",
+        "re-exported-library-name",
+        "main-guard-else",
+        "import-module",
+        "dunder-import",
+        "module-getattr",
+        "registered-by-decorator",
+        "registered-by-call",
+    ],
 )
-def test_a_function_reached_through_a_star_import_a_re_export_or_a_main_guards_else_is_in_the_hash(
-    tmp_path, imports, modules, edit
+def test_a_function_reached_through_a_star_import_a_re_export_a_string_or_a_registry_is_in_the_hash(
+    tmp_path, imports, call, modules, edit
 ):
-    """Twenty-third pass: an edit to kk changed the accuracy numbers and not the accuracy stage's hash."""
+    """Twenty-third pass: an edit to the function the accuracy table's mean ran changed its numbers and not the
+    accuracy stage's hash."""
     src = tmp_path / "src"
     shutil.copytree(REPO / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     package = src / "tokenshift"
@@ -416,10 +462,15 @@ def test_a_function_reached_through_a_star_import_a_re_export_or_a_main_guards_e
         (package / f"{name}.py").write_text(text)
     stats = package / "stats.py"
     text = stats.read_text().replace("import numpy as np\n", f"import numpy as np\n{imports}\n", 1)
-    stats.write_text(text.replace("    m = float(x.mean())", "    m = kk(float(x.mean()))", 1))
+    stats.write_text(text.replace("    m = float(x.mean())", f"    m = {call}(float(x.mean()))", 1))
+    code = "import tokenshift.stats as s; print(s.mean_ci([0.0, 1.0, 1.0])[0])"
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    ran = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout]
     before = stage_codes(src, [("accuracy",)])
     module, old, new = edit
     (package / f"{module}.py").write_text(modules[module].replace(old, new))
+    ran.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert ran[0] != ran[1]  # the edit changes what the job computes
     assert stage_codes(src, [("accuracy",)]) != before
 
 

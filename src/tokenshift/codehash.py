@@ -26,12 +26,14 @@ the parser a stage's command builds registers that stage's module alone (``cli.C
 stages' ``register`` functions, which it calls through a loop variable, neither run nor are followed: a new
 flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
 version string), third-party packages (torch, transformers, math-verify: their versions are not part of
-the hash). Not followed either, and used nowhere in the package: what a lookup by a computed name would reach
-(``getattr`` with a string), a module imported by a string (``importlib.import_module``, ``__import__``), a name
-a module's ``__getattr__`` supplies, and code registered when a module is imported by a decorator or by a call
-whose result is kept under a public name or made in a class body (``@dispatch.register``, ``IMPL =
-registry.add(...)``): its module's import is followed, the function registered is not. A star import is
-followed name by name; tests/test_codehash.py runs every stage of a small study under a tracer and checks
+the hash). Followed: a star import (name by name), a module imported by a constant string
+(``importlib.import_module("tokenshift.x")``, ``__import__``), a name a module's ``__getattr__`` gives (its
+``__getattr__``), and code that the package's own code is handed when a module is imported (a decorator or an
+assignment's call that is the package's: ``@dispatch.register(float)``, ``IMPL = registry.add(f)``, which may
+fill a registry: the statement is import-time code of its module). Not followed, and used nowhere in the
+package: what a lookup by a computed name would reach (``getattr`` with a string, ``import_module`` of a
+computed name), and a registry filled by a statement inside a class body; tests/test_codehash.py runs every
+stage of a small study under a tracer and checks
 that each function it ran is in its stage's units.
 
 Reading the package takes about a second, at every Snakemake start (and on a cluster in every job, which
@@ -166,6 +168,18 @@ def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     return bound
 
 
+def _imported_by_string(node: ast.AST) -> str | None:
+    """The ``tokenshift`` module a call imports by a constant string (``importlib.import_module("tokenshift.x")``,
+    ``import_module(...)``, ``__import__(...)``), else None."""
+    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+        return None
+    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+    module = node.args[0].value
+    if name in ("import_module", "__import__") and isinstance(module, str) and module.split(".")[0] == PACKAGE:
+        return module if _source(module) else None
+    return None
+
+
 def _stars(imports: dict[str, tuple[str, str | None]]) -> list[str]:
     """The modules ``imports`` star-imports (``from tokenshift.x import *``)."""
     return [module for module, attribute in imports.values() if attribute == "*"]
@@ -213,6 +227,23 @@ class _Bare(ast.NodeTransformer):
         return node
 
 
+def _calls_the_package(node: ast.stmt, mod: _Module) -> bool:
+    """Whether the top-level statement ``node`` calls code of the package when its module is imported: a decorator of
+    a function or class, or the value of an assignment, that is the package's (a unit of the module, or a name it
+    imports from the package). ``@dataclass``, ``@functools.cache`` and ``log = logging.getLogger(...)`` are not."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        called = node.decorator_list
+    elif isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
+        called = [node.value]
+    else:
+        return False
+    for expr in called:
+        chain = _chain(expr.func if isinstance(expr, ast.Call) else expr)
+        if chain and (chain[0] in mod.units or chain[0] in mod.imports):
+            return True
+    return False
+
+
 def _main_guard(node: ast.stmt) -> bool:
     """Whether ``node`` is ``if __name__ == "__main__":`` (not ``!=``, which runs at every import: the 22nd pass)."""
     return isinstance(node, ast.If) and ast.unparse(node.test) in MAIN_TESTS
@@ -251,6 +282,11 @@ def _parse(path: Path) -> _Module:
             if any(isinstance(c, ast.Call) for n in ran for c in ast.walk(n)):
                 mod.units.setdefault(IMPORT_TIME, []).extend(ran)
                 mod.imports |= _imports((c for n in ran for c in ast.walk(n)), package)
+    for name, nodes in list(mod.units.items()):
+        # `@dispatch.register(float)` on a function, `IMPL = registry.add("m", _impl)`: the package's own code, called
+        # when the module is imported, may keep what it is given (a registry) for code that never names it
+        if name != IMPORT_TIME and any(_calls_the_package(n, mod) for n in nodes):
+            mod.units.setdefault(IMPORT_TIME, []).extend(nodes)
     for name, chain in filter(None, map(_alias, body)):  # `_st = tokenshift.stats`: a module, renamed
         if module := _module_chain(chain, mod.imports):
             mod.imports[name] = (module, None)
@@ -286,8 +322,21 @@ class _Uses(ast.NodeVisitor):
         if isinstance(inner, ast.Name):  # `a.b.c`: a, and the chain (a module's function, a.b's)
             self.names.add(inner.id)
             self.chains.add((inner.id, *reversed(chain)))
+        elif module := _imported_by_string(inner):  # `importlib.import_module("tokenshift.x").f`: x's f
+            self.imports[f"<import {module}>"] = (module, None)
+            self.chains.add((f"<import {module}>", *reversed(chain)))
+            self.visit(inner)
         else:
             self.visit(inner)
+
+    def visit_Call(self, node):
+        # `parser.set_defaults(func=handler)`: the handler is another stage's code; any other `func=` is used
+        handlers = isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
+        if module := _imported_by_string(node):  # a module imported by its name as a string: imported
+            self.imports[f"<import {module}>"] = (module, None)
+        self.visit(node.func)
+        for child in (*node.args, *(k.value for k in node.keywords if not (handlers and k.arg == "func"))):
+            self.visit(child)
 
     def visit_Constant(self, node):
         if isinstance(node.value, str):
@@ -314,13 +363,6 @@ class _Uses(ast.NodeVisitor):
     def visit_AnnAssign(self, node):
         if node.value is not None:
             self.visit(node.value)
-
-    def visit_Call(self, node):
-        # `parser.set_defaults(func=handler)`: the handler is another stage's code; any other `func=` is used
-        handlers = isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
-        self.visit(node.func)
-        for child in (*node.args, *(k.value for k in node.keywords if not (handlers and k.arg == "func"))):
-            self.visit(child)
 
 
 @functools.cache
@@ -424,6 +466,8 @@ def _reach(start: list[tuple[str, str]]) -> Units:
         else:  # a name a star import brought in (`from tokenshift.x import *`): x's, or what x imported so
             for star in _stars(mod.imports):
                 resolve(star, name, (*seen, (module, name)))
+            if "__getattr__" in mod.units:  # or what the module's __getattr__ gives for it (PEP 562)
+                todo_units.append((path, "__getattr__"))
 
     while todo_units or todo_modules:
         while todo_modules:
