@@ -411,6 +411,11 @@ FLIP = ("return x", "return -x")
             ("hh", "return x", "return -x"),
         ),
         ("", '__import__("tokenshift.hh", fromlist=["kk"]).kk', {"hh": KK}, ("hh", "return x", "return -x")),
+        # names given as constant strings
+        ("import tokenshift.hh as _h", 'getattr(_h, "kk")', {"hh": KK}, ("hh", *FLIP)),
+        ("import sys\nimport tokenshift.hh", 'sys.modules["tokenshift.hh"].kk', {"hh": KK}, ("hh", *FLIP)),
+        ("import importlib", 'importlib.import_module(".hh", __package__).kk', {"hh": KK}, ("hh", *FLIP)),
+        ("import pkgutil", 'pkgutil.resolve_name("tokenshift.hh:kk")', {"hh": KK}, ("hh", *FLIP)),
         # a name a module's __getattr__ gives
         (
             "from tokenshift.hh import kk",
@@ -445,6 +450,10 @@ FLIP = ("return x", "return -x")
         "main-guard-else",
         "import-module",
         "dunder-import",
+        "getattr-constant",
+        "sys-modules",
+        "relative-import-module",
+        "resolve-name",
         "module-getattr",
         "registered-by-decorator",
         "registered-by-call",

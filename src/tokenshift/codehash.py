@@ -26,13 +26,15 @@ the parser a stage's command builds registers that stage's module alone (``cli.C
 stages' ``register`` functions, which it calls through a loop variable, neither run nor are followed: a new
 flag of one stage re-runs that stage alone. Not covered: the package's ``__init__.py`` (a
 version string), third-party packages (torch, transformers, math-verify: their versions are not part of
-the hash). Followed: a star import (name by name), a module imported by a constant string
-(``importlib.import_module("tokenshift.x")``, ``__import__``), a name a module's ``__getattr__`` gives (its
-``__getattr__``), and code that the package's own code is handed when a module is imported (a decorator or an
-assignment's call that is the package's: ``@dispatch.register(float)``, ``IMPL = registry.add(f)``, which may
-fill a registry: the statement is import-time code of its module). Not followed, and used nowhere in the
-package: what a lookup by a computed name would reach (``getattr`` with a string, ``import_module`` of a
-computed name), and a registry filled by a statement inside a class body; tests/test_codehash.py runs every
+the hash). Followed: a star import (name by name), a module or name given as a constant string (any call or
+subscript of ``"tokenshift.x"``: ``import_module``, ``__import__``, ``sys.modules[...]``, ``".x"`` relative to
+the module's package, ``"tokenshift.x:f"``; ``getattr(m, "f")``, ``vars(m)["f"]``: f of a module in scope), a
+name a module's ``__getattr__`` gives (its ``__getattr__``), and code that the package's own code is handed
+when a module is imported (a decorator or an assignment's call that is the package's:
+``@dispatch.register(float)``, ``IMPL = registry.add(f)``, which may fill a registry: the statement is
+import-time code of its module). Not followed, and used nowhere in the
+package: what a lookup by a name computed at run time would reach (``getattr(m, prefix + "f")``), and a
+registry filled by a statement inside a class body; tests/test_codehash.py runs every
 stage of a small study under a tracer and checks
 that each function it ran is in its stage's units.
 
@@ -168,16 +170,35 @@ def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     return bound
 
 
-def _imported_by_string(node: ast.AST) -> str | None:
-    """The ``tokenshift`` module a call imports by a constant string (``importlib.import_module("tokenshift.x")``,
-    ``import_module(...)``, ``__import__(...)``), else None."""
-    if not isinstance(node, ast.Call) or not node.args or not isinstance(node.args[0], ast.Constant):
+def _imported_by_string(node: ast.AST, package: str) -> str | None:
+    """The ``tokenshift`` module a call or subscript names by a constant string (``importlib.import_module(
+    "tokenshift.x")``, ``import_module(".x", __package__)`` from a module of ``package``, ``__import__(...)``,
+    ``sys.modules["tokenshift.x"]``, under any name), else None."""
+    if isinstance(node, ast.Call) and node.args:
+        given = node.args[0]
+    elif isinstance(node, ast.Subscript):
+        given = node.slice
+    else:
         return None
-    name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-    module = node.args[0].value
-    if name in ("import_module", "__import__") and isinstance(module, str) and module.split(".")[0] == PACKAGE:
-        return module if _source(module) else None
-    return None
+    found = _string_target(given.value, package) if isinstance(given, ast.Constant) else None
+    return found[0] if found and found[1] is None else None
+
+
+def _string_target(text, package: str) -> tuple[str, str | None] | None:
+    """(module, name or None) that a constant string names: ``tokenshift.x``, ``tokenshift.x:f``, ``tokenshift.x.f``,
+    or ``.x`` relative to ``package`` (``import_module(".x", __package__)``); None for any other text."""
+    if not isinstance(text, str):
+        return None
+    text = f"{package}{text}" if text.startswith(".") else text
+    module, _, name = text.partition(":")
+    if _named_module(module):
+        return module, name or None
+    head, _, last = module.rpartition(".")
+    return (head, last) if not name and _named_module(head) else None
+
+
+def _named_module(text: str) -> bool:
+    return text.split(".")[0] == PACKAGE and _source(text) is not None
 
 
 def _stars(imports: dict[str, tuple[str, str | None]]) -> list[str]:
@@ -322,7 +343,7 @@ class _Uses(ast.NodeVisitor):
         if isinstance(inner, ast.Name):  # `a.b.c`: a, and the chain (a module's function, a.b's)
             self.names.add(inner.id)
             self.chains.add((inner.id, *reversed(chain)))
-        elif module := _imported_by_string(inner):  # `importlib.import_module("tokenshift.x").f`: x's f
+        elif module := _imported_by_string(inner, self.package):  # `importlib.import_module("tokenshift.x").f`: x's f
             self.imports[f"<import {module}>"] = (module, None)
             self.chains.add((f"<import {module}>", *reversed(chain)))
             self.visit(inner)
@@ -332,7 +353,7 @@ class _Uses(ast.NodeVisitor):
     def visit_Call(self, node):
         # `parser.set_defaults(func=handler)`: the handler is another stage's code; any other `func=` is used
         handlers = isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
-        if module := _imported_by_string(node):  # a module imported by its name as a string: imported
+        if module := _imported_by_string(node, self.package):  # a module imported by its name as a string: imported
             self.imports[f"<import {module}>"] = (module, None)
         self.visit(node.func)
         for child in (*node.args, *(k.value for k in node.keywords if not (handlers and k.arg == "func"))):
@@ -516,6 +537,15 @@ def _reach(start: list[tuple[str, str]]) -> Units:
                     break
                 target = f"{target}.{attribute}"
                 import_module(target)
+        for text in uses.strings:  # a module, or a name of one, given as a constant string
+            if found := _string_target(text, _package_of(path)):  # `resolve_name("tokenshift.x:f")`, `.x`
+                import_module(found[0])
+                if found[1]:
+                    resolve(*found)
+            if text.isidentifier():  # `getattr(m, "f")`, `vars(m)["f"]`: f of a module in scope
+                for target, attribute in scope.values():
+                    if attribute is None and text in _parse(_source(target)).units:
+                        resolve(target, text)
         named = {f for f in _data_files() if any(s.endswith(f) for s in uses.strings)}
         data |= named | {t for f in named if f.endswith(".j2") for t in _templates_used(f)}
 
@@ -656,8 +686,9 @@ def _digest(found: Units) -> str:
     for rel, name in sorted(found.units):
         h.update(f"{rel}:{name}\0".encode())
         h.update(_parse(ROOT / rel).code(name).encode() + b"\0")
-    for rel in sorted({rel for rel, _ in found.units} | found.modules):
-        h.update(f"{rel}:<imports>\0".encode() + "\n".join(_parse(ROOT / rel).import_code).encode() + b"\0")
+    for rel in sorted({rel for rel, _ in found.units} | found.modules):  # by module: a package or a module of it
+        imports = "\n".join(_parse(ROOT / rel).import_code)
+        h.update(f"{_module_of(ROOT / rel)}:<imports>\0{imports}\0".encode())
     for rel in sorted(found.data):
         h.update(f"{rel}\0".encode())
         h.update((ROOT / rel).read_bytes())
