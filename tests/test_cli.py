@@ -800,6 +800,12 @@ def test_report_with_a_config_that_is_not_text_names_it(tmp_path):
         + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
     )
     one_line_error(r, config, "nested too deep to read")
+    config.write_text("sampling: {n: " + "9" * 5000 + "}\n")  # its twin of the twenty-second pass: a traceback
+    r = cli(
+        ["report", "--result", f"accuracy={tmp_path / 'accuracy.parquet'}", "--config", str(config)]
+        + ["--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "s.json")]
+    )
+    one_line_error(r, config, "a value Python cannot read", "4300 digits")
 
 
 def test_toy_check_of_a_pair_whose_rl_model_is_no_toy_model_names_it(make_checkpoint, tmp_path):

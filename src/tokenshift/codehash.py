@@ -662,13 +662,13 @@ def check_job_package() -> None:
 def _remembered(key: tuple[str, ...], compute) -> str:
     """``compute()``, or what it gave for ``key`` before on this package's files (``package_key``).
     The record is best effort: where it cannot be read or written, the hash is taken each time."""
-    from tokenshift.io import cache_dir, write_json_atomic
+    from tokenshift.io import UNREADABLE, cache_dir, write_json_atomic
 
     record = cache_dir() / "stage-code" / f"{package_key()}.json"
     name = " ".join(key)
     try:
         known = json.loads(record.read_text())
-    except (OSError, ValueError, RecursionError):  # a damaged record is none: it costs time only
+    except (OSError, *UNREADABLE):  # a damaged record is none: it costs time only
         known = {}
     if isinstance(known, dict) and isinstance(known.get(name), str):
         return known[name]
@@ -676,7 +676,7 @@ def _remembered(key: tuple[str, ...], compute) -> str:
     try:  # another process may have added its own meanwhile: keep them
         latest = json.loads(record.read_text()) if record.is_file() else {}
         write_json_atomic(record, {**(latest if isinstance(latest, dict) else {}), name: value})
-    except (OSError, ValueError, RecursionError):
+    except (OSError, *UNREADABLE):
         pass
     return value
 

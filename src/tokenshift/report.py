@@ -490,6 +490,11 @@ def build_report(
             raise InputError(f"{config}: not YAML ({why}): expected the config the run used") from None
         except RecursionError:  # the seventeenth pass: a traceback
             raise InputError(f"{config}: YAML nested too deep to read: expected the config the run used") from None
+        except ValueError as e:  # a value PyYAML makes and Python cannot: an integer past 4,300 digits
+            why = " ".join(str(e).split())[:200]
+            raise InputError(
+                f"{config}: a value Python cannot read ({why}): expected the config the run used"
+            ) from None
     if explorer is not None:
         read_html(explorer, "the token explorer page (tokenshift explorer)")
     loaded: list[PairResult] = []

@@ -41,6 +41,7 @@ from tokenshift.datasets import DATASET_VERSION, Problem, format_prompt
 from tokenshift.grading import Grader
 from tokenshift.io import (
     MODELS_RECORD,
+    UNREADABLE,
     InputError,
     models_record,
     package_versions,
@@ -278,7 +279,7 @@ class ShardStore:
             return "it has no record (it was being written when the job stopped)"
         try:
             meta = json.loads(record.read_text())
-        except (OSError, ValueError, RecursionError):  # not text, not JSON, a 5,000-digit number, nested past reading
+        except (OSError, *UNREADABLE):  # not text, not JSON, a 5,000-digit number, nested past reading
             meta = None
         if not isinstance(meta, dict):
             return f"its record {record.name} is unreadable (expected a JSON object with rows and sha256)"
