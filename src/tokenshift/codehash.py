@@ -138,9 +138,9 @@ def _bound(target: ast.AST) -> list[str]:
 
 def _imports(nodes, package: str) -> dict[str, tuple[str, str | None]]:
     """What the import statements among ``nodes`` bind: name -> (module, None) for a module, (module,
-        attribute) for a name imported from one (``tokenshift`` modules only; ``from m import *`` binds ``"* m"`` to
-    ``(m, "*")``). ``package`` is the
-        package a relative import (``from .stats import mean_ci``) starts from: that of the module holding ``nodes``."""
+    attribute) for a name imported from one (``tokenshift`` modules only; ``from m import *`` binds ``"* m"`` to
+    ``(m, "*")``). ``package`` is the package a relative import (``from .stats import mean_ci``) starts from: that
+    of the module holding ``nodes``."""
     bound = {}
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.level:  # `from ..a import b`: as `from <package>.a import b`
@@ -191,14 +191,10 @@ def _string_target(text, package: str) -> tuple[str, str | None] | None:
         return None
     text = f"{package}{text}" if text.startswith(".") else text
     module, _, name = text.partition(":")
-    if _named_module(module):
+    if _source(module):
         return module, name or None
     head, _, last = module.rpartition(".")
-    return (head, last) if not name and _named_module(head) else None
-
-
-def _named_module(text: str) -> bool:
-    return text.split(".")[0] == PACKAGE and _source(text) is not None
+    return (head, last) if not name and _source(head) else None
 
 
 def _stars(imports: dict[str, tuple[str, str | None]]) -> list[str]:
@@ -538,14 +534,15 @@ def _reach(start: list[tuple[str, str]]) -> Units:
                 target = f"{target}.{attribute}"
                 import_module(target)
         for text in uses.strings:  # a module, or a name of one, given as a constant string
-            if found := _string_target(text, _package_of(path)):  # `resolve_name("tokenshift.x:f")`, `.x`
+            if found := _string_target(text, uses.package):  # `resolve_name("tokenshift.x:f")`, `.x`
                 import_module(found[0])
                 if found[1]:
                     resolve(*found)
             if text.isidentifier():  # `getattr(m, "f")`, `vars(m)["f"]`: f of a module in scope
                 for target, attribute in scope.values():
-                    if attribute is None and text in _parse(_source(target)).units:
-                        resolve(target, text)
+                    source = _source(target) if attribute is None else None  # None: `import tokenshift.gone`
+                    if source and text in _parse(source).units:
+                        todo_units.append((source, text))
         named = {f for f in _data_files() if any(s.endswith(f) for s in uses.strings)}
         data |= named | {t for f in named if f.endswith(".j2") for t in _templates_used(f)}
 

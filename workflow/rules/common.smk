@@ -273,10 +273,11 @@ def explorer_inputs():
 # the explorer's one job names every pair's scores and every cross-sampling run on its command line: a study whose
 # paths could not reach it is refused now, not at its end
 try:
+    _explorer = explorer_inputs()
     check_command_paths(
-        "crosssample" if explorer_inputs()["runs"] else "pairs",
+        "crosssample" if _explorer["runs"] else "pairs",
         "the token explorer's job",
-        [path for paths in explorer_inputs().values() for path in paths],
+        [path for paths in _explorer.values() for path in paths],
     )
 except ConfigError as error:
     raise error.with_traceback(None) from None
